@@ -1,0 +1,342 @@
+"""Run profiles: TOML files parsed into frozen dataclasses and validated at the edge.
+
+Every key is declared once, below, with its default, its documentation and its rules. The parser walks a TOML
+table against those declarations, so an unknown key, a wrong type or a bad value is reported as one line naming the
+file and the dotted key, and nothing downstream ever sees an unvalidated value. `profiles/README.md` is generated
+from the same declarations (`python -m tuitune.config --docs`), and a test keeps the two in step.
+
+This module is imported by the picker: it must stay free of torch, timm and transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from tuitune.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ProfileError(UserError):
+    """A profile that cannot be run; the message is one line naming the file and the dotted key."""
+
+
+def opt(default: Any, doc: str, *, choices: tuple[str, ...] = (), min: float | None = None,
+        gt: float | None = None, max: float | None = None, path: bool = False) -> Any:
+    """Declare a profile key: its default, its user documentation and its validation rules."""
+    meta = {"doc": doc, "choices": choices, "min": min, "gt": gt, "max": max, "path": path}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = opt("timm", "Where the backbone comes from: `timm` or `hf` (Hugging Face transformers).",
+                      choices=("timm", "hf"))
+    name: str = opt("", "timm model name (e.g. `resnet18`), or for `hf` a local directory or a hub id.")
+    pretrained: bool = opt(False, "Load pretrained weights from the timm / Hugging Face hub cache (offline: the "
+                                  "local cache only).")
+    weights: str = opt("", "Local weights file (`.safetensors`, or `.pth`/`.pt` read with `weights_only=True`); "
+                           "relative to the profile's folder. The classifier head is re-created.", path=True)
+    kwargs: dict = opt({}, "Extra keyword arguments for `timm.create_model` (e.g. `{ drop_rate = 0.1 }`).")
+    img_size: int = opt(0, "Input image size in pixels; 0 uses the backbone's default.", min=0)
+    pooling: str = opt("model", "Text models: what the head reads. `model` = the model's own (CLS / pooler); "
+                                "`mean` = the mean over tokens (right for sentence-embedding checkpoints).",
+                       choices=("model", "mean"))
+    max_length: int = opt(128, "Text models: tokens per example (longer ones are truncated).", min=1)
+    trust_remote_code: bool = opt(False, "Allow a Hugging Face checkpoint to run its own Python code.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    kind: str = opt("digits", "`digits` (the UCI handwritten digits shipped with tuitune), `image_folder`, "
+                              "`text` (CSV or JSONL) or `synthetic` (random, for tests).",
+                    choices=("digits", "image_folder", "text", "synthetic"))
+    path: str = opt("", "`image_folder`: a root with `train/`, `val/` (and `test/`) folders, or one folder of "
+                        "class subfolders to split. `text`: the training file.", path=True)
+    val_path: str = opt("", "`text`: a separate validation file (else `val_fraction` of `path`).", path=True)
+    test_path: str = opt("", "`text`: an optional test file, evaluated once at the end.", path=True)
+    val_fraction: float = opt(0.2, "Fraction held out for validation when there is no separate split.",
+                              gt=0.0, max=0.9)
+    test_fraction: float = opt(0.0, "Fraction held out as a test split (evaluated once at the end).",
+                               min=0.0, max=0.9)
+    classes: list = opt([], "`digits`: the subset of classes to use (e.g. `[5, 6, 7, 8, 9]`); empty = all.")
+    text_column: str = opt("text", "`text`: the column (CSV) or field (JSONL) holding the text.")
+    label_column: str = opt("label", "`text`: the column or field holding the label.")
+    num_samples: int = opt(256, "`synthetic`: number of examples.", min=8)
+    num_classes: int = opt(4, "`synthetic`: number of classes.", min=2)
+    batch_size: int = opt(32, "Examples per training step.", min=1)
+    num_workers: int = opt(-1, "DataLoader worker processes; -1 picks from the CPU count (0 on CPU-only runs).",
+                           min=-1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = opt(10, "Epochs to train (all phases together).", min=1)
+    lr: float = opt(1e-3, "Base learning rate (the head's; deeper groups get less with `strategy.lr_decay`).",
+                    gt=0.0)
+    optimizer: str = opt("adamw", "Any optimizer name timm's `create_optimizer_v2` knows: `sgd`, `momentum`, "
+                                  "`adagrad`, `rmsprop`, `adam`, `adamw`, ...")
+    weight_decay: float = opt(0.01, "Weight decay.", min=0.0)
+    momentum: float = opt(0.9, "Momentum for `sgd`/`momentum`/`rmsprop`.", min=0.0, max=1.0)
+    schedule: str = opt("cosine", "Learning-rate schedule over the run: `constant` or `cosine`.",
+                        choices=("constant", "cosine"))
+    warmup_steps: int = opt(0, "Linear warm-up steps at the start of the run.", min=0)
+    grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)
+    seed: int = opt(0, "Random seed (data split, shuffling, initialisation).")
+    device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
+    log_every: int = opt(10, "Steps between metric reads (the only host syncs in the loop).", min=1)
+    max_steps_per_epoch: int = opt(0, "Cap on steps per epoch; 0 = the whole training set.", min=0)
+    checkpoint_metric: str = opt("val_acc", "Metric that decides the `best` checkpoint.",
+                                 choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    kind: str = opt("full", "`full` (everything trains), `head_only` (linear probe), `groups` (the named "
+                            "groups train) or `progressive` (phases from the head downwards).",
+                    choices=("full", "head_only", "groups", "progressive"))
+    groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
+    groups_per_phase: int = opt(1, "`progressive`: layer groups unfrozen at each phase change.", min=1)
+    trigger: str = opt("epochs", "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
+                                 "(every `every_epochs`) or `plateau` (of `plateau_metric`).",
+                       choices=("manual", "epochs", "plateau"))
+    fallback: str = opt("plateau", "Headless runs cannot press `u`: with `trigger = \"manual\"` this trigger "
+                                   "is used instead (`epochs`, `plateau` or `none`).",
+                        choices=("epochs", "plateau", "none"))
+    every_epochs: int = opt(2, "`epochs` trigger: epochs per phase.", min=1)
+    plateau_metric: str = opt("val_loss", "`plateau` trigger: the metric watched.",
+                              choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+    plateau_patience: int = opt(2, "`plateau` trigger: epochs without improvement before the next phase.", min=1)
+    plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.",
+                                   min=0.0)
+    lr_decay: float = opt(1.0, "Discriminative LR: each group one step further from the head gets this times "
+                               "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
+                          gt=0.0, max=1.0)
+    freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
+    coarse: bool = opt(True, "timm: coarse groups (stem / stages / head) rather than one group per block.")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    enabled: bool = opt(False, "Stop when `metric` has not improved for `patience` epochs.")
+    metric: str = opt("val_loss", "The metric watched.", choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+    patience: int = opt(3, "Epochs without improvement before stopping.", min=1)
+    min_delta: float = opt(0.0, "The smallest change that counts as improvement.", min=0.0)
+
+
+@dataclass(frozen=True)
+class RunProfile:
+    name: str = opt("", "Run name; defaults to the file name without `.toml`.")
+    description: str = opt("", "One line shown in the picker.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    source_path: str = field(default="", metadata={"internal": True})
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunProfile)  # type: ignore
+                             if f.default_factory is not dataclasses.MISSING}
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.endswith("acc")
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None) -> Any:
+    """Validate one key against its declaration; return the value to store (paths resolved)."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ProfileError(f"{where}: expected {_type_name(default)}, got {_type_name(value)} {value!r}")
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ProfileError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ProfileError(f"{where}: must be >= {meta['min']:g}, got {value!r}")
+    if meta["gt"] is not None and value <= meta["gt"]:
+        raise ProfileError(f"{where}: must be > {meta['gt']:g}, got {value!r}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ProfileError(f"{where}: must be <= {meta['max']:g}, got {value!r}")
+    if meta["path"] and value and base is not None and not Path(value).expanduser().is_absolute():
+        value = str((base / Path(value).expanduser()).resolve())
+    if isinstance(value, list):
+        value = tuple(value)  # frozen all the way down
+    return value
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str, file: str, base: Path | None) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ProfileError(f"{file}: {dotted}: unknown key (known: {known})")
+        f = fields[key]
+        if key in SECTIONS and cls is RunProfile:
+            if not isinstance(value, dict):
+                raise ProfileError(f"{file}: {dotted}: expected a [{key}] table, got {_type_name(value)}")
+            values[key] = _build(SECTIONS[key], value, f"{dotted}.", file, base)
+        else:
+            values[key] = _check_value(f, value, f"{file}: {dotted}", base)
+    return cls(**values)
+
+
+def _cross_check(p: RunProfile, file: str) -> None:
+    """Rules that span keys."""
+    if not p.model.name:
+        raise ProfileError(f"{file}: model.name: required (a timm model name or a Hugging Face model)")
+    if p.data.kind in ("image_folder", "text") and not p.data.path:
+        raise ProfileError(f"{file}: data.path: required for data.kind = {p.data.kind!r}")
+    if p.strategy.kind == "groups" and not p.strategy.groups:
+        raise ProfileError(f"{file}: strategy.groups: required for strategy.kind = 'groups'")
+    if p.data.val_fraction + p.data.test_fraction >= 1.0:
+        raise ProfileError(f"{file}: data.test_fraction: val_fraction + test_fraction must be < 1")
+    if any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= 9 for c in p.data.classes):
+        raise ProfileError(f"{file}: data.classes: expected digits 0-9, got {list(p.data.classes)!r}")
+    if any(not isinstance(g, str) for g in p.strategy.groups):
+        raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.epochs=1` -> (['train', 'epochs'], 1). The value is read as TOML, else taken as a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ProfileError(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=1")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ProfileError(f"--set {item}: {k} is not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path}: TOML syntax error: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: cannot read: {e}") from None
+
+
+def profile_from_dict(table: Mapping[str, Any], file: str = "<profile>", base: Path | None = None) -> RunProfile:
+    profile = _build(RunProfile, table, "", file, base)
+    if not profile.name:
+        profile = dataclasses.replace(profile, name=Path(file).stem if file != "<profile>" else "run")
+    _cross_check(profile, file)
+    return dataclasses.replace(profile, source_path=file)
+
+
+def load_profile(path: str | Path, overrides: list[str] | None = None) -> RunProfile:
+    """Read, override and validate a profile. Relative paths inside resolve against the profile's own folder
+    (after following a symlink, so `profiles/demo.toml -> tuitune/profiles/demo.toml` finds its weights)."""
+    path = Path(path)
+    table = apply_overrides(read_toml(path), overrides or [])
+    return profile_from_dict(table, str(path), path.resolve().parent)
+
+
+def profile_to_dict(profile: RunProfile) -> dict[str, Any]:
+    """The resolved profile as plain TOML-able data (tuples become lists, internal fields dropped)."""
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                    if not f.metadata.get("internal")}
+        if isinstance(obj, (list, tuple)):
+            return [plain(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        return obj
+    return plain(profile)
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """A small TOML writer for resolved profiles (scalars, arrays, inline tables, one level of sections)."""
+    import json
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    top = [f"{k} = {value(v)}" for k, v in data.items() if k not in SECTIONS]
+    parts = ["\n".join(top)]
+    for section in SECTIONS:
+        if section in data:
+            body = "\n".join(f"{k} = {value(v)}" for k, v in data[section].items())
+            parts.append(f"[{section}]\n{body}")
+    return "\n\n".join(parts) + "\n"
+
+
+def docs_markdown() -> str:
+    """The key reference for `profiles/README.md`, generated from the declarations above."""
+    lines = []
+    for section, cls in [("", RunProfile), *SECTIONS.items()]:
+        lines.append(f"\n### `[{section}]`\n" if section else "\n### Top level\n")
+        lines.append("| key | default | meaning |\n| --- | --- | --- |")
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal") or f.name in SECTIONS:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+            doc = f.metadata["doc"] + (f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"]
+                                       else "")
+            lines.append(f"| `{f.name}` | `{dump_default(default)}` | {doc} |")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def dump_default(default: Any) -> str:
+    import json
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, str):
+        return json.dumps(default)
+    if isinstance(default, dict):
+        return "{}"
+    return repr(default)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(docs_markdown(), end="")

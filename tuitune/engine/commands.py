@@ -1,0 +1,76 @@
+"""Commands: what the world asks of a running engine, and the thread-safe channel that carries them.
+
+The UI (or a signal handler) calls `Control.put`; the training loop drains the queue at step boundaries, applies
+each command and acknowledges it with a `CommandApplied` event. `stop` is a flag rather than a queued command so
+that the loop sees it at every step, even while paused, and quitting never hangs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Union
+
+
+@dataclass(frozen=True)
+class UnfreezeNext:
+    """Move to the next phase now."""
+
+
+@dataclass(frozen=True)
+class StopEarly:
+    """Finish the run now: save a checkpoint, evaluate, summarise."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True)
+class SaveCheckpoint:
+    pass
+
+
+Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint]
+
+
+class Control:
+    """Commands in, from any thread. The loop calls `drain()` between steps and `stop_requested` every step."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+    def put(self, command: Command) -> None:
+        self._queue.put(command)
+        self._wake.set()
+
+    def drain(self) -> list[Command]:
+        out: list[Command] = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def request_stop(self) -> None:
+        """Interrupt the run at the next step boundary (quit, Ctrl+C). Safe from any thread or signal handler."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep while paused until a command or a stop arrives (or `timeout` passes)."""
+        self._wake.wait(timeout)
+        self._wake.clear()

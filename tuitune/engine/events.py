@@ -1,0 +1,192 @@
+"""Events: what the engine tells the world, as typed, immutable facts.
+
+The UI, the headless console, the run recorder and replay all consume the same stream. Every event serialises to
+one JSON object with a `"type"` field (`to_json`) and back (`event_from_json`), so a recorded `events.jsonl` replays
+into the same dashboard. Plain Python only: no torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of the layer table: a named layer group and its live state."""
+
+    name: str
+    params: int
+    trainable: bool
+    lr: float | None = None
+    grad_norm: float | None = None
+    drift: float | None = None  # ||w - w0|| / ||w0|| since the run started
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_name: str
+    run_dir: str
+    device: str
+    layers: tuple[LayerInfo, ...]
+    phases: tuple[tuple[str, ...], ...]  # the layer groups trainable in each phase, in order
+    phase: int  # the phase the run starts in (non-zero on resume)
+    epochs: int
+    steps_per_epoch: int
+    train_size: int
+    val_size: int
+    classes: tuple[str, ...]
+    profile: dict[str, Any]
+    start_epoch: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsUpdated:
+    """Emitted every `train.log_every` steps: running train metrics since the previous one."""
+
+    epoch: int
+    step: int  # step within the epoch, 1-based
+    global_step: int
+    train_loss: float
+    train_acc: float
+    lrs: tuple[float, ...]  # per trainable layer group, in `LayerInfo` order of those groups
+    samples_per_s: float
+    elapsed_s: float
+    gpu_mem_gb: float | None = None
+    gpu_peak_gb: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    epoch: int  # 1-based
+    global_step: int
+    phase: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    elapsed_s: float
+    epoch_s: float
+    samples_per_s: float
+    is_best: bool
+
+
+@dataclass(frozen=True)
+class PhaseChanged:
+    phase: int  # 0-based index into RunStarted.phases
+    num_phases: int
+    trainable: tuple[str, ...]  # the layer groups trainable from now on
+    unfrozen: tuple[str, ...]  # the ones this change added
+    epoch: int
+    global_step: int
+    reason: str  # "manual", "epochs", "plateau", "resume"
+
+
+@dataclass(frozen=True)
+class LayersChanged:
+    layers: tuple[LayerInfo, ...]
+    global_step: int
+
+
+@dataclass(frozen=True)
+class UnfreezeSuggested:
+    """The plateau trigger fired in an interactive run: the UI asks the user instead of the engine acting."""
+
+    metric: str
+    epochs: int
+    next_groups: tuple[str, ...]
+    epoch: int
+
+
+@dataclass(frozen=True)
+class CommandApplied:
+    command: str  # the command's class name, e.g. "UnfreezeNext"
+    epoch: int
+    global_step: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    path: str
+    kind: str  # "best", "last" or "manual"
+    epoch: int
+    global_step: int
+
+
+@dataclass(frozen=True)
+class Warned:
+    message: str
+    epoch: int = 0
+    global_step: int = 0
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    status: str  # "finished", "stopped_early" or "interrupted"
+    reason: str
+    epochs: int
+    global_step: int
+    best: dict[str, Any]  # {"metric", "value", "epoch"}
+    final: dict[str, Any]  # last val metrics
+    test: dict[str, Any] | None
+    phases: tuple[dict[str, Any], ...]  # {"index", "groups", "start_epoch", "epochs", "best_val_acc", "time_s"}
+    per_class_acc: dict[str, float]
+    samples_per_s: float
+    wall_s: float
+    checkpoints: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    message: str  # one line
+    run_dir: str
+    log_path: str = ""
+    epoch: int = 0
+    global_step: int = 0
+
+
+Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,
+              CommandApplied, CheckpointSaved, Warned, RunFinished, RunFailed]
+EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    return {"type": type(event).__name__, **dataclasses.asdict(event)}
+
+
+def to_json(event: Event) -> str:
+    return json.dumps(to_dict(event), separators=(",", ":"))
+
+
+def _revive(hint: Any, value: Any) -> Any:
+    """Turn JSON data back into the annotated type (tuples, nested LayerInfo)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        for arm in typing.get_args(hint):
+            if arm is not type(None):
+                return _revive(arm, value)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return tuple(_revive(item, v) for v in value)
+    if hint is LayerInfo:
+        return LayerInfo(**value)
+    return value
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("type")]
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _revive(hints[k], v) for k, v in data.items() if k in hints})
+
+
+def event_from_json(line: str) -> Event:
+    return event_from_dict(json.loads(line))

@@ -1,0 +1,8 @@
+"""Errors a user can fix. The CLI prints them as one line and exits 2; the UI shows them inline."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: a profile, a data file, a model name, a checkpoint. The message is one line naming the file
+    and the key (or row) at fault."""
