@@ -1,3 +1,143 @@
-"""Placeholder replaced below."""
-def main() -> int:
+"""The `tuitune` command. Import-light on purpose: `tuitune --help` and the picker must appear fast, so torch,
+timm, transformers and even Textual load only inside the subcommand that needs them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tuitune import __version__
+from tuitune.errors import UserError
+
+PACKAGE_PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+def _add_profile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile key, e.g. --set train.epochs=1 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuitune", description="Fine-tune pretrained timm and Hugging Face backbones from a terminal. "
+        "With no command, opens a picker of profiles.")
+    parser.add_argument("--version", action="version", version=f"tuitune {__version__}")
+    parser.add_argument("--profiles", action="append", default=[], metavar="DIR",
+                        help="another folder of profiles for the picker (repeatable)")
+    parser.add_argument("--out", metavar="DIR", help="run directory for a run started from the picker")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a profile (the dashboard, or --headless)")
+    train.add_argument("profile", nargs="?", help="a profile .toml (optional with --resume)")
+    train.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
+    train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
+    _add_profile_options(train)
+
+    layers = sub.add_parser("layers", help="print the layer groups of a profile's (or a model's) backbone")
+    layers.add_argument("profile", help="a profile .toml, a timm model name, or a Hugging Face model folder")
+    layers.add_argument("--json", action="store_true", help='print [{"name", "params", "trainable"}, ...]')
+    _add_profile_options(layers)
+
+    replay = sub.add_parser("replay", help="play a recorded run into the dashboard")
+    replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
+    replay.add_argument("--speed", type=float, default=0.0,
+                        help="events per second; 0 = instant (default)")
+    return parser
+
+
+def _load(profile: str, overrides: list[str]):  # -> RunProfile
+    from tuitune.config import load_profile
+
+    return load_profile(profile, overrides)
+
+
+def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
+    """A profile file, or a bare model name / HF folder with default settings and random init."""
+    from tuitune.config import apply_overrides, profile_from_dict
+
+    if target.endswith(".toml") or Path(target).is_file():
+        return _load(target, overrides)
+    source = "hf" if (Path(target) / "config.json").exists() else "timm"
+    table = {"model": {"source": source, "name": target}, "data": {"kind": "synthetic"}}
+    return profile_from_dict(apply_overrides(table, overrides), file=f"<{target}>")
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    profile = _layers_profile(args.profile, args.overrides)
+    from tuitune.engine.data import class_names
+    from tuitune.engine.models import build_backbone, layer_table
+    from tuitune.engine.strategy import plan_phases
+
+    task = "text" if profile.data.kind == "text" else "image"
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task,
+                              coarse=profile.strategy.coarse)
+    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy)[0]
+    rows = layer_table(backbone.groups, set(first_phase))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    total = sum(r["params"] for r in rows)
+    print(f"{backbone.description}: {len(rows)} layer groups")
+    print(f"{'#':>3}  {'group':<24} {'params':>12}  {'share':>6}  first phase")
+    for i, r in enumerate(rows):
+        state = "trainable" if r["trainable"] else "frozen"
+        print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}")
+    print(f"{'':>3}  {'total':<24} {total:>12,}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuitune.config import load_profile
+    from tuitune.engine.runlog import new_run_dir
+
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None:
+        if not (resume / "checkpoints" / "last.state.pt").exists():
+            raise UserError(f"{resume}: --resume: no checkpoints/last.state.pt in this run directory")
+        profile = load_profile(args.profile or resume / "profile.toml", args.overrides)
+        run_dir = resume
+    elif not args.profile:
+        raise UserError("train: a PROFILE is required (or --resume RUN_DIR)")
+    else:
+        profile = load_profile(args.profile, args.overrides)
+        run_dir = new_run_dir(profile, args.out, args.force)
+    if args.headless:
+        from tuitune.headless import run_headless
+
+        return run_headless(profile, run_dir, resume)
+    from tuitune.ui.launch import open_dashboard
+
+    return open_dashboard(profile, run_dir, resume)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tuitune.ui.launch import open_replay
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "events.jsonl").exists():
+        raise UserError(f"{run_dir}: no events.jsonl here (is this a tuitune run directory?)")
+    return open_replay(run_dir, args.speed)
+
+
+def cmd_picker(args: argparse.Namespace) -> int:
+    from tuitune.ui.launch import open_picker
+
+    dirs = [Path.cwd() / "profiles", PACKAGE_PROFILES, *(Path(d) for d in args.profiles)]
+    return open_picker(dirs, [], args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker}
+    try:
+        return handlers[args.command](args)
+    except UserError as e:
+        print(f"tuitune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

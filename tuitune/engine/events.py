@@ -145,7 +145,8 @@ class RunFinished:
 class RunFailed:
     message: str  # one line
     run_dir: str
-    log_path: str = ""
+    log_path: str = ""  # the full traceback, when there is one
+    bad_input: bool = False  # a user-fixable error (profile, data, model, checkpoint): exit code 2
     epoch: int = 0
     global_step: int = 0
 

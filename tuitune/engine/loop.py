@@ -1,0 +1,266 @@
+"""The training loop. Read `Trainer._train_epoch` top to bottom: it is the whole story of a step.
+
+The trainer talks to the world through `emit(event)` only and listens through `Control` only, at step
+boundaries. Host syncs (`.item()`, `.tolist()`) happen every `train.log_every` steps and at epoch end, never per
+step: running sums stay on the device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from tuitune.config import RunProfile, profile_to_dict
+from tuitune.engine import strategy
+from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine.events import (CommandApplied, EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFinished,
+                                   RunStarted, UnfreezeSuggested)
+from tuitune.engine.setup import RunParts, build_parts
+from tuitune.engine.state import TrainerState
+
+Emit = Callable[[Event], None]
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+class Trainer:
+    """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`."""
+
+    def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
+                 interactive: bool = False, resume: Path | None = None) -> None:
+        self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
+        self.interactive = interactive
+        self.parts: RunParts = build_parts(profile, run_dir)
+        self.st = TrainerState(self.parts, profile, run_dir, emit)
+        if resume is not None:
+            self.st.resume_from(resume)
+        self.paused = False
+        self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
+        self._suggested_phase = -1
+
+    # ------------------------------------------------------------------------------------------------- run
+    def run(self) -> RunFinished:
+        p, st = self.parts, self.st
+        self.emit(RunStarted(
+            run_name=self.profile.name, run_dir=str(self.run_dir), device=p.device_label, layers=st.layer_infos(),
+            phases=p.phases, phase=st.phase, epochs=self.profile.train.epochs, steps_per_epoch=p.steps_per_epoch,
+            train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
+            profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings))
+        while st.epoch < self.profile.train.epochs and self.stop_status is None:
+            epoch_t0 = time.perf_counter()
+            train = self._train_epoch()
+            if train is None:  # interrupted or stopped mid-epoch
+                break
+            val = self.evaluate(p.val_loader)
+            self._end_epoch(train, val, time.perf_counter() - epoch_t0)
+        return self._finish(st.elapsed())
+
+    # ----------------------------------------------------------------------------------------------- epoch
+    def _train_epoch(self) -> dict[str, float] | None:
+        p, st, cfg = self.parts, self.st, self.profile.train
+        model, device = p.model, p.device
+        strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
+        st.begin_epoch()
+        loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no per-step host sync
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, window = 0, _Window(device)
+        for step, (x, y) in enumerate(p.train_loader, start=1):
+            if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
+                continue
+            if step > p.steps_per_epoch:
+                break
+            # fetch the batch onto the device
+            x, y = to_device(x, device), y.to(device, non_blocking=True)
+            # forward (bf16 autocast on CUDA) and loss
+            with p.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
+            # backward, clip, step, schedule
+            st.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(p.trainable_params(), cfg.grad_clip)
+            st.apply_lr()
+            st.optimizer.step()
+            st.global_step += 1
+            st.step_in_epoch = step
+            # accumulate metrics on the device
+            n = y.shape[0]
+            batch_loss, batch_correct = loss.detach() * n, (logits.detach().argmax(-1) == y).sum()
+            loss_sum += batch_loss
+            correct += batch_correct
+            seen += n
+            window.add(batch_loss, batch_correct, n)
+            # every N steps: the one host sync, and an event
+            if step % cfg.log_every == 0:
+                self.emit(window.read(st, step))
+                self.emit(st.layers_changed(with_grad=True))
+            # commands, pause, stop: at the step boundary
+            if not self._between_steps():
+                return None
+        st.skip_steps = 0
+        if seen == 0:
+            return {"loss": math.nan, "acc": math.nan, "samples": 0}
+        return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "samples": seen}
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any) -> dict[str, Any]:
+        """Loss, accuracy and per-class accuracy over a loader; one host sync at the end."""
+        p = self.parts
+        was_training = p.model.training
+        p.model.eval()
+        k = len(p.bundle.classes)
+        loss_sum = torch.zeros((), device=p.device)
+        hits = torch.zeros(k, device=p.device)
+        totals = torch.zeros(k, device=p.device)
+        for x, y in loader:
+            x, y = to_device(x, p.device), y.to(p.device, non_blocking=True)
+            with p.autocast():
+                logits = p.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            totals += torch.bincount(y, minlength=k)
+            hits += torch.bincount(y[logits.argmax(-1) == y], minlength=k)
+        if was_training:
+            strategy.set_train_mode(p.model, self.profile.strategy.freeze_bn)
+        n = totals.sum().item()
+        per_class = (hits / totals.clamp(min=1)).tolist()
+        return {"loss": loss_sum.item() / max(n, 1), "acc": hits.sum().item() / max(n, 1),
+                "per_class": dict(zip(p.bundle.classes, per_class))}
+
+    def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
+        st = self.st
+        st.epoch += 1
+        metrics = {"train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+                   "val_acc": val["acc"]}
+        is_best = st.record_epoch(metrics, val["per_class"], epoch_s)
+        self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
+                             elapsed_s=st.elapsed(), epoch_s=epoch_s, samples_per_s=train["samples"] / max(epoch_s, 1e-9),
+                             is_best=is_best))
+        self.emit(st.layers_changed(with_grad=True, with_drift=True))
+        if is_best:
+            st.save("best")
+        st.save("last")
+        if st.early_stop_reason():
+            self.stop_status = ("stopped_early", st.early_stop_reason())
+            return
+        self._maybe_next_phase()
+
+    # ------------------------------------------------------------------------------------- phases, commands
+    def _trigger(self) -> str:
+        cfg = self.profile.strategy
+        if cfg.trigger == "manual" and not self.interactive:
+            return cfg.fallback
+        return cfg.trigger
+
+    def _maybe_next_phase(self) -> None:
+        st, cfg = self.st, self.profile.strategy
+        if st.phase + 1 >= len(self.parts.phases) or st.epoch >= self.profile.train.epochs:
+            return
+        trigger = self._trigger()
+        if trigger == "epochs" and st.epoch - st.phase_start_epoch >= cfg.every_epochs:
+            self.next_phase("epochs")
+        elif trigger == "plateau" and st.plateau.stale >= cfg.plateau_patience:
+            if not self.interactive:
+                self.next_phase("plateau")
+            elif self._suggested_phase != st.phase:
+                self._suggested_phase = st.phase
+                self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
+                                            next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+
+    def next_phase(self, reason: str) -> bool:
+        st = self.st
+        if st.phase + 1 >= len(self.parts.phases):
+            return False
+        added = st.enter_phase(st.phase + 1)
+        self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
+                               trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,
+                               global_step=st.global_step, reason=reason))
+        self.emit(st.layers_changed(with_grad=False))
+        return True
+
+    def _between_steps(self) -> bool:
+        """Apply queued commands; wait while paused. False when the epoch must end now."""
+        while True:
+            for command in self.control.drain():
+                self._apply(command)
+            if self.control.stop_requested and self.stop_status is None:
+                self.stop_status = ("interrupted", "interrupted by the user")
+            if self.stop_status is not None:
+                return False
+            if not self.paused:
+                return True
+            self.control.wait(0.1)
+
+    def _apply(self, command: Any) -> None:
+        st = self.st
+        detail = ""
+        if isinstance(command, UnfreezeNext):
+            if not self.next_phase("manual"):
+                detail = "already in the last phase"
+        elif isinstance(command, StopEarly):
+            self.stop_status = ("stopped_early", f"stopped by the user at epoch {st.epoch + 1}")
+        elif isinstance(command, Pause):
+            self.paused = True
+        elif isinstance(command, Resume):
+            self.paused = False
+        elif isinstance(command, SaveCheckpoint):
+            detail = str(st.save("manual"))
+        self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
+                                 detail=detail))
+
+    # ----------------------------------------------------------------------------------------------- finish
+    def _finish(self, wall_s: float) -> RunFinished:
+        st, p = self.st, self.parts
+        status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
+        if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
+            st.save("last")
+        test = None
+        if p.test_loader is not None and st.has_checkpoint("best"):
+            st.load_best_weights()
+            result = self.evaluate(p.test_loader)
+            test = {"loss": result["loss"], "acc": result["acc"], "per_class": result["per_class"]}
+        event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
+                            best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
+                            per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
+                            checkpoints=st.checkpoint_paths())
+        self.emit(event)
+        return event
+
+
+class _Window:
+    """Running train metrics between two reads, kept on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.loss += loss_sum
+        self.correct += correct
+        self.n += n
+
+    def read(self, st: TrainerState, step: int) -> MetricsUpdated:
+        loss, correct = torch.stack([self.loss, self.correct.to(self.loss.dtype)]).tolist()  # the host sync
+        dt = time.perf_counter() - self.t0
+        mem, peak = st.gpu_memory()
+        event = MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step,
+                               train_loss=loss / max(self.n, 1), train_acc=correct / max(self.n, 1),
+                               lrs=st.current_lrs(), samples_per_s=self.n / max(dt, 1e-9),
+                               elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak)
+        self._reset()
+        return event

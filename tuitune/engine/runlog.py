@@ -1,0 +1,136 @@
+"""The run directory, written from the event stream alone.
+
+`RunRecorder` is one more event sink beside the UI or the console: `events.jsonl` (every event), `metrics.csv`,
+the resolved `profile.toml` and `summary.json`. Because it sees nothing but events, a replayed run and a live one
+leave the same record. Plain Python: no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from tuitune.config import RunProfile, dump_toml
+from tuitune.engine.events import (EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFailed,
+                                   RunFinished, RunStarted, event_from_json, to_json)
+from tuitune.errors import UserError
+
+METRIC_COLUMNS = ("kind", "epoch", "step", "global_step", "train_loss", "train_acc", "val_loss", "val_acc",
+                  "samples_per_s", "elapsed_s", "phase")
+
+
+def new_run_dir(profile: RunProfile, out: str | None = None, force: bool = False) -> Path:
+    """Create the run directory: `--out DIR` as given, else `runs/<name>-<timestamp>`. An existing run (one with
+    an `events.jsonl`) is never reused without `force`, so nothing saved is overwritten by accident."""
+    if out:
+        path = Path(out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{profile.name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"{profile.name}-{stamp}-{n}"
+    if (path / "events.jsonl").exists() and not force:
+        raise UserError(f"{path}: --out: a run already exists here (use --resume {path} to continue it, "
+                        f"or --force to overwrite)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: --out: cannot create the run directory: {e.strerror}") from None
+    return path
+
+
+def tee(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
+    def emit(event: Event) -> None:
+        for sink in sinks:
+            sink(event)
+    return emit
+
+
+class RunRecorder:
+    """An event sink that keeps the run directory up to date."""
+
+    def __init__(self, run_dir: Path, *, append: bool = False) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mode = "a" if append else "w"
+        self._events: IO[str] = open(run_dir / "events.jsonl", mode, encoding="utf-8")
+        metrics_path = run_dir / "metrics.csv"
+        new_metrics = not (append and metrics_path.exists())
+        self._metrics_file: IO[str] = open(metrics_path, "w" if new_metrics else "a", newline="", encoding="utf-8")
+        self._metrics = csv.writer(self._metrics_file)
+        if new_metrics:
+            self._metrics.writerow(METRIC_COLUMNS)
+        self._started: RunStarted | None = None
+        self._phase = 0
+
+    def __call__(self, event: Event) -> None:
+        self._events.write(to_json(event) + "\n")
+        self._events.flush()
+        if isinstance(event, RunStarted):
+            self._started, self._phase = event, event.phase
+            (self.run_dir / "profile.toml").write_text(dump_toml(event.profile), encoding="utf-8")
+        elif isinstance(event, PhaseChanged):
+            self._phase = event.phase
+        elif isinstance(event, MetricsUpdated):
+            self._row("step", event.epoch, event.step, event.global_step, event.train_loss, event.train_acc, "", "",
+                      event.samples_per_s, event.elapsed_s)
+        elif isinstance(event, EpochEnded):
+            self._row("epoch", event.epoch, "", event.global_step, event.train_loss, event.train_acc,
+                      event.val_loss, event.val_acc, event.samples_per_s, event.elapsed_s)
+        elif isinstance(event, (RunFinished, RunFailed)):
+            self._write_summary(event)
+            self.close()
+
+    def _row(self, *values: Any) -> None:
+        self._metrics.writerow([_fmt(v) for v in values] + [self._phase])
+        self._metrics_file.flush()
+
+    def _write_summary(self, event: RunFinished | RunFailed) -> None:
+        summary = summarize(event, self._started)
+        tmp = self.run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_dir / "summary.json")
+
+    def close(self) -> None:
+        for f in (self._events, self._metrics_file):
+            if not f.closed:
+                f.close()
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def summarize(event: RunFinished | RunFailed, started: RunStarted | None) -> dict[str, Any]:
+    """`summary.json`: what a person (or a script) wants to know about a run without reading its events."""
+    profile = started.profile if started else None
+    if isinstance(event, RunFailed):
+        return {"status": "failed", "stop_reason": event.message, "best": None, "final": None, "test": None,
+                "phases": [], "samples_per_s": None, "wall_s": None, "profile": profile, "checkpoints": {},
+                "log": event.log_path or None}
+    return {"status": event.status, "stop_reason": event.reason, "best": event.best, "final": event.final,
+            "test": event.test, "per_class_acc": event.per_class_acc, "phases": list(event.phases),
+            "epochs": event.epochs, "global_step": event.global_step, "samples_per_s": event.samples_per_s,
+            "wall_s": event.wall_s, "profile": profile, "checkpoints": event.checkpoints}
+
+
+def read_events(run_dir: Path) -> list[Event]:
+    """Every event of a recorded run, for replay."""
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        raise UserError(f"{path}: no events.jsonl here (is this a tuitune run directory?)")
+    events = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                events.append(event_from_json(line))
+            except (ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{path}: line {i}: not a tuitune event ({e})") from None
+    return events
+

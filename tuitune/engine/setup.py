@@ -1,0 +1,103 @@
+"""Everything a run needs before its first step: device, data, backbone, layer groups, phases, loaders."""
+
+from __future__ import annotations
+
+import random
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from tuitune.config import RunProfile
+from tuitune.engine import strategy
+from tuitune.engine.data import DataBundle, build_datasets, class_names, make_loaders
+from tuitune.engine.models import Backbone, LayerGroup, build_backbone
+from tuitune.errors import UserError
+
+
+@dataclass
+class RunParts:
+    """The fixed parts of a run; `TrainerState` holds what changes."""
+
+    backbone: Backbone
+    device: torch.device
+    bundle: DataBundle
+    train_loader: Any
+    val_loader: Any
+    test_loader: Any
+    phases: tuple[tuple[str, ...], ...]
+    steps_per_epoch: int
+    warnings: tuple[str, ...]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.backbone.model
+
+    @property
+    def groups(self) -> tuple[LayerGroup, ...]:
+        return self.backbone.groups
+
+    @property
+    def device_label(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)}, bf16)"
+        return str(self.device)
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast on CUDA; full precision on CPU, where bf16 is slower than fp32 for small models."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def trainable_params(self) -> Iterator[torch.nn.Parameter]:
+        return (p for p in self.model.parameters() if p.requires_grad)
+
+    def next_groups(self, phase: int) -> tuple[str, ...]:
+        if phase + 1 >= len(self.phases):
+            return ()
+        return tuple(g for g in self.phases[phase + 1] if g not in self.phases[phase])
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"train.device: {spec!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device: {spec!r} asked for, but no CUDA device is available (use auto or cpu)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
+    seed_everything(profile.train.seed)
+    device = resolve_device(profile.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    task = "text" if profile.data.kind == "text" else "image"
+    classes = class_names(profile.data)
+    backbone = build_backbone(profile.model, len(classes), task=task, coarse=profile.strategy.coarse)
+    backbone.model.to(device)
+    bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
+                            tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed)
+    train_loader, val_loader, test_loader = make_loaders(
+        bundle, batch_size=profile.data.batch_size, num_workers=profile.data.num_workers,
+        device_type=device.type, seed=profile.train.seed)
+    steps = len(train_loader)
+    if profile.train.max_steps_per_epoch:
+        steps = min(steps, profile.train.max_steps_per_epoch)
+    phases = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
+    warnings = []
+    if profile.model.trust_remote_code:
+        warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
+    return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
+                    val_loader=val_loader, test_loader=test_loader, phases=phases, steps_per_epoch=steps,
+                    warnings=tuple(warnings))

@@ -1,0 +1,244 @@
+"""The mutable state of a run: position, phase, optimizer, watches, history — and its checkpoint round trip.
+
+Kept apart from the loop so that the loop reads as a loop, and so that what a checkpoint holds is written in one
+place: whatever `snapshot()` saves, `resume_from()` restores.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from tuitune.engine import checkpoint, strategy
+from tuitune.engine.events import LayerInfo, LayersChanged
+from tuitune.engine.watch import MetricWatch
+
+if TYPE_CHECKING:
+    from tuitune.config import RunProfile
+    from tuitune.engine.setup import RunParts
+
+
+class TrainerState:
+    def __init__(self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable) -> None:
+        self.parts, self.profile, self.emit = parts, profile, emit
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.step_in_epoch = 0
+        self.skip_steps = 0
+        self.phase = 0
+        self.phase_start_epoch = 0
+        self.wall_before = 0.0
+        self.started = time.perf_counter()
+        self.history: list[dict[str, float]] = []
+        self.per_class: dict[str, float] = {}
+        self.phase_log: list[dict[str, Any]] = []
+        self.best = MetricWatch(profile.train.checkpoint_metric)
+        self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta)
+        es = profile.early_stopping
+        self.early = MetricWatch(es.metric, es.min_delta)
+        self.saved: dict[str, str] = {}
+        self._epoch_gen_state: torch.Tensor | None = None
+        self._grad_norms: dict[str, float] = {}
+        self._drift: dict[str, float] = {}
+        self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in parts.model.named_parameters()}
+        self._in_optimizer: list[str] = []
+        strategy.set_trainable(parts.model, parts.groups, parts.phases[0])
+        self.optimizer = strategy.build_optimizer(
+            self._param_groups(parts.phases[0]), name=profile.train.optimizer, lr=profile.train.lr,
+            weight_decay=profile.train.weight_decay, momentum=profile.train.momentum)
+        self._in_optimizer = list(parts.phases[0])
+        self.phase_log.append(self._phase_entry(0))
+
+    # ------------------------------------------------------------------------------------------- phases / LR
+    def _param_groups(self, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+        t, s = self.profile.train, self.profile.strategy
+        return strategy.param_groups(self.parts.model, self.parts.groups, names, base_lr=t.lr,
+                                     lr_decay=s.lr_decay, weight_decay=t.weight_decay)
+
+    def _phase_entry(self, index: int) -> dict[str, Any]:
+        return {"index": index, "groups": list(self.parts.phases[index]), "start_epoch": self.epoch, "epochs": 0,
+                "best_val_acc": None, "time_s": 0.0}
+
+    def enter_phase(self, index: int) -> tuple[str, ...]:
+        """Make `phases[index]` trainable; the groups not yet in the optimizer join it as new param groups."""
+        names = self.parts.phases[index]
+        strategy.set_trainable(self.parts.model, self.parts.groups, names)
+        added = tuple(n for n in names if n not in self._in_optimizer)
+        strategy.add_groups(self.optimizer, self._param_groups(added))
+        self._in_optimizer.extend(added)
+        self.phase, self.phase_start_epoch = index, self.epoch
+        self.plateau.reset()
+        self.phase_log.append(self._phase_entry(index))
+        self.apply_lr()
+        return added
+
+    def total_steps(self) -> int:
+        return self.profile.train.epochs * self.parts.steps_per_epoch
+
+    def apply_lr(self) -> None:
+        t = self.profile.train
+        factor = strategy.lr_factor(self.global_step, self.total_steps(), schedule=t.schedule,
+                                    warmup=t.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def group_lrs(self) -> dict[str, float]:
+        return {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups}
+
+    def current_lrs(self) -> tuple[float, ...]:
+        lrs = self.group_lrs()
+        return tuple(lrs[g.name] for g in self.parts.groups if g.name in lrs)
+
+    # ------------------------------------------------------------------------------------------ layer table
+    def _measure_grad_norms(self) -> None:
+        """Per-group gradient norms, computed on the device, read in one sync."""
+        params = dict(self.parts.model.named_parameters())
+        names, norms = [], []
+        for group in self.parts.groups:
+            grads = [params[n].grad for n in group.param_names if params[n].grad is not None]
+            if grads:
+                names.append(group.name)
+                norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        values = torch.stack(norms).tolist() if norms else []
+        self._grad_norms = dict(zip(names, values))
+
+    def _measure_drift(self) -> None:
+        """||w - w0|| / ||w0|| per group since the run started (pretrained weights, or the resumed ones)."""
+        params = dict(self.parts.model.named_parameters())
+        for group in self.parts.groups:
+            diff = base = 0.0
+            for n in group.param_names:
+                w = params[n].detach().float().cpu()
+                diff += float((w - self._w0[n].float()).pow(2).sum())
+                base += float(self._w0[n].float().pow(2).sum())
+            self._drift[group.name] = math.sqrt(diff) / math.sqrt(base) if base > 0 else 0.0
+
+    def layer_infos(self) -> tuple[LayerInfo, ...]:
+        trainable = set(self.parts.phases[self.phase])
+        lrs = self.group_lrs()
+        return tuple(LayerInfo(name=g.name, params=g.params, trainable=g.name in trainable,
+                               lr=lrs.get(g.name) if g.name in trainable else None,
+                               grad_norm=self._grad_norms.get(g.name) if g.name in trainable else None,
+                               drift=self._drift.get(g.name)) for g in self.parts.groups)
+
+    def layers_changed(self, *, with_grad: bool, with_drift: bool = False) -> LayersChanged:
+        if with_grad:
+            self._measure_grad_norms()
+        if with_drift:
+            self._measure_drift()
+        return LayersChanged(layers=self.layer_infos(), global_step=self.global_step)
+
+    # ---------------------------------------------------------------------------------------------- epochs
+    def begin_epoch(self) -> None:
+        gen = getattr(self.parts.train_loader, "generator", None)
+        if gen is not None:
+            if self.skip_steps and self._epoch_gen_state is not None:
+                gen.set_state(self._epoch_gen_state)  # resume mid-epoch: the same shuffle as before
+            self._epoch_gen_state = gen.get_state()
+
+    def record_epoch(self, metrics: dict[str, float], per_class: dict[str, float], epoch_s: float) -> bool:
+        """Log an epoch's metrics into the watches; True when it is the best epoch so far."""
+        self.step_in_epoch = 0
+        self.history.append({"epoch": self.epoch, "phase": self.phase, **metrics})
+        self.per_class = per_class
+        entry = self.phase_log[-1]
+        entry["epochs"] += 1
+        entry["time_s"] += epoch_s
+        if entry["best_val_acc"] is None or metrics["val_acc"] > entry["best_val_acc"]:
+            entry["best_val_acc"] = metrics["val_acc"]
+        self.plateau.update(metrics[self.plateau.metric], self.epoch)
+        self.early.update(metrics[self.early.metric], self.epoch)
+        return self.best.update(metrics[self.best.metric], self.epoch)
+
+    def early_stop_reason(self) -> str:
+        es = self.profile.early_stopping
+        if es.enabled and self.early.stale >= es.patience:
+            return (f"early stopping: {es.metric} did not improve by more than {es.min_delta:g} "
+                    f"for {es.patience} epochs (best {self.early.best:.4f} at epoch {self.early.best_epoch})")
+        return ""
+
+    def elapsed(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def samples_per_s(self, wall_s: float) -> float:
+        steps = self.global_step
+        return steps * self.profile.data.batch_size / wall_s if wall_s > 0 else 0.0
+
+    def gpu_memory(self) -> tuple[float | None, float | None]:
+        if self.parts.device.type != "cuda":
+            return None, None
+        return (torch.cuda.memory_allocated(self.parts.device) / 1e9,
+                torch.cuda.max_memory_allocated(self.parts.device) / 1e9)
+
+    # ------------------------------------------------------------------------------------------ summaries
+    def best_summary(self) -> dict[str, Any]:
+        return {"metric": self.best.metric, "value": self.best.best, "epoch": self.best.best_epoch}
+
+    def final_metrics(self) -> dict[str, Any]:
+        return dict(self.history[-1]) if self.history else {}
+
+    def phase_table(self) -> tuple[dict[str, Any], ...]:
+        return tuple(dict(e) for e in self.phase_log)
+
+    def checkpoint_paths(self) -> dict[str, str]:
+        return dict(self.saved)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
+            "phase": self.phase, "phase_start_epoch": self.phase_start_epoch,
+            "trainable": list(self.parts.phases[self.phase]), "in_optimizer": list(self._in_optimizer),
+            "optimizer": checkpoint.optimizer_state_by_name(self.optimizer),
+            "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "epoch_gen_state": self._epoch_gen_state, "history": self.history, "per_class": self.per_class,
+            "phase_log": self.phase_log, "wall_s": self.elapsed(),
+            "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(),
+                        "early": self.early.to_dict()},
+        }
+
+    def save(self, tag: str) -> Path:
+        from tuitune.engine.events import CheckpointSaved
+
+        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, self.parts.model, self.snapshot())
+        self.saved[tag] = str(path)
+        self.emit(CheckpointSaved(path=str(path), kind=tag, epoch=self.epoch, global_step=self.global_step))
+        return path
+
+    def has_checkpoint(self, tag: str) -> bool:
+        return (self.ckpt_dir / f"{tag}.safetensors").exists()
+
+    def load_best_weights(self) -> None:
+        checkpoint.load_weights(self.parts.model, self.ckpt_dir / "best.safetensors")
+
+    def resume_from(self, run_dir: Path) -> None:
+        """Restore exactly the position, phase, trainable mask, optimizer groups and state, and RNG of `last`."""
+        ckpt = run_dir / "checkpoints"
+        saved = checkpoint.load_state(ckpt / "last.state.pt")
+        checkpoint.load_weights(self.parts.model, ckpt / "last.safetensors")
+        self.epoch = saved["epoch"]
+        strategy.set_trainable(self.parts.model, self.parts.groups, self.parts.phases[saved["phase"]])
+        missing = [n for n in saved["in_optimizer"] if n not in self._in_optimizer]
+        strategy.add_groups(self.optimizer, self._param_groups(missing))
+        self._in_optimizer.extend(missing)
+        checkpoint.load_optimizer_state_by_name(self.optimizer, saved["optimizer"])
+        self.global_step, self.phase = saved["global_step"], saved["phase"]
+        self.phase_start_epoch, self.skip_steps = saved["phase_start_epoch"], saved["step_in_epoch"]
+        self.step_in_epoch = saved["step_in_epoch"]
+        self.history, self.per_class, self.phase_log = saved["history"], saved["per_class"], saved["phase_log"]
+        self.wall_before = saved["wall_s"]
+        self._epoch_gen_state = saved["epoch_gen_state"]
+        for name, watch in (("best", self.best), ("plateau", self.plateau), ("early", self.early)):
+            watch.load(saved["watches"][name])
+        torch.set_rng_state(saved["rng_torch"])
+        random.setstate(saved["rng_python"])
+        if saved["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng_cuda"])
+        self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}

@@ -1,0 +1,44 @@
+"""Metric watchers: the one rule behind best checkpoints, plateau triggers and early stopping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MetricWatch:
+    """Tracks the best value of a metric and how many epochs have passed without an improvement of at least
+    `min_delta`. Accuracy-like metrics improve upwards, losses downwards."""
+
+    metric: str
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    stale: int = 0
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric.endswith("acc")
+
+    def improved_by(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        gain = value - self.best if self.higher_is_better else self.best - value
+        return gain > self.min_delta
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True when it is a new best."""
+        if self.improved_by(value):
+            self.best, self.best_epoch, self.stale = value, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+    def reset(self) -> None:
+        self.best, self.best_epoch, self.stale = None, 0, 0
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        return {"metric": self.metric, "best": self.best, "best_epoch": self.best_epoch, "stale": self.stale}
+
+    def load(self, saved: dict) -> None:
+        self.best, self.best_epoch, self.stale = saved["best"], int(saved["best_epoch"]), int(saved["stale"])

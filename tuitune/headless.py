@@ -1,0 +1,100 @@
+"""Headless runs: the same engine, with a console sink instead of the dashboard.
+
+Ctrl+C or SIGTERM asks the engine to stop at the next step (it saves `last` and writes the summary); a second
+Ctrl+C exits at once. Checkpoint writes are atomic, so even that loses nothing already saved.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from tuitune.config import RunProfile
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, Event, PhaseChanged, RunFailed,
+                                   RunFinished, RunStarted, Warned)
+
+
+class ConsolePrinter:
+    """Concise progress: a line per epoch, per phase change and per notable event."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.epochs = 0
+        self.num_phases = 1
+        self.phase = 0
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
+            trainable = sum(layer.params for layer in event.layers if layer.trainable)
+            total = sum(layer.params for layer in event.layers)
+            self.say(f"run {event.run_name} on {event.device}: {event.train_size} train / {event.val_size} val, "
+                     f"{len(event.classes)} classes, {len(event.layers)} layer groups, {len(event.phases)} phase(s)"
+                     f"; trainable {trainable:,} of {total:,} params -> {event.run_dir}")
+            for warning in event.warnings:
+                self.say(f"warning: {warning}")
+        elif isinstance(event, EpochEnded):
+            self.say(f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
+                     f"train loss {event.train_loss:.4f} acc {event.train_acc:.3f}  "
+                     f"val loss {event.val_loss:.4f} acc {event.val_acc:.3f}  "
+                     f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
+        elif isinstance(event, PhaseChanged):
+            self.say(f"phase {event.phase + 1}/{event.num_phases} ({event.reason}, after epoch {event.epoch}): "
+                     f"unfroze {', '.join(event.unfrozen)}")
+        elif isinstance(event, CommandApplied):
+            self.say(f"command {event.command} applied at step {event.global_step}"
+                     + (f": {event.detail}" if event.detail else ""))
+        elif isinstance(event, CheckpointSaved) and event.kind == "manual":
+            self.say(f"checkpoint saved: {event.path}")
+        elif isinstance(event, Warned):
+            self.say(f"warning: {event.message}")
+        elif isinstance(event, RunFinished):
+            self._finished(event)
+        elif isinstance(event, RunFailed):
+            self.say(f"error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""))
+
+    def _finished(self, event: RunFinished) -> None:
+        best = event.best
+        value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
+        self.say(f"{event.status}: {event.reason}. best {best.get('metric')} {value} at epoch {best.get('epoch')}, "
+                 f"final val acc {event.final.get('val_acc', float('nan')):.4f}, {event.wall_s:.1f}s")
+        for p in event.phases:
+            acc = "n/a" if p.get("best_val_acc") is None else f"{p['best_val_acc']:.4f}"
+            self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
+                     f"best val acc {acc}")
+        if event.test:
+            self.say(f"  test acc {event.test['acc']:.4f}")
+
+
+def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
+    """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted."""
+    from tuitune.engine.commands import Control
+    from tuitune.engine.session import run_training
+
+    control = Control()
+    interrupts = {"n": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        interrupts["n"] += 1
+        if interrupts["n"] > 1:
+            raise KeyboardInterrupt  # the second Ctrl+C: out now (checkpoint writes are atomic)
+        print("\nstopping at the next step (saving the last checkpoint); Ctrl+C again to exit now",
+              file=sys.stderr, flush=True)
+        control.request_stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        final = run_training(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if isinstance(final, RunFailed):
+        return 2 if final.bad_input else 1
+    return 130 if isinstance(final, RunFinished) and final.status == "interrupted" else 0
