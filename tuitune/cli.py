@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
     _add_profile_options(train)
 
+    demo = sub.add_parser("demo", help="fine-tune the embedded offline demo (digits 0-4 -> 5-9)")
+    demo.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
+    demo.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-TIMESTAMP)")
+    demo.add_argument("--force", action="store_true", help="reuse an existing --out directory")
+    _add_profile_options(demo)
+
     layers = sub.add_parser("layers", help="print the layer groups of a profile's (or a model's) backbone")
     layers.add_argument("profile", help="a profile .toml, a timm model name, or a Hugging Face model folder")
     layers.add_argument("--json", action="store_true", help='print [{"name", "params", "trainable"}, ...]')
@@ -50,18 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(profile: str, overrides: list[str]):  # -> RunProfile
-    from tuitune.config import load_profile
-
-    return load_profile(profile, overrides)
-
-
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
     """A profile file, or a bare model name / HF folder with default settings and random init."""
-    from tuitune.config import apply_overrides, profile_from_dict
+    from tuitune.config import apply_overrides, load_profile, profile_from_dict
 
     if target.endswith(".toml") or Path(target).is_file():
-        return _load(target, overrides)
+        return load_profile(target, overrides)
     source = "hf" if (Path(target) / "config.json").exists() else "timm"
     table = {"model": {"source": source, "name": target}, "data": {"kind": "synthetic"}}
     return profile_from_dict(apply_overrides(table, overrides), file=f"<{target}>")
@@ -89,6 +89,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
         print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}")
     print(f"{'':>3}  {'total':<24} {total:>12,}")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.profile, args.resume = str(PACKAGE_PROFILES / "demo.toml"), None
+    return cmd_train(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -133,7 +138,7 @@ def cmd_picker(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker}
+    handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker}
     try:
         return handlers[args.command](args)
     except UserError as e:

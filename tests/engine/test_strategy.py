@@ -1,0 +1,114 @@
+"""Strategies: which groups train, with which optimizer param groups and LRs, and how frozen BatchNorm behaves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.engine.conftest import of_type, tiny_profile
+from tuitune.config import StrategyConfig
+from tuitune.engine.commands import Control, UnfreezeNext
+from tuitune.engine.events import PhaseChanged
+from tuitune.engine.loop import Trainer
+from tuitune.engine.strategy import plan_phases
+from tuitune.errors import UserError
+
+NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+
+
+def test_plan_phases_for_each_kind() -> None:
+    assert plan_phases(NAMES, StrategyConfig(kind="full")) == (tuple(NAMES),)
+    assert plan_phases(NAMES, StrategyConfig(kind="head_only")) == (("head",),)
+    assert plan_phases(NAMES, StrategyConfig(kind="groups", groups=("layer4", "head"))) == (("layer4", "head"),)
+    progressive = plan_phases(NAMES, StrategyConfig(kind="progressive", groups_per_phase=2))
+    assert progressive == (("head",), ("layer3", "layer4", "head"), ("layer1", "layer2", "layer3", "layer4", "head"),
+                           tuple(NAMES))
+    with pytest.raises(UserError, match="strategy.groups: unknown layer group 'layer9'"):
+        plan_phases(NAMES, StrategyConfig(kind="groups", groups=("layer9",)))
+
+
+def _trainer(tmp_path, **strategy) -> Trainer:
+    profile = tiny_profile(strategy=strategy, train={"lr": 0.01})
+    return Trainer(profile, tmp_path, lambda e: None, Control(), interactive=True)
+
+
+def _trainable(trainer: Trainer) -> dict[str, bool]:
+    params = dict(trainer.parts.model.named_parameters())
+    return {g.name: all(params[n].requires_grad for n in g.param_names) for g in trainer.parts.groups}
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("full", {"stem", "layer1", "layer2", "layer3", "layer4", "head"}),
+    ("head_only", {"head"}),
+])
+def test_masks_and_param_groups(tmp_path, kind: str, expected: set[str]) -> None:
+    trainer = _trainer(tmp_path, kind=kind, lr_decay=0.5)
+    assert {n for n, on in _trainable(trainer).items() if on} == expected
+    assert {n for n, on in _trainable(trainer).items() if not on} == set(NAMES) - expected
+    layer_groups = {g["layer_group"] for g in trainer.st.optimizer.param_groups}
+    assert layer_groups == expected
+    for g in trainer.st.optimizer.param_groups:  # discriminative LR: head 0.01, each group deeper x0.5
+        depth = NAMES[::-1].index(g["layer_group"])
+        assert g["lr"] == pytest.approx(0.01 * 0.5 ** depth)
+        assert g["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in g["params"]) else 0.01)
+
+
+def test_groups_strategy(tmp_path) -> None:
+    trainer = _trainer(tmp_path, kind="groups", groups=["layer4", "head"])
+    assert {n for n, on in _trainable(trainer).items() if on} == {"layer4", "head"}
+
+
+def test_unfreeze_adds_param_groups_and_keeps_state(tmp_path) -> None:
+    trainer = _trainer(tmp_path, kind="progressive", groups_per_phase=1, trigger="manual", lr_decay=0.5)
+    assert {n for n, on in _trainable(trainer).items() if on} == {"head"}
+    assert len(trainer.st.optimizer.param_groups) == 2  # head weights (decay) + head bias (no decay)
+    trainer._between_steps()  # nothing queued: no change
+    # one real step so the optimizer has state for the head
+    x = torch.randn(4, 3, 32, 32)
+    trainer.parts.model(x).sum().backward()
+    trainer.st.optimizer.step()
+    head_param = trainer.st.optimizer.param_groups[0]["params"][0]
+    state_before = {k: v.clone() for k, v in trainer.st.optimizer.state[head_param].items()}
+    trainer.control.put(UnfreezeNext())
+    trainer._between_steps()
+    assert {n for n, on in _trainable(trainer).items() if on} == {"layer4", "head"}
+    groups = trainer.st.optimizer.param_groups
+    assert [g["layer_group"] for g in groups] == ["head", "head", "layer4", "layer4"]
+    assert groups[2]["lr"] == pytest.approx(0.005)  # one step deeper: x0.5
+    assert groups[0]["lr"] == pytest.approx(0.01)
+    for k, v in state_before.items():  # the head's Adam moments survived the unfreeze
+        assert torch.equal(trainer.st.optimizer.state[head_param][k], v)
+
+
+def test_frozen_batchnorm_stays_in_eval_and_keeps_stats(tmp_path) -> None:
+    profile = tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1})
+    trainer = Trainer(profile, tmp_path, lambda e: None, Control())
+    bns = {n: m for n, m in trainer.parts.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in bns.items()}
+    trainer.run()
+    for name, m in bns.items():
+        assert torch.equal(m.running_mean, before[name][0]), name
+        assert torch.equal(m.running_var, before[name][1]), name
+    from tuitune.engine.strategy import set_train_mode
+    set_train_mode(trainer.parts.model, freeze_bn=True)
+    assert trainer.parts.model.training
+    assert all(not m.training for m in bns.values())
+
+
+def test_trainable_batchnorm_updates_stats(tmp_path) -> None:
+    profile = tiny_profile(strategy={"kind": "full"}, train={"epochs": 1})
+    trainer = Trainer(profile, tmp_path, lambda e: None, Control())
+    bn = next(m for m in trainer.parts.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    trainer.run()
+    assert not torch.equal(bn.running_mean, before)
+
+
+def test_progressive_epochs_trigger(tmp_path, events_sink) -> None:
+    events, emit = events_sink
+    profile = tiny_profile(strategy={"kind": "progressive", "groups_per_phase": 3, "trigger": "epochs",
+                                     "every_epochs": 1}, train={"epochs": 3})
+    Trainer(profile, tmp_path, emit, Control()).run()
+    changes = of_type(events, PhaseChanged)
+    assert [(c.phase, c.epoch, c.reason) for c in changes] == [(1, 1, "epochs"), (2, 2, "epochs")]
+    assert changes[0].unfrozen == ("layer2", "layer3", "layer4")
