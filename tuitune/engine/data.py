@@ -1,0 +1,485 @@
+"""Datasets and loaders: every data kind becomes a `DataBundle` of map-style datasets yielding `(x, y)`.
+
+`x` is a float tensor [C, H, W] already transformed and normalised (images), or for text a dict of
+`input_ids` / `attention_mask` LongTensors padded to `max_length`, so torch's default collate batches every kind.
+`y` is an int64 scalar. Bad input raises `DataError`: one line naming the file (and the row or key) at fault, so
+the CLI and the UI can show it as-is.
+
+Images always go through timm's *eval* transform (no augmentation): runs stay deterministic and comparable, and
+the small sets this tool is aimed at (digits, a few hundred images) are where augmentation matters least.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tuitune.config import DataConfig
+from tuitune.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+_TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+class DataError(UserError):
+    """Data that cannot be used; the message is one line naming the data file (and row / key) at fault."""
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    classes: tuple[str, ...]  # class names in label order
+    source: str  # one line for the UI / log, e.g. "digits 5-9: 720 train / 180 val"
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+
+class TensorImages(Dataset):
+    """Images transformed once, at construction, and kept as one tensor.
+
+    Why: timm's eval transform is deterministic, so re-running it every epoch only burns CPU. When the transform
+    ends in ToTensor + Normalize we keep the resized pixels as uint8 (4x less memory than floats; 1,797 digits at
+    224x224 grey are ~90 MB) and normalise per item, which is exactly what ToTensor (/255) + Normalize compute.
+    A single stored channel broadcasts against a C-channel mean/std, i.e. grey -> RGB replication for free.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> None:
+        self.images, self.labels, self.mean, self.std = images, labels, mean, std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if x.dtype == torch.uint8:
+            x = (x.float().div(255.0) - self.mean) / self.std
+        return x, self.labels[i]
+
+
+class ImageFiles(Dataset):
+    """Image files read lazily (real folders can be large); a file PIL cannot read raises DataError naming it."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], torch.Tensor]):
+        self.samples, self.transform = list(samples), transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.samples[i]
+        return self.transform(load_rgb(path)), torch.tensor(label, dtype=torch.int64)
+
+
+class TokenizedText(Dataset):
+    """Texts tokenized once into padded tensors, so an epoch is pure indexing."""
+
+    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
+        self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]}, self.labels[i]
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB, turning any PIL failure into a one-line DataError that names the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: cannot read image: {reason}") from None
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def eval_transform(data_config: dict, **override: Any) -> Callable[[Image.Image], torch.Tensor]:
+    """timm's eval transform for the model's data config (imported here: text-only runs never pay for timm)."""
+    from timm.data import create_transform
+
+    kwargs = {k: v for k, v in data_config.items() if k in _TRANSFORM_KEYS}
+    kwargs.update(override)
+    return create_transform(**kwargs, is_training=False)
+
+
+def pretransform(images: Sequence[Image.Image], labels: np.ndarray, transform: Any,
+                 channels: int) -> TensorImages:
+    """Run the deterministic transform once per image (see TensorImages for why)."""
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    steps = getattr(transform, "transforms", [])
+    if (isinstance(transform, Compose) and len(steps) >= 2 and isinstance(steps[-2], ToTensor)
+            and isinstance(steps[-1], Normalize)):
+        geometric = Compose(steps[:-2])
+        pixels = [torch.from_numpy(np.array(geometric(im), dtype=np.uint8)) for im in images]
+        stacked = torch.stack([p[None] if p.ndim == 2 else p.permute(2, 0, 1) for p in pixels])
+        mean = torch.as_tensor(steps[-1].mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.as_tensor(steps[-1].std, dtype=torch.float32).reshape(-1, 1, 1)
+        return TensorImages(stacked, y, mean, std)
+    mode = "L" if channels == 1 else "RGB"
+    return TensorImages(torch.stack([transform(im.convert(mode)) for im in images]), y)
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded per-class split, so every split sees every class in proportion (a 5-class digits val set with one
+    class missing would make val accuracy meaningless). Each class keeps >= 1 train and, given >= 2 examples and
+    a val_fraction > 0, >= 1 val example."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = len(idx)
+        n_test = min(int(round(n * test_fraction)), max(n - 2, 0))
+        n_val = min(max(int(round(n * val_fraction)), int(n >= 2 and val_fraction > 0)), n - n_test - 1)
+        parts[2].extend(idx[:n_test])
+        parts[1].extend(idx[n_test:n_test + n_val])
+        parts[0].extend(idx[n_test + n_val:])
+    return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
+
+
+def _subsets(full: Dataset, labels: np.ndarray, cfg: DataConfig, seed: int,
+             where: str) -> tuple[Dataset, Dataset, Dataset | None]:
+    train, val, test = split_indices(labels, cfg.val_fraction, cfg.test_fraction, seed)
+    if (len(val) == 0 and cfg.val_fraction > 0) or len(train) == 0:
+        raise DataError(f"{where}: data.val_fraction: too few examples ({len(labels)}) to split off validation")
+    return Subset(full, train.tolist()), Subset(full, val.tolist()), (
+        Subset(full, test.tolist()) if len(test) else None)
+
+
+def _counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:
+    text = f"{len(train)} train / {len(val)} val"  # type: ignore[arg-type]
+    return text + (f" / {len(test)} test" if test is not None else "")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ digits
+
+
+@lru_cache(maxsize=1)
+def load_digits_array() -> tuple[np.ndarray, np.ndarray]:
+    """The vendored UCI digits: images uint8 [1797, 8, 8] (0..16) and labels int64 [1797]. Cached and read-only
+    because every run (and every test) reads the same 1,797 rows."""
+    with resources.files("tuitune").joinpath("assets/digits.csv.gz").open("rb") as raw:
+        with gzip.open(raw, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    images, labels = table[:, :-1].reshape(-1, 8, 8).astype(np.uint8), table[:, -1].copy()
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def _digit_names(digits: Sequence[int]) -> str:
+    if len(digits) > 2 and list(digits) == list(range(digits[0], digits[0] + len(digits))):
+        return f"{digits[0]}-{digits[-1]}"
+    return ",".join(str(d) for d in digits)
+
+
+def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
+    """Digits subset in the order given (label k = cfg.classes[k]); crop_pct 1.0 so 8x8 strokes are not cut."""
+    digits = [int(d) for d in cfg.classes] or list(range(10))
+    if len(set(digits)) != len(digits) or len(digits) < 2 or not all(0 <= d <= 9 for d in digits):
+        raise DataError(f"data.classes: expected at least two distinct digits 0-9, got {digits}")
+    images, labels = load_digits_array()
+    keep = np.flatnonzero(np.isin(labels, digits))
+    remap = {d: k for k, d in enumerate(digits)}
+    y = np.array([remap[int(v)] for v in labels[keep]], dtype=np.int64)
+    pil = [Image.fromarray(np.rint(images[i] * (255.0 / 16.0)).astype(np.uint8)) for i in keep]
+    channels = int(data_config["input_size"][0])
+    full = pretransform(pil, y, eval_transform(data_config, crop_pct=1.0), channels)
+    train, val, test = _subsets(full, y, cfg, seed, "digits")
+    return DataBundle(train, val, test, tuple(str(d) for d in digits),
+                      f"digits {_digit_names(digits)}: {_counts(train, val, test)}")
+
+
+# ------------------------------------------------------------------------------------------------ image folder
+
+
+def scan_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """One subfolder per class (sorted, like torchvision's ImageFolder); image files found recursively."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: data.path: no class folders (expected one subfolder of images per class)")
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        files = sorted(Path(d) / f for d, _, fs in os.walk(root / name, followlinks=True) for f in fs
+                       if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
+        if not files:
+            raise DataError(f"{root / name}: data.path: class folder has no images")
+        samples.extend((f, label) for f in files)
+    return classes, samples
+
+
+def _same_classes(root: Path, split: str, classes: list[str], train_classes: list[str]) -> None:
+    if classes != train_classes:
+        missing = ", ".join(sorted(set(train_classes) - set(classes))) or "none"
+        extra = ", ".join(sorted(set(classes) - set(train_classes))) or "none"
+        raise DataError(f"{root / split}: data.path: class folders differ from {root / 'train'} "
+                        f"(missing: {missing}; extra: {extra})")
+
+
+def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
+    """`root/{train,val[,test]}/<class>/*` as given, or `root/<class>/*` split by the seeded fractions."""
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data.path: no such folder")
+    transform = eval_transform(data_config)
+    if (root / "train").is_dir():
+        if not (root / "val").is_dir():
+            raise DataError(f"{root / 'val'}: data.path: a train/ folder needs a val/ folder beside it")
+        classes, train_samples = scan_class_folders(root / "train")
+        splits: list[Dataset | None] = [ImageFiles(train_samples, transform)]
+        for split in ("val", "test"):
+            if not (root / split).is_dir():
+                splits.append(None)
+                continue
+            split_classes, samples = scan_class_folders(root / split)
+            _same_classes(root, split, split_classes, classes)
+            splits.append(ImageFiles(samples, transform))
+        train, val, test = splits
+        assert train is not None and val is not None
+    else:
+        classes, samples = scan_class_folders(root)
+        labels = np.array([label for _, label in samples], dtype=np.int64)
+        train, val, test = _subsets(ImageFiles(samples, transform), labels, cfg, seed, str(root))
+    return DataBundle(train, val, test, tuple(classes),
+                      f"image_folder {root.name}: {len(classes)} classes, {_counts(train, val, test)}")
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+Row = tuple[int, str, str]  # (row number in the file, text, label)
+
+
+def _read_records(path: Path, key: str) -> tuple[list[dict], list[int], list[str]]:
+    """Raw records with their row numbers (file lines, CSV header = row 1) and the column names."""
+    if not path.is_file():
+        raise DataError(f"{path}: data.{key}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
+        raise DataError(f"{path}: data.{key}: expected a {', '.join(TEXT_SUFFIXES)} file")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if suffix in (".csv", ".tsv"):
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                records, rows = [], []
+                for rec in reader:
+                    records.append(rec)
+                    rows.append(reader.line_num)
+                return records, rows, list(reader.fieldnames or [])
+            return _read_json_lines(path, f.read())
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+
+
+def _read_json_lines(path: Path, content: str) -> tuple[list[dict], list[int], list[str]]:
+    """JSON Lines (one object per line); a `.json` file holding one array of objects is accepted too."""
+    if content.lstrip().startswith("["):
+        try:
+            items = json.loads(content)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON: {e}") from None
+        pairs = list(enumerate(items, start=1))
+    else:
+        pairs = []
+        for n, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                try:
+                    pairs.append((n, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: row {n}: invalid JSON: {e.msg}") from None
+    for n, obj in pairs:
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: row {n}: expected a JSON object, got {type(obj).__name__}")
+    columns = list(pairs[0][1]) if pairs else []
+    return [obj for _, obj in pairs], [n for n, _ in pairs], columns
+
+
+def read_text_file(path: Path, key: str, text_column: str, label_column: str) -> list[Row]:
+    """Validated (row, text, label) triples; labels become strings (ints are allowed in JSON)."""
+    records, rows, columns = _read_records(path, key)
+    if not records:
+        raise DataError(f"{path}: data.{key}: no rows")
+    for col, col_key in ((text_column, "text_column"), (label_column, "label_column")):
+        if col not in columns:
+            raise DataError(f"{path}: data.{col_key}: no column {col!r} (columns: {', '.join(columns)})")
+    out: list[Row] = []
+    for rec, n in zip(records, rows):
+        text, label = rec.get(text_column), rec.get(label_column)
+        for col, value in ((text_column, text), (label_column, label)):
+            if value is None:
+                raise DataError(f"{path}: row {n}: missing field {col!r}")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}: row {n}: {text_column!r} must be non-empty text, got {text!r}")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
+            raise DataError(f"{path}: row {n}: {label_column!r} must be a string or an integer, got {label!r}")
+        out.append((n, text, str(label).strip()))
+    return out
+
+
+def _sorted_labels(labels: set[str]) -> tuple[str, ...]:
+    """Numeric order when every label is an integer ("2" before "10"), else alphabetical."""
+    try:
+        return tuple(sorted(labels, key=int))
+    except ValueError:
+        return tuple(sorted(labels))
+
+
+def tokenize(tokenizer: Any, texts: list[str], labels: list[int], max_length: int) -> TokenizedText:
+    """Tokenize everything once, padded to max_length, so default_collate stacks batches."""
+    try:
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    except ValueError as e:  # e.g. a tokenizer without a padding token
+        raise UserError(f"tokenizer: {(str(e).splitlines() or [''])[0]}") from None
+    return TokenizedText(enc["input_ids"].long(), enc["attention_mask"].long(),
+                         torch.as_tensor(labels, dtype=torch.int64))
+
+
+def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int) -> DataBundle:
+    """Train file, plus `val_path` / `test_path` files where given; a split without its own file is cut from the
+    train file by the seeded fractions. Classes come from the train file alone."""
+    path = Path(cfg.path).expanduser()
+    train_rows = read_text_file(path, "path", cfg.text_column, cfg.label_column)
+    classes = _sorted_labels({label for _, _, label in train_rows})
+    index = {c: k for k, c in enumerate(classes)}
+
+    def encode(rows: list[Row], file: Path) -> TokenizedText:
+        for n, _, label in rows:
+            if label not in index:
+                raise DataError(f"{file}: row {n}: label {label!r} is not in the training file's classes")
+        return tokenize(tokenizer, [t for _, t, _ in rows], [index[lb] for _, _, lb in rows], max_length)
+
+    def encode_file(key: str) -> Dataset | None:
+        if not getattr(cfg, key):
+            return None
+        file = Path(getattr(cfg, key)).expanduser()
+        return encode(read_text_file(file, key, cfg.text_column, cfg.label_column), file)
+
+    train: Dataset = encode(train_rows, path)
+    val, test = encode_file("val_path"), encode_file("test_path")
+    if val is None or (test is None and cfg.test_fraction > 0):
+        labels = np.array([index[label] for _, _, label in train_rows], dtype=np.int64)
+        split = dataclasses.replace(cfg, val_fraction=cfg.val_fraction if val is None else 0.0,
+                                    test_fraction=cfg.test_fraction if test is None else 0.0)
+        train, split_val, split_test = _subsets(train, labels, split, seed, str(path))
+        val = val if val is not None else split_val
+        test = test if test is not None else split_test
+    return DataBundle(train, val, test, classes, f"text {path.name}: {len(classes)} classes, "
+                                                 f"{_counts(train, val, test)}")
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+
+
+def build_synthetic_images(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
+    """Class k = a smooth random template (4x4 upsampled, so pooled CNN features see it) + pixel noise: easy
+    enough that a tiny model learns it in a few epochs, random enough that it is not trivially constant."""
+    c, h, w = (int(v) for v in data_config["input_size"])
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(cfg.num_classes, c, 4, 4, generator=g)
+    templates = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    labels = torch.arange(cfg.num_samples) % cfg.num_classes
+    x = templates[labels] + 0.5 * torch.randn(cfg.num_samples, c, h, w, generator=g)
+    full = TensorImages(x, labels.to(torch.int64))
+    train, val, test = _subsets(full, labels.numpy(), cfg, seed, "synthetic")
+    return DataBundle(train, val, test, tuple(f"c{k}" for k in range(cfg.num_classes)),
+                      f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {_counts(train, val, test)}")
+
+
+def _vocab_words(tokenizer: Any) -> list[str]:
+    """Plain lower-case words the tokenizer knows whole; drawing from them means no word becomes [UNK]."""
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    return sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and w not in special)
+
+
+def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int) -> DataBundle:
+    """Short texts whose words come mostly from a per-class word list (plus shared filler words)."""
+    rng = np.random.default_rng(seed)
+    words = _vocab_words(tokenizer)
+    per_class = min(8, len(words) // (cfg.num_classes + 1))
+    if per_class < 2:
+        raise UserError(f"synthetic text: the tokenizer knows {len(words)} plain words; "
+                        f"{cfg.num_classes} classes need at least {2 * (cfg.num_classes + 1)}")
+    chosen = list(rng.permutation(words)[: per_class * (cfg.num_classes + 1)])
+    vocab = [chosen[k * per_class:(k + 1) * per_class] for k in range(cfg.num_classes + 1)]
+    filler = vocab[-1]
+    labels = [i % cfg.num_classes for i in range(cfg.num_samples)]
+    texts = [" ".join(rng.choice(vocab[y]) if rng.random() < 0.7 else rng.choice(filler)
+                      for _ in range(int(rng.integers(4, 9)))) for y in labels]
+    full = tokenize(tokenizer, texts, labels, max_length)
+    train, val, test = _subsets(full, np.asarray(labels), cfg, seed, "synthetic")
+    return DataBundle(train, val, test, tuple(f"c{k}" for k in range(cfg.num_classes)),
+                      f"synthetic text: {cfg.num_classes} classes, {_counts(train, val, test)}")
+
+
+# ------------------------------------------------------------------------------------------------ public API
+
+
+def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: Any = None,
+                   max_length: int = 128, seed: int = 0) -> DataBundle:
+    """Build train / val / (test) datasets for `cfg.kind`. `task` is "image" or "text" (the model's input);
+    `data_config` is timm's resolved data config (input_size, mean, std, interpolation, crop_pct)."""
+    if task not in ("image", "text"):
+        raise ValueError(f"task must be 'image' or 'text', got {task!r}")
+    text_kind = cfg.kind == "text" or (cfg.kind == "synthetic" and task == "text")
+    if text_kind != (task == "text"):
+        raise UserError(f"data.kind: {cfg.kind!r} data does not fit a {task} model")
+    if text_kind and tokenizer is None:
+        raise UserError("data.kind: text data needs the model's tokenizer, and none was given")
+    if cfg.kind == "digits":
+        return build_digits(cfg, data_config, seed)
+    if cfg.kind == "image_folder":
+        return build_image_folder(cfg, data_config, seed)
+    if cfg.kind == "text":
+        return build_text(cfg, tokenizer, max_length, seed)
+    if cfg.kind == "synthetic":
+        if task == "text":
+            return build_synthetic_text(cfg, tokenizer, max_length, seed)
+        return build_synthetic_images(cfg, data_config, seed)
+    raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
+
+
+def resolve_num_workers(num_workers: int, device_type: str) -> int:
+    """-1 = auto: 0 on CPU (datasets are pre-transformed tensors; workers only cost there), else
+    min(8, cores/2) to keep image decoding ahead of the GPU."""
+    if num_workers >= 0:
+        return num_workers
+    if device_type == "cpu":
+        return 0
+    return min(8, (os.cpu_count() or 2) // 2)
+
+
+def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str,
+                 seed: int) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+    """Train loader shuffled by a seeded generator (same order for the same seed); val/test in order, with
+    twice the batch size since they keep no activations for backward."""
+    workers = resolve_num_workers(num_workers, device_type)
+    common: dict[str, Any] = {"num_workers": workers, "pin_memory": device_type == "cuda",
+                              "persistent_workers": workers > 0}
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False,
+                       generator=torch.Generator().manual_seed(seed), **common)
+    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
+    test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, **common)
+            if bundle.test is not None else None)
+    return train, val, test
