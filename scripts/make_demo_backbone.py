@@ -26,7 +26,7 @@ OUT = ROOT / "tuitune" / "profiles" / "demo_backbone.safetensors"
 
 PRETRAIN = {
     "name": "demo-pretrain",
-    "model": {"source": "timm", "name": "resnet18", "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16},
+    "model": {"source": "timm", "name": "resnet18", "pretrained": False, "kwargs": {"channels": [16, 32, 64, 128], "stem_width": 16},
               "img_size": 32},
     "data": {"kind": "digits", "classes": [0, 1, 2, 3, 4], "batch_size": 32, "val_fraction": 0.2},
     "train": {"epochs": 15, "lr": 3e-3, "optimizer": "adamw", "weight_decay": 0.05, "schedule": "cosine",

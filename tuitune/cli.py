@@ -57,13 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
-    """A profile file, or a bare model name / HF folder with default settings and random init."""
+    """A profile file, or a bare model name / HF folder with default settings (a timm name at random init: the
+    groups do not depend on the weights, and listing them must not need the hub)."""
     from tuitune.config import apply_overrides, load_profile, profile_from_dict
 
     if target.endswith(".toml") or Path(target).is_file():
         return load_profile(target, overrides)
     source = "hf" if (Path(target) / "config.json").exists() else "timm"
-    table = {"model": {"source": source, "name": target}, "data": {"kind": "synthetic"}}
+    table = {"model": {"source": source, "name": target, "pretrained": source == "hf"}, "data": {"kind": "synthetic"}}
     return profile_from_dict(apply_overrides(table, overrides), file=f"<{target}>")
 
 

@@ -42,8 +42,9 @@ class ModelConfig:
     source: str = opt("timm", "Where the backbone comes from: `timm` or `hf` (Hugging Face transformers).",
                       choices=("timm", "hf"))
     name: str = opt("", "timm model name (e.g. `resnet18`), or for `hf` a local directory or a hub id.")
-    pretrained: bool = opt(False, "Load pretrained weights from the timm / Hugging Face hub cache (offline: the "
-                                  "local cache only).")
+    pretrained: bool = opt(True, "Start from pretrained weights: timm's / Hugging Face's, from the local cache "
+                                 "(tuitune never downloads at run time), or a local `hf` folder's own weights. "
+                                 "`false` = random init. Not used when `weights` is set.")
     weights: str = opt("", "Local weights file (`.safetensors`, or `.pth`/`.pt` read with `weights_only=True`); "
                            "relative to the profile's folder. The classifier head is re-created.", path=True)
     kwargs: dict = opt({}, "Extra keyword arguments for `timm.create_model` (e.g. `{ drop_rate = 0.1 }`).")

@@ -6,3 +6,7 @@ from __future__ import annotations
 class UserError(Exception):
     """Bad input: a profile, a data file, a model name, a checkpoint. The message is one line naming the file
     and the key (or row) at fault."""
+
+
+class DataError(UserError):
+    """Data that cannot be used; the message is one line naming the data file (and row / key) at fault."""

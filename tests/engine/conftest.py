@@ -7,7 +7,7 @@ import pytest
 
 from tuitune.config import RunProfile, apply_overrides, profile_from_dict
 
-TINY_MODEL = {"source": "timm", "name": "resnet18", "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+TINY_MODEL = {"source": "timm", "name": "resnet18", "pretrained": False, "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
               "img_size": 32}
 
 

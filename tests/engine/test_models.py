@@ -36,11 +36,11 @@ def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def timm_cfg(name: str, **kw) -> ModelConfig:
-    return ModelConfig(source="timm", name=name, **kw)
+    return ModelConfig(source="timm", name=name, **{"pretrained": False, **kw})
 
 
 def hf_cfg(path: Path, **kw) -> ModelConfig:
-    return ModelConfig(source="hf", name=str(path), **kw)
+    return ModelConfig(source="hf", name=str(path), **{"pretrained": False, **kw})
 
 
 # ---------------------------------------------------------------------------------------------------- timm

@@ -11,10 +11,8 @@ the small sets this tool is aimed at (digits, a few hundred images) are where au
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gzip
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,15 +26,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tuitune.config import DataConfig
-from tuitune.errors import UserError
+from tuitune.engine.textfiles import Row, read_text_file, sorted_labels
+from tuitune.errors import DataError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
-class DataError(UserError):
-    """Data that cannot be used; the message is one line naming the data file (and row / key) at fault."""
 
 
 @dataclass
@@ -269,83 +263,6 @@ def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBun
 
 # ------------------------------------------------------------------------------------------------ text
 
-Row = tuple[int, str, str]  # (row number in the file, text, label)
-
-
-def _read_records(path: Path, key: str) -> tuple[list[dict], list[int], list[str]]:
-    """Raw records with their row numbers (file lines, CSV header = row 1) and the column names."""
-    if not path.is_file():
-        raise DataError(f"{path}: data.{key}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES:
-        raise DataError(f"{path}: data.{key}: expected a {', '.join(TEXT_SUFFIXES)} file")
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            if suffix in (".csv", ".tsv"):
-                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-                records, rows = [], []
-                for rec in reader:
-                    records.append(rec)
-                    rows.append(reader.line_num)
-                return records, rows, list(reader.fieldnames or [])
-            return _read_json_lines(path, f.read())
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-
-
-def _read_json_lines(path: Path, content: str) -> tuple[list[dict], list[int], list[str]]:
-    """JSON Lines (one object per line); a `.json` file holding one array of objects is accepted too."""
-    if content.lstrip().startswith("["):
-        try:
-            items = json.loads(content)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON: {e}") from None
-        pairs = list(enumerate(items, start=1))
-    else:
-        pairs = []
-        for n, line in enumerate(content.splitlines(), start=1):
-            if line.strip():
-                try:
-                    pairs.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: row {n}: invalid JSON: {e.msg}") from None
-    for n, obj in pairs:
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}: row {n}: expected a JSON object, got {type(obj).__name__}")
-    columns = list(pairs[0][1]) if pairs else []
-    return [obj for _, obj in pairs], [n for n, _ in pairs], columns
-
-
-def read_text_file(path: Path, key: str, text_column: str, label_column: str) -> list[Row]:
-    """Validated (row, text, label) triples; labels become strings (ints are allowed in JSON)."""
-    records, rows, columns = _read_records(path, key)
-    if not records:
-        raise DataError(f"{path}: data.{key}: no rows")
-    for col, col_key in ((text_column, "text_column"), (label_column, "label_column")):
-        if col not in columns:
-            raise DataError(f"{path}: data.{col_key}: no column {col!r} (columns: {', '.join(columns)})")
-    out: list[Row] = []
-    for rec, n in zip(records, rows):
-        text, label = rec.get(text_column), rec.get(label_column)
-        for col, value in ((text_column, text), (label_column, label)):
-            if value is None:
-                raise DataError(f"{path}: row {n}: missing field {col!r}")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}: row {n}: {text_column!r} must be non-empty text, got {text!r}")
-        if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
-            raise DataError(f"{path}: row {n}: {label_column!r} must be a string or an integer, got {label!r}")
-        out.append((n, text, str(label).strip()))
-    return out
-
-
-def _sorted_labels(labels: set[str]) -> tuple[str, ...]:
-    """Numeric order when every label is an integer ("2" before "10"), else alphabetical."""
-    try:
-        return tuple(sorted(labels, key=int))
-    except ValueError:
-        return tuple(sorted(labels))
-
-
 def tokenize(tokenizer: Any, texts: list[str], labels: list[int], max_length: int) -> TokenizedText:
     """Tokenize everything once, padded to max_length, so default_collate stacks batches."""
     try:
@@ -361,7 +278,7 @@ def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int) -> D
     train file by the seeded fractions. Classes come from the train file alone."""
     path = Path(cfg.path).expanduser()
     train_rows = read_text_file(path, "path", cfg.text_column, cfg.label_column)
-    classes = _sorted_labels({label for _, _, label in train_rows})
+    classes = sorted_labels({label for _, _, label in train_rows})
     index = {c: k for k, c in enumerate(classes)}
 
     def encode(rows: list[Row], file: Path) -> TokenizedText:
@@ -457,6 +374,24 @@ def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: 
         if task == "text":
             return build_synthetic_text(cfg, tokenizer, max_length, seed)
         return build_synthetic_images(cfg, data_config, seed)
+    raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
+
+
+def class_names(cfg: DataConfig) -> tuple[str, ...]:
+    """The classes `build_datasets` will yield, found without building anything: the model's head is sized from
+    them before the datasets (which need the model's transform or tokenizer) exist."""
+    if cfg.kind == "digits":
+        return tuple(str(d) for d in (cfg.classes or range(10)))
+    if cfg.kind == "synthetic":
+        return tuple(f"c{k}" for k in range(cfg.num_classes))
+    if cfg.kind == "image_folder":
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise DataError(f"{root}: data.path: no such folder")
+        return tuple(scan_class_folders(root / "train" if (root / "train").is_dir() else root)[0])
+    if cfg.kind == "text":
+        rows = read_text_file(Path(cfg.path).expanduser(), "path", cfg.text_column, cfg.label_column)
+        return sorted_labels({label for _, _, label in rows})
     raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
 
 
