@@ -72,10 +72,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     profile = _layers_profile(args.profile, args.overrides)
     from tuitune.engine.data import class_names
     from tuitune.engine.models import build_backbone, layer_table
+    from tuitune.engine.setup import model_task
     from tuitune.engine.strategy import plan_phases
 
-    task = "text" if profile.data.kind == "text" else "image"
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task,
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=model_task(profile),
                               coarse=profile.strategy.coarse)
     first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy)[0]
     rows = layer_table(backbone.groups, set(first_phase))

@@ -77,14 +77,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_task(profile: RunProfile) -> str:
+    """"image" or "text": what the model reads. Data files decide, except for synthetic data, where a Hugging
+    Face model's own config does (a vision config has an image size)."""
+    if profile.data.kind == "text":
+        return "text"
+    if profile.data.kind != "synthetic" or profile.model.source != "hf":
+        return "image"
+    config_file = Path(profile.model.name) / "config.json"
+    if config_file.is_file():
+        import json
+
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        return "image" if "image_size" in config or "vision_config" in config else "text"
+    return "image"
+
+
 def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     seed_everything(profile.train.seed)
     device = resolve_device(profile.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    task = "text" if profile.data.kind == "text" else "image"
     classes = class_names(profile.data)
-    backbone = build_backbone(profile.model, len(classes), task=task, coarse=profile.strategy.coarse)
+    backbone = build_backbone(profile.model, len(classes), task=model_task(profile), coarse=profile.strategy.coarse)
     backbone.model.to(device)
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
                             tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed)
