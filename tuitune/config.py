@@ -88,9 +88,21 @@ class TrainConfig:
                                   "`adagrad`, `rmsprop`, `adam`, `adamw`, ...")
     weight_decay: float = opt(0.01, "Weight decay.", min=0.0)
     momentum: float = opt(0.9, "Momentum for `sgd`/`momentum`/`rmsprop`.", min=0.0, max=1.0)
-    schedule: str = opt("cosine", "Learning-rate schedule over the run: `constant` or `cosine`.",
-                        choices=("constant", "cosine"))
-    warmup_steps: int = opt(0, "Linear warm-up steps at the start of the run.", min=0)
+    schedule: str = opt("cosine", "Learning-rate schedule over the run (timm's / torch's shapes, applied as a "
+                                  "multiplier on each group's own LR): `constant`, `step`, `cosine`, `onecycle` or "
+                                  "`plateau` (reduce when the val loss stalls).",
+                        choices=("constant", "step", "cosine", "onecycle", "plateau"))
+    warmup_steps: int = opt(0, "Linear warm-up steps at the start of the run (`onecycle`: its rising part).",
+                            min=0)
+    decay_epochs: int = opt(3, "`step` schedule: epochs between LR decays.", min=1)
+    decay_rate: float = opt(0.1, "`step` / `plateau` schedules: the factor applied at each decay.", gt=0.0, max=1.0)
+    lr_patience: int = opt(2, "`plateau` schedule: epochs without val-loss improvement before a decay.", min=0)
+    min_lr_ratio: float = opt(0.0, "`cosine` / `plateau`: the floor, as a fraction of each group's LR.", min=0.0,
+                              max=1.0)
+    unfreeze_warmup_steps: int = opt(0, "Warm up each newly unfrozen group's LR on its own over this many steps "
+                                        "(0 = it starts at its full LR).", min=0)
+    ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
+                                "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)
     seed: int = opt(0, "Random seed (data split, shuffling, initialisation).")
     device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
@@ -98,13 +110,20 @@ class TrainConfig:
     max_steps_per_epoch: int = opt(0, "Cap on steps per epoch; 0 = the whole training set.", min=0)
     checkpoint_metric: str = opt("val_acc", "Metric that decides the `best` checkpoint.",
                                  choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+    on_nonfinite: str = opt("stop", "A NaN or infinite loss, found at the next metric read: `stop` ends the run "
+                                    "(checkpoints already saved stay as they were); `skip` drops the gradients of "
+                                    "such steps (and of steps with non-finite gradients) on the device and goes on.", choices=("stop", "skip"))
+    max_skipped: int = opt(10, "`on_nonfinite = \"skip\"`: the run stops once more steps than this were skipped.",
+                           min=0)
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
     kind: str = opt("full", "`full` (everything trains), `head_only` (linear probe), `groups` (the named "
-                            "groups train) or `progressive` (phases from the head downwards).",
-                    choices=("full", "head_only", "groups", "progressive"))
+                            "groups train), `progressive` (phases from the head downwards) or `lp_ft` (LP-FT, Kumar "
+                            "et al. 2022: the head alone until `trigger` fires, then every group at "
+                            "`ft_lr_scale` times the LR).",
+                    choices=("full", "head_only", "groups", "progressive", "lp_ft"))
     groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
     groups_per_phase: int = opt(1, "`progressive`: layer groups unfrozen at each phase change.", min=1)
     trigger: str = opt("epochs", "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
@@ -124,6 +143,49 @@ class StrategyConfig:
                           gt=0.0, max=1.0)
     freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
     coarse: bool = opt(True, "timm: coarse groups (stem / stages / head) rather than one group per block.")
+    ft_lr_scale: float = opt(0.1, "`lp_ft`: every group's LR is scaled by this once all groups train.", gt=0.0,
+                             max=1.0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = opt("cross_entropy", "`cross_entropy`, `focal` (softmax focal loss), `mse` (regression on numeric "
+                                     "labels: RMSE and MAE are reported instead of accuracy) or `bce` (multi-label: "
+                                     "micro-F1 and mAP are reported).",
+                    choices=("cross_entropy", "focal", "mse", "bce"))
+    label_smoothing: float = opt(0.0, "Label smoothing for `cross_entropy` / `focal` / `bce`.", min=0.0, max=0.5)
+    class_weights: list = opt([], "Per-class loss weights, one per class in label order; empty = none.")
+    balance_classes: bool = opt(False, "Weight classes by inverse frequency in the training set (N / (K n_c)).")
+    focal_gamma: float = opt(2.0, "`focal`: the focusing exponent gamma (0 = cross-entropy).", min=0.0)
+    focal_alpha: float = opt(0.25, "`focal`: the scale alpha of the paper (1.0 with gamma 0 = cross-entropy).",
+                             gt=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class RegularizationConfig:
+    l1: float = opt(0.0, "L1 penalty: lambda * sum |w| over trainable weights (not norms or biases).", min=0.0)
+    l2_sp: float = opt(0.0, "L2-SP (Li et al. 2018): alpha/2 * ||w - w_pretrained||^2 over trainable backbone "
+                            "weights: decay toward the pretrained weights, against forgetting.", min=0.0)
+    drop_rate: float = opt(0.0, "Dropout before the classifier (timm `drop_rate`; Hugging Face: the classifier "
+                                "dropout).", min=0.0, max=0.9)
+    drop_path_rate: float = opt(0.0, "Stochastic depth (timm `drop_path_rate`).", min=0.0, max=0.9)
+    hidden_dropout: float = opt(-1.0, "Hugging Face: the hidden-layer dropout (`hidden_dropout_prob` / "
+                                      "`dropout`); -1 keeps the checkpoint's.", min=-1.0, max=0.9)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    train_transform: str = opt("eval", "Images: `eval` (the deterministic resize + normalise, no augmentation) or "
+                                        "`timm` (timm's `create_transform(is_training=True)`: random resized crop "
+                                        "and the keys below).", choices=("eval", "timm"))
+    scale_min: float = opt(0.08, "`timm`: the smallest crop area of the random resized crop.", gt=0.0, max=1.0)
+    hflip: float = opt(0.5, "`timm`: horizontal flip probability.", min=0.0, max=1.0)
+    vflip: float = opt(0.0, "`timm`: vertical flip probability.", min=0.0, max=1.0)
+    auto_augment: str = opt("", "`timm`: a RandAugment / AutoAugment string, e.g. `rand-m9-mstd0.5`.")
+    color_jitter: float = opt(0.0, "`timm`: color jitter strength.", min=0.0, max=1.0)
+    re_prob: float = opt(0.0, "`timm`: random erasing probability.", min=0.0, max=1.0)
+    mixup: float = opt(0.0, "Mixup alpha (timm's `Mixup`); 0 = off.", min=0.0)
+    cutmix: float = opt(0.0, "CutMix alpha (timm's `Mixup`); 0 = off.", min=0.0)
 
 
 @dataclass(frozen=True)
@@ -143,6 +205,9 @@ class RunProfile:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     source_path: str = field(default="", metadata={"internal": True})
 
 
@@ -218,6 +283,23 @@ def _cross_check(p: RunProfile, file: str) -> None:
         raise ProfileError(f"{file}: data.classes: expected digits 0-9, got {list(p.data.classes)!r}")
     if any(not isinstance(g, str) for g in p.strategy.groups):
         raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in p.loss.class_weights):
+        raise ProfileError(f"{file}: loss.class_weights: expected non-negative numbers")
+    _check_augment(p, file)
+
+
+def _check_augment(p: RunProfile, file: str) -> None:
+    """Augmentation keys are used or refused, never silently ignored."""
+    defaults = AugmentConfig()
+    changed = [f.name for f in dataclasses.fields(AugmentConfig)
+               if getattr(p.augment, f.name) != getattr(defaults, f.name)]
+    if p.data.kind == "text" and changed:
+        raise ProfileError(f"{file}: augment.{changed[0]}: text data has no augmentation in tuitune; remove the key")
+    timm_only = [k for k in changed if k not in ("train_transform", "mixup", "cutmix")]
+    if timm_only and p.augment.train_transform != "timm":
+        raise ProfileError(f"{file}: augment.{timm_only[0]}: only used with augment.train_transform = \"timm\"")
+    if (p.augment.mixup or p.augment.cutmix) and p.loss.kind in ("mse", "bce"):
+        raise ProfileError(f"{file}: augment.mixup: mixup/cutmix need a single-label loss (cross_entropy, focal)")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -339,5 +421,15 @@ def dump_default(default: Any) -> str:
     return repr(default)
 
 
+def update_readme(path: Path) -> None:
+    """Replace everything from the first `### Top level` heading on with the generated reference."""
+    text = path.read_text(encoding="utf-8")
+    head = text.split("### Top level", 1)[0]
+    path.write_text(head + docs_markdown(), encoding="utf-8")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(docs_markdown(), end="")
+    if sys.argv[1:2] == ["--update"]:
+        update_readme(Path(sys.argv[2]))
+    else:
+        print(docs_markdown(), end="")

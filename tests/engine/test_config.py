@@ -72,4 +72,4 @@ def test_missing_file() -> None:
 
 def test_every_key_is_documented_in_profiles_readme() -> None:
     readme = (ROOT / "profiles" / "README.md").read_text()
-    assert docs_markdown() in readme, "regenerate: python -m tuitune.config >> profiles/README.md (see its header)"
+    assert docs_markdown() in readme, "regenerate: python -m tuitune.config --update profiles/README.md"

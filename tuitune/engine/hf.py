@@ -66,6 +66,7 @@ def build_hf(cfg: ModelConfig, num_classes: int, task: str) -> tuple[nn.Module, 
         raise ModelError("model.weights: only for timm models; for hf set model.name to a local model folder")
     name = _hf_location(cfg.name)
     config = _hf_call(name, lambda: tf.AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code))
+    apply_config_overrides(config, cfg.kwargs)
     size = cfg.img_size or _image_size(config)
     interpolate = False
     if task == "text" and cfg.pooling == "mean":
@@ -90,6 +91,21 @@ def build_hf(cfg: ModelConfig, num_classes: int, task: str) -> tuple[nn.Module, 
                 name, trust_remote_code=cfg.trust_remote_code))
             return model, {}, tokenizer, ""
         return model, _hf_data_config(name, config, size), None, ""
+
+
+# The same knob has different names across architectures (BERT `hidden_dropout_prob`, DistilBERT `dropout`, ...).
+_ALIASES = {"hidden_dropout": ("hidden_dropout_prob", "dropout", "hidden_dropout"),
+            "classifier_dropout": ("classifier_dropout", "seq_classif_dropout")}
+
+
+def apply_config_overrides(config: Any, overrides: dict[str, Any]) -> None:
+    """`model.kwargs` for an hf model: attributes of its config, plus the portable dropout names above."""
+    for key, value in overrides.items():
+        names = [n for n in _ALIASES.get(key, (key,)) if hasattr(config, n)]
+        if not names:
+            raise ModelError(f"model.kwargs.{key}: {type(config).__name__} has no such setting")
+        for n in names:
+            setattr(config, n, value)
 
 
 @contextlib.contextmanager
