@@ -254,7 +254,7 @@ def test_text_json_array_and_custom_columns(tokenizer, tmp_path):
     ("a.csv", "text,label\ngood,pos\n  ,neg\n", {}, r"a.csv: row 3: 'text' must be non-empty text"),
     ("a.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n', {}, r"a.jsonl: row 2: invalid JSON"),
     ("a.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad"}\n', {}, r"a.jsonl: row 2: missing field"),
-    ("a.jsonl", '{"text": "good", "label": [1]}\n', {}, r"a.jsonl: row 1: 'label' must be a string or an integer"),
+    ("a.jsonl", '{"text": "good", "label": {"x": 1}}\n', {}, r"a.jsonl: row 1: 'label' must be a string or a number"),
     ("a.jsonl", '["good", "pos"]\n', {}, r"a.jsonl: row 1: expected a JSON object"),
     ("a.csv", "text,label\n", {}, r"a.csv: data.path: no rows"),
     ("a.txt", "good pos\n", {}, r"a.txt: data.path: expected a .csv, .tsv, .jsonl, .json file"),

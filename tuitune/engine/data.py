@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tuitune.config import DataConfig
-from tuitune.engine.textfiles import Row, read_text_file, sorted_labels
+from tuitune.engine.textfiles import Row, encode_targets, read_text_file, strata, target_classes
 from tuitune.errors import DataError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -263,29 +263,26 @@ def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBun
 
 # ------------------------------------------------------------------------------------------------ text
 
-def tokenize(tokenizer: Any, texts: list[str], labels: list[int], max_length: int) -> TokenizedText:
+def tokenize(tokenizer: Any, texts: list[str], labels: list[int] | torch.Tensor, max_length: int) -> TokenizedText:
     """Tokenize everything once, padded to max_length, so default_collate stacks batches."""
     try:
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     except ValueError as e:  # e.g. a tokenizer without a padding token
         raise UserError(f"tokenizer: {(str(e).splitlines() or [''])[0]}") from None
-    return TokenizedText(enc["input_ids"].long(), enc["attention_mask"].long(),
-                         torch.as_tensor(labels, dtype=torch.int64))
+    targets = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels, dtype=torch.int64)
+    return TokenizedText(enc["input_ids"].long(), enc["attention_mask"].long(), targets)
 
 
-def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int) -> DataBundle:
+def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, target: str = "class") -> DataBundle:
     """Train file, plus `val_path` / `test_path` files where given; a split without its own file is cut from the
-    train file by the seeded fractions. Classes come from the train file alone."""
+    train file by the seeded fractions. Classes (or labels) come from the train file alone."""
     path = Path(cfg.path).expanduser()
     train_rows = read_text_file(path, "path", cfg.text_column, cfg.label_column)
-    classes = sorted_labels({label for _, _, label in train_rows})
-    index = {c: k for k, c in enumerate(classes)}
+    classes = target_classes(train_rows, target)
 
     def encode(rows: list[Row], file: Path) -> TokenizedText:
-        for n, _, label in rows:
-            if label not in index:
-                raise DataError(f"{file}: row {n}: label {label!r} is not in the training file's classes")
-        return tokenize(tokenizer, [t for _, t, _ in rows], [index[lb] for _, _, lb in rows], max_length)
+        targets = encode_targets(rows, target, classes, file)
+        return tokenize(tokenizer, [t for _, t, _ in rows], targets, max_length)
 
     def encode_file(key: str) -> Dataset | None:
         if not getattr(cfg, key):
@@ -296,67 +293,27 @@ def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int) -> D
     train: Dataset = encode(train_rows, path)
     val, test = encode_file("val_path"), encode_file("test_path")
     if val is None or (test is None and cfg.test_fraction > 0):
-        labels = np.array([index[label] for _, _, label in train_rows], dtype=np.int64)
         split = dataclasses.replace(cfg, val_fraction=cfg.val_fraction if val is None else 0.0,
                                     test_fraction=cfg.test_fraction if test is None else 0.0)
-        train, split_val, split_test = _subsets(train, labels, split, seed, str(path))
+        train, split_val, split_test = _subsets(train, strata(train.labels), split, seed, str(path))
         val = val if val is not None else split_val
         test = test if test is not None else split_test
-    return DataBundle(train, val, test, classes, f"text {path.name}: {len(classes)} classes, "
+    return DataBundle(train, val, test, classes, f"text {path.name}: {len(classes)} {_noun(target)}, "
                                                  f"{_counts(train, val, test)}")
 
 
-# ------------------------------------------------------------------------------------------------ synthetic
-
-
-def build_synthetic_images(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
-    """Class k = a smooth random template (4x4 upsampled, so pooled CNN features see it) + pixel noise: easy
-    enough that a tiny model learns it in a few epochs, random enough that it is not trivially constant."""
-    c, h, w = (int(v) for v in data_config["input_size"])
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(cfg.num_classes, c, 4, 4, generator=g)
-    templates = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    labels = torch.arange(cfg.num_samples) % cfg.num_classes
-    x = templates[labels] + 0.5 * torch.randn(cfg.num_samples, c, h, w, generator=g)
-    full = TensorImages(x, labels.to(torch.int64))
-    train, val, test = _subsets(full, labels.numpy(), cfg, seed, "synthetic")
-    return DataBundle(train, val, test, tuple(f"c{k}" for k in range(cfg.num_classes)),
-                      f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {_counts(train, val, test)}")
-
-
-def _vocab_words(tokenizer: Any) -> list[str]:
-    """Plain lower-case words the tokenizer knows whole; drawing from them means no word becomes [UNK]."""
-    special = set(getattr(tokenizer, "all_special_tokens", []))
-    return sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and w not in special)
-
-
-def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int) -> DataBundle:
-    """Short texts whose words come mostly from a per-class word list (plus shared filler words)."""
-    rng = np.random.default_rng(seed)
-    words = _vocab_words(tokenizer)
-    per_class = min(8, len(words) // (cfg.num_classes + 1))
-    if per_class < 2:
-        raise UserError(f"synthetic text: the tokenizer knows {len(words)} plain words; "
-                        f"{cfg.num_classes} classes need at least {2 * (cfg.num_classes + 1)}")
-    chosen = list(rng.permutation(words)[: per_class * (cfg.num_classes + 1)])
-    vocab = [chosen[k * per_class:(k + 1) * per_class] for k in range(cfg.num_classes + 1)]
-    filler = vocab[-1]
-    labels = [i % cfg.num_classes for i in range(cfg.num_samples)]
-    texts = [" ".join(rng.choice(vocab[y]) if rng.random() < 0.7 else rng.choice(filler)
-                      for _ in range(int(rng.integers(4, 9)))) for y in labels]
-    full = tokenize(tokenizer, texts, labels, max_length)
-    train, val, test = _subsets(full, np.asarray(labels), cfg, seed, "synthetic")
-    return DataBundle(train, val, test, tuple(f"c{k}" for k in range(cfg.num_classes)),
-                      f"synthetic text: {cfg.num_classes} classes, {_counts(train, val, test)}")
+def _noun(target: str) -> str:
+    return {"value": "target", "multi": "labels"}.get(target, "classes")
 
 
 # ------------------------------------------------------------------------------------------------ public API
 
 
 def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: Any = None,
-                   max_length: int = 128, seed: int = 0) -> DataBundle:
+                   max_length: int = 128, seed: int = 0, target: str = "class") -> DataBundle:
     """Build train / val / (test) datasets for `cfg.kind`. `task` is "image" or "text" (the model's input);
-    `data_config` is timm's resolved data config (input_size, mean, std, interpolation, crop_pct)."""
+    `data_config` is timm's resolved data config (input_size, mean, std, interpolation, crop_pct); `target` is
+    "class", "value" (regression) or "multi" (multi-label), see `tuitune.engine.metrics`."""
     if task not in ("image", "text"):
         raise ValueError(f"task must be 'image' or 'text', got {task!r}")
     text_kind = cfg.kind == "text" or (cfg.kind == "synthetic" and task == "text")
@@ -364,26 +321,34 @@ def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: 
         raise UserError(f"data.kind: {cfg.kind!r} data does not fit a {task} model")
     if text_kind and tokenizer is None:
         raise UserError("data.kind: text data needs the model's tokenizer, and none was given")
+    if cfg.kind in ("digits", "image_folder"):
+        class_names(cfg, target)  # refuses regression / multi-label targets with one clear line
     if cfg.kind == "digits":
         return build_digits(cfg, data_config, seed)
     if cfg.kind == "image_folder":
         return build_image_folder(cfg, data_config, seed)
     if cfg.kind == "text":
-        return build_text(cfg, tokenizer, max_length, seed)
+        return build_text(cfg, tokenizer, max_length, seed, target)
     if cfg.kind == "synthetic":
+        from tuitune.engine.synthetic import build_synthetic_images, build_synthetic_text
+
         if task == "text":
-            return build_synthetic_text(cfg, tokenizer, max_length, seed)
-        return build_synthetic_images(cfg, data_config, seed)
+            return build_synthetic_text(cfg, tokenizer, max_length, seed, target)
+        return build_synthetic_images(cfg, data_config, seed, target)
     raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
 
 
-def class_names(cfg: DataConfig) -> tuple[str, ...]:
-    """The classes `build_datasets` will yield, found without building anything: the model's head is sized from
-    them before the datasets (which need the model's transform or tokenizer) exist."""
+def class_names(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
+    """The outputs `build_datasets` will yield (class names; ("value",) for regression), found without building
+    anything: the model's head is sized from them before the datasets (which need the model's transform or
+    tokenizer) exist."""
+    if target != "class" and cfg.kind in ("digits", "image_folder"):
+        raise DataError(f"loss.kind: {cfg.kind} data has one class per example; regression (mse) and multi-label "
+                        f"(bce) need text or synthetic data")
     if cfg.kind == "digits":
         return tuple(str(d) for d in (cfg.classes or range(10)))
     if cfg.kind == "synthetic":
-        return tuple(f"c{k}" for k in range(cfg.num_classes))
+        return ("value",) if target == "value" else tuple(f"c{k}" for k in range(cfg.num_classes))
     if cfg.kind == "image_folder":
         root = Path(cfg.path).expanduser()
         if not root.is_dir():
@@ -391,7 +356,7 @@ def class_names(cfg: DataConfig) -> tuple[str, ...]:
         return tuple(scan_class_folders(root / "train" if (root / "train").is_dir() else root)[0])
     if cfg.kind == "text":
         rows = read_text_file(Path(cfg.path).expanduser(), "path", cfg.text_column, cfg.label_column)
-        return sorted_labels({label for _, _, label in rows})
+        return target_classes(rows, target)
     raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
 
 

@@ -9,9 +9,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from tuitune.errors import DataError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+MULTI_SEP = "|"  # multi-label rows in CSV: "cat|dog"
 
 Row = tuple[int, str, str]  # (row number in the file, text, label)
 
@@ -76,10 +80,59 @@ def read_text_file(path: Path, key: str, text_column: str, label_column: str) ->
                 raise DataError(f"{path}: row {n}: missing field {col!r}")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}: row {n}: {text_column!r} must be non-empty text, got {text!r}")
-        if isinstance(label, bool) or not isinstance(label, (str, int)) or not str(label).strip():
-            raise DataError(f"{path}: row {n}: {label_column!r} must be a string or an integer, got {label!r}")
+        if isinstance(label, list) and label and all(isinstance(x, (str, int)) for x in label):
+            label = MULTI_SEP.join(str(x).strip() for x in label)  # multi-label rows in JSON
+        if isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip():
+            raise DataError(f"{path}: row {n}: {label_column!r} must be a string or a number, got {label!r}")
         out.append((n, text, str(label).strip()))
     return out
+
+
+def target_classes(rows: list[Row], target: str) -> tuple[str, ...]:
+    """The output names: the class labels; for regression the one value; for multi-label every label seen."""
+    if target == "value":
+        return ("value",)
+    if target == "multi":
+        return sorted_labels({part for _, _, label in rows for part in split_multi(label)})
+    return sorted_labels({label for _, _, label in rows})
+
+
+def split_multi(label: str) -> list[str]:
+    return [part.strip() for part in label.split(MULTI_SEP) if part.strip()]
+
+
+def encode_targets(rows: list[Row], target: str, classes: tuple[str, ...], file: Path) -> torch.Tensor:
+    """Class indices (int64), regression values (float32) or multi-hot vectors (float32 [N, K])."""
+    index = {c: k for k, c in enumerate(classes)}
+    if target == "value":
+        values = []
+        for n, _, label in rows:
+            try:
+                values.append(float(label))
+            except ValueError:
+                raise DataError(f"{file}: row {n}: label {label!r} is not a number (loss.kind = \"mse\")") from None
+        return torch.tensor(values, dtype=torch.float32)
+    if target == "multi":
+        hot = torch.zeros(len(rows), len(classes))
+        for i, (n, _, label) in enumerate(rows):
+            for part in split_multi(label):
+                if part not in index:
+                    raise DataError(f"{file}: row {n}: label {part!r} is not in the training file's labels")
+                hot[i, index[part]] = 1.0
+        return hot
+    for n, _, label in rows:
+        if label not in index:
+            raise DataError(f"{file}: row {n}: label {label!r} is not in the training file's classes")
+    return torch.tensor([index[label] for _, _, label in rows], dtype=torch.int64)
+
+
+def strata(targets: torch.Tensor) -> np.ndarray:
+    """What a seeded split stratifies on: the class; the first label of a multi-label row; nothing for values."""
+    if targets.dtype == torch.int64:
+        return targets.numpy()
+    if targets.ndim == 2:
+        return targets.argmax(-1).numpy()
+    return np.zeros(len(targets), dtype=np.int64)
 
 
 def sorted_labels(labels: set[str]) -> tuple[str, ...]:

@@ -1,0 +1,78 @@
+"""Task metrics, computed the way the loop needs them: sums that stay on the device, one host read at the end.
+
+A *target* kind decides the score the dashboard plots and the summary reports:
+`class` -> accuracy, `value` (regression, MSE loss) -> RMSE (and MAE), `multi` (multi-label, BCE) -> micro-F1
+at 0.5 (and mAP). Each scorer turns a batch into a small vector of sums (`batch_sums`), which the loop accumulates on
+the device, and turns the accumulated sums into a score (`score`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def target_kind(loss_kind: str) -> str:
+    return {"mse": "value", "bce": "multi"}.get(loss_kind, "class")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    kind: str  # "class", "value" or "multi"
+
+    @property
+    def name(self) -> str:
+        return {"class": "acc", "value": "rmse", "multi": "f1"}[self.kind]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind != "value"
+
+    @property
+    def width(self) -> int:
+        return {"class": 1, "value": 2, "multi": 3}[self.kind]
+
+    def batch_sums(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-batch sums, on the device (no sync): class [correct]; value [sq err, abs err]; multi [tp, fp, fn]."""
+        out = out.detach().float()
+        if self.kind == "value":
+            err = out.reshape(y.shape) - y.float()
+            return torch.stack([err.pow(2).sum(), err.abs().sum()])
+        if self.kind == "multi":
+            pred, truth = out > 0, y > 0.5
+            return torch.stack([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]).float()
+        if y.ndim == 2:  # soft Mixup targets: compare with the dominant class
+            y = y.argmax(-1)
+        return (out.argmax(-1) == y).sum().float().reshape(1)
+
+    def score(self, sums: list[float], n: int) -> float:
+        if n == 0:
+            return math.nan
+        if self.kind == "value":
+            return math.sqrt(sums[0] / n)
+        if self.kind == "multi":
+            tp, fp, fn = sums
+            return 2 * tp / max(2 * tp + fp + fn, 1e-12)
+        return sums[0] / n
+
+    def extras(self, sums: list[float], n: int) -> dict[str, float]:
+        if self.kind == "value" and n:
+            return {"mae": sums[1] / n}
+        return {}
+
+
+def average_precision(scores: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean over classes of average precision (area under the precision-recall steps), for multi-label val sets.
+    Classes with no positive example are skipped, as in scikit-learn's macro AP."""
+    aps = []
+    for k in range(scores.shape[1]):
+        positives = truth[:, k] > 0.5
+        if not positives.any():
+            continue
+        order = torch.argsort(scores[:, k], descending=True)
+        hits = positives[order].float()
+        precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+        aps.append(float((precision * hits).sum() / hits.sum()))
+    return sum(aps) / len(aps) if aps else math.nan
