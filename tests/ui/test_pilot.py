@@ -1,0 +1,213 @@
+"""Pilot tests: keys reach the engine's control queue; the screen changes only after the confirming event."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from rich.console import Console
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import OptionList, Static
+
+from tests.ui import scripted
+from tuitune.config import profile_from_dict
+from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine.events import to_json
+from tuitune.ui.app import TuituneApp
+from tuitune.ui.dashboard import DashboardScreen
+from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
+from tuitune.ui.picker import PickerScreen
+from tuitune.ui.summary import SummaryScreen
+from tuitune.ui.widgets import LayerTable, StatusBar
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROFILE = profile_from_dict({"model": {"name": "resnet18"}, "data": {"kind": "synthetic"}})
+
+
+async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.02)
+
+
+def text_of(widget: Static) -> str:
+    """The plain text a Static shows (its Rich renderable printed without styles)."""
+    console = Console(width=200, file=io.StringIO(), color_system=None)
+    console.print(Text(widget.content) if isinstance(widget.content, str) else widget.content)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def on_screen(app: TuituneApp, cls: type) -> bool:
+    """`app.screen` is a `cls` and has composed its children."""
+    return isinstance(app.screen, cls) and app.screen.is_mounted and bool(app.screen.children)
+
+
+def live_app(engine: scripted.ScriptedEngine) -> TuituneApp:
+    return TuituneApp("train", profile=PROFILE, run_dir=Path("unused"), runner=engine)
+
+
+def dash(app: TuituneApp) -> DashboardScreen:
+    assert app.dashboard is not None
+    return app.dashboard
+
+
+async def test_unfreeze_flips_table_only_after_the_engine_confirms() -> None:
+    engine = scripted.ScriptedEngine(scripted.mid_run_events(), auto=False)
+    app = live_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: engine.started.is_set() and dash(app).state.epoch == 3)
+        table = app.screen.query_one(LayerTable)
+        assert table.state_of("layer3") == "○ frozen"
+        await pilot.press("u")
+        await until(pilot, lambda: engine.received == [UnfreezeNext()])
+        await pilot.pause(0.1)
+        assert table.state_of("layer3") == "○ frozen"  # no optimistic UI
+        assert "unfreeze next phase" in str(app.screen.query_one(StatusBar).render())  # shown as pending
+        engine.gate.set()
+        await until(pilot, lambda: table.state_of("layer3") == "● train")
+        assert dash(app).state.phase == 2 and not dash(app).state.pending
+        await pilot.press("s")
+        await until(pilot, lambda: on_screen(app, SummaryScreen))
+        await pilot.press("q")
+    assert engine.received == [UnfreezeNext(), StopEarly()]
+    assert app.return_code == 0
+
+
+@pytest.mark.parametrize("key,command,status", [("p", Pause(), "paused"), ("c", SaveCheckpoint(), "running")])
+async def test_key_reaches_control_and_screen_follows_confirmation(key: str, command: object, status: str) -> None:
+    engine = scripted.ScriptedEngine(scripted.mid_run_events(), auto=False)
+    app = live_app(engine)
+    async with app.run_test() as pilot:
+        await until(pilot, engine.started.is_set)
+        await pilot.press(key)
+        await until(pilot, lambda: engine.received == [command])
+        assert dash(app).state.status == "running"
+        engine.gate.set()
+        await until(pilot, lambda: not dash(app).state.pending)
+        assert dash(app).state.status == status
+        if key == "p":
+            await pilot.press("p")
+            await until(pilot, lambda: engine.received == [Pause(), Resume()] and not dash(app).state.pending)
+            assert dash(app).state.status == "running"
+        else:
+            assert "manual" in dash(app).state.checkpoints
+
+
+async def test_quit_during_live_run_asks_then_ends_worker_within_2s() -> None:
+    engine = scripted.ScriptedEngine(scripted.mid_run_events())
+    app = live_app(engine)
+    async with app.run_test() as pilot:
+        await until(pilot, engine.started.is_set)
+        await pilot.press("q")
+        await until(pilot, lambda: on_screen(app, ConfirmQuitScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: on_screen(app, DashboardScreen))
+        assert not engine.ended.is_set()
+        t0 = time.monotonic()
+        await pilot.press("q", "y")
+        await until(pilot, engine.ended.is_set, timeout=2.0)
+        assert time.monotonic() - t0 < 2.0
+    assert app.return_code == 130
+
+
+async def test_plateau_prompt_yes_sends_unfreeze() -> None:
+    engine = scripted.ScriptedEngine(scripted.plateau_events(), auto=False)
+    app = live_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
+        assert "val loss flat for 2 epochs: unfreeze layer4? [y/n]" in text_of(
+            app.screen.query_one("#question", Static))
+        await pilot.press("y")
+        await until(pilot, lambda: engine.received == [UnfreezeNext()])
+        assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_worker_failure_shows_error_screen_and_app_stays_alive() -> None:
+    def broken_runner(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no such backbone: resnet9000")
+
+    app = TuituneApp("train", profile=PROFILE, run_dir=Path("runs/x"), runner=broken_runner)
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: on_screen(app, ErrorScreen))
+        assert "resnet9000" in text_of(app.screen.query_one("#cause", Static))
+        assert "runs/x" in text_of(app.screen.query_one("#where", Static))
+        await pilot.press("escape")
+        await until(pilot, lambda: on_screen(app, DashboardScreen))
+        assert dash(app).state.status == "failed"
+        await pilot.press("u")  # no live run: a notice, no crash
+        assert app.is_running
+        await pilot.press("q")
+    assert app.return_code == 1
+
+
+async def test_picker_navigation_broken_profile_and_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(FIXTURES)
+    started: list[str] = []
+
+    def runner(profile, run_dir, emit, control, **kwargs):  # noqa: ANN001
+        started.append(f"{profile.name}:{run_dir}")
+        for event in scripted.mid_run_events()[:3]:
+            emit(event)
+
+    app = TuituneApp("picker", profile_dirs=[Path("profiles"), Path("profiles"), Path("missing")],
+                     runner=runner, make_run_dir=lambda p, out: Path(f"runs/{p.name}-1"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        picker = app.screen
+        assert isinstance(picker, PickerScreen)
+        assert [e.name for e in picker.entries] == ["broken", "demo", "plateau"]  # deduped, missing skipped
+        assert picker.highlighted is not None and picker.highlighted.name == "demo"
+        assert "resnet18" in text_of(picker.query_one("#detail", Static))
+        await pilot.press("up")
+        assert "learning_rate: unknown key" in text_of(picker.query_one("#detail", Static))
+        await pilot.press("enter")  # broken: stays in the picker
+        assert isinstance(app.screen, PickerScreen) and not started
+        await pilot.press("down", "down")
+        assert app.screen.query_one(OptionList).highlighted == 2
+        await pilot.press("up", "enter")
+        await until(pilot, lambda: app.dashboard is not None and dash(app).state.run_name == scripted.RUN)
+        assert started == ["demo:runs/demo-1"]
+        # the scripted runner returned without a terminal event: the dashboard reports that as a failure
+        await until(pilot, lambda: on_screen(app, ErrorScreen))
+
+
+async def test_replay_of_written_events_jsonl(tmp_path: Path) -> None:
+    events = scripted.finished_events()
+    (tmp_path / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in events) + '{"type": "Run')
+    from tuitune.ui.runner import read_events
+
+    app = TuituneApp("replay", events=read_events(tmp_path))
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: on_screen(app, SummaryScreen))
+        assert "stopped from the dashboard" in text_of(app.screen.query_one("#summary", Static))
+        await pilot.press("escape")
+        table = app.screen.query_one(LayerTable)
+        assert table.state_of("layer4") == "● train" and table.state_of("layer3") == "○ frozen"
+        assert dash(app).state.events_seen == len(events)
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
+async def test_replay_at_speed_reaches_the_recorded_end() -> None:
+    events = scripted.mid_run_events()  # (metric updates may be coalesced on the way: the end state is the same)
+    app = TuituneApp("replay", events=events, speed=1000.0)
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: dash(app).state.global_step == 2 * scripted.SPE + 10)
+        assert dash(app).state.phase == 1
+        assert len(dash(app).state.val_acc) == 2
+
+
+async def test_command_palette_lists_dashboard_actions() -> None:
+    app = TuituneApp("replay", events=scripted.mid_run_events())
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Unfreeze next phase", "Stop early", "Pause / resume", "Save checkpoint",
+                "Toggle log scale"} <= set(titles)
+        await pilot.press("l")
+        assert dash(app).log_scale

@@ -1,0 +1,56 @@
+"""Snapshot tests: fixed sizes, scripted events, no clock on screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.ui import scripted
+from tuitune.engine.commands import Control
+from tuitune.ui.app import TuituneApp
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_picker(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(FIXTURES)  # paths on screen are relative to the working folder
+    app = TuituneApp("picker", profile_dirs=[Path("profiles")])
+    assert snap_compare(app, terminal_size=(100, 30))
+
+
+def test_picker_broken_profile(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(FIXTURES)
+    app = TuituneApp("picker", profile_dirs=[Path("profiles")])
+    assert snap_compare(app, terminal_size=(80, 24), press=["up"])
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_dashboard_after_unfreeze(snap_compare, size: tuple[int, int]) -> None:
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=Control())
+    assert snap_compare(app, terminal_size=size)
+
+
+def test_dashboard_wide(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=Control())
+    assert snap_compare(app, terminal_size=(200, 60))
+
+
+def test_plateau_prompt(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
+    assert snap_compare(app, terminal_size=(100, 30))
+
+
+def test_summary(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.finished_events())
+    assert snap_compare(app, terminal_size=(100, 30))
+
+
+def test_summary_small(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.finished_events())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_error_screen(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
+    assert snap_compare(app, terminal_size=(100, 30))

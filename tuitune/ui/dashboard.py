@@ -1,0 +1,262 @@
+"""The dashboard screen: one run's status, curves, layer table and event log, and the keys that steer it.
+
+State flows one way: the engine thread emits events -> `EngineEventReceived` messages -> `reduce` -> widgets.
+Keys only put commands on the `Control`; what they change on screen arrives later as confirming events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import Sequence
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
+
+from tuitune.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine.events import Event, MetricsUpdated, RunFailed, RunFinished, UnfreezeSuggested
+from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
+from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
+from tuitune.ui.state import DashboardState, reduce, requested
+from tuitune.ui.summary import SummaryScreen
+from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, StatusBar
+
+REDRAW_S = 0.25  # plots redraw at most 4 times a second, whatever the step rate
+STOP_TIMEOUT_S = 2.0
+EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
+
+
+class DashboardScreen(Screen[None]):
+    DEFAULT_CSS = """
+    DashboardScreen { layout: vertical; }
+    DashboardScreen #plots { height: 1fr; min-height: 8; }
+    DashboardScreen MetricPlot { width: 1fr; height: 100%; }
+    DashboardScreen #bottom { height: 14; }
+    DashboardScreen LayerTable { width: 3fr; height: 100%; border: round $primary-darken-2; }
+    DashboardScreen EventLog { width: 2fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
+    DashboardScreen.tall #bottom { height: 18; }
+    DashboardScreen.narrow #bottom { layout: vertical; height: auto; }
+    DashboardScreen.narrow LayerTable { width: 100%; height: auto; max-height: 8; border: none; }
+    DashboardScreen.narrow EventLog { width: 100%; height: 3; border: none; border-top: solid $primary-darken-2; }
+    """
+    BINDINGS = [
+        Binding("u", "unfreeze", "Unfreeze"),
+        Binding("s", "stop_early", "Stop"),
+        Binding("p", "pause", "Pause"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("l", "log_scale", "Log y"),
+        Binding("q", "quit_run", "Quit"),
+    ]
+
+    def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
+                 control: Control | None = None) -> None:
+        super().__init__()
+        self.run = run
+        self.control = control if control is not None else (Control() if run is not None else None)
+        self.initial_events = list(events)
+        self.speed = speed
+        self.state = DashboardState()
+        self.log_scale = False
+        self.worker: Worker | None = None
+        self.quitting = False
+        self._plots_dirty = False
+        self._prompt: PlateauPromptScreen | None = None
+
+    # ------------------------------------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar()
+        with Horizontal(id="plots"):
+            yield MetricPlot("loss", id="loss-plot")
+            yield MetricPlot("acc", id="acc-plot")
+        with Horizontal(id="bottom"):
+            yield LayerTable()
+            yield EventLog()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(LayerTable).border_title = "layers"
+        self.query_one(EventLog).border_title = "events"
+        self._fit(self.app.size.width, self.app.size.height)
+        self.set_interval(REDRAW_S, self._redraw_plots_if_dirty)
+        if self.speed > 0 and self.initial_events:
+            self.run_worker(self._replay_paced, thread=True, name="replay", exit_on_error=False)
+        else:
+            for event in self.initial_events:
+                self._apply(event)
+        self._render_all()
+        if self.run is not None and self.control is not None:
+            body = partial(run_in_worker, self.run, self._emit, self.control)
+            self.worker = self.run_worker(body, thread=True, name="engine", group="engine", exit_on_error=False)
+
+    def on_unmount(self) -> None:
+        """However the app ends, the engine is told to stop, so its thread never outlives the UI for long."""
+        self.quitting = True
+        if self.control is not None:
+            self.control.request_stop()
+
+    def on_resize(self, event: Resize) -> None:
+        self._fit(event.size.width, event.size.height)
+
+    def _fit(self, width: int, height: int) -> None:
+        self.set_class(width < 110 or height < 30, "narrow")
+        self.set_class(height >= 50, "tall")
+
+    # ------------------------------------------------------------------------------------------- events in
+
+    def _emit(self, event: Event) -> None:
+        """The engine's `emit`, called in the worker thread: post, never touch widgets."""
+        self.post_message(EngineEventReceived(event))
+
+    def _replay_paced(self) -> None:
+        for event in paced(self.initial_events, self.speed, lambda: self.quitting):
+            self._emit(event)
+
+    def on_engine_event_received(self, message: EngineEventReceived) -> None:
+        self._apply(message.event)
+        if isinstance(message.event, MetricsUpdated):
+            self._render_status()
+        else:
+            self._render_cheap()
+
+    def _apply(self, event: Event) -> None:
+        self.state = reduce(self.state, event)
+        self._plots_dirty = True
+        if isinstance(event, UnfreezeSuggested):
+            self._ask_unfreeze(event)
+        elif isinstance(event, (RunFinished, RunFailed)):
+            self._close_prompt()
+            if not self.quitting:
+                screen = SummaryScreen(event) if isinstance(event, RunFinished) else ErrorScreen(event)
+                self.call_after_refresh(self.app.push_screen, screen)  # after this screen's layout
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that died without a terminal event still ends the run on screen, as a failure."""
+        if event.worker is not self.worker or self.quitting or not self.state.live:
+            return
+        if event.state == WorkerState.ERROR:
+            self._apply(RunFailed(message=f"engine crashed: {event.worker.error}", run_dir=self.state.run_dir))
+        elif event.state == WorkerState.SUCCESS:
+            self._apply(RunFailed(message="the engine ended without a final event", run_dir=self.state.run_dir))
+        else:
+            return
+        self._render_all()
+
+    # ------------------------------------------------------------------------------------------- rendering
+
+    def _render_status(self) -> None:
+        self.query_one(StatusBar).show(self.state)
+
+    def _render_cheap(self) -> None:
+        self._render_status()
+        self.query_one(LayerTable).show(self.state)
+        self.query_one(EventLog).show(self.state)
+
+    def _render_plots(self) -> None:
+        self._plots_dirty = False
+        for plot in self.query(MetricPlot):
+            plot.show(self.state, self.log_scale)
+
+    def _render_all(self) -> None:
+        self._render_cheap()
+        self._render_plots()
+
+    def _redraw_plots_if_dirty(self) -> None:
+        if self._plots_dirty:
+            self._render_plots()
+
+    # ------------------------------------------------------------------------------------------- commands out
+
+    @property
+    def live(self) -> bool:
+        return self.control is not None and self.state.live and not self.quitting
+
+    def send(self, command: Command) -> bool:
+        """Put a command on the engine's queue. Nothing on screen changes until the engine confirms it."""
+        if not self.live or self.control is None:
+            self.notify("No live run to steer.", severity="warning")
+            return False
+        self.control.put(command)
+        self.state = requested(self.state, type(command).__name__)
+        self._render_status()
+        return True
+
+    def action_unfreeze(self) -> None:
+        if self.live and not self.state.can_unfreeze and self.state.num_phases:
+            self.notify("Every layer group is already trainable.", severity="warning")
+            return
+        self.send(UnfreezeNext())
+
+    def action_stop_early(self) -> None:
+        self.send(StopEarly())
+
+    def action_pause(self) -> None:
+        self.send(Resume() if self.state.status == "paused" else Pause())
+
+    def action_checkpoint(self) -> None:
+        self.send(SaveCheckpoint())
+
+    def action_log_scale(self) -> None:
+        self.log_scale = not self.log_scale
+        self._render_plots()
+
+    def action_quit_run(self) -> None:
+        if not self.live:
+            self.app.exit(return_code=self.exit_code())
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.call_later(self.stop_and_exit)
+
+        self.app.push_screen(ConfirmQuitScreen(), answered)
+
+    def _ask_unfreeze(self, event: UnfreezeSuggested) -> None:
+        if not self.live or self._prompt is not None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            self._prompt = None
+            if yes:
+                self.send(UnfreezeNext())
+
+        self._prompt = PlateauPromptScreen(event)
+        self.call_after_refresh(self.app.push_screen, self._prompt, answered)
+
+    def _close_prompt(self) -> None:
+        if self._prompt is not None and self._prompt.is_current:
+            self._prompt.dismiss(False)
+        self._prompt = None
+
+    # ------------------------------------------------------------------------------------------- ending
+
+    def exit_code(self) -> int:
+        if self.control is None:  # replay
+            return 0
+        if self.state.live:
+            return 130
+        return EXIT_CODES.get(self.state.status, 0)
+
+    async def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Ask the engine to stop at its next step and wait (bounded) for the worker to end."""
+        self.quitting = True
+        if self.control is not None:
+            self.control.request_stop()
+        deadline = time.monotonic() + timeout
+        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.state.live:  # the engine did not confirm in time: end it on screen anyway
+            self.state = reduce(self.state, RunFinished(
+                status="interrupted", reason="quit from the dashboard", epochs=self.state.epoch,
+                global_step=self.state.global_step, best={}, final={}, test=None, phases=(), per_class_acc={},
+                samples_per_s=self.state.samples_per_s, wall_s=self.state.elapsed_s, checkpoints={}))
+
+    async def stop_and_exit(self) -> None:
+        await self.shutdown()
+        self.app.exit(return_code=130)

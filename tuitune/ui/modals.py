@@ -1,0 +1,109 @@
+"""Small screens over the dashboard: quit confirmation, the plateau question, and the failure report."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Static
+
+from tuitune.engine.events import RunFailed, UnfreezeSuggested
+from tuitune.ui.state import suggestion_text
+
+MODAL_CSS = """
+{name} {{ align: center middle; background: $background 60%; }}
+{name} > Vertical {{
+    width: 72; max-width: 95%; height: auto; max-height: 90%;
+    border: round {border}; background: $surface; padding: 1 2;
+}}
+{name} .title {{ text-style: bold; margin-bottom: 1; }}
+{name} .keys {{ margin-top: 1; color: $text-muted; }}
+"""
+
+
+def refresh_below(screen: Screen) -> None:
+    """Textual relayouts background screens on resize but keeps their widgets' old renders: repaint them."""
+    for below in screen.app.screen_stack[:-1]:
+        for widget in below.query("*"):
+            widget.refresh()
+
+
+class YesNoScreen(ModalScreen[bool]):
+    """A question answered with y or n (Enter = yes, Escape = no)."""
+
+    BINDINGS = [
+        Binding("y,enter", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, title: str, question: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.title_text, classes="title")
+            yield Static(Text(self.question), id="question")
+            yield Static(Text.assemble(("y", "bold"), " yes   ", ("n", "bold"), " no"), classes="keys")
+
+    def on_resize(self) -> None:
+        refresh_below(self)
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class ConfirmQuitScreen(YesNoScreen):
+    DEFAULT_CSS = MODAL_CSS.format(name="ConfirmQuitScreen", border="$warning")
+
+    def __init__(self) -> None:
+        super().__init__("Quit tuitune?", "A run is live. Stop it at the next step and quit? [y/n]")
+
+
+class PlateauPromptScreen(YesNoScreen):
+    """Shown on `UnfreezeSuggested`: the plateau trigger asks instead of acting. y sends `UnfreezeNext`."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="PlateauPromptScreen", border="$accent")
+
+    def __init__(self, event: UnfreezeSuggested) -> None:
+        super().__init__("Plateau", f"{suggestion_text(event)} [y/n]")
+        self.event = event
+
+
+class ErrorScreen(ModalScreen[None]):
+    """The run failed: its one-line cause and where to look. The app stays alive."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="ErrorScreen", border="$error") + """
+    ErrorScreen #cause { color: $text-error; text-style: bold; }
+    """
+    BINDINGS = [
+        Binding("escape,enter", "close", "Dashboard"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, event: RunFailed) -> None:
+        super().__init__()
+        self.event = event
+
+    def compose(self) -> ComposeResult:
+        e = self.event
+        with Vertical():
+            yield Static("✖ Run failed", classes="title")
+            yield Static(Text(e.message), id="cause")
+            where = Text.assemble(("run dir  ", "dim"), e.run_dir or "-")
+            if e.log_path:
+                where.append_text(Text.assemble(("\nlog      ", "dim"), e.log_path))
+            if e.epoch or e.global_step:
+                where.append_text(Text.assemble(("\nat       ", "dim"), f"epoch {e.epoch}, step {e.global_step}"))
+            yield Static(where, id="where")
+            yield Static(Text.assemble(("esc", "bold"), " back to the dashboard   ", ("q", "bold"), " quit"),
+                         classes="keys")
+
+    def on_resize(self) -> None:
+        refresh_below(self)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,117 @@
+"""The profile picker: a list of profiles and a detail pane. Enter starts the highlighted one.
+
+Imports stay light (no plotext, no torch): this is the first frame of `tuitune`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tuitune.config import RunProfile
+from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
+
+
+def entry_label(entry: ProfileEntry) -> Text:
+    mark = ("● ", "green") if entry.ok else ("✖ ", "bold red")
+    return Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
+
+
+def entry_detail(entry: ProfileEntry) -> Group | Text:
+    if entry.profile is None:
+        return Text.assemble(("✖ broken profile\n\n", "bold red"), (entry.error, "red"),
+                             ("\n\nFix the file and press r to reload.", "dim"))
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    table.add_row("file", Text(str(entry.path), "dim"))
+    for label, value in detail_rows(entry.profile):
+        table.add_row(label, Text(value, "bold red" if label == "warning" else ""))
+    title = Text(entry.profile.name, "bold underline")
+    if entry.profile.description:
+        title.append_text(Text("\n" + entry.profile.description, "italic"))
+    return Group(title, Text(), table)
+
+
+class PickerScreen(Screen[None]):
+    DEFAULT_CSS = """
+    PickerScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
+    PickerScreen #body { height: 1fr; }
+    PickerScreen OptionList, PickerScreen OptionList:focus {
+        width: 2fr; min-width: 24; max-width: 50; height: 100%; border: round $primary; }
+    PickerScreen #detail-scroll { width: 3fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("enter", "start", "Start", priority=True),
+        Binding("r", "reload", "Reload"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, dirs: list[Path], overrides: list[str], start: Callable[[RunProfile], None]) -> None:
+        super().__init__()
+        self.dirs = dirs
+        self.overrides = overrides
+        self.start = start
+        self.entries: list[ProfileEntry] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("tuitune · pick a profile", id="title")
+        with Horizontal(id="body"):
+            yield OptionList(id="profiles")
+            with VerticalScroll(id="detail-scroll"):
+                yield Static(id="detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#profiles", OptionList).border_title = "profiles"
+        self.query_one("#detail-scroll").border_title = "details"
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        self.entries = discover(self.dirs, self.overrides)
+        options = self.query_one("#profiles", OptionList)
+        options.clear_options()
+        options.add_options([Option(entry_label(e), id=str(i)) for i, e in enumerate(self.entries)])
+        first = next((i for i, e in enumerate(self.entries) if e.ok), 0) if self.entries else None
+        options.highlighted = first
+        self._show_detail(first)
+        options.focus()
+
+    @property
+    def highlighted(self) -> ProfileEntry | None:
+        index = self.query_one("#profiles", OptionList).highlighted
+        return self.entries[index] if index is not None and 0 <= index < len(self.entries) else None
+
+    def _show_detail(self, index: int | None) -> None:
+        detail = self.query_one("#detail", Static)
+        if index is None or not 0 <= index < len(self.entries):
+            folders = ", ".join(str(d) for d in self.dirs) or "-"
+            detail.update(Text(f"No profiles found.\n\nLooked in: {folders}\nAdd --profiles DIR.", "dim"))
+            return
+        detail.update(entry_detail(self.entries[index]))
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self._show_detail(event.option_index)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.action_start()
+
+    def action_start(self) -> None:
+        entry = self.highlighted
+        if entry is None:
+            return
+        if entry.profile is None:
+            self.notify(entry.error, title="Broken profile", severity="error")
+            return
+        self.start(entry.profile)

@@ -1,0 +1,125 @@
+"""The bridge between the engine thread and the UI: one message type, the default runner, replay input.
+
+The worker thread never touches a widget. Its `emit` posts an `EngineEventReceived` message to the dashboard
+screen; the screen folds it into its state on the UI thread. torch, timm and transformers are imported inside
+`default_runner`, which only ever runs in the worker thread, after the first frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+from textual.message import Message
+
+from tuitune.config import RunProfile
+from tuitune.engine.commands import Control
+from tuitune.engine.events import Event, MetricsUpdated, RunFailed, event_from_json
+
+Emit = Callable[[Event], None]
+
+
+class Runner(Protocol):
+    def __call__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
+                 interactive: bool = True, resume: Path | None = None) -> Any: ...
+
+
+RunDirMaker = Callable[[RunProfile, "str | None"], Path]
+
+
+class EngineEventReceived(Message):
+    """The engine emitted an event. Consecutive metric updates may be coalesced when the UI falls behind."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+    def can_replace(self, message: Message) -> bool:
+        # Textual asks the message it is about to handle whether the next queued one may stand for it.
+        return (isinstance(message, EngineEventReceived) and isinstance(self.event, MetricsUpdated)
+                and isinstance(message.event, MetricsUpdated))
+
+
+def default_runner(profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
+                   interactive: bool = True, resume: Path | None = None) -> Any:
+    """The real engine. Imported here, in the worker thread, so the first frame never waits for torch."""
+    from tuitune.engine.session import run_training
+
+    return run_training(profile, run_dir, emit, control, interactive=interactive, resume=resume)
+
+
+def default_run_dir(profile: RunProfile, out: str | None) -> Path:
+    from tuitune.engine.session import new_run_dir
+
+    return new_run_dir(profile, out)
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What the dashboard needs to start a run in its worker."""
+
+    profile: RunProfile
+    run_dir: Path | None = None  # None: the worker creates one with `make_run_dir(profile, out)`
+    out: str | None = None
+    resume: Path | None = None
+    runner: Runner = default_runner
+    make_run_dir: RunDirMaker = default_run_dir
+
+
+def run_in_worker(run: LiveRun, emit: Emit, control: Control) -> None:
+    """The body of the thread worker: create the run folder if needed, then train. Failures become `RunFailed`."""
+    run_dir = run.run_dir
+    try:
+        if run_dir is None:
+            run_dir = run.make_run_dir(run.profile, run.out)
+        run.runner(run.profile, run_dir, emit, control, interactive=True, resume=run.resume)
+    except Exception as e:  # the engine reports its own failures; this catches the rest (imports, run dir)
+        message = " ".join(f"{type(e).__name__}: {e}".split()) if not _is_user_error(e) else " ".join(str(e).split())
+        emit(RunFailed(message=message, run_dir=str(run_dir or "")))
+
+
+def _is_user_error(e: Exception) -> bool:
+    from tuitune.errors import UserError
+
+    return isinstance(e, UserError)
+
+
+def read_events(path: Path) -> list[Event]:
+    """Events from a run folder's `events.jsonl` (or the file itself). A torn last line is skipped."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "events.jsonl"
+    events: list[Event] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            events.append(event_from_json(line))
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                break  # a run killed mid-write
+            raise
+    return events
+
+
+def event_time(event: Event) -> float | None:
+    return getattr(event, "elapsed_s", None)
+
+
+def paced(events: list[Event], speed: float, stopped: Callable[[], bool]) -> Iterator[Event]:
+    """Yield events spaced as recorded (by their `elapsed_s`), `speed` times faster; each wait capped at 2 s."""
+    last: float | None = None
+    for event in events:
+        t = event_time(event)
+        if speed > 0 and t is not None and last is not None and t > last:
+            deadline = time.monotonic() + min((t - last) / speed, 2.0)
+            while time.monotonic() < deadline and not stopped():
+                time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+        if stopped():
+            return
+        if t is not None:
+            last = t
+        yield event
