@@ -106,7 +106,7 @@ def finished_events() -> list[Event]:
 def failed_events() -> list[Event]:
     return [run_started(), *epoch_events(1, 0, steps=8, with_end=False),
             RunFailed(message="CUDA out of memory: tried to allocate 2.00 GiB after unfreezing layer3",
-                      run_dir=RUN_DIR, log_path=f"{RUN_DIR}/run.log", epoch=1, global_step=8)]
+                      run_dir=RUN_DIR, log_path=f"{RUN_DIR}/error.log", epoch=1, global_step=8, kind="oom")]
 
 
 class ScriptedEngine:

@@ -241,6 +241,8 @@ class DashboardScreen(Screen[None]):
             return 0
         if self.state.live:
             return 130
+        if self.state.failed is not None and self.state.failed.bad_input:
+            return 2  # a profile / data / model the user can fix, as the CLI reports it
         return EXIT_CODES.get(self.state.status, 0)
 
     async def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> None:

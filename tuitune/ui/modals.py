@@ -73,11 +73,18 @@ class PlateauPromptScreen(YesNoScreen):
         self.event = event
 
 
+FAILURE_HINTS = {
+    "oom": "Out of memory: resume with a smaller batch size, or unfreeze fewer groups per phase.",
+    "nonfinite": "The loss stopped being finite: try a lower lr, grad_clip, or fewer unfrozen groups.",
+}
+
+
 class ErrorScreen(ModalScreen[None]):
     """The run failed: its one-line cause and where to look. The app stays alive."""
 
     DEFAULT_CSS = MODAL_CSS.format(name="ErrorScreen", border="$error") + """
     ErrorScreen #cause { color: $text-error; text-style: bold; }
+    ErrorScreen #where, ErrorScreen #hint { margin-top: 1; }
     """
     BINDINGS = [
         Binding("escape,enter", "close", "Dashboard"),
@@ -99,6 +106,9 @@ class ErrorScreen(ModalScreen[None]):
             if e.epoch or e.global_step:
                 where.append_text(Text.assemble(("\nat       ", "dim"), f"epoch {e.epoch}, step {e.global_step}"))
             yield Static(where, id="where")
+            hint = FAILURE_HINTS.get(e.kind, "")
+            if hint:
+                yield Static(Text(hint, "italic"), id="hint")
             yield Static(Text.assemble(("esc", "bold"), " back to the dashboard   ", ("q", "bold"), " quit"),
                          classes="keys")
 

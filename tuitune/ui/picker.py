@@ -24,7 +24,9 @@ from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
 
 def entry_label(entry: ProfileEntry) -> Text:
     mark = ("● ", "green") if entry.ok else ("✖ ", "bold red")
-    return Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
+    label = Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
+    label.no_wrap, label.overflow = True, "ellipsis"
+    return label
 
 
 def entry_detail(entry: ProfileEntry) -> Group | Text:

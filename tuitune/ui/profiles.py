@@ -44,11 +44,20 @@ def unique_dirs(dirs: list[Path]) -> list[Path]:
     return out
 
 
+PACKAGE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
 def _shown(folder: Path) -> str:
-    try:
-        return str(folder.resolve().relative_to(Path.cwd().resolve())) or "."
-    except ValueError:
-        return str(folder)
+    """How a folder is named in the list: `built-in`, relative to the working folder, or under `~`."""
+    resolved = folder.resolve()
+    if resolved == PACKAGE_PROFILES:
+        return "built-in"
+    for base, prefix in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        try:
+            return prefix + str(resolved.relative_to(base)) if resolved != base else prefix or "."
+        except ValueError:
+            continue
+    return str(folder)
 
 
 def load_entry(path: Path, source: str, overrides: list[str]) -> ProfileEntry:
@@ -63,10 +72,14 @@ def load_entry(path: Path, source: str, overrides: list[str]) -> ProfileEntry:
 def discover(dirs: list[Path], overrides: list[str] | None = None) -> list[ProfileEntry]:
     """Every `*.toml` in the given folders (sorted by name within each), loaded with `overrides` applied."""
     entries: list[ProfileEntry] = []
+    seen: set[Path] = set()
     for folder in unique_dirs(dirs):
         source = _shown(folder)
         for path in sorted(folder.glob("*.toml")):
-            entries.append(load_entry(path, source, list(overrides or [])))
+            resolved = path.resolve()  # `profiles/demo.toml -> tuitune/profiles/demo.toml` is listed once
+            if resolved not in seen:
+                seen.add(resolved)
+                entries.append(load_entry(path, source, list(overrides or [])))
     return entries
 
 

@@ -114,7 +114,8 @@ def _append(series: tuple[Point, ...], point: Point) -> tuple[Point, ...]:
 
 
 def _where(state: DashboardState, epoch: int, global_step: int) -> str:
-    return f"ep {epoch} step {global_step}"
+    """Where in the run, as epochs done (the plots' x axis): the engine's `epoch` fields differ in base."""
+    return f"{_x(state, global_step):.1f}ep"
 
 
 def _apply_lrs(layers: tuple[LayerInfo, ...], lrs: tuple[float, ...]) -> tuple[LayerInfo, ...]:
@@ -309,6 +310,8 @@ def fmt_sci(value: float | None) -> str:
 
 
 def fmt_metric(metric: str, value: Any) -> str:
+    if value is None:
+        return "-"
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return str(value)
     return f"{value:.2%}" if metric.endswith("acc") else f"{value:.4f}"

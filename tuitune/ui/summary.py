@@ -16,6 +16,7 @@ from textual.widgets import Footer, Static
 from tuitune.engine.events import RunFinished
 from tuitune.ui.state import fmt_duration, fmt_metric
 
+NOT_METRICS = ("epoch", "phase", "step", "global_step")
 TITLES = {"finished": "✔ Run finished", "stopped_early": "✔ Stopped early", "interrupted": "✖ Interrupted"}
 
 
@@ -24,7 +25,7 @@ def _metrics_line(label: str, metrics: dict[str, Any] | None) -> Text:
     if not metrics:
         line.append("-", "dim")
         return line
-    parts = [f"{k} {fmt_metric(k, v)}" for k, v in metrics.items() if k not in ("epoch",)]
+    parts = [f"{k} {fmt_metric(k, v)}" for k, v in metrics.items() if k not in NOT_METRICS]
     line.append("  ".join(parts))
     if "epoch" in metrics:
         line.append(f"  (epoch {metrics['epoch']})", "dim")
@@ -35,6 +36,8 @@ def _best_line(best: dict[str, Any]) -> Text:
     if not best or "metric" not in best:
         return _metrics_line("best", best)
     metric = str(best["metric"])
+    if best.get("value") is None:
+        return Text.assemble(("best   ", "bold"), (f"{metric}: no epoch completed", "dim"))
     text = Text.assemble(("best   ", "bold"), f"{metric} {fmt_metric(metric, best.get('value'))}")
     if best.get("epoch") is not None:
         text.append(f"  (epoch {best['epoch']})", "dim")

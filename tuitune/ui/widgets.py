@@ -170,11 +170,13 @@ class EventLog(Widget):
             self.refresh()
 
     def render(self) -> RenderResult:
-        height = max(self.content_region.height, 1)
-        out = Text(no_wrap=True, overflow="ellipsis", end="")
-        for i, line in enumerate(self._lines[-height:]):
+        """The newest lines that fit, each wrapped to the width: the latest event is always visible."""
+        width, height = max(self.content_region.width, 10), max(self.content_region.height, 1)
+        rows: list[Text] = []
+        for line in reversed(self._lines):
             style = LOG_STYLES.get(line.kind, "")
-            if i:
-                out.append("\n")
-            out.append(f"{LOG_ICONS.get(line.kind, '·')} {line.text}", style)
-        return out
+            text = Text(f"{LOG_ICONS.get(line.kind, '·')} {line.text}", style)
+            rows[:0] = list(text.wrap(self.app.console, width))
+            if len(rows) >= height:
+                break
+        return Text("\n").join(rows[-height:])

@@ -1,0 +1,107 @@
+"""The dashboard state is a pure fold over events: unit tests without a terminal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.ui import scripted
+from tuitune.engine.events import CommandApplied, MetricsUpdated, RunFailed, Warned, event_from_json, to_json
+from tuitune.ui.profiles import detail_rows, discover, unique_dirs
+from tuitune.ui.state import DashboardState, eta_s, fmt_duration, fold, reduce, requested, smooth
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_smooth_matches_tensorboard_debiased_ema() -> None:
+    assert smooth([]) == []
+    assert smooth([2.0]) == [2.0]  # debiased: the first point is itself
+    out = smooth([1.0, 0.0], weight=0.5)
+    assert out[1] == (0.5 * 0.5 * 1.0 + 0.5 * 0.0) / (1 - 0.25)
+    assert smooth([3.0, 1.0], weight=0.0) == [3.0, 1.0]
+
+
+def test_fold_mid_run() -> None:
+    s = fold(scripted.mid_run_events())
+    assert s.status == "running" and s.phase == 1 and s.epoch == 3 and s.step == 10
+    assert [layer.name for layer in s.layers if layer.trainable] == ["layer4", "head"]
+    assert len(s.val_loss) == 2 and len(s.train_loss) == 25
+    assert [m.kind for m in s.markers] == ["command", "phase"] and s.markers[0].x == 2.0
+    assert s.checkpoints == {"best": f"{scripted.RUN_DIR}/best.pt"}
+    assert s.best_val_acc is not None and s.best_val_acc == max(p[1] for p in s.val_acc)
+    assert eta_s(s) is not None and eta_s(s) > 0
+
+
+def test_events_survive_json_round_trip_into_the_same_state() -> None:
+    events = scripted.finished_events()
+    assert fold(event_from_json(to_json(e)) for e in events) == fold(events)
+
+
+def test_pending_command_clears_on_confirmation_and_status_follows() -> None:
+    s = fold(scripted.mid_run_events())
+    s = requested(s, "Pause")
+    assert s.pending == ("Pause",) and s.status == "running"
+    s = reduce(s, CommandApplied("Pause", 3, 50))
+    assert s.pending == () and s.status == "paused"
+    s = reduce(s, CommandApplied("Resume", 3, 50))
+    assert s.status == "running"
+
+
+def test_metrics_lrs_fold_into_trainable_rows() -> None:
+    s = fold(scripted.mid_run_events())
+    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (1e-4, 2e-4), 800.0, 3.0))
+    assert [layer.lr for layer in s.layers if layer.trainable] == [1e-4, 2e-4]
+
+
+def test_terminal_events() -> None:
+    s = fold(scripted.finished_events())
+    assert s.status == "stopped_early" and not s.live and s.finished is not None
+    assert s.checkpoints["last"].endswith("last.pt")
+    f = reduce(DashboardState(), RunFailed(message="boom", run_dir="runs/x"))
+    assert f.status == "failed" and f.run_dir == "runs/x" and f.log[-1].kind == "error"
+
+
+def test_trust_remote_code_and_warnings_reach_the_log() -> None:
+    s = reduce(DashboardState(), scripted.run_started({"model": {"trust_remote_code": True}}))
+    assert s.trust_remote_code and any("trust_remote_code" in line.text for line in s.log)
+    s = reduce(s, Warned("skipped a non-finite step"))
+    assert s.log[-1].kind == "warning" and [line.seq for line in s.log] == list(range(len(s.log)))
+
+
+def test_fmt_duration() -> None:
+    assert fmt_duration(None) == "--:--" and fmt_duration(65) == "1:05" and fmt_duration(3725) == "1:02:05"
+
+
+def test_discover_profiles_dedupes_and_keeps_errors() -> None:
+    d = FIXTURES / "profiles"
+    assert unique_dirs([d, d / ".." / "profiles", FIXTURES / "nope"]) == [d]
+    entries = discover([d])
+    broken = [e for e in entries if not e.ok]
+    assert [e.name for e in broken] == ["broken"] and "learning_rate" in broken[0].error
+    demo = next(e for e in entries if e.name == "demo")
+    assert demo.profile is not None
+    assert dict(detail_rows(demo.profile))["backbone"].startswith("timm: resnet18")
+    assert discover([d], ["train.epochs=0"])[1].error  # an override can break a profile, shown not raised
+
+
+def test_picker_imports_neither_torch_nor_plotext() -> None:
+    code = ("import sys; import tuitune.ui.launch, tuitune.ui.app, tuitune.ui.picker; "
+            "bad = [m for m in ('torch', 'timm', 'transformers', 'textual_plotext') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_state_module_is_textual_free() -> None:
+    code = "import sys, tuitune.ui.state, tuitune.ui.profiles; sys.exit('textual' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_status_line_shows_gpu_memory_only_when_reported() -> None:
+    from tuitune.ui.widgets import status_text
+
+    s = fold(scripted.mid_run_events())
+    assert "GPU" not in status_text(s).plain
+    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 800.0, 3.0, gpu_mem_gb=1.25, gpu_peak_gb=2.5))
+    assert "GPU 1.25 GB (peak 2.50)" in status_text(s).plain
