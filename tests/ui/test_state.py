@@ -105,3 +105,11 @@ def test_status_line_shows_gpu_memory_only_when_reported() -> None:
     assert "GPU" not in status_text(s).plain
     s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 800.0, 3.0, gpu_mem_gb=1.25, gpu_peak_gb=2.5))
     assert "GPU 1.25 GB (peak 2.50)" in status_text(s).plain
+
+
+def test_thin_keeps_last_point_and_bounds_count() -> None:
+    from tuitune.ui.widgets import thin
+
+    assert thin(5, 100) == [0, 1, 2, 3, 4]
+    keep = thin(20_000, 400)
+    assert len(keep) <= 401 and keep[-1] == 19_999 and keep[0] == 0

@@ -65,6 +65,15 @@ def status_text(state: DashboardState) -> Text:
     return Text("\n").join([top, bottom])
 
 
+def thin(n: int, most: int) -> list[int]:
+    """At most about `most` evenly spaced indices of `n` points, always keeping the last one."""
+    step = max(1, -(-n // max(most, 1)))
+    keep = list(range(0, n, step))
+    if keep and keep[-1] != n - 1:
+        keep.append(n - 1)
+    return keep
+
+
 class MetricPlot(PlotextPlot):
     """Train (smoothed) and val curves of one metric, with a vertical line at each phase change or command."""
 
@@ -85,8 +94,11 @@ class MetricPlot(PlotextPlot):
             plt.yscale("log")
         if len(train) > 1:
             xs, ys = [p[0] for p in train], [p[1] for p in train]
-            plt.plot(xs, ys, marker="braille", color=RAW_COLOR)
-            plt.plot(xs, smooth(ys), marker="braille", color=TRAIN_COLOR, label="train")
+            keep = thin(len(xs), 4 * max(self.size.width, 20))  # braille: 2 dots a cell; more is wasted work
+            plt.plot([xs[i] for i in keep], [ys[i] for i in keep], marker="braille", color=RAW_COLOR)
+            smoothed = smooth(ys)
+            plt.plot([xs[i] for i in keep], [smoothed[i] for i in keep], marker="braille", color=TRAIN_COLOR,
+                     label="train")
         if val:
             plt.plot([p[0] for p in val], [p[1] for p in val], marker="braille", color=VAL_COLOR, label="val")
             plt.scatter([p[0] for p in val], [p[1] for p in val], marker="●", color=VAL_COLOR)
