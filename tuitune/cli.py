@@ -53,7 +53,35 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
     replay.add_argument("--speed", type=float, default=0.0,
                         help="events per second; 0 = instant (default)")
+    _add_ship_commands(sub)
     return parser
+
+
+def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
+    """export, compress, lr-find: what turns a finished run into a model to ship (and picks its LR)."""
+    export = sub.add_parser("export", help="write a run's model as files timm / transformers load directly")
+    export.add_argument("run_dir", help="a run directory (with profile.toml and checkpoints/)")
+    export.add_argument("--out", metavar="DIR", help="export folder (default RUN_DIR/export)")
+    export.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    export.add_argument("--sample", type=int, default=256, metavar="N",
+                        help="val examples + logits saved for a fresh-process check (0 = none)")
+
+    compress = sub.add_parser("compress", help="prune / quantize a run's model and report before and after")
+    compress.add_argument("run_dir", help="a run directory (with profile.toml and checkpoints/)")
+    compress.add_argument("--sparsity", type=float, default=0.5, help="fraction of conv/linear weights zeroed")
+    compress.add_argument("--quantize", action="store_true", help="also int8-quantize the Linear layers (CPU)")
+    compress.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N",
+                          help="fine-tune N epochs after pruning, sparsity kept")
+    compress.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    compress.add_argument("--threads", type=int, default=1, help="CPU threads for the latency timing")
+
+    lr_find = sub.add_parser("lr-find", help="sweep the learning rate and suggest one for the first phase")
+    lr_find.add_argument("profile", help="a profile .toml")
+    lr_find.add_argument("--steps", type=int, default=100, help="optimizer steps in the sweep")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7)
+    lr_find.add_argument("--end-lr", type=float, default=10.0)
+    lr_find.add_argument("--out", metavar="DIR", help="where lr_find.csv goes (default runs/NAME-lr-find)")
+    _add_profile_options(lr_find)
 
 
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
@@ -137,9 +165,51 @@ def cmd_picker(args: argparse.Namespace) -> int:
     return open_picker(dirs, [], args.out)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuitune.engine.export import export_run
+
+    manifest = export_run(args.run_dir, args.out, args.checkpoint, args.sample)
+    print(f"exported {manifest['checkpoint']} -> {manifest['dir']}")
+    print(f"load: {manifest['load']}")
+    if manifest.get("load_by_name"):
+        print(f"  or: {manifest['load_by_name']}")
+    sample = manifest.get("sample") or {}
+    if sample.get("written"):
+        print(f"sample.safetensors: {sample['examples']} val examples, accuracy {sample['acc']:.3f}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from tuitune.engine.compress import compress_run, format_report
+
+    report = compress_run(args.run_dir, args.sparsity, args.quantize, args.fine_tune_epochs, tag=args.checkpoint,
+                          threads=args.threads)
+    print(format_report(report))
+    print(f"saved: {', '.join(report['files'].values())}; report in {Path(args.run_dir) / 'summary.json'}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from tuitune.config import load_profile
+
+    profile = load_profile(args.profile, args.overrides)
+    from tuitune.engine.lr_find import find_lr_for_profile, text_plot
+
+    out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-lr-find"
+    curve, csv_path = find_lr_for_profile(profile, out, steps=args.steps, start_lr=args.start_lr,
+                                          end_lr=args.end_lr)
+    print(text_plot(curve))
+    fmt = lambda v: f"{v:.3g}" if v else "none"  # noqa: E731
+    print(f"suggested lr: {fmt(curve.suggestion)} ({curve.method}; steep {fmt(curve.steep)}, valley "
+          f"{fmt(curve.valley)}; the profile's train.lr is {profile.train.lr:g}); "
+          f"{len(curve.lrs)} steps{' (stopped: loss diverged)' if curve.stopped_early else ''} -> {csv_path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker}
+    handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
+                "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find}
     try:
         return handlers[args.command](args)
     except UserError as e:
