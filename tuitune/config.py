@@ -11,6 +11,7 @@ This module is imported by the picker: it must stay free of torch, timm and tran
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,8 @@ def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ProfileError(f"{where}: expected {_type_name(default)}, got {_type_name(value)} {value!r}")
     meta = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProfileError(f"{where}: must be a finite number, got {value!r}")  # TOML allows nan and inf
     if meta["choices"] and value not in meta["choices"]:
         raise ProfileError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
     if meta["min"] is not None and value < meta["min"]:

@@ -17,10 +17,12 @@ from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, 
 
 
 class ConsolePrinter:
-    """Concise progress: a line per epoch, per phase change and per notable event."""
+    """Concise progress on stdout: a line per epoch, per phase change and per notable event. A failure is one
+    line on stderr, like every other error of the CLI (`tuitune: error: ...`)."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
         self.epochs = 0
         self.num_phases = 1
         self.phase = 0
@@ -56,7 +58,8 @@ class ConsolePrinter:
         elif isinstance(event, RunFinished):
             self._finished(event)
         elif isinstance(event, RunFailed):
-            self.say(f"error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""))
+            print(f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""),
+                  file=self.err, flush=True)
 
     def _finished(self, event: RunFinished) -> None:
         best = event.best

@@ -1,7 +1,9 @@
 """Checkpoints: model weights as safetensors, training state as a weights_only-loadable torch file.
 
 Written atomically (temp file, fsync, rename), so a crash or `kill -9` mid-write never leaves a corrupt checkpoint:
-the old one stays until the new one is complete. Optimizer state is keyed by *parameter names*, not by the
+the old one stays until the new one is complete. A checkpoint is two files, and two renames cannot be one atomic
+step, so the pair shares an id (see `save_checkpoint`) and `open_checkpoint` always finds weights that match the
+state, whenever the writer was killed. Optimizer state is keyed by *parameter names*, not by the
 optimizer's positional ids, so a resumed run rebuilds exactly the param groups of the phase it left, whatever order
 they were added in.
 """
@@ -10,13 +12,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from tuitune.errors import UserError
+
+ID_KEY = "tuitune_id"  # in the safetensors metadata, and as "weights_id" in the state
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -30,11 +36,32 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """Make `target` the same file as `source`, atomically (a hard link costs no copy; a copy where links fail)."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            os.link(source, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -67,21 +94,76 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[s
 
 def save_checkpoint(directory: Path, tag: str, model: torch.nn.Module, state: dict[str, Any]) -> Path:
     """Write `<tag>.safetensors` (weights) and `<tag>.state.pt` (everything needed to resume). Returns the
-    weights path. The state goes last: a checkpoint is complete when its state file is."""
-    weights = directory / f"{tag}.safetensors"
-    atomic_write(weights, lambda tmp: save_model(model, str(tmp)))
-    atomic_write(directory / f"{tag}.state.pt", lambda tmp: torch.save(state, tmp))
+    weights path.
+
+    Why the id: the weights are renamed into place before the state, so a kill between the two renames leaves new
+    weights beside the old state. Both files carry the same fresh id, and before the weights are replaced the old
+    ones stay reachable as `.<tag>.<their id>.safetensors` (a hard link, no copy) until the new state is in place.
+    The state therefore always has its own weights, under the fixed name or the id name: `open_checkpoint` picks.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, state_path = directory / f"{tag}.safetensors", directory / f"{tag}.state.pt"
+    current = weights_id(weights)
+    kept = directory / f".{tag}.{current}.safetensors"
+    if current and not kept.exists():
+        _link_over(weights, kept)
+    new_id = uuid.uuid4().hex
+    atomic_write(weights, lambda tmp: save_model(model, str(tmp), metadata={ID_KEY: new_id}))
+    atomic_write(state_path, lambda tmp: torch.save({**state, "weights_id": new_id}, tmp))
+    remove_leftovers(directory, tag)
     return weights
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load saved weights; tied tensors that `save_model` wrote once are restored by safetensors' `load_model`."""
+def weights_id(path: Path) -> str:
+    """The id in a weights file's safetensors header ("" when there is no file, no id, or no valid header)."""
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(ID_KEY, "")
+    except Exception:  # noqa: BLE001 - missing or unreadable: no id
+        return ""
+
+
+def open_checkpoint(directory: Path, tag: str) -> tuple[Path, dict[str, Any]]:
+    """The state of checkpoint `tag` and the weights file that belongs with it. When a writer was killed between
+    its two renames, the state's own weights are put back under the fixed name first (see `save_checkpoint`)."""
+    state = load_state(directory / f"{tag}.state.pt")
+    weights = directory / f"{tag}.safetensors"
+    wanted = state.get("weights_id", "") if isinstance(state, dict) else ""
+    if wanted and weights_id(weights) != wanted:
+        kept = directory / f".{tag}.{wanted}.safetensors"
+        if not kept.exists():
+            raise UserError(f"{weights}: these weights do not belong with {tag}.state.pt and the matching ones are "
+                            "gone (was the run directory edited?)")
+        _link_over(kept, weights)
+    remove_leftovers(directory, tag)
+    return weights, state
+
+
+def remove_leftovers(directory: Path, tag: str) -> None:
+    """Delete what interrupted saves of `tag` left behind: temp files and weights kept for a pair now complete."""
+    for pattern in (f".{tag}.*.safetensors", f".{tag}.safetensors.*.tmp", f".{tag}.state.pt.*.tmp", f"..{tag}.*.tmp"):
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load saved weights; tied tensors that `save_model` wrote once are restored by safetensors' `load_model`.
+    Shapes are compared first, from the file's header, so a checkpoint of another model gets one clear line
+    rather than torch's multi-line size-mismatch report."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except FileNotFoundError:
         raise UserError(f"{path}: no checkpoint weights here") from None
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad files
         raise UserError(f"{path}: cannot read checkpoint weights: {str(e).splitlines()[0]}") from None
+    own = model.state_dict()
+    wrong = [k for k, shape in shapes.items() if k in own and list(own[k].shape) != shape]
+    if wrong:
+        k = wrong[0]
+        raise UserError(f"{path}: checkpoint does not fit this model: {len(wrong)} tensors differ in shape (e.g. "
+                        f"{k}: {shapes[k]} in the file, {list(own[k].shape)} here)")
+    missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
         raise UserError(f"{path}: checkpoint does not fit this model (e.g. {(missing or unexpected)[0]})")
 

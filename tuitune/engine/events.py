@@ -123,6 +123,7 @@ class Warned:
     message: str
     epoch: int = 0
     global_step: int = 0
+    kind: str = ""  # "nonfinite" for skipped steps / a refused save; "" otherwise
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class RunFailed:
     bad_input: bool = False  # a user-fixable error (profile, data, model, checkpoint): exit code 2
     epoch: int = 0
     global_step: int = 0
+    kind: str = ""  # "bad_input", "nonfinite", "oom" or "error" (any other exception; traceback in log_path)
 
 
 Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,

@@ -2,12 +2,12 @@
 
 The trainer talks to the world through `emit(event)` only and listens through `Control` only, at step
 boundaries. Host syncs (`.item()`, `.tolist()`) happen every `train.log_every` steps and at epoch end, never per
-step: running sums stay on the device.
+step: running sums stay on the device, and so does the non-finite check (`guards.NonFiniteGuard`), whose count is
+read with the metrics. Failures (bad input, out of memory, any exception) leave through the session.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +19,8 @@ from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine import strategy
 from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFinished,
-                                   RunStarted, UnfreezeSuggested)
+                                   RunStarted, UnfreezeSuggested, Warned)
+from tuitune.engine.meters import RunningSums
 from tuitune.engine.setup import RunParts, build_parts
 from tuitune.engine.state import TrainerState
 
@@ -69,10 +70,8 @@ class Trainer:
         p, st, cfg = self.parts, self.st, self.profile.train
         model, device = p.model, p.device
         strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
-        st.begin_epoch()
-        loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no per-step host sync
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, window = 0, _Window(device)
+        st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
+        window, seen = RunningSums(device), 0
         for step, (x, y) in enumerate(p.train_loader, start=1):
             if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
                 continue
@@ -84,33 +83,64 @@ class Trainer:
             with p.autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
-            # backward, clip, step, schedule
+            # backward, clip, non-finite check (a device flag), step, schedule
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(p.trainable_params(), cfg.grad_clip)
+            finite = self._clip_and_check(loss)
             st.apply_lr()
             st.optimizer.step()
+            st.guard.after_step(st.optimizer)
             st.global_step += 1
             st.step_in_epoch = step
-            # accumulate metrics on the device
-            n = y.shape[0]
-            batch_loss, batch_correct = loss.detach() * n, (logits.detach().argmax(-1) == y).sum()
-            loss_sum += batch_loss
-            correct += batch_correct
-            seen += n
-            window.add(batch_loss, batch_correct, n)
-            # every N steps: the one host sync, and an event
+            # accumulate metrics on the device (a non-finite step adds nothing)
+            st.epoch_sums.add(loss, logits, y, finite)
+            window.add(loss, logits, y, finite)
+            seen += y.shape[0]
+            # every N steps: the one host sync, and events
             if step % cfg.log_every == 0:
-                self.emit(window.read(st, step))
-                self.emit(st.layers_changed(with_grad=True))
+                self._read_window(window, step)
             # commands, pause, stop: at the step boundary
             if not self._between_steps():
                 return None
         st.skip_steps = 0
-        if seen == 0:
-            return {"loss": math.nan, "acc": math.nan, "samples": 0}
-        return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "samples": seen}
+        loss, acc, (bad,) = st.epoch_sums.read(st.guard.bad)
+        self._settle(bad)
+        return {"loss": loss, "acc": acc, "samples": seen}
+
+    def _clip_and_check(self, loss: torch.Tensor) -> torch.Tensor:
+        """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
+        are zeroed before `optimizer.step()` (see `guards.NonFiniteGuard`)."""
+        st, guard, clip = self.st, self.st.guard, self.profile.train.grad_clip
+        params = [q for q in self.parts.trainable_params() if q.grad is not None]
+        grads = [q.grad for q in params]
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        else:
+            norm = guard.grad_norm(grads) if guard.skips else None
+        finite = guard.check(loss, norm)
+        guard.drop_if_bad(st.optimizer, grads, finite)  # type: ignore[arg-type]
+        return finite
+
+    def _read_window(self, window: RunningSums, step: int) -> None:
+        """The metric read: one host sync for the window's metrics and the non-finite count."""
+        st = self.st
+        loss, acc, (bad,) = window.read(st.guard.bad)
+        self._settle(bad)
+        mem, peak = st.gpu_memory()
+        self.emit(MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step, train_loss=loss,
+                                 train_acc=acc, lrs=st.current_lrs(),
+                                 samples_per_s=window.samples / max(window.seconds(), 1e-9),
+                                 elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak))
+        self.emit(st.layers_changed(with_grad=True))
+        window.reset()
+
+    def _settle(self, bad: float) -> None:
+        """Act on the non-finite steps just read: stop (raises `RunAborted`) or warn about skipped ones."""
+        st = self.st
+        warning = st.guard.settle(int(bad), epoch=st.epoch + 1, global_step=st.global_step,
+                                  checkpoint_note=st.checkpoint_note())
+        if warning:
+            self.emit(Warned(message=warning, epoch=st.epoch + 1, global_step=st.global_step, kind="nonfinite"))
 
     @torch.no_grad()
     def evaluate(self, loader: Any) -> dict[str, Any]:
@@ -213,7 +243,8 @@ class Trainer:
         elif isinstance(command, Resume):
             self.paused = False
         elif isinstance(command, SaveCheckpoint):
-            detail = str(st.save("manual"))
+            path = st.save("manual")
+            detail = str(path) if path is not None else "not saved: the weights are not finite"
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail))
 
@@ -221,6 +252,7 @@ class Trainer:
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
         status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
+        self._settle(st.guard.bad.item())  # non-finite steps since the last read: never saved over `last`
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
             st.save("last")
         test = None
@@ -233,34 +265,4 @@ class Trainer:
                             per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
                             checkpoints=st.checkpoint_paths())
         self.emit(event)
-        return event
-
-
-class _Window:
-    """Running train metrics between two reads, kept on the device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self.n = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
-        self.loss += loss_sum
-        self.correct += correct
-        self.n += n
-
-    def read(self, st: TrainerState, step: int) -> MetricsUpdated:
-        loss, correct = torch.stack([self.loss, self.correct.to(self.loss.dtype)]).tolist()  # the host sync
-        dt = time.perf_counter() - self.t0
-        mem, peak = st.gpu_memory()
-        event = MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step,
-                               train_loss=loss / max(self.n, 1), train_acc=correct / max(self.n, 1),
-                               lrs=st.current_lrs(), samples_per_s=self.n / max(dt, 1e-9),
-                               elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak)
-        self._reset()
         return event

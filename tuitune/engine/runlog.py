@@ -45,6 +45,18 @@ def new_run_dir(profile: RunProfile, out: str | None = None, force: bool = False
     return path
 
 
+def _drop_torn_line(path: Path) -> None:
+    """A run killed mid-write (the second Ctrl+C, kill -9) can leave half a line at the end of `events.jsonl` or
+    `metrics.csv`; appending after it would bury it mid-file, where replay refuses it. Cut it off before a resumed
+    run appends."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def tee(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         for sink in sinks:
@@ -59,9 +71,13 @@ class RunRecorder:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         mode = "a" if append else "w"
+        if append:
+            _drop_torn_line(run_dir / "events.jsonl")
         self._events: IO[str] = open(run_dir / "events.jsonl", mode, encoding="utf-8")
         metrics_path = run_dir / "metrics.csv"
         new_metrics = not (append and metrics_path.exists())
+        if not new_metrics:
+            _drop_torn_line(metrics_path)
         self._metrics_file: IO[str] = open(metrics_path, "w" if new_metrics else "a", newline="", encoding="utf-8")
         self._metrics = csv.writer(self._metrics_file)
         if new_metrics:

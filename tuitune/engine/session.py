@@ -1,39 +1,93 @@
 """One call that runs a whole fine-tuning run, for the CLI and the UI worker alike.
 
 It records the run directory, turns every failure into a `RunFailed` event with a one-line message (the full
-traceback goes to `error.log` in the run directory, not over the screen), and returns the terminal event.
+traceback goes to `error.log` in the run directory, not over the screen), and returns the terminal event:
+
+- bad input (`UserError`: profile, data, model, checkpoint): `bad_input=True`, exit 2, no traceback;
+- a run that cannot go on (`guards.RunAborted`: a non-finite loss) and out of memory: one line of advice, exit 1;
+- any other exception: its type and first line, exit 1, traceback in `error.log`.
+
+Torch-free at import (the CLI and the picker import it); the engine loads inside `run_training`.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from tuitune.config import RunProfile
+from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, RunFailed
 from tuitune.engine.runlog import RunRecorder, new_run_dir, tee
 from tuitune.errors import UserError
 
-__all__ = ["run_training", "new_run_dir"]
+__all__ = ["run_training", "new_run_dir", "user_message"]
+
+_KEY_FIRST = re.compile(r"^(?:%s)\.\w+:" % "|".join(SECTIONS))
+_WORKER_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 
 def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
                  interactive: bool = True, resume: Path | None = None) -> Event:
-    """Build and train; block until the run ends. Never raises for bad input or a failing run."""
+    """Build and train; block until the run ends. Never raises for bad input or a failing run (only
+    `KeyboardInterrupt`, the second Ctrl+C, gets through: checkpoint writes are atomic, so that loses nothing)."""
     recorder = RunRecorder(run_dir, append=resume is not None)
     sink = tee(recorder, emit)
+    trainer: Any = None
     try:
         from tuitune.engine.loop import Trainer  # torch, timm, transformers load here, in the worker
 
-        return Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume).run()
+        trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume)
+        return trainer.run()
     except UserError as e:
-        failed = RunFailed(message=str(e), run_dir=str(run_dir), bad_input=True)
+        failed = RunFailed(message=user_message(e, profile), run_dir=str(run_dir), bad_input=True, kind="bad_input",
+                           **_position(trainer))
     except Exception as e:  # noqa: BLE001 - any failure becomes an event, the app stays alive
-        log = run_dir / "error.log"
-        log.write_text(traceback.format_exc(), encoding="utf-8")
-        first = (str(e).strip().splitlines() or [""])[0]
-        failed = RunFailed(message=f"{type(e).__name__}: {first}"[:300], run_dir=str(run_dir), log_path=str(log))
+        failed = _failure(e, profile, run_dir, trainer)
     sink(failed)
     return failed
+
+
+def user_message(error: UserError, profile: RunProfile | None = None) -> str:
+    """One line naming the file and the key. An error raised in a DataLoader worker comes back wrapped in a
+    traceback (torch re-raises it with the worker's traceback as the message): its last line is the real one. An
+    engine message that starts with a key (`model.name: ...`) gets the profile's file in front."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        match = _WORKER_LAST_LINE.match(last)
+        text = match.group(1) if match else last
+    text = " ".join(text.split())
+    if profile is not None and profile.source_path and _KEY_FIRST.match(text):
+        text = f"{profile.source_path}: {text}"
+    return text
+
+
+def _position(trainer: Any) -> dict[str, int]:
+    st = getattr(trainer, "st", None)
+    return {"epoch": st.epoch, "global_step": st.global_step} if st is not None else {}
+
+
+def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any) -> RunFailed:
+    """A run that failed: `RunAborted` says why itself; out of memory gets advice; anything else its first line.
+    All but a non-finite stop leave their traceback in `error.log`."""
+    guards = sys.modules.get("tuitune.engine.guards")  # loaded with the loop; absent if the failure came first
+    if guards is not None and isinstance(error, guards.RunAborted):
+        return RunFailed(message=error.message, run_dir=str(run_dir), epoch=error.epoch,
+                         global_step=error.global_step, kind=error.kind)
+    log = run_dir / "error.log"
+    log.write_text(traceback.format_exc(), encoding="utf-8")
+    if guards is not None and guards.is_oom(error):
+        guards.free_memory()
+        st = getattr(trainer, "st", None)
+        position = (f"at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}" if st is not None
+                    else "while building the run")
+        note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
+        return RunFailed(message=guards.oom_message(profile, run_dir, position, note), run_dir=str(run_dir),
+                         log_path=str(log), kind="oom", **_position(trainer))
+    first = (str(error).strip().splitlines() or [""])[0]
+    return RunFailed(message=f"{type(error).__name__}: {first}"[:300], run_dir=str(run_dir), log_path=str(log),
+                     kind="error", **_position(trainer))

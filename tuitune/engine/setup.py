@@ -72,6 +72,21 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers share the terminal's process group, so Ctrl+C reaches them too. They must not die of it:
+    the main process stops gracefully at the next step and may still need them (a worker dead of SIGINT turns
+    that clean stop into "DataLoader worker exited unexpectedly")."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _shield_workers(*loaders: Any) -> None:
+    for loader in loaders:
+        if loader is not None and loader.num_workers > 0 and loader.worker_init_fn is None:
+            loader.worker_init_fn = _ignore_interrupts
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -106,6 +121,7 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     train_loader, val_loader, test_loader = make_loaders(
         bundle, batch_size=profile.data.batch_size, num_workers=profile.data.num_workers,
         device_type=device.type, seed=profile.train.seed)
+    _shield_workers(train_loader, val_loader, test_loader)
     steps = len(train_loader)
     if profile.train.max_steps_per_epoch:
         steps = min(steps, profile.train.max_steps_per_epoch)

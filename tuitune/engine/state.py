@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from tuitune.engine import checkpoint, strategy
-from tuitune.engine.events import LayerInfo, LayersChanged
+from tuitune.engine.events import CheckpointSaved, LayerInfo, LayersChanged, Warned
+from tuitune.engine.guards import NonFiniteGuard, all_finite
+from tuitune.engine.meters import RunningSums
 from tuitune.engine.watch import MetricWatch
+from tuitune.errors import UserError
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
@@ -43,6 +46,10 @@ class TrainerState:
         es = profile.early_stopping
         self.early = MetricWatch(es.metric, es.min_delta)
         self.saved: dict[str, str] = {}
+        self.saved_at: dict[str, tuple[int, int]] = {}  # tag -> (epoch, step in epoch) of its last save
+        self.guard = NonFiniteGuard(profile.train.on_nonfinite, profile.train.max_skipped, parts.device)
+        self.epoch_sums = RunningSums(parts.device)  # this epoch's train metrics, on the device
+        self._resumed_sums: dict[str, Any] | None = None
         self._epoch_gen_state: torch.Tensor | None = None
         self._grad_norms: dict[str, float] = {}
         self._drift: dict[str, float] = {}
@@ -141,6 +148,10 @@ class TrainerState:
             if self.skip_steps and self._epoch_gen_state is not None:
                 gen.set_state(self._epoch_gen_state)  # resume mid-epoch: the same shuffle as before
             self._epoch_gen_state = gen.get_state()
+        self.epoch_sums.reset()
+        if self.skip_steps and self._resumed_sums is not None:  # and the same running sums
+            self.epoch_sums.load_state_dict(self._resumed_sums)
+        self._resumed_sums = None
 
     def record_epoch(self, metrics: dict[str, float], per_class: dict[str, float], epoch_s: float) -> bool:
         """Log an epoch's metrics into the watches; True when it is the best epoch so far."""
@@ -189,6 +200,14 @@ class TrainerState:
     def checkpoint_paths(self) -> dict[str, str]:
         return dict(self.saved)
 
+    def checkpoint_note(self) -> str:
+        """Where the run can continue from, for failure messages."""
+        if "last" not in self.saved_at:
+            return "no checkpoint was saved yet"
+        epoch, step = self.saved_at["last"]
+        at = f"epoch {epoch}" + (f", step {step} of epoch {epoch + 1}" if step else "")
+        return f"the last checkpoint ({self.ckpt_dir / 'last.safetensors'}, {at}) is intact"
+
     # ---------------------------------------------------------------------------------------- checkpoints
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -199,16 +218,24 @@ class TrainerState:
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch_gen_state": self._epoch_gen_state, "history": self.history, "per_class": self.per_class,
-            "phase_log": self.phase_log, "wall_s": self.elapsed(),
+            "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
+            "skipped_steps": self.guard.skipped,
+            "epoch_sums": self.epoch_sums.state_dict() if self.step_in_epoch else None,
             "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(),
                         "early": self.early.to_dict()},
         }
 
-    def save(self, tag: str) -> Path:
-        from tuitune.engine.events import CheckpointSaved
-
+    def save(self, tag: str) -> Path | None:
+        """Write checkpoint `tag`, unless the weights hold NaN/inf: a good checkpoint is never replaced by a
+        poisoned model (then a `Warned` event says so and None is returned)."""
+        if not all_finite(self.parts.model):
+            self.emit(Warned(message=f"not saving the {tag} checkpoint: the weights hold NaN/inf values; "
+                                     f"checkpoints/{tag}.* keep their previous contents",
+                             epoch=self.epoch, global_step=self.global_step, kind="nonfinite"))
+            return None
         path = checkpoint.save_checkpoint(self.ckpt_dir, tag, self.parts.model, self.snapshot())
         self.saved[tag] = str(path)
+        self.saved_at[tag] = (self.epoch, self.step_in_epoch)
         self.emit(CheckpointSaved(path=str(path), kind=tag, epoch=self.epoch, global_step=self.global_step))
         return path
 
@@ -221,8 +248,9 @@ class TrainerState:
     def resume_from(self, run_dir: Path) -> None:
         """Restore exactly the position, phase, trainable mask, optimizer groups and state, and RNG of `last`."""
         ckpt = run_dir / "checkpoints"
-        saved = checkpoint.load_state(ckpt / "last.state.pt")
-        checkpoint.load_weights(self.parts.model, ckpt / "last.safetensors")
+        weights, saved = checkpoint.open_checkpoint(ckpt, "last")
+        self._check_resumable(run_dir, saved)
+        checkpoint.load_weights(self.parts.model, weights)
         self.epoch = saved["epoch"]
         strategy.set_trainable(self.parts.model, self.parts.groups, self.parts.phases[saved["phase"]])
         missing = [n for n in saved["in_optimizer"] if n not in self._in_optimizer]
@@ -235,6 +263,8 @@ class TrainerState:
         self.history, self.per_class, self.phase_log = saved["history"], saved["per_class"], saved["phase_log"]
         self.wall_before = saved["wall_s"]
         self._epoch_gen_state = saved["epoch_gen_state"]
+        self._resumed_sums = saved.get("epoch_sums")
+        self.guard.skipped = int(saved.get("skipped_steps", 0))
         for name, watch in (("best", self.best), ("plateau", self.plateau), ("early", self.early)):
             watch.load(saved["watches"][name])
         torch.set_rng_state(saved["rng_torch"])
@@ -242,3 +272,26 @@ class TrainerState:
         if saved["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}
+        self.saved_at["last"] = (self.epoch, self.step_in_epoch)
+
+    def _check_resumable(self, run_dir: Path, saved: dict[str, Any]) -> None:
+        """Refuse, in one line, a profile that cannot continue this run: other classes or another phase plan.
+        (A `model.weights` file with another head is fine: the head is re-created. A resumed run is not: its
+        head, optimizer state and metrics all belong to the classes it was trained on.)"""
+        classes, now = saved.get("classes"), list(self.parts.bundle.classes)
+        if classes is not None and list(classes) != now:
+            raise UserError(
+                f"{run_dir}: --resume: the run was trained on {len(classes)} classes ({_names(classes)}) but this "
+                f"profile's data has {len(now)} ({_names(now)}); resume with the run's own data, or start a new run "
+                f"with model.weights = \"{run_dir / 'checkpoints' / 'last.safetensors'}\"")
+        phase, phases = saved["phase"], self.parts.phases
+        if phase >= len(phases) or tuple(saved["trainable"]) != tuple(phases[phase]):
+            raise UserError(
+                f"{run_dir}: --resume: the run stopped in phase {phase + 1} training {', '.join(saved['trainable'])}, "
+                f"which this profile's strategy does not plan ({len(phases)} phase(s)); resume with the run's own "
+                f"strategy settings")
+
+
+def _names(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(str(c) for c in items[:limit])
+    return shown + (", ..." if len(items) > limit else "")
