@@ -1,0 +1,155 @@
+"""Interrupts with real processes: Ctrl+C and SIGTERM stop a headless run gracefully, a second Ctrl+C exits at
+once, and `kill -9` in the middle of checkpoint writes never leaves a `last` that fails to load."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.engine.conftest import tiny_profile
+from tuitune.cli import main
+from tuitune.config import dump_toml, profile_to_dict
+from tuitune.engine import checkpoint
+from tuitune.engine.events import RunStarted
+from tuitune.engine.runlog import read_events
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def _start(tmp: Path, name: str, **data: object) -> tuple[subprocess.Popen, Path]:
+    """A long headless run in its own process group (like a terminal's foreground job, so a group signal also
+    reaches DataLoader workers, as Ctrl+C does)."""
+    profile = tmp / f"{name}.toml"
+    table = profile_to_dict(tiny_profile(train={"epochs": 500}, data=dict(data)))
+    profile.write_text(dump_toml(table))
+    run_dir = tmp / name
+    proc = subprocess.Popen([sys.executable, "-m", "tuitune", "train", str(profile), "--headless", "--out",
+                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            cwd=ROOT, start_new_session=True)
+    return proc, run_dir
+
+
+def _wait_for_epoch(proc: subprocess.Popen, n: int = 1) -> str:
+    """Read progress lines up to the end of epoch `n` (printed just before that epoch's checkpoints are saved)."""
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        seen += line.startswith("epoch")
+        if seen == n:
+            return line
+    raise AssertionError(f"no epoch line; stderr: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_ctrl_c_and_sigterm_stop_gracefully_and_resume(tmp_path: Path) -> None:
+    """Three runs side by side: Ctrl+C (to the whole process group, one DataLoader worker), SIGTERM, and Ctrl+C
+    twice in a row (after epoch 2's line, so it may land in the middle of that epoch's saves, and epoch 1's
+    checkpoint exists). Each exits 130 with a `last` that loads; the first then resumes from its saved epoch."""
+    runs = {"sigint": _start(tmp_path, "sigint", num_workers=1), "sigterm": _start(tmp_path, "sigterm"),
+            "twice": _start(tmp_path, "twice")}
+    for name, (proc, _) in runs.items():
+        _wait_for_epoch(proc, 2 if name == "twice" else 1)
+        if name == "sigint":
+            os.killpg(proc.pid, signal.SIGINT)
+        elif name == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+    for name, (proc, run_dir) in runs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (name, err)
+        weights, state = checkpoint.open_checkpoint(run_dir / "checkpoints", "last")
+        assert all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
+        assert state["epoch"] >= 1, name
+        if name != "twice":  # a graceful stop also finishes the record
+            assert '"status": "interrupted"' in (run_dir / "summary.json").read_text(), name
+            assert "stopping at the next step" in err and "Traceback" not in err, (name, err)
+    saved = checkpoint.open_checkpoint(tmp_path / "sigint" / "checkpoints", "last")[1]
+    target = saved["epoch"] + 1
+    assert main(["train", "--resume", str(tmp_path / "sigint"), "--headless", "--set", f"train.epochs={target}"]) == 0
+    started = [e for e in read_events(tmp_path / "sigint") if isinstance(e, RunStarted)]
+    assert [e.start_epoch for e in started] == [0, saved["epoch"]]
+    assert checkpoint.open_checkpoint(tmp_path / "sigint" / "checkpoints", "last")[1]["epoch"] == target
+    # the doubly interrupted run resumes too, whatever moment the second Ctrl+C hit
+    assert main(["train", "--resume", str(tmp_path / "twice"), "--headless", "--set", "train.epochs=1"]) == 0
+
+
+ZYGOTE = r"""
+import os, signal, sys
+from pathlib import Path
+import torch
+from tuitune.engine import checkpoint
+torch.set_num_threads(1)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped at once
+directory = Path(sys.argv[1])
+model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))  # 2 MB of weights
+print("ready", flush=True)
+for line in sys.stdin:
+    version = int(line)
+    pid = os.fork()
+    if pid == 0:  # the writer: save `last` in a loop, each version's weights all equal to its number
+        while True:
+            version += 1
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float(version))
+            checkpoint.save_checkpoint(directory, "last", model, {"version": version})
+    print(pid, flush=True)
+"""
+
+
+def test_kill_9_mid_write_never_corrupts_last(tmp_path: Path) -> None:
+    """20 writers killed with SIGKILL at random moments while saving `last` over and over (forked from one
+    process that imported torch once, to keep this fast). After every kill `last` opens, its weights match its
+    state, and it is never older than the newest checkpoint seen before."""
+    rng = random.Random(0)
+    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    assert zygote.stdout is not None and zygote.stdin is not None
+    assert zygote.stdout.readline().strip() == "ready"
+    newest, outcomes = 0, {"temp file left": 0, "new weights, old state": 0, "between saves": 0}
+    try:
+        for kill in range(20):
+            zygote.stdin.write(f"{(kill + 1) * 1_000_000}\n")
+            zygote.stdin.flush()
+            pid = int(zygote.stdout.readline())
+            time.sleep(rng.uniform(0.15, 0.5) if kill == 0 else rng.uniform(0.0, 0.25))
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.005)
+            names = [p.name for p in tmp_path.iterdir()]
+            if any(n.endswith(".tmp") for n in names):
+                outcomes["temp file left"] += 1
+            elif any(n.startswith(".last.") and n.endswith(".safetensors") for n in names):
+                outcomes["new weights, old state"] += 1
+            else:
+                outcomes["between saves"] += 1
+            weights, state = checkpoint.open_checkpoint(tmp_path, "last")
+            values = torch.cat([t.flatten() for t in load_file(str(weights)).values()])
+            assert bool((values == float(state["version"])).all()), (kill, state["version"])
+            assert state["version"] >= newest, (kill, state["version"], newest)
+            newest = state["version"]
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=30)
+    print(f"\nkill -9 mid-write: 20 kills, `last` loaded and matched its state every time; newest version "
+          f"{newest}; where the kills landed: {outcomes}")
+    assert sum(outcomes.values()) == 20 and outcomes["temp file left"] + outcomes["new weights, old state"] >= 5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
