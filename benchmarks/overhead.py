@@ -1,0 +1,236 @@
+"""What does tuitune cost over a hand-written PyTorch loop?  `python benchmarks/overhead.py [--help]`
+
+Three runs of the same model, data, batch size, optimizer and step count, side by side in one invocation:
+
+  bare    a minimal loop: fetch, forward, cross-entropy, backward, AdamW step (on CUDA: bf16 autocast and
+          cudnn.benchmark, what a user writing it for speed would do)
+  engine  `tuitune.engine.session.run_training` headless (what `tuitune train --headless` runs), events -> a clock
+  tui     the same engine inside the real Textual app (`TuituneApp("train")` under `App.run_test()`, headless,
+          120x40): engine in the app's thread worker, dashboard, plots and layer table updating, as `tuitune train`
+
+Fairness: all three build the model with `tuitune.engine.models.build_backbone` from the same profile and seed, read
+the same synthetic train split (`tuitune.engine.data.build_datasets`) through a DataLoader with the same batch
+size, shuffling, worker count and pinning, and run one epoch of `warmup + steps` steps with
+`torch.set_num_threads(N)`. Only the `steps` after the `warmup` are timed, at a host-sync point in each: the bare
+loop synchronizes the device after steps `warmup` and `warmup + steps`; the engine's clock reads the time when its
+`MetricsUpdated` events for those global steps arrive (each comes right after the engine's one host sync;
+`warmup` and `steps` are multiples of `train.log_every`). So setup (imports, model, data, the first steps) and the
+epoch end (validation, checkpoints) are outside the window for all three, and the engine's per-`log_every` work
+(metric read, per-group grad norms, the event log on disk, and in `tui` the dashboard) is inside it.
+
+Each run is a fresh worker process by default (`--in-process` runs them all in this one, sharing the data): on a
+small CPU, a process that already ran torch on another thread has a second OpenMP thread team, which makes later
+runs on a new thread (the dashboard's worker) slower than a real `tuitune train` would be; fresh processes give
+every mode the same start. Rounds rotate the order (a b c / b c a / c a b ...); the figures are medians.
+
+Start-up: `help_s` is the median wall time of 5 `python -m tuitune --help` subprocesses. `first_frame_s` is the median
+over 5 subprocesses of `benchmarks/first_frame.py`, which runs `tuitune.cli.main([])` (the `tuitune` command with no
+arguments) with Textual headless and prints a line once the picker screen is mounted, populated and refreshed;
+the time is from spawning the process to reading that line.
+
+The last line printed is one JSON object; `cache_speedup` is null until the feature cache (issue 6, item 3) exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+MODES = ("bare", "engine", "tui")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--model", default="resnet18", help="timm model name (random init)")
+    p.add_argument("--kwargs", default='{"channels": [32, 64, 128, 256]}', help="timm.create_model kwargs, JSON")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (multiple of --log-every)")
+    p.add_argument("--steps", type=int, default=40, help="timed steps (multiple of --log-every)")
+    p.add_argument("--log-every", type=int, default=10, help="the engine's train.log_every")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of all modes, order rotated")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = the CPUs this process may use")
+    p.add_argument("--modes", default=",".join(MODES), help="which of bare,engine,tui to run")
+    p.add_argument("--in-process", action="store_true", help="all runs in this process (data built once)")
+    p.add_argument("--no-startup", action="store_true", help="skip help_s and first_frame_s")
+    p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # one run, JSON out (internal)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.warmup % args.log_every or args.steps % args.log_every or args.warmup < args.log_every:
+        p.error("--warmup and --steps must be positive multiples of --log-every (the engine is timed at its "
+                "MetricsUpdated events)")
+    args.kwargs_json = args.kwargs
+    args.kwargs = json.loads(args.kwargs)
+    args.threads = args.threads or _cpus()
+    args.modes = [m for m in args.modes.split(",") if m]
+    if set(args.modes) - set(MODES):
+        p.error(f"--modes: expected some of {','.join(MODES)}")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def prepare_process(args: argparse.Namespace) -> Any:
+    """Import the runs (torch, timm) into this process, set the thread count, check the device."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import overhead_runs as runs
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("overhead.py: --device cuda, but torch.cuda.is_available() is False")
+    return runs
+
+
+def worker(args: argparse.Namespace) -> int:
+    """`--worker MODE`: one run in this fresh process; its figures as one `RESULT {json}` line."""
+    runs = prepare_process(args)
+    result = runs.run_mode(args.worker, runs.make_profile(args), args, Path(args.run_dir))
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def run_isolated(mode: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--run-dir", str(run_dir),
+           "--model", args.model, "--kwargs", args.kwargs_json, "--img-size", str(args.img_size),
+           "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
+           "--warmup", str(args.warmup), "--steps", str(args.steps), "--log-every", str(args.log_every),
+           "--device", args.device, "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{mode} worker failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+                           f"\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def rotations(modes: list[str], rounds: int) -> list[list[str]]:
+    return [modes[i % len(modes):] + modes[:i % len(modes)] for i in range(rounds)]
+
+
+def run_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, Any]]]:
+    runs = profile = None
+    if args.in_process:
+        runs = prepare_process(args)
+        runs.share_synthetic_data()
+        profile = runs.make_profile(args)
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}
+    for r, order in enumerate(rotations(args.modes, args.rounds), start=1):
+        for mode in order:
+            run_dir = tmp / f"{mode}-{r}"
+            if runs is not None:
+                result = runs.run_mode(mode, profile, args, run_dir)
+            else:
+                result = run_isolated(mode, args, run_dir)
+            results[mode].append(result)
+            print(f"round {r}  {describe(mode, result, args)}", flush=True)
+    return results
+
+
+def describe(mode: str, r: dict[str, Any], args: argparse.Namespace) -> str:
+    ms = 1000 / args.steps
+    ui = f", ui thread {r['main_cpu'] * ms:5.2f}" if mode == "tui" else ""
+    drawn = (f"  plots drawn {r['plot_redraws']}, metric events {r['metric_events']}, dashboard at step "
+             f"{r['dashboard_global_step']}") if mode == "tui" else ""
+    return (f"{mode:<6} {r['sps']:8.1f} samples/s {r['wall'] * ms:7.2f} ms/step | cpu ms/step: train thread "
+            f"{r['thread_cpu'] * ms:6.2f}{ui}, process {r['process_cpu'] * ms:6.2f} | load "
+            f"{os.getloadavg()[0]:.2f}{drawn}")
+
+
+# ------------------------------------------------------------------------------------------------ start-up
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+
+
+def time_subprocess(cmd: list[str], until_line: str | None = None, timeout: float = 60.0) -> float:
+    """Wall time from spawn to exit, or to the first stdout line starting with `until_line`."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    elapsed = None
+    if until_line is not None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(until_line):
+                elapsed = time.perf_counter() - t0
+                break
+    _, err = proc.communicate(timeout=timeout)
+    if until_line is None and proc.returncode == 0:
+        elapsed = time.perf_counter() - t0
+    if elapsed is None:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}, no {until_line or 'success'}: {err[-500:]}")
+    return elapsed
+
+
+def startup_times(repeats: int = 5) -> tuple[float, float]:
+    helps = [time_subprocess([sys.executable, "-m", "tuitune", "--help"]) for _ in range(repeats)]
+    frames = [time_subprocess([sys.executable, str(HERE / "first_frame.py")], until_line="FIRST_FRAME")
+              for _ in range(repeats)]
+    print(f"help_s samples: {_fmt_list(helps)}   first_frame_s samples: {_fmt_list(frames)}")
+    return statistics.median(helps), statistics.median(frames)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def _fmt_list(values: list[float]) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
+           startup: tuple[float, float] | None) -> dict[str, Any]:
+    med = {m: statistics.median(r["sps"] for r in rs) for m, rs in results.items()}
+    for mode, rs in results.items():
+        print(f"median {mode:<6} {med[mode]:8.1f} samples/s  ({_fmt_list([r['sps'] for r in rs])})")
+    bare, engine, tui = med.get("bare"), med.get("engine"), med.get("tui")
+    ratio = lambda x: round(x / bare, 4) if x is not None and bare else None  # noqa: E731
+    help_s, first_frame_s = startup if startup is not None else (None, None)
+    return {"bare_sps": _round(bare, 1), "engine_sps": _round(engine, 1), "tui_sps": _round(tui, 1),
+            "engine_ratio": ratio(engine), "tui_ratio": ratio(tui),
+            "cache_speedup": None,  # the frozen-backbone feature cache (issue 6, item 3) is not built yet
+            "help_s": _round(help_s, 3), "first_frame_s": _round(first_frame_s, 3),
+            "bare_step_ms": _round(1000 * args.batch_size / bare, 2) if bare else None,
+            "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "steps": args.steps,
+            "device": args.device, "threads": args.threads, "isolated": not args.in_process}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(args)
+    print(f"model {args.model} {args.kwargs} {args.img_size}px, batch {args.batch_size}, {args.warmup} warm-up + "
+          f"{args.steps} timed steps, device {args.device}, torch threads {args.threads}, {args.rounds} rounds, "
+          f"{'one process' if args.in_process else 'a fresh process per run'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="tuitune-overhead-") as tmp:
+        results = run_rounds(args, Path(tmp))
+    startup = None if args.no_startup else startup_times()
+    print(json.dumps(report(args, results, startup)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
