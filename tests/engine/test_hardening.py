@@ -239,13 +239,14 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str) -> None:
     run_training(profile, tmp_path / "b", interrupt, control, interactive=False)
     assert isinstance(first[-1], RunFinished) and first[-1].status == "interrupted"
     saved = last_state(tmp_path / "b")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["phase"]) == ((2, 0, 1) if stop_at == "epoch_end" else (1, 2, 0))
     assert main(["train", "--resume", str(tmp_path / "b"), "--headless"]) == 0
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
     assert (start.start_epoch, start.phase) == (saved["epoch"], saved["phase"])
     a, b = _val(straight), _val(resumed)
-    print(f"\nresume equality ({stop_at}: interrupted after epoch {saved['epoch']} step {saved['step_in_epoch']}, "
-          f"phase {saved['phase'] + 1})")
+    print(f"\nresume equality ({stop_at}: interrupted with {saved['epoch']} epochs done + {saved['step_in_epoch']} "
+          f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)")
     print("epoch  val_loss straight   val_loss resumed   |diff|    val_acc s/r    train_loss s/r")
     for (ea, la, aa, ta), (eb, lb, ab, tb) in zip(a, b):
         print(f"{ea:>5}  {la:.10f}       {lb:.10f}       {abs(la - lb):.1e}   {aa:.4f}/{ab:.4f}  {ta:.6f}/{tb:.6f}")

@@ -57,6 +57,9 @@ class Trainer:
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
             profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings))
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
+            if self.control.stop_requested:  # Ctrl+C during validation or a save: stop on the epoch boundary
+                self.stop_status = ("interrupted", "interrupted by the user")
+                break
             epoch_t0 = time.perf_counter()
             train = self._train_epoch()
             if train is None:  # interrupted or stopped mid-epoch

@@ -217,13 +217,22 @@ class TrainerState:
             "optimizer": checkpoint.optimizer_state_by_name(self.optimizer),
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "epoch_gen_state": self._epoch_gen_state, "history": self.history, "per_class": self.per_class,
+            "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
             "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
             "skipped_steps": self.guard.skipped,
             "epoch_sums": self.epoch_sums.state_dict() if self.step_in_epoch else None,
             "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(),
                         "early": self.early.to_dict()},
         }
+
+    def _loader_gen_state(self) -> torch.Tensor | None:
+        """The shuffle generator's state for resuming: mid-epoch, the state at the epoch's start (the epoch is
+        replayed up to where it stopped); on an epoch boundary, the state now, which the next epoch starts from.
+        (Saving the epoch's start state there too would make a resumed run repeat the last epoch's order.)"""
+        gen = getattr(self.parts.train_loader, "generator", None)
+        if self.step_in_epoch or gen is None:
+            return self._epoch_gen_state
+        return gen.get_state()
 
     def save(self, tag: str) -> Path | None:
         """Write checkpoint `tag`, unless the weights hold NaN/inf: a good checkpoint is never replaced by a
@@ -263,6 +272,9 @@ class TrainerState:
         self.history, self.per_class, self.phase_log = saved["history"], saved["per_class"], saved["phase_log"]
         self.wall_before = saved["wall_s"]
         self._epoch_gen_state = saved["epoch_gen_state"]
+        gen = getattr(self.parts.train_loader, "generator", None)
+        if gen is not None and self._epoch_gen_state is not None:
+            gen.set_state(self._epoch_gen_state)  # the next epoch's shuffle (replayed from its start if mid-epoch)
         self._resumed_sums = saved.get("epoch_sums")
         self.guard.skipped = int(saved.get("skipped_steps", 0))
         for name, watch in (("best", self.best), ("plateau", self.plateau), ("early", self.early)):
