@@ -196,7 +196,7 @@ CASES: dict[str, Case] = {
     "float-for-int": Case(profile_with(data={"batch_size": 1.5}), ("bad.toml", "data.batch_size: expected an int")),
     "string-for-bool": Case(profile_with(model={"pretrained": "no"}), ("bad.toml", "model.pretrained: expected a b")),
     "negative-lr": Case(profile_with(train={"lr": -0.1}), ("bad.toml", "train.lr: must be > 0, got -0.1")),
-    "nan-lr": Case(profile_text('[model]\nname = "x"\n[train]\nlr = nan'), ("bad.toml", "train.lr: must be a finite number")),
+    "nan-lr": Case(profile_text('[model]\nname = "x"\n[train]\nlr = nan'), ("bad.toml", "train.lr: must be a finite")),
     "zero-batch-size": Case(profile_with(data={"batch_size": 0}), ("bad.toml", "data.batch_size: must be >= 1")),
     "zero-epochs": Case(profile_with(train={"epochs": 0}), ("bad.toml", "train.epochs: must be >= 1")),
     "momentum-above-1": Case(profile_with(train={"momentum": 1.5}), ("bad.toml", "train.momentum: must be <= 1")),

@@ -239,7 +239,8 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str) -> None:
     run_training(profile, tmp_path / "b", interrupt, control, interactive=False)
     assert isinstance(first[-1], RunFinished) and first[-1].status == "interrupted"
     saved = last_state(tmp_path / "b")
-    assert (saved["epoch"], saved["step_in_epoch"], saved["phase"]) == ((2, 0, 1) if stop_at == "epoch_end" else (1, 2, 0))
+    where = (saved["epoch"], saved["step_in_epoch"], saved["phase"])
+    assert where == ((2, 0, 1) if stop_at == "epoch_end" else (1, 2, 0))
     assert main(["train", "--resume", str(tmp_path / "b"), "--headless"]) == 0
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
@@ -277,9 +278,11 @@ def test_resume_restores_the_trainable_mask_optimizer_and_rng(tmp_path) -> None:
     mask = {n: p.requires_grad for n, p in first.parts.model.named_parameters()}
     assert mask == {n: p.requires_grad for n, p in second.parts.model.named_parameters()}
     assert second.st.phase == first.st.phase == 2 and second.st.global_step == first.st.global_step
-    groups = [(g["layer_group"], g["lr"], g["base_lr"], tuple(g["param_names"])) for g in first.st.optimizer.param_groups]
-    assert sorted(groups) == sorted((g["layer_group"], g["lr"], g["base_lr"], tuple(g["param_names"]))
-                                    for g in second.st.optimizer.param_groups)
+    def groups(trainer: Trainer) -> list:
+        return sorted((g["layer_group"], g["lr"], g["base_lr"], tuple(g["param_names"]))
+                      for g in trainer.st.optimizer.param_groups)
+
+    assert groups(first) == groups(second)
 
 
 # ------------------------------------------------------------------------------------- checkpoint integrity

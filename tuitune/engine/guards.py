@@ -91,7 +91,9 @@ class NonFiniteGuard:
         if self.skipped > self.max_skipped:
             raise RunAborted(
                 f"non-finite loss or gradients in {self.skipped} steps {where}, more than train.max_skipped = "
-                f"{self.max_skipped}: the run stopped; {checkpoint_note}; try a lower train.lr or train.grad_clip = 1.0", kind="nonfinite", epoch=epoch, global_step=global_step)
+                f"{self.max_skipped}: the run stopped; {checkpoint_note}; try a lower train.lr or "
+                f"train.grad_clip = 1.0",
+                kind="nonfinite", epoch=epoch, global_step=global_step)
         return (f"skipped {bad_steps} step(s) with a non-finite loss or gradients {where}; {self.skipped} of at "
                 f"most train.max_skipped = {self.max_skipped} so far")
 
@@ -124,12 +126,14 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_note: str) -> str:
-    """One line: where it ran out, what to change, and how to continue."""
+def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_note: str,
+                resumable: bool) -> str:
+    """One line: where it ran out, what to change, and how to continue (only from an epoch-boundary `last`: a
+    mid-epoch one replays its epoch by step count, which a new batch size would not match)."""
     batch = profile.data.batch_size
+    half = max(1, batch // 2)
     size_key = "model.max_length" if profile.data.kind == "text" else "model.img_size"
-    advice = (f"lower data.batch_size (now {batch}; e.g. --set data.batch_size={max(1, batch // 2)}), "
-              f"{size_key}, or the trainable layers (a progressive or head_only strategy)")
-    resume = f"; continue with: tuitune train --resume {run_dir} --set data.batch_size={max(1, batch // 2)}" \
-        if checkpoint_note.startswith("the last checkpoint") else ""
+    advice = (f"lower data.batch_size (now {batch}; e.g. --set data.batch_size={half}), {size_key}, or the "
+              f"trainable layers (a progressive or head_only strategy)")
+    resume = f"; continue with: tuitune train --resume {run_dir} --set data.batch_size={half}" if resumable else ""
     return f"out of memory {position}: {advice}; {checkpoint_note}{resume}"

@@ -176,7 +176,8 @@ class Trainer:
                    "val_acc": val["acc"]}
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s)
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
-                             elapsed_s=st.elapsed(), epoch_s=epoch_s, samples_per_s=train["samples"] / max(epoch_s, 1e-9),
+                             elapsed_s=st.elapsed(), epoch_s=epoch_s,
+                             samples_per_s=train["samples"] / max(epoch_s, 1e-9),
                              is_best=is_best))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         if is_best:

@@ -47,6 +47,9 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
                            **_position(trainer))
     except Exception as e:  # noqa: BLE001 - any failure becomes an event, the app stays alive
         failed = _failure(e, profile, run_dir, trainer)
+    if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
+        trainer = None
+        sys.modules["tuitune.engine.guards"].free_memory()
     sink(failed)
     return failed
 
@@ -81,12 +84,13 @@ def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any)
     log = run_dir / "error.log"
     log.write_text(traceback.format_exc(), encoding="utf-8")
     if guards is not None and guards.is_oom(error):
-        guards.free_memory()
         st = getattr(trainer, "st", None)
         position = (f"at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}" if st is not None
                     else "while building the run")
         note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
-        return RunFailed(message=guards.oom_message(profile, run_dir, position, note), run_dir=str(run_dir),
+        resumable = st is not None and st.saved_at.get("last", (0, 1))[1] == 0
+        message = guards.oom_message(profile, run_dir, position, note, resumable)
+        return RunFailed(message=message, run_dir=str(run_dir),
                          log_path=str(log), kind="oom", **_position(trainer))
     first = (str(error).strip().splitlines() or [""])[0]
     return RunFailed(message=f"{type(error).__name__}: {first}"[:300], run_dir=str(run_dir), log_path=str(log),
