@@ -13,6 +13,7 @@ The Hugging Face half lives in `tuitune.engine.hf` (imported lazily from here; `
 from __future__ import annotations
 
 import difflib
+import warnings
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             sd: Any = load_file(str(p), device="cpu")
         elif p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol notes would be a second line on stderr
+                warnings.simplefilter("ignore")
+                sd = torch.load(str(p), map_location="cpu", weights_only=True)
         else:
             raise ModelError(f"model.weights: {path}: unknown format (expected .safetensors, .pth, .pt or .bin)")
     except ModelError:
@@ -228,7 +231,7 @@ def _load_weights(model: nn.Module, path: str, name: str) -> str:
     body = [k for k in own if not is_head(k)]
     bad = [k for k in body if k not in sd or sd[k].shape != own[k].shape]
     if len(bad) * 2 > len(body):
-        raise ModelError(f"{path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "
+        raise ModelError(f"model.weights: {path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "
                          f"missing/mismatched (e.g. {bad[0]})")
     keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(keep, strict=False)
