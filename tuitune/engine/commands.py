@@ -38,7 +38,21 @@ class SaveCheckpoint:
     pass
 
 
-Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint]
+@dataclass(frozen=True)
+class FindLR:
+    """Sweep the learning rate over `steps` steps from the current weights (restored afterwards)."""
+
+    steps: int = 100
+
+
+@dataclass(frozen=True)
+class ApplyLR:
+    """Set the current phase's LR: the head's base LR becomes `lr`, deeper groups keep their discriminative ratio."""
+
+    lr: float
+
+
+Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint, FindLR, ApplyLR]
 
 
 class Control:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 
@@ -42,6 +42,10 @@ class RunStarted:
     profile: dict[str, Any]
     start_epoch: int = 0
     warnings: tuple[str, ...] = ()
+    # The task's score, carried by every `*_acc` field below: "acc" (classification), "rmse" (regression, lower is
+    # better) or "f1" (multi-label micro-F1).
+    metric: str = "acc"
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class MetricsUpdated:
     elapsed_s: float
     gpu_mem_gb: float | None = None
     gpu_peak_gb: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. task_loss and distill_loss when distilling
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class EpochEnded:
     epoch_s: float
     samples_per_s: float
     is_best: bool
+    # More per-epoch figures, when the profile asks for them: val_mae, val_map, ema_val_loss, ema_val_acc,
+    # source_acc (retention of the pretraining task), train_task_loss, train_distill_loss.
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,38 @@ class Warned:
 
 
 @dataclass(frozen=True)
+class FeatureCacheChanged:
+    """The frozen backbone's features are (no longer) cached: head-only epochs train on stored features."""
+
+    active: bool
+    detail: str
+    epoch: int
+    global_step: int
+
+
+@dataclass(frozen=True)
+class LRFound:
+    """An LR-finder sweep ended (weights and optimizer restored). `suggestion` is what `ApplyLR` would set."""
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]  # smoothed
+    suggestion: float
+    steep: float
+    valley: float
+    current_lr: float  # the head's LR when the sweep started
+    path: str  # the curve as CSV
+    epoch: int
+    global_step: int
+
+
+@dataclass(frozen=True)
+class CompressionReported:
+    """Post-training compression finished (emitted before `RunFinished`, which carries the same report)."""
+
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RunFinished:
     status: str  # "finished", "stopped_early" or "interrupted"
     reason: str
@@ -140,6 +180,8 @@ class RunFinished:
     samples_per_s: float
     wall_s: float
     checkpoints: dict[str, str]
+    compression: dict[str, Any] | None = None  # the post-training compression report, when the profile asks
+    export_dir: str = ""  # where the best model was exported (safetensors + classes.json + profile.toml)
 
 
 @dataclass(frozen=True)
@@ -154,7 +196,8 @@ class RunFailed:
 
 
 Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,
-              CommandApplied, CheckpointSaved, Warned, RunFinished, RunFailed]
+              CommandApplied, CheckpointSaved, Warned, FeatureCacheChanged, LRFound, CompressionReported,
+              RunFinished, RunFailed]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
