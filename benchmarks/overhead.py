@@ -21,7 +21,10 @@ epoch end (validation, checkpoints) are outside the window for all three, and th
 Each run is a fresh worker process by default (`--in-process` runs them all in this one, sharing the data): on a
 small CPU, a process that already ran torch on another thread has a second OpenMP thread team, which makes later
 runs on a new thread (the dashboard's worker) slower than a real `tuitune train` would be; fresh processes give
-every mode the same start. Rounds rotate the order (a b c / b c a / c a b ...); the figures are medians.
+every mode the same start. Workers run with OMP_WAIT_POLICY=PASSIVE (`--omp-wait-policy`): with the default
+spin-waiting, a run that shares 2 cores with any other busy process can lose 3-50x (an OpenMP thread spins at a
+barrier while its partner is descheduled), which swamps the differences measured here; passive waiting costs all
+three modes alike. Rounds rotate the order (a b c / b c a / c a b ...); the figures are medians.
 
 Start-up: `help_s` is the median wall time of 5 `python -m tuitune --help` subprocesses. `first_frame_s` is the median
 over 5 subprocesses of `benchmarks/first_frame.py`, which runs `tuitune.cli.main([])` (the `tuitune` command with no
@@ -65,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = the CPUs this process may use")
     p.add_argument("--modes", default=",".join(MODES), help="which of bare,engine,tui to run")
     p.add_argument("--in-process", action="store_true", help="all runs in this process (data built once)")
+    p.add_argument("--omp-wait-policy", choices=("passive", "active", "unset"), default="passive",
+                   help="OMP_WAIT_POLICY of the worker processes (default passive: see below)")
     p.add_argument("--no-startup", action="store_true", help="skip help_s and first_frame_s")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # one run, JSON out (internal)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -110,7 +115,10 @@ def run_isolated(mode: str, args: argparse.Namespace, run_dir: Path) -> dict[str
            "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--log-every", str(args.log_every),
            "--device", args.device, "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
+    env = _env()
+    if args.omp_wait_policy != "unset":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{mode} worker failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
@@ -132,10 +140,14 @@ def run_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, 
     for r, order in enumerate(rotations(args.modes, args.rounds), start=1):
         for mode in order:
             run_dir = tmp / f"{mode}-{r}"
-            if runs is not None:
-                result = runs.run_mode(mode, profile, args, run_dir)
-            else:
-                result = run_isolated(mode, args, run_dir)
+            try:
+                if runs is not None:
+                    result = runs.run_mode(mode, profile, args, run_dir)
+                else:
+                    result = run_isolated(mode, args, run_dir)
+            except Exception as e:  # noqa: BLE001 - report it, keep the other runs
+                print(f"round {r}  {mode:<6} FAILED: {str(e).strip().splitlines()[-1][:300]}", flush=True)
+                continue
             results[mode].append(result)
             print(f"round {r}  {describe(mode, result, args)}", flush=True)
     return results
@@ -203,19 +215,28 @@ def _round(x: float | None, digits: int) -> float | None:
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
            startup: tuple[float, float] | None) -> dict[str, Any]:
-    med = {m: statistics.median(r["sps"] for r in rs) for m, rs in results.items()}
+    med = {m: statistics.median(r["sps"] for r in rs) for m, rs in results.items() if rs}
     for mode, rs in results.items():
+        if not rs:
+            print(f"median {mode:<6} -- every run failed")
+            continue
         print(f"median {mode:<6} {med[mode]:8.1f} samples/s  ({_fmt_list([r['sps'] for r in rs])})")
     bare, engine, tui = med.get("bare"), med.get("engine"), med.get("tui")
     ratio = lambda x: round(x / bare, 4) if x is not None and bare else None  # noqa: E731
     help_s, first_frame_s = startup if startup is not None else (None, None)
+    cpu = {m: statistics.median(r["process_cpu"] for r in rs) for m, rs in results.items() if rs}
+    cpu_ratio = lambda m: round(cpu["bare"] / cpu[m], 4) if "bare" in cpu and m in cpu else None  # noqa: E731
     return {"bare_sps": _round(bare, 1), "engine_sps": _round(engine, 1), "tui_sps": _round(tui, 1),
             "engine_ratio": ratio(engine), "tui_ratio": ratio(tui),
             "cache_speedup": None,  # the frozen-backbone feature cache (issue 6, item 3) is not built yet
             "help_s": _round(help_s, 3), "first_frame_s": _round(first_frame_s, 3),
             "bare_step_ms": _round(1000 * args.batch_size / bare, 2) if bare else None,
+            # secondary, less sensitive to other load on the machine: bare's CPU seconds per step / the mode's
+            "engine_cpu_ratio": cpu_ratio("engine"), "tui_cpu_ratio": cpu_ratio("tui"),
+            "load_avg": round(os.getloadavg()[0], 2),
             "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "steps": args.steps,
-            "device": args.device, "threads": args.threads, "isolated": not args.in_process}
+            "device": args.device, "threads": args.threads, "isolated": not args.in_process,
+            "omp_wait_policy": None if args.in_process else args.omp_wait_policy}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     print(f"model {args.model} {args.kwargs} {args.img_size}px, batch {args.batch_size}, {args.warmup} warm-up + "
           f"{args.steps} timed steps, device {args.device}, torch threads {args.threads}, {args.rounds} rounds, "
-          f"{'one process' if args.in_process else 'a fresh process per run'}", flush=True)
+          f"{'one process' if args.in_process else 'a fresh process per run'}, OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if args.in_process else args.omp_wait_policy}, load "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tuitune-overhead-") as tmp:
         results = run_rounds(args, Path(tmp))
     startup = None if args.no_startup else startup_times()
