@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tuitune.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, Event, LayerInfo, LayersChanged,
-                                   MetricsUpdated, PhaseChanged, RunFailed, RunFinished, RunStarted,
-                                   UnfreezeSuggested)
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
+                                     UnfreezeNext)
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
+                                   FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
+                                   PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested)
 
 GROUPS = (("stem", 9_536), ("layer1", 147_968), ("layer2", 525_568), ("layer3", 2_099_712),
           ("layer4", 8_393_728), ("head", 5_130))
@@ -24,45 +26,65 @@ RUN = "demo-20250101-120000"
 RUN_DIR = f"runs/{RUN}"
 
 
-def layers(phase: int, step: int = 0) -> tuple[LayerInfo, ...]:
+def layers(phase: int, step: int = 0, lr: float = LR) -> tuple[LayerInfo, ...]:
     trainable = set(PHASES[phase])
     out = []
     for name, params in GROUPS:
         if name in trainable:
             depth = ORDER.index(name)
-            out.append(LayerInfo(name, params, True, lr=LR * 0.385 ** depth, grad_norm=0.8 / (depth + 1),
+            out.append(LayerInfo(name, params, True, lr=lr * 0.385 ** depth, grad_norm=0.8 / (depth + 1),
                                  drift=0.001 * step / (depth + 1)))
         else:
             out.append(LayerInfo(name, params, False))
     return tuple(out)
 
 
-def run_started(profile: dict[str, Any] | None = None) -> RunStarted:
+def run_started(profile: dict[str, Any] | None = None, metric: str = "acc") -> RunStarted:
+    classes = () if metric == "rmse" else tuple(str(i) for i in range(10))
     return RunStarted(run_name=RUN, run_dir=RUN_DIR, device="cpu", layers=layers(0), phases=PHASES, phase=0,
-                      epochs=EPOCHS, steps_per_epoch=SPE, train_size=1280, val_size=320,
-                      classes=tuple(str(i) for i in range(10)), profile=profile or {"model": {"name": "resnet18"}})
+                      epochs=EPOCHS, steps_per_epoch=SPE, train_size=1280, val_size=320, classes=classes,
+                      profile=profile or {"model": {"name": "resnet18"}}, metric=metric,
+                      higher_is_better=metric != "rmse")
 
 
 def _loss(g: int) -> float:
     return 2.3 * math.exp(-g / 35) + 0.25 + 0.08 * math.sin(g * 1.7)
 
 
-def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True) -> list[Event]:
-    """Metrics every 2 steps of `epoch` (1-based), then its `EpochEnded`."""
+def _acc(loss: float) -> float:
+    return min(0.99, 1.05 - loss / 2.4)
+
+
+def _rmse(loss: float) -> float:
+    """A regression run's score: RMSE falls with the loss (lower is better)."""
+    return math.sqrt(loss) * 0.8
+
+
+def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True, metric: str = "acc",
+                 extras: bool = False) -> list[Event]:
+    """Metrics every 2 steps of `epoch` (1-based), then its `EpochEnded`. `extras`: a distilled run with an EMA
+    model and a source-task check (the `extra` dicts filled)."""
+    score = _rmse if metric == "rmse" else _acc
     events: list[Event] = []
     n_lrs = len(PHASES[phase])
     for step in range(2, steps + 1, 2):
         g = (epoch - 1) * SPE + step
         loss = _loss(g)
+        extra = {"task_loss": loss * 0.7, "distill_loss": loss * 0.3 + 0.05} if extras else {}
         events.append(MetricsUpdated(epoch=epoch, step=step, global_step=g, train_loss=loss,
-                                     train_acc=min(0.99, 1.05 - loss / 2.4), lrs=(LR,) * n_lrs,
-                                     samples_per_s=812.0, elapsed_s=g * 0.05))
+                                     train_acc=score(loss), lrs=(LR,) * n_lrs,
+                                     samples_per_s=812.0, elapsed_s=g * 0.05, extra=extra))
     if with_end:
         g = epoch * SPE
+        val = _loss(g) + 0.1
+        val_score = _rmse(val) if metric == "rmse" else 0.95 - _loss(g) / 2.6
+        extra = ({"val_mae": _rmse(val) * 0.8} if metric == "rmse" else {})
+        if extras:
+            extra = {"ema_val_loss": val - 0.05, "ema_val_acc": val_score + 0.03, "source_acc": 0.80 - 0.04 * epoch}
         events.append(EpochEnded(epoch=epoch, global_step=g, phase=phase, train_loss=_loss(g),
-                                 train_acc=1.05 - _loss(g) / 2.4, val_loss=_loss(g) + 0.1,
-                                 val_acc=0.95 - _loss(g) / 2.6, elapsed_s=g * 0.05, epoch_s=1.0,
-                                 samples_per_s=812.0, is_best=True))
+                                 train_acc=score(_loss(g)) if metric == "rmse" else 1.05 - _loss(g) / 2.4,
+                                 val_loss=val, val_acc=val_score, elapsed_s=g * 0.05, epoch_s=1.0,
+                                 samples_per_s=812.0, is_best=True, extra=extra))
     return events
 
 
@@ -78,6 +100,29 @@ def mid_run_events() -> list[Event]:
     return [run_started(), *epoch_events(1, 0), *epoch_events(2, 0),
             CheckpointSaved(f"{RUN_DIR}/best.pt", "best", 2, 2 * SPE),
             *unfreeze_events(1, 2, 2 * SPE), *epoch_events(3, 1, steps=10, with_end=False)]
+
+
+def regression_events() -> list[Event]:
+    """A regression run (RMSE, lower is better) training its head on cached backbone features."""
+    return [run_started(metric="rmse"),
+            FeatureCacheChanged(True, "head-only phase: 1,280 train features cached (2.6 MB)", 0, 0),
+            *epoch_events(1, 0, metric="rmse"), *epoch_events(2, 0, metric="rmse"),
+            *epoch_events(3, 0, steps=10, with_end=False, metric="rmse")]
+
+
+def extras_events() -> list[Event]:
+    """A distilled run with an EMA model and a source-task check: every extra series the plots know."""
+    return [run_started(), *epoch_events(1, 0, extras=True), *epoch_events(2, 0, extras=True),
+            *unfreeze_events(1, 2, 2 * SPE), *epoch_events(3, 1, extras=True)]
+
+
+def lr_found(epoch: int = 3, global_step: int = 2 * SPE + 10) -> LRFound:
+    """A 100-step sweep from 1e-6 to 1: flat, a dip around 3e-3, then divergence."""
+    lrs = tuple(10 ** (-6 + 6 * i / 99) for i in range(100))
+    losses = tuple(2.3 - 1.4 / (1 + math.exp(-3 * (math.log10(lr) + 3.5)))
+                   + 0.25 * math.exp(3.2 * (math.log10(lr) + 1.6)) for lr in lrs)
+    return LRFound(lrs=lrs, losses=losses, suggestion=3.2e-3, steep=1.1e-2, valley=3.2e-3, current_lr=LR,
+                   path=f"{RUN_DIR}/lr_find.csv", epoch=epoch, global_step=global_step)
 
 
 def plateau_events() -> list[Event]:
@@ -96,6 +141,32 @@ def finished(status: str = "stopped_early", reason: str = "stopped from the dash
                  "time_s": 42.5}),
         per_class_acc={str(i): 0.97 - 0.045 * i for i in range(10)}, samples_per_s=812.0, wall_s=103.5,
         checkpoints={"best": f"{RUN_DIR}/best.pt", "last": f"{RUN_DIR}/last.pt"})
+
+
+def compression_report() -> dict[str, Any]:
+    """The shape `tuitune.engine.compress.compress_model` reports."""
+    def row(step: str, nonzero: float, file_b: int, zlib_b: int, acc: float, ms: float) -> dict[str, Any]:
+        return {"step": step, "params": 11_181_642, "nonzero": nonzero, "nonzero_prunable": nonzero - 0.002,
+                "file_bytes": file_b, "zlib_bytes": zlib_b, "val_acc": acc, "latency_ms": ms, "threads": 1,
+                "batch_size": 64}
+
+    return {"checkpoint": "best", "sparsity": 0.5, "quantize": True, "fine_tune_epochs": 1,
+            "steps": [row("original", 1.0, 44_780_000, 41_300_000, 0.9125, 38.41),
+                      row("pruned 50%", 0.502, 44_780_000, 24_100_000, 0.8731, 38.02),
+                      row("pruned + fine-tuned", 0.502, 44_780_000, 24_050_000, 0.9062, 38.10),
+                      row("int8 (Linear)", 0.502, 44_770_000, 24_040_000, 0.9050, 37.88)],
+            "notes": ["int8 dynamic quantization converts nn.Linear only: 1 Linear layer(s) holding 5,120 of "
+                      "11,181,642 parameters (0.0%); convolutions, norms and embeddings stay fp32. CPU only."],
+            "pruned_tensors": 21}
+
+
+def compressed_finished_events() -> list[Event]:
+    """A run that finished, was compressed and exported."""
+    end = dataclasses.replace(finished("finished", "all 3 epochs done"), compression=compression_report(),
+                              export_dir=f"{RUN_DIR}/export")
+    return [*mid_run_events(), *epoch_events(3, 1, steps=SPE)[5:],
+            CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, 3 * SPE), CompressionReported(compression_report()),
+            end]
 
 
 def finished_events() -> list[Event]:
@@ -164,6 +235,12 @@ class ScriptedEngine:
         elif isinstance(command, SaveCheckpoint):
             emit(CheckpointSaved(f"{RUN_DIR}/manual-{g}.pt", "manual", 3, g))
             emit(CommandApplied("SaveCheckpoint", 3, g))
+        elif isinstance(command, FindLR):
+            emit(lr_found(3, g))
+            emit(CommandApplied("FindLR", 3, g, detail=f"{command.steps} steps, weights restored"))
+        elif isinstance(command, ApplyLR):
+            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}"))
+            emit(LayersChanged(layers=layers(self.phase, g, lr=command.lr), global_step=g))
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
             end = finished()

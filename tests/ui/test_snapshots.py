@@ -54,3 +54,23 @@ def test_summary_small(snap_compare) -> None:
 def test_error_screen(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
     assert snap_compare(app, terminal_size=(100, 30))
+
+
+def test_lr_finder(snap_compare) -> None:
+    app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(120, 40))
+
+
+def test_summary_compression(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.compressed_finished_events())
+    assert snap_compare(app, terminal_size=(120, 40))
+
+
+def test_dashboard_regression(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.regression_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_dashboard_extras(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.extras_events(), control=Control())
+    assert snap_compare(app, terminal_size=(120, 40))

@@ -9,7 +9,8 @@ from pathlib import Path
 from tests.ui import scripted
 from tuitune.engine.events import CommandApplied, MetricsUpdated, RunFailed, Warned, event_from_json, to_json
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
-from tuitune.ui.state import DashboardState, eta_s, fmt_duration, fold, reduce, requested, smooth
+from tuitune.ui.fmt import fmt_duration
+from tuitune.ui.state import DashboardState, eta_s, fold, reduce, requested, smooth
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -113,3 +114,79 @@ def test_thin_keeps_last_point_and_bounds_count() -> None:
     assert thin(5, 100) == [0, 1, 2, 3, 4]
     keep = thin(20_000, 400)
     assert len(keep) <= 401 and keep[-1] == 19_999 and keep[0] == 0
+
+
+def test_regression_best_is_the_lowest_rmse() -> None:
+    from tuitune.engine.events import EpochEnded
+
+    s = fold(scripted.regression_events())
+    assert s.metric == "rmse" and not s.higher_is_better
+    worse = EpochEnded(epoch=3, global_step=3 * scripted.SPE, phase=0, train_loss=1.0, train_acc=0.9, val_loss=2.0,
+                       val_acc=5.0, elapsed_s=3.0, epoch_s=1.0, samples_per_s=1.0, is_best=False)
+    after = reduce(s, worse)
+    assert after.best_val_acc == s.best_val_acc == min(p[1] for p in s.val_acc)
+    assert "rmse 5.0000" in after.log[-1].text and "%" not in after.log[-1].text
+
+
+def test_feature_cache_badge_follows_the_events() -> None:
+    from tuitune.engine.events import FeatureCacheChanged
+
+    s = fold(scripted.regression_events())
+    assert s.cache_active and "features cached" in s.cache_detail
+    off = reduce(s, FeatureCacheChanged(False, "layer4 unfrozen", 3, 60))
+    assert not off.cache_active and off.log[-1].text == "3.0ep · feature cache off: layer4 unfrozen"
+
+
+def test_lr_found_settles_the_pending_find_and_is_logged() -> None:
+    s = requested(fold(scripted.mid_run_events()), "FindLR")
+    s = reduce(s, scripted.lr_found())
+    assert not s.pending and s.lr_found is not None
+    assert s.log[-1].text.endswith("LR finder: suggested 3.2e-03 (valley), steepest 1.1e-02, current 3.0e-03")
+
+
+def test_extras_become_series_and_a_compact_log() -> None:
+    from tuitune.ui.state import plot_series
+
+    s = fold(scripted.extras_events())
+    assert [x.label for x in plot_series(s, "loss")] == ["task", "distill", "ema", "val"]
+    assert [x.label for x in plot_series(s, "acc")] == ["train", "ema", "source", "val"]
+    assert len(s.epoch_extra["source_acc"]) == 3 and s.extras["source_acc"] == 0.68
+    plain = fold(scripted.mid_run_events())
+    assert [x.label for x in plot_series(plain, "loss")] == ["train", "val"]
+
+
+def test_formatting_by_metric() -> None:
+    from tuitune.ui.fmt import compression_rows, extras_text, fmt_score, fmt_value, score_label
+
+    assert fmt_score("acc", 0.9125) == "91.2%" and fmt_score("f1", 0.5, 2) == "50.00%"
+    assert fmt_score("rmse", 0.41234) == "0.4123" and fmt_score("rmse", None) == "-"
+    assert score_label("val_acc", "rmse") == "val rmse" and score_label("source_acc", "rmse") == "source acc"
+    assert fmt_value("val_acc", 0.5, "rmse") == "0.5000" and fmt_value("source_acc", 0.5, "rmse") == "50.00%"
+    assert extras_text({"val_mae": 0.31, "source_acc": 0.723}, "rmse") == "mae 0.3100 · source acc 72.3%"
+    rows = compression_rows({"steps": [{"name": "original", "file_mb": 44.8, "zlib_mb": 41.3, "val_acc": 0.9}]})
+    assert rows[0]["step"] == "original" and rows[0]["zlib_bytes"] == 41.3e6
+
+
+def test_summary_names_scores_by_metric_and_shows_compression() -> None:
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    from tuitune.ui.summary import summary_renderable
+
+    def text(renderable: object) -> str:
+        console = Console(width=120, file=io.StringIO(), color_system=None)
+        console.print(renderable)
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    end = scripted.finished()
+    regression = dataclasses.replace(end, final={"val_loss": 0.2, "val_acc": 0.4123}, per_class_acc={},
+                                     best={"metric": "val_loss", "value": 0.2, "epoch": 3})
+    out = text(summary_renderable(regression, "rmse"))
+    assert "val rmse 0.4123" in out and "best val rmse" in out and "per-class" not in out
+    assert "84.12%" not in out and "0.8412" in out  # the per-phase column too
+    done = scripted.compressed_finished_events()[-1]
+    out = text(summary_renderable(done))
+    assert "pruned + fine-tuned" in out and "24.05 MB" in out and f"export   {scripted.RUN_DIR}/export" in out
+    assert "per-class accuracy" in out

@@ -22,6 +22,7 @@ DASHBOARD_COMMANDS = (
     ("Stop early", "Save a checkpoint, evaluate and show the summary (s)", "stop_early"),
     ("Pause / resume", "Pause or resume training at the next step (p)", "pause"),
     ("Save checkpoint", "Save a checkpoint now (c)", "checkpoint"),
+    ("Find LR", "Sweep the learning rate from the current weights, then offer the suggestion (f)", "find_lr"),
     ("Toggle log scale", "Log scale for the loss plot (l)", "log_scale"),
     ("Quit", "Stop the run (asks first) and quit (q)", "quit_run"),
 )

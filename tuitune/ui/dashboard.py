@@ -19,8 +19,10 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import Command, Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
-from tuitune.engine.events import Event, MetricsUpdated, RunFailed, RunFinished, UnfreezeSuggested
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
+                                     UnfreezeNext)
+from tuitune.engine.events import Event, LRFound, MetricsUpdated, RunFailed, RunFinished, UnfreezeSuggested
+from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
 from tuitune.ui.state import DashboardState, reduce, requested
@@ -49,7 +51,8 @@ class DashboardScreen(Screen[None]):
         Binding("u", "unfreeze", "Unfreeze"),
         Binding("s", "stop_early", "Stop"),
         Binding("p", "pause", "Pause"),
-        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("c", "checkpoint", "Save"),
+        Binding("f", "find_lr", "Find LR"),
         Binding("l", "log_scale", "Log y"),
         Binding("q", "quit_run", "Quit"),
     ]
@@ -67,6 +70,7 @@ class DashboardScreen(Screen[None]):
         self.quitting = False
         self._plots_dirty = False
         self._prompt: PlateauPromptScreen | None = None
+        self._lr_screen: LRFinderScreen | None = None
 
     # ------------------------------------------------------------------------------------------- layout
 
@@ -130,10 +134,13 @@ class DashboardScreen(Screen[None]):
         self._plots_dirty = True
         if isinstance(event, UnfreezeSuggested):
             self._ask_unfreeze(event)
+        elif isinstance(event, LRFound):
+            self._show_lr_finder(event)
         elif isinstance(event, (RunFinished, RunFailed)):
             self._close_prompt()
             if not self.quitting:
-                screen = SummaryScreen(event) if isinstance(event, RunFinished) else ErrorScreen(event)
+                screen = (SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished)
+                          else ErrorScreen(event))
                 self.call_after_refresh(self.app.push_screen, screen)  # after this screen's layout
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -202,6 +209,12 @@ class DashboardScreen(Screen[None]):
     def action_checkpoint(self) -> None:
         self.send(SaveCheckpoint())
 
+    def action_find_lr(self) -> None:
+        if self.live and "FindLR" in self.state.pending:
+            self.notify("The LR finder is already running.", severity="warning")
+            return
+        self.send(FindLR())
+
     def action_log_scale(self) -> None:
         self.log_scale = not self.log_scale
         self._render_plots()
@@ -226,13 +239,27 @@ class DashboardScreen(Screen[None]):
             if yes:
                 self.send(UnfreezeNext())
 
-        self._prompt = PlateauPromptScreen(event)
+        self._prompt = PlateauPromptScreen(event, self.state.metric)
         self.call_after_refresh(self.app.push_screen, self._prompt, answered)
 
+    def _show_lr_finder(self, event: LRFound) -> None:
+        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`."""
+        if not self.live or self._lr_screen is not None:
+            return
+
+        def answered(lr: float | None) -> None:
+            self._lr_screen = None
+            if lr is not None:
+                self.send(ApplyLR(lr=lr))
+
+        self._lr_screen = LRFinderScreen(event)
+        self.call_after_refresh(self.app.push_screen, self._lr_screen, answered)
+
     def _close_prompt(self) -> None:
-        if self._prompt is not None and self._prompt.is_current:
-            self._prompt.dismiss(False)
-        self._prompt = None
+        for screen in (self._prompt, self._lr_screen):
+            if screen is not None and screen.is_current:
+                screen.dismiss(None)
+        self._prompt = self._lr_screen = None
 
     # ------------------------------------------------------------------------------------------- ending
 

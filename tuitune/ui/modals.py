@@ -68,15 +68,28 @@ class PlateauPromptScreen(YesNoScreen):
 
     DEFAULT_CSS = MODAL_CSS.format(name="PlateauPromptScreen", border="$accent")
 
-    def __init__(self, event: UnfreezeSuggested) -> None:
-        super().__init__("Plateau", f"{suggestion_text(event)} [y/n]")
+    def __init__(self, event: UnfreezeSuggested, metric: str = "acc") -> None:
+        super().__init__("Plateau", f"{suggestion_text(event, metric)} [y/n]")
         self.event = event
 
 
+FAILURE_TITLES = {
+    "oom": "✖ Run failed: out of memory",
+    "nonfinite": "✖ Run failed: the loss is not finite",
+    "bad_input": "✖ Cannot run: fix the input",
+    "error": "✖ Run failed: unexpected error",
+}
 FAILURE_HINTS = {
     "oom": "Out of memory: resume with a smaller batch size, or unfreeze fewer groups per phase.",
     "nonfinite": "The loss stopped being finite: try a lower lr, grad_clip, or fewer unfrozen groups.",
+    "bad_input": "Fix the profile, data, model or checkpoint named above, then start again.",
+    "error": "Not a known input problem: the full traceback is in the log above.",
 }
+
+
+def failure_kind(e: RunFailed) -> str:
+    """The event's kind; older event logs only have `bad_input`."""
+    return e.kind or ("bad_input" if e.bad_input else "")
 
 
 class ErrorScreen(ModalScreen[None]):
@@ -98,7 +111,8 @@ class ErrorScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         e = self.event
         with Vertical():
-            yield Static("✖ Run failed", classes="title")
+            kind = failure_kind(e)
+            yield Static(FAILURE_TITLES.get(kind, "✖ Run failed"), classes="title")
             yield Static(Text(e.message), id="cause")
             where = Text.assemble(("run dir  ", "dim"), e.run_dir or "-")
             if e.log_path:
@@ -106,8 +120,8 @@ class ErrorScreen(ModalScreen[None]):
             if e.epoch or e.global_step:
                 where.append_text(Text.assemble(("\nat       ", "dim"), f"epoch {e.epoch}, step {e.global_step}"))
             yield Static(where, id="where")
-            hint = FAILURE_HINTS.get(e.kind, "")
-            if hint:
+            hint = FAILURE_HINTS.get(kind, "")
+            if hint and (kind != "error" or e.log_path):
                 yield Static(Text(hint, "italic"), id="hint")
             yield Static(Text.assemble(("esc", "bold"), " back to the dashboard   ", ("q", "bold"), " quit"),
                          classes="keys")

@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, Event, LayerInfo, LayersChanged,
-                                   MetricsUpdated, PhaseChanged, RunFailed, RunFinished, RunStarted,
-                                   UnfreezeSuggested, Warned)
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
+                                   FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
+                                   PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_score, fmt_sci, score_label
 
 Point = tuple[float, float]  # (x in epochs, y)
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
@@ -26,6 +27,8 @@ COMMAND_LABELS = {
     "Pause": "pause",
     "Resume": "resume",
     "SaveCheckpoint": "save checkpoint",
+    "FindLR": "find LR",
+    "ApplyLR": "apply LR",
 }
 
 
@@ -61,6 +64,8 @@ class DashboardState:
     train_size: int = 0
     val_size: int = 0
     classes: tuple[str, ...] = ()
+    metric: str = "acc"  # the score every *_acc series carries: "acc", "rmse" or "f1"
+    higher_is_better: bool = True
     epoch: int = 0
     step: int = 0
     global_step: int = 0
@@ -73,6 +78,12 @@ class DashboardState:
     val_loss: tuple[Point, ...] = ()
     val_acc: tuple[Point, ...] = ()
     best_val_acc: float | None = None
+    train_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # MetricsUpdated.extra series
+    epoch_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # EpochEnded.extra series
+    extras: dict[str, float] = field(default_factory=dict)  # the latest EpochEnded.extra
+    cache_active: bool = False
+    cache_detail: str = ""
+    lr_found: LRFound | None = None
     markers: tuple[Marker, ...] = ()
     log: tuple[LogLine, ...] = ()
     pending: tuple[str, ...] = ()  # commands sent, not yet confirmed by the engine
@@ -113,6 +124,31 @@ def _append(series: tuple[Point, ...], point: Point) -> tuple[Point, ...]:
     return (*series, point)[-MAX_POINTS:]
 
 
+def _append_extra(series: dict[str, tuple[Point, ...]], x: float, extra: dict[str, float]
+                  ) -> dict[str, tuple[Point, ...]]:
+    if not extra:
+        return series
+    out = dict(series)
+    for key, value in extra.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = _append(out.get(key, ()), (x, float(value)))
+    return out
+
+
+def _unpend(pending: tuple[str, ...], command: str) -> tuple[str, ...]:
+    out = list(pending)
+    if command in out:
+        out.remove(command)
+    return tuple(out)
+
+
+def better(state: DashboardState, value: float, than: float | None) -> bool:
+    """Whether `value` beats `than` for this run's score (RMSE: lower is better)."""
+    if than is None:
+        return True
+    return value > than if state.higher_is_better else value < than
+
+
 def _where(state: DashboardState, epoch: int, global_step: int) -> str:
     """Where in the run, as epochs done (the plots' x axis): the engine's `epoch` fields differ in base."""
     return f"{_x(state, global_step):.1f}ep"
@@ -135,10 +171,6 @@ def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
     return (*state.markers, marker)
 
 
-def metric_label(metric: str) -> str:
-    return metric.replace("_", " ")
-
-
 # --------------------------------------------------------------------------------------------------- reducers
 
 
@@ -148,7 +180,8 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         s, status="running", run_name=e.run_name, run_dir=e.run_dir, device=e.device, profile=e.profile,
         layers=e.layers, phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
         start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
-        epoch=e.start_epoch, global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
+        metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
+        global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
     log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
                           f"{e.train_size} train / {e.val_size} val{resumed}")
@@ -167,18 +200,24 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
         gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
-        train_acc=_append(s.train_acc, (x, e.train_acc)), layers=_apply_lrs(s.layers, e.lrs))
+        train_acc=_append(s.train_acc, (x, e.train_acc)), layers=_apply_lrs(s.layers, e.lrs),
+        train_extra=_append_extra(s.train_extra, x, e.extra))
 
 
 def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     x = _x(s, e.global_step)
-    best = e.val_acc if s.best_val_acc is None else max(s.best_val_acc, e.val_acc)
-    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} acc {e.train_acc:.1%} · val loss "
-            f"{e.val_loss:.4f} acc {e.val_acc:.1%}" + (" ★ best" if e.is_best else ""))
+    best = e.val_acc if better(s, e.val_acc, s.best_val_acc) else s.best_val_acc
+    m = s.metric
+    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_acc)} · val loss "
+            f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_acc)}")
+    if e.extra:
+        text += " · " + extras_text(e.extra, m)
+    text += " ★ best" if e.is_best else ""
     return dataclasses.replace(
         s, epoch=e.epoch, global_step=e.global_step, elapsed_s=e.elapsed_s, samples_per_s=e.samples_per_s,
         val_loss=_append(s.val_loss, (x, e.val_loss)), val_acc=_append(s.val_acc, (x, e.val_acc)),
-        best_val_acc=best, log=_log(s, "epoch", text))
+        best_val_acc=best, epoch_extra=_append_extra(s.epoch_extra, x, e.extra), extras=dict(e.extra),
+        log=_log(s, "epoch", text))
 
 
 def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
@@ -197,19 +236,16 @@ def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
 
 
 def _suggested(s: DashboardState, e: UnfreezeSuggested) -> DashboardState:
-    return dataclasses.replace(s, suggestion=e, log=_log(s, "info", suggestion_text(e)))
+    return dataclasses.replace(s, suggestion=e, log=_log(s, "info", suggestion_text(e, s.metric)))
 
 
 def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
-    pending = list(s.pending)
-    if e.command in pending:
-        pending.remove(e.command)
     status = {"Pause": "paused", "Resume": "running", "StopEarly": "stopping"}.get(e.command, s.status)
     if s.status not in LIVE_STATUSES:
         status = s.status
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
-    s = dataclasses.replace(s, pending=tuple(pending), status=status)
+    s = dataclasses.replace(s, pending=_unpend(s.pending, e.command), status=status)
     return dataclasses.replace(s, markers=_add_marker(s, Marker(_x(s, e.global_step), "command", label)),
                                log=_log(s, "command", text))
 
@@ -224,14 +260,29 @@ def _warned(s: DashboardState, e: Warned) -> DashboardState:
     return dataclasses.replace(s, log=_log(s, "warning", e.message))
 
 
+def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
+    text = f"{_where(s, e.epoch, e.global_step)} · feature cache {'on' if e.active else 'off'}"
+    text += f": {e.detail}" if e.detail else ""
+    return dataclasses.replace(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
+
+
+def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
+    text = f"{_where(s, e.epoch, e.global_step)} · LR finder: {lr_found_text(e)}"
+    return dataclasses.replace(s, lr_found=e, pending=_unpend(s.pending, "FindLR"), log=_log(s, "command", text))
+
+
+def _compressed(s: DashboardState, e: CompressionReported) -> DashboardState:
+    return dataclasses.replace(s, log=_log(s, "info", compression_text(e.report)))
+
+
 def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
     text = f"run {e.status.replace('_', ' ')}: {e.reason}"
-    return dataclasses.replace(s, status=e.status, finished=e, pending=(), suggestion=None,
+    return dataclasses.replace(s, status=e.status, finished=e, pending=(), suggestion=None, cache_active=False,
                                checkpoints={**s.checkpoints, **e.checkpoints}, log=_log(s, "info", text))
 
 
 def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
-    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None,
+    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None, cache_active=False,
                                run_dir=s.run_dir or e.run_dir, log=_log(s, "error", f"failed: {e.message}"))
 
 
@@ -239,6 +290,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     RunStarted: _run_started, MetricsUpdated: _metrics, EpochEnded: _epoch_ended, PhaseChanged: _phase_changed,
     LayersChanged: _layers_changed, UnfreezeSuggested: _suggested, CommandApplied: _command_applied,
     CheckpointSaved: _checkpoint, Warned: _warned, RunFinished: _finished, RunFailed: _failed,
+    FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed,
 }
 
 
@@ -275,6 +327,39 @@ def smooth(values: list[float], weight: float = 0.6) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class Series:
+    """One curve of a plot. `smoothed`: a per-step series drawn raw (faint, for the main one) and smoothed."""
+
+    label: str
+    points: tuple[Point, ...]
+    smoothed: bool = False
+    raw: bool = False
+
+
+def plot_series(state: DashboardState, which: str) -> list[Series]:
+    """The curves of the "loss" or the score ("acc") plot, extras included where the engine sent them.
+
+    Distillation splits the train loss into task and distillation terms; `ema_*` is the EMA model's val figure;
+    `source_acc` is the pretraining task's accuracy (forgetting shows as it falls).
+    """
+    te, ee = state.train_extra, state.epoch_extra
+    if which == "loss":
+        out = [Series("task", te["task_loss"], True, True) if "task_loss" in te
+               else Series("train", state.train_loss, True, True)]
+        if "distill_loss" in te:
+            out.append(Series("distill", te["distill_loss"], True))
+        if "ema_val_loss" in ee:
+            out.append(Series("ema", ee["ema_val_loss"]))
+        return [*out, Series("val", state.val_loss)]  # val last: drawn on top
+    out = [Series("train", state.train_acc, True, True)]
+    if "ema_val_acc" in ee:
+        out.append(Series("ema", ee["ema_val_acc"]))
+    if "source_acc" in ee:
+        out.append(Series("source", ee["source_acc"]))
+    return [*out, Series("val", state.val_acc)]
+
+
 def eta_s(state: DashboardState) -> float | None:
     """Seconds left, from this session's steps and its elapsed time (both from events)."""
     total = state.epochs * state.steps_per_epoch
@@ -284,34 +369,24 @@ def eta_s(state: DashboardState) -> float | None:
     return state.elapsed_s / done * max(total - state.global_step, 0)
 
 
-def suggestion_text(e: UnfreezeSuggested) -> str:
+def suggestion_text(e: UnfreezeSuggested, metric: str = "acc") -> str:
     groups = ", ".join(e.next_groups) or "the next group"
-    return f"{metric_label(e.metric)} flat for {e.epochs} epochs: unfreeze {groups}?"
+    return f"{score_label(e.metric, metric)} flat for {e.epochs} epochs: unfreeze {groups}?"
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    total = int(round(seconds))
-    h, rem = divmod(total, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+def lr_found_text(e: LRFound) -> str:
+    """`suggested 3.2e-03 (valley), steepest 1.1e-02, current 2.0e-03`."""
+    how = " (valley)" if e.suggestion == e.valley else (" (steepest)" if e.suggestion == e.steep else "")
+    return (f"suggested {fmt_sci(e.suggestion)}{how}, steepest {fmt_sci(e.steep)}, "
+            f"current {fmt_sci(e.current_lr)}")
 
 
-def fmt_count(n: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def fmt_sci(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1e}"
-
-
-def fmt_metric(metric: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return str(value)
-    return f"{value:.2%}" if metric.endswith("acc") else f"{value:.4f}"
+def compression_text(report: dict[str, Any]) -> str:
+    """One event-log line: the first and last steps' compressed sizes and val accuracies."""
+    rows = compression_rows(report)
+    if not rows:
+        return "compression: no steps reported"
+    first, last = rows[0], rows[-1]
+    return (f"compression: {len(rows)} steps, zlib {fmt_bytes(first.get('zlib_bytes'))} → "
+            f"{fmt_bytes(last.get('zlib_bytes'))} ({last['step']}), val acc {fmt_score('acc', first.get('val_acc'))}"
+            f" → {fmt_score('acc', last.get('val_acc'))}")

@@ -1,4 +1,6 @@
-"""The run-end summary: best / final / test metrics, per-class accuracy, per-phase table, stop reason, checkpoints."""
+"""The run-end summary: best / final / test metrics, per-class accuracy, per-phase table, stop reason, checkpoints,
+the compression report and the export folder. Scores are named and formatted by the run's metric (RMSE for
+regression), which the dashboard passes in from `RunStarted`."""
 
 from __future__ import annotations
 
@@ -14,31 +16,31 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tuitune.engine.events import RunFinished
-from tuitune.ui.state import fmt_duration, fmt_metric
+from tuitune.ui.fmt import compression_rows, fmt_bytes, fmt_duration, fmt_score, fmt_value, score_label
 
 NOT_METRICS = ("epoch", "phase", "step", "global_step")
 TITLES = {"finished": "✔ Run finished", "stopped_early": "✔ Stopped early", "interrupted": "✖ Interrupted"}
 
 
-def _metrics_line(label: str, metrics: dict[str, Any] | None) -> Text:
+def _metrics_line(label: str, metrics: dict[str, Any] | None, metric: str = "acc") -> Text:
     line = Text.assemble((f"{label:<7}", "bold"))
     if not metrics:
         line.append("-", "dim")
         return line
-    parts = [f"{k} {fmt_metric(k, v)}" for k, v in metrics.items() if k not in NOT_METRICS]
+    parts = [f"{score_label(k, metric)} {fmt_value(k, v, metric)}" for k, v in metrics.items() if k not in NOT_METRICS]
     line.append("  ".join(parts))
     if "epoch" in metrics:
         line.append(f"  (epoch {metrics['epoch']})", "dim")
     return line
 
 
-def _best_line(best: dict[str, Any]) -> Text:
+def _best_line(best: dict[str, Any], metric: str = "acc") -> Text:
     if not best or "metric" not in best:
-        return _metrics_line("best", best)
-    metric = str(best["metric"])
+        return _metrics_line("best", best, metric)
+    key = str(best["metric"])
     if best.get("value") is None:
-        return Text.assemble(("best   ", "bold"), (f"{metric}: no epoch completed", "dim"))
-    text = Text.assemble(("best   ", "bold"), f"{metric} {fmt_metric(metric, best.get('value'))}")
+        return Text.assemble(("best   ", "bold"), (f"{score_label(key, metric)}: no epoch completed", "dim"))
+    text = Text.assemble(("best   ", "bold"), f"{score_label(key, metric)} {fmt_value(key, best.get('value'), metric)}")
     if best.get("epoch") is not None:
         text.append(f"  (epoch {best['epoch']})", "dim")
     return text
@@ -69,35 +71,68 @@ def per_class_table(per_class: dict[str, float], columns: int = 5) -> Renderable
     return table
 
 
-def phase_table(phases: tuple[dict[str, Any], ...]) -> Table:
+def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    for name, justify in (("phase", "right"), ("groups", "left"), ("epochs", "right"), ("best val acc", "right"),
-                          ("time", "right")):
+    for name, justify in (("phase", "right"), ("groups", "left"), ("epochs", "right"),
+                          (f"best val {metric}", "right"), ("time", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for p in phases:
         groups = ", ".join(p.get("groups", ())) or "-"
         acc = p.get("best_val_acc")
         table.add_row(str(int(p.get("index", 0)) + 1), groups, str(p.get("epochs", "-")),
-                      "-" if acc is None else f"{acc:.2%}", fmt_duration(p.get("time_s")))
+                      fmt_score(metric, acc, 2), fmt_duration(p.get("time_s")))
     return table
 
 
-def summary_renderable(e: RunFinished) -> RenderableType:
+COMPRESSION_COLUMNS = (("step", "left"), ("params", "right"), ("nonzero", "right"), ("file", "right"),
+                       ("zlib", "right"), ("val acc", "right"), ("ms/batch", "right"))
+
+
+def compression_table(report: dict[str, Any] | None) -> RenderableType | None:
+    """Before / after, one row per step, in the columns `tuitune compress` prints; its notes below, dimmed."""
+    rows = compression_rows(report)
+    if not rows:
+        return None
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
+    for name, justify in COMPRESSION_COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        params, latency = r.get("params"), r.get("latency_ms")
+        table.add_row(r["step"], f"{params:,}" if isinstance(params, int) else "-",
+                      fmt_score("acc", r.get("nonzero")), fmt_bytes(r.get("file_bytes")),
+                      fmt_bytes(r.get("zlib_bytes")), fmt_score("acc", r.get("val_acc")),
+                      f"{latency:.2f}" if isinstance(latency, (int, float)) else "-")
+    notes = [Text(str(n), "dim") for n in (report or {}).get("notes", ()) or ()]
+    return Group(table, *notes)
+
+
+def _paths(e: RunFinished) -> Text:
+    text = Text.assemble(("checkpoints", "bold"))
+    for kind, path in e.checkpoints.items():
+        text.append(f"\n  {kind:<6} ", "dim")
+        text.append(path)
+    if not e.checkpoints:
+        text.append("  -", "dim")
+    if e.export_dir:
+        text.append_text(Text.assemble(("\nexport", "bold"), "   ", e.export_dir))
+    return text
+
+
+def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     header = Text.assemble((TITLES.get(e.status, e.status), "bold"), "  ", (e.reason, "italic"))
     facts = Text(f"{e.epochs} epochs · {e.global_step} steps · {e.samples_per_s:,.0f} samples/s · "
                  f"{fmt_duration(e.wall_s)}", "dim")
-    checkpoints = Text.assemble(("checkpoints", "bold"))
-    for kind, path in e.checkpoints.items():
-        checkpoints.append(f"\n  {kind:<6} ", "dim")
-        checkpoints.append(path)
-    if not e.checkpoints:
-        checkpoints.append("  -", "dim")
-    return Group(
+    parts: list[RenderableType] = [
         header, facts, Text(),
-        _best_line(e.best), _metrics_line("final", e.final), _metrics_line("test", e.test), Text(),
-        checkpoints, Text(), phase_table(e.phases), Text(),
-        Text("per-class accuracy", "bold"), per_class_table(e.per_class_acc),
-    )
+        _best_line(e.best, metric), _metrics_line("final", e.final, metric), _metrics_line("test", e.test, metric),
+        Text(), _paths(e), Text(), phase_table(e.phases, metric),
+    ]
+    compression = compression_table(e.compression)
+    if compression is not None:
+        parts += [Text(), Text("compression", "bold"), compression]
+    if e.per_class_acc:
+        parts += [Text(), Text("per-class accuracy", "bold"), per_class_table(e.per_class_acc)]
+    return Group(*parts)
 
 
 class SummaryScreen(Screen[None]):
@@ -109,13 +144,14 @@ class SummaryScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    def __init__(self, event: RunFinished) -> None:
+    def __init__(self, event: RunFinished, metric: str = "acc") -> None:
         super().__init__()
         self.event = event
+        self.metric = metric
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(summary_renderable(self.event), id="summary")
+            yield Static(summary_renderable(self.event, self.metric), id="summary")
         yield Footer()
 
     def action_dashboard(self) -> None:

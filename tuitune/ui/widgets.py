@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
-from tuitune.ui.state import (COMMAND_LABELS, DashboardState, LogLine, Point, eta_s, fmt_count, fmt_duration, fmt_sci,
-                              smooth)
+from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
+from tuitune.ui.state import COMMAND_LABELS, DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
@@ -23,6 +25,9 @@ STATUS_STYLES = {
 }
 TRAIN_COLOR = (80, 190, 255)
 VAL_COLOR = (255, 160, 60)
+SERIES_COLORS = {"train": TRAIN_COLOR, "task": TRAIN_COLOR, "val": VAL_COLOR, "distill": (90, 220, 200),
+                 "ema": (120, 220, 120), "source": (235, 95, 95)}
+CACHE_BADGE = ("cache", "bold black on #56b6c2")
 RAW_COLOR = (85, 95, 115)
 PHASE_COLOR = (230, 200, 80)
 COMMAND_COLOR = (200, 110, 220)
@@ -32,7 +37,7 @@ class StatusBar(Static):
     """Two lines: run, device, state, phase, epoch, step; then speed, elapsed, ETA, GPU memory, pending commands."""
 
     DEFAULT_CSS = """
-    StatusBar { height: 2; padding: 0 1; background: $panel; }
+    StatusBar { height: 2; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def show(self, state: DashboardState) -> None:
@@ -41,7 +46,10 @@ class StatusBar(Static):
 
 def status_text(state: DashboardState) -> Text:
     label, style = STATUS_STYLES.get(state.status, (state.status.upper(), "bold"))
-    top = Text.assemble((f" {label} ", style), " ", (state.run_name or "waiting for the engine…", "bold"))
+    top = Text.assemble((f" {label} ", style), " ")
+    if state.cache_active:
+        top.append_text(Text.assemble((f" {CACHE_BADGE[0]} ", CACHE_BADGE[1]), " "))
+    top.append(state.run_name or "waiting for the engine…", "bold")
     if state.device:
         top.append(f"  {state.device}", "dim")
     if state.trust_remote_code:
@@ -56,13 +64,22 @@ def status_text(state: DashboardState) -> Text:
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
     if state.best_val_acc is not None:
-        bottom.append(f"  best val acc {state.best_val_acc:.1%}", "dim")
+        bottom.append(f"  best val {state.metric} {fmt_score(state.metric, state.best_val_acc)}", "dim")
     if state.gpu_mem_gb is not None:
         peak = f" (peak {state.gpu_peak_gb:.2f})" if state.gpu_peak_gb is not None else ""
         bottom.append(f"  GPU {state.gpu_mem_gb:.2f} GB{peak}", "bold")
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
-    return Text("\n").join([top, bottom])
+    return Text("\n").join([top, bottom])  # (the CSS cuts a long line: it never pushes the next one out)
+
+
+def log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
+    """Ticks for log10-transformed data: 1-2-5 steps within [10**low, 10**high], labelled with the real values."""
+    ticks = [math.log10(m * 10.0 ** k) for k in range(math.floor(low) - 1, math.ceil(high) + 1) for m in (1, 2, 5)]
+    inside = [t for t in ticks if low - 1e-9 <= t <= high + 1e-9]
+    if len(inside) < 2:
+        inside = [low, high] if high > low else [low]
+    return inside, [f"{10 ** t:.3g}" for t in inside]
 
 
 def thin(n: int, most: int) -> list[int]:
@@ -75,40 +92,60 @@ def thin(n: int, most: int) -> list[int]:
 
 
 class MetricPlot(PlotextPlot):
-    """Train (smoothed) and val curves of one metric, with a vertical line at each phase change or command."""
+    """The loss or the score plot: train (smoothed), val and any extra series, with a vertical line at each phase
+    change or command. The score plot is titled and scaled by the run's metric (percent, or RMSE as is)."""
 
     def __init__(self, metric: str, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
-        self.metric = metric
+        self.metric = metric  # "loss" or "acc" (the task's score, whatever it is)
+
+    def title(self, state: DashboardState, log_scale: bool) -> str:
+        if self.metric == "loss":
+            return "loss (log)" if log_scale else "loss"
+        return METRIC_TITLES.get(state.metric, state.metric)
 
     def show(self, state: DashboardState, log_scale: bool = False) -> None:
         plt = self.plt
         plt.clear_figure()
         plt.theme("pro")
-        plt.title(self.metric + (" (log)" if log_scale and self.metric == "loss" else ""))
-        train: tuple[Point, ...] = getattr(state, f"train_{self.metric}")
-        val: tuple[Point, ...] = getattr(state, f"val_{self.metric}")
-        if log_scale and self.metric == "loss":
-            train = tuple(p for p in train if p[1] > 0)
-            val = tuple(p for p in val if p[1] > 0)
-            plt.yscale("log")
-        if len(train) > 1:
-            xs, ys = [p[0] for p in train], [p[1] for p in train]
-            keep = thin(len(xs), 4 * max(self.size.width, 20))  # braille: 2 dots a cell; more is wasted work
-            plt.plot([xs[i] for i in keep], [ys[i] for i in keep], marker="braille", color=RAW_COLOR)
-            smoothed = smooth(ys)
-            plt.plot([xs[i] for i in keep], [smoothed[i] for i in keep], marker="braille", color=TRAIN_COLOR,
-                     label="train")
-        if val:
-            plt.plot([p[0] for p in val], [p[1] for p in val], marker="braille", color=VAL_COLOR, label="val")
-            plt.scatter([p[0] for p in val], [p[1] for p in val], marker="●", color=VAL_COLOR)
+        plt.title(self.title(state, log_scale))
+        log_y = log_scale and self.metric == "loss"
+        right, low, high = 0.0, math.inf, -math.inf
+        for series in plot_series(state, self.metric):
+            points = series.points
+            if log_y:  # log10 by hand: plotext's own log scale re-applies itself on every re-render
+                points = tuple((x, math.log10(y)) for x, y in points if y > 0)
+                low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
+            right = max(right, max((p[0] for p in points), default=0.0))
+            self._draw(series, points)
+        if log_y and low <= high:
+            plt.yticks(*log_ticks(low, high))
         for marker in state.markers:
             plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
         if state.epochs:
-            plt.xlim(state.start_epoch, max(state.epochs, max((p[0] for p in train), default=0)))
-        if self.metric == "acc" and not log_scale:
+            plt.xlim(state.start_epoch, max(state.epochs, right))
+        if self.metric == "acc" and is_percent(state.metric):
             plt.ylim(0, 1)
+            plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
+
+    def _draw(self, series: Series, points: tuple[Point, ...]) -> None:
+        plt = self.plt
+        color = SERIES_COLORS.get(series.label, TRAIN_COLOR)
+        if series.smoothed:
+            if len(points) < 2:
+                return
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            keep = thin(len(xs), 4 * max(self.size.width, 20))  # braille: 2 dots a cell; more is wasted work
+            if series.raw:
+                plt.plot([xs[i] for i in keep], [ys[i] for i in keep], marker="braille", color=RAW_COLOR)
+            smoothed = smooth(ys)
+            plt.plot([xs[i] for i in keep], [smoothed[i] for i in keep], marker="braille", color=color,
+                     label=series.label)
+        elif points:
+            plt.plot([p[0] for p in points], [p[1] for p in points], marker="braille", color=color,
+                     label=series.label)
+            plt.scatter([p[0] for p in points], [p[1] for p in points], marker="●", color=color)
 
 
 STATE_CELLS = {

@@ -1,0 +1,119 @@
+"""Number formatting for the dashboard and summary. Plain Python: no Textual, no engine.
+
+The task's score travels in every `*_acc` field (see `RunStarted.metric`): accuracy or micro-F1 (fractions, shown
+as percentages) or RMSE (lower is better, shown as a plain number). `score_label` and `fmt_value` turn an
+`*_acc` key and its value into what the user should read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+PERCENT_METRICS = ("acc", "f1")
+METRIC_TITLES = {"acc": "accuracy", "f1": "micro-F1", "rmse": "RMSE (lower is better)"}
+# EpochEnded.extra keys, in the order the event log shows them, with their short names
+EXTRA_NAMES = {
+    "val_mae": "mae", "val_map": "mAP", "ema_val_loss": "ema loss", "ema_val_acc": "ema {metric}",
+    "source_acc": "source acc", "train_task_loss": "task loss", "train_distill_loss": "distill loss",
+}
+
+
+def is_percent(metric: str) -> bool:
+    return metric in PERCENT_METRICS
+
+
+def _plain(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def fmt_score(metric: str, value: Any, digits: int = 1) -> str:
+    """A task score: a percentage for accuracy / F1, a plain number for RMSE."""
+    v = _number(value)
+    if v is None:
+        return "-" if value is None else str(value)
+    if math.isnan(v):
+        return "nan"
+    return f"{v:.{digits}%}" if is_percent(metric) else _plain(v)
+
+
+def score_label(key: str, metric: str) -> str:
+    """`val_acc` -> `val rmse` for a regression run; `source_acc` stays accuracy (the pretraining task's)."""
+    if key.endswith("acc") and not key.startswith("source"):
+        key = key[: -len("acc")] + metric
+    return key.replace("_", " ")
+
+
+def fmt_value(key: str, value: Any, metric: str = "acc", digits: int = 2) -> str:
+    """Any metric by its key: scores by the task's metric, source accuracy and mAP as percentages, the rest plain."""
+    v = _number(value)
+    if v is None:
+        return "-" if value is None else str(value)
+    if key.startswith("source") and key.endswith("acc"):
+        return fmt_score("acc", v, digits)
+    if key.endswith("acc"):
+        return fmt_score(metric, v, digits)
+    if key.endswith(("map", "f1")):
+        return fmt_score("f1", v, digits)
+    return _plain(v)
+
+
+def extras_text(extra: dict[str, float], metric: str) -> str:
+    """The per-epoch extras, compactly: `mae 0.3100 · ema acc 91.0% · source acc 72.3%`."""
+    keys = [k for k in EXTRA_NAMES if k in extra] + sorted(k for k in extra if k not in EXTRA_NAMES)
+    parts = []
+    for key in keys:
+        name = EXTRA_NAMES.get(key, key.replace("_", " ")).format(metric=metric)
+        parts.append(f"{name} {fmt_value(key, extra[key], metric, digits=1)}")
+    return " · ".join(parts)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    total = int(round(seconds))
+    h, rem = divmod(total, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def fmt_sci(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def fmt_bytes(n: Any) -> str:
+    """Sizes as the compression report prints them (`tuitune compress`)."""
+    v = _number(n)
+    if v is None:
+        return "-"
+    return f"{v / 1e6:.2f} MB" if v >= 1e5 else f"{v / 1e3:.1f} KB"
+
+
+def compression_rows(report: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The report's steps with one set of keys, whichever shape it came in: `tuitune compress`'s (step,
+    file_bytes, zlib_bytes) or a summarised one (name, file_mb, zlib_mb)."""
+    rows = []
+    for r in (report or {}).get("steps", ()) or ():
+        if not isinstance(r, dict):
+            continue
+        row = dict(r)
+        row["step"] = str(r.get("step", r.get("name", "?")))
+        for key in ("file", "zlib"):
+            mb = _number(r.get(f"{key}_mb"))
+            if f"{key}_bytes" not in r and mb is not None:
+                row[f"{key}_bytes"] = mb * 1e6
+        rows.append(row)
+    return rows
