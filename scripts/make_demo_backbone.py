@@ -4,7 +4,8 @@ The demo then fine-tunes it on digits 5-9, a real transfer task, offline. Run fr
 
     python scripts/make_demo_backbone.py
 
-It writes tuitune/profiles/demo_backbone.safetensors (the classifier head stripped: the demo re-creates it).
+It writes tuitune/profiles/demo_backbone.safetensors with its digits-0-4 classifier: the demo re-creates the head
+for 5-9 and keeps this one aside as the *source* head, to track how well digits 0-4 are still recognised.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
         final = run_training(profile, run_dir, ConsolePrinter(), Control(), interactive=False)
         assert isinstance(final, RunFinished), final
         weights = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
-        backbone = {k: v.contiguous() for k, v in weights.items() if not k.startswith("fc.")}
+        backbone = {k: v.contiguous() for k, v in weights.items()}
         save_file(backbone, str(OUT), metadata={"source": "tuitune scripts/make_demo_backbone.py",
                                                 "data": "UCI digits 0-4", "arch": "resnet18 channels 16-128"})
         print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.1f} MB, {len(backbone)} tensors)")

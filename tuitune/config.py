@@ -48,6 +48,9 @@ class ModelConfig:
                                  "`false` = random init. Not used when `weights` is set.")
     weights: str = opt("", "Local weights file (`.safetensors`, or `.pth`/`.pt` read with `weights_only=True`); "
                            "relative to the profile's folder. The classifier head is re-created.", path=True)
+    keep_head: bool = opt(False, "With `weights`: also load the file's classifier when its shape fits (to continue "
+                                 "on the same classes). Default: the head is re-created, and the file's head is kept "
+                                 "aside as the *source* head (see `data.source_classes`).")
     kwargs: dict = opt({}, "Extra keyword arguments for `timm.create_model` (e.g. `{ drop_rate = 0.1 }`).")
     img_size: int = opt(0, "Input image size in pixels; 0 uses the backbone's default.", min=0)
     pooling: str = opt("model", "Text models: what the head reads. `model` = the model's own (CLS / pooler); "
@@ -71,6 +74,9 @@ class DataConfig:
     test_fraction: float = opt(0.0, "Fraction held out as a test split (evaluated once at the end).",
                                min=0.0, max=0.9)
     classes: list = opt([], "`digits`: the subset of classes to use (e.g. `[5, 6, 7, 8, 9]`); empty = all.")
+    source_classes: list = opt([], "`digits`: the pretraining task's classes, in its head's order (the demo: "
+                                   "`[0, 1, 2, 3, 4]`). Their val accuracy, scored with the weights file's own head, "
+                                   "is tracked every epoch, so forgetting shows as it happens.")
     text_column: str = opt("text", "`text`: the column (CSV) or field (JSONL) holding the text.")
     label_column: str = opt("label", "`text`: the column or field holding the label.")
     num_samples: int = opt(256, "`synthetic`: number of examples.", min=8)
@@ -190,6 +196,26 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    teacher: str = opt("", "Knowledge distillation (Hinton et al. 2015): `self` (a frozen copy of the starting "
+                           "model, against forgetting, as in Learning without Forgetting), a tuitune run directory "
+                           "(its best checkpoint, same classes), or a timm model name (with `teacher_weights`). "
+                           "Empty = off.")
+    teacher_weights: str = opt("", "With a timm `teacher` name: its weights file, trained on these classes.",
+                               path=True)
+    alpha: float = opt(0.5, "Loss = (1 - alpha) task + alpha T^2 KL(teacher || student).", min=0.0, max=1.0)
+    temperature: float = opt(4.0, "The softmax temperature T (timm uses 4.0).", gt=0.0)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    sparsity: float = opt(0.0, "After training: global magnitude pruning of conv / linear weights to this fraction "
+                               "of zeros; 0 = off.", min=0.0, max=0.99)
+    quantize: bool = opt(False, "After training: dynamic int8 quantization of the linear layers (CPU deployment).")
+    fine_tune_epochs: int = opt(0, "Epochs of fine-tuning after pruning, masks held.", min=0)
+
+
+@dataclass(frozen=True)
 class EarlyStoppingConfig:
     enabled: bool = opt(False, "Stop when `metric` has not improved for `patience` epochs.")
     metric: str = opt("val_loss", "The metric watched.", choices=("val_acc", "val_loss", "train_loss", "train_acc"))
@@ -209,6 +235,8 @@ class RunProfile:
     loss: LossConfig = field(default_factory=LossConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     source_path: str = field(default="", metadata={"internal": True})
 
 
@@ -282,8 +310,14 @@ def _cross_check(p: RunProfile, file: str) -> None:
         raise ProfileError(f"{file}: strategy.groups: required for strategy.kind = 'groups'")
     if p.data.val_fraction + p.data.test_fraction >= 1.0:
         raise ProfileError(f"{file}: data.test_fraction: val_fraction + test_fraction must be < 1")
-    if any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= 9 for c in p.data.classes):
-        raise ProfileError(f"{file}: data.classes: expected digits 0-9, got {list(p.data.classes)!r}")
+    for key in ("classes", "source_classes"):
+        values = getattr(p.data, key)
+        if any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= 9 for c in values):
+            raise ProfileError(f"{file}: data.{key}: expected digits 0-9, got {list(values)!r}")
+    if p.data.source_classes and p.data.kind != "digits":
+        raise ProfileError(f"{file}: data.source_classes: only for data.kind = \"digits\"")
+    if p.distill.teacher and p.model.source != "timm":
+        raise ProfileError(f"{file}: distill.teacher: distillation needs a timm model (model.source = \"timm\")")
     if any(not isinstance(g, str) for g in p.strategy.groups):
         raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
     if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in p.loss.class_weights):

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tuitune.config import RunProfile
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, Event, PhaseChanged, RunFailed,
-                                   RunFinished, RunStarted, Warned)
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
+                                   LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted, Warned)
 
 
 class ConsolePrinter:
@@ -26,6 +26,7 @@ class ConsolePrinter:
         self.epochs = 0
         self.num_phases = 1
         self.phase = 0
+        self.metric = "acc"  # the task's score (RunStarted.metric): acc, rmse or f1
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -33,6 +34,7 @@ class ConsolePrinter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
+            self.metric = event.metric
             trainable = sum(layer.params for layer in event.layers if layer.trainable)
             total = sum(layer.params for layer in event.layers)
             self.say(f"run {event.run_name} on {event.device}: {event.train_size} train / {event.val_size} val, "
@@ -41,10 +43,19 @@ class ConsolePrinter:
             for warning in event.warnings:
                 self.say(f"warning: {warning}")
         elif isinstance(event, EpochEnded):
+            m = self.metric
+            extra = "".join(f"  {k} {v:.4f}" for k, v in event.extra.items())
             self.say(f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
-                     f"train loss {event.train_loss:.4f} acc {event.train_acc:.3f}  "
-                     f"val loss {event.val_loss:.4f} acc {event.val_acc:.3f}  "
+                     f"train loss {event.train_loss:.4f} {m} {event.train_acc:.3f}  "
+                     f"val loss {event.val_loss:.4f} {m} {event.val_acc:.3f}{extra}  "
                      f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
+        elif isinstance(event, LRFound):
+            self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
+                     f"{event.steep:.3g}; current {event.current_lr:.3g}); curve in {event.path}")
+        elif isinstance(event, CompressionReported):
+            from tuitune.engine.compress import format_report
+
+            self.say("compression:\n" + format_report(event.report))
         elif isinstance(event, PhaseChanged):
             self.say(f"phase {event.phase + 1}/{event.num_phases} ({event.reason}, after epoch {event.epoch}): "
                      f"unfroze {', '.join(event.unfrozen)}")
@@ -65,13 +76,15 @@ class ConsolePrinter:
         best = event.best
         value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
         self.say(f"{event.status}: {event.reason}. best {best.get('metric')} {value} at epoch {best.get('epoch')}, "
-                 f"final val acc {event.final.get('val_acc', float('nan')):.4f}, {event.wall_s:.1f}s")
+                 f"final val {self.metric} {event.final.get('val_acc', float('nan')):.4f}, {event.wall_s:.1f}s")
         for p in event.phases:
             acc = "n/a" if p.get("best_val_acc") is None else f"{p['best_val_acc']:.4f}"
             self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
-                     f"best val acc {acc}")
+                     f"best val {self.metric} {acc}")
         if event.test:
-            self.say(f"  test acc {event.test['acc']:.4f}")
+            self.say(f"  test {self.metric} {event.test['acc']:.4f}")
+        if event.export_dir:
+            self.say(f"  exported to {event.export_dir}")
 
 
 def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:

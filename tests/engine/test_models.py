@@ -129,11 +129,14 @@ def test_weights_file_loads_backbone_and_recreates_head(tmp_path: Path, fmt: str
     assert "weights w." in bb.description
 
 
-def test_weights_with_same_head_shape_load_the_head_too(tmp_path: Path) -> None:
+def test_weights_with_same_head_shape_load_the_head_only_with_keep_head(tmp_path: Path) -> None:
     src = _source_model(num_classes=3)
     torch.save(src.state_dict(), tmp_path / "w.pt")
-    bb = build_backbone(timm_cfg("test_resnet", weights=str(tmp_path / "w.pt")), num_classes=3)
-    assert torch.equal(bb.model.fc.weight, src.fc.weight)
+    kept = build_backbone(timm_cfg("test_resnet", weights=str(tmp_path / "w.pt"), keep_head=True), num_classes=3)
+    assert torch.equal(kept.model.fc.weight, src.fc.weight)
+    fresh = build_backbone(timm_cfg("test_resnet", weights=str(tmp_path / "w.pt")), num_classes=3)
+    assert not torch.equal(fresh.model.fc.weight, src.fc.weight)  # re-created for this run's classes
+    assert torch.equal(fresh.source_head["fc.weight"], src.fc.weight)  # and the old one kept aside
 
 
 def test_weights_of_another_architecture(tmp_path: Path) -> None:

@@ -13,24 +13,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine import strategy
-from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine import extras
+from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
+                                     UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFinished,
                                    RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.meters import RunningSums
+from tuitune.engine.objective import Objective, to_device
 from tuitune.engine.setup import RunParts, build_parts
 from tuitune.engine.state import TrainerState
 
 Emit = Callable[[Event], None]
-
-
-def to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
+__all__ = ["Trainer", "to_device"]
 
 
 class Trainer:
@@ -41,7 +38,8 @@ class Trainer:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.interactive = interactive
         self.parts: RunParts = build_parts(profile, run_dir)
-        self.st = TrainerState(self.parts, profile, run_dir, emit)
+        self.obj = Objective(profile, self.parts)
+        self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
         if resume is not None:
             self.st.resume_from(resume)
         self.paused = False
@@ -55,7 +53,8 @@ class Trainer:
             run_name=self.profile.name, run_dir=str(self.run_dir), device=p.device_label, layers=st.layer_infos(),
             phases=p.phases, phase=st.phase, epochs=self.profile.train.epochs, steps_per_epoch=p.steps_per_epoch,
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
-            profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings))
+            profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings,
+            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better))
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
             if self.control.stop_requested:  # Ctrl+C during validation or a save: stop on the epoch boundary
                 self.stop_status = ("interrupted", "interrupted by the user")
@@ -74,18 +73,19 @@ class Trainer:
         model, device = p.model, p.device
         strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
-        window, seen = RunningSums(device), 0
+        obj = self.obj
+        window, seen = RunningSums(device, obj.scorer), 0
         for step, (x, y) in enumerate(p.train_loader, start=1):
             if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
                 continue
             if step > p.steps_per_epoch:
                 break
-            # fetch the batch onto the device
-            x, y = to_device(x, device), y.to(device, non_blocking=True)
-            # forward (bf16 autocast on CUDA) and loss
+            # fetch the batch onto the device (Mixup/CutMix there, when asked)
+            x, y = obj.targets(to_device(x, device), y.to(device, non_blocking=True))
+            # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                out, aux = obj.forward(model, x)
+                loss = obj.loss(out, y, x, aux)
             # backward, clip, non-finite check (a device flag), step, schedule
             st.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -93,11 +93,12 @@ class Trainer:
             st.apply_lr()
             st.optimizer.step()
             st.guard.after_step(st.optimizer)
+            obj.after_step(model, st.global_step)  # the EMA of the weights
             st.global_step += 1
             st.step_in_epoch = step
             # accumulate metrics on the device (a non-finite step adds nothing)
-            st.epoch_sums.add(loss, logits, y, finite)
-            window.add(loss, logits, y, finite)
+            st.epoch_sums.add(loss, out, y, finite)
+            window.add(loss, out, y, finite)
             seen += y.shape[0]
             # every N steps: the one host sync, and events
             if step % cfg.log_every == 0:
@@ -127,13 +128,14 @@ class Trainer:
     def _read_window(self, window: RunningSums, step: int) -> None:
         """The metric read: one host sync for the window's metrics and the non-finite count."""
         st = self.st
-        loss, acc, (bad,) = window.read(st.guard.bad)
+        loss, acc, (bad, *rest) = window.read(st.guard.bad, *self.obj.window_tensors())
         self._settle(bad)
         mem, peak = st.gpu_memory()
         self.emit(MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step, train_loss=loss,
                                  train_acc=acc, lrs=st.current_lrs(),
                                  samples_per_s=window.samples / max(window.seconds(), 1e-9),
-                                 elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak))
+                                 elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak,
+                                 extra=self.obj.window_extra(rest)))
         self.emit(st.layers_changed(with_grad=True))
         window.reset()
 
@@ -145,40 +147,24 @@ class Trainer:
         if warning:
             self.emit(Warned(message=warning, epoch=st.epoch + 1, global_step=st.global_step, kind="nonfinite"))
 
-    @torch.no_grad()
     def evaluate(self, loader: Any) -> dict[str, Any]:
-        """Loss, accuracy and per-class accuracy over a loader; one host sync at the end."""
-        p = self.parts
-        was_training = p.model.training
-        p.model.eval()
-        k = len(p.bundle.classes)
-        loss_sum = torch.zeros((), device=p.device)
-        hits = torch.zeros(k, device=p.device)
-        totals = torch.zeros(k, device=p.device)
-        for x, y in loader:
-            x, y = to_device(x, p.device), y.to(p.device, non_blocking=True)
-            with p.autocast():
-                logits = p.model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            totals += torch.bincount(y, minlength=k)
-            hits += torch.bincount(y[logits.argmax(-1) == y], minlength=k)
-        if was_training:
-            strategy.set_train_mode(p.model, self.profile.strategy.freeze_bn)
-        n = totals.sum().item()
-        per_class = (hits / totals.clamp(min=1)).tolist()
-        return {"loss": loss_sum.item() / max(n, 1), "acc": hits.sum().item() / max(n, 1),
-                "per_class": dict(zip(p.bundle.classes, per_class))}
+        """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`)."""
+        result = self.obj.evaluate(self.parts.model, loader, self.parts)
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+        return result
 
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
         st = self.st
         st.epoch += 1
         metrics = {"train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
                    "val_acc": val["acc"]}
+        more = extras.epoch_extras(self, val)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s)
+        st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,
                              samples_per_s=train["samples"] / max(epoch_s, 1e-9),
-                             is_best=is_best))
+                             is_best=is_best, extra=more))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         if is_best:
             st.save("best")
@@ -249,6 +235,12 @@ class Trainer:
         elif isinstance(command, SaveCheckpoint):
             path = st.save("manual")
             detail = str(path) if path is not None else "not saved: the weights are not finite"
+        elif isinstance(command, FindLR):
+            detail = extras.find_lr(self, command.steps)
+        elif isinstance(command, ApplyLR):
+            st.scale_lr(command.lr / st.head_base_lr())
+            detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
+            self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail))
 
@@ -264,9 +256,10 @@ class Trainer:
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
             test = {"loss": result["loss"], "acc": result["acc"], "per_class": result["per_class"]}
+        export_dir, compression = extras.ship(self)
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
                             per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
-                            checkpoints=st.checkpoint_paths())
+                            checkpoints=st.checkpoint_paths(), compression=compression, export_dir=export_dir)
         self.emit(event)
         return event

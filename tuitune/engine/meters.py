@@ -11,46 +11,51 @@ from typing import Any
 
 import torch
 
+from tuitune.engine.metrics import Scorer
+
 
 class RunningSums:
-    """Sums of loss x samples, correct predictions and samples over the finite steps, on the device; plus the
-    number of samples fed (host side, for throughput)."""
+    """Sums of loss x samples, the task score's sums (see `Scorer.batch_sums`) and samples over the finite steps,
+    on the device; plus the number of samples fed (host side, for throughput)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, scorer: Scorer | None = None) -> None:
+        self.device, self.scorer = device, scorer or Scorer("class")
         self.reset()
 
     def reset(self) -> None:
         self.loss = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.sums = torch.zeros(self.scorer.width, device=self.device)
         self.count = torch.zeros((), device=self.device, dtype=torch.long)
         self.samples = 0
         self.t0 = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, finite: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, finite: torch.Tensor) -> None:
         n = y.shape[0]
         self.loss += torch.where(finite, loss.detach().float() * n, 0.0)
-        self.correct += torch.where(finite, (logits.detach().argmax(-1) == y).sum(), 0)
+        self.sums += torch.where(finite, self.scorer.batch_sums(out, y), 0.0)
         self.count += finite.long() * n
         self.samples += n
 
     def read(self, *extra: torch.Tensor) -> tuple[float, float, list[float]]:
-        """(mean loss, accuracy, extra values): one host sync for all of them."""
-        values = torch.stack([self.loss, self.correct.to(self.loss.dtype), self.count.to(self.loss.dtype),
-                              *(e.to(self.loss.dtype) for e in extra)]).tolist()
-        loss, correct, count = values[:3]
+        """(mean loss, score, extra values): one host sync for all of them."""
+        flat = [self.loss.reshape(1), self.count.to(self.loss.dtype).reshape(1), self.sums,
+                *(e.to(self.loss.dtype).reshape(-1) for e in extra)]
+        values = torch.cat(flat).tolist()
+        loss, count = values[0], values[1]
+        width = self.scorer.width
+        sums, rest = values[2:2 + width], values[2 + width:]
         if count == 0:
-            return float("nan"), float("nan"), values[3:]
-        return loss / count, correct / count, values[3:]
+            return float("nan"), float("nan"), rest
+        return loss / count, self.scorer.score(sums, int(count)), rest
 
     def state_dict(self) -> dict[str, Any]:
         """For a mid-epoch checkpoint: a resumed epoch then reports the same train metrics as an unbroken one."""
-        return {"loss": self.loss.detach().cpu(), "correct": self.correct.cpu(), "count": self.count.cpu(),
+        return {"loss": self.loss.detach().cpu(), "sums": self.sums.cpu(), "count": self.count.cpu(),
                 "samples": self.samples}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.loss = saved["loss"].to(self.device)
-        self.correct = saved["correct"].to(self.device)
+        self.sums = saved["sums"].to(self.device)
         self.count = saved["count"].to(self.device)
         self.samples = int(saved["samples"])
 

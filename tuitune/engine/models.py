@@ -66,6 +66,9 @@ class Backbone:
     data_config: dict
     tokenizer: object | None
     description: str
+    # The classifier tensors of a `model.weights` file (its pretraining head), kept aside when the head is
+    # re-created: the source-retention check and "self" distillation score the old task with them.
+    source_head: dict[str, torch.Tensor] | None = None
 
 
 def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coarse: bool = True) -> Backbone:
@@ -76,17 +79,19 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
     if cfg.source == "timm":
         if task != "image":
             raise ModelError(f"model.source: timm models are image models; use source = \"hf\" for {task}")
-        model, data_config, note = _build_timm(cfg, num_classes)
+        model, data_config, note, source_head = _build_timm(cfg, num_classes)
         tokenizer = None
     elif cfg.source == "hf":
         from tuitune.engine.hf import build_hf
         model, data_config, tokenizer, note = build_hf(cfg, num_classes, task)
+        source_head = None
     else:
         raise ModelError(f"model.source: unknown source {cfg.source!r} (expected timm or hf)")
     total = sum(p.numel() for p in model.parameters())
     size = f"{total / 1e6:.1f}M" if total >= 100_000 else f"{total / 1e3:.1f}K"
     description = f"{cfg.source} {cfg.name} ({size} params){note}"
-    return Backbone(model, layer_groups(model, coarse=coarse), task, data_config, tokenizer, description)
+    return Backbone(model, layer_groups(model, coarse=coarse), task, data_config, tokenizer, description,
+                    source_head)
 
 
 def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, ...]:
@@ -127,7 +132,7 @@ def _offline() -> None:
 
 # ------------------------------------------------------------------------------------------------------ timm
 
-def _build_timm(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict, str]:
+def _build_timm(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict, str, dict | None]:
     """Create the timm model (weights from a local file, the hub cache, or none) and resolve its data config."""
     import timm
     from timm.data import resolve_model_data_config
@@ -141,11 +146,11 @@ def _build_timm(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict, st
     if pretrained:
         _check_timm_url_cache(name)
     model = _create_timm(name, pretrained, num_classes, cfg)
-    note = _load_weights(model, cfg.weights, name) if cfg.weights else ""
+    note, source_head = _load_weights(model, cfg.weights, name, cfg.keep_head) if cfg.weights else ("", None)
     data_config = dict(resolve_model_data_config(model))
     if cfg.img_size:
         data_config["input_size"] = (data_config["input_size"][0], cfg.img_size, cfg.img_size)
-    return model, data_config, note
+    return model, data_config, note, source_head
 
 
 def _create_timm(name: str, pretrained: bool, num_classes: int, cfg: ModelConfig) -> nn.Module:
@@ -222,8 +227,11 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _load_weights(model: nn.Module, path: str, name: str) -> str:
-    """Load a local file into everything but the (re-created) classifier; refuse another architecture's file."""
+def _load_weights(model: nn.Module, path: str, name: str,
+                  keep_head: bool = False) -> tuple[str, dict[str, torch.Tensor] | None]:
+    """Load a local file into everything but the classifier, which is re-created for this run's classes (even when
+    its shape happens to match: a head trained on other classes is no head for these) unless `keep_head`. The
+    file's own classifier tensors are returned as the source head. Refuse another architecture's file."""
     sd = _read_state_dict(path)
     own = model.state_dict()
     heads = _classifier_names(model)
@@ -233,10 +241,11 @@ def _load_weights(model: nn.Module, path: str, name: str) -> str:
     if len(bad) * 2 > len(body):
         raise ModelError(f"model.weights: {path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "
                          f"missing/mismatched (e.g. {bad[0]})")
-    keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape and (keep_head or not is_head(k))}
     model.load_state_dict(keep, strict=False)
+    source_head = {k: v for k, v in sd.items() if is_head(k)} or None
     note = f"; weights {Path(path).name}"
-    return note + (f", {len(bad)} tensors not in the file" if bad else "")
+    return note + (f", {len(bad)} tensors not in the file" if bad else ""), source_head
 
 
 def _classifier_names(model: nn.Module) -> tuple[str, ...]:

@@ -133,7 +133,9 @@ def summarize(event: RunFinished | RunFailed, started: RunStarted | None) -> dic
     return {"status": event.status, "stop_reason": event.reason, "best": event.best, "final": event.final,
             "test": event.test, "per_class_acc": event.per_class_acc, "phases": list(event.phases),
             "epochs": event.epochs, "global_step": event.global_step, "samples_per_s": event.samples_per_s,
-            "wall_s": event.wall_s, "profile": profile, "checkpoints": event.checkpoints}
+            "wall_s": event.wall_s, "profile": profile, "checkpoints": event.checkpoints,
+            "metric": started.metric if started else "acc", "compression": event.compression,
+            "export_dir": event.export_dir or None}
 
 
 def read_events(run_dir: Path) -> list[Event]:

@@ -26,7 +26,6 @@ class LRSchedule:
         self.total = cfg.epochs * self.steps_per_epoch
         self._param = torch.zeros(1, requires_grad=True)
         self.proxy = torch.optim.SGD([self._param], lr=1.0)
-        self.proxy.step()  # a no-op (no grad) that tells torch's schedulers the optimizer has stepped
         self.scheduler = self._build()
 
     def _build(self) -> Any:
@@ -63,9 +62,13 @@ class LRSchedule:
 
     def _onecycle_at(self, global_step: int) -> float:
         """OneCycleLR is a stepped object; advance it to `global_step` (it only moves forward)."""
+        import warnings
+
         target = min(global_step, self.total)
-        while self.scheduler.last_epoch < target:
-            self.scheduler.step()
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": the proxy never steps
+            warnings.simplefilter("ignore")
+            while self.scheduler.last_epoch < target:
+                self.scheduler.step()
         return self.proxy.param_groups[0]["lr"]
 
     def epoch_end(self, val_loss: float) -> None:

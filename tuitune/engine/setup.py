@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -10,8 +11,10 @@ from typing import Any, Iterator
 
 import torch
 
-from tuitune.config import RunProfile
+from tuitune.config import ModelConfig, RunProfile
 from tuitune.engine import strategy
+from tuitune.engine.augment import augment_train
+from tuitune.engine.metrics import target_kind
 from tuitune.engine.data import DataBundle, build_datasets, class_names, make_loaders
 from tuitune.engine.models import Backbone, LayerGroup, build_backbone
 from tuitune.errors import UserError
@@ -30,6 +33,7 @@ class RunParts:
     phases: tuple[tuple[str, ...], ...]
     steps_per_epoch: int
     warnings: tuple[str, ...]
+    source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
 
     @property
     def model(self) -> torch.nn.Module:
@@ -113,11 +117,16 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     device = resolve_device(profile.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    classes = class_names(profile.data)
-    backbone = build_backbone(profile.model, len(classes), task=model_task(profile), coarse=profile.strategy.coarse)
+    target = target_kind(profile.loss.kind)
+    classes = class_names(profile.data, target)
+    backbone = build_backbone(model_config(profile), len(classes), task=model_task(profile),
+                              coarse=profile.strategy.coarse)
     backbone.model.to(device)
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
-                            tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed)
+                            tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed,
+                            target=target)
+    if backbone.task == "image":
+        bundle = augment_train(bundle, backbone.data_config, profile.augment)
     train_loader, val_loader, test_loader = make_loaders(
         bundle, batch_size=profile.data.batch_size, num_workers=profile.data.num_workers,
         device_type=device.type, seed=profile.train.seed)
@@ -131,4 +140,36 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
                     val_loader=val_loader, test_loader=test_loader, phases=phases, steps_per_epoch=steps,
-                    warnings=tuple(warnings))
+                    warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device))
+
+
+def model_config(profile: RunProfile) -> ModelConfig:
+    """The model section with the regularization keys folded into the builder's arguments: timm's `drop_rate` /
+    `drop_path_rate`, a transformers config's dropouts (see `hf.apply_config_overrides`)."""
+    reg, extra = profile.regularization, {}
+    if profile.model.source == "timm":
+        extra = {k: getattr(reg, k) for k in ("drop_rate", "drop_path_rate") if getattr(reg, k)}
+    else:
+        if reg.drop_path_rate:
+            raise UserError("regularization.drop_path_rate: stochastic depth is for timm models")
+        if reg.hidden_dropout >= 0:
+            extra["hidden_dropout"] = reg.hidden_dropout
+        if reg.drop_rate:
+            extra["classifier_dropout"] = reg.drop_rate
+    return dataclasses.replace(profile.model, kwargs={**extra, **profile.model.kwargs})
+
+
+def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device) -> Any:
+    """The val split of the pretraining classes (digits), for the source-retention check."""
+    classes = profile.data.source_classes
+    if not classes:
+        return None
+    from tuitune.engine.heads import splittable
+
+    if not backbone.source_head or not splittable(backbone.model):
+        raise UserError("data.source_classes: needs model.weights with the pretraining classifier in it (a timm "
+                        "model), to score the source task with")
+    cfg = dataclasses.replace(profile.data, classes=classes, test_fraction=0.0)
+    bundle = build_datasets(cfg, task="image", data_config=backbone.data_config, seed=profile.train.seed)
+    return make_loaders(bundle, batch_size=profile.data.batch_size, num_workers=0, device_type=device.type,
+                        seed=profile.train.seed)[1]

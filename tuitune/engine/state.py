@@ -23,12 +23,18 @@ from tuitune.errors import UserError
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
+    from tuitune.engine.objective import Objective
     from tuitune.engine.setup import RunParts
 
 
 class TrainerState:
-    def __init__(self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable) -> None:
-        self.parts, self.profile, self.emit = parts, profile, emit
+    def __init__(self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable,
+                 objective: Objective | None = None) -> None:
+        from tuitune.engine.metrics import Scorer
+        from tuitune.engine.schedule import LRSchedule
+
+        self.parts, self.profile, self.emit, self.objective = parts, profile, emit, objective
+        scorer = objective.scorer if objective is not None else Scorer("class")
         self.ckpt_dir = run_dir / "checkpoints"
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -41,14 +47,17 @@ class TrainerState:
         self.history: list[dict[str, float]] = []
         self.per_class: dict[str, float] = {}
         self.phase_log: list[dict[str, Any]] = []
-        self.best = MetricWatch(profile.train.checkpoint_metric)
-        self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta)
+        up = scorer.higher_is_better  # the `*_acc` metrics carry the task's score (RMSE is lower-is-better)
+        self.best = MetricWatch(profile.train.checkpoint_metric, score_higher=up)
+        self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta, score_higher=up)
         es = profile.early_stopping
-        self.early = MetricWatch(es.metric, es.min_delta)
+        self.early = MetricWatch(es.metric, es.min_delta, score_higher=up)
+        self.schedule = LRSchedule(profile.train, parts.steps_per_epoch)
+        self.lr_scale = 1.0  # ApplyLR and LP-FT rescale every group's base LR, groups added later included
         self.saved: dict[str, str] = {}
         self.saved_at: dict[str, tuple[int, int]] = {}  # tag -> (epoch, step in epoch) of its last save
         self.guard = NonFiniteGuard(profile.train.on_nonfinite, profile.train.max_skipped, parts.device)
-        self.epoch_sums = RunningSums(parts.device)  # this epoch's train metrics, on the device
+        self.epoch_sums = RunningSums(parts.device, scorer)  # this epoch's train metrics, on the device
         self._resumed_sums: dict[str, Any] | None = None
         self._epoch_gen_state: torch.Tensor | None = None
         self._grad_norms: dict[str, float] = {}
@@ -65,8 +74,11 @@ class TrainerState:
     # ------------------------------------------------------------------------------------------- phases / LR
     def _param_groups(self, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
         t, s = self.profile.train, self.profile.strategy
-        return strategy.param_groups(self.parts.model, self.parts.groups, names, base_lr=t.lr,
-                                     lr_decay=s.lr_decay, weight_decay=t.weight_decay)
+        groups = strategy.param_groups(self.parts.model, self.parts.groups, names, base_lr=t.lr * self.lr_scale,
+                                       lr_decay=s.lr_decay, weight_decay=t.weight_decay)
+        for g in groups:
+            g["joined_step"] = self.global_step  # a newly unfrozen group may warm up on its own
+        return groups
 
     def _phase_entry(self, index: int) -> dict[str, Any]:
         return {"index": index, "groups": list(self.parts.phases[index]), "start_epoch": self.epoch, "epochs": 0,
@@ -76,6 +88,8 @@ class TrainerState:
         """Make `phases[index]` trainable; the groups not yet in the optimizer join it as new param groups."""
         names = self.parts.phases[index]
         strategy.set_trainable(self.parts.model, self.parts.groups, names)
+        if self.profile.strategy.kind == "lp_ft" and index == len(self.parts.phases) - 1:
+            self.scale_lr(self.profile.strategy.ft_lr_scale)  # LP-FT: everything trains, at a lower LR
         added = tuple(n for n in names if n not in self._in_optimizer)
         strategy.add_groups(self.optimizer, self._param_groups(added))
         self._in_optimizer.extend(added)
@@ -85,15 +99,19 @@ class TrainerState:
         self.apply_lr()
         return added
 
-    def total_steps(self) -> int:
-        return self.profile.train.epochs * self.parts.steps_per_epoch
-
     def apply_lr(self) -> None:
-        t = self.profile.train
-        factor = strategy.lr_factor(self.global_step, self.total_steps(), schedule=t.schedule,
-                                    warmup=t.warmup_steps)
+        self.schedule.apply(self.optimizer, self.global_step)
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply every group's base LR (and those of groups still to come), keeping their ratios."""
+        self.lr_scale *= factor
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+            group["base_lr"] *= factor
+        self.apply_lr()
+
+    def head_base_lr(self) -> float:
+        head = self.parts.groups[-1].name
+        return next(g["base_lr"] for g in self.optimizer.param_groups if g["layer_group"] == head)
 
     def group_lrs(self) -> dict[str, float]:
         return {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups}
@@ -161,7 +179,7 @@ class TrainerState:
         entry = self.phase_log[-1]
         entry["epochs"] += 1
         entry["time_s"] += epoch_s
-        if entry["best_val_acc"] is None or metrics["val_acc"] > entry["best_val_acc"]:
+        if entry["best_val_acc"] is None or self.best.better(metrics["val_acc"], entry["best_val_acc"]):
             entry["best_val_acc"] = metrics["val_acc"]
         self.plateau.update(metrics[self.plateau.metric], self.epoch)
         self.early.update(metrics[self.early.metric], self.epoch)
@@ -221,6 +239,8 @@ class TrainerState:
             "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
             "skipped_steps": self.guard.skipped,
             "epoch_sums": self.epoch_sums.state_dict() if self.step_in_epoch else None,
+            "schedule": self.schedule.state_dict(), "lr_scale": self.lr_scale,
+            "ema": self._ema_state(),
             "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(),
                         "early": self.early.to_dict()},
         }
@@ -276,6 +296,10 @@ class TrainerState:
         if gen is not None and self._epoch_gen_state is not None:
             gen.set_state(self._epoch_gen_state)  # the next epoch's shuffle (replayed from its start if mid-epoch)
         self._resumed_sums = saved.get("epoch_sums")
+        self.schedule.load_state_dict(saved["schedule"])
+        self.lr_scale = saved["lr_scale"]
+        if saved.get("ema") is not None and self.objective is not None and self.objective.ema is not None:
+            self.objective.ema.module.load_state_dict(saved["ema"])
         self.guard.skipped = int(saved.get("skipped_steps", 0))
         for name, watch in (("best", self.best), ("plateau", self.plateau), ("early", self.early)):
             watch.load(saved["watches"][name])
@@ -285,6 +309,10 @@ class TrainerState:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}
         self.saved_at["last"] = (self.epoch, self.step_in_epoch)
+
+    def _ema_state(self) -> dict[str, Any] | None:
+        ema = self.objective.ema if self.objective is not None else None
+        return {k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema is not None else None
 
     def _check_resumable(self, run_dir: Path, saved: dict[str, Any]) -> None:
         """Refuse, in one line, a profile that cannot continue this run: other classes or another phase plan.

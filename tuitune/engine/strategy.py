@@ -26,6 +26,8 @@ def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> tuple[tuple[str, .
         return (tuple(names),)
     if cfg.kind == "head_only":
         return ((head,),)
+    if cfg.kind == "lp_ft":  # linear probe, then everything (the LR drop happens on entering phase 2)
+        return ((head,), tuple(names))
     if cfg.kind == "groups":
         unknown = [g for g in cfg.groups if g not in names]
         if unknown:
@@ -106,14 +108,3 @@ def add_groups(optimizer: torch.optim.Optimizer, pgroups: list[dict[str, Any]]) 
     for pg in pgroups:
         optimizer.add_param_group(pg)
 
-
-def lr_factor(step: int, total: int, *, schedule: str, warmup: int) -> float:
-    """The schedule's multiplier on each group's base LR at a global step (linear warm-up, then constant/cosine)."""
-    import math
-
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine" and total > warmup:
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0

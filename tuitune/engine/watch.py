@@ -15,10 +15,15 @@ class MetricWatch:
     best: float | None = None
     best_epoch: int = 0
     stale: int = 0
+    score_higher: bool = True  # the direction of the task's score, carried by the `*_acc` metrics
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric.endswith("acc")
+        return self.metric.endswith("acc") and self.score_higher
+
+    def better(self, a: float, b: float) -> bool:
+        """Is score `a` better than score `b`, in the task score's direction? (for per-phase bests)"""
+        return a > b if self.score_higher else a < b
 
     def improved_by(self, value: float) -> bool:
         if self.best is None:

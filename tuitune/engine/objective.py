@@ -1,0 +1,138 @@
+"""What a step minimises and how a run is scored: the task loss (with Mixup), penalties, distillation, the EMA.
+
+The loop asks four things of it: `forward` (the model's output, and the pre-logits when distillation needs them),
+`loss`, `after_step` and `evaluate`. Everything stays on the device; `evaluate` reads the host once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Subset
+
+from tuitune.engine.augment import build_mixup
+from tuitune.engine.distill import Distiller, build_distiller
+from tuitune.engine.losses import build_loss
+from tuitune.engine.metrics import Scorer, average_precision, target_kind
+from tuitune.engine.regularize import Penalty, build_ema
+
+if TYPE_CHECKING:
+    from tuitune.config import RunProfile
+    from tuitune.engine.setup import RunParts
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    return x.to(device, non_blocking=True)
+
+
+def train_labels(dataset: Any) -> torch.Tensor | None:
+    """The train split's labels without loading its images (for class weights): from the stored label tensor or
+    the file list."""
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, list(dataset.indices)
+    labels = getattr(dataset, "labels", None)
+    if labels is None and hasattr(dataset, "samples"):
+        labels = torch.tensor([label for _, label in dataset.samples])
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels)
+    return labels[indices] if indices is not None else labels
+
+
+class Objective:
+    def __init__(self, profile: RunProfile, parts: RunParts) -> None:
+        self.profile, self.device = profile, parts.device
+        self.scorer = Scorer(target_kind(profile.loss.kind))
+        k = len(parts.bundle.classes)
+        labels = train_labels(parts.bundle.train) if profile.loss.balance_classes else None
+        self.mixup = build_mixup(profile.augment, k, profile.loss.label_smoothing) if parts.backbone.task == "image" \
+            else None
+        self.train_loss = build_loss(profile.loss, k, labels, soft_targets=self.mixup is not None).to(self.device)
+        self.eval_loss = build_loss(profile.loss, k, labels).to(self.device)
+        self.penalty = Penalty(profile.regularization, parts.model, parts.groups)
+        self.ema = build_ema(parts.model, profile.train.ema_decay)
+        self.distiller: Distiller | None = build_distiller(profile, parts)
+        self.k = k
+        # running task / distillation loss sums for the metric window, on the device
+        self.window = torch.zeros(3, device=self.device)
+
+    def targets(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup/CutMix the batch when asked (timm's `Mixup` needs an even batch: an odd last batch gets the same
+        smoothed one-hot targets instead)."""
+        if self.mixup is None:
+            return x, y
+        if x.shape[0] % 2 == 0:
+            return self.mixup(x, y)
+        eps = self.profile.loss.label_smoothing
+        return x, F.one_hot(y, self.k).float() * (1 - eps) + eps / self.k
+
+    def forward(self, model: nn.Module, x: Any) -> tuple[torch.Tensor, Any]:
+        """The model's output, and what distillation needs from this forward pass (pre-logits, or None)."""
+        if self.distiller is not None:
+            return self.distiller.student_forward(model, x)
+        return model(x), None
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, x: Any, aux: Any) -> torch.Tensor:
+        task = self.train_loss(out.float(), y)
+        total = task
+        if self.distiller is not None:
+            distill = self.distiller.loss(x, out, aux)
+            a = self.profile.distill.alpha
+            total = (1 - a) * task + a * distill
+            self.window += torch.stack([task.detach(), distill.detach(), torch.ones((), device=self.device)])
+        if self.penalty.active:
+            total = total + self.penalty()
+        return total
+
+    def after_step(self, model: nn.Module, global_step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(model, step=global_step)
+
+    def window_tensors(self) -> list[torch.Tensor]:
+        return [self.window]
+
+    def window_extra(self, values: list[float]) -> dict[str, float]:
+        """Mean task and distillation losses since the last read (empty when not distilling)."""
+        task, distill, n = values
+        self.window.zero_()
+        return {"task_loss": task / n, "distill_loss": distill / n} if n else {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts) -> dict[str, Any]:
+        """Loss, score and its extras over a loader; per-class accuracy (class targets); one host sync. Leaves the
+        model in eval mode: the loop puts it back with `strategy.set_train_mode` (frozen BatchNorm stays in eval)."""
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        sums = torch.zeros(self.scorer.width, device=self.device)
+        hits = torch.zeros(self.k, device=self.device)
+        totals = torch.zeros(self.k, device=self.device)
+        outs, truths, n = [], [], 0
+        for x, y in loader:
+            x, y = to_device(x, self.device), y.to(self.device, non_blocking=True)
+            with parts.autocast():
+                out = model(x).float()
+            loss_sum += self.eval_loss(out, y) * y.shape[0]
+            sums += self.scorer.batch_sums(out, y)
+            n += y.shape[0]
+            if self.scorer.kind == "class":
+                totals += torch.bincount(y, minlength=self.k)
+                hits += torch.bincount(y[out.argmax(-1) == y], minlength=self.k)
+            elif self.scorer.kind == "multi":
+                outs.append(out)
+                truths.append(y)
+        values = torch.cat([loss_sum.reshape(1), sums, hits, totals]).tolist()  # the host sync
+        loss, score_sums = values[0], values[1:1 + self.scorer.width]
+        result = {"loss": loss / max(n, 1), "acc": self.scorer.score(score_sums, n),
+                  "extra": self.scorer.extras(score_sums, n), "per_class": {}}
+        if self.scorer.kind == "class":
+            h, t = values[1 + self.scorer.width:1 + self.scorer.width + self.k], values[-self.k:]
+            result["per_class"] = {c: hi / max(ti, 1) for c, hi, ti in zip(parts.bundle.classes, h, t)}
+        elif outs:
+            result["extra"]["map"] = average_precision(torch.cat(outs).cpu(), torch.cat(truths).cpu())
+        return result
