@@ -108,6 +108,9 @@ class TrainConfig:
                               max=1.0)
     unfreeze_warmup_steps: int = opt(0, "Warm up each newly unfrozen group's LR on its own over this many steps "
                                         "(0 = it starts at its full LR).", min=0)
+    feature_cache: bool = opt(True, "While only the classifier trains (a linear probe, or the first phase of a "
+                                    "progressive run) and nothing random precedes it, compute the frozen backbone's "
+                                    "features once and train the head on them; dropped at the first unfreeze.")
     ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
                                 "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)

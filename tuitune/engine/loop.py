@@ -19,8 +19,9 @@ from tuitune.engine import strategy
 from tuitune.engine import extras
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
-from tuitune.engine.events import (CommandApplied, EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFinished,
-                                   RunStarted, UnfreezeSuggested, Warned)
+from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
+                                   PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+from tuitune.engine.feature_cache import FeatureCache, why_not
 from tuitune.engine.meters import RunningSums
 from tuitune.engine.objective import Objective, to_device
 from tuitune.engine.setup import RunParts, build_parts
@@ -40,6 +41,7 @@ class Trainer:
         self.parts: RunParts = build_parts(profile, run_dir)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
+        self.cache = FeatureCache(self.parts)
         if resume is not None:
             self.st.resume_from(resume)
         self.paused = False
@@ -72,10 +74,12 @@ class Trainer:
         p, st, cfg = self.parts, self.st, self.profile.train
         model, device = p.model, p.device
         strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
+        self._refresh_cache()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
         window, seen = RunningSums(device, obj.scorer), 0
-        for step, (x, y) in enumerate(p.train_loader, start=1):
+        batches = self.cache.batches() if self.cache.active else ((x, y, False) for x, y in p.train_loader)
+        for step, (x, y, cached) in enumerate(batches, start=1):
             if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
                 continue
             if step > p.steps_per_epoch:
@@ -84,7 +88,7 @@ class Trainer:
             x, y = obj.targets(to_device(x, device), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = obj.forward(model, x)
+                out, aux = (self.cache.head(x), None) if cached else obj.forward(model, x)
                 loss = obj.loss(out, y, x, aux)
             # backward, clip, non-finite check (a device flag), step, schedule
             st.optimizer.zero_grad(set_to_none=True)
@@ -148,7 +152,10 @@ class Trainer:
             self.emit(Warned(message=warning, epoch=st.epoch + 1, global_step=st.global_step, kind="nonfinite"))
 
     def evaluate(self, loader: Any) -> dict[str, Any]:
-        """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`)."""
+        """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`); the val set
+        from the feature cache while it is in use."""
+        if self.cache.active and loader is self.parts.val_loader:
+            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts)
         result = self.obj.evaluate(self.parts.model, loader, self.parts)
         strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         return result
@@ -173,6 +180,23 @@ class Trainer:
             self.stop_status = ("stopped_early", st.early_stop_reason())
             return
         self._maybe_next_phase()
+
+    def _refresh_cache(self) -> None:
+        """Build the feature cache when this phase allows it; drop it when it no longer does."""
+        st, cache = self.st, self.cache
+        reason = why_not(self.profile, self.parts, self.parts.phases[st.phase])
+        if not reason and not cache.active:
+            t0 = time.perf_counter()
+            cache.build()
+            detail = (f"training the head on cached backbone features ({len(cache.train[1])} train, "
+                      f"{len(cache.val[1])} val; built in {time.perf_counter() - t0:.1f}s)")
+        elif reason and cache.active:
+            cache.drop()
+            detail = f"feature cache dropped: {reason}"
+        else:
+            return
+        self.emit(FeatureCacheChanged(active=cache.active, detail=detail, epoch=st.epoch,
+                                      global_step=st.global_step))
 
     # ------------------------------------------------------------------------------------- phases, commands
     def _trigger(self) -> str:
@@ -201,6 +225,8 @@ class Trainer:
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
+        if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
+            self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
