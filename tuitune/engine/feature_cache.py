@@ -31,10 +31,16 @@ def why_not(profile: RunProfile, parts: RunParts, trainable: tuple[str, ...]) ->
         (not profile.strategy.freeze_bn, "strategy.freeze_bn is off"),
         (profile.augment.train_transform != "eval" or profile.augment.mixup or profile.augment.cutmix,
          "train-time augmentation is on"),
-        (profile.regularization.drop_rate or profile.regularization.drop_path_rate, "dropout is on"),
+        (_dropout(profile), "dropout is on"),
         (bool(profile.distill.teacher), "distillation is on"),
     ]
     return next((why for cond, why in reasons if cond), "")
+
+
+def _dropout(profile: RunProfile) -> bool:
+    """Dropout set as a regularization key or passed straight to timm through `model.kwargs`."""
+    kwargs, reg = profile.model.kwargs, profile.regularization
+    return bool(reg.drop_rate or reg.drop_path_rate or kwargs.get("drop_rate") or kwargs.get("drop_path_rate"))
 
 
 class FeatureCache:

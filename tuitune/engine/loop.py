@@ -119,6 +119,8 @@ class Trainer:
         """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
         are zeroed before `optimizer.step()` (see `guards.NonFiniteGuard`)."""
         st, guard, clip = self.st, self.st.guard, self.profile.train.grad_clip
+        if clip <= 0 and not guard.skips:  # the common case: no parameter walk at all
+            return guard.check(loss, None)
         params = [q for q in self.parts.trainable_params() if q.grad is not None]
         grads = [q.grad for q in params]
         if clip > 0:
