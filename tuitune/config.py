@@ -3,7 +3,7 @@
 Every key is declared once, below, with its default, its documentation and its rules. The parser walks a TOML
 table against those declarations, so an unknown key, a wrong type or a bad value is reported as one line naming the
 file and the dotted key, and nothing downstream ever sees an unvalidated value. `profiles/README.md` is generated
-from the same declarations (`python -m tuitune.config --docs`), and a test keeps the two in step.
+from the same declarations (`python -m tuitune.profile_docs --update profiles/README.md`), and a test keeps the two in step.
 
 This module is imported by the picker: it must stay free of torch, timm and transformers.
 """
@@ -11,6 +11,7 @@ This module is imported by the picker: it must stay free of torch, timm and tran
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -247,8 +248,10 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
                              if f.default_factory is not dataclasses.MISSING}
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric.endswith("acc")
+# Names other tools use for our keys, for the did-you-mean of an unknown key.
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "wd": "weight_decay",
+           "opt": "optimizer", "sched": "schedule", "lr_scheduler": "schedule", "batch": "batch_size",
+           "model_name": "name", "smoothing": "label_smoothing", "clip_grad": "grad_clip"}
 
 
 # --------------------------------------------------------------------------------------------------- parsing
@@ -291,8 +294,10 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, file: str, base: Pa
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ProfileError(f"{file}: {dotted}: unknown key (known: {known})")
+            close = [ALIASES[key]] if ALIASES.get(key) in fields else difflib.get_close_matches(
+                key, list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(fields))}"
+            raise ProfileError(f"{file}: {dotted}: unknown key ({hint})")
         f = fields[key]
         if key in SECTIONS and cls is RunProfile:
             if not isinstance(value, dict):
@@ -432,44 +437,3 @@ def dump_toml(data: Mapping[str, Any]) -> str:
             body = "\n".join(f"{k} = {value(v)}" for k, v in data[section].items())
             parts.append(f"[{section}]\n{body}")
     return "\n\n".join(parts) + "\n"
-
-
-def docs_markdown() -> str:
-    """The key reference for `profiles/README.md`, generated from the declarations above."""
-    lines = []
-    for section, cls in [("", RunProfile), *SECTIONS.items()]:
-        lines.append(f"\n### `[{section}]`\n" if section else "\n### Top level\n")
-        lines.append("| key | default | meaning |\n| --- | --- | --- |")
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("internal") or f.name in SECTIONS:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-            doc = f.metadata["doc"] + (f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"]
-                                       else "")
-            lines.append(f"| `{f.name}` | `{dump_default(default)}` | {doc} |")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def dump_default(default: Any) -> str:
-    import json
-    if isinstance(default, bool):
-        return "true" if default else "false"
-    if isinstance(default, str):
-        return json.dumps(default)
-    if isinstance(default, dict):
-        return "{}"
-    return repr(default)
-
-
-def update_readme(path: Path) -> None:
-    """Replace everything from the first `### Top level` heading on with the generated reference."""
-    text = path.read_text(encoding="utf-8")
-    head = text.split("### Top level", 1)[0]
-    path.write_text(head + docs_markdown(), encoding="utf-8")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    if sys.argv[1:2] == ["--update"]:
-        update_readme(Path(sys.argv[2]))
-    else:
-        print(docs_markdown(), end="")

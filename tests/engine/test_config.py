@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuitune.config import ProfileError, docs_markdown, load_profile
+from tuitune.config import ProfileError, load_profile
+from tuitune.profile_docs import docs_markdown
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,4 +73,4 @@ def test_missing_file() -> None:
 
 def test_every_key_is_documented_in_profiles_readme() -> None:
     readme = (ROOT / "profiles" / "README.md").read_text()
-    assert docs_markdown() in readme, "regenerate: python -m tuitune.config --update profiles/README.md"
+    assert docs_markdown() in readme, "regenerate: python -m tuitune.profile_docs --update profiles/README.md"
