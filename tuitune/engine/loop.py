@@ -168,7 +168,7 @@ class Trainer:
         metrics = {"train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
                    "val_acc": val["acc"]}
         more = extras.epoch_extras(self, val)
-        is_best = st.record_epoch(metrics, val["per_class"], epoch_s)
+        is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,

@@ -171,10 +171,11 @@ class TrainerState:
             self.epoch_sums.load_state_dict(self._resumed_sums)
         self._resumed_sums = None
 
-    def record_epoch(self, metrics: dict[str, float], per_class: dict[str, float], epoch_s: float) -> bool:
+    def record_epoch(self, metrics: dict[str, float], per_class: dict[str, float], epoch_s: float,
+                     extra: dict[str, float] | None = None) -> bool:
         """Log an epoch's metrics into the watches; True when it is the best epoch so far."""
         self.step_in_epoch = 0
-        self.history.append({"epoch": self.epoch, "phase": self.phase, **metrics})
+        self.history.append({"epoch": self.epoch, "phase": self.phase, **metrics, **(extra or {})})
         self.per_class = per_class
         entry = self.phase_log[-1]
         entry["epochs"] += 1
