@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="play a recorded run into the dashboard")
     replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
     replay.add_argument("--speed", type=float, default=0.0,
-                        help="events per second; 0 = instant (default)")
+                        help="playback speed: 1 = as recorded, 10 = ten times faster, 0 = instant (default)")
     _add_ship_commands(sub)
     return parser
 
