@@ -31,7 +31,8 @@ over 5 subprocesses of `benchmarks/first_frame.py`, which runs `tuitune.cli.main
 arguments) with Textual headless and prints a line once the picker screen is mounted, populated and refreshed;
 the time is from spawning the process to reading that line.
 
-The last line printed is one JSON object; `cache_speedup` is null until the feature cache (issue 6, item 3) exists.
+The last line printed is one JSON object; `cache_speedup` comes from `benchmarks/feature_cache.py` (the demo's
+head-only epochs after the first, without the cache / with it).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def _round(x: float | None, digits: int) -> float | None:
 
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
-           startup: tuple[float, float] | None) -> dict[str, Any]:
+           startup: tuple[float, float] | None, cache: float | None = None) -> dict[str, Any]:
     med = {m: statistics.median(r["sps"] for r in rs) for m, rs in results.items() if rs}
     for mode, rs in results.items():
         if not rs:
@@ -228,7 +229,7 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
     cpu_ratio = lambda m: round(cpu["bare"] / cpu[m], 4) if "bare" in cpu and m in cpu else None  # noqa: E731
     return {"bare_sps": _round(bare, 1), "engine_sps": _round(engine, 1), "tui_sps": _round(tui, 1),
             "engine_ratio": ratio(engine), "tui_ratio": ratio(tui),
-            "cache_speedup": None,  # the frozen-backbone feature cache (issue 6, item 3) is not built yet
+            "cache_speedup": cache,  # demo head-only epochs after the first, without / with the feature cache
             "help_s": _round(help_s, 3), "first_frame_s": _round(first_frame_s, 3),
             "bare_step_ms": _round(1000 * args.batch_size / bare, 2) if bare else None,
             # secondary, less sensitive to other load on the machine: bare's CPU seconds per step / the mode's
@@ -251,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tuitune-overhead-") as tmp:
         results = run_rounds(args, Path(tmp))
     startup = None if args.no_startup else startup_times()
-    print(json.dumps(report(args, results, startup)))
+    cache = None
+    if not args.no_startup:
+        from feature_cache import cache_speedup
+
+        measured = cache_speedup()
+        print(f"feature cache: {measured}")
+        cache = measured["cache_speedup"]
+    print(json.dumps(report(args, results, startup, cache)))
     return 0
 
 
