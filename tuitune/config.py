@@ -109,6 +109,9 @@ class TrainConfig:
                               max=1.0)
     unfreeze_warmup_steps: int = opt(0, "Warm up each newly unfrozen group's LR on its own over this many steps "
                                         "(0 = it starts at its full LR).", min=0)
+    channels_last: bool = opt(True, "CUDA: keep convolutional models and their inputs in channels-last memory "
+                                    "layout (faster tensor-core convolutions); ignored on CPU.")
+    compile: bool = opt(False, "Train through `torch.compile(model)` (a slow first step, faster ones after).")
     feature_cache: bool = opt(True, "While only the classifier trains (a linear probe, or the first phase of a "
                                     "progressive run) and nothing random precedes it, compute the frozen backbone's "
                                     "features once and train the head on them; dropped at the first unfreeze.")

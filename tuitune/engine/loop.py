@@ -85,10 +85,10 @@ class Trainer:
             if step > p.steps_per_epoch:
                 break
             # fetch the batch onto the device (Mixup/CutMix there, when asked)
-            x, y = obj.targets(to_device(x, device), y.to(device, non_blocking=True))
+            x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = (self.cache.head(x), None) if cached else obj.forward(model, x)
+                out, aux = (self.cache.head(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
             # backward, clip, non-finite check (a device flag), step, schedule
             st.optimizer.zero_grad(set_to_none=True)

@@ -24,9 +24,12 @@ if TYPE_CHECKING:
     from tuitune.engine.setup import RunParts
 
 
-def to_device(x: Any, device: torch.device) -> Any:
+def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """A batch onto the device without waiting (pinned host memory makes the copy asynchronous)."""
     if isinstance(x, dict):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    if channels_last and x.ndim == 4:
+        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
     return x.to(device, non_blocking=True)
 
 
@@ -74,8 +77,8 @@ class Objective:
 
     def forward(self, model: nn.Module, x: Any) -> tuple[torch.Tensor, Any]:
         """The model's output, and what distillation needs from this forward pass (pre-logits, or None)."""
-        if self.distiller is not None:
-            return self.distiller.student_forward(model, x)
+        if self.distiller is not None:  # needs the model's own forward_features / forward_head
+            return self.distiller.student_forward(getattr(model, "_orig_mod", model), x)
         return model(x), None
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, x: Any, aux: Any) -> torch.Tensor:

@@ -34,6 +34,8 @@ class RunParts:
     steps_per_epoch: int
     warnings: tuple[str, ...]
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
+    forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
+    channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -122,6 +124,9 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     backbone = build_backbone(model_config(profile), len(classes), task=model_task(profile),
                               coarse=profile.strategy.coarse)
     backbone.model.to(device)
+    channels_last = _channels_last(profile, backbone, device)
+    if channels_last:
+        backbone.model.to(memory_format=torch.channels_last)
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
                             tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed,
                             target=target)
@@ -140,7 +145,16 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
                     val_loader=val_loader, test_loader=test_loader, phases=phases, steps_per_epoch=steps,
-                    warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device))
+                    warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device),
+                    forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
+                    channels_last=channels_last)
+
+
+def _channels_last(profile: RunProfile, backbone: Backbone, device: torch.device) -> bool:
+    """Channels-last pays on CUDA for convolutional models (tensor cores read NHWC); not on CPU, not for ViTs."""
+    if not profile.train.channels_last or device.type != "cuda" or backbone.task != "image":
+        return False
+    return any(isinstance(m, torch.nn.Conv2d) for m in backbone.model.modules())
 
 
 def model_config(profile: RunProfile) -> ModelConfig:

@@ -16,20 +16,24 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.events import Resize
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
-from tuitune.engine.events import Event, LRFound, MetricsUpdated, RunFailed, RunFinished, UnfreezeSuggested
+from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
+                                   UnfreezeSuggested)
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
-from tuitune.ui.state import DashboardState, reduce, requested
+from tuitune.ui.state import DashboardState, plot_inputs, reduce, requested
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, StatusBar
 
-REDRAW_S = 0.25  # plots redraw at most 4 times a second, whatever the step rate
+REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 times a second...
+BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is
+COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
 STOP_TIMEOUT_S = 2.0
 EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
@@ -69,6 +73,9 @@ class DashboardScreen(Screen[None]):
         self.worker: Worker | None = None
         self.quitting = False
         self._plots_dirty = False
+        self._live_dirty = False  # status bar and layer table: behind the state by high-rate events
+        self._next_draw = 0.0  # time.monotonic() before which no budgeted redraw starts
+        self._draw_timer: Timer | None = None
         self._prompt: PlateauPromptScreen | None = None
         self._lr_screen: LRFinderScreen | None = None
 
@@ -88,7 +95,6 @@ class DashboardScreen(Screen[None]):
         self.query_one(LayerTable).border_title = "layers"
         self.query_one(EventLog).border_title = "events"
         self._fit(self.app.size.width, self.app.size.height)
-        self.set_interval(REDRAW_S, self._redraw_plots_if_dirty)
         if self.speed > 0 and self.initial_events:
             self.run_worker(self._replay_paced, thread=True, name="replay", exit_on_error=False)
         else:
@@ -124,14 +130,17 @@ class DashboardScreen(Screen[None]):
 
     def on_engine_event_received(self, message: EngineEventReceived) -> None:
         self._apply(message.event)
-        if isinstance(message.event, MetricsUpdated):
-            self._render_status()
+        if isinstance(message.event, (MetricsUpdated, LayersChanged)):
+            self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
-            self._render_cheap()
+            self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once
+        self._schedule_draw()
 
     def _apply(self, event: Event) -> None:
-        self.state = reduce(self.state, event)
-        self._plots_dirty = True
+        before = self.state
+        self.state = reduce(before, event)
+        if not self._plots_dirty:
+            self._plots_dirty = any(a is not b for a, b in zip(plot_inputs(before), plot_inputs(self.state)))
         if isinstance(event, UnfreezeSuggested):
             self._ask_unfreeze(event)
         elif isinstance(event, LRFound):
@@ -171,12 +180,35 @@ class DashboardScreen(Screen[None]):
             plot.show(self.state, self.log_scale)
 
     def _render_all(self) -> None:
+        self._live_dirty = False
         self._render_cheap()
         self._render_plots()
 
-    def _redraw_plots_if_dirty(self) -> None:
+    def _schedule_draw(self) -> None:
+        """Draw what is behind the state once the budget allows (one timer at a time: events coalesce)."""
+        if self._draw_timer is None and (self._plots_dirty or self._live_dirty):
+            delay = max(self._next_draw - time.monotonic(), COALESCE_S)
+            self._draw_timer = self.set_timer(delay, self._draw_budgeted, name="dashboard-redraw")
+
+    def _draw_budgeted(self) -> None:
+        self._draw_timer = None
+        now = time.monotonic()
+        if now < self._next_draw:  # a slow frame pushed the budget on since this was scheduled
+            self._schedule_draw()
+            return
+        cpu = time.thread_time()  # the UI thread's: a frame's cost is CPU taken from training
+        self._next_draw = now + REDRAW_S
+        if self._live_dirty:
+            self._live_dirty = False
+            self._render_status()
+            self.query_one(LayerTable).show(self.state)
         if self._plots_dirty:
             self._render_plots()
+        self.call_after_refresh(self._drawn, now, cpu)
+
+    def _drawn(self, started: float, cpu: float) -> None:
+        """After the frame: the next budgeted redraw waits `BACKOFF` times what this one cost, at least."""
+        self._next_draw = max(self._next_draw, started + BACKOFF * (time.thread_time() - cpu))
 
     # ------------------------------------------------------------------------------------------- commands out
 

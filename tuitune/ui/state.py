@@ -360,6 +360,13 @@ def plot_series(state: DashboardState, which: str) -> list[Series]:
     return [*out, Series("val", state.val_acc)]
 
 
+def plot_inputs(state: DashboardState) -> tuple[object, ...]:
+    """Everything the plots read. `reduce` keeps a field's object when it leaves it alone, so a change is an
+    identity change: a redraw for events that touch no curve (LayersChanged, checkpoints...) is skipped."""
+    return (state.train_loss, state.train_acc, state.val_loss, state.val_acc, state.train_extra,
+            state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
+
+
 def eta_s(state: DashboardState) -> float | None:
     """Seconds left, from this session's steps and its elapsed time (both from events)."""
     total = state.epochs * state.steps_per_epoch

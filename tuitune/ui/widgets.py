@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
+from textual.widgets.data_table import ColumnKey
 from textual_plotext import PlotextPlot
 
+from tuitune.engine.events import LayerInfo
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
 from tuitune.ui.state import COMMAND_LABELS, DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
 
@@ -40,8 +43,16 @@ class StatusBar(Static):
     StatusBar { height: 2; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._shown: Text | None = None
+
     def show(self, state: DashboardState) -> None:
-        self.update(status_text(state))
+        """Update only when the text (or its styles) changed; the bar's size is fixed, so no relayout."""
+        text = status_text(state)
+        if text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)
 
 
 def status_text(state: DashboardState) -> Text:
@@ -149,13 +160,33 @@ class MetricPlot(PlotextPlot):
 
 
 STATE_CELLS = {
-    True: Text("● train", style="bold #4ec96f"),
-    False: Text("○ frozen", style="#6a8fb5"),
+    True: ("● train", "bold #4ec96f", "left"),
+    False: ("○ frozen", "#6a8fb5", "left"),
 }
+Cell = tuple[str, str, str]  # (text, style, justify): formatted first, so an unchanged value costs no redraw
+
+
+def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
+    """One row of the layer table, formatted: group, params, state, LR, grad norm, drift."""
+    return (
+        (layer.name, "bold" if layer.trainable else "dim", "left"),
+        (fmt_count(layer.params), "", "right"),
+        STATE_CELLS[layer.trainable],
+        (fmt_sci(layer.lr) if layer.trainable else "-", "", "right"),
+        ("-" if layer.grad_norm is None else f"{layer.grad_norm:.2e}", "", "right"),
+        ("-" if layer.drift is None else f"{layer.drift:.2%}", "", "right"),
+    )
+
+
+def _text(cell: Cell) -> Text:
+    return Text(cell[0], style=cell[1], justify=cell[2])  # type: ignore[arg-type]
 
 
 class LayerTable(DataTable):
-    """One row per layer group. Rebuilt from state only: it flips when the engine says so, never before."""
+    """One row per layer group, from state only: it flips when the engine says so, never before.
+
+    The same groups in the same order (every update but the first) change in place, cell by cell, and only the
+    cells whose text changed; the columns grow as a rebuild would grow them (they never shrink)."""
 
     DEFAULT_CSS = """
     LayerTable { height: auto; max-height: 100%; }
@@ -168,23 +199,29 @@ class LayerTable(DataTable):
         self.zebra_stripes = True
         for name in self.COLUMNS:
             self.add_column(name, key=name)
-        self._shown: tuple = ()
+        self._layers: tuple[LayerInfo, ...] = ()
+        self._cells: dict[str, tuple[Cell, ...]] = {}
 
     def show(self, state: DashboardState) -> None:
-        if state.layers == self._shown:
+        if state.layers is self._layers:
             return
-        self._shown = state.layers
+        self._layers = state.layers
+        rows = {layer.name: layer_cells(layer) for layer in state.layers}
+        if tuple(rows) != tuple(self._cells) or len(rows) != len(state.layers):
+            self._rebuild(state.layers, rows)
+            return
+        for name, cells in rows.items():
+            for column, cell, was in zip(self.COLUMNS, cells, self._cells[name]):
+                if cell != was:
+                    grow = cell_len(cell[0]) > self.columns[ColumnKey(column)].content_width
+                    self.update_cell(name, column, _text(cell), update_width=grow)
+        self._cells = rows
+
+    def _rebuild(self, layers: tuple[LayerInfo, ...], rows: dict[str, tuple[Cell, ...]]) -> None:
         self.clear()
-        for layer in state.layers:
-            self.add_row(
-                Text(layer.name, style="bold" if layer.trainable else "dim"),
-                Text(fmt_count(layer.params), justify="right"),
-                STATE_CELLS[layer.trainable],
-                Text(fmt_sci(layer.lr) if layer.trainable else "-", justify="right"),
-                Text("-" if layer.grad_norm is None else f"{layer.grad_norm:.2e}", justify="right"),
-                Text("-" if layer.drift is None else f"{layer.drift:.2%}", justify="right"),
-                key=layer.name,
-            )
+        for layer in layers:
+            self.add_row(*(_text(cell) for cell in layer_cells(layer)), key=layer.name)
+        self._cells = rows
 
     def state_of(self, name: str) -> str:
         """The state cell's plain text for group `name` (for tests and accessibility)."""
