@@ -7,6 +7,8 @@ Keys only put commands on the `Control`; what they change on screen arrives late
 from __future__ import annotations
 
 import asyncio
+import gc
+import math
 import time
 from functools import partial
 from typing import Sequence
@@ -23,13 +25,13 @@ from textual.worker import Worker, WorkerState
 from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
-                                   UnfreezeSuggested)
+                                   RunStarted, UnfreezeSuggested)
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
 from tuitune.ui.state import DashboardState, plot_inputs, reduce, requested
 from tuitune.ui.summary import SummaryScreen
-from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, StatusBar
+from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 
 REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 times a second...
 BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is
@@ -74,8 +76,11 @@ class DashboardScreen(Screen[None]):
         self.quitting = False
         self._plots_dirty = False
         self._live_dirty = False  # status bar and layer table: behind the state by high-rate events
-        self._next_draw = 0.0  # time.monotonic() before which no budgeted redraw starts
+        self._drawn_at = -math.inf  # time.monotonic() of the last budgeted redraw (none yet)...
+        self._draw_cpu = 0.0  # ...the UI thread's CPU seconds it took, frames not included...
+        self._meter_mark = math.inf  # ...and RenderMeter.cpu then: the frames that followed count towards it
         self._draw_timer: Timer | None = None
+        self._gc_frozen = False
         self._prompt: PlateauPromptScreen | None = None
         self._lr_screen: LRFinderScreen | None = None
 
@@ -110,6 +115,8 @@ class DashboardScreen(Screen[None]):
         self.quitting = True
         if self.control is not None:
             self.control.request_stop()
+        if self._gc_frozen:
+            gc.unfreeze()
 
     def on_resize(self, event: Resize) -> None:
         self._fit(event.size.width, event.size.height)
@@ -141,6 +148,8 @@ class DashboardScreen(Screen[None]):
         self.state = reduce(before, event)
         if not self._plots_dirty:
             self._plots_dirty = any(a is not b for a, b in zip(plot_inputs(before), plot_inputs(self.state)))
+        if isinstance(event, RunStarted) and self.run is not None and not self._gc_frozen:
+            self._freeze_heap()
         if isinstance(event, UnfreezeSuggested):
             self._ask_unfreeze(event)
         elif isinstance(event, LRFound):
@@ -151,6 +160,14 @@ class DashboardScreen(Screen[None]):
                 screen = (SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished)
                           else ErrorScreen(event))
                 self.call_after_refresh(self.app.push_screen, screen)  # after this screen's layout
+
+    def _freeze_heap(self) -> None:
+        """The engine has built its model and data: move that heap out of the cyclic GC's sight (`gc.freeze`).
+        Otherwise the dashboard's short-lived objects (frames, texts) trigger full collections that walk every
+        module, tensor and sample on the UI thread: 80-200 ms each, more than all its drawing (undone on unmount)."""
+        gc.collect()
+        gc.freeze()
+        self._gc_frozen = True
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that died without a terminal event still ends the run on screen, as a failure."""
@@ -184,31 +201,32 @@ class DashboardScreen(Screen[None]):
         self._render_cheap()
         self._render_plots()
 
+    def _next_draw(self) -> float:
+        """When the next budgeted redraw may start: 0.25 s after the last at the soonest, and `BACKOFF` times its
+        CPU cost (the code that asked for it plus the frames that followed) after it at the latest."""
+        cost = self._draw_cpu + max(RenderMeter.cpu - self._meter_mark, 0.0)
+        return self._drawn_at + max(REDRAW_S, BACKOFF * cost)
+
     def _schedule_draw(self) -> None:
         """Draw what is behind the state once the budget allows (one timer at a time: events coalesce)."""
         if self._draw_timer is None and (self._plots_dirty or self._live_dirty):
-            delay = max(self._next_draw - time.monotonic(), COALESCE_S)
+            delay = max(self._next_draw() - time.monotonic(), COALESCE_S)
             self._draw_timer = self.set_timer(delay, self._draw_budgeted, name="dashboard-redraw")
 
     def _draw_budgeted(self) -> None:
         self._draw_timer = None
         now = time.monotonic()
-        if now < self._next_draw:  # a slow frame pushed the budget on since this was scheduled
+        if now < self._next_draw() - 1e-3:  # the frames that followed the last redraw were slow: wait longer
             self._schedule_draw()
             return
-        cpu = time.thread_time()  # the UI thread's: a frame's cost is CPU taken from training
-        self._next_draw = now + REDRAW_S
+        cpu = time.thread_time()
         if self._live_dirty:
             self._live_dirty = False
             self._render_status()
             self.query_one(LayerTable).show(self.state)
         if self._plots_dirty:
             self._render_plots()
-        self.call_after_refresh(self._drawn, now, cpu)
-
-    def _drawn(self, started: float, cpu: float) -> None:
-        """After the frame: the next budgeted redraw waits `BACKOFF` times what this one cost, at least."""
-        self._next_draw = max(self._next_draw, started + BACKOFF * (time.thread_time() - cpu))
+        self._drawn_at, self._draw_cpu, self._meter_mark = now, time.thread_time() - cpu, RenderMeter.cpu
 
     # ------------------------------------------------------------------------------------------- commands out
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import time
 
 from rich.cells import cell_len
 from rich.text import Text
 from textual.app import RenderResult
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey
 from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LayerInfo
+from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
 from tuitune.ui.state import COMMAND_LABELS, DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
 
@@ -36,7 +40,25 @@ PHASE_COLOR = (230, 200, 80)
 COMMAND_COLOR = (200, 110, 220)
 
 
-class StatusBar(Static):
+class RenderMeter:
+    """CPU seconds (`time.thread_time`, the UI thread's) spent rendering the metered widgets: the frames a
+    redraw costs, which happen after the code that asked for them. The dashboard budgets its redraws by it."""
+
+    cpu = 0.0
+
+
+class Metered:
+    """Mixin for a widget whose rendering counts towards `RenderMeter`."""
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        start = time.thread_time()
+        try:
+            return super().render_lines(crop)  # type: ignore[misc]
+        finally:
+            RenderMeter.cpu += time.thread_time() - start
+
+
+class StatusBar(Metered, Static):
     """Two lines: run, device, state, phase, epoch, step; then speed, elapsed, ETA, GPU memory, pending commands."""
 
     DEFAULT_CSS = """
@@ -102,7 +124,7 @@ def thin(n: int, most: int) -> list[int]:
     return keep
 
 
-class MetricPlot(PlotextPlot):
+class MetricPlot(Metered, PlotextPlot):
     """The loss or the score plot: train (smoothed), val and any extra series, with a vertical line at each phase
     change or command. The score plot is titled and scaled by the run's metric (percent, or RMSE as is)."""
 
@@ -140,6 +162,14 @@ class MetricPlot(PlotextPlot):
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
 
+    def render(self) -> RenderResult:
+        """As `PlotextPlot.render`, without the ANSI string plotext builds and Rich parses back (same `Text`)."""
+        plot, size = self._plot, self.size
+        plot.plotsize(size.width, size.height)
+        plot._set_size(size.width, size.height)  # (as PlotextPlot.render does: resizing needs both)
+        plot.theme(self._get_plotext_theme_name(self.app.theme))
+        return render_figure(plot)
+
     def _draw(self, series: Series, points: tuple[Point, ...]) -> None:
         plt = self.plt
         color = SERIES_COLORS.get(series.label, TRAIN_COLOR)
@@ -160,16 +190,16 @@ class MetricPlot(PlotextPlot):
 
 
 STATE_CELLS = {
-    True: ("● train", "bold #4ec96f", "left"),
-    False: ("○ frozen", "#6a8fb5", "left"),
+    True: ("● train", "bold #4ec96f", None),
+    False: ("○ frozen", "#6a8fb5", None),
 }
-Cell = tuple[str, str, str]  # (text, style, justify): formatted first, so an unchanged value costs no redraw
+Cell = tuple[str, str, "str | None"]  # (text, style, justify): formatted first, so an unchanged value costs no redraw
 
 
 def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
     """One row of the layer table, formatted: group, params, state, LR, grad norm, drift."""
     return (
-        (layer.name, "bold" if layer.trainable else "dim", "left"),
+        (layer.name, "bold" if layer.trainable else "dim", None),
         (fmt_count(layer.params), "", "right"),
         STATE_CELLS[layer.trainable],
         (fmt_sci(layer.lr) if layer.trainable else "-", "", "right"),
@@ -182,7 +212,7 @@ def _text(cell: Cell) -> Text:
     return Text(cell[0], style=cell[1], justify=cell[2])  # type: ignore[arg-type]
 
 
-class LayerTable(DataTable):
+class LayerTable(Metered, DataTable):
     """One row per layer group, from state only: it flips when the engine says so, never before.
 
     The same groups in the same order (every update but the first) change in place, cell by cell, and only the
@@ -236,7 +266,7 @@ LOG_ICONS = {"info": "·", "epoch": "·", "phase": "◆", "command": "»", "chec
              "error": "✖"}
 
 
-class EventLog(Widget):
+class EventLog(Metered, Widget):
     """Phase changes, applied commands, checkpoints, warnings: the newest lines that fit, newest last.
 
     Rendered from state on every refresh (no deferred writes), so a snapshot shows the same lines every time.
@@ -251,7 +281,7 @@ class EventLog(Widget):
         self._lines: tuple[LogLine, ...] = ()
 
     def show(self, state: DashboardState) -> None:
-        if state.log != self._lines:
+        if state.log is not self._lines:
             self._lines = state.log
             self.refresh()
 
