@@ -202,8 +202,8 @@ class DashboardScreen(Screen[None]):
         self._render_plots()
 
     def _next_draw(self) -> float:
-        """When the next budgeted redraw may start: 0.25 s after the last at the soonest, and `BACKOFF` times its
-        CPU cost (the code that asked for it plus the frames that followed) after it at the latest."""
+        """When the next budgeted redraw may start: `REDRAW_S` after the last one, or `BACKOFF` times its CPU cost
+        (the code that asked for it plus the frames that followed) after it, whichever is later."""
         cost = self._draw_cpu + max(RenderMeter.cpu - self._meter_mark, 0.0)
         return self._drawn_at + max(REDRAW_S, BACKOFF * cost)
 
