@@ -8,6 +8,7 @@ read with the metrics. Failures (bad input, out of memory, any exception) leave 
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +58,17 @@ class Trainer:
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
             profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings,
             metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better))
+        # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
+        # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
+        gc.collect()
+        gc.freeze()
+        try:
+            return self._epochs()
+        finally:
+            gc.unfreeze()
+
+    def _epochs(self) -> RunFinished:
+        p, st = self.parts, self.st
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
             if self.control.stop_requested:  # Ctrl+C during validation or a save: stop on the epoch boundary
                 self.stop_status = ("interrupted", "interrupted by the user")
