@@ -11,7 +11,7 @@ from tests.ui import scripted
 from tests.ui.test_pilot import dash, until
 from tuitune.engine.events import LayersChanged
 from tuitune.ui.app import TuituneApp
-from tuitune.ui.dashboard import BACKOFF, REDRAW_S
+from tuitune.ui.dashboard import BACKOFF, MAX_WAIT_S, REDRAW_S
 from tuitune.ui.runner import EngineEventReceived
 from tuitune.ui.state import fold, plot_inputs, reduce
 from tuitune.ui.widgets import LayerTable, RenderMeter
@@ -58,8 +58,10 @@ async def test_redraws_back_off_by_what_the_last_one_cost() -> None:
         now = time.monotonic()
         screen._drawn_at, screen._draw_cpu, screen._meter_mark = now, 0.001, RenderMeter.cpu
         assert screen._next_draw() == pytest.approx(now + REDRAW_S)  # cheap: 4 a second at most
-        RenderMeter.cpu += 0.1  # the frames that followed took 100 ms of the UI thread
+        RenderMeter.cpu += 0.05  # the frames that followed took 50 ms of the UI thread
         try:
-            assert screen._next_draw() == pytest.approx(now + BACKOFF * 0.101)
+            assert screen._next_draw() == pytest.approx(now + BACKOFF * 0.051)
+            RenderMeter.cpu += 0.5  # very slow frames: still redrawn within MAX_WAIT_S (live on a big terminal)
+            assert screen._next_draw() == pytest.approx(now + MAX_WAIT_S)
         finally:
-            RenderMeter.cpu -= 0.1
+            RenderMeter.cpu -= 0.55

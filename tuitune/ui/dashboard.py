@@ -34,7 +34,8 @@ from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 
 REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 times a second...
-BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is
+BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is,
+MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big terminal and a slow machine
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
 STOP_TIMEOUT_S = 2.0
 EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
@@ -203,9 +204,10 @@ class DashboardScreen(Screen[None]):
 
     def _next_draw(self) -> float:
         """When the next budgeted redraw may start: `REDRAW_S` after the last one, or `BACKOFF` times its CPU cost
-        (the code that asked for it plus the frames that followed) after it, whichever is later."""
+        (the code that asked for it plus the frames that followed) after it, whichever is later, capped at
+        `MAX_WAIT_S` (every render since the last redraw counts, so without a cap a busy screen could starve it)."""
         cost = self._draw_cpu + max(RenderMeter.cpu - self._meter_mark, 0.0)
-        return self._drawn_at + max(REDRAW_S, BACKOFF * cost)
+        return self._drawn_at + min(MAX_WAIT_S, max(REDRAW_S, BACKOFF * cost))
 
     def _schedule_draw(self) -> None:
         """Draw what is behind the state once the budget allows (one timer at a time: events coalesce)."""
