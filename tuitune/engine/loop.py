@@ -206,7 +206,7 @@ class Trainer:
                       f"{len(cache.val[1])} val; built in {time.perf_counter() - t0:.1f}s)")
         elif reason and cache.active:
             cache.drop()
-            detail = f"feature cache dropped: {reason}"
+            detail = f"dropped: {reason}"
         else:
             return
         self.emit(FeatureCacheChanged(active=cache.active, detail=detail, epoch=st.epoch,
