@@ -139,16 +139,21 @@ def summarize(event: RunFinished | RunFailed, started: RunStarted | None) -> dic
 
 
 def read_events(run_dir: Path) -> list[Event]:
-    """Every event of a recorded run, for replay."""
-    path = run_dir / "events.jsonl"
+    """Every event of a recorded run (a run directory, or its events.jsonl), for replay. A torn last line (a run
+    killed mid-write) is skipped; any other unreadable line is an error naming it."""
+    path = Path(run_dir)
+    path = path / "events.jsonl" if path.is_dir() else path
     if not path.exists():
         raise UserError(f"{path}: no events.jsonl here (is this a tuitune run directory?)")
+    lines = path.read_text(encoding="utf-8").splitlines()
     events = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 events.append(event_from_json(line))
             except (ValueError, KeyError, TypeError) as e:
+                if i == len(lines):
+                    break
                 raise UserError(f"{path}: line {i}: not a tuitune event ({e})") from None
     return events
 

@@ -32,16 +32,9 @@ def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = Non
 
 def open_replay(run_dir: Path, speed: float = 0.0) -> int:
     """`tuitune replay RUN_DIR`: a recorded `events.jsonl` into the same dashboard; speed 0 = instant."""
-    from tuitune.errors import UserError
-    from tuitune.ui.runner import read_events
-
-    path = Path(run_dir)
-    try:
-        events = read_events(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no events.jsonl here (is it a run folder?)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: events.jsonl is not a tuitune event log: {e}") from None
+    from tuitune.engine.runlog import read_events  # plain Python: no torch
     from tuitune.ui.app import TuituneApp
+
+    events = read_events(Path(run_dir))
 
     return _run(TuituneApp("replay", events=events, speed=speed))

@@ -16,7 +16,7 @@ from textual.message import Message
 
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event, MetricsUpdated, RunFailed, event_from_json
+from tuitune.engine.events import Event, MetricsUpdated, RunFailed
 
 Emit = Callable[[Event], None]
 
@@ -84,25 +84,6 @@ def _is_user_error(e: Exception) -> bool:
     from tuitune.errors import UserError
 
     return isinstance(e, UserError)
-
-
-def read_events(path: Path) -> list[Event]:
-    """Events from a run folder's `events.jsonl` (or the file itself). A torn last line is skipped."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "events.jsonl"
-    events: list[Event] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            events.append(event_from_json(line))
-        except (ValueError, KeyError, TypeError):
-            if i == len(lines) - 1:
-                break  # a run killed mid-write
-            raise
-    return events
 
 
 def event_time(event: Event) -> float | None:
