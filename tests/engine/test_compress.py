@@ -19,13 +19,6 @@ from tuitune.engine.session import run_training
 from tuitune.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _net() -> nn.Module:
     torch.manual_seed(0)

@@ -20,14 +20,6 @@ from tuitune.engine.setup import build_parts
 from tuitune.engine.state import TrainerState
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is several times faster than two fighting the neighbours."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def run(tmp_path):
