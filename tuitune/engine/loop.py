@@ -113,8 +113,9 @@ class Trainer:
             st.global_step += 1
             st.step_in_epoch = step
             # accumulate metrics on the device (a non-finite step adds nothing)
-            st.epoch_sums.add(loss, out, y, finite)
-            window.add(loss, out, y, finite)
+            batch = window.batch(loss, out, y, finite)
+            st.epoch_sums.add_batch(batch)
+            window.add_batch(batch)
             seen += y.shape[0]
             # every N steps: the one host sync, and events
             if step % cfg.log_every == 0:

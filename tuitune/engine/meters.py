@@ -29,12 +29,22 @@ class RunningSums:
         self.samples = 0
         self.t0 = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, finite: torch.Tensor) -> None:
+    def batch(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
+              finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """One step's contribution, computed once for every accumulator it goes into (epoch and window)."""
         n = y.shape[0]
-        self.loss += torch.where(finite, loss.detach().float() * n, 0.0)
-        self.sums += torch.where(finite, self.scorer.batch_sums(out, y), 0.0)
-        self.count += finite.long() * n
+        return (torch.where(finite, loss.detach().float() * n, 0.0),
+                torch.where(finite, self.scorer.batch_sums(out, y), 0.0), finite.long() * n, n)
+
+    def add_batch(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]) -> None:
+        loss, sums, count, n = batch
+        self.loss += loss
+        self.sums += sums
+        self.count += count
         self.samples += n
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, finite: torch.Tensor) -> None:
+        self.add_batch(self.batch(loss, out, y, finite))
 
     def read(self, *extra: torch.Tensor) -> tuple[float, float, list[float]]:
         """(mean loss, score, extra values): one host sync for all of them."""

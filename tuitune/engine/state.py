@@ -62,7 +62,8 @@ class TrainerState:
         self._epoch_gen_state: torch.Tensor | None = None
         self._grad_norms: dict[str, float] = {}
         self._drift: dict[str, float] = {}
-        self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in parts.model.named_parameters()}
+        self._params = dict(parts.model.named_parameters())  # looked up at every metric read: built once
+        self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
         self._in_optimizer: list[str] = []
         strategy.set_trainable(parts.model, parts.groups, parts.phases[0])
         self.optimizer = strategy.build_optimizer(
@@ -123,7 +124,7 @@ class TrainerState:
     # ------------------------------------------------------------------------------------------ layer table
     def _measure_grad_norms(self) -> None:
         """Per-group gradient norms, computed on the device, read in one sync."""
-        params = dict(self.parts.model.named_parameters())
+        params = self._params
         names, norms = [], []
         for group in self.parts.groups:
             grads = [params[n].grad for n in group.param_names if params[n].grad is not None]
@@ -135,7 +136,7 @@ class TrainerState:
 
     def _measure_drift(self) -> None:
         """||w - w0|| / ||w0|| per group since the run started (pretrained weights, or the resumed ones)."""
-        params = dict(self.parts.model.named_parameters())
+        params = self._params
         for group in self.parts.groups:
             diff = base = 0.0
             for n in group.param_names:
