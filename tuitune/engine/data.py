@@ -154,7 +154,7 @@ def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
 
 
-def _subsets(full: Dataset, labels: np.ndarray, cfg: DataConfig, seed: int,
+def split_subsets(full: Dataset, labels: np.ndarray, cfg: DataConfig, seed: int,
              where: str) -> tuple[Dataset, Dataset, Dataset | None]:
     train, val, test = split_indices(labels, cfg.val_fraction, cfg.test_fraction, seed)
     if (len(val) == 0 and cfg.val_fraction > 0) or len(train) == 0:
@@ -163,7 +163,7 @@ def _subsets(full: Dataset, labels: np.ndarray, cfg: DataConfig, seed: int,
         Subset(full, test.tolist()) if len(test) else None)
 
 
-def _counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:
+def split_counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:
     text = f"{len(train)} train / {len(val)} val"  # type: ignore[arg-type]
     return text + (f" / {len(test)} test" if test is not None else "")  # type: ignore[arg-type]
 
@@ -202,9 +202,9 @@ def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
     pil = [Image.fromarray(np.rint(images[i] * (255.0 / 16.0)).astype(np.uint8)) for i in keep]
     channels = int(data_config["input_size"][0])
     full = pretransform(pil, y, eval_transform(data_config, crop_pct=1.0), channels)
-    train, val, test = _subsets(full, y, cfg, seed, "digits")
+    train, val, test = split_subsets(full, y, cfg, seed, "digits")
     return DataBundle(train, val, test, tuple(str(d) for d in digits),
-                      f"digits {_digit_names(digits)}: {_counts(train, val, test)}")
+                      f"digits {_digit_names(digits)}: {split_counts(train, val, test)}")
 
 
 # ------------------------------------------------------------------------------------------------ image folder
@@ -256,9 +256,9 @@ def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBun
     else:
         classes, samples = scan_class_folders(root)
         labels = np.array([label for _, label in samples], dtype=np.int64)
-        train, val, test = _subsets(ImageFiles(samples, transform), labels, cfg, seed, str(root))
+        train, val, test = split_subsets(ImageFiles(samples, transform), labels, cfg, seed, str(root))
     return DataBundle(train, val, test, tuple(classes),
-                      f"image_folder {root.name}: {len(classes)} classes, {_counts(train, val, test)}")
+                      f"image_folder {root.name}: {len(classes)} classes, {split_counts(train, val, test)}")
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -295,11 +295,11 @@ def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, targ
     if val is None or (test is None and cfg.test_fraction > 0):
         split = dataclasses.replace(cfg, val_fraction=cfg.val_fraction if val is None else 0.0,
                                     test_fraction=cfg.test_fraction if test is None else 0.0)
-        train, split_val, split_test = _subsets(train, strata(train.labels), split, seed, str(path))
+        train, split_val, split_test = split_subsets(train, strata(train.labels), split, seed, str(path))
         val = val if val is not None else split_val
         test = test if test is not None else split_test
     return DataBundle(train, val, test, classes, f"text {path.name}: {len(classes)} {_noun(target)}, "
-                                                 f"{_counts(train, val, test)}")
+                                                 f"{split_counts(train, val, test)}")
 
 
 def _noun(target: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tuitune.config import ModelConfig
-from tuitune.engine.models import ModelError, _first_line, _unique
+from tuitune.engine.models import ModelError, first_line, unique_groups
 
 
 class HFClassifier(nn.Module):
@@ -144,12 +144,12 @@ def _hf_call(name: str, fn: Any) -> Any:
         return fn()
     except OSError as e:
         if Path(name).is_dir():
-            raise ModelError(f"model.name: {name}: cannot load: {_first_line(e)}") from e
+            raise ModelError(f"model.name: {name}: cannot load: {first_line(e)}") from e
         raise ModelError(f"model.name: Hugging Face model {name!r} is not in the local cache and there is no "
                          f"network; fetch it once with: hf download {name} (or huggingface-cli download "
                          f"{name}), or set model.name to a local folder") from e
     except (ValueError, KeyError) as e:
-        raise ModelError(f"model.name: {name}: {_first_line(e)}") from e
+        raise ModelError(f"model.name: {name}: {first_line(e)}") from e
 
 
 def _image_size(config: Any) -> int:
@@ -209,7 +209,7 @@ def hf_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
         top = tops.pop() if len(tops) == 1 else "post"
         named.append((top if top not in ("head", "embeddings") else "post", post))
     named.append(("head", head))
-    return _unique(named)
+    return unique_groups(named)
 
 
 def _largest_module_list(base: nn.Module) -> nn.ModuleList | None:

@@ -169,7 +169,7 @@ def _create_timm(name: str, pretrained: bool, num_classes: int, cfg: ModelConfig
             kwargs.pop("img_size")
             return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except TypeError as e:
-        raise ModelError(f"model.kwargs: timm model {name!r} rejected its arguments: {_first_line(e)}") from e
+        raise ModelError(f"model.kwargs: timm model {name!r} rejected its arguments: {first_line(e)}") from e
     except OSError as e:  # hub cache miss, offline mode, or a failed download
         if not pretrained:
             raise
@@ -216,7 +216,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     except ModelError:
         raise
     except Exception as e:
-        raise ModelError(f"model.weights: {path}: cannot read weights: {_first_line(e)}") from e
+        raise ModelError(f"model.weights: {path}: cannot read weights: {first_line(e)}") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -261,8 +261,8 @@ def _timm_groups(model: nn.Module, coarse: bool) -> list[tuple[str, list[str]]]:
 
     try:
         grouped = group_parameters(model, model.group_matcher(coarse=coarse))
-    except (NotImplementedError, AttributeError, TypeError):
-        return _child_groups(model)
+    except (NotImplementedError, AttributeError, TypeError):  # a model without a usable group_matcher:
+        return _child_groups(model)  # fall back to one group per top-level child, classifier last
     lists = [list(v) for v in grouped.values() if v]
     heads = _classifier_names(model)
     head_names = [n for lst in lists for n in lst if any(n.startswith(h + ".") for h in heads)]
@@ -273,7 +273,7 @@ def _timm_groups(model: nn.Module, coarse: bool) -> list[tuple[str, list[str]]]:
     named = [(_short_name(name, full), names) for name, names in zip(full, lists)]
     if named and not any(c.isdigit() for c in full[0].split(".")):
         named[0] = ("stem", named[0][1])
-    return _unique(named + [("head", lists[-1])])
+    return unique_groups(named + [("head", lists[-1])])
 
 
 def _short_name(name: str, others: list[str]) -> str:
@@ -327,7 +327,7 @@ def _child_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     return named
 
 
-def _unique(named: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+def unique_groups(named: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
     seen: Counter[str] = Counter()
     out = []
     for name, names in named:
@@ -352,7 +352,7 @@ def _check_partition(model: nn.Module, groups: tuple[LayerGroup, ...]) -> None:
         raise ModelError(f"model.name: bad layer groups for {type(model).__name__}: {[g.name for g in groups]}")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data import DataBundle, TensorImages, _counts, _subsets, class_names, tokenize
+from tuitune.engine.data import DataBundle, TensorImages, split_counts, split_subsets, class_names, tokenize
 from tuitune.errors import UserError
 
 def _synthetic_labels(cfg: DataConfig, target: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
@@ -38,9 +38,9 @@ def build_synthetic_images(cfg: DataConfig, data_config: dict, seed: int, target
     x = templates[first] + 0.5 * torch.randn(cfg.num_samples, c, h, w, generator=g)
     x = x + templates[second.clamp(min=0)] * (second >= 0).float()[:, None, None, None]
     full = TensorImages(x, targets)
-    train, val, test = _subsets(full, first.numpy(), cfg, seed, "synthetic")
+    train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
     return DataBundle(train, val, test, class_names(cfg, target),
-                      f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {_counts(train, val, test)}")
+                      f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {split_counts(train, val, test)}")
 
 
 def _vocab_words(tokenizer: Any) -> list[str]:
@@ -66,6 +66,6 @@ def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed:
     texts = [" ".join(rng.choice(pool) if rng.random() < 0.7 else rng.choice(filler)
                       for _ in range(int(rng.integers(4, 9)))) for pool in pools]
     full = tokenize(tokenizer, texts, targets, max_length)
-    train, val, test = _subsets(full, first.numpy(), cfg, seed, "synthetic")
+    train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
     return DataBundle(train, val, test, class_names(cfg, target),
-                      f"synthetic text: {cfg.num_classes} classes, {_counts(train, val, test)}")
+                      f"synthetic text: {cfg.num_classes} classes, {split_counts(train, val, test)}")
