@@ -16,7 +16,7 @@ from pathlib import Path
 from tuitune.config import load_profile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded
-from tuitune.engine.loop import Trainer
+from tuitune.engine.train.loop import Trainer
 
 DEMO = Path(__file__).resolve().parents[1] / "tuitune" / "profiles" / "demo.toml"
 

@@ -4,12 +4,12 @@ Three runs of the same model, data, batch size, optimizer and step count, side b
 
   bare    a minimal loop: fetch, forward, cross-entropy, backward, AdamW step (on CUDA: bf16 autocast and
           cudnn.benchmark, what a user writing it for speed would do)
-  engine  `tuitune.engine.session.run_training` headless (what `tuitune train --headless` runs), events -> a clock
+  engine  `tuitune.engine.record.session.run_training` headless (what `tuitune train --headless` runs), events -> a clock
   tui     the same engine inside the real Textual app (`TuituneApp("train")` under `App.run_test()`, headless,
           120x40): engine in the app's thread worker, dashboard, plots and layer table updating, as `tuitune train`
 
-Fairness: all three build the model with `tuitune.engine.models.build_backbone` from the same profile and seed, read
-the same synthetic train split (`tuitune.engine.data.build_datasets`) through a DataLoader with the same batch
+Fairness: all three build the model with `tuitune.engine.model.backbone.build_backbone` from the same profile and seed, read
+the same synthetic train split (`tuitune.engine.data.datasets.build_datasets`) through a DataLoader with the same batch
 size, shuffling, worker count and pinning, and run one epoch of `warmup + steps` steps with
 `torch.set_num_threads(N)`. Only the `steps` after the `warmup` are timed, at a host-sync point in each: the bare
 loop synchronizes the device after steps `warmup` and `warmup + steps`; the engine's clock reads the time when its

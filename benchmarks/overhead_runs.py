@@ -52,7 +52,7 @@ def share_synthetic_data() -> None:
     (10k x 3x224x224 floats, 6 GB) is not regenerated nine times. Setup only; nothing timed changes."""
     import importlib
 
-    for name in ("tuitune.engine.synthetic", "tuitune.engine.data"):
+    for name in ("tuitune.engine.data.synthetic", "tuitune.engine.data.datasets"):
         try:
             module = importlib.import_module(name)
         except ImportError:
@@ -118,8 +118,8 @@ def _bare_setup(profile: RunProfile, args: argparse.Namespace, device: torch.dev
     """Model, loader and optimizer as a user would write them, from the same profile as the engine's."""
     from torch.utils.data import DataLoader
 
-    from tuitune.engine.data import build_datasets, resolve_num_workers
-    from tuitune.engine.models import build_backbone
+    from tuitune.engine.data.datasets import build_datasets, resolve_num_workers
+    from tuitune.engine.model.backbone import build_backbone
 
     torch.manual_seed(profile.train.seed)  # as the engine's seed_everything, before the model is built
     backbone = build_backbone(profile.model, args.num_classes, task="image")
@@ -202,7 +202,7 @@ class StepClock:
 def run_engine(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> Window:
     """The engine headless, as `tuitune train --headless` runs it (minus the console printer)."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.session import run_training
+    from tuitune.engine.record.session import run_training
 
     clock = StepClock(args.warmup, args.warmup + args.steps, args.steps * args.batch_size)
     run_training(profile, run_dir, clock, Control(), interactive=False)
@@ -217,7 +217,7 @@ def run_tui(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> tup
 
 
 async def _drive_tui(profile: RunProfile, run_dir: Path, clock: StepClock) -> dict[str, int]:
-    from tuitune.engine.session import run_training
+    from tuitune.engine.record.session import run_training
     from tuitune.ui.app import TuituneApp
     from tuitune.ui.dashboard import DashboardScreen
 

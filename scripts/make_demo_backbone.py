@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from tuitune.config import profile_from_dict
 from tuitune.engine.commands import Control
-from tuitune.engine.session import run_training
+from tuitune.engine.record.session import run_training
 from tuitune.engine.events import RunFinished
 from tuitune.headless import ConsolePrinter
 

@@ -98,10 +98,10 @@ def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
 
 def cmd_layers(args: argparse.Namespace) -> int:
     profile = _layers_profile(args.profile, args.overrides)
-    from tuitune.engine.data import class_names
-    from tuitune.engine.models import build_backbone, layer_table
-    from tuitune.engine.setup import model_task
-    from tuitune.engine.strategy import plan_phases
+    from tuitune.engine.data.datasets import class_names
+    from tuitune.engine.model.backbone import build_backbone, layer_table
+    from tuitune.engine.train.parts import model_task
+    from tuitune.engine.train.strategy import plan_phases
 
     backbone = build_backbone(profile.model, len(class_names(profile.data)), task=model_task(profile),
                               coarse=profile.strategy.coarse)
@@ -127,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tuitune.config import load_profile
-    from tuitune.engine.runlog import new_run_dir
+    from tuitune.engine.record.runlog import new_run_dir
 
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
@@ -166,7 +166,7 @@ def cmd_picker(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tuitune.engine.export import export_run
+    from tuitune.engine.tools.export import export_run
 
     manifest = export_run(args.run_dir, args.out, args.checkpoint, args.sample)
     print(f"exported {manifest['checkpoint']} -> {manifest['dir']}")
@@ -180,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from tuitune.engine.compress import compress_run, format_report
+    from tuitune.engine.tools.compress import compress_run, format_report
 
     report = compress_run(args.run_dir, args.sparsity, args.quantize, args.fine_tune_epochs, tag=args.checkpoint,
                           threads=args.threads)
@@ -193,7 +193,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from tuitune.config import load_profile
 
     profile = load_profile(args.profile, args.overrides)
-    from tuitune.engine.lr_find import find_lr_for_profile, text_plot
+    from tuitune.engine.tools.lr_find import find_lr_for_profile, text_plot
 
     out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-lr-find"
     curve, csv_path = find_lr_for_profile(profile, out, steps=args.steps, start_lr=args.start_lr,

@@ -53,7 +53,7 @@ class ConsolePrinter:
             self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
                      f"{event.steep:.3g}; current {event.current_lr:.3g}); curve in {event.path}")
         elif isinstance(event, CompressionReported):
-            from tuitune.engine.compress import format_report
+            from tuitune.engine.tools.compress import format_report
 
             self.say("compression:\n" + format_report(event.report))
         elif isinstance(event, PhaseChanged):
@@ -90,7 +90,7 @@ class ConsolePrinter:
 def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
     """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.session import run_training
+    from tuitune.engine.record.session import run_training
 
     control = Control()
     interrupts = {"n": 0}

@@ -13,9 +13,9 @@ from torch import nn
 from tests.engine.conftest import tiny_profile
 from tuitune.cli import main
 from tuitune.engine.commands import Control
-from tuitune.engine.compress import (compress_model, global_magnitude_prune, masks_kept, measure_model,
+from tuitune.engine.tools.compress import (compress_model, global_magnitude_prune, masks_kept, measure_model,
                                      quantize_linear)
-from tuitune.engine.session import run_training
+from tuitune.engine.record.session import run_training
 from tuitune.errors import UserError
 
 
@@ -111,7 +111,7 @@ def _reload_int8(run_dir: Path, report: dict) -> None:
     """The saved int8 model loads with weights_only into a rebuilt, quantized model, and matches its accuracy."""
     from safetensors.torch import load_model
 
-    from tuitune.engine.export import rebuild_model
+    from tuitune.engine.tools.export import rebuild_model
 
     _, backbone, _ = rebuild_model(run_dir)
     load_model(backbone.model, str(run_dir / "compressed" / "model_pruned.safetensors"))

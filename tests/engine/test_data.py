@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tuitune.config import DataConfig
-from tuitune.engine.data import (DataBundle, DataError, TensorImages, build_datasets, eval_transform,
+from tuitune.engine.data.datasets import (DataBundle, DataError, TensorImages, build_datasets, eval_transform,
                                  load_digits_array, make_loaders, resolve_num_workers, split_indices)
 from tuitune.errors import UserError
 

@@ -16,8 +16,8 @@ from tests.engine.hf_fixtures import make_tiny_hf_dir
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_from_dict, profile_to_dict
 from tuitune.engine.commands import Control
-from tuitune.engine.export import export_run
-from tuitune.engine.session import run_training
+from tuitune.engine.tools.export import export_run
+from tuitune.engine.record.session import run_training
 from tuitune.errors import UserError
 
 
@@ -118,7 +118,7 @@ def _hf_run(tmp_path: Path, pooling: str) -> Path:
     """A run directory for a tiny BERT text classifier: resolved profile + a checkpoint (no training needed)."""
     from safetensors.torch import save_model
 
-    from tuitune.engine.models import build_backbone
+    from tuitune.engine.model.backbone import build_backbone
 
     folder = make_tiny_hf_dir(tmp_path, "bert")
     profile = profile_from_dict({"model": {"source": "hf", "name": str(folder), "pooling": pooling,

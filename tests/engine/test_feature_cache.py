@@ -7,7 +7,7 @@ import pytest
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control, UnfreezeNext
 from tuitune.engine.events import EpochEnded, FeatureCacheChanged, MetricsUpdated, PhaseChanged
-from tuitune.engine.loop import Trainer
+from tuitune.engine.train.loop import Trainer
 
 
 def _run(tmp_path, control: Control | None = None, emit=None, **sections):

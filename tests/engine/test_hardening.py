@@ -17,14 +17,14 @@ from safetensors.torch import load_file
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
-from tuitune.engine import checkpoint
+from tuitune.engine.record import checkpoint
 from tuitune.engine.commands import Control
 from tuitune.engine.events import (CheckpointSaved, EpochEnded, MetricsUpdated, PhaseChanged, RunFailed, RunFinished,
                                    RunStarted, Warned)
-from tuitune.engine.guards import NonFiniteGuard
-from tuitune.engine.loop import Trainer
-from tuitune.engine.runlog import RunRecorder, read_events
-from tuitune.engine.session import run_training
+from tuitune.engine.train.guards import NonFiniteGuard
+from tuitune.engine.train.loop import Trainer
+from tuitune.engine.record.runlog import RunRecorder, read_events
+from tuitune.engine.record.session import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 5  # tiny_profile: 72 training examples / batch 16

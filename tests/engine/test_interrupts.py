@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from tests.engine.conftest import tiny_profile
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
-from tuitune.engine import checkpoint
+from tuitune.engine.record import checkpoint
 from tuitune.engine.events import RunStarted
-from tuitune.engine.runlog import read_events
+from tuitune.engine.record.runlog import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -88,7 +88,7 @@ ZYGOTE = r"""
 import os, signal, sys
 from pathlib import Path
 import torch
-from tuitune.engine import checkpoint
+from tuitune.engine.record import checkpoint
 torch.set_num_threads(1)
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped at once
 directory = Path(sys.argv[1])

@@ -12,8 +12,8 @@ from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, LayersChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted)
-from tuitune.engine.loop import Trainer
-from tuitune.engine.session import run_training
+from tuitune.engine.train.loop import Trainer
+from tuitune.engine.record.session import run_training
 
 
 def test_events_and_learning_on_an_easy_task(tmp_path, events_sink) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from tests.engine.hf_fixtures import make_tiny_hf_dir
 from tuitune.config import ModelConfig
-from tuitune.engine.models import (Backbone, HFClassifier, LayerGroup, ModelError, build_backbone, layer_groups,
+from tuitune.engine.model.backbone import (Backbone, HFClassifier, LayerGroup, ModelError, build_backbone, layer_groups,
                                    layer_table)
 from tuitune.errors import UserError
 

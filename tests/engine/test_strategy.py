@@ -9,8 +9,8 @@ from tests.engine.conftest import of_type, tiny_profile
 from tuitune.config import StrategyConfig
 from tuitune.engine.commands import Control, UnfreezeNext
 from tuitune.engine.events import PhaseChanged
-from tuitune.engine.loop import Trainer
-from tuitune.engine.strategy import plan_phases
+from tuitune.engine.train.loop import Trainer
+from tuitune.engine.train.strategy import plan_phases
 from tuitune.errors import UserError
 
 NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
@@ -89,7 +89,7 @@ def test_frozen_batchnorm_stays_in_eval_and_keeps_stats(tmp_path) -> None:
     for name, m in bns.items():
         assert torch.equal(m.running_mean, before[name][0]), name
         assert torch.equal(m.running_var, before[name][1]), name
-    from tuitune.engine.strategy import set_train_mode
+    from tuitune.engine.train.strategy import set_train_mode
     set_train_mode(trainer.parts.model, freeze_bn=True)
     assert trainer.parts.model.training
     assert all(not m.training for m in bns.values())

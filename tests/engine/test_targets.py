@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data import build_datasets, class_names
-from tuitune.engine.metrics import Scorer, average_precision, target_kind
+from tuitune.engine.data.datasets import build_datasets, class_names
+from tuitune.engine.train.scoring import Scorer, average_precision, target_kind
 from tuitune.errors import DataError
 
 IMAGES = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
@@ -35,7 +35,7 @@ def test_digits_refuse_regression() -> None:
 
 
 def test_text_regression_and_multilabel_files(tmp_path) -> None:
-    from tuitune.engine.textfiles import encode_targets, read_text_file, target_classes
+    from tuitune.engine.data.textfiles import encode_targets, read_text_file, target_classes
 
     csv = tmp_path / "r.csv"
     csv.write_text("text,label\na,1.5\nb,2\nc,x\n")

@@ -10,7 +10,7 @@ from tests.engine.conftest import TINY_MODEL, of_type, tiny_profile
 from tuitune.engine.commands import ApplyLR, Control, FindLR
 from tuitune.engine.events import (CommandApplied, EpochEnded, LayersChanged, LRFound, MetricsUpdated, PhaseChanged,
                                    RunStarted)
-from tuitune.engine.loop import Trainer
+from tuitune.engine.train.loop import Trainer
 
 
 def _run(tmp_path, control: Control | None = None, **sections):

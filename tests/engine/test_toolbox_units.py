@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from tuitune.config import AugmentConfig, LossConfig, RegularizationConfig, TrainConfig
-from tuitune.engine.augment import augment_train, build_mixup
-from tuitune.engine.losses import FocalLoss, balanced_weights, build_loss
-from tuitune.engine.regularize import Penalty, build_ema
-from tuitune.engine.schedule import LRSchedule
+from tuitune.engine.data.augment import augment_train, build_mixup
+from tuitune.engine.train.losses import FocalLoss, balanced_weights, build_loss
+from tuitune.engine.train.regularize import Penalty, build_ema
+from tuitune.engine.train.schedule import LRSchedule
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.0, 1.0]])
 TARGET = torch.tensor([0, 2, 1])
@@ -130,7 +130,7 @@ def test_mixup_changes_the_targets() -> None:
 
 def test_train_augmentation_is_random_and_eval_is_not() -> None:
     from tuitune.config import DataConfig
-    from tuitune.engine.data import build_datasets
+    from tuitune.engine.data.datasets import build_datasets
 
     data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
                    "crop_pct": 1.0}

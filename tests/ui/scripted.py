@@ -144,7 +144,7 @@ def finished(status: str = "stopped_early", reason: str = "stopped from the dash
 
 
 def compression_report() -> dict[str, Any]:
-    """The shape `tuitune.engine.compress.compress_model` reports."""
+    """The shape `tuitune.engine.tools.compress.compress_model` reports."""
     def row(step: str, nonzero: float, file_b: int, zlib_b: int, acc: float, ms: float) -> dict[str, Any]:
         return {"step": step, "params": 11_181_642, "nonzero": nonzero, "nonzero_prunable": nonzero - 0.002,
                 "file_bytes": file_b, "zlib_bytes": zlib_b, "val_acc": acc, "latency_ms": ms, "threads": 1,

@@ -179,7 +179,7 @@ async def test_picker_navigation_broken_profile_and_start(monkeypatch: pytest.Mo
 async def test_replay_of_written_events_jsonl(tmp_path: Path) -> None:
     events = scripted.finished_events()
     (tmp_path / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in events) + '{"type": "Run')
-    from tuitune.engine.runlog import read_events
+    from tuitune.engine.record.runlog import read_events
 
     app = TuituneApp("replay", events=read_events(tmp_path))
     async with app.run_test() as pilot:

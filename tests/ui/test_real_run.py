@@ -13,7 +13,7 @@ from tuitune.ui.app import TuituneApp
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import LayerTable
 
-pytest.importorskip("tuitune.engine.session")
+pytest.importorskip("tuitune.engine.record.session")
 pytest.importorskip("timm")
 
 TINY = {

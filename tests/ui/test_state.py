@@ -10,7 +10,7 @@ from tests.ui import scripted
 from tuitune.engine.events import CommandApplied, MetricsUpdated, RunFailed, Warned, event_from_json, to_json
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.fmt import fmt_duration
-from tuitune.ui.state import DashboardState, eta_s, fold, reduce, requested, smooth
+from tuitune.ui.reducer import DashboardState, eta_s, fold, reduce, requested, smooth
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -95,7 +95,7 @@ def test_picker_imports_neither_torch_nor_plotext() -> None:
 
 
 def test_state_module_is_textual_free() -> None:
-    code = "import sys, tuitune.ui.state, tuitune.ui.profiles; sys.exit('textual' in sys.modules)"
+    code = "import sys, tuitune.ui.reducer, tuitune.ui.profiles; sys.exit('textual' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -145,7 +145,7 @@ def test_lr_found_settles_the_pending_find_and_is_logged() -> None:
 
 
 def test_extras_become_series_and_a_compact_log() -> None:
-    from tuitune.ui.state import plot_series
+    from tuitune.ui.reducer import plot_series
 
     s = fold(scripted.extras_events())
     assert [x.label for x in plot_series(s, "loss")] == ["task", "distill", "ema", "val"]

@@ -29,7 +29,7 @@ from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
-from tuitune.ui.state import DashboardState, plot_inputs, reduce, requested
+from tuitune.ui.reducer import DashboardState, plot_inputs, reduce, requested
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 

@@ -32,7 +32,7 @@ def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = Non
 
 def open_replay(run_dir: Path, speed: float = 0.0) -> int:
     """`tuitune replay RUN_DIR`: a recorded `events.jsonl` into the same dashboard; speed 0 = instant."""
-    from tuitune.engine.runlog import read_events  # plain Python: no torch
+    from tuitune.engine.record.runlog import read_events  # plain Python: no torch
     from tuitune.ui.app import TuituneApp
 
     events = read_events(Path(run_dir))

@@ -19,7 +19,7 @@ from textual_plotext import PlotextPlot
 from tuitune.engine.events import LRFound
 from tuitune.ui.fmt import fmt_sci
 from tuitune.ui.modals import MODAL_CSS, refresh_below
-from tuitune.ui.state import lr_found_text
+from tuitune.ui.reducer import lr_found_text
 
 CURVE_COLOR = (80, 190, 255)
 SUGGESTION_COLOR = (120, 220, 120)

@@ -10,7 +10,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
 from tuitune.engine.events import RunFailed, UnfreezeSuggested
-from tuitune.ui.state import suggestion_text
+from tuitune.ui.reducer import suggestion_text
 
 MODAL_CSS = """
 {name} {{ align: center middle; background: $background 60%; }}

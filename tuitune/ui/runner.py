@@ -45,13 +45,13 @@ class EngineEventReceived(Message):
 def default_runner(profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
                    interactive: bool = True, resume: Path | None = None) -> Any:
     """The real engine. Imported here, in the worker thread, so the first frame never waits for torch."""
-    from tuitune.engine.session import run_training
+    from tuitune.engine.record.session import run_training
 
     return run_training(profile, run_dir, emit, control, interactive=interactive, resume=resume)
 
 
 def default_run_dir(profile: RunProfile, out: str | None) -> Path:
-    from tuitune.engine.session import new_run_dir
+    from tuitune.engine.record.session import new_run_dir
 
     return new_run_dir(profile, out)
 

@@ -14,24 +14,25 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from tuitune.engine import checkpoint, strategy
+from tuitune.engine.record import checkpoint
+from tuitune.engine.train import strategy
 from tuitune.engine.events import CheckpointSaved, LayerInfo, LayersChanged, Warned
-from tuitune.engine.guards import NonFiniteGuard, all_finite
-from tuitune.engine.meters import RunningSums
-from tuitune.engine.watch import MetricWatch
+from tuitune.engine.train.guards import NonFiniteGuard, all_finite
+from tuitune.engine.train.running_sums import RunningSums
+from tuitune.engine.train.watch import MetricWatch
 from tuitune.errors import UserError
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.objective import Objective
-    from tuitune.engine.setup import RunParts
+    from tuitune.engine.train.objective import Objective
+    from tuitune.engine.train.parts import RunParts
 
 
 class TrainerState:
     def __init__(self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable,
                  objective: Objective | None = None) -> None:
-        from tuitune.engine.metrics import Scorer
-        from tuitune.engine.schedule import LRSchedule
+        from tuitune.engine.train.scoring import Scorer
+        from tuitune.engine.train.schedule import LRSchedule
 
         self.parts, self.profile, self.emit, self.objective = parts, profile, emit, objective
         scorer = objective.scorer if objective is not None else Scorer("class")

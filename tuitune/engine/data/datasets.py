@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tuitune.config import DataConfig
-from tuitune.engine.textfiles import Row, encode_targets, read_text_file, strata, target_classes
+from tuitune.engine.data.textfiles import Row, encode_targets, read_text_file, strata, target_classes
 from tuitune.errors import DataError, UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -313,7 +313,7 @@ def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: 
                    max_length: int = 128, seed: int = 0, target: str = "class") -> DataBundle:
     """Build train / val / (test) datasets for `cfg.kind`. `task` is "image" or "text" (the model's input);
     `data_config` is timm's resolved data config (input_size, mean, std, interpolation, crop_pct); `target` is
-    "class", "value" (regression) or "multi" (multi-label), see `tuitune.engine.metrics`."""
+    "class", "value" (regression) or "multi" (multi-label), see `tuitune.engine.train.scoring`."""
     if task not in ("image", "text"):
         raise ValueError(f"task must be 'image' or 'text', got {task!r}")
     text_kind = cfg.kind == "text" or (cfg.kind == "synthetic" and task == "text")
@@ -330,7 +330,7 @@ def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: 
     if cfg.kind == "text":
         return build_text(cfg, tokenizer, max_length, seed, target)
     if cfg.kind == "synthetic":
-        from tuitune.engine.synthetic import build_synthetic_images, build_synthetic_text
+        from tuitune.engine.data.synthetic import build_synthetic_images, build_synthetic_text
 
         if task == "text":
             return build_synthetic_text(cfg, tokenizer, max_length, seed, target)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 
-from tuitune.engine.data import DataBundle, ImageFiles, TensorImages
+from tuitune.engine.data.datasets import DataBundle, ImageFiles, TensorImages
 from tuitune.errors import UserError
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ generically around their largest list of layers, with no per-architecture tables
 
 The product runs offline: nothing here downloads. A missing cache or a wrong name is a `ModelError`, one line that
 says how to fix it. This module imports torch and timm at the top; it is only imported when a run starts.
-The Hugging Face half lives in `tuitune.engine.hf` (imported lazily from here; `HFClassifier` is re-exported).
+The Hugging Face half lives in `tuitune.engine.model.hf` (imported lazily from here; `HFClassifier` is re-exported).
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from tuitune.config import ModelConfig  # noqa: E402
 from tuitune.errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:
-    from tuitune.engine.hf import HFClassifier
+    from tuitune.engine.model.hf import HFClassifier
 
 __all__ = ["Backbone", "HFClassifier", "LayerGroup", "ModelError", "build_backbone", "layer_groups", "layer_table"]
 
 
 def __getattr__(name: str) -> Any:
-    """`HFClassifier` lives in tuitune.engine.hf, which imports this module: re-export it lazily, no cycle."""
+    """`HFClassifier` lives in tuitune.engine.model.hf, which imports this module: re-export it lazily, no cycle."""
     if name == "HFClassifier":
-        from tuitune.engine.hf import HFClassifier
+        from tuitune.engine.model.hf import HFClassifier
         return HFClassifier
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -82,7 +82,7 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
         model, data_config, note, source_head = _build_timm(cfg, num_classes)
         tokenizer = None
     elif cfg.source == "hf":
-        from tuitune.engine.hf import build_hf
+        from tuitune.engine.model.hf import build_hf
         model, data_config, tokenizer, note = build_hf(cfg, num_classes, task)
         source_head = None
     else:
@@ -96,7 +96,7 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
 
 def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, ...]:
     """Split `model` (timm, wrapped or bare transformers, or any module) into ordered groups, head last."""
-    from tuitune.engine.hf import hf_groups, hf_inner
+    from tuitune.engine.model.hf import hf_groups, hf_inner
 
     if hf_inner(model) is not None:
         named = hf_groups(model)

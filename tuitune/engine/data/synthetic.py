@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data import DataBundle, TensorImages, split_counts, split_subsets, class_names, tokenize
+from tuitune.engine.data.datasets import DataBundle, TensorImages, split_counts, split_subsets, class_names, tokenize
 from tuitune.errors import UserError
 
 def _synthetic_labels(cfg: DataConfig, target: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,

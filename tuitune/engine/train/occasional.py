@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tuitune.engine import strategy
+from tuitune.engine.train import strategy
 from tuitune.engine.events import CompressionReported, LRFound
-from tuitune.engine.heads import linear_head, pre_logits
-from tuitune.engine.objective import to_device
+from tuitune.engine.model.heads import linear_head, pre_logits
+from tuitune.engine.train.objective import to_device
 
 if TYPE_CHECKING:
-    from tuitune.engine.loop import Trainer
+    from tuitune.engine.train.loop import Trainer
 
 
 def epoch_extras(trainer: Trainer, val: dict[str, Any]) -> dict[str, float]:
@@ -51,7 +51,7 @@ def find_lr(trainer: Trainer, steps: int) -> str:
     """Sweep the current phase's LR from a snapshot (restored afterwards), write the curve, emit `LRFound`."""
     from torch.utils.data import DataLoader
 
-    from tuitune.engine.lr_find import curve_to_csv, lr_sweep
+    from tuitune.engine.tools.lr_find import curve_to_csv, lr_sweep
 
     p, st = trainer.parts, trainer.st
     gen = torch.Generator().manual_seed(trainer.profile.train.seed + st.global_step)
@@ -74,7 +74,7 @@ def ship(trainer: Trainer) -> tuple[str, dict[str, Any] | None]:
     st, p, profile = trainer.st, trainer.parts, trainer.profile
     if trainer.stop_status is not None and trainer.stop_status[0] == "interrupted" or not st.has_checkpoint("best"):
         return "", None
-    from tuitune.engine.export import write_export
+    from tuitune.engine.tools.export import write_export
 
     st.load_best_weights()
     export = write_export(p.backbone, profile, p.bundle.classes, trainer.run_dir / "export")
@@ -82,7 +82,7 @@ def ship(trainer: Trainer) -> tuple[str, dict[str, Any] | None]:
     cfg = profile.compress
     if cfg.sparsity or cfg.quantize:
         from tuitune.config import dump_toml, profile_to_dict
-        from tuitune.engine.compress import compress_run
+        from tuitune.engine.tools.compress import compress_run
 
         if not (trainer.run_dir / "profile.toml").exists():  # a Trainer driven without the run recorder
             (trainer.run_dir / "profile.toml").write_text(dump_toml(profile_to_dict(profile)), encoding="utf-8")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tuitune.engine.metrics import Scorer
+from tuitune.engine.train.scoring import Scorer
 
 
 class RunningSums:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from tuitune.engine.heads import classifier, classifier_only_head, pre_logits
-from tuitune.engine.objective import to_device
+from tuitune.engine.model.heads import classifier, classifier_only_head, pre_logits
+from tuitune.engine.train.objective import to_device
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.setup import RunParts
+    from tuitune.engine.train.parts import RunParts
 
 
 def why_not(profile: RunProfile, parts: RunParts, trainable: tuple[str, ...]) -> str:

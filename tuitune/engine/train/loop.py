@@ -16,17 +16,17 @@ from typing import Any, Callable
 import torch
 
 from tuitune.config import RunProfile, profile_to_dict
-from tuitune.engine import strategy
-from tuitune.engine import extras
+from tuitune.engine.train import strategy
+from tuitune.engine.train import occasional as extras
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
-from tuitune.engine.feature_cache import FeatureCache, why_not
-from tuitune.engine.meters import RunningSums
-from tuitune.engine.objective import Objective, to_device
-from tuitune.engine.setup import RunParts, build_parts
-from tuitune.engine.state import TrainerState
+from tuitune.engine.train.feature_cache import FeatureCache, why_not
+from tuitune.engine.train.running_sums import RunningSums
+from tuitune.engine.train.objective import Objective, to_device
+from tuitune.engine.train.parts import RunParts, build_parts
+from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
 __all__ = ["Trainer", "to_device"]

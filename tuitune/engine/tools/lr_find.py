@@ -103,7 +103,7 @@ def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, lo
              autocast: Callable[[], AbstractContextManager] | None = None) -> LRCurve:
     """Sweep the LR exponentially from `start_lr` to `end_lr` over `steps` optimizer steps; stop once the smoothed
     loss exceeds `diverge` x its best. Everything is restored afterwards, also on error or interrupt."""
-    from tuitune.engine.loop import to_device
+    from tuitune.engine.train.loop import to_device
 
     if not 0 < start_lr < end_lr or steps < 2:
         raise ValueError("lr_sweep: need 0 < start_lr < end_lr and steps >= 2")
@@ -206,9 +206,9 @@ def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCu
 
     import torch.nn.functional as F
 
-    from tuitune.engine import strategy
-    from tuitune.engine.setup import build_parts
-    from tuitune.engine.state import TrainerState
+    from tuitune.engine.train import strategy
+    from tuitune.engine.train.parts import build_parts
+    from tuitune.engine.train.trainer_state import TrainerState
 
     parts = build_parts(profile, out_dir)
     state = TrainerState(parts, profile, out_dir, emit=lambda e: None)

@@ -2,7 +2,7 @@
 `model(x) -> logits` wrapper, its tokenizer or image data config, and a generic split into layer groups found
 around the base model's largest list of layers (no per-architecture tables).
 
-`tuitune.engine.models.build_backbone` / `layer_groups` call into this module; it imports transformers only
+`tuitune.engine.model.backbone.build_backbone` / `layer_groups` call into this module; it imports transformers only
 inside the functions that need it.
 """
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tuitune.config import ModelConfig
-from tuitune.engine.models import ModelError, first_line, unique_groups
+from tuitune.engine.model.backbone import ModelError, first_line, unique_groups
 
 
 class HFClassifier(nn.Module):

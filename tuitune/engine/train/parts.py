@@ -12,11 +12,11 @@ from typing import Any, Iterator
 import torch
 
 from tuitune.config import ModelConfig, RunProfile
-from tuitune.engine import strategy
-from tuitune.engine.augment import augment_train
-from tuitune.engine.metrics import target_kind
-from tuitune.engine.data import DataBundle, build_datasets, class_names, make_loaders
-from tuitune.engine.models import Backbone, LayerGroup, build_backbone
+from tuitune.engine.train import strategy
+from tuitune.engine.data.augment import augment_train
+from tuitune.engine.train.scoring import target_kind
+from tuitune.engine.data.datasets import DataBundle, build_datasets, class_names, make_loaders
+from tuitune.engine.model.backbone import Backbone, LayerGroup, build_backbone
 from tuitune.errors import UserError
 
 
@@ -178,7 +178,7 @@ def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device)
     classes = profile.data.source_classes
     if not classes:
         return None
-    from tuitune.engine.heads import splittable
+    from tuitune.engine.model.heads import splittable
 
     if not backbone.source_head or not splittable(backbone.model):
         raise UserError("data.source_classes: needs model.weights with the pretraining classifier in it (a timm "

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, RunFailed
-from tuitune.engine.runlog import RunRecorder, new_run_dir, tee
+from tuitune.engine.record.runlog import RunRecorder, new_run_dir, tee
 from tuitune.errors import UserError
 
 __all__ = ["run_training", "new_run_dir", "user_message"]
@@ -38,7 +38,7 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
     sink = tee(recorder, emit)
     trainer: Any = None
     try:
-        from tuitune.engine.loop import Trainer  # torch, timm, transformers load here, in the worker
+        from tuitune.engine.train.loop import Trainer  # torch, timm, transformers load here, in the worker
 
         trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume)
         return trainer.run()
@@ -49,7 +49,7 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
         failed = _failure(e, profile, run_dir, trainer)
     if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
         trainer = None
-        sys.modules["tuitune.engine.guards"].free_memory()
+        sys.modules["tuitune.engine.train.guards"].free_memory()
     sink(failed)
     return failed
 
@@ -77,7 +77,7 @@ def _position(trainer: Any) -> dict[str, int]:
 def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any) -> RunFailed:
     """A run that failed: `RunAborted` says why itself; out of memory gets advice; anything else its first line.
     All but a non-finite stop leave their traceback in `error.log`."""
-    guards = sys.modules.get("tuitune.engine.guards")  # loaded with the loop; absent if the failure came first
+    guards = sys.modules.get("tuitune.engine.train.guards")  # loaded with the loop; absent if the failure came first
     if guards is not None and isinstance(error, guards.RunAborted):
         return RunFailed(message=error.message, run_dir=str(run_dir), epoch=error.epoch,
                          global_step=error.global_step, kind=error.kind)

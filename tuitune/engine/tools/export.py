@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from tuitune.config import RunProfile, dump_toml, load_profile, profile_to_dict
-from tuitune.engine.models import Backbone
+from tuitune.engine.model.backbone import Backbone
 from tuitune.errors import UserError
 
 __all__ = ["export_run", "rebuild_model", "run_classes", "write_export"]
@@ -43,16 +43,16 @@ def run_classes(run_dir: Path, profile: RunProfile) -> tuple[str, ...]:
             for line in f:
                 if '"type":"RunStarted"' in line:
                     return tuple(json.loads(line)["classes"])
-    from tuitune.engine.data import class_names
+    from tuitune.engine.data.datasets import class_names
 
     return class_names(profile.data)
 
 
 def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbone, tuple[str, ...]]:
     """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode."""
-    from tuitune.engine.checkpoint import load_weights
-    from tuitune.engine.models import build_backbone
-    from tuitune.engine.setup import model_task
+    from tuitune.engine.record.checkpoint import load_weights
+    from tuitune.engine.model.backbone import build_backbone
+    from tuitune.engine.train.parts import model_task
 
     run_dir = Path(run_dir)
     if not (run_dir / "profile.toml").is_file():
@@ -142,7 +142,7 @@ def _write_timm_config(model: torch.nn.Module, profile: RunProfile, classes: tup
 # -------------------------------------------------------------------------------------------------------- hf
 
 def _export_hf(backbone: Backbone, classes: tuple[str, ...], out_dir: Path, source: str) -> dict:
-    from tuitune.engine.hf import HFClassifier, _quiet_transformers
+    from tuitune.engine.model.hf import HFClassifier, _quiet_transformers
 
     wrapper = backbone.model
     assert isinstance(wrapper, HFClassifier)
@@ -185,7 +185,7 @@ def _copy_image_processor(source: str, out_dir: Path) -> None:
 def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit: int) -> dict[str, Any]:
     """Validation inputs, labels and logits for a fresh-process check; skipped (with the reason) when the run's
     data is no longer readable."""
-    from tuitune.engine.data import build_datasets
+    from tuitune.engine.data.datasets import build_datasets
 
     try:
         bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuitune.engine.heads import classifier, linear_head, pre_logits, splittable
+from tuitune.engine.model.heads import classifier, linear_head, pre_logits, splittable
 from tuitune.errors import UserError
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.setup import RunParts
+    from tuitune.engine.train.parts import RunParts
 
 
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
@@ -89,7 +89,7 @@ def _load_teacher(profile: RunProfile, parts: RunParts) -> nn.Module:
     """A run directory (its best checkpoint) or a timm name with a weights file, for these classes."""
     cfg, classes = profile.distill, parts.bundle.classes
     if Path(cfg.teacher).is_dir():
-        from tuitune.engine.export import rebuild_model
+        from tuitune.engine.tools.export import rebuild_model
 
         _, backbone, teacher_classes = rebuild_model(Path(cfg.teacher), "best")
         if tuple(teacher_classes) != tuple(classes):
@@ -100,7 +100,7 @@ def _load_teacher(profile: RunProfile, parts: RunParts) -> nn.Module:
         raise UserError(f"distill.teacher_weights: a timm teacher ({cfg.teacher!r}) needs its weights file, trained "
                         f"on these {len(classes)} classes (or name a tuitune run directory as the teacher)")
     from tuitune.config import ModelConfig
-    from tuitune.engine.models import build_backbone
+    from tuitune.engine.model.backbone import build_backbone
 
     mc = ModelConfig(source="timm", name=cfg.teacher, pretrained=False, weights=cfg.teacher_weights,
                      keep_head=True, img_size=profile.model.img_size)

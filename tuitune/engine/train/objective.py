@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from tuitune.engine.augment import build_mixup
-from tuitune.engine.distill import Distiller, build_distiller
-from tuitune.engine.losses import build_loss
-from tuitune.engine.metrics import Scorer, average_precision, target_kind
-from tuitune.engine.regularize import Penalty, build_ema
+from tuitune.engine.data.augment import build_mixup
+from tuitune.engine.train.distill import Distiller, build_distiller
+from tuitune.engine.train.losses import build_loss
+from tuitune.engine.train.scoring import Scorer, average_precision, target_kind
+from tuitune.engine.train.regularize import Penalty, build_ema
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.setup import RunParts
+    from tuitune.engine.train.parts import RunParts
 
 
 def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:

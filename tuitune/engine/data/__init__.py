@@ -1,0 +1,1 @@
+"""Data kinds -> map-style datasets yielding (x, y), loaders, augmentation."""

@@ -1,0 +1,1 @@
+"""What a run leaves behind: run directory, events.jsonl, metrics, checkpoints; the session around a run."""

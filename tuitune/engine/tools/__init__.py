@@ -1,0 +1,1 @@
+"""Work before and after training: LR finder, export, compression."""

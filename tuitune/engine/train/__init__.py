@@ -1,0 +1,1 @@
+"""The training loop, its state, the strategy (phases, param groups), objective and schedule."""
