@@ -195,9 +195,25 @@ class RunFailed:
     kind: str = ""  # "bad_input", "nonfinite", "oom" or "error" (any other exception; traceback in log_path)
 
 
+@dataclass(frozen=True)
+class SetupProgressed:
+    """A long step before or between epochs moved on: a download, a dataset scan, tokenization, a cache build.
+
+    Emitted at most a few times a second per task (and once with `finished=True`), so a person never stares at a
+    silent screen and the UI never has to parse a progress bar."""
+
+    task: str  # "download", "scan", "tokenize", "cache"
+    detail: str  # what is being worked on: a file name, a split, a cache name
+    done: float
+    total: float | None  # None when unknown
+    unit: str  # "MB", "files", "texts", "batches"
+    rate: float | None = None  # units per second
+    finished: bool = False
+
+
 Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,
               CommandApplied, CheckpointSaved, Warned, FeatureCacheChanged, LRFound, CompressionReported,
-              RunFinished, RunFailed]
+              RunFinished, RunFailed, SetupProgressed]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
