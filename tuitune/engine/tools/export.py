@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from tuitune.config import RunProfile, dump_toml, load_profile, profile_to_dict
-from tuitune.engine.model.backbone import Backbone
+from tuitune.engine.model.groups import Backbone
 from tuitune.errors import UserError
 
 __all__ = ["export_run", "rebuild_model", "run_classes", "write_export"]

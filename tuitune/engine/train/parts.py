@@ -16,7 +16,8 @@ from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
 from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, build_datasets, class_names, make_loaders
-from tuitune.engine.model.backbone import Backbone, LayerGroup, build_backbone
+from tuitune.engine.model.backbone import build_backbone
+from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.errors import UserError
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuitune.config import StrategyConfig
-    from tuitune.engine.model.backbone import LayerGroup
+    from tuitune.engine.model.groups import LayerGroup
 
 
 def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> tuple[tuple[str, ...], ...]:
