@@ -118,7 +118,8 @@ def _bare_setup(profile: RunProfile, args: argparse.Namespace, device: torch.dev
     """Model, loader and optimizer as a user would write them, from the same profile as the engine's."""
     from torch.utils.data import DataLoader
 
-    from tuitune.engine.data.datasets import build_datasets, resolve_num_workers
+    from tuitune.engine.data.datasets import resolve_num_workers
+    from tuitune.engine.data.kinds import build_datasets
     from tuitune.engine.model.backbone import build_backbone
 
     torch.manual_seed(profile.train.seed)  # as the engine's seed_everything, before the model is built

@@ -98,12 +98,11 @@ def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
 
 def cmd_layers(args: argparse.Namespace) -> int:
     profile = _layers_profile(args.profile, args.overrides)
-    from tuitune.engine.data.datasets import class_names
+    from tuitune.engine.data.kinds import class_names, input_task
     from tuitune.engine.model.backbone import build_backbone, layer_table
-    from tuitune.engine.train.parts import model_task
     from tuitune.engine.train.strategy import plan_phases
 
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=model_task(profile),
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=input_task(profile.data, profile.model),
                               coarse=profile.strategy.coarse)
     first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy)[0]
     rows = layer_table(backbone.groups, set(first_phase))

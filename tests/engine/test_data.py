@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.datasets import (DataBundle, DataError, TensorImages, build_datasets, eval_transform,
-                                 load_digits_array, make_loaders, resolve_num_workers, split_indices)
+from tuitune.engine.data.datasets import (DataBundle, DataError, TensorImages, eval_transform, load_digits_array,
+                                          make_loaders, resolve_num_workers, split_indices)
+from tuitune.engine.data.kinds import build_datasets
 from tuitune.errors import UserError
 
 DC = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",

@@ -257,7 +257,8 @@ def compress_run(run_dir: str | Path, sparsity: float = 0.5, quantize: bool = Tr
                  ) -> dict[str, Any]:
     """Compress a finished run's checkpoint: the report goes to `RUN_DIR/compressed/report.json` and into
     `summary.json` under "compression"; the models to `RUN_DIR/compressed/`."""
-    from tuitune.engine.data.datasets import build_datasets, make_loaders
+    from tuitune.engine.data.datasets import make_loaders
+    from tuitune.engine.data.kinds import build_datasets
     from tuitune.engine.tools.export import rebuild_model
     from tuitune.engine.train.parts import resolve_device, seed_everything
 

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from tuitune.config import RunProfile, dump_toml, load_profile, profile_to_dict
+from tuitune.engine.data.kinds import build_datasets, class_names, data_kind, input_task
 from tuitune.engine.model.groups import Backbone
 from tuitune.errors import UserError
 
@@ -43,8 +44,6 @@ def run_classes(run_dir: Path, profile: RunProfile) -> tuple[str, ...]:
             for line in f:
                 if '"type":"RunStarted"' in line:
                     return tuple(json.loads(line)["classes"])
-    from tuitune.engine.data.datasets import class_names
-
     return class_names(profile.data)
 
 
@@ -52,7 +51,6 @@ def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbon
     """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode."""
     from tuitune.engine.record.checkpoint import load_weights
     from tuitune.engine.model.backbone import build_backbone
-    from tuitune.engine.train.parts import model_task
 
     run_dir = Path(run_dir)
     if not (run_dir / "profile.toml").is_file():
@@ -65,7 +63,8 @@ def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbon
     model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="")
     profile = dataclasses.replace(profile, model=model_cfg)
     classes = run_classes(run_dir, profile)
-    backbone = build_backbone(model_cfg, len(classes), task=model_task(profile), coarse=profile.strategy.coarse)
+    backbone = build_backbone(model_cfg, len(classes), task=input_task(profile.data, profile.model),
+                              coarse=profile.strategy.coarse)
     load_weights(backbone.model, weights)
     backbone.model.eval()
     return profile, backbone, classes
@@ -105,8 +104,7 @@ def _export_timm(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
     save_model(model, str(out_dir / "model.safetensors"))
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(profile.model.kwargs).items()}
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
-    if profile.data.kind == "digits":
-        data["crop_pct"] = 1.0  # what tuitune's digits transform used: 8x8 strokes are never cropped
+    data.update(data_kind(profile.data).transform)  # what the data kind's transform used (digits: no crop)
     try:
         from timm.models._hub import save_config_for_hf  # timm's own writer: the format it reads back
 
@@ -185,7 +183,6 @@ def _copy_image_processor(source: str, out_dir: Path) -> None:
 def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit: int) -> dict[str, Any]:
     """Validation inputs, labels and logits for a fresh-process check; skipped (with the reason) when the run's
     data is no longer readable."""
-    from tuitune.engine.data.datasets import build_datasets
 
     try:
         bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,

@@ -15,7 +15,8 @@ from tuitune.config import ModelConfig, RunProfile
 from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
 from tuitune.engine.train.scoring import target_kind
-from tuitune.engine.data.datasets import DataBundle, build_datasets, class_names, make_loaders
+from tuitune.engine.data.datasets import DataBundle, make_loaders
+from tuitune.engine.data.kinds import build_datasets, class_names, input_task
 from tuitune.engine.model.backbone import build_backbone
 from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.errors import UserError
@@ -99,22 +100,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_task(profile: RunProfile) -> str:
-    """"image" or "text": what the model reads. Data files decide, except for synthetic data, where a Hugging
-    Face model's own config does (a vision config has an image size)."""
-    if profile.data.kind == "text":
-        return "text"
-    if profile.data.kind != "synthetic" or profile.model.source != "hf":
-        return "image"
-    config_file = Path(profile.model.name) / "config.json"
-    if config_file.is_file():
-        import json
-
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        return "image" if "image_size" in config or "vision_config" in config else "text"
-    return "image"
-
-
 def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     seed_everything(profile.train.seed)
     device = resolve_device(profile.train.device)
@@ -122,7 +107,7 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
         torch.backends.cudnn.benchmark = True
     target = target_kind(profile.loss.kind)
     classes = class_names(profile.data, target)
-    backbone = build_backbone(model_config(profile), len(classes), task=model_task(profile),
+    backbone = build_backbone(model_config(profile), len(classes), task=input_task(profile.data, profile.model),
                               coarse=profile.strategy.coarse)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
