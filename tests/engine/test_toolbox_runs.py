@@ -154,7 +154,11 @@ def test_find_lr_then_apply(tmp_path) -> None:
 
 
 def test_compression_and_export_at_run_end(tmp_path) -> None:
-    _, events, final = _run(tmp_path, compress={"sparsity": 0.5, "quantize": True}, train={"epochs": 1})
+    from tuitune.engine.tools.after_run import export_and_compress
+
+    events: list = []
+    final = Trainer(tiny_profile(compress={"sparsity": 0.5, "quantize": True}, train={"epochs": 1}), tmp_path,
+                    events.append, Control(), after_run=export_and_compress).run()
     assert final.export_dir and (tmp_path / "export" / "model.safetensors").exists()
     steps = [s["step"] for s in final.compression["steps"]]
     assert steps[0] == "original" and any("pruned" in s for s in steps)

@@ -19,7 +19,6 @@ needed), loads the checkpoint, and writes `RUN_DIR/export/`:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -28,46 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file, save_model
 
-from tuitune.config import RunProfile, dump_toml, load_profile, profile_to_dict
-from tuitune.engine.data.kinds import build_datasets, class_names, data_kind, input_task
+from tuitune.config import RunProfile, dump_toml, profile_to_dict
+from tuitune.engine.data.kinds import build_datasets, data_kind
 from tuitune.engine.model.groups import Backbone
+from tuitune.engine.record.rebuild import rebuild_model
 from tuitune.errors import UserError
 
-__all__ = ["export_run", "rebuild_model", "run_classes", "write_export"]
-
-
-def run_classes(run_dir: Path, profile: RunProfile) -> tuple[str, ...]:
-    """The run's class names: from its `RunStarted` event (the data may have moved since), else from the data."""
-    events = run_dir / "events.jsonl"
-    if events.is_file():
-        with open(events, encoding="utf-8") as f:
-            for line in f:
-                if '"type":"RunStarted"' in line:
-                    return tuple(json.loads(line)["classes"])
-    return class_names(profile.data)
-
-
-def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbone, tuple[str, ...]]:
-    """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode."""
-    from tuitune.engine.record.checkpoint import load_weights
-    from tuitune.engine.model.backbone import build_backbone
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "profile.toml").is_file():
-        raise UserError(f"{run_dir}: no profile.toml here (is this a tuitune run directory?)")
-    weights = run_dir / "checkpoints" / f"{tag}.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{weights}: no such checkpoint (tags: best, last)")
-    profile = load_profile(run_dir / "profile.toml")
-    # random init: the checkpoint has every tensor, so neither the hub cache nor `weights` is needed
-    model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="")
-    profile = dataclasses.replace(profile, model=model_cfg)
-    classes = run_classes(run_dir, profile)
-    backbone = build_backbone(model_cfg, len(classes), task=input_task(profile.data, profile.model),
-                              coarse=profile.strategy.coarse)
-    load_weights(backbone.model, weights)
-    backbone.model.eval()
-    return profile, backbone, classes
+__all__ = ["export_run", "write_export"]
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "best",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from tuitune.engine.model.heads import classifier, classifier_only_head, pre_logits
-from tuitune.engine.train.objective import to_device
+from tuitune.engine.data.batches import to_device
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile

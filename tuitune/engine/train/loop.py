@@ -17,28 +17,34 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.train import occasional as extras
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+from tuitune.engine.data.batches import to_device
+from tuitune.engine.model.groups import Backbone
 from tuitune.engine.train.feature_cache import FeatureCache, why_not
 from tuitune.engine.train.running_sums import RunningSums
-from tuitune.engine.train.objective import Objective, to_device
+from tuitune.engine.train.lr_sweep import find_lr_in_run
+from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
-__all__ = ["Trainer", "to_device"]
+# After a run that ended well, with its best weights loaded: (run_dir, profile, backbone, classes, emit) ->
+# (export folder, compression report). The session passes `tools.after_run.export_and_compress`.
+AfterRun = Callable[[Path, RunProfile, Backbone, tuple[str, ...], Emit], tuple[str, dict[str, Any] | None]]
+__all__ = ["AfterRun", "Trainer"]
 
 
 class Trainer:
-    """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`."""
+    """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`. What follows a run that ended well
+    (export, compression) is the caller's: `after_run`, none by default."""
 
     def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = False, resume: Path | None = None) -> None:
+                 interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
-        self.interactive = interactive
+        self.interactive, self.after_run = interactive, after_run
         self.parts: RunParts = build_parts(profile, run_dir)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
@@ -180,7 +186,8 @@ class Trainer:
         st.epoch += 1
         metrics = {"train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
                    "val_acc": val["acc"]}
-        more = extras.epoch_extras(self, val)
+        more = self.obj.epoch_extras(val, self.parts)
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
@@ -277,7 +284,12 @@ class Trainer:
             path = st.save("manual")
             detail = str(path) if path is not None else "not saved: the weights are not finite"
         elif isinstance(command, FindLR):
-            detail = extras.find_lr(self, command.steps)
+            found = find_lr_in_run(self.parts, st, self.obj.train_loss, steps=command.steps,
+                                   seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
+                                   freeze_bn=self.profile.strategy.freeze_bn, out_dir=self.run_dir)
+            self.emit(found)
+            detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "
+                      f"curve in {Path(found.path).name}")
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
             detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
@@ -297,7 +309,11 @@ class Trainer:
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
             test = {"loss": result["loss"], "acc": result["acc"], "per_class": result["per_class"]}
-        export_dir, compression = extras.ship(self)
+        export_dir, compression = "", None
+        if self.after_run is not None and status != "interrupted" and st.has_checkpoint("best"):
+            st.load_best_weights()
+            export_dir, compression = self.after_run(self.run_dir, self.profile, p.backbone, p.bundle.classes,
+                                                     self.emit)
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
                             per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
