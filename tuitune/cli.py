@@ -102,9 +102,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from tuitune.engine.model.backbone import build_backbone, layer_table
     from tuitune.engine.train.strategy import plan_phases
 
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=input_task(profile.data, profile.model),
-                              coarse=profile.strategy.coarse)
-    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy)[0]
+    task = input_task(profile.data, profile.model)
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse)
+    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
     rows = layer_table(backbone.groups, set(first_phase))
     if args.json:
         print(json.dumps(rows))

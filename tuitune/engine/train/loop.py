@@ -221,26 +221,18 @@ class Trainer:
                                       global_step=st.global_step))
 
     # ------------------------------------------------------------------------------------- phases, commands
-    def _trigger(self) -> str:
-        cfg = self.profile.strategy
-        if cfg.trigger == "manual" and not self.interactive:
-            return cfg.fallback
-        return cfg.trigger
-
     def _maybe_next_phase(self) -> None:
         st, cfg = self.st, self.profile.strategy
-        if st.phase + 1 >= len(self.parts.phases) or st.epoch >= self.profile.train.epochs:
-            return
-        trigger = self._trigger()
-        if trigger == "epochs" and st.epoch - st.phase_start_epoch >= cfg.every_epochs:
-            self.next_phase("epochs")
-        elif trigger == "plateau" and st.plateau.stale >= cfg.plateau_patience:
-            if not self.interactive:
-                self.next_phase("plateau")
-            elif self._suggested_phase != st.phase:
-                self._suggested_phase = st.phase
-                self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                            next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+        due = strategy.phase_due(cfg, interactive=self.interactive, phase=st.phase,
+                                 num_phases=len(self.parts.phases), epoch=st.epoch,
+                                 total_epochs=self.profile.train.epochs, phase_start_epoch=st.phase_start_epoch,
+                                 stale_epochs=st.plateau.stale)
+        if due == "epochs" or (due == "plateau" and not self.interactive):
+            self.next_phase(due)
+        elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
+            self._suggested_phase = st.phase
+            self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
+                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
 
     def next_phase(self, reason: str) -> bool:
         st = self.st

@@ -32,12 +32,16 @@ class RunParts:
     train_loader: Any
     val_loader: Any
     test_loader: Any
-    phases: tuple[tuple[str, ...], ...]
+    plan: strategy.PhasePlan  # the phases and each one's LR scale
     steps_per_epoch: int
     warnings: tuple[str, ...]
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
     forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
     channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
+
+    @property
+    def phases(self) -> tuple[tuple[str, ...], ...]:
+        return self.plan.phases
 
     @property
     def model(self) -> torch.nn.Module:
@@ -125,12 +129,12 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     steps = len(train_loader)
     if profile.train.max_steps_per_epoch:
         steps = min(steps, profile.train.max_steps_per_epoch)
-    phases = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
+    plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
     warnings = []
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
-                    val_loader=val_loader, test_loader=test_loader, phases=phases, steps_per_epoch=steps,
+                    val_loader=val_loader, test_loader=test_loader, plan=plan, steps_per_epoch=steps,
                     warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device),
                     forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
                     channels_last=channels_last)

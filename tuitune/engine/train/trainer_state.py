@@ -54,7 +54,8 @@ class TrainerState:
         es = profile.early_stopping
         self.early = MetricWatch(es.metric, es.min_delta, score_higher=up)
         self.schedule = LRSchedule(profile.train, parts.steps_per_epoch)
-        self.lr_scale = 1.0  # ApplyLR and LP-FT rescale every group's base LR, groups added later included
+        # ApplyLR and the plan's per-phase LR scales (LP-FT) rescale every group's base LR, later groups included
+        self.lr_scale = parts.plan.lr_scales[0]
         self.saved: dict[str, str] = {}
         self.saved_at: dict[str, tuple[int, int]] = {}  # tag -> (epoch, step in epoch) of its last save
         self.guard = NonFiniteGuard(profile.train.on_nonfinite, profile.train.max_skipped, parts.device)
@@ -90,8 +91,8 @@ class TrainerState:
         """Make `phases[index]` trainable; the groups not yet in the optimizer join it as new param groups."""
         names = self.parts.phases[index]
         strategy.set_trainable(self.parts.model, self.parts.groups, names)
-        if self.profile.strategy.kind == "lp_ft" and index == len(self.parts.phases) - 1:
-            self.scale_lr(self.profile.strategy.ft_lr_scale)  # LP-FT: everything trains, at a lower LR
+        if self.parts.plan.lr_scales[index] != 1.0:
+            self.scale_lr(self.parts.plan.lr_scales[index])
         added = tuple(n for n in names if n not in self._in_optimizer)
         strategy.add_groups(self.optimizer, self._param_groups(added))
         self._in_optimizer.extend(added)
