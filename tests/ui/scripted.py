@@ -66,13 +66,13 @@ def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True
     model and a source-task check (the `extra` dicts filled)."""
     score = _rmse if metric == "rmse" else _acc
     events: list[Event] = []
-    n_lrs = len(PHASES[phase])
+    lrs = tuple(row.lr for row in layers(phase) if row.trainable)  # as the phase's LayersChanged rows say
     for step in range(2, steps + 1, 2):
         g = (epoch - 1) * SPE + step
         loss = _loss(g)
         extra = {"task_loss": loss * 0.7, "distill_loss": loss * 0.3 + 0.05} if extras else {}
         events.append(MetricsUpdated(epoch=epoch, step=step, global_step=g, train_loss=loss,
-                                     train_acc=score(loss), lrs=(LR,) * n_lrs,
+                                     train_acc=score(loss), lrs=lrs,
                                      samples_per_s=812.0, elapsed_s=g * 0.05, extra=extra))
     if with_end:
         g = epoch * SPE

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from tests.ui import scripted
-from tuitune.engine.events import CommandApplied, MetricsUpdated, RunFailed, Warned, event_from_json, to_json
+from tuitune.engine.events import (CommandApplied, LayersChanged, MetricsUpdated, PhaseChanged, RunFailed, Warned,
+                                   event_from_json, to_json)
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.fmt import fmt_duration
 from tuitune.ui.reducer import DashboardState, eta_s, fold, reduce, requested, smooth
@@ -49,10 +50,18 @@ def test_pending_command_clears_on_confirmation_and_status_follows() -> None:
     assert s.status == "running"
 
 
-def test_metrics_lrs_fold_into_trainable_rows() -> None:
-    s = fold(scripted.mid_run_events())
-    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (1e-4, 2e-4), 800.0, 3.0))
-    assert [layer.lr for layer in s.layers if layer.trainable] == [1e-4, 2e-4]
+def test_layers_changed_is_the_only_writer_of_the_layer_rows() -> None:
+    """RunStarted seeds the rows through the LayersChanged path; metrics and phase changes leave them alone (the
+    engine sends LayersChanged after each, as every events.jsonl it wrote shows)."""
+    started = scripted.run_started()
+    s = fold([started])
+    assert s.layers == started.layers == reduce(DashboardState(), LayersChanged(started.layers, 0)).layers
+    rows = s.layers
+    s = reduce(s, MetricsUpdated(1, 2, 2, 0.5, 0.8, (1e-4,), 800.0, 3.0))
+    s = reduce(s, PhaseChanged(1, 6, ("layer4", "head"), ("layer4",), 0, 2, "manual"))
+    assert s.layers is rows and s.phase == 1
+    new = scripted.layers(1, 2)
+    assert reduce(s, LayersChanged(new, 2)).layers == new
 
 
 def test_terminal_events() -> None:

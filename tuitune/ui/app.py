@@ -12,21 +12,11 @@ from textual.screen import Screen
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event
+from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.runner import LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
 
 if TYPE_CHECKING:
     from tuitune.ui.dashboard import DashboardScreen
-
-DASHBOARD_COMMANDS = (
-    ("Unfreeze next phase", "Make the next layer group(s) trainable now (u)", "unfreeze"),
-    ("Stop early", "Save a checkpoint, evaluate and show the summary (s)", "stop_early"),
-    ("Pause / resume", "Pause or resume training at the next step (p)", "pause"),
-    ("Save checkpoint", "Save a checkpoint now (c)", "checkpoint"),
-    ("Find LR", "Sweep the learning rate from the current weights, then offer the suggestion (f)", "find_lr"),
-    ("Toggle log scale", "Log scale for the loss plot (l)", "log_scale"),
-    ("Quit", "Stop the run (asks first) and quit (q)", "quit_run"),
-)
-
 
 class TuituneApp(App[None]):
     """`mode` is "picker", "train" or "replay". `runner` and `make_run_dir` are injectable for tests."""
@@ -80,8 +70,8 @@ class TuituneApp(App[None]):
         yield from super().get_system_commands(screen)
         dashboard = self.dashboard
         if dashboard is not None and screen is dashboard:
-            for title, help_text, action in DASHBOARD_COMMANDS:
-                yield SystemCommand(title, help_text, getattr(dashboard, f"action_{action}"))
+            for k in DASHBOARD_KEYS:
+                yield SystemCommand(k.title, k.palette_help, getattr(dashboard, f"action_{k.action}"))
         if getattr(screen, "action_start", None) is not None:
             yield SystemCommand("Start profile", "Train the highlighted profile (enter)", screen.action_start)
 

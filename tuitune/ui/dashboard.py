@@ -26,6 +26,7 @@ from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, R
                                      UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, UnfreezeSuggested)
+from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
@@ -54,15 +55,7 @@ class DashboardScreen(Screen[None]):
     DashboardScreen.narrow LayerTable { width: 100%; height: auto; max-height: 8; border: none; }
     DashboardScreen.narrow EventLog { width: 100%; height: 3; border: none; border-top: solid $primary-darken-2; }
     """
-    BINDINGS = [
-        Binding("u", "unfreeze", "Unfreeze"),
-        Binding("s", "stop_early", "Stop"),
-        Binding("p", "pause", "Pause"),
-        Binding("c", "checkpoint", "Save"),
-        Binding("f", "find_lr", "Find LR"),
-        Binding("l", "log_scale", "Log y"),
-        Binding("q", "quit_run", "Quit"),
-    ]
+    BINDINGS = [Binding(k.key, k.action, k.footer) for k in DASHBOARD_KEYS]
 
     def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  control: Control | None = None) -> None:

@@ -15,21 +15,13 @@ from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionR
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_score, fmt_sci, score_label
+from tuitune.ui.keys import COMMAND_LABELS
 
 Point = tuple[float, float]  # (x in epochs, y)
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
 MAX_LOG = 500
 MAX_POINTS = 20_000
 
-COMMAND_LABELS = {
-    "UnfreezeNext": "unfreeze next phase",
-    "StopEarly": "stop early",
-    "Pause": "pause",
-    "Resume": "resume",
-    "SaveCheckpoint": "save checkpoint",
-    "FindLR": "find LR",
-    "ApplyLR": "apply LR",
-}
 
 
 @dataclass(frozen=True)
@@ -154,17 +146,6 @@ def _where(state: DashboardState, epoch: int, global_step: int) -> str:
     return f"{_x(state, global_step):.1f}ep"
 
 
-def _apply_lrs(layers: tuple[LayerInfo, ...], lrs: tuple[float, ...]) -> tuple[LayerInfo, ...]:
-    """`MetricsUpdated.lrs` lists one LR per trainable group, in layer order: fold them into the rows."""
-    trainable = [i for i, layer in enumerate(layers) if layer.trainable]
-    if not lrs or len(trainable) != len(lrs):
-        return layers
-    out = list(layers)
-    for i, lr in zip(trainable, lrs):
-        out[i] = dataclasses.replace(out[i], lr=lr)
-    return tuple(out)
-
-
 def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
     if any(abs(m.x - marker.x) < 1e-9 and m.kind == marker.kind for m in state.markers):
         return state.markers
@@ -178,10 +159,11 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
     trc = bool(e.profile.get("model", {}).get("trust_remote_code", False))
     s = dataclasses.replace(
         s, status="running", run_name=e.run_name, run_dir=e.run_dir, device=e.device, profile=e.profile,
-        layers=e.layers, phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
+        phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
         start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
         metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
         global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
+    s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
     log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
                           f"{e.train_size} train / {e.val_size} val{resumed}")
@@ -200,7 +182,7 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
         gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
-        train_acc=_append(s.train_acc, (x, e.train_acc)), layers=_apply_lrs(s.layers, e.lrs),
+        train_acc=_append(s.train_acc, (x, e.train_acc)),
         train_extra=_append_extra(s.train_extra, x, e.extra))
 
 
@@ -221,17 +203,17 @@ def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
 
 
 def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
-    trainable = set(e.trainable)
-    layers = tuple(dataclasses.replace(layer, trainable=layer.name in trainable) for layer in s.layers)
     label = f"phase {e.phase + 1}"
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
-    s = dataclasses.replace(s, phase=e.phase, layers=layers, suggestion=None)
+    s = dataclasses.replace(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
     return dataclasses.replace(s, markers=_add_marker(s, Marker(_x(s, e.global_step), "phase", label)),
                                log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"))
 
 
 def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
+    """The only writer of the layer rows (RunStarted seeds them through here). The engine sends the rows after
+    every metric read, epoch end, phase change and LR change; every events.jsonl it ever wrote has them there."""
     return dataclasses.replace(s, layers=e.layers)
 
 

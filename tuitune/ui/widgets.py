@@ -18,7 +18,8 @@ from textual_plotext import PlotextPlot
 from tuitune.engine.events import LayerInfo
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
-from tuitune.ui.reducer import COMMAND_LABELS, DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
+from tuitune.ui.keys import COMMAND_LABELS
+from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
