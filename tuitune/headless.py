@@ -46,8 +46,8 @@ class ConsolePrinter:
             m = self.metric
             extra = "".join(f"  {k} {v:.4f}" for k, v in event.extra.items())
             self.say(f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
-                     f"train loss {event.train_loss:.4f} {m} {event.train_acc:.3f}  "
-                     f"val loss {event.val_loss:.4f} {m} {event.val_acc:.3f}{extra}  "
+                     f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
+                     f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
                      f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
         elif isinstance(event, LRFound):
             self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
@@ -76,13 +76,13 @@ class ConsolePrinter:
         best = event.best
         value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
         self.say(f"{event.status}: {event.reason}. best {best.get('metric')} {value} at epoch {best.get('epoch')}, "
-                 f"final val {self.metric} {event.final.get('val_acc', float('nan')):.4f}, {event.wall_s:.1f}s")
+                 f"final val {self.metric} {event.final.get('val_score', float('nan')):.4f}, {event.wall_s:.1f}s")
         for p in event.phases:
-            acc = "n/a" if p.get("best_val_acc") is None else f"{p['best_val_acc']:.4f}"
+            acc = "n/a" if p.get("best_val_score") is None else f"{p['best_val_score']:.4f}"
             self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
                      f"best val {self.metric} {acc}")
         if event.test:
-            self.say(f"  test {self.metric} {event.test['acc']:.4f}")
+            self.say(f"  test {self.metric} {event.test['score']:.4f}")
         if event.export_dir:
             self.say(f"  exported to {event.export_dir}")
 

@@ -30,7 +30,7 @@ def test_head_only_with_and_without_cache_agree(tmp_path) -> None:
     a, b = of_type(cached, EpochEnded), of_type(plain, EpochEnded)
     assert a[0].val_loss == pytest.approx(b[0].val_loss, abs=1e-4)  # same features, same first epoch
     assert [e.val_loss for e in a] == pytest.approx([e.val_loss for e in b], abs=1e-4)
-    assert [e.val_acc for e in a] == [e.val_acc for e in b]
+    assert [e.val_score for e in a] == [e.val_score for e in b]
 
 
 def test_cache_is_dropped_at_the_first_unfreeze(tmp_path) -> None:

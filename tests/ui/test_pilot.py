@@ -199,7 +199,7 @@ async def test_replay_at_speed_reaches_the_recorded_end() -> None:
     async with app.run_test() as pilot:
         await until(pilot, lambda: dash(app).state.global_step == 2 * scripted.SPE + 10)
         assert dash(app).state.phase == 1
-        assert len(dash(app).state.val_acc) == 2
+        assert len(dash(app).state.val_score) == 2
 
 
 async def test_command_palette_lists_dashboard_actions() -> None:

@@ -56,7 +56,7 @@ class DashboardState:
     train_size: int = 0
     val_size: int = 0
     classes: tuple[str, ...] = ()
-    metric: str = "acc"  # the score every *_acc series carries: "acc", "rmse" or "f1"
+    metric: str = "acc"  # the score every *_score series carries: "acc", "rmse" or "f1"
     higher_is_better: bool = True
     epoch: int = 0
     step: int = 0
@@ -66,10 +66,10 @@ class DashboardState:
     gpu_mem_gb: float | None = None
     gpu_peak_gb: float | None = None
     train_loss: tuple[Point, ...] = ()
-    train_acc: tuple[Point, ...] = ()
+    train_score: tuple[Point, ...] = ()
     val_loss: tuple[Point, ...] = ()
-    val_acc: tuple[Point, ...] = ()
-    best_val_acc: float | None = None
+    val_score: tuple[Point, ...] = ()
+    best_val_score: float | None = None
     train_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # MetricsUpdated.extra series
     epoch_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # EpochEnded.extra series
     extras: dict[str, float] = field(default_factory=dict)  # the latest EpochEnded.extra
@@ -182,23 +182,23 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
         gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
-        train_acc=_append(s.train_acc, (x, e.train_acc)),
+        train_score=_append(s.train_score, (x, e.train_score)),
         train_extra=_append_extra(s.train_extra, x, e.extra))
 
 
 def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     x = _x(s, e.global_step)
-    best = e.val_acc if better(s, e.val_acc, s.best_val_acc) else s.best_val_acc
+    best = e.val_score if better(s, e.val_score, s.best_val_score) else s.best_val_score
     m = s.metric
-    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_acc)} · val loss "
-            f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_acc)}")
+    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_score)} · val loss "
+            f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_score)}")
     if e.extra:
         text += " · " + extras_text(e.extra, m)
     text += " ★ best" if e.is_best else ""
     return dataclasses.replace(
         s, epoch=e.epoch, global_step=e.global_step, elapsed_s=e.elapsed_s, samples_per_s=e.samples_per_s,
-        val_loss=_append(s.val_loss, (x, e.val_loss)), val_acc=_append(s.val_acc, (x, e.val_acc)),
-        best_val_acc=best, epoch_extra=_append_extra(s.epoch_extra, x, e.extra), extras=dict(e.extra),
+        val_loss=_append(s.val_loss, (x, e.val_loss)), val_score=_append(s.val_score, (x, e.val_score)),
+        best_val_score=best, epoch_extra=_append_extra(s.epoch_extra, x, e.extra), extras=dict(e.extra),
         log=_log(s, "epoch", text))
 
 
@@ -334,18 +334,18 @@ def plot_series(state: DashboardState, which: str) -> list[Series]:
         if "ema_val_loss" in ee:
             out.append(Series("ema", ee["ema_val_loss"]))
         return [*out, Series("val", state.val_loss)]  # val last: drawn on top
-    out = [Series("train", state.train_acc, True, True)]
-    if "ema_val_acc" in ee:
-        out.append(Series("ema", ee["ema_val_acc"]))
+    out = [Series("train", state.train_score, True, True)]
+    if "ema_val_score" in ee:
+        out.append(Series("ema", ee["ema_val_score"]))
     if "source_acc" in ee:
         out.append(Series("source", ee["source_acc"]))
-    return [*out, Series("val", state.val_acc)]
+    return [*out, Series("val", state.val_score)]
 
 
 def plot_inputs(state: DashboardState) -> tuple[object, ...]:
     """Everything the plots read. `reduce` keeps a field's object when it leaves it alone, so a change is an
     identity change: a redraw for events that touch no curve (LayersChanged, checkpoints...) is skipped."""
-    return (state.train_loss, state.train_acc, state.val_loss, state.val_acc, state.train_extra,
+    return (state.train_loss, state.train_score, state.val_loss, state.val_score, state.train_extra,
             state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
 
 

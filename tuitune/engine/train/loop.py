@@ -130,9 +130,9 @@ class Trainer:
             if not self._between_steps():
                 return None
         st.skip_steps = 0
-        loss, acc, (bad,) = st.epoch_sums.read(st.guard.bad)
+        loss, score, (bad,) = st.epoch_sums.read(st.guard.bad)
         self._settle(bad)
-        return {"loss": loss, "acc": acc, "samples": seen}
+        return {"loss": loss, "score": score, "samples": seen}
 
     def _clip_and_check(self, loss: torch.Tensor) -> torch.Tensor:
         """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
@@ -153,11 +153,11 @@ class Trainer:
     def _read_window(self, window: RunningSums, step: int) -> None:
         """The metric read: one host sync for the window's metrics and the non-finite count."""
         st = self.st
-        loss, acc, (bad, *rest) = window.read(st.guard.bad, *self.obj.window_tensors())
+        loss, score, (bad, *rest) = window.read(st.guard.bad, *self.obj.window_tensors())
         self._settle(bad)
         mem, peak = st.gpu_memory()
         self.emit(MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step, train_loss=loss,
-                                 train_acc=acc, lrs=st.current_lrs(),
+                                 train_score=score, lrs=st.current_lrs(),
                                  samples_per_s=window.samples / max(window.seconds(), 1e-9),
                                  elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak,
                                  extra=self.obj.window_extra(rest)))
@@ -184,8 +184,8 @@ class Trainer:
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
         st = self.st
         st.epoch += 1
-        metrics = {"train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
-                   "val_acc": val["acc"]}
+        metrics = {"train_loss": train["loss"], "train_score": train["score"], "val_loss": val["loss"],
+                   "val_score": val["score"]}
         more = self.obj.epoch_extras(val, self.parts)
         strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
@@ -300,7 +300,7 @@ class Trainer:
         if p.test_loader is not None and st.has_checkpoint("best"):
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
-            test = {"loss": result["loss"], "acc": result["acc"], "per_class": result["per_class"]}
+            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"]}
         export_dir, compression = "", None
         if self.after_run is not None and status != "interrupted" and st.has_checkpoint("best"):
             st.load_best_weights()

@@ -127,7 +127,7 @@ class Objective:
                 truths.append(y)
         values = torch.cat([loss_sum.reshape(1), sums, hits, totals]).tolist()  # the host sync
         loss, score_sums = values[0], values[1:1 + self.scorer.width]
-        result = {"loss": loss / max(n, 1), "acc": self.scorer.score(score_sums, n),
+        result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
                   "extra": self.scorer.extras(score_sums, n), "per_class": {}}
         if self.scorer.kind == "class":
             h, t = values[1 + self.scorer.width:1 + self.scorer.width + self.k], values[-self.k:]
@@ -142,7 +142,7 @@ class Objective:
         out = {f"val_{k}": v for k, v in val.get("extra", {}).items()}
         if self.ema is not None:
             ema = self.evaluate(self.ema.module, parts.val_loader, parts)
-            out.update(ema_val_loss=ema["loss"], ema_val_acc=ema["acc"])
+            out.update(ema_val_loss=ema["loss"], ema_val_score=ema["score"])
         if parts.source_loader is not None:
             out["source_acc"] = self.source_accuracy(parts.model, parts.source_loader, parts)
         return out
