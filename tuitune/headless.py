@@ -75,7 +75,8 @@ class ConsolePrinter:
     def _finished(self, event: RunFinished) -> None:
         best = event.best
         value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
-        self.say(f"{event.status}: {event.reason}. best {best.get('metric')} {value} at epoch {best.get('epoch')}, "
+        name = str(best.get("metric")).replace("_score", f"_{self.metric}")  # val_score -> val_acc, val_rmse
+        self.say(f"{event.status}: {event.reason}. best {name} {value} at epoch {best.get('epoch')}, "
                  f"final val {self.metric} {event.final.get('val_score', float('nan')):.4f}, {event.wall_s:.1f}s")
         for p in event.phases:
             acc = "n/a" if p.get("best_val_score") is None else f"{p['best_val_score']:.4f}"
