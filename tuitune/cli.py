@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -36,12 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
+    train.add_argument("--nproc", type=int, default=0, metavar="N",
+                       help="train on N ranks of this machine (data-parallel: one per GPU, or CPU processes with "
+                            "gloo); with --headless. Several machines: torchrun (see the README)")
     _add_profile_options(train)
 
     demo = sub.add_parser("demo", help="fine-tune the embedded offline demo (digits 0-4 -> 5-9)")
     demo.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
     demo.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-TIMESTAMP)")
     demo.add_argument("--force", action="store_true", help="reuse an existing --out directory")
+    demo.add_argument("--nproc", type=int, default=0, metavar="N", help="train on N ranks (see train --nproc)")
     _add_profile_options(demo)
 
     layers = sub.add_parser("layers", help="print the layer groups of a profile's (or a model's) backbone")
@@ -125,6 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tuitune import multirank
     from tuitune.config import load_profile
     from tuitune.engine.record.runlog import new_run_dir
 
@@ -133,12 +139,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (resume / "checkpoints" / "last.state.pt").exists():
             raise UserError(f"{resume}: --resume: no checkpoints/last.state.pt in this run directory")
         profile = load_profile(args.profile or resume / "profile.toml", args.overrides)
-        run_dir = resume
     elif not args.profile:
         raise UserError("train: a PROFILE is required (or --resume RUN_DIR)")
     else:
         profile = load_profile(args.profile, args.overrides)
-        run_dir = new_run_dir(profile, args.out, args.force)
+    if multirank.under_torchrun():  # a rank: torchrun's, or one that `--nproc` started
+        if not args.headless:
+            raise UserError("torchrun: ranks train headless (add --headless)")
+        from tuitune.headless import run_headless
+
+        dist, run_dir = multirank.worker_setup(profile, args.out, args.force, resume)
+        try:
+            return run_headless(profile, run_dir, resume, dist=dist, launched=bool(os.environ.get(
+                multirank.ENV_LAUNCHED)))
+        finally:
+            dist.close()
+    launched_dir = os.environ.get(multirank.ENV_RUN_DIR)  # the one rank of `--nproc 1`
+    run_dir = resume or (Path(launched_dir) if launched_dir else new_run_dir(profile, args.out, args.force))
+    if args.nproc:
+        multirank.check_nproc(args.nproc, args.headless)
+        return multirank.launch(_worker_args(args, run_dir), args.nproc, run_dir)
     if args.headless:
         from tuitune.headless import run_headless
 
@@ -146,6 +166,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuitune.ui.launch import open_dashboard
 
     return open_dashboard(profile, run_dir, resume)
+
+
+def _worker_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The command line each rank of `--nproc` runs (after `python -m tuitune`)."""
+    out = ["train"] + ([str(args.profile)] if args.profile else []) + ["--headless"]
+    out += ["--resume", str(run_dir)] if args.resume else []
+    for override in args.overrides:
+        out += ["--set", override]
+    return out
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

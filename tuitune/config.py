@@ -83,6 +83,11 @@ class DataConfig:
     num_samples: int = opt(256, "`synthetic`: number of examples.", min=8)
     num_classes: int = opt(4, "`synthetic`: number of classes.", min=2)
     batch_size: int = opt(32, "Examples per training step.", min=1)
+    batch_scope: str = opt("rank", "Several ranks (`--nproc`, torchrun): `rank` = `batch_size` examples per rank "
+                                   "per step (the global batch grows with the world size, as in PyTorch's DDP); "
+                                   "`global` = `batch_size` examples per step over all ranks (divided among them; "
+                                   "the run then sees the same batches as one process). One process: no effect.",
+                           choices=("rank", "global"))
     num_workers: int = opt(-1, "DataLoader worker processes; -1 picks from the CPU count (0 on CPU-only runs).",
                            min=-1)
 
@@ -120,6 +125,10 @@ class TrainConfig:
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)
     seed: int = opt(0, "Random seed (data split, shuffling, initialisation).")
     device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
+    sync_bn: bool = opt(False, "Several ranks on CUDA: convert BatchNorm to SyncBatchNorm, so training batches "
+                               "are normalised over all ranks' examples (frozen BatchNorm stays in eval).")
+    dist_timeout_s: int = opt(120, "Several ranks: seconds a rank waits for the others in a collective before the "
+                                   "run fails (a dead rank is noticed at once; this bounds a hung one).", min=10)
     log_every: int = opt(10, "Steps between metric reads (the only host syncs in the loop).", min=1)
     max_steps_per_epoch: int = opt(0, "Cap on steps per epoch; 0 = the whole training set.", min=0)
     checkpoint_metric: str = opt("val_score", "Metric that decides the `best` checkpoint (`*_score`: the task's "

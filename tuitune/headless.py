@@ -88,10 +88,13 @@ class ConsolePrinter:
             self.say(f"  exported to {event.export_dir}")
 
 
-def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
-    """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted."""
+def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None, dist: Any = None,
+                 launched: bool = False) -> int:
+    """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted,
+    3 (a rank of a multi-rank run started by `--nproc`) another rank died: the launcher reports which.
+    `dist`: this rank's `DistContext` under torchrun; only rank 0 prints."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import run_training
+    from tuitune.engine.record.session import RankGone, run_training
 
     control = Control()
     interrupts = {"n": 0}
@@ -100,15 +103,20 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None)
         interrupts["n"] += 1
         if interrupts["n"] > 1:
             raise KeyboardInterrupt  # the second Ctrl+C: out now (checkpoint writes are atomic)
-        print("\nstopping at the next step (saving the last checkpoint); Ctrl+C again to exit now",
-              file=sys.stderr, flush=True)
+        if dist is None or dist.is_main:
+            print("\nstopping at the next step (saving the last checkpoint); Ctrl+C again to exit now",
+                  file=sys.stderr, flush=True)
         control.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    sink = ConsolePrinter() if dist is None or dist.is_main else (lambda event: None)
     try:
-        final = run_training(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume)
+        final = run_training(profile, run_dir, sink, control, interactive=False, resume=resume, dist=dist,
+                             launched=launched)
     except KeyboardInterrupt:
         return 130
+    except RankGone:
+        return RankGone.EXIT_CODE
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

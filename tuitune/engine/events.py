@@ -46,6 +46,7 @@ class RunStarted:
     # better) or "f1" (multi-label micro-F1).
     metric: str = "acc"
     higher_is_better: bool = True
+    world_size: int = 1  # ranks training together (`--nproc`, torchrun); the events are rank 0's
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class MetricsUpdated:
     gpu_mem_gb: float | None = None
     gpu_peak_gb: float | None = None
     extra: dict[str, float] = field(default_factory=dict)  # e.g. task_loss and distill_loss when distilling
+    gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
 
 
 @dataclass(frozen=True)

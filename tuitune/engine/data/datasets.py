@@ -340,15 +340,26 @@ def resolve_num_workers(num_workers: int, device_type: str) -> int:
 
 
 def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str,
-                 seed: int) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+                 seed: int, rank: int = 0, world: int = 1) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader shuffled by a seeded generator (same order for the same seed); val/test in order, with
-    twice the batch size since they keep no activations for backward."""
+    twice the batch size since they keep no activations for backward. With several ranks (`world` > 1) rank
+    `rank` reads its slice of every global batch and its shard of val (see `shards`); the test set is evaluated
+    by rank 0 alone, after the others are done."""
+    from tuitune.engine.data.shards import EvalShard, GlobalBatchSampler
+
     workers = resolve_num_workers(num_workers, device_type)
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": device_type == "cuda",
                               "persistent_workers": workers > 0}
-    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False,
-                       generator=torch.Generator().manual_seed(seed), **common)
-    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
+    generator = torch.Generator().manual_seed(seed)
+    if world > 1:
+        batches = GlobalBatchSampler(len(bundle.train), batch_size, rank, world, generator)  # type: ignore[arg-type]
+        train = DataLoader(bundle.train, batch_sampler=batches, generator=generator, **common)
+        val = DataLoader(bundle.val, batch_size=batch_size * 2, sampler=EvalShard(len(bundle.val), rank, world),
+                         **common)  # type: ignore[arg-type]
+    else:
+        train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False, generator=generator,
+                           **common)
+        val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
     test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, **common)
             if bundle.test is not None else None)
     return train, val, test

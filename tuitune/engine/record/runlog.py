@@ -67,7 +67,7 @@ def tee(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
 class RunRecorder:
     """An event sink that keeps the run directory up to date."""
 
-    def __init__(self, run_dir: Path, *, append: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, append: bool = False, started: RunStarted | None = None) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         mode = "a" if append else "w"
@@ -82,8 +82,8 @@ class RunRecorder:
         self._metrics = csv.writer(self._metrics_file)
         if new_metrics:
             self._metrics.writerow(METRIC_COLUMNS)
-        self._started: RunStarted | None = None
-        self._phase = 0
+        self._started: RunStarted | None = started  # given when appending a run's end from outside it
+        self._phase = started.phase if started is not None else 0
 
     def __call__(self, event: Event) -> None:
         self._events.write(to_json(event) + "\n")

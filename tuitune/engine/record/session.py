@@ -7,6 +7,10 @@ traceback goes to `error.log` in the run directory, not over the screen), and re
 - a run that cannot go on (`guards.RunAborted`: a non-finite loss) and out of memory: one line of advice, exit 1;
 - any other exception: its type and first line, exit 1, traceback in `error.log`.
 
+With several ranks (`dist`), rank 0 does all of this; another rank records nothing, and writes only its own
+`error.rank<N>.log` when it fails. A failure that says another rank is gone (`PeerLost`) raises `RankGone` under
+tuitune's own launcher, which knows which rank died and records the run's end naming it.
+
 Torch-free at import (the CLI and the picker import it); the engine loads inside `run_training`.
 """
 
@@ -24,30 +28,54 @@ from tuitune.engine.events import Event, RunFailed
 from tuitune.engine.record.runlog import RunRecorder, new_run_dir, tee
 from tuitune.errors import UserError
 
-__all__ = ["run_training", "new_run_dir", "user_message"]
+__all__ = ["run_training", "new_run_dir", "user_message", "RankGone"]
+
+
+class RankGone(Exception):
+    """This rank lost a peer; the launcher records the failure (exit code `EXIT_PEER_LOST`)."""
+
+    EXIT_CODE = 3
 
 _KEY_FIRST = re.compile(r"^(?:%s)\.\w+:" % "|".join(SECTIONS))
 _WORKER_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 
 def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
-                 interactive: bool = True, resume: Path | None = None) -> Event:
+                 interactive: bool = True, resume: Path | None = None, dist: Any = None,
+                 launched: bool = False) -> Event:
     """Build and train; block until the run ends. Never raises for bad input or a failing run (only
-    `KeyboardInterrupt`, the second Ctrl+C, gets through: checkpoint writes are atomic, so that loses nothing)."""
-    recorder = RunRecorder(run_dir, append=resume is not None)
-    sink = tee(recorder, emit)
+    `KeyboardInterrupt`, the second Ctrl+C, gets through: checkpoint writes are atomic, so that loses nothing;
+    and `RankGone` when `launched` by tuitune's launcher and a peer rank died). `dist`: this process's
+    `distributed.DistContext` (None: one process)."""
+    main = dist is None or dist.is_main
+    sink = tee(RunRecorder(run_dir, append=resume is not None), emit) if main else emit
     trainer: Any = None
     try:
         from tuitune.engine.tools.after_run import export_and_compress  # torch, timm, transformers load here,
         from tuitune.engine.train.loop import Trainer  # in the worker
 
+        extra = {"dist": dist} if dist is not None else {}
         trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume,
-                          after_run=export_and_compress)
+                          after_run=export_and_compress, **extra)
         return trainer.run()
     except UserError as e:
         failed = RunFailed(message=user_message(e, profile), run_dir=str(run_dir), bad_input=True, kind="bad_input",
                            **_position(trainer))
     except Exception as e:  # noqa: BLE001 - any failure becomes an event, the app stays alive
+        peer = dist is not None and dist.active and _peer_failure(e)
+        if peer and (launched or not main):
+            raise RankGone(str(e)) from e
+        if not main:  # the run's record is rank 0's; this rank leaves its own traceback only
+            log = run_dir / f"error.rank{dist.rank}.log"
+            log.write_text(traceback.format_exc(), encoding="utf-8")
+            return RunFailed(message=f"rank {dist.rank}: {type(e).__name__}: {_first(e)}", run_dir=str(run_dir),
+                             log_path=str(log), kind="error")
+        if peer:
+            failed = RunFailed(message=f"another rank stopped answering ({_first(e)}); "
+                                       f"{trainer.st.checkpoint_note() if trainer else 'no checkpoint was saved'}",
+                               run_dir=str(run_dir), kind="rank_lost", **_position(trainer))
+            sink(failed)
+            return failed
         failed = _failure(e, profile, run_dir, trainer)
     if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
         trainer = None
@@ -69,6 +97,14 @@ def user_message(error: UserError, profile: RunProfile | None = None) -> str:
     if profile is not None and profile.source_path and _KEY_FIRST.match(text):
         text = f"{profile.source_path}: {text}"
     return text
+
+
+def _peer_failure(error: Exception) -> bool:
+    return bool(sys.modules["tuitune.engine.train.distributed"].is_peer_failure(error))
+
+
+def _first(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _position(trainer: Any) -> dict[str, int]:

@@ -48,6 +48,7 @@ class FeatureCache:
         self.parts = parts
         self.train: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.train_head: torch.nn.Module | None = None  # what training steps call: the head, DDP-wrapped
 
     @property
     def active(self) -> bool:
@@ -71,12 +72,25 @@ class FeatureCache:
         return torch.cat(feats), torch.cat(labels)
 
     def build(self) -> None:
-        """One forward pass over train and val with the model as it trains (frozen BN in eval)."""
-        self.train = self._features(self.parts.bundle.train)
-        self.val = self._features(self.parts.bundle.val)
+        """One forward pass over train and val with the model as it trains (frozen BN in eval). Each rank keeps
+        its own cache: the whole train split (its batches index into it) and its shard of val (summed over
+        ranks by the evaluation). The head trains through a DDP wrapper of its own, so its gradients are
+        all-reduced as the whole model's are."""
+        from torch.utils.data import Subset
+
+        from tuitune.engine.data.shards import EvalShard
+
+        p = self.parts
+        val = p.bundle.val
+        if p.dist.active:
+            val = Subset(val, EvalShard(len(val), p.dist.rank, p.dist.world).indices)
+        self.train = self._features(p.bundle.train)
+        self.val = self._features(val)
+        self.train_head = p.dist.wrap(self.head, p.device)
 
     def drop(self) -> None:
         self.train = self.val = None
+        self.train_head = None
 
     def batches(self) -> Iterator[tuple[Any, torch.Tensor, bool]]:
         """Train batches in the loader's shuffled order (its batch sampler draws from the same generator), as

@@ -23,6 +23,7 @@ from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCac
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.groups import Backbone
+from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache, why_not
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.lr_sweep import find_lr_in_run
@@ -39,18 +40,23 @@ __all__ = ["AfterRun", "Trainer"]
 
 class Trainer:
     """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`. What follows a run that ended well
-    (export, compression) is the caller's: `after_run`, none by default."""
+    (export, compression) is the caller's: `after_run`, none by default.
+
+    With several ranks (`dist`), every rank runs a Trainer; rank 0's `control` is the one that counts and its
+    events are the run's (the caller gives the other ranks a sink that drops them); see `distributed`."""
 
     def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
+                 interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None,
+                 dist: DistContext = LOCAL) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
-        self.interactive, self.after_run = interactive, after_run
-        self.parts: RunParts = build_parts(profile, run_dir)
+        self.interactive, self.after_run, self.dist = interactive, after_run, dist
+        self.parts: RunParts = build_parts(profile, run_dir, dist)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
         self.cache = FeatureCache(self.parts)
         if resume is not None:
             self.st.resume_from(resume)
+        self.parts.rewrap()  # DDP hooks for the trainable set of the phase the run starts in
         self.paused = False
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
@@ -62,8 +68,9 @@ class Trainer:
             run_name=self.profile.name, run_dir=str(self.run_dir), device=p.device_label, layers=st.layer_infos(),
             phases=p.phases, phase=st.phase, epochs=self.profile.train.epochs, steps_per_epoch=p.steps_per_epoch,
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
-            profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings,
-            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better))
+            profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings + tuple(st.notes),
+            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better,
+            world_size=self.dist.world))
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
@@ -76,7 +83,7 @@ class Trainer:
     def _epochs(self) -> RunFinished:
         p, st = self.parts, self.st
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
-            if self.control.stop_requested:  # Ctrl+C during validation or a save: stop on the epoch boundary
+            if self._stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
                 self.stop_status = ("interrupted", "interrupted by the user")
                 break
             epoch_t0 = time.perf_counter()
@@ -106,11 +113,13 @@ class Trainer:
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = (self.cache.head(x), None) if cached else obj.forward(p.forward, x)
+                out, aux = (self.cache.train_head(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
-            # backward, clip, non-finite check (a device flag), step, schedule
+            # backward (several ranks: DDP all-reduces the gradients), clip, non-finite check (a device flag),
+            # step, schedule
             st.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            share = p.batch_share(step - 1)  # 1.0 but for an uneven last global batch
+            (loss * share if share != 1.0 else loss).backward()
             finite = self._clip_and_check(loss)
             st.apply_lr()
             st.optimizer.step()
@@ -126,13 +135,13 @@ class Trainer:
             # every N steps: the one host sync, and events
             if step % cfg.log_every == 0:
                 self._read_window(window, step)
-            # commands, pause, stop: at the step boundary
-            if not self._between_steps():
+            # commands, pause, stop: at the step boundary (several ranks: at the metric reads)
+            if not self._between_steps(step):
                 return None
         st.skip_steps = 0
-        loss, score, (bad,) = st.epoch_sums.read(st.guard.bad)
+        loss, score, (bad,) = st.epoch_sums.read(self.dist.max(st.guard.bad), reduce=self.dist.sum)
         self._settle(bad)
-        return {"loss": loss, "score": score, "samples": seen}
+        return {"loss": loss, "score": score, "samples": seen * self.dist.world}
 
     def _clip_and_check(self, loss: torch.Tensor) -> torch.Tensor:
         """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
@@ -153,16 +162,23 @@ class Trainer:
     def _read_window(self, window: RunningSums, step: int) -> None:
         """The metric read: one host sync for the window's metrics and the non-finite count."""
         st = self.st
-        loss, score, (bad, *rest) = window.read(st.guard.bad, *self.obj.window_tensors())
+        loss, score, (bad, *rest) = window.read(self.dist.max(st.guard.bad), *self.obj.window_tensors(),
+                                                reduce=self.dist.sum)
         self._settle(bad)
         mem, peak = st.gpu_memory()
         self.emit(MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step, train_loss=loss,
                                  train_score=score, lrs=st.current_lrs(),
-                                 samples_per_s=window.samples / max(window.seconds(), 1e-9),
+                                 samples_per_s=window.samples * self.dist.world / max(window.seconds(), 1e-9),
                                  elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak,
-                                 extra=self.obj.window_extra(rest)))
+                                 gpu_max_gb=self._largest_gpu_memory(mem), extra=self.obj.window_extra(rest)))
         self.emit(st.layers_changed(with_grad=True))
         window.reset()
+
+    def _largest_gpu_memory(self, mem: float | None) -> float | None:
+        """Several ranks on CUDA: the largest memory allocated on any rank, read with the metrics."""
+        if not self.dist.active or mem is None:
+            return None
+        return float(self.dist.max(torch.tensor([mem], device=self.parts.device)).item())
 
     def _settle(self, bad: float) -> None:
         """Act on the non-finite steps just read: stop (raises `RunAborted`) or warn about skipped ones."""
@@ -175,9 +191,10 @@ class Trainer:
     def evaluate(self, loader: Any) -> dict[str, Any]:
         """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`); the val set
         from the feature cache while it is in use."""
+        sharded = self.dist.active and loader is self.parts.val_loader  # the test set: rank 0 alone
         if self.cache.active and loader is self.parts.val_loader:
-            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts)
-        result = self.obj.evaluate(self.parts.model, loader, self.parts)
+            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts, sharded=sharded)
+        result = self.obj.evaluate(self.parts.model, loader, self.parts, sharded=sharded)
         strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         return result
 
@@ -239,6 +256,7 @@ class Trainer:
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
+        self.parts.rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
         if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
             self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
@@ -247,18 +265,29 @@ class Trainer:
         self.emit(st.layers_changed(with_grad=False))
         return True
 
-    def _between_steps(self) -> bool:
-        """Apply queued commands; wait while paused. False when the epoch must end now."""
+    def _between_steps(self, step: int) -> bool:
+        """Apply queued commands; wait while paused. False when the epoch must end now. With several ranks, rank
+        0's commands and any rank's stop request are exchanged at the metric reads only (no other per-step sync),
+        so every rank applies them at the same step; while paused the ranks meet every half second."""
+        d = self.dist
+        if d.active and step % self.profile.train.log_every:
+            return True
         while True:
-            for command in self.control.drain():
+            commands, stop = d.exchange(self.control.drain() if d.is_main else [], self.control.stop_requested)
+            for command in commands:
                 self._apply(command)
-            if self.control.stop_requested and self.stop_status is None:
+            if stop and self.stop_status is None:
                 self.stop_status = ("interrupted", "interrupted by the user")
             if self.stop_status is not None:
                 return False
             if not self.paused:
                 return True
-            self.control.wait(0.1)
+            if d.is_main:  # the other ranks wait for it in the next exchange
+                self.control.wait(0.5 if d.active else 0.1)
+
+    def _stop_agreed(self) -> bool:
+        """Was a stop asked for (on any rank)? Every rank gets the same answer."""
+        return self.dist.exchange([], self.control.stop_requested)[1]
 
     def _apply(self, command: Any) -> None:
         st = self.st
@@ -278,7 +307,8 @@ class Trainer:
         elif isinstance(command, FindLR):
             found = find_lr_in_run(self.parts, st, self.obj.train_loss, steps=command.steps,
                                    seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
-                                   freeze_bn=self.profile.strategy.freeze_bn, out_dir=self.run_dir)
+                                   freeze_bn=self.profile.strategy.freeze_bn,
+                                   out_dir=self.run_dir if self.dist.is_main else None)
             self.emit(found)
             detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "
                       f"curve in {Path(found.path).name}")
@@ -297,12 +327,13 @@ class Trainer:
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
             st.save("last")
         test = None
-        if p.test_loader is not None and st.has_checkpoint("best"):
+        if p.test_loader is not None and self.dist.is_main and st.has_checkpoint("best"):
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
             test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"]}
         export_dir, compression = "", None
-        if self.after_run is not None and status != "interrupted" and st.has_checkpoint("best"):
+        if self.after_run is not None and self.dist.is_main and status != "interrupted" \
+                and st.has_checkpoint("best"):
             st.load_best_weights()
             export_dir, compression = self.after_run(self.run_dir, self.profile, p.backbone, p.bundle.classes,
                                                      self.emit)

@@ -56,6 +56,7 @@ class Objective:
         self.ema = build_ema(parts.model, profile.train.ema_decay)
         self.distiller: Distiller | None = build_distiller(profile, parts)
         self.k = k
+        self.dist = parts.dist  # several ranks: evaluation shards are summed over ranks
         self._source_tensors = parts.backbone.source_head  # the weights file's own pretraining head
         self._source_head: nn.Module | None = None  # built on first use (`source_accuracy`)
         # running task / distillation loss sums for the metric window, on the device
@@ -103,9 +104,11 @@ class Objective:
         return {"task_loss": task / n, "distill_loss": distill / n} if n else {}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts, sharded: bool = False) -> dict[str, Any]:
         """Loss, score and its extras over a loader; per-class accuracy (class targets); one host sync. Leaves the
-        model in eval mode: the loop puts it back with `strategy.set_train_mode` (frozen BatchNorm stays in eval)."""
+        model in eval mode: the loop puts it back with `strategy.set_train_mode` (frozen BatchNorm stays in eval).
+        `sharded`: the loader holds this rank's shard (see `shards.EvalShard`); the sums are added over ranks, so
+        the result is the whole set's, exactly."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         sums = torch.zeros(self.scorer.width, device=self.device)
@@ -125,8 +128,14 @@ class Objective:
             elif self.scorer.kind == "multi":
                 outs.append(out)
                 truths.append(y)
-        values = torch.cat([loss_sum.reshape(1), sums, hits, totals]).tolist()  # the host sync
-        loss, score_sums = values[0], values[1:1 + self.scorer.width]
+        vector = torch.cat([loss_sum.reshape(1), sums, hits, totals, torch.full((1,), n, device=self.device)])
+        if sharded:
+            vector = self.dist.sum(vector.double())
+            outs, truths = ([self.dist.gather_cat(torch.cat(outs))], [self.dist.gather_cat(torch.cat(truths))]) \
+                if outs else (outs, truths)
+        values = vector.tolist()  # the host sync
+        loss, score_sums, n = values[0], values[1:1 + self.scorer.width], int(values[-1])
+        values = values[:-1]
         result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
                   "extra": self.scorer.extras(score_sums, n), "per_class": {}}
         if self.scorer.kind == "class":
@@ -141,7 +150,7 @@ class Objective:
         Leaves the model in eval mode, as `evaluate` does."""
         out = {f"val_{k}": v for k, v in val.get("extra", {}).items()}
         if self.ema is not None:
-            ema = self.evaluate(self.ema.module, parts.val_loader, parts)
+            ema = self.evaluate(self.ema.module, parts.val_loader, parts, sharded=parts.dist.active)
             out.update(ema_val_loss=ema["loss"], ema_val_score=ema["score"])
         if parts.source_loader is not None:
             out["source_acc"] = self.source_accuracy(parts.model, parts.source_loader, parts)
@@ -161,4 +170,5 @@ class Objective:
                 logits = self._source_head(pre_logits(model, x).float())
             hits = hits + (logits.argmax(-1) == y).sum()
             total = total + y.shape[0]
+        hits, total = self.dist.sum(torch.stack([hits, total]).float())  # the shards of the source set
         return (hits / total.clamp(min=1)).item()

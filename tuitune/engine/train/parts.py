@@ -14,6 +14,7 @@ import torch
 from tuitune.config import ModelConfig, RunProfile
 from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
+from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, make_loaders
 from tuitune.engine.data.kinds import build_datasets, class_names, input_task
@@ -38,6 +39,21 @@ class RunParts:
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
     forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
     channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
+    dist: DistContext = LOCAL  # this process's rank among the run's ranks (one process: LOCAL)
+    compiled: bool = False  # `train.compile`: `forward` is compiled (again after each DDP re-wrap)
+
+    def rewrap(self) -> None:
+        """Several ranks: a new DDP wrapper for the parameters trainable now (call on every rank at the same step,
+        after the trainable set changed). One process: nothing to do."""
+        if self.dist.active:
+            wrapped = self.dist.wrap(self.model, self.device)
+            self.forward = torch.compile(wrapped) if self.compiled else wrapped
+
+    def batch_share(self, index: int) -> float:
+        """How this rank's mean loss of train batch `index` weighs in the global batch (1.0 but for an uneven
+        last global batch; see `shards.GlobalBatchSampler.share`)."""
+        share = getattr(self.train_loader.batch_sampler, "share", None)
+        return share(index) if self.dist.active and share is not None else 1.0
 
     @property
     def phases(self) -> tuple[tuple[str, ...], ...]:
@@ -104,15 +120,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
-    seed_everything(profile.train.seed)
-    device = resolve_device(profile.train.device)
+def build_parts(profile: RunProfile, run_dir: Path, dist: DistContext = LOCAL) -> RunParts:
+    seed_everything(profile.train.seed)  # the same on every rank: same init, same shuffle generator
+    device = dist.device(profile.train.device) or resolve_device(profile.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     target = target_kind(profile.loss.kind)
     classes = class_names(profile.data, target)
     backbone = build_backbone(model_config(profile), len(classes), task=input_task(profile.data, profile.model),
                               coarse=profile.strategy.coarse)
+    _sync_bn(profile, backbone, device, dist)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
     if channels_last:
@@ -123,8 +140,8 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     if backbone.task == "image":
         bundle = augment_train(bundle, backbone.data_config, profile.augment)
     train_loader, val_loader, test_loader = make_loaders(
-        bundle, batch_size=profile.data.batch_size, num_workers=profile.data.num_workers,
-        device_type=device.type, seed=profile.train.seed)
+        bundle, batch_size=rank_batch_size(profile, dist), num_workers=profile.data.num_workers,
+        device_type=device.type, seed=profile.train.seed, rank=dist.rank, world=dist.world)
     _shield_workers(train_loader, val_loader, test_loader)
     steps = len(train_loader)
     if profile.train.max_steps_per_epoch:
@@ -135,9 +152,30 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
                     val_loader=val_loader, test_loader=test_loader, plan=plan, steps_per_epoch=steps,
-                    warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device),
+                    warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device, dist),
                     forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
-                    channels_last=channels_last)
+                    channels_last=channels_last, dist=dist, compiled=profile.train.compile)
+
+
+def rank_batch_size(profile: RunProfile, dist: DistContext) -> int:
+    """Examples per step on this rank: `data.batch_size`, or its share of it with `data.batch_scope = "global"`."""
+    size = profile.data.batch_size
+    if not dist.active or profile.data.batch_scope == "rank":
+        return size
+    if size % dist.world:
+        raise UserError(f"data.batch_size: {size} does not divide among {dist.world} ranks "
+                        f"(data.batch_scope = \"global\"); use a multiple of {dist.world}")
+    return size // dist.world
+
+
+def _sync_bn(profile: RunProfile, backbone: Backbone, device: torch.device, dist: DistContext) -> None:
+    """`train.sync_bn`: BatchNorm layers become SyncBatchNorm (same parameter names, so the layer groups hold)."""
+    if not profile.train.sync_bn or not dist.active:
+        return
+    if dist.backend != "nccl":
+        raise UserError("train.sync_bn: SyncBatchNorm needs CUDA ranks (torch has no CPU implementation); on CPU "
+                        "each rank normalises over its own batch")
+    backbone.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(backbone.model)
 
 
 def _channels_last(profile: RunProfile, backbone: Backbone, device: torch.device) -> bool:
@@ -163,7 +201,7 @@ def model_config(profile: RunProfile) -> ModelConfig:
     return dataclasses.replace(profile.model, kwargs={**extra, **profile.model.kwargs})
 
 
-def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device) -> Any:
+def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device, dist: DistContext = LOCAL) -> Any:
     """The val split of the pretraining classes (digits), for the source-retention check."""
     classes = profile.data.source_classes
     if not classes:
@@ -176,4 +214,4 @@ def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device)
     cfg = dataclasses.replace(profile.data, classes=classes, test_fraction=0.0)
     bundle = build_datasets(cfg, task="image", data_config=backbone.data_config, seed=profile.train.seed)
     return make_loaders(bundle, batch_size=profile.data.batch_size, num_workers=0, device_type=device.type,
-                        seed=profile.train.seed)[1]
+                        seed=profile.train.seed, rank=dist.rank, world=dist.world)[1]

@@ -7,7 +7,7 @@ per-step sync we avoid), so a skipped NaN step cannot turn an epoch's mean loss 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,11 +46,14 @@ class RunningSums:
     def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor, finite: torch.Tensor) -> None:
         self.add_batch(self.batch(loss, out, y, finite))
 
-    def read(self, *extra: torch.Tensor) -> tuple[float, float, list[float]]:
-        """(mean loss, score, extra values): one host sync for all of them."""
-        flat = [self.loss.reshape(1), self.count.to(self.loss.dtype).reshape(1), self.sums,
-                *(e.to(self.loss.dtype).reshape(-1) for e in extra)]
-        values = torch.cat(flat).tolist()
+    def read(self, *extra: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> tuple[float, float, list[float]]:
+        """(mean loss, score, extra values): one host sync for all of them. `reduce` (several ranks: the sum over
+        ranks) applies to the sums, so the figures are the global batch's; the extras stay this rank's."""
+        own = torch.cat([self.loss.reshape(1), self.count.to(self.loss.dtype).reshape(1), self.sums])
+        if reduce is not None:
+            own = reduce(own)
+        values = torch.cat([own, *(e.to(self.loss.dtype).reshape(-1) for e in extra)]).tolist()
         loss, count = values[0], values[1]
         width = self.scorer.width
         sums, rest = values[2:2 + width], values[2 + width:]
@@ -58,10 +61,12 @@ class RunningSums:
             return float("nan"), float("nan"), rest
         return loss / count, self.scorer.score(sums, int(count)), rest
 
-    def state_dict(self) -> dict[str, Any]:
-        """For a mid-epoch checkpoint: a resumed epoch then reports the same train metrics as an unbroken one."""
-        return {"loss": self.loss.detach().cpu(), "sums": self.sums.cpu(), "count": self.count.cpu(),
-                "samples": self.samples}
+    def state_dict(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """For a mid-epoch checkpoint: a resumed epoch then reports the same train metrics as an unbroken one.
+        `reduce` (several ranks: the sum over ranks) makes them the sums of every rank's part of the epoch."""
+        reduce = reduce or (lambda t: t)
+        return {"loss": reduce(self.loss.detach()).cpu(), "sums": reduce(self.sums).cpu(),
+                "count": reduce(self.count).cpu(), "samples": self.samples}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.loss = saved["loss"].to(self.device)

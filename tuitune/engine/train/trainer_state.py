@@ -67,6 +67,7 @@ class TrainerState:
         self._params = dict(parts.model.named_parameters())  # looked up at every metric read: built once
         self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
         self._in_optimizer: list[str] = []
+        self.notes: list[str] = []  # warnings found while resuming, for RunStarted
         strategy.set_trainable(parts.model, parts.groups, parts.phases[0])
         self.optimizer = strategy.build_optimizer(
             self._param_groups(parts.phases[0]), name=profile.train.optimizer, lr=profile.train.lr,
@@ -201,7 +202,12 @@ class TrainerState:
 
     def samples_per_s(self, wall_s: float) -> float:
         steps = self.global_step
-        return steps * self.profile.data.batch_size / wall_s if wall_s > 0 else 0.0
+        return steps * self.global_batch() / wall_s if wall_s > 0 else 0.0
+
+    def global_batch(self) -> int:
+        """Examples per optimizer step over all ranks (see `data.batch_scope`)."""
+        data, world = self.profile.data, self.parts.dist.world
+        return data.batch_size * (world if data.batch_scope == "rank" else 1)
 
     def gpu_memory(self) -> tuple[float | None, float | None]:
         if self.parts.device.type != "cuda":
@@ -231,7 +237,11 @@ class TrainerState:
         return f"the last checkpoint ({self.ckpt_dir / 'last.safetensors'}, {at}) is intact"
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, epoch_sums: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a checkpoint holds. `epoch_sums`: the mid-epoch train sums (several ranks: already summed over
+        them, so a resumed rank 0 carries the whole partial epoch); this rank's own when not given."""
+        if epoch_sums is None and self.step_in_epoch:
+            epoch_sums = self.epoch_sums.state_dict()
         return {
             "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
             "phase": self.phase, "phase_start_epoch": self.phase_start_epoch,
@@ -242,9 +252,9 @@ class TrainerState:
             "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
             "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
             "skipped_steps": self.guard.skipped,
-            "epoch_sums": self.epoch_sums.state_dict() if self.step_in_epoch else None,
+            "epoch_sums": epoch_sums if self.step_in_epoch else None,
             "schedule": self.schedule.state_dict(), "lr_scale": self.lr_scale,
-            "ema": self._ema_state(),
+            "ema": self._ema_state(), "world_size": self.parts.dist.world, "global_batch": self.global_batch(),
             "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(),
                         "early": self.early.to_dict()},
         }
@@ -260,13 +270,19 @@ class TrainerState:
 
     def save(self, tag: str) -> Path | None:
         """Write checkpoint `tag`, unless the weights hold NaN/inf: a good checkpoint is never replaced by a
-        poisoned model (then a `Warned` event says so and None is returned)."""
+        poisoned model (then a `Warned` event says so and None is returned). Rank 0 owns the run directory:
+        the other ranks of a multi-rank run only note the position."""
+        dist = self.parts.dist
+        sums = self.epoch_sums.state_dict(dist.sum) if dist.active and self.step_in_epoch else None  # all ranks
+        if not dist.is_main:
+            self.saved_at[tag] = (self.epoch, self.step_in_epoch)
+            return None
         if not all_finite(self.parts.model):
             self.emit(Warned(message=f"not saving the {tag} checkpoint: the weights hold NaN/inf values; "
                                      f"checkpoints/{tag}.* keep their previous contents",
                              epoch=self.epoch, global_step=self.global_step, kind="nonfinite"))
             return None
-        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, self.parts.model, self.snapshot())
+        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, self.parts.model, self.snapshot(sums))
         self.saved[tag] = str(path)
         self.saved_at[tag] = (self.epoch, self.step_in_epoch)
         self.emit(CheckpointSaved(path=str(path), kind=tag, epoch=self.epoch, global_step=self.global_step))
@@ -291,8 +307,8 @@ class TrainerState:
         self._in_optimizer.extend(missing)
         checkpoint.load_optimizer_state_by_name(self.optimizer, saved["optimizer"])
         self.global_step, self.phase = saved["global_step"], saved["phase"]
-        self.phase_start_epoch, self.skip_steps = saved["phase_start_epoch"], saved["step_in_epoch"]
-        self.step_in_epoch = saved["step_in_epoch"]
+        self.phase_start_epoch = saved["phase_start_epoch"]
+        self.skip_steps = self.step_in_epoch = self._resumed_step(run_dir, saved)
         self.history = [renamed_keys(row) for row in saved["history"]]  # a checkpoint from before `*_score`
         self.per_class, self.phase_log = saved["per_class"], [renamed_keys(e) for e in saved["phase_log"]]
         self.wall_before = saved["wall_s"]
@@ -300,7 +316,7 @@ class TrainerState:
         gen = getattr(self.parts.train_loader, "generator", None)
         if gen is not None and self._epoch_gen_state is not None:
             gen.set_state(self._epoch_gen_state)  # the next epoch's shuffle (replayed from its start if mid-epoch)
-        self._resumed_sums = saved.get("epoch_sums")
+        self._resumed_sums = saved.get("epoch_sums") if self.parts.dist.is_main else None  # global sums: once
         self.schedule.load_state_dict(saved["schedule"])
         self.lr_scale = saved["lr_scale"]
         if saved.get("ema") is not None and self.objective is not None and self.objective.ema is not None:
@@ -314,6 +330,20 @@ class TrainerState:
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}
         self.saved_at["last"] = (self.epoch, self.step_in_epoch)
+
+    def _resumed_step(self, run_dir: Path, saved: dict[str, Any]) -> int:
+        """The step within the epoch to continue after. Another world size (or global batch) than the run was
+        saved with still continues, with a warning: the global batches differ, so the data order is not the
+        one an unbroken run would have seen; mid-epoch, the examples already seen are skipped as nearly as whole
+        new batches allow."""
+        step, world = saved["step_in_epoch"], self.parts.dist.world
+        old_world, old_batch = saved.get("world_size", 1), saved.get("global_batch", self.global_batch())
+        if old_batch == self.global_batch():
+            return step
+        self.notes.append(f"{run_dir}: --resume on {world} rank(s); the run was saved on {old_world} "
+                          f"(global batch {old_batch} -> {self.global_batch()}): it continues, but the data order "
+                          f"differs from an unbroken run")
+        return step * old_batch // self.global_batch()
 
     def _ema_state(self) -> dict[str, Any] | None:
         ema = self.objective.ema if self.objective is not None else None

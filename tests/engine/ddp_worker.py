@@ -1,0 +1,55 @@
+"""One rank of a test's multi-rank run (started by tests/engine/test_ddp.py with torchrun's environment).
+
+Runs a Trainer on a profile and writes what the test compares into OUT/rank<N>.json: every event this rank
+emitted (rank 0's are the run's; the others' are dropped by the CLI, kept here to compare) and a checksum per
+parameter at the end. `--unfreeze-at STEP` and `--stop-at STEP` put `UnfreezeNext` / `StopEarly` on rank 0's
+Control when its metrics for that step are emitted, as a dashboard would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tuitune.config import load_profile
+from tuitune.engine.commands import Control, Pause, Resume, StopEarly, UnfreezeNext
+from tuitune.engine.events import MetricsUpdated, to_json
+from tuitune.engine.train.distributed import from_env
+from tuitune.engine.train.loop import Trainer
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("profile")
+    ap.add_argument("run_dir")
+    ap.add_argument("out")
+    ap.add_argument("--unfreeze-at", type=int, default=0)
+    ap.add_argument("--pause-at", type=int, default=0)
+    ap.add_argument("--stop-at", type=int, default=0)
+    args = ap.parse_args()
+    profile = load_profile(args.profile)
+    dist = from_env(profile.train.device, 60)
+    control, events = Control(), []
+    plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [Pause(), Resume()], args.stop_at: [StopEarly()]}
+
+    def emit(event) -> None:
+        events.append(json.loads(to_json(event)))
+        if dist.is_main and isinstance(event, MetricsUpdated):
+            for command in plan.get(event.global_step, []):
+                control.put(command)
+
+    trainer = Trainer(profile, Path(args.run_dir), emit, control, dist=dist, interactive=True)
+    trainer.run()
+    sums = {n: float(p.detach().double().sum()) for n, p in trainer.parts.model.named_parameters()}
+    trainable = [n for n, p in trainer.parts.model.named_parameters() if p.requires_grad]
+    start = {n: float(w.double().sum()) for n, w in trainer.st._w0.items()}
+    out = {"events": events, "sums": sums, "start": start, "trainable": trainable}
+    (Path(args.out) / f"rank{dist.rank}.json").write_text(json.dumps(out))
+    dist.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""How several ranks share the data: each rank reads its part of every global batch (training) and a disjoint
+part of an evaluation set.
+
+Why not torch's `DistributedSampler` for training: it permutes with `seed + epoch` and deals the permutation out
+rank by rank (`perm[rank::world]`), so a run on W ranks with batch B sees other batches than one process with
+batch W*B, and its order has nothing to do with the one-process loader's generator (which the resume and the
+feature cache follow). `GlobalBatchSampler` draws the one-process permutation from the loader's own generator (the
+same draws `RandomSampler` makes, the generator's state is the epoch's shuffle, as `set_epoch` would set it) and
+gives rank r the r-th slice of each global batch: W ranks x B reproduce one process x W*B batch for batch, which is
+what makes multi-rank runs comparable and resumable with another world size.
+
+Why not `DistributedSampler` for evaluation: it pads the last shard by repeating examples, so reduced sums would
+count those twice. `EvalShard` gives rank r the examples r, r+W, r+2W, ... without padding: the shards are
+disjoint and cover the set, so summed metrics equal the one-process ones exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches of indices for one rank: slice `rank` of each global batch of `batch_size * world` examples drawn
+    in the one-process shuffled order. A short last global batch is split as evenly as the ranks allow (slices
+    differ by at most one example; `share(i)` says how this rank's slice weighs in the global mean); one with
+    fewer examples than ranks is dropped, since a rank with no examples cannot join the gradient all-reduce."""
+
+    def __init__(self, size: int, batch_size: int, rank: int, world: int, generator: torch.Generator) -> None:
+        self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
+        self.generator = generator
+        self.global_batch = batch_size * world
+
+    def _global_sizes(self) -> list[int]:
+        full, rest = divmod(self.size, self.global_batch)
+        return [self.global_batch] * full + ([rest] if rest >= self.world else [])
+
+    def __len__(self) -> int:
+        return len(self._global_sizes())
+
+    def share(self, index: int) -> float:
+        """Rank's examples x world / global examples in batch `index` (0-based): 1.0 but for an uneven last batch.
+        Scaling this rank's mean loss by it makes DDP's average of rank gradients the global batch's mean."""
+        sizes = self._global_sizes()
+        if index >= len(sizes) or sizes[index] == self.global_batch:
+            return 1.0
+        lo, hi = self._bounds(sizes[index])
+        return (hi - lo) * self.world / sizes[index]
+
+    def _bounds(self, n: int) -> tuple[int, int]:
+        return self.rank * n // self.world, (self.rank + 1) * n // self.world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.size, generator=self.generator).tolist()  # what RandomSampler draws
+        for start, n in zip(range(0, self.size, self.global_batch), self._global_sizes()):
+            chunk = order[start:start + n]
+            lo, hi = self._bounds(n)
+            yield chunk[lo:hi]
+        # RandomSampler draws a second permutation (of which it yields nothing) when its epoch ends: the same
+        # draw keeps the generator, and so every later epoch's order, as one process has it
+        torch.randperm(self.size, generator=self.generator)
+
+
+class EvalShard(Sampler[int]):
+    """Examples rank, rank + world, ... of an evaluation set: disjoint shards, no padding (see the module)."""
+
+    def __init__(self, size: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, size, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)

@@ -1,0 +1,148 @@
+"""Data-parallel runs: one process per rank (launched by torchrun or `tuitune train --nproc N`), DDP for the
+gradients, and the few collectives the loop needs besides DDP's own.
+
+What crosses ranks, and when:
+- commands and stop requests: rank 0 collects them; every rank exchanges them at the metric reads (every
+  `train.log_every` steps) and at epoch ends, so a command takes effect on every rank at the same optimizer step
+  and no step waits for anything but DDP's gradient all-reduce (`exchange`);
+- metrics: the sums behind the train window, the epoch and evaluation are summed over ranks when they are read
+  (`sum`), so they equal the one-process figures;
+- the model: DDP registers its gradient hooks for the parameters that require grad when it is built, so a phase
+  change builds a new DDP wrapper on every rank at the same step (`wrap`), never `find_unused_parameters`.
+
+Single-process runs get `LOCAL`, whose methods do nothing, so the loop reads the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from tuitune.errors import UserError
+
+class PeerLost(RuntimeError):
+    """A collective failed: another rank died or stopped answering. Rank 0 leaves the run's terminal event to
+    the launcher, which knows which rank it was."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --------------------------------------------------------------------------------------------- set-up
+    def device(self, spec: str) -> torch.device | None:
+        """The rank's device: `cuda:LOCAL_RANK` on a GPU node (one GPU per rank), else None (the profile's)."""
+        if self.active and self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return None
+
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """A DDP wrapper registering hooks for the parameters trainable now (see the module docstring)."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
+
+    # -------------------------------------------------------------------------------------- collectives
+    def exchange(self, commands: list[Any], stop: bool) -> tuple[list[Any], bool]:
+        """Every rank gets rank 0's commands and whether any rank was asked to stop (Ctrl+C reaches them all)."""
+        if not self.active:
+            return commands, stop
+        gathered: list[Any] = [None] * self.world  # (commands, stop) of each rank; the commands are dataclasses
+        self._guard(lambda: torch.distributed.all_gather_object(gathered, (commands if self.is_main else [], stop)))
+        return list(gathered[0][0]), any(s for _, s in gathered)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (a copy); the tensor itself when alone."""
+        if not self.active:
+            return values
+        out = values.detach().clone()
+        self._guard(lambda: torch.distributed.all_reduce(out))
+        return out
+
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return values
+        out = values.detach().clone()
+        self._guard(lambda: torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX))
+        return out
+
+    def gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rows of every rank's tensor (unequal lengths allowed), on the host; for metrics that are no sums."""
+        if not self.active:
+            return tensor
+        gathered: list[Any] = [None] * self.world
+        self._guard(lambda: torch.distributed.all_gather_object(gathered, tensor.cpu()))
+        return torch.cat(gathered)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's object on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        self._guard(lambda: torch.distributed.broadcast_object_list(box, src=0))
+        return box[0]
+
+    def _guard(self, call: Any) -> None:
+        try:
+            call()
+        except (RuntimeError, OSError) as e:  # gloo / NCCL: a peer closed the connection or timed out
+            raise PeerLost(f"rank {self.rank}: a collective failed: {first_line(e)}") from e
+
+    def close(self) -> None:
+        if self.active and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+LOCAL = DistContext()
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def from_env(device_spec: str = "auto", timeout_s: int = 120) -> DistContext:
+    """The context torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT):
+    NCCL when the ranks run on CUDA, gloo on CPU. One process (no WORLD_SIZE, or 1): `LOCAL`."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return LOCAL
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device_spec != "cpu" and torch.cuda.is_available()
+    if cuda and device_spec.startswith("cuda:"):
+        raise UserError(f"train.device: {device_spec!r} names one GPU; with several ranks each takes the GPU of "
+                        "its LOCAL_RANK (use auto or cuda)")
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise UserError(f"--nproc: rank {rank} wants GPU {local} but {torch.cuda.device_count()} are visible")
+        torch.cuda.set_device(local)
+    backend = "nccl" if cuda else "gloo"
+    torch.distributed.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return DistContext(rank=rank, world=world, local_rank=local, backend=backend)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """A failure that says another rank is gone (rather than a bug or bad input on this one)."""
+    if isinstance(error, PeerLost):
+        return True
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(error)
+    return isinstance(error, dist_error) or any(s in text for s in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "gloo", "Timed out"))
