@@ -19,6 +19,7 @@ Torch-free at import: `tuitune --help` must stay fast.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import uuid
@@ -67,11 +68,12 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
 
 
 def culprit(failures: dict[int, Any]) -> tuple[int, Any] | None:
-    """The rank that failed by itself: not one that only lost a peer (exit 3); a killed one first."""
+    """The rank that failed by itself: not one that only lost a peer (exit 3), nor one the launcher ended with
+    SIGTERM after a peer's death; a killed one before one that exited with an error."""
     own = {r: f for r, f in failures.items() if f.exitcode != PEER_LOST_EXIT}
     if not own:
         return None
-    rank = min(own, key=lambda r: (own[r].exitcode >= 0, r))
+    rank = min(own, key=lambda r: (own[r].exitcode == -signal.SIGTERM, own[r].exitcode >= 0, r))
     return rank, own[rank]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 from tuitune.config import load_profile
@@ -32,13 +33,15 @@ def main() -> int:
     profile = load_profile(args.profile)
     dist = from_env(profile.train.device, 60)
     control, events = Control(), []
-    plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [Pause(), Resume()], args.stop_at: [StopEarly()]}
+    plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [Pause()], args.stop_at: [StopEarly()]}
 
     def emit(event) -> None:
         events.append(json.loads(to_json(event)))
         if dist.is_main and isinstance(event, MetricsUpdated):
             for command in plan.get(event.global_step, []):
                 control.put(command)
+                if isinstance(command, Pause):  # a person presses p again a second later
+                    threading.Timer(1.0, control.put, (Resume(),)).start()
 
     trainer = Trainer(profile, Path(args.run_dir), emit, control, dist=dist, interactive=True)
     trainer.run()

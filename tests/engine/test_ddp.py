@@ -1,0 +1,234 @@
+"""Multi-rank runs with real processes (gloo on 127.0.0.1, a free port, 2 ranks, tiny models): equivalence with
+one process, DDP re-wrapped at an unfreeze, commands at the same step on every rank, a rank killed, resume.
+Every process a test starts is killed when the test ends, passed or not."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.engine.conftest import tiny_profile
+from tuitune.config import dump_toml, profile_to_dict
+from tuitune.engine.commands import Control
+from tuitune.engine.data.shards import EvalShard, GlobalBatchSampler
+from tuitune.engine.events import EpochEnded, RunFailed, RunFinished, RunStarted, event_from_dict
+from tuitune.engine.record import checkpoint
+from tuitune.engine.record.runlog import read_events
+from tuitune.engine.train.loop import Trainer
+from tuitune.multirank import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+# a ViT (LayerNorm: no batch statistics, so per-rank batches normalise as the global one), no dropout
+VIT = {"name": "vit_tiny_patch16_224", "img_size": 32,
+       "kwargs": {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}}
+PROGRESSIVE = {"kind": "progressive", "trigger": "epochs", "every_epochs": 1}
+
+
+@pytest.fixture
+def procs():
+    """Processes to end when the test ends (their whole session: torchrun's ranks run in sessions of their own)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                _kill(pid)
+            _kill(proc.pid)
+            proc.wait(timeout=30)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for pid in _descendants(launcher):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"tuitune" in cmd:
+            return pid
+    return None
+
+
+def _write(tmp: Path, name: str, **sections) -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(dump_toml(profile_to_dict(tiny_profile(**sections))))
+    return path
+
+
+def _train(args: list[str], procs: list, **kw) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "tuitune", "train", *args], env=ENV, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kw)
+    procs.append(proc)
+    return proc
+
+
+def _val_losses(events: list) -> list[float]:
+    return [e.val_loss for e in events if isinstance(e, EpochEnded)]
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+def test_global_batches_are_the_one_process_batches_split_among_ranks() -> None:
+    """Rank slices of every global batch add up to one process's batch of the same global size, epoch after
+    epoch (the generators end each epoch in the same state); the uneven last batch's shares weigh exactly."""
+    one = torch.utils.data.DataLoader(range(70), batch_size=32, shuffle=True,
+                                      generator=torch.Generator().manual_seed(3))
+    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+    ranks = [GlobalBatchSampler(70, 16, r, 2, gens[r]) for r in range(2)]
+    for _ in range(2):
+        torch.empty((), dtype=torch.int64).random_(generator=one.generator)  # as the DataLoader draws first
+        for gen in gens:
+            torch.empty((), dtype=torch.int64).random_(generator=gen)
+        expected = [list(batch) for batch in one.batch_sampler]
+        got = [a + b for a, b in zip(*[list(r) for r in ranks])]  # each rank to its end
+        assert [sorted(b) for b in got] == [sorted(b) for b in expected]
+    assert len(ranks[0]) == 3 and [ranks[0].share(i) for i in range(3)] == [1.0, 1.0, 1.0]  # 32, 32, 6 = 3 + 3
+    odd = [GlobalBatchSampler(5, 2, r, 2, torch.Generator().manual_seed(0)) for r in range(2)]
+    assert [len(b) for b in list(odd[0])] == [2] and len(odd[0]) == 1  # 4 + a last global batch of 1: dropped
+    three = [GlobalBatchSampler(7, 2, r, 2, torch.Generator().manual_seed(0)) for r in range(2)]
+    sizes = [len(list(three[r])[-1]) for r in range(2)]  # a last global batch of 3: 1 + 2, weighed 2/3 and 4/3
+    assert sizes == [1, 2] and [three[r].share(1) for r in range(2)] == pytest.approx([2 / 3, 4 / 3])
+
+
+def test_eval_shards_cover_the_set_once_without_padding() -> None:
+    shards = [list(EvalShard(11, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11)) and [len(s) for s in shards] == [4, 4, 3]
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, procs: list) -> None:
+    """2 ranks x batch 16 against 1 process x batch 32, same seed, no dropout or augmentation, an unfreeze after
+    each epoch: per-epoch val loss equal within 1e-4 over 3 epochs; one writer: the events are rank 0's."""
+    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01}, "strategy": PROGRESSIVE}
+    profile = _write(tmp_path, "vit", **sections)
+    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(tmp_path / "two")], procs)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    two = read_events(tmp_path / "two")
+    one: list = []
+    Trainer(tiny_profile(**sections, data={"batch_size": 32}), tmp_path / "one", one.append, Control()).run()
+    assert len(_val_losses(two)) == 3 and _val_losses(two) == pytest.approx(_val_losses(one), abs=1e-4)
+    assert two[0].world_size == 2 and [type(e) for e in two].count(RunStarted) == 1
+    assert isinstance(two[-1], RunFinished) and two[-1].status == "finished"
+    assert not list((tmp_path / "two").glob("error*.log"))
+
+
+def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
+    port = free_port()
+    started = []
+    for rank in range(2):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        proc = subprocess.Popen([sys.executable, "-m", "tests.engine.ddp_worker", str(profile), str(tmp / "run"),
+                                 str(tmp), *flags], env=env, cwd=ROOT, text=True, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        procs.append(proc)
+        started.append(proc)
+    for proc in started:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_identical(
+        tmp_path: Path, procs: list) -> None:
+    """u at step 2, p at step 5 (resumed a second later), s at step 8 put on rank 0's Control (3 steps an epoch:
+    72 examples, 2 x 16 a step): both ranks apply each at the same global step; after the unfreeze, DDP re-wrapped, the newly trainable parameters moved from their start
+    and are identical on both ranks (checksums)."""
+    profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
+                     strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"})
+    ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
+
+    def applied(rank: dict) -> list[tuple[str, int]]:
+        return [(e["command"], e["global_step"]) for e in rank["events"] if e["type"] == "CommandApplied"]
+
+    assert applied(ranks[0]) == applied(ranks[1]) == [("UnfreezeNext", 2), ("Pause", 5), ("Resume", 5),
+                                                      ("StopEarly", 8)]
+    changes = [[(e["phase"], e["global_step"]) for e in r["events"] if e["type"] == "PhaseChanged"] for r in ranks]
+    assert changes[0] == changes[1] == [(1, 2)]
+    assert ranks[0]["events"][-1]["status"] == ranks[1]["events"][-1]["status"] == "stopped_early"
+    unfrozen = [n for n in ranks[0]["trainable"] if n.startswith("layer4.")]
+    assert unfrozen and ranks[0]["trainable"] == ranks[1]["trainable"]
+    assert all(ranks[0]["sums"][n] == ranks[1]["sums"][n] for n in ranks[0]["sums"])
+    assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in unfrozen if n.endswith("weight"))
+
+
+def test_a_killed_rank_ends_the_run_marked_failed_naming_it_and_resume_continues(tmp_path: Path,
+                                                                                  procs: list) -> None:
+    profile = _write(tmp_path, "long", train={"epochs": 400}, data={"num_samples": 96})
+    run = tmp_path / "run"
+    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(run)], procs)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # rank 0's progress lines; epoch 1's checkpoints are saved right after its line
+        if line.startswith("epoch   2/"):
+            break
+    victim = _rank_pid(proc.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t0 < 60 and proc.returncode == 1
+    events = read_events(run)
+    assert isinstance(events[-1], RunFailed) and events[-1].kind == "rank_lost"
+    assert events[-1].message.startswith("rank 1 died (killed by SIGKILL)") and "rank 1 died" in err
+    assert sum(isinstance(e, (RunFailed, RunFinished)) for e in events) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1" in summary["stop_reason"]
+    weights, state = checkpoint.open_checkpoint(run / "checkpoints", "last")  # intact
+    assert state["epoch"] >= 1 and state["world_size"] == 2
+    again = _train(["--resume", str(run), "--headless", "--nproc", "2", "--set", f"train.epochs={state['epoch'] + 1}"],
+                   procs)
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0, err[-2000:]
+    resumed = read_events(run)
+    assert isinstance(resumed[-1], RunFinished) and resumed[-1].epochs == state["epoch"] + 1
+
+
+def test_resume_on_another_world_size_continues_with_a_warning(tmp_path: Path, procs: list) -> None:
+    profile = _write(tmp_path, "short", train={"epochs": 1})
+    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(tmp_path / "run")], procs)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    events: list = []
+    Trainer(tiny_profile(train={"epochs": 2}), tmp_path / "run", events.append, Control(),
+            resume=tmp_path / "run").run()
+    assert any("the run was saved on 2" in w and "data order differs" in w for w in events[0].warnings)
+    assert isinstance(events[-1], RunFinished) and events[-1].epochs == 2
+
+
+def test_old_events_without_the_new_fields_still_read() -> None:
+    started = {"type": "RunStarted", "run_name": "x", "run_dir": "r", "device": "cpu", "layers": [], "phases": [],
+               "phase": 0, "epochs": 1, "steps_per_epoch": 1, "train_size": 1, "val_size": 1, "classes": [],
+               "profile": {}}
+    assert event_from_dict(started).world_size == 1
