@@ -137,6 +137,23 @@ def test_status_line_shows_gpu_memory_only_when_reported() -> None:
     assert "GPU 1.25 GB (peak 2.50)" in status_text(s).plain
 
 
+def test_status_line_shows_world_size_and_largest_rank_memory_of_a_multi_rank_run() -> None:
+    import dataclasses
+
+    from tuitune.ui.widgets import status_text
+
+    events = scripted.mid_run_events()
+    one = status_text(fold(events)).plain
+    assert "ranks" not in one and "max/rank" not in one  # one process, and logs from before these fields
+    events[0] = dataclasses.replace(events[0], world_size=4)
+    s = fold(events)
+    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 800.0, 3.0, gpu_mem_gb=1.25, gpu_peak_gb=2.5,
+                                 gpu_max_gb=3.1))
+    line = status_text(s).plain
+    assert "× 4 ranks" in line and "max/rank 3.10 GB" in line
+    assert event_from_json(to_json(events[0])).world_size == 4  # recorded, replayed
+
+
 def test_thin_keeps_last_point_and_bounds_count() -> None:
     from tuitune.ui.widgets import thin
 

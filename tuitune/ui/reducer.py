@@ -65,6 +65,8 @@ class DashboardState:
     elapsed_s: float = 0.0
     gpu_mem_gb: float | None = None
     gpu_peak_gb: float | None = None
+    world_size: int = 1  # ranks training together (RunStarted.world_size; 1 in logs from before it existed)
+    gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
     train_loss: tuple[Point, ...] = ()
     train_score: tuple[Point, ...] = ()
     val_loss: tuple[Point, ...] = ()
@@ -162,7 +164,7 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
         start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
         metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
-        global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
+        global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc, world_size=e.world_size)
     s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
     log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
@@ -181,7 +183,7 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
     return dataclasses.replace(
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
-        gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
+        gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, gpu_max_gb=e.gpu_max_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
         train_score=_append(s.train_score, (x, e.train_score)),
         train_extra=_append_extra(s.train_extra, x, e.extra))
 

@@ -86,6 +86,8 @@ def status_text(state: DashboardState) -> Text:
     top.append(state.run_name or "waiting for the engine…", "bold")
     if state.device:
         top.append(f"  {state.device}", "dim")
+    if state.world_size > 1:
+        top.append(f"  × {state.world_size} ranks", "bold")
     if state.trust_remote_code:
         top.append("  ⚠ trust_remote_code", "bold red")
     if state.num_phases:
@@ -102,6 +104,8 @@ def status_text(state: DashboardState) -> Text:
     if state.gpu_mem_gb is not None:
         peak = f" (peak {state.gpu_peak_gb:.2f})" if state.gpu_peak_gb is not None else ""
         bottom.append(f"  GPU {state.gpu_mem_gb:.2f} GB{peak}", "bold")
+    if state.gpu_max_gb is not None:
+        bottom.append(f"  max/rank {state.gpu_max_gb:.2f} GB", "bold")
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
     return Text("\n").join([top, bottom])  # (the CSS cuts a long line: it never pushes the next one out)
