@@ -215,16 +215,28 @@ def test_a_killed_rank_ends_the_run_marked_failed_naming_it_and_resume_continues
     assert isinstance(resumed[-1], RunFinished) and resumed[-1].epochs == state["epoch"] + 1
 
 
-def test_resume_on_another_world_size_continues_with_a_warning(tmp_path: Path, procs: list) -> None:
-    profile = _write(tmp_path, "short", train={"epochs": 1})
-    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(tmp_path / "run")], procs)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-2000:]
-    events: list = []
-    Trainer(tiny_profile(train={"epochs": 2}), tmp_path / "run", events.append, Control(),
-            resume=tmp_path / "run").run()
-    assert any("the run was saved on 2" in w and "data order differs" in w for w in events[0].warnings)
-    assert isinstance(events[-1], RunFinished) and events[-1].epochs == 2
+def test_ctrl_c_stops_every_rank_and_resume_on_another_world_size_warns(tmp_path: Path, procs: list) -> None:
+    """SIGINT to the launcher (a terminal's Ctrl+C): every rank stops at the same step, rank 0 saves `last` and
+    records the run as interrupted (exit 130). Resumed in one process (global batch 16, not 32), it continues
+    with a warning that the data order differs."""
+    profile = _write(tmp_path, "long", train={"epochs": 400})
+    run = tmp_path / "run"
+    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(run)], procs)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch   1/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err[-2000:]
+    events = read_events(run)
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "interrupted"
+    assert sum(isinstance(e, (RunFailed, RunFinished)) for e in events) == 1
+    _, state = checkpoint.open_checkpoint(run / "checkpoints", "last")
+    resumed: list = []
+    Trainer(tiny_profile(train={"epochs": state["epoch"] + 1}), run, resumed.append, Control(), resume=run).run()
+    assert any("the run was saved on 2" in w and "data order differs" in w for w in resumed[0].warnings)
+    assert isinstance(resumed[-1], RunFinished) and resumed[-1].epochs == state["epoch"] + 1
 
 
 def test_old_events_without_the_new_fields_still_read() -> None:
