@@ -146,5 +146,5 @@ def check_nproc(nproc: int, headless: bool) -> None:
     if under_torchrun():
         raise UserError("--nproc: already running under torchrun; use torchrun's --nproc_per_node instead")
     if not headless:
-        raise UserError("--nproc: a multi-rank run trains headless for now (add --headless); its dashboard is an "
-                        "attached one (`tuitune attach`), which talks to rank 0")
+        raise UserError("--nproc: multi-rank runs train headless for now (add --headless); `tuitune replay "
+                        "RUN_DIR` shows one in the dashboard")

@@ -164,8 +164,8 @@ def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
 def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_identical(
         tmp_path: Path, procs: list) -> None:
     """u at step 2, p at step 5 (resumed a second later), s at step 8 put on rank 0's Control (3 steps an epoch:
-    72 examples, 2 x 16 a step): both ranks apply each at the same global step; after the unfreeze, DDP re-wrapped, the newly trainable parameters moved from their start
-    and are identical on both ranks (checksums)."""
+    72 examples, 2 x 16 a step): both ranks apply each at the same global step; after the unfreeze, DDP
+    re-wrapped, the newly trainable parameters moved from their start and are identical on both ranks (checksums)."""
     profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
                      strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"})
     ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
@@ -184,15 +184,24 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in unfrozen if n.endswith("weight"))
 
 
-def test_a_killed_rank_ends_the_run_marked_failed_naming_it_and_resume_continues(tmp_path: Path,
-                                                                                  procs: list) -> None:
-    profile = _write(tmp_path, "long", train={"epochs": 400}, data={"num_samples": 96})
+def _wait_for(proc: subprocess.Popen, prefix: str) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:  # rank 0's progress lines
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting {prefix!r}; stderr: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_a_killed_rank_fails_the_run_naming_it_ctrl_c_stops_every_rank_and_resume_continues(
+        tmp_path: Path, procs: list) -> None:
+    """kill -9 of rank 1: the run ends within 60 s, marked failed once, naming rank 1; `last` intact.
+    --resume --nproc 2 continues; Ctrl+C (SIGINT to the launcher) stops both ranks at the same step, rank 0
+    saves `last` and records 'interrupted' once (exit 130). Resumed again in one process (global batch 16, not 32),
+    the run continues with a warning that the data order differs."""
+    profile = _write(tmp_path, "long", train={"epochs": 400})
     run = tmp_path / "run"
     proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(run)], procs)
-    assert proc.stdout is not None
-    for line in proc.stdout:  # rank 0's progress lines; epoch 1's checkpoints are saved right after its line
-        if line.startswith("epoch   2/"):
-            break
+    _wait_for(proc, "epoch   2/")  # epoch 1's checkpoints are saved right after its line
     victim = _rank_pid(proc.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
@@ -205,38 +214,24 @@ def test_a_killed_rank_ends_the_run_marked_failed_naming_it_and_resume_continues
     assert sum(isinstance(e, (RunFailed, RunFinished)) for e in events) == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "rank 1" in summary["stop_reason"]
-    weights, state = checkpoint.open_checkpoint(run / "checkpoints", "last")  # intact
+    _, state = checkpoint.open_checkpoint(run / "checkpoints", "last")  # intact
     assert state["epoch"] >= 1 and state["world_size"] == 2
-    again = _train(["--resume", str(run), "--headless", "--nproc", "2", "--set", f"train.epochs={state['epoch'] + 1}"],
-                   procs)
-    out, err = again.communicate(timeout=240)
-    assert again.returncode == 0, err[-2000:]
-    resumed = read_events(run)
-    assert isinstance(resumed[-1], RunFinished) and resumed[-1].epochs == state["epoch"] + 1
 
+    again = _train(["--resume", str(run), "--headless", "--nproc", "2"], procs)
+    _wait_for(again, f"epoch {state['epoch'] + 1:>3}/")
+    again.send_signal(signal.SIGINT)
+    _, err = again.communicate(timeout=90)
+    assert again.returncode == 130, err[-2000:]
+    resumed = read_events(run)[len(events):]
+    assert isinstance(resumed[0], RunStarted) and resumed[0].start_epoch == state["epoch"]
+    assert isinstance(resumed[-1], RunFinished) and resumed[-1].status == "interrupted"
+    assert sum(isinstance(e, (RunFailed, RunFinished)) for e in resumed) == 1
 
-def test_ctrl_c_stops_every_rank_and_resume_on_another_world_size_warns(tmp_path: Path, procs: list) -> None:
-    """SIGINT to the launcher (a terminal's Ctrl+C): every rank stops at the same step, rank 0 saves `last` and
-    records the run as interrupted (exit 130). Resumed in one process (global batch 16, not 32), it continues
-    with a warning that the data order differs."""
-    profile = _write(tmp_path, "long", train={"epochs": 400})
-    run = tmp_path / "run"
-    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(run)], procs)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("epoch   1/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err[-2000:]
-    events = read_events(run)
-    assert isinstance(events[-1], RunFinished) and events[-1].status == "interrupted"
-    assert sum(isinstance(e, (RunFailed, RunFinished)) for e in events) == 1
     _, state = checkpoint.open_checkpoint(run / "checkpoints", "last")
-    resumed: list = []
-    Trainer(tiny_profile(train={"epochs": state["epoch"] + 1}), run, resumed.append, Control(), resume=run).run()
-    assert any("the run was saved on 2" in w and "data order differs" in w for w in resumed[0].warnings)
-    assert isinstance(resumed[-1], RunFinished) and resumed[-1].epochs == state["epoch"] + 1
+    alone: list = []
+    Trainer(tiny_profile(train={"epochs": state["epoch"] + 1}), run, alone.append, Control(), resume=run).run()
+    assert any("the run was saved on 2" in w and "data order differs" in w for w in alone[0].warnings)
+    assert isinstance(alone[-1], RunFinished) and alone[-1].epochs == state["epoch"] + 1
 
 
 def test_old_events_without_the_new_fields_still_read() -> None:
@@ -244,3 +239,21 @@ def test_old_events_without_the_new_fields_still_read() -> None:
                "phase": 0, "epochs": 1, "steps_per_epoch": 1, "train_size": 1, "val_size": 1, "classes": [],
                "profile": {}}
     assert event_from_dict(started).world_size == 1
+
+
+def test_bad_multi_rank_input_is_one_line_naming_the_key(tmp_path: Path, capsys) -> None:
+    from tuitune.cli import main
+    from tuitune.engine.train.distributed import DistContext
+    from tuitune.engine.train.parts import rank_batch_size
+    from tuitune.errors import UserError
+
+    profile = _write(tmp_path, "p")
+    assert main(["train", str(profile), "--nproc", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "--nproc: multi-rank runs train headless" in capsys.readouterr().err
+    assert main(["train", str(profile), "--headless", "--nproc", "-1", "--out", str(tmp_path / "r2")]) == 2
+    assert "--nproc: -1 is not a number of ranks" in capsys.readouterr().err
+    three = DistContext(rank=0, world=3)
+    assert rank_batch_size(tiny_profile(data={"batch_size": 48, "batch_scope": "global"}), three) == 16
+    assert rank_batch_size(tiny_profile(data={"batch_size": 16}), three) == 16  # per rank, the default
+    with pytest.raises(UserError, match=r"data.batch_size: 16 does not divide among 3 ranks"):
+        rank_batch_size(tiny_profile(data={"batch_size": 16, "batch_scope": "global"}), three)

@@ -183,7 +183,8 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
     return dataclasses.replace(
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
-        gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, gpu_max_gb=e.gpu_max_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
+        gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, gpu_max_gb=e.gpu_max_gb,
+        train_loss=_append(s.train_loss, (x, e.train_loss)),
         train_score=_append(s.train_score, (x, e.train_score)),
         train_extra=_append_extra(s.train_extra, x, e.extra))
 

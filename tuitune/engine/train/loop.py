@@ -30,6 +30,7 @@ from tuitune.engine.train.lr_sweep import find_lr_in_run
 from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.trainer_state import TrainerState
+from tuitune.errors import UserError
 
 Emit = Callable[[Event], None]
 # After a run that ended well, with its best weights loaded: (run_dir, profile, backbone, classes, emit) ->
@@ -52,6 +53,9 @@ class Trainer:
         self.interactive, self.after_run, self.dist = interactive, after_run, dist
         self.parts: RunParts = build_parts(profile, run_dir, dist)
         self.obj = Objective(profile, self.parts)
+        if dist.active and self.obj.distiller is not None and self.obj.distiller.on_pre_logits:
+            raise UserError("distill.teacher: distilling on the pre-logits (\"self\") reads the model around DDP's "
+                            "forward, so its gradients would not be all-reduced; not available with several ranks")
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
         self.cache = FeatureCache(self.parts)
         if resume is not None:
@@ -265,7 +269,7 @@ class Trainer:
         self.emit(st.layers_changed(with_grad=False))
         return True
 
-    def _between_steps(self, step: int) -> bool:
+    def _between_steps(self, step: int = 0) -> bool:
         """Apply queued commands; wait while paused. False when the epoch must end now. With several ranks, rank
         0's commands and any rank's stop request are exchanged at the metric reads only (no other per-step sync),
         so every rank applies them at the same step; while paused the ranks meet every half second."""
