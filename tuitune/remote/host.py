@@ -31,6 +31,7 @@ def serve_run(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None],
     from tuitune.engine.record.runlog import tee
     from tuitune.engine.record.session import run_training
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     server = RunServer(run_dir, control, resumed=resume is not None)
     write_process_record(run_dir, server.path, mode)
     try:
@@ -43,6 +44,7 @@ def write_launch(run_dir: Path, profile: RunProfile, resume: Path | None, intera
     """What the detached process needs to start the run: the resolved profile (overrides applied) and options."""
     from tuitune.config import profile_to_dict
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LAUNCH_FILE
     data = {"profile": profile_to_dict(profile), "source_path": profile.source_path,
             "resume": str(resume) if resume is not None else None, "interactive": interactive}
