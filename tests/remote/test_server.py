@@ -135,3 +135,12 @@ def test_a_viewer_that_never_reads_never_blocks_the_engine(served, monkeypatch) 
         srv(Warned(message=f"w{i}"))
     assert client.closed and "behind" in client.dropped and srv.clients == []
     stuck.close()
+
+
+def test_remote_imports_neither_textual_nor_torch() -> None:
+    """The run process binds its socket before torch loads, and the package never needs Textual."""
+    from tests.engine.test_imports import _modules_after
+
+    loaded = _modules_after("import tuitune.remote.host, tuitune.remote.client, tuitune.remote.spawn, "
+                            "tuitune.remote.runs")
+    assert not {"torch", "timm", "transformers", "textual"} & loaded
