@@ -66,3 +66,38 @@ def test_notification_escapes() -> None:
     text = notification_escapes("tuitune: finished", "demo; done\x07")
     assert text == "\x1b]9;tuitune: finished: demo done\x07\x1b]777;notify;tuitune: finished;demo done\x07"
     assert notification_escapes("t", "b", tmux=True).startswith("\x1bPtmux;\x1b\x1b]9;t: b")
+
+
+async def test_picker_lists_live_runs_and_enter_attaches(tmp_path: Path) -> None:
+    """A live run under ./runs (owned by this process: a real server on a real socket) is listed first in the
+    picker; enter attaches the dashboard to it."""
+    from tuitune.engine.commands import Control
+    from tuitune.remote.runs import write_process_record
+    from tuitune.remote.server import RunServer
+    from tuitune.ui.picker import PickerScreen
+
+    run_dir = tmp_path / "runs" / "tiny-live"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.jsonl").write_text("")
+    server = RunServer(run_dir, Control())
+    write_process_record(run_dir, server.path, "test")
+    try:
+        app = TuituneApp("picker", profile_dirs=[tmp_path], runs_dir=tmp_path / "runs")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: on_screen(app, PickerScreen))
+            picker = app.screen
+            assert [r.name for r in picker.runs] == ["tiny-live"]
+            await pilot.press("home")
+            assert "a live run" in text_of(picker.query_one("#detail", Static))
+            await pilot.press("enter")
+            await until(pilot, lambda: app.dashboard is not None and any(c.live for c in server.clients),
+                        timeout=30)
+            assert dash(app).detachable and not dash(app).in_history
+            await pilot.press("q")
+            await until(pilot, lambda: on_screen(app, LeaveRunScreen))
+            await pilot.press("d")
+            await until(pilot, lambda: not app.is_running, timeout=30)
+        assert app.return_code == 0
+        wait_for(lambda: not server.clients, 10, "the dashboard's connection closed")
+    finally:
+        server.close(drain_s=0.5)
