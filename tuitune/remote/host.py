@@ -19,7 +19,7 @@ from typing import Any, Callable
 from tuitune.config import RunProfile, profile_from_dict
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, RunFailed, RunFinished
-from tuitune.remote.runs import write_process_record
+from tuitune.remote.runs import mark_ended, write_process_record
 from tuitune.remote.server import RunServer
 
 LAUNCH_FILE = "launch.json"
@@ -37,6 +37,7 @@ def serve_run(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None],
     try:
         return run_training(profile, run_dir, tee(server, emit), control, interactive=interactive, resume=resume)
     finally:
+        mark_ended(run_dir)
         server.close()
 
 

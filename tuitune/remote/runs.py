@@ -45,6 +45,17 @@ def write_process_record(run_dir: Path, socket_path: Path, mode: str) -> dict[st
     return record
 
 
+def mark_ended(run_dir: Path) -> None:
+    """The run is over (its summary is written): the process may live on (a headless `main()` in a test, an
+    `--inline` dashboard going back to the picker), but it no longer owns a live run."""
+    record = read_json(run_dir / PROCESS_FILE)
+    if record is not None and record.get("pid") == os.getpid():
+        record["ended"] = time.time()
+        tmp = run_dir / f".{PROCESS_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, run_dir / PROCESS_FILE)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -54,7 +65,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def process_alive(record: dict[str, Any] | None) -> bool:
-    if not record or not isinstance(record.get("pid"), int):
+    if not record or not isinstance(record.get("pid"), int) or record.get("ended"):
         return False
     if record.get("host") not in (None, socket.gethostname()):
         return False  # a run directory on a shared disk, owned by a process on another machine: not ours to see

@@ -55,6 +55,7 @@ class _Client:
         self.closed = False
         self.dropped = ""
         self.sending = False
+        self.live = False  # its history is sent: from here on it sees events as they happen
         self.progress = time.monotonic()
 
     # ---------------------------------------------------------------- called by the engine's thread
@@ -94,6 +95,7 @@ class _Client:
                                                run_dir=str(self.server.run_dir), history=self.history))
             self._send_history()
             self.sock.sendall(protocol.message(protocol.LIVE))
+            self.live = True
             while True:
                 with self.cond:
                     while not self.queue and not self.closed:
