@@ -92,6 +92,7 @@ def test_spawn_attach_steer_two_viewers_reattach(tmp_path: Path, reaper) -> None
     seen = [m["global_step"] for m in a.messages if m["type"] == "MetricsUpdated"]
     assert seen == sorted(set(seen)) and set(seen) <= set(recorded)  # a viewer behind gets them coalesced
     assert not (run_dir / "control.sock").exists()
+    a.client.close(), c.client.close()
 
 
 def test_kill9_is_dead_attach_says_so_and_resume_continues(tmp_path: Path, reaper) -> None:
@@ -153,6 +154,7 @@ def test_sighup_to_the_dashboard_is_a_detach(tmp_path: Path, reaper) -> None:
     v.client.send(StopEarly())
     wait_for(lambda: "RunFinished" in v.types(), 120, "stopped")
     wait_for(lambda: [r.status for r in list_runs(tmp_path)] == ["stopped"], 60, "the run process ended")
+    v.client.close()
 
 
 def _drain(fd: int) -> None:

@@ -56,6 +56,7 @@ class _Client:
         self.dropped = ""
         self.sending = False
         self.live = False  # its history is sent: from here on it sees events as they happen
+        self._threads = 2  # the sender and the reader: the last one out closes the socket
         self.progress = time.monotonic()
 
     # ---------------------------------------------------------------- called by the engine's thread
@@ -110,7 +111,7 @@ class _Client:
         except OSError:
             pass
         finally:
-            self.close()
+            self._leave()
 
     def _send_history(self) -> None:
         """The first `history` lines of events.jsonl, as written (the recorder wrote them before we counted)."""
@@ -140,7 +141,15 @@ class _Client:
         except (OSError, ValueError):
             pass
         finally:
-            self.close()
+            self._leave()
+
+    def _leave(self) -> None:
+        with self.cond:
+            self._close_locked()
+            self._threads -= 1
+            last = self._threads == 0
+        if last:
+            self.sock.close()
 
     def close(self) -> None:
         with self.cond:

@@ -16,6 +16,9 @@ from tuitune.config import RunProfile
 from tuitune.remote.host import write_launch
 
 LOG_FILE = "run.log"
+# Run processes this process started: kept so their Popen objects are never collected while they run (they are
+# meant to outlive us), and reaped by `poll()` when a client sees them end.
+SPAWNED: list[subprocess.Popen] = []
 
 
 def start_run_process(profile: RunProfile, run_dir: Path, *, resume: Path | None = None,
@@ -28,9 +31,11 @@ def start_run_process(profile: RunProfile, run_dir: Path, *, resume: Path | None
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     env.pop("TEXTUAL", None)
     with open(run_dir / LOG_FILE, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "tuitune.remote.host", str(run_dir)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                                env=env, cwd=os.getcwd())
+        proc = subprocess.Popen([sys.executable, "-m", "tuitune.remote.host", str(run_dir)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, env=env, cwd=os.getcwd())
+    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
+    return proc
 
 
 def log_tail(run_dir: Path, lines: int = 3) -> str:
