@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from tests.remote.conftest import ROOT, env, run_pid, tiny_profile, wait_for, write_profile
-from tuitune.engine.commands import Pause, Resume, StopEarly, UnfreezeNext
+from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.remote.client import RunClient, connect
 from tuitune.remote.runs import list_runs, run_info
 from tuitune.remote.spawn import start_run_process
@@ -163,3 +163,22 @@ def _drain(fd: int) -> None:
             pass
     except OSError:
         pass
+
+
+def test_headless_stays_in_the_foreground_and_accepts_attaches(tmp_path: Path, reaper) -> None:
+    profile = write_profile(tmp_path)
+    run_dir = reaper.watch(tmp_path / "run")
+    headless = reaper.tuitune("train", str(profile), "--headless", "--out", str(run_dir), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: run_pid(run_dir) == headless.pid, 120, "the headless process owns the run")
+    v = Viewer(connect(run_dir))
+    wait_for(lambda: "EpochEnded" in v.types(), 120, "an epoch")
+    v.client.send(SaveCheckpoint())
+    wait_for(lambda: "SaveCheckpoint" in v.applied(), 60, "the command applied")
+    os.kill(headless.pid, signal.SIGINT)  # Ctrl+C: stop at the next step
+    out, _ = headless.communicate(timeout=120)
+    assert headless.returncode == 130 and "command SaveCheckpoint applied" in out
+    wait_for(lambda: "RunFinished" in v.types(), 30, "the viewer saw the end")
+    assert [m["status"] for m in v.messages if m["type"] == "RunFinished"] == ["interrupted"]
+    assert run_info(run_dir).status == "interrupted"
+    v.client.close()
