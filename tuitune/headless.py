@@ -1,4 +1,5 @@
-"""Headless runs: the same engine, with a console sink instead of the dashboard.
+"""Headless runs: the same engine, with a console sink instead of the dashboard (and the control socket open:
+`tuitune attach RUN_DIR` brings a dashboard to it).
 
 Ctrl+C or SIGTERM asks the engine to stop at the next step (it saves `last` and writes the summary); a second
 Ctrl+C exits at once. Checkpoint writes are atomic, so even that loses nothing already saved.
@@ -91,7 +92,7 @@ class ConsolePrinter:
 def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
     """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import run_training
+    from tuitune.remote.host import serve_run
 
     control = Control()
     interrupts = {"n": 0}
@@ -106,7 +107,8 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        final = run_training(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume)
+        final = serve_run(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume,
+                          mode="headless")  # a foreground run that dashboards may attach to
     except KeyboardInterrupt:
         return 130
     finally:
