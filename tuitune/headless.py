@@ -1,4 +1,5 @@
-"""Headless runs: the same engine, with a console sink instead of the dashboard.
+"""Headless runs: the same engine, with a console sink instead of the dashboard (and the control socket open:
+`tuitune attach RUN_DIR` brings a dashboard to it).
 
 Ctrl+C or SIGTERM asks the engine to stop at the next step (it saves `last` and writes the summary); a second
 Ctrl+C exits at once. Checkpoint writes are atomic, so even that loses nothing already saved.
@@ -94,7 +95,8 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None,
     3 (a rank of a multi-rank run started by `--nproc`) another rank died: the launcher reports which.
     `dist`: this rank's `DistContext` under torchrun; only rank 0 prints."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import RankGone, run_training
+    from tuitune.engine.record.session import RankGone
+    from tuitune.remote.host import serve_run
 
     control = Control()
     interrupts = {"n": 0}
@@ -111,8 +113,8 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     sink = ConsolePrinter() if dist is None or dist.is_main else (lambda event: None)
     try:
-        final = run_training(profile, run_dir, sink, control, interactive=False, resume=resume, dist=dist,
-                             launched=launched)
+        final = serve_run(profile, run_dir, sink, control, interactive=False, resume=resume, mode="headless",
+                          dist=dist, launched=launched)  # a foreground run that dashboards may attach to (rank 0)
     except KeyboardInterrupt:
         return 130
     except RankGone:

@@ -37,7 +37,7 @@ DASHBOARD_KEYS: tuple[DashboardKey, ...] = (
                  "Sweep the learning rate from the current weights, then offer the suggestion",
                  (("FindLR", "find LR"), ("ApplyLR", "apply LR"))),  # ApplyLR: the `a` key of the curve's window
     DashboardKey("l", "log_scale", "Log y", "Toggle log scale", "Log scale for the loss plot"),
-    DashboardKey("q", "quit_run", "Quit", "Quit", "Stop the run (asks first) and quit"),
+    DashboardKey("q", "quit_run", "Quit", "Quit", "Leave the dashboard: detach (the run goes on) or stop the run (asks first)"),
 )
 
 COMMAND_LABELS: dict[str, str] = {name: label for k in DASHBOARD_KEYS for name, label in k.sends}
