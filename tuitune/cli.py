@@ -157,6 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if multirank.under_torchrun():  # a rank: torchrun's, or one that `--nproc` started
         if not args.headless:
             raise UserError("torchrun: ranks train headless (add --headless)")
+        if args.nproc:
+            raise UserError("--nproc: already running under torchrun; use torchrun's --nproc_per_node instead")
         from tuitune.headless import run_headless
 
         dist, run_dir = multirank.worker_setup(profile, args.out, args.force, resume)
@@ -170,7 +172,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume is not None and not launched_dir:
         _refuse_live(run_dir)
     if args.nproc:
-        multirank.check_nproc(args.nproc, args.headless)
+        multirank.check_nproc(args.nproc)
+        if not args.headless:  # the dashboard follows the ranks' launcher, started in a process of its own
+            from tuitune.ui.launch import open_dashboard
+
+            return open_dashboard(profile, run_dir, resume, ranks_argv=_launcher_args(args, run_dir))
         return multirank.launch(_worker_args(args, run_dir), args.nproc, run_dir)
     if args.headless:
         from tuitune.headless import run_headless
@@ -243,6 +249,15 @@ def _worker_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The command line each rank of `--nproc` runs (after `python -m tuitune`)."""
     out = ["train"] + ([str(args.profile)] if args.profile else []) + ["--headless"]
     out += ["--resume", str(run_dir)] if args.resume else []
+    for override in args.overrides:
+        out += ["--set", override]
+    return out
+
+
+def _launcher_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The headless `--nproc` command line a dashboard starts in a process of its own."""
+    out = ["train"] + ([str(args.profile)] if args.profile else []) + ["--headless", "--nproc", str(args.nproc)]
+    out += ["--resume", str(run_dir)] if args.resume else ["--out", str(run_dir), "--force"]
     for override in args.overrides:
         out += ["--set", override]
     return out

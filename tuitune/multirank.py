@@ -140,11 +140,6 @@ def worker_setup(profile: Any, out: str | None, force: bool, resume: Path | None
     return dist, Path(dist.broadcast(made))
 
 
-def check_nproc(nproc: int, headless: bool) -> None:
+def check_nproc(nproc: int) -> None:
     if nproc < 1:
         raise UserError(f"--nproc: {nproc} is not a number of ranks (1 or more)")
-    if under_torchrun():
-        raise UserError("--nproc: already running under torchrun; use torchrun's --nproc_per_node instead")
-    if not headless:
-        raise UserError("--nproc: multi-rank runs train headless for now (add --headless); `tuitune replay "
-                        "RUN_DIR` shows one in the dashboard")

@@ -152,6 +152,8 @@ def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.P
         if run_info(run_dir).status != "live":
             if process is not None:
                 process.poll()  # reap our own child, so its pid reads as gone
+                if _launcher_ending(run_dir, process, emit):
+                    return "ended"
             info = run_info(run_dir)
             if info.status == "dead":
                 emit(RunFailed(message=f"the run process died without a summary (last event at "
@@ -164,6 +166,22 @@ def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.P
             client = connect(run_dir, timeout=10.0)
         except UserError:
             return "lost"
+
+
+def _launcher_ending(run_dir: Path, process: subprocess.Popen, emit: Emit) -> bool:
+    """A multi-rank run whose rank 0 went away without its end (another rank died): the launcher we started
+    records the end, naming the rank, once every rank is gone. Wait for it and show that end."""
+    from tuitune.engine.record.runlog import read_events
+
+    try:
+        process.wait(timeout=90)
+        last = read_events(run_dir)[-1]
+    except (subprocess.TimeoutExpired, UserError, IndexError):
+        return False
+    if isinstance(last, RunFailed) and last.kind == "rank_lost":
+        emit(last)
+        return True
+    return False
 
 
 def _pump(client: RunClient, emit: Emit, control: Control) -> str:

@@ -38,6 +38,21 @@ def start_run_process(profile: RunProfile, run_dir: Path, *, resume: Path | None
     return proc
 
 
+def start_ranks_process(argv: list[str], run_dir: Path) -> subprocess.Popen:
+    """Spawn `python -m tuitune *argv` (`train ... --headless --nproc N`: the launcher of a multi-rank run) the
+    same way: its own session, output to run.log. Its rank 0 opens the control socket once the ranks met."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    env.pop("TEXTUAL", None)
+    with open(Path(run_dir) / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tuitune", *argv], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
+                                cwd=os.getcwd())
+    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
+    return proc
+
+
 def log_tail(run_dir: Path, lines: int = 3) -> str:
     """The last lines of run.log, on one line (why a run process ended before it could be attached to)."""
     try:

@@ -31,13 +31,17 @@ def open_picker(profile_dirs: list[Path], overrides: list[str], out: str | None,
                            runner=_runner(inline), runs_dir=runs_dir))  # type: ignore[arg-type]
 
 
-def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = None, inline: bool = False) -> int:
+def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = None, inline: bool = False,
+                   ranks_argv: list[str] | None = None) -> int:
     """`tuitune train PROFILE`: the dashboard; the run trains in a process of its own that outlives the terminal
-    (the dashboard's worker is its client), or with `inline` in the dashboard's own worker thread."""
+    (the dashboard's worker is its client), or with `inline` in the dashboard's own worker thread. `ranks_argv`:
+    a multi-rank run (`--nproc`), started by that launcher command line and followed through rank 0."""
     from tuitune.ui.app import TuituneApp
+    from tuitune.ui.runner import MultiRankRunner
 
+    runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
     return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume,
-                           runner=_runner(inline)))  # type: ignore[arg-type]
+                           runner=runner))  # type: ignore[arg-type]
 
 
 def open_attach(run_dir: Path) -> int:

@@ -73,6 +73,22 @@ class DetachedRunner:
         return follow(run_dir, emit, control, process=process)
 
 
+@dataclass(frozen=True)
+class MultiRankRunner:
+    """`tuitune train PROFILE --nproc N` with the dashboard: the ranks' launcher (`argv`: its `tuitune` command
+    line, headless) in a process of its own, followed over rank 0's control socket like any detached run."""
+
+    argv: tuple[str, ...]
+    detachable: bool = True
+
+    def __call__(self, profile: RunProfile | None, run_dir: Path, emit: Emit, control: Control, *,
+                 interactive: bool = True, resume: Path | None = None) -> Any:
+        from tuitune.remote.client import follow
+        from tuitune.remote.spawn import start_ranks_process
+
+        return follow(run_dir, emit, control, process=start_ranks_process(list(self.argv), run_dir))
+
+
 def is_detachable(runner: object) -> bool:
     return bool(getattr(runner, "detachable", False))
 
