@@ -57,6 +57,35 @@ def test_command_applies_at_the_next_step_boundary(tmp_path) -> None:
     assert len(step2.lrs) == 2  # head and layer4 trained in step 2
 
 
+def test_unfreeze_mid_epoch_puts_the_new_groups_batchnorm_in_train_mode(tmp_path) -> None:
+    """A group unfrozen by `u` in mid-epoch trains its BatchNorm layers (batch statistics, running stats updated)
+    from the next step on, not from the next epoch."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    events: list = []
+    control = Control()
+    modes: dict[int, list[bool]] = {}
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, MetricsUpdated):
+            modes[event.global_step] = [m.training for m in trainer.parts.model.layer4.modules()
+                                        if isinstance(m, _BatchNorm)]
+            if event.global_step == 1:
+                control.put(UnfreezeNext())
+
+    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "manual", "freeze_bn": True},
+                           train={"epochs": 1, "log_every": 1})
+    trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
+    bn4 = trainer.parts.model.layer4[0].bn1
+    before = bn4.running_mean.clone()
+    trainer.run()
+    assert of_type(events, PhaseChanged)[0].unfrozen == ("layer4",)
+    assert modes[1] and not any(modes[1])  # frozen: eval mode
+    assert all(modes[2])  # unfrozen at the end of step 1: train mode in step 2
+    assert not torch.equal(bn4.running_mean, before)
+
+
 def test_stop_pause_resume_and_save(tmp_path) -> None:
     events: list = []
     control = Control()

@@ -240,6 +240,8 @@ class Trainer:
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
+        # in mid-epoch (`u`) too: the groups just unfrozen train their BatchNorm layers from the next step
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
             self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
