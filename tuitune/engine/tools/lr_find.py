@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["LRCurve", "curve_to_csv", "find_lr_for_profile", "lr_sweep", "scale_lrs", "suggest", "text_plot"]
+__all__ = ["LRCurve", "curve_to_csv", "find_lr_for_profile", "lr_sweep", "scale_lrs", "suggest", "sweep_run",
+           "text_plot"]
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,26 @@ class _Snapshot:
     rng_torch: torch.Tensor
     rng_cuda: list[torch.Tensor]
     rng_python: Any
+    rng_numpy: dict[str, Any]
     loader_gen: torch.Tensor | None
 
 
 def _take(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> _Snapshot:
+    from tuitune.engine.record.checkpoint import numpy_rng_state
+
     gen = getattr(loader, "generator", None)
     return _Snapshot(
         model={k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()},
         optimizer=copy.deepcopy(optimizer.state_dict()), training=model.training,
         rng_torch=torch.get_rng_state(),
         rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        rng_python=random.getstate(), loader_gen=gen.get_state() if gen is not None else None)
+        rng_python=random.getstate(), rng_numpy=numpy_rng_state(),
+        loader_gen=gen.get_state() if gen is not None else None)
 
 
 def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> None:
+    from tuitune.engine.record.checkpoint import set_numpy_rng_state
+
     with torch.no_grad():
         for k, v in model.state_dict(keep_vars=True).items():
             v.copy_(snap.model[k])  # in place: the Parameter objects the optimizer holds stay the same
@@ -80,6 +87,7 @@ def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer
     if snap.rng_cuda:
         torch.cuda.set_rng_state_all(snap.rng_cuda)
     random.setstate(snap.rng_python)
+    set_numpy_rng_state(snap.rng_numpy)  # Mixup/CutMix draws
     if snap.loader_gen is not None:
         loader.generator.set_state(snap.loader_gen)
 
@@ -100,9 +108,11 @@ def _batches(loader: Any) -> Iterator[Any]:
 def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, loss_fn: Callable, device: Any, *,
              start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smooth: float = 0.98,
              diverge: float = 4.0, train_mode: Callable[[nn.Module], None] | None = None,
-             autocast: Callable[[], AbstractContextManager] | None = None) -> LRCurve:
+             autocast: Callable[[], AbstractContextManager] | None = None,
+             targets: Callable[[Any, Any], tuple[Any, Any]] | None = None) -> LRCurve:
     """Sweep the LR exponentially from `start_lr` to `end_lr` over `steps` optimizer steps; stop once the smoothed
-    loss exceeds `diverge` x its best. Everything is restored afterwards, also on error or interrupt."""
+    loss exceeds `diverge` x its best. `targets(x, y)` turns a device batch into what the loss scores (Mixup/CutMix).
+    Everything is restored afterwards, also on error or interrupt."""
     from tuitune.engine.train.loop import to_device
 
     if not 0 < start_lr < end_lr or steps < 2:
@@ -120,6 +130,8 @@ def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, lo
                 group["lr"] = lr * ratio
             x, y = next(batches)
             x, y = to_device(x, device), y.to(device)
+            if targets is not None:
+                x, y = targets(x, y)
             with (autocast or nullcontext)():
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -197,24 +209,38 @@ def _valley_index(losses: list[float]) -> int:
     return min(n - 1, max_start + int(sections) + int(sections / 2))
 
 
-# ------------------------------------------------------------------------------------------------ a profile
+# ------------------------------------------------------------------------------------------------ a run
 
-def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCurve, Path]:
-    """`tuitune lr-find`: build the run's parts and its phase-0 optimizer exactly as training would, sweep the
-    phase-0 trainable groups, write `lr_find.csv` (and `lr_find.json`, the suggestion) into `out_dir`."""
-    import json
-
-    import torch.nn.functional as F
+def sweep_run(profile: Any, parts: Any, state: Any, objective: Any, **sweep: Any) -> LRCurve:
+    """The one LR-finder recipe, for `tuitune lr-find` and the dashboard's `f`: the run's model and optimizer (the
+    current phase's param groups) scored by the run's own objective (its loss on its targets, Mixup/CutMix
+    included), over a fresh shuffle of the train split seeded by the run's seed and step, so the run's own loader
+    is never advanced."""
+    from torch.utils.data import DataLoader
 
     from tuitune.engine.train import strategy
+
+    gen = torch.Generator().manual_seed(profile.train.seed + state.global_step)
+    loader = DataLoader(parts.bundle.train, batch_size=profile.data.batch_size, shuffle=True, generator=gen)
+    return lr_sweep(parts.model, state.optimizer, loader, objective.train_loss, parts.device,
+                    train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
+                    autocast=parts.autocast, targets=objective.targets, **sweep)
+
+
+def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCurve, Path]:
+    """`tuitune lr-find`: build the run's parts, phase-0 optimizer and objective exactly as training would, sweep
+    the phase-0 trainable groups (`sweep_run`), write `lr_find.csv` (and `lr_find.json`, the suggestion) into
+    `out_dir`."""
+    import json
+
+    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import build_parts
     from tuitune.engine.train.trainer_state import TrainerState
 
     parts = build_parts(profile, out_dir)
-    state = TrainerState(parts, profile, out_dir, emit=lambda e: None)
-    curve = lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device,
-                     train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
-                     autocast=parts.autocast, **sweep)
+    objective = Objective(profile, parts)
+    state = TrainerState(parts, profile, out_dir, emit=lambda e: None, objective=objective)
+    curve = sweep_run(profile, parts, state, objective, **sweep)
     path = curve_to_csv(curve, out_dir / "lr_find.csv")
     (out_dir / "lr_find.json").write_text(json.dumps({
         "suggestion": curve.suggestion, "method": curve.method, "steep": curve.steep, "valley": curve.valley,

@@ -48,18 +48,13 @@ def source_accuracy(trainer: Trainer) -> float:
 
 
 def find_lr(trainer: Trainer, steps: int) -> str:
-    """Sweep the current phase's LR from a snapshot (restored afterwards), write the curve, emit `LRFound`."""
-    from torch.utils.data import DataLoader
+    """Sweep the current phase's LR from a snapshot (restored afterwards) with the recipe `tuitune lr-find` uses,
+    write the curve, emit `LRFound`."""
+    from tuitune.engine.tools.lr_find import curve_to_csv, sweep_run
 
-    from tuitune.engine.tools.lr_find import curve_to_csv, lr_sweep
-
-    p, st = trainer.parts, trainer.st
-    gen = torch.Generator().manual_seed(trainer.profile.train.seed + st.global_step)
-    loader = DataLoader(p.bundle.train, batch_size=trainer.profile.data.batch_size, shuffle=True, generator=gen)
+    st = trainer.st
     current = st.head_base_lr()
-    curve = lr_sweep(p.model, st.optimizer, loader, lambda out, y: trainer.obj.train_loss(out, y), p.device,
-                     steps=steps, train_mode=lambda m: strategy.set_train_mode(m, trainer.profile.strategy.freeze_bn),
-                     autocast=p.autocast)
+    curve = sweep_run(trainer.profile, trainer.parts, st, trainer.obj, steps=steps)
     st.apply_lr()  # the sweep restored the optimizer; put this step's scheduled LRs back
     path = curve_to_csv(curve, trainer.run_dir / f"lr_find_step{st.global_step}.csv")
     suggestion = curve.valley if curve.method == "valley" else curve.steep
