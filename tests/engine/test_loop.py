@@ -101,8 +101,30 @@ def test_stop_pause_resume_and_save(tmp_path) -> None:
     assert final.status == "stopped_early" and "stopped by the user" in final.reason
     assert final.global_step == 2
     kinds = [c.kind for c in of_type(events, CheckpointSaved)]
-    assert kinds == ["manual", "last"]
+    assert kinds == ["manual", "best", "last"]  # the stopped epoch is validated: its weights are the best so far
     assert (tmp_path / "checkpoints" / "manual.safetensors").exists()
+
+
+def test_stop_in_mid_epoch_validates_so_the_summary_has_final_val_metrics(tmp_path) -> None:
+    """`s` in epoch 2: the epoch ends where it is (its steps so far), is validated and recorded, so the summary's
+    final metrics are those of the weights the run stopped with, not of epoch 1."""
+    events: list = []
+    control = Control()
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, MetricsUpdated) and event.global_step == events[0].steps_per_epoch + 2:
+            control.put(StopEarly())
+
+    final = run_training(tiny_profile(train={"epochs": 4}), tmp_path, emit, control, interactive=False)
+    steps = events[0].steps_per_epoch
+    stop = [i for i, e in enumerate(events) if isinstance(e, CommandApplied) and e.command == "StopEarly"][0]
+    after = of_type(events[stop:], EpochEnded)
+    assert len(after) == 1 and after[0].epoch == 2 and after[0].global_step == steps + 2
+    assert final.status == "stopped_early" and final.epochs == 2 and final.global_step == steps + 2
+    assert final.final["epoch"] == 2 and final.final["val_acc"] == after[0].val_acc
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final"]["epoch"] == 2 and summary["final"]["val_loss"] == after[0].val_loss
 
 
 def test_stop_flag_interrupts_within_a_step(tmp_path) -> None:

@@ -122,7 +122,9 @@ class Trainer:
                 self._read_window(window, step)
             # commands, pause, stop: at the step boundary
             if not self._between_steps():
-                return None
+                if self.stop_status[0] != "stopped_early":  # interrupted: leave now, no validation
+                    return None
+                break  # `s`: the epoch ends here, validated and recorded like any other
         st.skip_steps = 0
         loss, acc, (bad,) = st.epoch_sums.read(st.guard.bad)
         self._settle(bad)
@@ -190,6 +192,8 @@ class Trainer:
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         if is_best:
             st.save("best")
+        if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
+            return
         st.save("last")
         if st.early_stop_reason():
             self.stop_status = ("stopped_early", st.early_stop_reason())
