@@ -252,6 +252,7 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str, augment: dict) ->
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
     assert (start.start_epoch, start.phase) == (saved["epoch"], saved["phase"])
+    assert start.start_step == saved["global_step"] and start.start_elapsed_s >= saved["wall_s"]  # for the ETA
     a, b = _val(straight), _val(resumed)
     print(f"\nresume equality ({stop_at}: interrupted with {saved['epoch']} epochs done + {saved['step_in_epoch']} "
           f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,19 @@ def test_summary_names_scores_by_metric_and_shows_compression() -> None:
     out = text(summary_renderable(done))
     assert "pruned + fine-tuned" in out and "24.05 MB" in out and f"export   {scripted.RUN_DIR}/export" in out
     assert "per-class accuracy" in out
+
+
+def test_eta_after_resume_uses_the_steps_and_time_since_the_resume() -> None:
+    """6 epochs of 20 steps. Resumed at step 40 after 100 s; 20 more steps took 10 s since the resume: 60 steps
+    left at 0.5 s a step is 30 s (the whole 110 s over the 20 new steps would say 330 s)."""
+    resumed = scripted.run_started()
+    resumed = dataclasses.replace(resumed, start_epoch=2, start_step=40, start_elapsed_s=100.0)
+    s = fold([resumed, MetricsUpdated(3, 20, 60, 0.5, 0.8, (3e-3,), 800.0, 110.0)])
+    assert eta_s(s) == 30.0
+    # resumed in mid-epoch, at step 50 (epoch 3, step 10): 10 steps in 10 s since then, 60 left
+    resumed = dataclasses.replace(resumed, start_step=50)
+    s = fold([resumed, MetricsUpdated(3, 20, 60, 0.5, 0.8, (3e-3,), 800.0, 110.0)])
+    assert eta_s(s) == 60.0
+    # a fresh run: from step 0 and its own elapsed time; 20 steps in 10 s, 100 left
+    s = fold([scripted.run_started(), MetricsUpdated(1, 20, 20, 0.5, 0.8, (3e-3,), 800.0, 10.0)])
+    assert eta_s(s) == 50.0

@@ -61,6 +61,8 @@ class DashboardState:
     epochs: int = 0
     steps_per_epoch: int = 0
     start_epoch: int = 0
+    start_step: int = 0  # this session's first global step and the run's elapsed time then (resume: non-zero)
+    start_elapsed_s: float = 0.0
     train_size: int = 0
     val_size: int = 0
     classes: tuple[str, ...] = ()
@@ -181,7 +183,8 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         layers=e.layers, phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
         start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
         metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
-        global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
+        start_step=max(e.start_step, e.start_epoch * e.steps_per_epoch), start_elapsed_s=e.start_elapsed_s,
+        global_step=max(e.start_step, e.start_epoch * e.steps_per_epoch), trust_remote_code=trc)
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
     log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
                           f"{e.train_size} train / {e.val_size} val{resumed}")
@@ -368,12 +371,14 @@ def plot_inputs(state: DashboardState) -> tuple[object, ...]:
 
 
 def eta_s(state: DashboardState) -> float | None:
-    """Seconds left, from this session's steps and its elapsed time (both from events)."""
+    """Seconds left: the steps still to go at this session's pace, i.e. its steps over its time (after a resume,
+    both counted from the resume: `elapsed_s` is the whole run's)."""
     total = state.epochs * state.steps_per_epoch
-    done = state.global_step - state.start_epoch * state.steps_per_epoch
-    if not state.live or done <= 0 or total <= 0 or state.elapsed_s <= 0:
+    done = state.global_step - state.start_step
+    took = state.elapsed_s - state.start_elapsed_s
+    if not state.live or done <= 0 or total <= 0 or took <= 0:
         return None
-    return state.elapsed_s / done * max(total - state.global_step, 0)
+    return took / done * max(total - state.global_step, 0)
 
 
 def suggestion_text(e: UnfreezeSuggested, metric: str = "acc") -> str:

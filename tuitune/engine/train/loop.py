@@ -57,7 +57,8 @@ class Trainer:
             phases=p.phases, phase=st.phase, epochs=self.profile.train.epochs, steps_per_epoch=p.steps_per_epoch,
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
             profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings,
-            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better))
+            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better,
+            start_step=st.global_step, start_elapsed_s=st.elapsed()))
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
