@@ -211,3 +211,19 @@ async def test_command_palette_lists_dashboard_actions() -> None:
                 "Toggle log scale"} <= set(titles)
         await pilot.press("l")
         assert dash(app).log_scale
+
+
+async def test_x_key_toggles_the_whole_planned_span() -> None:
+    """The plots follow the run; `x` shows the whole planned span, `x` again follows the run."""
+    from tuitune.ui.widgets import MetricPlot
+
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=None)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: dash(app).state.epoch == 3)
+        plots = list(app.screen.query(MetricPlot))
+        follow = (0.0, 4.0)  # epoch 2.5 of 6: plus one epoch, rounded up
+        await until(pilot, lambda: all(p.x_span == follow for p in plots))
+        await pilot.press("x")
+        await until(pilot, lambda: all(p.x_span == (0.0, float(scripted.EPOCHS)) for p in plots))
+        await pilot.press("x")
+        await until(pilot, lambda: all(p.x_span == follow for p in plots))

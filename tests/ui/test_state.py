@@ -207,3 +207,19 @@ def test_eta_after_resume_uses_the_steps_and_time_since_the_resume() -> None:
     # a fresh run: from step 0 and its own elapsed time; 20 steps in 10 s, 100 left
     s = fold([scripted.run_started(), MetricsUpdated(1, 20, 20, 0.5, 0.8, (3e-3,), 800.0, 10.0)])
     assert eta_s(s) == 50.0
+
+
+def test_x_axis_follows_the_run_and_can_show_the_whole_plan() -> None:
+    """200 planned epochs, 3 done: the curves get the plot (epochs 0-4), not its left fiftieth; `whole` is 0-200."""
+    from tuitune.ui.reducer import x_range
+
+    start = dataclasses.replace(scripted.run_started(), epochs=200)
+    s = fold([start, MetricsUpdated(4, 0, 3 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 10.0)])
+    assert x_range(s) == (0.0, 4.0)
+    assert x_range(s, whole=True) == (0.0, 200.0)
+    s = reduce(s, MetricsUpdated(101, 0, 100 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 300.0))
+    assert x_range(s) == (0.0, 125.0)  # a margin of a quarter of the way so far
+    s = reduce(s, MetricsUpdated(200, 0, 190 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 600.0))
+    assert x_range(s) == (0.0, 200.0)  # never past the plan
+    resumed = dataclasses.replace(start, start_epoch=50, start_step=50 * scripted.SPE)
+    assert x_range(fold([resumed])) == (50.0, 51.0)  # a resumed session starts where it resumed

@@ -24,6 +24,7 @@ DASHBOARD_COMMANDS = (
     ("Save checkpoint", "Save a checkpoint now (c)", "checkpoint"),
     ("Find LR", "Sweep the learning rate from the current weights, then offer the suggestion (f)", "find_lr"),
     ("Toggle log scale", "Log scale for the loss plot (l)", "log_scale"),
+    ("Toggle x span", "The plots' x axis: follow the run, or show every planned epoch (x)", "x_span"),
     ("Quit", "Stop the run (asks first) and quit (q)", "quit_run"),
 )
 

@@ -61,6 +61,7 @@ class DashboardScreen(Screen[None]):
         Binding("c", "checkpoint", "Save"),
         Binding("f", "find_lr", "Find LR"),
         Binding("l", "log_scale", "Log y"),
+        Binding("x", "x_span", "Span"),
         Binding("q", "quit_run", "Quit"),
     ]
 
@@ -73,6 +74,7 @@ class DashboardScreen(Screen[None]):
         self.speed = speed
         self.state = DashboardState()
         self.log_scale = False
+        self.whole_span = False  # x axis: follow the run (False) or show every planned epoch (True)
         self.worker: Worker | None = None
         self.quitting = False
         self._plots_dirty = False
@@ -195,7 +197,7 @@ class DashboardScreen(Screen[None]):
     def _render_plots(self) -> None:
         self._plots_dirty = False
         for plot in self.query(MetricPlot):
-            plot.show(self.state, self.log_scale)
+            plot.show(self.state, self.log_scale, self.whole_span)
 
     def _render_all(self) -> None:
         self._live_dirty = False
@@ -269,6 +271,10 @@ class DashboardScreen(Screen[None]):
 
     def action_log_scale(self) -> None:
         self.log_scale = not self.log_scale
+        self._render_plots()
+
+    def action_x_span(self) -> None:
+        self.whole_span = not self.whole_span
         self._render_plots()
 
     def action_quit_run(self) -> None:

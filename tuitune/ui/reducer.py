@@ -8,6 +8,7 @@ here, and no clock: every time shown is derived from event fields (`elapsed_s`, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -368,6 +369,18 @@ def plot_inputs(state: DashboardState) -> tuple[object, ...]:
     identity change: a redraw for events that touch no curve (LayersChanged, checkpoints...) is skipped."""
     return (state.train_loss, state.train_acc, state.val_loss, state.val_acc, state.train_extra,
             state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
+
+
+def x_range(state: DashboardState, whole: bool = False) -> tuple[float, float]:
+    """The plots' x axis, in epochs. By default it follows the run: from where this session started to the current
+    position plus a margin (a quarter of the way so far, at least one epoch), never past the plan, so 200 planned
+    epochs do not squeeze the first few into a sliver. `whole`: the whole planned span."""
+    start, end = float(state.start_epoch), float(state.epochs)
+    now = _x(state, state.global_step)
+    if whole or not state.epochs:
+        return start, max(end, now)
+    ahead = now + max(1.0, 0.25 * (now - start))
+    return start, float(min(max(end, now), max(math.ceil(ahead - 1e-9), start + 1)))
 
 
 def eta_s(state: DashboardState) -> float | None:
