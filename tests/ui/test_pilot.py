@@ -15,7 +15,7 @@ from textual.widgets import OptionList, Static
 
 from tests.ui import scripted
 from tuitune.config import profile_from_dict
-from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.engine.events import to_json
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import DashboardScreen
@@ -227,3 +227,34 @@ async def test_x_key_toggles_the_whole_planned_span() -> None:
         await until(pilot, lambda: all(p.x_span == (0.0, float(scripted.EPOCHS)) for p in plots))
         await pilot.press("x")
         await until(pilot, lambda: all(p.x_span == follow for p in plots))
+
+
+MODAL_CASES = {  # modal -> (events that open it, keys pressed first, the answer's id)
+    "lr_finder": (lambda: [*scripted.mid_run_events(), scripted.lr_found()], (), "#lr-text"),
+    "plateau": (scripted.plateau_events, (), "#question"),
+    "quit": (scripted.mid_run_events, ("q",), "#question"),
+    "error": (scripted.failed_events, (), "#cause"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODAL_CASES))
+async def test_every_modal_fits_80x24_with_its_answer_and_keys(name: str) -> None:
+    """At 80x24 each modal shows its answer and its keys line whole: inside the terminal and inside the dialog's
+    box (a child laid out past the box's bottom is clipped away)."""
+    from textual.containers import Vertical
+    from textual.screen import ModalScreen
+
+    events, keys, answer = MODAL_CASES[name]
+    app = TuituneApp("replay", events=events(), control=Control())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.dashboard is not None and dash(app).state.events_seen == len(events()))
+        for key in keys:
+            await pilot.press(key)
+        await until(pilot, lambda: isinstance(app.screen, ModalScreen) and bool(app.screen.children))
+        await pilot.pause()
+        screen = app.screen
+        box = screen.query_one(Vertical).region
+        for selector in (answer, ".keys"):
+            region = screen.query_one(selector).region
+            assert region.height > 0 and screen.region.contains_region(region), (selector, region)
+            assert box.contains_region(region), (selector, region, box)
