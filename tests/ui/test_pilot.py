@@ -128,6 +128,24 @@ async def test_plateau_prompt_yes_sends_unfreeze() -> None:
         assert isinstance(app.screen, DashboardScreen)
 
 
+@pytest.mark.parametrize("key, answer", [("y", [UnfreezeNext(), Resume()]), ("n", [Resume()])])
+async def test_a_waiting_plateau_question_resumes_the_run_with_the_answer(key: str, answer: list) -> None:
+    """The demo's plateau question holds the run (status paused) until answered: y unfreezes and resumes, n only
+    resumes."""
+    import dataclasses
+
+    events = scripted.plateau_events()
+    events[-1] = dataclasses.replace(events[-1], waiting=True)
+    engine = scripted.ScriptedEngine(events)
+    app = live_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
+        assert dash(app).state.status == "paused"
+        await pilot.press(key)
+        await until(pilot, lambda: engine.received == answer)
+        await until(pilot, lambda: dash(app).state.status == "running")
+
+
 async def test_worker_failure_shows_error_screen_and_app_stays_alive() -> None:
     def broken_runner(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no such backbone: resnet9000")
@@ -258,3 +276,19 @@ async def test_every_modal_fits_80x24_with_its_answer_and_keys(name: str) -> Non
             region = screen.query_one(selector).region
             assert region.height > 0 and screen.region.contains_region(region), (selector, region)
             assert box.contains_region(region), (selector, region, box)
+
+
+async def test_the_first_run_hint_says_what_the_keys_do_until_one_is_used() -> None:
+    engine = scripted.ScriptedEngine(scripted.mid_run_events())
+    app = live_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: engine.started.is_set() and dash(app).state.epoch == 3)
+        hint = app.screen.query_one("#hint", Static)
+        assert hint.display and hint.region.height == 1
+        assert text_of(hint).startswith("u unfreeze next phase · f find LR · p pause · s stop")
+        await pilot.press("p")
+        await until(pilot, lambda: not hint.display)
+    replay = TuituneApp("replay", events=scripted.mid_run_events())
+    async with replay.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not replay.screen.query_one("#hint", Static).display  # a replay steers nothing

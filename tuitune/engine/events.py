@@ -112,6 +112,7 @@ class UnfreezeSuggested:
     epochs: int
     next_groups: tuple[str, ...]
     epoch: int
+    waiting: bool = False  # the run is paused until the answer (UnfreezeNext and/or Resume) arrives
 
 
 @dataclass(frozen=True)

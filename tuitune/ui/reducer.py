@@ -240,7 +240,8 @@ def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
 
 
 def _suggested(s: DashboardState, e: UnfreezeSuggested) -> DashboardState:
-    return dataclasses.replace(s, suggestion=e, log=_log(s, "info", suggestion_text(e, s.metric)))
+    status = "paused" if e.waiting and s.status in LIVE_STATUSES else s.status  # held until the answer
+    return dataclasses.replace(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
 
 
 def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:

@@ -220,8 +220,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- phases, commands
     def _trigger(self) -> str:
+        """The trigger in effect: a headless run has nobody to press `u` or answer the plateau question."""
         cfg = self.profile.strategy
-        if cfg.trigger == "manual" and not self.interactive:
+        if cfg.trigger in ("manual", "plateau") and not self.interactive:
             return cfg.fallback
         return cfg.trigger
 
@@ -238,7 +239,11 @@ class Trainer:
             elif self._suggested_phase != st.phase:
                 self._suggested_phase = st.phase
                 self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                            next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+                                            next_groups=self.parts.next_groups(st.phase), epoch=st.epoch,
+                                            waiting=cfg.plateau_wait))
+                if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
+                    self.paused = True
+                    self._between_steps()
 
     def next_phase(self, reason: str) -> bool:
         st = self.st
