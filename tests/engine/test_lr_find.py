@@ -161,5 +161,6 @@ def test_cli_and_dashboard_sweep_with_the_runs_own_objective(tmp_path, loss: str
     profile_path = tmp_path / "tiny.toml"
     profile_path.write_text(dump_toml(profile_to_dict(profile)))
     assert main(["lr-find", str(profile_path), "--steps", "20", "--out", str(tmp_path / "out")]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "out" / "lr_find.csv")))
+    with open(tmp_path / "out" / "lr_find.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-5)
