@@ -164,3 +164,16 @@ def test_cli_and_dashboard_sweep_with_the_runs_own_objective(tmp_path, loss: str
     with open(tmp_path / "out" / "lr_find.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sweep_restores_each_modules_train_mode(run) -> None:
+    """`f` in mid-epoch: frozen BatchNorm layers were in eval mode before the sweep and are again after it (a
+    blanket `model.train()` would let them update their running statistics for the rest of the epoch)."""
+    from tuitune.engine.train import strategy
+
+    profile, parts, state = run
+    strategy.set_train_mode(parts.model, freeze_bn=True)
+    modes = {name: m.training for name, m in parts.model.named_modules()}
+    assert not all(modes.values())  # the frozen groups' BatchNorm layers are in eval mode
+    lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device, steps=5)
+    assert {name: m.training for name, m in parts.model.named_modules()} == modes

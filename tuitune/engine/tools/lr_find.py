@@ -52,7 +52,7 @@ class LRCurve:
 class _Snapshot:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    training: bool
+    training: dict[str, bool]  # each module's mode: frozen BatchNorm layers stay in eval mode in a training model
     rng_torch: torch.Tensor
     rng_cuda: list[torch.Tensor]
     rng_python: Any
@@ -66,7 +66,8 @@ def _take(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> _S
     gen = getattr(loader, "generator", None)
     return _Snapshot(
         model={k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()},
-        optimizer=copy.deepcopy(optimizer.state_dict()), training=model.training,
+        optimizer=copy.deepcopy(optimizer.state_dict()),
+        training={name: m.training for name, m in model.named_modules()},
         rng_torch=torch.get_rng_state(),
         rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         rng_python=random.getstate(), rng_numpy=numpy_rng_state(),
@@ -82,7 +83,8 @@ def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer
     optimizer.load_state_dict(snap.optimizer)
     for p in model.parameters():
         p.grad = None
-    model.train(snap.training)
+    for name, module in model.named_modules():
+        module.training = snap.training[name]
     torch.set_rng_state(snap.rng_torch)
     if snap.rng_cuda:
         torch.cuda.set_rng_state_all(snap.rng_cuda)
