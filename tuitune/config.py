@@ -154,7 +154,8 @@ class StrategyConfig:
     plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.",
                                    min=0.0)
     plateau_wait: bool = opt(False, "`plateau` trigger in the dashboard: pause at the question until it is "
-                                    "answered (the demo does); otherwise training goes on while it is asked.")
+                                    "answered (the demo does; after `n` it asks again `plateau_patience` flat "
+                                    "epochs later); otherwise training goes on while it is asked.")
     lr_decay: float = opt(1.0, "Discriminative LR: each group one step further from the head gets this times "
                                "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
                           gt=0.0, max=1.0)

@@ -152,6 +152,34 @@ def test_plateau_wait_holds_the_run_at_the_question_until_it_is_answered(tmp_pat
     assert [c.command for c in of_type(events[i:], CommandApplied)][:2] == ["UnfreezeNext", "Resume"]
 
 
+def test_a_no_to_a_waiting_plateau_question_asks_again_later(tmp_path) -> None:
+    """n (Resume alone) keeps the phase; after another `plateau_patience` flat epochs the run pauses and asks
+    again, so a person who said no still gets the next chance."""
+    from tests.engine.conftest import of_type
+    from tuitune.engine.commands import Control, Resume
+    from tuitune.engine.events import PhaseChanged, UnfreezeSuggested
+    from tuitune.engine.train.loop import Trainer
+
+    events: list = []
+    control = Control()
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, UnfreezeSuggested):
+            control.put(Resume())
+
+    profile = _plateau_profile(plateau_wait=True)
+    Trainer(apply_overrides_to(profile, "train.epochs=5"), tmp_path, emit, control, interactive=True).run()
+    assert [(e.epoch, e.epochs) for e in of_type(events, UnfreezeSuggested)] == [(2, 1), (3, 1), (4, 1)]
+    assert not of_type(events, PhaseChanged)
+
+
+def apply_overrides_to(profile, *overrides: str):
+    from tuitune.config import apply_overrides, profile_from_dict, profile_to_dict
+
+    return profile_from_dict(apply_overrides(profile_to_dict(profile), list(overrides)), file="tiny.toml")
+
+
 def test_headless_runs_use_the_fallback_for_a_plateau_question(tmp_path) -> None:
     """Nobody answers a headless run: `trigger = "plateau"` with `fallback = "epochs"` moves on every
     `every_epochs` (the demo's headless behaviour); the default fallback keeps acting on the plateau itself."""

@@ -242,8 +242,17 @@ class Trainer:
                                             next_groups=self.parts.next_groups(st.phase), epoch=st.epoch,
                                             waiting=cfg.plateau_wait))
                 if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
-                    self.paused = True
-                    self._between_steps()
+                    self._wait_for_answer()
+
+    def _wait_for_answer(self) -> None:
+        """Paused until the plateau question is answered. A "no" (Resume alone) keeps the phase and asks again
+        after another `plateau_patience` flat epochs, so the run pauses for the person again."""
+        phase = self.st.phase
+        self.paused = True
+        self._between_steps()
+        if self.st.phase == phase and self.stop_status is None:
+            self.st.plateau.stale = 0
+            self._suggested_phase = -1
 
     def next_phase(self, reason: str) -> bool:
         st = self.st
