@@ -15,7 +15,7 @@ from textual.widgets import OptionList, Static
 
 from tests.ui import scripted
 from tuitune.config import profile_from_dict
-from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.engine.events import to_json
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import DashboardScreen
@@ -128,6 +128,24 @@ async def test_plateau_prompt_yes_sends_unfreeze() -> None:
         assert isinstance(app.screen, DashboardScreen)
 
 
+@pytest.mark.parametrize("key, answer", [("y", [UnfreezeNext(), Resume()]), ("n", [Resume()])])
+async def test_a_waiting_plateau_question_resumes_the_run_with_the_answer(key: str, answer: list) -> None:
+    """The demo's plateau question holds the run (status paused) until answered: y unfreezes and resumes, n only
+    resumes."""
+    import dataclasses
+
+    events = scripted.plateau_events()
+    events[-1] = dataclasses.replace(events[-1], waiting=True)
+    engine = scripted.ScriptedEngine(events)
+    app = live_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
+        assert dash(app).state.status == "paused"
+        await pilot.press(key)
+        await until(pilot, lambda: engine.received == answer)
+        await until(pilot, lambda: dash(app).state.status == "running")
+
+
 async def test_worker_failure_shows_error_screen_and_app_stays_alive() -> None:
     def broken_runner(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no such backbone: resnet9000")
@@ -221,3 +239,66 @@ async def test_command_palette_lists_dashboard_actions() -> None:
         assert set(COMMAND_LABELS) == {c.__name__ for c in get_args(Command)}
         await pilot.press("l")
         assert dash(app).log_scale
+
+
+async def test_x_key_toggles_the_whole_planned_span() -> None:
+    """The plots follow the run; `x` shows the whole planned span, `x` again follows the run."""
+    from tuitune.ui.widgets import MetricPlot
+
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=None)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: dash(app).state.epoch == 3)
+        plots = list(app.screen.query(MetricPlot))
+        follow = (0.0, 4.0)  # epoch 2.5 of 6: plus one epoch, rounded up
+        await until(pilot, lambda: all(p.x_span == follow for p in plots))
+        await pilot.press("x")
+        await until(pilot, lambda: all(p.x_span == (0.0, float(scripted.EPOCHS)) for p in plots))
+        await pilot.press("x")
+        await until(pilot, lambda: all(p.x_span == follow for p in plots))
+
+
+MODAL_CASES = {  # modal -> (events that open it, keys pressed first, the answer's id)
+    "lr_finder": (lambda: [*scripted.mid_run_events(), scripted.lr_found()], (), "#lr-text"),
+    "plateau": (scripted.plateau_events, (), "#question"),
+    "quit": (scripted.mid_run_events, ("q",), "#question"),
+    "error": (scripted.failed_events, (), "#cause"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODAL_CASES))
+async def test_every_modal_fits_80x24_with_its_answer_and_keys(name: str) -> None:
+    """At 80x24 each modal shows its answer and its keys line whole: inside the terminal and inside the dialog's
+    box (a child laid out past the box's bottom is clipped away)."""
+    from textual.containers import Vertical
+    from textual.screen import ModalScreen
+
+    events, keys, answer = MODAL_CASES[name]
+    app = TuituneApp("replay", events=events(), control=Control())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.dashboard is not None and dash(app).state.events_seen == len(events()))
+        for key in keys:
+            await pilot.press(key)
+        await until(pilot, lambda: isinstance(app.screen, ModalScreen) and bool(app.screen.children))
+        await pilot.pause()
+        screen = app.screen
+        box = screen.query_one(Vertical).region
+        for selector in (answer, ".keys"):
+            region = screen.query_one(selector).region
+            assert region.height > 0 and screen.region.contains_region(region), (selector, region)
+            assert box.contains_region(region), (selector, region, box)
+
+
+async def test_the_first_run_hint_says_what_the_keys_do_until_one_is_used() -> None:
+    engine = scripted.ScriptedEngine(scripted.mid_run_events())
+    app = live_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: engine.started.is_set() and dash(app).state.epoch == 3)
+        hint = app.screen.query_one("#hint", Static)
+        assert hint.display and hint.region.height == 1
+        assert text_of(hint).startswith("u unfreeze next phase · f find LR · p pause · s stop")
+        await pilot.press("p")
+        await until(pilot, lambda: not hint.display)
+    replay = TuituneApp("replay", events=scripted.mid_run_events())
+    async with replay.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not replay.screen.query_one("#hint", Static).display  # a replay steers nothing
