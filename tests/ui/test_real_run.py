@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from textual.widgets import Static
 
+import tuitune.engine.record.session  # noqa: F401  (an engine import error must fail this test, never skip it)
 from tests.ui.test_pilot import dash, on_screen, text_of, until
 from tuitune.config import profile_from_dict
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import LayerTable
-
-pytest.importorskip("tuitune.engine.record.session")
-pytest.importorskip("timm")
 
 TINY = {
     "model": {"source": "timm", "name": "resnet18", "pretrained": False, "img_size": 32,

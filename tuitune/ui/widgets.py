@@ -153,7 +153,9 @@ class MetricPlot(Metered, PlotextPlot):
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        for marker in state.markers:
+        # phase lines last: a manual unfreeze's confirmation comes after its PhaseChanged, at the same x, and
+        # the phase line must stay visible over the command line
+        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
             plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
         if state.epochs:
             plt.xlim(state.start_epoch, max(state.epochs, right))
