@@ -73,7 +73,8 @@ async def test_unfreeze_flips_table_only_after_the_engine_confirms() -> None:
         assert "unfreeze next phase" in str(app.screen.query_one(StatusBar).render())  # shown as pending
         engine.gate.set()
         await until(pilot, lambda: table.state_of("layer3") == "● train")
-        assert dash(app).state.phase == 2 and not dash(app).state.pending
+        assert dash(app).state.phase == 2
+        await until(pilot, lambda: not dash(app).state.pending)  # the confirmation follows the change
         await pilot.press("s")
         await until(pilot, lambda: on_screen(app, SummaryScreen))
         await pilot.press("q")
