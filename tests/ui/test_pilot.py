@@ -28,7 +28,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE = profile_from_dict({"model": {"name": "resnet18"}, "data": {"kind": "synthetic"}})
 
 
-async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 3.0) -> None:
+async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait for `cond` (event driven: it returns as soon as `cond` holds). The timeout only bounds a failing test,
+    so it is generous: a loaded CI box must not fail a test that would pass."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -71,7 +73,8 @@ async def test_unfreeze_flips_table_only_after_the_engine_confirms() -> None:
         assert "unfreeze next phase" in str(app.screen.query_one(StatusBar).render())  # shown as pending
         engine.gate.set()
         await until(pilot, lambda: table.state_of("layer3") == "● train")
-        assert dash(app).state.phase == 2 and not dash(app).state.pending
+        assert dash(app).state.phase == 2
+        await until(pilot, lambda: not dash(app).state.pending)  # the confirmation follows the change
         await pilot.press("s")
         await until(pilot, lambda: on_screen(app, SummaryScreen))
         await pilot.press("q")
@@ -99,7 +102,7 @@ async def test_key_reaches_control_and_screen_follows_confirmation(key: str, com
             assert "manual" in dash(app).state.checkpoints
 
 
-async def test_quit_during_live_run_asks_then_ends_worker_within_2s() -> None:
+async def test_quit_during_live_run_asks_then_stops_the_worker() -> None:
     engine = scripted.ScriptedEngine(scripted.mid_run_events())
     app = live_app(engine)
     async with app.run_test() as pilot:
@@ -108,12 +111,11 @@ async def test_quit_during_live_run_asks_then_ends_worker_within_2s() -> None:
         await until(pilot, lambda: on_screen(app, ConfirmQuitScreen))
         await pilot.press("n")
         await until(pilot, lambda: on_screen(app, DashboardScreen))
-        assert not engine.ended.is_set()
-        t0 = time.monotonic()
+        assert not engine.ended.is_set()  # "n": the run goes on
         await pilot.press("q", "y")
-        await until(pilot, engine.ended.is_set, timeout=2.0)
-        assert time.monotonic() - t0 < 2.0
+        await until(pilot, engine.ended.is_set)  # the stop request reached the engine, which ended its run
     assert app.return_code == 130
+    assert dash(app).state.finished is not None and dash(app).state.finished.status == "interrupted"
 
 
 async def test_plateau_prompt_yes_sends_unfreeze() -> None:

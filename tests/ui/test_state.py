@@ -31,7 +31,7 @@ def test_fold_mid_run() -> None:
     assert s.status == "running" and s.phase == 1 and s.epoch == 3 and s.step == 10
     assert [layer.name for layer in s.layers if layer.trainable] == ["layer4", "head"]
     assert len(s.val_loss) == 2 and len(s.train_loss) == 25
-    assert [m.kind for m in s.markers] == ["command", "phase"] and s.markers[0].x == 2.0
+    assert [m.kind for m in s.markers] == ["phase", "command"] and s.markers[0].x == 2.0
     assert s.checkpoints == {"best": f"{scripted.RUN_DIR}/best.pt"}
     assert s.best_val_score is not None and s.best_val_score == max(p[1] for p in s.val_score)
     assert eta_s(s) is not None and eta_s(s) > 0

@@ -155,7 +155,9 @@ class MetricPlot(Metered, PlotextPlot):
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        for marker in state.markers:
+        # phase lines last: a manual unfreeze's confirmation comes after its PhaseChanged, at the same x, and
+        # the phase line must stay visible over the command line
+        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
             plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
         if state.epochs:
             self.x_span = x_range(state, whole_span)
