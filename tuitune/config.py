@@ -153,8 +153,9 @@ class StrategyConfig:
     trigger: str = opt("epochs", "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
                                  "(every `every_epochs`) or `plateau` (of `plateau_metric`).",
                        choices=("manual", "epochs", "plateau"))
-    fallback: str = opt("plateau", "Headless runs cannot press `u`: with `trigger = \"manual\"` this trigger "
-                                   "is used instead (`epochs`, `plateau` or `none`).",
+    fallback: str = opt("plateau", "Headless runs have nobody to press `u` or answer the plateau question: with "
+                                   "`trigger = \"manual\"` or `\"plateau\"` this trigger is used instead "
+                                   "(`epochs`, `plateau`: move on by itself when the metric stalls, or `none`).",
                         choices=("epochs", "plateau", "none"))
     every_epochs: int = opt(2, "`epochs` trigger: epochs per phase.", min=1)
     plateau_metric: str = opt("val_loss", "`plateau` trigger: the metric watched.",
@@ -162,6 +163,9 @@ class StrategyConfig:
     plateau_patience: int = opt(2, "`plateau` trigger: epochs without improvement before the next phase.", min=1)
     plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.",
                                    min=0.0)
+    plateau_wait: bool = opt(False, "`plateau` trigger in the dashboard: pause at the question until it is "
+                                    "answered (the demo does; after `n` it asks again `plateau_patience` flat "
+                                    "epochs later); otherwise training goes on while it is asked.")
     lr_decay: float = opt(1.0, "Discriminative LR: each group one step further from the head gets this times "
                                "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
                           gt=0.0, max=1.0)

@@ -89,10 +89,12 @@ def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True
 
 
 def unfreeze_events(phase: int, epoch: int, global_step: int) -> list[Event]:
-    return [CommandApplied("UnfreezeNext", epoch, global_step, detail=f"phase {phase + 1}"),
-            PhaseChanged(phase=phase, num_phases=len(PHASES), trainable=PHASES[phase],
+    """The engine's answer to `UnfreezeNext`, in its order: the change, the new layer table, then the confirmation
+    (tests/ui/test_scripted_order.py holds this to the real engine's order)."""
+    return [PhaseChanged(phase=phase, num_phases=len(PHASES), trainable=PHASES[phase],
                          unfrozen=(ORDER[phase],), epoch=epoch, global_step=global_step, reason="manual"),
-            LayersChanged(layers=layers(phase, global_step), global_step=global_step)]
+            LayersChanged(layers=layers(phase, global_step), global_step=global_step),
+            CommandApplied("UnfreezeNext", epoch, global_step)]
 
 
 def mid_run_events() -> list[Event]:
@@ -181,7 +183,7 @@ def failed_events() -> list[Event]:
 
 
 class ScriptedEngine:
-    """A fake `run_training`: emits `prefix`, then answers commands like the real engine would.
+    """A fake `run_training`: emits `prefix`, then answers commands like the real engine would, in its order.
 
     With `gate` clear, commands are received (recorded) but not acknowledged, so a test can look at the screen
     between the key press and the confirming event.
@@ -239,10 +241,11 @@ class ScriptedEngine:
             emit(lr_found(3, g))
             emit(CommandApplied("FindLR", 3, g, detail=f"{command.steps} steps, weights restored"))
         elif isinstance(command, ApplyLR):
-            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}"))
             emit(LayersChanged(layers=layers(self.phase, g, lr=command.lr), global_step=g))
+            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}"))
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
+            emit(CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, g))
             end = finished()
             emit(end)
             return end

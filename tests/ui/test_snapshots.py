@@ -74,3 +74,25 @@ def test_dashboard_regression(snap_compare) -> None:
 def test_dashboard_extras(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.extras_events(), control=Control())
     assert snap_compare(app, terminal_size=(120, 40))
+
+
+# Every modal at 80x24, the smallest supported terminal: its answer and its keys must be on screen.
+
+def test_lr_finder_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_plateau_prompt_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_quit_confirm_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24), press=["q"])
+
+
+def test_error_screen_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))

@@ -46,6 +46,10 @@ class RunStarted:
     # better) or "f1" (multi-label micro-F1).
     metric: str = "acc"
     higher_is_better: bool = True
+    # Where this session starts (non-zero on resume): its global step (mid-epoch too) and the run's elapsed time
+    # then, so a rate (ETA) uses this session's steps over this session's time.
+    start_step: int = 0
+    start_elapsed_s: float = 0.0
     world_size: int = 1  # ranks training together (`--nproc`, torchrun); the events are rank 0's
 
 
@@ -110,6 +114,7 @@ class UnfreezeSuggested:
     epochs: int
     next_groups: tuple[str, ...]
     epoch: int
+    waiting: bool = False  # the run is paused until the answer (UnfreezeNext and/or Resume) arrives
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ DASHBOARD_KEYS: tuple[DashboardKey, ...] = (
                  "Sweep the learning rate from the current weights, then offer the suggestion",
                  (("FindLR", "find LR"), ("ApplyLR", "apply LR"))),  # ApplyLR: the `a` key of the curve's window
     DashboardKey("l", "log_scale", "Log y", "Toggle log scale", "Log scale for the loss plot"),
+    DashboardKey("x", "x_span", "Span", "Toggle x span",
+                 "The plots' x axis: follow the run, or show every planned epoch"),
     DashboardKey("q", "quit_run", "Quit", "Quit", "Leave the dashboard: detach (the run goes on) or stop the run (asks first)"),
 )
 

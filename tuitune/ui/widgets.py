@@ -19,7 +19,7 @@ from tuitune.engine.events import LayerInfo
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
-from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
+from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth, x_range
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
@@ -136,32 +136,36 @@ class MetricPlot(Metered, PlotextPlot):
     def __init__(self, metric: str, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
         self.metric = metric  # "loss" or "acc" (the task's score, whatever it is)
+        self.x_span: tuple[float, float] | None = None  # the x axis last drawn
 
     def title(self, state: DashboardState, log_scale: bool) -> str:
         if self.metric == "loss":
             return "loss (log)" if log_scale else "loss"
         return METRIC_TITLES.get(state.metric, state.metric)
 
-    def show(self, state: DashboardState, log_scale: bool = False) -> None:
+    def show(self, state: DashboardState, log_scale: bool = False, whole_span: bool = False) -> None:
+        """Draw the curves; the x axis follows the run (`x_range`), or spans the whole plan with `whole_span`."""
         plt = self.plt
         plt.clear_figure()
         plt.theme("pro")
         plt.title(self.title(state, log_scale))
         log_y = log_scale and self.metric == "loss"
-        right, low, high = 0.0, math.inf, -math.inf
+        low, high = math.inf, -math.inf
         for series in plot_series(state, self.metric):
             points = series.points
             if log_y:  # log10 by hand: plotext's own log scale re-applies itself on every re-render
                 points = tuple((x, math.log10(y)) for x, y in points if y > 0)
                 low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
-            right = max(right, max((p[0] for p in points), default=0.0))
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        for marker in state.markers:
+        # phase lines last: a manual unfreeze's confirmation comes after its PhaseChanged, at the same x, and
+        # the phase line must stay visible over the command line
+        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
             plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
         if state.epochs:
-            plt.xlim(state.start_epoch, max(state.epochs, right))
+            self.x_span = x_range(state, whole_span)
+            plt.xlim(*self.x_span)
         if self.metric == "acc" and is_percent(state.metric):
             plt.ylim(0, 1)
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])

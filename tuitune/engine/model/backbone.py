@@ -195,7 +195,9 @@ def _load_weights(model: nn.Module, path: str, name: str,
     own = model.state_dict()
     heads = _classifier_names(model)
     is_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads)  # noqa: E731
-    body = [k for k in own if not is_head(k)]
+    # parameters and running statistics: BatchNorm's `num_batches_tracked` counters are used by no forward pass
+    # (momentum is set), so a file without them (most published ones) is complete
+    body = [k for k in own if not is_head(k) and not k.endswith("num_batches_tracked")]
     bad = [k for k in body if k not in sd or sd[k].shape != own[k].shape]
     if len(bad) * 2 > len(body):
         raise ModelError(f"model.weights: {path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "

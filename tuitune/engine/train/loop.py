@@ -74,7 +74,7 @@ class Trainer:
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
             profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings + tuple(st.notes),
             metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better,
-            world_size=self.dist.world))
+            start_step=st.global_step, start_elapsed_s=st.elapsed(), world_size=self.dist.world))
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
@@ -141,7 +141,9 @@ class Trainer:
                 self._read_window(window, step)
             # commands, pause, stop: at the step boundary (several ranks: at the metric reads)
             if not self._between_steps(step):
-                return None
+                if self.stop_status[0] != "stopped_early":  # interrupted: leave now, no validation
+                    return None
+                break  # `s`: the epoch ends here, validated and recorded like any other
         st.skip_steps = 0
         loss, score, (bad,) = st.epoch_sums.read(self.dist.max(st.guard.bad), reduce=self.dist.sum)
         self._settle(bad)
@@ -218,6 +220,8 @@ class Trainer:
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         if is_best:
             st.save("best")
+        if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
+            return
         st.save("last")
         if st.early_stop_reason():
             self.stop_status = ("stopped_early", st.early_stop_reason())
@@ -253,7 +257,20 @@ class Trainer:
         elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
             self._suggested_phase = st.phase
             self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch,
+                                        waiting=cfg.plateau_wait))
+            if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
+                self._wait_for_answer()
+
+    def _wait_for_answer(self) -> None:
+        """Paused until the plateau question is answered. A "no" (Resume alone) keeps the phase and asks again
+        after another `plateau_patience` flat epochs, so the run pauses for the person again."""
+        phase = self.st.phase
+        self.paused = True
+        self._between_steps()
+        if self.st.phase == phase and self.stop_status is None:
+            self.st.plateau.stale = 0
+            self._suggested_phase = -1
 
     def next_phase(self, reason: str) -> bool:
         st = self.st
@@ -261,6 +278,8 @@ class Trainer:
             return False
         added = st.enter_phase(st.phase + 1)
         self.parts.rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
+        # in mid-epoch (`u`) too: the groups just unfrozen train their BatchNorm layers from the next step
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
             self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
@@ -309,9 +328,7 @@ class Trainer:
             path = st.save("manual")
             detail = str(path) if path is not None else "not saved: the weights are not finite"
         elif isinstance(command, FindLR):
-            found = find_lr_in_run(self.parts, st, self.obj.train_loss, steps=command.steps,
-                                   seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
-                                   freeze_bn=self.profile.strategy.freeze_bn,
+            found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=command.steps,
                                    out_dir=self.run_dir if self.dist.is_main else None)
             self.emit(found)
             detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "

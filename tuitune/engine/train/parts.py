@@ -116,7 +116,11 @@ def _shield_workers(*loaders: Any) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Python's, torch's and numpy's global RNGs (timm's `Mixup` draws from numpy's)."""
+    import numpy as np
+
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 

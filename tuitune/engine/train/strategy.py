@@ -81,10 +81,11 @@ def phase_due(cfg: StrategyConfig, *, interactive: bool, phase: int, num_phases:
               total_epochs: int, phase_start_epoch: int, stale_epochs: int) -> str:
     """Is the next phase due after this epoch? "" when not; else the trigger that makes it due, "epochs" or
     "plateau" (the loop moves on, or, with a person watching, asks first for a plateau). Without a person a
-    `manual` trigger falls back to `strategy.fallback`. Pure: the loop passes in where the run stands."""
+    `manual` or `plateau` trigger (nobody to press `u` or answer the question) falls back to `strategy.fallback`.
+    Pure: the loop passes in where the run stands."""
     if phase + 1 >= num_phases or epoch >= total_epochs:
         return ""
-    trigger = cfg.fallback if cfg.trigger == "manual" and not interactive else cfg.trigger
+    trigger = cfg.fallback if cfg.trigger in ("manual", "plateau") and not interactive else cfg.trigger
     if trigger == "epochs" and epoch - phase_start_epoch >= cfg.every_epochs:
         return "epochs"
     if trigger == "plateau" and stale_epochs >= cfg.plateau_patience:

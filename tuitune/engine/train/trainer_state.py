@@ -248,6 +248,7 @@ class TrainerState:
             "trainable": list(self.parts.phases[self.phase]), "in_optimizer": list(self._in_optimizer),
             "optimizer": checkpoint.optimizer_state_by_name(self.optimizer),
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "rng_numpy": checkpoint.numpy_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
             "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
@@ -326,6 +327,8 @@ class TrainerState:
             watch.load(saved["watches"][name])
         torch.set_rng_state(saved["rng_torch"])
         random.setstate(saved["rng_python"])
+        if saved.get("rng_numpy") is not None:  # mixup / CutMix draws (older checkpoints lack it)
+            checkpoint.set_numpy_rng_state(saved["rng_numpy"])
         if saved["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}
