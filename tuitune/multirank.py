@@ -52,7 +52,7 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failure: our one line says it
     os.environ[ENV_RUN_DIR], os.environ[ENV_LAUNCHED] = str(run_dir), "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun does
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"tuitune-{uuid.uuid4().hex[:8]}",

@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+from torch.nn.modules.batchnorm import _BatchNorm
+
 from tuitune.config import load_profile
 from tuitune.engine.commands import Control, Pause, Resume, StopEarly, UnfreezeNext
 from tuitune.engine.events import MetricsUpdated, to_json
@@ -35,20 +37,29 @@ def main() -> int:
     control, events = Control(), []
     plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [Pause()], args.stop_at: [StopEarly()]}
 
+    held: dict = {}  # the trainer, once built
+    frozen_bn_training: set[str] = set()  # BatchNorm layers with frozen parameters seen in train mode mid-epoch
+
     def emit(event) -> None:
         events.append(json.loads(to_json(event)))
+        if isinstance(event, MetricsUpdated) and "trainer" in held:
+            for name, m in held["trainer"].parts.model.named_modules():
+                own = list(m.parameters(recurse=False))
+                if isinstance(m, _BatchNorm) and own and not any(q.requires_grad for q in own) and m.training:
+                    frozen_bn_training.add(name)
         if dist.is_main and isinstance(event, MetricsUpdated):
             for command in plan.get(event.global_step, []):
                 control.put(command)
                 if isinstance(command, Pause):  # a person presses p again a second later
                     threading.Timer(1.0, control.put, (Resume(),)).start()
 
-    trainer = Trainer(profile, Path(args.run_dir), emit, control, dist=dist, interactive=True)
+    trainer = held["trainer"] = Trainer(profile, Path(args.run_dir), emit, control, dist=dist, interactive=True)
     trainer.run()
     sums = {n: float(p.detach().double().sum()) for n, p in trainer.parts.model.named_parameters()}
     trainable = [n for n, p in trainer.parts.model.named_parameters() if p.requires_grad]
     start = {n: float(w.double().sum()) for n, w in trainer.st._w0.items()}
-    out = {"events": events, "sums": sums, "start": start, "trainable": trainable}
+    out = {"events": events, "sums": sums, "start": start, "trainable": trainable,
+           "frozen_bn_training": sorted(frozen_bn_training)}
     (Path(args.out) / f"rank{dist.rank}.json").write_text(json.dumps(out))
     dist.close()
     return 0

@@ -165,7 +165,8 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
         tmp_path: Path, procs: list) -> None:
     """u at step 2, p at step 5 (resumed a second later), s at step 8 put on rank 0's Control (3 steps an epoch:
     72 examples, 2 x 16 a step): both ranks apply each at the same global step; after the unfreeze, DDP
-    re-wrapped, the newly trainable parameters moved from their start and are identical on both ranks (checksums)."""
+    re-wrapped, the newly trainable parameters moved from their start and are identical on both ranks (checksums);
+    frozen BatchNorm layers stay in eval mode on both."""
     profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
                      strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"})
     ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
@@ -182,6 +183,7 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     assert unfrozen and ranks[0]["trainable"] == ranks[1]["trainable"]
     assert all(ranks[0]["sums"][n] == ranks[1]["sums"][n] for n in ranks[0]["sums"])
     assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in unfrozen if n.endswith("weight"))
+    assert ranks[0]["frozen_bn_training"] == ranks[1]["frozen_bn_training"] == []  # frozen BN: eval on each rank
 
 
 def _wait_for(proc: subprocess.Popen, prefix: str) -> None:
