@@ -17,8 +17,8 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.data.batches import to_device
@@ -206,7 +206,7 @@ class Trainer:
     def _refresh_cache(self) -> None:
         """Build the feature cache when this phase allows it; drop it when it no longer does."""
         st, cache = self.st, self.cache
-        reason = why_not(self.profile, self.parts, self.parts.phases[st.phase])
+        reason = why_not(self.profile, self.parts, st.trainable)
         if not reason and not cache.active:
             t0 = time.perf_counter()
             cache.build()
@@ -242,7 +242,7 @@ class Trainer:
         if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
             self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
-                               trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,
+                               trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
         self.emit(st.layers_changed(with_grad=False))
         return True
@@ -285,6 +285,14 @@ class Trainer:
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
             detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
+            self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, SetGroupTrainable):
+            detail = st.set_group_trainable(command.group, command.trainable)
+            if self.cache.active and why_not(self.profile, self.parts, st.trainable):
+                self._refresh_cache()  # a group below the head trains now: drop the cache (rebuilt at an epoch start)
+            self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, ScaleGroupLR):
+            detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail))
