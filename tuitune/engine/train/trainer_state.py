@@ -49,7 +49,8 @@ class TrainerState:
         self.per_class: dict[str, float] = {}
         self.phase_log: list[dict[str, Any]] = []
         up = scorer.higher_is_better  # the `*_score` metrics carry the task's score (RMSE is lower-is-better)
-        self.best = MetricWatch(profile.train.checkpoint_metric, score_higher=up)
+        ema_best = profile.train.ema_for_best and profile.train.ema_decay > 0  # the EMA model's val metric
+        self.best = MetricWatch(("ema_" if ema_best else "") + profile.train.checkpoint_metric, score_higher=up)
         self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta, score_higher=up)
         es = profile.early_stopping
         self.early = MetricWatch(es.metric, es.min_delta, score_higher=up)
@@ -248,7 +249,7 @@ class TrainerState:
             entry["best_val_score"] = metrics["val_score"]
         self.plateau.update(metrics[self.plateau.metric], self.epoch)
         self.early.update(metrics[self.early.metric], self.epoch)
-        return self.best.update(metrics[self.best.metric], self.epoch)
+        return self.best.update({**(extra or {}), **metrics}[self.best.metric], self.epoch)
 
     def early_stop_reason(self) -> str:
         es = self.profile.early_stopping
@@ -261,8 +262,8 @@ class TrainerState:
         return self.wall_before + time.perf_counter() - self.started
 
     def samples_per_s(self, wall_s: float) -> float:
-        steps = self.global_step
-        return steps * self.profile.data.batch_size / wall_s if wall_s > 0 else 0.0
+        samples = self.global_step * self.profile.data.batch_size * self.profile.train.accumulate_steps
+        return samples / wall_s if wall_s > 0 else 0.0
 
     def gpu_memory(self) -> tuple[float | None, float | None]:
         if self.parts.device.type != "cuda":
@@ -320,15 +321,17 @@ class TrainerState:
             return self._epoch_gen_state
         return gen.get_state()
 
-    def save(self, tag: str) -> Path | None:
+    def save(self, tag: str, *, ema: bool = False) -> Path | None:
         """Write checkpoint `tag`, unless the weights hold NaN/inf: a good checkpoint is never replaced by a
-        poisoned model (then a `Warned` event says so and None is returned)."""
-        if not all_finite(self.parts.model):
+        poisoned model (then a `Warned` event says so and None is returned). `ema`: the EMA model's weights
+        (`train.ema_for_best`), which then become the test's and the export's; the state is the run's."""
+        model = self.objective.ema.module if ema and self.objective and self.objective.ema else self.parts.model
+        if not all_finite(model):
             self.emit(Warned(message=f"not saving the {tag} checkpoint: the weights hold NaN/inf values; "
                                      f"checkpoints/{tag}.* keep their previous contents",
                              epoch=self.epoch, global_step=self.global_step, kind="nonfinite"))
             return None
-        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, self.parts.model, self.snapshot())
+        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, model, self.snapshot())
         self.saved[tag] = str(path)
         self.saved_at[tag] = (self.epoch, self.step_in_epoch)
         self.emit(CheckpointSaved(path=str(path), kind=tag, epoch=self.epoch, global_step=self.global_step))
