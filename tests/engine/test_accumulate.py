@@ -7,10 +7,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.engine.conftest import of_type, tiny_profile
+from tuitune.cli import main
 from tuitune.config import ProfileError, profile_from_dict, profile_to_dict
 from tuitune.engine.commands import Control, SetGroupTrainable
 from tuitune.engine.events import EpochEnded, LayersChanged, MetricsUpdated, RunFinished, RunStarted
 from tuitune.engine.record import checkpoint
+from tuitune.engine.record.runlog import read_events
 from tuitune.engine.record.session import run_training
 from tuitune.engine.train.loop import Trainer
 
@@ -94,3 +96,29 @@ def test_bn_mode_per_group_follows_the_trainable_set(tmp_path) -> None:
                      "head": None}
     after = {r.name: r.bn for r in of_type(events, LayersChanged)[-1].layers}
     assert after["layer1"] == "train" and after["layer2"] == "eval" and after["head"] is None
+
+
+def test_accumulating_run_resumed_mid_epoch_equals_an_unbroken_one(tmp_path) -> None:
+    """Positions are optimizer steps: 5 batches an epoch, 2 per step -> 3 steps; interrupted after step 2 of
+    epoch 2 and resumed, the run replays the epoch's first 4 batches and ends as the unbroken one."""
+    profile = tiny_profile(train={"epochs": 3, "accumulate_steps": 2, "schedule": "cosine", "warmup_steps": 2})
+    straight: list = []
+    run_training(profile, tmp_path / "a", straight.append, Control(), interactive=False)
+    control, first = Control(), []
+
+    def interrupt(event) -> None:
+        first.append(event)
+        if isinstance(event, MetricsUpdated) and event.global_step == 5:
+            control.request_stop()
+
+    run_training(profile, tmp_path / "b", interrupt, control, interactive=False)
+    saved = checkpoint.load_state(tmp_path / "b" / "checkpoints" / "last.state.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 2, 5)
+    assert main(["train", "--resume", str(tmp_path / "b"), "--headless"]) == 0
+    a = [(e.epoch, e.train_loss, e.val_loss) for e in straight if isinstance(e, EpochEnded)]
+    b = [(e.epoch, e.train_loss, e.val_loss) for e in read_events(tmp_path / "b") if isinstance(e, EpochEnded)]
+    assert [x[0] for x in b] == [1, 2, 3] and of_type(straight, RunStarted)[0].steps_per_epoch == 3
+    assert all(abs(x[1] - y[1]) < 1e-6 and abs(x[2] - y[2]) < 1e-6 for x, y in zip(a, b))
+    wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -248,7 +248,8 @@ class Trainer:
         elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
             self._suggested_phase = st.phase
             self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+                                        next_groups=tuple(g for g in self.parts.next_groups(st.phase)
+                                                          if g not in st.trainable), epoch=st.epoch))
 
     def next_phase(self, reason: str) -> bool:
         st = self.st
