@@ -44,6 +44,9 @@ async def test_cursor_space_plus_minus_send_group_commands_confirmed_by_the_engi
         assert table.selected is None
         await pilot.press("up")  # the first up selects the head
         assert table.selected == "head"
+        await pilot.press("escape")
+        await pilot.click(LayerTable, offset=(2, 5))  # border, header, stem, layer1, layer2, layer3
+        assert table.selected == "layer3"
     assert engine.received == [ScaleGroupLR(None, 1.5), SetGroupTrainable("layer2", True),
                                ScaleGroupLR("layer2", 1 / 1.5), SetGroupTrainable("layer2", False),
                                ScaleGroupLR(None, 1.5)]

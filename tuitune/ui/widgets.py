@@ -7,6 +7,7 @@ import time
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.app import RenderResult
 from textual.geometry import Region
 from textual.strip import Strip
@@ -220,9 +221,9 @@ class LayerTable(Metered, DataTable):
     The same groups in the same order (every update but the first) change in place, cell by cell, and only the
     cells whose text changed; the columns grow as a rebuild would grow them (they never shrink).
 
-    Selection: no group is selected (no cursor shown) until an arrow key is pressed on the table; the first `up`
-    selects the head (the bottom row), the first `down` the top row; `unselect` (the dashboard's `esc`) hides the
-    cursor again. `selected` is the group the dashboard's `space`, `+` and `-` act on."""
+    Selection: no group is selected (no cursor shown) until an arrow key is pressed on the table or a row is
+    clicked; the first `up` selects the head (the bottom row), the first `down` the top row; `unselect` (the
+    dashboard's `esc`) hides the cursor again. `selected` is the group the dashboard's `space`, `+` and `-` act on."""
 
     DEFAULT_CSS = """
     LayerTable { height: auto; max-height: 100%; }
@@ -282,6 +283,13 @@ class LayerTable(Metered, DataTable):
         self.move_cursor(row=row, animate=False)
         self.show_cursor = True
         return True
+
+    async def _on_click(self, event: events.Click) -> None:
+        """A click on a row selects it (DataTable moves only a cursor already shown)."""
+        meta = event.style.meta
+        if meta.get("row", -1) >= 0 and not meta.get("out_of_bounds", False):
+            self.show_cursor = True
+        await super()._on_click(event)
 
     def action_cursor_up(self) -> None:
         if not self._select(self.row_count - 1):
