@@ -122,6 +122,12 @@ class TrainConfig:
                                     "features once and train the head on them; dropped at the first unfreeze.")
     ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
                                 "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
+    ema_for_best: bool = opt(False, "With `ema_decay`: the `best` checkpoint (and so the test figures and the "
+                                    "export) holds the EMA weights, chosen by the EMA model's `checkpoint_metric` "
+                                    "(`ema_val_score` / `ema_val_loss`).")
+    accumulate_steps: int = opt(1, "Gradient accumulation: one optimizer step every this many batches of "
+                                   "`data.batch_size` (the loss is scaled to match one big batch); steps, the LR "
+                                   "schedule, `log_every` and `max_steps_per_epoch` count optimizer steps.", min=1)
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)
     seed: int = opt(0, "Random seed (data split, shuffling, initialisation).")
     device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
@@ -351,6 +357,11 @@ def _cross_check(p: RunProfile, file: str) -> None:
         raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
     if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in p.loss.class_weights):
         raise ProfileError(f"{file}: loss.class_weights: expected non-negative numbers")
+    if p.train.ema_for_best and not p.train.ema_decay:
+        raise ProfileError(f"{file}: train.ema_for_best: needs an EMA of the weights (train.ema_decay > 0, e.g. 0.999)")
+    if p.train.ema_for_best and not p.train.checkpoint_metric.startswith("val_"):
+        raise ProfileError(f"{file}: train.ema_for_best: the EMA model is scored on the val set; "
+                           f"train.checkpoint_metric must be val_score or val_loss")
     _check_augment(p, file)
 
 

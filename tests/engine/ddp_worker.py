@@ -3,7 +3,8 @@
 Runs a Trainer on a profile and writes what the test compares into OUT/rank<N>.json: every event this rank
 emitted (rank 0's are the run's; the others' are dropped by the CLI, kept here to compare) and a checksum per
 parameter at the end. `--unfreeze-at STEP` and `--stop-at STEP` put `UnfreezeNext` / `StopEarly` on rank 0's
-Control when its metrics for that step are emitted, as a dashboard would.
+Control when its metrics for that step are emitted, as a dashboard would; `--pause-at` also freezes layer4 again
+by hand (`SetGroupTrainable`), so DDP is re-wrapped for a smaller trainable set too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tuitune.config import load_profile
-from tuitune.engine.commands import Control, Pause, Resume, StopEarly, UnfreezeNext
+from tuitune.engine.commands import Control, Pause, Resume, SetGroupTrainable, StopEarly, UnfreezeNext
 from tuitune.engine.events import MetricsUpdated, to_json
 from tuitune.engine.train.distributed import from_env
 from tuitune.engine.train.loop import Trainer
@@ -35,7 +36,8 @@ def main() -> int:
     profile = load_profile(args.profile)
     dist = from_env(profile.train.device, 60)
     control, events = Control(), []
-    plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [Pause()], args.stop_at: [StopEarly()]}
+    plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [SetGroupTrainable("layer4", False), Pause()],
+            args.stop_at: [StopEarly()]}
 
     held: dict = {}  # the trainer, once built
     frozen_bn_training: set[str] = set()  # BatchNorm layers with frozen parameters seen in train mode mid-epoch

@@ -163,9 +163,10 @@ def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
 
 def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_identical(
         tmp_path: Path, procs: list) -> None:
-    """u at step 2, p at step 5 (resumed a second later), s at step 8 put on rank 0's Control (3 steps an epoch:
-    72 examples, 2 x 16 a step): both ranks apply each at the same global step; after the unfreeze, DDP
-    re-wrapped, the newly trainable parameters moved from their start and are identical on both ranks (checksums);
+    """u at step 2, layer4 frozen by hand and p at step 5 (resumed a second later), s at step 8 put on rank 0's
+    Control (3 steps an epoch: 72 examples, 2 x 16 a step): both ranks apply each at the same global step; DDP is
+    re-wrapped at each change of the trainable set; the unfrozen parameters moved from their start and are
+    identical on both ranks (checksums);
     frozen BatchNorm layers stay in eval mode on both."""
     profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
                      strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"})
@@ -174,13 +175,13 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     def applied(rank: dict) -> list[tuple[str, int]]:
         return [(e["command"], e["global_step"]) for e in rank["events"] if e["type"] == "CommandApplied"]
 
-    assert applied(ranks[0]) == applied(ranks[1]) == [("UnfreezeNext", 2), ("Pause", 5), ("Resume", 5),
-                                                      ("StopEarly", 8)]
+    assert applied(ranks[0]) == applied(ranks[1]) == [("UnfreezeNext", 2), ("SetGroupTrainable", 5),
+                                                      ("Pause", 5), ("Resume", 5), ("StopEarly", 8)]
     changes = [[(e["phase"], e["global_step"]) for e in r["events"] if e["type"] == "PhaseChanged"] for r in ranks]
     assert changes[0] == changes[1] == [(1, 2)]
     assert ranks[0]["events"][-1]["status"] == ranks[1]["events"][-1]["status"] == "stopped_early"
-    unfrozen = [n for n in ranks[0]["trainable"] if n.startswith("layer4.")]
-    assert unfrozen and ranks[0]["trainable"] == ranks[1]["trainable"]
+    unfrozen = [n for n in ranks[0]["sums"] if n.startswith("layer4.")]  # trained at steps 3-5, then frozen
+    assert ranks[0]["trainable"] == ranks[1]["trainable"] and not set(unfrozen) & set(ranks[0]["trainable"])
     assert all(ranks[0]["sums"][n] == ranks[1]["sums"][n] for n in ranks[0]["sums"])
     assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in unfrozen if n.endswith("weight"))
     assert ranks[0]["frozen_bn_training"] == ranks[1]["frozen_bn_training"] == []  # frozen BN: eval on each rank

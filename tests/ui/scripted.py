@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested)
@@ -33,10 +33,42 @@ def layers(phase: int, step: int = 0, lr: float = LR) -> tuple[LayerInfo, ...]:
         if name in trainable:
             depth = ORDER.index(name)
             out.append(LayerInfo(name, params, True, lr=lr * 0.385 ** depth, grad_norm=0.8 / (depth + 1),
-                                 drift=0.001 * step / (depth + 1)))
+                                 drift=0.001 * step / (depth + 1), bn=None if name == "head" else "train"))
         else:
-            out.append(LayerInfo(name, params, False))
+            out.append(LayerInfo(name, params, False, bn=None if name == "head" else "eval"))
     return tuple(out)
+
+
+def steer_events(rows: tuple[LayerInfo, ...], command: SetGroupTrainable | ScaleGroupLR, epoch: int,
+                 global_step: int) -> list[Event]:
+    """What the engine answers a group command with: `CommandApplied`, then the rows as they now are."""
+    out = []
+    for row in rows:
+        if isinstance(command, SetGroupTrainable) and row.name == command.group:
+            depth = ORDER.index(row.name)
+            row = dataclasses.replace(row, trainable=command.trainable, bn="train" if command.trainable else "eval",
+                                      lr=LR * 0.385 ** depth if command.trainable else None, grad_norm=None)
+        elif isinstance(command, ScaleGroupLR) and row.lr is not None and command.group in (None, row.name):
+            row = dataclasses.replace(row, lr=row.lr * command.factor)
+        out.append(row)
+    if isinstance(command, SetGroupTrainable):
+        detail = f"{command.group} {'trainable' if command.trainable else 'frozen (optimizer state kept)'}"
+    else:
+        detail = f"{command.group or 'all groups'} x{command.factor:.3g}"
+    return [LayersChanged(layers=tuple(out), global_step=global_step),
+            CommandApplied(type(command).__name__, epoch, global_step, detail=detail)]
+
+
+def steered_events() -> list[Event]:
+    """The mid run, then layer2 unfrozen out of turn and its LR raised once (x1.5)."""
+    events = mid_run_events()
+    g = 2 * SPE + 10
+    rows = layers(1, g)
+    for command in (SetGroupTrainable("layer2", True), ScaleGroupLR("layer2", 1.5)):
+        more = steer_events(rows, command, 3, g)
+        rows = more[0].layers  # type: ignore[union-attr]
+        events += more
+    return events
 
 
 def run_started(profile: dict[str, Any] | None = None, metric: str = "acc") -> RunStarted:
@@ -198,6 +230,7 @@ class ScriptedEngine:
         self.started = threading.Event()
         self.ended = threading.Event()
         self.phase = next((e.phase for e in reversed(self.prefix) if isinstance(e, PhaseChanged)), 0)
+        self.rows = next((e.layers for e in reversed(self.prefix) if isinstance(e, (LayersChanged, RunStarted))), ())
 
     def __call__(self, profile: Any, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
                  interactive: bool = True, resume: Path | None = None) -> Event:
@@ -243,6 +276,11 @@ class ScriptedEngine:
         elif isinstance(command, ApplyLR):
             emit(LayersChanged(layers=layers(self.phase, g, lr=command.lr), global_step=g))
             emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}"))
+        elif isinstance(command, (SetGroupTrainable, ScaleGroupLR)):
+            events = steer_events(self.rows, command, 3, g)
+            self.rows = events[0].layers  # type: ignore[union-attr]
+            for event in events:
+                emit(event)
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
             emit(CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, g))

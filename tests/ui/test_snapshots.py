@@ -96,3 +96,10 @@ def test_quit_confirm_80x24(snap_compare) -> None:
 def test_error_screen_80x24(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
     assert snap_compare(app, terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_dashboard_group_selected(snap_compare, size: tuple[int, int]) -> None:
+    """layer2 unfrozen out of turn and its LR raised (x1.5), then selected with the cursor (down x3)."""
+    app = TuituneApp("replay", events=scripted.steered_events(), control=Control())
+    assert snap_compare(app, terminal_size=size, press=["down", "down", "down"])

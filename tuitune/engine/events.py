@@ -24,6 +24,7 @@ class LayerInfo:
     lr: float | None = None
     grad_norm: float | None = None
     drift: float | None = None  # ||w - w0|| / ||w0|| since the run started
+    bn: str | None = None  # the group's BatchNorm layers: "train" or "eval" (running statistics frozen); None: none
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, UnfreezeSuggested)
 from tuitune.ui.keys import DASHBOARD_KEYS
@@ -41,6 +41,7 @@ MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
 STOP_TIMEOUT_S = 2.0
 FIRST_RUN_HINT = "u unfreeze next phase · f find LR · p pause · s stop · x span · q quit"
+LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
 EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
 
@@ -59,7 +60,8 @@ class DashboardScreen(Screen[None]):
     DashboardScreen #hint { height: 1; padding: 0 1; background: $boost; color: $text-accent; text-wrap: nowrap;
                             text-overflow: ellipsis; }
     """
-    BINDINGS = [Binding(k.key, k.action, k.footer) for k in DASHBOARD_KEYS]
+    BINDINGS = [Binding(k.key, k.action, k.footer, show=k.show, key_display=k.display or None)
+                for k in DASHBOARD_KEYS]
 
     def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  control: Control | None = None) -> None:
@@ -108,6 +110,7 @@ class DashboardScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#hint").display = self.run is not None
         self.query_one(LayerTable).border_title = "layers"
+        self.query_one(LayerTable).border_subtitle = "↑↓ select · space freeze · +/- LR"
         self.query_one(EventLog).border_title = "events"
         self._fit(self.app.size.width, self.app.size.height)
         if self.speed > 0 and self.initial_events:
@@ -317,6 +320,24 @@ class DashboardScreen(Screen[None]):
             self.notify("The LR finder is already running.", severity="warning")
             return
         self.send(FindLR())
+
+    def action_toggle_group(self) -> None:
+        """Freeze the selected group if the engine last said it trains, else unfreeze it."""
+        group = self.query_one(LayerTable).selected
+        row = next((layer for layer in self.state.layers if layer.name == group), None)
+        if row is None:
+            self.notify("Select a layer group first: up/down on the layer table.", severity="warning")
+            return
+        self.send(SetGroupTrainable(group=row.name, trainable=not row.trainable))
+
+    def action_lr_up(self) -> None:
+        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=LR_STEP))
+
+    def action_lr_down(self) -> None:
+        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=1 / LR_STEP))
+
+    def action_clear_selection(self) -> None:
+        self.query_one(LayerTable).unselect()
 
     def action_log_scale(self) -> None:
         self._key_used()

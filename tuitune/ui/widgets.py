@@ -7,6 +7,7 @@ import time
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.app import RenderResult
 from textual.geometry import Region
 from textual.strip import Strip
@@ -214,6 +215,7 @@ def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
         (fmt_sci(layer.lr) if layer.trainable else "-", "", "right"),
         ("-" if layer.grad_norm is None else f"{layer.grad_norm:.2e}", "", "right"),
         ("-" if layer.drift is None else f"{layer.drift:.2%}", "", "right"),
+        (layer.bn or "-", "#e5c07b" if layer.bn == "train" else "dim", None),
     )
 
 
@@ -225,16 +227,21 @@ class LayerTable(Metered, DataTable):
     """One row per layer group, from state only: it flips when the engine says so, never before.
 
     The same groups in the same order (every update but the first) change in place, cell by cell, and only the
-    cells whose text changed; the columns grow as a rebuild would grow them (they never shrink)."""
+    cells whose text changed; the columns grow as a rebuild would grow them (they never shrink).
+
+    Selection: no group is selected (no cursor shown) until an arrow key is pressed on the table or a row is
+    clicked; the first `up` selects the head (the bottom row), the first `down` the top row; `unselect` (the
+    dashboard's `esc`) hides the cursor again. `selected` is the group the dashboard's `space`, `+` and `-` act on."""
 
     DEFAULT_CSS = """
     LayerTable { height: auto; max-height: 100%; }
     """
 
-    COLUMNS = ("group", "params", "state", "LR", "grad", "drift")
+    COLUMNS = ("group", "params", "state", "LR", "grad", "drift", "BN")
 
     def on_mount(self) -> None:
-        self.cursor_type = "none"
+        self.cursor_type = "row"
+        self.show_cursor = False
         self.zebra_stripes = True
         for name in self.COLUMNS:
             self.add_column(name, key=name)
@@ -257,10 +264,48 @@ class LayerTable(Metered, DataTable):
         self._cells = rows
 
     def _rebuild(self, layers: tuple[LayerInfo, ...], rows: dict[str, tuple[Cell, ...]]) -> None:
+        selected = self.selected
         self.clear()
         for layer in layers:
             self.add_row(*(_text(cell) for cell in layer_cells(layer)), key=layer.name)
         self._cells = rows
+        if selected in rows:  # the same group stays selected
+            self.move_cursor(row=list(rows).index(selected), animate=False)
+        elif selected is not None:
+            self.unselect()
+
+    @property
+    def selected(self) -> str | None:
+        """The selected group's name; None when no cursor is shown."""
+        if not self.show_cursor or not self.row_count:
+            return None
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+    def unselect(self) -> None:
+        self.show_cursor = False
+
+    def _select(self, row: int) -> bool:
+        """Show the cursor on `row` if none is shown yet; True when this press did that (and so moved nothing)."""
+        if self.show_cursor or not self.row_count:
+            return False
+        self.move_cursor(row=row, animate=False)
+        self.show_cursor = True
+        return True
+
+    async def _on_click(self, event: events.Click) -> None:
+        """A click on a row selects it (DataTable moves only a cursor already shown)."""
+        meta = event.style.meta
+        if meta.get("row", -1) >= 0 and not meta.get("out_of_bounds", False):
+            self.show_cursor = True
+        await super()._on_click(event)
+
+    def action_cursor_up(self) -> None:
+        if not self._select(self.row_count - 1):
+            super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        if not self._select(0):
+            super().action_cursor_down()
 
     def state_of(self, name: str) -> str:
         """The state cell's plain text for group `name` (for tests and accessibility)."""

@@ -17,8 +17,8 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.data.batches import to_device
@@ -101,41 +101,40 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- epoch
     def _train_epoch(self) -> dict[str, float] | None:
         p, st, cfg = self.parts, self.st, self.profile.train
-        model, device = p.model, p.device
+        model, device, k = p.model, p.device, cfg.accumulate_steps
         strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
         self._refresh_cache()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
         window, seen = RunningSums(device, obj.scorer), 0
+        micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's batches (accumulation)
         batches = self.cache.batches() if self.cache.active else ((x, y, False) for x, y in p.train_loader)
-        for step, (x, y, cached) in enumerate(batches, start=1):
+        for i, (x, y, cached) in enumerate(batches):
+            step = i // k + 1  # the optimizer step this batch belongs to (1-based within the epoch)
             if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
                 continue
-            if step > p.steps_per_epoch:
+            if i >= p.micro_per_epoch:
                 break
+            size = min(k, p.micro_per_epoch - (step - 1) * k)  # batches in this step (the epoch's last: fewer)
             # fetch the batch onto the device (Mixup/CutMix there, when asked)
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
                 out, aux = (self.cache.train_head(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
-            # backward (several ranks: DDP all-reduces the gradients), clip, non-finite check (a device flag),
-            # step, schedule
-            st.optimizer.zero_grad(set_to_none=True)
-            share = p.batch_share(step - 1)  # 1.0 but for an uneven last global batch
-            (loss * share if share != 1.0 else loss).backward()
-            finite = self._clip_and_check(loss)
-            st.apply_lr()
-            st.optimizer.step()
-            st.guard.after_step(st.optimizer)
-            obj.after_step(model, st.global_step)  # the EMA of the weights
-            st.global_step += 1
-            st.step_in_epoch = step
-            # accumulate metrics on the device (a non-finite step adds nothing)
-            batch = window.batch(loss, out, y, finite)
-            st.epoch_sums.add_batch(batch)
-            window.add_batch(batch)
+            # backward: gradients add up over the step's batches, each loss scaled as a share of one big batch
+            # (several ranks: DDP all-reduces them; a rank's share of an uneven last global batch weighs in too)
+            if not micro:
+                st.optimizer.zero_grad(set_to_none=True)
+            factor = p.batch_share(i) / size
+            (loss * factor if factor != 1.0 else loss).backward()
+            micro.append((loss.detach(), out.detach(), y))
             seen += y.shape[0]
+            if len(micro) < size:
+                continue
+            self._optimizer_step(micro, window)
+            micro = []
+            st.step_in_epoch = step
             # every N steps: the one host sync, and events
             if step % cfg.log_every == 0:
                 self._read_window(window, step)
@@ -148,6 +147,23 @@ class Trainer:
         loss, score, (bad,) = st.epoch_sums.read(self.dist.max(st.guard.bad), reduce=self.dist.sum)
         self._settle(bad)
         return {"loss": loss, "score": score, "samples": seen * self.dist.world}
+
+    def _optimizer_step(self, micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                        window: RunningSums) -> None:
+        """Clip, non-finite check (a device flag), step, schedule, EMA; then the step's batches into the running
+        sums on the device (a non-finite step adds nothing)."""
+        st = self.st
+        loss = micro[0][0] if len(micro) == 1 else torch.stack([m[0] for m in micro]).mean()
+        finite = self._clip_and_check(loss)
+        st.apply_lr()
+        st.optimizer.step()
+        st.guard.after_step(st.optimizer)
+        self.obj.after_step(self.parts.model, st.global_step)  # the EMA of the weights
+        st.global_step += 1
+        for m_loss, out, y in micro:
+            batch = window.batch(m_loss, out, y, finite)
+            st.epoch_sums.add_batch(batch)
+            window.add_batch(batch)
 
     def _clip_and_check(self, loss: torch.Tensor) -> torch.Tensor:
         """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
@@ -219,7 +235,7 @@ class Trainer:
                              is_best=is_best, extra=more))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         if is_best:
-            st.save("best")
+            st.save("best", ema=self.profile.train.ema_for_best)
         if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
             return
         st.save("last")
@@ -231,7 +247,7 @@ class Trainer:
     def _refresh_cache(self) -> None:
         """Build the feature cache when this phase allows it; drop it when it no longer does."""
         st, cache = self.st, self.cache
-        reason = why_not(self.profile, self.parts, self.parts.phases[st.phase])
+        reason = why_not(self.profile, self.parts, st.trainable)
         if not reason and not cache.active:
             t0 = time.perf_counter()
             cache.build()
@@ -257,7 +273,8 @@ class Trainer:
         elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
             self._suggested_phase = st.phase
             self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch,
+                                        next_groups=tuple(g for g in self.parts.next_groups(st.phase)
+                                                          if g not in st.trainable), epoch=st.epoch,
                                         waiting=cfg.plateau_wait))
             if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
                 self._wait_for_answer()
@@ -283,7 +300,7 @@ class Trainer:
         if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
             self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
-                               trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,
+                               trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
         self.emit(st.layers_changed(with_grad=False))
         return True
@@ -336,6 +353,15 @@ class Trainer:
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
             detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
+            self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, SetGroupTrainable):
+            detail = st.set_group_trainable(command.group, command.trainable)
+            self.parts.rewrap()  # every rank is at this step: DDP's hooks for the new trainable set
+            if self.cache.active and why_not(self.profile, self.parts, st.trainable):
+                self._refresh_cache()  # a group below the head trains now: drop the cache (rebuilt at an epoch start)
+            self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, ScaleGroupLR):
+            detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail))

@@ -34,11 +34,15 @@ class RunParts:
     val_loader: Any
     test_loader: Any
     plan: strategy.PhasePlan  # the phases and each one's LR scale
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimizer steps
     warnings: tuple[str, ...]
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
     forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
     channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
+    micro_per_epoch: int = 0  # batches per epoch: `steps_per_epoch` x `train.accumulate_steps`, the last step short
+
+    def __post_init__(self) -> None:
+        self.micro_per_epoch = self.micro_per_epoch or self.steps_per_epoch
     dist: DistContext = LOCAL  # this process's rank among the run's ranks (one process: LOCAL)
     compiled: bool = False  # `train.compile`: `forward` is compiled (again after each DDP re-wrap)
 
@@ -147,15 +151,18 @@ def build_parts(profile: RunProfile, run_dir: Path, dist: DistContext = LOCAL) -
         bundle, batch_size=rank_batch_size(profile, dist), num_workers=profile.data.num_workers,
         device_type=device.type, seed=profile.train.seed, rank=dist.rank, world=dist.world)
     _shield_workers(train_loader, val_loader, test_loader)
-    steps = len(train_loader)
+    k = profile.train.accumulate_steps
+    micro = len(train_loader)
     if profile.train.max_steps_per_epoch:
-        steps = min(steps, profile.train.max_steps_per_epoch)
+        micro = min(micro, profile.train.max_steps_per_epoch * k)
+    steps = -(-micro // k)  # optimizer steps: every k batches, and the epoch's remainder
     plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
     warnings = []
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
                     val_loader=val_loader, test_loader=test_loader, plan=plan, steps_per_epoch=steps,
+                    micro_per_epoch=micro,
                     warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device, dist),
                     forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
                     channels_last=channels_last, dist=dist, compiled=profile.train.compile)

@@ -117,6 +117,29 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
                 module.eval()
 
 
+def batchnorms_by_group(model: torch.nn.Module, groups: Sequence[LayerGroup]) -> dict[str, list[torch.nn.Module]]:
+    """The BatchNorm layers (with affine parameters) of each layer group, found by their parameters' names."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    owner = {n: g.name for g in groups for n in g.param_names}
+    out: dict[str, list[torch.nn.Module]] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            names = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+            group = next((owner[n] for n in names if n in owner), None)
+            if group is not None:
+                out.setdefault(group, []).append(module)
+    return out
+
+
+def bn_mode(modules: Sequence[torch.nn.Module]) -> str | None:
+    """"train" when any of a group's BatchNorm layers updates its running statistics, "eval" when none does,
+    None when the group has none (the layer table's BN column)."""
+    if not modules:
+        return None
+    return "train" if any(m.training for m in modules) else "eval"
+
+
 def group_lr(base_lr: float, names: Sequence[str], group: str, decay: float) -> float:
     """Discriminative LR: the head gets `base_lr`; each group one step deeper gets `decay` times the one above."""
     depth = len(names) - 1 - list(names).index(group)
