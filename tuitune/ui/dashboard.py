@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState
 from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
-                                   RunStarted, UnfreezeSuggested)
+                                   RunStarted, SetupProgressed, UnfreezeSuggested)
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
@@ -138,7 +138,9 @@ class DashboardScreen(Screen[None]):
 
     def on_engine_event_received(self, message: EngineEventReceived) -> None:
         self._apply(message.event)
-        if isinstance(message.event, (MetricsUpdated, LayersChanged)):
+        if isinstance(message.event, SetupProgressed) and not message.event.finished:
+            self._render_status()  # one Static's text: cheap, and events come at most a few times a second
+        elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once

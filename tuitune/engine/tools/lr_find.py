@@ -199,7 +199,7 @@ def _valley_index(losses: list[float]) -> int:
 
 # ------------------------------------------------------------------------------------------------ a profile
 
-def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCurve, Path]:
+def find_lr_for_profile(profile: Any, out_dir: Path, emit: Any = None, **sweep: Any) -> tuple[LRCurve, Path]:
     """`tuitune lr-find`: build the run's parts and its phase-0 optimizer exactly as training would, sweep the
     phase-0 trainable groups, write `lr_find.csv` (and `lr_find.json`, the suggestion) into `out_dir`."""
     import json
@@ -210,7 +210,7 @@ def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCu
     from tuitune.engine.train.parts import build_parts
     from tuitune.engine.train.trainer_state import TrainerState
 
-    parts = build_parts(profile, out_dir)
+    parts = build_parts(profile, out_dir, emit)
     state = TrainerState(parts, profile, out_dir, emit=lambda e: None)
     curve = lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device,
                      train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
