@@ -110,3 +110,36 @@ def test_offline_flag_never_asks_the_hub(tmp_path: Path, bert_files: dict[str, b
         f"tuitune: error: model.name: Hugging Face model '{REPO}' is not in the local cache and there is no network; "
         f"fetch it once with: hf download {REPO} (or huggingface-cli download {REPO}), or set model.name to a local "
         "folder"]
+
+
+TIMM_REPO = "tuitune-tests/tiny-resnet"
+TIMM_BUILD = """
+import json, sys
+from tuitune.config import ModelConfig
+from tuitune.engine.model.backbone import build_backbone
+events = []
+b = build_backbone(ModelConfig(source="timm", name="hf-hub:{repo}"), 3,
+                   emit=events.append)
+print(json.dumps([e.__dict__ for e in events]))
+"""
+
+
+def test_timm_hf_hub_model_downloads_with_progress(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import load_file
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("test_resnet", num_classes=3), str(tmp_path / "repo"), safe_serialization=True)
+    files = repo_files(tmp_path / "repo")
+    home = tmp_path / "hf-home"
+    with StandInHub({TIMM_REPO: files}) as hub:
+        done = subprocess.run([sys.executable, "-c", TIMM_BUILD.format(repo=TIMM_REPO)], env=hub_env(hub, home),
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        asked = [path for _, path in hub.requests]
+    events = json.loads(done.stdout.splitlines()[-1])
+    assert [(e["detail"], e["finished"]) for e in events if e["finished"]] == [("config.json", True),
+                                                                              ("model.safetensors", True)]
+    assert not any("pytorch_model.bin" in p for p in asked)  # the safetensors file first, as timm reads it
+    cached = next((home / "hub").rglob("snapshots/*/model.safetensors"))
+    assert load_file(str(cached)).keys() == load_file(str(tmp_path / "repo" / "model.safetensors")).keys()

@@ -25,6 +25,7 @@ from tuitune.engine.record.progress import Progress
 
 Emit = Callable[[Event], None]
 MB = 1e-6
+CHUNK_BYTES = 1 << 20
 
 # What transformers reads from a model repo besides the weights: configs, tokenizer and processor files.
 _HF_SIDE_FILES = (".json", ".txt", ".model")
@@ -90,15 +91,19 @@ def event_tqdm(emit: Emit | None, filename: str) -> type:
 def download(repo_id: str, filename: str, revision: str | None, emit: Emit | None) -> str | None:
     """One file into the standard cache; None when the repo has no such file (a 404), so callers can try the
     next candidate. Any other failure is `DownloadFailed`."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
+    chunk = constants.DOWNLOAD_CHUNK_SIZE  # 10 MB: at 1 MB/s the bar would move every 10 s; 1 MB chunks cost nothing
+    constants.DOWNLOAD_CHUNK_SIZE = min(chunk, CHUNK_BYTES)
     try:
         return hf_hub_download(repo_id, filename, revision=revision, tqdm_class=event_tqdm(emit, filename))
     except EntryNotFoundError:
         return None
     except Exception as e:  # noqa: BLE001 - HTTP errors, connection loss, size mismatch: one line for the user
         raise DownloadFailed(f"{repo_id}/{filename}: {_why(e)}") from e
+    finally:
+        constants.DOWNLOAD_CHUNK_SIZE = chunk
 
 
 def _why(e: BaseException) -> str:
