@@ -91,6 +91,9 @@ class DataConfig:
                                        "`LengthGroupedSampler`: shuffled, then sorted by length within groups of 50 "
                                        "batches; seeded, and replayed exactly on resume), so batches, which are "
                                        "always cut to their longest text, carry less padding.")
+    pad_to_max_length: bool = opt(False, "Text: pad every batch to `model.max_length`, as before batches were "
+                                         "cut to their longest text: static shapes (e.g. for `train.compile`), and "
+                                         "the baseline for measuring what dynamic padding saves.")
     cache_images: str = opt("auto", "`image_folder`: keep the decoded, resized images in memory so an epoch does "
                                     "not decode every file again. `auto`: when they fit in a quarter of the free "
                                     "RAM; `on`: always; `off`: never. A split with random train-time augmentation "

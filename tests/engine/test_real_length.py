@@ -67,6 +67,8 @@ def test_batches_are_cut_to_their_longest_text_and_tokenized_once(tokenizer, tmp
                 assert bool((x["attention_mask"][:, :longest].sum(1) > 0).all())
                 widths.add(longest)
     assert len(calls) == 1 and len(widths) > 1
+    padded = make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0, pad_to_max_length=True)
+    assert {x["input_ids"].shape[1] for loader in padded[:2] for x, _y in loader} == {32}  # the old baseline
     done = [e for e in of_type(events, SetupProgressed) if e.task == "tokenize" and e.finished]
     assert [(e.detail, e.done, e.total, e.unit) for e in done] == [("t.csv", 48, 48, "texts")]
 

@@ -328,20 +328,22 @@ def resolve_num_workers(num_workers: int, device_type: str) -> int:
     return min(8, (os.cpu_count() or 2) // 2)
 
 
-def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str,
-                 seed: int, group_by_length: bool = False) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str, seed: int,
+                 group_by_length: bool = False,
+                 pad_to_max_length: bool = False) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader shuffled by a seeded generator (same order for the same seed); val/test in order, with
     twice the batch size since they keep no activations for backward. Text batches are cut to their longest
-    sequence; `group_by_length` (text) shuffles into batches of similar lengths, from the same generator."""
+    sequence (unless `pad_to_max_length`); `group_by_length` (text) shuffles into batches of similar lengths,
+    from the same generator."""
+    collate = (lambda ds: None) if pad_to_max_length else collate_for
     workers = resolve_num_workers(num_workers, device_type)
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": device_type == "cuda",
                               "persistent_workers": workers > 0}
     gen = torch.Generator().manual_seed(seed)
     sampler = length_sampler(bundle.train, batch_size, gen) if group_by_length else None
     train = DataLoader(bundle.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                       drop_last=False, generator=gen, collate_fn=collate_for(bundle.train), **common)
-    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, collate_fn=collate_for(bundle.val),
-                     **common)
-    test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, collate_fn=collate_for(bundle.test),
+                       drop_last=False, generator=gen, collate_fn=collate(bundle.train), **common)
+    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.val), **common)
+    test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.test),
                        **common) if bundle.test is not None else None)
     return train, val, test

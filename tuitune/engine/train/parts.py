@@ -143,7 +143,8 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
         warnings += [note] if note else []
     train_loader, val_loader, test_loader = make_loaders(
         bundle, batch_size=profile.data.batch_size, num_workers=profile.data.num_workers,
-        device_type=device.type, seed=profile.train.seed, group_by_length=profile.data.group_by_length)
+        device_type=device.type, seed=profile.train.seed, group_by_length=profile.data.group_by_length,
+        pad_to_max_length=profile.data.pad_to_max_length)
     _shield_workers(train_loader, val_loader, test_loader)
     steps = len(train_loader)
     if profile.train.max_steps_per_epoch:
