@@ -136,10 +136,13 @@ def test_timm_hf_hub_model_downloads_with_progress(tmp_path: Path) -> None:
         done = subprocess.run([sys.executable, "-c", TIMM_BUILD.format(repo=TIMM_REPO)], env=hub_env(hub, home),
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        asked = [path for _, path in hub.requests]
+        hub_requests = list(hub.requests)
     events = json.loads(done.stdout.splitlines()[-1])
     assert [(e["detail"], e["finished"]) for e in events if e["finished"]] == [("config.json", True),
                                                                               ("model.safetensors", True)]
-    assert not any("pytorch_model.bin" in p for p in asked)  # the safetensors file first, as timm reads it
+    # one metadata request and one download per file, the safetensors file first (as timm reads it), and nothing
+    # more: the build itself ran with the hub off
+    assert sorted((m, p.rsplit("/", 1)[-1]) for m, p in hub_requests) == [
+        ("GET", "config.json"), ("GET", "model.safetensors"), ("HEAD", "config.json"), ("HEAD", "model.safetensors")]
     cached = next((home / "hub").rglob("snapshots/*/model.safetensors"))
     assert load_file(str(cached)).keys() == load_file(str(tmp_path / "repo" / "model.safetensors")).keys()
