@@ -45,7 +45,7 @@ class Trainer:
                  interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.interactive, self.after_run = interactive, after_run
-        self.parts: RunParts = build_parts(profile, run_dir)
+        self.parts: RunParts = build_parts(profile, run_dir, emit)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
         self.cache = FeatureCache(self.parts)
