@@ -44,8 +44,9 @@ class ModelConfig:
     source: str = opt("timm", "Where the backbone comes from: `timm` or `hf` (Hugging Face transformers).",
                       choices=("timm", "hf"))
     name: str = opt("", "timm model name (e.g. `resnet18`), or for `hf` a local directory or a hub id.")
-    pretrained: bool = opt(True, "Start from pretrained weights: timm's / Hugging Face's, from the local cache "
-                                 "(tuitune never downloads at run time), or a local `hf` folder's own weights. "
+    pretrained: bool = opt(True, "Start from pretrained weights: timm's / Hugging Face's, from the standard Hugging "
+                                 "Face cache, downloaded into it first when missing (not with `--offline` or "
+                                 "`HF_HUB_OFFLINE=1`), or a local `hf` folder's own weights. "
                                  "`false` = random init. Not used when `weights` is set.")
     weights: str = opt("", "Local weights file (`.safetensors`, or `.pth`/`.pt` read with `weights_only=True`); "
                            "relative to the profile's folder. The classifier head is re-created.", path=True)
@@ -57,7 +58,8 @@ class ModelConfig:
     pooling: str = opt("model", "Text models: what the head reads. `model` = the model's own (CLS / pooler); "
                                 "`mean` = the mean over tokens (right for sentence-embedding checkpoints).",
                        choices=("model", "mean"))
-    max_length: int = opt(128, "Text models: tokens per example (longer ones are truncated).", min=1)
+    max_length: int = opt(128, "Text models: the most tokens per example (longer ones are truncated); each batch "
+                               "is padded only to its own longest text.", min=1)
     trust_remote_code: bool = opt(False, "Allow a Hugging Face checkpoint to run its own Python code.")
 
 
@@ -90,6 +92,18 @@ class DataConfig:
                            choices=("rank", "global"))
     num_workers: int = opt(-1, "DataLoader worker processes; -1 picks from the CPU count (0 on CPU-only runs).",
                            min=-1)
+    group_by_length: bool = opt(False, "Text: batch texts of similar length together (transformers' "
+                                       "`LengthGroupedSampler`: shuffled, then sorted by length within groups of 50 "
+                                       "batches; seeded, and replayed exactly on resume), so batches, which are "
+                                       "always cut to their longest text, carry less padding.")
+    pad_to_max_length: bool = opt(False, "Text: pad every batch to `model.max_length`, as before batches were "
+                                         "cut to their longest text: static shapes (e.g. for `train.compile`), and "
+                                         "the baseline for measuring what dynamic padding saves.")
+    cache_images: str = opt("auto", "`image_folder`: keep the decoded, resized images in memory so an epoch does "
+                                    "not decode every file again. `auto`: when they fit in a quarter of the free "
+                                    "RAM; `on`: always; `off`: never. A split with random train-time augmentation "
+                                    "is never cached (its transform differs every epoch).",
+                            choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState
 from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
-                                   RunStarted, UnfreezeSuggested)
+                                   RunStarted, SetupProgressed, UnfreezeSuggested)
 from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, LeaveRunScreen, PlateauPromptScreen
@@ -155,7 +155,9 @@ class DashboardScreen(Screen[None]):
         if self._history_marker(message.event):
             return
         self._apply(message.event)
-        if isinstance(message.event, (MetricsUpdated, LayersChanged)):
+        if isinstance(message.event, SetupProgressed) and not message.event.finished:
+            self._render_status()  # one Static's text: cheap, and events come at most a few times a second
+        elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once

@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable
 
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
-                                   PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+                                   PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed,
+                                   UnfreezeSuggested, Warned)
+from tuitune.engine.record.progress import progress_text
 from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_score, fmt_sci, score_label
 from tuitune.ui.keys import COMMAND_LABELS
 
@@ -89,6 +91,7 @@ class DashboardState:
     finished: RunFinished | None = None
     failed: RunFailed | None = None
     trust_remote_code: bool = False
+    setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
     events_seen: int = 0
 
     @property
@@ -272,8 +275,15 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
                                checkpoints={**s.checkpoints, **e.checkpoints}, log=_log(s, "info", text))
 
 
+def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
+    """The step under way shows on the status bar; a finished one leaves a line in the log."""
+    if e.finished:
+        return dataclasses.replace(s, setup=None, log=_log(s, "info", progress_text(e)))
+    return dataclasses.replace(s, setup=e)
+
+
 def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
-    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None, cache_active=False,
+    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None, cache_active=False, setup=None,
                                run_dir=s.run_dir or e.run_dir, log=_log(s, "error", f"failed: {e.message}"))
 
 
@@ -281,7 +291,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     RunStarted: _run_started, MetricsUpdated: _metrics, EpochEnded: _epoch_ended, PhaseChanged: _phase_changed,
     LayersChanged: _layers_changed, UnfreezeSuggested: _suggested, CommandApplied: _command_applied,
     CheckpointSaved: _checkpoint, Warned: _warned, RunFinished: _finished, RunFailed: _failed,
-    FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed,
+    FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed, SetupProgressed: _setup,
 }
 
 

@@ -16,7 +16,8 @@ from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey
 from textual_plotext import PlotextPlot
 
-from tuitune.engine.events import LayerInfo
+from tuitune.engine.events import LayerInfo, SetupProgressed
+from tuitune.engine.record.progress import progress_text
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
@@ -84,7 +85,7 @@ def status_text(state: DashboardState) -> Text:
     top = Text.assemble((f" {label} ", style), " ")
     if state.cache_active:
         top.append_text(Text.assemble((f" {CACHE_BADGE[0]} ", CACHE_BADGE[1]), " "))
-    top.append(state.run_name or "waiting for the engine…", "bold")
+    top.append(state.run_name or ("preparing the run…" if state.setup else "waiting for the engine…"), "bold")
     if state.device:
         top.append(f"  {state.device}", "dim")
     if state.world_size > 1:
@@ -97,6 +98,8 @@ def status_text(state: DashboardState) -> Text:
         top.append(f"  epoch {min(max(state.epoch, 1), state.epochs)}/{state.epochs}")
     if state.steps_per_epoch:
         top.append(f"  step {state.step}/{state.steps_per_epoch}")
+    if state.setup is not None:
+        return Text("\n").join([top, setup_text(state.setup)])
     bottom = Text(f"{state.samples_per_s:,.0f} samples/s  elapsed {fmt_duration(state.elapsed_s)}", "dim")
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
@@ -110,6 +113,19 @@ def status_text(state: DashboardState) -> Text:
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
     return Text("\n").join([top, bottom])  # (the CSS cuts a long line: it never pushes the next one out)
+
+
+def setup_text(e: SetupProgressed, width: int = 20) -> Text:
+    """`⇣ download model.safetensors ██████░░░░ 12.3/45.6 MB  27%  1.2 MB/s`: a setup step's progress line."""
+    icon = {"download": "⇣", "tokenize": "¶", "scan": "⌕", "decode": "▦", "cache": "▤"}.get(e.task, "…")
+    line = Text(f"{icon} {e.task} {e.detail} ", "bold")
+    if e.total:
+        filled = round(width * min(max(e.done / e.total, 0.0), 1.0))
+        line.append("█" * filled, "#4ec96f")
+        line.append("░" * (width - filled) + " ", "dim")
+    body = progress_text(e).removeprefix(f"{e.task} {e.detail}".strip()).strip()
+    line.append(body)
+    return line
 
 
 def log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:

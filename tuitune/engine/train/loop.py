@@ -51,7 +51,7 @@ class Trainer:
                  dist: DistContext = LOCAL) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.interactive, self.after_run, self.dist = interactive, after_run, dist
-        self.parts: RunParts = build_parts(profile, run_dir, dist)
+        self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
         self.obj = Objective(profile, self.parts)
         if dist.active and self.obj.distiller is not None and self.obj.distiller.on_pre_logits:
             raise UserError("distill.teacher: distilling on the pre-logits (\"self\") reads the model around DDP's "

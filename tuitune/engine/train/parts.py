@@ -7,13 +7,15 @@ import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from tuitune.config import ModelConfig, RunProfile
+from tuitune.engine.events import Event
 from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
+from tuitune.engine.data.image_cache import cache_images
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, make_loaders
@@ -128,15 +130,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_parts(profile: RunProfile, run_dir: Path, dist: DistContext = LOCAL) -> RunParts:
+def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None] | None = None,
+                dist: DistContext = LOCAL) -> RunParts:
+    """Build everything before the first step; `emit` gets `SetupProgressed` for the long parts (a download, an
+    image folder scan, tokenization), so no setup step runs silently. `dist`: this process's rank of a
+    multi-rank run (its device, its share of the data)."""
     seed_everything(profile.train.seed)  # the same on every rank: same init, same shuffle generator
     device = dist.device(profile.train.device) or resolve_device(profile.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     target = target_kind(profile.loss.kind)
     classes = class_names(profile.data, target)
-    backbone = build_backbone(model_config(profile), len(classes), task=input_task(profile.data, profile.model),
-                              coarse=profile.strategy.coarse)
+    task = input_task(profile.data, profile.model)
+    if profile.data.group_by_length and task != "text":
+        raise UserError("data.group_by_length: only for text data (images all have the same size)")
+    if profile.data.group_by_length and dist.active:
+        raise UserError("data.group_by_length: not with several ranks yet (their batches are slices of one "
+                        "global shuffle)")
+    backbone = build_backbone(model_config(profile), len(classes), task=task, coarse=profile.strategy.coarse,
+                              emit=emit)
     _sync_bn(profile, backbone, device, dist)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
@@ -144,12 +156,16 @@ def build_parts(profile: RunProfile, run_dir: Path, dist: DistContext = LOCAL) -
         backbone.model.to(memory_format=torch.channels_last)
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
                             tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed,
-                            target=target)
+                            target=target, emit=emit)
+    warnings = []
     if backbone.task == "image":
         bundle = augment_train(bundle, backbone.data_config, profile.augment)
+        bundle, note = cache_images(bundle, profile.data.cache_images, emit)
+        warnings += [note] if note else []
     train_loader, val_loader, test_loader = make_loaders(
         bundle, batch_size=rank_batch_size(profile, dist), num_workers=profile.data.num_workers,
-        device_type=device.type, seed=profile.train.seed, rank=dist.rank, world=dist.world)
+        device_type=device.type, seed=profile.train.seed, group_by_length=profile.data.group_by_length,
+        pad_to_max_length=profile.data.pad_to_max_length, rank=dist.rank, world=dist.world)
     _shield_workers(train_loader, val_loader, test_loader)
     k = profile.train.accumulate_steps
     micro = len(train_loader)
@@ -157,7 +173,6 @@ def build_parts(profile: RunProfile, run_dir: Path, dist: DistContext = LOCAL) -
         micro = min(micro, profile.train.max_steps_per_epoch * k)
     steps = -(-micro // k)  # optimizer steps: every k batches, and the epoch's remainder
     plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
-    warnings = []
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
