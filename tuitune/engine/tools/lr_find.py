@@ -213,7 +213,7 @@ def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCu
     parts = build_parts(profile, out_dir)
     state = TrainerState(parts, profile, out_dir, emit=lambda e: None)
     curve = lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device,
-                     train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
+                     train_mode=lambda m: strategy.train_mode(m, profile.strategy),
                      autocast=parts.autocast, **sweep)
     path = curve_to_csv(curve, out_dir / "lr_find.csv")
     (out_dir / "lr_find.json").write_text(json.dumps({

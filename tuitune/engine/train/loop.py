@@ -21,8 +21,9 @@ from tuitune.engine.train import occasional as extras
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
-                                   PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
-from tuitune.engine.train.feature_cache import FeatureCache, why_not
+                                   PhaseChanged, RunFinished, RunStarted, SetupProgressed, UnfreezeSuggested,
+                                   Warned)
+from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.objective import Objective, to_device
 from tuitune.engine.train.parts import RunParts, build_parts
@@ -42,12 +43,13 @@ class Trainer:
         self.parts: RunParts = build_parts(profile, run_dir)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
-        self.cache = FeatureCache(self.parts)
+        self.cache = FeatureCache(self.parts, profile)
         if resume is not None:
             self.st.resume_from(resume)
         self.paused = False
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
+        self._cache_said = ""  # the last FeatureCacheChanged detail: a reason is said once, not every epoch
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
@@ -85,7 +87,7 @@ class Trainer:
     def _train_epoch(self) -> dict[str, float] | None:
         p, st, cfg = self.parts, self.st, self.profile.train
         model, device = p.model, p.device
-        strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
+        strategy.train_mode(model, self.profile.strategy)
         self._refresh_cache()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
@@ -100,7 +102,7 @@ class Trainer:
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = (self.cache.head(x), None) if cached else obj.forward(p.forward, x)
+                out, aux = (self.cache.top(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
             # backward, clip, non-finite check (a device flag), step, schedule
             st.optimizer.zero_grad(set_to_none=True)
@@ -170,9 +172,10 @@ class Trainer:
         """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`); the val set
         from the feature cache while it is in use."""
         if self.cache.active and loader is self.parts.val_loader:
-            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts)
-        result = self.obj.evaluate(self.parts.model, loader, self.parts)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts)
+        else:
+            result = self.obj.evaluate(self.parts.model, loader, self.parts)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
         return result
 
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
@@ -197,21 +200,13 @@ class Trainer:
         self._maybe_next_phase()
 
     def _refresh_cache(self) -> None:
-        """Build the feature cache when this phase allows it; drop it when it no longer does."""
-        st, cache = self.st, self.cache
-        reason = why_not(self.profile, self.parts, self.parts.phases[st.phase])
-        if not reason and not cache.active:
-            t0 = time.perf_counter()
-            cache.build()
-            detail = (f"training the head on cached backbone features ({len(cache.train[1])} train, "
-                      f"{len(cache.val[1])} val; built in {time.perf_counter() - t0:.1f}s)")
-        elif reason and cache.active:
-            cache.drop()
-            detail = f"dropped: {reason}"
-        else:
-            return
-        self.emit(FeatureCacheChanged(active=cache.active, detail=detail, epoch=st.epoch,
-                                      global_step=st.global_step))
+        """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
+        st = self.st
+        changed, detail = self.cache.refresh(lambda **kw: self.emit(SetupProgressed(**kw)))
+        if changed and detail != self._cache_said:
+            self._cache_said = detail
+            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
+                                          global_step=st.global_step))
 
     # ------------------------------------------------------------------------------------- phases, commands
     def _trigger(self) -> str:
@@ -240,8 +235,13 @@ class Trainer:
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
-        if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
-            self._refresh_cache()
+        strategy.train_mode(self.parts.model, self.profile.strategy)  # newly trainable modules leave eval mode
+        why = self.cache.invalid_after_unfreeze()
+        if why:  # the groups below the boundary train from now on: their output is no longer fixed
+            self.cache.drop()
+            self._cache_said = f"dropped: {why}"
+            self.emit(FeatureCacheChanged(active=False, detail=self._cache_said, epoch=st.epoch,
+                                          global_step=st.global_step))
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))

@@ -25,7 +25,7 @@ def epoch_extras(trainer: Trainer, val: dict[str, Any]) -> dict[str, float]:
         out.update(ema_val_loss=ema["loss"], ema_val_acc=ema["acc"])
     if p.source_loader is not None:
         out["source_acc"] = source_accuracy(trainer)
-        strategy.set_train_mode(p.model, trainer.profile.strategy.freeze_bn)
+        strategy.train_mode(p.model, trainer.profile.strategy)
     return out
 
 
@@ -58,7 +58,7 @@ def find_lr(trainer: Trainer, steps: int) -> str:
     loader = DataLoader(p.bundle.train, batch_size=trainer.profile.data.batch_size, shuffle=True, generator=gen)
     current = st.head_base_lr()
     curve = lr_sweep(p.model, st.optimizer, loader, lambda out, y: trainer.obj.train_loss(out, y), p.device,
-                     steps=steps, train_mode=lambda m: strategy.set_train_mode(m, trainer.profile.strategy.freeze_bn),
+                     steps=steps, train_mode=lambda m: strategy.train_mode(m, trainer.profile.strategy),
                      autocast=p.autocast)
     st.apply_lr()  # the sweep restored the optimizer; put this step's scheduled LRs back
     path = curve_to_csv(curve, trainer.run_dir / f"lr_find_step{st.global_step}.csv")
