@@ -76,15 +76,17 @@ def test_progressive_rebuilds_one_boundary_lower_with_the_same_losses(tmp_path) 
     cached, _ = _run(tmp_path / "a", emit=snap, trainer_hook=count, strategy=PROGRESSIVE, train=train)
     plain, _ = _run(tmp_path / "b", strategy=PROGRESSIVE, train={**train, "feature_cache": False})
     _assert_same_training(cached, plain)
-    changes = [(c.active, c.detail.split(" cached")[0]) for c in of_type(cached, FeatureCacheChanged)]
-    dropped = "dropped: the layers up to {} are no longer all frozen; rebuilt at the next epoch"
-    assert changes == [(True, "output of pre_logits"), (False, dropped.format("pre_logits")),
-                       (True, "output of layer3.1"), (False, dropped.format("layer3.1")),
-                       (True, "output of layer2.1")]  # coarse groups: layer4, then layer3 trains whole
-    # the frozen prefix runs only while a cache is built (events in order: built, epoch 1 ended, ...)
-    built, ended = per_epoch[0], per_epoch[1]
-    assert built["event"] == "FeatureCacheChanged" and ended["event"] == "EpochEnded"
-    assert ended["stem"] == built["stem"] and ended["layer1"] == built["layer1"]  # not called on cached steps
+    changes = [(c.active, c.detail) for c in of_type(cached, FeatureCacheChanged)]
+    assert [active for active, _ in changes] == [True, True, True]
+    assert changes[0][1].startswith("output of pre_logits cached (72 train, 24 val")
+    assert "also stored for later phases: layer3.1, layer2.1)" in changes[0][1]  # coarse: layer4, then layer3
+    assert changes[1:] == [(True, f"output of {b} cached (stored in the first pass): only the layers above it run")
+                           for b in ("layer3.1", "layer2.1")]
+    assert [c.global_step for c in of_type(cached, FeatureCacheChanged)[1:]] == [
+        p.global_step for p in of_type(cached, PhaseChanged)]
+    # the frozen prefix runs only while the cache is built, once: never on cached steps, nor at the unfreezes
+    assert per_epoch[0]["event"] == "FeatureCacheChanged" and per_epoch[-1]["event"] == "EpochEnded"
+    assert per_epoch[-1]["stem"] == per_epoch[0]["stem"] and per_epoch[-1]["layer1"] == per_epoch[0]["layer1"]
 
 
 def test_hf_text_progressive_same_losses_and_skips_frozen_layers(tmp_path) -> None:
@@ -205,20 +207,30 @@ def test_freeze_dropout_puts_frozen_modules_in_eval_and_leaves_the_head_training
     assert model[0][1].training
 
 
-def test_unfreeze_mid_epoch_switches_to_real_batches(tmp_path) -> None:
+@pytest.mark.parametrize("strategy_table, after", [
+    ({"kind": "progressive", "trigger": "manual"}, (True, "output of layer3.1 cached (stored in the first pass)")),
+    # no later phase within the epoch budget: nothing stored below, so the rest of the epoch reads real batches
+    ({"kind": "progressive", "trigger": "epochs", "every_epochs": 2}, (False, "dropped: the layers up to "
+                                                                             "pre_logits are no longer all frozen")),
+])
+def test_unfreeze_mid_epoch(tmp_path, strategy_table: dict, after: tuple[bool, str]) -> None:
     control = Control()
 
     def emit(event) -> None:
         if isinstance(event, MetricsUpdated) and event.global_step == 1:
             control.put(UnfreezeNext())
 
-    events, final = _run(tmp_path, control, emit, strategy={"kind": "progressive", "trigger": "manual"},
-                         train={"epochs": 1, "log_every": 1})
-    assert [c.active for c in of_type(events, FeatureCacheChanged)] == [True, False]
-    assert of_type(events, FeatureCacheChanged)[1].global_step == of_type(events, PhaseChanged)[0].global_step
+    events, final = _run(tmp_path / "a", control, emit, strategy=strategy_table, train={"epochs": 1, "log_every": 1})
+    changes = of_type(events, FeatureCacheChanged)
+    assert [c.active for c in changes] == [True, after[0]] and changes[1].detail.startswith(after[1])
+    assert changes[1].global_step == of_type(events, PhaseChanged)[0].global_step
     assert final.status == "finished" and len(of_type(events, MetricsUpdated)) == final.global_step
     layers = [m.lrs for m in of_type(events, MetricsUpdated)]
     assert len(layers[0]) == 1 and len(layers[-1]) == 2  # head, then head + layer4
+    control = Control()
+    plain, _ = _run(tmp_path / "b", control, emit, strategy=strategy_table,
+                    train={"epochs": 1, "log_every": 1, "feature_cache": False})
+    _assert_same_training(events, plain)
 
 
 def test_text_store_pads_per_batch(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ Stored as float32: half-precision storage would not keep results within the 1e-5
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -81,8 +82,7 @@ class _Store:
 class FeatureCache:
     def __init__(self, parts: RunParts, profile: RunProfile) -> None:
         self.parts, self.profile = parts, profile
-        self.train: _Store | None = None
-        self.val: _Store | None = None
+        self.stores: dict[int, tuple[_Store, _Store]] = {}  # boundary -> (train, val) activations
         self.k = -1
         self.top: nn.Module | None = None
         self._split: Any = None
@@ -90,7 +90,15 @@ class FeatureCache:
 
     @property
     def active(self) -> bool:
-        return self.train is not None
+        return self.k in self.stores
+
+    @property
+    def train(self) -> _Store | None:
+        return self.stores[self.k][0] if self.active else None
+
+    @property
+    def val(self) -> _Store | None:
+        return self.stores[self.k][1] if self.active else None
 
     @property
     def boundary(self) -> str:
@@ -125,37 +133,72 @@ class FeatureCache:
                 return -1, (random or f"the lowest layers ({seg.name}) train: no frozen part to cache")
         return len(split.segments) - 1, ""  # a Hugging Face encoder frozen whole: its pooler and head run
 
-    def refresh(self, progress: Callable[..., None]) -> tuple[bool, str]:
-        """Build, keep, or drop the cache for the current phase. (changed, detail for the event)."""
+    def _later_boundaries(self, k: int, phase: int, epoch: int) -> list[int]:
+        """The boundaries of the phases after `phase` (below k), nearest first: stored in the same pass, so an
+        unfreeze switches to the activations one boundary lower instead of running the frozen part again. With
+        the `epochs` trigger, only the phases that start within the epoch budget."""
+        own = {g.name: set(g.param_names) for g in self.parts.groups}
+        later = self.parts.phases[phase + 1:]
+        cfg = self.profile.strategy
+        if cfg.trigger == "epochs":
+            later = later[:max(0, math.ceil((self.profile.train.epochs - epoch) / cfg.every_epochs) - 1)]
+        out: list[int] = []
+        for groups in later:
+            trainable = set().union(*(own[g] for g in groups))
+            first = next((i for i, seg in enumerate(self.split.segments) if seg.params & trainable),
+                         len(self.split.segments))
+            if 0 <= first - 1 < k and first - 1 not in out:
+                out.append(first - 1)
+        return out
+
+    def refresh(self, phase: int, epoch: int, progress: Callable[..., None]) -> tuple[bool, str]:
+        """Build, keep, switch or drop the cache for the current phase. (changed, detail for the event)."""
         k, reason = self.plan()
         if self.active and k == self.k:
             return False, ""
+        if k in self.stores:
+            return True, self._use(k)
         was = self.boundary
         self.drop()
         if k < 0:
             return True, f"not used: {reason}" if not was else f"dropped: {reason}"
         t0 = time.perf_counter()
-        reason, lower = self._build(k, progress)
+        reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
         while reason and lower and k > 0:  # something random at k (e.g. timm's head dropout): one segment lower
             k -= 1
-            reason, lower = self._build(k, progress)
+            reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
         if reason:
             return True, f"not used: {reason}"
-        size = (self.train.nbytes + self.val.nbytes) / 1e6  # type: ignore[union-attr]
-        where = self.train.feats.device.type  # type: ignore[union-attr]
+        size = sum(t.nbytes + v.nbytes for t, v in self.stores.values()) / 1e6
+        later = [self.split.segments[b].name for b in sorted(self.stores, reverse=True) if b != k]
+        also = f"; also stored for later phases: {', '.join(later)}" if later else ""
         return True, (f"output of {self.boundary} cached ({len(self.train.labels)} train, "  # type: ignore[union-attr]
-                      f"{len(self.val.labels)} val, {size:.1f} MB on {where}, built in "  # type: ignore[union-attr]
-                      f"{time.perf_counter() - t0:.1f}s): only the layers above it run")
+                      f"{len(self.val.labels)} val, {size:.1f} MB on {self.train.feats.device.type}, "  # type: ignore[union-attr]
+                      f"built in {time.perf_counter() - t0:.1f}s{also}): only the layers above it run")
 
-    def invalid_after_unfreeze(self) -> str:
-        """Called when groups were unfrozen: why the cached boundary no longer holds ("" when it still does)."""
+    def on_unfreeze(self) -> str:
+        """After groups were unfrozen: "" when the cached boundary still holds; else what changed (switched to
+        activations stored one boundary lower, or dropped until the next epoch), for the event."""
         if not self.active:
             return ""
         k, _ = self.plan()
-        return "" if k == self.k else f"the layers up to {self.boundary} are no longer all frozen; rebuilt at the next epoch"
+        if k == self.k:
+            return ""
+        if k in self.stores:
+            return self._use(k)
+        was = self.boundary
+        self.drop()
+        return f"dropped: the layers up to {was} are no longer all frozen; rebuilt at the next epoch"
+
+    def _use(self, k: int) -> str:
+        for b in [b for b in self.stores if b > k]:  # boundaries above k are never used again
+            del self.stores[b]
+        self.k, self.top = k, _Top(self.split, k)
+        return f"output of {self.boundary} cached (stored in the first pass): only the layers above it run"
 
     def drop(self) -> None:
-        self.train = self.val = self.top = None
+        self.stores = {}
+        self.top = None
         self.k = -1
 
     # ---------------------------------------------------------------------------------------------- building
@@ -171,70 +214,67 @@ class FeatureCache:
         return a
 
     @torch.no_grad()
-    def _build(self, k: int, progress: Callable[..., None]) -> tuple[str, bool]:
-        """Check the split at k on a real batch, that it repeats, that it fits; then store train and val.
-        ("", _) when built, else (why not, whether a lower boundary may still do)."""
-        p, split = self.parts, self.split
-        x0, _ = next(iter(self._loader(torch.utils.data.Subset(p.bundle.train, range(min(8, len(p.bundle.train)))))))
-        x0 = to_device(x0, p.device)
+    def _build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
+        """Check the split at each boundary on a real batch, that it repeats, that it fits; then store train and
+        val at every boundary that fits (ks[0], the current one, first). ("", _) when built, else (why not,
+        whether a lower boundary may still do)."""
+        p, split, k = self.parts, self.split, ks[0]
+        probe = torch.utils.data.Subset(p.bundle.train, range(min(8, len(p.bundle.train))))
+        x0 = to_device(next(iter(self._loader(probe)))[0], p.device)
         with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []), p.autocast():
-            first, second = split.prefix(x0, k), split.prefix(x0, k)
-            if not torch.allclose(first.float(), second.float(), rtol=1e-6, atol=1e-6):
+            first, second = split.prefixes(x0, ks), split.prefixes(x0, ks)
+            if not all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
                 return (f"the frozen layers up to {split.segments[k].name} give different outputs for the same "
                         f"batch (dropout or another random op; see strategy.freeze_dropout)"), True
-            bad = verify(split, x0, k, self._top_input)
+            bad = next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), "")
         if bad:
             return bad, False
         n = len(p.bundle.train) + len(p.bundle.val)
-        name = split.segments[k].name
-        store = self._sized(self._top_input(first, x0), n, name)
-        if isinstance(store, str):
-            return store, False
+        where = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+        if isinstance(where, str):
+            return where, False
+        device, fits = where
+        ks = ks[:fits]
         with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
-            self.train = self._store(p.bundle.train, k, store, progress, f"{name} (train)")
-            self.val = self._store(p.bundle.val, k, store, progress, f"{name} (val)")
+            train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
+            val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
+        self.stores = {b: (train[b], val[b]) for b in ks}
         self.k, self.top = k, _Top(split, k)
         return "", False
 
-    def _sized(self, a: Any, n: int, name: str) -> torch.device | str:
-        """Where the activations go (the run's device, else host memory), or why they fit nowhere."""
-        feats = a["inputs_embeds"] if isinstance(a, dict) else a
-        if isinstance(a, dict):  # text: stored unpadded, so count the real tokens of the probe
-            per_sample = a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
-        else:
-            per_sample = feats[0].numel() * 4
-        need = per_sample * n * 1.1
+    def _sized(self, probes: list[Any], n: int, name: str) -> tuple[torch.device, int] | str:
+        """Where the activations go (the run's device, else host memory) and how many of the boundaries fit
+        there (the current one at least), or why even that one fits nowhere."""
+        need = [_per_sample(a) * n * 1.1 for a in probes]
         cfg = self.profile.train.cache_memory_gb
         devices = [self.parts.device] + ([torch.device("cpu")] if self.parts.device.type == "cuda" else [])
+        budget = 0.0
         for device in devices:
             budget = cfg * 1e9 if cfg > 0 else 0.5 * _available(device)
-            if need <= budget:
-                return device
-        budget = cfg * 1e9 if cfg > 0 else 0.5 * _available(devices[-1])
+            total, fits = 0.0, 0
+            for size in need:
+                if total + size > budget:
+                    break
+                total, fits = total + size, fits + 1
+            if fits:
+                return device, fits
         key = "train.cache_memory_gb" if cfg > 0 else "half the available memory; set train.cache_memory_gb"
-        return f"the output of {name} would take {need / 1e9:.2f} GB, over the budget of {budget / 1e9:.2f} GB ({key})"
+        return (f"the output of {name} would take {need[0] / 1e9:.2f} GB, over the budget of {budget / 1e9:.2f} GB "
+                f"({key})")
 
-    def _store(self, dataset: Any, k: int, where: torch.device, progress: Callable[..., None], label: str) -> _Store:
+    def _store(self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None],
+               label: str) -> dict[int, _Store]:
         p, split = self.parts, self.split
         loader = self._loader(dataset)
         total, t0, last = len(loader), time.perf_counter(), 0.0
-        feats: list[torch.Tensor] = []
-        masks: list[torch.Tensor] = []
-        lengths: list[int] = []
+        parts: dict[int, _Parts] = {b: _Parts() for b in ks}
         labels: list[torch.Tensor] = []
         for i, (x, y) in enumerate(loader, start=1):
             x = to_device(x, p.device)
             with p.autocast():
-                a = self._top_input(split.prefix(x, k), x)
-            if isinstance(a, dict):
-                m = a["attention_mask"]  # each row up to its last real token (right or left padded alike)
-                ends = (m.shape[1] - m.flip(1).int().argmax(1)).tolist()
-                for row, mrow, n in zip(a["inputs_embeds"], m, ends):
-                    feats.append(row[:n].float().to(where))
-                    masks.append(mrow[:n].to(where))
-                    lengths.append(n)
-            else:
-                feats.append(a.float().to(where))
+                acts = split.prefixes(x, ks)
+            for b in ks:
+                parts[b].add(self._top_input(acts[b], x), where)
             labels.append(y.to(p.device))
             now = time.perf_counter()
             if now - last >= 0.25 or i == total:
@@ -242,12 +282,7 @@ class FeatureCache:
                 progress(task="cache", detail=label, done=i, total=total, unit="batches",
                          rate=i / max(now - t0, 1e-9), finished=i == total)
         label_t = torch.cat(labels)
-        if not lengths:
-            return _Store(label_t, torch.cat(feats))
-        offsets = [0]
-        for n in lengths:
-            offsets.append(offsets[-1] + n)
-        return _Store(label_t, torch.cat(feats), offsets, torch.cat(masks))
+        return {b: part.store(label_t) for b, part in parts.items()}
 
     # --------------------------------------------------------------------------------------------- batches
     def batches(self) -> Iterator[tuple[Any, torch.Tensor, bool]]:
@@ -271,6 +306,42 @@ class FeatureCache:
         n = len(store.labels)  # type: ignore[union-attr]
         return [(store.get(range(i, min(i + batch_size, n)), self.parts.device),  # type: ignore[union-attr]
                  store.labels[i:i + batch_size]) for i in range(0, n, batch_size)]  # type: ignore[union-attr]
+
+
+class _Parts:
+    """Activations of one boundary as they come, batch by batch (text rows cut to their last real token)."""
+
+    def __init__(self) -> None:
+        self.feats: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+        self.lengths: list[int] = []
+
+    def add(self, a: Any, where: torch.device) -> None:
+        if not isinstance(a, dict):
+            self.feats.append(a.float().to(where))
+            return
+        m = a["attention_mask"]  # each row up to its last real token (right or left padded alike)
+        ends = (m.shape[1] - m.flip(1).int().argmax(1)).tolist()
+        for row, mrow, n in zip(a["inputs_embeds"], m, ends):
+            self.feats.append(row[:n].float().to(where))
+            self.masks.append(mrow[:n].to(where))
+            self.lengths.append(n)
+
+    def store(self, labels: torch.Tensor) -> _Store:
+        if not self.lengths:
+            return _Store(labels, torch.cat(self.feats))
+        offsets = [0]
+        for n in self.lengths:
+            offsets.append(offsets[-1] + n)
+        return _Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
+
+
+def _per_sample(a: Any) -> float:
+    """Bytes per sample of an activation as stored (float32; text: its real tokens only)."""
+    if isinstance(a, dict):
+        feats = a["inputs_embeds"]
+        return a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
+    return a[0].numel() * 4
 
 
 def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:

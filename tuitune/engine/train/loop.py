@@ -202,7 +202,7 @@ class Trainer:
     def _refresh_cache(self) -> None:
         """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
         st = self.st
-        changed, detail = self.cache.refresh(lambda **kw: self.emit(SetupProgressed(**kw)))
+        changed, detail = self.cache.refresh(st.phase, st.epoch, lambda **kw: self.emit(SetupProgressed(**kw)))
         if changed and detail != self._cache_said:
             self._cache_said = detail
             self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
@@ -236,11 +236,10 @@ class Trainer:
             return False
         added = st.enter_phase(st.phase + 1)
         strategy.train_mode(self.parts.model, self.profile.strategy)  # newly trainable modules leave eval mode
-        why = self.cache.invalid_after_unfreeze()
-        if why:  # the groups below the boundary train from now on: their output is no longer fixed
-            self.cache.drop()
-            self._cache_said = f"dropped: {why}"
-            self.emit(FeatureCacheChanged(active=False, detail=self._cache_said, epoch=st.epoch,
+        detail = self.cache.on_unfreeze()  # one boundary lower (stored in the first pass), or dropped
+        if detail:
+            self._cache_said = detail
+            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
                                           global_step=st.global_step))
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,

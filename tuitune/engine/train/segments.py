@@ -130,9 +130,16 @@ class TimmSplit:
                                    stem.params | frozenset(n for n in names if n in _VIT_ROOT_PARAMS))
 
     def prefix(self, x: Any, k: int) -> Any:
-        for seg in self.segments[:k + 1]:
+        return self.prefixes(x, [k])[k]
+
+    def prefixes(self, x: Any, ks: list[int]) -> dict[int, Any]:
+        """The activations after each segment in `ks`, from one pass."""
+        out = {}
+        for i, seg in enumerate(self.segments[:max(ks) + 1]):
             x = seg.run(x)
-        return x
+            if i in ks:
+                out[i] = x
+        return out
 
     def top(self, a: Any, k: int) -> Any:
         for seg in self.segments[k + 1:]:
@@ -199,20 +206,29 @@ class HFSplit:
         raise NotSequential("the layer list has no parent module")
 
     def prefix(self, x: Any, k: int) -> Any:
-        """Run the model until segment k has produced its output; stop there."""
-        target = self.segments[k].modules[0]
+        return self.prefixes(x, [k])[k]
 
-        def hook(_m: nn.Module, _args: Any, out: Any) -> None:
-            raise _Stop(out[0] if isinstance(out, tuple) else out)
+    def prefixes(self, x: Any, ks: list[int]) -> dict[int, Any]:
+        """Run the model until the deepest segment in `ks` has produced its output, keeping each one's; stop."""
+        out: dict[int, Any] = {}
+        last = max(ks)
 
-        handle = target.register_forward_hook(hook)
+        def keep(k: int) -> Callable[..., None]:
+            def hook(_m: nn.Module, _args: Any, value: Any) -> None:
+                out[k] = value[0] if isinstance(value, tuple) else value
+                if k == last:
+                    raise _Stop(None)
+            return hook
+
+        handles = [self.segments[k].modules[0].register_forward_hook(keep(k)) for k in ks]
         try:
             self.model(x)
-        except _Stop as stop:
-            return stop.value
+        except _Stop:
+            return out
         finally:
-            handle.remove()
-        raise NotSequential(f"{self.segments[k].name} was not called by the model's forward")
+            for handle in handles:
+                handle.remove()
+        raise NotSequential(f"{self.segments[last].name} was not called by the model's forward")
 
     @contextlib.contextmanager
     def _swapped(self, k: int) -> Iterator[None]:
