@@ -172,9 +172,10 @@ class FeatureCache:
         size = sum(t.nbytes + v.nbytes for t, v in self.stores.values()) / 1e6
         later = [self.split.segments[b].name for b in sorted(self.stores, reverse=True) if b != k]
         also = f"; also stored for later phases: {', '.join(later)}" if later else ""
-        return True, (f"output of {self.boundary} cached ({len(self.train.labels)} train, "  # type: ignore[union-attr]
-                      f"{len(self.val.labels)} val, {size:.1f} MB on {self.train.feats.device.type}, "  # type: ignore[union-attr]
-                      f"built in {time.perf_counter() - t0:.1f}s{also}): only the layers above it run")
+        train, val = self.stores[k]
+        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val, "
+                      f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
+                      f"only the layers above it run")
 
     def on_unfreeze(self) -> str:
         """After groups were unfrozen: "" when the cached boundary still holds; else what changed (switched to
@@ -293,10 +294,10 @@ class FeatureCache:
         if loader.generator is not None:  # what DataLoader.__iter__ draws first (its workers' base seed), so the
             torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # shuffle below is the same
         for indices in loader.batch_sampler:
-            if self.train is not None:
-                store = self.train
-                yield store.get(indices, self.parts.device), store.labels[torch.as_tensor(indices,
-                                                                                          device=store.labels.device)], True
+            store = self.train
+            if store is not None:
+                index = torch.as_tensor(indices, device=store.labels.device)
+                yield store.get(indices, self.parts.device), store.labels[index], True
             else:
                 x, y = loader.collate_fn([dataset[i] for i in indices])
                 yield x, y, False
