@@ -241,3 +241,14 @@ def test_text_store_pads_per_batch(tmp_path: Path) -> None:
     batch = store.get([1, 0], torch.device("cpu"))
     assert batch["inputs_embeds"].shape == (2, 3, 2) and batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["inputs_embeds"][1, 2].tolist() == [0.0, 0.0]
+
+
+def test_headless_console_says_what_the_cache_does() -> None:
+    import io
+
+    from tuitune.headless import ConsolePrinter
+
+    out = io.StringIO()
+    ConsolePrinter(out=out)(FeatureCacheChanged(active=False, detail="not used: train.feature_cache is off",
+                                                epoch=0, global_step=0))
+    assert out.getvalue() == "feature cache off: not used: train.feature_cache is off\n"
