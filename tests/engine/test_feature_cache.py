@@ -164,10 +164,13 @@ def test_an_event_says_why_the_cache_is_not_used(tmp_path, sections: dict, reaso
 
 def test_random_head_dropout_moves_the_boundary_below_it(tmp_path) -> None:
     """timm's head dropout sits inside forward_head: the pooled features are random, layer4's output is not."""
-    events, _ = _run(tmp_path, strategy={"kind": "head_only"}, regularization={"drop_rate": 0.2},
-                     train={"epochs": 1})
-    [change] = of_type(events, FeatureCacheChanged)
+    sections = dict(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
+                    regularization={"drop_rate": 0.2}, train={"epochs": 2, "log_every": 1})
+    events, _ = _run(tmp_path / "a", **sections)
+    change = of_type(events, FeatureCacheChanged)[0]
     assert change.active and change.detail.startswith("output of layer4.1 cached")
+    plain, _ = _run(tmp_path / "b", **{**sections, "train": {**sections["train"], "feature_cache": False}})
+    _assert_same_training(events, plain)  # the same dropout masks: building the cache draws no random number
 
 
 def test_stochastic_depth_without_freeze_dropout_stops_the_cache_below_it(tmp_path) -> None:

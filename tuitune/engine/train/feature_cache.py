@@ -214,15 +214,21 @@ class FeatureCache:
             return {"inputs_embeds": a, "attention_mask": x["attention_mask"]}
         return a
 
-    @torch.no_grad()
     def _build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
+        """`_checked_build` without touching the random number generators: a DataLoader draws its workers' seed
+        from the global one, so the run's dropout masks would differ from an uncached (or resumed) run's."""
+        devices = [self.parts.device] if self.parts.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            return self._checked_build(ks, progress)
+
+    def _checked_build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
         """Check the split at each boundary on a real batch, that it repeats, that it fits; then store train and
         val at every boundary that fits (ks[0], the current one, first). ("", _) when built, else (why not,
         whether a lower boundary may still do)."""
         p, split, k = self.parts, self.split, ks[0]
         probe = torch.utils.data.Subset(p.bundle.train, range(min(8, len(p.bundle.train))))
         x0 = to_device(next(iter(self._loader(probe)))[0], p.device)
-        with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []), p.autocast():
+        with p.autocast():
             first, second = split.prefixes(x0, ks), split.prefixes(x0, ks)
             if not all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
                 return (f"the frozen layers up to {split.segments[k].name} give different outputs for the same "
@@ -236,9 +242,8 @@ class FeatureCache:
             return where, False
         device, fits = where
         ks = ks[:fits]
-        with torch.random.fork_rng(devices=[p.device] if p.device.type == "cuda" else []):
-            train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
-            val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
+        train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
+        val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
         self.stores = {b: (train[b], val[b]) for b in ks}
         self.k, self.top = k, _Top(split, k)
         return "", False
