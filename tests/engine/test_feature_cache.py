@@ -66,7 +66,7 @@ def test_progressive_rebuilds_one_boundary_lower_with_the_same_losses(tmp_path) 
     def count(trainer: Trainer) -> None:
         model = trainer.parts.model
         model.conv1.register_forward_hook(lambda *_: calls.__setitem__("stem", calls["stem"] + 1))
-        model.layer1.register_forward_hook(lambda *_: calls.__setitem__("layer1", calls["layer1"] + 1))
+        model.layer1[0].register_forward_hook(lambda *_: calls.__setitem__("layer1", calls["layer1"] + 1))
 
     def snap(event) -> None:
         if isinstance(event, (FeatureCacheChanged, EpochEnded)):
@@ -86,6 +86,7 @@ def test_progressive_rebuilds_one_boundary_lower_with_the_same_losses(tmp_path) 
         p.global_step for p in of_type(cached, PhaseChanged)]
     # the frozen prefix runs only while the cache is built, once: never on cached steps, nor at the unfreezes
     assert per_epoch[0]["event"] == "FeatureCacheChanged" and per_epoch[-1]["event"] == "EpochEnded"
+    assert per_epoch[0]["stem"] > 0 and per_epoch[0]["layer1"] > 0  # the hooks see the build's calls
     assert per_epoch[-1]["stem"] == per_epoch[0]["stem"] and per_epoch[-1]["layer1"] == per_epoch[0]["layer1"]
 
 

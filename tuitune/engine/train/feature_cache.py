@@ -308,6 +308,9 @@ class FeatureCache:
                 yield x, y, False
 
     def val_batches(self, batch_size: int = 256) -> list[tuple[Any, torch.Tensor]]:
+        """The val split's stored activations in order. Draws the one random number a pass over the val loader
+        draws (its workers' base seed, from the global generator), so later dropout masks stay the uncached run's."""
+        torch.empty((), dtype=torch.int64).random_(generator=self.parts.val_loader.generator)
         store = self.val
         n = len(store.labels)  # type: ignore[union-attr]
         return [(store.get(range(i, min(i + batch_size, n)), self.parts.device),  # type: ignore[union-attr]
