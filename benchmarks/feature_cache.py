@@ -35,11 +35,11 @@ def cache_speedup(epochs: int = 5) -> dict[str, float]:
     later_plain = statistics.median(e.epoch_s for e in plain[1:])
     later_cached = statistics.median(e.epoch_s for e in cached[1:])
     for a, b in zip(plain, cached):
-        print(f"epoch {a.epoch}: no cache {a.epoch_s:6.3f}s val acc {a.val_acc:.4f} | cache {b.epoch_s:6.3f}s "
-              f"val acc {b.val_acc:.4f}", file=sys.stderr)
+        print(f"epoch {a.epoch}: no cache {a.epoch_s:6.3f}s val acc {a.val_score:.4f} | cache {b.epoch_s:6.3f}s "
+              f"val acc {b.val_score:.4f}", file=sys.stderr)
     return {"cache_speedup": round(later_plain / later_cached, 1), "epoch_s_plain": round(later_plain, 4),
             "epoch_s_cached": round(later_cached, 4), "first_epoch_s_cached": round(cached[0].epoch_s, 3),
-            "val_acc_plain": round(plain[-1].val_acc, 4), "val_acc_cached": round(cached[-1].val_acc, 4)}
+            "val_score_plain": round(plain[-1].val_score, 4), "val_score_cached": round(cached[-1].val_score, 4)}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a profile (the dashboard, or --headless)")
     train.add_argument("profile", nargs="?", help="a profile .toml (optional with --resume)")
-    train.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
+    train.add_argument("--headless", action="store_true",
+                       help="no dashboard: print progress lines in the foreground (Ctrl+C stops; attach works)")
+    train.add_argument("--inline", action="store_true",
+                       help="train in the dashboard's own process (ends with the terminal) instead of a run process")
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fine-tune the embedded offline demo (digits 0-4 -> 5-9)")
     demo.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
+    demo.add_argument("--inline", action="store_true", help="train in the dashboard's own process")
     demo.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-TIMESTAMP)")
     demo.add_argument("--force", action="store_true", help="reuse an existing --out directory")
     _add_profile_options(demo)
@@ -53,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
     replay.add_argument("--speed", type=float, default=0.0,
                         help="playback speed: 1 = as recorded, 10 = ten times faster, 0 = instant (default)")
+    attach = sub.add_parser("attach", help="bring the dashboard back to a live run (its history, then live)")
+    attach.add_argument("run_dir", nargs="?",
+                        help="a run directory (default: the newest live run under ./runs, or a choice)")
+
+    runs = sub.add_parser("runs", help="list run directories: status (live, finished, dead, ...), progress")
+    runs.add_argument("dir", nargs="?", default="runs", help="the folder of run directories (default ./runs)")
+    runs.add_argument("--json", action="store_true", help="one JSON array of objects")
     _add_ship_commands(sub)
     return parser
 
@@ -98,14 +109,13 @@ def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
 
 def cmd_layers(args: argparse.Namespace) -> int:
     profile = _layers_profile(args.profile, args.overrides)
-    from tuitune.engine.data.datasets import class_names
+    from tuitune.engine.data.kinds import class_names, input_task
     from tuitune.engine.model.backbone import build_backbone, layer_table
-    from tuitune.engine.train.parts import model_task
     from tuitune.engine.train.strategy import plan_phases
 
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=model_task(profile),
-                              coarse=profile.strategy.coarse)
-    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy)[0]
+    task = input_task(profile.data, profile.model)
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse)
+    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
     rows = layer_table(backbone.groups, set(first_phase))
     if args.json:
         print(json.dumps(rows))
@@ -140,13 +150,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         profile = load_profile(args.profile, args.overrides)
         run_dir = new_run_dir(profile, args.out, args.force)
+    if resume is not None:
+        _refuse_live(run_dir)
     if args.headless:
         from tuitune.headless import run_headless
 
         return run_headless(profile, run_dir, resume)
     from tuitune.ui.launch import open_dashboard
 
-    return open_dashboard(profile, run_dir, resume)
+    return open_dashboard(profile, run_dir, resume, inline=args.inline)
+
+
+def _refuse_live(run_dir: Path) -> None:
+    from tuitune.remote.runs import run_status
+
+    if run_status(run_dir) == "live":
+        raise UserError(f"{run_dir}: --resume: this run is live (tuitune attach {run_dir} brings it back)")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from tuitune.remote.runs import format_table, list_runs
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: runs: no such folder")
+    runs = list_runs(folder)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs]))
+    elif not runs:
+        print(f"no run directories under {folder}")
+    else:
+        print(format_table(runs))
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """A live run: its dashboard. A run that ended: its record, summary on top. A dead one: one line, exit 2."""
+    from tuitune.remote.runs import dead_message, is_run_dir, run_info
+
+    run_dir = Path(args.run_dir) if args.run_dir else _choose_live_run(Path("runs"))
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir}: attach: not a tuitune run directory (no events.jsonl or process.json)")
+    info = run_info(run_dir)
+    if info.status == "dead":
+        raise UserError(dead_message(info))
+    if info.status == "live":
+        from tuitune.ui.launch import open_attach
+
+        return open_attach(run_dir)
+    from tuitune.ui.launch import open_replay  # finished while away: the whole record, then its summary
+
+    return open_replay(run_dir)
+
+
+def _choose_live_run(folder: Path) -> Path:
+    from tuitune.remote.runs import live_runs
+
+    live = live_runs(folder)
+    if not live:
+        raise UserError(f"{folder}: attach: no live run here (tuitune runs {folder} lists them all)")
+    if len(live) == 1 or not sys.stdin.isatty():
+        return Path(live[0].path)  # the newest
+    for i, run in enumerate(live, start=1):
+        print(f"{i:>2}  {run.name}  epoch {run.epoch}  phase {run.phase}  pid {run.pid}")
+    answer = input(f"attach to which run? [1-{len(live)}, enter = 1] ").strip() or "1"
+    if not answer.isdigit() or not 1 <= int(answer) <= len(live):
+        raise UserError(f"attach: {answer!r} is not one of 1-{len(live)}")
+    return Path(live[int(answer) - 1].path)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -162,7 +232,7 @@ def cmd_picker(args: argparse.Namespace) -> int:
     from tuitune.ui.launch import open_picker
 
     dirs = [Path.cwd() / "profiles", PACKAGE_PROFILES, *(Path(d) for d in args.profiles)]
-    return open_picker(dirs, [], args.out)
+    return open_picker(dirs, [], args.out, Path.cwd() / "runs")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -209,6 +279,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
+                "attach": cmd_attach, "runs": cmd_runs,
                 "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find}
     try:
         return handlers[args.command](args)

@@ -128,8 +128,9 @@ class TrainConfig:
     device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
     log_every: int = opt(10, "Steps between metric reads (the only host syncs in the loop).", min=1)
     max_steps_per_epoch: int = opt(0, "Cap on steps per epoch; 0 = the whole training set.", min=0)
-    checkpoint_metric: str = opt("val_acc", "Metric that decides the `best` checkpoint.",
-                                 choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+    checkpoint_metric: str = opt("val_score", "Metric that decides the `best` checkpoint (`*_score`: the task's "
+                                              "score, accuracy, RMSE or micro-F1; `val_acc`/`train_acc` still read).",
+                                 choices=("val_score", "val_loss", "train_loss", "train_score"))
     on_nonfinite: str = opt("stop", "A NaN or infinite loss, found at the next metric read: `stop` ends the run "
                                     "(checkpoints already saved stay as they were); `skip` drops the gradients of "
                                     "such steps (and of steps with non-finite gradients) on the device and goes on.", choices=("stop", "skip"))
@@ -154,7 +155,7 @@ class StrategyConfig:
                         choices=("epochs", "plateau", "none"))
     every_epochs: int = opt(2, "`epochs` trigger: epochs per phase.", min=1)
     plateau_metric: str = opt("val_loss", "`plateau` trigger: the metric watched.",
-                              choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+                              choices=("val_score", "val_loss", "train_loss", "train_score"))
     plateau_patience: int = opt(2, "`plateau` trigger: epochs without improvement before the next phase.", min=1)
     plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.",
                                    min=0.0)
@@ -233,7 +234,7 @@ class CompressConfig:
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     enabled: bool = opt(False, "Stop when `metric` has not improved for `patience` epochs.")
-    metric: str = opt("val_loss", "The metric watched.", choices=("val_acc", "val_loss", "train_loss", "train_acc"))
+    metric: str = opt("val_loss", "The metric watched.", choices=("val_score", "val_loss", "train_loss", "train_score"))
     patience: int = opt(3, "Epochs without improvement before stopping.", min=1)
     min_delta: float = opt(0.0, "The smallest change that counts as improvement.", min=0.0)
 
@@ -260,6 +261,8 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fiel
 
 
 # Names other tools use for our keys, for the did-you-mean of an unknown key.
+# Metric names from before `*_acc` became `*_score` (they carried RMSE or F1 too, whatever the name said).
+OLD_VALUES = {"val_acc": "val_score", "train_acc": "train_score"}
 ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "wd": "weight_decay",
            "opt": "optimizer", "sched": "schedule", "lr_scheduler": "schedule", "batch": "batch_size",
            "model_name": "name", "smoothing": "label_smoothing", "clip_grad": "grad_clip"}
@@ -284,6 +287,8 @@ def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None
     meta = f.metadata
     if isinstance(value, float) and not math.isfinite(value):
         raise ProfileError(f"{where}: must be a finite number, got {value!r}")  # TOML allows nan and inf
+    if meta["choices"] and OLD_VALUES.get(value) in meta["choices"]:
+        value = OLD_VALUES[value]  # a metric's name before the scores were renamed: old profiles keep working
     if meta["choices"] and value not in meta["choices"]:
         raise ProfileError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
     if meta["min"] is not None and value < meta["min"]:

@@ -1,4 +1,5 @@
-"""Headless runs: the same engine, with a console sink instead of the dashboard.
+"""Headless runs: the same engine, with a console sink instead of the dashboard (and the control socket open:
+`tuitune attach RUN_DIR` brings a dashboard to it).
 
 Ctrl+C or SIGTERM asks the engine to stop at the next step (it saves `last` and writes the summary); a second
 Ctrl+C exits at once. Checkpoint writes are atomic, so even that loses nothing already saved.
@@ -47,8 +48,8 @@ class ConsolePrinter:
             m = self.metric
             extra = "".join(f"  {k} {v:.4f}" for k, v in event.extra.items())
             self.say(f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
-                     f"train loss {event.train_loss:.4f} {m} {event.train_acc:.3f}  "
-                     f"val loss {event.val_loss:.4f} {m} {event.val_acc:.3f}{extra}  "
+                     f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
+                     f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
                      f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
         elif isinstance(event, LRFound):
             self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
@@ -78,14 +79,15 @@ class ConsolePrinter:
     def _finished(self, event: RunFinished) -> None:
         best = event.best
         value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
-        self.say(f"{event.status}: {event.reason}. best {best.get('metric')} {value} at epoch {best.get('epoch')}, "
-                 f"final val {self.metric} {event.final.get('val_acc', float('nan')):.4f}, {event.wall_s:.1f}s")
+        name = str(best.get("metric")).replace("_score", f"_{self.metric}")  # val_score -> val_acc, val_rmse
+        self.say(f"{event.status}: {event.reason}. best {name} {value} at epoch {best.get('epoch')}, "
+                 f"final val {self.metric} {event.final.get('val_score', float('nan')):.4f}, {event.wall_s:.1f}s")
         for p in event.phases:
-            acc = "n/a" if p.get("best_val_acc") is None else f"{p['best_val_acc']:.4f}"
+            acc = "n/a" if p.get("best_val_score") is None else f"{p['best_val_score']:.4f}"
             self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
                      f"best val {self.metric} {acc}")
         if event.test:
-            self.say(f"  test {self.metric} {event.test['acc']:.4f}")
+            self.say(f"  test {self.metric} {event.test['score']:.4f}")
         if event.export_dir:
             self.say(f"  exported to {event.export_dir}")
 
@@ -93,7 +95,7 @@ class ConsolePrinter:
 def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
     """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import run_training
+    from tuitune.remote.host import serve_run
 
     control = Control()
     interrupts = {"n": 0}
@@ -108,7 +110,8 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        final = run_training(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume)
+        final = serve_run(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume,
+                          mode="headless")  # a foreground run that dashboards may attach to
     except KeyboardInterrupt:
         return 130
     finally:

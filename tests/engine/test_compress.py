@@ -111,7 +111,7 @@ def _reload_int8(run_dir: Path, report: dict) -> None:
     """The saved int8 model loads with weights_only into a rebuilt, quantized model, and matches its accuracy."""
     from safetensors.torch import load_model
 
-    from tuitune.engine.tools.export import rebuild_model
+    from tuitune.engine.record.rebuild import rebuild_model
 
     _, backbone, _ = rebuild_model(run_dir)
     load_model(backbone.model, str(run_dir / "compressed" / "model_pruned.safetensors"))

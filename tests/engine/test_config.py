@@ -21,6 +21,12 @@ def test_good_profile_and_relative_paths() -> None:
     assert p.train.lr == 1e-3 and p.train.optimizer == "adamw"  # defaults fill the rest
 
 
+def test_old_metric_names_still_read() -> None:
+    """`val_acc` / `train_acc` (the names before `*_score`) in a profile or an override mean the new names."""
+    p = load_profile(FIXTURES / "good.toml", ["train.checkpoint_metric=train_acc"])
+    assert p.early_stopping.metric == "val_score" and p.train.checkpoint_metric == "train_score"
+
+
 def test_demo_profile_is_valid_and_finds_its_weights() -> None:
     p = load_profile(ROOT / "profiles" / "demo.toml")
     assert Path(p.model.weights).is_file()

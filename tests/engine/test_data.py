@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tuitune.config import DataConfig
-from tuitune.engine.data.datasets import (DataBundle, DataError, TensorImages, build_datasets, eval_transform,
-                                 load_digits_array, make_loaders, resolve_num_workers, split_indices)
+from tuitune.config import DataConfig, ModelConfig
+from tuitune.engine.data.datasets import (DataBundle, DataError, TensorImages, eval_transform, load_digits_array,
+                                          make_loaders, resolve_num_workers, split_indices)
+from tuitune.engine.data.kinds import build_datasets
 from tuitune.errors import UserError
 
 DC = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
@@ -337,3 +338,26 @@ def test_loaders_cuda_settings_and_no_test():
     assert test is None and train.pin_memory and train.persistent_workers and train.num_workers == 2
     assert resolve_num_workers(-1, "cpu") == 0 and resolve_num_workers(3, "cpu") == 3
     assert 0 <= resolve_num_workers(-1, "cuda") <= 8
+
+
+def test_data_kinds_table_is_the_config_choices_and_names_what_it_builds(tmp_path):
+    """One table entry per kind: the config offers exactly these kinds; each kind's `classes` (asked before the
+    model exists) are the classes its builder yields; an image kind refuses a text model in one line."""
+    from tuitune.engine.data.kinds import KINDS, class_names, input_task
+
+    choices = next(f for f in dataclasses.fields(DataConfig) if f.name == "kind").metadata["choices"]
+    assert set(KINDS) == set(choices)
+    root = tmp_path / "imgs"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / name / f"{i}.png")
+    for cfg in (DataConfig(kind="digits", classes=(3, 1)), DataConfig(kind="synthetic", num_classes=3),
+                DataConfig(kind="image_folder", path=str(root))):
+        assert build_datasets(cfg, task="image", data_config=DC).classes == class_names(cfg)
+        assert input_task(cfg, ModelConfig()) == "image"
+    assert input_task(DataConfig(kind="text", path="x.csv"), ModelConfig()) == "text"
+    with pytest.raises(UserError, match="data.kind: 'digits' data does not fit a text model"):
+        build_datasets(DataConfig(kind="digits"), task="text", data_config=DC, tokenizer=object())
+    with pytest.raises(UserError, match="data.kind: unknown kind 'video'"):
+        class_names(DataConfig(kind="video"))

@@ -217,7 +217,7 @@ def test_any_exception_becomes_one_line_and_a_log(tmp_path, monkeypatch, capsys)
 
 
 def _val(events: list) -> list[tuple[int, float, float, float]]:
-    return [(e.epoch, e.val_loss, e.val_acc, e.train_loss) for e in events if isinstance(e, EpochEnded)]
+    return [(e.epoch, e.val_loss, e.val_score, e.train_loss) for e in events if isinstance(e, EpochEnded)]
 
 
 @pytest.mark.parametrize("stop_at", ["epoch_end", "mid_epoch"])
@@ -251,7 +251,7 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str) -> None:
     a, b = _val(straight), _val(resumed)
     print(f"\nresume equality ({stop_at}: interrupted with {saved['epoch']} epochs done + {saved['step_in_epoch']} "
           f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)")
-    print("epoch  val_loss straight   val_loss resumed   |diff|    val_acc s/r    train_loss s/r")
+    print("epoch  val_loss straight   val_loss resumed   |diff|    val_score s/r    train_loss s/r")
     for (ea, la, aa, ta), (eb, lb, ab, tb) in zip(a, b):
         print(f"{ea:>5}  {la:.10f}       {lb:.10f}       {abs(la - lb):.1e}   {aa:.4f}/{ab:.4f}  {ta:.6f}/{tb:.6f}")
     assert [x[0] for x in b] == [1, 2, 3, 4]

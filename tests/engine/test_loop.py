@@ -24,14 +24,14 @@ def test_events_and_learning_on_an_easy_task(tmp_path, events_sink) -> None:
     assert [layer.name for layer in events[0].layers] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     epochs = of_type(events, EpochEnded)
     assert [e.epoch for e in epochs] == [1, 2, 3, 4]
-    assert epochs[-1].val_acc >= 0.9 and epochs[-1].val_acc > epochs[0].val_acc - 1e-9
+    assert epochs[-1].val_score >= 0.9 and epochs[-1].val_score > epochs[0].val_score - 1e-9
     assert epochs[-1].train_loss < epochs[0].train_loss
     metrics = of_type(events, MetricsUpdated)
     steps_per_epoch = events[0].steps_per_epoch
     assert len(metrics) == 4 * (steps_per_epoch // 2)  # every log_every=2 steps
     assert all(len(m.lrs) == 6 and m.samples_per_s > 0 for m in metrics)
     assert isinstance(events[-1], RunFinished) and final is events[-1]
-    assert final.status == "finished" and final.best["metric"] == "val_acc"
+    assert final.status == "finished" and final.best["metric"] == "val_score"
     layers = of_type(events, LayersChanged)[-1].layers
     assert all(layer.grad_norm is not None and layer.grad_norm > 0 for layer in layers)
     assert all(layer.drift is not None and layer.drift > 0 for layer in layers)
@@ -135,8 +135,8 @@ def test_resume_continues_identically(tmp_path) -> None:
 
     run_training(profile, tmp_path / "b", stop_after_two, control, interactive=False)
     run_training(profile, tmp_path / "b", halves.append, Control(), interactive=False, resume=tmp_path / "b")
-    a = [(e.epoch, e.val_loss, e.val_acc) for e in of_type(straight, EpochEnded)]
-    b = [(e.epoch, e.val_loss, e.val_acc) for e in of_type(halves, EpochEnded)]
+    a = [(e.epoch, e.val_loss, e.val_score) for e in of_type(straight, EpochEnded)]
+    b = [(e.epoch, e.val_loss, e.val_score) for e in of_type(halves, EpochEnded)]
     assert [x[0] for x in b] == [1, 2, 3, 4]
     for (ea, la, aa), (eb, lb, ab) in zip(a, b):
         assert ea == eb and la == pytest.approx(lb, abs=1e-6) and aa == pytest.approx(ab, abs=1e-6)
@@ -152,7 +152,7 @@ def test_headless_run_writes_the_run_directory(tmp_path) -> None:
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["stop_reason"]
     assert set(summary["best"]) == {"metric", "value", "epoch"}
-    assert summary["test"]["acc"] >= 0 and summary["phases"][0]["groups"]
+    assert summary["test"]["score"] >= 0 and summary["phases"][0]["groups"]
     assert summary["samples_per_s"] > 0 and summary["wall_s"] > 0 and summary["profile"]["name"] == "tiny"
     types = [json.loads(line)["type"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert types[0] == "RunStarted" and types[-1] == "RunFinished"

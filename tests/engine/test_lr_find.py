@@ -15,7 +15,8 @@ from tests.engine.conftest import tiny_profile
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
 from tuitune.engine.tools import lr_find
-from tuitune.engine.tools.lr_find import LRCurve, curve_to_csv, lr_sweep, scale_lrs, suggest, text_plot
+from tuitune.engine.tools.lr_find import text_plot
+from tuitune.engine.train.lr_sweep import LRCurve, curve_to_csv, lr_sweep, scale_lrs, suggest
 from tuitune.engine.train.parts import build_parts
 from tuitune.engine.train.trainer_state import TrainerState
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
@@ -10,21 +12,55 @@ from tuitune.config import StrategyConfig
 from tuitune.engine.commands import Control, UnfreezeNext
 from tuitune.engine.events import PhaseChanged
 from tuitune.engine.train.loop import Trainer
-from tuitune.engine.train.strategy import plan_phases
+from tuitune.engine.train.strategy import STRATEGIES, phase_due, plan_phases
 from tuitune.errors import UserError
 
 NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 
 
 def test_plan_phases_for_each_kind() -> None:
-    assert plan_phases(NAMES, StrategyConfig(kind="full")) == (tuple(NAMES),)
-    assert plan_phases(NAMES, StrategyConfig(kind="head_only")) == (("head",),)
-    assert plan_phases(NAMES, StrategyConfig(kind="groups", groups=("layer4", "head"))) == (("layer4", "head"),)
-    progressive = plan_phases(NAMES, StrategyConfig(kind="progressive", groups_per_phase=2))
-    assert progressive == (("head",), ("layer3", "layer4", "head"), ("layer1", "layer2", "layer3", "layer4", "head"),
-                           tuple(NAMES))
+    def phases(**cfg):
+        return plan_phases(NAMES, StrategyConfig(**cfg)).phases
+
+    assert phases(kind="full") == (tuple(NAMES),)
+    assert phases(kind="head_only") == (("head",),)
+    assert phases(kind="groups", groups=("layer4", "head")) == (("layer4", "head"),)
+    assert phases(kind="progressive", groups_per_phase=2) == (
+        ("head",), ("layer3", "layer4", "head"), ("layer1", "layer2", "layer3", "layer4", "head"), tuple(NAMES))
     with pytest.raises(UserError, match="strategy.groups: unknown layer group 'layer9'"):
         plan_phases(NAMES, StrategyConfig(kind="groups", groups=("layer9",)))
+
+
+def test_strategy_table_gives_every_phase_an_lr_scale() -> None:
+    """The table is the config's list of strategies; LP-FT's LR drop is data (its second phase's scale), not a
+    special case in the trainer; the others keep the LR."""
+    assert set(STRATEGIES) == set(next(f for f in fields(StrategyConfig) if f.name == "kind").metadata["choices"])
+    for kind in STRATEGIES:
+        plan = plan_phases(NAMES, StrategyConfig(kind=kind, groups=("head",), ft_lr_scale=0.25))
+        assert len(plan.lr_scales) == len(plan.phases) and plan.phases[-1][-1] == "head"
+        assert plan.lr_scales == ((1.0, 0.25) if kind == "lp_ft" else (1.0,) * len(plan.phases))
+    assert plan_phases(NAMES, StrategyConfig(kind="lp_ft")).phases == (("head",), tuple(NAMES))
+    with pytest.raises(UserError, match="strategy.kind: unknown strategy 'nope'"):
+        plan_phases(NAMES, StrategyConfig(kind="nope"))
+
+
+@pytest.mark.parametrize("cfg, where, due", [
+    ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 1}, ""),
+    ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 2}, "epochs"),
+    ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 4, "phase_start_epoch": 3}, ""),  # counted from the phase
+    ({"trigger": "epochs", "every_epochs": 1}, {"epoch": 2, "phase": 2}, ""),  # already in the last phase
+    ({"trigger": "epochs", "every_epochs": 1}, {"epoch": 5}, ""),  # the run is over
+    ({"trigger": "plateau", "plateau_patience": 2}, {"epoch": 3, "stale_epochs": 1}, ""),
+    ({"trigger": "plateau", "plateau_patience": 2}, {"epoch": 3, "stale_epochs": 2}, "plateau"),
+    ({"trigger": "manual", "fallback": "epochs", "every_epochs": 1}, {"epoch": 1, "interactive": True}, ""),
+    ({"trigger": "manual", "fallback": "epochs", "every_epochs": 1}, {"epoch": 1}, "epochs"),  # no person: fallback
+    ({"trigger": "manual", "fallback": "plateau"}, {"epoch": 1, "stale_epochs": 9}, "plateau"),
+    ({"trigger": "manual", "fallback": "none"}, {"epoch": 4, "stale_epochs": 9}, ""),
+])
+def test_phase_due(cfg: dict, where: dict, due: str) -> None:
+    where = {"interactive": False, "phase": 0, "num_phases": 3, "total_epochs": 5, "phase_start_epoch": 0,
+             "stale_epochs": 0, **where}
+    assert phase_due(StrategyConfig(kind="progressive", **cfg), **where) == due
 
 
 def _trainer(tmp_path, **strategy) -> Trainer:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.datasets import build_datasets, class_names
+from tuitune.engine.data.kinds import build_datasets, class_names
 from tuitune.engine.train.scoring import Scorer, average_precision, target_kind
 from tuitune.errors import DataError
 

@@ -70,7 +70,7 @@ def test_lp_ft_drops_every_lr_when_all_groups_join(tmp_path) -> None:
 def test_ema_model_is_evaluated(tmp_path) -> None:
     trainer, events, _ = _run(tmp_path, train={"epochs": 2, "ema_decay": 0.9})
     extra = of_type(events, EpochEnded)[-1].extra
-    assert 0.0 <= extra["ema_val_acc"] <= 1.0 and extra["ema_val_loss"] > 0
+    assert 0.0 <= extra["ema_val_score"] <= 1.0 and extra["ema_val_loss"] > 0
     live, ema = trainer.parts.model.fc.weight, trainer.obj.ema.module.fc.weight
     assert not torch.allclose(live, ema)
 
@@ -84,25 +84,25 @@ def test_mixup_run_and_schedules(tmp_path) -> None:
 
 
 def test_regression_reports_rmse(tmp_path) -> None:
-    _, events, final = _run(tmp_path, loss={"kind": "mse"}, train={"epochs": 3, "checkpoint_metric": "val_acc"})
+    _, events, final = _run(tmp_path, loss={"kind": "mse"}, train={"epochs": 3, "checkpoint_metric": "val_score"})
     started = of_type(events, RunStarted)[0]
     assert (started.metric, started.higher_is_better, started.classes) == ("rmse", False, ("value",))
     epochs = of_type(events, EpochEnded)
-    assert epochs[-1].val_acc < epochs[0].val_acc  # RMSE falls
+    assert epochs[-1].val_score < epochs[0].val_score  # RMSE falls
     assert "val_mae" in epochs[-1].extra
-    assert final.best["value"] == min(e.val_acc for e in epochs)
+    assert final.best["value"] == min(e.val_score for e in epochs)
 
 
 def test_multilabel_reports_f1_and_map(tmp_path) -> None:
     _, events, _ = _run(tmp_path, loss={"kind": "bce"}, train={"epochs": 3})
     assert of_type(events, RunStarted)[0].metric == "f1"
     last = of_type(events, EpochEnded)[-1]
-    assert 0.5 < last.val_acc <= 1.0 and 0.5 < last.extra["val_map"] <= 1.0
+    assert 0.5 < last.val_score <= 1.0 and 0.5 < last.extra["val_map"] <= 1.0
 
 
 def test_focal_and_class_weights_run(tmp_path) -> None:
     _, _, final = _run(tmp_path, loss={"kind": "focal", "balance_classes": True, "label_smoothing": 0.1})
-    assert final.status == "finished" and final.final["val_acc"] > 0.5
+    assert final.status == "finished" and final.final["val_score"] > 0.5
 
 
 def _source_weights(tmp_path):
@@ -154,7 +154,11 @@ def test_find_lr_then_apply(tmp_path) -> None:
 
 
 def test_compression_and_export_at_run_end(tmp_path) -> None:
-    _, events, final = _run(tmp_path, compress={"sparsity": 0.5, "quantize": True}, train={"epochs": 1})
+    from tuitune.engine.tools.after_run import export_and_compress
+
+    events: list = []
+    final = Trainer(tiny_profile(compress={"sparsity": 0.5, "quantize": True}, train={"epochs": 1}), tmp_path,
+                    events.append, Control(), after_run=export_and_compress).run()
     assert final.export_dir and (tmp_path / "export" / "model.safetensors").exists()
     steps = [s["step"] for s in final.compression["steps"]]
     assert steps[0] == "original" and any("pruned" in s for s in steps)

@@ -130,7 +130,7 @@ def test_mixup_changes_the_targets() -> None:
 
 def test_train_augmentation_is_random_and_eval_is_not() -> None:
     from tuitune.config import DataConfig
-    from tuitune.engine.data.datasets import build_datasets
+    from tuitune.engine.data.kinds import build_datasets
 
     data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
                    "crop_pct": 1.0}

@@ -66,13 +66,13 @@ def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True
     model and a source-task check (the `extra` dicts filled)."""
     score = _rmse if metric == "rmse" else _acc
     events: list[Event] = []
-    n_lrs = len(PHASES[phase])
+    lrs = tuple(row.lr for row in layers(phase) if row.trainable)  # as the phase's LayersChanged rows say
     for step in range(2, steps + 1, 2):
         g = (epoch - 1) * SPE + step
         loss = _loss(g)
         extra = {"task_loss": loss * 0.7, "distill_loss": loss * 0.3 + 0.05} if extras else {}
         events.append(MetricsUpdated(epoch=epoch, step=step, global_step=g, train_loss=loss,
-                                     train_acc=score(loss), lrs=(LR,) * n_lrs,
+                                     train_score=score(loss), lrs=lrs,
                                      samples_per_s=812.0, elapsed_s=g * 0.05, extra=extra))
     if with_end:
         g = epoch * SPE
@@ -80,10 +80,10 @@ def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True
         val_score = _rmse(val) if metric == "rmse" else 0.95 - _loss(g) / 2.6
         extra = ({"val_mae": _rmse(val) * 0.8} if metric == "rmse" else {})
         if extras:
-            extra = {"ema_val_loss": val - 0.05, "ema_val_acc": val_score + 0.03, "source_acc": 0.80 - 0.04 * epoch}
+            extra = {"ema_val_loss": val - 0.05, "ema_val_score": val_score + 0.03, "source_acc": 0.80 - 0.04 * epoch}
         events.append(EpochEnded(epoch=epoch, global_step=g, phase=phase, train_loss=_loss(g),
-                                 train_acc=score(_loss(g)) if metric == "rmse" else 1.05 - _loss(g) / 2.4,
-                                 val_loss=val, val_acc=val_score, elapsed_s=g * 0.05, epoch_s=1.0,
+                                 train_score=score(_loss(g)) if metric == "rmse" else 1.05 - _loss(g) / 2.4,
+                                 val_loss=val, val_score=val_score, elapsed_s=g * 0.05, epoch_s=1.0,
                                  samples_per_s=812.0, is_best=True, extra=extra))
     return events
 
@@ -133,11 +133,11 @@ def plateau_events() -> list[Event]:
 def finished(status: str = "stopped_early", reason: str = "stopped from the dashboard (s)") -> RunFinished:
     return RunFinished(
         status=status, reason=reason, epochs=3, global_step=3 * SPE,
-        best={"metric": "val_acc", "value": 0.9125, "epoch": 3},
-        final={"val_loss": 0.3412, "val_acc": 0.9125}, test={"test_loss": 0.3601, "test_acc": 0.9031},
-        phases=({"index": 0, "groups": ["head"], "start_epoch": 0, "epochs": 2, "best_val_acc": 0.8412,
+        best={"metric": "val_score", "value": 0.9125, "epoch": 3},
+        final={"val_loss": 0.3412, "val_score": 0.9125}, test={"test_loss": 0.3601, "test_acc": 0.9031},
+        phases=({"index": 0, "groups": ["head"], "start_epoch": 0, "epochs": 2, "best_val_score": 0.8412,
                  "time_s": 61.0},
-                {"index": 1, "groups": ["head", "layer4"], "start_epoch": 2, "epochs": 1, "best_val_acc": 0.9125,
+                {"index": 1, "groups": ["head", "layer4"], "start_epoch": 2, "epochs": 1, "best_val_score": 0.9125,
                  "time_s": 42.5}),
         per_class_acc={str(i): 0.97 - 0.045 * i for i in range(10)}, samples_per_s=812.0, wall_s=103.5,
         checkpoints={"best": f"{RUN_DIR}/best.pt", "last": f"{RUN_DIR}/last.pt"})

@@ -199,15 +199,25 @@ async def test_replay_at_speed_reaches_the_recorded_end() -> None:
     async with app.run_test() as pilot:
         await until(pilot, lambda: dash(app).state.global_step == 2 * scripted.SPE + 10)
         assert dash(app).state.phase == 1
-        assert len(dash(app).state.val_acc) == 2
+        assert len(dash(app).state.val_score) == 2
 
 
 async def test_command_palette_lists_dashboard_actions() -> None:
+    """Bindings, palette and log labels all come from the one table (`tuitune.ui.keys`)."""
+    from typing import get_args
+
+    from tuitune.engine.commands import Command
+    from tuitune.ui.keys import COMMAND_LABELS, DASHBOARD_KEYS
+
     app = TuituneApp("replay", events=scripted.mid_run_events())
     async with app.run_test() as pilot:
         await pilot.pause()
-        titles = [c.title for c in app.get_system_commands(app.screen)]
+        commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
         assert {"Unfreeze next phase", "Stop early", "Pause / resume", "Save checkpoint",
-                "Toggle log scale"} <= set(titles)
+                "Toggle log scale"} <= set(commands)
+        assert all(commands[k.title] == k.palette_help for k in DASHBOARD_KEYS)
+        bindings = {b.key: b.action for b in app.screen.BINDINGS}
+        assert bindings == {k.key: k.action for k in DASHBOARD_KEYS}
+        assert set(COMMAND_LABELS) == {c.__name__ for c in get_args(Command)}
         await pilot.press("l")
         assert dash(app).log_scale

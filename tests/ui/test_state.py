@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.ui import scripted
-from tuitune.engine.events import CommandApplied, MetricsUpdated, RunFailed, Warned, event_from_json, to_json
+from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, LayersChanged, MetricsUpdated, PhaseChanged,
+                                   RunFailed, Warned, event_from_dict, event_from_json, to_json)
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.fmt import fmt_duration
 from tuitune.ui.reducer import DashboardState, eta_s, fold, reduce, requested, smooth
@@ -30,13 +32,32 @@ def test_fold_mid_run() -> None:
     assert len(s.val_loss) == 2 and len(s.train_loss) == 25
     assert [m.kind for m in s.markers] == ["command", "phase"] and s.markers[0].x == 2.0
     assert s.checkpoints == {"best": f"{scripted.RUN_DIR}/best.pt"}
-    assert s.best_val_acc is not None and s.best_val_acc == max(p[1] for p in s.val_acc)
+    assert s.best_val_score is not None and s.best_val_score == max(p[1] for p in s.val_score)
     assert eta_s(s) is not None and eta_s(s) > 0
 
 
 def test_events_survive_json_round_trip_into_the_same_state() -> None:
     events = scripted.finished_events()
     assert fold(event_from_json(to_json(e)) for e in events) == fold(events)
+
+
+def test_events_recorded_under_the_old_acc_names_replay_into_the_same_state() -> None:
+    """An events.jsonl from before `*_acc` became `*_score` (fields, extras, RunFinished rows, test, metric names)."""
+    old = {v: k for k, v in RENAMED_KEYS.items()}
+
+    def as_before(d):
+        if isinstance(d, dict):
+            return {("acc" if k == "score" else old.get(k, k)): as_before(v) for k, v in d.items()}
+        if isinstance(d, list):
+            return [as_before(v) for v in d]
+        return old.get(d, d) if isinstance(d, str) else d
+
+    events = [*scripted.extras_events(), scripted.plateau_events()[-1], scripted.finished()]
+    lines = [as_before(json.loads(to_json(e))) for e in events]
+    assert '"val_acc"' in json.dumps(lines) and '"ema_val_acc"' in json.dumps(lines)
+    assert '"best_val_acc"' in json.dumps(lines) and "_score" not in json.dumps(lines)
+    assert [event_from_dict(line) for line in lines] == events
+    assert fold(event_from_dict(line) for line in lines) == fold(events)
 
 
 def test_pending_command_clears_on_confirmation_and_status_follows() -> None:
@@ -49,10 +70,18 @@ def test_pending_command_clears_on_confirmation_and_status_follows() -> None:
     assert s.status == "running"
 
 
-def test_metrics_lrs_fold_into_trainable_rows() -> None:
-    s = fold(scripted.mid_run_events())
-    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (1e-4, 2e-4), 800.0, 3.0))
-    assert [layer.lr for layer in s.layers if layer.trainable] == [1e-4, 2e-4]
+def test_layers_changed_is_the_only_writer_of_the_layer_rows() -> None:
+    """RunStarted seeds the rows through the LayersChanged path; metrics and phase changes leave them alone (the
+    engine sends LayersChanged after each, as every events.jsonl it wrote shows)."""
+    started = scripted.run_started()
+    s = fold([started])
+    assert s.layers == started.layers == reduce(DashboardState(), LayersChanged(started.layers, 0)).layers
+    rows = s.layers
+    s = reduce(s, MetricsUpdated(1, 2, 2, 0.5, 0.8, (1e-4,), 800.0, 3.0))
+    s = reduce(s, PhaseChanged(1, 6, ("layer4", "head"), ("layer4",), 0, 2, "manual"))
+    assert s.layers is rows and s.phase == 1
+    new = scripted.layers(1, 2)
+    assert reduce(s, LayersChanged(new, 2)).layers == new
 
 
 def test_terminal_events() -> None:
@@ -121,10 +150,10 @@ def test_regression_best_is_the_lowest_rmse() -> None:
 
     s = fold(scripted.regression_events())
     assert s.metric == "rmse" and not s.higher_is_better
-    worse = EpochEnded(epoch=3, global_step=3 * scripted.SPE, phase=0, train_loss=1.0, train_acc=0.9, val_loss=2.0,
-                       val_acc=5.0, elapsed_s=3.0, epoch_s=1.0, samples_per_s=1.0, is_best=False)
+    worse = EpochEnded(epoch=3, global_step=3 * scripted.SPE, phase=0, train_loss=1.0, train_score=0.9, val_loss=2.0,
+                       val_score=5.0, elapsed_s=3.0, epoch_s=1.0, samples_per_s=1.0, is_best=False)
     after = reduce(s, worse)
-    assert after.best_val_acc == s.best_val_acc == min(p[1] for p in s.val_acc)
+    assert after.best_val_score == s.best_val_score == min(p[1] for p in s.val_score)
     assert "rmse 5.0000" in after.log[-1].text and "%" not in after.log[-1].text
 
 
@@ -160,10 +189,10 @@ def test_formatting_by_metric() -> None:
 
     assert fmt_score("acc", 0.9125) == "91.2%" and fmt_score("f1", 0.5, 2) == "50.00%"
     assert fmt_score("rmse", 0.41234) == "0.4123" and fmt_score("rmse", None) == "-"
-    assert score_label("val_acc", "rmse") == "val rmse" and score_label("source_acc", "rmse") == "source acc"
-    assert fmt_value("val_acc", 0.5, "rmse") == "0.5000" and fmt_value("source_acc", 0.5, "rmse") == "50.00%"
+    assert score_label("val_score", "rmse") == "val rmse" and score_label("source_acc", "rmse") == "source acc"
+    assert fmt_value("val_score", 0.5, "rmse") == "0.5000" and fmt_value("source_acc", 0.5, "rmse") == "50.00%"
     assert extras_text({"val_mae": 0.31, "source_acc": 0.723}, "rmse") == "mae 0.3100 · source acc 72.3%"
-    rows = compression_rows({"steps": [{"name": "original", "file_mb": 44.8, "zlib_mb": 41.3, "val_acc": 0.9}]})
+    rows = compression_rows({"steps": [{"name": "original", "file_mb": 44.8, "zlib_mb": 41.3, "val_score": 0.9}]})
     assert rows[0]["step"] == "original" and rows[0]["zlib_bytes"] == 41.3e6
 
 
@@ -181,7 +210,7 @@ def test_summary_names_scores_by_metric_and_shows_compression() -> None:
         return console.file.getvalue()  # type: ignore[attr-defined]
 
     end = scripted.finished()
-    regression = dataclasses.replace(end, final={"val_loss": 0.2, "val_acc": 0.4123}, per_class_acc={},
+    regression = dataclasses.replace(end, final={"val_loss": 0.2, "val_score": 0.4123}, per_class_acc={},
                                      best={"metric": "val_loss", "value": 0.2, "epoch": 3})
     out = text(summary_renderable(regression, "rmse"))
     assert "val rmse 0.4123" in out and "best val rmse" in out and "per-class" not in out

@@ -42,7 +42,7 @@ class RunStarted:
     profile: dict[str, Any]
     start_epoch: int = 0
     warnings: tuple[str, ...] = ()
-    # The task's score, carried by every `*_acc` field below: "acc" (classification), "rmse" (regression, lower is
+    # The task's score, carried by every `*_score` field below: "acc" (classification), "rmse" (regression, lower is
     # better) or "f1" (multi-label micro-F1).
     metric: str = "acc"
     higher_is_better: bool = True
@@ -56,7 +56,7 @@ class MetricsUpdated:
     step: int  # step within the epoch, 1-based
     global_step: int
     train_loss: float
-    train_acc: float
+    train_score: float
     lrs: tuple[float, ...]  # per trainable layer group, in `LayerInfo` order of those groups
     samples_per_s: float
     elapsed_s: float
@@ -71,14 +71,14 @@ class EpochEnded:
     global_step: int
     phase: int
     train_loss: float
-    train_acc: float
+    train_score: float
     val_loss: float
-    val_acc: float
+    val_score: float
     elapsed_s: float
     epoch_s: float
     samples_per_s: float
     is_best: bool
-    # More per-epoch figures, when the profile asks for them: val_mae, val_map, ema_val_loss, ema_val_acc,
+    # More per-epoch figures, when the profile asks for them: val_mae, val_map, ema_val_loss, ema_val_score,
     # source_acc (retention of the pretraining task), train_task_loss, train_distill_loss.
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -175,7 +175,7 @@ class RunFinished:
     best: dict[str, Any]  # {"metric", "value", "epoch"}
     final: dict[str, Any]  # last val metrics
     test: dict[str, Any] | None
-    phases: tuple[dict[str, Any], ...]  # {"index", "groups", "start_epoch", "epochs", "best_val_acc", "time_s"}
+    phases: tuple[dict[str, Any], ...]  # {"index", "groups", "start_epoch", "epochs", "best_val_score", "time_s"}
     per_class_acc: dict[str, float]
     samples_per_s: float
     wall_s: float
@@ -243,8 +243,36 @@ def _revive(hint: Any, value: Any) -> Any:
     return value
 
 
+# Names from before the task's score was called a score (`*_acc` fields carried RMSE or F1 too): old events.jsonl
+# files, summaries and checkpoints are read with them renamed.
+RENAMED_KEYS = {"train_acc": "train_score", "val_acc": "val_score", "best_val_acc": "best_val_score",
+                "ema_val_acc": "ema_val_score"}
+
+
+def renamed_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """`d` with its old metric keys (and an old metric name as a "metric" value) under their new names."""
+    out = {RENAMED_KEYS.get(k, k): v for k, v in d.items()}
+    if out.get("metric") in RENAMED_KEYS:
+        out["metric"] = RENAMED_KEYS[out["metric"]]
+    return out
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """An event recorded under the old names, renamed: its fields, `extra`, and RunFinished's `best`, `final`,
+    `test` ("acc" -> "score") and per-phase rows."""
+    data = renamed_keys(data)
+    for key in ("extra", "final", "best"):
+        if isinstance(data.get(key), dict):
+            data[key] = renamed_keys(data[key])
+    if isinstance(data.get("test"), dict) and "acc" in data["test"]:
+        data["test"] = {("score" if k == "acc" else k): v for k, v in data["test"].items()}
+    if data.get("type") == "RunFinished" and isinstance(data.get("phases"), list):
+        data["phases"] = [renamed_keys(p) if isinstance(p, dict) else p for p in data["phases"]]
+    return data
+
+
 def event_from_dict(data: dict[str, Any]) -> Event:
-    data = dict(data)
+    data = _upgrade(data)
     cls = EVENT_TYPES[data.pop("type")]
     hints = typing.get_type_hints(cls)
     return cls(**{k: _revive(hints[k], v) for k, v in data.items() if k in hints})

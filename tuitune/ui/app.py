@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -12,24 +16,16 @@ from textual.screen import Screen
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event
-from tuitune.ui.runner import LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
+from tuitune.ui.keys import DASHBOARD_KEYS
+from tuitune.ui.runner import DetachedRunner, LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
 
 if TYPE_CHECKING:
     from tuitune.ui.dashboard import DashboardScreen
 
-DASHBOARD_COMMANDS = (
-    ("Unfreeze next phase", "Make the next layer group(s) trainable now (u)", "unfreeze"),
-    ("Stop early", "Save a checkpoint, evaluate and show the summary (s)", "stop_early"),
-    ("Pause / resume", "Pause or resume training at the next step (p)", "pause"),
-    ("Save checkpoint", "Save a checkpoint now (c)", "checkpoint"),
-    ("Find LR", "Sweep the learning rate from the current weights, then offer the suggestion (f)", "find_lr"),
-    ("Toggle log scale", "Log scale for the loss plot (l)", "log_scale"),
-    ("Quit", "Stop the run (asks first) and quit (q)", "quit_run"),
-)
-
-
 class TuituneApp(App[None]):
-    """`mode` is "picker", "train" or "replay". `runner` and `make_run_dir` are injectable for tests."""
+    """`mode` is "picker", "train", "attach" (`run_dir`: a live run process) or "replay". `runner` and
+    `make_run_dir` are injectable for tests; `DetachedRunner()` trains in a run process that outlives the app,
+    the default runner in this process (`--inline`). `runs_dir`: where the picker looks for live runs."""
 
     TITLE = "tuitune"
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
@@ -38,8 +34,9 @@ class TuituneApp(App[None]):
                  out: str | None = None, profile: RunProfile | None = None, run_dir: Path | None = None,
                  resume: Path | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  runner: Runner = default_runner, make_run_dir: RunDirMaker = default_run_dir,
-                 control: Control | None = None) -> None:
+                 control: Control | None = None, runs_dir: Path | None = None) -> None:
         super().__init__()
+        self.runs_dir = runs_dir
         self.mode = mode
         self.profile_dirs = list(profile_dirs)
         self.overrides = list(overrides)
@@ -58,10 +55,14 @@ class TuituneApp(App[None]):
         if self.mode == "picker":
             from tuitune.ui.picker import PickerScreen
 
-            self.push_screen(PickerScreen(self.profile_dirs, self.overrides, self.start_run))
+            self.push_screen(PickerScreen(self.profile_dirs, self.overrides, self.start_run, runs_dir=self.runs_dir,
+                                          attach=self.attach_run))
         elif self.mode == "train":
             assert self.profile is not None
             self.start_run(self.profile, self.run_dir)
+        elif self.mode == "attach":
+            assert self.run_dir is not None
+            self.attach_run(self.run_dir)
         else:
             self.open_dashboard(events=self.events, speed=self.speed, control=self.control)
 
@@ -70,18 +71,42 @@ class TuituneApp(App[None]):
                       make_run_dir=self.make_run_dir)
         self.open_dashboard(run=run, control=self.control)
 
+    def attach_run(self, run_dir: Path) -> None:
+        """Follow a live run process: its history, then live events; every key steers it."""
+        self.open_dashboard(run=LiveRun(profile=None, run_dir=run_dir, runner=DetachedRunner(attach_only=True)))
+
     def open_dashboard(self, **kwargs: object) -> None:
         from tuitune.ui.dashboard import DashboardScreen  # plotext loads here, after the picker's first frame
 
         self.dashboard = DashboardScreen(**kwargs)  # type: ignore[arg-type]
         self.push_screen(self.dashboard)
+        if self.dashboard.detachable:
+            self._watch_hangup()
+
+    def _watch_hangup(self) -> None:
+        """A lost terminal (SIGHUP: the SSH link dropped, the tmux session was killed) is a detach: the run
+        process goes on. Exiting writes to a terminal that is gone, so a timer makes sure this process ends."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / no signals here
+            pass
+
+    def hang_up(self) -> None:
+        dashboard = self.dashboard
+        if dashboard is not None and dashboard.detachable and dashboard.control is not None:
+            dashboard.quitting = dashboard.detached = True
+            dashboard.control.request_detach()  # type: ignore[attr-defined]
+        timer = threading.Timer(3.0, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+        self.exit(return_code=0)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         dashboard = self.dashboard
         if dashboard is not None and screen is dashboard:
-            for title, help_text, action in DASHBOARD_COMMANDS:
-                yield SystemCommand(title, help_text, getattr(dashboard, f"action_{action}"))
+            for k in DASHBOARD_KEYS:
+                yield SystemCommand(k.title, k.palette_help, getattr(dashboard, f"action_{k.action}"))
         if getattr(screen, "action_start", None) is not None:
             yield SystemCommand("Start profile", "Train the highlighted profile (enter)", screen.action_start)
 
@@ -92,6 +117,9 @@ class TuituneApp(App[None]):
             self.exit(return_code=0)
             return
         code = dashboard.exit_code()
+        if dashboard.live and dashboard.detachable:  # ask: detach, stop the run, or stay
+            dashboard.action_quit_run()
+            return
         if dashboard.live:
             await dashboard.shutdown()
             code = 130

@@ -26,9 +26,11 @@ from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, R
                                      UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, UnfreezeSuggested)
+from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.lrfinder import LRFinderScreen
-from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
-from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
+from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, LeaveRunScreen, PlateauPromptScreen
+from tuitune.ui.notify import notify_terminal
+from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
 from tuitune.ui.reducer import DashboardState, plot_inputs, reduce, requested
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
@@ -54,21 +56,21 @@ class DashboardScreen(Screen[None]):
     DashboardScreen.narrow LayerTable { width: 100%; height: auto; max-height: 8; border: none; }
     DashboardScreen.narrow EventLog { width: 100%; height: 3; border: none; border-top: solid $primary-darken-2; }
     """
-    BINDINGS = [
-        Binding("u", "unfreeze", "Unfreeze"),
-        Binding("s", "stop_early", "Stop"),
-        Binding("p", "pause", "Pause"),
-        Binding("c", "checkpoint", "Save"),
-        Binding("f", "find_lr", "Find LR"),
-        Binding("l", "log_scale", "Log y"),
-        Binding("q", "quit_run", "Quit"),
-    ]
+    BINDINGS = [Binding(k.key, k.action, k.footer) for k in DASHBOARD_KEYS]
 
     def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  control: Control | None = None) -> None:
         super().__init__()
         self.run = run
-        self.control = control if control is not None else (Control() if run is not None else None)
+        # A run in its own process: the worker is its client, and leaving may detach instead of stopping it.
+        self.detachable = run is not None and is_detachable(run.runner)
+        if control is None and run is not None:
+            from tuitune.remote.client import ClientControl
+
+            control = ClientControl() if self.detachable else Control()
+        self.control = control
+        self.in_history = False  # between HistoryStarted and HistoryEnded: the run's past, replayed on attach
+        self.detached = False
         self.initial_events = list(events)
         self.speed = speed
         self.state = DashboardState()
@@ -112,9 +114,12 @@ class DashboardScreen(Screen[None]):
             self.worker = self.run_worker(body, thread=True, name="engine", group="engine", exit_on_error=False)
 
     def on_unmount(self) -> None:
-        """However the app ends, the engine is told to stop, so its thread never outlives the UI for long."""
+        """However the app ends, an in-process engine is told to stop, so its thread never outlives the UI for
+        long; a run in its own process is only detached from (a lost terminal is a detach)."""
         self.quitting = True
-        if self.control is not None:
+        if self.detachable:
+            self.control.request_detach()  # type: ignore[union-attr]
+        elif self.control is not None:
             self.control.request_stop()
         if self._gc_frozen:
             gc.unfreeze()
@@ -137,12 +142,30 @@ class DashboardScreen(Screen[None]):
             self._emit(event)
 
     def on_engine_event_received(self, message: EngineEventReceived) -> None:
+        if self._history_marker(message.event):
+            return
         self._apply(message.event)
         if isinstance(message.event, (MetricsUpdated, LayersChanged)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once
         self._schedule_draw()
+
+    def _history_marker(self, event: object) -> bool:
+        """A (re)connection to a run process starts its history from scratch; its end makes the screen live."""
+        from tuitune.remote.client import HistoryEnded, HistoryStarted
+
+        if isinstance(event, HistoryStarted):
+            self.in_history, self.state = True, DashboardState()
+            self._plots_dirty = True
+            return True
+        if isinstance(event, HistoryEnded):
+            self.in_history = False
+            self._render_all()
+            if self.state.suggestion is not None:  # the plateau question is still open: ask it now
+                self._ask_unfreeze(self.state.suggestion)
+            return True
+        return False
 
     def _apply(self, event: Event) -> None:
         before = self.state
@@ -151,16 +174,27 @@ class DashboardScreen(Screen[None]):
             self._plots_dirty = any(a is not b for a, b in zip(plot_inputs(before), plot_inputs(self.state)))
         if isinstance(event, RunStarted) and self.run is not None and not self._gc_frozen:
             self._freeze_heap()
+        if self.in_history and not isinstance(event, (RunFinished, RunFailed)):
+            return  # the past: no questions, no LR finder screen, no bell
         if isinstance(event, UnfreezeSuggested):
             self._ask_unfreeze(event)
+            self._ring("plateau", f"{self.state.run_name}: the plateau trigger asks to unfreeze")
         elif isinstance(event, LRFound):
             self._show_lr_finder(event)
         elif isinstance(event, (RunFinished, RunFailed)):
+            if self.run is not None and not self.in_history and not self.quitting:
+                what = "failed" if isinstance(event, RunFailed) else event.status.replace("_", " ")
+                self._ring(what, f"{self.state.run_name}: run {what}")
             self._close_prompt()
             if not self.quitting:
                 screen = (SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished)
                           else ErrorScreen(event))
                 self.call_after_refresh(self.app.push_screen, screen)  # after this screen's layout
+
+    def _ring(self, title: str, body: str) -> None:
+        """The bell and a desktop notification (OSC 9 / OSC 777) on the terminal, for a person who looked away."""
+        if self.run is not None:
+            notify_terminal(self.app, f"tuitune: {title}", body)
 
     def _freeze_heap(self) -> None:
         """The engine has built its model and data: move that heap out of the cyclic GC's sight (`gc.freeze`).
@@ -177,7 +211,10 @@ class DashboardScreen(Screen[None]):
         if event.state == WorkerState.ERROR:
             self._apply(RunFailed(message=f"engine crashed: {event.worker.error}", run_dir=self.state.run_dir))
         elif event.state == WorkerState.SUCCESS:
-            self._apply(RunFailed(message="the engine ended without a final event", run_dir=self.state.run_dir))
+            lost = (f"lost the connection to the run process: `tuitune runs` says whether it lives, "
+                    f"`tuitune attach {self.state.run_dir}` reattaches") if self.detachable else ""
+            self._apply(RunFailed(message=lost or "the engine ended without a final event",
+                                  run_dir=self.state.run_dir))
         else:
             return
         self._render_all()
@@ -275,6 +312,15 @@ class DashboardScreen(Screen[None]):
         if not self.live:
             self.app.exit(return_code=self.exit_code())
             return
+        if self.detachable:
+            def leave(answer: str | None) -> None:
+                if answer == "detach":
+                    self.app.call_later(self.detach_and_exit)
+                elif answer == "stop":
+                    self.app.call_later(self.stop_and_exit)
+
+            self.app.push_screen(LeaveRunScreen(), leave)
+            return
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -316,7 +362,7 @@ class DashboardScreen(Screen[None]):
     # ------------------------------------------------------------------------------------------- ending
 
     def exit_code(self) -> int:
-        if self.control is None:  # replay
+        if self.control is None or self.detached:  # replay; or the run goes on without us
             return 0
         if self.state.live:
             return 130
@@ -324,8 +370,10 @@ class DashboardScreen(Screen[None]):
             return 2  # a profile / data / model the user can fix, as the CLI reports it
         return EXIT_CODES.get(self.state.status, 0)
 
-    async def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the engine to stop at its next step and wait (bounded) for the worker to end."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Ask the engine to stop at its next step and wait (bounded) for the worker to end (a run process
+        confirms over its socket after saving `last`: it gets longer)."""
+        timeout = timeout if timeout is not None else STOP_TIMEOUT_S * (5 if self.detachable else 1)
         self.quitting = True
         if self.control is not None:
             self.control.request_stop()
@@ -337,6 +385,15 @@ class DashboardScreen(Screen[None]):
                 status="interrupted", reason="quit from the dashboard", epochs=self.state.epoch,
                 global_step=self.state.global_step, best={}, final={}, test=None, phases=(), per_class_acc={},
                 samples_per_s=self.state.samples_per_s, wall_s=self.state.elapsed_s, checkpoints={}))
+
+    async def detach_and_exit(self) -> None:
+        """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
+        self.quitting = self.detached = True
+        self.control.request_detach()  # type: ignore[union-attr]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.app.exit(return_code=0)
 
     async def stop_and_exit(self) -> None:
         await self.shutdown()

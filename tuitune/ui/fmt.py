@@ -1,8 +1,8 @@
 """Number formatting for the dashboard and summary. Plain Python: no Textual, no engine.
 
-The task's score travels in every `*_acc` field (see `RunStarted.metric`): accuracy or micro-F1 (fractions, shown
+The task's score travels in every `*_score` field (see `RunStarted.metric`): accuracy or micro-F1 (fractions, shown
 as percentages) or RMSE (lower is better, shown as a plain number). `score_label` and `fmt_value` turn an
-`*_acc` key and its value into what the user should read.
+`*_score` key and its value into what the user should read (`source_acc` is a real accuracy).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ PERCENT_METRICS = ("acc", "f1")
 METRIC_TITLES = {"acc": "accuracy", "f1": "micro-F1", "rmse": "RMSE (lower is better)"}
 # EpochEnded.extra keys, in the order the event log shows them, with their short names
 EXTRA_NAMES = {
-    "val_mae": "mae", "val_map": "mAP", "ema_val_loss": "ema loss", "ema_val_acc": "ema {metric}",
+    "val_mae": "mae", "val_map": "mAP", "ema_val_loss": "ema loss", "ema_val_score": "ema {metric}",
     "source_acc": "source acc", "train_task_loss": "task loss", "train_distill_loss": "distill loss",
 }
 
@@ -44,9 +44,9 @@ def fmt_score(metric: str, value: Any, digits: int = 1) -> str:
 
 
 def score_label(key: str, metric: str) -> str:
-    """`val_acc` -> `val rmse` for a regression run; `source_acc` stays accuracy (the pretraining task's)."""
-    if key.endswith("acc") and not key.startswith("source"):
-        key = key[: -len("acc")] + metric
+    """`val_score` -> `val rmse` for a regression run; `source_acc` stays accuracy (the pretraining task's)."""
+    if key == "score" or key.endswith("_score"):
+        key = key[: -len("score")] + metric
     return key.replace("_", " ")
 
 
@@ -55,10 +55,10 @@ def fmt_value(key: str, value: Any, metric: str = "acc", digits: int = 2) -> str
     v = _number(value)
     if v is None:
         return "-" if value is None else str(value)
-    if key.startswith("source") and key.endswith("acc"):
-        return fmt_score("acc", v, digits)
-    if key.endswith("acc"):
+    if key == "score" or key.endswith("_score"):
         return fmt_score(metric, v, digits)
+    if key.endswith("acc"):  # source_acc: the pretraining task's accuracy
+        return fmt_score("acc", v, digits)
     if key.endswith(("map", "f1")):
         return fmt_score("f1", v, digits)
     return _plain(v)

@@ -15,21 +15,13 @@ from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionR
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_score, fmt_sci, score_label
+from tuitune.ui.keys import COMMAND_LABELS
 
 Point = tuple[float, float]  # (x in epochs, y)
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
 MAX_LOG = 500
 MAX_POINTS = 20_000
 
-COMMAND_LABELS = {
-    "UnfreezeNext": "unfreeze next phase",
-    "StopEarly": "stop early",
-    "Pause": "pause",
-    "Resume": "resume",
-    "SaveCheckpoint": "save checkpoint",
-    "FindLR": "find LR",
-    "ApplyLR": "apply LR",
-}
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class DashboardState:
     train_size: int = 0
     val_size: int = 0
     classes: tuple[str, ...] = ()
-    metric: str = "acc"  # the score every *_acc series carries: "acc", "rmse" or "f1"
+    metric: str = "acc"  # the score every *_score series carries: "acc", "rmse" or "f1"
     higher_is_better: bool = True
     epoch: int = 0
     step: int = 0
@@ -74,10 +66,10 @@ class DashboardState:
     gpu_mem_gb: float | None = None
     gpu_peak_gb: float | None = None
     train_loss: tuple[Point, ...] = ()
-    train_acc: tuple[Point, ...] = ()
+    train_score: tuple[Point, ...] = ()
     val_loss: tuple[Point, ...] = ()
-    val_acc: tuple[Point, ...] = ()
-    best_val_acc: float | None = None
+    val_score: tuple[Point, ...] = ()
+    best_val_score: float | None = None
     train_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # MetricsUpdated.extra series
     epoch_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # EpochEnded.extra series
     extras: dict[str, float] = field(default_factory=dict)  # the latest EpochEnded.extra
@@ -154,17 +146,6 @@ def _where(state: DashboardState, epoch: int, global_step: int) -> str:
     return f"{_x(state, global_step):.1f}ep"
 
 
-def _apply_lrs(layers: tuple[LayerInfo, ...], lrs: tuple[float, ...]) -> tuple[LayerInfo, ...]:
-    """`MetricsUpdated.lrs` lists one LR per trainable group, in layer order: fold them into the rows."""
-    trainable = [i for i, layer in enumerate(layers) if layer.trainable]
-    if not lrs or len(trainable) != len(lrs):
-        return layers
-    out = list(layers)
-    for i, lr in zip(trainable, lrs):
-        out[i] = dataclasses.replace(out[i], lr=lr)
-    return tuple(out)
-
-
 def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
     if any(abs(m.x - marker.x) < 1e-9 and m.kind == marker.kind for m in state.markers):
         return state.markers
@@ -178,10 +159,11 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
     trc = bool(e.profile.get("model", {}).get("trust_remote_code", False))
     s = dataclasses.replace(
         s, status="running", run_name=e.run_name, run_dir=e.run_dir, device=e.device, profile=e.profile,
-        layers=e.layers, phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
+        phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
         start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
         metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
         global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
+    s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
     log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
                           f"{e.train_size} train / {e.val_size} val{resumed}")
@@ -200,38 +182,38 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
         gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, train_loss=_append(s.train_loss, (x, e.train_loss)),
-        train_acc=_append(s.train_acc, (x, e.train_acc)), layers=_apply_lrs(s.layers, e.lrs),
+        train_score=_append(s.train_score, (x, e.train_score)),
         train_extra=_append_extra(s.train_extra, x, e.extra))
 
 
 def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     x = _x(s, e.global_step)
-    best = e.val_acc if better(s, e.val_acc, s.best_val_acc) else s.best_val_acc
+    best = e.val_score if better(s, e.val_score, s.best_val_score) else s.best_val_score
     m = s.metric
-    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_acc)} · val loss "
-            f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_acc)}")
+    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_score)} · val loss "
+            f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_score)}")
     if e.extra:
         text += " · " + extras_text(e.extra, m)
     text += " ★ best" if e.is_best else ""
     return dataclasses.replace(
         s, epoch=e.epoch, global_step=e.global_step, elapsed_s=e.elapsed_s, samples_per_s=e.samples_per_s,
-        val_loss=_append(s.val_loss, (x, e.val_loss)), val_acc=_append(s.val_acc, (x, e.val_acc)),
-        best_val_acc=best, epoch_extra=_append_extra(s.epoch_extra, x, e.extra), extras=dict(e.extra),
+        val_loss=_append(s.val_loss, (x, e.val_loss)), val_score=_append(s.val_score, (x, e.val_score)),
+        best_val_score=best, epoch_extra=_append_extra(s.epoch_extra, x, e.extra), extras=dict(e.extra),
         log=_log(s, "epoch", text))
 
 
 def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
-    trainable = set(e.trainable)
-    layers = tuple(dataclasses.replace(layer, trainable=layer.name in trainable) for layer in s.layers)
     label = f"phase {e.phase + 1}"
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
-    s = dataclasses.replace(s, phase=e.phase, layers=layers, suggestion=None)
+    s = dataclasses.replace(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
     return dataclasses.replace(s, markers=_add_marker(s, Marker(_x(s, e.global_step), "phase", label)),
                                log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"))
 
 
 def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
+    """The only writer of the layer rows (RunStarted seeds them through here). The engine sends the rows after
+    every metric read, epoch end, phase change and LR change; every events.jsonl it ever wrote has them there."""
     return dataclasses.replace(s, layers=e.layers)
 
 
@@ -352,18 +334,18 @@ def plot_series(state: DashboardState, which: str) -> list[Series]:
         if "ema_val_loss" in ee:
             out.append(Series("ema", ee["ema_val_loss"]))
         return [*out, Series("val", state.val_loss)]  # val last: drawn on top
-    out = [Series("train", state.train_acc, True, True)]
-    if "ema_val_acc" in ee:
-        out.append(Series("ema", ee["ema_val_acc"]))
+    out = [Series("train", state.train_score, True, True)]
+    if "ema_val_score" in ee:
+        out.append(Series("ema", ee["ema_val_score"]))
     if "source_acc" in ee:
         out.append(Series("source", ee["source_acc"]))
-    return [*out, Series("val", state.val_acc)]
+    return [*out, Series("val", state.val_score)]
 
 
 def plot_inputs(state: DashboardState) -> tuple[object, ...]:
     """Everything the plots read. `reduce` keeps a field's object when it leaves it alone, so a change is an
     identity change: a redraw for events that touch no curve (LayersChanged, checkpoints...) is skipped."""
-    return (state.train_loss, state.train_acc, state.val_loss, state.val_acc, state.train_extra,
+    return (state.train_loss, state.train_score, state.val_loss, state.val_score, state.train_extra,
             state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
 
 

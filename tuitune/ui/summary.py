@@ -78,7 +78,7 @@ def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Tabl
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for p in phases:
         groups = ", ".join(p.get("groups", ())) or "-"
-        acc = p.get("best_val_acc")
+        acc = p.get("best_val_score")
         table.add_row(str(int(p.get("index", 0)) + 1), groups, str(p.get("epochs", "-")),
                       fmt_score(metric, acc, 2), fmt_duration(p.get("time_s")))
     return table

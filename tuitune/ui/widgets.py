@@ -18,7 +18,8 @@ from textual_plotext import PlotextPlot
 from tuitune.engine.events import LayerInfo
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
-from tuitune.ui.reducer import COMMAND_LABELS, DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
+from tuitune.ui.keys import COMMAND_LABELS
+from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
@@ -96,8 +97,8 @@ def status_text(state: DashboardState) -> Text:
     bottom = Text(f"{state.samples_per_s:,.0f} samples/s  elapsed {fmt_duration(state.elapsed_s)}", "dim")
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
-    if state.best_val_acc is not None:
-        bottom.append(f"  best val {state.metric} {fmt_score(state.metric, state.best_val_acc)}", "dim")
+    if state.best_val_score is not None:
+        bottom.append(f"  best val {state.metric} {fmt_score(state.metric, state.best_val_score)}", "dim")
     if state.gpu_mem_gb is not None:
         peak = f" (peak {state.gpu_peak_gb:.2f})" if state.gpu_peak_gb is not None else ""
         bottom.append(f"  GPU {state.gpu_mem_gb:.2f} GB{peak}", "bold")

@@ -1,4 +1,5 @@
-"""Datasets and loaders: every data kind becomes a `DataBundle` of map-style datasets yielding `(x, y)`.
+"""Datasets and loaders: each data kind's builder makes a `DataBundle` of map-style datasets yielding `(x, y)`.
+Which builder a `data.kind` uses is the table in `tuitune.engine.data.kinds` (synthetic data: `synthetic.py`).
 
 `x` is a float tensor [C, H, W] already transformed and normalised (images), or for text a dict of
 `input_ids` / `attention_mask` LongTensors padded to `max_length`, so torch's default collate batches every kind.
@@ -190,8 +191,15 @@ def _digit_names(digits: Sequence[int]) -> str:
     return ",".join(str(d) for d in digits)
 
 
+DIGITS_TRANSFORM = {"crop_pct": 1.0}  # 8x8 strokes are never cropped (the export records it too)
+
+
+def digit_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
+    return tuple(str(d) for d in (cfg.classes or range(10)))
+
+
 def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
-    """Digits subset in the order given (label k = cfg.classes[k]); crop_pct 1.0 so 8x8 strokes are not cut."""
+    """Digits subset in the order given (label k = cfg.classes[k]); `DIGITS_TRANSFORM` on top of the model's."""
     digits = [int(d) for d in cfg.classes] or list(range(10))
     if len(set(digits)) != len(digits) or len(digits) < 2 or not all(0 <= d <= 9 for d in digits):
         raise DataError(f"data.classes: expected at least two distinct digits 0-9, got {digits}")
@@ -201,7 +209,7 @@ def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
     y = np.array([remap[int(v)] for v in labels[keep]], dtype=np.int64)
     pil = [Image.fromarray(np.rint(images[i] * (255.0 / 16.0)).astype(np.uint8)) for i in keep]
     channels = int(data_config["input_size"][0])
-    full = pretransform(pil, y, eval_transform(data_config, crop_pct=1.0), channels)
+    full = pretransform(pil, y, eval_transform(data_config, **DIGITS_TRANSFORM), channels)
     train, val, test = split_subsets(full, y, cfg, seed, "digits")
     return DataBundle(train, val, test, tuple(str(d) for d in digits),
                       f"digits {_digit_names(digits)}: {split_counts(train, val, test)}")
@@ -231,6 +239,13 @@ def _same_classes(root: Path, split: str, classes: list[str], train_classes: lis
         extra = ", ".join(sorted(set(classes) - set(train_classes))) or "none"
         raise DataError(f"{root / split}: data.path: class folders differ from {root / 'train'} "
                         f"(missing: {missing}; extra: {extra})")
+
+
+def image_folder_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
+    root = Path(cfg.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data.path: no such folder")
+    return tuple(scan_class_folders(root / "train" if (root / "train").is_dir() else root)[0])
 
 
 def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
@@ -273,6 +288,11 @@ def tokenize(tokenizer: Any, texts: list[str], labels: list[int] | torch.Tensor,
     return TokenizedText(enc["input_ids"].long(), enc["attention_mask"].long(), targets)
 
 
+def text_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
+    rows = read_text_file(Path(cfg.path).expanduser(), "path", cfg.text_column, cfg.label_column)
+    return target_classes(rows, target)
+
+
 def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, target: str = "class") -> DataBundle:
     """Train file, plus `val_path` / `test_path` files where given; a split without its own file is cut from the
     train file by the seeded fractions. Classes (or labels) come from the train file alone."""
@@ -306,58 +326,7 @@ def _noun(target: str) -> str:
     return {"value": "target", "multi": "labels"}.get(target, "classes")
 
 
-# ------------------------------------------------------------------------------------------------ public API
-
-
-def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: Any = None,
-                   max_length: int = 128, seed: int = 0, target: str = "class") -> DataBundle:
-    """Build train / val / (test) datasets for `cfg.kind`. `task` is "image" or "text" (the model's input);
-    `data_config` is timm's resolved data config (input_size, mean, std, interpolation, crop_pct); `target` is
-    "class", "value" (regression) or "multi" (multi-label), see `tuitune.engine.train.scoring`."""
-    if task not in ("image", "text"):
-        raise ValueError(f"task must be 'image' or 'text', got {task!r}")
-    text_kind = cfg.kind == "text" or (cfg.kind == "synthetic" and task == "text")
-    if text_kind != (task == "text"):
-        raise UserError(f"data.kind: {cfg.kind!r} data does not fit a {task} model")
-    if text_kind and tokenizer is None:
-        raise UserError("data.kind: text data needs the model's tokenizer, and none was given")
-    if cfg.kind in ("digits", "image_folder"):
-        class_names(cfg, target)  # refuses regression / multi-label targets with one clear line
-    if cfg.kind == "digits":
-        return build_digits(cfg, data_config, seed)
-    if cfg.kind == "image_folder":
-        return build_image_folder(cfg, data_config, seed)
-    if cfg.kind == "text":
-        return build_text(cfg, tokenizer, max_length, seed, target)
-    if cfg.kind == "synthetic":
-        from tuitune.engine.data.synthetic import build_synthetic_images, build_synthetic_text
-
-        if task == "text":
-            return build_synthetic_text(cfg, tokenizer, max_length, seed, target)
-        return build_synthetic_images(cfg, data_config, seed, target)
-    raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
-
-
-def class_names(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
-    """The outputs `build_datasets` will yield (class names; ("value",) for regression), found without building
-    anything: the model's head is sized from them before the datasets (which need the model's transform or
-    tokenizer) exist."""
-    if target != "class" and cfg.kind in ("digits", "image_folder"):
-        raise DataError(f"loss.kind: {cfg.kind} data has one class per example; regression (mse) and multi-label "
-                        f"(bce) need text or synthetic data")
-    if cfg.kind == "digits":
-        return tuple(str(d) for d in (cfg.classes or range(10)))
-    if cfg.kind == "synthetic":
-        return ("value",) if target == "value" else tuple(f"c{k}" for k in range(cfg.num_classes))
-    if cfg.kind == "image_folder":
-        root = Path(cfg.path).expanduser()
-        if not root.is_dir():
-            raise DataError(f"{root}: data.path: no such folder")
-        return tuple(scan_class_folders(root / "train" if (root / "train").is_dir() else root)[0])
-    if cfg.kind == "text":
-        rows = read_text_file(Path(cfg.path).expanduser(), "path", cfg.text_column, cfg.label_column)
-        return target_classes(rows, target)
-    raise DataError(f"data.kind: unknown kind {cfg.kind!r}")
+# ------------------------------------------------------------------------------------------------ loaders
 
 
 def resolve_num_workers(num_workers: int, device_type: str) -> int:

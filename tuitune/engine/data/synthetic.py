@@ -8,8 +8,14 @@ import numpy as np
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.datasets import DataBundle, TensorImages, split_counts, split_subsets, class_names, tokenize
+from tuitune.engine.data.datasets import DataBundle, TensorImages, split_counts, split_subsets, tokenize
 from tuitune.errors import UserError
+
+
+def synthetic_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
+    """`num_classes` classes c0, c1, ...; one output named "value" for regression."""
+    return ("value",) if target == "value" else tuple(f"c{k}" for k in range(cfg.num_classes))
+
 
 def _synthetic_labels(cfg: DataConfig, target: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
                                                                                   torch.Tensor]:
@@ -39,7 +45,7 @@ def build_synthetic_images(cfg: DataConfig, data_config: dict, seed: int, target
     x = x + templates[second.clamp(min=0)] * (second >= 0).float()[:, None, None, None]
     full = TensorImages(x, targets)
     train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
-    return DataBundle(train, val, test, class_names(cfg, target),
+    return DataBundle(train, val, test, synthetic_classes(cfg, target),
                       f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {split_counts(train, val, test)}")
 
 
@@ -67,5 +73,5 @@ def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed:
                       for _ in range(int(rng.integers(4, 9)))) for pool in pools]
     full = tokenize(tokenizer, texts, targets, max_length)
     train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
-    return DataBundle(train, val, test, class_names(cfg, target),
+    return DataBundle(train, val, test, synthetic_classes(cfg, target),
                       f"synthetic text: {cfg.num_classes} classes, {split_counts(train, val, test)}")

@@ -7,7 +7,8 @@ generically around their largest list of layers, with no per-architecture tables
 
 The product runs offline: nothing here downloads. A missing cache or a wrong name is a `ModelError`, one line that
 says how to fix it. This module imports torch and timm at the top; it is only imported when a run starts.
-The Hugging Face half lives in `tuitune.engine.model.hf` (imported lazily from here; `HFClassifier` is re-exported).
+The Hugging Face half lives in `tuitune.engine.model.hf`; the types both halves share (groups, `Backbone`,
+`ModelError`) in `tuitune.engine.model.groups`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import difflib
 import warnings
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm / huggingface_hub read it
 
@@ -26,49 +26,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tuitune.config import ModelConfig  # noqa: E402
-from tuitune.errors import UserError  # noqa: E402
-
-if TYPE_CHECKING:
-    from tuitune.engine.model.hf import HFClassifier
+from tuitune.engine.model.groups import (Backbone, LayerGroup, ModelError, check_partition,  # noqa: E402
+                                         first_line, unique_groups)
+from tuitune.engine.model.hf import HFClassifier, build_hf, hf_groups, hf_inner  # noqa: E402
 
 __all__ = ["Backbone", "HFClassifier", "LayerGroup", "ModelError", "build_backbone", "layer_groups", "layer_table"]
-
-
-def __getattr__(name: str) -> Any:
-    """`HFClassifier` lives in tuitune.engine.model.hf, which imports this module: re-export it lazily, no cycle."""
-    if name == "HFClassifier":
-        from tuitune.engine.model.hf import HFClassifier
-        return HFClassifier
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class ModelError(UserError):
-    """A model that cannot be built or loaded: a wrong name, a missing cache, weights of another architecture."""
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """A unit of freezing: strategies and checkpoints refer to groups by name, parameters by their full name."""
-
-    name: str
-    param_names: tuple[str, ...]
-    params: int
-
-
-@dataclass
-class Backbone:
-    """Everything a run needs from the model: `model(x) -> logits` for a tensor (images) or a dict of tensors
-    (text), its groups (input to head), and how to feed it (data_config for images, tokenizer for text)."""
-
-    model: nn.Module
-    groups: tuple[LayerGroup, ...]
-    task: str
-    data_config: dict
-    tokenizer: object | None
-    description: str
-    # The classifier tensors of a `model.weights` file (its pretraining head), kept aside when the head is
-    # re-created: the source-retention check and "self" distillation score the old task with them.
-    source_head: dict[str, torch.Tensor] | None = None
 
 
 def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coarse: bool = True) -> Backbone:
@@ -82,7 +44,6 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
         model, data_config, note, source_head = _build_timm(cfg, num_classes)
         tokenizer = None
     elif cfg.source == "hf":
-        from tuitune.engine.model.hf import build_hf
         model, data_config, tokenizer, note = build_hf(cfg, num_classes, task)
         source_head = None
     else:
@@ -96,8 +57,6 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
 
 def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, ...]:
     """Split `model` (timm, wrapped or bare transformers, or any module) into ordered groups, head last."""
-    from tuitune.engine.model.hf import hf_groups, hf_inner
-
     if hf_inner(model) is not None:
         named = hf_groups(model)
     elif hasattr(model, "group_matcher"):
@@ -106,7 +65,7 @@ def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, 
         named = _child_groups(model)
     sizes = {n: p.numel() for n, p in model.named_parameters()}
     groups = tuple(LayerGroup(name, tuple(names), sum(sizes[n] for n in names)) for name, names in named)
-    _check_partition(model, groups)
+    check_partition(model, groups)
     return groups
 
 
@@ -325,36 +284,6 @@ def _child_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     elif named:
         named[-1] = ("head", named[-1][1])
     return named
-
-
-def unique_groups(named: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    seen: Counter[str] = Counter()
-    out = []
-    for name, names in named:
-        seen[name] += 1
-        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", names))
-    return out
-
-
-def _check_partition(model: nn.Module, groups: tuple[LayerGroup, ...]) -> None:
-    """Every parameter in exactly one group: a strategy must never silently skip (or double) a tensor."""
-    all_names = [n for n, _ in model.named_parameters()]
-    assigned = Counter(n for g in groups for n in g.param_names)
-    missing = [n for n in all_names if n not in assigned]
-    doubled = [n for n, c in assigned.items() if c > 1]
-    unknown = set(assigned) - set(all_names)
-    if missing or doubled or unknown:
-        example = (missing or doubled or sorted(unknown))[0]
-        raise ModelError(f"model.name: cannot split {type(model).__name__} into layer groups: {len(missing)} "
-                         f"unassigned, {len(doubled)} duplicated, {len(unknown)} unknown parameters "
-                         f"(e.g. {example})")
-    if not groups or groups[-1].name != "head" or len({g.name for g in groups}) != len(groups):
-        raise ModelError(f"model.name: bad layer groups for {type(model).__name__}: {[g.name for g in groups]}")
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def _is_true(value: str) -> bool:

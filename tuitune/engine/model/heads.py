@@ -14,7 +14,7 @@ from torch import nn
 from tuitune.errors import UserError
 
 if TYPE_CHECKING:
-    from tuitune.engine.model.backbone import Backbone
+    from tuitune.engine.model.groups import Backbone
 
 
 def splittable(model: nn.Module) -> bool:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tuitune.config import ModelConfig
-from tuitune.engine.model.backbone import ModelError, first_line, unique_groups
+from tuitune.engine.model.groups import ModelError, first_line, unique_groups
 
 
 class HFClassifier(nn.Module):

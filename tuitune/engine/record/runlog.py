@@ -19,7 +19,7 @@ from tuitune.engine.events import (EpochEnded, Event, MetricsUpdated, PhaseChang
                                    RunFinished, RunStarted, event_from_json, to_json)
 from tuitune.errors import UserError
 
-METRIC_COLUMNS = ("kind", "epoch", "step", "global_step", "train_loss", "train_acc", "val_loss", "val_acc",
+METRIC_COLUMNS = ("kind", "epoch", "step", "global_step", "train_loss", "train_score", "val_loss", "val_score",
                   "samples_per_s", "elapsed_s", "phase")
 
 
@@ -94,11 +94,11 @@ class RunRecorder:
         elif isinstance(event, PhaseChanged):
             self._phase = event.phase
         elif isinstance(event, MetricsUpdated):
-            self._row("step", event.epoch, event.step, event.global_step, event.train_loss, event.train_acc, "", "",
+            self._row("step", event.epoch, event.step, event.global_step, event.train_loss, event.train_score, "", "",
                       event.samples_per_s, event.elapsed_s)
         elif isinstance(event, EpochEnded):
-            self._row("epoch", event.epoch, "", event.global_step, event.train_loss, event.train_acc,
-                      event.val_loss, event.val_acc, event.samples_per_s, event.elapsed_s)
+            self._row("epoch", event.epoch, "", event.global_step, event.train_loss, event.train_score,
+                      event.val_loss, event.val_score, event.samples_per_s, event.elapsed_s)
         elif isinstance(event, (RunFinished, RunFailed)):
             self._write_summary(event)
             self.close()

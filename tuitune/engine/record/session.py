@@ -38,9 +38,11 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
     sink = tee(recorder, emit)
     trainer: Any = None
     try:
-        from tuitune.engine.train.loop import Trainer  # torch, timm, transformers load here, in the worker
+        from tuitune.engine.tools.after_run import export_and_compress  # torch, timm, transformers load here,
+        from tuitune.engine.train.loop import Trainer  # in the worker
 
-        trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume)
+        trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume,
+                          after_run=export_and_compress)
         return trainer.run()
     except UserError as e:
         failed = RunFailed(message=user_message(e, profile), run_dir=str(run_dir), bad_input=True, kind="bad_input",

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from tuitune.engine.data.batches import to_device
 from tuitune.engine.record.checkpoint import atomic_write
 from tuitune.errors import UserError
 
@@ -97,7 +98,6 @@ def _apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
 def simple_fine_tune(loader: Any, *, epochs: int, lr: float, device: torch.device) -> Callable[[nn.Module], None]:
     """A minimal fine-tune (AdamW, cross-entropy, every parameter) for `compress_model(fine_tune=...)`; the engine
     may pass its own loop instead."""
-    from tuitune.engine.train.loop import to_device
 
     def run(model: nn.Module) -> None:
         model.to(device).train()
@@ -186,7 +186,6 @@ def cpu_latency_ms(model: nn.Module, batch: Any, *, repeats: int = 10, warmup: i
 @torch.inference_mode()
 def accuracy(model: nn.Module, loader: Any) -> float:
     """Top-1 accuracy on the CPU."""
-    from tuitune.engine.train.loop import to_device
 
     model.eval()
     hits = total = 0
@@ -257,8 +256,9 @@ def compress_run(run_dir: str | Path, sparsity: float = 0.5, quantize: bool = Tr
                  ) -> dict[str, Any]:
     """Compress a finished run's checkpoint: the report goes to `RUN_DIR/compressed/report.json` and into
     `summary.json` under "compression"; the models to `RUN_DIR/compressed/`."""
-    from tuitune.engine.data.datasets import build_datasets, make_loaders
-    from tuitune.engine.tools.export import rebuild_model
+    from tuitune.engine.data.datasets import make_loaders
+    from tuitune.engine.data.kinds import build_datasets
+    from tuitune.engine.record.rebuild import rebuild_model
     from tuitune.engine.train.parts import resolve_device, seed_everything
 
     run_dir = Path(run_dir)

@@ -19,7 +19,6 @@ needed), loads the checkpoint, and writes `RUN_DIR/export/`:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -28,47 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file, save_model
 
-from tuitune.config import RunProfile, dump_toml, load_profile, profile_to_dict
-from tuitune.engine.model.backbone import Backbone
+from tuitune.config import RunProfile, dump_toml, profile_to_dict
+from tuitune.engine.data.kinds import build_datasets, data_kind
+from tuitune.engine.model.groups import Backbone
+from tuitune.engine.record.rebuild import rebuild_model
 from tuitune.errors import UserError
 
-__all__ = ["export_run", "rebuild_model", "run_classes", "write_export"]
-
-
-def run_classes(run_dir: Path, profile: RunProfile) -> tuple[str, ...]:
-    """The run's class names: from its `RunStarted` event (the data may have moved since), else from the data."""
-    events = run_dir / "events.jsonl"
-    if events.is_file():
-        with open(events, encoding="utf-8") as f:
-            for line in f:
-                if '"type":"RunStarted"' in line:
-                    return tuple(json.loads(line)["classes"])
-    from tuitune.engine.data.datasets import class_names
-
-    return class_names(profile.data)
-
-
-def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbone, tuple[str, ...]]:
-    """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode."""
-    from tuitune.engine.record.checkpoint import load_weights
-    from tuitune.engine.model.backbone import build_backbone
-    from tuitune.engine.train.parts import model_task
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "profile.toml").is_file():
-        raise UserError(f"{run_dir}: no profile.toml here (is this a tuitune run directory?)")
-    weights = run_dir / "checkpoints" / f"{tag}.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{weights}: no such checkpoint (tags: best, last)")
-    profile = load_profile(run_dir / "profile.toml")
-    # random init: the checkpoint has every tensor, so neither the hub cache nor `weights` is needed
-    model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="")
-    profile = dataclasses.replace(profile, model=model_cfg)
-    classes = run_classes(run_dir, profile)
-    backbone = build_backbone(model_cfg, len(classes), task=model_task(profile), coarse=profile.strategy.coarse)
-    load_weights(backbone.model, weights)
-    backbone.model.eval()
-    return profile, backbone, classes
+__all__ = ["export_run", "write_export"]
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "best",
@@ -105,8 +70,7 @@ def _export_timm(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
     save_model(model, str(out_dir / "model.safetensors"))
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(profile.model.kwargs).items()}
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}
-    if profile.data.kind == "digits":
-        data["crop_pct"] = 1.0  # what tuitune's digits transform used: 8x8 strokes are never cropped
+    data.update(data_kind(profile.data).transform)  # what the data kind's transform used (digits: no crop)
     try:
         from timm.models._hub import save_config_for_hf  # timm's own writer: the format it reads back
 
@@ -185,7 +149,6 @@ def _copy_image_processor(source: str, out_dir: Path) -> None:
 def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit: int) -> dict[str, Any]:
     """Validation inputs, labels and logits for a fresh-process check; skipped (with the reason) when the run's
     data is no longer readable."""
-    from tuitune.engine.data.datasets import build_datasets
 
     try:
         bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,

@@ -1,203 +1,17 @@
-"""LR finder (Smith 2015, as popularised by fastai): train for a few steps while the learning rate grows
-exponentially, watch the smoothed loss, and read a good LR off the curve — then put everything back.
-
-The sweep runs on the real model and optimizer, so it sees the phase's real param groups (discriminative LRs keep
-their ratios: the sweep LR is the largest group's, the others follow in proportion). It snapshots the weights,
-buffers (BatchNorm statistics), optimizer state and hyperparameters, the RNG and the loader's shuffle generator, and
-restores all of them bit for bit afterwards, so it can run before a phase or in the middle of one.
-
-Suggestions: `steep` = the point of steepest descent of the smoothed loss against log LR; `valley` = fastai's
-default (the middle of the longest descending stretch, a little towards its bottom), which is less fooled by noise.
-`valley` is the one chosen.
-"""
+"""`tuitune lr-find`: build a profile's run parts and phase-0 optimizer exactly as training would, sweep them
+(`tuitune.engine.train.lr_sweep`, the same sweep the dashboard's `f` runs), and write the curve and a text plot."""
 
 from __future__ import annotations
 
-import copy
-import csv
 import math
-import random
 import re
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import torch
-from torch import nn
+from tuitune.engine.train.lr_sweep import LRCurve, curve_to_csv, lr_sweep
 
-__all__ = ["LRCurve", "curve_to_csv", "find_lr_for_profile", "lr_sweep", "scale_lrs", "suggest", "text_plot"]
+__all__ = ["find_lr_for_profile", "text_plot"]
 
-
-@dataclass(frozen=True)
-class LRCurve:
-    lrs: tuple[float, ...]
-    losses: tuple[float, ...]
-    smoothed: tuple[float, ...]
-    steep: float | None = None
-    valley: float | None = None
-    method: str = "valley"
-    stopped_early: bool = False  # the loss diverged before `steps`
-    group_ratios: tuple[float, ...] = field(default=())  # each param group's LR / the swept LR
-
-    @property
-    def suggestion(self) -> float | None:
-        return self.valley if self.method == "valley" else self.steep
-
-
-# ----------------------------------------------------------------------------------------------- snapshot
-
-@dataclass
-class _Snapshot:
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    training: bool
-    rng_torch: torch.Tensor
-    rng_cuda: list[torch.Tensor]
-    rng_python: Any
-    loader_gen: torch.Tensor | None
-
-
-def _take(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> _Snapshot:
-    gen = getattr(loader, "generator", None)
-    return _Snapshot(
-        model={k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()},
-        optimizer=copy.deepcopy(optimizer.state_dict()), training=model.training,
-        rng_torch=torch.get_rng_state(),
-        rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        rng_python=random.getstate(), loader_gen=gen.get_state() if gen is not None else None)
-
-
-def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> None:
-    with torch.no_grad():
-        for k, v in model.state_dict(keep_vars=True).items():
-            v.copy_(snap.model[k])  # in place: the Parameter objects the optimizer holds stay the same
-    optimizer.load_state_dict(snap.optimizer)
-    for p in model.parameters():
-        p.grad = None
-    model.train(snap.training)
-    torch.set_rng_state(snap.rng_torch)
-    if snap.rng_cuda:
-        torch.cuda.set_rng_state_all(snap.rng_cuda)
-    random.setstate(snap.rng_python)
-    if snap.loader_gen is not None:
-        loader.generator.set_state(snap.loader_gen)
-
-
-# -------------------------------------------------------------------------------------------------- sweep
-
-def _batches(loader: Any) -> Iterator[Any]:
-    """The loader, over and over: a sweep may want more steps than an epoch has."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("lr_sweep: the loader is empty")
-
-
-def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, loss_fn: Callable, device: Any, *,
-             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smooth: float = 0.98,
-             diverge: float = 4.0, train_mode: Callable[[nn.Module], None] | None = None,
-             autocast: Callable[[], AbstractContextManager] | None = None) -> LRCurve:
-    """Sweep the LR exponentially from `start_lr` to `end_lr` over `steps` optimizer steps; stop once the smoothed
-    loss exceeds `diverge` x its best. Everything is restored afterwards, also on error or interrupt."""
-    from tuitune.engine.train.loop import to_device
-
-    if not 0 < start_lr < end_lr or steps < 2:
-        raise ValueError("lr_sweep: need 0 < start_lr < end_lr and steps >= 2")
-    ratios = _group_ratios(optimizer)
-    snap = _take(model, optimizer, loader)
-    lrs, losses, smoothed = [], [], []
-    avg, best, stopped = 0.0, math.inf, False
-    try:
-        (train_mode or nn.Module.train)(model)
-        batches = _batches(loader)
-        for i in range(steps):
-            lr = start_lr * (end_lr / start_lr) ** (i / (steps - 1))
-            for group, ratio in zip(optimizer.param_groups, ratios):
-                group["lr"] = lr * ratio
-            x, y = next(batches)
-            x, y = to_device(x, device), y.to(device)
-            with (autocast or nullcontext)():
-                loss = loss_fn(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())  # one sync per step: a sweep is short and must watch every step
-            avg = smooth * avg + (1 - smooth) * value
-            s = avg / (1 - smooth ** (i + 1))  # bias-corrected, as fastai's Recorder does
-            lrs.append(lr), losses.append(value), smoothed.append(s)
-            best = min(best, s)
-            if not math.isfinite(s) or (i > 0 and s > diverge * best):
-                stopped = True
-                break
-    finally:
-        _restore(snap, model, optimizer, loader)
-    steep, valley = suggest(lrs, smoothed)
-    return LRCurve(tuple(lrs), tuple(losses), tuple(smoothed), steep, valley, "valley", stopped, tuple(ratios))
-
-
-def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
-    """Each group's share of the largest group's LR (its `base_lr` when the engine set one)."""
-    base = [float(g.get("base_lr", g["lr"])) for g in optimizer.param_groups]
-    top = max(base) if base and max(base) > 0 else 1.0
-    return [b / top if top > 0 else 1.0 for b in base]
-
-
-def scale_lrs(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Apply a suggestion: the largest group's base LR becomes `lr`, the others keep their ratios to it (the
-    engine's schedule multiplies `base_lr`; plain optimizers get `lr` itself)."""
-    for group, ratio in zip(optimizer.param_groups, _group_ratios(optimizer)):
-        if "base_lr" in group:
-            factor = group["lr"] / group["base_lr"] if group["base_lr"] else 1.0
-            group["base_lr"] = lr * ratio
-            group["lr"] = group["base_lr"] * factor
-        else:
-            group["lr"] = lr * ratio
-
-
-# ---------------------------------------------------------------------------------------------- suggestion
-
-def _trim(n: int) -> slice:
-    """fastai skips the first tenth (the smoothing is still warming up) and the last few (divergence)."""
-    return slice(n // 10, n - 5 if n > 15 else n)
-
-
-def suggest(lrs: list[float] | tuple[float, ...], smoothed: list[float] | tuple[float, ...]
-            ) -> tuple[float | None, float | None]:
-    """(steep, valley) over the finite part of the curve; None where the curve is too short to tell."""
-    pts = [(lr, s) for lr, s in zip(lrs, smoothed) if math.isfinite(s)]
-    pts = pts[_trim(len(pts))]
-    if len(pts) < 3:
-        return None, None
-    xs, ys = [math.log10(lr) for lr, _ in pts], [s for _, s in pts]
-    grads = [(ys[min(i + 1, len(ys) - 1)] - ys[max(i - 1, 0)]) / (xs[min(i + 1, len(xs) - 1)] - xs[max(i - 1, 0)])
-             for i in range(len(ys))]
-    steep = pts[min(range(len(grads)), key=grads.__getitem__)][0]
-    return steep, pts[_valley_index(ys)][0]
-
-
-def _valley_index(losses: list[float]) -> int:
-    """fastai's `valley`: find the longest decreasing subsequence of the loss, then step half its length in from
-    its start (a third plus half a third): past the noisy start, short of the bottom where training turns
-    unstable."""
-    n = len(losses)
-    lds = [1] * n
-    max_start = max_end = 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
-                lds[i] = lds[j] + 1
-            if lds[max_end] < lds[i]:
-                max_end = i
-                max_start = max_end - lds[max_end]
-    sections = (max_end - max_start) / 3
-    return min(n - 1, max_start + int(sections) + int(sections / 2))
-
-
-# ------------------------------------------------------------------------------------------------ a profile
 
 def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCurve, Path]:
     """`tuitune lr-find`: build the run's parts and its phase-0 optimizer exactly as training would, sweep the
@@ -222,18 +36,6 @@ def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCu
         "phase0_groups": list(parts.phases[0])}, indent=2) + "\n", encoding="utf-8")
     return curve, path
 
-
-# ------------------------------------------------------------------------------------------------- output
-
-def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["lr", "loss", "smoothed"])
-        for row in zip(curve.lrs, curve.losses, curve.smoothed):
-            writer.writerow([f"{v:.6g}" for v in row])
-    return path
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

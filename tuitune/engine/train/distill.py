@@ -89,7 +89,7 @@ def _load_teacher(profile: RunProfile, parts: RunParts) -> nn.Module:
     """A run directory (its best checkpoint) or a timm name with a weights file, for these classes."""
     cfg, classes = profile.distill, parts.bundle.classes
     if Path(cfg.teacher).is_dir():
-        from tuitune.engine.tools.export import rebuild_model
+        from tuitune.engine.record.rebuild import rebuild_model
 
         _, backbone, teacher_classes = rebuild_model(Path(cfg.teacher), "best")
         if tuple(teacher_classes) != tuple(classes):

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch import nn
 
+from tuitune.engine.data.batches import to_device
 from tuitune.engine.train.segments import NotSequential, split_model, verify
-from tuitune.engine.train.objective import to_device
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile

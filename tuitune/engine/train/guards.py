@@ -132,7 +132,9 @@ def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_no
     mid-epoch one replays its epoch by step count, which a new batch size would not match)."""
     batch = profile.data.batch_size
     half = max(1, batch // 2)
-    size_key = "model.max_length" if profile.data.kind == "text" else "model.img_size"
+    from tuitune.engine.data.kinds import input_task
+
+    size_key = "model.max_length" if input_task(profile.data, profile.model) == "text" else "model.img_size"
     advice = (f"lower data.batch_size (now {batch}; e.g. --set data.batch_size={half}), {size_key}, or the "
               f"trainable layers (a progressive or head_only strategy)")
     resume = f"; continue with: tuitune train --resume {run_dir} --set data.batch_size={half}" if resumable else ""

@@ -17,29 +17,35 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.train import occasional as extras
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, SetupProgressed, UnfreezeSuggested,
                                    Warned)
+from tuitune.engine.data.batches import to_device
+from tuitune.engine.model.groups import Backbone
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.running_sums import RunningSums
-from tuitune.engine.train.objective import Objective, to_device
+from tuitune.engine.train.lr_sweep import find_lr_in_run
+from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
-__all__ = ["Trainer", "to_device"]
+# After a run that ended well, with its best weights loaded: (run_dir, profile, backbone, classes, emit) ->
+# (export folder, compression report). The session passes `tools.after_run.export_and_compress`.
+AfterRun = Callable[[Path, RunProfile, Backbone, tuple[str, ...], Emit], tuple[str, dict[str, Any] | None]]
+__all__ = ["AfterRun", "Trainer"]
 
 
 class Trainer:
-    """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`."""
+    """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`. What follows a run that ended well
+    (export, compression) is the caller's: `after_run`, none by default."""
 
     def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = False, resume: Path | None = None) -> None:
+                 interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
-        self.interactive = interactive
+        self.interactive, self.after_run = interactive, after_run
         self.parts: RunParts = build_parts(profile, run_dir)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
@@ -126,9 +132,9 @@ class Trainer:
             if not self._between_steps():
                 return None
         st.skip_steps = 0
-        loss, acc, (bad,) = st.epoch_sums.read(st.guard.bad)
+        loss, score, (bad,) = st.epoch_sums.read(st.guard.bad)
         self._settle(bad)
-        return {"loss": loss, "acc": acc, "samples": seen}
+        return {"loss": loss, "score": score, "samples": seen}
 
     def _clip_and_check(self, loss: torch.Tensor) -> torch.Tensor:
         """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
@@ -149,11 +155,11 @@ class Trainer:
     def _read_window(self, window: RunningSums, step: int) -> None:
         """The metric read: one host sync for the window's metrics and the non-finite count."""
         st = self.st
-        loss, acc, (bad, *rest) = window.read(st.guard.bad, *self.obj.window_tensors())
+        loss, score, (bad, *rest) = window.read(st.guard.bad, *self.obj.window_tensors())
         self._settle(bad)
         mem, peak = st.gpu_memory()
         self.emit(MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step, train_loss=loss,
-                                 train_acc=acc, lrs=st.current_lrs(),
+                                 train_score=score, lrs=st.current_lrs(),
                                  samples_per_s=window.samples / max(window.seconds(), 1e-9),
                                  elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak,
                                  extra=self.obj.window_extra(rest)))
@@ -181,9 +187,10 @@ class Trainer:
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
         st = self.st
         st.epoch += 1
-        metrics = {"train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
-                   "val_acc": val["acc"]}
-        more = extras.epoch_extras(self, val)
+        metrics = {"train_loss": train["loss"], "train_score": train["score"], "val_loss": val["loss"],
+                   "val_score": val["score"]}
+        more = self.obj.epoch_extras(val, self.parts)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
@@ -209,26 +216,18 @@ class Trainer:
                                           global_step=st.global_step))
 
     # ------------------------------------------------------------------------------------- phases, commands
-    def _trigger(self) -> str:
-        cfg = self.profile.strategy
-        if cfg.trigger == "manual" and not self.interactive:
-            return cfg.fallback
-        return cfg.trigger
-
     def _maybe_next_phase(self) -> None:
         st, cfg = self.st, self.profile.strategy
-        if st.phase + 1 >= len(self.parts.phases) or st.epoch >= self.profile.train.epochs:
-            return
-        trigger = self._trigger()
-        if trigger == "epochs" and st.epoch - st.phase_start_epoch >= cfg.every_epochs:
-            self.next_phase("epochs")
-        elif trigger == "plateau" and st.plateau.stale >= cfg.plateau_patience:
-            if not self.interactive:
-                self.next_phase("plateau")
-            elif self._suggested_phase != st.phase:
-                self._suggested_phase = st.phase
-                self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                            next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+        due = strategy.phase_due(cfg, interactive=self.interactive, phase=st.phase,
+                                 num_phases=len(self.parts.phases), epoch=st.epoch,
+                                 total_epochs=self.profile.train.epochs, phase_start_epoch=st.phase_start_epoch,
+                                 stale_epochs=st.plateau.stale)
+        if due == "epochs" or (due == "plateau" and not self.interactive):
+            self.next_phase(due)
+        elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
+            self._suggested_phase = st.phase
+            self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
+                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
 
     def next_phase(self, reason: str) -> bool:
         st = self.st
@@ -276,7 +275,13 @@ class Trainer:
             path = st.save("manual")
             detail = str(path) if path is not None else "not saved: the weights are not finite"
         elif isinstance(command, FindLR):
-            detail = extras.find_lr(self, command.steps)
+            found = find_lr_in_run(self.parts, st, self.obj.train_loss, steps=command.steps,
+                                   seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
+                                   freeze_bn=self.profile.strategy.freeze_bn,
+                                   freeze_dropout=self.profile.strategy.freeze_dropout, out_dir=self.run_dir)
+            self.emit(found)
+            detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "
+                      f"curve in {Path(found.path).name}")
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
             detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
@@ -295,8 +300,12 @@ class Trainer:
         if p.test_loader is not None and st.has_checkpoint("best"):
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
-            test = {"loss": result["loss"], "acc": result["acc"], "per_class": result["per_class"]}
-        export_dir, compression = extras.ship(self)
+            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"]}
+        export_dir, compression = "", None
+        if self.after_run is not None and status != "interrupted" and st.has_checkpoint("best"):
+            st.load_best_weights()
+            export_dir, compression = self.after_run(self.run_dir, self.profile, p.backbone, p.bundle.classes,
+                                                     self.emit)
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
                             per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,

@@ -1,7 +1,8 @@
-"""What a step minimises and how a run is scored: the task loss (with Mixup), penalties, distillation, the EMA.
+"""What a step minimises and how a run is scored: the task loss (with Mixup), penalties, distillation, the EMA,
+and the source task (how much of pretraining the backbone still knows).
 
-The loop asks four things of it: `forward` (the model's output, and the pre-logits when distillation needs them),
-`loss`, `after_step` and `evaluate`. Everything stays on the device; `evaluate` reads the host once.
+The loop asks five things of it: `forward` (the model's output, and the pre-logits when distillation needs them),
+`loss`, `after_step`, `evaluate` and `epoch_extras`. Everything stays on the device; `evaluate` reads the host once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from tuitune.engine.data.augment import build_mixup
+from tuitune.engine.data.batches import to_device
+from tuitune.engine.model.heads import linear_head, pre_logits
 from tuitune.engine.train.distill import Distiller, build_distiller
 from tuitune.engine.train.losses import build_loss
 from tuitune.engine.train.scoring import Scorer, average_precision, target_kind
@@ -22,15 +25,6 @@ from tuitune.engine.train.regularize import Penalty, build_ema
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.parts import RunParts
-
-
-def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
-    """A batch onto the device without waiting (pinned host memory makes the copy asynchronous)."""
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    if channels_last and x.ndim == 4:
-        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return x.to(device, non_blocking=True)
 
 
 def train_labels(dataset: Any) -> torch.Tensor | None:
@@ -62,6 +56,8 @@ class Objective:
         self.ema = build_ema(parts.model, profile.train.ema_decay)
         self.distiller: Distiller | None = build_distiller(profile, parts)
         self.k = k
+        self._source_tensors = parts.backbone.source_head  # the weights file's own pretraining head
+        self._source_head: nn.Module | None = None  # built on first use (`source_accuracy`)
         # running task / distillation loss sums for the metric window, on the device
         self.window = torch.zeros(3, device=self.device)
 
@@ -131,7 +127,7 @@ class Objective:
                 truths.append(y)
         values = torch.cat([loss_sum.reshape(1), sums, hits, totals]).tolist()  # the host sync
         loss, score_sums = values[0], values[1:1 + self.scorer.width]
-        result = {"loss": loss / max(n, 1), "acc": self.scorer.score(score_sums, n),
+        result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
                   "extra": self.scorer.extras(score_sums, n), "per_class": {}}
         if self.scorer.kind == "class":
             h, t = values[1 + self.scorer.width:1 + self.scorer.width + self.k], values[-self.k:]
@@ -139,3 +135,30 @@ class Objective:
         elif outs:
             result["extra"]["map"] = average_precision(torch.cat(outs).cpu(), torch.cat(truths).cpu())
         return result
+
+    def epoch_extras(self, val: dict[str, Any], parts: RunParts) -> dict[str, float]:
+        """val_* extras of the score (MAE, mAP), the EMA model's val metrics, and the source task's accuracy.
+        Leaves the model in eval mode, as `evaluate` does."""
+        out = {f"val_{k}": v for k, v in val.get("extra", {}).items()}
+        if self.ema is not None:
+            ema = self.evaluate(self.ema.module, parts.val_loader, parts)
+            out.update(ema_val_loss=ema["loss"], ema_val_score=ema["score"])
+        if parts.source_loader is not None:
+            out["source_acc"] = self.source_accuracy(parts.model, parts.source_loader, parts)
+        return out
+
+    @torch.no_grad()
+    def source_accuracy(self, model: nn.Module, loader: Any, parts: RunParts) -> float:
+        """Accuracy on the pretraining task's val set, scored by the weights file's own (frozen) head on the
+        backbone's current features: it falls as the backbone forgets what pretraining taught it."""
+        if self._source_head is None:
+            self._source_head = linear_head(self._source_tensors or {}, self.device)
+        model.eval()
+        hits = total = torch.zeros((), device=self.device)
+        for x, y in loader:
+            x, y = to_device(x, self.device), y.to(self.device, non_blocking=True)
+            with parts.autocast():
+                logits = self._source_head(pre_logits(model, x).float())
+            hits = hits + (logits.argmax(-1) == y).sum()
+            total = total + y.shape[0]
+        return (hits / total.clamp(min=1)).item()

@@ -15,8 +15,10 @@ from tuitune.config import ModelConfig, RunProfile
 from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
 from tuitune.engine.train.scoring import target_kind
-from tuitune.engine.data.datasets import DataBundle, build_datasets, class_names, make_loaders
-from tuitune.engine.model.backbone import Backbone, LayerGroup, build_backbone
+from tuitune.engine.data.datasets import DataBundle, make_loaders
+from tuitune.engine.data.kinds import build_datasets, class_names, input_task
+from tuitune.engine.model.backbone import build_backbone
+from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.errors import UserError
 
 
@@ -30,12 +32,16 @@ class RunParts:
     train_loader: Any
     val_loader: Any
     test_loader: Any
-    phases: tuple[tuple[str, ...], ...]
+    plan: strategy.PhasePlan  # the phases and each one's LR scale
     steps_per_epoch: int
     warnings: tuple[str, ...]
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
     forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
     channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
+
+    @property
+    def phases(self) -> tuple[tuple[str, ...], ...]:
+        return self.plan.phases
 
     @property
     def model(self) -> torch.nn.Module:
@@ -98,22 +104,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_task(profile: RunProfile) -> str:
-    """"image" or "text": what the model reads. Data files decide, except for synthetic data, where a Hugging
-    Face model's own config does (a vision config has an image size)."""
-    if profile.data.kind == "text":
-        return "text"
-    if profile.data.kind != "synthetic" or profile.model.source != "hf":
-        return "image"
-    config_file = Path(profile.model.name) / "config.json"
-    if config_file.is_file():
-        import json
-
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        return "image" if "image_size" in config or "vision_config" in config else "text"
-    return "image"
-
-
 def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     seed_everything(profile.train.seed)
     device = resolve_device(profile.train.device)
@@ -121,7 +111,7 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
         torch.backends.cudnn.benchmark = True
     target = target_kind(profile.loss.kind)
     classes = class_names(profile.data, target)
-    backbone = build_backbone(model_config(profile), len(classes), task=model_task(profile),
+    backbone = build_backbone(model_config(profile), len(classes), task=input_task(profile.data, profile.model),
                               coarse=profile.strategy.coarse)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
@@ -139,12 +129,12 @@ def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
     steps = len(train_loader)
     if profile.train.max_steps_per_epoch:
         steps = min(steps, profile.train.max_steps_per_epoch)
-    phases = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
+    plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
     warnings = []
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
-                    val_loader=val_loader, test_loader=test_loader, phases=phases, steps_per_epoch=steps,
+                    val_loader=val_loader, test_loader=test_loader, plan=plan, steps_per_epoch=steps,
                     warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device),
                     forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
                     channels_last=channels_last)

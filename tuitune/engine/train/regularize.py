@@ -13,7 +13,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from tuitune.config import RegularizationConfig
-    from tuitune.engine.model.backbone import LayerGroup
+    from tuitune.engine.model.groups import LayerGroup
 
 
 class Penalty:

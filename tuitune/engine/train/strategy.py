@@ -1,4 +1,5 @@
-"""Strategies as data: which layer groups train in each phase, with which learning rates.
+"""Strategies as data: which layer groups train in each phase, with which learning rates (`STRATEGIES`), and
+when the next phase is due (`phase_due`).
 
 Small pure functions in the manner of timm's `_manipulate.py`; the loop composes them. The mechanics follow
 Lightning's finetuning callback, without its resume bug: freezing is `requires_grad`, unfreezing adds *new*
@@ -8,7 +9,8 @@ mode so their running statistics are never updated.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from tuitune.errors import UserError
 
@@ -16,30 +18,78 @@ if TYPE_CHECKING:
     import torch
 
     from tuitune.config import StrategyConfig
-    from tuitune.engine.model.backbone import LayerGroup
+    from tuitune.engine.model.groups import LayerGroup
 
 
-def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> tuple[tuple[str, ...], ...]:
-    """The trainable groups of each phase, cumulative. Groups are ordered input -> output; the head is last."""
-    head = names[-1]
-    if cfg.kind == "full":
-        return (tuple(names),)
-    if cfg.kind == "head_only":
-        return ((head,),)
-    if cfg.kind == "lp_ft":  # linear probe, then everything (the LR drop happens on entering phase 2)
-        return ((head,), tuple(names))
-    if cfg.kind == "groups":
-        unknown = [g for g in cfg.groups if g not in names]
-        if unknown:
-            raise UserError(f"strategy.groups: unknown layer group {unknown[0]!r} (groups: {', '.join(names)})")
-        return (tuple(n for n in names if n in cfg.groups),)
-    # progressive: head first, then `groups_per_phase` more at a time from the top down
+@dataclass(frozen=True)
+class PhasePlan:
+    """The phases of a run: the trainable groups of each (cumulative, input -> output, the head last), and the
+    factor every group's base LR is multiplied by on entering each phase (1.0: unchanged; LP-FT lowers it when
+    everything starts to train)."""
+
+    phases: tuple[tuple[str, ...], ...]
+    lr_scales: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        assert len(self.phases) == len(self.lr_scales) and self.phases, "one LR scale per phase"
+
+
+def _full(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    return PhasePlan((tuple(names),), (1.0,))
+
+
+def _head_only(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    return PhasePlan(((names[-1],),), (1.0,))
+
+
+def _lp_ft(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    """Linear probe, then everything at `ft_lr_scale` times the LR (Kumar et al. 2022)."""
+    return PhasePlan(((names[-1],), tuple(names)), (1.0, cfg.ft_lr_scale))
+
+
+def _groups(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    unknown = [g for g in cfg.groups if g not in names]
+    if unknown:
+        raise UserError(f"strategy.groups: unknown layer group {unknown[0]!r} (groups: {', '.join(names)})")
+    return PhasePlan((tuple(n for n in names if n in cfg.groups),), (1.0,))
+
+
+def _progressive(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    """Head first, then `groups_per_phase` more at a time from the top down."""
     below = list(reversed(names[:-1]))
-    phases = [(head,)]
+    phases = [(names[-1],)]
     for i in range(0, len(below), cfg.groups_per_phase):
         added = set(phases[-1]) | set(below[i:i + cfg.groups_per_phase])
         phases.append(tuple(n for n in names if n in added))
-    return tuple(phases)
+    return PhasePlan(tuple(phases), (1.0,) * len(phases))
+
+
+# strategy.kind -> its plan. A new strategy is one function here and one entry (and its name in the config's choices).
+STRATEGIES: dict[str, Callable[[Sequence[str], StrategyConfig], PhasePlan]] = {
+    "full": _full, "head_only": _head_only, "lp_ft": _lp_ft, "groups": _groups, "progressive": _progressive,
+}
+
+
+def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    """The plan of `cfg.kind` for these layer groups (ordered input -> output; the head is last)."""
+    if cfg.kind not in STRATEGIES:
+        raise UserError(f"strategy.kind: unknown strategy {cfg.kind!r} (one of {', '.join(STRATEGIES)})")
+    return STRATEGIES[cfg.kind](names, cfg)
+
+
+def phase_due(cfg: StrategyConfig, *, interactive: bool, phase: int, num_phases: int, epoch: int,
+              total_epochs: int, phase_start_epoch: int, stale_epochs: int) -> str:
+    """Is the next phase due after this epoch? "" when not; else the trigger that makes it due, "epochs" or
+    "plateau" (the loop moves on, or, with a person watching, asks first for a plateau). Without a person a
+    `manual` trigger falls back to `strategy.fallback`. Pure: the loop passes in where the run stands."""
+    if phase + 1 >= num_phases or epoch >= total_epochs:
+        return ""
+    trigger = cfg.fallback if cfg.trigger == "manual" and not interactive else cfg.trigger
+    if trigger == "epochs" and epoch - phase_start_epoch >= cfg.every_epochs:
+        return "epochs"
+    if trigger == "plateau" and stale_epochs >= cfg.plateau_patience:
+        return "plateau"
+    return ""
 
 
 def set_trainable(model: torch.nn.Module, groups: Sequence[LayerGroup], trainable: Iterable[str]) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from tuitune.engine.record import checkpoint
 from tuitune.engine.train import strategy
-from tuitune.engine.events import CheckpointSaved, LayerInfo, LayersChanged, Warned
+from tuitune.engine.events import CheckpointSaved, LayerInfo, LayersChanged, Warned, renamed_keys
 from tuitune.engine.train.guards import NonFiniteGuard, all_finite
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.watch import MetricWatch
@@ -48,13 +48,14 @@ class TrainerState:
         self.history: list[dict[str, float]] = []
         self.per_class: dict[str, float] = {}
         self.phase_log: list[dict[str, Any]] = []
-        up = scorer.higher_is_better  # the `*_acc` metrics carry the task's score (RMSE is lower-is-better)
+        up = scorer.higher_is_better  # the `*_score` metrics carry the task's score (RMSE is lower-is-better)
         self.best = MetricWatch(profile.train.checkpoint_metric, score_higher=up)
         self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta, score_higher=up)
         es = profile.early_stopping
         self.early = MetricWatch(es.metric, es.min_delta, score_higher=up)
         self.schedule = LRSchedule(profile.train, parts.steps_per_epoch)
-        self.lr_scale = 1.0  # ApplyLR and LP-FT rescale every group's base LR, groups added later included
+        # ApplyLR and the plan's per-phase LR scales (LP-FT) rescale every group's base LR, later groups included
+        self.lr_scale = parts.plan.lr_scales[0]
         self.saved: dict[str, str] = {}
         self.saved_at: dict[str, tuple[int, int]] = {}  # tag -> (epoch, step in epoch) of its last save
         self.guard = NonFiniteGuard(profile.train.on_nonfinite, profile.train.max_skipped, parts.device)
@@ -84,14 +85,14 @@ class TrainerState:
 
     def _phase_entry(self, index: int) -> dict[str, Any]:
         return {"index": index, "groups": list(self.parts.phases[index]), "start_epoch": self.epoch, "epochs": 0,
-                "best_val_acc": None, "time_s": 0.0}
+                "best_val_score": None, "time_s": 0.0}
 
     def enter_phase(self, index: int) -> tuple[str, ...]:
         """Make `phases[index]` trainable; the groups not yet in the optimizer join it as new param groups."""
         names = self.parts.phases[index]
         strategy.set_trainable(self.parts.model, self.parts.groups, names)
-        if self.profile.strategy.kind == "lp_ft" and index == len(self.parts.phases) - 1:
-            self.scale_lr(self.profile.strategy.ft_lr_scale)  # LP-FT: everything trains, at a lower LR
+        if self.parts.plan.lr_scales[index] != 1.0:
+            self.scale_lr(self.parts.plan.lr_scales[index])
         added = tuple(n for n in names if n not in self._in_optimizer)
         strategy.add_groups(self.optimizer, self._param_groups(added))
         self._in_optimizer.extend(added)
@@ -182,8 +183,8 @@ class TrainerState:
         entry = self.phase_log[-1]
         entry["epochs"] += 1
         entry["time_s"] += epoch_s
-        if entry["best_val_acc"] is None or self.best.better(metrics["val_acc"], entry["best_val_acc"]):
-            entry["best_val_acc"] = metrics["val_acc"]
+        if entry["best_val_score"] is None or self.best.better(metrics["val_score"], entry["best_val_score"]):
+            entry["best_val_score"] = metrics["val_score"]
         self.plateau.update(metrics[self.plateau.metric], self.epoch)
         self.early.update(metrics[self.early.metric], self.epoch)
         return self.best.update(metrics[self.best.metric], self.epoch)
@@ -292,7 +293,8 @@ class TrainerState:
         self.global_step, self.phase = saved["global_step"], saved["phase"]
         self.phase_start_epoch, self.skip_steps = saved["phase_start_epoch"], saved["step_in_epoch"]
         self.step_in_epoch = saved["step_in_epoch"]
-        self.history, self.per_class, self.phase_log = saved["history"], saved["per_class"], saved["phase_log"]
+        self.history = [renamed_keys(row) for row in saved["history"]]  # a checkpoint from before `*_score`
+        self.per_class, self.phase_log = saved["per_class"], [renamed_keys(e) for e in saved["phase_log"]]
         self.wall_before = saved["wall_s"]
         self._epoch_gen_state = saved["epoch_gen_state"]
         gen = getattr(self.parts.train_loader, "generator", None)

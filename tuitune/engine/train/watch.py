@@ -8,18 +8,18 @@ from dataclasses import dataclass
 @dataclass
 class MetricWatch:
     """Tracks the best value of a metric and how many epochs have passed without an improvement of at least
-    `min_delta`. Accuracy-like metrics improve upwards, losses downwards."""
+    `min_delta`. Scores improve in the task score's direction, losses downwards."""
 
     metric: str
     min_delta: float = 0.0
     best: float | None = None
     best_epoch: int = 0
     stale: int = 0
-    score_higher: bool = True  # the direction of the task's score, carried by the `*_acc` metrics
+    score_higher: bool = True  # the direction of the task's score, carried by the `*_score` metrics
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric.endswith("acc") and self.score_higher
+        return self.metric.endswith("score") and self.score_higher
 
     def better(self, a: float, b: float) -> bool:
         """Is score `a` better than score `b`, in the task score's direction? (for per-phase bests)"""

@@ -1,0 +1,49 @@
+"""A finished run's model back from its directory (`profile.toml` + `checkpoints/<tag>.safetensors`), for what
+comes after or on top of a run: export, compression, distillation from a run's teacher. Kept with the run's records
+(and below training) so that the loop's teacher and the after-run tools share it without importing each other."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from tuitune.config import RunProfile, load_profile
+from tuitune.engine.data.kinds import class_names, input_task
+from tuitune.engine.model.backbone import build_backbone
+from tuitune.engine.model.groups import Backbone
+from tuitune.engine.record.checkpoint import load_weights
+from tuitune.errors import UserError
+
+__all__ = ["rebuild_model", "run_classes"]
+
+
+def run_classes(run_dir: Path, profile: RunProfile) -> tuple[str, ...]:
+    """The run's class names: from its `RunStarted` event (the data may have moved since), else from the data."""
+    events = run_dir / "events.jsonl"
+    if events.is_file():
+        with open(events, encoding="utf-8") as f:
+            for line in f:
+                if '"type":"RunStarted"' in line:
+                    return tuple(json.loads(line)["classes"])
+    return class_names(profile.data)
+
+
+def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbone, tuple[str, ...]]:
+    """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "profile.toml").is_file():
+        raise UserError(f"{run_dir}: no profile.toml here (is this a tuitune run directory?)")
+    weights = run_dir / "checkpoints" / f"{tag}.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{weights}: no such checkpoint (tags: best, last)")
+    profile = load_profile(run_dir / "profile.toml")
+    # random init: the checkpoint has every tensor, so neither the hub cache nor `weights` is needed
+    model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="")
+    profile = dataclasses.replace(profile, model=model_cfg)
+    classes = run_classes(run_dir, profile)
+    backbone = build_backbone(model_cfg, len(classes), task=input_task(profile.data, profile.model),
+                              coarse=profile.strategy.coarse)
+    load_weights(backbone.model, weights)
+    backbone.model.eval()
+    return profile, backbone, classes
