@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=4, help="epoch budget of full and progressive")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--only", choices=("text", "image"), help="one modality only")
+    p.add_argument("--runs", default="full,head_only,progressive",
+                   help="which runs (comma list of full, head_only, progressive); figures of the others are null")
     return p.parse_args(argv)
 
 
@@ -126,18 +128,34 @@ def run(table: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from tuitune.engine.events import EpochEnded, FeatureCacheChanged, RunFinished
     from tuitune.engine.record.session import run_training
 
-    from tuitune.engine.events import RunStarted
+    from tuitune.engine.train.loop import Trainer
 
     events: list[Any] = []
-    cpu: list[float] = []  # process CPU seconds at RunStarted and at each EpochEnded (all threads)
+    cpu: list[float] = []  # process CPU seconds of each epoch's training and validation (not its checkpoint saves)
+    train_epoch, evaluate = Trainer._train_epoch, Trainer.evaluate
 
-    def sink(event: Any) -> None:
-        if isinstance(event, (RunStarted, EpochEnded)):
-            cpu.append(time.process_time())
-        events.append(event)
+    def timed_train(self: Trainer) -> Any:
+        t0 = time.process_time()
+        try:
+            return train_epoch(self)
+        finally:
+            cpu.append(time.process_time() - t0)
+
+    def timed_eval(self: Trainer, loader: Any) -> Any:
+        t0 = time.process_time()
+        try:
+            return evaluate(self, loader)
+        finally:
+            if loader is self.parts.val_loader and cpu:
+                cpu[-1] += time.process_time() - t0
 
     t0 = time.perf_counter()
-    run_training(profile_from_dict(table, file="<real_data>"), run_dir, sink, Control(), interactive=False)
+    Trainer._train_epoch, Trainer.evaluate = timed_train, timed_eval  # type: ignore[method-assign]
+    try:
+        run_training(profile_from_dict(table, file="<real_data>"), run_dir, events.append, Control(),
+                     interactive=False)
+    finally:
+        Trainer._train_epoch, Trainer.evaluate = train_epoch, evaluate  # type: ignore[method-assign]
     wall = time.perf_counter() - t0
     epochs = [e for e in events if isinstance(e, EpochEnded)]
     finished = [e for e in events if isinstance(e, RunFinished)]
@@ -146,7 +164,7 @@ def run(table: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     caches = [e.detail for e in events if isinstance(e, FeatureCacheChanged)]
     score = lambda e: getattr(e, "val_score", None) or getattr(e, "val_acc", 0.0)  # noqa: E731 - accuracy here
     summary = {"epoch_s": [round(e.epoch_s, 2) for e in epochs], "val_acc": [round(score(e), 4) for e in epochs],
-               "epoch_cpu_s": [round(b - a, 2) for a, b in zip(cpu, cpu[1:])],
+               "epoch_cpu_s": [round(c, 2) for c in cpu],
                "train_s": round(sum(e.epoch_s for e in epochs), 2), "wall_s": round(wall, 2),
                "best_val_acc": round(max(score(e) for e in epochs), 4), "cache": caches}
     print(f"  {table['name']:<28} epochs {summary['epoch_s']} s (CPU {summary['epoch_cpu_s']} s), val acc "
@@ -171,25 +189,30 @@ def tables(base: dict[str, Any], epochs: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def measure(base: dict[str, Any], epochs: int, tmp: Path) -> dict[str, Any]:
-    """The four runs; times are wall clock (the engine's `EpochEnded.epoch_s`) and, steadier on a shared
-    machine, process CPU time (`*_cpu`)."""
-    runs = {key: run(table, tmp / table["name"]) for key, table in tables(base, epochs).items()}
+def measure(base: dict[str, Any], epochs: int, tmp: Path, which: set[str]) -> dict[str, Any]:
+    """The runs asked for; times are wall clock (the engine's `EpochEnded.epoch_s`) and, steadier on a shared
+    machine, process CPU time of each epoch's training and validation (`*_cpu`)."""
+    chosen = {k: t for k, t in tables(base, epochs).items() if k.split("_")[0] in {w.split("_")[0] for w in which}}
+    runs = {key: run(table, tmp / table["name"]) for key, table in chosen.items()}
     later = lambda r, k="epoch_s": statistics.median(r[k][1:])  # noqa: E731 - epochs after the cache build
-    full, prog, plain, cached = runs["full"], runs["progressive"], runs["head_plain"], runs["head_cached"]
-    return {
-        "full_epoch_s": round(statistics.median(full["epoch_s"]), 2),
-        "full_val_acc": full["best_val_acc"],
-        "head_only_epoch2plus_s": {"no_cache": round(later(plain), 3), "cache": round(later(cached), 3)},
-        "cache_speedup": round(later(plain) / max(later(cached), 1e-9), 1),
-        "cache_speedup_cpu": round(later(plain, "epoch_cpu_s") / max(later(cached, "epoch_cpu_s"), 1e-9), 1),
-        "head_only_val_acc": {"no_cache": plain["best_val_acc"], "cache": cached["best_val_acc"]},
-        "progressive_over_full": round(prog["train_s"] / full["train_s"], 3),
-        "progressive_over_full_cpu": round(sum(prog["epoch_cpu_s"]) / sum(full["epoch_cpu_s"]), 3),
-        "progressive_val_acc": prog["best_val_acc"],
-        "full_train_s": full["train_s"], "progressive_train_s": prog["train_s"],
-        "progressive_cache": prog["cache"],
-    }
+    out: dict[str, Any] = {}
+    full, prog = runs.get("full"), runs.get("progressive")
+    plain, cached = runs.get("head_plain"), runs.get("head_cached")
+    if full:
+        out.update(full_epoch_s=round(statistics.median(full["epoch_s"]), 2), full_val_acc=full["best_val_acc"],
+                   full_train_s=full["train_s"])
+    if plain and cached:
+        out.update(head_only_epoch2plus_s={"no_cache": round(later(plain), 3), "cache": round(later(cached), 3)},
+                   cache_speedup=round(later(plain) / max(later(cached), 1e-9), 1),
+                   cache_speedup_cpu=round(later(plain, "epoch_cpu_s") / max(later(cached, "epoch_cpu_s"), 1e-9), 1),
+                   head_only_val_acc={"no_cache": plain["best_val_acc"], "cache": cached["best_val_acc"]})
+    if prog:
+        out.update(progressive_val_acc=prog["best_val_acc"], progressive_train_s=prog["train_s"],
+                   progressive_cache=prog["cache"])
+    if full and prog:
+        out.update(progressive_over_full=round(prog["train_s"] / full["train_s"], 3),
+                   progressive_over_full_cpu=round(sum(prog["epoch_cpu_s"]) / sum(full["epoch_cpu_s"]), 3))
+    return out
 
 
 def text_base(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -236,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    which = set(args.runs.split(","))
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "epochs": args.epochs}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuitune-real-") as tmp_name:
@@ -243,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "text"):
             print(f"text: all-MiniLM-L6-v2 on sms_spam ({args.text_train} train / {args.text_val} val, "
                   f"max_length {args.max_length})", file=sys.stderr)
-            text = measure(text_base(args, tmp), args.epochs, tmp)
+            text = measure(text_base(args, tmp), args.epochs, tmp, which)
             out["text"] = text
-            out["text_epoch_s_padded"] = text["full_epoch_s"]
+            out["text_epoch_s_padded"] = text.get("full_epoch_s")
             key = dynamic_padding_key()
             out["text_epoch_s_dynamic"] = None
             out["text_dynamic_note"] = ("data key for per-batch padding not in this build (issue 12 item 2 is "
@@ -253,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "image"):
             print(f"image: EfficientNet-Lite0 (ImageNet) on clothing ({args.image_train} / {args.image_val} per "
                   f"class, {args.img_size} px)", file=sys.stderr)
-            out["image"] = measure(image_base(args, tmp), args.epochs, tmp)
+            out["image"] = measure(image_base(args, tmp), args.epochs, tmp, which)
     out["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))
     return 0
