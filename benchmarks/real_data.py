@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import statistics
 import sys
@@ -37,6 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# OpenMP threads wait passively (before torch loads it): spinning threads on a busy 2-core box cost the runs 2-5x
+# and made the timings measure the machine's other work (as benchmarks/overhead.py does for its workers).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
