@@ -105,7 +105,7 @@ class Objective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, parts: RunParts) -> dict[str, Any]:
         """Loss, score and its extras over a loader; per-class accuracy (class targets); one host sync. Leaves the
-        model in eval mode: the loop puts it back with `strategy.set_train_mode` (frozen BatchNorm stays in eval)."""
+        model in eval mode: the loop puts it back with `strategy.train_mode` (frozen BatchNorm stays in eval)."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         sums = torch.zeros(self.scorer.width, device=self.device)
