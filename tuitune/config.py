@@ -131,9 +131,15 @@ class TrainConfig:
     channels_last: bool = opt(True, "CUDA: keep convolutional models and their inputs in channels-last memory "
                                     "layout (faster tensor-core convolutions); ignored on CPU.")
     compile: bool = opt(False, "Train through `torch.compile(model)` (a slow first step, faster ones after).")
-    feature_cache: bool = opt(True, "While only the classifier trains (a linear probe, or the first phase of a "
-                                    "progressive run) and nothing random precedes it, compute the frozen backbone's "
-                                    "features once and train the head on them; dropped at the first unfreeze.")
+    feature_cache: bool = opt(True, "While the lowest layer groups stay frozen and deterministic (no BatchNorm in "
+                                    "train mode, no dropout, no random augmentation), compute their output once and "
+                                    "train only the groups above it on the stored activations (a head-only phase "
+                                    "trains on cached features); rebuilt at each unfreeze. timm ResNet / ConvNeXt / "
+                                    "ViT / EfficientNet / MobileNet families and Hugging Face encoders; an event "
+                                    "says why when it is not used.")
+    cache_memory_gb: float = opt(0.0, "Most memory the feature cache may take (train + val activations, float32); "
+                                      "0 = half of the memory available when it is built (device memory on CUDA, "
+                                      "host memory otherwise). A cache that would not fit is not built.", min=0.0)
     ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
                                 "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
     ema_for_best: bool = opt(False, "With `ema_decay`: the `best` checkpoint (and so the test figures and the "
@@ -190,6 +196,8 @@ class StrategyConfig:
                                "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
                           gt=0.0, max=1.0)
     freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
+    freeze_dropout: bool = opt(True, "Run frozen layer groups without dropout or stochastic depth (their modules "
+                                     "in eval mode): their output is then deterministic, and cacheable.")
     coarse: bool = opt(True, "timm: coarse groups (stem / stages / head) rather than one group per block.")
     ft_lr_scale: float = opt(0.1, "`lp_ft`: every group's LR is scaled by this once all groups train.", gt=0.0,
                              max=1.0)

@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from tuitune.config import RunProfile
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
-                                   LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed, Warned)
+                                   FeatureCacheChanged, LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted,
+                                   SetupProgressed, Warned)
 from tuitune.engine.record.progress import progress_text
 
 PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
@@ -74,6 +75,8 @@ class ConsolePrinter:
             self.say(f"checkpoint saved: {event.path}")
         elif isinstance(event, Warned):
             self.say(f"warning: {event.message}")
+        elif isinstance(event, FeatureCacheChanged):  # whether a phase runs only what it trains, and why not
+            self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
         elif isinstance(event, RunFinished):
             self._finished(event)
         elif isinstance(event, RunFailed):

@@ -20,11 +20,12 @@ from tuitune.engine.train import strategy
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
-                                   PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+                                   PhaseChanged, RunFinished, RunStarted, SetupProgressed, UnfreezeSuggested,
+                                   Warned)
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.groups import Backbone
 from tuitune.engine.train.distributed import LOCAL, DistContext
-from tuitune.engine.train.feature_cache import FeatureCache, why_not
+from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.lr_sweep import find_lr_in_run
 from tuitune.engine.train.objective import Objective
@@ -57,13 +58,14 @@ class Trainer:
             raise UserError("distill.teacher: distilling on the pre-logits (\"self\") reads the model around DDP's "
                             "forward, so its gradients would not be all-reduced; not available with several ranks")
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
-        self.cache = FeatureCache(self.parts)
+        self.cache = FeatureCache(self.parts, profile)
         if resume is not None:
             self.st.resume_from(resume)
         self.parts.rewrap()  # DDP hooks for the trainable set of the phase the run starts in
         self.paused = False
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
+        self._cache_said = ""  # the last FeatureCacheChanged detail: a reason is said once, not every epoch
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
@@ -102,7 +104,7 @@ class Trainer:
     def _train_epoch(self) -> dict[str, float] | None:
         p, st, cfg = self.parts, self.st, self.profile.train
         model, device, k = p.model, p.device, cfg.accumulate_steps
-        strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
+        strategy.train_mode(model, self.profile.strategy)
         self._refresh_cache()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
@@ -120,7 +122,7 @@ class Trainer:
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = (self.cache.train_head(x), None) if cached else obj.forward(p.forward, x)
+                out, aux = (self.cache.top(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
             # backward: gradients add up over the step's batches, each loss scaled as a share of one big batch
             # (several ranks: DDP all-reduces them; a rank's share of an uneven last global batch weighs in too)
@@ -215,9 +217,10 @@ class Trainer:
         from the feature cache while it is in use."""
         sharded = self.dist.active and loader is self.parts.val_loader  # the test set: rank 0 alone
         if self.cache.active and loader is self.parts.val_loader:
-            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts, sharded=sharded)
-        result = self.obj.evaluate(self.parts.model, loader, self.parts, sharded=sharded)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts)
+        else:
+            result = self.obj.evaluate(self.parts.model, loader, self.parts, sharded=sharded)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
         return result
 
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
@@ -226,7 +229,7 @@ class Trainer:
         metrics = {"train_loss": train["loss"], "train_score": train["score"], "val_loss": val["loss"],
                    "val_score": val["score"]}
         more = self.obj.epoch_extras(val, self.parts)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
@@ -245,21 +248,23 @@ class Trainer:
         self._maybe_next_phase()
 
     def _refresh_cache(self) -> None:
-        """Build the feature cache when this phase allows it; drop it when it no longer does."""
-        st, cache = self.st, self.cache
-        reason = why_not(self.profile, self.parts, st.trainable)
-        if not reason and not cache.active:
-            t0 = time.perf_counter()
-            cache.build()
-            detail = (f"training the head on cached backbone features ({len(cache.train[1])} train, "
-                      f"{len(cache.val[1])} val; built in {time.perf_counter() - t0:.1f}s)")
-        elif reason and cache.active:
-            cache.drop()
-            detail = f"dropped: {reason}"
-        else:
-            return
-        self.emit(FeatureCacheChanged(active=cache.active, detail=detail, epoch=st.epoch,
-                                      global_step=st.global_step))
+        """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
+        st = self.st
+        changed, detail = self.cache.refresh(st.phase, st.epoch, lambda **kw: self.emit(SetupProgressed(**kw)))
+        if changed and detail != self._cache_said:
+            self._cache_said = detail
+            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
+                                          global_step=st.global_step))
+
+    def _cache_after_unfreeze(self) -> None:
+        """Groups changed trainability mid-epoch (a phase, or a group steered by hand): move to activations stored
+        one boundary lower, or drop the cache until the next epoch."""
+        st = self.st
+        detail = self.cache.on_unfreeze()
+        if detail:
+            self._cache_said = detail
+            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
+                                          global_step=st.global_step))
 
     # ------------------------------------------------------------------------------------- phases, commands
     def _maybe_next_phase(self) -> None:
@@ -295,10 +300,9 @@ class Trainer:
             return False
         added = st.enter_phase(st.phase + 1)
         self.parts.rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
-        # in mid-epoch (`u`) too: the groups just unfrozen train their BatchNorm layers from the next step
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
-        if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
-            self._refresh_cache()
+        # in mid-epoch (`u`) too: newly trainable modules (their BatchNorm, their dropout) leave eval mode
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        self._cache_after_unfreeze()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
@@ -357,8 +361,7 @@ class Trainer:
         elif isinstance(command, SetGroupTrainable):
             detail = st.set_group_trainable(command.group, command.trainable)
             self.parts.rewrap()  # every rank is at this step: DDP's hooks for the new trainable set
-            if self.cache.active and why_not(self.profile, self.parts, st.trainable):
-                self._refresh_cache()  # a group below the head trains now: drop the cache (rebuilt at an epoch start)
+            self._cache_after_unfreeze()
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, ScaleGroupLR):
             detail = st.scale_group_lr(command.group, command.factor)

@@ -243,7 +243,7 @@ def sweep_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective:
     gen = torch.Generator().manual_seed(profile.train.seed + st.global_step)
     loader = DataLoader(parts.bundle.train, batch_size=profile.data.batch_size, shuffle=True, generator=gen)
     return lr_sweep(parts.model, st.optimizer, loader, objective.train_loss, parts.device,
-                    train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
+                    train_mode=lambda m: strategy.train_mode(m, profile.strategy),
                     autocast=parts.autocast, targets=objective.targets, **sweep)
 
 

@@ -106,7 +106,7 @@ class Objective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, parts: RunParts, sharded: bool = False) -> dict[str, Any]:
         """Loss, score and its extras over a loader; per-class accuracy (class targets); one host sync. Leaves the
-        model in eval mode: the loop puts it back with `strategy.set_train_mode` (frozen BatchNorm stays in eval).
+        model in eval mode: the loop puts it back with `strategy.train_mode` (frozen BatchNorm stays in eval).
         `sharded`: the loader holds this rank's shard (see `shards.EvalShard`); the sums are added over ranks, so
         the result is the whole set's, exactly."""
         model.eval()

@@ -94,11 +94,12 @@ class TrainerState:
         return groups
 
     def _set_trainable(self, names: tuple[str, ...] | list[str]) -> None:
-        """Make exactly `names` trainable (kept in the model's group order), with frozen BatchNorm in eval mode."""
+        """Make exactly `names` trainable (kept in the model's group order), with frozen BatchNorm (and, with
+        `strategy.freeze_dropout`, frozen modules) in eval mode."""
         wanted = set(names)
         self.trainable = tuple(g.name for g in self.parts.groups if g.name in wanted)
         strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
 
     def _join(self, names: tuple[str, ...] | list[str]) -> None:
         """Groups that just became trainable: new param groups for those never in the optimizer; those frozen by
