@@ -18,6 +18,22 @@ PACKAGE_PROFILES = Path(__file__).resolve().parent / "profiles"
 def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile key, e.g. --set train.epochs=1 (repeatable)")
+    _add_offline(p)
+
+
+def _add_offline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offline", action="store_true", default=argparse.SUPPRESS,
+                   help="never download: pretrained weights come from the local cache only (as HF_HUB_OFFLINE=1)")
+
+
+def _go_offline() -> None:
+    """`--offline` is HF_HUB_OFFLINE=1, set before huggingface_hub is imported (it reads the variable once);
+    the engine also checks the variable itself (`tuitune.engine.model.hub.is_offline`)."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profiles", action="append", default=[], metavar="DIR",
                         help="another folder of profiles for the picker (repeatable)")
     parser.add_argument("--out", metavar="DIR", help="run directory for a run started from the picker")
+    _add_offline(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a profile (the dashboard, or --headless)")
@@ -96,15 +113,23 @@ def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
-    """A profile file, or a bare model name / HF folder with default settings (a timm name at random init: the
-    groups do not depend on the weights, and listing them must not need the hub)."""
+    """A profile file, or a bare model name / HF folder / HF hub id (`org/name`) with default settings (a timm name
+    at random init: the groups do not depend on the weights, and listing them must not need the hub)."""
     from tuitune.config import apply_overrides, load_profile, profile_from_dict
 
     if target.endswith(".toml") or Path(target).is_file():
         return load_profile(target, overrides)
-    source = "hf" if (Path(target) / "config.json").exists() else "timm"
+    hub_id = "/" in target and not target.startswith(("hf-hub:", "hf_hub:", "local-dir:", ".", "/", "~"))
+    source = "hf" if (Path(target) / "config.json").exists() or hub_id else "timm"
     table = {"model": {"source": source, "name": target, "pretrained": source == "hf"}, "data": {"kind": "synthetic"}}
     return profile_from_dict(apply_overrides(table, overrides), file=f"<{target}>")
+
+
+def _progress_printer():  # -> Callable[[Event], None]
+    """Setup progress (a download, tokenization) as lines on stderr, so `--json` output stays clean."""
+    from tuitune.headless import ConsolePrinter
+
+    return ConsolePrinter(out=sys.stderr)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -114,7 +139,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from tuitune.engine.train.strategy import plan_phases
 
     task = input_task(profile.data, profile.model)
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse)
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse,
+                              emit=_progress_printer())
     first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
     rows = layer_table(backbone.groups, set(first_phase))
     if args.json:
@@ -266,8 +292,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from tuitune.engine.tools.lr_find import find_lr_for_profile, text_plot
 
     out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-lr-find"
-    curve, csv_path = find_lr_for_profile(profile, out, steps=args.steps, start_lr=args.start_lr,
-                                          end_lr=args.end_lr)
+    curve, csv_path = find_lr_for_profile(profile, out, _progress_printer(), steps=args.steps,
+                                          start_lr=args.start_lr, end_lr=args.end_lr)
     print(text_plot(curve))
     fmt = lambda v: f"{v:.3g}" if v else "none"  # noqa: E731
     print(f"suggested lr: {fmt(curve.suggestion)} ({curve.method}; steep {fmt(curve.steep)}, valley "
@@ -278,6 +304,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        _go_offline()
     handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
                 "attach": cmd_attach, "runs": cmd_runs,
                 "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find}

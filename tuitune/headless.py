@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from tuitune.config import RunProfile
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
                                    FeatureCacheChanged, LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted,
-                                   Warned)
+                                   SetupProgressed, Warned)
+from tuitune.engine.record.progress import progress_text
+
+PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
 
 
 class ConsolePrinter:
@@ -29,6 +33,7 @@ class ConsolePrinter:
         self.num_phases = 1
         self.phase = 0
         self.metric = "acc"  # the task's score (RunStarted.metric): acc, rmse or f1
+        self._progress_at: dict[str, float] = {}  # task -> when its last line was printed
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -51,6 +56,8 @@ class ConsolePrinter:
                      f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
                      f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
                      f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
+        elif isinstance(event, SetupProgressed):
+            self._progress(event)
         elif isinstance(event, LRFound):
             self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
                      f"{event.steep:.3g}; current {event.current_lr:.3g}); curve in {event.path}")
@@ -75,6 +82,14 @@ class ConsolePrinter:
         elif isinstance(event, RunFailed):
             print(f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""),
                   file=self.err, flush=True)
+
+    def _progress(self, event: SetupProgressed) -> None:
+        """The first line of a task, then one every few seconds, and the last: a log, not a progress bar."""
+        now = time.monotonic()
+        last = self._progress_at.get(event.task)
+        if event.finished or last is None or now - last >= PROGRESS_EVERY_S:
+            self._progress_at[event.task] = now
+            self.say(progress_text(event))
 
     def _finished(self, event: RunFinished) -> None:
         best = event.best

@@ -19,13 +19,13 @@ from textual.containers import Horizontal
 from textual.events import Resize
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
-                                   RunStarted, UnfreezeSuggested)
+                                   RunStarted, SetupProgressed, UnfreezeSuggested)
 from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, LeaveRunScreen, PlateauPromptScreen
@@ -40,6 +40,8 @@ BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a co
 MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big terminal and a slow machine
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
 STOP_TIMEOUT_S = 2.0
+FIRST_RUN_HINT = "u unfreeze next phase · f find LR · p pause · s stop · x span · q quit"
+LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
 EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
 
@@ -55,8 +57,11 @@ class DashboardScreen(Screen[None]):
     DashboardScreen.narrow #bottom { layout: vertical; height: auto; }
     DashboardScreen.narrow LayerTable { width: 100%; height: auto; max-height: 8; border: none; }
     DashboardScreen.narrow EventLog { width: 100%; height: 3; border: none; border-top: solid $primary-darken-2; }
+    DashboardScreen #hint { height: 1; padding: 0 1; background: $boost; color: $text-accent; text-wrap: nowrap;
+                            text-overflow: ellipsis; }
     """
-    BINDINGS = [Binding(k.key, k.action, k.footer) for k in DASHBOARD_KEYS]
+    BINDINGS = [Binding(k.key, k.action, k.footer, show=k.show, key_display=k.display or None)
+                for k in DASHBOARD_KEYS]
 
     def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  control: Control | None = None) -> None:
@@ -75,6 +80,7 @@ class DashboardScreen(Screen[None]):
         self.speed = speed
         self.state = DashboardState()
         self.log_scale = False
+        self.whole_span = False  # x axis: follow the run (False) or show every planned epoch (True)
         self.worker: Worker | None = None
         self.quitting = False
         self._plots_dirty = False
@@ -97,10 +103,14 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="bottom"):
             yield LayerTable()
             yield EventLog()
+        # what the keys do, for a newcomer: a live run only (a replay steers nothing), until the first key is used
+        yield Static(FIRST_RUN_HINT, id="hint")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#hint").display = self.run is not None
         self.query_one(LayerTable).border_title = "layers"
+        self.query_one(LayerTable).border_subtitle = "↑↓ select · space freeze · +/- LR"
         self.query_one(EventLog).border_title = "events"
         self._fit(self.app.size.width, self.app.size.height)
         if self.speed > 0 and self.initial_events:
@@ -145,7 +155,9 @@ class DashboardScreen(Screen[None]):
         if self._history_marker(message.event):
             return
         self._apply(message.event)
-        if isinstance(message.event, (MetricsUpdated, LayersChanged)):
+        if isinstance(message.event, SetupProgressed) and not message.event.finished:
+            self._render_status()  # one Static's text: cheap, and events come at most a few times a second
+        elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once
@@ -232,7 +244,7 @@ class DashboardScreen(Screen[None]):
     def _render_plots(self) -> None:
         self._plots_dirty = False
         for plot in self.query(MetricPlot):
-            plot.show(self.state, self.log_scale)
+            plot.show(self.state, self.log_scale, self.whole_span)
 
     def _render_all(self) -> None:
         self._live_dirty = False
@@ -273,8 +285,15 @@ class DashboardScreen(Screen[None]):
     def live(self) -> bool:
         return self.control is not None and self.state.live and not self.quitting
 
+    def _key_used(self) -> None:
+        """The person found the keys: the hint line has done its work."""
+        hint = self.query_one("#hint")
+        if hint.display:
+            hint.display = False
+
     def send(self, command: Command) -> bool:
         """Put a command on the engine's queue. Nothing on screen changes until the engine confirms it."""
+        self._key_used()
         if not self.live or self.control is None:
             self.notify("No live run to steer.", severity="warning")
             return False
@@ -304,11 +323,36 @@ class DashboardScreen(Screen[None]):
             return
         self.send(FindLR())
 
+    def action_toggle_group(self) -> None:
+        """Freeze the selected group if the engine last said it trains, else unfreeze it."""
+        group = self.query_one(LayerTable).selected
+        row = next((layer for layer in self.state.layers if layer.name == group), None)
+        if row is None:
+            self.notify("Select a layer group first: up/down on the layer table.", severity="warning")
+            return
+        self.send(SetGroupTrainable(group=row.name, trainable=not row.trainable))
+
+    def action_lr_up(self) -> None:
+        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=LR_STEP))
+
+    def action_lr_down(self) -> None:
+        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=1 / LR_STEP))
+
+    def action_clear_selection(self) -> None:
+        self.query_one(LayerTable).unselect()
+
     def action_log_scale(self) -> None:
+        self._key_used()
         self.log_scale = not self.log_scale
         self._render_plots()
 
+    def action_x_span(self) -> None:
+        self._key_used()
+        self.whole_span = not self.whole_span
+        self._render_plots()
+
     def action_quit_run(self) -> None:
+        self._key_used()
         if not self.live:
             self.app.exit(return_code=self.exit_code())
             return
@@ -336,6 +380,8 @@ class DashboardScreen(Screen[None]):
             self._prompt = None
             if yes:
                 self.send(UnfreezeNext())
+            if event.waiting and self.live:  # the engine holds the run until it hears the answer
+                self.send(Resume())
 
         self._prompt = PlateauPromptScreen(event, self.state.metric)
         self.call_after_refresh(self.app.push_screen, self._prompt, answered)

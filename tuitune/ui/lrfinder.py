@@ -76,10 +76,13 @@ class LRCurve(PlotextPlot):
 class LRFinderScreen(ModalScreen["float | None"]):
     """Dismisses with the LR to apply (`a`), or None (`esc`)."""
 
+    # The box takes a fixed share of the screen and the curve what is left (1fr): the answer and the keys below it
+    # keep their rows down to 80x24, where a fixed-height curve pushed them past the screen's edge.
     DEFAULT_CSS = MODAL_CSS.format(name="LRFinderScreen", border="$accent") + """
-    LRFinderScreen > Vertical { width: 100; }
-    LRFinderScreen LRCurve { height: 20; min-height: 8; }
-    LRFinderScreen #lr-text { margin-top: 1; }
+    LRFinderScreen > Vertical { width: 100; height: 90%; max-height: 36; padding: 0 2; }
+    LRFinderScreen .title { margin-bottom: 0; }
+    LRFinderScreen LRCurve { height: 1fr; min-height: 6; }
+    LRFinderScreen #lr-path { text-wrap: nowrap; text-overflow: ellipsis; }
     """
     BINDINGS = [
         Binding("a", "apply", "Apply"),

@@ -16,7 +16,7 @@ from textual.message import Message
 
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event, MetricsUpdated, RunFailed
+from tuitune.engine.events import Event, MetricsUpdated, RunFailed, SetupProgressed
 
 Emit = Callable[[Event], None]
 
@@ -38,8 +38,12 @@ class EngineEventReceived(Message):
 
     def can_replace(self, message: Message) -> bool:
         # Textual asks the message it is about to handle whether the next queued one may stand for it.
-        return (isinstance(message, EngineEventReceived) and isinstance(self.event, MetricsUpdated)
-                and isinstance(message.event, MetricsUpdated))
+        if not isinstance(message, EngineEventReceived):
+            return False
+        if isinstance(self.event, SetupProgressed):  # a later report of the same step stands for this one
+            return (not self.event.finished and isinstance(message.event, SetupProgressed)
+                    and message.event.task == self.event.task)
+        return isinstance(self.event, MetricsUpdated) and isinstance(message.event, MetricsUpdated)
 
 
 def default_runner(profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
