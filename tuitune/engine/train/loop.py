@@ -236,12 +236,12 @@ class Trainer:
             self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
                                           global_step=st.global_step))
 
-    def _cache_after_unfreeze(self) -> None:
-        """Groups changed trainability mid-epoch (a phase, or a group steered by hand): move to activations stored
-        one boundary lower, or drop the cache until the next epoch."""
-        st = self.st
+    def _cache_after_change(self) -> None:
+        """The trainable set changed (a phase, or a group steered by hand): move the cache to activations stored
+        one boundary lower, or drop it until the next epoch start rebuilds it."""
         detail = self.cache.on_unfreeze()
         if detail:
+            st = self.st
             self._cache_said = detail
             self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
                                           global_step=st.global_step))
@@ -279,9 +279,9 @@ class Trainer:
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
-        # in mid-epoch (`u`) too: newly trainable modules (their BatchNorm, their dropout) leave eval mode
+        # in mid-epoch (`u`) too: the groups just unfrozen train their BatchNorm layers from the next step
         strategy.train_mode(self.parts.model, self.profile.strategy)
-        self._cache_after_unfreeze()
+        self._cache_after_change()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
@@ -328,7 +328,7 @@ class Trainer:
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, SetGroupTrainable):
             detail = st.set_group_trainable(command.group, command.trainable)
-            self._cache_after_unfreeze()
+            self._cache_after_change()
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, ScaleGroupLR):
             detail = st.scale_group_lr(command.group, command.factor)
