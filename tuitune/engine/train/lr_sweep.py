@@ -223,17 +223,19 @@ def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------- inside a run
 
 def find_lr_in_run(parts: RunParts, st: TrainerState, loss_fn: Callable, *, steps: int, seed: int,
-                   batch_size: int, freeze_bn: bool, out_dir: Path) -> LRFound:
-    """The `FindLR` command: sweep the current phase's LR from a snapshot (restored afterwards), with the run's
-    own training loss, and write the curve; the `LRFound` event says what it found."""
+                   batch_size: int, freeze_bn: bool, out_dir: Path, phase: int = -1, wait_s: float = 0.0) -> LRFound:
+    """The `FindLR` command, and `strategy.phase_lr = "find"` at a phase's start (`phase`, and the `wait_s` a person
+    has to answer): sweep the current phase's LR from a snapshot (restored afterwards), with the run's own training
+    loss, and write the curve; the `LRFound` event says what it found."""
     gen = torch.Generator().manual_seed(seed + st.global_step)
     loader = DataLoader(parts.bundle.train, batch_size=batch_size, shuffle=True, generator=gen)
     current = st.head_base_lr()
     curve = lr_sweep(parts.model, st.optimizer, loader, loss_fn, parts.device, steps=steps,
                      train_mode=lambda m: strategy.set_train_mode(m, freeze_bn), autocast=parts.autocast)
     st.apply_lr()  # the sweep restored the optimizer; put this step's scheduled LRs back
-    path = curve_to_csv(curve, out_dir / f"lr_find_step{st.global_step}.csv")
+    name = f"lr_find_phase{phase + 1}.csv" if phase >= 0 else f"lr_find_step{st.global_step}.csv"
+    path = curve_to_csv(curve, out_dir / name)
     suggestion = curve.suggestion or current
     return LRFound(lrs=curve.lrs, losses=curve.smoothed, suggestion=float(suggestion),
                    steep=float(curve.steep or 0.0), valley=float(curve.valley or 0.0), current_lr=current,
-                   path=str(path), epoch=st.epoch, global_step=st.global_step)
+                   path=str(path), epoch=st.epoch, global_step=st.global_step, phase=phase, wait_s=wait_s)
