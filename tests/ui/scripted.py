@@ -125,6 +125,28 @@ def lr_found(epoch: int = 3, global_step: int = 2 * SPE + 10) -> LRFound:
                    path=f"{RUN_DIR}/lr_find.csv", epoch=epoch, global_step=global_step)
 
 
+def phase_lr_found(wait_s: float = 10.0) -> LRFound:
+    """`strategy.phase_lr = "find"`: the sweep at the start of phase 2 (after `mid_run_events`' unfreeze), waiting
+    `wait_s` for a person's answer."""
+    return dataclasses.replace(lr_found(epoch=2, global_step=2 * SPE), path=f"{RUN_DIR}/lr_find_phase2.csv",
+                               phase=1, wait_s=wait_s)
+
+
+def phase_lr_events() -> list[Event]:
+    """`strategy.phase_lr = "find"`: the head's LR found at the run's start, then layer4 unfrozen by the epochs
+    trigger with its phase's LR found and applied, and half of epoch 3."""
+    head = dataclasses.replace(lr_found(epoch=0, global_step=0), phase=0, path=f"{RUN_DIR}/lr_find_phase1.csv")
+    return [run_started(), head,
+            CommandApplied("ApplyLR", 0, 0, detail="phase 1 head LR 0.0032, the finder's suggestion; deeper groups keep their ratios", value=3.2e-3),
+            *epoch_events(1, 0), *epoch_events(2, 0),
+            PhaseChanged(phase=1, num_phases=len(PHASES), trainable=PHASES[1], unfrozen=("layer4",), epoch=2,
+                         global_step=2 * SPE, reason="epochs"),
+            phase_lr_found(wait_s=0.0),
+            CommandApplied("ApplyLR", 2, 2 * SPE, detail="phase 2 head LR 0.0011, chosen in the dashboard (suggested 0.0032); deeper groups keep their ratios", value=1.1e-3),
+            LayersChanged(layers=layers(1, 2 * SPE, lr=1.1e-3), global_step=2 * SPE),
+            *epoch_events(3, 1, steps=10, with_end=False)]
+
+
 def plateau_events() -> list[Event]:
     return [run_started(), *epoch_events(1, 0), *epoch_events(2, 0), *epoch_events(3, 0),
             UnfreezeSuggested(metric="val_loss", epochs=2, next_groups=("layer4",), epoch=3)]
@@ -239,7 +261,7 @@ class ScriptedEngine:
             emit(lr_found(3, g))
             emit(CommandApplied("FindLR", 3, g, detail=f"{command.steps} steps, weights restored"))
         elif isinstance(command, ApplyLR):
-            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}"))
+            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}", value=command.lr))
             emit(LayersChanged(layers=layers(self.phase, g, lr=command.lr), global_step=g))
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))

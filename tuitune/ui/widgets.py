@@ -39,6 +39,7 @@ CACHE_BADGE = ("cache", "bold black on #56b6c2")
 RAW_COLOR = (85, 95, 115)
 PHASE_COLOR = (230, 200, 80)
 COMMAND_COLOR = (200, 110, 220)
+LR_COLOR = (120, 220, 120)  # as the LR finder's suggestion line
 
 
 class RenderMeter:
@@ -149,19 +150,27 @@ class MetricPlot(Metered, PlotextPlot):
             points = series.points
             if log_y:  # log10 by hand: plotext's own log scale re-applies itself on every re-render
                 points = tuple((x, math.log10(y)) for x, y in points if y > 0)
-                low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
+            low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
             right = max(right, max((p[0] for p in points), default=0.0))
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        for marker in state.markers:
-            plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
+        self._markers(state, high)
         if state.epochs:
             plt.xlim(state.start_epoch, max(state.epochs, right))
         if self.metric == "acc" and is_percent(state.metric):
             plt.ylim(0, 1)
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
+
+    def _markers(self, state: DashboardState, top: float) -> None:
+        """Commands and LR changes first, phase changes over them (a phase's LR is set at its first step); the loss
+        plot names each LR chosen at the top of its line."""
+        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
+            plt_color = {"phase": PHASE_COLOR, "lr": LR_COLOR}.get(marker.kind, COMMAND_COLOR)
+            self.plt.vline(marker.x, plt_color)
+            if marker.kind == "lr" and self.metric == "loss" and math.isfinite(top):
+                self.plt.text(marker.label, marker.x, top, color=LR_COLOR, alignment="left")
 
     def render(self) -> RenderResult:
         """As `PlotextPlot.render`, without the ANSI string plotext builds and Rich parses back (same `Text`)."""

@@ -269,13 +269,13 @@ class Trainer:
                                seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
                                freeze_bn=cfg.freeze_bn, out_dir=self.run_dir, phase=st.phase, wait_s=wait_s)
         self.emit(found)
-        lr, how = found.suggestion, "the suggestion, applied at once"
+        lr, how = found.suggestion, "the finder's suggestion"
         if wait_s > 0:
             lr, how = self._await_lr_answer(found)
         st.scale_lr(lr / st.head_base_lr())
         self.emit(CommandApplied(command="ApplyLR", epoch=st.epoch, global_step=st.global_step, value=lr,
-                                 detail=f"phase {st.phase + 1} head LR {lr:.3g} ({how}; LR finder suggested "
-                                        f"{found.suggestion:.3g}); deeper groups keep their ratios"))
+                                 detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their "
+                                        f"ratios"))
         self.emit(st.layers_changed(with_grad=False))
 
     def _await_lr_answer(self, found: Any) -> tuple[float, str]:
@@ -285,13 +285,13 @@ class Trainer:
         while not self.control.stop_requested:
             for command in self.control.drain():
                 if isinstance(command, ApplyLR):
-                    return command.lr, "chosen in the dashboard"
+                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
                 self._held.append(command)
             left = deadline - time.monotonic()
             if left <= 0:
-                return found.suggestion, "no answer came: the suggestion"
+                return found.suggestion, "the finder's suggestion (no answer came)"
             self.control.wait(min(0.1, left))
-        return found.suggestion, "stopping: the suggestion"
+        return found.suggestion, "the finder's suggestion (stopping)"
 
     def _between_steps(self) -> bool:
         """Apply queued commands; wait while paused. False when the epoch must end now."""
