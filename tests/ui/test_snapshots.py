@@ -51,6 +51,11 @@ def test_summary_small(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(80, 24))
 
 
+def test_summary_per_class_report(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.imbalanced_finished_events())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
 def test_error_screen(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
     assert snap_compare(app, terminal_size=(100, 30))
