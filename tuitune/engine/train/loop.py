@@ -285,6 +285,8 @@ class Trainer:
         while not self.control.stop_requested:
             for command in self.control.drain():
                 if isinstance(command, ApplyLR):
+                    if command.lr == found.suggestion:
+                        return command.lr, "the finder's suggestion, accepted in the dashboard"
                     return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
                 self._held.append(command)
             left = deadline - time.monotonic()
