@@ -19,7 +19,7 @@ from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
                                      UnfreezeNext)
-from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
+from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.groups import Backbone
@@ -278,7 +278,7 @@ class Trainer:
                                         f"ratios"))
         self.emit(st.layers_changed(with_grad=False))
 
-    def _await_lr_answer(self, found: Any) -> tuple[float, str]:
+    def _await_lr_answer(self, found: LRFound) -> tuple[float, str]:
         """The person's `ApplyLR`, or the suggestion once `wait_s` plus a grace has passed or a stop is asked.
         Other commands arriving meanwhile are kept, in order, for the next step boundary."""
         deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
@@ -358,7 +358,8 @@ class Trainer:
                                                      self.emit)
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
-                            per_class_acc=st.per_class, per_class_report=st.class_report, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
-                            checkpoints=st.checkpoint_paths(), compression=compression, export_dir=export_dir)
+                            per_class_acc=st.per_class, per_class_report=st.class_report,
+                            samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s, checkpoints=st.checkpoint_paths(),
+                            compression=compression, export_dir=export_dir)
         self.emit(event)
         return event
