@@ -27,7 +27,8 @@ def _metrics_line(label: str, metrics: dict[str, Any] | None, metric: str = "acc
     if not metrics:
         line.append("-", "dim")
         return line
-    parts = [f"{score_label(k, metric)} {fmt_value(k, v, metric)}" for k, v in metrics.items() if k not in NOT_METRICS]
+    parts = [f"{score_label(k, metric)} {fmt_value(k, v, metric)}" for k, v in metrics.items()
+             if k not in NOT_METRICS and not isinstance(v, dict)]  # test's per-class accuracy: a table, not a value
     line.append("  ".join(parts))
     if "epoch" in metrics:
         line.append(f"  (epoch {metrics['epoch']})", "dim")

@@ -155,7 +155,7 @@ class MetricPlot(Metered, PlotextPlot):
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        self._markers(state, high)
+        self._markers(state, low)
         if state.epochs:
             plt.xlim(state.start_epoch, max(state.epochs, right))
         if self.metric == "acc" and is_percent(state.metric):
@@ -163,14 +163,14 @@ class MetricPlot(Metered, PlotextPlot):
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
 
-    def _markers(self, state: DashboardState, top: float) -> None:
+    def _markers(self, state: DashboardState, bottom: float) -> None:
         """Commands and LR changes first, phase changes over them (a phase's LR is set at its first step); the loss
-        plot names each LR chosen at the top of its line."""
+        plot names each LR chosen at the foot of its line (the legend holds the top left)."""
         for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
             plt_color = {"phase": PHASE_COLOR, "lr": LR_COLOR}.get(marker.kind, COMMAND_COLOR)
             self.plt.vline(marker.x, plt_color)
-            if marker.kind == "lr" and self.metric == "loss" and math.isfinite(top):
-                self.plt.text(marker.label, marker.x, top, color=LR_COLOR, alignment="left")
+            if marker.kind == "lr" and self.metric == "loss" and math.isfinite(bottom):
+                self.plt.text(marker.label, marker.x, bottom, color=LR_COLOR, alignment="left")
 
     def render(self) -> RenderResult:
         """As `PlotextPlot.render`, without the ANSI string plotext builds and Rich parses back (same `Text`)."""
