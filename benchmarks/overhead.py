@@ -1,10 +1,12 @@
 """What does tuitune cost over a hand-written PyTorch loop?  `python benchmarks/overhead.py [--help]`
 
-Three runs of the same model, data, batch size, optimizer and step count, side by side in one invocation:
+Four runs of the same model, data, batch size, optimizer and step count, side by side in one invocation:
 
   bare    a minimal loop: fetch, forward, cross-entropy, backward, AdamW step (on CUDA: bf16 autocast and
           cudnn.benchmark, what a user writing it for speed would do)
   engine  `tuitune.engine.record.session.run_training` headless (what `tuitune train --headless` runs), events -> a clock
+  attached  the engine as a run process runs it (control socket open, `tuitune.remote`), with the real dashboard
+          attached from another process (`attach_viewer.py`: `tuitune attach`'s app, Textual headless, 120x40)
   tui     the same engine inside the real Textual app (`TuituneApp("train")` under `App.run_test()`, headless,
           120x40): engine in the app's thread worker, dashboard, plots and layer table updating, as `tuitune train`
 
@@ -50,7 +52,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-MODES = ("bare", "engine", "tui")
+MODES = ("bare", "engine", "tui", "attached")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="rounds of all modes, order rotated")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = the CPUs this process may use")
-    p.add_argument("--modes", default=",".join(MODES), help="which of bare,engine,tui to run")
+    p.add_argument("--modes", default=",".join(MODES), help="which of bare,engine,tui,attached to run")
     p.add_argument("--in-process", action="store_true", help="all runs in this process (data built once)")
     p.add_argument("--omp-wait-policy", choices=("passive", "active", "unset"), default="passive",
                    help="OMP_WAIT_POLICY of the worker processes (default passive: see below)")
@@ -157,6 +159,8 @@ def run_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, 
 def describe(mode: str, r: dict[str, Any], args: argparse.Namespace) -> str:
     ms = 1000 / args.steps
     ui = f", ui thread {r['main_cpu'] * ms:5.2f}" if mode == "tui" else ""
+    if mode == "attached":
+        ui = f", viewer process {r['viewer_cpu_s']:.1f} s cpu, saw {r['viewer_events']} events"
     drawn = (f"  plots drawn {r['plot_redraws']}, metric events {r['metric_events']}, dashboard at step "
              f"{r['dashboard_global_step']}") if mode == "tui" else ""
     return (f"{mode:<6} {r['sps']:8.1f} samples/s {r['wall'] * ms:7.2f} ms/step | cpu ms/step: train thread "
@@ -222,18 +226,20 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
             print(f"median {mode:<6} -- every run failed")
             continue
         print(f"median {mode:<6} {med[mode]:8.1f} samples/s  ({_fmt_list([r['sps'] for r in rs])})")
-    bare, engine, tui = med.get("bare"), med.get("engine"), med.get("tui")
+    bare, engine, tui, attached = med.get("bare"), med.get("engine"), med.get("tui"), med.get("attached")
     ratio = lambda x: round(x / bare, 4) if x is not None and bare else None  # noqa: E731
     help_s, first_frame_s = startup if startup is not None else (None, None)
     cpu = {m: statistics.median(r["process_cpu"] for r in rs) for m, rs in results.items() if rs}
     cpu_ratio = lambda m: round(cpu["bare"] / cpu[m], 4) if "bare" in cpu and m in cpu else None  # noqa: E731
     return {"bare_sps": _round(bare, 1), "engine_sps": _round(engine, 1), "tui_sps": _round(tui, 1),
-            "engine_ratio": ratio(engine), "tui_ratio": ratio(tui),
+            "attached_sps": _round(attached, 1), "engine_ratio": ratio(engine), "tui_ratio": ratio(tui),
+            "attached_ratio": ratio(attached),
             "cache_speedup": cache,  # demo head-only epochs after the first, without / with the feature cache
             "help_s": _round(help_s, 3), "first_frame_s": _round(first_frame_s, 3),
             "bare_step_ms": _round(1000 * args.batch_size / bare, 2) if bare else None,
             # secondary, less sensitive to other load on the machine: bare's CPU seconds per step / the mode's
             "engine_cpu_ratio": cpu_ratio("engine"), "tui_cpu_ratio": cpu_ratio("tui"),
+            "attached_cpu_ratio": cpu_ratio("attached"),
             "load_avg": round(os.getloadavg()[0], 2),
             "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "steps": args.steps,
             "device": args.device, "threads": args.threads, "isolated": not args.in_process,

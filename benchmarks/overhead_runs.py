@@ -249,6 +249,48 @@ async def _drive_tui(profile: RunProfile, run_dir: Path, clock: StepClock) -> di
     return {"plot_redraws": redraws[0], "metric_events": clock.metric_events, "dashboard_global_step": shown}
 
 
+def run_attached(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> tuple[Window, dict[str, Any]]:
+    """The engine as a run process runs it (`tuitune.remote`: control socket, process record, the server as an
+    event sink) with the real dashboard attached from another process (`attach_viewer.py`). Training starts once
+    the viewer has received the (empty) history and is live, so the timed steps all have a viewer."""
+    import json
+    import subprocess
+
+    from tuitune.engine.commands import Control
+    from tuitune.engine.record.runlog import tee
+    from tuitune.engine.record.session import run_training
+    from tuitune.remote.runs import write_process_record
+    from tuitune.remote.server import RunServer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    control = Control()
+    server = RunServer(run_dir, control)
+    write_process_record(run_dir, server.path, "benchmark")
+    viewer = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "attach_viewer.py"),
+                               str(run_dir), "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(c.live for c in list(server.clients)):
+            if viewer.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"attached: the viewer never attached: {viewer.communicate()[1][-1000:]}")
+            time.sleep(0.02)
+        clock = StepClock(args.warmup, args.warmup + args.steps, args.steps * args.batch_size)
+        run_training(profile, run_dir, tee(server, clock), control, interactive=False)
+        server.close()
+        out, err = viewer.communicate(timeout=120)
+    finally:
+        if viewer.poll() is None:
+            viewer.kill()
+            viewer.wait()
+    lines = [line for line in out.splitlines() if line.startswith("VIEWER ")]
+    if not lines:
+        raise RuntimeError(f"attached: no VIEWER line: {err[-1000:]}")
+    seen = json.loads(lines[-1][len("VIEWER "):])
+    return clock.result("attached"), {"viewer_events": seen["events_seen"], "viewer_global_step": seen["global_step"],
+                                      "viewer_cpu_s": seen["cpu_s"]}
+
+
 def run_mode(mode: str, profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """One run of `mode`; the timed window's figures (seconds) and, for `tui`, what the dashboard drew."""
     seen: dict[str, int] = {}
@@ -258,6 +300,8 @@ def run_mode(mode: str, profile: RunProfile, args: argparse.Namespace, run_dir: 
         window = run_engine(profile, args, run_dir)
     elif mode == "tui":
         window, seen = run_tui(profile, args, run_dir)
+    elif mode == "attached":
+        window, seen = run_attached(profile, args, run_dir)
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return {"sps": window.sps, "wall": window.wall, "thread_cpu": window.thread_cpu, "main_cpu": window.main_cpu,

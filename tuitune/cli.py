@@ -18,6 +18,22 @@ PACKAGE_PROFILES = Path(__file__).resolve().parent / "profiles"
 def _add_profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile key, e.g. --set train.epochs=1 (repeatable)")
+    _add_offline(p)
+
+
+def _add_offline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offline", action="store_true", default=argparse.SUPPRESS,
+                   help="never download: pretrained weights come from the local cache only (as HF_HUB_OFFLINE=1)")
+
+
+def _go_offline() -> None:
+    """`--offline` is HF_HUB_OFFLINE=1, set before huggingface_hub is imported (it reads the variable once);
+    the engine also checks the variable itself (`tuitune.engine.model.hub.is_offline`)."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profiles", action="append", default=[], metavar="DIR",
                         help="another folder of profiles for the picker (repeatable)")
     parser.add_argument("--out", metavar="DIR", help="run directory for a run started from the picker")
+    _add_offline(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a profile (the dashboard, or --headless)")
     train.add_argument("profile", nargs="?", help="a profile .toml (optional with --resume)")
-    train.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
+    train.add_argument("--headless", action="store_true",
+                       help="no dashboard: print progress lines in the foreground (Ctrl+C stops; attach works)")
+    train.add_argument("--inline", action="store_true",
+                       help="train in the dashboard's own process (ends with the terminal) instead of a run process")
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
@@ -40,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fine-tune the embedded offline demo (digits 0-4 -> 5-9)")
     demo.add_argument("--headless", action="store_true", help="no dashboard: print progress lines")
+    demo.add_argument("--inline", action="store_true", help="train in the dashboard's own process")
     demo.add_argument("--out", metavar="DIR", help="run directory (default runs/demo-TIMESTAMP)")
     demo.add_argument("--force", action="store_true", help="reuse an existing --out directory")
     _add_profile_options(demo)
@@ -53,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
     replay.add_argument("--speed", type=float, default=0.0,
                         help="playback speed: 1 = as recorded, 10 = ten times faster, 0 = instant (default)")
+    attach = sub.add_parser("attach", help="bring the dashboard back to a live run (its history, then live)")
+    attach.add_argument("run_dir", nargs="?",
+                        help="a run directory (default: the newest live run under ./runs, or a choice)")
+
+    runs = sub.add_parser("runs", help="list run directories: status (live, finished, dead, ...), progress")
+    runs.add_argument("dir", nargs="?", default="runs", help="the folder of run directories (default ./runs)")
+    runs.add_argument("--json", action="store_true", help="one JSON array of objects")
     _add_ship_commands(sub)
     return parser
 
@@ -85,15 +113,23 @@ def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
-    """A profile file, or a bare model name / HF folder with default settings (a timm name at random init: the
-    groups do not depend on the weights, and listing them must not need the hub)."""
+    """A profile file, or a bare model name / HF folder / HF hub id (`org/name`) with default settings (a timm name
+    at random init: the groups do not depend on the weights, and listing them must not need the hub)."""
     from tuitune.config import apply_overrides, load_profile, profile_from_dict
 
     if target.endswith(".toml") or Path(target).is_file():
         return load_profile(target, overrides)
-    source = "hf" if (Path(target) / "config.json").exists() else "timm"
+    hub_id = "/" in target and not target.startswith(("hf-hub:", "hf_hub:", "local-dir:", ".", "/", "~"))
+    source = "hf" if (Path(target) / "config.json").exists() or hub_id else "timm"
     table = {"model": {"source": source, "name": target, "pretrained": source == "hf"}, "data": {"kind": "synthetic"}}
     return profile_from_dict(apply_overrides(table, overrides), file=f"<{target}>")
+
+
+def _progress_printer():  # -> Callable[[Event], None]
+    """Setup progress (a download, tokenization) as lines on stderr, so `--json` output stays clean."""
+    from tuitune.headless import ConsolePrinter
+
+    return ConsolePrinter(out=sys.stderr)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -103,7 +139,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from tuitune.engine.train.strategy import plan_phases
 
     task = input_task(profile.data, profile.model)
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse)
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse,
+                              emit=_progress_printer())
     first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
     rows = layer_table(backbone.groups, set(first_phase))
     if args.json:
@@ -139,13 +176,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         profile = load_profile(args.profile, args.overrides)
         run_dir = new_run_dir(profile, args.out, args.force)
+    if resume is not None:
+        _refuse_live(run_dir)
     if args.headless:
         from tuitune.headless import run_headless
 
         return run_headless(profile, run_dir, resume)
     from tuitune.ui.launch import open_dashboard
 
-    return open_dashboard(profile, run_dir, resume)
+    return open_dashboard(profile, run_dir, resume, inline=args.inline)
+
+
+def _refuse_live(run_dir: Path) -> None:
+    from tuitune.remote.runs import run_status
+
+    if run_status(run_dir) == "live":
+        raise UserError(f"{run_dir}: --resume: this run is live (tuitune attach {run_dir} brings it back)")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from tuitune.remote.runs import format_table, list_runs
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: runs: no such folder")
+    runs = list_runs(folder)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs]))
+    elif not runs:
+        print(f"no run directories under {folder}")
+    else:
+        print(format_table(runs))
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """A live run: its dashboard. A run that ended: its record, summary on top. A dead one: one line, exit 2."""
+    from tuitune.remote.runs import dead_message, is_run_dir, run_info
+
+    run_dir = Path(args.run_dir) if args.run_dir else _choose_live_run(Path("runs"))
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir}: attach: not a tuitune run directory (no events.jsonl or process.json)")
+    info = run_info(run_dir)
+    if info.status == "dead":
+        raise UserError(dead_message(info))
+    if info.status == "live":
+        from tuitune.ui.launch import open_attach
+
+        return open_attach(run_dir)
+    from tuitune.ui.launch import open_replay  # finished while away: the whole record, then its summary
+
+    return open_replay(run_dir)
+
+
+def _choose_live_run(folder: Path) -> Path:
+    from tuitune.remote.runs import live_runs
+
+    live = live_runs(folder)
+    if not live:
+        raise UserError(f"{folder}: attach: no live run here (tuitune runs {folder} lists them all)")
+    if len(live) == 1 or not sys.stdin.isatty():
+        return Path(live[0].path)  # the newest
+    for i, run in enumerate(live, start=1):
+        print(f"{i:>2}  {run.name}  epoch {run.epoch}  phase {run.phase}  pid {run.pid}")
+    answer = input(f"attach to which run? [1-{len(live)}, enter = 1] ").strip() or "1"
+    if not answer.isdigit() or not 1 <= int(answer) <= len(live):
+        raise UserError(f"attach: {answer!r} is not one of 1-{len(live)}")
+    return Path(live[int(answer) - 1].path)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -161,7 +258,7 @@ def cmd_picker(args: argparse.Namespace) -> int:
     from tuitune.ui.launch import open_picker
 
     dirs = [Path.cwd() / "profiles", PACKAGE_PROFILES, *(Path(d) for d in args.profiles)]
-    return open_picker(dirs, [], args.out)
+    return open_picker(dirs, [], args.out, Path.cwd() / "runs")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -195,8 +292,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from tuitune.engine.tools.lr_find import find_lr_for_profile, text_plot
 
     out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-lr-find"
-    curve, csv_path = find_lr_for_profile(profile, out, steps=args.steps, start_lr=args.start_lr,
-                                          end_lr=args.end_lr)
+    curve, csv_path = find_lr_for_profile(profile, out, _progress_printer(), steps=args.steps,
+                                          start_lr=args.start_lr, end_lr=args.end_lr)
     print(text_plot(curve))
     fmt = lambda v: f"{v:.3g}" if v else "none"  # noqa: E731
     print(f"suggested lr: {fmt(curve.suggestion)} ({curve.method}; steep {fmt(curve.steep)}, valley "
@@ -207,7 +304,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        _go_offline()
     handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
+                "attach": cmd_attach, "runs": cmd_runs,
                 "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find}
     try:
         return handlers[args.command](args)

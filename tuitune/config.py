@@ -49,8 +49,9 @@ class ModelConfig:
     source: str = opt("timm", "Where the backbone comes from: `timm` or `hf` (Hugging Face transformers).",
                       choices=("timm", "hf"))
     name: str = opt("", "timm model name (e.g. `resnet18`), or for `hf` a local directory or a hub id.")
-    pretrained: bool = opt(True, "Start from pretrained weights: timm's / Hugging Face's, from the local cache "
-                                 "(tuitune never downloads at run time), or a local `hf` folder's own weights. "
+    pretrained: bool = opt(True, "Start from pretrained weights: timm's / Hugging Face's, from the standard Hugging "
+                                 "Face cache, downloaded into it first when missing (not with `--offline` or "
+                                 "`HF_HUB_OFFLINE=1`), or a local `hf` folder's own weights. "
                                  "`false` = random init. Not used when `weights` is set.")
     weights: str = opt("", "Local weights file (`.safetensors`, or `.pth`/`.pt` read with `weights_only=True`); "
                            "relative to the profile's folder. The classifier head is re-created.", path=True)
@@ -62,7 +63,8 @@ class ModelConfig:
     pooling: str = opt("model", "Text models: what the head reads. `model` = the model's own (CLS / pooler); "
                                 "`mean` = the mean over tokens (right for sentence-embedding checkpoints).",
                        choices=("model", "mean"))
-    max_length: int = opt(128, "Text models: tokens per example (longer ones are truncated).", min=1)
+    max_length: int = opt(128, "Text models: the most tokens per example (longer ones are truncated); each batch "
+                               "is padded only to its own longest text.", min=1)
     trust_remote_code: bool = opt(False, "Allow a Hugging Face checkpoint to run its own Python code.")
 
 
@@ -90,6 +92,18 @@ class DataConfig:
     batch_size: int = opt(32, "Examples per training step.", min=1)
     num_workers: int = opt(-1, "DataLoader worker processes; -1 picks from the CPU count (0 on CPU-only runs).",
                            min=-1)
+    group_by_length: bool = opt(False, "Text: batch texts of similar length together (transformers' "
+                                       "`LengthGroupedSampler`: shuffled, then sorted by length within groups of 50 "
+                                       "batches; seeded, and replayed exactly on resume), so batches, which are "
+                                       "always cut to their longest text, carry less padding.")
+    pad_to_max_length: bool = opt(False, "Text: pad every batch to `model.max_length`, as before batches were "
+                                         "cut to their longest text: static shapes (e.g. for `train.compile`), and "
+                                         "the baseline for measuring what dynamic padding saves.")
+    cache_images: str = opt("auto", "`image_folder`: keep the decoded, resized images in memory so an epoch does "
+                                    "not decode every file again. `auto`: when they fit in a quarter of the free "
+                                    "RAM; `on`: always; `off`: never. A split with random train-time augmentation "
+                                    "is never cached (its transform differs every epoch).",
+                            choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,12 @@ class TrainConfig:
                                     "features once and train the head on them; dropped at the first unfreeze.")
     ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
                                 "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
+    ema_for_best: bool = opt(False, "With `ema_decay`: the `best` checkpoint (and so the test figures and the "
+                                    "export) holds the EMA weights, chosen by the EMA model's `checkpoint_metric` "
+                                    "(`ema_val_score` / `ema_val_loss`).")
+    accumulate_steps: int = opt(1, "Gradient accumulation: one optimizer step every this many batches of "
+                                   "`data.batch_size` (the loss is scaled to match one big batch); steps, the LR "
+                                   "schedule, `log_every` and `max_steps_per_epoch` count optimizer steps.", min=1)
     grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)
     seed: int = opt(0, "Random seed (data split, shuffling, initialisation).")
     device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
@@ -150,8 +170,9 @@ class StrategyConfig:
     trigger: str = opt("epochs", "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
                                  "(every `every_epochs`) or `plateau` (of `plateau_metric`).",
                        choices=("manual", "epochs", "plateau"))
-    fallback: str = opt("plateau", "Headless runs cannot press `u`: with `trigger = \"manual\"` this trigger "
-                                   "is used instead (`epochs`, `plateau` or `none`).",
+    fallback: str = opt("plateau", "Headless runs have nobody to press `u` or answer the plateau question: with "
+                                   "`trigger = \"manual\"` or `\"plateau\"` this trigger is used instead "
+                                   "(`epochs`, `plateau`: move on by itself when the metric stalls, or `none`).",
                         choices=("epochs", "plateau", "none"))
     every_epochs: int = opt(2, "`epochs` trigger: epochs per phase.", min=1)
     plateau_metric: str = opt("val_loss", "`plateau` trigger: the metric watched.",
@@ -159,6 +180,9 @@ class StrategyConfig:
     plateau_patience: int = opt(2, "`plateau` trigger: epochs without improvement before the next phase.", min=1)
     plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.",
                                    min=0.0)
+    plateau_wait: bool = opt(False, "`plateau` trigger in the dashboard: pause at the question until it is "
+                                    "answered (the demo does; after `n` it asks again `plateau_patience` flat "
+                                    "epochs later); otherwise training goes on while it is asked.")
     lr_decay: float = opt(1.0, "Discriminative LR: each group one step further from the head gets this times "
                                "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
                           gt=0.0, max=1.0)
@@ -362,6 +386,11 @@ def _cross_check(p: RunProfile, file: str) -> None:
             if metric == "val_macro_f1":
                 raise ProfileError(f"{file}: {key}: val_macro_f1 needs a classification loss (cross_entropy, "
                                    f"focal), not loss.kind = {p.loss.kind!r}")
+    if p.train.ema_for_best and not p.train.ema_decay:
+        raise ProfileError(f"{file}: train.ema_for_best: needs an EMA of the weights (train.ema_decay > 0, e.g. 0.999)")
+    if p.train.ema_for_best and p.train.checkpoint_metric not in ("val_score", "val_loss"):  # what the EMA reports
+        raise ProfileError(f"{file}: train.ema_for_best: the EMA model is scored on the val set; "
+                           f"train.checkpoint_metric must be val_score or val_loss")
     _check_augment(p, file)
 
 

@@ -1,4 +1,5 @@
-"""Headless runs: the same engine, with a console sink instead of the dashboard.
+"""Headless runs: the same engine, with a console sink instead of the dashboard (and the control socket open:
+`tuitune attach RUN_DIR` brings a dashboard to it).
 
 Ctrl+C or SIGTERM asks the engine to stop at the next step (it saves `last` and writes the summary); a second
 Ctrl+C exits at once. Checkpoint writes are atomic, so even that loses nothing already saved.
@@ -8,12 +9,16 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from tuitune.config import RunProfile
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
-                                   LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted, Warned)
+                                   LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed, Warned)
+from tuitune.engine.record.progress import progress_text
+
+PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
 
 
 class ConsolePrinter:
@@ -27,6 +32,7 @@ class ConsolePrinter:
         self.num_phases = 1
         self.phase = 0
         self.metric = "acc"  # the task's score (RunStarted.metric): acc, rmse or f1
+        self._progress_at: dict[str, float] = {}  # task -> when its last line was printed
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -49,6 +55,8 @@ class ConsolePrinter:
                      f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
                      f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
                      f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
+        elif isinstance(event, SetupProgressed):
+            self._progress(event)
         elif isinstance(event, LRFound):
             finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
             self.say(f"{finder}: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
@@ -73,6 +81,14 @@ class ConsolePrinter:
             print(f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""),
                   file=self.err, flush=True)
 
+    def _progress(self, event: SetupProgressed) -> None:
+        """The first line of a task, then one every few seconds, and the last: a log, not a progress bar."""
+        now = time.monotonic()
+        last = self._progress_at.get(event.task)
+        if event.finished or last is None or now - last >= PROGRESS_EVERY_S:
+            self._progress_at[event.task] = now
+            self.say(progress_text(event))
+
     def _finished(self, event: RunFinished) -> None:
         best = event.best
         value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
@@ -96,7 +112,7 @@ class ConsolePrinter:
 def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
     """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import run_training
+    from tuitune.remote.host import serve_run
 
     control = Control()
     interrupts = {"n": 0}
@@ -111,7 +127,8 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        final = run_training(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume)
+        final = serve_run(profile, run_dir, ConsolePrinter(), control, interactive=False, resume=resume,
+                          mode="headless")  # a foreground run that dashboards may attach to
     except KeyboardInterrupt:
         return 130
     finally:

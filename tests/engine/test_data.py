@@ -227,7 +227,8 @@ def test_text_jsonl_with_separate_val_and_int_labels(tokenizer, tmp_path):
     assert labels_of(b.val) == [1, 0] and labels_of(b.test) == [1]
     loader = make_loaders(b, batch_size=2, num_workers=0, device_type="cpu", seed=0)[0]
     x, y = next(iter(loader))
-    assert x["input_ids"].shape == (2, 8) and x["attention_mask"].shape == (2, 8) and y.shape == (2,)
+    # "[CLS] good film [SEP]": the batch is cut to its longest text (4 tokens), not padded to max_length (8)
+    assert x["input_ids"].shape == (2, 4) and x["attention_mask"].shape == (2, 4) and y.shape == (2,)
 
 
 def test_text_split_missing_from_files_is_cut_from_train(tokenizer, tmp_path):

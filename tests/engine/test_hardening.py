@@ -220,13 +220,17 @@ def _val(events: list) -> list[tuple[int, float, float, float]]:
     return [(e.epoch, e.val_loss, e.val_score, e.train_loss) for e in events if isinstance(e, EpochEnded)]
 
 
-@pytest.mark.parametrize("stop_at", ["epoch_end", "mid_epoch"])
-def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str) -> None:
+@pytest.mark.parametrize("stop_at, augment", [("epoch_end", {}), ("mid_epoch", {}),
+                                               ("mid_epoch", {"mixup": 0.4, "cutmix": 1.0})],
+                         ids=["epoch_end", "mid_epoch", "mid_epoch-mixup"])
+def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str, augment: dict) -> None:
     """4 epochs with an unfreeze at epoch 2, against 2 epochs (or 1.4) + interrupt + `tuitune train --resume`.
-    Dropout makes the RNG matter, cosine + warm-up the scheduler, AdamW the optimizer state."""
+    Dropout makes the RNG matter, cosine + warm-up the scheduler, AdamW the optimizer state; with mixup/CutMix,
+    timm's `Mixup` draws from numpy's global RNG, which must be seeded and checkpointed too."""
     profile = tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 2},
                            train={"epochs": 4, "schedule": "cosine", "warmup_steps": 3},
-                           model={"kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8, "drop_rate": 0.3}})
+                           model={"kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8, "drop_rate": 0.3}},
+                           augment=augment)
     straight: list = []
     run_training(profile, tmp_path / "a", straight.append, Control(), interactive=False)
 
@@ -248,6 +252,7 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str) -> None:
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
     assert (start.start_epoch, start.phase) == (saved["epoch"], saved["phase"])
+    assert start.start_step == saved["global_step"] and start.start_elapsed_s >= saved["wall_s"]  # for the ETA
     a, b = _val(straight), _val(resumed)
     print(f"\nresume equality ({stop_at}: interrupted with {saved['epoch']} epochs done + {saved['step_in_epoch']} "
           f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)")

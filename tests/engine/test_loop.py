@@ -57,6 +57,35 @@ def test_command_applies_at_the_next_step_boundary(tmp_path) -> None:
     assert len(step2.lrs) == 2  # head and layer4 trained in step 2
 
 
+def test_unfreeze_mid_epoch_puts_the_new_groups_batchnorm_in_train_mode(tmp_path) -> None:
+    """A group unfrozen by `u` in mid-epoch trains its BatchNorm layers (batch statistics, running stats updated)
+    from the next step on, not from the next epoch."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    events: list = []
+    control = Control()
+    modes: dict[int, list[bool]] = {}
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, MetricsUpdated):
+            modes[event.global_step] = [m.training for m in trainer.parts.model.layer4.modules()
+                                        if isinstance(m, _BatchNorm)]
+            if event.global_step == 1:
+                control.put(UnfreezeNext())
+
+    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "manual", "freeze_bn": True},
+                           train={"epochs": 1, "log_every": 1})
+    trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
+    bn4 = trainer.parts.model.layer4[0].bn1
+    before = bn4.running_mean.clone()
+    trainer.run()
+    assert of_type(events, PhaseChanged)[0].unfrozen == ("layer4",)
+    assert modes[1] and not any(modes[1])  # frozen: eval mode
+    assert all(modes[2])  # unfrozen at the end of step 1: train mode in step 2
+    assert not torch.equal(bn4.running_mean, before)
+
+
 def test_stop_pause_resume_and_save(tmp_path) -> None:
     events: list = []
     control = Control()
@@ -72,8 +101,30 @@ def test_stop_pause_resume_and_save(tmp_path) -> None:
     assert final.status == "stopped_early" and "stopped by the user" in final.reason
     assert final.global_step == 2
     kinds = [c.kind for c in of_type(events, CheckpointSaved)]
-    assert kinds == ["manual", "last"]
+    assert kinds == ["manual", "best", "last"]  # the stopped epoch is validated: its weights are the best so far
     assert (tmp_path / "checkpoints" / "manual.safetensors").exists()
+
+
+def test_stop_in_mid_epoch_validates_so_the_summary_has_final_val_metrics(tmp_path) -> None:
+    """`s` in epoch 2: the epoch ends where it is (its steps so far), is validated and recorded, so the summary's
+    final metrics are those of the weights the run stopped with, not of epoch 1."""
+    events: list = []
+    control = Control()
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, MetricsUpdated) and event.global_step == events[0].steps_per_epoch + 2:
+            control.put(StopEarly())
+
+    final = run_training(tiny_profile(train={"epochs": 4}), tmp_path, emit, control, interactive=False)
+    steps = events[0].steps_per_epoch
+    stop = [i for i, e in enumerate(events) if isinstance(e, CommandApplied) and e.command == "StopEarly"][0]
+    after = of_type(events[stop:], EpochEnded)
+    assert len(after) == 1 and after[0].epoch == 2 and after[0].global_step == steps + 2
+    assert final.status == "stopped_early" and final.epochs == 2 and final.global_step == steps + 2
+    assert final.final["epoch"] == 2 and final.final["val_score"] == after[0].val_score
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final"]["epoch"] == 2 and summary["final"]["val_loss"] == after[0].val_loss
 
 
 def test_stop_flag_interrupts_within_a_step(tmp_path) -> None:

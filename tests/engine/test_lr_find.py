@@ -126,3 +126,57 @@ def test_cli_lr_find_writes_the_curve(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "suggested lr:" in out and "LR finder" in out
     assert (tmp_path / "out" / "lr_find.csv").is_file() and (tmp_path / "out" / "lr_find.json").is_file()
+
+
+@pytest.mark.parametrize("loss, augment", [("focal", {}), ("mse", {}), ("bce", {}),
+                                           ("cross_entropy", {"mixup": 0.4, "cutmix": 1.0})],
+                         ids=["focal", "mse", "bce", "mixup"])
+def test_cli_and_dashboard_sweep_with_the_runs_own_objective(tmp_path, loss: str, augment: dict) -> None:
+    """`tuitune lr-find` and the dashboard's `f` run one recipe: the run's loss on the run's targets (Mixup/CutMix
+    included). Their first sweep step (LR 1e-7, the starting weights) scores the same batch the same way, and that
+    score is the run's objective on it, not plain cross-entropy."""
+    from torch.utils.data import DataLoader
+
+    from tests.engine.conftest import of_type
+    from tuitune.engine.commands import Control
+    from tuitune.engine.events import LRFound
+    from tuitune.engine.train import strategy
+    from tuitune.engine.train.loop import Trainer
+    from tuitune.engine.train.lr_sweep import find_lr_in_run
+
+    profile = tiny_profile(loss={"kind": loss}, augment=augment, strategy={"kind": "progressive"})
+    events: list = []
+    trainer = Trainer(profile, tmp_path / "run", events.append, Control(), interactive=True)
+    # what `f` does (the FindLR command), here before the run's first step
+    events.append(find_lr_in_run(profile, trainer.parts, trainer.st, trainer.obj, steps=20, out_dir=tmp_path / "run"))
+    dashboard = of_type(events, LRFound)[0].losses[0]
+
+    # the run's objective on the sweep's first batch (the recipe's shuffle: seed + global step), starting weights
+    p, obj = trainer.parts, trainer.obj
+    x, y = next(iter(DataLoader(p.bundle.train, batch_size=16, shuffle=True,
+                                generator=torch.Generator().manual_seed(profile.train.seed))))
+    strategy.set_train_mode(p.model, True)
+    x, y = obj.targets(x, y)
+    with torch.no_grad():
+        expected = float(obj.train_loss(p.model(x).float(), y))
+    assert dashboard == pytest.approx(expected, rel=1e-5)
+
+    profile_path = tmp_path / "tiny.toml"
+    profile_path.write_text(dump_toml(profile_to_dict(profile)))
+    assert main(["lr-find", str(profile_path), "--steps", "20", "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "lr_find.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[0]["loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sweep_restores_each_modules_train_mode(run) -> None:
+    """`f` in mid-epoch: frozen BatchNorm layers were in eval mode before the sweep and are again after it (a
+    blanket `model.train()` would let them update their running statistics for the rest of the epoch)."""
+    from tuitune.engine.train import strategy
+
+    profile, parts, state = run
+    strategy.set_train_mode(parts.model, freeze_bn=True)
+    modes = {name: m.training for name, m in parts.model.named_modules()}
+    assert not all(modes.values())  # the frozen groups' BatchNorm layers are in eval mode
+    lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device, steps=5)
+    assert {name: m.training for name, m in parts.model.named_modules()} == modes

@@ -294,3 +294,18 @@ def test_layer_table() -> None:
     assert layer_table(groups) == [{"name": "stem", "params": 10, "trainable": True},
                                    {"name": "head", "params": 3, "trainable": True}]
     assert [r["trainable"] for r in layer_table(groups, {"head"})] == [False, True]
+
+
+def test_weights_without_num_batches_tracked_report_nothing_missing(tmp_path: Path) -> None:
+    """A checkpoint saved without BatchNorm's `num_batches_tracked` counters (as many published ones are) is
+    complete: only parameters and running statistics count as tensors "not in the file"."""
+    from safetensors.torch import save_file
+
+    sd = {k: v for k, v in _source_model(num_classes=7).state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    bb = build_backbone(timm_cfg("test_resnet", weights=str(tmp_path / "w.safetensors")), num_classes=3)
+    assert "not in the file" not in bb.description
+    del sd["layer4.0.bn1.running_var"]  # a running statistic is still counted
+    save_file(sd, str(tmp_path / "w2.safetensors"))
+    bb = build_backbone(timm_cfg("test_resnet", weights=str(tmp_path / "w2.safetensors")), num_classes=3)
+    assert "weights w2.safetensors, 1 tensors not in the file" in bb.description

@@ -148,3 +148,87 @@ def test_progressive_epochs_trigger(tmp_path, events_sink) -> None:
     changes = of_type(events, PhaseChanged)
     assert [(c.phase, c.epoch, c.reason) for c in changes] == [(1, 1, "epochs"), (2, 2, "epochs")]
     assert changes[0].unfrozen == ("layer2", "layer3", "layer4")
+
+
+# ------------------------------------------------------------------------------- the plateau question, headless
+
+def _plateau_profile(**strategy_keys):
+    from tests.engine.conftest import tiny_profile
+
+    # lr so small that val_loss never improves by min_delta: the plateau watch fires after `plateau_patience`
+    return tiny_profile(train={"epochs": 4, "lr": 1e-9},
+                        strategy={"kind": "progressive", "trigger": "plateau", "plateau_patience": 1,
+                                  "plateau_min_delta": 0.5, **strategy_keys})
+
+
+def test_plateau_wait_holds_the_run_at_the_question_until_it_is_answered(tmp_path) -> None:
+    """With `plateau_wait`, an interactive run stops at the epoch boundary where it asks: an answer queued as the
+    question arrives (y: UnfreezeNext, then Resume) is applied before any further step."""
+    from tests.engine.conftest import of_type
+    from tuitune.engine.commands import Control, Resume, UnfreezeNext
+    from tuitune.engine.events import CommandApplied, MetricsUpdated, PhaseChanged, UnfreezeSuggested
+    from tuitune.engine.train.loop import Trainer
+
+    events: list = []
+    control = Control()
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, UnfreezeSuggested) and len(of_type(events, UnfreezeSuggested)) == 1:
+            control.put(UnfreezeNext())
+            control.put(Resume())
+
+    Trainer(_plateau_profile(plateau_wait=True), tmp_path, emit, control, interactive=True).run()
+    asked = of_type(events, UnfreezeSuggested)[0]
+    assert asked.waiting
+    i = events.index(asked)
+    change = of_type(events[i:], PhaseChanged)[0]
+    steps_between = of_type(events[i:events.index(change)], MetricsUpdated)
+    assert not steps_between and change.epoch == asked.epoch  # no step was trained while it waited
+    assert [c.command for c in of_type(events[i:], CommandApplied)][:2] == ["UnfreezeNext", "Resume"]
+
+
+def test_a_no_to_a_waiting_plateau_question_asks_again_later(tmp_path) -> None:
+    """n (Resume alone) keeps the phase; after another `plateau_patience` flat epochs the run pauses and asks
+    again, so a person who said no still gets the next chance."""
+    from tests.engine.conftest import of_type
+    from tuitune.engine.commands import Control, Resume
+    from tuitune.engine.events import PhaseChanged, UnfreezeSuggested
+    from tuitune.engine.train.loop import Trainer
+
+    events: list = []
+    control = Control()
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, UnfreezeSuggested):
+            control.put(Resume())
+
+    profile = _plateau_profile(plateau_wait=True)
+    Trainer(apply_overrides_to(profile, "train.epochs=5"), tmp_path, emit, control, interactive=True).run()
+    assert [(e.epoch, e.epochs) for e in of_type(events, UnfreezeSuggested)] == [(2, 1), (3, 1), (4, 1)]
+    assert not of_type(events, PhaseChanged)
+
+
+def apply_overrides_to(profile, *overrides: str):
+    from tuitune.config import apply_overrides, profile_from_dict, profile_to_dict
+
+    return profile_from_dict(apply_overrides(profile_to_dict(profile), list(overrides)), file="tiny.toml")
+
+
+def test_headless_runs_use_the_fallback_for_a_plateau_question(tmp_path) -> None:
+    """Nobody answers a headless run: `trigger = "plateau"` with `fallback = "epochs"` moves on every
+    `every_epochs` (the demo's headless behaviour); the default fallback keeps acting on the plateau itself."""
+    from tests.engine.conftest import of_type
+    from tuitune.engine.commands import Control
+    from tuitune.engine.events import PhaseChanged, UnfreezeSuggested
+    from tuitune.engine.train.loop import Trainer
+
+    events: list = []
+    profile = _plateau_profile(fallback="epochs", every_epochs=2, plateau_wait=True)
+    Trainer(profile, tmp_path / "a", events.append, Control(), interactive=False).run()
+    assert [(e.epoch, e.reason) for e in of_type(events, PhaseChanged)] == [(2, "epochs")]
+    assert not of_type(events, UnfreezeSuggested)
+    events.clear()
+    Trainer(_plateau_profile(), tmp_path / "b", events.append, Control(), interactive=False).run()
+    assert [e.reason for e in of_type(events, PhaseChanged)] == ["plateau"]

@@ -68,11 +68,18 @@ def test_lp_ft_drops_every_lr_when_all_groups_join(tmp_path) -> None:
 
 
 def test_ema_model_is_evaluated(tmp_path) -> None:
-    trainer, events, _ = _run(tmp_path, train={"epochs": 2, "ema_decay": 0.9})
-    extra = of_type(events, EpochEnded)[-1].extra
+    """The ema_* scores are the EMA weights' own: equal to an evaluation of the EMA model after the last epoch,
+    and not the live model's (a slow EMA, 0.98, lags well behind the live weights in 10 steps)."""
+    trainer, events, _ = _run(tmp_path, train={"epochs": 2, "ema_decay": 0.98})
+    last = of_type(events, EpochEnded)[-1]
+    extra = last.extra
     assert 0.0 <= extra["ema_val_score"] <= 1.0 and extra["ema_val_loss"] > 0
     live, ema = trainer.parts.model.fc.weight, trainer.obj.ema.module.fc.weight
     assert not torch.allclose(live, ema)
+    again = trainer.obj.evaluate(trainer.obj.ema.module, trainer.parts.val_loader, trainer.parts)
+    assert extra["ema_val_loss"] == pytest.approx(again["loss"], abs=1e-6)
+    assert extra["ema_val_score"] == pytest.approx(again["score"], abs=1e-9)
+    assert abs(extra["ema_val_loss"] - last.val_loss) > 1e-3  # not the live model's score
 
 
 def test_mixup_run_and_schedules(tmp_path) -> None:

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested)
@@ -33,10 +33,42 @@ def layers(phase: int, step: int = 0, lr: float = LR) -> tuple[LayerInfo, ...]:
         if name in trainable:
             depth = ORDER.index(name)
             out.append(LayerInfo(name, params, True, lr=lr * 0.385 ** depth, grad_norm=0.8 / (depth + 1),
-                                 drift=0.001 * step / (depth + 1)))
+                                 drift=0.001 * step / (depth + 1), bn=None if name == "head" else "train"))
         else:
-            out.append(LayerInfo(name, params, False))
+            out.append(LayerInfo(name, params, False, bn=None if name == "head" else "eval"))
     return tuple(out)
+
+
+def steer_events(rows: tuple[LayerInfo, ...], command: SetGroupTrainable | ScaleGroupLR, epoch: int,
+                 global_step: int) -> list[Event]:
+    """What the engine answers a group command with: `CommandApplied`, then the rows as they now are."""
+    out = []
+    for row in rows:
+        if isinstance(command, SetGroupTrainable) and row.name == command.group:
+            depth = ORDER.index(row.name)
+            row = dataclasses.replace(row, trainable=command.trainable, bn="train" if command.trainable else "eval",
+                                      lr=LR * 0.385 ** depth if command.trainable else None, grad_norm=None)
+        elif isinstance(command, ScaleGroupLR) and row.lr is not None and command.group in (None, row.name):
+            row = dataclasses.replace(row, lr=row.lr * command.factor)
+        out.append(row)
+    if isinstance(command, SetGroupTrainable):
+        detail = f"{command.group} {'trainable' if command.trainable else 'frozen (optimizer state kept)'}"
+    else:
+        detail = f"{command.group or 'all groups'} x{command.factor:.3g}"
+    return [LayersChanged(layers=tuple(out), global_step=global_step),
+            CommandApplied(type(command).__name__, epoch, global_step, detail=detail)]
+
+
+def steered_events() -> list[Event]:
+    """The mid run, then layer2 unfrozen out of turn and its LR raised once (x1.5)."""
+    events = mid_run_events()
+    g = 2 * SPE + 10
+    rows = layers(1, g)
+    for command in (SetGroupTrainable("layer2", True), ScaleGroupLR("layer2", 1.5)):
+        more = steer_events(rows, command, 3, g)
+        rows = more[0].layers  # type: ignore[union-attr]
+        events += more
+    return events
 
 
 def run_started(profile: dict[str, Any] | None = None, metric: str = "acc") -> RunStarted:
@@ -89,10 +121,12 @@ def epoch_events(epoch: int, phase: int, steps: int = SPE, with_end: bool = True
 
 
 def unfreeze_events(phase: int, epoch: int, global_step: int) -> list[Event]:
-    return [CommandApplied("UnfreezeNext", epoch, global_step, detail=f"phase {phase + 1}"),
-            PhaseChanged(phase=phase, num_phases=len(PHASES), trainable=PHASES[phase],
+    """The engine's answer to `UnfreezeNext`, in its order: the change, the new layer table, then the confirmation
+    (tests/ui/test_scripted_order.py holds this to the real engine's order)."""
+    return [PhaseChanged(phase=phase, num_phases=len(PHASES), trainable=PHASES[phase],
                          unfrozen=(ORDER[phase],), epoch=epoch, global_step=global_step, reason="manual"),
-            LayersChanged(layers=layers(phase, global_step), global_step=global_step)]
+            LayersChanged(layers=layers(phase, global_step), global_step=global_step),
+            CommandApplied("UnfreezeNext", epoch, global_step)]
 
 
 def mid_run_events() -> list[Event]:
@@ -137,12 +171,15 @@ def phase_lr_events() -> list[Event]:
     trigger with its phase's LR found and applied, and half of epoch 3."""
     head = dataclasses.replace(lr_found(epoch=0, global_step=0), phase=0, path=f"{RUN_DIR}/lr_find_phase1.csv")
     return [run_started(), head,
-            CommandApplied("ApplyLR", 0, 0, detail="phase 1 head LR 0.0032, the finder's suggestion; deeper groups keep their ratios", value=3.2e-3),
+            CommandApplied("ApplyLR", 0, 0, value=3.2e-3,
+                           detail="phase 1 head LR 0.0032, the finder's suggestion; deeper groups keep their ratios"),
             *epoch_events(1, 0), *epoch_events(2, 0),
             PhaseChanged(phase=1, num_phases=len(PHASES), trainable=PHASES[1], unfrozen=("layer4",), epoch=2,
                          global_step=2 * SPE, reason="epochs"),
             phase_lr_found(wait_s=0.0),
-            CommandApplied("ApplyLR", 2, 2 * SPE, detail="phase 2 head LR 0.0011, chosen in the dashboard (suggested 0.0032); deeper groups keep their ratios", value=1.1e-3),
+            CommandApplied("ApplyLR", 2, 2 * SPE, value=1.1e-3,
+                           detail="phase 2 head LR 0.0011, chosen in the dashboard (suggested 0.0032); deeper groups "
+                                  "keep their ratios"),
             LayersChanged(layers=layers(1, 2 * SPE, lr=1.1e-3), global_step=2 * SPE),
             *epoch_events(3, 1, steps=10, with_end=False)]
 
@@ -215,7 +252,7 @@ def failed_events() -> list[Event]:
 
 
 class ScriptedEngine:
-    """A fake `run_training`: emits `prefix`, then answers commands like the real engine would.
+    """A fake `run_training`: emits `prefix`, then answers commands like the real engine would, in its order.
 
     With `gate` clear, commands are received (recorded) but not acknowledged, so a test can look at the screen
     between the key press and the confirming event.
@@ -230,6 +267,7 @@ class ScriptedEngine:
         self.started = threading.Event()
         self.ended = threading.Event()
         self.phase = next((e.phase for e in reversed(self.prefix) if isinstance(e, PhaseChanged)), 0)
+        self.rows = next((e.layers for e in reversed(self.prefix) if isinstance(e, (LayersChanged, RunStarted))), ())
 
     def __call__(self, profile: Any, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
                  interactive: bool = True, resume: Path | None = None) -> Event:
@@ -273,10 +311,16 @@ class ScriptedEngine:
             emit(lr_found(3, g))
             emit(CommandApplied("FindLR", 3, g, detail=f"{command.steps} steps, weights restored"))
         elif isinstance(command, ApplyLR):
-            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}", value=command.lr))
             emit(LayersChanged(layers=layers(self.phase, g, lr=command.lr), global_step=g))
+            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}", value=command.lr))
+        elif isinstance(command, (SetGroupTrainable, ScaleGroupLR)):
+            events = steer_events(self.rows, command, 3, g)
+            self.rows = events[0].layers  # type: ignore[union-attr]
+            for event in events:
+                emit(event)
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
+            emit(CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, g))
             end = finished()
             emit(end)
             return end

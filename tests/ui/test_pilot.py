@@ -15,7 +15,7 @@ from textual.widgets import OptionList, Static
 
 from tests.ui import scripted
 from tuitune.config import profile_from_dict
-from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
+from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.engine.events import to_json
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import DashboardScreen
@@ -28,7 +28,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE = profile_from_dict({"model": {"name": "resnet18"}, "data": {"kind": "synthetic"}})
 
 
-async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 3.0) -> None:
+async def until(pilot: Pilot, cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Wait for `cond` (event driven: it returns as soon as `cond` holds). The timeout only bounds a failing test,
+    so it is generous: a loaded CI box must not fail a test that would pass."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -71,7 +73,8 @@ async def test_unfreeze_flips_table_only_after_the_engine_confirms() -> None:
         assert "unfreeze next phase" in str(app.screen.query_one(StatusBar).render())  # shown as pending
         engine.gate.set()
         await until(pilot, lambda: table.state_of("layer3") == "● train")
-        assert dash(app).state.phase == 2 and not dash(app).state.pending
+        assert dash(app).state.phase == 2
+        await until(pilot, lambda: not dash(app).state.pending)  # the confirmation follows the change
         await pilot.press("s")
         await until(pilot, lambda: on_screen(app, SummaryScreen))
         await pilot.press("q")
@@ -99,7 +102,7 @@ async def test_key_reaches_control_and_screen_follows_confirmation(key: str, com
             assert "manual" in dash(app).state.checkpoints
 
 
-async def test_quit_during_live_run_asks_then_ends_worker_within_2s() -> None:
+async def test_quit_during_live_run_asks_then_stops_the_worker() -> None:
     engine = scripted.ScriptedEngine(scripted.mid_run_events())
     app = live_app(engine)
     async with app.run_test() as pilot:
@@ -108,12 +111,11 @@ async def test_quit_during_live_run_asks_then_ends_worker_within_2s() -> None:
         await until(pilot, lambda: on_screen(app, ConfirmQuitScreen))
         await pilot.press("n")
         await until(pilot, lambda: on_screen(app, DashboardScreen))
-        assert not engine.ended.is_set()
-        t0 = time.monotonic()
+        assert not engine.ended.is_set()  # "n": the run goes on
         await pilot.press("q", "y")
-        await until(pilot, engine.ended.is_set, timeout=2.0)
-        assert time.monotonic() - t0 < 2.0
+        await until(pilot, engine.ended.is_set)  # the stop request reached the engine, which ended its run
     assert app.return_code == 130
+    assert dash(app).state.finished is not None and dash(app).state.finished.status == "interrupted"
 
 
 async def test_plateau_prompt_yes_sends_unfreeze() -> None:
@@ -126,6 +128,24 @@ async def test_plateau_prompt_yes_sends_unfreeze() -> None:
         await pilot.press("y")
         await until(pilot, lambda: engine.received == [UnfreezeNext()])
         assert isinstance(app.screen, DashboardScreen)
+
+
+@pytest.mark.parametrize("key, answer", [("y", [UnfreezeNext(), Resume()]), ("n", [Resume()])])
+async def test_a_waiting_plateau_question_resumes_the_run_with_the_answer(key: str, answer: list) -> None:
+    """The demo's plateau question holds the run (status paused) until answered: y unfreezes and resumes, n only
+    resumes."""
+    import dataclasses
+
+    events = scripted.plateau_events()
+    events[-1] = dataclasses.replace(events[-1], waiting=True)
+    engine = scripted.ScriptedEngine(events)
+    app = live_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
+        assert dash(app).state.status == "paused"
+        await pilot.press(key)
+        await until(pilot, lambda: engine.received == answer)
+        await until(pilot, lambda: dash(app).state.status == "running")
 
 
 async def test_worker_failure_shows_error_screen_and_app_stays_alive() -> None:
@@ -221,3 +241,66 @@ async def test_command_palette_lists_dashboard_actions() -> None:
         assert set(COMMAND_LABELS) == {c.__name__ for c in get_args(Command)}
         await pilot.press("l")
         assert dash(app).log_scale
+
+
+async def test_x_key_toggles_the_whole_planned_span() -> None:
+    """The plots follow the run; `x` shows the whole planned span, `x` again follows the run."""
+    from tuitune.ui.widgets import MetricPlot
+
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=None)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: dash(app).state.epoch == 3)
+        plots = list(app.screen.query(MetricPlot))
+        follow = (0.0, 4.0)  # epoch 2.5 of 6: plus one epoch, rounded up
+        await until(pilot, lambda: all(p.x_span == follow for p in plots))
+        await pilot.press("x")
+        await until(pilot, lambda: all(p.x_span == (0.0, float(scripted.EPOCHS)) for p in plots))
+        await pilot.press("x")
+        await until(pilot, lambda: all(p.x_span == follow for p in plots))
+
+
+MODAL_CASES = {  # modal -> (events that open it, keys pressed first, the answer's id)
+    "lr_finder": (lambda: [*scripted.mid_run_events(), scripted.lr_found()], (), "#lr-text"),
+    "plateau": (scripted.plateau_events, (), "#question"),
+    "quit": (scripted.mid_run_events, ("q",), "#question"),
+    "error": (scripted.failed_events, (), "#cause"),
+}
+
+
+@pytest.mark.parametrize("name", list(MODAL_CASES))
+async def test_every_modal_fits_80x24_with_its_answer_and_keys(name: str) -> None:
+    """At 80x24 each modal shows its answer and its keys line whole: inside the terminal and inside the dialog's
+    box (a child laid out past the box's bottom is clipped away)."""
+    from textual.containers import Vertical
+    from textual.screen import ModalScreen
+
+    events, keys, answer = MODAL_CASES[name]
+    app = TuituneApp("replay", events=events(), control=Control())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.dashboard is not None and dash(app).state.events_seen == len(events()))
+        for key in keys:
+            await pilot.press(key)
+        await until(pilot, lambda: isinstance(app.screen, ModalScreen) and bool(app.screen.children))
+        await pilot.pause()
+        screen = app.screen
+        box = screen.query_one(Vertical).region
+        for selector in (answer, ".keys"):
+            region = screen.query_one(selector).region
+            assert region.height > 0 and screen.region.contains_region(region), (selector, region)
+            assert box.contains_region(region), (selector, region, box)
+
+
+async def test_the_first_run_hint_says_what_the_keys_do_until_one_is_used() -> None:
+    engine = scripted.ScriptedEngine(scripted.mid_run_events())
+    app = live_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: engine.started.is_set() and dash(app).state.epoch == 3)
+        hint = app.screen.query_one("#hint", Static)
+        assert hint.display and hint.region.height == 1
+        assert text_of(hint).startswith("u unfreeze next phase · f find LR · p pause · s stop")
+        await pilot.press("p")
+        await until(pilot, lambda: not hint.display)
+    replay = TuituneApp("replay", events=scripted.mid_run_events())
+    async with replay.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not replay.screen.query_one("#hint", Static).display  # a replay steers nothing

@@ -95,3 +95,32 @@ def test_dashboard_regression(snap_compare) -> None:
 def test_dashboard_extras(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.extras_events(), control=Control())
     assert snap_compare(app, terminal_size=(120, 40))
+
+
+# Every modal at 80x24, the smallest supported terminal: its answer and its keys must be on screen.
+
+def test_lr_finder_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_plateau_prompt_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_quit_confirm_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.mid_run_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24), press=["q"])
+
+
+def test_error_screen_80x24(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_dashboard_group_selected(snap_compare, size: tuple[int, int]) -> None:
+    """layer2 unfrozen out of turn and its LR raised (x1.5), then selected with the cursor (down x3)."""
+    app = TuituneApp("replay", events=scripted.steered_events(), control=Control())
+    assert snap_compare(app, terminal_size=size, press=["down", "down", "down"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_fold_mid_run() -> None:
     assert s.status == "running" and s.phase == 1 and s.epoch == 3 and s.step == 10
     assert [layer.name for layer in s.layers if layer.trainable] == ["layer4", "head"]
     assert len(s.val_loss) == 2 and len(s.train_loss) == 25
-    assert [m.kind for m in s.markers] == ["command", "phase"] and s.markers[0].x == 2.0
+    assert [m.kind for m in s.markers] == ["phase", "command"] and s.markers[0].x == 2.0
     assert s.checkpoints == {"best": f"{scripted.RUN_DIR}/best.pt"}
     assert s.best_val_score is not None and s.best_val_score == max(p[1] for p in s.val_score)
     assert eta_s(s) is not None and eta_s(s) > 0
@@ -219,3 +220,35 @@ def test_summary_names_scores_by_metric_and_shows_compression() -> None:
     out = text(summary_renderable(done))
     assert "pruned + fine-tuned" in out and "24.05 MB" in out and f"export   {scripted.RUN_DIR}/export" in out
     assert "per-class accuracy" in out
+
+
+def test_eta_after_resume_uses_the_steps_and_time_since_the_resume() -> None:
+    """6 epochs of 20 steps. Resumed at step 40 after 100 s; 20 more steps took 10 s since the resume: 60 steps
+    left at 0.5 s a step is 30 s (the whole 110 s over the 20 new steps would say 330 s)."""
+    resumed = scripted.run_started()
+    resumed = dataclasses.replace(resumed, start_epoch=2, start_step=40, start_elapsed_s=100.0)
+    s = fold([resumed, MetricsUpdated(3, 20, 60, 0.5, 0.8, (3e-3,), 800.0, 110.0)])
+    assert eta_s(s) == 30.0
+    # resumed in mid-epoch, at step 50 (epoch 3, step 10): 10 steps in 10 s since then, 60 left
+    resumed = dataclasses.replace(resumed, start_step=50)
+    s = fold([resumed, MetricsUpdated(3, 20, 60, 0.5, 0.8, (3e-3,), 800.0, 110.0)])
+    assert eta_s(s) == 60.0
+    # a fresh run: from step 0 and its own elapsed time; 20 steps in 10 s, 100 left
+    s = fold([scripted.run_started(), MetricsUpdated(1, 20, 20, 0.5, 0.8, (3e-3,), 800.0, 10.0)])
+    assert eta_s(s) == 50.0
+
+
+def test_x_axis_follows_the_run_and_can_show_the_whole_plan() -> None:
+    """200 planned epochs, 3 done: the curves get the plot (epochs 0-4), not its left fiftieth; `whole` is 0-200."""
+    from tuitune.ui.reducer import x_range
+
+    start = dataclasses.replace(scripted.run_started(), epochs=200)
+    s = fold([start, MetricsUpdated(4, 0, 3 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 10.0)])
+    assert x_range(s) == (0.0, 4.0)
+    assert x_range(s, whole=True) == (0.0, 200.0)
+    s = reduce(s, MetricsUpdated(101, 0, 100 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 300.0))
+    assert x_range(s) == (0.0, 125.0)  # a margin of a quarter of the way so far
+    s = reduce(s, MetricsUpdated(200, 0, 190 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 600.0))
+    assert x_range(s) == (0.0, 200.0)  # never past the plan
+    resumed = dataclasses.replace(start, start_epoch=50, start_step=50 * scripted.SPE)
+    assert x_range(fold([resumed])) == (50.0, 51.0)  # a resumed session starts where it resumed

@@ -52,7 +52,7 @@ async def test_f_finds_lr_then_a_applies_the_suggestion_after_confirmation() -> 
         assert lr_cell(app) == "3.0e-03"  # unchanged until the engine confirms
         engine.gate.set()
         await until(pilot, lambda: lr_cell(app) == "3.2e-03")
-        assert not dash(app).state.pending
+        await until(pilot, lambda: not dash(app).state.pending)  # the confirmation follows the new layer table
         assert "applied: apply LR (head lr 3.2e-03)" in dash(app).state.log[-1].text
 
 

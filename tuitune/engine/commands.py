@@ -52,7 +52,26 @@ class ApplyLR:
     lr: float
 
 
-Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint, FindLR, ApplyLR]
+@dataclass(frozen=True)
+class SetGroupTrainable:
+    """Freeze (`trainable=False`) or unfreeze one layer group, whatever the phase. A frozen group keeps its
+    optimizer state (it is only skipped); unfrozen again, it trains on from that state."""
+
+    group: str
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class ScaleGroupLR:
+    """Multiply one layer group's base LR by `factor`; every group's (and those still to join) when `group` is
+    None. The schedule and warm-ups keep acting on top of it."""
+
+    group: str | None
+    factor: float
+
+
+Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint, FindLR, ApplyLR, SetGroupTrainable,
+                ScaleGroupLR]
 
 
 class Control:

@@ -24,6 +24,7 @@ class LayerInfo:
     lr: float | None = None
     grad_norm: float | None = None
     drift: float | None = None  # ||w - w0|| / ||w0|| since the run started
+    bn: str | None = None  # the group's BatchNorm layers: "train" or "eval" (running statistics frozen); None: none
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class RunStarted:
     # better) or "f1" (multi-label micro-F1).
     metric: str = "acc"
     higher_is_better: bool = True
+    # Where this session starts (non-zero on resume): its global step (mid-epoch too) and the run's elapsed time
+    # then, so a rate (ETA) uses this session's steps over this session's time.
+    start_step: int = 0
+    start_elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class UnfreezeSuggested:
     epochs: int
     next_groups: tuple[str, ...]
     epoch: int
+    waiting: bool = False  # the run is paused until the answer (UnfreezeNext and/or Resume) arrives
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -13,13 +17,15 @@ from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event
 from tuitune.ui.keys import DASHBOARD_KEYS
-from tuitune.ui.runner import LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
+from tuitune.ui.runner import DetachedRunner, LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
 
 if TYPE_CHECKING:
     from tuitune.ui.dashboard import DashboardScreen
 
 class TuituneApp(App[None]):
-    """`mode` is "picker", "train" or "replay". `runner` and `make_run_dir` are injectable for tests."""
+    """`mode` is "picker", "train", "attach" (`run_dir`: a live run process) or "replay". `runner` and
+    `make_run_dir` are injectable for tests; `DetachedRunner()` trains in a run process that outlives the app,
+    the default runner in this process (`--inline`). `runs_dir`: where the picker looks for live runs."""
 
     TITLE = "tuitune"
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
@@ -28,8 +34,9 @@ class TuituneApp(App[None]):
                  out: str | None = None, profile: RunProfile | None = None, run_dir: Path | None = None,
                  resume: Path | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  runner: Runner = default_runner, make_run_dir: RunDirMaker = default_run_dir,
-                 control: Control | None = None) -> None:
+                 control: Control | None = None, runs_dir: Path | None = None) -> None:
         super().__init__()
+        self.runs_dir = runs_dir
         self.mode = mode
         self.profile_dirs = list(profile_dirs)
         self.overrides = list(overrides)
@@ -48,10 +55,14 @@ class TuituneApp(App[None]):
         if self.mode == "picker":
             from tuitune.ui.picker import PickerScreen
 
-            self.push_screen(PickerScreen(self.profile_dirs, self.overrides, self.start_run))
+            self.push_screen(PickerScreen(self.profile_dirs, self.overrides, self.start_run, runs_dir=self.runs_dir,
+                                          attach=self.attach_run))
         elif self.mode == "train":
             assert self.profile is not None
             self.start_run(self.profile, self.run_dir)
+        elif self.mode == "attach":
+            assert self.run_dir is not None
+            self.attach_run(self.run_dir)
         else:
             self.open_dashboard(events=self.events, speed=self.speed, control=self.control)
 
@@ -60,11 +71,35 @@ class TuituneApp(App[None]):
                       make_run_dir=self.make_run_dir)
         self.open_dashboard(run=run, control=self.control)
 
+    def attach_run(self, run_dir: Path) -> None:
+        """Follow a live run process: its history, then live events; every key steers it."""
+        self.open_dashboard(run=LiveRun(profile=None, run_dir=run_dir, runner=DetachedRunner(attach_only=True)))
+
     def open_dashboard(self, **kwargs: object) -> None:
         from tuitune.ui.dashboard import DashboardScreen  # plotext loads here, after the picker's first frame
 
         self.dashboard = DashboardScreen(**kwargs)  # type: ignore[arg-type]
         self.push_screen(self.dashboard)
+        if self.dashboard.detachable:
+            self._watch_hangup()
+
+    def _watch_hangup(self) -> None:
+        """A lost terminal (SIGHUP: the SSH link dropped, the tmux session was killed) is a detach: the run
+        process goes on. Exiting writes to a terminal that is gone, so a timer makes sure this process ends."""
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / no signals here
+            pass
+
+    def hang_up(self) -> None:
+        dashboard = self.dashboard
+        if dashboard is not None and dashboard.detachable and dashboard.control is not None:
+            dashboard.quitting = dashboard.detached = True
+            dashboard.control.request_detach()  # type: ignore[attr-defined]
+        timer = threading.Timer(3.0, os._exit, (0,))
+        timer.daemon = True
+        timer.start()
+        self.exit(return_code=0)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -82,6 +117,9 @@ class TuituneApp(App[None]):
             self.exit(return_code=0)
             return
         code = dashboard.exit_code()
+        if dashboard.live and dashboard.detachable:  # ask: detach, stop the run, or stay
+            dashboard.action_quit_run()
+            return
         if dashboard.live:
             await dashboard.shutdown()
             code = 130

@@ -19,17 +19,18 @@ from textual.containers import Horizontal
 from textual.events import Resize
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
-                                   RunStarted, UnfreezeSuggested)
+                                   RunStarted, SetupProgressed, UnfreezeSuggested)
 from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.lrfinder import LRFinderScreen
-from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
-from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
+from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, LeaveRunScreen, PlateauPromptScreen
+from tuitune.ui.notify import notify_terminal
+from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
 from tuitune.ui.reducer import DashboardState, plot_inputs, reduce, requested
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
@@ -39,6 +40,8 @@ BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a co
 MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big terminal and a slow machine
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
 STOP_TIMEOUT_S = 2.0
+FIRST_RUN_HINT = "u unfreeze next phase · f find LR · p pause · s stop · x span · q quit"
+LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
 EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
 
@@ -54,18 +57,30 @@ class DashboardScreen(Screen[None]):
     DashboardScreen.narrow #bottom { layout: vertical; height: auto; }
     DashboardScreen.narrow LayerTable { width: 100%; height: auto; max-height: 8; border: none; }
     DashboardScreen.narrow EventLog { width: 100%; height: 3; border: none; border-top: solid $primary-darken-2; }
+    DashboardScreen #hint { height: 1; padding: 0 1; background: $boost; color: $text-accent; text-wrap: nowrap;
+                            text-overflow: ellipsis; }
     """
-    BINDINGS = [Binding(k.key, k.action, k.footer) for k in DASHBOARD_KEYS]
+    BINDINGS = [Binding(k.key, k.action, k.footer, show=k.show, key_display=k.display or None)
+                for k in DASHBOARD_KEYS]
 
     def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  control: Control | None = None) -> None:
         super().__init__()
         self.run = run
-        self.control = control if control is not None else (Control() if run is not None else None)
+        # A run in its own process: the worker is its client, and leaving may detach instead of stopping it.
+        self.detachable = run is not None and is_detachable(run.runner)
+        if control is None and run is not None:
+            from tuitune.remote.client import ClientControl
+
+            control = ClientControl() if self.detachable else Control()
+        self.control = control
+        self.in_history = False  # between HistoryStarted and HistoryEnded: the run's past, replayed on attach
+        self.detached = False
         self.initial_events = list(events)
         self.speed = speed
         self.state = DashboardState()
         self.log_scale = False
+        self.whole_span = False  # x axis: follow the run (False) or show every planned epoch (True)
         self.worker: Worker | None = None
         self.quitting = False
         self._plots_dirty = False
@@ -88,10 +103,14 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="bottom"):
             yield LayerTable()
             yield EventLog()
+        # what the keys do, for a newcomer: a live run only (a replay steers nothing), until the first key is used
+        yield Static(FIRST_RUN_HINT, id="hint")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#hint").display = self.run is not None
         self.query_one(LayerTable).border_title = "layers"
+        self.query_one(LayerTable).border_subtitle = "↑↓ select · space freeze · +/- LR"
         self.query_one(EventLog).border_title = "events"
         self._fit(self.app.size.width, self.app.size.height)
         if self.speed > 0 and self.initial_events:
@@ -105,9 +124,12 @@ class DashboardScreen(Screen[None]):
             self.worker = self.run_worker(body, thread=True, name="engine", group="engine", exit_on_error=False)
 
     def on_unmount(self) -> None:
-        """However the app ends, the engine is told to stop, so its thread never outlives the UI for long."""
+        """However the app ends, an in-process engine is told to stop, so its thread never outlives the UI for
+        long; a run in its own process is only detached from (a lost terminal is a detach)."""
         self.quitting = True
-        if self.control is not None:
+        if self.detachable:
+            self.control.request_detach()  # type: ignore[union-attr]
+        elif self.control is not None:
             self.control.request_stop()
         if self._gc_frozen:
             gc.unfreeze()
@@ -130,12 +152,32 @@ class DashboardScreen(Screen[None]):
             self._emit(event)
 
     def on_engine_event_received(self, message: EngineEventReceived) -> None:
+        if self._history_marker(message.event):
+            return
         self._apply(message.event)
-        if isinstance(message.event, (MetricsUpdated, LayersChanged)):
+        if isinstance(message.event, SetupProgressed) and not message.event.finished:
+            self._render_status()  # one Static's text: cheap, and events come at most a few times a second
+        elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once
         self._schedule_draw()
+
+    def _history_marker(self, event: object) -> bool:
+        """A (re)connection to a run process starts its history from scratch; its end makes the screen live."""
+        from tuitune.remote.client import HistoryEnded, HistoryStarted
+
+        if isinstance(event, HistoryStarted):
+            self.in_history, self.state = True, DashboardState()
+            self._plots_dirty = True
+            return True
+        if isinstance(event, HistoryEnded):
+            self.in_history = False
+            self._render_all()
+            if self.state.suggestion is not None:  # the plateau question is still open: ask it now
+                self._ask_unfreeze(self.state.suggestion)
+            return True
+        return False
 
     def _apply(self, event: Event) -> None:
         before = self.state
@@ -144,16 +186,27 @@ class DashboardScreen(Screen[None]):
             self._plots_dirty = any(a is not b for a, b in zip(plot_inputs(before), plot_inputs(self.state)))
         if isinstance(event, RunStarted) and self.run is not None and not self._gc_frozen:
             self._freeze_heap()
+        if self.in_history and not isinstance(event, (RunFinished, RunFailed)):
+            return  # the past: no questions, no LR finder screen, no bell
         if isinstance(event, UnfreezeSuggested):
             self._ask_unfreeze(event)
+            self._ring("plateau", f"{self.state.run_name}: the plateau trigger asks to unfreeze")
         elif isinstance(event, LRFound):
             self._show_lr_finder(event)
         elif isinstance(event, (RunFinished, RunFailed)):
+            if self.run is not None and not self.in_history and not self.quitting:
+                what = "failed" if isinstance(event, RunFailed) else event.status.replace("_", " ")
+                self._ring(what, f"{self.state.run_name}: run {what}")
             self._close_prompt()
             if not self.quitting:
                 screen = (SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished)
                           else ErrorScreen(event))
                 self.call_after_refresh(self.app.push_screen, screen)  # after this screen's layout
+
+    def _ring(self, title: str, body: str) -> None:
+        """The bell and a desktop notification (OSC 9 / OSC 777) on the terminal, for a person who looked away."""
+        if self.run is not None:
+            notify_terminal(self.app, f"tuitune: {title}", body)
 
     def _freeze_heap(self) -> None:
         """The engine has built its model and data: move that heap out of the cyclic GC's sight (`gc.freeze`).
@@ -170,7 +223,10 @@ class DashboardScreen(Screen[None]):
         if event.state == WorkerState.ERROR:
             self._apply(RunFailed(message=f"engine crashed: {event.worker.error}", run_dir=self.state.run_dir))
         elif event.state == WorkerState.SUCCESS:
-            self._apply(RunFailed(message="the engine ended without a final event", run_dir=self.state.run_dir))
+            lost = (f"lost the connection to the run process: `tuitune runs` says whether it lives, "
+                    f"`tuitune attach {self.state.run_dir}` reattaches") if self.detachable else ""
+            self._apply(RunFailed(message=lost or "the engine ended without a final event",
+                                  run_dir=self.state.run_dir))
         else:
             return
         self._render_all()
@@ -188,7 +244,7 @@ class DashboardScreen(Screen[None]):
     def _render_plots(self) -> None:
         self._plots_dirty = False
         for plot in self.query(MetricPlot):
-            plot.show(self.state, self.log_scale)
+            plot.show(self.state, self.log_scale, self.whole_span)
 
     def _render_all(self) -> None:
         self._live_dirty = False
@@ -229,8 +285,15 @@ class DashboardScreen(Screen[None]):
     def live(self) -> bool:
         return self.control is not None and self.state.live and not self.quitting
 
+    def _key_used(self) -> None:
+        """The person found the keys: the hint line has done its work."""
+        hint = self.query_one("#hint")
+        if hint.display:
+            hint.display = False
+
     def send(self, command: Command) -> bool:
         """Put a command on the engine's queue. Nothing on screen changes until the engine confirms it."""
+        self._key_used()
         if not self.live or self.control is None:
             self.notify("No live run to steer.", severity="warning")
             return False
@@ -260,13 +323,47 @@ class DashboardScreen(Screen[None]):
             return
         self.send(FindLR())
 
+    def action_toggle_group(self) -> None:
+        """Freeze the selected group if the engine last said it trains, else unfreeze it."""
+        group = self.query_one(LayerTable).selected
+        row = next((layer for layer in self.state.layers if layer.name == group), None)
+        if row is None:
+            self.notify("Select a layer group first: up/down on the layer table.", severity="warning")
+            return
+        self.send(SetGroupTrainable(group=row.name, trainable=not row.trainable))
+
+    def action_lr_up(self) -> None:
+        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=LR_STEP))
+
+    def action_lr_down(self) -> None:
+        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=1 / LR_STEP))
+
+    def action_clear_selection(self) -> None:
+        self.query_one(LayerTable).unselect()
+
     def action_log_scale(self) -> None:
+        self._key_used()
         self.log_scale = not self.log_scale
         self._render_plots()
 
+    def action_x_span(self) -> None:
+        self._key_used()
+        self.whole_span = not self.whole_span
+        self._render_plots()
+
     def action_quit_run(self) -> None:
+        self._key_used()
         if not self.live:
             self.app.exit(return_code=self.exit_code())
+            return
+        if self.detachable:
+            def leave(answer: str | None) -> None:
+                if answer == "detach":
+                    self.app.call_later(self.detach_and_exit)
+                elif answer == "stop":
+                    self.app.call_later(self.stop_and_exit)
+
+            self.app.push_screen(LeaveRunScreen(), leave)
             return
 
         def answered(yes: bool | None) -> None:
@@ -283,6 +380,8 @@ class DashboardScreen(Screen[None]):
             self._prompt = None
             if yes:
                 self.send(UnfreezeNext())
+            if event.waiting and self.live:  # the engine holds the run until it hears the answer
+                self.send(Resume())
 
         self._prompt = PlateauPromptScreen(event, self.state.metric)
         self.call_after_refresh(self.app.push_screen, self._prompt, answered)
@@ -319,7 +418,7 @@ class DashboardScreen(Screen[None]):
     # ------------------------------------------------------------------------------------------- ending
 
     def exit_code(self) -> int:
-        if self.control is None:  # replay
+        if self.control is None or self.detached:  # replay; or the run goes on without us
             return 0
         if self.state.live:
             return 130
@@ -327,8 +426,10 @@ class DashboardScreen(Screen[None]):
             return 2  # a profile / data / model the user can fix, as the CLI reports it
         return EXIT_CODES.get(self.state.status, 0)
 
-    async def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Ask the engine to stop at its next step and wait (bounded) for the worker to end."""
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Ask the engine to stop at its next step and wait (bounded) for the worker to end (a run process
+        confirms over its socket after saving `last`: it gets longer)."""
+        timeout = timeout if timeout is not None else STOP_TIMEOUT_S * (5 if self.detachable else 1)
         self.quitting = True
         if self.control is not None:
             self.control.request_stop()
@@ -340,6 +441,15 @@ class DashboardScreen(Screen[None]):
                 status="interrupted", reason="quit from the dashboard", epochs=self.state.epoch,
                 global_step=self.state.global_step, best={}, final={}, test=None, phases=(), per_class_acc={},
                 samples_per_s=self.state.samples_per_s, wall_s=self.state.elapsed_s, checkpoints={}))
+
+    async def detach_and_exit(self) -> None:
+        """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
+        self.quitting = self.detached = True
+        self.control.request_detach()  # type: ignore[union-attr]
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.app.exit(return_code=0)
 
     async def stop_and_exit(self) -> None:
         await self.shutdown()

@@ -16,18 +16,35 @@ def _run(app: object) -> int:
     return 0 if code is None else int(code)
 
 
-def open_picker(profile_dirs: list[Path], overrides: list[str], out: str | None) -> int:
-    """`tuitune` with no arguments: pick a profile, then train it in the same app."""
+def _runner(inline: bool) -> object:
+    from tuitune.ui.runner import DetachedRunner, default_runner
+
+    return default_runner if inline else DetachedRunner()
+
+
+def open_picker(profile_dirs: list[Path], overrides: list[str], out: str | None, runs_dir: Path,
+                inline: bool = False) -> int:
+    """`tuitune` with no arguments: pick a profile (or a live run under `runs_dir` to attach to)."""
     from tuitune.ui.app import TuituneApp
 
-    return _run(TuituneApp("picker", profile_dirs=profile_dirs, overrides=overrides, out=out))
+    return _run(TuituneApp("picker", profile_dirs=profile_dirs, overrides=overrides, out=out,
+                           runner=_runner(inline), runs_dir=runs_dir))  # type: ignore[arg-type]
 
 
-def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = None) -> int:
-    """`tuitune train PROFILE`: the dashboard, training in a thread worker."""
+def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = None, inline: bool = False) -> int:
+    """`tuitune train PROFILE`: the dashboard; the run trains in a process of its own that outlives the terminal
+    (the dashboard's worker is its client), or with `inline` in the dashboard's own worker thread."""
     from tuitune.ui.app import TuituneApp
 
-    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume))
+    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume,
+                           runner=_runner(inline)))  # type: ignore[arg-type]
+
+
+def open_attach(run_dir: Path) -> int:
+    """`tuitune attach RUN_DIR`: the dashboard of a live run process, its history first."""
+    from tuitune.ui.app import TuituneApp
+
+    return _run(TuituneApp("attach", run_dir=run_dir))
 
 
 def open_replay(run_dir: Path, speed: float = 0.0) -> int:

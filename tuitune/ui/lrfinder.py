@@ -97,15 +97,16 @@ class LRFinderScreen(ModalScreen["float | None"]):
 
     TICK_S = 1.0
     AUTO_FOCUS = ""  # the keys are the screen's; the input takes focus only on `e`
+    # The box takes a fixed share of the screen and the curve what is left (1fr): the answer and the keys below it
+    # keep their rows down to 80x24, where a fixed-height curve pushed them past the screen's edge.
     DEFAULT_CSS = MODAL_CSS.format(name="LRFinderScreen", border="$accent") + """
-    LRFinderScreen > Vertical { width: 100; }
-    LRFinderScreen LRCurve { height: 20; min-height: 6; }
-    LRFinderScreen #lr-text { margin-top: 1; }
+    LRFinderScreen > Vertical { width: 100; height: 90%; max-height: 36; padding: 0 2; }
+    LRFinderScreen .title { margin-bottom: 0; }
+    LRFinderScreen LRCurve { height: 1fr; min-height: 6; }
+    LRFinderScreen #lr-path { text-wrap: nowrap; text-overflow: ellipsis; }
     LRFinderScreen #lr-countdown { color: $warning; text-style: bold; }
     LRFinderScreen Input { display: none; height: 3; }
     LRFinderScreen Input.editing { display: block; }
-    LRFinderScreen.compact > Vertical { padding: 0 1; }
-    LRFinderScreen.compact .title { margin-bottom: 0; }
     LRFinderScreen.compact #lr-path { display: none; }
     """
     BINDINGS = [
@@ -168,15 +169,11 @@ class LRFinderScreen(ModalScreen["float | None"]):
         self.query_one("#lr-countdown", Static).update(self._countdown_text())
 
     def _fit(self) -> None:
-        """The curve takes what the terminal leaves (80x24 included) instead of pushing the keys off screen: a
-        short terminal drops the padding and the CSV path line."""
-        height = self.app.size.height
-        compact = height < 32
+        """A short terminal (80x24) drops the CSV path line and the plot's title and axis label, so the curve
+        keeps its rows beside the countdown and the keys."""
+        compact = self.app.size.height < 32
         self.set_class(compact, "compact")
-        spare = int(height * 0.9) - (10 if compact else 15) - (1 if self.event.wait_s > 0 else 0)
-        curve = self.query_one(LRCurve)
-        curve.styles.height = max(6, min(20, spare))
-        curve.draw(self.event, compact)
+        self.query_one(LRCurve).draw(self.event, compact)
 
     def on_resize(self) -> None:
         self._fit()

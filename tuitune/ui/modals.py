@@ -63,6 +63,31 @@ class ConfirmQuitScreen(YesNoScreen):
         super().__init__("Quit tuitune?", "A run is live. Stop it at the next step and quit? [y/n]")
 
 
+class LeaveRunScreen(ModalScreen["str | None"]):
+    """`q` on a run in its own process: leave it running (detach), stop it at the next step, or stay."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="LeaveRunScreen", border="$warning")
+    BINDINGS = [
+        Binding("d,enter", "answer('detach')", "Detach"),
+        Binding("s", "answer('stop')", "Stop the run"),
+        Binding("c,escape", "answer(None)", "Cancel"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("Leave the run?", classes="title")
+            yield Static(Text("The run is live in its own process. Detach and let it go on (tuitune attach comes "
+                              "back to it), or stop it at the next step?"), id="question")
+            yield Static(Text.assemble(("d", "bold"), " detach   ", ("s", "bold"), " stop the run   ",
+                                       ("c", "bold"), " cancel"), classes="keys")
+
+    def on_resize(self) -> None:
+        refresh_below(self)
+
+    def action_answer(self, answer: str | None) -> None:
+        self.dismiss(answer)
+
+
 class PlateauPromptScreen(YesNoScreen):
     """Shown on `UnfreezeSuggested`: the plateau trigger asks instead of acting. y sends `UnfreezeNext`."""
 

@@ -19,6 +19,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuitune.config import RunProfile
+from tuitune.remote.runs import RunInfo, clock, live_runs
 from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
 
 
@@ -27,6 +28,23 @@ def entry_label(entry: ProfileEntry) -> Text:
     label = Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
     label.no_wrap, label.overflow = True, "ellipsis"
     return label
+
+
+def run_label(run: RunInfo) -> Text:
+    label = Text.assemble(("▶ ", "bold cyan"), (run.name, "bold"), (f"  live · epoch {run.epoch}", "dim"))
+    label.no_wrap, label.overflow = True, "ellipsis"
+    return label
+
+
+def run_detail(run: RunInfo) -> Group:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for label, value in (("run dir", run.path), ("status", f"live (pid {run.pid})"), ("phase", run.phase),
+                         ("epoch", run.epoch), ("best", run.best), ("started", clock(run.started))):
+        table.add_row(label, Text(value))
+    return Group(Text(f"{run.name}: a live run", "bold underline"), Text("enter attaches to it", "italic"),
+                 Text(), table)
 
 
 def entry_detail(entry: ProfileEntry) -> Group | Text:
@@ -59,12 +77,16 @@ class PickerScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    def __init__(self, dirs: list[Path], overrides: list[str], start: Callable[[RunProfile], None]) -> None:
+    def __init__(self, dirs: list[Path], overrides: list[str], start: Callable[[RunProfile], None], *,
+                 runs_dir: Path | None = None, attach: Callable[[Path], None] | None = None) -> None:
         super().__init__()
         self.dirs = dirs
         self.overrides = overrides
         self.start = start
+        self.runs_dir = runs_dir  # live runs under it are listed first, to attach to
+        self.attach = attach
         self.entries: list[ProfileEntry] = []
+        self.runs: list[RunInfo] = []
 
     def compose(self) -> ComposeResult:
         yield Static("tuitune · pick a profile", id="title")
@@ -81,10 +103,13 @@ class PickerScreen(Screen[None]):
 
     def action_reload(self) -> None:
         self.entries = discover(self.dirs, self.overrides)
+        self.runs = live_runs(self.runs_dir) if self.runs_dir is not None and self.attach is not None else []
         options = self.query_one("#profiles", OptionList)
         options.clear_options()
+        options.add_options([Option(run_label(r), id=f"run{i}") for i, r in enumerate(self.runs)])
         options.add_options([Option(entry_label(e), id=str(i)) for i, e in enumerate(self.entries)])
-        first = next((i for i, e in enumerate(self.entries) if e.ok), 0) if self.entries else None
+        n = len(self.runs)
+        first = next((n + i for i, e in enumerate(self.entries) if e.ok), n) if self.entries else None
         options.highlighted = first
         self._show_detail(first)
         options.focus()
@@ -92,10 +117,20 @@ class PickerScreen(Screen[None]):
     @property
     def highlighted(self) -> ProfileEntry | None:
         index = self.query_one("#profiles", OptionList).highlighted
+        index = None if index is None else index - len(self.runs)
         return self.entries[index] if index is not None and 0 <= index < len(self.entries) else None
+
+    @property
+    def highlighted_run(self) -> RunInfo | None:
+        index = self.query_one("#profiles", OptionList).highlighted
+        return self.runs[index] if index is not None and 0 <= index < len(self.runs) else None
 
     def _show_detail(self, index: int | None) -> None:
         detail = self.query_one("#detail", Static)
+        if index is not None and index < len(self.runs):
+            detail.update(run_detail(self.runs[index]))
+            return
+        index = None if index is None else index - len(self.runs)
         if index is None or not 0 <= index < len(self.entries):
             folders = ", ".join(str(d) for d in self.dirs) or "-"
             detail.update(Text(f"No profiles found.\n\nLooked in: {folders}\nAdd --profiles DIR.", "dim"))
@@ -110,6 +145,10 @@ class PickerScreen(Screen[None]):
         self.action_start()
 
     def action_start(self) -> None:
+        run = self.highlighted_run
+        if run is not None and self.attach is not None:
+            self.attach(Path(run.path))
+            return
         entry = self.highlighted
         if entry is None:
             return

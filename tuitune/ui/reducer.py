@@ -8,12 +8,15 @@ here, and no clock: every time shown is derived from event fields (`elapsed_s`, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
-                                   PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+                                   PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed,
+                                   UnfreezeSuggested, Warned)
+from tuitune.engine.record.progress import progress_text
 from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_score, fmt_sci, score_label
 from tuitune.ui.keys import COMMAND_LABELS
 
@@ -53,6 +56,8 @@ class DashboardState:
     epochs: int = 0
     steps_per_epoch: int = 0
     start_epoch: int = 0
+    start_step: int = 0  # this session's first global step and the run's elapsed time then (resume: non-zero)
+    start_elapsed_s: float = 0.0
     train_size: int = 0
     val_size: int = 0
     classes: tuple[str, ...] = ()
@@ -84,6 +89,7 @@ class DashboardState:
     finished: RunFinished | None = None
     failed: RunFailed | None = None
     trust_remote_code: bool = False
+    setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
     events_seen: int = 0
 
     @property
@@ -162,7 +168,8 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
         start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
         metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
-        global_step=e.start_epoch * e.steps_per_epoch, trust_remote_code=trc)
+        start_step=max(e.start_step, e.start_epoch * e.steps_per_epoch), start_elapsed_s=e.start_elapsed_s,
+        global_step=max(e.start_step, e.start_epoch * e.steps_per_epoch), trust_remote_code=trc)
     s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
     log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
@@ -218,7 +225,8 @@ def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
 
 
 def _suggested(s: DashboardState, e: UnfreezeSuggested) -> DashboardState:
-    return dataclasses.replace(s, suggestion=e, log=_log(s, "info", suggestion_text(e, s.metric)))
+    status = "paused" if e.waiting and s.status in LIVE_STATUSES else s.status  # held until the answer
+    return dataclasses.replace(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
 
 
 def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
@@ -266,8 +274,15 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
                                checkpoints={**s.checkpoints, **e.checkpoints}, log=_log(s, "info", text))
 
 
+def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
+    """The step under way shows on the status bar; a finished one leaves a line in the log."""
+    if e.finished:
+        return dataclasses.replace(s, setup=None, log=_log(s, "info", progress_text(e)))
+    return dataclasses.replace(s, setup=e)
+
+
 def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
-    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None, cache_active=False,
+    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None, cache_active=False, setup=None,
                                run_dir=s.run_dir or e.run_dir, log=_log(s, "error", f"failed: {e.message}"))
 
 
@@ -275,7 +290,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     RunStarted: _run_started, MetricsUpdated: _metrics, EpochEnded: _epoch_ended, PhaseChanged: _phase_changed,
     LayersChanged: _layers_changed, UnfreezeSuggested: _suggested, CommandApplied: _command_applied,
     CheckpointSaved: _checkpoint, Warned: _warned, RunFinished: _finished, RunFailed: _failed,
-    FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed,
+    FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed, SetupProgressed: _setup,
 }
 
 
@@ -352,13 +367,27 @@ def plot_inputs(state: DashboardState) -> tuple[object, ...]:
             state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
 
 
+def x_range(state: DashboardState, whole: bool = False) -> tuple[float, float]:
+    """The plots' x axis, in epochs. By default it follows the run: from where this session started to the current
+    position plus a margin (a quarter of the way so far, at least one epoch), never past the plan, so 200 planned
+    epochs do not squeeze the first few into a sliver. `whole`: the whole planned span."""
+    start, end = float(state.start_epoch), float(state.epochs)
+    now = _x(state, state.global_step)
+    if whole or not state.epochs:
+        return start, max(end, now)
+    ahead = now + max(1.0, 0.25 * (now - start))
+    return start, float(min(max(end, now), max(math.ceil(ahead - 1e-9), start + 1)))
+
+
 def eta_s(state: DashboardState) -> float | None:
-    """Seconds left, from this session's steps and its elapsed time (both from events)."""
+    """Seconds left: the steps still to go at this session's pace, i.e. its steps over its time (after a resume,
+    both counted from the resume: `elapsed_s` is the whole run's)."""
     total = state.epochs * state.steps_per_epoch
-    done = state.global_step - state.start_epoch * state.steps_per_epoch
-    if not state.live or done <= 0 or total <= 0 or state.elapsed_s <= 0:
+    done = state.global_step - state.start_step
+    took = state.elapsed_s - state.start_elapsed_s
+    if not state.live or done <= 0 or total <= 0 or took <= 0:
         return None
-    return state.elapsed_s / done * max(total - state.global_step, 0)
+    return took / done * max(total - state.global_step, 0)
 
 
 def suggestion_text(e: UnfreezeSuggested, metric: str = "acc") -> str:

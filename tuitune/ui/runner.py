@@ -16,7 +16,7 @@ from textual.message import Message
 
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event, MetricsUpdated, RunFailed
+from tuitune.engine.events import Event, MetricsUpdated, RunFailed, SetupProgressed
 
 Emit = Callable[[Event], None]
 
@@ -38,16 +38,47 @@ class EngineEventReceived(Message):
 
     def can_replace(self, message: Message) -> bool:
         # Textual asks the message it is about to handle whether the next queued one may stand for it.
-        return (isinstance(message, EngineEventReceived) and isinstance(self.event, MetricsUpdated)
-                and isinstance(message.event, MetricsUpdated))
+        if not isinstance(message, EngineEventReceived):
+            return False
+        if isinstance(self.event, SetupProgressed):  # a later report of the same step stands for this one
+            return (not self.event.finished and isinstance(message.event, SetupProgressed)
+                    and message.event.task == self.event.task)
+        return isinstance(self.event, MetricsUpdated) and isinstance(message.event, MetricsUpdated)
 
 
 def default_runner(profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
                    interactive: bool = True, resume: Path | None = None) -> Any:
-    """The real engine. Imported here, in the worker thread, so the first frame never waits for torch."""
-    from tuitune.engine.record.session import run_training
+    """The real engine in this process (`--inline`), with the control socket open so others can attach. Imported
+    here, in the worker thread, so the first frame never waits for torch."""
+    from tuitune.remote.host import serve_run
 
-    return run_training(profile, run_dir, emit, control, interactive=interactive, resume=resume)
+    return serve_run(profile, run_dir, emit, control, interactive=interactive, resume=resume, mode="inline")
+
+
+@dataclass(frozen=True)
+class DetachedRunner:
+    """The engine in a run process of its own that outlives the terminal (the default): spawn it, unless
+    `attach_only`, then follow it over its control socket. The worker thread is a client; the dashboard's
+    `Control` is a `ClientControl` (stop = stop the run; detach = leave it running)."""
+
+    attach_only: bool = False
+    detachable: bool = True
+
+    def __call__(self, profile: RunProfile | None, run_dir: Path, emit: Emit, control: Control, *,
+                 interactive: bool = True, resume: Path | None = None) -> Any:
+        from tuitune.remote.client import follow
+
+        process = None
+        if not self.attach_only:
+            from tuitune.remote.spawn import start_run_process
+
+            assert profile is not None
+            process = start_run_process(profile, run_dir, resume=resume, interactive=interactive)
+        return follow(run_dir, emit, control, process=process)
+
+
+def is_detachable(runner: object) -> bool:
+    return bool(getattr(runner, "detachable", False))
 
 
 def default_run_dir(profile: RunProfile, out: str | None) -> Path:
@@ -60,7 +91,7 @@ def default_run_dir(profile: RunProfile, out: str | None) -> Path:
 class LiveRun:
     """What the dashboard needs to start a run in its worker."""
 
-    profile: RunProfile
+    profile: RunProfile | None  # None: attaching to a run that is already going
     run_dir: Path | None = None  # None: the worker creates one with `make_run_dir(profile, out)`
     out: str | None = None
     resume: Path | None = None

@@ -7,6 +7,7 @@ import time
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.app import RenderResult
 from textual.geometry import Region
 from textual.strip import Strip
@@ -15,11 +16,12 @@ from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey
 from textual_plotext import PlotextPlot
 
-from tuitune.engine.events import LayerInfo
+from tuitune.engine.events import LayerInfo, SetupProgressed
+from tuitune.engine.record.progress import progress_text
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
-from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth
+from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth, x_range
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
@@ -84,7 +86,7 @@ def status_text(state: DashboardState) -> Text:
     top = Text.assemble((f" {label} ", style), " ")
     if state.cache_active:
         top.append_text(Text.assemble((f" {CACHE_BADGE[0]} ", CACHE_BADGE[1]), " "))
-    top.append(state.run_name or "waiting for the engine…", "bold")
+    top.append(state.run_name or ("preparing the run…" if state.setup else "waiting for the engine…"), "bold")
     if state.device:
         top.append(f"  {state.device}", "dim")
     if state.trust_remote_code:
@@ -95,6 +97,8 @@ def status_text(state: DashboardState) -> Text:
         top.append(f"  epoch {min(max(state.epoch, 1), state.epochs)}/{state.epochs}")
     if state.steps_per_epoch:
         top.append(f"  step {state.step}/{state.steps_per_epoch}")
+    if state.setup is not None:
+        return Text("\n").join([top, setup_text(state.setup)])
     bottom = Text(f"{state.samples_per_s:,.0f} samples/s  elapsed {fmt_duration(state.elapsed_s)}", "dim")
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
@@ -106,6 +110,19 @@ def status_text(state: DashboardState) -> Text:
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
     return Text("\n").join([top, bottom])  # (the CSS cuts a long line: it never pushes the next one out)
+
+
+def setup_text(e: SetupProgressed, width: int = 20) -> Text:
+    """`⇣ download model.safetensors ██████░░░░ 12.3/45.6 MB  27%  1.2 MB/s`: a setup step's progress line."""
+    icon = {"download": "⇣", "tokenize": "¶", "scan": "⌕", "decode": "▦", "cache": "▤"}.get(e.task, "…")
+    line = Text(f"{icon} {e.task} {e.detail} ", "bold")
+    if e.total:
+        filled = round(width * min(max(e.done / e.total, 0.0), 1.0))
+        line.append("█" * filled, "#4ec96f")
+        line.append("░" * (width - filled) + " ", "dim")
+    body = progress_text(e).removeprefix(f"{e.task} {e.detail}".strip()).strip()
+    line.append(body)
+    return line
 
 
 def log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
@@ -133,39 +150,42 @@ class MetricPlot(Metered, PlotextPlot):
     def __init__(self, metric: str, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
         super().__init__(id=id)
         self.metric = metric  # "loss" or "acc" (the task's score, whatever it is)
+        self.x_span: tuple[float, float] | None = None  # the x axis last drawn
 
     def title(self, state: DashboardState, log_scale: bool) -> str:
         if self.metric == "loss":
             return "loss (log)" if log_scale else "loss"
         return METRIC_TITLES.get(state.metric, state.metric)
 
-    def show(self, state: DashboardState, log_scale: bool = False) -> None:
+    def show(self, state: DashboardState, log_scale: bool = False, whole_span: bool = False) -> None:
+        """Draw the curves; the x axis follows the run (`x_range`), or spans the whole plan with `whole_span`."""
         plt = self.plt
         plt.clear_figure()
         plt.theme("pro")
         plt.title(self.title(state, log_scale))
         log_y = log_scale and self.metric == "loss"
-        right, low, high = 0.0, math.inf, -math.inf
+        low, high = math.inf, -math.inf
         for series in plot_series(state, self.metric):
             points = series.points
             if log_y:  # log10 by hand: plotext's own log scale re-applies itself on every re-render
                 points = tuple((x, math.log10(y)) for x, y in points if y > 0)
             low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
-            right = max(right, max((p[0] for p in points), default=0.0))
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
         self._markers(state, low)
         if state.epochs:
-            plt.xlim(state.start_epoch, max(state.epochs, right))
+            self.x_span = x_range(state, whole_span)
+            plt.xlim(*self.x_span)
         if self.metric == "acc" and is_percent(state.metric):
             plt.ylim(0, 1)
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
 
     def _markers(self, state: DashboardState, bottom: float) -> None:
-        """Commands and LR changes first, phase changes over them (a phase's LR is set at its first step); the loss
-        plot names each LR chosen at the foot of its line (the legend holds the top left)."""
+        """Commands and LR changes first, phase lines last (a manual unfreeze's confirmation and a phase's LR come
+        after its PhaseChanged, at the same x, and the phase line must stay visible); the loss plot names each LR
+        chosen at the foot of its line (the legend holds the top left)."""
         for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
             plt_color = {"phase": PHASE_COLOR, "lr": LR_COLOR}.get(marker.kind, COMMAND_COLOR)
             self.plt.vline(marker.x, plt_color)
@@ -215,6 +235,7 @@ def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
         (fmt_sci(layer.lr) if layer.trainable else "-", "", "right"),
         ("-" if layer.grad_norm is None else f"{layer.grad_norm:.2e}", "", "right"),
         ("-" if layer.drift is None else f"{layer.drift:.2%}", "", "right"),
+        (layer.bn or "-", "#e5c07b" if layer.bn == "train" else "dim", None),
     )
 
 
@@ -226,16 +247,21 @@ class LayerTable(Metered, DataTable):
     """One row per layer group, from state only: it flips when the engine says so, never before.
 
     The same groups in the same order (every update but the first) change in place, cell by cell, and only the
-    cells whose text changed; the columns grow as a rebuild would grow them (they never shrink)."""
+    cells whose text changed; the columns grow as a rebuild would grow them (they never shrink).
+
+    Selection: no group is selected (no cursor shown) until an arrow key is pressed on the table or a row is
+    clicked; the first `up` selects the head (the bottom row), the first `down` the top row; `unselect` (the
+    dashboard's `esc`) hides the cursor again. `selected` is the group the dashboard's `space`, `+` and `-` act on."""
 
     DEFAULT_CSS = """
     LayerTable { height: auto; max-height: 100%; }
     """
 
-    COLUMNS = ("group", "params", "state", "LR", "grad", "drift")
+    COLUMNS = ("group", "params", "state", "LR", "grad", "drift", "BN")
 
     def on_mount(self) -> None:
-        self.cursor_type = "none"
+        self.cursor_type = "row"
+        self.show_cursor = False
         self.zebra_stripes = True
         for name in self.COLUMNS:
             self.add_column(name, key=name)
@@ -258,10 +284,48 @@ class LayerTable(Metered, DataTable):
         self._cells = rows
 
     def _rebuild(self, layers: tuple[LayerInfo, ...], rows: dict[str, tuple[Cell, ...]]) -> None:
+        selected = self.selected
         self.clear()
         for layer in layers:
             self.add_row(*(_text(cell) for cell in layer_cells(layer)), key=layer.name)
         self._cells = rows
+        if selected in rows:  # the same group stays selected
+            self.move_cursor(row=list(rows).index(selected), animate=False)
+        elif selected is not None:
+            self.unselect()
+
+    @property
+    def selected(self) -> str | None:
+        """The selected group's name; None when no cursor is shown."""
+        if not self.show_cursor or not self.row_count:
+            return None
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+
+    def unselect(self) -> None:
+        self.show_cursor = False
+
+    def _select(self, row: int) -> bool:
+        """Show the cursor on `row` if none is shown yet; True when this press did that (and so moved nothing)."""
+        if self.show_cursor or not self.row_count:
+            return False
+        self.move_cursor(row=row, animate=False)
+        self.show_cursor = True
+        return True
+
+    async def _on_click(self, event: events.Click) -> None:
+        """A click on a row selects it (DataTable moves only a cursor already shown)."""
+        meta = event.style.meta
+        if meta.get("row", -1) >= 0 and not meta.get("out_of_bounds", False):
+            self.show_cursor = True
+        await super()._on_click(event)
+
+    def action_cursor_up(self) -> None:
+        if not self._select(self.row_count - 1):
+            super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        if not self._select(0):
+            super().action_cursor_down()
 
     def state_of(self, name: str) -> str:
         """The state cell's plain text for group `name` (for tests and accessibility)."""

@@ -1,13 +1,15 @@
-"""Batches onto the device: one helper for the loop, evaluation, the feature cache, the LR finder and compression,
-kept at the bottom of the data package so none of them reaches it through another."""
+"""Batches: onto the device (one helper for the loop, evaluation, the feature cache, the LR finder and compression),
+and how a loader batches a dataset (its own collate; length-grouped order for text). Kept at the bottom of the data
+package, so none of them reaches it through another."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch.utils.data import Dataset, Subset
 
-__all__ = ["to_device"]
+__all__ = ["collate_for", "length_sampler", "to_device", "unwrap"]
 
 
 def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -17,3 +19,29 @@ def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
     if channels_last and x.ndim == 4:
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
     return x.to(device, non_blocking=True)
+
+
+def unwrap(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
+    """The dataset under a Subset, and the Subset's indices (None when not a Subset)."""
+    if isinstance(dataset, Subset):
+        return dataset.dataset, list(dataset.indices)
+    return dataset, None
+
+
+def collate_for(dataset: Dataset) -> Callable | None:
+    """The dataset's own collate (text: trim to the batch's longest), else None (torch's default)."""
+    return getattr(unwrap(dataset)[0], "collate", None)
+
+
+def length_sampler(dataset: Dataset, batch_size: int, generator: torch.Generator) -> Any:
+    """transformers' LengthGroupedSampler over the texts' real lengths, drawing from the loader's generator, so
+    the order is seeded and a resumed run replays it exactly; None for data without lengths (images)."""
+    base, indices = unwrap(dataset)
+    lengths = getattr(base, "lengths", None)
+    if lengths is None:
+        return None
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    if indices is not None:
+        lengths = lengths[torch.as_tensor(indices, dtype=torch.long)]
+    return LengthGroupedSampler(batch_size, lengths=lengths.tolist(), generator=generator)

@@ -2,7 +2,8 @@
 Which builder a `data.kind` uses is the table in `tuitune.engine.data.kinds` (synthetic data: `synthetic.py`).
 
 `x` is a float tensor [C, H, W] already transformed and normalised (images), or for text a dict of
-`input_ids` / `attention_mask` LongTensors padded to `max_length`, so torch's default collate batches every kind.
+`input_ids` / `attention_mask` LongTensors padded to `max_length`, so torch's default collate batches every kind
+(the run's own loaders then cut each text batch to its longest sequence: `tuitune.engine.data.text`).
 `y` is an int64 scalar. Bad input raises `DataError`: one line naming the file (and the row or key) at fault, so
 the CLI and the UI can show it as-is.
 
@@ -12,7 +13,6 @@ the small sets this tool is aimed at (digits, a few hundred images) are where au
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import os
 from dataclasses import dataclass
@@ -27,8 +27,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.textfiles import Row, encode_targets, read_text_file, strata, target_classes
+from tuitune.engine.data.batches import collate_for, length_sampler
+from tuitune.engine.data.textfiles import read_text_file, target_classes
+from tuitune.engine.events import Event
+from tuitune.engine.record.progress import Progress
 from tuitune.errors import DataError, UserError
+
+Emit = Callable[[Event], None]
+__all__ = ["DataBundle", "TensorImages", "ImageFiles", "make_loaders", "eval_transform", "split_subsets",
+           "split_counts"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -70,10 +77,12 @@ class TensorImages(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files read lazily (real folders can be large); a file PIL cannot read raises DataError naming it."""
+    """Image files read lazily (real folders can be large); a file PIL cannot read raises DataError naming it.
+    `random`: the transform is a random (train-time) one, so its output must not be cached."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], torch.Tensor]):
-        self.samples, self.transform = list(samples), transform
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], torch.Tensor],
+                 random: bool = False):
+        self.samples, self.transform, self.random = list(samples), transform, random
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -81,19 +90,6 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, label = self.samples[i]
         return self.transform(load_rgb(path)), torch.tensor(label, dtype=torch.int64)
-
-
-class TokenizedText(Dataset):
-    """Texts tokenized once into padded tensors, so an epoch is pure indexing."""
-
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> None:
-        self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]}, self.labels[i]
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -218,18 +214,23 @@ def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
 # ------------------------------------------------------------------------------------------------ image folder
 
 
-def scan_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """One subfolder per class (sorted, like torchvision's ImageFolder); image files found recursively."""
+def scan_class_folders(root: Path, emit: Emit | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """One subfolder per class (sorted, like torchvision's ImageFolder); image files found recursively. A folder
+    on a slow disk can take a while: progress counts class folders, with the files found so far."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: data.path: no class folders (expected one subfolder of images per class)")
     samples: list[tuple[Path, int]] = []
+    progress = Progress(emit, "scan", root.name, len(classes), "folders")
     for label, name in enumerate(classes):
         files = sorted(Path(d) / f for d, _, fs in os.walk(root / name, followlinks=True) for f in fs
                        if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
         if not files:
             raise DataError(f"{root / name}: data.path: class folder has no images")
         samples.extend((f, label) for f in files)
+        progress.detail = f"{root.name} ({len(samples):,} images)"
+        progress.advance(1)
+    progress.finish()
     return classes, samples
 
 
@@ -248,7 +249,7 @@ def image_folder_classes(cfg: DataConfig, target: str = "class") -> tuple[str, .
     return tuple(scan_class_folders(root / "train" if (root / "train").is_dir() else root)[0])
 
 
-def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
+def build_image_folder(cfg: DataConfig, data_config: dict, seed: int, emit: Emit | None = None) -> DataBundle:
     """`root/{train,val[,test]}/<class>/*` as given, or `root/<class>/*` split by the seeded fractions."""
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
@@ -257,19 +258,19 @@ def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBun
     if (root / "train").is_dir():
         if not (root / "val").is_dir():
             raise DataError(f"{root / 'val'}: data.path: a train/ folder needs a val/ folder beside it")
-        classes, train_samples = scan_class_folders(root / "train")
+        classes, train_samples = scan_class_folders(root / "train", emit)
         splits: list[Dataset | None] = [ImageFiles(train_samples, transform)]
         for split in ("val", "test"):
             if not (root / split).is_dir():
                 splits.append(None)
                 continue
-            split_classes, samples = scan_class_folders(root / split)
+            split_classes, samples = scan_class_folders(root / split, emit)
             _same_classes(root, split, split_classes, classes)
             splits.append(ImageFiles(samples, transform))
         train, val, test = splits
         assert train is not None and val is not None
     else:
-        classes, samples = scan_class_folders(root)
+        classes, samples = scan_class_folders(root, emit)
         labels = np.array([label for _, label in samples], dtype=np.int64)
         train, val, test = split_subsets(ImageFiles(samples, transform), labels, cfg, seed, str(root))
     return DataBundle(train, val, test, tuple(classes),
@@ -278,52 +279,9 @@ def build_image_folder(cfg: DataConfig, data_config: dict, seed: int) -> DataBun
 
 # ------------------------------------------------------------------------------------------------ text
 
-def tokenize(tokenizer: Any, texts: list[str], labels: list[int] | torch.Tensor, max_length: int) -> TokenizedText:
-    """Tokenize everything once, padded to max_length, so default_collate stacks batches."""
-    try:
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-    except ValueError as e:  # e.g. a tokenizer without a padding token
-        raise UserError(f"tokenizer: {(str(e).splitlines() or [''])[0]}") from None
-    targets = labels if isinstance(labels, torch.Tensor) else torch.as_tensor(labels, dtype=torch.int64)
-    return TokenizedText(enc["input_ids"].long(), enc["attention_mask"].long(), targets)
-
-
 def text_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
     rows = read_text_file(Path(cfg.path).expanduser(), "path", cfg.text_column, cfg.label_column)
     return target_classes(rows, target)
-
-
-def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, target: str = "class") -> DataBundle:
-    """Train file, plus `val_path` / `test_path` files where given; a split without its own file is cut from the
-    train file by the seeded fractions. Classes (or labels) come from the train file alone."""
-    path = Path(cfg.path).expanduser()
-    train_rows = read_text_file(path, "path", cfg.text_column, cfg.label_column)
-    classes = target_classes(train_rows, target)
-
-    def encode(rows: list[Row], file: Path) -> TokenizedText:
-        targets = encode_targets(rows, target, classes, file)
-        return tokenize(tokenizer, [t for _, t, _ in rows], targets, max_length)
-
-    def encode_file(key: str) -> Dataset | None:
-        if not getattr(cfg, key):
-            return None
-        file = Path(getattr(cfg, key)).expanduser()
-        return encode(read_text_file(file, key, cfg.text_column, cfg.label_column), file)
-
-    train: Dataset = encode(train_rows, path)
-    val, test = encode_file("val_path"), encode_file("test_path")
-    if val is None or (test is None and cfg.test_fraction > 0):
-        split = dataclasses.replace(cfg, val_fraction=cfg.val_fraction if val is None else 0.0,
-                                    test_fraction=cfg.test_fraction if test is None else 0.0)
-        train, split_val, split_test = split_subsets(train, strata(train.labels), split, seed, str(path))
-        val = val if val is not None else split_val
-        test = test if test is not None else split_test
-    return DataBundle(train, val, test, classes, f"text {path.name}: {len(classes)} {_noun(target)}, "
-                                                 f"{split_counts(train, val, test)}")
-
-
-def _noun(target: str) -> str:
-    return {"value": "target", "multi": "labels"}.get(target, "classes")
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -339,16 +297,22 @@ def resolve_num_workers(num_workers: int, device_type: str) -> int:
     return min(8, (os.cpu_count() or 2) // 2)
 
 
-def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str,
-                 seed: int) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str, seed: int,
+                 group_by_length: bool = False,
+                 pad_to_max_length: bool = False) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader shuffled by a seeded generator (same order for the same seed); val/test in order, with
-    twice the batch size since they keep no activations for backward."""
+    twice the batch size since they keep no activations for backward. Text batches are cut to their longest
+    sequence (unless `pad_to_max_length`); `group_by_length` (text) shuffles into batches of similar lengths,
+    from the same generator."""
+    collate = (lambda ds: None) if pad_to_max_length else collate_for
     workers = resolve_num_workers(num_workers, device_type)
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": device_type == "cuda",
                               "persistent_workers": workers > 0}
-    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=True, drop_last=False,
-                       generator=torch.Generator().manual_seed(seed), **common)
-    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, **common)
-    test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, **common)
-            if bundle.test is not None else None)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = length_sampler(bundle.train, batch_size, gen) if group_by_length else None
+    train = DataLoader(bundle.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                       drop_last=False, generator=gen, collate_fn=collate(bundle.train), **common)
+    val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.val), **common)
+    test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.test),
+                       **common) if bundle.test is not None else None)
     return train, val, test

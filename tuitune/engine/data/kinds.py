@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tuitune.config import DataConfig, ModelConfig
-from tuitune.engine.data import datasets, synthetic
+from tuitune.engine.data import datasets, synthetic, text
 from tuitune.engine.data.datasets import DataBundle
+from tuitune.engine.events import Event
 from tuitune.errors import DataError, UserError
 
 __all__ = ["BuildInputs", "DataKind", "KINDS", "build_datasets", "class_names", "data_kind", "input_task"]
@@ -21,7 +22,8 @@ __all__ = ["BuildInputs", "DataKind", "KINDS", "build_datasets", "class_names", 
 class BuildInputs:
     """What a builder may need from the model and the run: `task` is "image" or "text"; `data_config` is timm's
     resolved data config (input_size, mean, std, interpolation, crop_pct); `target` is "class", "value"
-    (regression) or "multi" (multi-label), see `tuitune.engine.train.scoring`."""
+    (regression) or "multi" (multi-label), see `tuitune.engine.train.scoring`; `emit` gets `SetupProgressed` for
+    the long parts (a folder scan, tokenization)."""
 
     task: str
     data_config: dict
@@ -29,6 +31,7 @@ class BuildInputs:
     max_length: int = 128
     seed: int = 0
     target: str = "class"
+    emit: Callable[[Event], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class DataKind:
 def _build_synthetic(cfg: DataConfig, a: BuildInputs) -> DataBundle:
     # looked up on the module at call time, so a benchmark may share one build across runs by patching it
     if a.task == "text":
-        return synthetic.build_synthetic_text(cfg, a.tokenizer, a.max_length, a.seed, a.target)
+        return synthetic.build_synthetic_text(cfg, a.tokenizer, a.max_length, a.seed, a.target, a.emit)
     return synthetic.build_synthetic_images(cfg, a.data_config, a.seed, a.target)
 
 
@@ -52,9 +55,9 @@ KINDS: dict[str, DataKind] = {
                        build=lambda cfg, a: datasets.build_digits(cfg, a.data_config, a.seed),
                        transform=datasets.DIGITS_TRANSFORM),
     "image_folder": DataKind(classes=datasets.image_folder_classes, reads="image", class_targets_only=True,
-                             build=lambda cfg, a: datasets.build_image_folder(cfg, a.data_config, a.seed)),
+                             build=lambda cfg, a: datasets.build_image_folder(cfg, a.data_config, a.seed, a.emit)),
     "text": DataKind(classes=datasets.text_classes, reads="text",
-                     build=lambda cfg, a: datasets.build_text(cfg, a.tokenizer, a.max_length, a.seed, a.target)),
+                     build=lambda cfg, a: text.build_text(cfg, a.tokenizer, a.max_length, a.seed, a.target, a.emit)),
     "synthetic": DataKind(classes=synthetic.synthetic_classes, reads="either", build=_build_synthetic),
 }
 
@@ -94,7 +97,8 @@ def input_task(data: DataConfig, model: ModelConfig) -> str:
 
 
 def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: Any = None,
-                   max_length: int = 128, seed: int = 0, target: str = "class") -> DataBundle:
+                   max_length: int = 128, seed: int = 0, target: str = "class",
+                   emit: Callable[[Event], None] | None = None) -> DataBundle:
     """Build train / val / (test) datasets for `cfg.kind` (see `BuildInputs` for the arguments)."""
     if task not in ("image", "text"):
         raise ValueError(f"task must be 'image' or 'text', got {task!r}")
@@ -104,4 +108,4 @@ def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: 
     if task == "text" and tokenizer is None:
         raise UserError("data.kind: text data needs the model's tokenizer, and none was given")
     _check_target(cfg, kind, target)
-    return kind.build(cfg, BuildInputs(task, data_config, tokenizer, max_length, seed, target))
+    return kind.build(cfg, BuildInputs(task, data_config, tokenizer, max_length, seed, target, emit))

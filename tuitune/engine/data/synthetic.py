@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.datasets import DataBundle, TensorImages, split_counts, split_subsets, tokenize
+from tuitune.engine.data.datasets import DataBundle, TensorImages, split_counts, split_subsets
+from tuitune.engine.data.text import tokenize
 from tuitune.errors import UserError
 
 
@@ -56,7 +57,7 @@ def _vocab_words(tokenizer: Any) -> list[str]:
 
 
 def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int,
-                         target: str = "class") -> DataBundle:
+                         target: str = "class", emit: Any = None) -> DataBundle:
     """Short texts whose words come mostly from a per-class word list (plus shared filler words)."""
     rng = np.random.default_rng(seed)
     words = _vocab_words(tokenizer)
@@ -71,7 +72,7 @@ def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed:
     pools = [vocab[int(a)] + (vocab[int(b)] if b >= 0 else []) for a, b in zip(first, second)]
     texts = [" ".join(rng.choice(pool) if rng.random() < 0.7 else rng.choice(filler)
                       for _ in range(int(rng.integers(4, 9)))) for pool in pools]
-    full = tokenize(tokenizer, texts, targets, max_length)
+    full = tokenize(tokenizer, texts, targets, max_length, emit, "synthetic")
     train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
     return DataBundle(train, val, test, synthetic_classes(cfg, target),
                       f"synthetic text: {cfg.num_classes} classes, {split_counts(train, val, test)}")

@@ -5,8 +5,11 @@ parameter must land in exactly one group, ordered from the input (stem / embeddi
 group named "head"). timm models describe their own grouping (`group_matcher`); transformers models are split
 generically around their largest list of layers, with no per-architecture tables.
 
-The product runs offline: nothing here downloads. A missing cache or a wrong name is a `ModelError`, one line that
-says how to fix it. This module imports torch and timm at the top; it is only imported when a run starts.
+Pretrained weights come from the standard Hugging Face cache; when they are missing and the hub is reachable (not
+`HF_HUB_OFFLINE=1` / `--offline`), `tuitune.engine.model.hub` fetches them first, with progress as events, and the
+model is then built with the hub switched off. A missing cache, a failed download or a wrong name is a `ModelError`,
+one line that says how to fix it. This module imports torch and timm at the top; it is only imported when a run
+starts.
 The Hugging Face half lives in `tuitune.engine.model.hf`; the types both halves share (groups, `Backbone`,
 `ModelError`) in `tuitune.engine.model.groups`.
 """
@@ -15,39 +18,39 @@ from __future__ import annotations
 
 import difflib
 import warnings
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm / huggingface_hub read it
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from tuitune.config import ModelConfig  # noqa: E402
-from tuitune.engine.model.groups import (Backbone, LayerGroup, ModelError, check_partition,  # noqa: E402
-                                         first_line, unique_groups)
-from tuitune.engine.model.hf import HFClassifier, build_hf, hf_groups, hf_inner  # noqa: E402
+from tuitune.config import ModelConfig
+from tuitune.engine.model import hub
+from tuitune.engine.model.groups import Backbone, LayerGroup, ModelError, check_partition, first_line, unique_groups
+from tuitune.engine.model.hf import HFClassifier, build_hf, hf_groups, hf_inner, hf_location
 
 __all__ = ["Backbone", "HFClassifier", "LayerGroup", "ModelError", "build_backbone", "layer_groups", "layer_table"]
 
 
-def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coarse: bool = True) -> Backbone:
-    """Build the model named by `cfg` with a `num_classes` head, its layer groups and its input settings."""
+def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coarse: bool = True,
+                   emit: hub.Emit | None = None) -> Backbone:
+    """Build the model named by `cfg` with a `num_classes` head, its layer groups and its input settings;
+    `emit` receives the download's `SetupProgressed` events when weights must be fetched first."""
     if task not in ("image", "text"):
         raise ModelError(f"task: unknown task {task!r} (expected image or text)")
-    _offline()
-    if cfg.source == "timm":
-        if task != "image":
-            raise ModelError(f"model.source: timm models are image models; use source = \"hf\" for {task}")
-        model, data_config, note, source_head = _build_timm(cfg, num_classes)
-        tokenizer = None
-    elif cfg.source == "hf":
-        model, data_config, tokenizer, note = build_hf(cfg, num_classes, task)
-        source_head = None
-    else:
+    if cfg.source not in ("timm", "hf"):
         raise ModelError(f"model.source: unknown source {cfg.source!r} (expected timm or hf)")
+    if cfg.source == "timm" and task != "image":
+        raise ModelError(f"model.source: timm models are image models; use source = \"hf\" for {task}")
+    _fetch(cfg, emit)
+    with hub.hub_off():
+        if cfg.source == "timm":
+            model, data_config, note, source_head = _build_timm(cfg, num_classes)
+            tokenizer = None
+        else:
+            model, data_config, tokenizer, note = build_hf(cfg, num_classes, task)
+            source_head = None
     total = sum(p.numel() for p in model.parameters())
     size = f"{total / 1e6:.1f}M" if total >= 100_000 else f"{total / 1e3:.1f}K"
     description = f"{cfg.source} {cfg.name} ({size} params){note}"
@@ -75,18 +78,21 @@ def layer_table(groups: Iterable[LayerGroup], trainable: set[str] | None = None)
             for g in groups]
 
 
-# ---------------------------------------------------------------------------------------------------- offline
+# ---------------------------------------------------------------------------------------------------- the hub
 
-def _offline() -> None:
-    """Keep the hub offline unless the user said otherwise. huggingface_hub reads the variable once at import,
-    so when something imported it earlier the constant is brought in line too."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if _is_true(os.environ["HF_HUB_OFFLINE"]):
-        try:
-            from huggingface_hub import constants
-            constants.HF_HUB_OFFLINE = True
-        except ImportError:  # pragma: no cover
-            pass
+def _fetch(cfg: ModelConfig, emit: hub.Emit | None) -> None:
+    """Fetch what the build will read from the hub (nothing when cached, offline, or a local file / folder)."""
+    try:
+        if cfg.source == "timm" and cfg.pretrained and not cfg.weights and cfg.name:
+            import timm
+
+            if cfg.name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(cfg.name):
+                hub.fetch_timm(cfg.name, emit)
+        elif cfg.source == "hf" and cfg.name and not cfg.weights:
+            hub.fetch_hf(hf_location(cfg.name), emit, weights=cfg.pretrained)
+    except hub.DownloadFailed as e:
+        raise ModelError(f"model.pretrained: download failed: {e} (a partial file is never used; retry, or "
+                         f"set model.weights to a local file)") from e
 
 
 # ------------------------------------------------------------------------------------------------------ timm
@@ -143,9 +149,8 @@ def _no_timm_cache(name: str) -> ModelError:
 
 
 def _check_timm_url_cache(name: str) -> None:
-    """Weights hosted at a plain URL go through torch.hub, which ignores HF_HUB_OFFLINE: fail fast instead."""
-    if not _is_true(os.environ.get("HF_HUB_OFFLINE", "")):
-        return
+    """Weights hosted at a plain URL go through torch.hub, which ignores HF_HUB_OFFLINE: after the fetch step
+    (which downloads them when the hub is on), a miss means offline and not cached: fail fast instead."""
     try:
         from timm.models import get_pretrained_cfg
         from timm.models._builder import _resolve_pretrained_source, check_cached_file
@@ -195,7 +200,9 @@ def _load_weights(model: nn.Module, path: str, name: str,
     own = model.state_dict()
     heads = _classifier_names(model)
     is_head = lambda k: any(k == h or k.startswith(h + ".") for h in heads)  # noqa: E731
-    body = [k for k in own if not is_head(k)]
+    # parameters and running statistics: BatchNorm's `num_batches_tracked` counters are used by no forward pass
+    # (momentum is set), so a file without them (most published ones) is complete
+    body = [k for k in own if not is_head(k) and not k.endswith("num_batches_tracked")]
     bad = [k for k in body if k not in sd or sd[k].shape != own[k].shape]
     if len(bad) * 2 > len(body):
         raise ModelError(f"model.weights: {path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "
@@ -284,7 +291,3 @@ def _child_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     elif named:
         named[-1] = ("head", named[-1][1])
     return named
-
-
-def _is_true(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")

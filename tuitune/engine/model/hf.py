@@ -64,7 +64,7 @@ def build_hf(cfg: ModelConfig, num_classes: int, task: str) -> tuple[nn.Module, 
 
     if cfg.weights:
         raise ModelError("model.weights: only for timm models; for hf set model.name to a local model folder")
-    name = _hf_location(cfg.name)
+    name = hf_location(cfg.name)
     config = _hf_call(name, lambda: tf.AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code))
     apply_config_overrides(config, cfg.kwargs)
     size = cfg.img_size or _image_size(config)
@@ -124,7 +124,7 @@ def _quiet_transformers() -> Iterator[None]:
             tf_logging.enable_progress_bar()
 
 
-def _hf_location(name: str) -> str:
+def hf_location(name: str) -> str:
     """A local folder must hold config.json; anything else that looks like a path must exist."""
     if not name:
         raise ModelError("model.name: empty (a local Hugging Face model folder or a hub id)")

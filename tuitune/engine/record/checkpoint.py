@@ -92,6 +92,24 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[s
     optimizer.load_state_dict({"param_groups": ordered, "state": state})
 
 
+def numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state (timm's `Mixup` draws from it) as plain values and a tensor, so that the state file
+    still loads with `weights_only=True` (a numpy array would not)."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `numpy_rng_state`."""
+    import numpy as np
+
+    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                         state["cached_gaussian"]))
+
+
 def save_checkpoint(directory: Path, tag: str, model: torch.nn.Module, state: dict[str, Any]) -> Path:
     """Write `<tag>.safetensors` (weights) and `<tag>.state.pt` (everything needed to resume). Returns the
     weights path.

@@ -8,27 +8,25 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tuitune.engine.train.lr_sweep import LRCurve, curve_to_csv, lr_sweep
+from tuitune.engine.train.lr_sweep import LRCurve, curve_to_csv, sweep_run
 
 __all__ = ["find_lr_for_profile", "text_plot"]
 
 
-def find_lr_for_profile(profile: Any, out_dir: Path, **sweep: Any) -> tuple[LRCurve, Path]:
-    """`tuitune lr-find`: build the run's parts and its phase-0 optimizer exactly as training would, sweep the
-    phase-0 trainable groups, write `lr_find.csv` (and `lr_find.json`, the suggestion) into `out_dir`."""
+def find_lr_for_profile(profile: Any, out_dir: Path, emit: Any = None, **sweep: Any) -> tuple[LRCurve, Path]:
+    """`tuitune lr-find`: build the run's parts, phase-0 optimizer and objective exactly as training would, sweep
+    the phase-0 trainable groups (`sweep_run`, the dashboard's recipe too), write `lr_find.csv` (and
+    `lr_find.json`, the suggestion) into `out_dir`. `emit` gets the setup's progress (download, tokenization)."""
     import json
 
-    import torch.nn.functional as F
-
-    from tuitune.engine.train import strategy
+    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import build_parts
     from tuitune.engine.train.trainer_state import TrainerState
 
-    parts = build_parts(profile, out_dir)
-    state = TrainerState(parts, profile, out_dir, emit=lambda e: None)
-    curve = lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device,
-                     train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
-                     autocast=parts.autocast, **sweep)
+    parts = build_parts(profile, out_dir, emit)
+    objective = Objective(profile, parts)
+    state = TrainerState(parts, profile, out_dir, emit=lambda e: None, objective=objective)
+    curve = sweep_run(profile, parts, state, objective, **sweep)
     path = curve_to_csv(curve, out_dir / "lr_find.csv")
     (out_dir / "lr_find.json").write_text(json.dumps({
         "suggestion": curve.suggestion, "method": curve.method, "steep": curve.steep, "valley": curve.valley,

@@ -17,8 +17,8 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+                                     SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.data.batches import to_device
@@ -50,7 +50,7 @@ class Trainer:
                  interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.interactive, self.after_run = interactive, after_run
-        self.parts: RunParts = build_parts(profile, run_dir)
+        self.parts: RunParts = build_parts(profile, run_dir, emit)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
         self.cache = FeatureCache(self.parts)
@@ -70,7 +70,8 @@ class Trainer:
             phases=p.phases, phase=st.phase, epochs=self.profile.train.epochs, steps_per_epoch=p.steps_per_epoch,
             train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
             profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings,
-            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better))
+            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better,
+            start_step=st.global_step, start_elapsed_s=st.elapsed()))
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
@@ -99,49 +100,67 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- epoch
     def _train_epoch(self) -> dict[str, float] | None:
         p, st, cfg = self.parts, self.st, self.profile.train
-        model, device = p.model, p.device
+        model, device, k = p.model, p.device, cfg.accumulate_steps
         strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
         self._refresh_cache()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
         window, seen = RunningSums(device, obj.scorer), 0
+        micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's batches (accumulation)
         batches = self.cache.batches() if self.cache.active else ((x, y, False) for x, y in p.train_loader)
-        for step, (x, y, cached) in enumerate(batches, start=1):
+        for i, (x, y, cached) in enumerate(batches):
+            step = i // k + 1  # the optimizer step this batch belongs to (1-based within the epoch)
             if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
                 continue
-            if step > p.steps_per_epoch:
+            if i >= p.micro_per_epoch:
                 break
+            size = min(k, p.micro_per_epoch - (step - 1) * k)  # batches in this step (the epoch's last: fewer)
             # fetch the batch onto the device (Mixup/CutMix there, when asked)
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
                 out, aux = (self.cache.head(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
-            # backward, clip, non-finite check (a device flag), step, schedule
-            st.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            finite = self._clip_and_check(loss)
-            st.apply_lr()
-            st.optimizer.step()
-            st.guard.after_step(st.optimizer)
-            obj.after_step(model, st.global_step)  # the EMA of the weights
-            st.global_step += 1
-            st.step_in_epoch = step
-            # accumulate metrics on the device (a non-finite step adds nothing)
-            batch = window.batch(loss, out, y, finite)
-            st.epoch_sums.add_batch(batch)
-            window.add_batch(batch)
+            # backward: gradients add up over the step's batches, each loss scaled as a share of one big batch
+            if not micro:
+                st.optimizer.zero_grad(set_to_none=True)
+            (loss / size if size > 1 else loss).backward()
+            micro.append((loss.detach(), out.detach(), y))
             seen += y.shape[0]
+            if len(micro) < size:
+                continue
+            self._optimizer_step(micro, window)
+            micro = []
+            st.step_in_epoch = step
             # every N steps: the one host sync, and events
             if step % cfg.log_every == 0:
                 self._read_window(window, step)
             # commands, pause, stop: at the step boundary
             if not self._between_steps():
-                return None
+                if self.stop_status[0] != "stopped_early":  # interrupted: leave now, no validation
+                    return None
+                break  # `s`: the epoch ends here, validated and recorded like any other
         st.skip_steps = 0
         loss, score, (bad,) = st.epoch_sums.read(st.guard.bad)
         self._settle(bad)
         return {"loss": loss, "score": score, "samples": seen}
+
+    def _optimizer_step(self, micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                        window: RunningSums) -> None:
+        """Clip, non-finite check (a device flag), step, schedule, EMA; then the step's batches into the running
+        sums on the device (a non-finite step adds nothing)."""
+        st = self.st
+        loss = micro[0][0] if len(micro) == 1 else torch.stack([m[0] for m in micro]).mean()
+        finite = self._clip_and_check(loss)
+        st.apply_lr()
+        st.optimizer.step()
+        st.guard.after_step(st.optimizer)
+        self.obj.after_step(self.parts.model, st.global_step)  # the EMA of the weights
+        st.global_step += 1
+        for m_loss, out, y in micro:
+            batch = window.batch(m_loss, out, y, finite)
+            st.epoch_sums.add_batch(batch)
+            window.add_batch(batch)
 
     def _clip_and_check(self, loss: torch.Tensor) -> torch.Tensor:
         """Clip, then flag the step on the device; under `train.on_nonfinite = "skip"` a flagged step's gradients
@@ -205,7 +224,9 @@ class Trainer:
                              is_best=is_best, extra=more))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         if is_best:
-            st.save("best")
+            st.save("best", ema=self.profile.train.ema_for_best)
+        if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
+            return
         st.save("last")
         if st.early_stop_reason():
             self.stop_status = ("stopped_early", st.early_stop_reason())
@@ -215,7 +236,7 @@ class Trainer:
     def _refresh_cache(self) -> None:
         """Build the feature cache when this phase allows it; drop it when it no longer does."""
         st, cache = self.st, self.cache
-        reason = why_not(self.profile, self.parts, self.parts.phases[st.phase])
+        reason = why_not(self.profile, self.parts, st.trainable)
         if not reason and not cache.active:
             t0 = time.perf_counter()
             cache.build()
@@ -241,17 +262,33 @@ class Trainer:
         elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
             self._suggested_phase = st.phase
             self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                        next_groups=self.parts.next_groups(st.phase), epoch=st.epoch))
+                                        next_groups=tuple(g for g in self.parts.next_groups(st.phase)
+                                                          if g not in st.trainable), epoch=st.epoch,
+                                        waiting=cfg.plateau_wait))
+            if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
+                self._wait_for_answer()
+
+    def _wait_for_answer(self) -> None:
+        """Paused until the plateau question is answered. A "no" (Resume alone) keeps the phase and asks again
+        after another `plateau_patience` flat epochs, so the run pauses for the person again."""
+        phase = self.st.phase
+        self.paused = True
+        self._between_steps()
+        if self.st.phase == phase and self.stop_status is None:
+            self.st.plateau.stale = 0
+            self._suggested_phase = -1
 
     def next_phase(self, reason: str) -> bool:
         st = self.st
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
+        # in mid-epoch (`u`) too: the groups just unfrozen train their BatchNorm layers from the next step
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
             self._refresh_cache()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
-                               trainable=self.parts.phases[st.phase], unfrozen=added, epoch=st.epoch,
+                               trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
         self.emit(st.layers_changed(with_grad=False))
         if self.profile.strategy.phase_lr == "find":
@@ -265,9 +302,8 @@ class Trainer:
         `wait_s` to answer with an `ApplyLR`; the engine waits here, at a step boundary, watching its stop flag."""
         st, cfg = self.st, self.profile.strategy
         wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
-        found = find_lr_in_run(self.parts, st, self.obj.train_loss, steps=cfg.phase_lr_steps,
-                               seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
-                               freeze_bn=cfg.freeze_bn, out_dir=self.run_dir, phase=st.phase, wait_s=wait_s)
+        found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=cfg.phase_lr_steps,
+                               out_dir=self.run_dir, phase=st.phase, wait_s=wait_s)
         self.emit(found)
         lr, how = found.suggestion, "the finder's suggestion"
         if wait_s > 0:
@@ -325,15 +361,22 @@ class Trainer:
             path = st.save("manual")
             detail = str(path) if path is not None else "not saved: the weights are not finite"
         elif isinstance(command, FindLR):
-            found = find_lr_in_run(self.parts, st, self.obj.train_loss, steps=command.steps,
-                                   seed=self.profile.train.seed, batch_size=self.profile.data.batch_size,
-                                   freeze_bn=self.profile.strategy.freeze_bn, out_dir=self.run_dir)
+            found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=command.steps,
+                                   out_dir=self.run_dir)
             self.emit(found)
             detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "
                       f"curve in {Path(found.path).name}")
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
             detail, value = f"head LR {command.lr:.3g}; deeper groups keep their ratios", command.lr
+            self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, SetGroupTrainable):
+            detail = st.set_group_trainable(command.group, command.trainable)
+            if self.cache.active and why_not(self.profile, self.parts, st.trainable):
+                self._refresh_cache()  # a group below the head trains now: drop the cache (rebuilt at an epoch start)
+            self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, ScaleGroupLR):
+            detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail, value=value))

@@ -31,13 +31,16 @@ from torch.utils.data import DataLoader
 
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import LRFound
+from tuitune.engine.record.checkpoint import numpy_rng_state, set_numpy_rng_state
 from tuitune.engine.train import strategy
 
 if TYPE_CHECKING:
+    from tuitune.config import RunProfile
+    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
     from tuitune.engine.train.trainer_state import TrainerState
 
-__all__ = ["LRCurve", "curve_to_csv", "find_lr_in_run", "lr_sweep", "scale_lrs", "suggest"]
+__all__ = ["LRCurve", "curve_to_csv", "find_lr_in_run", "lr_sweep", "scale_lrs", "suggest", "sweep_run"]
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,11 @@ class LRCurve:
 class _Snapshot:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    training: bool
+    training: dict[str, bool]  # each module's mode: frozen BatchNorm layers stay in eval mode in a training model
     rng_torch: torch.Tensor
     rng_cuda: list[torch.Tensor]
     rng_python: Any
+    rng_numpy: dict[str, Any]
     loader_gen: torch.Tensor | None
 
 
@@ -73,10 +77,12 @@ def _take(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> _S
     gen = getattr(loader, "generator", None)
     return _Snapshot(
         model={k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()},
-        optimizer=copy.deepcopy(optimizer.state_dict()), training=model.training,
+        optimizer=copy.deepcopy(optimizer.state_dict()),
+        training={name: m.training for name, m in model.named_modules()},
         rng_torch=torch.get_rng_state(),
         rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        rng_python=random.getstate(), loader_gen=gen.get_state() if gen is not None else None)
+        rng_python=random.getstate(), rng_numpy=numpy_rng_state(),
+        loader_gen=gen.get_state() if gen is not None else None)
 
 
 def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> None:
@@ -86,11 +92,13 @@ def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer
     optimizer.load_state_dict(snap.optimizer)
     for p in model.parameters():
         p.grad = None
-    model.train(snap.training)
+    for name, module in model.named_modules():
+        module.training = snap.training[name]
     torch.set_rng_state(snap.rng_torch)
     if snap.rng_cuda:
         torch.cuda.set_rng_state_all(snap.rng_cuda)
     random.setstate(snap.rng_python)
+    set_numpy_rng_state(snap.rng_numpy)  # Mixup/CutMix draws
     if snap.loader_gen is not None:
         loader.generator.set_state(snap.loader_gen)
 
@@ -111,9 +119,11 @@ def _batches(loader: Any) -> Iterator[Any]:
 def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, loss_fn: Callable, device: Any, *,
              start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smooth: float = 0.98,
              diverge: float = 4.0, train_mode: Callable[[nn.Module], None] | None = None,
-             autocast: Callable[[], AbstractContextManager] | None = None) -> LRCurve:
+             autocast: Callable[[], AbstractContextManager] | None = None,
+             targets: Callable[[Any, Any], tuple[Any, Any]] | None = None) -> LRCurve:
     """Sweep the LR exponentially from `start_lr` to `end_lr` over `steps` optimizer steps; stop once the smoothed
-    loss exceeds `diverge` x its best. Everything is restored afterwards, also on error or interrupt."""
+    loss exceeds `diverge` x its best. `targets(x, y)` turns a device batch into what the loss scores (Mixup/CutMix).
+    Everything is restored afterwards, also on error or interrupt."""
 
     if not 0 < start_lr < end_lr or steps < 2:
         raise ValueError("lr_sweep: need 0 < start_lr < end_lr and steps >= 2")
@@ -130,6 +140,8 @@ def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, lo
                 group["lr"] = lr * ratio
             x, y = next(batches)
             x, y = to_device(x, device), y.to(device)
+            if targets is not None:
+                x, y = targets(x, y)
             with (autocast or nullcontext)():
                 loss = loss_fn(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -222,16 +234,26 @@ def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------------------- inside a run
 
-def find_lr_in_run(parts: RunParts, st: TrainerState, loss_fn: Callable, *, steps: int, seed: int,
-                   batch_size: int, freeze_bn: bool, out_dir: Path, phase: int = -1, wait_s: float = 0.0) -> LRFound:
+def sweep_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective,
+              **sweep: Any) -> LRCurve:
+    """The one LR-finder recipe, for `tuitune lr-find` and the dashboard's `f`: the run's model and optimizer (the
+    current phase's param groups) scored by the run's own objective (its loss on its targets, Mixup/CutMix
+    included), over a fresh shuffle of the train split seeded by the run's seed and step, so the run's own loader
+    is never advanced."""
+    gen = torch.Generator().manual_seed(profile.train.seed + st.global_step)
+    loader = DataLoader(parts.bundle.train, batch_size=profile.data.batch_size, shuffle=True, generator=gen)
+    return lr_sweep(parts.model, st.optimizer, loader, objective.train_loss, parts.device,
+                    train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
+                    autocast=parts.autocast, targets=objective.targets, **sweep)
+
+
+def find_lr_in_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective, *, steps: int,
+                   out_dir: Path, phase: int = -1, wait_s: float = 0.0) -> LRFound:
     """The `FindLR` command, and `strategy.phase_lr = "find"` at a phase's start (`phase`, and the `wait_s` a person
-    has to answer): sweep the current phase's LR from a snapshot (restored afterwards), with the run's own training
-    loss, and write the curve; the `LRFound` event says what it found."""
-    gen = torch.Generator().manual_seed(seed + st.global_step)
-    loader = DataLoader(parts.bundle.train, batch_size=batch_size, shuffle=True, generator=gen)
+    has to answer): sweep the current phase's LR from a snapshot (restored afterwards) with the recipe
+    `tuitune lr-find` uses, and write the curve; the `LRFound` event says what it found."""
     current = st.head_base_lr()
-    curve = lr_sweep(parts.model, st.optimizer, loader, loss_fn, parts.device, steps=steps,
-                     train_mode=lambda m: strategy.set_train_mode(m, freeze_bn), autocast=parts.autocast)
+    curve = sweep_run(profile, parts, st, objective, steps=steps)
     st.apply_lr()  # the sweep restored the optimizer; put this step's scheduled LRs back
     name = f"lr_find_phase{phase + 1}.csv" if phase >= 0 else f"lr_find_step{st.global_step}.csv"
     path = curve_to_csv(curve, out_dir / name)

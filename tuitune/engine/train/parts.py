@@ -7,13 +7,15 @@ import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from tuitune.config import ModelConfig, RunProfile
+from tuitune.engine.events import Event
 from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
+from tuitune.engine.data.image_cache import cache_images
 from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, make_loaders
 from tuitune.engine.data.kinds import build_datasets, class_names, input_task
@@ -33,11 +35,15 @@ class RunParts:
     val_loader: Any
     test_loader: Any
     plan: strategy.PhasePlan  # the phases and each one's LR scale
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimizer steps
     warnings: tuple[str, ...]
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
     forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
     channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
+    micro_per_epoch: int = 0  # batches per epoch: `steps_per_epoch` x `train.accumulate_steps`, the last step short
+
+    def __post_init__(self) -> None:
+        self.micro_per_epoch = self.micro_per_epoch or self.steps_per_epoch
 
     @property
     def phases(self) -> tuple[tuple[str, ...], ...]:
@@ -100,41 +106,56 @@ def _shield_workers(*loaders: Any) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Python's, torch's and numpy's global RNGs (timm's `Mixup` draws from numpy's)."""
+    import numpy as np
+
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def build_parts(profile: RunProfile, run_dir: Path) -> RunParts:
+def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None] | None = None) -> RunParts:
+    """Build everything before the first step; `emit` gets `SetupProgressed` for the long parts (a download, an
+    image folder scan, tokenization), so no setup step runs silently."""
     seed_everything(profile.train.seed)
     device = resolve_device(profile.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     target = target_kind(profile.loss.kind)
     classes = class_names(profile.data, target)
-    backbone = build_backbone(model_config(profile), len(classes), task=input_task(profile.data, profile.model),
-                              coarse=profile.strategy.coarse)
+    task = input_task(profile.data, profile.model)
+    if profile.data.group_by_length and task != "text":
+        raise UserError("data.group_by_length: only for text data (images all have the same size)")
+    backbone = build_backbone(model_config(profile), len(classes), task=task, coarse=profile.strategy.coarse,
+                              emit=emit)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
     if channels_last:
         backbone.model.to(memory_format=torch.channels_last)
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
                             tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed,
-                            target=target)
+                            target=target, emit=emit)
+    warnings = []
     if backbone.task == "image":
         bundle = augment_train(bundle, backbone.data_config, profile.augment)
+        bundle, note = cache_images(bundle, profile.data.cache_images, emit)
+        warnings += [note] if note else []
     train_loader, val_loader, test_loader = make_loaders(
         bundle, batch_size=profile.data.batch_size, num_workers=profile.data.num_workers,
-        device_type=device.type, seed=profile.train.seed)
+        device_type=device.type, seed=profile.train.seed, group_by_length=profile.data.group_by_length,
+        pad_to_max_length=profile.data.pad_to_max_length)
     _shield_workers(train_loader, val_loader, test_loader)
-    steps = len(train_loader)
+    k = profile.train.accumulate_steps
+    micro = len(train_loader)
     if profile.train.max_steps_per_epoch:
-        steps = min(steps, profile.train.max_steps_per_epoch)
+        micro = min(micro, profile.train.max_steps_per_epoch * k)
+    steps = -(-micro // k)  # optimizer steps: every k batches, and the epoch's remainder
     plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
-    warnings = []
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
                     val_loader=val_loader, test_loader=test_loader, plan=plan, steps_per_epoch=steps,
+                    micro_per_epoch=micro,
                     warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device),
                     forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
                     channels_last=channels_last)

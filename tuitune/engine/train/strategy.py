@@ -81,10 +81,11 @@ def phase_due(cfg: StrategyConfig, *, interactive: bool, phase: int, num_phases:
               total_epochs: int, phase_start_epoch: int, stale_epochs: int) -> str:
     """Is the next phase due after this epoch? "" when not; else the trigger that makes it due, "epochs" or
     "plateau" (the loop moves on, or, with a person watching, asks first for a plateau). Without a person a
-    `manual` trigger falls back to `strategy.fallback`. Pure: the loop passes in where the run stands."""
+    `manual` or `plateau` trigger (nobody to press `u` or answer the question) falls back to `strategy.fallback`.
+    Pure: the loop passes in where the run stands."""
     if phase + 1 >= num_phases or epoch >= total_epochs:
         return ""
-    trigger = cfg.fallback if cfg.trigger == "manual" and not interactive else cfg.trigger
+    trigger = cfg.fallback if cfg.trigger in ("manual", "plateau") and not interactive else cfg.trigger
     if trigger == "epochs" and epoch - phase_start_epoch >= cfg.every_epochs:
         return "epochs"
     if trigger == "plateau" and stale_epochs >= cfg.plateau_patience:
@@ -114,6 +115,29 @@ def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
             own = list(module.parameters(recurse=False))
             if own and not any(p.requires_grad for p in own):
                 module.eval()
+
+
+def batchnorms_by_group(model: torch.nn.Module, groups: Sequence[LayerGroup]) -> dict[str, list[torch.nn.Module]]:
+    """The BatchNorm layers (with affine parameters) of each layer group, found by their parameters' names."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    owner = {n: g.name for g in groups for n in g.param_names}
+    out: dict[str, list[torch.nn.Module]] = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, _BatchNorm):
+            names = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+            group = next((owner[n] for n in names if n in owner), None)
+            if group is not None:
+                out.setdefault(group, []).append(module)
+    return out
+
+
+def bn_mode(modules: Sequence[torch.nn.Module]) -> str | None:
+    """"train" when any of a group's BatchNorm layers updates its running statistics, "eval" when none does,
+    None when the group has none (the layer table's BN column)."""
+    if not modules:
+        return None
+    return "train" if any(m.training for m in modules) else "eval"
 
 
 def group_lr(base_lr: float, names: Sequence[str], group: str, decay: float) -> float:

@@ -50,7 +50,8 @@ class TrainerState:
         self.class_report: dict[str, dict[str, float]] = {}  # last val epoch's per-class precision / recall / F1
         self.phase_log: list[dict[str, Any]] = []
         up = scorer.higher_is_better  # the `*_score` metrics carry the task's score (RMSE is lower-is-better)
-        self.best = MetricWatch(profile.train.checkpoint_metric, score_higher=up)
+        ema_best = profile.train.ema_for_best and profile.train.ema_decay > 0  # the EMA model's val metric
+        self.best = MetricWatch(("ema_" if ema_best else "") + profile.train.checkpoint_metric, score_higher=up)
         self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta, score_higher=up)
         es = profile.early_stopping
         self.early = MetricWatch(es.metric, es.min_delta, score_higher=up)
@@ -68,7 +69,13 @@ class TrainerState:
         self._params = dict(parts.model.named_parameters())  # looked up at every metric read: built once
         self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
         self._in_optimizer: list[str] = []
-        strategy.set_trainable(parts.model, parts.groups, parts.phases[0])
+        # The groups that train now: the phase's, as changed since by `SetGroupTrainable` (a phase change adds
+        # the groups its phase adds; a group frozen by hand stays frozen). Per-group LR factors set by
+        # `ScaleGroupLR`, for the groups that join the optimizer later (those in it carry theirs in `base_lr`).
+        self.trainable: tuple[str, ...] = ()
+        self.group_scale: dict[str, float] = {}
+        self._bn = strategy.batchnorms_by_group(parts.model, parts.groups)
+        self._set_trainable(parts.phases[0])
         self.optimizer = strategy.build_optimizer(
             self._param_groups(parts.phases[0]), name=profile.train.optimizer, lr=profile.train.lr,
             weight_decay=profile.train.weight_decay, momentum=profile.train.momentum)
@@ -82,21 +89,40 @@ class TrainerState:
                                        lr_decay=s.lr_decay, weight_decay=t.weight_decay)
         for g in groups:
             g["joined_step"] = self.global_step  # a newly unfrozen group may warm up on its own
+            scale = self.group_scale.get(g["layer_group"], 1.0)
+            g["base_lr"], g["lr"] = g["base_lr"] * scale, g["lr"] * scale
         return groups
 
+    def _set_trainable(self, names: tuple[str, ...] | list[str]) -> None:
+        """Make exactly `names` trainable (kept in the model's group order), with frozen BatchNorm in eval mode."""
+        wanted = set(names)
+        self.trainable = tuple(g.name for g in self.parts.groups if g.name in wanted)
+        strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable)
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+
+    def _join(self, names: tuple[str, ...] | list[str]) -> None:
+        """Groups that just became trainable: new param groups for those never in the optimizer; those frozen by
+        hand before (still in it, their state kept) start their unfreeze warm-up again from this step."""
+        added = [n for n in names if n not in self._in_optimizer]
+        strategy.add_groups(self.optimizer, self._param_groups(added))
+        self._in_optimizer.extend(added)
+        for group in self.optimizer.param_groups:
+            if group["layer_group"] in names and group["layer_group"] not in added:
+                group["joined_step"] = self.global_step
+
     def _phase_entry(self, index: int) -> dict[str, Any]:
-        return {"index": index, "groups": list(self.parts.phases[index]), "start_epoch": self.epoch, "epochs": 0,
+        return {"index": index, "groups": list(self.trainable), "start_epoch": self.epoch, "epochs": 0,
                 "best_val_score": None, "time_s": 0.0}
 
     def enter_phase(self, index: int) -> tuple[str, ...]:
-        """Make `phases[index]` trainable; the groups not yet in the optimizer join it as new param groups."""
-        names = self.parts.phases[index]
-        strategy.set_trainable(self.parts.model, self.parts.groups, names)
+        """Unfreeze the groups `phases[index]` adds to the phase before (groups frozen or unfrozen by hand keep
+        their state); those not yet in the optimizer join it as new param groups. Returns the groups unfrozen."""
+        before = set(self.parts.phases[index - 1]) if index else set()
+        added = tuple(n for n in self.parts.phases[index] if n not in before and n not in self.trainable)
+        self._set_trainable((*self.trainable, *added))
         if self.parts.plan.lr_scales[index] != 1.0:
             self.scale_lr(self.parts.plan.lr_scales[index])
-        added = tuple(n for n in names if n not in self._in_optimizer)
-        strategy.add_groups(self.optimizer, self._param_groups(added))
-        self._in_optimizer.extend(added)
+        self._join(added)
         self.phase, self.phase_start_epoch = index, self.epoch
         self.plateau.reset()
         self.phase_log.append(self._phase_entry(index))
@@ -113,6 +139,40 @@ class TrainerState:
             group["base_lr"] *= factor
         self.apply_lr()
 
+    def set_group_trainable(self, name: str, trainable: bool) -> str:
+        """Freeze or unfreeze one group (`SetGroupTrainable`); returns what happened, for the event log. A frozen
+        group stays in the optimizer, skipped (no gradient) with its state kept; the phase index is unchanged."""
+        if name not in {g.name for g in self.parts.groups}:
+            return f"unknown group {name!r}: nothing changed"
+        if (name in self.trainable) == trainable:
+            return f"{name} was already {'trainable' if trainable else 'frozen'}"
+        if not trainable and self.trainable == (name,):
+            return f"{name} is the only trainable group: not frozen"
+        if not trainable:
+            self._set_trainable(tuple(n for n in self.trainable if n != name))
+            return f"{name} frozen (optimizer state kept)"
+        joined = name not in self._in_optimizer
+        self._set_trainable((*self.trainable, name))
+        self._join((name,))
+        self.apply_lr()
+        how = "new param group" if joined else "optimizer state kept"
+        return f"{name} trainable ({how}), LR {self.group_lrs()[name]:.2e}"
+
+    def scale_group_lr(self, name: str | None, factor: float) -> str:
+        """`ScaleGroupLR`: one group's base LR times `factor` (every group's, later ones included, for None)."""
+        if name is None:
+            self.scale_lr(factor)
+            return f"all groups x{factor:.3g}"
+        if name not in {g.name for g in self.parts.groups}:
+            return f"unknown group {name!r}: nothing changed"
+        self.group_scale[name] = self.group_scale.get(name, 1.0) * factor
+        for group in self.optimizer.param_groups:
+            if group["layer_group"] == name:
+                group["base_lr"] *= factor
+        self.apply_lr()
+        lr = self.group_lrs().get(name)
+        return f"{name} x{factor:.3g}" + (f", LR {lr:.2e}" if lr is not None and name in self.trainable else "")
+
     def head_base_lr(self) -> float:
         head = self.parts.groups[-1].name
         return next(g["base_lr"] for g in self.optimizer.param_groups if g["layer_group"] == head)
@@ -121,8 +181,9 @@ class TrainerState:
         return {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups}
 
     def current_lrs(self) -> tuple[float, ...]:
+        """The LRs of the trainable groups (a group frozen by hand is still in the optimizer, but not training)."""
         lrs = self.group_lrs()
-        return tuple(lrs[g.name] for g in self.parts.groups if g.name in lrs)
+        return tuple(lrs[g] for g in self.trainable if g in lrs)
 
     # ------------------------------------------------------------------------------------------ layer table
     def _measure_grad_norms(self) -> None:
@@ -149,12 +210,13 @@ class TrainerState:
             self._drift[group.name] = math.sqrt(diff) / math.sqrt(base) if base > 0 else 0.0
 
     def layer_infos(self) -> tuple[LayerInfo, ...]:
-        trainable = set(self.parts.phases[self.phase])
+        trainable = set(self.trainable)
         lrs = self.group_lrs()
         return tuple(LayerInfo(name=g.name, params=g.params, trainable=g.name in trainable,
                                lr=lrs.get(g.name) if g.name in trainable else None,
                                grad_norm=self._grad_norms.get(g.name) if g.name in trainable else None,
-                               drift=self._drift.get(g.name)) for g in self.parts.groups)
+                               drift=self._drift.get(g.name), bn=strategy.bn_mode(self._bn.get(g.name, ())))
+                     for g in self.parts.groups)
 
     def layers_changed(self, *, with_grad: bool, with_drift: bool = False) -> LayersChanged:
         if with_grad:
@@ -204,8 +266,8 @@ class TrainerState:
         return self.wall_before + time.perf_counter() - self.started
 
     def samples_per_s(self, wall_s: float) -> float:
-        steps = self.global_step
-        return steps * self.profile.data.batch_size / wall_s if wall_s > 0 else 0.0
+        samples = self.global_step * self.profile.data.batch_size * self.profile.train.accumulate_steps
+        return samples / wall_s if wall_s > 0 else 0.0
 
     def gpu_memory(self) -> tuple[float | None, float | None]:
         if self.parts.device.type != "cuda":
@@ -239,9 +301,11 @@ class TrainerState:
         return {
             "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
             "phase": self.phase, "phase_start_epoch": self.phase_start_epoch,
-            "trainable": list(self.parts.phases[self.phase]), "in_optimizer": list(self._in_optimizer),
+            "trainable": list(self.trainable), "phase_groups": list(self.parts.phases[self.phase]),
+            "group_scale": dict(self.group_scale), "in_optimizer": list(self._in_optimizer),
             "optimizer": checkpoint.optimizer_state_by_name(self.optimizer),
             "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
+            "rng_numpy": checkpoint.numpy_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
             "class_report": self.class_report,
@@ -263,15 +327,17 @@ class TrainerState:
             return self._epoch_gen_state
         return gen.get_state()
 
-    def save(self, tag: str) -> Path | None:
+    def save(self, tag: str, *, ema: bool = False) -> Path | None:
         """Write checkpoint `tag`, unless the weights hold NaN/inf: a good checkpoint is never replaced by a
-        poisoned model (then a `Warned` event says so and None is returned)."""
-        if not all_finite(self.parts.model):
+        poisoned model (then a `Warned` event says so and None is returned). `ema`: the EMA model's weights
+        (`train.ema_for_best`), which then become the test's and the export's; the state is the run's."""
+        model = self.objective.ema.module if ema and self.objective and self.objective.ema else self.parts.model
+        if not all_finite(model):
             self.emit(Warned(message=f"not saving the {tag} checkpoint: the weights hold NaN/inf values; "
                                      f"checkpoints/{tag}.* keep their previous contents",
                              epoch=self.epoch, global_step=self.global_step, kind="nonfinite"))
             return None
-        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, self.parts.model, self.snapshot())
+        path = checkpoint.save_checkpoint(self.ckpt_dir, tag, model, self.snapshot())
         self.saved[tag] = str(path)
         self.saved_at[tag] = (self.epoch, self.step_in_epoch)
         self.emit(CheckpointSaved(path=str(path), kind=tag, epoch=self.epoch, global_step=self.global_step))
@@ -290,7 +356,8 @@ class TrainerState:
         self._check_resumable(run_dir, saved)
         checkpoint.load_weights(self.parts.model, weights)
         self.epoch = saved["epoch"]
-        strategy.set_trainable(self.parts.model, self.parts.groups, self.parts.phases[saved["phase"]])
+        self._set_trainable(saved["trainable"])  # as the run left it, hand-made changes included
+        self.group_scale = {str(k): float(v) for k, v in saved.get("group_scale", {}).items()}
         missing = [n for n in saved["in_optimizer"] if n not in self._in_optimizer]
         strategy.add_groups(self.optimizer, self._param_groups(missing))
         self._in_optimizer.extend(missing)
@@ -316,6 +383,8 @@ class TrainerState:
             watch.load(saved["watches"][name])
         torch.set_rng_state(saved["rng_torch"])
         random.setstate(saved["rng_python"])
+        if saved.get("rng_numpy") is not None:  # mixup / CutMix draws (older checkpoints lack it)
+            checkpoint.set_numpy_rng_state(saved["rng_numpy"])
         if saved["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng_cuda"])
         self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}
@@ -336,9 +405,11 @@ class TrainerState:
                 f"profile's data has {len(now)} ({_names(now)}); resume with the run's own data, or start a new run "
                 f"with model.weights = \"{run_dir / 'checkpoints' / 'last.safetensors'}\"")
         phase, phases = saved["phase"], self.parts.phases
-        if phase >= len(phases) or tuple(saved["trainable"]) != tuple(phases[phase]):
+        planned = saved.get("phase_groups", saved["trainable"])  # before per-group steering: the same list
+        known = {g.name for g in self.parts.groups}
+        if phase >= len(phases) or tuple(planned) != tuple(phases[phase]) or not set(saved["trainable"]) <= known:
             raise UserError(
-                f"{run_dir}: --resume: the run stopped in phase {phase + 1} training {', '.join(saved['trainable'])}, "
+                f"{run_dir}: --resume: the run stopped in phase {phase + 1} training {', '.join(planned)}, "
                 f"which this profile's strategy does not plan ({len(phases)} phase(s)); resume with the run's own "
                 f"strategy settings")
 

@@ -1,0 +1,130 @@
+"""The dashboard as a client of a real run process (Textual Pilot in this process, the run in its own): steer it,
+leave it with `q` -> detach, attach again (history, then live), stop it, and the bell rings on the finish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.widgets import Static
+
+from tests.remote.conftest import tiny_profile, wait_for
+from tests.ui.test_pilot import dash, on_screen, text_of, until
+from tuitune.remote.runs import run_info
+from tuitune.ui.app import TuituneApp
+from tuitune.ui.modals import LeaveRunScreen
+from tuitune.ui.notify import notification_escapes
+from tuitune.ui.runner import DetachedRunner
+from tuitune.ui.summary import SummaryScreen
+from tuitune.ui.widgets import LayerTable
+
+
+class RingingApp(TuituneApp):
+    rings = 0
+
+    def bell(self) -> None:
+        self.rings += 1
+
+
+async def test_detach_then_attach_and_stop(tmp_path: Path, reaper) -> None:
+    run_dir = reaper.watch(tmp_path / "run")
+    app = TuituneApp("train", profile=tiny_profile(), run_dir=run_dir, runner=DetachedRunner())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.dashboard is not None and dash(app).state.epoch >= 1, timeout=120)
+        assert dash(app).detachable and (run_dir / "process.json").exists()
+        table = app.screen.query_one(LayerTable)
+        state = dash(app).state
+        second = next(g for g in state.phases[1] if g not in state.phases[0])
+        assert table.state_of(second) == "○ frozen"
+        await pilot.press("u")
+        await until(pilot, lambda: table.state_of(second) == "● train", timeout=60)
+        await pilot.press("q")
+        await until(pilot, lambda: on_screen(app, LeaveRunScreen))
+        assert "Detach" in text_of(app.screen.query_one("#question", Static))
+        await pilot.press("d")
+        await until(pilot, lambda: not app.is_running, timeout=30)
+    assert app.return_code == 0
+    assert run_info(run_dir).status == "live"  # the run goes on without a viewer
+    steps = dash(app).state.global_step
+
+    again = RingingApp("attach", run_dir=run_dir)
+    async with again.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: again.dashboard is not None and not dash(again).in_history
+                    and dash(again).state.global_step > steps, timeout=60)
+        table = again.screen.query_one(LayerTable)
+        assert dash(again).state.phase == 1 and table.state_of(second) == "● train"  # the history, on screen
+        assert any("unfreeze" in line.text for line in dash(again).state.log)
+        await pilot.press("s")
+        await until(pilot, lambda: on_screen(again, SummaryScreen), timeout=120)
+        assert "Stopped early" in text_of(again.screen.query_one("#summary", Static))
+        assert again.rings == 1  # the finish rang the bell (and sent OSC 9 / 777 on a real terminal)
+        await pilot.press("q")
+    assert again.return_code == 0
+    wait_for(lambda: run_info(run_dir).status == "stopped", 60, "the run process ended")
+
+
+def test_notification_escapes() -> None:
+    text = notification_escapes("tuitune: finished", "demo; done\x07")
+    assert text == "\x1b]9;tuitune: finished: demo done\x07\x1b]777;notify;tuitune: finished;demo done\x07"
+    assert notification_escapes("t", "b", tmux=True).startswith("\x1bPtmux;\x1b\x1b]9;t: b")
+
+
+async def test_picker_lists_live_runs_and_enter_attaches(tmp_path: Path) -> None:
+    """A live run under ./runs (owned by this process: a real server on a real socket) is listed first in the
+    picker; enter attaches the dashboard to it."""
+    from tuitune.engine.commands import Control
+    from tuitune.remote.runs import write_process_record
+    from tuitune.remote.server import RunServer
+    from tuitune.ui.picker import PickerScreen
+
+    run_dir = tmp_path / "runs" / "tiny-live"
+    run_dir.mkdir(parents=True)
+    (run_dir / "events.jsonl").write_text("")
+    server = RunServer(run_dir, Control())
+    write_process_record(run_dir, server.path, "test")
+    try:
+        app = TuituneApp("picker", profile_dirs=[tmp_path], runs_dir=tmp_path / "runs")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: on_screen(app, PickerScreen))
+            picker = app.screen
+            assert [r.name for r in picker.runs] == ["tiny-live"]
+            await pilot.press("home")
+            assert "a live run" in text_of(picker.query_one("#detail", Static))
+            await pilot.press("enter")
+            await until(pilot, lambda: app.dashboard is not None and any(c.live for c in server.clients),
+                        timeout=30)
+            assert dash(app).detachable and not dash(app).in_history
+            await pilot.press("q")
+            await until(pilot, lambda: on_screen(app, LeaveRunScreen))
+            await pilot.press("d")
+            await until(pilot, lambda: not app.is_running, timeout=30)
+        assert app.return_code == 0
+        wait_for(lambda: not server.clients, 10, "the dashboard's connection closed")
+    finally:
+        server.close(drain_s=0.5)
+
+
+async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
+    """Live, the plateau question rings the bell; the same events as an attach's history (between the markers)
+    ring nothing and ask nothing until the history ends, then ask the question that is still open."""
+    from tests.ui import scripted
+    from tuitune.remote.client import HistoryEnded, HistoryStarted
+    from tuitune.ui.modals import PlateauPromptScreen
+
+    live = RingingApp("train", profile=tiny_profile(), run_dir=Path("unused"),
+                      runner=scripted.ScriptedEngine(scripted.plateau_events(), auto=False))
+    async with live.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: on_screen(live, PlateauPromptScreen))
+        assert live.rings == 1
+        await pilot.press("n")
+    history = [HistoryStarted(pid=1, history=3), *scripted.plateau_events()]
+    attached = RingingApp("train", profile=tiny_profile(), run_dir=Path("unused"),
+                          runner=scripted.ScriptedEngine(history, auto=False))
+    async with attached.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: attached.dashboard is not None
+                    and dash(attached).state.suggestion is not None)
+        await pilot.pause(0.1)
+        assert attached.rings == 0 and not on_screen(attached, PlateauPromptScreen)
+        dash(attached)._emit(HistoryEnded())  # type: ignore[arg-type]
+        await until(pilot, lambda: on_screen(attached, PlateauPromptScreen))
+        assert attached.rings == 0  # asked, as it is still open, but it is not news
+        await pilot.press("n")

@@ -1,0 +1,86 @@
+"""The run process: the engine, the run recorder and the control server, in one process that owns the run.
+
+`serve_run` is what every mode runs: the detached run process (`python -m tuitune.remote.host RUN_DIR`, started
+by `spawn`), `tuitune train --headless` (foreground, Ctrl+C stops it) and the dashboard's `--inline` worker. It
+binds the control socket and records the process in `process.json` before torch is imported, so a dashboard can
+attach while the model is still being built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tuitune.config import RunProfile, profile_from_dict
+from tuitune.engine.commands import Control
+from tuitune.engine.events import Event, RunFailed, RunFinished
+from tuitune.remote.runs import mark_ended, write_process_record
+from tuitune.remote.server import RunServer
+
+LAUNCH_FILE = "launch.json"
+
+
+def serve_run(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
+              interactive: bool, resume: Path | None = None, mode: str = "detached") -> Event:
+    """Train `profile` in this process with the control socket open; return the terminal event."""
+    from tuitune.engine.record.runlog import tee
+    from tuitune.engine.record.session import run_training
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    server = RunServer(run_dir, control, resumed=resume is not None)
+    write_process_record(run_dir, server.path, mode)
+    try:
+        return run_training(profile, run_dir, tee(server, emit), control, interactive=interactive, resume=resume)
+    finally:
+        mark_ended(run_dir)
+        server.close()
+
+
+def write_launch(run_dir: Path, profile: RunProfile, resume: Path | None, interactive: bool) -> Path:
+    """What the detached process needs to start the run: the resolved profile (overrides applied) and options."""
+    from tuitune.config import profile_to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LAUNCH_FILE
+    data = {"profile": profile_to_dict(profile), "source_path": profile.source_path,
+            "resume": str(resume) if resume is not None else None, "interactive": interactive}
+    tmp = run_dir / f".{LAUNCH_FILE}.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tuitune.remote.host RUN_DIR`: the detached run process. Its own session (the spawner set that
+    up), SIGHUP ignored, SIGTERM / SIGINT stop the run at the next step; exit code as `tuitune train --headless`."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    args = sys.argv[1:] if argv is None else argv
+    run_dir = Path(args[0])
+    launch: dict[str, Any] = json.loads((run_dir / LAUNCH_FILE).read_text(encoding="utf-8"))
+    profile = profile_from_dict(launch["profile"], file=launch.get("source_path") or "<launch>")
+    resume = Path(launch["resume"]) if launch.get("resume") else None
+    control = Control()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] signal {signum}: stopping at the next step", flush=True)
+        control.request_stop()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    print(f"[{time.strftime('%H:%M:%S')}] run process {os.getpid()} for {run_dir}", flush=True)
+    from tuitune.headless import ConsolePrinter  # its progress lines go to run.log
+
+    final = serve_run(profile, run_dir, ConsolePrinter(), control, interactive=bool(launch.get("interactive", True)),
+                      resume=resume, mode="detached")
+    if isinstance(final, RunFailed):
+        return 2 if final.bad_input else 1
+    return 130 if isinstance(final, RunFinished) and final.status == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""The wire format of the control socket: newline-delimited JSON, one object per line, in both directions.
+
+Out (run -> client): a `Hello` line, the run's events so far (the lines of `events.jsonl`, byte for byte), a
+`Live` line, then live events as the engine emits them (`engine.events.to_json`). In (client -> run): the
+engine's own command types, serialised like events (`{"type": "UnfreezeNext"}`), plus `Stop` (stop the run at
+the next step, what Ctrl+C does) and `Detach`. The socket lives in the run directory (or, when that path is too
+long for `sun_path`, under $XDG_RUNTIME_DIR or /tmp, recorded in `process.json`), mode 0600, and refuses peers
+whose uid differs from the run's (`SO_PEERCRED`): it is never reachable over the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import struct
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+from tuitune.engine.commands import Command
+
+PROTOCOL_VERSION = 1
+SOCKET_NAME = "control.sock"
+MAX_SUN_PATH = 100  # Linux allows 107 bytes plus NUL; stay clear of the edge
+COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
+STOP, DETACH, HELLO, LIVE, REFUSED = "Stop", "Detach", "Hello", "Live", "Refused"
+
+
+def command_to_json(command: Command) -> str:
+    return json.dumps({"type": type(command).__name__, **dataclasses.asdict(command)}, separators=(",", ":"))
+
+
+def command_from_dict(data: dict[str, Any]) -> Command:
+    """A command from its JSON form. Unknown types and fields raise ValueError (the server skips the line)."""
+    data = dict(data)
+    cls = COMMAND_TYPES.get(str(data.pop("type", "")))
+    if cls is None:
+        raise ValueError(f"unknown command {data!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if set(data) - names:
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(set(data) - names)}")
+    return cls(**data)
+
+
+def message(kind: str, **fields: Any) -> bytes:
+    """One control line (not an event): Hello, Live, Refused, Stop, Detach."""
+    return (json.dumps({"type": kind, **fields}, separators=(",", ":")) + "\n").encode()
+
+
+def socket_path_for(run_dir: Path) -> Path:
+    """`RUN_DIR/control.sock` when its absolute path fits in `sun_path`; else a short path named by a hash of the
+    run directory under $XDG_RUNTIME_DIR (per user, mode 0700 by definition) or a 0700 folder in /tmp."""
+    path = Path(os.path.abspath(run_dir)) / SOCKET_NAME
+    if len(os.fsencode(str(path))) <= MAX_SUN_PATH:
+        return path
+    digest = hashlib.sha1(os.fsencode(str(path))).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and len(runtime) < 60:
+        return Path(runtime) / f"tuitune-{digest}.sock"
+    folder = Path(tempfile.gettempdir()) / f"tuitune-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid != os.getuid():
+        raise PermissionError(f"{folder} belongs to another user")
+    os.chmod(folder, 0o700)
+    return folder / f"{digest}.sock"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (Linux `SO_PEERCRED`)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return uid
+
+
+def peer_allowed(sock: socket.socket) -> bool:
+    """Only the run's own user may watch or steer it (root included only when the run is root's)."""
+    return peer_uid(sock) == os.getuid()

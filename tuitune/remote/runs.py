@@ -1,0 +1,195 @@
+"""Run directories read back: which process owns a run, whether it is still alive, and a line about each.
+
+A run process writes `process.json` (pid, the kernel's start time of that pid, socket path, mode) when it starts.
+Status, without talking to the process: `live` while that pid is alive and is the same process (its start time
+matches: a pid reused after a reboot is not mistaken for the run); otherwise the status `summary.json` records
+(`finished`, `stopped`, `interrupted`, `failed`) when that summary was written by this process; otherwise `dead`
+(killed with -9, the OOM killer, a reboot): gone without a summary. Plain Python, no torch, no Textual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+PROCESS_FILE = "process.json"
+SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted",
+                  "failed": "failed"}
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time since boot, in clock ticks); None if the pid is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def write_process_record(run_dir: Path, socket_path: Path, mode: str) -> dict[str, Any]:
+    """Atomically record this process as the run's owner (replacing the record of an earlier, resumed one)."""
+    record = {"pid": os.getpid(), "proc_start": proc_start_ticks(os.getpid()), "socket": str(socket_path),
+              "started": time.time(), "mode": mode, "host": socket.gethostname(), "uid": os.getuid()}
+    tmp = run_dir / f".{PROCESS_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / PROCESS_FILE)
+    return record
+
+
+def mark_ended(run_dir: Path) -> None:
+    """The run is over (its summary is written): the process may live on (a headless `main()` in a test, an
+    `--inline` dashboard going back to the picker), but it no longer owns a live run."""
+    record = read_json(run_dir / PROCESS_FILE)
+    if record is not None and record.get("pid") == os.getpid():
+        record["ended"] = time.time()
+        tmp = run_dir / f".{PROCESS_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, run_dir / PROCESS_FILE)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def process_alive(record: dict[str, Any] | None) -> bool:
+    if not record or not isinstance(record.get("pid"), int) or record.get("ended"):
+        return False
+    if record.get("host") not in (None, socket.gethostname()):
+        return False  # a run directory on a shared disk, owned by a process on another machine: not ours to see
+    ticks = proc_start_ticks(record["pid"])
+    return ticks is not None and (record.get("proc_start") is None or ticks == record["proc_start"])
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of `tuitune runs`."""
+
+    name: str
+    path: str
+    status: str  # live, finished, stopped, interrupted, failed, dead
+    phase: str  # "2/3"
+    epoch: str  # "5/300"
+    best: str  # "val acc 0.9812 @ 4"
+    started: float | None  # unix time
+    last_event: float | None  # unix time of the last write to events.jsonl
+    pid: int | None  # live runs only
+    socket: str | None  # live runs only
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "events.jsonl").exists() or (path / PROCESS_FILE).exists()
+
+
+def run_status(run_dir: Path) -> str:
+    return run_info(run_dir).status
+
+
+def run_info(run_dir: Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    record = read_json(run_dir / PROCESS_FILE)
+    summary_path = run_dir / "summary.json"
+    summary = read_json(summary_path)
+    events = run_dir / "events.jsonl"
+    last_event = events.stat().st_mtime if events.exists() else None
+    started = record.get("started") if record else None
+    if process_alive(record):
+        status = "live"
+    elif summary is not None and (started is None or summary_path.stat().st_mtime >= started - 1):
+        status = SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
+    else:
+        status = "dead"
+    phase, epoch, best = _progress(events, summary if status != "live" else None)
+    if started is None:
+        started = (run_dir / "profile.toml").stat().st_mtime if (run_dir / "profile.toml").exists() else last_event
+    live = status == "live"
+    return RunInfo(name=run_dir.name, path=str(run_dir), status=status, phase=phase, epoch=epoch, best=best,
+                   started=started, last_event=last_event, pid=record["pid"] if live and record else None,
+                   socket=record.get("socket") if live and record else None)
+
+
+def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str]:
+    """Phase, epoch and best metric from the events (only the few types that carry them are parsed)."""
+    phases = epochs = phase = epoch = 0
+    metric, higher, best, best_epoch = "acc", True, None, None
+    try:
+        with open(events, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith('{"type":"RunStarted"'):
+                    e = _loads(line)
+                    phases, epochs, phase = len(e.get("phases", ())), e.get("epochs", 0), e.get("phase", 0)
+                    metric, higher = e.get("metric", "acc"), e.get("higher_is_better", True)
+                    epoch = e.get("start_epoch", epoch)
+                elif line.startswith('{"type":"EpochEnded"'):
+                    e = _loads(line)
+                    epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
+                    if e.get("is_best"):
+                        best, best_epoch = e.get("val_score", e.get("val_acc")), epoch  # val_acc: logs before the rename
+                elif line.startswith('{"type":"PhaseChanged"'):
+                    phase = _loads(line).get("phase", phase)
+    except OSError:
+        pass
+    if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
+        b = summary["best"]
+        name = str(b.get("metric", metric)).replace("_score", f"_{metric}")  # val_score -> val_acc / val_rmse
+        text = f"{name.replace('_', ' ')} {b['value']:.4f} @ {b.get('epoch')}"
+    else:
+        text = f"val {metric} {best:.4f} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
+    return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text
+
+
+def _loads(line: str) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except ValueError:  # a torn last line
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def list_runs(folder: Path) -> list[RunInfo]:
+    """Every run directory directly under `folder`, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    runs = [run_info(p) for p in sorted(folder.iterdir()) if p.is_dir() and is_run_dir(p)]
+    return sorted(runs, key=lambda r: (r.started or 0.0, r.name))
+
+
+def live_runs(folder: Path) -> list[RunInfo]:
+    """Live runs under `folder`, newest first."""
+    return [r for r in reversed(list_runs(folder)) if r.status == "live"]
+
+
+def clock(t: float | None) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def format_table(runs: list[RunInfo]) -> str:
+    header = ("name", "status", "phase", "epoch", "best", "started", "pid")
+    rows = [(r.name, r.status + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else ""),
+             r.phase, r.epoch, r.best, clock(r.started), str(r.pid) if r.pid else "") for r in runs]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    return "\n".join(lines)
+
+
+def dead_message(info: RunInfo) -> str:
+    """The one line `tuitune attach` prints for a dead run."""
+    return (f"{info.path}: the run process is gone and wrote no summary (dead; last event at "
+            f"{clock(info.last_event)}): see what it recorded with `tuitune replay {info.path}`, continue it "
+            f"with `tuitune train --resume {info.path}`")
