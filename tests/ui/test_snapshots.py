@@ -51,6 +51,11 @@ def test_summary_small(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(80, 24))
 
 
+def test_summary_per_class_report(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.imbalanced_finished_events())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
 def test_error_screen(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
     assert snap_compare(app, terminal_size=(100, 30))
@@ -58,6 +63,22 @@ def test_error_screen(snap_compare) -> None:
 
 def test_lr_finder(snap_compare) -> None:
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(120, 40))
+
+
+def test_phase_lr_countdown_small(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    """strategy.phase_lr = "find" at 80x24: the curve, the keys and the countdown fit; the countdown never moves
+    here (one of its seconds lasts an hour), so no clock reaches the snapshot."""
+    from tuitune.ui.lrfinder import LRFinderScreen
+
+    monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
+    app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.phase_lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_dashboard_phase_lr_markers(snap_compare) -> None:
+    """The LR chosen at each phase start: a line on both plots, named on the loss plot, beside the phase line."""
+    app = TuituneApp("replay", events=scripted.phase_lr_events())
     assert snap_compare(app, terminal_size=(120, 40))
 
 

@@ -122,6 +122,7 @@ class CommandApplied:
     epoch: int
     global_step: int
     detail: str = ""
+    value: float | None = None  # the number the command set, when it set one (ApplyLR: the head's LR)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class LRFound:
     path: str  # the curve as CSV
     epoch: int
     global_step: int
+    phase: int = -1  # strategy.phase_lr = "find": the phase (0-based) whose LR this sweep sets; -1: asked with `f`
+    wait_s: float = 0.0  # how long a person has to answer (ApplyLR) before the suggestion applies; 0: applied at once
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,8 @@ class RunFinished:
     checkpoints: dict[str, str]
     compression: dict[str, Any] | None = None  # the post-training compression report, when the profile asks
     export_dir: str = ""  # where the best model was exported (safetensors + classes.json + profile.toml)
+    # class targets: the last val epoch's {class: {precision, recall, f1, support}}; empty in older logs
+    per_class_report: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

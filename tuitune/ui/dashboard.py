@@ -387,17 +387,27 @@ class DashboardScreen(Screen[None]):
         self.call_after_refresh(self.app.push_screen, self._prompt, answered)
 
     def _show_lr_finder(self, event: LRFound) -> None:
-        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`."""
-        if not self.live or self._lr_screen is not None:
+        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`. A phase's
+        sweep (`strategy.phase_lr = "find"`) waits for an answer: it replaces an `f` curve still open."""
+        if not self.live:
             return
+        if self._lr_screen is not None:
+            if event.wait_s <= 0:
+                return
+            if self._lr_screen.is_current:
+                self._lr_screen.dismiss(None)
+            self._lr_screen = None
+
+        screen = LRFinderScreen(event)
 
         def answered(lr: float | None) -> None:
-            self._lr_screen = None
+            if self._lr_screen is screen:
+                self._lr_screen = None
             if lr is not None:
                 self.send(ApplyLR(lr=lr))
 
-        self._lr_screen = LRFinderScreen(event)
-        self.call_after_refresh(self.app.push_screen, self._lr_screen, answered)
+        self._lr_screen = screen
+        self.call_after_refresh(self.app.push_screen, screen, answered)
 
     def _close_prompt(self) -> None:
         for screen in (self._prompt, self._lr_screen):

@@ -32,7 +32,7 @@ class Marker:
     """A vertical line on the plots: where a phase changed or a command took effect."""
 
     x: float
-    kind: str  # "phase" or "command"
+    kind: str  # "phase", "command" or "lr" (an LR was set: the label names it)
     label: str
 
 
@@ -236,8 +236,10 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
     s = dataclasses.replace(s, pending=_unpend(s.pending, e.command), status=status)
-    return dataclasses.replace(s, markers=_add_marker(s, Marker(_x(s, e.global_step), "command", label)),
-                               log=_log(s, "command", text))
+    marker = Marker(_x(s, e.global_step), "command", label)
+    if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
+        marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
+    return dataclasses.replace(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
 
 
 def _checkpoint(s: DashboardState, e: CheckpointSaved) -> DashboardState:
@@ -257,7 +259,8 @@ def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
 
 
 def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
-    text = f"{_where(s, e.epoch, e.global_step)} · LR finder: {lr_found_text(e)}"
+    finder = f"LR finder for phase {e.phase + 1}" if e.phase >= 0 else "LR finder"
+    text = f"{_where(s, e.epoch, e.global_step)} · {finder}: {lr_found_text(e)}"
     return dataclasses.replace(s, lr_found=e, pending=_unpend(s.pending, "FindLR"), log=_log(s, "command", text))
 
 

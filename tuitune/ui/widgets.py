@@ -41,6 +41,7 @@ CACHE_BADGE = ("cache", "bold black on #56b6c2")
 RAW_COLOR = (85, 95, 115)
 PHASE_COLOR = (230, 200, 80)
 COMMAND_COLOR = (200, 110, 220)
+LR_COLOR = (120, 220, 120)  # as the LR finder's suggestion line
 
 
 class RenderMeter:
@@ -168,14 +169,11 @@ class MetricPlot(Metered, PlotextPlot):
             points = series.points
             if log_y:  # log10 by hand: plotext's own log scale re-applies itself on every re-render
                 points = tuple((x, math.log10(y)) for x, y in points if y > 0)
-                low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
+            low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        # phase lines last: a manual unfreeze's confirmation comes after its PhaseChanged, at the same x, and
-        # the phase line must stay visible over the command line
-        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
-            plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
+        self._markers(state, low)
         if state.epochs:
             self.x_span = x_range(state, whole_span)
             plt.xlim(*self.x_span)
@@ -183,6 +181,16 @@ class MetricPlot(Metered, PlotextPlot):
             plt.ylim(0, 1)
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
+
+    def _markers(self, state: DashboardState, bottom: float) -> None:
+        """Commands and LR changes first, phase lines last (a manual unfreeze's confirmation and a phase's LR come
+        after its PhaseChanged, at the same x, and the phase line must stay visible); the loss plot names each LR
+        chosen at the foot of its line (the legend holds the top left)."""
+        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
+            plt_color = {"phase": PHASE_COLOR, "lr": LR_COLOR}.get(marker.kind, COMMAND_COLOR)
+            self.plt.vline(marker.x, plt_color)
+            if marker.kind == "lr" and self.metric == "loss" and math.isfinite(bottom):
+                self.plt.text(marker.label, marker.x, bottom, color=LR_COLOR, alignment="left")
 
     def render(self) -> RenderResult:
         """As `PlotextPlot.render`, without the ANSI string plotext builds and Rich parses back (same `Text`)."""

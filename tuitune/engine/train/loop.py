@@ -19,7 +19,7 @@ from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
 from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
-from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
+from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, SetupProgressed, UnfreezeSuggested,
                                    Warned)
 from tuitune.engine.data.batches import to_device
@@ -42,6 +42,11 @@ class Trainer:
     """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`. What follows a run that ended well
     (export, compression) is the caller's: `after_run`, none by default."""
 
+    # strategy.phase_lr = "find" in a live dashboard: how much longer than the on-screen countdown the engine waits
+    # for the answer (a person typing a value) before it applies the suggestion itself. Never forever: a detached or
+    # abandoned run goes on.
+    lr_answer_grace_s = 30.0
+
     def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
                  interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
@@ -52,7 +57,9 @@ class Trainer:
         self.cache = FeatureCache(self.parts, profile)
         if resume is not None:
             self.st.resume_from(resume)
+        self.resumed = resume is not None
         self.paused = False
+        self._held: list[Any] = []  # commands that arrived while the engine waited for an LR answer
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
         self._cache_said = ""  # the last FeatureCacheChanged detail: a reason is said once, not every epoch
@@ -78,6 +85,8 @@ class Trainer:
 
     def _epochs(self) -> RunFinished:
         p, st = self.parts, self.st
+        if self.profile.strategy.phase_lr == "find" and not self.resumed:  # phase 0 starts now
+            self._find_phase_lr()
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
             if self.control.stop_requested:  # Ctrl+C during validation or a save: stop on the epoch boundary
                 self.stop_status = ("interrupted", "interrupted by the user")
@@ -210,7 +219,7 @@ class Trainer:
                    "val_score": val["score"]}
         more = self.obj.epoch_extras(val, self.parts)
         strategy.train_mode(self.parts.model, self.profile.strategy)
-        is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
+        is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more, val.get("report"))
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,
@@ -286,13 +295,52 @@ class Trainer:
                                trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
         self.emit(st.layers_changed(with_grad=False))
+        if self.profile.strategy.phase_lr == "find":
+            self._find_phase_lr()
         return True
+
+    def _find_phase_lr(self) -> None:
+        """`strategy.phase_lr = "find"`: sweep the LR of the groups that train from now on (weights, optimizer, BN
+        statistics, RNG and loader restored after), then make the answer the head's LR, the deeper groups keeping
+        their discriminative ratios. Headless: the suggestion, at once. A live dashboard shows the curve and has
+        `wait_s` to answer with an `ApplyLR`; the engine waits here, at a step boundary, watching its stop flag."""
+        st, cfg = self.st, self.profile.strategy
+        wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
+        found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=cfg.phase_lr_steps,
+                               out_dir=self.run_dir, phase=st.phase, wait_s=wait_s)
+        self.emit(found)
+        lr, how = found.suggestion, "the finder's suggestion"
+        if wait_s > 0:
+            lr, how = self._await_lr_answer(found)
+        st.scale_lr(lr / st.head_base_lr())
+        self.emit(CommandApplied(command="ApplyLR", epoch=st.epoch, global_step=st.global_step, value=lr,
+                                 detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their "
+                                        f"ratios"))
+        self.emit(st.layers_changed(with_grad=False))
+
+    def _await_lr_answer(self, found: LRFound) -> tuple[float, str]:
+        """The person's `ApplyLR`, or the suggestion once `wait_s` plus a grace has passed or a stop is asked.
+        Other commands arriving meanwhile are kept, in order, for the next step boundary."""
+        deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
+        while not self.control.stop_requested:
+            for command in self.control.drain():
+                if isinstance(command, ApplyLR):
+                    if command.lr == found.suggestion:
+                        return command.lr, "the finder's suggestion, accepted in the dashboard"
+                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
+                self._held.append(command)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return found.suggestion, "the finder's suggestion (no answer came)"
+            self.control.wait(min(0.1, left))
+        return found.suggestion, "the finder's suggestion (stopping)"
 
     def _between_steps(self) -> bool:
         """Apply queued commands; wait while paused. False when the epoch must end now."""
         while True:
-            for command in self.control.drain():
-                self._apply(command)
+            self._held.extend(self.control.drain())
+            while self._held:
+                self._apply(self._held.pop(0))
             if self.control.stop_requested and self.stop_status is None:
                 self.stop_status = ("interrupted", "interrupted by the user")
             if self.stop_status is not None:
@@ -303,7 +351,7 @@ class Trainer:
 
     def _apply(self, command: Any) -> None:
         st = self.st
-        detail = ""
+        detail, value = "", None
         if isinstance(command, UnfreezeNext):
             if not self.next_phase("manual"):
                 detail = "already in the last phase"
@@ -324,7 +372,7 @@ class Trainer:
                       f"curve in {Path(found.path).name}")
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
-            detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
+            detail, value = f"head LR {command.lr:.3g}; deeper groups keep their ratios", command.lr
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, SetGroupTrainable):
             detail = st.set_group_trainable(command.group, command.trainable)
@@ -334,7 +382,7 @@ class Trainer:
             detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
-                                 detail=detail))
+                                 detail=detail, value=value))
 
     # ----------------------------------------------------------------------------------------------- finish
     def _finish(self, wall_s: float) -> RunFinished:
@@ -347,7 +395,8 @@ class Trainer:
         if p.test_loader is not None and st.has_checkpoint("best"):
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
-            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"]}
+            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"],
+                    **({"macro_f1": result["extra"]["macro_f1"]} if "macro_f1" in result["extra"] else {})}
         export_dir, compression = "", None
         if self.after_run is not None and status != "interrupted" and st.has_checkpoint("best"):
             st.load_best_weights()
@@ -355,7 +404,8 @@ class Trainer:
                                                      self.emit)
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
-                            per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
-                            checkpoints=st.checkpoint_paths(), compression=compression, export_dir=export_dir)
+                            per_class_acc=st.per_class, per_class_report=st.class_report,
+                            samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s, checkpoints=st.checkpoint_paths(),
+                            compression=compression, export_dir=export_dir)
         self.emit(event)
         return event
