@@ -168,7 +168,7 @@ def best_cells(run: RunRecord) -> tuple[str, ...]:
             str(row["epochs"]), f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING)
 
 
-BEST_HEADER = ("run", "status", "best val score", "lowest val loss", "final score", "epochs", "time")
+BEST_HEADER = ("run", "status", "best score", "lowest loss", "final score", "epochs", "time")  # val, as the caption says
 
 
 def metric_caption(runs: list[RunRecord]) -> str:
