@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="one JSON array of objects")
     runs.add_argument("--compare", action="store_true",
                       help="a list of the runs to select (space) and compare (enter): curves, best metrics, keys")
-    compare = sub.add_parser("compare", help="compare runs: val curves overlaid, best metrics, profile keys that differ")
+    compare = sub.add_parser("compare",
+                             help="compare runs: val curves overlaid, best metrics, profile keys that differ")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
     compare.add_argument("--json", action="store_true", help="one JSON object: runs (best metrics, curve), differ")
     compare.add_argument("--text", action="store_true", help="plain text tables instead of the screen")

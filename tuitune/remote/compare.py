@@ -168,7 +168,8 @@ def best_cells(run: RunRecord) -> tuple[str, ...]:
             str(row["epochs"]), f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING)
 
 
-BEST_HEADER = ("run", "status", "best score", "lowest loss", "final score", "epochs", "time")  # val, as the caption says
+# val scores and losses, as the caption above the table says
+BEST_HEADER = ("run", "status", "best score", "lowest loss", "final score", "epochs", "time")
 
 
 def metric_caption(runs: list[RunRecord]) -> str:
