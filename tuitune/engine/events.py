@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -188,6 +189,10 @@ class RunFinished:
     checkpoints: dict[str, str]
     compression: dict[str, Any] | None = None  # the post-training compression report, when the profile asks
     export_dir: str = ""  # where the best model was exported (safetensors + classes.json + profile.toml)
+    # The last validation's confusion matrix (rows: true class, columns: predicted; class targets only) and, for
+    # image data, its worst errors: {"true", "pred", "loss", "size", "rgb": hex of size x size x 3 uint8 pixels}.
+    confusion: tuple[tuple[int, ...], ...] | None = None
+    misclassified: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,7 @@ def _revive(hint: Any, value: Any) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(hint)
-    if origin is Union:
+    if origin is Union or origin is types.UnionType:  # `Optional[X]` and `X | None`
         for arm in typing.get_args(hint):
             if arm is not type(None):
                 return _revive(arm, value)

@@ -54,6 +54,7 @@ class Trainer:
         self.paused = False
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
+        self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
@@ -195,7 +196,7 @@ class Trainer:
         """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`); the val set
         from the feature cache while it is in use."""
         if self.cache.active and loader is self.parts.val_loader:
-            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts)
+            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts, thumbs=False)
         result = self.obj.evaluate(self.parts.model, loader, self.parts)
         strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         return result
@@ -208,6 +209,7 @@ class Trainer:
         more = self.obj.epoch_extras(val, self.parts)
         strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
+        self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,
@@ -334,6 +336,10 @@ class Trainer:
                                  detail=detail))
 
     # ----------------------------------------------------------------------------------------------- finish
+    def _confusion(self) -> tuple[tuple[int, ...], ...] | None:
+        conf = self.val_views.get("confusion")
+        return tuple(tuple(row) for row in conf) if conf is not None else None
+
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
         status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
@@ -353,6 +359,7 @@ class Trainer:
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
                             per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
-                            checkpoints=st.checkpoint_paths(), compression=compression, export_dir=export_dir)
+                            checkpoints=st.checkpoint_paths(), compression=compression, export_dir=export_dir,
+                            confusion=self._confusion(), misclassified=tuple(self.val_views.get("misclassified", ())))
         self.emit(event)
         return event
