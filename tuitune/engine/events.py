@@ -167,6 +167,19 @@ class LRFound:
 
 
 @dataclass(frozen=True)
+class DomainShiftMeasured:
+    """How far the target data sits from what each layer group's pretrained weights expect (see
+    `engine/train/domain_shift.py`): at the start, after every epoch and after `AdaptBatchNorm`."""
+
+    groups: tuple[str, ...]  # every layer group, in `LayerInfo` order
+    shifts: tuple[float | None, ...]  # symmetric KL per group (0: no shift); None where nothing was measured
+    reference: str  # "bn": the BatchNorm running statistics; "source": the source data's output statistics
+    epoch: int
+    global_step: int
+    reason: str = "epoch"  # "start", "epoch" or "AdaptBatchNorm"
+
+
+@dataclass(frozen=True)
 class CompressionReported:
     """Post-training compression finished (emitted before `RunFinished`, which carries the same report)."""
 
@@ -224,7 +237,7 @@ class SetupProgressed:
 
 Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,
               CommandApplied, CheckpointSaved, Warned, FeatureCacheChanged, LRFound, CompressionReported,
-              RunFinished, RunFailed, SetupProgressed]
+              RunFinished, RunFailed, SetupProgressed, DomainShiftMeasured]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 

@@ -17,12 +17,13 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.groups import Backbone
+from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
 from tuitune.engine.train.feature_cache import FeatureCache, why_not
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.lr_sweep import find_lr_in_run
@@ -70,6 +71,7 @@ class Trainer:
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
         gc.freeze()
+        self._measure_shift("start")
         try:
             return self._epochs()
         finally:
@@ -216,6 +218,7 @@ class Trainer:
                              samples_per_s=train["samples"] / max(epoch_s, 1e-9),
                              is_best=is_best, extra=more))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
+        self._measure_shift("epoch")
         if is_best:
             st.save("best", ema=self.profile.train.ema_for_best)
         if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
@@ -329,11 +332,42 @@ class Trainer:
             if self.cache.active and why_not(self.profile, self.parts, st.trainable):
                 self._refresh_cache()  # a group below the head trains now: drop the cache (rebuilt at an epoch start)
             self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, AdaptBatchNorm):
+            detail = self._adapt_batchnorm(command.batches)
         elif isinstance(command, ScaleGroupLR):
             detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail))
+
+    def _measure_shift(self, reason: str) -> list[float | None]:
+        """Emit the domain shift per group (nothing when the model has no BatchNorm and no source data)."""
+        event = shift_event(self.parts, self.st.epoch, self.st.global_step, reason)
+        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+        if event is None:
+            return []
+        self.emit(event)
+        return list(event.shifts)
+
+    def _adapt_batchnorm(self, batches: int) -> str:
+        """AdaBN at a step boundary, then the shift measured again; the feature cache (stale features) rebuilt."""
+        p = self.parts
+        gen = p.train_loader.generator  # its shuffle draws must not move: resume replays the same order
+        state = gen.get_state() if gen is not None else None
+        try:
+            layers, read = adapt_batchnorm(p.model, p.train_loader, p.device, p.autocast, batches)
+        finally:
+            if gen is not None:
+                gen.set_state(state)
+        strategy.set_train_mode(p.model, self.profile.strategy.freeze_bn)
+        if not layers:
+            return "no BatchNorm layers: nothing to adapt"
+        if self.cache.active:
+            self.cache.drop()
+            self._refresh_cache()
+        after = [v for v in self._measure_shift("AdaptBatchNorm") if v is not None]
+        mean = f"; mean shift now {sum(after) / len(after):.3g}" if after else ""
+        return f"running statistics of {layers} BatchNorm layers re-estimated on {read} target batches{mean}"
 
     # ----------------------------------------------------------------------------------------------- finish
     def _confusion(self) -> tuple[tuple[int, ...], ...] | None:
