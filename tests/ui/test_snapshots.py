@@ -128,3 +128,10 @@ def test_summary_views_thumbnails_small(snap_compare) -> None:
 def test_summary_views(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.views_finished_events())
     assert snap_compare(app, terminal_size=(120, 40))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_dashboard_domain_shift(snap_compare, size) -> None:
+    """The layer table's shift column and the event log's advice, after AdaBN."""
+    app = TuituneApp("replay", events=scripted.shift_events(), control=Control())
+    assert snap_compare(app, terminal_size=size)
