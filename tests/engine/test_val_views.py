@@ -10,6 +10,7 @@ from tests.engine.conftest import tiny_profile
 from tuitune.engine.commands import Control
 from tuitune.engine.record.runlog import read_events
 from tuitune.engine.record.session import run_training
+from tuitune.engine.train.loop import Trainer
 from tuitune.engine.train.val_views import THUMB, WORST, ValViews
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -80,3 +81,14 @@ def test_a_run_reports_its_confusion_and_worst_errors_in_the_event_and_summary(t
     assert summary["misclassified"] == [dict(m) for m in final.misclassified]
     replayed = read_events(tmp_path)[-1]
     assert replayed.confusion == conf and replayed.misclassified == final.misclassified
+
+
+def test_a_head_only_run_on_cached_features_still_shows_the_worst_errors_as_images(tmp_path) -> None:
+    """The cache holds features, not images: the run's end reads the val images once for the thumbnails."""
+    cached = Trainer(tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1, "lr": 1e-4}),
+                     tmp_path / "a", lambda e: None, Control()).run()
+    plain = Trainer(tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1, "lr": 1e-4,
+                                                                        "feature_cache": False}),
+                    tmp_path / "b", lambda e: None, Control()).run()
+    assert cached.confusion == plain.confusion and sum(map(sum, cached.confusion)) == 24
+    assert cached.misclassified and [m["rgb"] for m in cached.misclassified] == [m["rgb"] for m in plain.misclassified]

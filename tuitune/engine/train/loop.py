@@ -212,6 +212,7 @@ class Trainer:
         strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
         self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
+        self.val_views["from_cache"] = self.cache.active  # no images then: `_finish` draws the thumbnails
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,
@@ -377,6 +378,10 @@ class Trainer:
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
         status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
+        if self.val_views.get("from_cache") and p.backbone.task == "image":  # the same weights, read from images
+            self.cache.drop()
+            val = self.evaluate(p.val_loader)
+            self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
         self._settle(st.guard.bad.item())  # non-finite steps since the last read: never saved over `last`
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
             st.save("last")
