@@ -106,11 +106,12 @@ def symmetric_kl(m1: torch.Tensor, v1: torch.Tensor, m2: torch.Tensor, v2: torch
 
 @torch.no_grad()
 def _feed(model: nn.Module, loader: Any, device: torch.device, autocast: Any, batches: int) -> None:
-    for i, (x, _) in enumerate(loader):
-        if i >= batches:
-            break
-        with autocast():
-            model(to_device(x, device))
+    """Forward `batches` batches. Iterating a loader draws its workers' seed from the global RNG: forked, so a
+    measurement never moves the training's random stream (a resumed run measures at its start too)."""
+    with torch.random.fork_rng(devices=[]):
+        for x, _ in _batches(loader, batches):
+            with autocast():
+                model(to_device(x, device))
 
 
 def measure(model: nn.Module, groups: tuple[LayerGroup, ...], val_loader: Any, device: torch.device,
@@ -174,17 +175,13 @@ def adapt_batchnorm(model: nn.Module, loader: Any, device: torch.device, autocas
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    n = 0
     try:
-        for x, _ in _batches(loader, batches):
-            with autocast():
-                model(to_device(x, device))
-            n += 1
+        _feed(model, loader, device, autocast, batches)
     finally:
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
     model.eval()
-    return len(bns), n
+    return len(bns), min(batches, len(loader)) if hasattr(loader, "__len__") else batches
 
 
 def _batches(loader: Any, n: int) -> Iterator[Any]:
