@@ -140,6 +140,10 @@ class TrainConfig:
     cache_memory_gb: float = opt(0.0, "Most memory the feature cache may take (train + val activations, float32); "
                                       "0 = half of the memory available when it is built (device memory on CUDA, "
                                       "host memory otherwise). A cache that would not fit is not built.", min=0.0)
+    domain_shift: bool = opt(True, "Measure how far the target data is from what each layer group expects "
+                                   "(BatchNorm statistics, or the source data's outputs) on 4 val batches at the "
+                                   "start and after every epoch: the layer table's shift column. Off: only after "
+                                   "AdaBN (`b`).")
     ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
                                 "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
     ema_for_best: bool = opt(False, "With `ema_decay`: the `best` checkpoint (and so the test figures and the "

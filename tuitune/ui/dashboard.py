@@ -22,7 +22,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, SetupProgressed, UnfreezeSuggested)
@@ -337,6 +337,9 @@ class DashboardScreen(Screen[None]):
 
     def action_lr_down(self) -> None:
         self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=1 / LR_STEP))
+
+    def action_adapt_bn(self) -> None:
+        self.send(AdaptBatchNorm())
 
     def action_clear_selection(self) -> None:
         self.query_one(LayerTable).unselect()

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, DomainShiftMeasured,
+                                   EpochEnded, Event,
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed,
                                    UnfreezeSuggested, Warned)
@@ -90,6 +91,7 @@ class DashboardState:
     failed: RunFailed | None = None
     trust_remote_code: bool = False
     setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
+    domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
     events_seen: int = 0
 
     @property
@@ -274,6 +276,30 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
                                checkpoints={**s.checkpoints, **e.checkpoints}, log=_log(s, "info", text))
 
 
+def shift_text(e: DomainShiftMeasured, layers: tuple[LayerInfo, ...]) -> str:
+    """The most shifted groups and, at the start, what to consider: unfreezing the shifted frozen groups (lower
+    layers see the data first), and for BatchNorm models AdaBN (the `b` key)."""
+    measured = sorted(((v, g) for g, v in zip(e.groups, e.shifts) if v is not None), reverse=True)
+    ref = "BN running stats" if e.reference == "bn" else "source data"
+    top = ", ".join(f"{g} {v:.2f}" for v, g in measured[:2])
+    text = f"domain shift vs {ref}: most shifted {top}"
+    if e.reason == "AdaptBatchNorm":
+        return f"after AdaBN, {text}"
+    if e.reason != "start" or not measured or measured[0][0] < 0.1:
+        return text
+    frozen = {layer.name for layer in layers if not layer.trainable}
+    advice = [f"unfreezing {', '.join(g for _, g in measured[:2] if g in frozen)}"] \
+        if any(g in frozen for _, g in measured[:2]) else []
+    if e.reference == "bn":
+        advice.append("re-estimating BatchNorm statistics on the target data (AdaBN: b)")
+    return text + (f"; consider {' or '.join(advice)}" if advice else "")
+
+
+def _shift(s: DashboardState, e: DomainShiftMeasured) -> DashboardState:
+    text = f"{_where(s, e.epoch, e.global_step)} · {shift_text(e, s.layers)}"
+    return dataclasses.replace(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
+
+
 def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
     """The step under way shows on the status bar; a finished one leaves a line in the log."""
     if e.finished:
@@ -291,6 +317,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     LayersChanged: _layers_changed, UnfreezeSuggested: _suggested, CommandApplied: _command_applied,
     CheckpointSaved: _checkpoint, Warned: _warned, RunFinished: _finished, RunFailed: _failed,
     FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed, SetupProgressed: _setup,
+    DomainShiftMeasured: _shift,
 }
 
 

@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from tuitune.engine.events import RunFinished
 from tuitune.ui.fmt import compression_rows, fmt_bytes, fmt_duration, fmt_score, fmt_value, score_label
+from tuitune.ui.views import confusion_view, misclassified_view
 
 NOT_METRICS = ("epoch", "phase", "step", "global_step")
 TITLES = {"finished": "✔ Run finished", "stopped_early": "✔ Stopped early", "interrupted": "✖ Interrupted"}
@@ -137,6 +138,17 @@ def _paths(e: RunFinished) -> Text:
     return text
 
 
+def _validation_views(e: RunFinished) -> list[RenderableType]:
+    """The last validation's confusion matrix and worst errors, near the top: what a person looks at first."""
+    out: list[RenderableType] = []
+    if e.confusion:
+        out += [Text(), Text("confusion matrix (last validation)", "bold"), confusion_view(e.confusion,
+                                                                                         list(e.per_class_acc))]
+    if e.misclassified:
+        out += [Text(), Text("worst validation errors", "bold"), misclassified_view(e.misclassified)]
+    return out
+
+
 def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     header = Text.assemble((TITLES.get(e.status, e.status), "bold"), "  ", (e.reason, "italic"))
     facts = Text(f"{e.epochs} epochs · {e.global_step} steps · {e.samples_per_s:,.0f} samples/s · "
@@ -144,7 +156,7 @@ def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     parts: list[RenderableType] = [
         header, facts, Text(),
         _best_line(e.best, metric), _metrics_line("final", e.final, metric), _metrics_line("test", e.test, metric),
-        Text(), _paths(e), Text(), phase_table(e.phases, metric),
+        *_validation_views(e), Text(), _paths(e), Text(), phase_table(e.phases, metric),
     ]
     compression = compression_table(e.compression)
     if compression is not None:

@@ -239,6 +239,13 @@ def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
     )
 
 
+def shift_cell(value: float | None) -> Cell:
+    """A group's domain shift (symmetric KL): green when its data looks like pretraining, red when far off."""
+    if value is None:
+        return ("-", "dim", "right")
+    return (f"{value:.2f}", "green" if value < 0.1 else ("yellow" if value < 1.0 else "red"), "right")
+
+
 def _text(cell: Cell) -> Text:
     return Text(cell[0], style=cell[1], justify=cell[2])  # type: ignore[arg-type]
 
@@ -263,21 +270,29 @@ class LayerTable(Metered, DataTable):
         self.cursor_type = "row"
         self.show_cursor = False
         self.zebra_stripes = True
-        for name in self.COLUMNS:
+        self._columns = list(self.COLUMNS)
+        for name in self._columns:
             self.add_column(name, key=name)
         self._layers: tuple[LayerInfo, ...] = ()
+        self._shift: dict[str, float | None] = {}
         self._cells: dict[str, tuple[Cell, ...]] = {}
 
     def show(self, state: DashboardState) -> None:
-        if state.layers is self._layers:
+        if state.layers is self._layers and state.domain_shift is self._shift:
             return
-        self._layers = state.layers
-        rows = {layer.name: layer_cells(layer) for layer in state.layers}
+        self._layers, self._shift = state.layers, state.domain_shift
+        if self._shift and "shift" not in self._columns:  # the first measurement adds the column
+            self._columns.append("shift")
+            self.add_column("shift", key="shift")
+            self._cells = {}
+        with_shift = "shift" in self._columns
+        rows = {layer.name: layer_cells(layer) + ((shift_cell(self._shift.get(layer.name)),) if with_shift else ())
+                for layer in state.layers}
         if tuple(rows) != tuple(self._cells) or len(rows) != len(state.layers):
             self._rebuild(state.layers, rows)
             return
         for name, cells in rows.items():
-            for column, cell, was in zip(self.COLUMNS, cells, self._cells[name]):
+            for column, cell, was in zip(self._columns, cells, self._cells[name]):
                 if cell != was:
                     grow = cell_len(cell[0]) > self.columns[ColumnKey(column)].content_width
                     self.update_cell(name, column, _text(cell), update_width=grow)
@@ -287,7 +302,7 @@ class LayerTable(Metered, DataTable):
         selected = self.selected
         self.clear()
         for layer in layers:
-            self.add_row(*(_text(cell) for cell in layer_cells(layer)), key=layer.name)
+            self.add_row(*(_text(cell) for cell in rows[layer.name]), key=layer.name)
         self._cells = rows
         if selected in rows:  # the same group stays selected
             self.move_cursor(row=list(rows).index(selected), animate=False)

@@ -136,7 +136,9 @@ def summarize(event: RunFinished | RunFailed, started: RunStarted | None) -> dic
             "epochs": event.epochs, "global_step": event.global_step, "samples_per_s": event.samples_per_s,
             "wall_s": event.wall_s, "profile": profile, "checkpoints": event.checkpoints,
             "metric": started.metric if started else "acc", "compression": event.compression,
-            "export_dir": event.export_dir or None}
+            "export_dir": event.export_dir or None,
+            "confusion": [list(row) for row in event.confusion] if event.confusion is not None else None,
+            "misclassified": list(event.misclassified)}
 
 
 def read_events(run_dir: Path) -> list[Event]:

@@ -17,13 +17,14 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
-                                     SetGroupTrainable, StopEarly, UnfreezeNext)
+from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint,
+                                     ScaleGroupLR, SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFinished, RunStarted, SetupProgressed, UnfreezeSuggested,
                                    Warned)
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.groups import Backbone
+from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.lr_sweep import find_lr_in_run
@@ -63,6 +64,7 @@ class Trainer:
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
         self._cache_said = ""  # the last FeatureCacheChanged detail: a reason is said once, not every epoch
+        self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
@@ -78,6 +80,7 @@ class Trainer:
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
         gc.freeze()
+        self._measure_shift("start")
         try:
             return self._epochs()
         finally:
@@ -206,7 +209,7 @@ class Trainer:
         """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`); the val set
         from the feature cache while it is in use."""
         if self.cache.active and loader is self.parts.val_loader:
-            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts)
+            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts, thumbs=False)
         else:
             result = self.obj.evaluate(self.parts.model, loader, self.parts)
         strategy.train_mode(self.parts.model, self.profile.strategy)
@@ -220,12 +223,15 @@ class Trainer:
         more = self.obj.epoch_extras(val, self.parts)
         strategy.train_mode(self.parts.model, self.profile.strategy)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more, val.get("report"))
+        self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
+        self.val_views["from_cache"] = self.cache.active  # no images then: `_finish` draws the thumbnails
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,
                              samples_per_s=train["samples"] / max(epoch_s, 1e-9),
                              is_best=is_best, extra=more))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
+        self._measure_shift("epoch")
         if is_best:
             st.save("best", ema=self.profile.train.ema_for_best)
         if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
@@ -378,19 +384,61 @@ class Trainer:
             detail = st.set_group_trainable(command.group, command.trainable)
             self._cache_after_change()
             self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, AdaptBatchNorm):
+            detail = self._adapt_batchnorm(command.batches)
         elif isinstance(command, ScaleGroupLR):
             detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
                                  detail=detail, value=value))
 
+    def _measure_shift(self, reason: str) -> list[float | None]:
+        """Emit the domain shift per group (nothing when the model has no BatchNorm and no source data)."""
+        if not self.profile.train.domain_shift and reason != "AdaptBatchNorm":
+            return []
+        event = shift_event(self.parts, self.st.epoch, self.st.global_step, reason)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        if event is None:
+            return []
+        self.emit(event)
+        return list(event.shifts)
+
+    def _adapt_batchnorm(self, batches: int) -> str:
+        """AdaBN at a step boundary, then the shift measured again; the feature cache (stale features) rebuilt."""
+        p = self.parts
+        gen = p.train_loader.generator  # its shuffle draws must not move: resume replays the same order
+        state = gen.get_state() if gen is not None else None
+        try:
+            layers, read = adapt_batchnorm(p.model, p.train_loader, p.device, p.autocast, batches)
+        finally:
+            if gen is not None:
+                gen.set_state(state)
+        strategy.train_mode(p.model, self.profile.strategy)
+        if not layers:
+            return "no BatchNorm layers: nothing to adapt"
+        if self.cache.active:
+            self.cache.drop()
+            self._refresh_cache()
+        after = [v for v in self._measure_shift("AdaptBatchNorm") if v is not None]
+        mean = f"; mean shift now {sum(after) / len(after):.3g}" if after else ""
+        return f"running statistics of {layers} BatchNorm layers re-estimated on {read} target batches{mean}"
+
     # ----------------------------------------------------------------------------------------------- finish
+    def _confusion(self) -> tuple[tuple[int, ...], ...] | None:
+        conf = self.val_views.get("confusion")
+        return tuple(tuple(row) for row in conf) if conf is not None else None
+
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
         status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
         self._settle(st.guard.bad.item())  # non-finite steps since the last read: never saved over `last`
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
             st.save("last")
+        if self.val_views.get("from_cache") and p.backbone.task == "image":  # the same weights, read from images
+            self.cache.drop()
+            with torch.random.fork_rng(devices=[]):  # after the save, and drawing nothing: resume stays exact
+                val = self.evaluate(p.val_loader)
+            self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
         test = None
         if p.test_loader is not None and st.has_checkpoint("best"):
             st.load_best_weights()
@@ -406,6 +454,7 @@ class Trainer:
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
                             per_class_acc=st.per_class, per_class_report=st.class_report,
                             samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s, checkpoints=st.checkpoint_paths(),
-                            compression=compression, export_dir=export_dir)
+                            compression=compression, export_dir=export_dir,
+                            confusion=self._confusion(), misclassified=tuple(self.val_views.get("misclassified", ())))
         self.emit(event)
         return event

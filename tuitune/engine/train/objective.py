@@ -21,6 +21,7 @@ from tuitune.engine.train.distill import Distiller, build_distiller
 from tuitune.engine.train.losses import build_loss
 from tuitune.engine.train.scoring import Scorer, average_precision, class_report, target_kind
 from tuitune.engine.train.regularize import Penalty, build_ema
+from tuitune.engine.train.val_views import ValViews
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
@@ -103,14 +104,16 @@ class Objective:
         return {"task_loss": task / n, "distill_loss": distill / n} if n else {}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts) -> dict[str, Any]:
-        """Loss, score and its extras over a loader; for class targets also macro-F1 (`extra`), per-class accuracy and
-        precision / recall / F1 (`report`), from a confusion matrix counted on the device; one host sync. Leaves the
-        model in eval mode: the loop puts it back with `strategy.train_mode` (frozen BatchNorm stays in eval)."""
+    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts, *, thumbs: bool = True) -> dict[str, Any]:
+        """Loss, score and its extras over a loader; for class targets the confusion matrix (counted on the device)
+        with macro-F1 (`extra`), per-class accuracy and precision / recall / F1 (`report`) read off it, and (image
+        inputs, `thumbs`) the worst errors as thumbnails (`ValViews`); one host sync. Leaves the model in eval mode:
+        the loop puts it back with `strategy.train_mode` (frozen BatchNorm stays in eval)."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         sums = torch.zeros(self.scorer.width, device=self.device)
-        confusion = torch.zeros(self.k * self.k, device=self.device)  # class targets: true * k + predicted
+        views = ValViews(self.k, self.device, parts.backbone.data_config,
+                         thumbs and parts.backbone.task == "image") if self.scorer.kind == "class" else None
         outs, truths, n = [], [], 0
         for x, y in loader:
             x, y = to_device(x, self.device), y.to(self.device, non_blocking=True)
@@ -119,19 +122,19 @@ class Objective:
             loss_sum += self.eval_loss(out, y) * y.shape[0]
             sums += self.scorer.batch_sums(out, y)
             n += y.shape[0]
-            if self.scorer.kind == "class":
-                confusion += torch.bincount(y * self.k + out.argmax(-1), minlength=self.k * self.k)
+            if views is not None:
+                views.add(x, out, y)
             elif self.scorer.kind == "multi":
                 outs.append(out)
                 truths.append(y)
-        values = torch.cat([loss_sum.reshape(1), sums, confusion]).tolist()  # the host sync
+        extra = views.tensors() if views is not None else []
+        values = torch.cat([loss_sum.reshape(1), sums, *extra]).tolist()  # the host sync
         loss, score_sums = values[0], values[1:1 + self.scorer.width]
         result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
                   "extra": self.scorer.extras(score_sums, n), "per_class": {}, "report": {}}
-        if self.scorer.kind == "class":
-            flat = values[1 + self.scorer.width:]
-            rows = [flat[i * self.k:(i + 1) * self.k] for i in range(self.k)]
-            macro_f1, result["report"] = class_report(rows, parts.bundle.classes)
+        if views is not None:
+            result.update(views.read(values[1 + self.scorer.width:], parts.bundle.classes))
+            macro_f1, result["report"] = class_report(result["confusion"], parts.bundle.classes)
             result["extra"]["macro_f1"] = macro_f1
             result["per_class"] = {c: r["recall"] for c, r in result["report"].items()}  # per-class accuracy
         elif outs:
