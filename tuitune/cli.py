@@ -94,6 +94,8 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
                        help="K processes share the sweep (one GPU each when there are GPUs)")
     sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default runs/NAME-sweep); the same folder "
                                                     "resumes the sweep")
+    sweep.add_argument("--headless", action="store_true",
+                       help="no leaderboard screen: run in the foreground, print the leaderboard as trials end")
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process --workers started
     _add_profile_options(sweep)
 
@@ -324,7 +326,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{sweep.name}-sweep"
     if args.worker:
         return run_worker(args.profile, args.overrides, out, args.trials or sweep.spec.trials)
-    return run_sweep(args.profile, args.overrides, out, args.trials, args.workers)
+    if args.headless:
+        return run_sweep(args.profile, args.overrides, out, args.trials, args.workers)
+    from tuitune.sweep.runner import start_detached
+    from tuitune.ui.launch import open_sweep
+
+    start_detached(args.profile, args.overrides, out, args.trials, args.workers)  # outlives this screen
+    return open_sweep(out, f"sweep {sweep.name} -> {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

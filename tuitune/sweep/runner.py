@@ -258,3 +258,22 @@ def write_best(sweep: Sweep, overrides: list[str], sweep_dir: Path) -> str:
     (sweep_dir / "best_set.txt").write_text(line + "\n", encoding="utf-8")
     return (f"best: trial {best.number}, {sweep.spec.metric} {best.value:.4f} -> {sweep_dir / 'best.toml'}\n"
             f"reproduce: {line}")
+
+
+def start_detached(path: str, overrides: list[str], sweep_dir: Path, trials: int | None, workers: int) -> int:
+    """The sweep as a process of its own (its own session: it outlives the leaderboard screen and the terminal),
+    output in `sweep.log`; unless the one `sweep.pid` names still runs (then the screen just follows it)."""
+    from tuitune.sweep.study import alive
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = sweep_dir / "sweep.pid"
+    if pid_file.exists() and pid_file.read_text().strip().isdigit() and alive(int(pid_file.read_text())):
+        return int(pid_file.read_text())
+    cmd = [sys.executable, "-m", "tuitune", "sweep", path, "--headless", "--out", str(sweep_dir),
+           "--workers", str(workers), *(["--trials", str(trials)] if trials else []),
+           *(a for o in overrides for a in ("--set", o))]
+    with open(sweep_dir / "sweep.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    pid_file.write_text(f"{proc.pid}\n", encoding="utf-8")
+    return proc.pid

@@ -71,7 +71,7 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _alive(pid: Any) -> bool:
+def alive(pid: Any) -> bool:
     if not isinstance(pid, int):
         return False
     try:
@@ -90,7 +90,7 @@ def fail_orphans(study: Any, storage: Any) -> list[int]:
     study_id = storage.get_study_id_from_name(STUDY_NAME)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == socket.gethostname() and not _alive(t.user_attrs.get("pid")):
+        if t.user_attrs.get("host") == socket.gethostname() and not alive(t.user_attrs.get("pid")):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_user_attr(trial_id, "retry", True)
             storage.set_trial_user_attr(trial_id, "error", "its process ended while it ran (killed); retried")
@@ -100,8 +100,10 @@ def fail_orphans(study: Any, storage: Any) -> list[int]:
 
 
 def counted(study: Any) -> int:
-    """Trials that count toward the cap: all but the killed ones (those are retried)."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("retry"))
+    """Trials that count toward the cap: all but the killed ones (those are retried) and the ones enqueued and not
+    started yet (`ask` takes those first)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if not t.user_attrs.get("retry") and t.state.name != "WAITING")
 
 
 def ask(study: Any, storage: Any, cap: int, sweep_dir: Path) -> Any:
