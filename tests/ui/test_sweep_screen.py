@@ -45,3 +45,24 @@ async def test_enter_opens_the_selected_trial(tmp_path) -> None:
         assert opened == []
         await pilot.press("down", "enter")
         assert opened == [str(tmp_path)]
+
+
+async def test_quitting_a_trials_dashboard_comes_back_to_the_leaderboard(tmp_path) -> None:
+    from tests.ui import scripted
+    from tuitune.engine.record.runlog import RunRecorder
+
+    recorder = RunRecorder(tmp_path)
+    for event in scripted.finished_events():
+        recorder(event)
+    recorder.close()
+    rows = [TrialRow(0, "done", {"train.lr": 0.1}, 0.7, 2, 9.0, str(tmp_path), ((1, 0.7),))]
+    app = TuituneApp("sweep", sweep=(lambda: (rows, "val_score"), "t"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("enter")  # the ended trial: its record, in the dashboard, its summary on top
+        await pilot.pause()
+        from tuitune.ui.summary import SummaryScreen
+
+        assert isinstance(app.screen, SummaryScreen) and app.dashboard is not None
+        await pilot.press("q")
+        await pilot.pause()
+        assert isinstance(app.screen, SweepScreen) and app.is_running

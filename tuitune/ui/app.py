@@ -93,6 +93,17 @@ class TuituneApp(App[None]):
         else:
             self.open_dashboard(events=read_events(Path(run_dir)), speed=0.0)
 
+    def leave_dashboard(self, code: int) -> None:
+        """The dashboard is done (quit, detach, stop): back to a sweep's leaderboard under it, else exit."""
+        from tuitune.ui.sweep import SweepScreen
+
+        if self.dashboard is not None and any(isinstance(s, SweepScreen) for s in self.screen_stack):
+            self.dashboard = None
+            while not isinstance(self.screen, SweepScreen):  # the dashboard, and its summary when on top
+                self.pop_screen()
+            return
+        self.exit(return_code=code)
+
     def open_dashboard(self, **kwargs: object) -> None:
         from tuitune.ui.dashboard import DashboardScreen  # plotext loads here, after the picker's first frame
 
@@ -141,4 +152,4 @@ class TuituneApp(App[None]):
         if dashboard.live:
             await dashboard.shutdown()
             code = 130
-        self.exit(return_code=code)
+        self.leave_dashboard(code)
