@@ -64,6 +64,10 @@ def test_space_parsing(tmp_path):
                      "strategy.lr_decay": ("float", 0.3, 1.0, ()), "train.epochs": ("int", 1, 3, ())}
     assert (spec.metric, spec.direction, spec.pruner) == ("val_score", "maximize", "hyperband")
     assert load_profile(path).train.lr == 0.01  # `tuitune train` on the same file ignores [sweep]
+    regression = write(tmp_path, '"train.lr" = [0.001, 0.1]\n').read_text().replace("[train]", "[loss]\nkind = "
+                                                                                   '"mse"\n[train]')
+    path.write_text(regression)
+    assert load_sweep(path, []).spec.direction == "minimize"  # val_score is RMSE there
 
 
 @pytest.mark.parametrize("table, expected", [

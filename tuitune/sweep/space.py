@@ -2,7 +2,7 @@
 
     [sweep]
     metric = "val_score"            # default: the profile's train.checkpoint_metric
-    direction = "maximize"          # default: minimize for *_loss, maximize for *_score
+    direction = "maximize"          # default: minimize for *_loss and RMSE (loss.kind = "mse"), else maximize
     pruner = "median"               # median, hyperband or none
     startup_trials = 2              # median: trials finished before it prunes anything
     trials = 12                     # default for --trials
@@ -151,8 +151,9 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> Sweep
         for value in p.candidates():
             _validate(rest, p.key, value, file, base)
     metric = _setting(sweep, "metric", profile.train.checkpoint_metric, f"{file}: sweep", METRICS)
-    direction = _setting(sweep, "direction", "minimize" if metric.endswith("_loss") else "maximize",
-                         f"{file}: sweep", ("maximize", "minimize"))
+    lower = metric.endswith("_loss") or profile.loss.kind == "mse"  # a *_score is RMSE under an mse loss
+    direction = _setting(sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep",
+                         ("maximize", "minimize"))
     return SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", f"{file}: sweep", PRUNERS),
                      _setting(sweep, "startup_trials", 2, f"{file}: sweep"), _setting(sweep, "trials", 12,
                                                                                         f"{file}: sweep"))
