@@ -469,6 +469,7 @@ def load_profile(path: str | Path, overrides: list[str] | None = None) -> RunPro
     (after following a symlink, so `profiles/demo.toml -> tuitune/profiles/demo.toml` finds its weights)."""
     path = Path(path)
     table = apply_overrides(read_toml(path), overrides or [])
+    table.pop("sweep", None)  # the search space of `tuitune sweep` (tuitune/sweep/space.py checks it there)
     return profile_from_dict(table, str(path), path.resolve().parent)
 
 

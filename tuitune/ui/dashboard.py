@@ -357,7 +357,7 @@ class DashboardScreen(Screen[None]):
     def action_quit_run(self) -> None:
         self._key_used()
         if not self.live:
-            self.app.exit(return_code=self.exit_code())
+            self.app.leave_dashboard(self.exit_code())  # type: ignore[attr-defined]
             return
         if self.detachable:
             def leave(answer: str | None) -> None:
@@ -452,8 +452,8 @@ class DashboardScreen(Screen[None]):
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        self.app.exit(return_code=0)
+        self.app.leave_dashboard(0)  # type: ignore[attr-defined]
 
     async def stop_and_exit(self) -> None:
         await self.shutdown()
-        self.app.exit(return_code=130)
+        self.app.leave_dashboard(130)  # type: ignore[attr-defined]

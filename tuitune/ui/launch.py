@@ -62,3 +62,17 @@ def open_compare(*, folder: Path | None = None, runs: list | None = None) -> int
     from tuitune.ui.compare import CompareApp
 
     return _run(CompareApp(folder=folder, runs=runs))
+
+
+def open_sweep(sweep_dir: Path, title: str) -> int:
+    """`tuitune sweep PROFILE`: the leaderboard of the sweep in `sweep_dir`, read from its journal every second."""
+    from tuitune.sweep.board import read_board
+    from tuitune.ui.app import TuituneApp
+
+    def load() -> tuple[list, str]:
+        if not (sweep_dir / "journal.log").exists():
+            return [], ""
+        rows, metric, _ = read_board(sweep_dir)
+        return rows, metric
+
+    return _run(TuituneApp("sweep", sweep=(load, title)))
