@@ -86,8 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list run directories: status (live, finished, dead, ...), progress")
     runs.add_argument("dir", nargs="?", default="runs", help="the folder of run directories (default ./runs)")
     runs.add_argument("--json", action="store_true", help="one JSON array of objects")
+    runs.add_argument("--compare", action="store_true",
+                      help="a list of the runs to select (space) and compare (enter): curves, best metrics, keys")
+    compare = sub.add_parser("compare",
+                             help="compare runs: val curves overlaid, best metrics, profile keys that differ")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    compare.add_argument("--json", action="store_true", help="one JSON object: runs (best metrics, curve), differ")
+    compare.add_argument("--text", action="store_true", help="plain text tables instead of the screen")
     _add_ship_commands(sub)
+    _add_sweep_command(sub)
     return parser
+
+
+def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="search a profile's [sweep] space with Optuna (pruning, resumable)")
+    sweep.add_argument("profile", help="a profile .toml with a [sweep] table")
+    sweep.add_argument("--trials", type=int, metavar="N", help="trials in the whole sweep (default: sweep.trials)")
+    sweep.add_argument("--workers", type=int, default=1, metavar="K",
+                       help="K processes share the sweep (one GPU each when there are GPUs)")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default runs/NAME-sweep); the same folder "
+                                                    "resumes the sweep")
+    sweep.add_argument("--headless", action="store_true",
+                       help="no leaderboard screen: run in the foreground, print the leaderboard as trials end")
+    sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process --workers started
+    _add_profile_options(sweep)
 
 
 def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
@@ -226,6 +248,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UserError(f"{folder}: runs: no such folder")
+    if args.compare:
+        from tuitune.ui.launch import open_compare
+
+        return open_compare(folder=folder)
     runs = list_runs(folder)
     if args.json:
         print(json.dumps([r.as_dict() for r in runs]))
@@ -233,6 +259,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no run directories under {folder}")
     else:
         print(format_table(runs))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The screen; `--json`, `--text`, or an output that is not a terminal: printed."""
+    from tuitune.remote.compare import compare_dict, format_compare, load_runs
+
+    runs = load_runs([Path(d) for d in args.run_dirs])
+    if args.json:
+        print(json.dumps(compare_dict(runs)))
+    elif args.text or not sys.stdout.isatty():
+        print(format_compare(runs))
+    else:
+        from tuitune.ui.launch import open_compare
+
+        return open_compare(runs=runs)
     return 0
 
 
@@ -346,13 +388,31 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tuitune.sweep.runner import load_sweep, run_sweep, run_worker
+
+    if args.trials is not None and args.trials < 1 or args.workers < 1:
+        raise UserError("sweep: --trials and --workers must be >= 1")
+    sweep = load_sweep(args.profile, args.overrides)  # bad tables fail here, before any folder is made
+    out = Path(args.out) if args.out else Path("runs") / f"{sweep.name}-sweep"
+    if args.worker:
+        return run_worker(args.profile, args.overrides, out, args.trials or sweep.spec.trials)
+    if args.headless:
+        return run_sweep(args.profile, args.overrides, out, args.trials, args.workers)
+    from tuitune.sweep.runner import start_detached
+    from tuitune.ui.launch import open_sweep
+
+    start_detached(args.profile, args.overrides, out, args.trials, args.workers)  # outlives this screen
+    return open_sweep(out, f"sweep {sweep.name} -> {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "offline", False):
         _go_offline()
     handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
-                "attach": cmd_attach, "runs": cmd_runs,
-                "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find}
+                "attach": cmd_attach, "runs": cmd_runs, "compare": cmd_compare,
+                "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except UserError as e:

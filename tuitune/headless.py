@@ -59,7 +59,8 @@ class ConsolePrinter:
         elif isinstance(event, SetupProgressed):
             self._progress(event)
         elif isinstance(event, LRFound):
-            self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
+            finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
+            self.say(f"{finder}: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
                      f"{event.steep:.3g}; current {event.current_lr:.3g}); curve in {event.path}")
         elif isinstance(event, CompressionReported):
             from tuitune.engine.tools.compress import format_report
@@ -102,7 +103,11 @@ class ConsolePrinter:
             self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
                      f"best val {self.metric} {acc}")
         if event.test:
-            self.say(f"  test {self.metric} {event.test['score']:.4f}")
+            f1 = f", macro-F1 {event.test['macro_f1']:.4f}" if "macro_f1" in event.test else ""
+            self.say(f"  test {self.metric} {event.test['score']:.4f}{f1}")
+        for name, r in list(event.per_class_report.items())[:20]:  # the last val epoch's, per class
+            self.say(f"  class {name}: precision {r['precision']:.3f} recall {r['recall']:.3f} F1 {r['f1']:.3f} "
+                     f"({int(r['support'])} val)")
         if event.export_dir:
             self.say(f"  exported to {event.export_dir}")
 

@@ -34,8 +34,10 @@ class TuituneApp(App[None]):
                  out: str | None = None, profile: RunProfile | None = None, run_dir: Path | None = None,
                  resume: Path | None = None, events: Sequence[Event] = (), speed: float = 0.0,
                  runner: Runner = default_runner, make_run_dir: RunDirMaker = default_run_dir,
-                 control: Control | None = None, runs_dir: Path | None = None) -> None:
+                 control: Control | None = None, runs_dir: Path | None = None,
+                 sweep: tuple[object, str] | None = None) -> None:
         super().__init__()
+        self.sweep = sweep  # mode "sweep": (loader of the leaderboard rows, title)
         self.runs_dir = runs_dir
         self.mode = mode
         self.profile_dirs = list(profile_dirs)
@@ -60,6 +62,12 @@ class TuituneApp(App[None]):
         elif self.mode == "train":
             assert self.profile is not None
             self.start_run(self.profile, self.run_dir)
+        elif self.mode == "sweep":
+            from tuitune.ui.sweep import SweepScreen
+
+            assert self.sweep is not None
+            load, title = self.sweep
+            self.push_screen(SweepScreen(load, title, open_trial=self.open_trial))  # type: ignore[arg-type]
         elif self.mode == "attach":
             assert self.run_dir is not None
             self.attach_run(self.run_dir)
@@ -74,6 +82,27 @@ class TuituneApp(App[None]):
     def attach_run(self, run_dir: Path) -> None:
         """Follow a live run process: its history, then live events; every key steers it."""
         self.open_dashboard(run=LiveRun(profile=None, run_dir=run_dir, runner=DetachedRunner(attach_only=True)))
+
+    def open_trial(self, run_dir: str) -> None:
+        """A sweep's trial: the live one's dashboard (attach), an ended one's record (replay)."""
+        from tuitune.engine.record.runlog import read_events
+        from tuitune.remote.runs import run_status
+
+        if run_status(Path(run_dir)) == "live":
+            self.attach_run(Path(run_dir))
+        else:
+            self.open_dashboard(events=read_events(Path(run_dir)), speed=0.0)
+
+    def leave_dashboard(self, code: int) -> None:
+        """The dashboard is done (quit, detach, stop): back to a sweep's leaderboard under it, else exit."""
+        from tuitune.ui.sweep import SweepScreen
+
+        if self.dashboard is not None and any(isinstance(s, SweepScreen) for s in self.screen_stack):
+            self.dashboard = None
+            while not isinstance(self.screen, SweepScreen):  # the dashboard, and its summary when on top
+                self.pop_screen()
+            return
+        self.exit(return_code=code)
 
     def open_dashboard(self, **kwargs: object) -> None:
         from tuitune.ui.dashboard import DashboardScreen  # plotext loads here, after the picker's first frame
@@ -123,4 +152,4 @@ class TuituneApp(App[None]):
         if dashboard.live:
             await dashboard.shutdown()
             code = 130
-        self.exit(return_code=code)
+        self.leave_dashboard(code)

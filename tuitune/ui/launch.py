@@ -59,3 +59,24 @@ def open_replay(run_dir: Path, speed: float = 0.0) -> int:
     events = read_events(Path(run_dir))
 
     return _run(TuituneApp("replay", events=events, speed=speed))
+
+
+def open_compare(*, folder: Path | None = None, runs: list | None = None) -> int:
+    """`tuitune runs DIR --compare` (pick runs from `folder`) or `tuitune compare RUN_DIR ...` (`runs` loaded)."""
+    from tuitune.ui.compare import CompareApp
+
+    return _run(CompareApp(folder=folder, runs=runs))
+
+
+def open_sweep(sweep_dir: Path, title: str) -> int:
+    """`tuitune sweep PROFILE`: the leaderboard of the sweep in `sweep_dir`, read from its journal every second."""
+    from tuitune.sweep.board import read_board
+    from tuitune.ui.app import TuituneApp
+
+    def load() -> tuple[list, str]:
+        if not (sweep_dir / "journal.log").exists():
+            return [], ""
+        rows, metric, _ = read_board(sweep_dir)
+        return rows, metric
+
+    return _run(TuituneApp("sweep", sweep=(load, title)))

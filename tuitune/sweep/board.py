@@ -1,0 +1,76 @@
+"""The leaderboard of a sweep, read from its study: plain rows for the headless printer and the dashboard alike."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+STATUS = {"RUNNING": "running", "PRUNED": "pruned", "COMPLETE": "done", "FAIL": "failed", "WAITING": "waiting"}
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    status: str  # running, pruned, done, failed, killed, waiting
+    params: dict[str, Any]
+    best: float | None  # the trial's best value of the sweep's metric so far
+    epochs: int  # epochs reported (each epoch's metric)
+    time_s: float
+    run_dir: str
+    curve: tuple[tuple[int, float], ...] = field(default=())  # (epoch, metric)
+    error: str = ""
+
+
+def rows_from_trials(trials: list[Any], direction: str, now: datetime | None = None) -> list[TrialRow]:
+    """Best first (done and pruned by their best value; running ones next; failed last)."""
+    rows = [_row(t, direction, now or datetime.now()) for t in trials]
+    sign = -1.0 if direction == "maximize" else 1.0
+    order = {"done": 0, "pruned": 0, "running": 1, "waiting": 2, "failed": 3, "killed": 3}
+    return sorted(rows, key=lambda r: (order[r.status], r.best is None,
+                                       sign * r.best if r.best is not None else 0.0, r.number))
+
+
+def _row(t: Any, direction: str, now: datetime) -> TrialRow:
+    curve = tuple(sorted((int(k), float(v)) for k, v in t.intermediate_values.items() if math.isfinite(v)))
+    values = [v for _, v in curve]
+    best = t.value if t.value is not None else ((max if direction == "maximize" else min)(values) if values else None)
+    status = STATUS.get(t.state.name, t.state.name.lower())
+    if status == "failed" and t.user_attrs.get("retry"):
+        status = "killed"
+    start, end = t.datetime_start, t.datetime_complete or (now if t.datetime_start else None)
+    time_s = (end - start).total_seconds() if start and end else 0.0
+    return TrialRow(t.number, status, dict(t.params), best, len(curve), time_s, t.user_attrs.get("run_dir", ""),
+                    curve, t.user_attrs.get("error", ""))
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """`lr=0.00123 kind=full`: the last part of each dotted key, for narrow columns."""
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt_value(v)}" for k, v in params.items())
+
+
+def format_board(rows: list[TrialRow], metric: str, width: int = 100) -> str:
+    head = f"{'trial':>5}  {'status':<8} {('best ' + metric):>14}  {'epochs':>6}  {'time':>7}  params"
+    lines = [head]
+    for r in rows:
+        best = "-" if r.best is None else f"{r.best:.4f}"
+        line = (f"{r.number:>5}  {r.status:<8} {best:>14}  {r.epochs:>6}  {r.time_s:>6.1f}s  "
+                f"{params_text(r.params)}")
+        lines.append(line[:width])
+    return "\n".join(lines)
+
+
+def read_board(sweep_dir: Path) -> tuple[list[TrialRow], str, str]:
+    """(rows, metric, direction) of the sweep in `sweep_dir`, from its journal."""
+    from tuitune.sweep.study import load_study
+
+    study = load_study(sweep_dir)
+    metric = str(study.user_attrs.get("metric", "value"))
+    direction = study.direction.name.lower()
+    return rows_from_trials(study.get_trials(deepcopy=False), direction), metric, direction

@@ -1,0 +1,118 @@
+"""The Optuna study behind a sweep, kept in `SWEEP_DIR/journal.log` (Optuna's JournalStorage on a file).
+
+A file journal needs no server, is safe for several processes on one machine (Optuna locks it), and is the whole
+state of the sweep: the same command on the same folder loads it (`load_if_exists`) and goes on. What the journal
+cannot know is that a process was killed while its trial ran: that trial stays RUNNING. Each trial records the
+process that runs it (`pid`, `host`); before a process asks for a new trial it marks every RUNNING trial whose
+process is gone as FAIL with `retry = true` ("killed"), so it is neither lost silently nor counted: the cap counts
+finished, pruned, running and honestly failed trials, and a killed one is replaced by a new trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+from tuitune.sweep.space import SweepSpec
+
+STUDY_NAME = "tuitune"
+JOURNAL = "journal.log"
+
+
+def storage_for(sweep_dir: Path) -> Any:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_study(sweep_dir: Path, spec: SweepSpec, seed: int) -> tuple[Any, Any]:
+    """Create or load the sweep's study. The sampler's seed moves with the trials already run and the process, so a
+    resumed sweep or a second worker does not replay the first one's random start."""
+    import optuna
+
+    quiet_optuna()
+    storage = storage_for(sweep_dir)
+    pruner: Any = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials),
+                   "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+                   "none": optuna.pruners.NopPruner}[spec.pruner]()
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=spec.direction,
+                                pruner=pruner, load_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * len(study.trials) + os.getpid() % 1000,
+                                               n_startup_trials=max(spec.startup_trials, 2))
+    return study, storage
+
+
+def load_study(sweep_dir: Path) -> Any:
+    """A sweep's study, read-only use (the leaderboard)."""
+    import optuna
+
+    quiet_optuna()
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage_for(sweep_dir))
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """One process at a time between counting the trials and asking for a new one (so the cap is exact)."""
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphans(study: Any, storage: Any) -> list[int]:
+    """Mark RUNNING trials whose process (on this machine) is gone as failed and to be retried; their numbers."""
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == socket.gethostname() and not alive(t.user_attrs.get("pid")):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_user_attr(trial_id, "retry", True)
+            storage.set_trial_user_attr(trial_id, "error", "its process ended while it ran (killed); retried")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            failed.append(t.number)
+    return failed
+
+
+def counted(study: Any) -> int:
+    """Trials that count toward the cap: all but the killed ones (those are retried) and the ones enqueued and not
+    started yet (`ask` takes those first)."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if not t.user_attrs.get("retry") and t.state.name != "WAITING")
+
+
+def ask(study: Any, storage: Any, cap: int, sweep_dir: Path) -> Any:
+    """A new trial owned by this process, or None once the cap is reached (counting every process's trials)."""
+    with locked(sweep_dir / "ask.lock"):
+        fail_orphans(study, storage)
+        if counted(study) >= cap:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        return trial

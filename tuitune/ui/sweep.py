@@ -1,0 +1,102 @@
+"""The sweep screen: the leaderboard of the trials, their validation curves overlaid, and a trial's dashboard one
+key away (`enter`: the selected trial, live through attach, or its record through replay).
+
+It renders only what the loader gives (rows read from the sweep's journal, `tuitune.sweep.board`), polled every
+second; tests give it stored rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual_plotext import PlotextPlot
+
+from tuitune.sweep.board import TrialRow, params_text
+
+Loader = Callable[[], "tuple[list[TrialRow], str]"]  # (rows best first, metric name)
+COLORS = ("cyan", "green", "orange", "magenta", "yellow", "blue", "red", "white")
+STATUS_STYLE = {"running": "bold cyan", "done": "green", "pruned": "yellow", "failed": "red", "killed": "red",
+                "waiting": "dim"}
+
+
+class CurvesPlot(PlotextPlot):
+    """Each trial's metric per epoch, overlaid; the trials' numbers in the legend."""
+
+    def show(self, rows: list[TrialRow], metric: str) -> None:
+        plt = self.plt
+        plt.clear_figure()
+        plt.theme("pro")
+        plt.title(f"{metric} per epoch, by trial" if metric else "no trial has reported yet")
+        for i, row in enumerate(sorted(rows, key=lambda r: r.number)):
+            if row.curve:
+                plt.plot([e for e, _ in row.curve], [v for _, v in row.curve], marker="braille",
+                         color=COLORS[row.number % len(COLORS)], label=f"#{row.number}")
+        plt.xlabel("epoch")
+        self.refresh()
+
+
+class SweepScreen(Screen[None]):
+    BINDINGS = [Binding("enter", "open_trial", "Trial dashboard"), Binding("q", "app.quit", "Quit (sweep goes on)")]
+    DEFAULT_CSS = """
+    SweepScreen #title { height: 1; padding: 0 1; background: $boost; }
+    SweepScreen DataTable { height: auto; max-height: 50%; }
+    SweepScreen CurvesPlot { height: 1fr; }
+    """
+
+    def __init__(self, load: Loader, title: str, open_trial: Callable[[str], None] | None = None,
+                 refresh_s: float = 1.0) -> None:
+        super().__init__()
+        self.load, self.title_text, self.open_trial, self.refresh_s = load, title, open_trial, refresh_s
+        self.rows: list[TrialRow] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.title_text, id="title")
+        table: DataTable = DataTable(cursor_type="row", zebra_stripes=True)
+        table.add_columns("trial", "status", "best", "epochs", "time", "parameters")
+        table.border_title = "best first"
+        yield table
+        yield CurvesPlot()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.reload()
+        if self.refresh_s > 0:
+            self.set_interval(self.refresh_s, self.reload)
+
+    def reload(self) -> None:
+        rows, metric = self.load()
+        table = self.query_one(DataTable)
+        selected = self.rows[table.cursor_row].number if self.rows and table.cursor_row < len(self.rows) else None
+        self.rows = rows
+        table.clear()
+        for r in rows:
+            best = "-" if r.best is None else f"{r.best:.4f}"
+            table.add_row(f"#{r.number}", f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]", best, str(r.epochs),
+                          f"{r.time_s:.0f}s", params_text(r.params), key=str(r.number))
+        if selected is not None and any(r.number == selected for r in rows):
+            table.move_cursor(row=[r.number for r in rows].index(selected))
+        done = sum(r.status in ("done", "pruned") for r in rows)
+        running = sum(r.status == "running" for r in rows)
+        self.query_one("#title", Static).update(
+            f"{self.title_text} · {len(rows)} trials: {done} ended, {running} running · enter: its dashboard")
+        self.query_one(CurvesPlot).show(rows, metric)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """`enter` on the table (the table takes the key before the screen's binding)."""
+        event.stop()
+        self.action_open_trial()
+
+    def action_open_trial(self) -> None:
+        """The trial under the cursor (the live one first: running trials sort right after the ended ones)."""
+        table = self.query_one(DataTable)
+        if not self.rows or self.open_trial is None:
+            return
+        row = self.rows[min(table.cursor_row, len(self.rows) - 1)]
+        if row.run_dir and Path(row.run_dir, "events.jsonl").exists():
+            self.open_trial(row.run_dir)
+        else:
+            self.notify(f"trial #{row.number} has no run record yet")
