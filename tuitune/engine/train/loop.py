@@ -374,6 +374,8 @@ class Trainer:
             commands, stop = d.exchange(held, self.control.stop_requested)
             for command in commands:
                 self._apply(command)
+            if self._held and not d.active:  # commands kept during an LR answer: this boundary too (several
+                continue  # ranks: at the next exchange, on every rank alike)
             if stop and self.stop_status is None:
                 self.stop_status = ("interrupted", "interrupted by the user")
             if self.stop_status is not None:
