@@ -146,7 +146,8 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
         pass
     if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
         b = summary["best"]
-        text = f"{str(b.get('metric', metric)).replace('_', ' ')} {b['value']:.4f} @ {b.get('epoch')}"
+        name = str(b.get("metric", metric)).replace("_score", f"_{metric}")  # val_score -> val_acc / val_rmse
+        text = f"{name.replace('_', ' ')} {b['value']:.4f} @ {b.get('epoch')}"
     else:
         text = f"val {metric} {best:.4f} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
     return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text
