@@ -74,9 +74,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--omp-wait-policy", choices=("passive", "active", "unset"), default="passive",
                    help="OMP_WAIT_POLICY of the worker processes (default passive: see below)")
     p.add_argument("--no-startup", action="store_true", help="skip help_s and first_frame_s")
+    p.add_argument("--overhead", action="store_true",
+                   help="measure the per-step time the engine and the dashboard add, precisely: the loop's own "
+                        "time outside forward, backward, optimizer step and data fetch, timed directly, on a "
+                        "job whose step is a few ms (defaults below change unless given); prints engine_overhead_ms "
+                        "and tui_overhead_ms")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # one run, JSON out (internal)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.overhead:
+        _overhead_defaults(p, args, argv if argv is not None else sys.argv[1:])
     if args.warmup % args.log_every or args.steps % args.log_every or args.warmup < args.log_every:
         p.error("--warmup and --steps must be positive multiples of --log-every (the engine is timed at its "
                 "MetricsUpdated events)")
@@ -87,6 +94,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if set(args.modes) - set(MODES):
         p.error(f"--modes: expected some of {','.join(MODES)}")
     return args
+
+
+# The `--overhead` job: a small conv net on 16 px images, batch 8 (a few ms a step on one CPU core; the engine's
+# own time is what is left when forward, backward, optimizer step and data fetch are subtracted), many steps.
+OVERHEAD_DEFAULTS = {"kwargs": '{"channels": [8, 16, 32, 64], "stem_width": 8}', "img_size": 16, "batch_size": 8,
+                     "warmup": 50, "steps": 400, "rounds": 3, "no_startup": True, "threads": 1}
+
+
+def _overhead_defaults(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    for key, value in OVERHEAD_DEFAULTS.items():
+        if "--" + key.replace("_", "-") not in given:
+            setattr(args, key, value)
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -107,6 +127,8 @@ def prepare_process(args: argparse.Namespace) -> Any:
 def worker(args: argparse.Namespace) -> int:
     """`--worker MODE`: one run in this fresh process; its figures as one `RESULT {json}` line."""
     runs = prepare_process(args)
+    if args.overhead:
+        runs.METER.install()
     result = runs.run_mode(args.worker, runs.make_profile(args), args, Path(args.run_dir))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
@@ -117,7 +139,7 @@ def run_isolated(mode: str, args: argparse.Namespace, run_dir: Path) -> dict[str
            "--model", args.model, "--kwargs", args.kwargs_json, "--img-size", str(args.img_size),
            "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
            "--warmup", str(args.warmup), "--steps", str(args.steps), "--log-every", str(args.log_every),
-           "--device", args.device, "--threads", str(args.threads)]
+           "--device", args.device, "--threads", str(args.threads)] + (["--overhead"] if args.overhead else [])
     env = _env()
     if args.omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
@@ -137,6 +159,8 @@ def run_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, 
     runs = profile = None
     if args.in_process:
         runs = prepare_process(args)
+        if args.overhead:
+            runs.METER.install()
         runs.share_synthetic_data()
         profile = runs.make_profile(args)
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.modes}
@@ -246,6 +270,29 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
             "omp_wait_policy": None if args.in_process else args.omp_wait_policy}
 
 
+def overhead_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per step, in ms of CPU time: each mode's own time (its training thread's CPU time minus forward / backward
+    / optimizer step / data fetch), the engine's minus the bare loop's, and what the dashboard adds: the training
+    thread's own time over the headless engine's plus the UI thread's CPU time (as if both ran on one core)."""
+    ms = 1000 / args.steps
+    own_runs = {m: [(r["thread_cpu"] - r["compute"]) * ms for r in rs] for m, rs in results.items() if rs}
+    own = {m: statistics.median(v) for m, v in own_runs.items()}
+    for mode, values in own_runs.items():
+        compute = statistics.median(r["compute"] * ms for r in results[mode])
+        print(f"own CPU time per step {mode:<6} median {own[mode]:6.3f} ms ({_fmt_list(values)}); forward, "
+              f"backward, step, data {compute:6.3f} ms")
+    ui = statistics.median(r["main_cpu"] * ms for r in results["tui"]) if results.get("tui") else None
+    engine = own["engine"] - own["bare"] if "engine" in own and "bare" in own else None
+    tui = own["tui"] - own["engine"] + ui if "tui" in own and "engine" in own and ui is not None else None
+    compute = statistics.median(r["compute"] * ms for r in results["bare"]) if results.get("bare") else None
+    return {"engine_overhead_ms": _round(engine, 3), "tui_overhead_ms": _round(tui, 3),
+            "goal_engine_ms": 0.5, "goal_tui_ms": 1.0,
+            "own_ms": {m: round(v, 3) for m, v in own.items()}, "ui_thread_cpu_ms": _round(ui, 3),
+            "step_compute_ms": _round(compute, 3), "model": args.model, "img_size": args.img_size,
+            "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds, "log_every": args.log_every,
+            "device": args.device, "threads": args.threads, "load_avg": round(os.getloadavg()[0], 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -257,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tuitune-overhead-") as tmp:
         results = run_rounds(args, Path(tmp))
+    if args.overhead:
+        print(json.dumps(overhead_report(args, results)))
+        return 0
     startup = None if args.no_startup else startup_times()
     cache = None
     if not args.no_startup:

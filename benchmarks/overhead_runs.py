@@ -87,23 +87,79 @@ def main_thread_cpu() -> float:
         return math.nan
 
 
+class ComputeMeter:
+    """CPU seconds of the calling thread spent inside the work every loop does: the model's forward (outermost
+    module call), backward, the optimizer step and the data loader's `next()`. `--overhead` subtracts them from
+    the training thread's CPU time over the window; what is left is the loop's own time (the engine's bookkeeping,
+    or a hand-written loop's few lines). Thread CPU time, not wall time: on a shared machine a thread that is
+    descheduled mid-step would otherwise charge the wait to whatever it was doing (torch runs one thread here).
+    Installed process-wide (global module and optimizer hooks, two patched methods), so every mode pays the same
+    for the timers."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._depth = 0
+        self._t0 = 0.0
+
+    def install(self) -> None:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+        register_module_forward_pre_hook(self._enter)
+        register_module_forward_hook(self._leave)
+        register_optimizer_step_pre_hook(lambda *_: self._start())
+        register_optimizer_step_post_hook(lambda *_: self._stop())
+        torch.Tensor.backward = self._timed(torch.Tensor.backward)  # type: ignore[method-assign]
+        _BaseDataLoaderIter.__next__ = self._timed(_BaseDataLoaderIter.__next__)  # type: ignore[method-assign]
+
+    def _start(self) -> None:
+        self._t0 = time.thread_time()
+
+    def _stop(self) -> None:
+        self.total += time.thread_time() - self._t0
+
+    def _enter(self, *_: Any) -> None:
+        if self._depth == 0:
+            self._t0 = time.thread_time()
+        self._depth += 1
+
+    def _leave(self, *_: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._stop()
+
+    def _timed(self, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.total += time.thread_time() - t0
+        return timed
+
+
+METER = ComputeMeter()
+
+
 class Window:
     """The timed steps: wall time, and CPU time of the training thread, of the main thread (the UI's, in `tui`)
     and of the whole process (with torch's OpenMP workers). CPU figures explain a slowdown; samples/s is wall."""
 
     def __init__(self, samples: int) -> None:
         self.samples = samples
-        self.wall = self.thread_cpu = self.main_cpu = self.process_cpu = math.nan
-        self._t0: tuple[float, float, float, float] | None = None
+        self.wall = self.thread_cpu = self.main_cpu = self.process_cpu = self.compute = math.nan
+        self._t0: tuple[float, float, float, float, float] | None = None
 
     def start(self) -> None:
-        self._t0 = (time.perf_counter(), time.thread_time(), main_thread_cpu(), time.process_time())
+        self._t0 = (time.perf_counter(), time.thread_time(), main_thread_cpu(), time.process_time(), METER.total)
 
     def stop(self) -> None:
         assert self._t0 is not None
-        w, t, m, p = self._t0
+        w, t, m, p, c = self._t0
         self.wall, self.thread_cpu = time.perf_counter() - w, time.thread_time() - t
         self.main_cpu, self.process_cpu = main_thread_cpu() - m, time.process_time() - p
+        self.compute = METER.total - c
 
     @property
     def done(self) -> bool:
@@ -305,4 +361,5 @@ def run_mode(mode: str, profile: RunProfile, args: argparse.Namespace, run_dir: 
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return {"sps": window.sps, "wall": window.wall, "thread_cpu": window.thread_cpu, "main_cpu": window.main_cpu,
-            "process_cpu": window.process_cpu, "torch_threads": torch.get_num_threads(), **seen}
+            "process_cpu": window.process_cpu, "compute": window.compute, "torch_threads": torch.get_num_threads(),
+            **seen}

@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list run directories: status (live, finished, dead, ...), progress")
     runs.add_argument("dir", nargs="?", default="runs", help="the folder of run directories (default ./runs)")
     runs.add_argument("--json", action="store_true", help="one JSON array of objects")
+    runs.add_argument("--compare", action="store_true",
+                      help="a list of the runs to select (space) and compare (enter): curves, best metrics, keys")
+    compare = sub.add_parser("compare",
+                             help="compare runs: val curves overlaid, best metrics, profile keys that differ")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    compare.add_argument("--json", action="store_true", help="one JSON object: runs (best metrics, curve), differ")
+    compare.add_argument("--text", action="store_true", help="plain text tables instead of the screen")
     _add_ship_commands(sub)
     return parser
 
@@ -205,6 +212,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise UserError(f"{folder}: runs: no such folder")
+    if args.compare:
+        from tuitune.ui.launch import open_compare
+
+        return open_compare(folder=folder)
     runs = list_runs(folder)
     if args.json:
         print(json.dumps([r.as_dict() for r in runs]))
@@ -212,6 +223,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no run directories under {folder}")
     else:
         print(format_table(runs))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The screen; `--json`, `--text`, or an output that is not a terminal: printed."""
+    from tuitune.remote.compare import compare_dict, format_compare, load_runs
+
+    runs = load_runs([Path(d) for d in args.run_dirs])
+    if args.json:
+        print(json.dumps(compare_dict(runs)))
+    elif args.text or not sys.stdout.isatty():
+        print(format_compare(runs))
+    else:
+        from tuitune.ui.launch import open_compare
+
+        return open_compare(runs=runs)
     return 0
 
 
@@ -312,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "offline", False):
         _go_offline()
     handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
-                "attach": cmd_attach, "runs": cmd_runs,
+                "attach": cmd_attach, "runs": cmd_runs, "compare": cmd_compare,
                 "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find}
     try:
         return handlers[args.command](args)

@@ -26,6 +26,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# What checkpoint_metric, early stopping and the plateau trigger may watch. `val_macro_f1` (classification only):
+# the mean of the per-class F1 scores at validation, for imbalanced data where accuracy flatters the majority class.
+METRICS = ("val_score", "val_loss", "train_loss", "train_score", "val_macro_f1")
+
+
 class ProfileError(UserError):
     """A profile that cannot be run; the message is one line naming the file and the dotted key."""
 
@@ -126,9 +131,19 @@ class TrainConfig:
     channels_last: bool = opt(True, "CUDA: keep convolutional models and their inputs in channels-last memory "
                                     "layout (faster tensor-core convolutions); ignored on CPU.")
     compile: bool = opt(False, "Train through `torch.compile(model)` (a slow first step, faster ones after).")
-    feature_cache: bool = opt(True, "While only the classifier trains (a linear probe, or the first phase of a "
-                                    "progressive run) and nothing random precedes it, compute the frozen backbone's "
-                                    "features once and train the head on them; dropped at the first unfreeze.")
+    feature_cache: bool = opt(True, "While the lowest layer groups stay frozen and deterministic (no BatchNorm in "
+                                    "train mode, no dropout, no random augmentation), compute their output once and "
+                                    "train only the groups above it on the stored activations (a head-only phase "
+                                    "trains on cached features); rebuilt at each unfreeze. timm ResNet / ConvNeXt / "
+                                    "ViT / EfficientNet / MobileNet families and Hugging Face encoders; an event "
+                                    "says why when it is not used.")
+    cache_memory_gb: float = opt(0.0, "Most memory the feature cache may take (train + val activations, float32); "
+                                      "0 = half of the memory available when it is built (device memory on CUDA, "
+                                      "host memory otherwise). A cache that would not fit is not built.", min=0.0)
+    domain_shift: bool = opt(True, "Measure how far the target data is from what each layer group expects "
+                                   "(BatchNorm statistics, or the source data's outputs) on 4 val batches at the "
+                                   "start and after every epoch: the layer table's shift column. Off: only after "
+                                   "AdaBN (`b`).")
     ema_decay: float = opt(0.0, "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
                                 "evaluate it each epoch too; 0 = off.", min=0.0, max=0.99999)
     ema_for_best: bool = opt(False, "With `ema_decay`: the `best` checkpoint (and so the test figures and the "
@@ -143,8 +158,9 @@ class TrainConfig:
     log_every: int = opt(10, "Steps between metric reads (the only host syncs in the loop).", min=1)
     max_steps_per_epoch: int = opt(0, "Cap on steps per epoch; 0 = the whole training set.", min=0)
     checkpoint_metric: str = opt("val_score", "Metric that decides the `best` checkpoint (`*_score`: the task's "
-                                              "score, accuracy, RMSE or micro-F1; `val_acc`/`train_acc` still read).",
-                                 choices=("val_score", "val_loss", "train_loss", "train_score"))
+                                              "score, accuracy, RMSE or micro-F1; `val_acc`/`train_acc` still read; "
+                                              "`val_macro_f1`: classification's macro-F1, for imbalanced classes).",
+                                 choices=METRICS)
     on_nonfinite: str = opt("stop", "A NaN or infinite loss, found at the next metric read: `stop` ends the run "
                                     "(checkpoints already saved stay as they were); `skip` drops the gradients of "
                                     "such steps (and of steps with non-finite gradients) on the device and goes on.", choices=("stop", "skip"))
@@ -171,7 +187,7 @@ class StrategyConfig:
                         choices=("epochs", "plateau", "none"))
     every_epochs: int = opt(2, "`epochs` trigger: epochs per phase.", min=1)
     plateau_metric: str = opt("val_loss", "`plateau` trigger: the metric watched.",
-                              choices=("val_score", "val_loss", "train_loss", "train_score"))
+                              choices=METRICS)
     plateau_patience: int = opt(2, "`plateau` trigger: epochs without improvement before the next phase.", min=1)
     plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.",
                                    min=0.0)
@@ -182,9 +198,22 @@ class StrategyConfig:
                                "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
                           gt=0.0, max=1.0)
     freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
+    freeze_dropout: bool = opt(True, "Run frozen layer groups without dropout or stochastic depth (their modules "
+                                     "in eval mode): their output is then deterministic, and cacheable.")
     coarse: bool = opt(True, "timm: coarse groups (stem / stages / head) rather than one group per block.")
     ft_lr_scale: float = opt(0.1, "`lp_ft`: every group's LR is scaled by this once all groups train.", gt=0.0,
                              max=1.0)
+    phase_lr: str = opt("profile", "The LR at the start of each phase: `profile` (`train.lr`, with `lr_decay` "
+                                   "below the head) or `find` (the LR finder sweeps the groups about to train, from "
+                                   "a snapshot restored after, and its suggestion becomes the head's LR, the deeper "
+                                   "groups keeping their `lr_decay` ratios). In the dashboard the curve is shown and "
+                                   "`a` accepts or a value overrides it within `phase_lr_wait_s`; headless applies at "
+                                   "once.", choices=("profile", "find"))
+    phase_lr_steps: int = opt(100, "`phase_lr = \"find\"`: steps of each sweep (the LR grows from 1e-7 to 10; "
+                                   "it stops early when the loss diverges).", min=10)
+    phase_lr_wait_s: float = opt(10.0, "`phase_lr = \"find\"`, dashboard: seconds the curve waits for an answer "
+                                       "before the suggestion applies itself (the engine waits 30 s longer for a "
+                                       "typed value, then applies it anyway).", min=0.0)
     adapters: str = opt("", "`lora`: unfreezing a group (any strategy, e.g. `progressive`) turns on its LoRA "
                             "adapters instead of its weights; \"\" = the weights themselves.",
                         choices=("", "lora"))
@@ -261,7 +290,7 @@ class CompressConfig:
 @dataclass(frozen=True)
 class EarlyStoppingConfig:
     enabled: bool = opt(False, "Stop when `metric` has not improved for `patience` epochs.")
-    metric: str = opt("val_loss", "The metric watched.", choices=("val_score", "val_loss", "train_loss", "train_score"))
+    metric: str = opt("val_loss", "The metric watched.", choices=METRICS)
     patience: int = opt(3, "Epochs without improvement before stopping.", min=1)
     min_delta: float = opt(0.0, "The smallest change that counts as improvement.", min=0.0)
 
@@ -373,9 +402,16 @@ def _cross_check(p: RunProfile, file: str) -> None:
         raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
     if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in p.loss.class_weights):
         raise ProfileError(f"{file}: loss.class_weights: expected non-negative numbers")
+    if p.loss.kind in ("mse", "bce"):  # macro-F1 is counted from single-label predictions
+        for key, metric in (("train.checkpoint_metric", p.train.checkpoint_metric),
+                            ("strategy.plateau_metric", p.strategy.plateau_metric),
+                            ("early_stopping.metric", p.early_stopping.metric)):
+            if metric == "val_macro_f1":
+                raise ProfileError(f"{file}: {key}: val_macro_f1 needs a classification loss (cross_entropy, "
+                                   f"focal), not loss.kind = {p.loss.kind!r}")
     if p.train.ema_for_best and not p.train.ema_decay:
         raise ProfileError(f"{file}: train.ema_for_best: needs an EMA of the weights (train.ema_decay > 0, e.g. 0.999)")
-    if p.train.ema_for_best and not p.train.checkpoint_metric.startswith("val_"):
+    if p.train.ema_for_best and p.train.checkpoint_metric not in ("val_score", "val_loss"):  # what the EMA reports
         raise ProfileError(f"{file}: train.ema_for_best: the EMA model is scored on the val set; "
                            f"train.checkpoint_metric must be val_score or val_loss")
     _check_augment(p, file)

@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from tuitune.config import RunProfile
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
-                                   LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed, Warned)
+                                   FeatureCacheChanged, LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted,
+                                   SetupProgressed, Warned)
 from tuitune.engine.record.progress import progress_text
 
 PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
@@ -59,7 +60,8 @@ class ConsolePrinter:
         elif isinstance(event, SetupProgressed):
             self._progress(event)
         elif isinstance(event, LRFound):
-            self.say(f"LR finder: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
+            finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
+            self.say(f"{finder}: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
                      f"{event.steep:.3g}; current {event.current_lr:.3g}); curve in {event.path}")
         elif isinstance(event, CompressionReported):
             from tuitune.engine.tools.compress import format_report
@@ -75,6 +77,8 @@ class ConsolePrinter:
             self.say(f"checkpoint saved: {event.path}")
         elif isinstance(event, Warned):
             self.say(f"warning: {event.message}")
+        elif isinstance(event, FeatureCacheChanged):  # whether a phase runs only what it trains, and why not
+            self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
         elif isinstance(event, RunFinished):
             self._finished(event)
         elif isinstance(event, RunFailed):
@@ -100,7 +104,11 @@ class ConsolePrinter:
             self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
                      f"best val {self.metric} {acc}")
         if event.test:
-            self.say(f"  test {self.metric} {event.test['score']:.4f}")
+            f1 = f", macro-F1 {event.test['macro_f1']:.4f}" if "macro_f1" in event.test else ""
+            self.say(f"  test {self.metric} {event.test['score']:.4f}{f1}")
+        for name, r in list(event.per_class_report.items())[:20]:  # the last val epoch's, per class
+            self.say(f"  class {name}: precision {r['precision']:.3f} recall {r['recall']:.3f} F1 {r['f1']:.3f} "
+                     f"({int(r['support'])} val)")
         if event.export_dir:
             self.say(f"  exported to {event.export_dir}")
 

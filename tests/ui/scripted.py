@@ -159,6 +159,31 @@ def lr_found(epoch: int = 3, global_step: int = 2 * SPE + 10) -> LRFound:
                    path=f"{RUN_DIR}/lr_find.csv", epoch=epoch, global_step=global_step)
 
 
+def phase_lr_found(wait_s: float = 10.0) -> LRFound:
+    """`strategy.phase_lr = "find"`: the sweep at the start of phase 2 (after `mid_run_events`' unfreeze), waiting
+    `wait_s` for a person's answer."""
+    return dataclasses.replace(lr_found(epoch=2, global_step=2 * SPE), path=f"{RUN_DIR}/lr_find_phase2.csv",
+                               phase=1, wait_s=wait_s)
+
+
+def phase_lr_events() -> list[Event]:
+    """`strategy.phase_lr = "find"`: the head's LR found at the run's start, then layer4 unfrozen by the epochs
+    trigger with its phase's LR found and applied, and half of epoch 3."""
+    head = dataclasses.replace(lr_found(epoch=0, global_step=0), phase=0, path=f"{RUN_DIR}/lr_find_phase1.csv")
+    return [run_started(), head,
+            CommandApplied("ApplyLR", 0, 0, value=3.2e-3,
+                           detail="phase 1 head LR 0.0032, the finder's suggestion; deeper groups keep their ratios"),
+            *epoch_events(1, 0), *epoch_events(2, 0),
+            PhaseChanged(phase=1, num_phases=len(PHASES), trainable=PHASES[1], unfrozen=("layer4",), epoch=2,
+                         global_step=2 * SPE, reason="epochs"),
+            phase_lr_found(wait_s=0.0),
+            CommandApplied("ApplyLR", 2, 2 * SPE, value=1.1e-3,
+                           detail="phase 2 head LR 0.0011, chosen in the dashboard (suggested 0.0032); deeper groups "
+                                  "keep their ratios"),
+            LayersChanged(layers=layers(1, 2 * SPE, lr=1.1e-3), global_step=2 * SPE),
+            *epoch_events(3, 1, steps=10, with_end=False)]
+
+
 def plateau_events() -> list[Event]:
     return [run_started(), *epoch_events(1, 0), *epoch_events(2, 0), *epoch_events(3, 0),
             UnfreezeSuggested(metric="val_loss", epochs=2, next_groups=("layer4",), epoch=3)]
@@ -206,6 +231,18 @@ def compressed_finished_events() -> list[Event]:
 def finished_events() -> list[Event]:
     return [*mid_run_events(), *epoch_events(3, 1, steps=SPE)[5:], CommandApplied("StopEarly", 3, 3 * SPE),
             CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, 3 * SPE), finished()]
+
+
+def imbalanced_finished_events() -> list[Event]:
+    """A 2-class run on imbalanced data (437 ham, 63 spam in val) chosen by macro-F1: the summary's per-class table."""
+    report = {"ham": {"precision": 0.9775, "recall": 0.9954, "f1": 0.9864, "support": 437},
+              "spam": {"precision": 0.9623, "recall": 0.8095, "f1": 0.8793, "support": 63}}
+    end = dataclasses.replace(
+        finished("finished", "completed 3 epochs"), best={"metric": "val_macro_f1", "value": 0.9329, "epoch": 3},
+        final={"val_loss": 0.0712, "val_score": 0.9740, "val_macro_f1": 0.9329},
+        test={"loss": 0.0801, "score": 0.9700, "macro_f1": 0.9254},
+        per_class_acc={c: r["recall"] for c, r in report.items()}, per_class_report=report)
+    return [dataclasses.replace(run_started(), classes=("ham", "spam")), *epoch_events(1, 0), end]
 
 
 def failed_events() -> list[Event]:
@@ -275,12 +312,16 @@ class ScriptedEngine:
             emit(CommandApplied("FindLR", 3, g, detail=f"{command.steps} steps, weights restored"))
         elif isinstance(command, ApplyLR):
             emit(LayersChanged(layers=layers(self.phase, g, lr=command.lr), global_step=g))
-            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}"))
+            emit(CommandApplied("ApplyLR", 3, g, detail=f"head lr {command.lr:.1e}", value=command.lr))
         elif isinstance(command, (SetGroupTrainable, ScaleGroupLR)):
             events = steer_events(self.rows, command, 3, g)
             self.rows = events[0].layers  # type: ignore[union-attr]
             for event in events:
                 emit(event)
+        elif type(command).__name__ == "AdaptBatchNorm":
+            emit(shift(3, g, "AdaptBatchNorm", 0.12))
+            emit(CommandApplied("AdaptBatchNorm", 3, g, detail="running statistics of 20 BatchNorm layers "
+                                                                "re-estimated on 20 target batches"))
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
             emit(CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, g))
@@ -288,3 +329,54 @@ class ScriptedEngine:
             emit(end)
             return end
         return None
+
+
+CLOTHING = ("dress", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "t-shirt")
+
+
+def clothing_confusion() -> tuple[tuple[int, ...], ...]:
+    """40 val photos a class; shirts and t-shirts, longsleeves and outwear, shorts and pants mixed up."""
+    mixups = {(4, 7): 9, (7, 4): 6, (1, 2): 7, (2, 1): 4, (6, 3): 5, (3, 6): 2, (0, 4): 3, (1, 4): 2, (5, 3): 1}
+    rows = []
+    for r in range(len(CLOTHING)):
+        row = [mixups.get((r, c), 0) for c in range(len(CLOTHING))]
+        row[r] = 40 - sum(row)
+        rows.append(tuple(row))
+    return tuple(rows)
+
+
+def views_finished_events() -> list[Event]:
+    """A finished image run with the confusion matrix and worst errors (16x16 thumbnails of real clothing photos
+    from /work/shared/data/clothing/val, CC0, in fixtures/misclassified.json)."""
+    import json
+
+    conf = clothing_confusion()
+    worst = json.loads((Path(__file__).parent / "fixtures" / "misclassified.json").read_text())
+    end = dataclasses.replace(finished(), per_class_acc={c: conf[i][i] / 40 for i, c in enumerate(CLOTHING)},
+                              confusion=conf, misclassified=tuple(worst))
+    events = finished_events()
+    return [dataclasses.replace(events[0], classes=CLOTHING), *events[1:-1], end]
+
+
+def shift(epoch: int, global_step: int, reason: str, scale: float = 1.0) -> "DomainShiftMeasured":
+    """BatchNorm shift per group: the stem and layer1 see data far from their pretraining statistics."""
+    from tuitune.engine.events import DomainShiftMeasured
+
+    base = {"stem": 2.41, "layer1": 1.37, "layer2": 0.62, "layer3": 0.21, "layer4": 0.08}
+    return DomainShiftMeasured(groups=tuple(g for g, _ in GROUPS),
+                               shifts=tuple(base[g] * scale if g in base else None for g, _ in GROUPS),
+                               reference="bn", epoch=epoch, global_step=global_step, reason=reason)
+
+
+def shift_events() -> list[Event]:
+    """The mid run with the domain shift measured at the start, after each epoch, and after AdaBN (`b`)."""
+    events = mid_run_events()
+    out: list[Event] = [events[0], shift(0, 0, "start")]
+    for e in events[1:]:
+        out.append(e)
+        if isinstance(e, EpochEnded):
+            out.append(shift(e.epoch, e.global_step, "epoch", 1.0 - 0.05 * e.epoch))
+    g = 2 * SPE + 10
+    return [*out, shift(2, g, "AdaptBatchNorm", 0.12),
+            CommandApplied("AdaptBatchNorm", 2, g, detail="running statistics of 20 BatchNorm layers re-estimated "
+                                                           "on 20 target batches; mean shift now 0.114")]

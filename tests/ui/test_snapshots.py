@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from textual.containers import VerticalScroll
+
 from tests.ui import scripted
 from tuitune.engine.commands import Control
 from tuitune.ui.app import TuituneApp
@@ -51,6 +53,11 @@ def test_summary_small(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(80, 24))
 
 
+def test_summary_per_class_report(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.imbalanced_finished_events())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
 def test_error_screen(snap_compare) -> None:
     app = TuituneApp("replay", events=scripted.failed_events(), control=Control())
     assert snap_compare(app, terminal_size=(100, 30))
@@ -58,6 +65,22 @@ def test_error_screen(snap_compare) -> None:
 
 def test_lr_finder(snap_compare) -> None:
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(120, 40))
+
+
+def test_phase_lr_countdown_small(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    """strategy.phase_lr = "find" at 80x24: the curve, the keys and the countdown fit; the countdown never moves
+    here (one of its seconds lasts an hour), so no clock reaches the snapshot."""
+    from tuitune.ui.lrfinder import LRFinderScreen
+
+    monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
+    app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.phase_lr_found()], control=Control())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_dashboard_phase_lr_markers(snap_compare) -> None:
+    """The LR chosen at each phase start: a line on both plots, named on the loss plot, beside the phase line."""
+    app = TuituneApp("replay", events=scripted.phase_lr_events())
     assert snap_compare(app, terminal_size=(120, 40))
 
 
@@ -103,3 +126,33 @@ def test_dashboard_group_selected(snap_compare, size: tuple[int, int]) -> None:
     """layer2 unfrozen out of turn and its LR raised (x1.5), then selected with the cursor (down x3)."""
     app = TuituneApp("replay", events=scripted.steered_events(), control=Control())
     assert snap_compare(app, terminal_size=size, press=["down", "down", "down"])
+
+
+def test_summary_views_small(snap_compare) -> None:
+    """80x24: the confusion heatmap and the top confusions fit above the fold."""
+    app = TuituneApp("replay", events=scripted.views_finished_events())
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+def test_summary_views_thumbnails_small(snap_compare) -> None:
+    """80x24, scrolled to the worst errors: four thumbnails a row with their labels."""
+    async def scroll(pilot) -> None:
+        while not pilot.app.screen.query(VerticalScroll):  # the summary screen opens once the replay ends
+            await pilot.pause(0.05)
+        pilot.app.screen.query_one(VerticalScroll).scroll_to(y=20, animate=False)
+        await pilot.pause()
+
+    app = TuituneApp("replay", events=scripted.views_finished_events())
+    assert snap_compare(app, terminal_size=(80, 24), run_before=scroll)
+
+
+def test_summary_views(snap_compare) -> None:
+    app = TuituneApp("replay", events=scripted.views_finished_events())
+    assert snap_compare(app, terminal_size=(120, 40))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_dashboard_domain_shift(snap_compare, size) -> None:
+    """The layer table's shift column and the event log's advice, after AdaBN."""
+    app = TuituneApp("replay", events=scripted.shift_events(), control=Control())
+    assert snap_compare(app, terminal_size=size)

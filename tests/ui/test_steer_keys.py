@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.ui import scripted
 from tests.ui.test_pilot import PROFILE, dash, until
-from tuitune.engine.commands import ScaleGroupLR, SetGroupTrainable
+from tuitune.engine.commands import AdaptBatchNorm, ScaleGroupLR, SetGroupTrainable
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.widgets import LayerTable, StatusBar
 
@@ -66,3 +66,22 @@ async def test_palette_runs_the_group_actions() -> None:
         commands["Freeze / unfreeze group"]()
         await until(pilot, lambda: len(engine.received) == 2)
     assert engine.received == [ScaleGroupLR("head", 1 / 1.5), SetGroupTrainable("head", False)]
+
+
+async def test_b_and_the_palette_ask_for_adabn_and_the_shift_column_shows_the_answer() -> None:
+    engine = scripted.ScriptedEngine([*scripted.mid_run_events(), scripted.shift(2, 50, "start")])
+    app = TuituneApp("train", profile=PROFILE, run_dir=Path("unused"), runner=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: engine.started.is_set() and dash(app).state.domain_shift.get("stem") == 2.41)
+        table = app.screen.query_one(LayerTable)
+        await until(pilot, lambda: str(table.get_cell("stem", "shift")) == "2.41")
+        advice = [line.text for line in dash(app).state.log if "domain shift" in line.text][-1]
+        assert "most shifted stem 2.41, layer1 1.37" in advice
+        assert "consider unfreezing stem, layer1 or re-estimating BatchNorm statistics" in advice
+        await pilot.press("b")
+        await until(pilot, lambda: str(table.get_cell("stem", "shift")) == "0.29")
+        commands = {c.title: c.callback for c in app.get_system_commands(app.screen)}
+        commands["Adapt BatchNorm (AdaBN)"]()
+        await until(pilot, lambda: len(engine.received) == 2)
+    assert engine.received == [AdaptBatchNorm(), AdaptBatchNorm()]
+    assert any("applied: AdaBN" in line.text for line in dash(app).state.log)

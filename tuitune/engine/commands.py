@@ -70,8 +70,16 @@ class ScaleGroupLR:
     factor: float
 
 
+@dataclass(frozen=True)
+class AdaptBatchNorm:
+    """AdaBN: re-estimate every BatchNorm layer's running statistics on `batches` target (train) batches, then
+    measure the domain shift again."""
+
+    batches: int = 20
+
+
 Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint, FindLR, ApplyLR, SetGroupTrainable,
-                ScaleGroupLR]
+                ScaleGroupLR, AdaptBatchNorm]
 
 
 class Control:

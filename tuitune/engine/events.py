@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -123,6 +124,7 @@ class CommandApplied:
     epoch: int
     global_step: int
     detail: str = ""
+    value: float | None = None  # the number the command set, when it set one (ApplyLR: the head's LR)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,21 @@ class LRFound:
     path: str  # the curve as CSV
     epoch: int
     global_step: int
+    phase: int = -1  # strategy.phase_lr = "find": the phase (0-based) whose LR this sweep sets; -1: asked with `f`
+    wait_s: float = 0.0  # how long a person has to answer (ApplyLR) before the suggestion applies; 0: applied at once
+
+
+@dataclass(frozen=True)
+class DomainShiftMeasured:
+    """How far the target data sits from what each layer group's pretrained weights expect (see
+    `engine/train/domain_shift.py`): at the start, after every epoch and after `AdaptBatchNorm`."""
+
+    groups: tuple[str, ...]  # every layer group, in `LayerInfo` order
+    shifts: tuple[float | None, ...]  # symmetric KL per group (0: no shift); None where nothing was measured
+    reference: str  # "bn": the BatchNorm running statistics; "source": the source data's output statistics
+    epoch: int
+    global_step: int
+    reason: str = "epoch"  # "start", "epoch" or "AdaptBatchNorm"
 
 
 @dataclass(frozen=True)
@@ -189,6 +206,12 @@ class RunFinished:
     checkpoints: dict[str, str]
     compression: dict[str, Any] | None = None  # the post-training compression report, when the profile asks
     export_dir: str = ""  # where the best model was exported (safetensors + classes.json + profile.toml)
+    # class targets: the last val epoch's {class: {precision, recall, f1, support}}; empty in older logs
+    per_class_report: dict[str, Any] = field(default_factory=dict)
+    # The last validation's confusion matrix (rows: true class, columns: predicted; class targets only) and, for
+    # image data, its worst errors: {"true", "pred", "loss", "size", "rgb": hex of size x size x 3 uint8 pixels}.
+    confusion: tuple[tuple[int, ...], ...] | None = None
+    misclassified: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -220,7 +243,7 @@ class SetupProgressed:
 
 Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,
               CommandApplied, CheckpointSaved, Warned, FeatureCacheChanged, LRFound, CompressionReported,
-              RunFinished, RunFailed, SetupProgressed]
+              RunFinished, RunFailed, SetupProgressed, DomainShiftMeasured]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
@@ -237,7 +260,7 @@ def _revive(hint: Any, value: Any) -> Any:
     if value is None:
         return None
     origin = typing.get_origin(hint)
-    if origin is Union:
+    if origin is Union or origin is types.UnionType:  # `Optional[X]` and `X | None`
         for arm in typing.get_args(hint):
             if arm is not type(None):
                 return _revive(arm, value)

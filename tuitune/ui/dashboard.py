@@ -22,7 +22,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
+from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, SetupProgressed, UnfreezeSuggested)
@@ -338,6 +338,9 @@ class DashboardScreen(Screen[None]):
     def action_lr_down(self) -> None:
         self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=1 / LR_STEP))
 
+    def action_adapt_bn(self) -> None:
+        self.send(AdaptBatchNorm())
+
     def action_clear_selection(self) -> None:
         self.query_one(LayerTable).unselect()
 
@@ -387,17 +390,27 @@ class DashboardScreen(Screen[None]):
         self.call_after_refresh(self.app.push_screen, self._prompt, answered)
 
     def _show_lr_finder(self, event: LRFound) -> None:
-        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`."""
-        if not self.live or self._lr_screen is not None:
+        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`. A phase's
+        sweep (`strategy.phase_lr = "find"`) waits for an answer: it replaces an `f` curve still open."""
+        if not self.live:
             return
+        if self._lr_screen is not None:
+            if event.wait_s <= 0:
+                return
+            if self._lr_screen.is_current:
+                self._lr_screen.dismiss(None)
+            self._lr_screen = None
+
+        screen = LRFinderScreen(event)
 
         def answered(lr: float | None) -> None:
-            self._lr_screen = None
+            if self._lr_screen is screen:
+                self._lr_screen = None
             if lr is not None:
                 self.send(ApplyLR(lr=lr))
 
-        self._lr_screen = LRFinderScreen(event)
-        self.call_after_refresh(self.app.push_screen, self._lr_screen, answered)
+        self._lr_screen = screen
+        self.call_after_refresh(self.app.push_screen, screen, answered)
 
     def _close_prompt(self) -> None:
         for screen in (self._prompt, self._lr_screen):

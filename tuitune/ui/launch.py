@@ -55,3 +55,10 @@ def open_replay(run_dir: Path, speed: float = 0.0) -> int:
     events = read_events(Path(run_dir))
 
     return _run(TuituneApp("replay", events=events, speed=speed))
+
+
+def open_compare(*, folder: Path | None = None, runs: list | None = None) -> int:
+    """`tuitune runs DIR --compare` (pick runs from `folder`) or `tuitune compare RUN_DIR ...` (`runs` loaded)."""
+    from tuitune.ui.compare import CompareApp
+
+    return _run(CompareApp(folder=folder, runs=runs))

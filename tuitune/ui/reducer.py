@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, DomainShiftMeasured,
+                                   EpochEnded, Event,
                                    FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
                                    PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed,
                                    UnfreezeSuggested, Warned)
@@ -32,7 +33,7 @@ class Marker:
     """A vertical line on the plots: where a phase changed or a command took effect."""
 
     x: float
-    kind: str  # "phase" or "command"
+    kind: str  # "phase", "command" or "lr" (an LR was set: the label names it)
     label: str
 
 
@@ -90,6 +91,7 @@ class DashboardState:
     failed: RunFailed | None = None
     trust_remote_code: bool = False
     setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
+    domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
     events_seen: int = 0
 
     @property
@@ -236,8 +238,10 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
     s = dataclasses.replace(s, pending=_unpend(s.pending, e.command), status=status)
-    return dataclasses.replace(s, markers=_add_marker(s, Marker(_x(s, e.global_step), "command", label)),
-                               log=_log(s, "command", text))
+    marker = Marker(_x(s, e.global_step), "command", label)
+    if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
+        marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
+    return dataclasses.replace(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
 
 
 def _checkpoint(s: DashboardState, e: CheckpointSaved) -> DashboardState:
@@ -257,7 +261,8 @@ def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
 
 
 def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
-    text = f"{_where(s, e.epoch, e.global_step)} · LR finder: {lr_found_text(e)}"
+    finder = f"LR finder for phase {e.phase + 1}" if e.phase >= 0 else "LR finder"
+    text = f"{_where(s, e.epoch, e.global_step)} · {finder}: {lr_found_text(e)}"
     return dataclasses.replace(s, lr_found=e, pending=_unpend(s.pending, "FindLR"), log=_log(s, "command", text))
 
 
@@ -269,6 +274,30 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
     text = f"run {e.status.replace('_', ' ')}: {e.reason}"
     return dataclasses.replace(s, status=e.status, finished=e, pending=(), suggestion=None, cache_active=False,
                                checkpoints={**s.checkpoints, **e.checkpoints}, log=_log(s, "info", text))
+
+
+def shift_text(e: DomainShiftMeasured, layers: tuple[LayerInfo, ...]) -> str:
+    """The most shifted groups and, at the start, what to consider: unfreezing the shifted frozen groups (lower
+    layers see the data first), and for BatchNorm models AdaBN (the `b` key)."""
+    measured = sorted(((v, g) for g, v in zip(e.groups, e.shifts) if v is not None), reverse=True)
+    ref = "BN running stats" if e.reference == "bn" else "source data"
+    top = ", ".join(f"{g} {v:.2f}" for v, g in measured[:2])
+    text = f"domain shift vs {ref}: most shifted {top}"
+    if e.reason == "AdaptBatchNorm":
+        return f"after AdaBN, {text}"
+    if e.reason != "start" or not measured or measured[0][0] < 0.1:
+        return text
+    frozen = {layer.name for layer in layers if not layer.trainable}
+    advice = [f"unfreezing {', '.join(g for _, g in measured[:2] if g in frozen)}"] \
+        if any(g in frozen for _, g in measured[:2]) else []
+    if e.reference == "bn":
+        advice.append("re-estimating BatchNorm statistics on the target data (AdaBN: b)")
+    return text + (f"; consider {' or '.join(advice)}" if advice else "")
+
+
+def _shift(s: DashboardState, e: DomainShiftMeasured) -> DashboardState:
+    text = f"{_where(s, e.epoch, e.global_step)} · {shift_text(e, s.layers)}"
+    return dataclasses.replace(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
 
 
 def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
@@ -288,6 +317,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     LayersChanged: _layers_changed, UnfreezeSuggested: _suggested, CommandApplied: _command_applied,
     CheckpointSaved: _checkpoint, Warned: _warned, RunFinished: _finished, RunFailed: _failed,
     FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed, SetupProgressed: _setup,
+    DomainShiftMeasured: _shift,
 }
 
 

@@ -1,5 +1,5 @@
-"""The run-end summary: best / final / test metrics, per-class accuracy, per-phase table, stop reason, checkpoints,
-the compression report and the export folder. Scores are named and formatted by the run's metric (RMSE for
+"""The run-end summary: best / final / test metrics, per-class precision / recall / F1 (accuracy in older logs),
+per-phase table, stop reason, checkpoints, the compression report and the export folder. Scores are named and formatted by the run's metric (RMSE for
 regression), which the dashboard passes in from `RunStarted`."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 
 from tuitune.engine.events import RunFinished
 from tuitune.ui.fmt import compression_rows, fmt_bytes, fmt_duration, fmt_score, fmt_value, score_label
+from tuitune.ui.views import confusion_view, misclassified_view
 
 NOT_METRICS = ("epoch", "phase", "step", "global_step")
 TITLES = {"finished": "✔ Run finished", "stopped_early": "✔ Stopped early", "interrupted": "✖ Interrupted"}
@@ -27,7 +28,8 @@ def _metrics_line(label: str, metrics: dict[str, Any] | None, metric: str = "acc
     if not metrics:
         line.append("-", "dim")
         return line
-    parts = [f"{score_label(k, metric)} {fmt_value(k, v, metric)}" for k, v in metrics.items() if k not in NOT_METRICS]
+    parts = [f"{score_label(k, metric)} {fmt_value(k, v, metric)}" for k, v in metrics.items()
+             if k not in NOT_METRICS and not isinstance(v, dict)]  # test's per-class accuracy: a table, not a value
     line.append("  ".join(parts))
     if "epoch" in metrics:
         line.append(f"  (epoch {metrics['epoch']})", "dim")
@@ -68,6 +70,24 @@ def per_class_table(per_class: dict[str, float], columns: int = 5) -> Renderable
             if c < columns - 1:
                 cells.append(Text(""))
         table.add_row(*cells)
+    return table
+
+
+def class_report_table(report: dict[str, dict[str, float]], limit: int = 20) -> RenderableType:
+    """Per-class precision / recall (= per-class accuracy) / F1 and support, the last val epoch's, worst F1 first
+    when there are more than `limit` classes (their mean F1, `val macro f1`, is on the `final` line)."""
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
+    for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("F1", "right"),
+                          ("support", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    items = list(report.items())
+    if len(items) > limit:
+        items = sorted(items, key=lambda kv: kv[1].get("f1", 0.0))[:limit]
+    for name, r in items:
+        f1 = float(r.get("f1", 0.0))
+        style = "red" if f1 < 0.5 else ("yellow" if f1 < 0.8 else "green")
+        table.add_row(Text(name[:20], "dim"), f"{r.get('precision', 0.0):.3f}", f"{r.get('recall', 0.0):.3f}",
+                      Text(f"{f1:.3f}", style), f"{int(r.get('support', 0))}")
     return table
 
 
@@ -118,6 +138,17 @@ def _paths(e: RunFinished) -> Text:
     return text
 
 
+def _validation_views(e: RunFinished) -> list[RenderableType]:
+    """The last validation's confusion matrix and worst errors, near the top: what a person looks at first."""
+    out: list[RenderableType] = []
+    if e.confusion:
+        out += [Text(), Text("confusion matrix (last validation)", "bold"), confusion_view(e.confusion,
+                                                                                         list(e.per_class_acc))]
+    if e.misclassified:
+        out += [Text(), Text("worst validation errors", "bold"), misclassified_view(e.misclassified)]
+    return out
+
+
 def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     header = Text.assemble((TITLES.get(e.status, e.status), "bold"), "  ", (e.reason, "italic"))
     facts = Text(f"{e.epochs} epochs · {e.global_step} steps · {e.samples_per_s:,.0f} samples/s · "
@@ -125,12 +156,14 @@ def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     parts: list[RenderableType] = [
         header, facts, Text(),
         _best_line(e.best, metric), _metrics_line("final", e.final, metric), _metrics_line("test", e.test, metric),
-        Text(), _paths(e), Text(), phase_table(e.phases, metric),
+        *_validation_views(e), Text(), _paths(e), Text(), phase_table(e.phases, metric),
     ]
     compression = compression_table(e.compression)
     if compression is not None:
         parts += [Text(), Text("compression", "bold"), compression]
-    if e.per_class_acc:
+    if e.per_class_report:  # recall is the per-class accuracy: one table says both
+        parts += [Text(), Text("per class (last val epoch)", "bold"), class_report_table(e.per_class_report)]
+    elif e.per_class_acc:  # older event logs
         parts += [Text(), Text("per-class accuracy", "bold"), per_class_table(e.per_class_acc)]
     return Group(*parts)
 

@@ -41,6 +41,7 @@ CACHE_BADGE = ("cache", "bold black on #56b6c2")
 RAW_COLOR = (85, 95, 115)
 PHASE_COLOR = (230, 200, 80)
 COMMAND_COLOR = (200, 110, 220)
+LR_COLOR = (120, 220, 120)  # as the LR finder's suggestion line
 
 
 class RenderMeter:
@@ -168,14 +169,11 @@ class MetricPlot(Metered, PlotextPlot):
             points = series.points
             if log_y:  # log10 by hand: plotext's own log scale re-applies itself on every re-render
                 points = tuple((x, math.log10(y)) for x, y in points if y > 0)
-                low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
+            low, high = min([low, *(p[1] for p in points)]), max([high, *(p[1] for p in points)])
             self._draw(series, points)
         if log_y and low <= high:
             plt.yticks(*log_ticks(low, high))
-        # phase lines last: a manual unfreeze's confirmation comes after its PhaseChanged, at the same x, and
-        # the phase line must stay visible over the command line
-        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
-            plt.vline(marker.x, PHASE_COLOR if marker.kind == "phase" else COMMAND_COLOR)
+        self._markers(state, low)
         if state.epochs:
             self.x_span = x_range(state, whole_span)
             plt.xlim(*self.x_span)
@@ -183,6 +181,16 @@ class MetricPlot(Metered, PlotextPlot):
             plt.ylim(0, 1)
             plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
+
+    def _markers(self, state: DashboardState, bottom: float) -> None:
+        """Commands and LR changes first, phase lines last (a manual unfreeze's confirmation and a phase's LR come
+        after its PhaseChanged, at the same x, and the phase line must stay visible); the loss plot names each LR
+        chosen at the foot of its line (the legend holds the top left)."""
+        for marker in sorted(state.markers, key=lambda m: m.kind == "phase"):
+            plt_color = {"phase": PHASE_COLOR, "lr": LR_COLOR}.get(marker.kind, COMMAND_COLOR)
+            self.plt.vline(marker.x, plt_color)
+            if marker.kind == "lr" and self.metric == "loss" and math.isfinite(bottom):
+                self.plt.text(marker.label, marker.x, bottom, color=LR_COLOR, alignment="left")
 
     def render(self) -> RenderResult:
         """As `PlotextPlot.render`, without the ANSI string plotext builds and Rich parses back (same `Text`)."""
@@ -232,6 +240,13 @@ def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
     )
 
 
+def shift_cell(value: float | None) -> Cell:
+    """A group's domain shift (symmetric KL): green when its data looks like pretraining, red when far off."""
+    if value is None:
+        return ("-", "dim", "right")
+    return (f"{value:.2f}", "green" if value < 0.1 else ("yellow" if value < 1.0 else "red"), "right")
+
+
 def _text(cell: Cell) -> Text:
     return Text(cell[0], style=cell[1], justify=cell[2])  # type: ignore[arg-type]
 
@@ -256,21 +271,29 @@ class LayerTable(Metered, DataTable):
         self.cursor_type = "row"
         self.show_cursor = False
         self.zebra_stripes = True
-        for name in self.COLUMNS:
+        self._columns = list(self.COLUMNS)
+        for name in self._columns:
             self.add_column(name, key=name)
         self._layers: tuple[LayerInfo, ...] = ()
+        self._shift: dict[str, float | None] = {}
         self._cells: dict[str, tuple[Cell, ...]] = {}
 
     def show(self, state: DashboardState) -> None:
-        if state.layers is self._layers:
+        if state.layers is self._layers and state.domain_shift is self._shift:
             return
-        self._layers = state.layers
-        rows = {layer.name: layer_cells(layer) for layer in state.layers}
+        self._layers, self._shift = state.layers, state.domain_shift
+        if self._shift and "shift" not in self._columns:  # the first measurement adds the column
+            self._columns.append("shift")
+            self.add_column("shift", key="shift")
+            self._cells = {}
+        with_shift = "shift" in self._columns
+        rows = {layer.name: layer_cells(layer) + ((shift_cell(self._shift.get(layer.name)),) if with_shift else ())
+                for layer in state.layers}
         if tuple(rows) != tuple(self._cells) or len(rows) != len(state.layers):
             self._rebuild(state.layers, rows)
             return
         for name, cells in rows.items():
-            for column, cell, was in zip(self.COLUMNS, cells, self._cells[name]):
+            for column, cell, was in zip(self._columns, cells, self._cells[name]):
                 if cell != was:
                     grow = cell_len(cell[0]) > self.columns[ColumnKey(column)].content_width
                     self.update_cell(name, column, _text(cell), update_width=grow)
@@ -280,7 +303,7 @@ class LayerTable(Metered, DataTable):
         selected = self.selected
         self.clear()
         for layer in layers:
-            self.add_row(*(_text(cell) for cell in layer_cells(layer)), key=layer.name)
+            self.add_row(*(_text(cell) for cell in rows[layer.name]), key=layer.name)
         self._cells = rows
         if selected in rows:  # the same group stays selected
             self.move_cursor(row=list(rows).index(selected), animate=False)

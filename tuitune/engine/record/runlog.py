@@ -131,11 +131,14 @@ def summarize(event: RunFinished | RunFailed, started: RunStarted | None) -> dic
                 "phases": [], "samples_per_s": None, "wall_s": None, "profile": profile, "checkpoints": {},
                 "log": event.log_path or None}
     return {"status": event.status, "stop_reason": event.reason, "best": event.best, "final": event.final,
-            "test": event.test, "per_class_acc": event.per_class_acc, "phases": list(event.phases),
+            "test": event.test, "per_class_acc": event.per_class_acc,
+            "per_class": event.per_class_report or None, "phases": list(event.phases),
             "epochs": event.epochs, "global_step": event.global_step, "samples_per_s": event.samples_per_s,
             "wall_s": event.wall_s, "profile": profile, "checkpoints": event.checkpoints,
             "metric": started.metric if started else "acc", "compression": event.compression,
-            "export_dir": event.export_dir or None}
+            "export_dir": event.export_dir or None,
+            "confusion": [list(row) for row in event.confusion] if event.confusion is not None else None,
+            "misclassified": list(event.misclassified)}
 
 
 def read_events(run_dir: Path) -> list[Event]:

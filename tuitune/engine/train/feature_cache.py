@@ -1,101 +1,387 @@
-"""The feature cache: while only the classifier trains, the frozen backbone's output never changes, so it is
-computed once and the head trains on stored features (a linear probe at the speed of a matmul).
+"""The feature cache: while the lowest layer groups stay frozen and deterministic, their output never changes, so it
+is computed once per phase and only the layers above it run (a phase costs what it trains).
 
-Used only when that is exactly true: the trainable groups are the head alone and the head is the classifier alone
-(`heads.classifier_only_head`), frozen BatchNorm stays in eval mode, and nothing random sits before the classifier
-(no train-time augmentation, Mixup, dropout or drop-path, distillation). It is dropped as soon as a group is
-unfrozen. Batches follow the train loader's own sampler, so the shuffle is the same as without the cache.
+The boundary is the output of the last frozen segment (`segments.py`: stem, blocks, pre-logits, classifier for
+timm; embeddings, layer.N for Hugging Face encoders). Head-only on a timm model caches the pooled pre-logits (a
+linear probe at the speed of a matmul); progressive unfreezing caches the activations below the trainable groups
+and rebuilds them, one boundary lower, at each unfreeze.
+
+Used only when that is exactly the same training: nothing random in the cached part (frozen BatchNorm in eval,
+frozen groups without dropout: `strategy.freeze_dropout`; checked by running a batch twice), no train-time
+augmentation or Mixup, no distillation, a split that reproduces the model's output on a real batch, and
+activations that fit `train.cache_memory_gb`. Whenever the cache is not used, `reason` says why (for the event).
+Batches follow the train loader's own sampler, so the shuffle is the same as without the cache; activations are
+indexed by sample (text by its own length: stored unpadded, padded per batch like the tokens were).
+Stored as float32: half-precision storage would not keep results within the 1e-5 the tests hold it to.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
+from torch import nn
 
-from tuitune.engine.model.heads import classifier, classifier_only_head, pre_logits
 from tuitune.engine.data.batches import to_device
+from tuitune.engine.train.segments import NotSequential, split_model, verify
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.parts import RunParts
 
 
-def why_not(profile: RunProfile, parts: RunParts, trainable: tuple[str, ...]) -> str:
-    """"" when the cache can be used for this phase, else the reason it cannot (for the event log)."""
-    head = parts.groups[-1].name
+def why_not(profile: RunProfile) -> str:
+    """The reasons that hold for the whole run, whatever the phase: "" when none does."""
+    a = profile.augment
     reasons = [
         (not profile.train.feature_cache, "train.feature_cache is off"),
-        (tuple(trainable) != (head,), "layer groups below the head train"),
-        (not classifier_only_head(parts.backbone), "the head group holds more than the classifier"),
-        (not profile.strategy.freeze_bn, "strategy.freeze_bn is off"),
-        (profile.augment.train_transform != "eval" or profile.augment.mixup or profile.augment.cutmix,
-         "train-time augmentation is on"),
-        (_dropout(profile), "dropout is on"),
-        (bool(profile.distill.teacher), "distillation is on"),
+        (a.train_transform != "eval" or a.mixup or a.cutmix,
+         "random train-time augmentation is on (each epoch sees other inputs)"),
+        (bool(profile.distill.teacher), "distillation is on (the teacher reads the inputs)"),
     ]
     return next((why for cond, why in reasons if cond), "")
 
 
-def _dropout(profile: RunProfile) -> bool:
-    """Dropout set as a regularization key or passed straight to timm through `model.kwargs`."""
-    kwargs, reg = profile.model.kwargs, profile.regularization
-    return bool(reg.drop_rate or reg.drop_path_rate or kwargs.get("drop_rate") or kwargs.get("drop_path_rate"))
+class _Top(nn.Module):
+    """The layers above the boundary, as a module (so `.eval()` / `.train()` reach the real model)."""
+
+    def __init__(self, split: Any, k: int) -> None:
+        super().__init__()
+        self.inner = split.model
+        self.split, self.k = split, k
+
+    def forward(self, a: Any) -> torch.Tensor:
+        return self.split.top(a, self.k)
+
+
+class _Store:
+    """Activations of one split, indexed by sample: one tensor, or (text) unpadded rows with their mask."""
+
+    def __init__(self, labels: torch.Tensor, feats: torch.Tensor, offsets: list[int] | None = None,
+                 mask: torch.Tensor | None = None) -> None:
+        self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
+
+    @property
+    def nbytes(self) -> int:
+        return self.feats.nbytes + (self.mask.nbytes if self.mask is not None else 0)
+
+    def get(self, index: list[int] | range, device: torch.device) -> Any:
+        if self.offsets is None:
+            idx = torch.as_tensor(list(index), device=self.feats.device)
+            return self.feats[idx].to(device, non_blocking=True)
+        from torch.nn.utils.rnn import pad_sequence
+
+        o = self.offsets
+        feats = pad_sequence([self.feats[o[i]:o[i + 1]] for i in index], batch_first=True)
+        mask = pad_sequence([self.mask[o[i]:o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
+        return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
 
 
 class FeatureCache:
-    def __init__(self, parts: RunParts) -> None:
-        self.parts = parts
-        self.train: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.val: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, parts: RunParts, profile: RunProfile) -> None:
+        self.parts, self.profile = parts, profile
+        self.stores: dict[int, tuple[_Store, _Store]] = {}  # boundary -> (train, val) activations
+        self.k = -1
+        self.top: nn.Module | None = None
+        self._split: Any = None
+        self._split_error = ""
 
     @property
     def active(self) -> bool:
-        return self.train is not None
+        return self.k in self.stores
 
     @property
-    def head(self) -> torch.nn.Module:
-        return classifier(self.parts.model)
+    def train(self) -> _Store | None:
+        return self.stores[self.k][0] if self.active else None
 
-    @torch.no_grad()
-    def _features(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pre-logits of a whole split, in dataset order, stored on the device."""
-        from torch.utils.data import DataLoader
+    @property
+    def val(self) -> _Store | None:
+        return self.stores[self.k][1] if self.active else None
 
-        p = self.parts
-        feats, labels = [], []
-        for x, y in DataLoader(dataset, batch_size=max(64, p.train_loader.batch_size or 64), shuffle=False):
-            with p.autocast():
-                feats.append(pre_logits(p.model, to_device(x, p.device)).float())
-            labels.append(y.to(p.device))
-        return torch.cat(feats), torch.cat(labels)
+    @property
+    def boundary(self) -> str:
+        return self.split.segments[self.k].name if self.active else ""
 
-    def build(self) -> None:
-        """One forward pass over train and val with the model as it trains (frozen BN in eval)."""
-        self.train = self._features(self.parts.bundle.train)
-        self.val = self._features(self.parts.bundle.val)
+    @property
+    def split(self) -> Any:
+        if self._split is None and not self._split_error:
+            try:
+                self._split = split_model(self.parts.model)
+            except NotSequential as e:
+                self._split_error = str(e)
+        return self._split
+
+    # ---------------------------------------------------------------------------------------------- planning
+    def plan(self) -> tuple[int, str]:
+        """The last segment that is frozen and deterministic in the current train mode, or -1 and why none."""
+        reason = why_not(self.profile)
+        if reason:
+            return -1, reason
+        split = self.split
+        if split is None:
+            return -1, self._split_error
+        params = dict(self.parts.model.named_parameters())
+        names = {id(m): n for n, m in self.parts.model.named_modules()}
+        for i, seg in enumerate(split.segments):
+            trains = next((n for n in sorted(seg.params) if params[n].requires_grad), None)
+            random = "" if trains else _random_module(seg.modules, names)
+            if trains or random:
+                if i > 0:
+                    return i - 1, ""
+                return -1, (random or f"the lowest layers ({seg.name}) train: no frozen part to cache")
+        return len(split.segments) - 1, ""  # a Hugging Face encoder frozen whole: its pooler and head run
+
+    def _later_boundaries(self, k: int, phase: int, epoch: int) -> list[int]:
+        """The boundaries of the phases after `phase` (below k), nearest first: stored in the same pass, so an
+        unfreeze switches to the activations one boundary lower instead of running the frozen part again. With
+        the `epochs` trigger, only the phases that start within the epoch budget."""
+        own = {g.name: set(g.param_names) for g in self.parts.groups}
+        later = self.parts.phases[phase + 1:]
+        cfg = self.profile.strategy
+        if cfg.trigger == "epochs":
+            later = later[:max(0, math.ceil((self.profile.train.epochs - epoch) / cfg.every_epochs) - 1)]
+        out: list[int] = []
+        for groups in later:
+            trainable = set().union(*(own[g] for g in groups))
+            first = next((i for i, seg in enumerate(self.split.segments) if seg.params & trainable),
+                         len(self.split.segments))
+            if 0 <= first - 1 < k and first - 1 not in out:
+                out.append(first - 1)
+        return out
+
+    def refresh(self, phase: int, epoch: int, progress: Callable[..., None]) -> tuple[bool, str]:
+        """Build, keep, switch or drop the cache for the current phase. (changed, detail for the event)."""
+        k, reason = self.plan()
+        if self.active and k == self.k:
+            return False, ""
+        if k in self.stores:
+            return True, self._use(k)
+        was = self.boundary
+        self.drop()
+        if k < 0:
+            return True, f"not used: {reason}" if not was else f"dropped: {reason}"
+        t0 = time.perf_counter()
+        reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
+        while reason and lower and k > 0:  # something random at k (e.g. timm's head dropout): one segment lower
+            k -= 1
+            reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
+        if reason:
+            return True, f"not used: {reason}"
+        size = sum(t.nbytes + v.nbytes for t, v in self.stores.values()) / 1e6
+        later = [self.split.segments[b].name for b in sorted(self.stores, reverse=True) if b != k]
+        also = f"; also stored for later phases: {', '.join(later)}" if later else ""
+        train, val = self.stores[k]
+        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val, "
+                      f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
+                      f"only the layers above it run")
+
+    def on_unfreeze(self) -> str:
+        """After groups were unfrozen: "" when the cached boundary still holds; else what changed (switched to
+        activations stored one boundary lower, or dropped until the next epoch), for the event."""
+        if not self.active:
+            return ""
+        k, _ = self.plan()
+        if k == self.k:
+            return ""
+        if k in self.stores:
+            return self._use(k)
+        was = self.boundary
+        self.drop()
+        return f"dropped: the layers up to {was} are no longer all frozen; rebuilt at the next epoch"
+
+    def _use(self, k: int) -> str:
+        for b in [b for b in self.stores if b > k]:  # boundaries above k are never used again
+            del self.stores[b]
+        self.k, self.top = k, _Top(self.split, k)
+        return f"output of {self.boundary} cached (stored in the first pass): only the layers above it run"
 
     def drop(self) -> None:
-        self.train = self.val = None
+        self.stores = {}
+        self.top = None
+        self.k = -1
 
+    # ---------------------------------------------------------------------------------------------- building
+    def _loader(self, dataset: Any) -> Any:
+        from torch.utils.data import DataLoader
+
+        tl = self.parts.train_loader
+        return DataLoader(dataset, batch_size=max(64, tl.batch_size or 64), shuffle=False, collate_fn=tl.collate_fn)
+
+    def _top_input(self, a: Any, x: Any) -> Any:
+        if isinstance(x, dict) and isinstance(a, torch.Tensor) and a.ndim == 3 and "attention_mask" in x:
+            return {"inputs_embeds": a, "attention_mask": x["attention_mask"]}
+        return a
+
+    def _build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
+        """`_checked_build` without touching the random number generators: a DataLoader draws its workers' seed
+        from the global one, so the run's dropout masks would differ from an uncached (or resumed) run's."""
+        devices = [self.parts.device] if self.parts.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            return self._checked_build(ks, progress)
+
+    def _checked_build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
+        """Check the split at each boundary on a real batch, that it repeats, that it fits; then store train and
+        val at every boundary that fits (ks[0], the current one, first). ("", _) when built, else (why not,
+        whether a lower boundary may still do)."""
+        p, split, k = self.parts, self.split, ks[0]
+        probe = torch.utils.data.Subset(p.bundle.train, range(min(8, len(p.bundle.train))))
+        x0 = to_device(next(iter(self._loader(probe)))[0], p.device)
+        with p.autocast():
+            first, second = split.prefixes(x0, ks), split.prefixes(x0, ks)
+            if not all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
+                return (f"the frozen layers up to {split.segments[k].name} give different outputs for the same "
+                        f"batch (dropout or another random op; see strategy.freeze_dropout)"), True
+            bad = next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), "")
+        if bad:
+            return bad, False
+        n = len(p.bundle.train) + len(p.bundle.val)
+        where = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+        if isinstance(where, str):
+            return where, False
+        device, fits = where
+        ks = ks[:fits]
+        train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
+        val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
+        self.stores = {b: (train[b], val[b]) for b in ks}
+        self.k, self.top = k, _Top(split, k)
+        return "", False
+
+    def _sized(self, probes: list[Any], n: int, name: str) -> tuple[torch.device, int] | str:
+        """Where the activations go (the run's device, else host memory) and how many of the boundaries fit
+        there (the current one at least), or why even that one fits nowhere."""
+        need = [_per_sample(a) * n * 1.1 for a in probes]
+        cfg = self.profile.train.cache_memory_gb
+        devices = [self.parts.device] + ([torch.device("cpu")] if self.parts.device.type == "cuda" else [])
+        budget = 0.0
+        for device in devices:
+            budget = cfg * 1e9 if cfg > 0 else 0.5 * _available(device)
+            total, fits = 0.0, 0
+            for size in need:
+                if total + size > budget:
+                    break
+                total, fits = total + size, fits + 1
+            if fits:
+                return device, fits
+        key = "train.cache_memory_gb" if cfg > 0 else "half the available memory; set train.cache_memory_gb"
+        return (f"the output of {name} would take {need[0] / 1e9:.2f} GB, over the budget of {budget / 1e9:.2f} GB "
+                f"({key})")
+
+    def _store(self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None],
+               label: str) -> dict[int, _Store]:
+        p, split = self.parts, self.split
+        loader = self._loader(dataset)
+        total, t0, last = len(loader), time.perf_counter(), 0.0
+        parts: dict[int, _Parts] = {b: _Parts() for b in ks}
+        labels: list[torch.Tensor] = []
+        for i, (x, y) in enumerate(loader, start=1):
+            x = to_device(x, p.device)
+            with p.autocast():
+                acts = split.prefixes(x, ks)
+            for b in ks:
+                parts[b].add(self._top_input(acts[b], x), where)
+            labels.append(y.to(p.device))
+            now = time.perf_counter()
+            if now - last >= 0.25 or i == total:
+                last = now
+                progress(task="cache", detail=label, done=i, total=total, unit="batches",
+                         rate=i / max(now - t0, 1e-9), finished=i == total)
+        label_t = torch.cat(labels)
+        return {b: part.store(label_t) for b, part in parts.items()}
+
+    # --------------------------------------------------------------------------------------------- batches
     def batches(self) -> Iterator[tuple[Any, torch.Tensor, bool]]:
         """Train batches in the loader's shuffled order (its batch sampler draws from the same generator), as
         (x, y, cached). Should the cache be dropped mid-epoch (an unfreeze), the rest of the epoch's batches are
         read from the dataset instead, in the same order."""
-        from torch.utils.data import default_collate
-
         dataset, loader = self.parts.bundle.train, self.parts.train_loader
         if loader.generator is not None:  # what DataLoader.__iter__ draws first (its workers' base seed), so the
             torch.empty((), dtype=torch.int64).random_(generator=loader.generator)  # shuffle below is the same
         for indices in loader.batch_sampler:
-            if self.train is not None:
-                feats, labels = self.train
-                index = torch.as_tensor(indices, device=feats.device)
-                yield feats[index], labels[index], True
+            store = self.train
+            if store is not None:
+                index = torch.as_tensor(indices, device=store.labels.device)
+                yield store.get(indices, self.parts.device), store.labels[index], True
             else:
-                x, y = default_collate([dataset[i] for i in indices])
+                x, y = loader.collate_fn([dataset[i] for i in indices])
                 yield x, y, False
 
-    def val_batches(self, batch_size: int = 1024) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        feats, labels = self.val  # type: ignore[misc]
-        return [(feats[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(labels), batch_size)]
+    def val_batches(self, batch_size: int = 256) -> list[tuple[Any, torch.Tensor]]:
+        """The val split's stored activations in order. Draws the one random number a pass over the val loader
+        draws (its workers' base seed, from the global generator), so later dropout masks stay the uncached run's."""
+        torch.empty((), dtype=torch.int64).random_(generator=self.parts.val_loader.generator)
+        store = self.val
+        n = len(store.labels)  # type: ignore[union-attr]
+        return [(store.get(range(i, min(i + batch_size, n)), self.parts.device),  # type: ignore[union-attr]
+                 store.labels[i:i + batch_size]) for i in range(0, n, batch_size)]  # type: ignore[union-attr]
+
+
+class _Parts:
+    """Activations of one boundary as they come, batch by batch (text rows cut to their last real token)."""
+
+    def __init__(self) -> None:
+        self.feats: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+        self.lengths: list[int] = []
+
+    def add(self, a: Any, where: torch.device) -> None:
+        if not isinstance(a, dict):
+            self.feats.append(a.float().to(where))
+            return
+        m = a["attention_mask"]  # each row up to its last real token (right or left padded alike)
+        ends = (m.shape[1] - m.flip(1).int().argmax(1)).tolist()
+        for row, mrow, n in zip(a["inputs_embeds"], m, ends):
+            self.feats.append(row[:n].float().to(where))
+            self.masks.append(mrow[:n].to(where))
+            self.lengths.append(n)
+
+    def store(self, labels: torch.Tensor) -> _Store:
+        if not self.lengths:
+            return _Store(labels, torch.cat(self.feats))
+        offsets = [0]
+        for n in self.lengths:
+            offsets.append(offsets[-1] + n)
+        return _Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
+
+
+def _per_sample(a: Any) -> float:
+    """Bytes per sample of an activation as stored (float32; text: its real tokens only)."""
+    if isinstance(a, dict):
+        feats = a["inputs_embeds"]
+        return a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
+    return a[0].numel() * 4
+
+
+def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:
+    """A BatchNorm in train mode or an active dropout / stochastic depth among `modules`: why they cannot be cached."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    for module in modules:
+        for sub in module.modules():
+            if not sub.training:
+                continue
+            name = names.get(id(sub), type(sub).__name__)
+            if isinstance(sub, _BatchNorm) and sub.track_running_stats:
+                return f"BatchNorm {name} of a frozen group is in train mode (strategy.freeze_bn is off)"
+            rate = sub.p if isinstance(sub, _DropoutNd) else getattr(sub, "drop_prob", 0.0)
+            if isinstance(rate, float) and rate > 0:
+                return f"{name} drops out in a frozen group (strategy.freeze_dropout is off)"
+    return ""
+
+
+def _available(device: torch.device) -> float:
+    """Free memory in bytes: the GPU's, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

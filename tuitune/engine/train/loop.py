@@ -17,13 +17,15 @@ import torch
 
 from tuitune.config import RunProfile, profile_to_dict
 from tuitune.engine.train import strategy
-from tuitune.engine.commands import (ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
-                                     SetGroupTrainable, StopEarly, UnfreezeNext)
-from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, MetricsUpdated,
-                                   PhaseChanged, RunFinished, RunStarted, UnfreezeSuggested, Warned)
+from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint,
+                                     ScaleGroupLR, SetGroupTrainable, StopEarly, UnfreezeNext)
+from tuitune.engine.events import (CommandApplied, EpochEnded, Event, FeatureCacheChanged, LRFound, MetricsUpdated,
+                                   PhaseChanged, RunFinished, RunStarted, SetupProgressed, UnfreezeSuggested,
+                                   Warned)
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.groups import Backbone
-from tuitune.engine.train.feature_cache import FeatureCache, why_not
+from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
+from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.lr_sweep import find_lr_in_run
 from tuitune.engine.train.objective import Objective
@@ -41,6 +43,11 @@ class Trainer:
     """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`. What follows a run that ended well
     (export, compression) is the caller's: `after_run`, none by default."""
 
+    # strategy.phase_lr = "find" in a live dashboard: how much longer than the on-screen countdown the engine waits
+    # for the answer (a person typing a value) before it applies the suggestion itself. Never forever: a detached or
+    # abandoned run goes on.
+    lr_answer_grace_s = 30.0
+
     def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
                  interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
@@ -48,12 +55,16 @@ class Trainer:
         self.parts: RunParts = build_parts(profile, run_dir, emit)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
-        self.cache = FeatureCache(self.parts)
+        self.cache = FeatureCache(self.parts, profile)
         if resume is not None:
             self.st.resume_from(resume)
+        self.resumed = resume is not None
         self.paused = False
+        self._held: list[Any] = []  # commands that arrived while the engine waited for an LR answer
         self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
         self._suggested_phase = -1
+        self._cache_said = ""  # the last FeatureCacheChanged detail: a reason is said once, not every epoch
+        self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
@@ -69,6 +80,7 @@ class Trainer:
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
         gc.freeze()
+        self._measure_shift("start")
         try:
             return self._epochs()
         finally:
@@ -76,6 +88,8 @@ class Trainer:
 
     def _epochs(self) -> RunFinished:
         p, st = self.parts, self.st
+        if self.profile.strategy.phase_lr == "find" and not self.resumed:  # phase 0 starts now
+            self._find_phase_lr()
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
             if self.control.stop_requested:  # Ctrl+C during validation or a save: stop on the epoch boundary
                 self.stop_status = ("interrupted", "interrupted by the user")
@@ -92,7 +106,7 @@ class Trainer:
     def _train_epoch(self) -> dict[str, float] | None:
         p, st, cfg = self.parts, self.st, self.profile.train
         model, device, k = p.model, p.device, cfg.accumulate_steps
-        strategy.set_train_mode(model, self.profile.strategy.freeze_bn)
+        strategy.train_mode(model, self.profile.strategy)
         self._refresh_cache()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
@@ -110,7 +124,7 @@ class Trainer:
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = (self.cache.head(x), None) if cached else obj.forward(p.forward, x)
+                out, aux = (self.cache.top(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
             # backward: gradients add up over the step's batches, each loss scaled as a share of one big batch
             if not micro:
@@ -195,9 +209,10 @@ class Trainer:
         """Loss, the task's score and per-class accuracy over a loader (see `Objective.evaluate`); the val set
         from the feature cache while it is in use."""
         if self.cache.active and loader is self.parts.val_loader:
-            return self.obj.evaluate(self.cache.head, self.cache.val_batches(), self.parts)
-        result = self.obj.evaluate(self.parts.model, loader, self.parts)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts, thumbs=False)
+        else:
+            result = self.obj.evaluate(self.parts.model, loader, self.parts)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
         return result
 
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
@@ -206,14 +221,17 @@ class Trainer:
         metrics = {"train_loss": train["loss"], "train_score": train["score"], "val_loss": val["loss"],
                    "val_score": val["score"]}
         more = self.obj.epoch_extras(val, self.parts)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
-        is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more, val.get("report"))
+        self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
+        self.val_views["from_cache"] = self.cache.active  # no images then: `_finish` draws the thumbnails
         st.schedule.epoch_end(val["loss"])
         self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
                              elapsed_s=st.elapsed(), epoch_s=epoch_s,
                              samples_per_s=train["samples"] / max(epoch_s, 1e-9),
                              is_best=is_best, extra=more))
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
+        self._measure_shift("epoch")
         if is_best:
             st.save("best", ema=self.profile.train.ema_for_best)
         if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
@@ -225,21 +243,23 @@ class Trainer:
         self._maybe_next_phase()
 
     def _refresh_cache(self) -> None:
-        """Build the feature cache when this phase allows it; drop it when it no longer does."""
-        st, cache = self.st, self.cache
-        reason = why_not(self.profile, self.parts, st.trainable)
-        if not reason and not cache.active:
-            t0 = time.perf_counter()
-            cache.build()
-            detail = (f"training the head on cached backbone features ({len(cache.train[1])} train, "
-                      f"{len(cache.val[1])} val; built in {time.perf_counter() - t0:.1f}s)")
-        elif reason and cache.active:
-            cache.drop()
-            detail = f"dropped: {reason}"
-        else:
-            return
-        self.emit(FeatureCacheChanged(active=cache.active, detail=detail, epoch=st.epoch,
-                                      global_step=st.global_step))
+        """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
+        st = self.st
+        changed, detail = self.cache.refresh(st.phase, st.epoch, lambda **kw: self.emit(SetupProgressed(**kw)))
+        if changed and detail != self._cache_said:
+            self._cache_said = detail
+            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
+                                          global_step=st.global_step))
+
+    def _cache_after_change(self) -> None:
+        """The trainable set changed (a phase, or a group steered by hand): move the cache to activations stored
+        one boundary lower, or drop it until the next epoch start rebuilds it."""
+        detail = self.cache.on_unfreeze()
+        if detail:
+            st = self.st
+            self._cache_said = detail
+            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
+                                          global_step=st.global_step))
 
     # ------------------------------------------------------------------------------------- phases, commands
     def _maybe_next_phase(self) -> None:
@@ -275,20 +295,58 @@ class Trainer:
             return False
         added = st.enter_phase(st.phase + 1)
         # in mid-epoch (`u`) too: the groups just unfrozen train their BatchNorm layers from the next step
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
-        if self.cache.active:  # the backbone trains from now on: its features are no longer fixed
-            self._refresh_cache()
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        self._cache_after_change()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=st.trainable, unfrozen=added, epoch=st.epoch,
                                global_step=st.global_step, reason=reason))
         self.emit(st.layers_changed(with_grad=False))
+        if self.profile.strategy.phase_lr == "find":
+            self._find_phase_lr()
         return True
+
+    def _find_phase_lr(self) -> None:
+        """`strategy.phase_lr = "find"`: sweep the LR of the groups that train from now on (weights, optimizer, BN
+        statistics, RNG and loader restored after), then make the answer the head's LR, the deeper groups keeping
+        their discriminative ratios. Headless: the suggestion, at once. A live dashboard shows the curve and has
+        `wait_s` to answer with an `ApplyLR`; the engine waits here, at a step boundary, watching its stop flag."""
+        st, cfg = self.st, self.profile.strategy
+        wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
+        found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=cfg.phase_lr_steps,
+                               out_dir=self.run_dir, phase=st.phase, wait_s=wait_s)
+        self.emit(found)
+        lr, how = found.suggestion, "the finder's suggestion"
+        if wait_s > 0:
+            lr, how = self._await_lr_answer(found)
+        st.scale_lr(lr / st.head_base_lr())
+        self.emit(CommandApplied(command="ApplyLR", epoch=st.epoch, global_step=st.global_step, value=lr,
+                                 detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their "
+                                        f"ratios"))
+        self.emit(st.layers_changed(with_grad=False))
+
+    def _await_lr_answer(self, found: LRFound) -> tuple[float, str]:
+        """The person's `ApplyLR`, or the suggestion once `wait_s` plus a grace has passed or a stop is asked.
+        Other commands arriving meanwhile are kept, in order, for the next step boundary."""
+        deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
+        while not self.control.stop_requested:
+            for command in self.control.drain():
+                if isinstance(command, ApplyLR):
+                    if command.lr == found.suggestion:
+                        return command.lr, "the finder's suggestion, accepted in the dashboard"
+                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
+                self._held.append(command)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return found.suggestion, "the finder's suggestion (no answer came)"
+            self.control.wait(min(0.1, left))
+        return found.suggestion, "the finder's suggestion (stopping)"
 
     def _between_steps(self) -> bool:
         """Apply queued commands; wait while paused. False when the epoch must end now."""
         while True:
-            for command in self.control.drain():
-                self._apply(command)
+            self._held.extend(self.control.drain())
+            while self._held:
+                self._apply(self._held.pop(0))
             if self.control.stop_requested and self.stop_status is None:
                 self.stop_status = ("interrupted", "interrupted by the user")
             if self.stop_status is not None:
@@ -299,7 +357,7 @@ class Trainer:
 
     def _apply(self, command: Any) -> None:
         st = self.st
-        detail = ""
+        detail, value = "", None
         if isinstance(command, UnfreezeNext):
             if not self.next_phase("manual"):
                 detail = "already in the last phase"
@@ -320,31 +378,73 @@ class Trainer:
                       f"curve in {Path(found.path).name}")
         elif isinstance(command, ApplyLR):
             st.scale_lr(command.lr / st.head_base_lr())
-            detail = f"head LR {command.lr:.3g}; deeper groups keep their ratios"
+            detail, value = f"head LR {command.lr:.3g}; deeper groups keep their ratios", command.lr
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, SetGroupTrainable):
             detail = st.set_group_trainable(command.group, command.trainable)
-            if self.cache.active and why_not(self.profile, self.parts, st.trainable):
-                self._refresh_cache()  # a group below the head trains now: drop the cache (rebuilt at an epoch start)
+            self._cache_after_change()
             self.emit(st.layers_changed(with_grad=False))
+        elif isinstance(command, AdaptBatchNorm):
+            detail = self._adapt_batchnorm(command.batches)
         elif isinstance(command, ScaleGroupLR):
             detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
         self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
-                                 detail=detail))
+                                 detail=detail, value=value))
+
+    def _measure_shift(self, reason: str) -> list[float | None]:
+        """Emit the domain shift per group (nothing when the model has no BatchNorm and no source data)."""
+        if not self.profile.train.domain_shift and reason != "AdaptBatchNorm":
+            return []
+        event = shift_event(self.parts, self.st.epoch, self.st.global_step, reason)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        if event is None:
+            return []
+        self.emit(event)
+        return list(event.shifts)
+
+    def _adapt_batchnorm(self, batches: int) -> str:
+        """AdaBN at a step boundary, then the shift measured again; the feature cache (stale features) rebuilt."""
+        p = self.parts
+        gen = p.train_loader.generator  # its shuffle draws must not move: resume replays the same order
+        state = gen.get_state() if gen is not None else None
+        try:
+            layers, read = adapt_batchnorm(p.model, p.train_loader, p.device, p.autocast, batches)
+        finally:
+            if gen is not None:
+                gen.set_state(state)
+        strategy.train_mode(p.model, self.profile.strategy)
+        if not layers:
+            return "no BatchNorm layers: nothing to adapt"
+        if self.cache.active:
+            self.cache.drop()
+            self._refresh_cache()
+        after = [v for v in self._measure_shift("AdaptBatchNorm") if v is not None]
+        mean = f"; mean shift now {sum(after) / len(after):.3g}" if after else ""
+        return f"running statistics of {layers} BatchNorm layers re-estimated on {read} target batches{mean}"
 
     # ----------------------------------------------------------------------------------------------- finish
+    def _confusion(self) -> tuple[tuple[int, ...], ...] | None:
+        conf = self.val_views.get("confusion")
+        return tuple(tuple(row) for row in conf) if conf is not None else None
+
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
         status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
         self._settle(st.guard.bad.item())  # non-finite steps since the last read: never saved over `last`
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
             st.save("last")
+        if self.val_views.get("from_cache") and p.backbone.task == "image":  # the same weights, read from images
+            self.cache.drop()
+            with torch.random.fork_rng(devices=[]):  # after the save, and drawing nothing: resume stays exact
+                val = self.evaluate(p.val_loader)
+            self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
         test = None
         if p.test_loader is not None and st.has_checkpoint("best"):
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
-            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"]}
+            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"],
+                    **({"macro_f1": result["extra"]["macro_f1"]} if "macro_f1" in result["extra"] else {})}
         export_dir, compression = "", None
         if self.after_run is not None and status != "interrupted" and st.has_checkpoint("best"):
             st.load_best_weights()
@@ -352,7 +452,9 @@ class Trainer:
                                                      self.emit)
         event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
                             best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
-                            per_class_acc=st.per_class, samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s,
-                            checkpoints=st.checkpoint_paths(), compression=compression, export_dir=export_dir)
+                            per_class_acc=st.per_class, per_class_report=st.class_report,
+                            samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s, checkpoints=st.checkpoint_paths(),
+                            compression=compression, export_dir=export_dir,
+                            confusion=self._confusion(), misclassified=tuple(self.val_views.get("misclassified", ())))
         self.emit(event)
         return event

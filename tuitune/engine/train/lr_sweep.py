@@ -243,19 +243,21 @@ def sweep_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective:
     gen = torch.Generator().manual_seed(profile.train.seed + st.global_step)
     loader = DataLoader(parts.bundle.train, batch_size=profile.data.batch_size, shuffle=True, generator=gen)
     return lr_sweep(parts.model, st.optimizer, loader, objective.train_loss, parts.device,
-                    train_mode=lambda m: strategy.set_train_mode(m, profile.strategy.freeze_bn),
+                    train_mode=lambda m: strategy.train_mode(m, profile.strategy),
                     autocast=parts.autocast, targets=objective.targets, **sweep)
 
 
 def find_lr_in_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective, *, steps: int,
-                   out_dir: Path) -> LRFound:
-    """The `FindLR` command: sweep the current phase's LR from a snapshot (restored afterwards) with the recipe
+                   out_dir: Path, phase: int = -1, wait_s: float = 0.0) -> LRFound:
+    """The `FindLR` command, and `strategy.phase_lr = "find"` at a phase's start (`phase`, and the `wait_s` a person
+    has to answer): sweep the current phase's LR from a snapshot (restored afterwards) with the recipe
     `tuitune lr-find` uses, and write the curve; the `LRFound` event says what it found."""
     current = st.head_base_lr()
     curve = sweep_run(profile, parts, st, objective, steps=steps)
     st.apply_lr()  # the sweep restored the optimizer; put this step's scheduled LRs back
-    path = curve_to_csv(curve, out_dir / f"lr_find_step{st.global_step}.csv")
+    name = f"lr_find_phase{phase + 1}.csv" if phase >= 0 else f"lr_find_step{st.global_step}.csv"
+    path = curve_to_csv(curve, out_dir / name)
     suggestion = curve.suggestion or current
     return LRFound(lrs=curve.lrs, losses=curve.smoothed, suggestion=float(suggestion),
                    steep=float(curve.steep or 0.0), valley=float(curve.valley or 0.0), current_lr=current,
-                   path=str(path), epoch=st.epoch, global_step=st.global_step)
+                   path=str(path), epoch=st.epoch, global_step=st.global_step, phase=phase, wait_s=wait_s)

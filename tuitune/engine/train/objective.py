@@ -19,8 +19,9 @@ from tuitune.engine.data.batches import to_device
 from tuitune.engine.model.heads import linear_head, pre_logits
 from tuitune.engine.train.distill import Distiller, build_distiller
 from tuitune.engine.train.losses import build_loss
-from tuitune.engine.train.scoring import Scorer, average_precision, target_kind
+from tuitune.engine.train.scoring import Scorer, average_precision, class_report, target_kind
 from tuitune.engine.train.regularize import Penalty, build_ema
+from tuitune.engine.train.val_views import ValViews
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
@@ -103,14 +104,16 @@ class Objective:
         return {"task_loss": task / n, "distill_loss": distill / n} if n else {}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts) -> dict[str, Any]:
-        """Loss, score and its extras over a loader; per-class accuracy (class targets); one host sync. Leaves the
-        model in eval mode: the loop puts it back with `strategy.set_train_mode` (frozen BatchNorm stays in eval)."""
+    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts, *, thumbs: bool = True) -> dict[str, Any]:
+        """Loss, score and its extras over a loader; for class targets the confusion matrix (counted on the device)
+        with macro-F1 (`extra`), per-class accuracy and precision / recall / F1 (`report`) read off it, and (image
+        inputs, `thumbs`) the worst errors as thumbnails (`ValViews`); one host sync. Leaves the model in eval mode:
+        the loop puts it back with `strategy.train_mode` (frozen BatchNorm stays in eval)."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         sums = torch.zeros(self.scorer.width, device=self.device)
-        hits = torch.zeros(self.k, device=self.device)
-        totals = torch.zeros(self.k, device=self.device)
+        views = ValViews(self.k, self.device, parts.backbone.data_config,
+                         thumbs and parts.backbone.task == "image") if self.scorer.kind == "class" else None
         outs, truths, n = [], [], 0
         for x, y in loader:
             x, y = to_device(x, self.device), y.to(self.device, non_blocking=True)
@@ -119,19 +122,21 @@ class Objective:
             loss_sum += self.eval_loss(out, y) * y.shape[0]
             sums += self.scorer.batch_sums(out, y)
             n += y.shape[0]
-            if self.scorer.kind == "class":
-                totals += torch.bincount(y, minlength=self.k)
-                hits += torch.bincount(y[out.argmax(-1) == y], minlength=self.k)
+            if views is not None:
+                views.add(x, out, y)
             elif self.scorer.kind == "multi":
                 outs.append(out)
                 truths.append(y)
-        values = torch.cat([loss_sum.reshape(1), sums, hits, totals]).tolist()  # the host sync
+        extra = views.tensors() if views is not None else []
+        values = torch.cat([loss_sum.reshape(1), sums, *extra]).tolist()  # the host sync
         loss, score_sums = values[0], values[1:1 + self.scorer.width]
         result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
-                  "extra": self.scorer.extras(score_sums, n), "per_class": {}}
-        if self.scorer.kind == "class":
-            h, t = values[1 + self.scorer.width:1 + self.scorer.width + self.k], values[-self.k:]
-            result["per_class"] = {c: hi / max(ti, 1) for c, hi, ti in zip(parts.bundle.classes, h, t)}
+                  "extra": self.scorer.extras(score_sums, n), "per_class": {}, "report": {}}
+        if views is not None:
+            result.update(views.read(values[1 + self.scorer.width:], parts.bundle.classes))
+            macro_f1, result["report"] = class_report(result["confusion"], parts.bundle.classes)
+            result["extra"]["macro_f1"] = macro_f1
+            result["per_class"] = {c: r["recall"] for c, r in result["report"].items()}  # per-class accuracy
         elif outs:
             result["extra"]["map"] = average_precision(torch.cat(outs).cpu(), torch.cat(truths).cpu())
         return result

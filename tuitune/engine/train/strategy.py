@@ -110,19 +110,39 @@ def set_trainable(model: torch.nn.Module, groups: Sequence[LayerGroup], trainabl
             params[name].requires_grad_(name in on)
 
 
-def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool, freeze_dropout: bool = False) -> None:
     """`model.train()`, except BatchNorm layers with no trainable parameter, which stay in eval mode (the Keras
-    guide's rule: a frozen BN must keep normalising with its pretrained statistics, not the new data's)."""
+    guide's rule: a frozen BN must keep normalising with its pretrained statistics, not the new data's), and, with
+    `freeze_dropout`, every module whose parameters are all frozen (its dropout, stochastic depth and functional
+    `training`-dependent ops off): frozen groups then compute a deterministic function, which the feature cache can
+    store. Parameter-free modules follow the nearest enclosing module that has parameters. BatchNorm follows
+    `freeze_bn` alone (off: every BN normalises with batch statistics and updates its running ones)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     model.train()
-    if not freeze_bn:
-        return
+    if freeze_dropout:
+        _eval_frozen(model)
     for module in model.modules():
         if isinstance(module, _BatchNorm):
             own = list(module.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
-                module.eval()
+            module.train(not (freeze_bn and own and not any(p.requires_grad for p in own)))
+
+
+def train_mode(model: torch.nn.Module, cfg: StrategyConfig) -> None:
+    """`set_train_mode` as the profile's strategy asks (`freeze_bn`, `freeze_dropout`)."""
+    set_train_mode(model, cfg.freeze_bn, cfg.freeze_dropout)
+
+
+def _eval_frozen(module: torch.nn.Module) -> None:
+    """Top-down: a child whose parameters are all frozen goes to eval mode whole; a mixed one is looked into."""
+    for child in module.children():
+        flags = [p.requires_grad for p in child.parameters()]
+        if not flags:
+            continue
+        if not any(flags):
+            child.eval()
+        elif not all(flags):
+            _eval_frozen(child)
 
 
 def batchnorms_by_group(model: torch.nn.Module, groups: Sequence[LayerGroup]) -> dict[str, list[torch.nn.Module]]:

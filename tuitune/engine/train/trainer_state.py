@@ -47,6 +47,7 @@ class TrainerState:
         self.started = time.perf_counter()
         self.history: list[dict[str, float]] = []
         self.per_class: dict[str, float] = {}
+        self.class_report: dict[str, dict[str, float]] = {}  # last val epoch's per-class precision / recall / F1
         self.phase_log: list[dict[str, Any]] = []
         up = scorer.higher_is_better  # the `*_score` metrics carry the task's score (RMSE is lower-is-better)
         ema_best = profile.train.ema_for_best and profile.train.ema_decay > 0  # the EMA model's val metric
@@ -93,11 +94,12 @@ class TrainerState:
         return groups
 
     def _set_trainable(self, names: tuple[str, ...] | list[str]) -> None:
-        """Make exactly `names` trainable (kept in the model's group order), with frozen BatchNorm in eval mode."""
+        """Make exactly `names` trainable (kept in the model's group order), with frozen BatchNorm (and, with
+        `strategy.freeze_dropout`, frozen modules) in eval mode."""
         wanted = set(names)
         self.trainable = tuple(g.name for g in self.parts.groups if g.name in wanted)
         strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable)
-        strategy.set_train_mode(self.parts.model, self.profile.strategy.freeze_bn)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
 
     def _join(self, names: tuple[str, ...] | list[str]) -> None:
         """Groups that just became trainable: new param groups for those never in the optimizer; those frozen by
@@ -239,19 +241,22 @@ class TrainerState:
         self._resumed_sums = None
 
     def record_epoch(self, metrics: dict[str, float], per_class: dict[str, float], epoch_s: float,
-                     extra: dict[str, float] | None = None) -> bool:
-        """Log an epoch's metrics into the watches; True when it is the best epoch so far."""
+                     extra: dict[str, float] | None = None, report: dict[str, dict[str, float]] | None = None
+                     ) -> bool:
+        """Log an epoch's metrics into the watches; True when it is the best epoch so far. The watches read the
+        extras too (`val_macro_f1` can decide the best checkpoint, early stopping and the plateau trigger)."""
         self.step_in_epoch = 0
         self.history.append({"epoch": self.epoch, "phase": self.phase, **metrics, **(extra or {})})
-        self.per_class = per_class
+        self.per_class, self.class_report = per_class, report or {}
         entry = self.phase_log[-1]
         entry["epochs"] += 1
         entry["time_s"] += epoch_s
         if entry["best_val_score"] is None or self.best.better(metrics["val_score"], entry["best_val_score"]):
             entry["best_val_score"] = metrics["val_score"]
-        self.plateau.update(metrics[self.plateau.metric], self.epoch)
-        self.early.update(metrics[self.early.metric], self.epoch)
-        return self.best.update({**(extra or {}), **metrics}[self.best.metric], self.epoch)
+        watched = {**(extra or {}), **metrics}
+        self.plateau.update(watched[self.plateau.metric], self.epoch)
+        self.early.update(watched[self.early.metric], self.epoch)
+        return self.best.update(watched[self.best.metric], self.epoch)
 
     def early_stop_reason(self) -> str:
         es = self.profile.early_stopping
@@ -306,6 +311,7 @@ class TrainerState:
             "rng_numpy": checkpoint.numpy_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
+            "class_report": self.class_report,
             "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
             "skipped_steps": self.guard.skipped,
             "epoch_sums": self.epoch_sums.state_dict() if self.step_in_epoch else None,
@@ -364,6 +370,7 @@ class TrainerState:
         self.step_in_epoch = saved["step_in_epoch"]
         self.history = [renamed_keys(row) for row in saved["history"]]  # a checkpoint from before `*_score`
         self.per_class, self.phase_log = saved["per_class"], [renamed_keys(e) for e in saved["phase_log"]]
+        self.class_report = saved.get("class_report") or {}  # absent from checkpoints before macro-F1
         self.wall_before = saved["wall_s"]
         self._epoch_gen_state = saved["epoch_gen_state"]
         gen = getattr(self.parts.train_loader, "generator", None)

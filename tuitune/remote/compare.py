@@ -1,0 +1,202 @@
+"""Runs compared: each run's validation curves, its best metrics and the profile keys that differ between runs.
+
+Read from the run directory alone (`events.jsonl` through `read_events`, `summary.json`, `profile.toml`), so a
+finished, stopped, dead or still live run compares the same way, and neither torch nor Textual is imported: the
+screen (`tuitune.ui.compare`) and the plain output (`tuitune compare --json`, the text table) share this.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuitune.engine.events import EpochEnded, RunStarted
+from tuitune.engine.record.runlog import read_events
+from tuitune.errors import UserError
+from tuitune.remote.runs import read_json, run_info
+
+MISSING = "-"  # a key one run's profile does not have
+
+
+@dataclass(frozen=True)
+class EpochPoint:
+    epoch: int
+    val_loss: float
+    val_score: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the comparison sees it."""
+
+    name: str
+    path: str
+    status: str
+    metric: str  # "acc", "f1", "rmse", ... (RunStarted.metric)
+    higher_is_better: bool
+    curve: tuple[EpochPoint, ...]  # one point per epoch; a resumed run's repeated epochs keep their last values
+    profile: dict[str, Any] = field(default_factory=dict)  # flattened: "train.lr" -> 0.001
+    wall_s: float | None = None
+
+    def best(self) -> EpochPoint | None:
+        """The epoch with the best val score (the earliest of equals), by the run's own direction."""
+        points = [p for p in self.curve if _finite(p.val_score)]
+        if not points:
+            return None
+        sign = -1.0 if self.higher_is_better else 1.0
+        return min(points, key=lambda p: (sign * p.val_score, p.epoch))
+
+    def lowest_loss(self) -> EpochPoint | None:
+        points = [p for p in self.curve if _finite(p.val_loss)]
+        return min(points, key=lambda p: (p.val_loss, p.epoch)) if points else None
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-3}}` -> `{"train.lr": 1e-3}`; lists stay values (a list is one setting)."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def profile_diff(profiles: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """The flattened keys whose values are not the same in every profile, sorted, with each profile's value
+    (`MISSING` where a profile lacks the key). Keys equal everywhere are left out: they explain no difference."""
+    keys = sorted(set().union(*profiles)) if profiles else []
+    rows = []
+    for key in keys:
+        values = [p.get(key, MISSING) for p in profiles]
+        if any(v != values[0] for v in values[1:]):
+            rows.append((key, values))
+    return rows
+
+
+def _curve(events: list[Any]) -> tuple[RunStarted | None, tuple[EpochPoint, ...], float | None]:
+    started, points, elapsed = None, {}, None
+    for e in events:
+        if isinstance(e, RunStarted):
+            started = started or e
+        elif isinstance(e, EpochEnded):
+            points[e.epoch] = EpochPoint(e.epoch, e.val_loss, e.val_score)
+            elapsed = e.elapsed_s
+    return started, tuple(points[k] for k in sorted(points)), elapsed
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """One run directory read back; an error naming the directory when it holds no run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "events.jsonl").exists():
+        raise UserError(f"{run_dir}: compare: no events.jsonl here (is this a tuitune run directory?)")
+    started, curve, elapsed = _curve(read_events(run_dir))
+    profile_path = run_dir / "profile.toml"
+    try:
+        profile = tomllib.loads(profile_path.read_text(encoding="utf-8")) if profile_path.exists() else None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{profile_path}: compare: not valid TOML ({e})") from None
+    if profile is None:
+        profile = dict(started.profile) if started else {}
+    summary = read_json(run_dir / "summary.json") or {}
+    wall = summary.get("wall_s") if isinstance(summary.get("wall_s"), (int, float)) else elapsed
+    return RunRecord(name=run_dir.name, path=str(run_dir), status=run_info(run_dir).status,
+                     metric=started.metric if started else str(summary.get("metric", "acc")),
+                     higher_is_better=started.higher_is_better if started else True, curve=curve,
+                     profile=flatten(profile), wall_s=wall)
+
+
+def load_runs(run_dirs: list[Path]) -> list[RunRecord]:
+    if len(run_dirs) < 2:
+        raise UserError("compare: give two or more run directories")
+    runs = [load_run(d) for d in run_dirs]
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # same folder name under different parents: the paths tell them apart
+        runs = [RunRecord(**{**r.__dict__, "name": r.path}) for r in runs]
+    return runs
+
+
+def best_row(run: RunRecord) -> dict[str, Any]:
+    """A run's best metrics: the best val score and its epoch, the lowest val loss and its epoch, the last
+    epoch's val score, epochs run, wall time."""
+    best, low = run.best(), run.lowest_loss()
+    last = run.curve[-1] if run.curve else None
+    return {"name": run.name, "status": run.status, "metric": run.metric,
+            "best_val_score": best.val_score if best else None, "best_epoch": best.epoch if best else None,
+            "lowest_val_loss": low.val_loss if low else None, "lowest_loss_epoch": low.epoch if low else None,
+            "final_val_score": last.val_score if last else None, "epochs": last.epoch if last else 0,
+            "wall_s": run.wall_s}
+
+
+def compare_dict(runs: list[RunRecord]) -> dict[str, Any]:
+    """What `tuitune compare --json` prints."""
+    return {"runs": [{**best_row(r), "path": r.path, "higher_is_better": r.higher_is_better,
+                      "curve": [p.__dict__ for p in r.curve]} for r in runs],
+            "differ": {key: dict(zip((r.name for r in runs), values))
+                       for key, values in profile_diff([r.profile for r in runs])}}
+
+
+def fmt_value(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def fmt_score(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.4f}"
+
+
+def best_cells(run: RunRecord) -> tuple[str, ...]:
+    """A run's best metrics as table cells (the screen and the text table show the same)."""
+    row = best_row(run)
+    at = lambda v, e: f"{fmt_score(v)} @ {e}" if v is not None else MISSING  # noqa: E731
+    return (run.name, run.status, at(row["best_val_score"], row["best_epoch"]),
+            at(row["lowest_val_loss"], row["lowest_loss_epoch"]), fmt_score(row["final_val_score"]),
+            str(row["epochs"]), f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING)
+
+
+# val scores and losses, as the caption above the table says
+BEST_HEADER = ("run", "status", "best score", "lowest loss", "final score", "epochs", "time")
+
+
+def metric_caption(runs: list[RunRecord]) -> str:
+    """Which score the best metrics are: the runs' one metric, or a note that each run has its own."""
+    metrics = sorted({f"{r.metric} ({'higher' if r.higher_is_better else 'lower'} is better)" for r in runs})
+    return f"val {metrics[0]}" if len(metrics) == 1 else "each run's own val metric: " + ", ".join(
+        f"{r.name} {r.metric}" for r in runs)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+
+
+def format_compare(runs: list[RunRecord]) -> str:
+    """The plain text comparison: best metrics, the profile keys that differ, and the val curves per epoch."""
+    lines = [f"best metrics: {metric_caption(runs)}", *_table(BEST_HEADER, [best_cells(r) for r in runs]), ""]
+    diff = profile_diff([r.profile for r in runs])
+    names = tuple(r.name for r in runs)
+    if diff:
+        lines += ["profile keys that differ", *_table(("key", *names),
+                                                      [(k, *(fmt_value(v) for v in vs)) for k, vs in diff]), ""]
+    else:
+        lines += ["profile keys that differ: none (the same profile)", ""]
+    epochs = sorted({p.epoch for r in runs for p in r.curve})
+    by_run = [{p.epoch: p for p in r.curve} for r in runs]
+    cells = lambda e: tuple(  # noqa: E731
+        f"{fmt_score(c[e].val_loss)} / {fmt_score(c[e].val_score)}" if e in c else MISSING for c in by_run)
+    lines += ["val loss / val score per epoch", *_table(("epoch", *names), [(str(e), *cells(e)) for e in epochs])]
+    return "\n".join(lines)
