@@ -163,11 +163,15 @@ def cmd_layers(args: argparse.Namespace) -> int:
     profile = _layers_profile(args.profile, args.overrides)
     from tuitune.engine.data.kinds import class_names, input_task
     from tuitune.engine.model.backbone import build_backbone, layer_table
+    from tuitune.engine.model.lora import apply_lora, uses_lora
     from tuitune.engine.train.strategy import plan_phases
 
     task = input_task(profile.data, profile.model)
     backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse,
                               emit=_progress_printer())
+    if uses_lora(profile.strategy):
+        backbone, notes = apply_lora(backbone, profile.strategy)
+        print(*notes, sep="\n", file=sys.stderr)
     first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
     rows = layer_table(backbone.groups, set(first_phase))
     if args.json:
@@ -178,7 +182,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
     print(f"{'#':>3}  {'group':<24} {'params':>12}  {'share':>6}  first phase")
     for i, r in enumerate(rows):
         state = "trainable" if r["trainable"] else "frozen"
-        print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}")
+        lora = f"  LoRA {r['adapters']:,}" if "adapters" in r else ""
+        print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}{lora}")
     print(f"{'':>3}  {'total':<24} {total:>12,}")
     return 0
 

@@ -182,8 +182,9 @@ class StrategyConfig:
     kind: str = opt("full", "`full` (everything trains), `head_only` (linear probe), `groups` (the named "
                             "groups train), `progressive` (phases from the head downwards) or `lp_ft` (LP-FT, Kumar "
                             "et al. 2022: the head alone until `trigger` fires, then every group at "
-                            "`ft_lr_scale` times the LR).",
-                    choices=("full", "head_only", "groups", "progressive", "lp_ft"))
+                            "`ft_lr_scale` times the LR) or `lora` (LoRA adapters through `peft` in every group, the "
+                            "head in full; base weights frozen).",
+                    choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora"))
     groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
     groups_per_phase: int = opt(1, "`progressive`: layer groups unfrozen at each phase change.", min=1)
     trigger: str = opt("epochs", "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
@@ -222,6 +223,16 @@ class StrategyConfig:
     phase_lr_wait_s: float = opt(10.0, "`phase_lr = \"find\"`, dashboard: seconds the curve waits for an answer "
                                        "before the suggestion applies itself (the engine waits 30 s longer for a "
                                        "typed value, then applies it anyway).", min=0.0)
+    adapters: str = opt("", "`lora`: unfreezing a group (any strategy, e.g. `progressive`) turns on its LoRA "
+                            "adapters instead of its weights; \"\" = the weights themselves.",
+                        choices=("", "lora"))
+    lora_rank: int = opt(8, "LoRA rank r of each adapter.", min=1)
+    lora_alpha: float = opt(16.0, "LoRA alpha: the adapter's output is scaled by alpha / r.", gt=0.0)
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch's input.", min=0.0, max=0.9)
+    lora_targets: list = opt([], "Module-name suffixes to adapt; empty = the family's default: timm ViT "
+                                 "`attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`; ConvNeXt / MLP blocks `mlp.fc1`, "
+                                 "`mlp.fc2`; BERT-like `query`, `value`. The head always trains in full; depthwise "
+                                 "convolutions are skipped.")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ class ConsolePrinter:
         if isinstance(event, RunStarted):
             self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
             self.metric = event.metric
-            trainable = sum(layer.params for layer in event.layers if layer.trainable)
+            # under LoRA a trainable group trains its adapters (the head, with none, trains in full)
+            trainable = sum(layer.adapters or layer.params for layer in event.layers if layer.trainable)
             total = sum(layer.params for layer in event.layers)
             self.say(f"run {event.run_name} on {event.device}: {event.train_size} train / {event.val_size} val, "
                      f"{len(event.classes)} classes, {len(event.layers)} layer groups, {len(event.phases)} phase(s)"

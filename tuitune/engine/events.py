@@ -26,6 +26,7 @@ class LayerInfo:
     grad_norm: float | None = None
     drift: float | None = None  # ||w - w0|| / ||w0|| since the run started
     bn: str | None = None  # the group's BatchNorm layers: "train" or "eval" (running statistics frozen); None: none
+    adapters: int | None = None  # LoRA parameters in the group (`params` counts them too); None: no LoRA
 
 
 @dataclass(frozen=True)

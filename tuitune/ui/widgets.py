@@ -234,7 +234,8 @@ def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
     """One row of the layer table, formatted: group, params, state, LR, grad norm, drift."""
     return (
         (layer.name, "bold" if layer.trainable else "dim", None),
-        (fmt_count(layer.params), "", "right"),
+        (fmt_count(layer.params) if layer.adapters is None  # under LoRA: "adapter params/all params"
+         else f"{fmt_count(layer.adapters)}/{fmt_count(layer.params)}", "", "right"),
         STATE_CELLS[layer.trainable],
         (fmt_sci(layer.lr) if layer.trainable else "-", "", "right"),
         ("-" if layer.grad_norm is None else f"{layer.grad_norm:.2e}", "", "right"),

@@ -74,8 +74,9 @@ def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, 
 
 def layer_table(groups: Iterable[LayerGroup], trainable: set[str] | None = None) -> list[dict]:
     """Rows for `tuitune layers --json` and the UI's layer panel; every group is trainable unless told."""
-    return [{"name": g.name, "params": g.params, "trainable": trainable is None or g.name in trainable}
-            for g in groups]
+    return [{"name": g.name, "params": g.params,
+             "trainable": (trainable is None or g.name in trainable) and bool(g.trained),  # LoRA: no adapter, frozen
+             **({"adapters": g.adapter_params} if g.adapter_params is not None else {})} for g in groups]
 
 
 # ---------------------------------------------------------------------------------------------------- the hub

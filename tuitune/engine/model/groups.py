@@ -26,6 +26,13 @@ class LayerGroup:
     name: str
     param_names: tuple[str, ...]
     params: int
+    # What "this group trains" turns on: None = all of `param_names`; under LoRA its adapters (the head: all).
+    train_names: tuple[str, ...] | None = None
+    adapter_params: int | None = None  # LoRA parameters in the group (None: no adapters in this model)
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        return self.param_names if self.train_names is None else self.train_names
 
 
 @dataclass
@@ -42,6 +49,8 @@ class Backbone:
     # The classifier tensors of a `model.weights` file (its pretraining head), kept aside when the head is
     # re-created: the source-retention check and "self" distillation score the old task with them.
     source_head: dict[str, torch.Tensor] | None = None
+    # peft's LoraModel around `model` (adapters injected in place) when the strategy uses LoRA; export merges it.
+    lora: object | None = None
 
 
 def unique_groups(named: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:

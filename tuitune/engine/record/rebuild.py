@@ -11,6 +11,7 @@ from pathlib import Path
 from tuitune.config import RunProfile, load_profile
 from tuitune.engine.data.kinds import class_names, input_task
 from tuitune.engine.model.backbone import build_backbone
+from tuitune.engine.model.lora import apply_lora, uses_lora
 from tuitune.engine.model.groups import Backbone
 from tuitune.engine.record.checkpoint import load_weights
 from tuitune.errors import UserError
@@ -44,6 +45,8 @@ def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbon
     classes = run_classes(run_dir, profile)
     backbone = build_backbone(model_cfg, len(classes), task=input_task(profile.data, profile.model),
                               coarse=profile.strategy.coarse)
+    if uses_lora(profile.strategy):  # the same injected names the checkpoint was saved under
+        backbone, _ = apply_lora(backbone, profile.strategy)
     load_weights(backbone.model, weights)
     backbone.model.eval()
     return profile, backbone, classes

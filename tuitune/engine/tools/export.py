@@ -33,7 +33,7 @@ from tuitune.engine.model.groups import Backbone
 from tuitune.engine.record.rebuild import rebuild_model
 from tuitune.errors import UserError
 
-__all__ = ["export_run", "write_export"]
+__all__ = ["export_adapters", "export_run", "write_export"]
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "best",
@@ -43,7 +43,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "b
     profile, backbone, classes = rebuild_model(run_dir, tag)
     out_dir = Path(out) if out else run_dir / "export"
     clear_export(out_dir)  # no stale head or sample from an earlier export
-    manifest = write_export(backbone, profile, classes, out_dir)
+    backbone, adapters = export_adapters(backbone, out_dir)  # the sample below is the merged model's
+    manifest = {**write_export(backbone, profile, classes, out_dir), **adapters}
     manifest["checkpoint"] = str(run_dir / "checkpoints" / f"{tag}.safetensors")
     if sample > 0:
         manifest["sample"] = _write_sample(backbone, profile, out_dir, sample)
@@ -54,13 +55,31 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "b
 def write_export(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path) -> dict[str, Any]:
     """Write the loadable folder for an in-memory model (also usable by the engine right after training)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    backbone, adapters = export_adapters(backbone, out_dir)
     (out_dir / "classes.json").write_text(json.dumps(list(classes)) + "\n", encoding="utf-8")
     (out_dir / "profile.toml").write_text(dump_toml(profile_to_dict(profile)), encoding="utf-8")
     if profile.model.source == "timm":
         load = _export_timm(backbone, profile, classes, out_dir)
     else:
         load = _export_hf(backbone, classes, out_dir, profile.model.name)
-    return {"dir": str(out_dir.resolve()), "source": profile.model.source, "classes": list(classes), **load}
+    return {"dir": str(out_dir.resolve()), "source": profile.model.source, "classes": list(classes), **load,
+            **adapters}
+
+
+def export_adapters(backbone: Backbone, out_dir: Path) -> tuple[Backbone, dict[str, Any]]:
+    """Under LoRA: the adapters alone in `adapters/` (safetensors under the run's parameter names, and peft's
+    `adapter_config.json`), and the backbone with them merged into the base weights (peft's `merge_and_unload`),
+    so what is exported is a plain timm / transformers model that loads without peft. Otherwise unchanged."""
+    if backbone.lora is None:
+        return backbone, {}
+    from tuitune.engine.model.lora import ADAPTER, adapter_state, merged
+
+    folder = out_dir / "adapters"
+    folder.mkdir(parents=True, exist_ok=True)
+    state = adapter_state(backbone.model)
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    backbone.lora.peft_config[ADAPTER].save_pretrained(str(folder))  # type: ignore[attr-defined]
+    return merged(backbone), {"adapters": str(folder.resolve()), "adapter_tensors": len(state), "lora_merged": True}
 
 
 # ------------------------------------------------------------------------------------------------------ timm

@@ -21,6 +21,7 @@ from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, make_loaders
 from tuitune.engine.data.kinds import build_datasets, class_names, input_task
 from tuitune.engine.model.backbone import build_backbone
+from tuitune.engine.model.lora import apply_lora, uses_lora
 from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.errors import UserError
 
@@ -149,6 +150,10 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
                         "global shuffle)")
     backbone = build_backbone(model_config(profile), len(classes), task=task, coarse=profile.strategy.coarse,
                               emit=emit)
+    warnings = []
+    if uses_lora(profile.strategy):
+        backbone, notes = apply_lora(backbone, profile.strategy)
+        warnings += notes
     _sync_bn(profile, backbone, device, dist)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
@@ -157,7 +162,6 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
                             tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed,
                             target=target, emit=emit)
-    warnings = []
     if backbone.task == "image":
         bundle = augment_train(bundle, backbone.data_config, profile.augment)
         bundle, note = cache_images(bundle, profile.data.cache_images, emit)

@@ -64,9 +64,15 @@ def _progressive(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
     return PhasePlan(tuple(phases), (1.0,) * len(phases))
 
 
+def _lora(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
+    """Every group at once; with LoRA applied (`lora.apply_lora`) a group trains its adapters, the head in full."""
+    return PhasePlan((tuple(names),), (1.0,))
+
+
 # strategy.kind -> its plan. A new strategy is one function here and one entry (and its name in the config's choices).
 STRATEGIES: dict[str, Callable[[Sequence[str], StrategyConfig], PhasePlan]] = {
     "full": _full, "head_only": _head_only, "lp_ft": _lp_ft, "groups": _groups, "progressive": _progressive,
+    "lora": _lora,
 }
 
 
@@ -94,12 +100,14 @@ def phase_due(cfg: StrategyConfig, *, interactive: bool, phase: int, num_phases:
 
 
 def set_trainable(model: torch.nn.Module, groups: Sequence[LayerGroup], trainable: Iterable[str]) -> None:
-    """Freeze every parameter outside the trainable groups and unfreeze every one inside."""
+    """Freeze every parameter outside the trainable groups and unfreeze every one inside (under LoRA: the group's
+    adapters; its base weights stay frozen, whatever peft set when it injected them)."""
     wanted = set(trainable)
     params = dict(model.named_parameters())
     for group in groups:
+        on = set(group.trained) if group.name in wanted else set()
         for name in group.param_names:
-            params[name].requires_grad_(group.name in wanted)
+            params[name].requires_grad_(name in on)
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool, freeze_dropout: bool = False) -> None:
@@ -177,8 +185,8 @@ def param_groups(model: torch.nn.Module, groups: Sequence[LayerGroup], names: It
         if group.name not in set(names):
             continue
         lr = group_lr(base_lr, order, group.name, lr_decay)
-        decay = [n for n in group.param_names if params[n].ndim > 1]
-        no_decay = [n for n in group.param_names if params[n].ndim <= 1]
+        decay = [n for n in group.trained if params[n].ndim > 1]
+        no_decay = [n for n in group.trained if params[n].ndim <= 1]
         for chosen, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if chosen:
                 out.append({"params": [params[n] for n in chosen], "param_names": chosen, "layer_group": group.name,

@@ -214,10 +214,12 @@ class TrainerState:
     def layer_infos(self) -> tuple[LayerInfo, ...]:
         trainable = set(self.trainable)
         lrs = self.group_lrs()
-        return tuple(LayerInfo(name=g.name, params=g.params, trainable=g.name in trainable,
+        # a group with nothing to train (under LoRA: no adapted layer in it) shows as frozen, as it is
+        return tuple(LayerInfo(name=g.name, params=g.params, trainable=g.name in trainable and bool(g.trained),
                                lr=lrs.get(g.name) if g.name in trainable else None,
                                grad_norm=self._grad_norms.get(g.name) if g.name in trainable else None,
-                               drift=self._drift.get(g.name), bn=strategy.bn_mode(self._bn.get(g.name, ())))
+                               drift=self._drift.get(g.name), bn=strategy.bn_mode(self._bn.get(g.name, ())),
+                               adapters=g.adapter_params)
                      for g in self.parts.groups)
 
     def layers_changed(self, *, with_grad: bool, with_drift: bool = False) -> LayersChanged:
