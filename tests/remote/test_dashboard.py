@@ -52,7 +52,9 @@ async def test_detach_then_attach_and_stop(tmp_path: Path, reaper) -> None:
                     and dash(again).state.global_step > steps, timeout=60)
         table = again.screen.query_one(LayerTable)
         assert dash(again).state.phase == 1 and table.state_of(second) == "● train"  # the history, on screen
-        assert any("unfreeze" in line.text for line in dash(again).state.log)
+        # the unfreeze from the first session is in the history: its marker on the plots (the event log keeps only
+        # the last 500 lines, and hundreds of sub-second epochs may have passed while detached)
+        assert any(m.kind == "phase" for m in dash(again).state.markers)
         await pilot.press("s")
         await until(pilot, lambda: on_screen(again, SummaryScreen), timeout=120)
         assert "Stopped early" in text_of(again.screen.query_one("#summary", Static))
