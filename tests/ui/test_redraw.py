@@ -13,7 +13,8 @@ from tuitune.engine.events import LayersChanged
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import BACKOFF, MAX_WAIT_S, REDRAW_S
 from tuitune.ui.runner import EngineEventReceived
-from tuitune.ui.reducer import fold, plot_inputs, reduce
+from tuitune.ui.plotdata import plot_inputs
+from tuitune.ui.reducer import fold, reduce
 from tuitune.ui.widgets import LayerTable, RenderMeter
 
 

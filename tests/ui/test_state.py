@@ -13,7 +13,8 @@ from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, LayersChanged, 
                                    RunFailed, Warned, event_from_dict, event_from_json, to_json)
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.fmt import fmt_duration
-from tuitune.ui.reducer import DashboardState, eta_s, fold, reduce, requested, smooth
+from tuitune.ui.plotdata import eta_s, smooth
+from tuitune.ui.reducer import DashboardState, fold, reduce, requested
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -192,7 +193,7 @@ def test_lr_found_settles_the_pending_find_and_is_logged() -> None:
 
 
 def test_extras_become_series_and_a_compact_log() -> None:
-    from tuitune.ui.reducer import plot_series
+    from tuitune.ui.plotdata import plot_series
 
     s = fold(scripted.extras_events())
     assert [x.label for x in plot_series(s, "loss")] == ["task", "distill", "ema", "val"]
@@ -257,7 +258,7 @@ def test_eta_after_resume_uses_the_steps_and_time_since_the_resume() -> None:
 
 def test_x_axis_follows_the_run_and_can_show_the_whole_plan() -> None:
     """200 planned epochs, 3 done: the curves get the plot (epochs 0-4), not its left fiftieth; `whole` is 0-200."""
-    from tuitune.ui.reducer import x_range
+    from tuitune.ui.plotdata import x_range
 
     start = dataclasses.replace(scripted.run_started(), epochs=200)
     s = fold([start, MetricsUpdated(4, 0, 3 * scripted.SPE, 0.5, 0.8, (3e-3,), 800.0, 10.0)])

@@ -31,7 +31,8 @@ from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, LeaveRunScreen, PlateauPromptScreen
 from tuitune.ui.notify import notify_terminal
 from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
-from tuitune.ui.reducer import DashboardState, plot_inputs, reduce, requested
+from tuitune.ui.plotdata import plot_inputs
+from tuitune.ui.reducer import DashboardState, reduce, requested
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 

@@ -8,7 +8,6 @@ here, and no clock: every time shown is derived from event fields (`elapsed_s`, 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -112,7 +111,7 @@ class DashboardState:
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def _x(state: DashboardState, global_step: int) -> float:
+def x_at(state: DashboardState, global_step: int) -> float:
     """Plot x coordinate: epochs completed, from the global step."""
     return global_step / max(state.steps_per_epoch, 1)
 
@@ -153,7 +152,7 @@ def better(state: DashboardState, value: float, than: float | None) -> bool:
 
 def _where(state: DashboardState, epoch: int, global_step: int) -> str:
     """Where in the run, as epochs done (the plots' x axis): the engine's `epoch` fields differ in base."""
-    return f"{_x(state, global_step):.1f}ep"
+    return f"{x_at(state, global_step):.1f}ep"
 
 
 def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
@@ -189,7 +188,7 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
 
 
 def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
-    x = _x(s, e.global_step)
+    x = x_at(s, e.global_step)
     return dataclasses.replace(
         s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
         global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
@@ -200,7 +199,7 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
 
 
 def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
-    x = _x(s, e.global_step)
+    x = x_at(s, e.global_step)
     best = e.val_score if better(s, e.val_score, s.best_val_score) else s.best_val_score
     m = s.metric
     text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_score)} · val loss "
@@ -220,7 +219,7 @@ def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
     s = dataclasses.replace(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
-    return dataclasses.replace(s, markers=_add_marker(s, Marker(_x(s, e.global_step), "phase", label)),
+    return dataclasses.replace(s, markers=_add_marker(s, Marker(x_at(s, e.global_step), "phase", label)),
                                log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"))
 
 
@@ -242,7 +241,7 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
     s = dataclasses.replace(s, pending=_unpend(s.pending, e.command), status=status)
-    marker = Marker(_x(s, e.global_step), "command", label)
+    marker = Marker(x_at(s, e.global_step), "command", label)
     if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
         marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
     return dataclasses.replace(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
@@ -345,80 +344,7 @@ def requested(state: DashboardState, command: str) -> DashboardState:
     return dataclasses.replace(state, pending=(*state.pending, command))
 
 
-# --------------------------------------------------------------------------------------------------- derived
-
-
-def smooth(values: list[float], weight: float = 0.6) -> list[float]:
-    """TensorBoard's smoothing: a debiased exponential moving average (weight 0 = raw)."""
-    out: list[float] = []
-    last = 0.0
-    for i, value in enumerate(values, start=1):
-        last = last * weight + (1 - weight) * value
-        out.append(last / (1 - weight ** i) if weight > 0 else value)
-    return out
-
-
-@dataclass(frozen=True)
-class Series:
-    """One curve of a plot. `smoothed`: a per-step series drawn raw (faint, for the main one) and smoothed."""
-
-    label: str
-    points: tuple[Point, ...]
-    smoothed: bool = False
-    raw: bool = False
-
-
-def plot_series(state: DashboardState, which: str) -> list[Series]:
-    """The curves of the "loss" or the score ("acc") plot, extras included where the engine sent them.
-
-    Distillation splits the train loss into task and distillation terms; `ema_*` is the EMA model's val figure;
-    `source_acc` is the pretraining task's accuracy (forgetting shows as it falls).
-    """
-    te, ee = state.train_extra, state.epoch_extra
-    if which == "loss":
-        out = [Series("task", te["task_loss"], True, True) if "task_loss" in te
-               else Series("train", state.train_loss, True, True)]
-        if "distill_loss" in te:
-            out.append(Series("distill", te["distill_loss"], True))
-        if "ema_val_loss" in ee:
-            out.append(Series("ema", ee["ema_val_loss"]))
-        return [*out, Series("val", state.val_loss)]  # val last: drawn on top
-    out = [Series("train", state.train_score, True, True)]
-    if "ema_val_score" in ee:
-        out.append(Series("ema", ee["ema_val_score"]))
-    if "source_acc" in ee:
-        out.append(Series("source", ee["source_acc"]))
-    return [*out, Series("val", state.val_score)]
-
-
-def plot_inputs(state: DashboardState) -> tuple[object, ...]:
-    """Everything the plots read. `reduce` keeps a field's object when it leaves it alone, so a change is an
-    identity change: a redraw for events that touch no curve (LayersChanged, checkpoints...) is skipped."""
-    return (state.train_loss, state.train_score, state.val_loss, state.val_score, state.train_extra,
-            state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
-
-
-def x_range(state: DashboardState, whole: bool = False) -> tuple[float, float]:
-    """The plots' x axis, in epochs. By default it follows the run: from where this session started to the current
-    position plus a margin (a quarter of the way so far, at least one epoch), never past the plan, so 200 planned
-    epochs do not squeeze the first few into a sliver. `whole`: the whole planned span."""
-    start, end = float(state.start_epoch), float(state.epochs)
-    now = _x(state, state.global_step)
-    if whole or not state.epochs:
-        return start, max(end, now)
-    ahead = now + max(1.0, 0.25 * (now - start))
-    return start, float(min(max(end, now), max(math.ceil(ahead - 1e-9), start + 1)))
-
-
-def eta_s(state: DashboardState) -> float | None:
-    """Seconds left: the steps still to go at this session's pace, i.e. its steps over its time (after a resume,
-    both counted from the resume: `elapsed_s` is the whole run's)."""
-    total = state.epochs * state.steps_per_epoch
-    done = state.global_step - state.start_step
-    took = state.elapsed_s - state.start_elapsed_s
-    if not state.live or done <= 0 or total <= 0 or took <= 0:
-        return None
-    return took / done * max(total - state.global_step, 0)
+# ----------------------------------------------------------------------------------------------------- text
 
 
 def suggestion_text(e: UnfreezeSuggested, metric: str = "acc") -> str:

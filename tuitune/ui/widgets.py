@@ -21,7 +21,8 @@ from tuitune.engine.record.progress import progress_text
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
-from tuitune.ui.reducer import DashboardState, LogLine, Point, Series, eta_s, plot_series, smooth, x_range
+from tuitune.ui.plotdata import Series, eta_s, plot_series, smooth, x_range
+from tuitune.ui.reducer import DashboardState, LogLine, Point
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
