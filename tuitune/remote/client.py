@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tuitune.engine.commands import Command, Control
-from tuitune.engine.events import Event, RunFailed, RunFinished, event_from_dict
+from tuitune.engine.events import RunFailed, RunFinished, event_from_dict
 from tuitune.errors import UserError
 from tuitune.remote import protocol
 from tuitune.remote.runs import PROCESS_FILE, read_json, run_info

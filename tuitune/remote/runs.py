@@ -126,14 +126,14 @@ def run_info(run_dir: Path) -> RunInfo:
 def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str]:
     """Phase, epoch and best metric from the events (only the few types that carry them are parsed)."""
     phases = epochs = phase = epoch = 0
-    metric, higher, best, best_epoch = "acc", True, None, None
+    metric, best, best_epoch = "acc", None, None
     try:
         with open(events, encoding="utf-8") as f:
             for line in f:
                 if line.startswith('{"type":"RunStarted"'):
                     e = _loads(line)
                     phases, epochs, phase = len(e.get("phases", ())), e.get("epochs", 0), e.get("phase", 0)
-                    metric, higher = e.get("metric", "acc"), e.get("higher_is_better", True)
+                    metric = e.get("metric", "acc")
                     epoch = e.get("start_epoch", epoch)
                 elif line.startswith('{"type":"EpochEnded"'):
                     e = _loads(line)

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, LayersChanged, MetricsUpdated, to_json

@@ -31,7 +31,7 @@ from tuitune.engine.data.batches import collate_for, length_sampler
 from tuitune.engine.data.textfiles import read_text_file, target_classes
 from tuitune.engine.events import Event
 from tuitune.engine.record.progress import Progress
-from tuitune.errors import DataError, UserError
+from tuitune.errors import DataError
 
 Emit = Callable[[Event], None]
 __all__ = ["DataBundle", "TensorImages", "ImageFiles", "make_loaders", "eval_transform", "split_subsets",

@@ -1,21 +1,15 @@
 """The seam between a backbone and its classifier, for timm models: `forward_features` + `forward_head`.
 
-Three features need it: the source-retention check and "self" distillation (the pretraining head scores the
-backbone's current features) and the feature cache (a frozen backbone's features are computed once).
+The source-retention check and "self" distillation need it: the pretraining head scores the backbone's current
+features. (The feature cache splits models more finely: `tuitune.engine.train.segments`.)
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from tuitune.errors import UserError
-
-if TYPE_CHECKING:
-    from tuitune.engine.model.groups import Backbone
-
 
 def splittable(model: nn.Module) -> bool:
     """A timm model whose classifier sits at the end of `forward_head`."""
@@ -29,17 +23,6 @@ def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def classifier(model: nn.Module) -> nn.Module:
     return model.get_classifier()
-
-
-def classifier_only_head(backbone: Backbone) -> bool:
-    """True when the "head" layer group is exactly the classifier's parameters: everything before it is then
-    computed by `pre_logits`, and training the head alone needs nothing but those features."""
-    model = backbone.model
-    if not splittable(model):
-        return False
-    head_params = {id(p) for p in classifier(model).parameters()}
-    named = dict(model.named_parameters())
-    return {id(named[n]) for n in backbone.groups[-1].param_names} == head_params
 
 
 def linear_head(tensors: dict[str, torch.Tensor], device: torch.device) -> nn.Linear:

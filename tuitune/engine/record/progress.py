@@ -36,9 +36,6 @@ class Progress:
         self.done += n * self.scale
         self._send()
 
-    def set_total(self, total: float | None) -> None:
-        self.total = None if total is None else total * self.scale
-
     def finish(self) -> None:
         if self.finished:
             return
