@@ -20,7 +20,7 @@ from tuitune.config import (ProfileError, apply_overrides, dump_toml, profile_fr
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
 from tuitune.sweep.board import format_board, read_board
-from tuitune.sweep.space import SweepSpec, override_text, parse_sweep, set_line
+from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ class PruneFeeder:
     def __call__(self, event: Event) -> None:
         if not isinstance(event, EpochEnded) or self.pruned:
             return
-        value = float(getattr(event, self.metric))
+        value = epoch_metric(event, self.metric)
         if not math.isfinite(value):
             return
         self.values.append(value)
