@@ -157,6 +157,8 @@ def _env() -> dict[str, str]:
 
 
 def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
+    from tuitune.sweep.runner import live_sweep_pid, start_detached
+
     path = write(tmp_path, '"train.lr" = { log = [1e-3, 1e-1] }\npruner = "none"\n', epochs=3)
     out = tmp_path / "s"
     proc = subprocess.Popen(_sweep_cmd(path, out, "--trials", "2"), env=_env(), stdout=subprocess.DEVNULL,
@@ -164,6 +166,9 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
     try:
         _wait(lambda: (out / "journal.log").exists() and any(
             t.state.name == "RUNNING" and t.intermediate_values for t in trials_of(out)))
+        # a leaderboard screen opened now (`tuitune sweep P --out S`) follows this sweep and starts no other
+        assert live_sweep_pid(out) == proc.pid and start_detached(str(path), [], out, 2, 1) == proc.pid
+        assert not (out / "sweep.log").exists()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -182,6 +187,7 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
         events = (out / f"trial-{n:03d}" / "events.jsonl").read_text()
         assert events.count('"type":"RunStarted"') == 1 and events.count('"type":"EpochEnded"') == 3
     assert "killed" in done.stdout and (out / "best.toml").exists()
+    assert not (out / "sweep.pid").exists()  # the finished sweep no longer claims the folder
 
 
 def test_two_workers_share_one_sweep_with_disjoint_trials(tmp_path):
