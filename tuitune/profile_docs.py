@@ -1,4 +1,4 @@
-"""The profile key reference in `profiles/README.md`, generated from the declarations in `tuitune/config.py`.
+"""The profile key reference in `profiles/README.md`, generated from the declarations in `tuitune/config/schema.py`.
 
     python -m tuitune.profile_docs --update profiles/README.md
 
