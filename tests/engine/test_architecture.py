@@ -1,6 +1,6 @@
 """The architecture as checked contracts: import-linter's (pyproject.toml, `[tool.importlinter]`: the engine and the
-profile schema never import the UI or Textual, the schema never imports the engine, the engine's layers), and an
-engine without import cycles, function-local imports included."""
+profile schema never import the UI or Textual, the schema never imports the engine, nothing imports the command line,
+the engine's layers), and an engine without import cycles, function-local imports included."""
 
 from __future__ import annotations
 
