@@ -46,7 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="run directory for a run started from the picker")
     _add_offline(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_commands(sub)
+    layers = sub.add_parser("layers", help="print the layer groups of a profile's (or a model's) backbone")
+    layers.add_argument("profile", help="a profile .toml, a timm model name, or a Hugging Face model folder")
+    layers.add_argument("--json", action="store_true", help='print [{"name", "params", "trainable"}, ...]')
+    _add_profile_options(layers)
+    _add_runs_commands(sub)
+    _add_ship_commands(sub)
+    _add_sweep_command(sub)
+    return parser
 
+
+def _add_train_commands(sub: argparse._SubParsersAction) -> None:
+    """train and demo: a run in the dashboard, headless, or on several ranks."""
     train = sub.add_parser("train", help="train a profile (the dashboard, or --headless)")
     train.add_argument("profile", nargs="?", help="a profile .toml (optional with --resume)")
     train.add_argument("--headless", action="store_true",
@@ -69,11 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nproc", type=int, default=0, metavar="N", help="train on N ranks (see train --nproc)")
     _add_profile_options(demo)
 
-    layers = sub.add_parser("layers", help="print the layer groups of a profile's (or a model's) backbone")
-    layers.add_argument("profile", help="a profile .toml, a timm model name, or a Hugging Face model folder")
-    layers.add_argument("--json", action="store_true", help='print [{"name", "params", "trainable"}, ...]')
-    _add_profile_options(layers)
 
+def _add_runs_commands(sub: argparse._SubParsersAction) -> None:
+    """replay, attach, runs, compare: finding run directories and bringing a run back on screen."""
     replay = sub.add_parser("replay", help="play a recorded run into the dashboard")
     replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
     replay.add_argument("--speed", type=float, default=0.0,
@@ -92,9 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
     compare.add_argument("--json", action="store_true", help="one JSON object: runs (best metrics, curve), differ")
     compare.add_argument("--text", action="store_true", help="plain text tables instead of the screen")
-    _add_ship_commands(sub)
-    _add_sweep_command(sub)
-    return parser
 
 
 def _add_sweep_command(sub: argparse._SubParsersAction) -> None:

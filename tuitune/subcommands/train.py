@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from tuitune.errors import UserError
-from tuitune.subcommands import PACKAGE_PROFILES
+from tuitune.profiles import PACKAGE_PROFILES
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -18,31 +18,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tuitune import multirank
-    from tuitune.config import load_profile
     from tuitune.engine.record.runlog import new_run_dir
 
     resume = Path(args.resume) if args.resume else None
-    if resume is not None:
-        if not (resume / "checkpoints" / "last.state.pt").exists():
-            raise UserError(f"{resume}: --resume: no checkpoints/last.state.pt in this run directory")
-        profile = load_profile(args.profile or resume / "profile.toml", args.overrides)
-    elif not args.profile:
-        raise UserError("train: a PROFILE is required (or --resume RUN_DIR)")
-    else:
-        profile = load_profile(args.profile, args.overrides)
+    profile = _load_profile(args, resume)
     if multirank.under_torchrun():  # a rank: torchrun's, or one that `--nproc` started
-        if not args.headless:
-            raise UserError("torchrun: ranks train headless (add --headless)")
-        if args.nproc:
-            raise UserError("--nproc: already running under torchrun; use torchrun's --nproc_per_node instead")
-        from tuitune.headless import run_headless
-
-        dist, run_dir = multirank.worker_setup(profile, args.out, args.force, resume)
-        try:
-            return run_headless(profile, run_dir, resume, dist=dist, launched=bool(os.environ.get(
-                multirank.ENV_LAUNCHED)))
-        finally:
-            dist.close()
+        return _train_rank(args, profile, resume)
     launched_dir = os.environ.get(multirank.ENV_RUN_DIR)  # the one rank of `--nproc 1`
     run_dir = resume or (Path(launched_dir) if launched_dir else new_run_dir(profile, args.out, args.force))
     if resume is not None and not launched_dir:
@@ -52,8 +33,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.headless:  # the dashboard follows the ranks' launcher, started in a process of its own
             from tuitune.ui.launch import open_dashboard
 
-            return open_dashboard(profile, run_dir, resume, ranks_argv=_launcher_args(args, run_dir))
-        return multirank.launch(_worker_args(args, run_dir), args.nproc, run_dir)
+            return open_dashboard(profile, run_dir, resume, ranks_argv=_train_argv(args, run_dir, launcher=True))
+        return multirank.launch(_train_argv(args, run_dir, launcher=False), args.nproc, run_dir)
     if args.headless:
         from tuitune.headless import run_headless
 
@@ -63,6 +44,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return open_dashboard(profile, run_dir, resume, inline=args.inline)
 
 
+def _load_profile(args: argparse.Namespace, resume: Path | None):  # -> RunProfile
+    """The profile named, or with `--resume` and none named, the one the run directory recorded."""
+    from tuitune.config import load_profile
+
+    if resume is not None:
+        if not (resume / "checkpoints" / "last.state.pt").exists():
+            raise UserError(f"{resume}: --resume: no checkpoints/last.state.pt in this run directory")
+        return load_profile(args.profile or resume / "profile.toml", args.overrides)
+    if not args.profile:
+        raise UserError("train: a PROFILE is required (or --resume RUN_DIR)")
+    return load_profile(args.profile, args.overrides)
+
+
+def _train_rank(args: argparse.Namespace, profile, resume: Path | None) -> int:
+    """One rank of several (torchrun's, or one that `--nproc` started): headless, in the process group."""
+    from tuitune import multirank
+    from tuitune.headless import run_headless
+
+    if not args.headless:
+        raise UserError("torchrun: ranks train headless (add --headless)")
+    if args.nproc:
+        raise UserError("--nproc: already running under torchrun; use torchrun's --nproc_per_node instead")
+    dist, run_dir = multirank.worker_setup(profile, args.out, args.force, resume)
+    try:
+        return run_headless(profile, run_dir, resume, dist=dist, launched=bool(os.environ.get(multirank.ENV_LAUNCHED)))
+    finally:
+        dist.close()
+
+
 def _refuse_live(run_dir: Path) -> None:
     from tuitune.remote.runs import run_status
 
@@ -70,19 +80,15 @@ def _refuse_live(run_dir: Path) -> None:
         raise UserError(f"{run_dir}: --resume: this run is live (tuitune attach {run_dir} brings it back)")
 
 
-def _worker_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The command line each rank of `--nproc` runs (after `python -m tuitune`)."""
+def _train_argv(args: argparse.Namespace, run_dir: Path, *, launcher: bool) -> list[str]:
+    """A `--nproc` command line (after `python -m tuitune`): each rank's, or (`launcher`) the headless launcher's
+    that a dashboard starts in a process of its own."""
     out = ["train"] + ([str(args.profile)] if args.profile else []) + ["--headless"]
-    out += ["--resume", str(run_dir)] if args.resume else []
-    for override in args.overrides:
-        out += ["--set", override]
-    return out
-
-
-def _launcher_args(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The headless `--nproc` command line a dashboard starts in a process of its own."""
-    out = ["train"] + ([str(args.profile)] if args.profile else []) + ["--headless", "--nproc", str(args.nproc)]
-    out += ["--resume", str(run_dir)] if args.resume else ["--out", str(run_dir), "--force"]
+    out += ["--nproc", str(args.nproc)] if launcher else []
+    if args.resume:
+        out += ["--resume", str(run_dir)]
+    elif launcher:
+        out += ["--out", str(run_dir), "--force"]
     for override in args.overrides:
         out += ["--set", override]
     return out
