@@ -2,9 +2,3 @@
 train, demo, sweep), `runs` (looking at runs: runs, compare, attach, replay, the picker) and `tools` (working on a
 profile or a finished run: layers, export, compress, lr-find). Import-light like the parser: torch, timm,
 transformers and Textual load only inside the function that needs them."""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-PACKAGE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"  # the profiles shipped with tuitune

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tuitune.errors import UserError
-from tuitune.subcommands import PACKAGE_PROFILES
+from tuitune.profiles import PACKAGE_PROFILES
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
