@@ -204,9 +204,7 @@ class Steering(_Screen):
         self.quitting = True
         if self.control is not None:
             self.control.request_stop()
-        deadline = time.monotonic() + timeout
-        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await self._wait_for_worker(timeout)
         if self.state.live:  # the engine did not confirm in time: end it on screen anyway
             self.state = reduce(self.state, RunFinished(
                 status="interrupted", reason="quit from the dashboard", epochs=self.state.epoch,
@@ -217,11 +215,15 @@ class Steering(_Screen):
         """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
         self.quitting = self.detached = True
         self.control.request_detach()  # type: ignore[union-attr]
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await self._wait_for_worker(STOP_TIMEOUT_S)
         self.app.leave_dashboard(0)  # type: ignore[attr-defined]
 
     async def stop_and_exit(self) -> None:
         await self.shutdown()
         self.app.leave_dashboard(130)  # type: ignore[attr-defined]
+
+    async def _wait_for_worker(self, timeout: float) -> None:
+        """Until the engine worker has ended, or at most `timeout` seconds: quitting never hangs on a stuck engine."""
+        deadline = time.monotonic() + timeout
+        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
