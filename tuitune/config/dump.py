@@ -24,26 +24,27 @@ def profile_to_dict(profile: RunProfile) -> dict[str, Any]:
     return plain(profile)
 
 
+def toml_value(v: Any) -> str:
+    """One value as TOML: a scalar, an array or an inline table (what profiles hold)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
 def dump_toml(data: Mapping[str, Any]) -> str:
     """A small TOML writer for resolved profiles (scalars, arrays, inline tables, one level of sections)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    top = [f"{k} = {value(v)}" for k, v in data.items() if k not in SECTIONS]
+    top = [f"{k} = {toml_value(v)}" for k, v in data.items() if k not in SECTIONS]
     parts = ["\n".join(top)]
     for section in SECTIONS:
         if section in data:
-            body = "\n".join(f"{k} = {value(v)}" for k, v in data[section].items())
+            body = "\n".join(f"{k} = {toml_value(v)}" for k, v in data[section].items())
             parts.append(f"[{section}]\n{body}")
     return "\n\n".join(parts) + "\n"
