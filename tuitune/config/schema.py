@@ -221,7 +221,8 @@ class StrategyConfig:
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch's input.", min=0.0, max=0.9)
     lora_targets: list = opt([], "Module-name suffixes to adapt; empty = the family's default: timm ViT "
                                  "`attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`; ConvNeXt / MLP blocks `mlp.fc1`, "
-                                 "`mlp.fc2`; BERT-like `query`, `value`. The head always trains in full; depthwise "
+                                 "`mlp.fc2`; BERT-like `query`, `value`; EfficientNet / MobileNet blocks their 1x1 "
+                                 "convs `conv_pw`, `conv_pwl`. The head always trains in full; depthwise "
                                  "convolutions are skipped.")
 
 
