@@ -161,3 +161,14 @@ def test_compose_snapshot(snap_compare, monkeypatch: pytest.MonkeyPatch, size: t
 
     app = TuituneApp("picker", profile_dirs=[Path("compose")])
     assert snap_compare(app, terminal_size=size, run_before=read)
+
+
+def test_a_packaged_profile_is_saved_to_the_working_folders_profiles(tmp_path: Path, monkeypatch) -> None:
+    """The demo ships inside the package: what a person composes from it goes to ./profiles, never into the
+    installed package."""
+    from tuitune.profiles import PACKAGE_PROFILES
+    from tuitune.ui.compose import save_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert save_folder(PACKAGE_PROFILES / "demo.toml") == tmp_path / "profiles"
+    assert save_folder(tmp_path / "mine" / "a.toml") == tmp_path / "mine"

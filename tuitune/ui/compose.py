@@ -72,6 +72,14 @@ def compose_profile(base: RunProfile, raw: dict[str, str], file: str) -> RunProf
     return profile_from_dict(table, file, Path(file).parent)
 
 
+def save_folder(source: Path) -> Path:
+    """Where a composed profile is written: beside its source, except for the profiles shipped inside the package
+    (an installed package's folder is not the person's): `./profiles`, which the picker lists first."""
+    from tuitune.profiles import PACKAGE_PROFILES
+
+    return Path.cwd() / "profiles" if source.resolve().parent == PACKAGE_PROFILES else source.parent
+
+
 def relative_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Path keys (declared `path=True`) inside `folder` written relative to it, as a person writes them: the file
     loads back to the same absolute paths, and the folder can move."""
@@ -88,6 +96,7 @@ def relative_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def write_profile(profile: RunProfile, path: Path) -> None:
     """The profile as TOML at `path`, atomically (a temp file in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -324,7 +333,7 @@ class ComposeScreen(Screen[None]):
         """A new file next to the source profile; an existing one only on a second ctrl+s, after saying so."""
         if self.refused("save") or self.profile is None:
             return
-        path = Path(self.file).parent / f"{self.profile.name}.toml"
+        path = save_folder(Path(self.file)) / f"{self.profile.name}.toml"
         if path.exists() and self.overwrite != path:
             self.overwrite = path
             self.show_message()
