@@ -171,7 +171,8 @@ class ComposeScreen(Screen[None]):
         super().__init__()
         self.base = base
         self.file = base.source_path or "<profile>"
-        self.folder = folder or str(Path(self.file).parent)
+        moved = save_folder(Path(self.file)) != Path(self.file).parent  # a shipped profile: saved to ./profiles
+        self.folder = "./profiles" if moved else folder or str(Path(self.file).parent)
         self.start = start
         self.profile: RunProfile | None = None  # the composed profile; None while an input is invalid
         self.valid = base  # the last valid one: what the layer groups are read for
