@@ -77,7 +77,7 @@ def save_folder(source: Path) -> Path:
     (an installed package's folder is not the person's): `./profiles`, which the picker lists first."""
     from tuitune.profiles import PACKAGE_PROFILES
 
-    return Path.cwd() / "profiles" if source.resolve().parent == PACKAGE_PROFILES else source.parent
+    return Path.cwd() / "profiles" if source.absolute().parent == PACKAGE_PROFILES else source.parent  # links kept
 
 
 def relative_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
