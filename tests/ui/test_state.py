@@ -148,7 +148,7 @@ def test_status_line_shows_the_best_macro_f1_when_the_run_counts_it() -> None:
     for epoch, f1 in ((3, 0.912), (4, 0.881)):  # the best, not the last
         s = reduce(s, EpochEnded(epoch, epoch * 20, 1, 0.3, 0.95, 0.2, 0.96, 3.0, 1.0, 800.0, False,
                                  extra={"val_macro_f1": f1}))
-    assert "macro-F1 0.912" in status_text(s).plain
+    assert "macro-F1 91.2%" in status_text(s).plain
 
 
 def test_status_line_shows_world_size_and_largest_rank_memory_of_a_multi_rank_run() -> None:

@@ -19,7 +19,7 @@ from textual_plotext import PlotextPlot
 from tuitune.engine.events import LayerInfo, SetupProgressed
 from tuitune.engine.record.progress import progress_text
 from tuitune.ui.plotcanvas import render_figure
-from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, is_percent
+from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, fmt_value, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
 from tuitune.ui.plotdata import Series, eta_s, plot_series, smooth, x_range
 from tuitune.ui.reducer import DashboardState, LogLine, Point
@@ -109,7 +109,7 @@ def status_text(state: DashboardState) -> Text:
         bottom.append(f"  best val {state.metric} {fmt_score(state.metric, state.best_val_score)}", "dim")
     f1 = [v for _, v in state.epoch_extra.get("val_macro_f1", ())]
     if f1:  # imbalanced classes: the fair score beside accuracy
-        bottom.append(f"  macro-F1 {max(f1):.3f}", "dim")
+        bottom.append(f"  macro-F1 {fmt_value('val_macro_f1', max(f1), digits=1)}", "dim")
     if state.gpu_mem_gb is not None:
         peak = f" (peak {state.gpu_peak_gb:.2f})" if state.gpu_peak_gb is not None else ""
         bottom.append(f"  GPU {state.gpu_mem_gb:.2f} GB{peak}", "bold")
