@@ -13,6 +13,12 @@ activations that fit `train.cache_memory_gb`. Whenever the cache is not used, `r
 Batches follow the train loader's own sampler, so the shuffle is the same as without the cache; activations are
 indexed by sample (text by its own length: stored unpadded, padded per batch like the tokens were).
 Stored as float32: half-precision storage would not keep results within the 1e-5 the tests hold it to.
+
+Several ranks: rank r computes the activations of samples r, r+W, ... of each split. Val stays that shard (it is
+the rank's `shards.EvalShard`; the metrics are reduced as without the cache). Train activations are gathered, so
+every rank holds them all: the global batches deal each rank other samples every epoch. Every decision (build or
+not, which boundaries fit) is taken alike on all ranks, and the layers above the boundary train through a DDP
+wrapper of their own (`forward`), so their gradients are all-reduced as the whole model's are without the cache.
 """
 
 from __future__ import annotations
@@ -60,14 +66,17 @@ class _Store:
     """Activations of one split, indexed by sample: one tensor, or (text) unpadded rows with their mask."""
 
     def __init__(self, labels: torch.Tensor, feats: torch.Tensor, offsets: list[int] | None = None,
-                 mask: torch.Tensor | None = None) -> None:
+                 mask: torch.Tensor | None = None, rows: list[int] | None = None) -> None:
         self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
+        self.rows = rows  # gathered from several ranks: the row of each sample (labels are in sample order)
 
     @property
     def nbytes(self) -> int:
         return self.feats.nbytes + (self.mask.nbytes if self.mask is not None else 0)
 
     def get(self, index: list[int] | range, device: torch.device) -> Any:
+        if self.rows is not None:
+            index = [self.rows[i] for i in index]
         if self.offsets is None:
             idx = torch.as_tensor(list(index), device=self.feats.device)
             return self.feats[idx].to(device, non_blocking=True)
@@ -81,7 +90,8 @@ class _Store:
 
 class FeatureCache:
     def __init__(self, parts: RunParts, profile: RunProfile) -> None:
-        self.parts, self.profile = parts, profile
+        self.parts, self.profile, self.dist = parts, profile, parts.dist
+        self._forward: nn.Module | None = None  # `top`, in a DDP wrapper with several ranks
         self.stores: dict[int, tuple[_Store, _Store]] = {}  # boundary -> (train, val) activations
         self.k = -1
         self.top: nn.Module | None = None
@@ -101,6 +111,19 @@ class FeatureCache:
         return self.stores[self.k][1] if self.active else None
 
     @property
+    def forward(self) -> nn.Module:
+        """What a cached training step calls: `top`, with several ranks in a DDP wrapper for the parameters
+        trainable now. Built at its first use after a change (`rewrap`), which every rank reaches at the same step."""
+        if self._forward is None:
+            assert self.top is not None
+            self._forward = self.dist.wrap(self.top, self.parts.device)
+        return self._forward
+
+    def rewrap(self) -> None:
+        """The trainable set or the boundary changed: DDP's hooks are registered anew at the next cached step."""
+        self._forward = None
+
+    @property
     def boundary(self) -> str:
         return self.split.segments[self.k].name if self.active else ""
 
@@ -117,8 +140,6 @@ class FeatureCache:
     def plan(self) -> tuple[int, str]:
         """The last segment that is frozen and deterministic in the current train mode, or -1 and why none."""
         reason = why_not(self.profile)
-        if self.parts.dist.active:  # each rank would size and build its own: kept to one process for now
-            reason = "not with several ranks yet"
         if reason:
             return -1, reason
         split = self.split
@@ -175,7 +196,8 @@ class FeatureCache:
         later = [self.split.segments[b].name for b in sorted(self.stores, reverse=True) if b != k]
         also = f"; also stored for later phases: {', '.join(later)}" if later else ""
         train, val = self.stores[k]
-        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val, "
+        shard = f" (a shard of {self.dist.world})" if self.dist.active else ""
+        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val{shard}, "
                       f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
                       f"only the layers above it run")
 
@@ -197,12 +219,14 @@ class FeatureCache:
         for b in [b for b in self.stores if b > k]:  # boundaries above k are never used again
             del self.stores[b]
         self.k, self.top = k, _Top(self.split, k)
+        self.rewrap()
         return f"output of {self.boundary} cached (stored in the first pass): only the layers above it run"
 
     def drop(self) -> None:
         self.stores = {}
         self.top = None
         self.k = -1
+        self.rewrap()
 
     # ---------------------------------------------------------------------------------------------- building
     def _loader(self, dataset: Any) -> Any:
@@ -236,19 +260,47 @@ class FeatureCache:
                 return (f"the frozen layers up to {split.segments[k].name} give different outputs for the same "
                         f"batch (dropout or another random op; see strategy.freeze_dropout)"), True
             bad = next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), "")
-        if bad:
-            return bad, False
-        n = len(p.bundle.train) + len(p.bundle.val)
-        where = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
-        if isinstance(where, str):
-            return where, False
-        device, fits = where
+        where: tuple[torch.device, int] | str = bad
+        if not bad:
+            n = len(p.bundle.train) + len(self._shard(p.bundle.val))
+            where = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+        # every rank takes the same decision: the first rank's reason not to, else the boundaries all can keep
+        verdicts = self.dist.gather_objects(where if isinstance(where, str) else where[1])
+        why = next((v for v in verdicts if isinstance(v, str)), "")
+        if why:
+            return why, False
+        device, fits = where[0], min(verdicts)  # type: ignore[index]
         ks = ks[:fits]
         train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
+        if self.dist.active:
+            train = {b: self._gathered(store, len(p.bundle.train)) for b, store in train.items()}
         val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
         self.stores = {b: (train[b], val[b]) for b in ks}
         self.k, self.top = k, _Top(split, k)
+        self.rewrap()
         return "", False
+
+    def _shard(self, dataset: Any) -> Any:
+        """This rank's samples r, r+W, ... (the whole set in one process); for val, its `shards.EvalShard`."""
+        if not self.dist.active:
+            return dataset
+        return torch.utils.data.Subset(dataset, range(self.dist.rank, len(dataset), self.dist.world))
+
+    def _gathered(self, store: _Store, n: int) -> _Store:
+        """Every rank's share of the train activations, so a rank can serve whichever samples the global batches
+        deal it. Rows stay in rank order (rank r's rows are samples r, r+W, ...): `rows` maps sample to row."""
+        d, world = self.dist, self.dist.world
+        order = torch.cat([torch.arange(r, n, world) for r in range(world)])  # the sample of each gathered row
+        rows = torch.empty(n, dtype=torch.long)
+        rows[order] = torch.arange(n)
+        labels = d.gather_rows(store.labels)
+        labels = labels[rows.to(labels.device)]  # in sample order, as one process stores them
+        feats = d.gather_rows(store.feats)
+        if store.offsets is None:
+            return _Store(labels, feats, rows=rows.tolist())
+        lengths = d.gather_rows(torch.tensor(store.offsets[1:]) - torch.tensor(store.offsets[:-1]))
+        offsets = [0] + torch.cumsum(lengths, 0).tolist()
+        return _Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())  # type: ignore[arg-type]
 
     def _sized(self, probes: list[Any], n: int, name: str) -> tuple[torch.device, int] | str:
         """Where the activations go (the run's device, else host memory) and how many of the boundaries fit
@@ -273,7 +325,7 @@ class FeatureCache:
     def _store(self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None],
                label: str) -> dict[int, _Store]:
         p, split = self.parts, self.split
-        loader = self._loader(dataset)
+        loader = self._loader(self._shard(dataset))
         total, t0, last = len(loader), time.perf_counter(), 0.0
         parts: dict[int, _Parts] = {b: _Parts() for b in ks}
         labels: list[torch.Tensor] = []

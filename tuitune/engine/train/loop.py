@@ -134,7 +134,7 @@ class Trainer:
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
-                out, aux = (self.cache.top(x), None) if cached else obj.forward(p.forward, x)
+                out, aux = (self.cache.forward(x), None) if cached else obj.forward(p.forward, x)
                 loss = obj.loss(out, y, x, aux)
             # backward: gradients add up over the step's batches, each loss scaled as a share of one big batch
             # (several ranks: DDP all-reduces them; a rank's share of an uneven last global batch weighs in too)
@@ -229,7 +229,8 @@ class Trainer:
         from the feature cache while it is in use."""
         sharded = self.dist.active and loader is self.parts.val_loader  # the test set: rank 0 alone
         if self.cache.active and loader is self.parts.val_loader:
-            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts, thumbs=False)
+            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts, thumbs=False,
+                                        sharded=self.dist.active)
         else:
             result = self.obj.evaluate(self.parts.model, loader, self.parts, sharded=sharded)
         strategy.train_mode(self.parts.model, self.profile.strategy)
@@ -270,6 +271,11 @@ class Trainer:
             self._cache_said = detail
             self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
                                           global_step=st.global_step))
+
+    def _rewrap(self) -> None:
+        """Several ranks: DDP wrappers for the trainable set of now, the model's and the cached top's."""
+        self.parts.rewrap()
+        self.cache.rewrap()
 
     def _cache_after_change(self) -> None:
         """The trainable set changed (a phase, or a group steered by hand): move the cache to activations stored
@@ -314,7 +320,7 @@ class Trainer:
         if st.phase + 1 >= len(self.parts.phases):
             return False
         added = st.enter_phase(st.phase + 1)
-        self.parts.rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
+        self._rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
         # in mid-epoch (`u`) too: newly trainable modules (their BatchNorm, their dropout) leave eval mode
         strategy.train_mode(self.parts.model, self.profile.strategy)
         self._cache_after_change()
@@ -416,7 +422,7 @@ class Trainer:
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, SetGroupTrainable):
             detail = st.set_group_trainable(command.group, command.trainable)
-            self.parts.rewrap()  # every rank is at this step: DDP's hooks for the new trainable set
+            self._rewrap()  # every rank is at this step: DDP's hooks for the new trainable set
             self._cache_after_change()
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, AdaptBatchNorm):
