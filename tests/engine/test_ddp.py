@@ -168,9 +168,11 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     Control (3 steps an epoch: 72 examples, 2 x 16 a step): both ranks apply each at the same global step; DDP is
     re-wrapped at each change of the trainable set; the unfrozen parameters moved from their start and are
     identical on both ranks (checksums);
-    frozen BatchNorm layers stay in eval mode on both."""
+    frozen BatchNorm layers stay in eval mode on both. Self-distillation is on (a pre-logits loss: the model and its
+    pre-logits run through DDP's forward), so identical parameters also say its gradients were all-reduced."""
     profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
-                     strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"})
+                     strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"},
+                     distill={"teacher": "self", "alpha": 0.5})
     ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
 
     def applied(rank: dict) -> list[tuple[str, int]]:

@@ -131,6 +131,13 @@ class DistContext:
         self._guard(lambda: torch.distributed.broadcast_object_list(box, src=0))
         return box[0]
 
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers copied into `module` on every rank (in place)."""
+        if not self.active:
+            return
+        for tensor in module.state_dict().values():
+            self._guard(lambda: torch.distributed.broadcast(tensor, src=0))
+
     def _guard(self, call: Any) -> None:
         try:
             call()

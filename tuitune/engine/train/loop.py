@@ -32,7 +32,6 @@ from tuitune.engine.train.lr_sweep import find_lr_in_run
 from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.trainer_state import TrainerState
-from tuitune.errors import UserError
 
 Emit = Callable[[Event], None]
 # After a run that ended well, with its best weights loaded: (run_dir, profile, backbone, classes, emit) ->
@@ -60,9 +59,6 @@ class Trainer:
         self.interactive, self.after_run, self.dist = interactive, after_run, dist
         self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
         self.obj = Objective(profile, self.parts)
-        if dist.active and self.obj.distiller is not None and self.obj.distiller.on_pre_logits:
-            raise UserError("distill.teacher: distilling on the pre-logits (\"self\") reads the model around DDP's "
-                            "forward, so its gradients would not be all-reduced; not available with several ranks")
         self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
         self.cache = FeatureCache(self.parts, profile)
         if resume is not None:
