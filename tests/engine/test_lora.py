@@ -188,6 +188,13 @@ def test_depthwise_convolutions_are_skipped_and_targets_must_match() -> None:
     _, notes = apply_lora(build_backbone(model_config(explicit), 3), explicit.strategy)
     assert len(notes) == 1 and "depthwise" in notes[0] and "conv_dw" in notes[0]
 
+    effnet = tiny_profile(model={"name": "test_efficientnet", "kwargs": {}, "img_size": 32},
+                          strategy={"kind": "lora"})
+    lora, notes = apply_lora(build_backbone(model_config(effnet), 3), effnet.strategy)  # default: the 1x1 convs
+    adapted = {n.split(".lora_")[0]: m for n, m in lora.model.named_modules() if n.endswith(("conv_pw", "conv_pwl"))}
+    assert adapted and all(hasattr(m, "lora_A") and m.base_layer.groups == 1 for m in adapted.values())
+    assert not any("conv_dw.lora_" in n for n, _ in lora.model.named_parameters()) and not notes
+
     wrong = tiny_profile(model={"name": "test_convnext", "kwargs": {}, "img_size": 32},
                          strategy={"kind": "lora", "lora_targets": ["conv_dw"]})
     with pytest.raises(UserError, match="strategy.lora_targets: no layer"):

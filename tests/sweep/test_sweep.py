@@ -70,6 +70,30 @@ def test_space_parsing(tmp_path):
     assert load_sweep(path, []).spec.direction == "minimize"  # val_score is RMSE there
 
 
+def test_macro_f1_is_a_sweep_metric_read_from_each_epochs_extras(tmp_path):
+    """Imbalanced data is swept on macro-F1 (issue 14 item 5): the profile's checkpoint metric is the default, it is
+    maximised even under a loss whose score is lower-better, and each epoch's value reaches the pruner."""
+    import optuna
+
+    from tuitune.engine.commands import Control
+    from tuitune.engine.events import EpochEnded
+    from tuitune.sweep.runner import PruneFeeder, load_sweep
+
+    path = write(tmp_path, '"train.lr" = { log = [1e-4, 1e-1] }\n')
+    path.write_text(path.read_text().replace("schedule = ", 'checkpoint_metric = "val_macro_f1"\nschedule = '))
+    spec = load_sweep(path, []).spec
+    assert (spec.metric, spec.direction) == ("val_macro_f1", "maximize")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    feeder = PruneFeeder(trial, spec.metric, Control())
+    for epoch, f1 in ((1, 0.4664), (2, 0.91)):
+        feeder(EpochEnded(epoch=epoch, global_step=epoch * 4, phase=0, train_loss=0.5, train_score=0.9,
+                          val_loss=0.4, val_score=0.95, elapsed_s=1.0, epoch_s=1.0, samples_per_s=10.0,
+                          is_best=True, extra={"val_macro_f1": f1}))
+    assert feeder.values == [0.4664, 0.91]
+    assert study.trials[0].intermediate_values == {1: 0.4664, 2: 0.91}
+
+
 @pytest.mark.parametrize("table, expected", [
     ('"train.lrr" = { log = [1e-5, 1e-2] }\n', 'sweep."train.lrr" = 1e-05: train.lrr: unknown key (did you mean lr?)'),
     ('"train.lr" = [0.0, 0.1]\n', 'sweep."train.lr" = 0.0: train.lr: must be > 0'),
@@ -133,6 +157,8 @@ def _env() -> dict[str, str]:
 
 
 def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
+    from tuitune.sweep.runner import live_sweep_pid, start_detached
+
     path = write(tmp_path, '"train.lr" = { log = [1e-3, 1e-1] }\npruner = "none"\n', epochs=3)
     out = tmp_path / "s"
     proc = subprocess.Popen(_sweep_cmd(path, out, "--trials", "2"), env=_env(), stdout=subprocess.DEVNULL,
@@ -140,6 +166,9 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
     try:
         _wait(lambda: (out / "journal.log").exists() and any(
             t.state.name == "RUNNING" and t.intermediate_values for t in trials_of(out)))
+        # a leaderboard screen opened now (`tuitune sweep P --out S`) follows this sweep and starts no other
+        assert live_sweep_pid(out) == proc.pid and start_detached(str(path), [], out, 2, 1) == proc.pid
+        assert not (out / "sweep.log").exists()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -158,6 +187,7 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
         events = (out / f"trial-{n:03d}" / "events.jsonl").read_text()
         assert events.count('"type":"RunStarted"') == 1 and events.count('"type":"EpochEnded"') == 3
     assert "killed" in done.stdout and (out / "best.toml").exists()
+    assert not (out / "sweep.pid").exists()  # the finished sweep no longer claims the folder
 
 
 def test_two_workers_share_one_sweep_with_disjoint_trials(tmp_path):

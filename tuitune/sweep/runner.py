@@ -20,7 +20,7 @@ from tuitune.config import (ProfileError, apply_overrides, dump_toml, profile_fr
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
 from tuitune.sweep.board import format_board, read_board
-from tuitune.sweep.space import SweepSpec, override_text, parse_sweep, set_line
+from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,7 @@ class PruneFeeder:
     def __call__(self, event: Event) -> None:
         if not isinstance(event, EpochEnded) or self.pruned:
             return
-        value = float(getattr(event, self.metric))
+        value = epoch_metric(event, self.metric)
         if not math.isfinite(value):
             return
         self.values.append(value)
@@ -151,6 +151,8 @@ def run_sweep(path: str, overrides: list[str], sweep_dir: Path, trials: int | No
     sweep = load_sweep(path, overrides)
     cap = trials or sweep.spec.trials
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if live_sweep_pid(sweep_dir) is None:  # a leaderboard screen opened on this folder follows this process
+        (sweep_dir / "sweep.pid").write_text(f"{os.getpid()}\n", encoding="utf-8")
     stop = SweepStop()
     previous = {s: signal.signal(s, lambda *_: stop.request()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -164,6 +166,8 @@ def run_sweep(path: str, overrides: list[str], sweep_dir: Path, trials: int | No
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if live_sweep_pid(sweep_dir) == os.getpid():
+            (sweep_dir / "sweep.pid").unlink()
     if stop.requested:
         say(f"sweep interrupted; the same command resumes it ({sweep_dir})")
         return 130
@@ -260,20 +264,26 @@ def write_best(sweep: Sweep, overrides: list[str], sweep_dir: Path) -> str:
             f"reproduce: {line}")
 
 
+def live_sweep_pid(sweep_dir: Path) -> int | None:
+    """The process `sweep.pid` names, when it still runs: the sweep that owns the folder."""
+    from tuitune.sweep.study import alive
+
+    text = (sweep_dir / "sweep.pid").read_text().strip() if (sweep_dir / "sweep.pid").exists() else ""
+    return int(text) if text.isdigit() and alive(int(text)) else None
+
+
 def start_detached(path: str, overrides: list[str], sweep_dir: Path, trials: int | None, workers: int) -> int:
     """The sweep as a process of its own (its own session: it outlives the leaderboard screen and the terminal),
     output in `sweep.log`; unless the one `sweep.pid` names still runs (then the screen just follows it)."""
-    from tuitune.sweep.study import alive
-
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    pid_file = sweep_dir / "sweep.pid"
-    if pid_file.exists() and pid_file.read_text().strip().isdigit() and alive(int(pid_file.read_text())):
-        return int(pid_file.read_text())
+    running = live_sweep_pid(sweep_dir)
+    if running is not None:
+        return running
     cmd = [sys.executable, "-m", "tuitune", "sweep", path, "--headless", "--out", str(sweep_dir),
            "--workers", str(workers), *(["--trials", str(trials)] if trials else []),
            *(a for o in overrides for a in ("--set", o))]
     with open(sweep_dir / "sweep.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    pid_file.write_text(f"{proc.pid}\n", encoding="utf-8")
+    (sweep_dir / "sweep.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
     return proc.pid

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 from tuitune.config import ProfileError, apply_overrides, profile_from_dict
 
 SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials")
-METRICS = ("val_score", "val_loss", "train_score", "train_loss")
+METRICS = ("val_score", "val_loss", "train_score", "train_loss", "val_macro_f1")
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -60,6 +61,12 @@ class SweepSpec:
     pruner: str
     startup_trials: int
     trials: int
+
+
+def epoch_metric(event: Any, metric: str) -> float:
+    """The sweep's metric from an `EpochEnded`: a field, or one of its extras (`val_macro_f1`); NaN when absent."""
+    value = getattr(event, metric, None)
+    return float(event.extra.get(metric, math.nan) if value is None else value)
 
 
 def override_text(key: str, value: Any) -> str:
@@ -151,7 +158,8 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> Sweep
         for value in p.candidates():
             _validate(rest, p.key, value, file, base)
     metric = _setting(sweep, "metric", profile.train.checkpoint_metric, f"{file}: sweep", METRICS)
-    lower = metric.endswith("_loss") or profile.loss.kind == "mse"  # a *_score is RMSE under an mse loss
+    # a *_score is RMSE under an mse loss; an F1 is better higher whatever the task's score
+    lower = metric.endswith("_loss") or (profile.loss.kind == "mse" and not metric.endswith("_f1"))
     direction = _setting(sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep",
                          ("maximize", "minimize"))
     return SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", f"{file}: sweep", PRUNERS),

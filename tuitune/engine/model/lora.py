@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TARGETS", "apply_lora", "merged", "uses_lora", "adapter_state"]
 
 # Module-name suffixes adapted by default; each family has only its own: timm ViT (`attn.qkv`, `attn.proj`,
-# `mlp.fc1`, `mlp.fc2`), ConvNeXt and MLP blocks (`mlp.fc1`, `mlp.fc2`), BERT-like (`query`, `value`).
-DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "query", "value")
+# `mlp.fc1`, `mlp.fc2`), ConvNeXt and MLP blocks (`mlp.fc1`, `mlp.fc2`), BERT-like (`query`, `value`), timm
+# EfficientNet / MobileNet blocks (their 1x1 convs `conv_pw`, `conv_pwl`: the depthwise `conv_dw` beside them is
+# skipped anyway).
+DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "query", "value", "conv_pw", "conv_pwl")
 ADAPTER = "default"
 
 
