@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from tuitune.engine.data.batches import to_device
+from tuitune.engine.train.feature_store import Rows, Store, available, gather_store, per_sample
 from tuitune.engine.train.segments import NotSequential, split_model, verify
 
 if TYPE_CHECKING:
@@ -62,37 +63,11 @@ class _Top(nn.Module):
         return self.split.top(a, self.k)
 
 
-class _Store:
-    """Activations of one split, indexed by sample: one tensor, or (text) unpadded rows with their mask."""
-
-    def __init__(self, labels: torch.Tensor, feats: torch.Tensor, offsets: list[int] | None = None,
-                 mask: torch.Tensor | None = None, rows: list[int] | None = None) -> None:
-        self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
-        self.rows = rows  # gathered from several ranks: the row of each sample (labels are in sample order)
-
-    @property
-    def nbytes(self) -> int:
-        return self.feats.nbytes + (self.mask.nbytes if self.mask is not None else 0)
-
-    def get(self, index: list[int] | range, device: torch.device) -> Any:
-        if self.rows is not None:
-            index = [self.rows[i] for i in index]
-        if self.offsets is None:
-            idx = torch.as_tensor(list(index), device=self.feats.device)
-            return self.feats[idx].to(device, non_blocking=True)
-        from torch.nn.utils.rnn import pad_sequence
-
-        o = self.offsets
-        feats = pad_sequence([self.feats[o[i]:o[i + 1]] for i in index], batch_first=True)
-        mask = pad_sequence([self.mask[o[i]:o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
-        return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
-
-
 class FeatureCache:
     def __init__(self, parts: RunParts, profile: RunProfile) -> None:
         self.parts, self.profile, self.dist = parts, profile, parts.dist
         self._forward: nn.Module | None = None  # `top`, in a DDP wrapper with several ranks
-        self.stores: dict[int, tuple[_Store, _Store]] = {}  # boundary -> (train, val) activations
+        self.stores: dict[int, tuple[Store, Store]] = {}  # boundary -> (train, val) activations
         self.k = -1
         self.top: nn.Module | None = None
         self._split: Any = None
@@ -103,11 +78,11 @@ class FeatureCache:
         return self.k in self.stores
 
     @property
-    def train(self) -> _Store | None:
+    def train(self) -> Store | None:
         return self.stores[self.k][0] if self.active else None
 
     @property
-    def val(self) -> _Store | None:
+    def val(self) -> Store | None:
         return self.stores[self.k][1] if self.active else None
 
     @property
@@ -273,7 +248,7 @@ class FeatureCache:
         ks = ks[:fits]
         train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
         if self.dist.active:
-            train = {b: self._gathered(store, len(p.bundle.train)) for b, store in train.items()}
+            train = {b: gather_store(store, len(p.bundle.train), self.dist) for b, store in train.items()}
         val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
         self.stores = {b: (train[b], val[b]) for b in ks}
         self.k, self.top = k, _Top(split, k)
@@ -286,31 +261,15 @@ class FeatureCache:
             return dataset
         return torch.utils.data.Subset(dataset, range(self.dist.rank, len(dataset), self.dist.world))
 
-    def _gathered(self, store: _Store, n: int) -> _Store:
-        """Every rank's share of the train activations, so a rank can serve whichever samples the global batches
-        deal it. Rows stay in rank order (rank r's rows are samples r, r+W, ...): `rows` maps sample to row."""
-        d, world = self.dist, self.dist.world
-        order = torch.cat([torch.arange(r, n, world) for r in range(world)])  # the sample of each gathered row
-        rows = torch.empty(n, dtype=torch.long)
-        rows[order] = torch.arange(n)
-        labels = d.gather_rows(store.labels)
-        labels = labels[rows.to(labels.device)]  # in sample order, as one process stores them
-        feats = d.gather_rows(store.feats)
-        if store.offsets is None:
-            return _Store(labels, feats, rows=rows.tolist())
-        lengths = d.gather_rows(torch.tensor(store.offsets[1:]) - torch.tensor(store.offsets[:-1]))
-        offsets = [0] + torch.cumsum(lengths, 0).tolist()
-        return _Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())  # type: ignore[arg-type]
-
     def _sized(self, probes: list[Any], n: int, name: str) -> tuple[torch.device, int] | str:
         """Where the activations go (the run's device, else host memory) and how many of the boundaries fit
         there (the current one at least), or why even that one fits nowhere."""
-        need = [_per_sample(a) * n * 1.1 for a in probes]
+        need = [per_sample(a) * n * 1.1 for a in probes]
         cfg = self.profile.train.cache_memory_gb
         devices = [self.parts.device] + ([torch.device("cpu")] if self.parts.device.type == "cuda" else [])
         budget = 0.0
         for device in devices:
-            budget = cfg * 1e9 if cfg > 0 else 0.5 * _available(device)
+            budget = cfg * 1e9 if cfg > 0 else 0.5 * available(device)
             total, fits = 0.0, 0
             for size in need:
                 if total + size > budget:
@@ -323,11 +282,11 @@ class FeatureCache:
                 f"({key})")
 
     def _store(self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None],
-               label: str) -> dict[int, _Store]:
+               label: str) -> dict[int, Store]:
         p, split = self.parts, self.split
         loader = self._loader(self._shard(dataset))
         total, t0, last = len(loader), time.perf_counter(), 0.0
-        parts: dict[int, _Parts] = {b: _Parts() for b in ks}
+        parts: dict[int, Rows] = {b: Rows() for b in ks}
         labels: list[torch.Tensor] = []
         for i, (x, y) in enumerate(loader, start=1):
             x = to_device(x, p.device)
@@ -371,42 +330,6 @@ class FeatureCache:
                  store.labels[i:i + batch_size]) for i in range(0, n, batch_size)]  # type: ignore[union-attr]
 
 
-class _Parts:
-    """Activations of one boundary as they come, batch by batch (text rows cut to their last real token)."""
-
-    def __init__(self) -> None:
-        self.feats: list[torch.Tensor] = []
-        self.masks: list[torch.Tensor] = []
-        self.lengths: list[int] = []
-
-    def add(self, a: Any, where: torch.device) -> None:
-        if not isinstance(a, dict):
-            self.feats.append(a.float().to(where))
-            return
-        m = a["attention_mask"]  # each row up to its last real token (right or left padded alike)
-        ends = (m.shape[1] - m.flip(1).int().argmax(1)).tolist()
-        for row, mrow, n in zip(a["inputs_embeds"], m, ends):
-            self.feats.append(row[:n].float().to(where))
-            self.masks.append(mrow[:n].to(where))
-            self.lengths.append(n)
-
-    def store(self, labels: torch.Tensor) -> _Store:
-        if not self.lengths:
-            return _Store(labels, torch.cat(self.feats))
-        offsets = [0]
-        for n in self.lengths:
-            offsets.append(offsets[-1] + n)
-        return _Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
-
-
-def _per_sample(a: Any) -> float:
-    """Bytes per sample of an activation as stored (float32; text: its real tokens only)."""
-    if isinstance(a, dict):
-        feats = a["inputs_embeds"]
-        return a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
-    return a[0].numel() * 4
-
-
 def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:
     """A BatchNorm in train mode or an active dropout / stochastic depth among `modules`: why they cannot be cached."""
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -423,19 +346,3 @@ def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str
             if isinstance(rate, float) and rate > 0:
                 return f"{name} drops out in a frozen group (strategy.freeze_dropout is off)"
     return ""
-
-
-def _available(device: torch.device) -> float:
-    """Free memory in bytes: the GPU's, or the host's MemAvailable."""
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
