@@ -229,21 +229,22 @@ class FeatureCache:
         p, split, k = self.parts, self.split, ks[0]
         probe = torch.utils.data.Subset(p.bundle.train, range(min(8, len(p.bundle.train))))
         x0 = to_device(next(iter(self._loader(probe)))[0], p.device)
+        where: tuple[torch.device, int] | tuple[str, bool]  # (where, how many fit), or (why not, lower may do)
         with p.autocast():
             first, second = split.prefixes(x0, ks), split.prefixes(x0, ks)
-            if not all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
-                return (f"the frozen layers up to {split.segments[k].name} give different outputs for the same "
-                        f"batch (dropout or another random op; see strategy.freeze_dropout)"), True
-            bad = next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), "")
-        where: tuple[torch.device, int] | str = bad
-        if not bad:
+            where = (f"the frozen layers up to {split.segments[k].name} give different outputs for the same batch "
+                     f"(dropout or another random op; see strategy.freeze_dropout)", True)
+            if all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
+                where = (next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), ""), False)
+        if not where[0]:
             n = len(p.bundle.train) + len(self._shard(p.bundle.val))
-            where = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+            sized = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+            where = (sized, False) if isinstance(sized, str) else sized
         # every rank takes the same decision: the first rank's reason not to, else the boundaries all can keep
-        verdicts = self.dist.gather_objects(where if isinstance(where, str) else where[1])
-        why = next((v for v in verdicts if isinstance(v, str)), "")
-        if why:
-            return why, False
+        verdicts = self.dist.gather_objects(where if isinstance(where[0], str) else where[1])
+        why = next((v for v in verdicts if isinstance(v, tuple)), None)
+        if why is not None:
+            return why  # type: ignore[return-value]
         device, fits = where[0], min(verdicts)  # type: ignore[index]
         ks = ks[:fits]
         train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
