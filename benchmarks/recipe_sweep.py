@@ -94,16 +94,6 @@ def image_profile(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             "early_stopping": {"enabled": False}}
 
 
-def sweep_table(space: dict[str, Any]) -> str:
-    """The `[sweep]` section: quoted dotted keys, JSON-shaped arrays (valid TOML), `{ log = [lo, hi] }` tables."""
-    def value(v: Any) -> str:
-        return "{ " + ", ".join(f"{k} = {json.dumps(x)}" for k, x in v.items()) + " }" if isinstance(v, dict) \
-            else json.dumps(v)
-
-    lines = ['pruner = "median"', "startup_trials = 4", *(f"{json.dumps(k)} = {value(v)}" for k, v in space.items())]
-    return "\n[sweep]\n" + "\n".join(lines) + "\n"
-
-
 def tuitune(*argv: str, log: Path) -> None:
     """One tuitune command line, its output teed to `log` (and to stderr)."""
     print(f"$ tuitune {' '.join(argv)}", file=sys.stderr)
@@ -137,7 +127,8 @@ def modality(name: str, table: dict[str, Any], args: argparse.Namespace) -> dict
     out = args.out / name
     out.mkdir(parents=True, exist_ok=True)
     profile = out / f"{table['name']}.toml"
-    profile.write_text(dump_toml(table) + sweep_table(SPACE[name]), encoding="utf-8")
+    sweep = {"pruner": "median", "startup_trials": 4, **SPACE[name]}
+    profile.write_text(dump_toml({**table, "sweep": sweep}), encoding="utf-8")
     log = out / "log.txt"
     t0 = time.perf_counter()
     tuitune("sweep", str(profile), "--headless", "--trials", str(args.trials), "--out", str(out / "sweep"), log=log)

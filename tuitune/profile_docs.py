@@ -1,4 +1,4 @@
-"""The profile key reference in `profiles/README.md`, generated from the declarations in `tuitune/config.py`.
+"""The profile key reference in `profiles/README.md`, generated from the declarations in `tuitune/config/schema.py`.
 
     python -m tuitune.profile_docs --update profiles/README.md
 
@@ -8,12 +8,10 @@ A test keeps the README in step with the code.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from tuitune.config import SECTIONS, RunProfile
+from tuitune.config import SECTIONS, RunProfile, toml_value
 
 
 def docs_markdown() -> str:
@@ -28,18 +26,8 @@ def docs_markdown() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
             doc = f.metadata["doc"] + (f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"]
                                        else "")
-            lines.append(f"| `{f.name}` | `{dump_default(default)}` | {doc} |")
+            lines.append(f"| `{f.name}` | `{toml_value(default)}` | {doc} |")
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def dump_default(default: Any) -> str:
-    if isinstance(default, bool):
-        return "true" if default else "false"
-    if isinstance(default, str):
-        return json.dumps(default)
-    if isinstance(default, dict):
-        return "{}"
-    return repr(default)
 
 
 def update_readme(path: Path) -> None:

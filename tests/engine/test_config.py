@@ -80,3 +80,17 @@ def test_missing_file() -> None:
 def test_every_key_is_documented_in_profiles_readme() -> None:
     readme = (ROOT / "profiles" / "README.md").read_text()
     assert docs_markdown() in readme, "regenerate: python -m tuitune.profile_docs --update profiles/README.md"
+
+
+def test_dump_toml_round_trips_a_profile_with_its_sweep_table() -> None:
+    """A written profile reads back the same, `[sweep]` and its quoted dotted keys included (`tuitune sweep`'s
+    profiles are written by scripts and by the composing picker)."""
+    import tomllib
+
+    from tuitune.config import dump_toml
+
+    table = {"name": "sms", "train": {"lr": 3e-4, "epochs": 4}, "strategy": {"kind": "progressive"},
+             "sweep": {"pruner": "median", "strategy.kind": ["full", "progressive"], "train.lr": {"log": [1e-5, 3e-3]}}}
+    text = dump_toml(table)
+    assert '"strategy.kind" = ["full", "progressive"]' in text and text.index("[strategy]") < text.index("[sweep]")
+    assert tomllib.loads(text) == table

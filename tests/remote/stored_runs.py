@@ -25,8 +25,10 @@ def profile(lr: float, kind: str = "progressive", extra: dict[str, Any] | None =
 
 
 def write_run(run_dir: Path, table: dict[str, Any], losses: list[float], scores: list[float],
-              status: str = "finished", metric: str = "acc", stamp: float = 1_700_000_000.0) -> Path:
-    """A finished run of len(losses) epochs (or, with status "dead", one with no RunFinished and no summary)."""
+              status: str = "finished", metric: str = "acc", stamp: float = 1_700_000_000.0,
+              f1: list[float] | None = None) -> Path:
+    """A finished run of len(losses) epochs (or, with status "dead", one with no RunFinished and no summary);
+    `f1`: each epoch's val macro-F1, carried in the epoch's extras as a run writes it."""
     rec = RunRecorder(run_dir)
     higher = metric != "rmse"
     rec(RunStarted(run_name=run_dir.name, run_dir=str(run_dir), device="cpu", layers=LAYERS,
@@ -40,7 +42,8 @@ def write_run(run_dir: Path, table: dict[str, Any], losses: list[float], scores:
             best_i = i
         rec(EpochEnded(epoch=i + 1, global_step=4 * (i + 1), phase=0 if i < 2 else 1, train_loss=loss * 0.9,
                        train_score=score, val_loss=loss, val_score=score, elapsed_s=2.0 * (i + 1), epoch_s=2.0,
-                       samples_per_s=32.0, is_best=best_i == i))
+                       samples_per_s=32.0, is_best=best_i == i,
+                       extra={"val_macro_f1": f1[i]} if f1 else {}))
     if status == "dead":
         rec.close()
     else:

@@ -29,7 +29,8 @@ def test_profile_diff_keeps_only_keys_that_differ() -> None:
 def test_best_metrics_follow_each_run_and_its_direction(tmp_path: Path) -> None:
     a, b = load_runs(list(two_runs(tmp_path)))
     assert best_row(a) == {"name": "lr-1e-3", "status": "finished", "metric": "acc", "best_val_score": 0.66,
-                           "best_epoch": 4, "lowest_val_loss": 0.74, "lowest_loss_epoch": 4,
+                           "best_epoch": 4, "best_val_macro_f1": None, "best_f1_epoch": None,
+                           "lowest_val_loss": 0.74, "lowest_loss_epoch": 4,
                            "final_val_score": 0.66, "epochs": 4, "wall_s": 8.5}
     row = best_row(b)  # stopped early after its best epoch: the best is not the last
     assert (row["status"], row["best_val_score"], row["best_epoch"], row["final_val_score"]) == (
@@ -37,6 +38,21 @@ def test_best_metrics_follow_each_run_and_its_direction(tmp_path: Path) -> None:
     assert (row["lowest_val_loss"], row["lowest_loss_epoch"]) == (0.52, 3)
     rmse = load_run(write_run(tmp_path / "reg", profile(1e-3), [0.5, 0.3, 0.4], [2.0, 1.1, 1.4], metric="rmse"))
     assert (best_row(rmse)["best_val_score"], best_row(rmse)["best_epoch"]) == (1.1, 2)  # lower is better
+
+
+def test_macro_f1_gets_its_column_when_a_run_counted_it(tmp_path: Path) -> None:
+    """SMS-like: accuracy peaks at epoch 3 while macro-F1 (the fair score on imbalanced classes) peaks at 2."""
+    a, _ = two_runs(tmp_path)
+    spam = load_run(write_run(tmp_path / "spam", profile(3e-4), [0.5, 0.4, 0.35], [0.88, 0.95, 0.96],
+                              f1=[0.47, 0.91, 0.90]))
+    row = best_row(spam)
+    assert (row["best_val_score"], row["best_epoch"], row["best_val_macro_f1"], row["best_f1_epoch"]) == (
+        0.96, 3, 0.91, 2)
+    lines = format_compare([load_run(a), spam]).splitlines()
+    assert lines[1].split()[:6] == ["run", "status", "best", "score", "best", "macro-F1"]
+    assert lines[2].split()[2:7] == ["0.6600", "@", "4", "-", "0.7400"]  # no F1 counted: a dash
+    assert lines[3].split()[2:8] == ["0.9600", "@", "3", "0.9100", "@", "2"]
+    assert "macro-F1" not in format_compare(load_runs(list(two_runs(tmp_path / "plain"))))
 
 
 def test_a_dead_run_compares_from_its_events(tmp_path: Path) -> None:
@@ -65,7 +81,7 @@ def test_compare_json_and_text_without_torch(tmp_path: Path) -> None:
                               "train.lr": {"lr-1e-3": 0.001, "lr-1e-2": 0.01},
                               "train.warmup_epochs": {"lr-1e-3": "-", "lr-1e-2": 1}}
     assert [r["best_val_score"] for r in data["runs"]] == [0.66, 0.84]
-    assert data["runs"][1]["curve"][2] == {"epoch": 3, "val_loss": 0.52, "val_score": 0.84}
+    assert data["runs"][1]["curve"][2] == {"epoch": 3, "val_loss": 0.52, "val_score": 0.84, "val_macro_f1": None}
     text = _cli("compare", str(a), str(b), "--text")
     assert text.returncode == 0 and "profile keys that differ" in text.stdout
     assert "strategy.kind        progressive  full" in text.stdout

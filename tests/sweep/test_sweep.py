@@ -94,6 +94,18 @@ def test_macro_f1_is_a_sweep_metric_read_from_each_epochs_extras(tmp_path):
     assert study.trials[0].intermediate_values == {1: 0.4664, 2: 0.91}
 
 
+def test_the_printed_leaderboard_keeps_every_parameter_and_its_columns_aligned():
+    from tuitune.sweep.board import TrialRow, format_board
+
+    params = {"strategy.kind": "progressive", "train.lr": 0.00178, "strategy.lr_decay": 0.982,
+              "strategy.every_epochs": 2, "data.batch_size": 16}
+    lines = format_board([TrialRow(0, "done", params, 0.9415, 4, 59.8, "t0"),
+                          TrialRow(11, "pruned", params, None, 1, 12.0, "t11")], "val_macro_f1").splitlines()
+    assert len(lines[1]) > 100 and lines[1].endswith("every_epochs=2 batch_size=16")
+    assert lines[0].index("val_macro_f1") + len("val_macro_f1") == lines[1].index("0.9415") + len("0.9415")
+    assert lines[2].split()[:4] == ["11", "pruned", "-", "1"]
+
+
 @pytest.mark.parametrize("table, expected", [
     ('"train.lrr" = { log = [1e-5, 1e-2] }\n', 'sweep."train.lrr" = 1e-05: train.lrr: unknown key (did you mean lr?)'),
     ('"train.lr" = [0.0, 0.1]\n', 'sweep."train.lr" = 0.0: train.lr: must be > 0'),

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.ui import scripted
-from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, LayersChanged, MetricsUpdated, PhaseChanged,
+from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, EpochEnded, LayersChanged, MetricsUpdated, PhaseChanged,
                                    RunFailed, Warned, event_from_dict, event_from_json, to_json)
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.fmt import fmt_duration
@@ -137,6 +137,17 @@ def test_status_line_shows_gpu_memory_only_when_reported() -> None:
     assert "GPU" not in status_text(s).plain
     s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 800.0, 3.0, gpu_mem_gb=1.25, gpu_peak_gb=2.5))
     assert "GPU 1.25 GB (peak 2.50)" in status_text(s).plain
+
+
+def test_status_line_shows_the_best_macro_f1_when_the_run_counts_it() -> None:
+    from tuitune.ui.widgets import status_text
+
+    s = fold(scripted.mid_run_events())
+    assert "macro-F1" not in status_text(s).plain
+    for epoch, f1 in ((3, 0.912), (4, 0.881)):  # the best, not the last
+        s = reduce(s, EpochEnded(epoch, epoch * 20, 1, 0.3, 0.95, 0.2, 0.96, 3.0, 1.0, 800.0, False,
+                                 extra={"val_macro_f1": f1}))
+    assert "macro-F1 0.912" in status_text(s).plain
 
 
 def test_status_line_shows_world_size_and_largest_rank_memory_of_a_multi_rank_run() -> None:

@@ -27,6 +27,7 @@ class EpochPoint:
     epoch: int
     val_loss: float
     val_score: float
+    val_macro_f1: float | None = None  # classification runs since macro-F1 was counted (imbalanced classes)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class RunRecord:
             return None
         sign = -1.0 if self.higher_is_better else 1.0
         return min(points, key=lambda p: (sign * p.val_score, p.epoch))
+
+    def best_f1(self) -> EpochPoint | None:
+        """The epoch with the highest val macro-F1 (the earliest of equals); None when the run has none."""
+        points = [p for p in self.curve if p.val_macro_f1 is not None and _finite(p.val_macro_f1)]
+        return min(points, key=lambda p: (-(p.val_macro_f1 or 0.0), p.epoch)) if points else None
 
     def lowest_loss(self) -> EpochPoint | None:
         points = [p for p in self.curve if _finite(p.val_loss)]
@@ -89,7 +95,7 @@ def _curve(events: list[Any]) -> tuple[RunStarted | None, tuple[EpochPoint, ...]
         if isinstance(e, RunStarted):
             started = started or e
         elif isinstance(e, EpochEnded):
-            points[e.epoch] = EpochPoint(e.epoch, e.val_loss, e.val_score)
+            points[e.epoch] = EpochPoint(e.epoch, e.val_loss, e.val_score, e.extra.get("val_macro_f1"))
             elapsed = e.elapsed_s
     return started, tuple(points[k] for k in sorted(points)), elapsed
 
@@ -128,10 +134,11 @@ def load_runs(run_dirs: list[Path]) -> list[RunRecord]:
 def best_row(run: RunRecord) -> dict[str, Any]:
     """A run's best metrics: the best val score and its epoch, the lowest val loss and its epoch, the last
     epoch's val score, epochs run, wall time."""
-    best, low = run.best(), run.lowest_loss()
+    best, low, f1 = run.best(), run.lowest_loss(), run.best_f1()
     last = run.curve[-1] if run.curve else None
     return {"name": run.name, "status": run.status, "metric": run.metric,
             "best_val_score": best.val_score if best else None, "best_epoch": best.epoch if best else None,
+            "best_val_macro_f1": f1.val_macro_f1 if f1 else None, "best_f1_epoch": f1.epoch if f1 else None,
             "lowest_val_loss": low.val_loss if low else None, "lowest_loss_epoch": low.epoch if low else None,
             "final_val_score": last.val_score if last else None, "epochs": last.epoch if last else 0,
             "wall_s": run.wall_s}
@@ -159,17 +166,27 @@ def fmt_score(value: float | None) -> str:
     return MISSING if value is None else f"{value:.4f}"
 
 
-def best_cells(run: RunRecord) -> tuple[str, ...]:
-    """A run's best metrics as table cells (the screen and the text table show the same)."""
+def has_f1(runs: list[RunRecord]) -> bool:
+    """Whether any run counted macro-F1: then the best metrics get its column (on imbalanced data accuracy
+    misleads: always answering "ham" scores 87% on SMS spam)."""
+    return any(p.val_macro_f1 is not None for r in runs for p in r.curve)
+
+
+def best_header(runs: list[RunRecord]) -> tuple[str, ...]:
+    """The best-metrics columns (val scores and losses, as the caption above the table says)."""
+    f1 = ("best macro-F1",) if has_f1(runs) else ()
+    return ("run", "status", "best score", *f1, "lowest loss", "final score", "epochs", "time")
+
+
+def best_cells(run: RunRecord, f1: bool = False) -> tuple[str, ...]:
+    """A run's best metrics as table cells (the screen and the text table show the same); `f1`: with the best
+    macro-F1 column."""
     row = best_row(run)
     at = lambda v, e: f"{fmt_score(v)} @ {e}" if v is not None else MISSING  # noqa: E731
-    return (run.name, run.status, at(row["best_val_score"], row["best_epoch"]),
+    f1_cell = (at(row["best_val_macro_f1"], row["best_f1_epoch"]),) if f1 else ()
+    return (run.name, run.status, at(row["best_val_score"], row["best_epoch"]), *f1_cell,
             at(row["lowest_val_loss"], row["lowest_loss_epoch"]), fmt_score(row["final_val_score"]),
             str(row["epochs"]), f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING)
-
-
-# val scores and losses, as the caption above the table says
-BEST_HEADER = ("run", "status", "best score", "lowest loss", "final score", "epochs", "time")
 
 
 def metric_caption(runs: list[RunRecord]) -> str:
@@ -186,7 +203,9 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def format_compare(runs: list[RunRecord]) -> str:
     """The plain text comparison: best metrics, the profile keys that differ, and the val curves per epoch."""
-    lines = [f"best metrics: {metric_caption(runs)}", *_table(BEST_HEADER, [best_cells(r) for r in runs]), ""]
+    f1 = has_f1(runs)
+    lines = [f"best metrics: {metric_caption(runs)}", *_table(best_header(runs), [best_cells(r, f1) for r in runs]),
+             ""]
     diff = profile_diff([r.profile for r in runs])
     names = tuple(r.name for r in runs)
     if diff:

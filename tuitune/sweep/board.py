@@ -55,14 +55,16 @@ def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{k.rsplit('.', 1)[-1]}={_fmt_value(v)}" for k, v in params.items())
 
 
-def format_board(rows: list[TrialRow], metric: str, width: int = 100) -> str:
-    head = f"{'trial':>5}  {'status':<8} {('best ' + metric):>14}  {'epochs':>6}  {'time':>7}  params"
-    lines = [head]
+def format_board(rows: list[TrialRow], metric: str, width: int | None = None) -> str:
+    """The leaderboard as text; lines cut at `width` when given (a log keeps every parameter)."""
+    title = f"best {metric}"
+    w = max(14, len(title))
+    lines = [f"{'trial':>5}  {'status':<8} {title:>{w}}  {'epochs':>6}  {'time':>7}  params"]
     for r in rows:
         best = "-" if r.best is None else f"{r.best:.4f}"
-        line = (f"{r.number:>5}  {r.status:<8} {best:>14}  {r.epochs:>6}  {r.time_s:>6.1f}s  "
+        line = (f"{r.number:>5}  {r.status:<8} {best:>{w}}  {r.epochs:>6}  {r.time_s:>6.1f}s  "
                 f"{params_text(r.params)}")
-        lines.append(line[:width])
+        lines.append(line[:width] if width else line)
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, SelectionList, Static
 from textual_plotext import PlotextPlot
 
 from tuitune.errors import UserError
-from tuitune.remote.compare import (BEST_HEADER, RunRecord, best_cells, fmt_value, load_runs, metric_caption,
+from tuitune.remote.compare import (RunRecord, best_cells, best_header, fmt_value, has_f1, load_runs, metric_caption,
                                     profile_diff)
 from tuitune.remote.runs import RunInfo, list_runs
 from tuitune.ui.fmt import METRIC_TITLES, is_percent
@@ -104,9 +104,10 @@ class CompareScreen(Screen[None]):
         self.query_one("#plot-score", CurvesPlot).show(self.runs)
         names = [Text(r.name, style=f"bold {_hex(run_color(i))}") for i, r in enumerate(self.runs)]
         best = self.query_one("#compare-best", DataTable)
-        best.add_columns(*BEST_HEADER)
+        best.add_columns(*best_header(self.runs))
+        f1 = has_f1(self.runs)
         for name, run in zip(names, self.runs):
-            best.add_row(name, *best_cells(run)[1:])
+            best.add_row(name, *best_cells(run, f1)[1:])
         diff = profile_diff([r.profile for r in self.runs])
         caption = self.query_one("#diff-caption", Static)
         caption.update(f"profile keys that differ: {len(diff)}" if diff else

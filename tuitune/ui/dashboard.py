@@ -1,12 +1,12 @@
 """The dashboard screen: one run's status, curves, layer table and event log, and the keys that steer it.
 
 State flows one way: the engine thread emits events -> `EngineEventReceived` messages -> `reduce` -> widgets.
-Keys only put commands on the `Control`; what they change on screen arrives later as confirming events.
+Keys only put commands on the `Control` (their handlers: `Steering`, tuitune/ui/steering.py); what they change on
+screen arrives later as confirming events.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import math
 import time
@@ -22,17 +22,17 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
-from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
-                                     SetGroupTrainable, StopEarly, UnfreezeNext)
+from tuitune.engine.commands import Control
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, SetupProgressed, UnfreezeSuggested)
 from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.lrfinder import LRFinderScreen
-from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, LeaveRunScreen, PlateauPromptScreen
+from tuitune.ui.modals import ErrorScreen, PlateauPromptScreen
 from tuitune.ui.notify import notify_terminal
 from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
 from tuitune.ui.plotdata import plot_inputs
-from tuitune.ui.reducer import DashboardState, reduce, requested
+from tuitune.ui.reducer import DashboardState, reduce
+from tuitune.ui.steering import Steering
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 
@@ -40,13 +40,10 @@ REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 
 BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is,
 MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big terminal and a slow machine
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
-STOP_TIMEOUT_S = 2.0
 FIRST_RUN_HINT = "u unfreeze next phase · f find LR · p pause · s stop · x span · q quit"
-LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
-EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(Steering, Screen[None]):
     DEFAULT_CSS = """
     DashboardScreen { layout: vertical; }
     DashboardScreen #plots { height: 1fr; min-height: 8; }
@@ -279,182 +276,3 @@ class DashboardScreen(Screen[None]):
         if self._plots_dirty:
             self._render_plots()
         self._drawn_at, self._draw_cpu, self._meter_mark = now, time.thread_time() - cpu, RenderMeter.cpu
-
-    # ------------------------------------------------------------------------------------------- commands out
-
-    @property
-    def live(self) -> bool:
-        return self.control is not None and self.state.live and not self.quitting
-
-    def _key_used(self) -> None:
-        """The person found the keys: the hint line has done its work."""
-        hint = self.query_one("#hint")
-        if hint.display:
-            hint.display = False
-
-    def send(self, command: Command) -> bool:
-        """Put a command on the engine's queue. Nothing on screen changes until the engine confirms it."""
-        self._key_used()
-        if not self.live or self.control is None:
-            self.notify("No live run to steer.", severity="warning")
-            return False
-        self.control.put(command)
-        self.state = requested(self.state, type(command).__name__)
-        self._render_status()
-        return True
-
-    def action_unfreeze(self) -> None:
-        if self.live and not self.state.can_unfreeze and self.state.num_phases:
-            self.notify("Every layer group is already trainable.", severity="warning")
-            return
-        self.send(UnfreezeNext())
-
-    def action_stop_early(self) -> None:
-        self.send(StopEarly())
-
-    def action_pause(self) -> None:
-        self.send(Resume() if self.state.status == "paused" else Pause())
-
-    def action_checkpoint(self) -> None:
-        self.send(SaveCheckpoint())
-
-    def action_find_lr(self) -> None:
-        if self.live and "FindLR" in self.state.pending:
-            self.notify("The LR finder is already running.", severity="warning")
-            return
-        self.send(FindLR())
-
-    def action_toggle_group(self) -> None:
-        """Freeze the selected group if the engine last said it trains, else unfreeze it."""
-        group = self.query_one(LayerTable).selected
-        row = next((layer for layer in self.state.layers if layer.name == group), None)
-        if row is None:
-            self.notify("Select a layer group first: up/down on the layer table.", severity="warning")
-            return
-        self.send(SetGroupTrainable(group=row.name, trainable=not row.trainable))
-
-    def action_lr_up(self) -> None:
-        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=LR_STEP))
-
-    def action_lr_down(self) -> None:
-        self.send(ScaleGroupLR(group=self.query_one(LayerTable).selected, factor=1 / LR_STEP))
-
-    def action_adapt_bn(self) -> None:
-        self.send(AdaptBatchNorm())
-
-    def action_clear_selection(self) -> None:
-        self.query_one(LayerTable).unselect()
-
-    def action_log_scale(self) -> None:
-        self._key_used()
-        self.log_scale = not self.log_scale
-        self._render_plots()
-
-    def action_x_span(self) -> None:
-        self._key_used()
-        self.whole_span = not self.whole_span
-        self._render_plots()
-
-    def action_quit_run(self) -> None:
-        self._key_used()
-        if not self.live:
-            self.app.leave_dashboard(self.exit_code())  # type: ignore[attr-defined]
-            return
-        if self.detachable:
-            def leave(answer: str | None) -> None:
-                if answer == "detach":
-                    self.app.call_later(self.detach_and_exit)
-                elif answer == "stop":
-                    self.app.call_later(self.stop_and_exit)
-
-            self.app.push_screen(LeaveRunScreen(), leave)
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.app.call_later(self.stop_and_exit)
-
-        self.app.push_screen(ConfirmQuitScreen(), answered)
-
-    def _ask_unfreeze(self, event: UnfreezeSuggested) -> None:
-        if not self.live or self._prompt is not None:
-            return
-
-        def answered(yes: bool | None) -> None:
-            self._prompt = None
-            if yes:
-                self.send(UnfreezeNext())
-            if event.waiting and self.live:  # the engine holds the run until it hears the answer
-                self.send(Resume())
-
-        self._prompt = PlateauPromptScreen(event, self.state.metric)
-        self.call_after_refresh(self.app.push_screen, self._prompt, answered)
-
-    def _show_lr_finder(self, event: LRFound) -> None:
-        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`. A phase's
-        sweep (`strategy.phase_lr = "find"`) waits for an answer: it replaces an `f` curve still open."""
-        if not self.live:
-            return
-        if self._lr_screen is not None:
-            if event.wait_s <= 0:
-                return
-            if self._lr_screen.is_current:
-                self._lr_screen.dismiss(None)
-            self._lr_screen = None
-
-        screen = LRFinderScreen(event)
-
-        def answered(lr: float | None) -> None:
-            if self._lr_screen is screen:
-                self._lr_screen = None
-            if lr is not None:
-                self.send(ApplyLR(lr=lr))
-
-        self._lr_screen = screen
-        self.call_after_refresh(self.app.push_screen, screen, answered)
-
-    def _close_prompt(self) -> None:
-        for screen in (self._prompt, self._lr_screen):
-            if screen is not None and screen.is_current:
-                screen.dismiss(None)
-        self._prompt = self._lr_screen = None
-
-    # ------------------------------------------------------------------------------------------- ending
-
-    def exit_code(self) -> int:
-        if self.control is None or self.detached:  # replay; or the run goes on without us
-            return 0
-        if self.state.live:
-            return 130
-        if self.state.failed is not None and self.state.failed.bad_input:
-            return 2  # a profile / data / model the user can fix, as the CLI reports it
-        return EXIT_CODES.get(self.state.status, 0)
-
-    async def shutdown(self, timeout: float | None = None) -> None:
-        """Ask the engine to stop at its next step and wait (bounded) for the worker to end (a run process
-        confirms over its socket after saving `last`: it gets longer)."""
-        timeout = timeout if timeout is not None else STOP_TIMEOUT_S * (5 if self.detachable else 1)
-        self.quitting = True
-        if self.control is not None:
-            self.control.request_stop()
-        deadline = time.monotonic() + timeout
-        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self.state.live:  # the engine did not confirm in time: end it on screen anyway
-            self.state = reduce(self.state, RunFinished(
-                status="interrupted", reason="quit from the dashboard", epochs=self.state.epoch,
-                global_step=self.state.global_step, best={}, final={}, test=None, phases=(), per_class_acc={},
-                samples_per_s=self.state.samples_per_s, wall_s=self.state.elapsed_s, checkpoints={}))
-
-    async def detach_and_exit(self) -> None:
-        """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
-        self.quitting = self.detached = True
-        self.control.request_detach()  # type: ignore[union-attr]
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        self.app.leave_dashboard(0)  # type: ignore[attr-defined]
-
-    async def stop_and_exit(self) -> None:
-        await self.shutdown()
-        self.app.leave_dashboard(130)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tuitune.config import RunProfile, load_profile
 from tuitune.errors import UserError
+from tuitune.profiles import PACKAGE_PROFILES
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,6 @@ def unique_dirs(dirs: list[Path]) -> list[Path]:
         seen.add(resolved)
         out.append(Path(d))
     return out
-
-
-PACKAGE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
 
 def _shown(folder: Path) -> str:

@@ -107,6 +107,9 @@ def status_text(state: DashboardState) -> Text:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
     if state.best_val_score is not None:
         bottom.append(f"  best val {state.metric} {fmt_score(state.metric, state.best_val_score)}", "dim")
+    f1 = [v for _, v in state.epoch_extra.get("val_macro_f1", ())]
+    if f1:  # imbalanced classes: the fair score beside accuracy
+        bottom.append(f"  macro-F1 {max(f1):.3f}", "dim")
     if state.gpu_mem_gb is not None:
         peak = f" (peak {state.gpu_peak_gb:.2f})" if state.gpu_peak_gb is not None else ""
         bottom.append(f"  GPU {state.gpu_mem_gb:.2f} GB{peak}", "bold")

@@ -1,29 +1,19 @@
-"""Run profiles: TOML files parsed into frozen dataclasses and validated at the edge.
+"""The profile schema: every key of a run profile, declared once with its default, its documentation and its rules.
 
-Every key is declared once, below, with its default, its documentation and its rules. The parser walks a TOML
-table against those declarations, so an unknown key, a wrong type or a bad value is reported as one line naming the
-file and the dotted key, and nothing downstream ever sees an unvalidated value. `profiles/README.md` is generated
-from the same declarations (`python -m tuitune.profile_docs --update profiles/README.md`), and a test keeps the two in step.
+`tuitune.config.parse` walks a TOML table against these declarations (so nothing downstream sees an unvalidated
+value) and `profiles/README.md` is generated from them (`python -m tuitune.profile_docs --update
+profiles/README.md`; a test keeps the two in step). Adding a key is one `opt(...)` line here.
 
-This module is imported by the picker: it must stay free of torch, timm and transformers.
+Imported by the picker: it must stay free of torch, timm and transformers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tuitune.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 # What checkpoint_metric, early stopping and the plateau trigger may watch. `val_macro_f1` (classification only):
@@ -231,7 +221,8 @@ class StrategyConfig:
     lora_dropout: float = opt(0.0, "Dropout on the LoRA branch's input.", min=0.0, max=0.9)
     lora_targets: list = opt([], "Module-name suffixes to adapt; empty = the family's default: timm ViT "
                                  "`attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`; ConvNeXt / MLP blocks `mlp.fc1`, "
-                                 "`mlp.fc2`; BERT-like `query`, `value`. The head always trains in full; depthwise "
+                                 "`mlp.fc2`; BERT-like `query`, `value`; EfficientNet / MobileNet blocks their 1x1 "
+                                 "convs `conv_pw`, `conv_pwl`. The head always trains in full; depthwise "
                                  "convolutions are skipped.")
 
 
@@ -323,211 +314,3 @@ class RunProfile:
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(RunProfile)  # type: ignore
                              if f.default_factory is not dataclasses.MISSING}
-
-
-# Names other tools use for our keys, for the did-you-mean of an unknown key.
-# Metric names from before `*_acc` became `*_score` (they carried RMSE or F1 too, whatever the name said).
-OLD_VALUES = {"val_acc": "val_score", "train_acc": "train_score"}
-ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "wd": "weight_decay",
-           "opt": "optimizer", "sched": "schedule", "lr_scheduler": "schedule", "batch": "batch_size",
-           "model_name": "name", "smoothing": "label_smoothing", "clip_grad": "grad_clip"}
-
-
-# --------------------------------------------------------------------------------------------------- parsing
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None) -> Any:
-    """Validate one key against its declaration; return the value to store (paths resolved)."""
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ProfileError(f"{where}: expected {_type_name(default)}, got {_type_name(value)} {value!r}")
-    meta = f.metadata
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ProfileError(f"{where}: must be a finite number, got {value!r}")  # TOML allows nan and inf
-    if meta["choices"] and OLD_VALUES.get(value) in meta["choices"]:
-        value = OLD_VALUES[value]  # a metric's name before the scores were renamed: old profiles keep working
-    if meta["choices"] and value not in meta["choices"]:
-        raise ProfileError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
-    if meta["min"] is not None and value < meta["min"]:
-        raise ProfileError(f"{where}: must be >= {meta['min']:g}, got {value!r}")
-    if meta["gt"] is not None and value <= meta["gt"]:
-        raise ProfileError(f"{where}: must be > {meta['gt']:g}, got {value!r}")
-    if meta["max"] is not None and value > meta["max"]:
-        raise ProfileError(f"{where}: must be <= {meta['max']:g}, got {value!r}")
-    if meta["path"] and value and base is not None and not Path(value).expanduser().is_absolute():
-        value = str((base / Path(value).expanduser()).resolve())
-    if isinstance(value, list):
-        value = tuple(value)  # frozen all the way down
-    return value
-
-
-def _build(cls: type, table: Mapping[str, Any], prefix: str, file: str, base: Path | None) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            close = [ALIASES[key]] if ALIASES.get(key) in fields else difflib.get_close_matches(
-                key, list(fields), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(fields))}"
-            raise ProfileError(f"{file}: {dotted}: unknown key ({hint})")
-        f = fields[key]
-        if key in SECTIONS and cls is RunProfile:
-            if not isinstance(value, dict):
-                raise ProfileError(f"{file}: {dotted}: expected a [{key}] table, got {_type_name(value)}")
-            values[key] = _build(SECTIONS[key], value, f"{dotted}.", file, base)
-        else:
-            values[key] = _check_value(f, value, f"{file}: {dotted}", base)
-    return cls(**values)
-
-
-def _cross_check(p: RunProfile, file: str) -> None:
-    """Rules that span keys."""
-    if not p.model.name:
-        raise ProfileError(f"{file}: model.name: required (a timm model name or a Hugging Face model)")
-    if p.data.kind in ("image_folder", "text") and not p.data.path:
-        raise ProfileError(f"{file}: data.path: required for data.kind = {p.data.kind!r}")
-    if p.strategy.kind == "groups" and not p.strategy.groups:
-        raise ProfileError(f"{file}: strategy.groups: required for strategy.kind = 'groups'")
-    if p.data.val_fraction + p.data.test_fraction >= 1.0:
-        raise ProfileError(f"{file}: data.test_fraction: val_fraction + test_fraction must be < 1")
-    for key in ("classes", "source_classes"):
-        values = getattr(p.data, key)
-        if any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= 9 for c in values):
-            raise ProfileError(f"{file}: data.{key}: expected digits 0-9, got {list(values)!r}")
-    if p.data.source_classes and p.data.kind != "digits":
-        raise ProfileError(f"{file}: data.source_classes: only for data.kind = \"digits\"")
-    if p.distill.teacher and p.model.source != "timm":
-        raise ProfileError(f"{file}: distill.teacher: distillation needs a timm model (model.source = \"timm\")")
-    if any(not isinstance(g, str) for g in p.strategy.groups):
-        raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
-    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in p.loss.class_weights):
-        raise ProfileError(f"{file}: loss.class_weights: expected non-negative numbers")
-    if p.loss.kind in ("mse", "bce"):  # macro-F1 is counted from single-label predictions
-        for key, metric in (("train.checkpoint_metric", p.train.checkpoint_metric),
-                            ("strategy.plateau_metric", p.strategy.plateau_metric),
-                            ("early_stopping.metric", p.early_stopping.metric)):
-            if metric == "val_macro_f1":
-                raise ProfileError(f"{file}: {key}: val_macro_f1 needs a classification loss (cross_entropy, "
-                                   f"focal), not loss.kind = {p.loss.kind!r}")
-    if p.train.ema_for_best and not p.train.ema_decay:
-        raise ProfileError(f"{file}: train.ema_for_best: needs an EMA of the weights (train.ema_decay > 0, e.g. 0.999)")
-    if p.train.ema_for_best and p.train.checkpoint_metric not in ("val_score", "val_loss"):  # what the EMA reports
-        raise ProfileError(f"{file}: train.ema_for_best: the EMA model is scored on the val set; "
-                           f"train.checkpoint_metric must be val_score or val_loss")
-    _check_augment(p, file)
-
-
-def _check_augment(p: RunProfile, file: str) -> None:
-    """Augmentation keys are used or refused, never silently ignored."""
-    defaults = AugmentConfig()
-    changed = [f.name for f in dataclasses.fields(AugmentConfig)
-               if getattr(p.augment, f.name) != getattr(defaults, f.name)]
-    if p.data.kind == "text" and changed:
-        raise ProfileError(f"{file}: augment.{changed[0]}: text data has no augmentation in tuitune; remove the key")
-    timm_only = [k for k in changed if k not in ("train_transform", "mixup", "cutmix")]
-    if timm_only and p.augment.train_transform != "timm":
-        raise ProfileError(f"{file}: augment.{timm_only[0]}: only used with augment.train_transform = \"timm\"")
-    if (p.augment.mixup or p.augment.cutmix) and p.loss.kind in ("mse", "bce"):
-        raise ProfileError(f"{file}: augment.mixup: mixup/cutmix need a single-label loss (cross_entropy, focal)")
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`train.epochs=1` -> (['train', 'epochs'], 1). The value is read as TOML, else taken as a string."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ProfileError(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=1")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ProfileError(f"--set {item}: {k} is not a section")
-        node[keys[-1]] = value
-    return out
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: no such profile file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{path}: TOML syntax error: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path}: cannot read: {e}") from None
-
-
-def profile_from_dict(table: Mapping[str, Any], file: str = "<profile>", base: Path | None = None) -> RunProfile:
-    profile = _build(RunProfile, table, "", file, base)
-    if not profile.name:
-        profile = dataclasses.replace(profile, name=Path(file).stem if file != "<profile>" else "run")
-    _cross_check(profile, file)
-    return dataclasses.replace(profile, source_path=file)
-
-
-def load_profile(path: str | Path, overrides: list[str] | None = None) -> RunProfile:
-    """Read, override and validate a profile. Relative paths inside resolve against the profile's own folder
-    (after following a symlink, so `profiles/demo.toml -> tuitune/profiles/demo.toml` finds its weights)."""
-    path = Path(path)
-    table = apply_overrides(read_toml(path), overrides or [])
-    table.pop("sweep", None)  # the search space of `tuitune sweep` (tuitune/sweep/space.py checks it there)
-    return profile_from_dict(table, str(path), path.resolve().parent)
-
-
-def profile_to_dict(profile: RunProfile) -> dict[str, Any]:
-    """The resolved profile as plain TOML-able data (tuples become lists, internal fields dropped)."""
-    def plain(obj: Any) -> Any:
-        if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                    if not f.metadata.get("internal")}
-        if isinstance(obj, (list, tuple)):
-            return [plain(x) for x in obj]
-        if isinstance(obj, dict):
-            return {k: plain(v) for k, v in obj.items()}
-        return obj
-    return plain(profile)
-
-
-def dump_toml(data: Mapping[str, Any]) -> str:
-    """A small TOML writer for resolved profiles (scalars, arrays, inline tables, one level of sections)."""
-    import json
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    top = [f"{k} = {value(v)}" for k, v in data.items() if k not in SECTIONS]
-    parts = ["\n".join(top)]
-    for section in SECTIONS:
-        if section in data:
-            body = "\n".join(f"{k} = {value(v)}" for k, v in data[section].items())
-            parts.append(f"[{section}]\n{body}")
-    return "\n\n".join(parts) + "\n"

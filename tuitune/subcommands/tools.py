@@ -1,0 +1,98 @@
+"""`tuitune layers`, `export`, `compress` and `lr-find`: printed answers about a profile's backbone or a finished
+run (progress goes to stderr, so `--json` output stays clean)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
+    """A profile file, or a bare model name / HF folder / HF hub id (`org/name`) with default settings (a timm name
+    at random init: the groups do not depend on the weights, and listing them must not need the hub)."""
+    from tuitune.config import apply_overrides, load_profile, profile_from_dict
+
+    if target.endswith(".toml") or Path(target).is_file():
+        return load_profile(target, overrides)
+    hub_id = "/" in target and not target.startswith(("hf-hub:", "hf_hub:", "local-dir:", ".", "/", "~"))
+    source = "hf" if (Path(target) / "config.json").exists() or hub_id else "timm"
+    table = {"model": {"source": source, "name": target, "pretrained": source == "hf"}, "data": {"kind": "synthetic"}}
+    return profile_from_dict(apply_overrides(table, overrides), file=f"<{target}>")
+
+
+def _progress_printer():  # -> Callable[[Event], None]
+    """Setup progress (a download, tokenization) as lines on stderr, so `--json` output stays clean."""
+    from tuitune.headless import ConsolePrinter
+
+    return ConsolePrinter(out=sys.stderr)
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    profile = _layers_profile(args.profile, args.overrides)
+    from tuitune.engine.data.kinds import class_names, input_task
+    from tuitune.engine.model.backbone import build_backbone, layer_table
+    from tuitune.engine.model.lora import apply_lora, uses_lora
+    from tuitune.engine.train.strategy import plan_phases
+
+    task = input_task(profile.data, profile.model)
+    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse,
+                              emit=_progress_printer())
+    if uses_lora(profile.strategy):
+        backbone, notes = apply_lora(backbone, profile.strategy)
+        print(*notes, sep="\n", file=sys.stderr)
+    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
+    rows = layer_table(backbone.groups, set(first_phase))
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    total = sum(r["params"] for r in rows)
+    print(f"{backbone.description}: {len(rows)} layer groups")
+    print(f"{'#':>3}  {'group':<24} {'params':>12}  {'share':>6}  first phase")
+    for i, r in enumerate(rows):
+        state = "trainable" if r["trainable"] else "frozen"
+        lora = f"  LoRA {r['adapters']:,}" if "adapters" in r else ""
+        print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}{lora}")
+    print(f"{'':>3}  {'total':<24} {total:>12,}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tuitune.engine.tools.export import export_run
+
+    manifest = export_run(args.run_dir, args.out, args.checkpoint, args.sample)
+    print(f"exported {manifest['checkpoint']} -> {manifest['dir']}")
+    print(f"load: {manifest['load']}")
+    if manifest.get("load_by_name"):
+        print(f"  or: {manifest['load_by_name']}")
+    sample = manifest.get("sample") or {}
+    if sample.get("written"):
+        print(f"sample.safetensors: {sample['examples']} val examples, accuracy {sample['acc']:.3f}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from tuitune.engine.tools.compress import compress_run, format_report
+
+    report = compress_run(args.run_dir, args.sparsity, args.quantize, args.fine_tune_epochs, tag=args.checkpoint,
+                          threads=args.threads)
+    print(format_report(report))
+    print(f"saved: {', '.join(report['files'].values())}; report in {Path(args.run_dir) / 'summary.json'}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from tuitune.config import load_profile
+
+    profile = load_profile(args.profile, args.overrides)
+    from tuitune.engine.tools.lr_find import find_lr_for_profile, text_plot
+
+    out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-lr-find"
+    curve, csv_path = find_lr_for_profile(profile, out, _progress_printer(), steps=args.steps,
+                                          start_lr=args.start_lr, end_lr=args.end_lr)
+    print(text_plot(curve))
+    fmt = lambda v: f"{v:.3g}" if v else "none"  # noqa: E731
+    print(f"suggested lr: {fmt(curve.suggestion)} ({curve.method}; steep {fmt(curve.steep)}, valley "
+          f"{fmt(curve.valley)}; the profile's train.lr is {profile.train.lr:g}); "
+          f"{len(curve.lrs)} steps{' (stopped: loss diverged)' if curve.stopped_early else ''} -> {csv_path}")
+    return 0

@@ -1,0 +1,112 @@
+"""`tuitune train`, `demo` and `sweep`: a profile in, a run (or a sweep of runs) out, in the dashboard, headless,
+on several ranks (`--nproc`, torchrun) or detached."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tuitune.errors import UserError
+from tuitune.profiles import PACKAGE_PROFILES
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.profile, args.resume = str(PACKAGE_PROFILES / "demo.toml"), None
+    return cmd_train(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tuitune import multirank
+    from tuitune.engine.record.runlog import new_run_dir
+
+    resume = Path(args.resume) if args.resume else None
+    profile = _load_profile(args, resume)
+    if multirank.under_torchrun():  # a rank: torchrun's, or one that `--nproc` started
+        return _train_rank(args, profile, resume)
+    launched_dir = os.environ.get(multirank.ENV_RUN_DIR)  # the one rank of `--nproc 1`
+    run_dir = resume or (Path(launched_dir) if launched_dir else new_run_dir(profile, args.out, args.force))
+    if resume is not None and not launched_dir:
+        _refuse_live(run_dir)
+    if args.nproc:
+        multirank.check_nproc(args.nproc)
+        if not args.headless:  # the dashboard follows the ranks' launcher, started in a process of its own
+            from tuitune.ui.launch import open_dashboard
+
+            return open_dashboard(profile, run_dir, resume, ranks_argv=_train_argv(args, run_dir, launcher=True))
+        return multirank.launch(_train_argv(args, run_dir, launcher=False), args.nproc, run_dir)
+    if args.headless:
+        from tuitune.headless import run_headless
+
+        return run_headless(profile, run_dir, resume)
+    from tuitune.ui.launch import open_dashboard
+
+    return open_dashboard(profile, run_dir, resume, inline=args.inline)
+
+
+def _load_profile(args: argparse.Namespace, resume: Path | None):  # -> RunProfile
+    """The profile named, or with `--resume` and none named, the one the run directory recorded."""
+    from tuitune.config import load_profile
+
+    if resume is not None:
+        if not (resume / "checkpoints" / "last.state.pt").exists():
+            raise UserError(f"{resume}: --resume: no checkpoints/last.state.pt in this run directory")
+        return load_profile(args.profile or resume / "profile.toml", args.overrides)
+    if not args.profile:
+        raise UserError("train: a PROFILE is required (or --resume RUN_DIR)")
+    return load_profile(args.profile, args.overrides)
+
+
+def _train_rank(args: argparse.Namespace, profile, resume: Path | None) -> int:
+    """One rank of several (torchrun's, or one that `--nproc` started): headless, in the process group."""
+    from tuitune import multirank
+    from tuitune.headless import run_headless
+
+    if not args.headless:
+        raise UserError("torchrun: ranks train headless (add --headless)")
+    if args.nproc:
+        raise UserError("--nproc: already running under torchrun; use torchrun's --nproc_per_node instead")
+    dist, run_dir = multirank.worker_setup(profile, args.out, args.force, resume)
+    try:
+        return run_headless(profile, run_dir, resume, dist=dist, launched=bool(os.environ.get(multirank.ENV_LAUNCHED)))
+    finally:
+        dist.close()
+
+
+def _refuse_live(run_dir: Path) -> None:
+    from tuitune.remote.runs import run_status
+
+    if run_status(run_dir) == "live":
+        raise UserError(f"{run_dir}: --resume: this run is live (tuitune attach {run_dir} brings it back)")
+
+
+def _train_argv(args: argparse.Namespace, run_dir: Path, *, launcher: bool) -> list[str]:
+    """A `--nproc` command line (after `python -m tuitune`): each rank's, or (`launcher`) the headless launcher's
+    that a dashboard starts in a process of its own."""
+    out = ["train"] + ([str(args.profile)] if args.profile else []) + ["--headless"]
+    out += ["--nproc", str(args.nproc)] if launcher else []
+    if args.resume:
+        out += ["--resume", str(run_dir)]
+    elif launcher:
+        out += ["--out", str(run_dir), "--force"]
+    for override in args.overrides:
+        out += ["--set", override]
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tuitune.sweep.runner import load_sweep, run_sweep, run_worker
+
+    if args.trials is not None and args.trials < 1 or args.workers < 1:
+        raise UserError("sweep: --trials and --workers must be >= 1")
+    sweep = load_sweep(args.profile, args.overrides)  # bad tables fail here, before any folder is made
+    out = Path(args.out) if args.out else Path("runs") / f"{sweep.name}-sweep"
+    if args.worker:
+        return run_worker(args.profile, args.overrides, out, args.trials or sweep.spec.trials)
+    if args.headless:
+        return run_sweep(args.profile, args.overrides, out, args.trials, args.workers)
+    from tuitune.sweep.runner import start_detached
+    from tuitune.ui.launch import open_sweep
+
+    start_detached(args.profile, args.overrides, out, args.trials, args.workers)  # outlives this screen
+    return open_sweep(out, f"sweep {sweep.name} -> {out}")
