@@ -54,7 +54,7 @@ class RunParts:
         """Several ranks: a new DDP wrapper for the parameters trainable now (call on every rank at the same step,
         after the trainable set changed). One process: nothing to do."""
         if self.dist.active:
-            wrapped = self.dist.wrap(self.ddp_target or self.model, self.device)
+            wrapped = self.dist.wrap(self.model if self.ddp_target is None else self.ddp_target, self.device)
             self.forward = torch.compile(wrapped) if self.compiled else wrapped
 
     def batch_share(self, index: int) -> float:
