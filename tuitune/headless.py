@@ -61,8 +61,9 @@ class ConsolePrinter:
             self._progress(event)
         elif isinstance(event, LRFound):
             finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
-            self.say(f"{finder}: suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest "
-                     f"{event.steep:.3g}; current {event.current_lr:.3g}); curve in {event.path}")
+            said = (f"suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest {event.steep:.3g}; "
+                    f"current {event.current_lr:.3g})") if event.found else event.no_suggestion_text()
+            self.say(f"{finder}: {said}; curve in {event.path}")
         elif isinstance(event, CompressionReported):
             from tuitune.engine.tools.compress import format_report
 

@@ -101,6 +101,9 @@ def test_suggestions_on_a_known_curve() -> None:
     assert 10 ** -3.2 < steep < 10 ** -2.8
     assert 1e-4 < valley < 1e-1
     assert suggest(lrs[:2], losses[:2]) == (None, None)
+    # a phase start on a training set the model already fits: the loss (0.001) "diverged" within five steps
+    memorized = [1e-7 * 1.2 ** i for i in range(5)], [0.0013, 0.0025, 0.0030, 0.0031, 0.082]
+    assert suggest(*memorized) == (None, None)
 
 
 def test_scale_lrs_keeps_the_ratios() -> None:

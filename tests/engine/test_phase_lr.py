@@ -151,3 +151,27 @@ def test_resume_keeps_the_chosen_lrs_and_continues_identically(tmp_path) -> None
     assert suggestion == of_type(straight, LRFound)[-1].suggestion
     assert [r.lr for r in rows if r.trainable] == pytest.approx(
         [suggestion * DECAY ** (len(rows) - 1 - i) for i, r in enumerate(rows) if r.trainable])
+
+
+def test_a_sweep_with_no_valley_keeps_the_lr_and_asks_nobody(tmp_path, monkeypatch) -> None:
+    """At a phase start on a training set the model already fits, the loss (0.001) "diverges" on the first noisy
+    batch: the sweep's lowest LR is no answer (applied, it froze a real SMS run at 1e-7). The LR stays, and a live
+    dashboard is not asked to accept anything."""
+    from tuitune.engine.train import lr_sweep
+
+    lrs = tuple(1e-7 * 1.2 ** i for i in range(5))
+    smoothed = (0.0013, 0.0025, 0.0030, 0.0031, 0.082)
+    steep, valley = lr_sweep.suggest(lrs, smoothed)
+    short = lr_sweep.LRCurve(lrs, smoothed, smoothed, steep, valley, "valley", True)
+    monkeypatch.setattr(lr_sweep, "sweep_run", lambda *a, **k: short)
+    events: list = []
+    profile = tiny_profile(strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_wait_s": 30.0},
+                           train={"epochs": 1})
+    trainer = Trainer(profile, tmp_path, events.append, Control(), interactive=True)
+    lr = trainer.st.head_base_lr()
+    trainer.run()
+    (found,), (applied,) = of_type(events, LRFound), of_type(events, CommandApplied)
+    assert not found.found and found.wait_s == 0.0 and found.suggestion == lr
+    assert applied.value == lr and "kept: the sweep stopped after 5 steps with no valley" in applied.detail
+    assert trainer.st.head_base_lr() == pytest.approx(lr)
+    assert "no suggestion: the sweep stopped after 5 steps" in found.no_suggestion_text()

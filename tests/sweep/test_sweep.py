@@ -62,7 +62,7 @@ def test_space_parsing(tmp_path):
     assert kinds == {"train.lr": ("log", 1e-5, 1e-2, ()), "strategy.kind": ("choice", 0.0, 0.0,
                                                                             ("full", "progressive", "lp_ft")),
                      "strategy.lr_decay": ("float", 0.3, 1.0, ()), "train.epochs": ("int", 1, 3, ())}
-    assert (spec.metric, spec.direction, spec.pruner) == ("val_score", "maximize", "hyperband")
+    assert (spec.metric, spec.direction, spec.pruner, spec.keep) == ("val_score", "maximize", "hyperband", "best")
     assert load_profile(path).train.lr == 0.01  # `tuitune train` on the same file ignores [sweep]
     regression = write(tmp_path, '"train.lr" = [0.001, 0.1]\n').read_text().replace("[train]", "[loss]\nkind = "
                                                                                    '"mse"\n[train]')
@@ -116,6 +116,7 @@ def test_the_printed_leaderboard_keeps_every_parameter_and_its_columns_aligned()
     ('"train.lr" = 0.1\n', 'sweep."train.lr": expected'),
     ('pruner = "sometimes"\n"train.lr" = [0.001, 0.1]\n', "sweep.pruner: 'sometimes' is not one of"),
     ('trails = 3\n', "sweep.trails: unknown key"),
+    ('keep = "some"\n"train.lr" = [0.001, 0.1]\n', "sweep.keep: 'some' is not one of best, all"),
     ('metric = "val_acc"\n', "sweep: no profile key to search"),
 ])
 def test_bad_sweep_tables_are_one_line_errors(tmp_path, capsys, table, expected):
@@ -148,6 +149,9 @@ def test_three_trials_end_to_end_and_the_pruner_stops_a_diverging_lr(tmp_path, c
     assert "pruned" in printed and "best val_score" in printed
     best = load_profile(out / "best.toml")
     winner = max(trials[:2], key=lambda t: t.value)
+    # keep = "best" (the default): only the winner keeps its weights; every trial keeps its events and summary
+    assert [p.parent.name for p in out.glob("trial-*/checkpoints")] == [f"trial-{winner.number:03d}"]
+    assert all((out / f"trial-{n:03d}" / "events.jsonl").exists() for n in range(3))
     assert best.train.lr == winner.params["train.lr"] == 0.01 and best.name == "tiny"
     line = (out / "best_set.txt").read_text().split()
     assert line[:3] == ["tuitune", "train", str(path)] and line[3:] == ["--set", "train.lr=0.01"]

@@ -102,6 +102,26 @@ async def test_key_reaches_control_and_screen_follows_confirmation(key: str, com
             assert "manual" in dash(app).state.checkpoints
 
 
+async def test_a_plateau_question_waits_while_the_leave_dialog_is_open() -> None:
+    """The question would take the dialog's keys (y/n); it is asked once the person chose to stay."""
+    from tuitune.engine.events import UnfreezeSuggested
+    from tuitune.ui.runner import EngineEventReceived
+
+    engine = scripted.ScriptedEngine(scripted.mid_run_events())
+    app = live_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, engine.started.is_set)
+        await pilot.press("q")
+        await until(pilot, lambda: on_screen(app, ConfirmQuitScreen))
+        dash(app).post_message(EngineEventReceived(UnfreezeSuggested("val_loss", 2, ("layer4",), 3)))
+        await pilot.pause()
+        await until(pilot, lambda: dash(app).state.log and "layer4" in str(dash(app).state.log[-1]))
+        assert isinstance(app.screen, ConfirmQuitScreen)
+        await pilot.press("n")
+        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
+        assert not engine.ended.is_set()
+
+
 async def test_quit_during_live_run_asks_then_stops_the_worker() -> None:
     engine = scripted.ScriptedEngine(scripted.mid_run_events())
     app = live_app(engine)

@@ -118,7 +118,8 @@ def test_discover_profiles_dedupes_and_keeps_errors() -> None:
 
 
 def test_picker_imports_neither_torch_nor_plotext() -> None:
-    code = ("import sys; import tuitune.ui.launch, tuitune.ui.app, tuitune.ui.picker; "
+    code = ("import sys; import tuitune.ui.launch, tuitune.ui.app, tuitune.ui.picker, tuitune.ui.compose, "
+            "tuitune.engine.tools.layers; "
             "bad = [m for m in ('torch', 'timm', 'transformers', 'textual_plotext') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

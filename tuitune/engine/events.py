@@ -171,6 +171,16 @@ class LRFound:
     phase: int = -1  # strategy.phase_lr = "find": the phase (0-based) whose LR this sweep sets; -1: asked with `f`
     wait_s: float = 0.0  # how long a person has to answer (ApplyLR) before the suggestion applies; 0: applied at once
 
+    @property
+    def found(self) -> bool:
+        """False when the sweep was too short to tell (it stopped before the LR grew tenfold: a loss near its floor
+        "diverges" on one noisy batch): `suggestion` is then the current LR, `steep` and `valley` 0."""
+        return not (self.valley == 0.0 and self.steep == 0.0)
+
+    def no_suggestion_text(self) -> str:
+        return (f"no suggestion: the sweep stopped after {len(self.lrs)} steps, before the LR grew tenfold (a loss "
+                f"near its floor); the LR stays {self.current_lr:.3g}")
+
 
 @dataclass(frozen=True)
 class DomainShiftMeasured:

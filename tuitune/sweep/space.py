@@ -6,6 +6,7 @@
     pruner = "median"               # median, hyperband or none
     startup_trials = 2              # median: trials finished before it prunes anything
     trials = 12                     # default for --trials
+    keep = "best"                   # best: ended trials but the best lose their checkpoints and export; or all
     "train.lr" = { log = [1e-5, 1e-2] }
     "strategy.kind" = ["full", "progressive", "lp_ft"]
     "strategy.lr_decay" = [0.3, 1.0]
@@ -27,7 +28,8 @@ from typing import Any, Mapping
 
 from tuitune.config import ProfileError, apply_overrides, profile_from_dict
 
-SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials")
+SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials", "keep")
+KEEP = ("best", "all")
 METRICS = ("val_score", "val_loss", "train_score", "train_loss", "val_macro_f1")
 PRUNERS = ("median", "hyperband", "none")
 
@@ -61,6 +63,7 @@ class SweepSpec:
     pruner: str
     startup_trials: int
     trials: int
+    keep: str = "best"  # whose checkpoints stay once trials end: the best trial's, or all
 
 
 def epoch_metric(event: Any, metric: str) -> float:
@@ -162,9 +165,10 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> Sweep
     lower = metric.endswith("_loss") or (profile.loss.kind == "mse" and not metric.endswith("_f1"))
     direction = _setting(sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep",
                          ("maximize", "minimize"))
-    return SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", f"{file}: sweep", PRUNERS),
-                     _setting(sweep, "startup_trials", 2, f"{file}: sweep"), _setting(sweep, "trials", 12,
-                                                                                        f"{file}: sweep"))
+    where = f"{file}: sweep"
+    return SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", where, PRUNERS),
+                     _setting(sweep, "startup_trials", 2, where), _setting(sweep, "trials", 12, where),
+                     _setting(sweep, "keep", "best", where, KEEP))
 
 
 def _validate(rest: Mapping[str, Any], key: str, value: Any, file: str, base: Path | None) -> None:

@@ -138,6 +138,9 @@ class TuituneApp(App[None]):
                 yield SystemCommand(k.title, k.palette_help, getattr(dashboard, f"action_{k.action}"))
         if getattr(screen, "action_start", None) is not None:
             yield SystemCommand("Start profile", "Train the highlighted profile (enter)", screen.action_start)
+        if getattr(screen, "action_compose", None) is not None:
+            yield SystemCommand("Compose a run", "The highlighted profile with another strategy, LR, epochs or batch "
+                                "size; start it or save it as a new profile (e)", screen.action_compose)
 
     async def action_quit(self) -> None:
         """Quit from anywhere: a live run is stopped at its next step first (bounded wait), never left hanging."""

@@ -11,7 +11,7 @@ import gc
 import math
 import time
 from functools import partial
-from typing import Sequence
+from typing import Callable, Sequence
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -90,6 +90,7 @@ class DashboardScreen(Steering, Screen[None]):
         self._gc_frozen = False
         self._prompt: PlateauPromptScreen | None = None
         self._lr_screen: LRFinderScreen | None = None
+        self._held: list[Callable[[], None]] | None = None
 
     # ------------------------------------------------------------------------------------------- layout
 

@@ -73,6 +73,7 @@ class PickerScreen(Screen[None]):
     """
     BINDINGS = [
         Binding("enter", "start", "Start", priority=True),
+        Binding("e", "compose", "Compose"),
         Binding("r", "reload", "Reload"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -156,3 +157,15 @@ class PickerScreen(Screen[None]):
             self.notify(entry.error, title="Broken profile", severity="error")
             return
         self.start(entry.profile)
+
+    def action_compose(self) -> None:
+        """The highlighted profile into the composing screen (strategy, LR, epochs, batch size; start or save)."""
+        entry = self.highlighted
+        if entry is None or entry.profile is None:
+            self.notify(entry.error if entry else "Highlight a profile to compose a run from it.",
+                        title="Nothing to compose", severity="warning")
+            return
+        from tuitune.ui.compose import ComposeScreen
+
+        self.app.push_screen(ComposeScreen(entry.profile, self.start, entry.source),
+                             lambda _: self.action_reload())

@@ -353,7 +353,9 @@ def suggestion_text(e: UnfreezeSuggested, metric: str = "acc") -> str:
 
 
 def lr_found_text(e: LRFound) -> str:
-    """`suggested 3.2e-03 (valley), steepest 1.1e-02, current 2.0e-03`."""
+    """`suggested 3.2e-03 (valley), steepest 1.1e-02, current 2.0e-03`, or why there is no suggestion."""
+    if not e.found:
+        return e.no_suggestion_text()
     how = " (valley)" if e.suggestion == e.valley else (" (steepest)" if e.suggestion == e.steep else "")
     return (f"suggested {fmt_sci(e.suggestion)}{how}, steepest {fmt_sci(e.steep)}, "
             f"current {fmt_sci(e.current_lr)}")

@@ -46,6 +46,7 @@ class Steering(_Screen):
     whole_span: bool
     _prompt: PlateauPromptScreen | None
     _lr_screen: LRFinderScreen | None
+    _held: list[Callable[[], None]] | None  # questions that came while "leave the run?" was open; None: not open
     _render_status: Callable[[], None]
     _render_plots: Callable[[], None]
 
@@ -127,12 +128,15 @@ class Steering(_Screen):
         if not self.live:
             self.app.leave_dashboard(self.exit_code())  # type: ignore[attr-defined]
             return
+        self._held = self._held or []
         if self.detachable:
             def leave(answer: str | None) -> None:
                 if answer == "detach":
                     self.app.call_later(self.detach_and_exit)
                 elif answer == "stop":
                     self.app.call_later(self.stop_and_exit)
+                else:
+                    self._ask_held()
 
             self.app.push_screen(LeaveRunScreen(), leave)
             return
@@ -140,11 +144,27 @@ class Steering(_Screen):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.app.call_later(self.stop_and_exit)
+            else:
+                self._ask_held()
 
         self.app.push_screen(ConfirmQuitScreen(), answered)
 
+    def _hold_while_leaving(self, ask: Callable[[], None]) -> bool:
+        """A question that comes while "leave the run?" is open waits for its answer (it would take that dialog's
+        keys); True when held."""
+        if self._held is None:
+            return False
+        self._held.append(ask)
+        return True
+
+    def _ask_held(self) -> None:
+        """The person stayed: the questions that came meanwhile are asked now."""
+        held, self._held = self._held or [], None
+        for ask in held:
+            ask()
+
     def _ask_unfreeze(self, event: UnfreezeSuggested) -> None:
-        if not self.live or self._prompt is not None:
+        if not self.live or self._prompt is not None or self._hold_while_leaving(lambda: self._ask_unfreeze(event)):
             return
 
         def answered(yes: bool | None) -> None:
@@ -160,7 +180,7 @@ class Steering(_Screen):
     def _show_lr_finder(self, event: LRFound) -> None:
         """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`. A phase's
         sweep (`strategy.phase_lr = "find"`) waits for an answer: it replaces an `f` curve still open."""
-        if not self.live:
+        if not self.live or self._hold_while_leaving(lambda: self._show_lr_finder(event)):
             return
         if self._lr_screen is not None:
             if event.wait_s <= 0:

@@ -189,8 +189,12 @@ def _trim(n: int) -> slice:
 
 def suggest(lrs: list[float] | tuple[float, ...], smoothed: list[float] | tuple[float, ...]
             ) -> tuple[float | None, float | None]:
-    """(steep, valley) over the finite part of the curve; None where the curve is too short to tell."""
+    """(steep, valley) over the finite part of the curve; None where the curve is too short to tell: fewer than
+    three points, or a sweep that stopped before the LR grew tenfold (at a phase start on a training set the model
+    already fits, a loss near zero "diverges" on the first noisy batch, and the lowest LR tried is no answer)."""
     pts = [(lr, s) for lr, s in zip(lrs, smoothed) if math.isfinite(s)]
+    if len(pts) < 3 or pts[-1][0] < 10 * pts[0][0]:
+        return None, None
     pts = pts[_trim(len(pts))]
     if len(pts) < 3:
         return None, None
@@ -261,4 +265,5 @@ def find_lr_in_run(profile: RunProfile, parts: RunParts, st: TrainerState, objec
     suggestion = curve.suggestion or current
     return LRFound(lrs=curve.lrs, losses=curve.smoothed, suggestion=float(suggestion),
                    steep=float(curve.steep or 0.0), valley=float(curve.valley or 0.0), current_lr=current,
-                   path=str(path), epoch=st.epoch, global_step=st.global_step, phase=phase, wait_s=wait_s)
+                   path=str(path), epoch=st.epoch, global_step=st.global_step, phase=phase,
+                   wait_s=wait_s if curve.suggestion else 0.0)  # nothing to answer when it found nothing

@@ -107,7 +107,9 @@ class Steering:
                                out_dir=self.run_dir if self.dist.is_main else None, phase=st.phase, wait_s=wait_s)
         self.emit(found)
         lr, how = found.suggestion, "the finder's suggestion"
-        if wait_s > 0:
+        if not found.found:  # nothing to apply: the run goes on at its LR
+            how = f"kept: the sweep stopped after {len(found.lrs)} steps with no valley"
+        elif found.wait_s > 0:
             lr, how = self._await_lr_answer(found)
         st.scale_lr(lr / st.head_base_lr())
         self.emit(CommandApplied(command="ApplyLR", epoch=st.epoch, global_step=st.global_step, value=lr,
