@@ -129,8 +129,9 @@ def test_eval_shards_cover_the_set_once_without_padding() -> None:
 # ------------------------------------------------------------------------------------------------- runs
 def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, procs: list) -> None:
     """2 ranks x batch 16 against 1 process x batch 32, same seed, no dropout or augmentation, an unfreeze after
-    each epoch: per-epoch val loss equal within 1e-4 over 3 epochs; one writer: the events are rank 0's."""
-    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01}, "strategy": PROGRESSIVE}
+    each epoch: per-epoch val loss equal within 1e-4 over 3 epochs; one writer: the events are rank 0's. The
+    feature cache off on both sides (its multi-rank runs: the test below)."""
+    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "feature_cache": False}, "strategy": PROGRESSIVE}
     profile = _write(tmp_path, "vit", **sections)
     proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(tmp_path / "two")], procs)
     out, err = proc.communicate(timeout=240)
@@ -167,9 +168,11 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     Control (3 steps an epoch: 72 examples, 2 x 16 a step): both ranks apply each at the same global step; DDP is
     re-wrapped at each change of the trainable set; the unfrozen parameters moved from their start and are
     identical on both ranks (checksums);
-    frozen BatchNorm layers stay in eval mode on both."""
+    frozen BatchNorm layers stay in eval mode on both. Self-distillation is on (a pre-logits loss: the model and its
+    pre-logits run through DDP's forward), so identical parameters also say its gradients were all-reduced."""
     profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
-                     strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"})
+                     strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"},
+                     distill={"teacher": "self", "alpha": 0.5})
     ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
 
     def applied(rank: dict) -> list[tuple[str, int]]:
@@ -185,6 +188,37 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     assert all(ranks[0]["sums"][n] == ranks[1]["sums"][n] for n in ranks[0]["sums"])
     assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in unfrozen if n.endswith("weight"))
     assert ranks[0]["frozen_bn_training"] == ranks[1]["frozen_bn_training"] == []  # frozen BN: eval on each rank
+
+
+def test_feature_cache_per_rank_gives_the_one_process_training(tmp_path: Path, procs: list) -> None:
+    """The feature cache on 2 ranks x batch 16 (the ViT of the test above, an unfreeze after each epoch; a budget
+    that keeps pre_logits and blocks.0 from the first pass, so the second unfreeze drops the cache and epoch 3
+    rebuilds it at the stem): the same cache events at the same steps on both ranks and as in one process x batch
+    32 with the cache; per-epoch val loss within 1e-4 of one process without it; parameters equal across ranks."""
+    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "cache_memory_gb": 0.00015},
+                "strategy": PROGRESSIVE}
+    ranks = _ranks(tmp_path, procs, _write(tmp_path, "cached", **sections))
+    runs = {}
+    for cache in (True, False):
+        runs[cache] = []
+        profile = tiny_profile(**{**sections, "train": {**sections["train"], "feature_cache": cache}},
+                               data={"batch_size": 32})
+        Trainer(profile, tmp_path / f"one-{cache}", runs[cache].append, Control()).run()
+
+    def said(events: list[dict]) -> list[tuple[bool, int, str]]:
+        return [(e["active"], e["global_step"], e["detail"].split(" (")[0]) for e in events
+                if e["type"] == "FeatureCacheChanged"]
+
+    one = [(e.active, e.global_step, e.detail.split(" (")[0]) for e in runs[True] if type(e).__name__ ==
+           "FeatureCacheChanged"]
+    assert said(ranks[0]["events"]) == said(ranks[1]["events"]) == one
+    assert [d for _, _, d in one] == ["output of pre_logits cached", "output of blocks.0 cached",
+                                      "dropped: the layers up to blocks.0 are no longer all frozen; rebuilt at the "
+                                      "next epoch", "output of stem cached"]
+    val = [[e["val_loss"] for e in r["events"] if e["type"] == "EpochEnded"] for r in ranks]
+    assert len(val[0]) == 3 and val[0] == val[1] == pytest.approx(_val_losses(runs[False]), abs=1e-4)
+    assert ranks[0]["sums"] == ranks[1]["sums"]
+    assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in ranks[0]["trainable"])
 
 
 def _wait_for(proc: subprocess.Popen, prefix: str) -> None:

@@ -238,10 +238,10 @@ def test_unfreeze_mid_epoch(tmp_path, strategy_table: dict, after: tuple[bool, s
 
 
 def test_text_store_pads_per_batch(tmp_path: Path) -> None:
-    from tuitune.engine.train.feature_cache import _Store
+    from tuitune.engine.train.feature_store import Store
 
     feats = torch.arange(10, dtype=torch.float32).reshape(5, 2)  # sample 0: rows 0-1, sample 1: rows 2-4
-    store = _Store(torch.tensor([0, 1]), feats, [0, 2, 5], torch.ones(5, dtype=torch.long))
+    store = Store(torch.tensor([0, 1]), feats, [0, 2, 5], torch.ones(5, dtype=torch.long))
     batch = store.get([1, 0], torch.device("cpu"))
     assert batch["inputs_embeds"].shape == (2, 3, 2) and batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["inputs_embeds"][1, 2].tolist() == [0.0, 0.0]

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["collate_for", "length_sampler", "to_device", "unwrap"]
+__all__ = ["collate_for", "length_sampler", "text_lengths", "to_device", "unwrap"]
 
 
 def to_device(x: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -36,12 +36,20 @@ def collate_for(dataset: Dataset) -> Callable | None:
 def length_sampler(dataset: Dataset, batch_size: int, generator: torch.Generator) -> Any:
     """transformers' LengthGroupedSampler over the texts' real lengths, drawing from the loader's generator, so
     the order is seeded and a resumed run replays it exactly; None for data without lengths (images)."""
-    base, indices = unwrap(dataset)
-    lengths = getattr(base, "lengths", None)
+    lengths = text_lengths(dataset)
     if lengths is None:
         return None
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+
+
+def text_lengths(dataset: Dataset) -> list[int] | None:
+    """The real length of each sample (text), in the dataset's order; None for data without lengths (images)."""
+    base, indices = unwrap(dataset)
+    lengths = getattr(base, "lengths", None)
+    if lengths is None:
+        return None
     if indices is not None:
         lengths = lengths[torch.as_tensor(indices, dtype=torch.long)]
-    return LengthGroupedSampler(batch_size, lengths=lengths.tolist(), generator=generator)
+    return lengths.tolist()

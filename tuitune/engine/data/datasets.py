@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.batches import collate_for, length_sampler
+from tuitune.engine.data.batches import collate_for, length_sampler, text_lengths
 from tuitune.engine.data.textfiles import read_text_file, target_classes
 from tuitune.engine.events import Event
 from tuitune.engine.record.progress import Progress
@@ -313,7 +313,9 @@ def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, devic
                               "persistent_workers": workers > 0}
     gen = torch.Generator().manual_seed(seed)
     if world > 1:
-        batches = GlobalBatchSampler(len(bundle.train), batch_size, rank, world, gen)  # type: ignore[arg-type]
+        lengths = text_lengths(bundle.train) if group_by_length else None
+        batches = GlobalBatchSampler(len(bundle.train), batch_size, rank, world, gen,  # type: ignore[arg-type]
+                                     lengths)
         train = DataLoader(bundle.train, batch_sampler=batches, generator=gen, collate_fn=collate(bundle.train),
                            **common)
         val = DataLoader(bundle.val, batch_size=batch_size * 2, sampler=EvalShard(len(bundle.val), rank, world),

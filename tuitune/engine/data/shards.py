@@ -7,7 +7,9 @@ batch W*B, and its order has nothing to do with the one-process loader's generat
 feature cache follow). `GlobalBatchSampler` draws the one-process permutation from the loader's own generator (the
 same draws `RandomSampler` makes, the generator's state is the epoch's shuffle, as `set_epoch` would set it) and
 gives rank r the r-th slice of each global batch: W ranks x B reproduce one process x W*B batch for batch, which is
-what makes multi-rank runs comparable and resumable with another world size.
+what makes multi-rank runs comparable and resumable with another world size. With `data.group_by_length` (text)
+the global order is transformers' length-grouped one for the global batch size, drawn from the same generator, so
+every rank derives the same order and W ranks x B still read what one process x W*B reads.
 
 Why not `DistributedSampler` for evaluation: it pads the last shard by repeating examples, so reduced sums would
 count those twice. `EvalShard` gives rank r the examples r, r+W, r+2W, ... without padding: the shards are
@@ -26,11 +28,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
     """Batches of indices for one rank: slice `rank` of each global batch of `batch_size * world` examples drawn
     in the one-process shuffled order. A short last global batch is split as evenly as the ranks allow (slices
     differ by at most one example; `share(i)` says how this rank's slice weighs in the global mean); one with
-    fewer examples than ranks is dropped, since a rank with no examples cannot join the gradient all-reduce."""
+    fewer examples than ranks is dropped, since a rank with no examples cannot join the gradient all-reduce.
+    `lengths` (text, `data.group_by_length`): global batches of similar lengths (see the module)."""
 
-    def __init__(self, size: int, batch_size: int, rank: int, world: int, generator: torch.Generator) -> None:
+    def __init__(self, size: int, batch_size: int, rank: int, world: int, generator: torch.Generator,
+                 lengths: list[int] | None = None) -> None:
         self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
-        self.generator = generator
+        self.generator, self.lengths = generator, lengths
         self.global_batch = batch_size * world
 
     def _global_sizes(self) -> list[int]:
@@ -53,14 +57,21 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return self.rank * n // self.world, (self.rank + 1) * n // self.world
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.size, generator=self.generator).tolist()  # what RandomSampler draws
+        if self.lengths is not None:  # what transformers' LengthGroupedSampler draws for the global batch
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            order = get_length_grouped_indices(self.lengths, self.global_batch, generator=self.generator)
+        else:
+            order = torch.randperm(self.size, generator=self.generator).tolist()  # what RandomSampler draws
         for start, n in zip(range(0, self.size, self.global_batch), self._global_sizes()):
             chunk = order[start:start + n]
             lo, hi = self._bounds(n)
             yield chunk[lo:hi]
         # RandomSampler draws a second permutation (of which it yields nothing) when its epoch ends: the same
-        # draw keeps the generator, and so every later epoch's order, as one process has it
-        torch.randperm(self.size, generator=self.generator)
+        # draw keeps the generator, and so every later epoch's order, as one process has it (LengthGroupedSampler
+        # draws only the one)
+        if self.lengths is None:
+            torch.randperm(self.size, generator=self.generator)
 
 
 class EvalShard(Sampler[int]):

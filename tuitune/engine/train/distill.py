@@ -9,6 +9,10 @@ Teachers (the `[distill]` section):
   student's old-task outputs are distilled toward the teacher's; without one, the pre-logit features themselves
   are matched (mean squared error).
 The teacher runs in eval mode, without gradients.
+
+Several ranks: every rank takes the "self" snapshot, from rank 0's weights (broadcast, so identical whatever each
+rank loaded), and DDP wraps the model together with its pre-logits (`PreLogitsStudent`): the student's one forward
+pass is DDP's, so the gradients of both losses are all-reduced.
 """
 
 from __future__ import annotations
@@ -35,6 +39,19 @@ def kl_distill(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.
                     reduction="batchmean", log_target=True) * t * t
 
 
+class PreLogitsStudent(nn.Module):
+    """The model answering (logits, pre-logits) from one pass: what DDP wraps when the loss reads the pre-logits,
+    so that pass goes through DDP's forward (whose hooks all-reduce the gradients) rather than around it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = pre_logits(self.model, x)
+        return classifier(self.model)(pre), pre
+
+
 class Distiller:
     def __init__(self, teacher: nn.Module, t: float, *, source_head: nn.Module | None = None,
                  features: bool = False) -> None:
@@ -48,6 +65,8 @@ class Distiller:
         """One forward pass that yields the logits and, for "self", the pre-logits the old task is scored on."""
         if not self.on_pre_logits:
             return model(x), None
+        if isinstance(getattr(model, "module", None), PreLogitsStudent):  # DDP around the model and its pre-logits
+            return model(x)
         pre = pre_logits(model, x)
         return classifier(model)(pre), pre
 
@@ -78,6 +97,9 @@ def build_distiller(profile: RunProfile, parts: RunParts) -> Distiller | None:
         raise UserError("distill.teacher: distillation needs a timm model with forward_features/forward_head")
     if cfg.teacher == "self":
         teacher = _frozen(copy.deepcopy(parts.model), parts.device)
+        if parts.dist.active:  # the same snapshot on every rank; DDP to wrap the model with its pre-logits
+            parts.dist.broadcast_module(teacher)
+            parts.ddp_target = PreLogitsStudent(parts.model)
         head = parts.backbone.source_head
         if head:
             return Distiller(teacher, cfg.temperature, source_head=linear_head(head, parts.device))

@@ -92,6 +92,37 @@ class DistContext:
         self._guard(lambda: torch.distributed.all_gather_object(gathered, tensor.cpu()))
         return torch.cat(gathered)
 
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (a decision all ranks must take alike is read off the same list)."""
+        if not self.active:
+            return [obj]
+        gathered: list[Any] = [None] * self.world
+        self._guard(lambda: torch.distributed.all_gather_object(gathered, obj))
+        return gathered
+
+    def gather_rows(self, tensor: torch.Tensor, chunk_bytes: int = 1 << 28) -> torch.Tensor:
+        """Every rank's rows (unequal counts allowed) concatenated in rank order, where `tensor` lives. Moved in
+        chunks of at most `chunk_bytes` per rank through the collective's device (NCCL: this rank's GPU), so a
+        store kept in host memory never has to fit on the GPU whole."""
+        if not self.active:
+            return tensor
+        via = torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+        if tensor.dtype == torch.bool:  # not every backend reduces bools: moved as bytes
+            return self.gather_rows(tensor.to(torch.uint8), chunk_bytes).bool()
+        counts = [int(n) for n in self.gather_objects(tensor.shape[0])]
+        row_bytes = max(1, tensor[0:1].numel() * tensor.element_size())
+        step = max(1, min(chunk_bytes // row_bytes, max(counts)))
+        parts: list[list[torch.Tensor]] = [[] for _ in range(self.world)]
+        for start in range(0, max(counts), step):
+            piece = torch.zeros((step, *tensor.shape[1:]), dtype=tensor.dtype, device=via)
+            mine = tensor[start:start + step]
+            piece[:mine.shape[0]] = mine.to(via)
+            out = [torch.empty_like(piece) for _ in range(self.world)]
+            self._guard(lambda: torch.distributed.all_gather(out, piece))
+            for r, got in enumerate(out):
+                parts[r].append(got[:max(0, min(step, counts[r] - start))].to(tensor.device))
+        return torch.cat([t for rank in parts for t in rank])
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's object on every rank."""
         if not self.active:
@@ -99,6 +130,13 @@ class DistContext:
         box = [obj]
         self._guard(lambda: torch.distributed.broadcast_object_list(box, src=0))
         return box[0]
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers copied into `module` on every rank (in place)."""
+        if not self.active:
+            return
+        for tensor in module.state_dict().values():
+            self._guard(lambda: torch.distributed.broadcast(tensor, src=0))
 
     def _guard(self, call: Any) -> None:
         try:

@@ -13,6 +13,12 @@ activations that fit `train.cache_memory_gb`. Whenever the cache is not used, `r
 Batches follow the train loader's own sampler, so the shuffle is the same as without the cache; activations are
 indexed by sample (text by its own length: stored unpadded, padded per batch like the tokens were).
 Stored as float32: half-precision storage would not keep results within the 1e-5 the tests hold it to.
+
+Several ranks: rank r computes the activations of samples r, r+W, ... of each split. Val stays that shard (it is
+the rank's `shards.EvalShard`; the metrics are reduced as without the cache). Train activations are gathered, so
+every rank holds them all: the global batches deal each rank other samples every epoch. Every decision (build or
+not, which boundaries fit) is taken alike on all ranks, and the layers above the boundary train through a DDP
+wrapper of their own (`forward`), so their gradients are all-reduced as the whole model's are without the cache.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from torch import nn
 
 from tuitune.engine.data.batches import to_device
+from tuitune.engine.train.feature_store import Rows, Store, available, gather_store, per_sample
 from tuitune.engine.train.segments import NotSequential, split_model, verify
 
 if TYPE_CHECKING:
@@ -56,33 +63,11 @@ class _Top(nn.Module):
         return self.split.top(a, self.k)
 
 
-class _Store:
-    """Activations of one split, indexed by sample: one tensor, or (text) unpadded rows with their mask."""
-
-    def __init__(self, labels: torch.Tensor, feats: torch.Tensor, offsets: list[int] | None = None,
-                 mask: torch.Tensor | None = None) -> None:
-        self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
-
-    @property
-    def nbytes(self) -> int:
-        return self.feats.nbytes + (self.mask.nbytes if self.mask is not None else 0)
-
-    def get(self, index: list[int] | range, device: torch.device) -> Any:
-        if self.offsets is None:
-            idx = torch.as_tensor(list(index), device=self.feats.device)
-            return self.feats[idx].to(device, non_blocking=True)
-        from torch.nn.utils.rnn import pad_sequence
-
-        o = self.offsets
-        feats = pad_sequence([self.feats[o[i]:o[i + 1]] for i in index], batch_first=True)
-        mask = pad_sequence([self.mask[o[i]:o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
-        return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
-
-
 class FeatureCache:
     def __init__(self, parts: RunParts, profile: RunProfile) -> None:
-        self.parts, self.profile = parts, profile
-        self.stores: dict[int, tuple[_Store, _Store]] = {}  # boundary -> (train, val) activations
+        self.parts, self.profile, self.dist = parts, profile, parts.dist
+        self._forward: nn.Module | None = None  # `top`, in a DDP wrapper with several ranks
+        self.stores: dict[int, tuple[Store, Store]] = {}  # boundary -> (train, val) activations
         self.k = -1
         self.top: nn.Module | None = None
         self._split: Any = None
@@ -93,12 +78,25 @@ class FeatureCache:
         return self.k in self.stores
 
     @property
-    def train(self) -> _Store | None:
+    def train(self) -> Store | None:
         return self.stores[self.k][0] if self.active else None
 
     @property
-    def val(self) -> _Store | None:
+    def val(self) -> Store | None:
         return self.stores[self.k][1] if self.active else None
+
+    @property
+    def forward(self) -> nn.Module:
+        """What a cached training step calls: `top`, with several ranks in a DDP wrapper for the parameters
+        trainable now. Built at its first use after a change (`rewrap`), which every rank reaches at the same step."""
+        if self._forward is None:
+            assert self.top is not None
+            self._forward = self.dist.wrap(self.top, self.parts.device)
+        return self._forward
+
+    def rewrap(self) -> None:
+        """The trainable set or the boundary changed: DDP's hooks are registered anew at the next cached step."""
+        self._forward = None
 
     @property
     def boundary(self) -> str:
@@ -117,8 +115,6 @@ class FeatureCache:
     def plan(self) -> tuple[int, str]:
         """The last segment that is frozen and deterministic in the current train mode, or -1 and why none."""
         reason = why_not(self.profile)
-        if self.parts.dist.active:  # each rank would size and build its own: kept to one process for now
-            reason = "not with several ranks yet"
         if reason:
             return -1, reason
         split = self.split
@@ -175,7 +171,8 @@ class FeatureCache:
         later = [self.split.segments[b].name for b in sorted(self.stores, reverse=True) if b != k]
         also = f"; also stored for later phases: {', '.join(later)}" if later else ""
         train, val = self.stores[k]
-        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val, "
+        shard = f" (a shard of {self.dist.world})" if self.dist.active else ""
+        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val{shard}, "
                       f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
                       f"only the layers above it run")
 
@@ -197,12 +194,14 @@ class FeatureCache:
         for b in [b for b in self.stores if b > k]:  # boundaries above k are never used again
             del self.stores[b]
         self.k, self.top = k, _Top(self.split, k)
+        self.rewrap()
         return f"output of {self.boundary} cached (stored in the first pass): only the layers above it run"
 
     def drop(self) -> None:
         self.stores = {}
         self.top = None
         self.k = -1
+        self.rewrap()
 
     # ---------------------------------------------------------------------------------------------- building
     def _loader(self, dataset: Any) -> Any:
@@ -230,35 +229,48 @@ class FeatureCache:
         p, split, k = self.parts, self.split, ks[0]
         probe = torch.utils.data.Subset(p.bundle.train, range(min(8, len(p.bundle.train))))
         x0 = to_device(next(iter(self._loader(probe)))[0], p.device)
+        where: tuple[torch.device, int] | tuple[str, bool]  # (where, how many fit), or (why not, lower may do)
         with p.autocast():
             first, second = split.prefixes(x0, ks), split.prefixes(x0, ks)
-            if not all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
-                return (f"the frozen layers up to {split.segments[k].name} give different outputs for the same "
-                        f"batch (dropout or another random op; see strategy.freeze_dropout)"), True
-            bad = next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), "")
-        if bad:
-            return bad, False
-        n = len(p.bundle.train) + len(p.bundle.val)
-        where = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
-        if isinstance(where, str):
-            return where, False
-        device, fits = where
+            where = (f"the frozen layers up to {split.segments[k].name} give different outputs for the same batch "
+                     f"(dropout or another random op; see strategy.freeze_dropout)", True)
+            if all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
+                where = (next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), ""), False)
+        if not where[0]:
+            n = len(p.bundle.train) + len(self._shard(p.bundle.val))
+            sized = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+            where = (sized, False) if isinstance(sized, str) else sized
+        # every rank takes the same decision: the first rank's reason not to, else the boundaries all can keep
+        verdicts = self.dist.gather_objects(where if isinstance(where[0], str) else where[1])
+        why = next((v for v in verdicts if isinstance(v, tuple)), None)
+        if why is not None:
+            return why  # type: ignore[return-value]
+        device, fits = where[0], min(verdicts)  # type: ignore[index]
         ks = ks[:fits]
         train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
+        if self.dist.active:
+            train = {b: gather_store(store, len(p.bundle.train), self.dist) for b, store in train.items()}
         val = self._store(p.bundle.val, ks, device, progress, f"{split.segments[k].name} (val)")
         self.stores = {b: (train[b], val[b]) for b in ks}
         self.k, self.top = k, _Top(split, k)
+        self.rewrap()
         return "", False
+
+    def _shard(self, dataset: Any) -> Any:
+        """This rank's samples r, r+W, ... (the whole set in one process); for val, its `shards.EvalShard`."""
+        if not self.dist.active:
+            return dataset
+        return torch.utils.data.Subset(dataset, range(self.dist.rank, len(dataset), self.dist.world))
 
     def _sized(self, probes: list[Any], n: int, name: str) -> tuple[torch.device, int] | str:
         """Where the activations go (the run's device, else host memory) and how many of the boundaries fit
         there (the current one at least), or why even that one fits nowhere."""
-        need = [_per_sample(a) * n * 1.1 for a in probes]
+        need = [per_sample(a) * n * 1.1 for a in probes]
         cfg = self.profile.train.cache_memory_gb
         devices = [self.parts.device] + ([torch.device("cpu")] if self.parts.device.type == "cuda" else [])
         budget = 0.0
         for device in devices:
-            budget = cfg * 1e9 if cfg > 0 else 0.5 * _available(device)
+            budget = cfg * 1e9 if cfg > 0 else 0.5 * available(device)
             total, fits = 0.0, 0
             for size in need:
                 if total + size > budget:
@@ -271,11 +283,11 @@ class FeatureCache:
                 f"({key})")
 
     def _store(self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None],
-               label: str) -> dict[int, _Store]:
+               label: str) -> dict[int, Store]:
         p, split = self.parts, self.split
-        loader = self._loader(dataset)
+        loader = self._loader(self._shard(dataset))
         total, t0, last = len(loader), time.perf_counter(), 0.0
-        parts: dict[int, _Parts] = {b: _Parts() for b in ks}
+        parts: dict[int, Rows] = {b: Rows() for b in ks}
         labels: list[torch.Tensor] = []
         for i, (x, y) in enumerate(loader, start=1):
             x = to_device(x, p.device)
@@ -319,42 +331,6 @@ class FeatureCache:
                  store.labels[i:i + batch_size]) for i in range(0, n, batch_size)]  # type: ignore[union-attr]
 
 
-class _Parts:
-    """Activations of one boundary as they come, batch by batch (text rows cut to their last real token)."""
-
-    def __init__(self) -> None:
-        self.feats: list[torch.Tensor] = []
-        self.masks: list[torch.Tensor] = []
-        self.lengths: list[int] = []
-
-    def add(self, a: Any, where: torch.device) -> None:
-        if not isinstance(a, dict):
-            self.feats.append(a.float().to(where))
-            return
-        m = a["attention_mask"]  # each row up to its last real token (right or left padded alike)
-        ends = (m.shape[1] - m.flip(1).int().argmax(1)).tolist()
-        for row, mrow, n in zip(a["inputs_embeds"], m, ends):
-            self.feats.append(row[:n].float().to(where))
-            self.masks.append(mrow[:n].to(where))
-            self.lengths.append(n)
-
-    def store(self, labels: torch.Tensor) -> _Store:
-        if not self.lengths:
-            return _Store(labels, torch.cat(self.feats))
-        offsets = [0]
-        for n in self.lengths:
-            offsets.append(offsets[-1] + n)
-        return _Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
-
-
-def _per_sample(a: Any) -> float:
-    """Bytes per sample of an activation as stored (float32; text: its real tokens only)."""
-    if isinstance(a, dict):
-        feats = a["inputs_embeds"]
-        return a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
-    return a[0].numel() * 4
-
-
 def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:
     """A BatchNorm in train mode or an active dropout / stochastic depth among `modules`: why they cannot be cached."""
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -371,19 +347,3 @@ def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str
             if isinstance(rate, float) and rate > 0:
                 return f"{name} drops out in a frozen group (strategy.freeze_dropout is off)"
     return ""
-
-
-def _available(device: torch.device) -> float:
-    """Free memory in bytes: the GPU's, or the host's MemAvailable."""
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -48,12 +48,13 @@ class RunParts:
         self.micro_per_epoch = self.micro_per_epoch or self.steps_per_epoch
     dist: DistContext = LOCAL  # this process's rank among the run's ranks (one process: LOCAL)
     compiled: bool = False  # `train.compile`: `forward` is compiled (again after each DDP re-wrap)
+    ddp_target: Any = None  # what DDP wraps when not the model itself (`distill.PreLogitsStudent`)
 
     def rewrap(self) -> None:
         """Several ranks: a new DDP wrapper for the parameters trainable now (call on every rank at the same step,
         after the trainable set changed). One process: nothing to do."""
         if self.dist.active:
-            wrapped = self.dist.wrap(self.model, self.device)
+            wrapped = self.dist.wrap(self.model if self.ddp_target is None else self.ddp_target, self.device)
             self.forward = torch.compile(wrapped) if self.compiled else wrapped
 
     def batch_share(self, index: int) -> float:
@@ -145,9 +146,6 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
     task = input_task(profile.data, profile.model)
     if profile.data.group_by_length and task != "text":
         raise UserError("data.group_by_length: only for text data (images all have the same size)")
-    if profile.data.group_by_length and dist.active:
-        raise UserError("data.group_by_length: not with several ranks yet (their batches are slices of one "
-                        "global shuffle)")
     backbone = build_backbone(model_config(profile), len(classes), task=task, coarse=profile.strategy.coarse,
                               emit=emit)
     warnings = []

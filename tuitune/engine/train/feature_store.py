@@ -1,0 +1,108 @@
+"""How the feature cache keeps activations: indexed by sample, float32, text rows unpadded (`Store`, filled batch by
+batch through `Rows`); what they cost (`per_sample`, `available`); and, with several ranks, every rank's share of
+the train activations gathered into one store (`gather_store`). See `feature_cache` for when and why.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from tuitune.engine.train.distributed import DistContext
+
+
+class Store:
+    """Activations of one split, indexed by sample: one tensor, or (text) unpadded rows with their mask."""
+
+    def __init__(self, labels: torch.Tensor, feats: torch.Tensor, offsets: list[int] | None = None,
+                 mask: torch.Tensor | None = None, rows: list[int] | None = None) -> None:
+        self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
+        self.rows = rows  # gathered from several ranks: the row of each sample (labels are in sample order)
+
+    @property
+    def nbytes(self) -> int:
+        return self.feats.nbytes + (self.mask.nbytes if self.mask is not None else 0)
+
+    def get(self, index: list[int] | range, device: torch.device) -> Any:
+        if self.rows is not None:
+            index = [self.rows[i] for i in index]
+        if self.offsets is None:
+            idx = torch.as_tensor(list(index), device=self.feats.device)
+            return self.feats[idx].to(device, non_blocking=True)
+        from torch.nn.utils.rnn import pad_sequence
+
+        o = self.offsets
+        feats = pad_sequence([self.feats[o[i]:o[i + 1]] for i in index], batch_first=True)
+        mask = pad_sequence([self.mask[o[i]:o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
+        return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
+
+
+def gather_store(store: Store, n: int, dist: DistContext) -> Store:
+    """Every rank's share of the train activations, so a rank can serve whichever samples the global batches
+    deal it. Rows stay in rank order (rank r's rows are samples r, r+W, ...): `rows` maps sample to row."""
+    d, world = dist, dist.world
+    order = torch.cat([torch.arange(r, n, world) for r in range(world)])  # the sample of each gathered row
+    rows = torch.empty(n, dtype=torch.long)
+    rows[order] = torch.arange(n)
+    labels = d.gather_rows(store.labels)
+    labels = labels[rows.to(labels.device)]  # in sample order, as one process stores them
+    feats = d.gather_rows(store.feats)
+    if store.offsets is None:
+        return Store(labels, feats, rows=rows.tolist())
+    lengths = d.gather_rows(torch.tensor(store.offsets[1:]) - torch.tensor(store.offsets[:-1]))
+    offsets = [0] + torch.cumsum(lengths, 0).tolist()
+    return Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())  # type: ignore[arg-type]
+
+
+class Rows:
+    """Activations of one boundary as they come, batch by batch (text rows cut to their last real token)."""
+
+    def __init__(self) -> None:
+        self.feats: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+        self.lengths: list[int] = []
+
+    def add(self, a: Any, where: torch.device) -> None:
+        if not isinstance(a, dict):
+            self.feats.append(a.float().to(where))
+            return
+        m = a["attention_mask"]  # each row up to its last real token (right or left padded alike)
+        ends = (m.shape[1] - m.flip(1).int().argmax(1)).tolist()
+        for row, mrow, n in zip(a["inputs_embeds"], m, ends):
+            self.feats.append(row[:n].float().to(where))
+            self.masks.append(mrow[:n].to(where))
+            self.lengths.append(n)
+
+    def store(self, labels: torch.Tensor) -> Store:
+        if not self.lengths:
+            return Store(labels, torch.cat(self.feats))
+        offsets = [0]
+        for n in self.lengths:
+            offsets.append(offsets[-1] + n)
+        return Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
+
+
+def per_sample(a: Any) -> float:
+    """Bytes per sample of an activation as stored (float32; text: its real tokens only)."""
+    if isinstance(a, dict):
+        feats = a["inputs_embeds"]
+        return a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
+    return a[0].numel() * 4
+
+
+def available(device: torch.device) -> float:
+    """Free memory in bytes: the GPU's, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
