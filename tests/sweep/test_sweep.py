@@ -180,12 +180,11 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
     proc = subprocess.Popen(_sweep_cmd(path, out, "--trials", "2"), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: (out / "journal.log").exists() and any(
-            t.state.name == "RUNNING" and t.intermediate_values for t in trials_of(out)))
-        # a leaderboard screen opened now (`tuitune sweep P --out S`) follows this sweep and starts no other
-        assert live_sweep_pid(out) == proc.pid and start_detached(str(path), [], out, 2, 1) == proc.pid
-        assert not (out / "sweep.log").exists()
-        os.kill(proc.pid, signal.SIGKILL)
+        # a leaderboard screen opened while it runs (`tuitune sweep P --out S`) follows it and starts no other
+        _wait(lambda: (out / "journal.log").exists() and live_sweep_pid(out) == proc.pid)
+        assert start_detached(str(path), [], out, 2, 1) == proc.pid and not (out / "sweep.log").exists()
+        _wait(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in trials_of(out)))
+        os.kill(proc.pid, signal.SIGKILL)  # at once: the 3-epoch trial must still be running
         proc.wait()
     finally:
         if proc.poll() is None:
