@@ -132,6 +132,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _epoch_length(profile: RunProfile, batches: int) -> tuple[int, int]:
+    """(batches, optimizer steps) of an epoch: `max_steps_per_epoch` counts optimizer steps, each of which takes
+    `accumulate_steps` batches, the epoch's remainder making one more."""
+    k = profile.train.accumulate_steps
+    micro = min(batches, profile.train.max_steps_per_epoch * k) if profile.train.max_steps_per_epoch else batches
+    return micro, -(-micro // k)
+
+
 def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None] | None = None,
                 dist: DistContext = LOCAL) -> RunParts:
     """Build everything before the first step; `emit` gets `SetupProgressed` for the long parts (a download, an
@@ -169,11 +177,7 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
         device_type=device.type, seed=profile.train.seed, group_by_length=profile.data.group_by_length,
         pad_to_max_length=profile.data.pad_to_max_length, rank=dist.rank, world=dist.world)
     _shield_workers(train_loader, val_loader, test_loader)
-    k = profile.train.accumulate_steps
-    micro = len(train_loader)
-    if profile.train.max_steps_per_epoch:
-        micro = min(micro, profile.train.max_steps_per_epoch * k)
-    steps = -(-micro // k)  # optimizer steps: every k batches, and the epoch's remainder
+    micro, steps = _epoch_length(profile, len(train_loader))
     plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")

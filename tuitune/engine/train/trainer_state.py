@@ -48,12 +48,7 @@ class TrainerState(CheckpointedState):
         self.per_class: dict[str, float] = {}
         self.class_report: dict[str, dict[str, float]] = {}  # last val epoch's per-class precision / recall / F1
         self.phase_log: list[dict[str, Any]] = []
-        up = scorer.higher_is_better  # the `*_score` metrics carry the task's score (RMSE is lower-is-better)
-        ema_best = profile.train.ema_for_best and profile.train.ema_decay > 0  # the EMA model's val metric
-        self.best = MetricWatch(("ema_" if ema_best else "") + profile.train.checkpoint_metric, score_higher=up)
-        self.plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta, score_higher=up)
-        es = profile.early_stopping
-        self.early = MetricWatch(es.metric, es.min_delta, score_higher=up)
+        self.best, self.plateau, self.early = self._watches(profile, scorer.higher_is_better)
         self.schedule = LRSchedule(profile.train, parts.steps_per_epoch)
         # ApplyLR and the plan's per-phase LR scales (LP-FT) rescale every group's base LR, later groups included
         self.lr_scale = parts.plan.lr_scales[0]
@@ -81,6 +76,16 @@ class TrainerState(CheckpointedState):
             weight_decay=profile.train.weight_decay, momentum=profile.train.momentum)
         self._in_optimizer = list(parts.phases[0])
         self.phase_log.append(self._phase_entry(0))
+
+    @staticmethod
+    def _watches(profile: RunProfile, up: bool) -> tuple[MetricWatch, MetricWatch, MetricWatch]:
+        """The best checkpoint's, the plateau trigger's and early stopping's watches; `up`: the task's score is
+        higher-better (the `*_score` metrics carry it: RMSE is lower-better)."""
+        ema_best = profile.train.ema_for_best and profile.train.ema_decay > 0  # the EMA model's val metric
+        best = MetricWatch(("ema_" if ema_best else "") + profile.train.checkpoint_metric, score_higher=up)
+        plateau = MetricWatch(profile.strategy.plateau_metric, profile.strategy.plateau_min_delta, score_higher=up)
+        es = profile.early_stopping
+        return best, plateau, MetricWatch(es.metric, es.min_delta, score_higher=up)
 
     # ------------------------------------------------------------------------------------------- phases / LR
     def _param_groups(self, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
