@@ -19,7 +19,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from recipe_sweep import DATA, image_profile, text_profile, tuitune  # noqa: E402
+from recipe_sweep import DATA, each_modality, tuitune  # noqa: E402
 
 from tuitune.config import dump_toml  # noqa: E402
 
@@ -80,15 +80,7 @@ def modality(name: str, table: dict[str, Any], args: argparse.Namespace) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = args.out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"epochs": args.epochs}
-    if args.only in (None, "text"):
-        result["text"] = modality("text", text_profile(args, data), args)
-    if args.only in (None, "image"):
-        result["image"] = modality("image", image_profile(args, data), args)
-    print(json.dumps(result))
-    return 0
+    return each_modality(args, {"epochs": args.epochs}, modality)
 
 
 if __name__ == "__main__":

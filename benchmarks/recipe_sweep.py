@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as real_data.py: spinning threads cost 2-5x on a busy box
 
@@ -147,17 +147,22 @@ def modality(name: str, table: dict[str, Any], args: argparse.Namespace) -> dict
             "progressive_find_reaches_full": bool(full is not None and found >= full["best"])}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def each_modality(args: argparse.Namespace, result: dict[str, Any],
+                  run: Callable[[str, dict[str, Any], argparse.Namespace], dict[str, Any]]) -> int:
+    """`run` on the text and the image profile (or the one `--only` names), into `result`, printed as one line."""
     data = args.out / "data"
     data.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"trials": args.trials, "epochs": args.epochs}
     if args.only in (None, "text"):
-        result["text"] = modality("text", text_profile(args, data), args)
+        result["text"] = run("text", text_profile(args, data), args)
     if args.only in (None, "image"):
-        result["image"] = modality("image", image_profile(args, data), args)
+        result["image"] = run("image", image_profile(args, data), args)
     print(json.dumps(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return each_modality(args, {"trials": args.trials, "epochs": args.epochs}, modality)
 
 
 if __name__ == "__main__":
