@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-train", type=int, default=40, help="per class")
     p.add_argument("--image-val", type=int, default=20, help="per class")
     p.add_argument("--img-size", type=int, default=96)
+    p.add_argument("--lr-full", type=float, help="full fine-tuning's LR (default: text 1e-4, image 1e-3)")
+    p.add_argument("--lr-lora", type=float, help="LoRA's LR (default: text 1e-3, image 3e-3)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a profile override for both runs (repeatable), e.g. strategy.lr_decay=0.78")
     return p.parse_args(argv)
 
 
@@ -60,12 +64,14 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             "best_val_acc": round(max(acc), 4) if acc else None, "best_val_macro_f1": round(max(f1), 4) if f1 else None}
 
 
-def one(name: str, kind: str, profile: Path, out: Path) -> dict[str, Any]:
+def one(name: str, kind: str, profile: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = out / kind
+    lr = getattr(args, f"lr_{kind}") or LR[name, kind]
     if not (run_dir / "summary.json").exists():
-        tuitune("train", str(profile), "--headless", "--out", str(run_dir), "--force",
-                "--set", f'strategy.kind="{kind}"', "--set", f"train.lr={LR[name, kind]}", log=out / "log.txt")
-    return {"kind": kind, "lr": LR[name, kind], **read_run(run_dir)}
+        extra = [a for o in args.overrides for a in ("--set", o)]
+        tuitune("train", str(profile), "--headless", "--out", str(run_dir), "--force", "--set",
+                f'strategy.kind="{kind}"', "--set", f"train.lr={lr}", *extra, log=out / "log.txt")
+    return {"kind": kind, "lr": lr, "overrides": args.overrides, **read_run(run_dir)}
 
 
 def modality(name: str, table: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +80,7 @@ def modality(name: str, table: dict[str, Any], args: argparse.Namespace) -> dict
     table = {**table, "train": {**table["train"], "epochs": args.epochs}}
     profile = out / f"{table['name']}.toml"
     profile.write_text(dump_toml(table), encoding="utf-8")
-    runs = {kind: one(name, kind, profile, out) for kind in ("full", "lora")}
+    runs = {kind: one(name, kind, profile, out, args) for kind in ("full", "lora")}
     return {**runs, "lora_param_share": round(runs["lora"]["trainable_params"] / runs["full"]["trainable_params"], 5)}
 
 
