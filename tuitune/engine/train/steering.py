@@ -125,7 +125,7 @@ class Steering:
             for command in self.control.drain():
                 if isinstance(command, ApplyLR):
                     if command.lr == found.suggestion:
-                        return command.lr, "the finder's suggestion, accepted in the dashboard"
+                        return command.lr, "the finder's suggestion, from the dashboard (accepted, or its countdown ended)"
                     return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
                 self._held.append(command)
             left = deadline - time.monotonic()
