@@ -125,7 +125,8 @@ class Steering:
             for command in self.control.drain():
                 if isinstance(command, ApplyLR):
                     if command.lr == found.suggestion:
-                        return command.lr, "the finder's suggestion, from the dashboard (accepted, or its countdown ended)"
+                        how = "the finder's suggestion, from the dashboard (accepted, or its countdown ended)"
+                        return command.lr, how
                     return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
                 self._held.append(command)
             left = deadline - time.monotonic()
