@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from tests.ui import scripted
-from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, EpochEnded, LayersChanged, MetricsUpdated, PhaseChanged,
-                                   RunFailed, Warned, event_from_dict, event_from_json, to_json)
+from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, EpochEnded, LayersChanged, MetricsUpdated,
+                                   PhaseChanged, RunFailed, Warned, event_from_dict, event_from_json, to_json)
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.fmt import fmt_duration
 from tuitune.ui.plotdata import eta_s, smooth
