@@ -66,3 +66,25 @@ async def test_redraws_back_off_by_what_the_last_one_cost() -> None:
             assert screen._next_draw() == pytest.approx(now + MAX_WAIT_S)
         finally:
             RenderMeter.cpu -= 0.55
+
+
+async def test_a_single_train_reading_is_drawn_with_its_legend() -> None:
+    """Epochs shorter than two metric reads (16 steps, log_every 10) gave the loss plot one train point, which
+    drew nothing, not even the legend, until the next epoch."""
+    from textual.app import App
+
+    from tuitune.engine.events import MetricsUpdated
+    from tuitune.ui.widgets import MetricPlot
+
+    state = fold([scripted.run_started(), MetricsUpdated(1, 10, 10, 0.61, 0.8, (), 800.0, 1.0)])
+
+    class One(App[None]):
+        def compose(self):
+            yield MetricPlot("loss", id="loss-plot")
+
+    app = One()
+    async with app.run_test(size=(60, 16)) as pilot:
+        plot = app.query_one(MetricPlot)
+        plot.show(state)
+        await pilot.pause()
+        assert "train" in "".join(seg.text for seg in plot.render().render(app.console))

@@ -212,7 +212,9 @@ class MetricPlot(Metered, PlotextPlot):
         plt = self.plt
         color = SERIES_COLORS.get(series.label, TRAIN_COLOR)
         if series.smoothed:
-            if len(points) < 2:
+            if len(points) < 2:  # one metric read so far (epochs shorter than train.log_every x 2): a dot, not nothing
+                if points:
+                    plt.scatter([points[0][0]], [points[0][1]], marker="braille", color=color, label=series.label)
                 return
             xs, ys = [p[0] for p in points], [p[1] for p in points]
             keep = thin(len(xs), 4 * max(self.size.width, 20))  # braille: 2 dots a cell; more is wasted work
