@@ -172,3 +172,18 @@ def test_a_packaged_profile_is_saved_to_the_working_folders_profiles(tmp_path: P
     monkeypatch.chdir(tmp_path)
     assert save_folder(PACKAGE_PROFILES / "demo.toml") == tmp_path / "profiles"
     assert save_folder(tmp_path / "mine" / "a.toml") == tmp_path / "mine"
+
+
+async def test_the_palette_on_the_composing_screen_names_its_own_start_and_save(tmp_path: Path) -> None:
+    folder = demo_copy(tmp_path / "profiles")
+    started: list = []
+    app = picker_app(folder, started)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_compose(app, pilot)
+        commands = {c.title: c.callback for c in app.get_system_commands(screen)}
+        assert "Start profile" not in commands  # the picker's: "the highlighted profile (enter)"
+        commands["Save as profile"]()
+        await until(pilot, lambda: screen.saved == folder / "demo-composed.toml")
+        commands["Start the composed run"]()
+        await until(pilot, lambda: len(started) == 1)
+    assert started[0].name == "demo-composed"

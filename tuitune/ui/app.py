@@ -16,6 +16,7 @@ from textual.screen import Screen
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event
+from tuitune.ui.compose import ComposeScreen
 from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.runner import DetachedRunner, LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
 
@@ -136,7 +137,12 @@ class TuituneApp(App[None]):
         if dashboard is not None and screen is dashboard:
             for k in DASHBOARD_KEYS:
                 yield SystemCommand(k.title, k.palette_help, getattr(dashboard, f"action_{k.action}"))
-        if getattr(screen, "action_start", None) is not None:
+        if isinstance(screen, ComposeScreen):
+            yield SystemCommand("Start the composed run", "Train the profile as composed here (ctrl+r)",
+                                screen.action_start)
+            yield SystemCommand("Save as profile", "Write the composed profile as a new file (ctrl+s)",
+                                screen.action_save)
+        elif getattr(screen, "action_start", None) is not None:
             yield SystemCommand("Start profile", "Train the highlighted profile (enter)", screen.action_start)
         if getattr(screen, "action_compose", None) is not None:
             yield SystemCommand("Compose a run", "The highlighted profile with another strategy, LR, epochs or batch "
