@@ -130,3 +130,28 @@ async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
         await until(pilot, lambda: on_screen(attached, PlateauPromptScreen))
         assert attached.rings == 0  # asked, as it is still open, but it is not news
         await pilot.press("n")
+
+
+def test_runs_says_what_a_live_run_waits_for(tmp_path: Path) -> None:
+    """A detached run held at the demo's plateau question (or paused) waits for a person, maybe for days: the
+    `tuitune runs` row says so, and says nothing once it trains again."""
+    from tuitune.engine.events import CommandApplied, MetricsUpdated, UnfreezeSuggested
+    from tuitune.engine.record.runlog import RunRecorder
+    from tuitune.remote.runs import format_table, write_process_record
+
+    run_dir = tmp_path / "demo-live"
+    run_dir.mkdir()
+    rec = RunRecorder(run_dir)
+    write_process_record(run_dir, tmp_path / "sock", "dashboard")  # owned by this (live) process
+    rec(UnfreezeSuggested("val_score", 2, ("layer3", "layer4"), 4, waiting=True))
+    assert run_info(run_dir).held == "waiting: unfreeze layer3, layer4?"
+    assert ", waiting: unfreeze layer3, layer4?" in format_table([run_info(run_dir)])
+    for command in ("UnfreezeNext", "Resume"):
+        rec(CommandApplied(command=command, epoch=4, global_step=80))
+    assert run_info(run_dir).held == ""
+    rec(CommandApplied(command="Pause", epoch=4, global_step=85))
+    assert run_info(run_dir).held == "paused"
+    rec(CommandApplied(command="Resume", epoch=4, global_step=85))
+    rec(MetricsUpdated(5, 5, 90, 0.4, 0.9, (), 800.0, 3.0))
+    assert run_info(run_dir).held == ""
+    rec.close()

@@ -87,6 +87,7 @@ class RunInfo:
     last_event: float | None  # unix time of the last write to events.jsonl
     pid: int | None  # live runs only
     socket: str | None  # live runs only
+    held: str = ""  # a live run that waits for a person: "paused", or the question it asks ("unfreeze layer3?")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,19 +115,20 @@ def run_info(run_dir: Path) -> RunInfo:
         status = SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
     else:
         status = "dead"
-    phase, epoch, best = _progress(events, summary if status != "live" else None)
+    phase, epoch, best, held = _progress(events, summary if status != "live" else None)
     if started is None:
         started = (run_dir / "profile.toml").stat().st_mtime if (run_dir / "profile.toml").exists() else last_event
     live = status == "live"
     return RunInfo(name=run_dir.name, path=str(run_dir), status=status, phase=phase, epoch=epoch, best=best,
                    started=started, last_event=last_event, pid=record["pid"] if live and record else None,
-                   socket=record.get("socket") if live and record else None)
+                   socket=record.get("socket") if live and record else None, held=held if live else "")
 
 
-def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str]:
-    """Phase, epoch and best metric from the events (only the few types that carry them are parsed)."""
+def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
+    """Phase, epoch, best metric and what holds the run (see `_held`) from the events (only the few types that
+    carry them are parsed)."""
     phases = epochs = phase = epoch = 0
-    metric, best, best_epoch = "acc", None, None
+    metric, best, best_epoch, held = "acc", None, None, ""
     try:
         with open(events, encoding="utf-8") as f:
             for line in f:
@@ -142,6 +144,7 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
                         best, best_epoch = e.get("val_score", e.get("val_acc")), epoch  # val_acc: logs before the rename
                 elif line.startswith('{"type":"PhaseChanged"'):
                     phase = _loads(line).get("phase", phase)
+                held = _held(line, held)
     except OSError:
         pass
     if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
@@ -150,7 +153,20 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
         text = f"{name.replace('_', ' ')} {b['value']:.4f} @ {b.get('epoch')}"
     else:
         text = f"val {metric} {best:.4f} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
-    return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text
+    return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text, held
+
+
+def _held(line: str, held: str) -> str:
+    """What holds a run after this event line: a plateau question that waits for its answer (`strategy.plateau_wait`,
+    the demo's), a pause, or nothing once it trains again. A detached run can wait for days: `tuitune runs` says so."""
+    if line.startswith('{"type":"UnfreezeSuggested"') and '"waiting":true' in line:
+        return "waiting: unfreeze " + ", ".join(_loads(line).get("next_groups", ())) + "?"
+    if line.startswith('{"type":"CommandApplied"'):
+        command = _loads(line).get("command")
+        return "paused" if command == "Pause" else "" if command in ("Resume", "UnfreezeNext") else held
+    if line.startswith(('{"type":"MetricsUpdated"', '{"type":"EpochEnded"')):
+        return ""
+    return held
 
 
 def _loads(line: str) -> dict[str, Any]:
@@ -181,7 +197,8 @@ def clock(t: float | None) -> str:
 
 def format_table(runs: list[RunInfo]) -> str:
     header = ("name", "status", "phase", "epoch", "best", "started", "pid")
-    rows = [(r.name, r.status + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else ""),
+    rows = [(r.name, r.status + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else "")
+             + (f", {r.held}" if r.held else ""),
              r.phase, r.epoch, r.best, clock(r.started), str(r.pid) if r.pid else "") for r in runs]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]

@@ -31,7 +31,8 @@ def entry_label(entry: ProfileEntry) -> Text:
 
 
 def run_label(run: RunInfo) -> Text:
-    label = Text.assemble(("▶ ", "bold cyan"), (run.name, "bold"), (f"  live · epoch {run.epoch}", "dim"))
+    label = Text.assemble(("▶ ", "bold cyan"), (run.name, "bold"), (f"  live · epoch {run.epoch}", "dim"),
+                          (f" · {run.held}" if run.held else "", "bold yellow"))
     label.no_wrap, label.overflow = True, "ellipsis"
     return label
 
@@ -40,7 +41,9 @@ def run_detail(run: RunInfo) -> Group:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
-    for label, value in (("run dir", run.path), ("status", f"live (pid {run.pid})"), ("phase", run.phase),
+    status = f"live (pid {run.pid})" + (f", {run.held}: enter to answer" if run.held.startswith("waiting") else
+                                        f", {run.held}" if run.held else "")
+    for label, value in (("run dir", run.path), ("status", status), ("phase", run.phase),
                          ("epoch", run.epoch), ("best", run.best), ("started", clock(run.started))):
         table.add_row(label, Text(value))
     return Group(Text(f"{run.name}: a live run", "bold underline"), Text("enter attaches to it", "italic"),
