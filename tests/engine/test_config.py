@@ -82,15 +82,15 @@ def test_every_key_is_documented_in_profiles_readme() -> None:
     assert docs_markdown() in readme, "regenerate: python -m tuitune.profile_docs --update profiles/README.md"
 
 
-def test_dump_toml_round_trips_a_profile_with_its_sweep_table() -> None:
+def test_dump_toml_round_trips_a_profile_with_its_sweep_table(tmp_path) -> None:
     """A written profile reads back the same, `[sweep]` and its quoted dotted keys included (`tuitune sweep`'s
     profiles are written by scripts and by the composing picker)."""
-    import tomllib
-
-    from tuitune.config import dump_toml
+    from tuitune.config import dump_toml, read_toml
 
     table = {"name": "sms", "train": {"lr": 3e-4, "epochs": 4}, "strategy": {"kind": "progressive"},
              "sweep": {"pruner": "median", "strategy.kind": ["full", "progressive"], "train.lr": {"log": [1e-5, 3e-3]}}}
     text = dump_toml(table)
     assert '"strategy.kind" = ["full", "progressive"]' in text and text.index("[strategy]") < text.index("[sweep]")
-    assert tomllib.loads(text) == table
+    path = tmp_path / "sweep.toml"
+    path.write_text(text, encoding="utf-8")
+    assert read_toml(path) == table

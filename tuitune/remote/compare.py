@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
 from tuitune.engine.record.runlog import read_events
 from tuitune.errors import UserError
@@ -106,13 +106,8 @@ def load_run(run_dir: Path) -> RunRecord:
     if not (run_dir / "events.jsonl").exists():
         raise UserError(f"{run_dir}: compare: no events.jsonl here (is this a tuitune run directory?)")
     started, curve, elapsed = _curve(read_events(run_dir))
-    profile_path = run_dir / "profile.toml"
-    try:
-        profile = tomllib.loads(profile_path.read_text(encoding="utf-8")) if profile_path.exists() else None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{profile_path}: compare: not valid TOML ({e})") from None
-    if profile is None:
-        profile = dict(started.profile) if started else {}
+    profile_path = run_dir / "profile.toml"  # a broken one: the one-line profile error (tomli on Python 3.10)
+    profile = read_toml(profile_path) if profile_path.exists() else dict(started.profile) if started else {}
     summary = read_json(run_dir / "summary.json") or {}
     wall = summary.get("wall_s") if isinstance(summary.get("wall_s"), (int, float)) else elapsed
     return RunRecord(name=run_dir.name, path=str(run_dir), status=run_info(run_dir).status,
