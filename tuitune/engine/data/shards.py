@@ -36,22 +36,19 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
         self.generator, self.lengths = generator, lengths
         self.global_batch = batch_size * world
-
-    def _global_sizes(self) -> list[int]:
-        full, rest = divmod(self.size, self.global_batch)
-        return [self.global_batch] * full + ([rest] if rest >= self.world else [])
+        full, rest = divmod(size, self.global_batch)  # examples of each global batch: fixed for the run
+        self.sizes = [self.global_batch] * full + ([rest] if rest >= world else [])
 
     def __len__(self) -> int:
-        return len(self._global_sizes())
+        return len(self.sizes)
 
     def share(self, index: int) -> float:
         """Rank's examples x world / global examples in batch `index` (0-based): 1.0 but for an uneven last batch.
         Scaling this rank's mean loss by it makes DDP's average of rank gradients the global batch's mean."""
-        sizes = self._global_sizes()
-        if index >= len(sizes) or sizes[index] == self.global_batch:
+        if index >= len(self.sizes) or self.sizes[index] == self.global_batch:
             return 1.0
-        lo, hi = self._bounds(sizes[index])
-        return (hi - lo) * self.world / sizes[index]
+        lo, hi = self._bounds(self.sizes[index])
+        return (hi - lo) * self.world / self.sizes[index]
 
     def _bounds(self, n: int) -> tuple[int, int]:
         return self.rank * n // self.world, (self.rank + 1) * n // self.world
@@ -63,7 +60,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
             order = get_length_grouped_indices(self.lengths, self.global_batch, generator=self.generator)
         else:
             order = torch.randperm(self.size, generator=self.generator).tolist()  # what RandomSampler draws
-        for start, n in zip(range(0, self.size, self.global_batch), self._global_sizes()):
+        for start, n in zip(range(0, self.size, self.global_batch), self.sizes):
             chunk = order[start:start + n]
             lo, hi = self._bounds(n)
             yield chunk[lo:hi]
