@@ -214,12 +214,18 @@ def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
 # ------------------------------------------------------------------------------------------------ image folder
 
 
-def scan_class_folders(root: Path, emit: Emit | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
-    """One subfolder per class (sorted, like torchvision's ImageFolder); image files found recursively. A folder
-    on a slow disk can take a while: progress counts class folders, with the files found so far."""
+def class_folders(root: Path) -> list[str]:
+    """The class names: one subfolder per class, sorted (like torchvision's ImageFolder)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: data.path: no class folders (expected one subfolder of images per class)")
+    return classes
+
+
+def scan_class_folders(root: Path, emit: Emit | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """One subfolder per class (sorted, like torchvision's ImageFolder); image files found recursively. A folder
+    on a slow disk can take a while: progress counts class folders, with the files found so far."""
+    classes = class_folders(root)
     samples: list[tuple[Path, int]] = []
     progress = Progress(emit, "scan", root.name, len(classes), "folders")
     for label, name in enumerate(classes):
@@ -246,7 +252,7 @@ def image_folder_classes(cfg: DataConfig, target: str = "class") -> tuple[str, .
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: data.path: no such folder")
-    return tuple(scan_class_folders(root / "train" if (root / "train").is_dir() else root)[0])
+    return tuple(class_folders(root / "train" if (root / "train").is_dir() else root))  # no walk over the images
 
 
 def build_image_folder(cfg: DataConfig, data_config: dict, seed: int, emit: Emit | None = None) -> DataBundle:
