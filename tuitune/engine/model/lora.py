@@ -126,11 +126,12 @@ def adapter_state(model: nn.Module) -> dict[str, Any]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if "lora_" in n}
 
 
-def merged(backbone: Backbone) -> Backbone:
-    """A copy of `backbone` with the adapters merged into the base weights and the peft layers removed (peft's
-    `merge_and_unload`): plain timm / transformers modules with their original parameter names."""
-    import copy
+def merged(backbone: Backbone, copy: bool = True) -> Backbone:
+    """`backbone` with the adapters merged into the base weights and the peft layers removed (peft's
+    `merge_and_unload`): plain timm / transformers modules with their original parameter names. On a copy, unless
+    the caller's model is its to change (`copy=False`: no second model in memory)."""
+    import copy as copying
 
-    tuner = copy.deepcopy(backbone.lora)
+    tuner = copying.deepcopy(backbone.lora) if copy else backbone.lora
     model = tuner.merge_and_unload()
     return dataclasses.replace(backbone, model=model, lora=None)

@@ -266,7 +266,7 @@ def compress_run(run_dir: str | Path, sparsity: float = 0.5, quantize: bool = Tr
     if backbone.lora is not None:  # compress the plain model the export holds: adapters merged, peft layers gone
         from tuitune.engine.model.lora import merged
 
-        backbone = merged(backbone)
+        backbone = merged(backbone, copy=False)  # the rebuilt model is ours: merged in place
     seed_everything(profile.train.seed)
     bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
                             tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed)

@@ -44,7 +44,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "b
     out_dir = Path(out) if out else run_dir / "export"
     clear_export(out_dir)  # no stale head or sample from an earlier export
     backbone, adapters = export_adapters(backbone, out_dir)  # the sample below is the merged model's
-    manifest = {**write_export(backbone, profile, classes, out_dir), **adapters}
+    manifest = {**_write_plain(backbone, profile, classes, out_dir), **adapters}
     manifest["checkpoint"] = str(run_dir / "checkpoints" / f"{tag}.safetensors")
     if sample > 0:
         manifest["sample"] = _write_sample(backbone, profile, out_dir, sample)
@@ -53,17 +53,23 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "b
 
 
 def write_export(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path) -> dict[str, Any]:
-    """Write the loadable folder for an in-memory model (also usable by the engine right after training)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the loadable folder for an in-memory model (also usable by the engine right after training); under
+    LoRA the adapters alone too, and the model with them merged."""
     backbone, adapters = export_adapters(backbone, out_dir)
+    return {**_write_plain(backbone, profile, classes, out_dir), **adapters}
+
+
+def _write_plain(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path
+                 ) -> dict[str, Any]:
+    """The loadable folder of a model without adapters: classes, profile, weights and how to load them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.json").write_text(json.dumps(list(classes)) + "\n", encoding="utf-8")
     (out_dir / "profile.toml").write_text(dump_toml(profile_to_dict(profile)), encoding="utf-8")
     if profile.model.source == "timm":
         load = _export_timm(backbone, profile, classes, out_dir)
     else:
         load = _export_hf(backbone, classes, out_dir, profile.model.name)
-    return {"dir": str(out_dir.resolve()), "source": profile.model.source, "classes": list(classes), **load,
-            **adapters}
+    return {"dir": str(out_dir.resolve()), "source": profile.model.source, "classes": list(classes), **load}
 
 
 def export_adapters(backbone: Backbone, out_dir: Path) -> tuple[Backbone, dict[str, Any]]:
