@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from tuitune.config import RunProfile
 from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
                                    FeatureCacheChanged, LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted,
-                                   SetupProgressed, Warned)
+                                   SetupProgressed, Warned, exit_code)
 from tuitune.engine.record.progress import progress_text
 
 PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
@@ -147,6 +147,4 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None,
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if isinstance(final, RunFailed):
-        return 2 if final.bad_input else 1
-    return 130 if isinstance(final, RunFinished) and final.status == "interrupted" else 0
+    return exit_code(final)

@@ -26,11 +26,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tuitune.engine.record.session import RankGone
 from tuitune.errors import UserError
 
 ENV_RUN_DIR = "TUITUNE_RUN_DIR"  # the run directory `launch` created (rank 0 records there)
 ENV_LAUNCHED = "TUITUNE_LAUNCHED"  # set by `launch`: a lost peer is the launcher's to report
-PEER_LOST_EXIT = 3  # `session.RankGone.EXIT_CODE`: this rank lost a peer, it did not fail itself
+PEER_LOST_EXIT = RankGone.EXIT_CODE  # this rank lost a peer, it did not fail itself
 
 
 def under_torchrun() -> bool:
@@ -113,16 +114,11 @@ def _last_line(path: Path) -> str:
 
 
 def exit_code(run_dir: Path) -> int:
-    from tuitune.engine.events import RunFailed, RunFinished
+    from tuitune.engine.events import exit_code as of_event
     from tuitune.engine.record.runlog import read_events
 
     events = read_events(run_dir) if (run_dir / "events.jsonl").exists() else []
-    last = events[-1] if events else None
-    if isinstance(last, RunFinished):
-        return 130 if last.status == "interrupted" else 0
-    if isinstance(last, RunFailed):
-        return 2 if last.bad_input else 1
-    return 1
+    return of_event(events[-1] if events else None)
 
 
 def worker_setup(profile: Any, out: str | None, force: bool, resume: Path | None) -> tuple[Any, Path]:

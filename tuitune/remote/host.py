@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from tuitune.config import RunProfile, profile_from_dict
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event, RunFailed, RunFinished
+from tuitune.engine.events import Event, exit_code
 from tuitune.remote.runs import mark_ended, write_process_record
 from tuitune.remote.server import RunServer
 
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     final = serve_run(profile, run_dir, ConsolePrinter(), control, interactive=bool(launch.get("interactive", True)),
                       resume=resume, mode="detached")
-    if isinstance(final, RunFailed):
-        return 2 if final.bad_input else 1
-    return 130 if isinstance(final, RunFinished) and final.status == "interrupted" else 0
+    return exit_code(final)
 
 
 if __name__ == "__main__":

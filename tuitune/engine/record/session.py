@@ -32,7 +32,7 @@ __all__ = ["run_training", "new_run_dir", "user_message", "RankGone"]
 
 
 class RankGone(Exception):
-    """This rank lost a peer; the launcher records the failure (exit code `EXIT_PEER_LOST`)."""
+    """This rank lost a peer; the launcher records the failure (the rank exits with `EXIT_CODE`)."""
 
     EXIT_CODE = 3
 
