@@ -52,11 +52,11 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
     trainer: Any = None
     try:
         from tuitune.engine.tools.after_run import export_and_compress  # torch, timm, transformers load here,
+        from tuitune.engine.train.distributed import LOCAL
         from tuitune.engine.train.loop import Trainer  # in the worker
 
-        extra = {"dist": dist} if dist is not None else {}
         trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume,
-                          after_run=export_and_compress, **extra)
+                          after_run=export_and_compress, dist=dist if dist is not None else LOCAL)
         return trainer.run()
     except UserError as e:
         failed = RunFailed(message=user_message(e, profile), run_dir=str(run_dir), bad_input=True, kind="bad_input",
@@ -70,13 +70,11 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
             log.write_text(traceback.format_exc(), encoding="utf-8")
             return RunFailed(message=f"rank {dist.rank}: {type(e).__name__}: {_first(e)}", run_dir=str(run_dir),
                              log_path=str(log), kind="error")
-        if peer:
-            failed = RunFailed(message=f"another rank stopped answering ({_first(e)}); "
-                                       f"{trainer.st.checkpoint_note() if trainer else 'no checkpoint was saved'}",
-                               run_dir=str(run_dir), kind="rank_lost", **_position(trainer))
-            sink(failed)
-            return failed
-        failed = _failure(e, profile, run_dir, trainer)
+        st = getattr(trainer, "st", None)
+        failed = RunFailed(message=f"another rank stopped answering ({_first(e)}); "
+                                   f"{st.checkpoint_note() if st is not None else 'no checkpoint was saved'}",
+                           run_dir=str(run_dir), kind="rank_lost", **_position(trainer)) if peer \
+            else _failure(e, profile, run_dir, trainer)
     if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
         trainer = None
         sys.modules["tuitune.engine.train.guards"].free_memory()
@@ -100,7 +98,9 @@ def user_message(error: UserError, profile: RunProfile | None = None) -> str:
 
 
 def _peer_failure(error: Exception) -> bool:
-    return bool(sys.modules["tuitune.engine.train.distributed"].is_peer_failure(error))
+    from tuitune.engine.train.distributed import is_peer_failure  # already loaded: the run had several ranks
+
+    return is_peer_failure(error)
 
 
 def _first(error: Exception) -> str:
