@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tuitune.engine.data.image_cache import available_memory
+
 if TYPE_CHECKING:
     from tuitune.engine.train.distributed import DistContext
 
@@ -93,16 +95,9 @@ def per_sample(a: Any) -> float:
 
 
 def available(device: torch.device) -> float:
-    """Free memory in bytes: the GPU's, or the host's MemAvailable."""
+    """Free memory in bytes: the GPU's, or the host's as `image_cache.available_memory` says (MemAvailable capped
+    by a cgroup limit; 0 when the platform does not say)."""
     if device.type == "cuda":
         return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    free = available_memory()
+    return float(free) if free is not None else 0.0
