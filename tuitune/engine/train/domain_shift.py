@@ -20,21 +20,17 @@ from torch import nn
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import DomainShiftMeasured
 from tuitune.engine.model.groups import LayerGroup
+from tuitune.engine.train.strategy import batchnorms_by_group
 
 BATCHES = 4  # val batches a measurement reads
 EPS = 1e-5
 
 
 def batchnorms(model: nn.Module, groups: tuple[LayerGroup, ...]) -> dict[str, list[nn.Module]]:
-    """Each group's BatchNorm layers that keep running statistics (a BN layer belongs where its weight does)."""
-    owner = {p: g.name for g in groups for p in g.param_names}
-    out: dict[str, list[nn.Module]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-            group = owner.get(f"{name}.weight") or owner.get(f"{name}.bias")
-            if group is not None:
-                out.setdefault(group, []).append(module)
-    return out
+    """Each group's BatchNorm layers that keep running statistics (`strategy.batchnorms_by_group`, less those
+    without running statistics: they have no reference to measure against)."""
+    out = {g: [m for m in bns if m.running_mean is not None] for g, bns in batchnorms_by_group(model, groups).items()}
+    return {g: bns for g, bns in out.items() if bns}
 
 
 def group_outputs(model: nn.Module, groups: tuple[LayerGroup, ...]) -> dict[str, list[nn.Module]]:
