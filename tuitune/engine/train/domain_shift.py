@@ -12,7 +12,8 @@ Li et al. 2016): the cheapest answer to a shift in the low-level statistics.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import itertools
+from typing import Any
 
 import torch
 from torch import nn
@@ -105,7 +106,7 @@ def _feed(model: nn.Module, loader: Any, device: torch.device, autocast: Any, ba
     """Forward `batches` batches. Iterating a loader draws its workers' seed from the global RNG: forked, so a
     measurement never moves the training's random stream (a resumed run measures at its start too)."""
     with torch.random.fork_rng(devices=[]):
-        for x, _ in _batches(loader, batches):
+        for x, _ in itertools.islice(loader, batches):
             with autocast():
                 model(to_device(x, device))
 
@@ -178,13 +179,6 @@ def adapt_batchnorm(model: nn.Module, loader: Any, device: torch.device, autocas
             m.momentum = momentum
     model.eval()
     return len(bns), min(batches, len(loader)) if hasattr(loader, "__len__") else batches
-
-
-def _batches(loader: Any, n: int) -> Iterator[Any]:
-    for i, batch in enumerate(loader):
-        if i >= n:
-            return
-        yield batch
 
 
 def shift_event(parts: Any, epoch: int, global_step: int, reason: str) -> DomainShiftMeasured | None:
