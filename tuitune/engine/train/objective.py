@@ -136,7 +136,7 @@ class Objective:
         if sharded:
             head = self.dist.sum(head.double())
             extra = [self.dist.sum(extra[0]), *extra[1:]] if extra else extra
-            outs, truths = ([self.dist.gather_cat(torch.cat(outs))], [self.dist.gather_cat(torch.cat(truths))]) \
+            outs, truths = ([self.dist.gather_rows(torch.cat(outs))], [self.dist.gather_rows(torch.cat(truths))]) \
                 if outs else (outs, truths)
         width = self.scorer.width
         values = torch.cat([head.double(), *(e.double() for e in extra)]).tolist()  # the host sync
