@@ -83,10 +83,8 @@ class Steering:
         st = self.st
         if st.phase + 1 >= len(self.parts.phases):
             return False
-        added = st.enter_phase(st.phase + 1)
+        added = st.enter_phase(st.phase + 1)  # also in mid-epoch (`u`): newly trainable modules leave eval mode
         self._rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
-        # in mid-epoch (`u`) too: newly trainable modules (their BatchNorm, their dropout) leave eval mode
-        strategy.train_mode(self.parts.model, self.profile.strategy)
         self._cache_after_change()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=st.trainable, unfrozen=added, epoch=st.epoch,
