@@ -5,6 +5,7 @@ the train activations gathered into one store (`gather_store`). See `feature_cac
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -99,9 +100,7 @@ class Rows:
     def store(self, labels: torch.Tensor) -> Store:
         if not self.lengths:
             return Store(labels, torch.cat(self.feats))
-        offsets = [0]
-        for n in self.lengths:
-            offsets.append(offsets[-1] + n)
+        offsets = list(itertools.accumulate(self.lengths, initial=0))
         return Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
 
 
