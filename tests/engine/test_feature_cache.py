@@ -247,6 +247,16 @@ def test_text_store_pads_per_batch(tmp_path: Path) -> None:
     assert batch["inputs_embeds"][1, 2].tolist() == [0.0, 0.0]
 
 
+def test_store_batch_indexes_rows_and_labels_with_one_tensor() -> None:
+    from tuitune.engine.train.feature_store import Store
+
+    feats = torch.arange(8, dtype=torch.float32).reshape(4, 2)  # gathered from 2 ranks: rows of samples 0, 2, 1, 3
+    store = Store(torch.tensor([10, 11, 12, 13]), feats, rows=[0, 2, 1, 3])
+    x, y = store.batch([3, 0, 1], torch.device("cpu"))
+    assert x.tolist() == [[6.0, 7.0], [0.0, 1.0], [4.0, 5.0]] and y.tolist() == [13, 10, 11]
+    assert torch.equal(store.get([3, 0, 1], torch.device("cpu")), x)
+
+
 def test_headless_console_says_what_the_cache_does() -> None:
     import io
 

@@ -11,6 +11,7 @@ they were added in.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import uuid
 from pathlib import Path
@@ -90,6 +91,23 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[s
         raise UserError("checkpoint: optimizer param groups do not match the resumed phase")
     ordered = sorted(groups, key=lambda g: by_first[tuple(g["param_names"])])
     optimizer.load_state_dict({"param_groups": ordered, "state": state})
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random generator a run draws from (torch, CUDA, Python, numpy), under a state file's keys:
+    restored by `set_rng_state`, the continued run draws what the uninterrupted one would have."""
+    return {"rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "rng_numpy": numpy_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state` (a state file without `rng_numpy`, written before it was kept, leaves numpy's)."""
+    torch.set_rng_state(state["rng_torch"])
+    random.setstate(state["rng_python"])
+    if state.get("rng_numpy") is not None:  # mixup / CutMix draws
+        set_numpy_rng_state(state["rng_numpy"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
 
 
 def numpy_rng_state() -> dict[str, Any]:

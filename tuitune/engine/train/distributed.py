@@ -71,26 +71,19 @@ class DistContext:
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (a copy); the tensor itself when alone."""
-        if not self.active:
-            return values
-        out = values.detach().clone()
-        self._guard(lambda: torch.distributed.all_reduce(out))
-        return out
+        return self._reduce(values, "SUM")
 
     def max(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise maximum over ranks (a copy); the tensor itself when alone."""
+        return self._reduce(values, "MAX")
+
+    def _reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
+        """`values` all-reduced by `op` (a `ReduceOp` name, looked up only when there are ranks to reduce over)."""
         if not self.active:
             return values
         out = values.detach().clone()
-        self._guard(lambda: torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX))
+        self._guard(lambda: torch.distributed.all_reduce(out, op=getattr(torch.distributed.ReduceOp, op)))
         return out
-
-    def gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Rows of every rank's tensor (unequal lengths allowed), on the host; for metrics that are no sums."""
-        if not self.active:
-            return tensor
-        gathered: list[Any] = [None] * self.world
-        self._guard(lambda: torch.distributed.all_gather_object(gathered, tensor.cpu()))
-        return torch.cat(gathered)
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order (a decision all ranks must take alike is read off the same list)."""

@@ -12,7 +12,8 @@ Li et al. 2016): the cheapest answer to a shift in the low-level statistics.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import itertools
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,21 +21,17 @@ from torch import nn
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import DomainShiftMeasured
 from tuitune.engine.model.groups import LayerGroup
+from tuitune.engine.train.strategy import batchnorms_by_group
 
 BATCHES = 4  # val batches a measurement reads
 EPS = 1e-5
 
 
 def batchnorms(model: nn.Module, groups: tuple[LayerGroup, ...]) -> dict[str, list[nn.Module]]:
-    """Each group's BatchNorm layers that keep running statistics (a BN layer belongs where its weight does)."""
-    owner = {p: g.name for g in groups for p in g.param_names}
-    out: dict[str, list[nn.Module]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-            group = owner.get(f"{name}.weight") or owner.get(f"{name}.bias")
-            if group is not None:
-                out.setdefault(group, []).append(module)
-    return out
+    """Each group's BatchNorm layers that keep running statistics (`strategy.batchnorms_by_group`, less those
+    without running statistics: they have no reference to measure against)."""
+    out = {g: [m for m in bns if m.running_mean is not None] for g, bns in batchnorms_by_group(model, groups).items()}
+    return {g: bns for g, bns in out.items() if bns}
 
 
 def group_outputs(model: nn.Module, groups: tuple[LayerGroup, ...]) -> dict[str, list[nn.Module]]:
@@ -109,7 +106,7 @@ def _feed(model: nn.Module, loader: Any, device: torch.device, autocast: Any, ba
     """Forward `batches` batches. Iterating a loader draws its workers' seed from the global RNG: forked, so a
     measurement never moves the training's random stream (a resumed run measures at its start too)."""
     with torch.random.fork_rng(devices=[]):
-        for x, _ in _batches(loader, batches):
+        for x, _ in itertools.islice(loader, batches):
             with autocast():
                 model(to_device(x, device))
 
@@ -182,13 +179,6 @@ def adapt_batchnorm(model: nn.Module, loader: Any, device: torch.device, autocas
             m.momentum = momentum
     model.eval()
     return len(bns), min(batches, len(loader)) if hasattr(loader, "__len__") else batches
-
-
-def _batches(loader: Any, n: int) -> Iterator[Any]:
-    for i, batch in enumerate(loader):
-        if i >= n:
-            return
-        yield batch
 
 
 def shift_event(parts: Any, epoch: int, global_step: int, reason: str) -> DomainShiftMeasured | None:

@@ -315,8 +315,8 @@ class FeatureCache:
         for indices in loader.batch_sampler:
             store = self.train
             if store is not None:
-                index = torch.as_tensor(indices, device=store.labels.device)
-                yield store.get(indices, self.parts.device), store.labels[index], True
+                x, y = store.batch(indices, self.parts.device)
+                yield x, y, True
             else:
                 x, y = loader.collate_fn([dataset[i] for i in indices])
                 yield x, y, False

@@ -5,9 +5,12 @@ the train activations gathered into one store (`gather_store`). See `feature_cac
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tuitune.engine.data.image_cache import available_memory
 
 if TYPE_CHECKING:
     from tuitune.engine.train.distributed import DistContext
@@ -20,23 +23,42 @@ class Store:
                  mask: torch.Tensor | None = None, rows: list[int] | None = None) -> None:
         self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
         self.rows = rows  # gathered from several ranks: the row of each sample (labels are in sample order)
+        # the same map on the activations' device, so one index tensor serves the labels and the rows
+        self._rows = None if rows is None or offsets is not None else torch.as_tensor(rows, device=feats.device)
 
     @property
     def nbytes(self) -> int:
         return self.feats.nbytes + (self.mask.nbytes if self.mask is not None else 0)
 
-    def get(self, index: list[int] | range, device: torch.device) -> Any:
+    def batch(self, index: list[int], device: torch.device) -> tuple[Any, torch.Tensor]:
+        """The activations and labels of the samples `index`, from one index tensor built per batch (one host ->
+        device copy, pinned and asynchronous on a GPU) on the device of the activations (text: of the labels)."""
+        at = _index(index, self.feats.device if self.offsets is None else self.labels.device)
+        on_labels = at if at.device == self.labels.device else at.to(self.labels.device, non_blocking=True)
+        return self.get(index, device, at), self.labels[on_labels]
+
+    def get(self, index: list[int] | range, device: torch.device, at: torch.Tensor | None = None) -> Any:
+        """The activations of the samples `index` on `device`; `at`: `index` as a tensor already on the device
+        of the activations (see `batch`), else it is built here."""
+        if self.offsets is None:
+            at = _index(index, self.feats.device) if at is None else at
+            return self.feats[at if self._rows is None else self._rows[at]].to(device, non_blocking=True)
         if self.rows is not None:
             index = [self.rows[i] for i in index]
-        if self.offsets is None:
-            idx = torch.as_tensor(list(index), device=self.feats.device)
-            return self.feats[idx].to(device, non_blocking=True)
         from torch.nn.utils.rnn import pad_sequence
 
         o = self.offsets
         feats = pad_sequence([self.feats[o[i]:o[i + 1]] for i in index], batch_first=True)
         mask = pad_sequence([self.mask[o[i]:o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
         return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
+
+
+def _index(index: list[int] | range, where: torch.device) -> torch.Tensor:
+    """`index` as a tensor on `where`: built on the host, and on a GPU copied from pinned memory without waiting."""
+    host = torch.as_tensor(list(index), dtype=torch.long)
+    if where.type != "cuda":
+        return host.to(where)
+    return host.pin_memory().to(where, non_blocking=True)
 
 
 def gather_store(store: Store, n: int, dist: DistContext) -> Store:
@@ -78,9 +100,7 @@ class Rows:
     def store(self, labels: torch.Tensor) -> Store:
         if not self.lengths:
             return Store(labels, torch.cat(self.feats))
-        offsets = [0]
-        for n in self.lengths:
-            offsets.append(offsets[-1] + n)
+        offsets = list(itertools.accumulate(self.lengths, initial=0))
         return Store(labels, torch.cat(self.feats), offsets, torch.cat(self.masks))
 
 
@@ -93,16 +113,9 @@ def per_sample(a: Any) -> float:
 
 
 def available(device: torch.device) -> float:
-    """Free memory in bytes: the GPU's, or the host's MemAvailable."""
+    """Free memory in bytes: the GPU's, or the host's as `image_cache.available_memory` says (MemAvailable capped
+    by a cgroup limit; 0 when the platform does not say)."""
     if device.type == "cuda":
         return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    free = available_memory()
+    return float(free) if free is not None else 0.0

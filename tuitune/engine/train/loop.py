@@ -218,7 +218,7 @@ class Trainer(Steering):
         sharded = self.dist.active and loader is self.parts.val_loader  # the test set: rank 0 alone
         if self.cache.active and loader is self.parts.val_loader:
             result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts, thumbs=False,
-                                        sharded=self.dist.active)
+                                        sharded=sharded)
         else:
             result = self.obj.evaluate(self.parts.model, loader, self.parts, sharded=sharded)
         strategy.train_mode(self.parts.model, self.profile.strategy)
@@ -256,9 +256,7 @@ class Trainer(Steering):
         st = self.st
         changed, detail = self.cache.refresh(st.phase, st.epoch, lambda **kw: self.emit(SetupProgressed(**kw)))
         if changed and detail != self._cache_said:
-            self._cache_said = detail
-            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
-                                          global_step=st.global_step))
+            self._say_cache(detail)
 
     def _rewrap(self) -> None:
         """Several ranks: DDP wrappers for the trainable set of now, the model's and the cached top's."""
@@ -270,10 +268,13 @@ class Trainer(Steering):
         one boundary lower, or drop it until the next epoch start rebuilds it."""
         detail = self.cache.on_unfreeze()
         if detail:
-            st = self.st
-            self._cache_said = detail
-            self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=st.epoch,
-                                          global_step=st.global_step))
+            self._say_cache(detail)
+
+    def _say_cache(self, detail: str) -> None:
+        """Emit what the feature cache does now and why, remembered so an unchanged reason is said once."""
+        self._cache_said = detail
+        self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=self.st.epoch,
+                                      global_step=self.st.global_step))
 
     # ----------------------------------------------------------------------------------------------- finish
     def _confusion(self) -> tuple[tuple[int, ...], ...] | None:

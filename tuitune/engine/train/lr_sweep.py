@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import random
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import LRFound
-from tuitune.engine.record.checkpoint import numpy_rng_state, set_numpy_rng_state
+from tuitune.engine.record.checkpoint import rng_state, set_rng_state
 from tuitune.engine.train import strategy
 
 if TYPE_CHECKING:
@@ -66,10 +65,7 @@ class _Snapshot:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     training: dict[str, bool]  # each module's mode: frozen BatchNorm layers stay in eval mode in a training model
-    rng_torch: torch.Tensor
-    rng_cuda: list[torch.Tensor]
-    rng_python: Any
-    rng_numpy: dict[str, Any]
+    rng: dict[str, Any]  # checkpoint.rng_state(): every global generator, Mixup/CutMix's numpy one included
     loader_gen: torch.Tensor | None
 
 
@@ -79,9 +75,7 @@ def _take(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> _S
         model={k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()},
         optimizer=copy.deepcopy(optimizer.state_dict()),
         training={name: m.training for name, m in model.named_modules()},
-        rng_torch=torch.get_rng_state(),
-        rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        rng_python=random.getstate(), rng_numpy=numpy_rng_state(),
+        rng=rng_state(),
         loader_gen=gen.get_state() if gen is not None else None)
 
 
@@ -94,11 +88,7 @@ def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer
         p.grad = None
     for name, module in model.named_modules():
         module.training = snap.training[name]
-    torch.set_rng_state(snap.rng_torch)
-    if snap.rng_cuda:
-        torch.cuda.set_rng_state_all(snap.rng_cuda)
-    random.setstate(snap.rng_python)
-    set_numpy_rng_state(snap.rng_numpy)  # Mixup/CutMix draws
+    set_rng_state(snap.rng)
     if snap.loader_gen is not None:
         loader.generator.set_state(snap.loader_gen)
 

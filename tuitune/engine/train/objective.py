@@ -136,16 +136,15 @@ class Objective:
         if sharded:
             head = self.dist.sum(head.double())
             extra = [self.dist.sum(extra[0]), *extra[1:]] if extra else extra
-            outs, truths = ([self.dist.gather_cat(torch.cat(outs))], [self.dist.gather_cat(torch.cat(truths))]) \
+            outs, truths = ([self.dist.gather_rows(torch.cat(outs))], [self.dist.gather_rows(torch.cat(truths))]) \
                 if outs else (outs, truths)
         width = self.scorer.width
         values = torch.cat([head.double(), *(e.double() for e in extra)]).tolist()  # the host sync
         loss, score_sums, n = values[0], values[1:1 + width], int(values[1 + width])
-        values = values[:1 + width] + values[2 + width:]  # as before the count joined them
         result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
                   "extra": self.scorer.extras(score_sums, n), "per_class": {}, "report": {}}
         if views is not None:
-            result.update(views.read(values[1 + self.scorer.width:], parts.bundle.classes))
+            result.update(views.read(values[2 + width:], parts.bundle.classes))  # past loss, sums, count
             macro_f1, result["report"] = class_report(result["confusion"], parts.bundle.classes)
             result["extra"]["macro_f1"] = macro_f1
             result["per_class"] = {c: r["recall"] for c, r in result["report"].items()}  # per-class accuracy

@@ -38,14 +38,11 @@ class RunParts:
     test_loader: Any
     plan: strategy.PhasePlan  # the phases and each one's LR scale
     steps_per_epoch: int  # optimizer steps
+    micro_per_epoch: int  # batches per epoch: `steps_per_epoch` x `train.accumulate_steps`, the last step short
     warnings: tuple[str, ...]
     source_loader: Any = None  # the pretraining task's val set (`data.source_classes`), scored by the source head
     forward: Any = None  # what the training step calls: the model, or `torch.compile(model)` (`train.compile`)
     channels_last: bool = False  # image batches go to the device in channels-last layout (CUDA conv nets)
-    micro_per_epoch: int = 0  # batches per epoch: `steps_per_epoch` x `train.accumulate_steps`, the last step short
-
-    def __post_init__(self) -> None:
-        self.micro_per_epoch = self.micro_per_epoch or self.steps_per_epoch
     dist: DistContext = LOCAL  # this process's rank among the run's ranks (one process: LOCAL)
     compiled: bool = False  # `train.compile`: `forward` is compiled (again after each DDP re-wrap)
     ddp_target: Any = None  # what DDP wraps when not the model itself (`distill.PreLogitsStudent`)

@@ -129,9 +129,6 @@ class TimmSplit:
         self.segments[0] = Segment("stem", run, stem.modules,
                                    stem.params | frozenset(n for n in names if n in _VIT_ROOT_PARAMS))
 
-    def prefix(self, x: Any, k: int) -> Any:
-        return self.prefixes(x, [k])[k]
-
     def prefixes(self, x: Any, ks: list[int]) -> dict[int, Any]:
         """The activations after each segment in `ks`, from one pass."""
         out = {}
@@ -205,9 +202,6 @@ class HFSplit:
                     return module, name
         raise NotSequential("the layer list has no parent module")
 
-    def prefix(self, x: Any, k: int) -> Any:
-        return self.prefixes(x, [k])[k]
-
     def prefixes(self, x: Any, ks: list[int]) -> dict[int, Any]:
         """Run the model until the deepest segment in `ks` has produced its output, keeping each one's; stop."""
         out: dict[int, Any] = {}
@@ -247,14 +241,14 @@ class HFSplit:
 
 
 def verify(split: TimmSplit | HFSplit, x: Any, k: int, top_input: Callable[[Any, Any], Any]) -> str:
-    """"" when top(prefix(x)) equals the model's output on x in eval mode (tolerance 1e-4), else why not."""
+    """"" when top(prefixes(x, [k])[k]) equals the model's output on x in eval mode (tolerance 1e-4), else why not."""
     model = split.model
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
             want = model(x).float()
-            got = split.top(top_input(split.prefix(x, k), x), k).float()
+            got = split.top(top_input(split.prefixes(x, [k])[k], x), k).float()
     except NotSequential as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - any failure means the split is not the model

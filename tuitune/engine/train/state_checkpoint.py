@@ -7,7 +7,6 @@ methods read and set; kept in a module of its own so the state's bookkeeping and
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,9 +87,7 @@ class CheckpointedState:
             "trainable": list(self.trainable), "phase_groups": list(self.parts.phases[self.phase]),
             "group_scale": dict(self.group_scale), "in_optimizer": list(self._in_optimizer),
             "optimizer": checkpoint.optimizer_state_by_name(self.optimizer),
-            "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
-            "rng_numpy": checkpoint.numpy_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **checkpoint.rng_state(),
             "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
             "class_report": self.class_report,
             "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
@@ -171,12 +168,7 @@ class CheckpointedState:
         self.guard.skipped = int(saved.get("skipped_steps", 0))
         for name, watch in (("best", self.best), ("plateau", self.plateau), ("early", self.early)):
             watch.load(saved["watches"][name])
-        torch.set_rng_state(saved["rng_torch"])
-        random.setstate(saved["rng_python"])
-        if saved.get("rng_numpy") is not None:  # mixup / CutMix draws (older checkpoints lack it)
-            checkpoint.set_numpy_rng_state(saved["rng_numpy"])
-        if saved["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng_cuda"])
+        checkpoint.set_rng_state(saved)
         self.saved = {t: str(ckpt / f"{t}.safetensors") for t in ("best", "last") if self.has_checkpoint(t)}
         self.saved_at["last"] = (self.epoch, self.step_in_epoch)
 

@@ -83,10 +83,8 @@ class Steering:
         st = self.st
         if st.phase + 1 >= len(self.parts.phases):
             return False
-        added = st.enter_phase(st.phase + 1)
+        added = st.enter_phase(st.phase + 1)  # also in mid-epoch (`u`): newly trainable modules leave eval mode
         self._rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
-        # in mid-epoch (`u`) too: newly trainable modules (their BatchNorm, their dropout) leave eval mode
-        strategy.train_mode(self.parts.model, self.profile.strategy)
         self._cache_after_change()
         self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
                                trainable=st.trainable, unfrozen=added, epoch=st.epoch,
@@ -111,7 +109,7 @@ class Steering:
             how = f"kept: the sweep stopped after {len(found.lrs)} steps with no valley"
         elif found.wait_s > 0:
             lr, how = self._await_lr_answer(found)
-        st.scale_lr(lr / st.head_base_lr())
+        st.set_head_lr(lr)
         self.emit(CommandApplied(command="ApplyLR", epoch=st.epoch, global_step=st.global_step, value=lr,
                                  detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their "
                                         f"ratios"))
@@ -184,7 +182,7 @@ class Steering:
             detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "
                       f"curve in {Path(found.path).name}")
         elif isinstance(command, ApplyLR):
-            st.scale_lr(command.lr / st.head_base_lr())
+            st.set_head_lr(command.lr)
             detail, value = f"head LR {command.lr:.3g}; deeper groups keep their ratios", command.lr
             self.emit(st.layers_changed(with_grad=False))
         elif isinstance(command, SetGroupTrainable):

@@ -145,6 +145,10 @@ class TrainerState(CheckpointedState):
             group["base_lr"] *= factor
         self.apply_lr()
 
+    def set_head_lr(self, lr: float) -> None:
+        """Make `lr` the head's base LR (`ApplyLR`, a phase's found LR); the other groups keep their ratios to it."""
+        self.scale_lr(lr / self.head_base_lr())
+
     def set_group_trainable(self, name: str, trainable: bool) -> str:
         """Freeze or unfreeze one group (`SetGroupTrainable`); returns what happened, for the event log. A frozen
         group stays in the optimizer, skipped (no gradient) with its state kept; the phase index is unchanged."""
