@@ -2,7 +2,8 @@
 key away (`enter`: the selected trial, live through attach, or its record through replay).
 
 It renders only what the loader gives (rows read from the sweep's journal, `tuitune.sweep.board`), polled every
-second; tests give it stored rows."""
+second in a thread worker (the journal's reads stay off the event loop) and redrawn only when the rows changed;
+tests give it stored rows."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Callable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, get_current_worker
 from textual_plotext import PlotextPlot
 
 from tuitune.sweep.board import TrialRow, params_text
@@ -62,13 +65,38 @@ class SweepScreen(Screen[None]):
         yield CurvesPlot()
         yield Footer()
 
+    class RowsLoaded(Message):
+        """The loader's answer, from the reload worker's thread to the screen."""
+
+        def __init__(self, rows: list[TrialRow], metric: str) -> None:
+            super().__init__()
+            self.rows, self.metric = rows, metric
+
     def on_mount(self) -> None:
+        self._shown: tuple[list[TrialRow], str] | None = None
+        self._worker: Worker[None] | None = None
         self.reload()
         if self.refresh_s > 0:
             self.set_interval(self.refresh_s, self.reload)
 
     def reload(self) -> None:
+        """Ask the loader in a thread worker; a poll while the last one still reads is skipped."""
+        if self._worker is None or self._worker.is_finished:
+            self._worker = self.run_worker(self._load, thread=True, group="sweep-reload")
+
+    def _load(self) -> None:
         rows, metric = self.load()
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.RowsLoaded(rows, metric))
+
+    def on_sweep_screen_rows_loaded(self, message: RowsLoaded) -> None:
+        if self._shown == (message.rows, message.metric):
+            return  # nothing changed since the last redraw
+        self._shown = (message.rows, message.metric)
+        self.show(message.rows, message.metric)
+
+    def show(self, rows: list[TrialRow], metric: str) -> None:
+        """The table (the cursor kept on the same trial), the title's counts and the curves."""
         table = self.query_one(DataTable)
         selected = self.rows[table.cursor_row].number if self.rows and table.cursor_row < len(self.rows) else None
         self.rows = rows
@@ -84,6 +112,8 @@ class SweepScreen(Screen[None]):
         self.query_one("#title", Static).update(
             f"{self.title_text} · {len(rows)} trials: {done} ended, {running} running · enter: its dashboard")
         self.query_one(CurvesPlot).show(rows, metric)
+        # the header is drawn before the idle pass that widens the columns to the new rows: draw it again after
+        self.call_after_refresh(table.refresh)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """`enter` on the table (the table takes the key before the screen's binding)."""
