@@ -154,6 +154,8 @@ class DashboardScreen(Steering, Screen[None]):
         if self._history_marker(message.event):
             return
         self._apply(message.event)
+        if self.in_history and not isinstance(message.event, (RunFinished, RunFailed)):
+            return  # the past, event by event: `HistoryEnded` draws it all once
         if isinstance(message.event, SetupProgressed) and not message.event.finished:
             self._render_status()  # one Static's text: cheap, and events come at most a few times a second
         elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
