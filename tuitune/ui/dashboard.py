@@ -125,11 +125,12 @@ class DashboardScreen(Steering, Screen[None]):
     def on_unmount(self) -> None:
         """However the app ends, an in-process engine is told to stop, so its thread never outlives the UI for
         long; a run in its own process is only detached from (a lost terminal is a detach)."""
-        self.quitting = True
         if self.detachable:
-            self.control.request_detach()  # type: ignore[union-attr]
-        elif self.control is not None:
-            self.control.request_stop()
+            self.detach()
+        else:
+            self.quitting = True
+            if self.control is not None:
+                self.control.request_stop()
         if self._gc_frozen:
             gc.unfreeze()
 
