@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState
 from tuitune.engine.commands import Control
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, SetupProgressed, UnfreezeSuggested)
-from tuitune.ui.keys import DASHBOARD_KEYS
+from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ErrorScreen, PlateauPromptScreen
 from tuitune.ui.notify import notify_terminal
@@ -40,7 +40,6 @@ REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 
 BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is,
 MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big terminal and a slow machine
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
-FIRST_RUN_HINT = "u unfreeze next phase · f find LR · p pause · s stop · x span · q quit"
 
 
 class DashboardScreen(Steering, Screen[None]):
@@ -109,7 +108,7 @@ class DashboardScreen(Steering, Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#hint").display = self.run is not None
         self.query_one(LayerTable).border_title = "layers"
-        self.query_one(LayerTable).border_subtitle = "↑↓ select · space freeze · +/- LR"
+        self.query_one(LayerTable).border_subtitle = LAYER_TABLE_HINT
         self.query_one(EventLog).border_title = "events"
         self._fit(self.app.size.width, self.app.size.height)
         if self.speed > 0 and self.initial_events:
