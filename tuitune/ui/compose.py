@@ -11,6 +11,7 @@ Imports stay light: torch loads in the worker, never when this module is importe
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import re
 import tempfile
@@ -43,13 +44,6 @@ def declared(dotted: str) -> dataclasses.Field:
     section, _, key = dotted.rpartition(".")
     cls = SECTIONS[section] if section else RunProfile
     return next(f for f in dataclasses.fields(cls) if f.name == key)
-
-
-def current(profile: RunProfile, dotted: str) -> Any:
-    node: Any = profile
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def shown(value: Any) -> str:
@@ -200,10 +194,10 @@ class ComposeScreen(Screen[None]):
     def _field(self, key: str) -> Input | Select:
         wid = "f-" + key.replace(".", "-")
         choices = declared(key).metadata.get("choices", ()) if key != "name" else ()
+        now = operator.attrgetter(key)(self.base)  # the base profile's value of the dotted key
         if choices:
-            return Select([(c, c) for c in choices], value=current(self.base, key), allow_blank=False, compact=True,
-                          id=wid)
-        value = f"{self.base.name}-composed" if key == "name" else shown(current(self.base, key))
+            return Select([(c, c) for c in choices], value=now, allow_blank=False, compact=True, id=wid)
+        value = f"{self.base.name}-composed" if key == "name" else shown(now)
         default = declared(key).default
         kind = "integer" if type(default) is int else "number" if type(default) is float else "text"
         placeholder = "names, comma-separated" if key == "strategy.groups" else ""
