@@ -25,6 +25,7 @@ from textual.worker import Worker, WorkerState
 from tuitune.engine.commands import Control
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, SetupProgressed, UnfreezeSuggested)
+from tuitune.remote.client import ClientControl, HistoryEnded, HistoryStarted
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ErrorScreen, PlateauPromptScreen
@@ -67,8 +68,6 @@ class DashboardScreen(Steering, Screen[None]):
         # A run in its own process: the worker is its client, and leaving may detach instead of stopping it.
         self.detachable = run is not None and is_detachable(run.runner)
         if control is None and run is not None:
-            from tuitune.remote.client import ClientControl
-
             control = ClientControl() if self.detachable else Control()
         self.control = control
         self.in_history = False  # between HistoryStarted and HistoryEnded: the run's past, replayed on attach
@@ -166,8 +165,6 @@ class DashboardScreen(Steering, Screen[None]):
 
     def _history_marker(self, event: object) -> bool:
         """A (re)connection to a run process starts its history from scratch; its end makes the screen live."""
-        from tuitune.remote.client import HistoryEnded, HistoryStarted
-
         if isinstance(event, HistoryStarted):
             self.in_history, self.state = True, DashboardState()
             self._plots_dirty = True
