@@ -27,6 +27,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
+from textual.worker import get_current_worker
 
 from tuitune.config import SECTIONS, ProfileError, RunProfile, apply_overrides, dump_toml, profile_from_dict, \
     profile_to_dict
@@ -243,17 +244,20 @@ class ComposeScreen(Screen[None]):
                         exit_on_error=False)
 
     def _read_thread(self, profile: RunProfile) -> None:
-        """In the worker thread: build the model (torch loads here), reply by message."""
+        """In the worker thread: build the model (torch loads here), reply by message, unless a newer read
+        replaced this one (the workers are exclusive: its answer would be stale)."""
         key = None
         try:
             from tuitune.engine.tools.layers import groups_key, read_groups
 
             key = groups_key(profile.strategy)
-            self.post_message(LayerGroupsRead(read_groups(profile), "", key))
+            answer = LayerGroupsRead(read_groups(profile), "", key)
         except UserError as e:  # a model that is not there (not cached, offline), a wrong name: its own line
-            self.post_message(LayerGroupsRead(None, " ".join(str(e).split()), key))
+            answer = LayerGroupsRead(None, " ".join(str(e).split()), key)
         except Exception as e:  # anything else is shown too: the picker goes on
-            self.post_message(LayerGroupsRead(None, " ".join(f"{type(e).__name__}: {e}".split()), key))
+            answer = LayerGroupsRead(None, " ".join(f"{type(e).__name__}: {e}".split()), key)
+        if not get_current_worker().is_cancelled:
+            self.post_message(answer)
 
     def on_layer_groups_read(self, message: LayerGroupsRead) -> None:
         self.reading = False
