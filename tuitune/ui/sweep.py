@@ -16,9 +16,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.worker import Worker, get_current_worker
-from textual_plotext import PlotextPlot
 
 from tuitune.sweep.board import TrialRow, params_text
+from tuitune.ui.curves import OverlayPlot
 
 Loader = Callable[[], "tuple[list[TrialRow], str]"]  # (rows best first, metric name)
 COLORS = ("cyan", "green", "orange", "magenta", "yellow", "blue", "red", "white")
@@ -26,19 +26,17 @@ STATUS_STYLE = {"running": "bold cyan", "done": "green", "pruned": "yellow", "fa
                 "waiting": "dim"}
 
 
-class CurvesPlot(PlotextPlot):
+class CurvesPlot(OverlayPlot):
     """Each trial's metric per epoch, overlaid; the trials' numbers in the legend."""
 
+    def __init__(self) -> None:
+        super().__init__(COLORS)
+
     def show(self, rows: list[TrialRow], metric: str) -> None:
-        plt = self.plt
-        plt.clear_figure()
-        plt.theme("pro")
-        plt.title(f"{metric} per epoch, by trial" if metric else "no trial has reported yet")
-        for i, row in enumerate(sorted(rows, key=lambda r: r.number)):
-            if row.curve:
-                plt.plot([e for e, _ in row.curve], [v for _, v in row.curve], marker="braille",
-                         color=COLORS[row.number % len(COLORS)], label=f"#{row.number}")
-        plt.xlabel("epoch")
+        self.overlay(f"{metric} per epoch, by trial" if metric else "no trial has reported yet",
+                     [(row.number, f"#{row.number}", [e for e, _ in row.curve], [v for _, v in row.curve])
+                      for row in sorted(rows, key=lambda r: r.number) if row.curve])
+        self.plt.xlabel("epoch")
         self.refresh()
 
 
