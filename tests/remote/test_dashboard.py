@@ -132,6 +132,27 @@ async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
         await pilot.press("n")
 
 
+async def test_an_attach_history_is_drawn_once_when_it_ends(monkeypatch) -> None:
+    """The past events are only reduced while they come: the status, table and log are drawn at HistoryEnded."""
+    from tests.ui import scripted
+    from tuitune.remote.client import HistoryEnded, HistoryStarted
+    from tuitune.ui.dashboard import DashboardScreen
+
+    drawn: list[bool] = []  # in_history at each draw of the status, table and log
+    real = DashboardScreen._render_cheap
+    monkeypatch.setattr(DashboardScreen, "_render_cheap", lambda self: drawn.append(self.in_history) or real(self))
+    history = [HistoryStarted(pid=1, history=3), *scripted.plateau_events()]
+    app = RingingApp("train", profile=tiny_profile(), run_dir=Path("unused"),
+                     runner=scripted.ScriptedEngine(history, auto=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.dashboard is not None and dash(app).state.suggestion is not None)
+        assert True not in drawn
+        count = len(drawn)
+        dash(app)._emit(HistoryEnded())  # type: ignore[arg-type]
+        await until(pilot, lambda: len(drawn) > count)
+        assert True not in drawn
+
+
 def test_runs_says_what_a_live_run_waits_for(tmp_path: Path) -> None:
     """A detached run held at the demo's plateau question (or paused) waits for a person, maybe for days: the
     `tuitune runs` row says so, and says nothing once it trains again."""

@@ -66,3 +66,25 @@ async def test_quitting_a_trials_dashboard_comes_back_to_the_leaderboard(tmp_pat
         await pilot.press("q")
         await pilot.pause()
         assert isinstance(app.screen, SweepScreen) and app.is_running
+
+
+def test_the_loader_loads_the_study_once_and_then_sees_new_trials(tmp_path, monkeypatch) -> None:
+    import optuna
+
+    from tuitune.sweep import study as study_mod
+    from tuitune.ui.launch import sweep_loader
+
+    load = sweep_loader(tmp_path)
+    assert load() == ([], "")  # no journal yet
+    study = optuna.create_study(study_name=study_mod.STUDY_NAME, storage=study_mod.storage_for(tmp_path),
+                                direction="maximize")
+    study.set_user_attr("metric", "val_score")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    loads: list[object] = []
+    real = study_mod.load_study
+    monkeypatch.setattr(study_mod, "load_study", lambda d: loads.append(d) or real(d))
+    rows, metric = load()
+    assert ([r.number for r in rows], metric) == ([0], "val_score")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.7))
+    rows, _ = load()
+    assert [(r.number, r.best) for r in rows] == [(1, 0.7), (0, 0.5)] and len(loads) == 1

@@ -123,9 +123,8 @@ class TuituneApp(App[None]):
 
     def hang_up(self) -> None:
         dashboard = self.dashboard
-        if dashboard is not None and dashboard.detachable and dashboard.control is not None:
-            dashboard.quitting = dashboard.detached = True
-            dashboard.control.request_detach()  # type: ignore[attr-defined]
+        if dashboard is not None and dashboard.detachable:
+            dashboard.detach()
         timer = threading.Timer(3.0, os._exit, (0,))
         timer.daemon = True
         timer.start()

@@ -15,12 +15,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, SelectionList, Static
-from textual_plotext import PlotextPlot
 
 from tuitune.errors import UserError
 from tuitune.remote.compare import (RunRecord, best_cells, best_header, fmt_value, has_f1, load_runs, metric_caption,
                                     profile_diff)
 from tuitune.remote.runs import RunInfo, list_runs
+from tuitune.ui.curves import OverlayPlot
 from tuitune.ui.fmt import METRIC_TITLES, is_percent
 
 # one colour per run, the same in the plots and in the tables' run column (cycled past six runs)
@@ -35,30 +35,29 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-class CurvesPlot(PlotextPlot):
+class CurvesPlot(OverlayPlot):
     """One validation metric of every run, overlaid, a colour per run (its legend names the run)."""
 
     def __init__(self, field: str, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
-        super().__init__(id=id)
+        super().__init__(RUN_COLORS, id=id)
         self.field = field  # "val_loss" or "val_score"
         self.drawn: list[tuple[str, list[int], list[float]]] = []  # (run, epochs, values) as last drawn
 
     def show(self, runs: list[RunRecord]) -> None:
-        plt = self.plt
-        plt.clear_figure()
-        plt.theme("pro")
         metrics = {r.metric for r in runs}
         metric = metrics.pop() if len(metrics) == 1 else ""
         self.drawn = []
-        plt.title("val loss" if self.field == "val_loss" else f"val {METRIC_TITLES.get(metric, 'score')}")
+        curves = []
         for i, run in enumerate(runs):
             points = [(p.epoch, getattr(p, self.field)) for p in run.curve]
             if not points:
                 continue
             xs, ys = [p[0] for p in points], [p[1] for p in points]
-            plt.plot(xs, ys, marker="braille", color=run_color(i))  # the title line is the legend
-            plt.scatter(xs, ys, marker="●", color=run_color(i))
+            curves.append((i, "", xs, ys))  # no legend: the title line is the legend
             self.drawn.append((run.name, xs, ys))
+        self.overlay("val loss" if self.field == "val_loss" else f"val {METRIC_TITLES.get(metric, 'score')}",
+                     curves, scatter=True)
+        plt = self.plt
         epochs = max((p.epoch for r in runs for p in r.curve), default=1)
         plt.xlim(0.8, max(epochs, 1) + 0.2)
         plt.xticks(list(range(1, epochs + 1, max(1, epochs // 8))))

@@ -11,6 +11,7 @@ Imports stay light: torch loads in the worker, never when this module is importe
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import re
 import tempfile
@@ -26,6 +27,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
+from textual.worker import get_current_worker
 
 from tuitune.config import SECTIONS, ProfileError, RunProfile, apply_overrides, dump_toml, profile_from_dict, \
     profile_to_dict
@@ -43,13 +45,6 @@ def declared(dotted: str) -> dataclasses.Field:
     section, _, key = dotted.rpartition(".")
     cls = SECTIONS[section] if section else RunProfile
     return next(f for f in dataclasses.fields(cls) if f.name == key)
-
-
-def current(profile: RunProfile, dotted: str) -> Any:
-    node: Any = profile
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def shown(value: Any) -> str:
@@ -200,10 +195,10 @@ class ComposeScreen(Screen[None]):
     def _field(self, key: str) -> Input | Select:
         wid = "f-" + key.replace(".", "-")
         choices = declared(key).metadata.get("choices", ()) if key != "name" else ()
+        now = operator.attrgetter(key)(self.base)  # the base profile's value of the dotted key
         if choices:
-            return Select([(c, c) for c in choices], value=current(self.base, key), allow_blank=False, compact=True,
-                          id=wid)
-        value = f"{self.base.name}-composed" if key == "name" else shown(current(self.base, key))
+            return Select([(c, c) for c in choices], value=now, allow_blank=False, compact=True, id=wid)
+        value = f"{self.base.name}-composed" if key == "name" else shown(now)
         default = declared(key).default
         kind = "integer" if type(default) is int else "number" if type(default) is float else "text"
         placeholder = "names, comma-separated" if key == "strategy.groups" else ""
@@ -249,17 +244,20 @@ class ComposeScreen(Screen[None]):
                         exit_on_error=False)
 
     def _read_thread(self, profile: RunProfile) -> None:
-        """In the worker thread: build the model (torch loads here), reply by message."""
+        """In the worker thread: build the model (torch loads here), reply by message, unless a newer read
+        replaced this one (the workers are exclusive: its answer would be stale)."""
         key = None
         try:
             from tuitune.engine.tools.layers import groups_key, read_groups
 
             key = groups_key(profile.strategy)
-            self.post_message(LayerGroupsRead(read_groups(profile), "", key))
+            answer = LayerGroupsRead(read_groups(profile), "", key)
         except UserError as e:  # a model that is not there (not cached, offline), a wrong name: its own line
-            self.post_message(LayerGroupsRead(None, " ".join(str(e).split()), key))
+            answer = LayerGroupsRead(None, " ".join(str(e).split()), key)
         except Exception as e:  # anything else is shown too: the picker goes on
-            self.post_message(LayerGroupsRead(None, " ".join(f"{type(e).__name__}: {e}".split()), key))
+            answer = LayerGroupsRead(None, " ".join(f"{type(e).__name__}: {e}".split()), key)
+        if not get_current_worker().is_cancelled:
+            self.post_message(answer)
 
     def on_layer_groups_read(self, message: LayerGroupsRead) -> None:
         self.reading = False

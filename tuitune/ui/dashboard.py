@@ -25,7 +25,8 @@ from textual.worker import Worker, WorkerState
 from tuitune.engine.commands import Control
 from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
                                    RunStarted, SetupProgressed, UnfreezeSuggested)
-from tuitune.ui.keys import DASHBOARD_KEYS
+from tuitune.remote.client import ClientControl, HistoryEnded, HistoryStarted
+from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ErrorScreen, PlateauPromptScreen
 from tuitune.ui.notify import notify_terminal
@@ -40,7 +41,6 @@ REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 
 BACKOFF = 30.0  # ...and waits 30x its last redraw's CPU time: under ~3% of a core, however slow a frame is,
 MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big terminal and a slow machine
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
-FIRST_RUN_HINT = "u unfreeze next phase · f find LR · p pause · s stop · x span · q quit"
 
 
 class DashboardScreen(Steering, Screen[None]):
@@ -68,8 +68,6 @@ class DashboardScreen(Steering, Screen[None]):
         # A run in its own process: the worker is its client, and leaving may detach instead of stopping it.
         self.detachable = run is not None and is_detachable(run.runner)
         if control is None and run is not None:
-            from tuitune.remote.client import ClientControl
-
             control = ClientControl() if self.detachable else Control()
         self.control = control
         self.in_history = False  # between HistoryStarted and HistoryEnded: the run's past, replayed on attach
@@ -109,7 +107,7 @@ class DashboardScreen(Steering, Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#hint").display = self.run is not None
         self.query_one(LayerTable).border_title = "layers"
-        self.query_one(LayerTable).border_subtitle = "↑↓ select · space freeze · +/- LR"
+        self.query_one(LayerTable).border_subtitle = LAYER_TABLE_HINT
         self.query_one(EventLog).border_title = "events"
         self._fit(self.app.size.width, self.app.size.height)
         if self.speed > 0 and self.initial_events:
@@ -125,11 +123,12 @@ class DashboardScreen(Steering, Screen[None]):
     def on_unmount(self) -> None:
         """However the app ends, an in-process engine is told to stop, so its thread never outlives the UI for
         long; a run in its own process is only detached from (a lost terminal is a detach)."""
-        self.quitting = True
         if self.detachable:
-            self.control.request_detach()  # type: ignore[union-attr]
-        elif self.control is not None:
-            self.control.request_stop()
+            self.detach()
+        else:
+            self.quitting = True
+            if self.control is not None:
+                self.control.request_stop()
         if self._gc_frozen:
             gc.unfreeze()
 
@@ -154,6 +153,8 @@ class DashboardScreen(Steering, Screen[None]):
         if self._history_marker(message.event):
             return
         self._apply(message.event)
+        if self.in_history and not isinstance(message.event, (RunFinished, RunFailed)):
+            return  # the past, event by event: `HistoryEnded` draws it all once
         if isinstance(message.event, SetupProgressed) and not message.event.finished:
             self._render_status()  # one Static's text: cheap, and events come at most a few times a second
         elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
@@ -164,8 +165,6 @@ class DashboardScreen(Steering, Screen[None]):
 
     def _history_marker(self, event: object) -> bool:
         """A (re)connection to a run process starts its history from scratch; its end makes the screen live."""
-        from tuitune.remote.client import HistoryEnded, HistoryStarted
-
         if isinstance(event, HistoryStarted):
             self.in_history, self.state = True, DashboardState()
             self._plots_dirty = True

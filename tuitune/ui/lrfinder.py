@@ -117,10 +117,10 @@ class LRFinderScreen(ModalScreen["float | None"]):
         Binding("escape", "close", "Close"),
     ]
 
-    def __init__(self, event: LRFound, wait_s: float | None = None) -> None:
+    def __init__(self, event: LRFound) -> None:
         super().__init__()
         self.event = event
-        self.remaining = int(math.ceil(event.wait_s if wait_s is None else wait_s))
+        self.remaining = int(math.ceil(event.wait_s))
         self.counting = self.remaining > 0
         self._timer: Timer | None = None
 
@@ -158,12 +158,18 @@ class LRFinderScreen(ModalScreen["float | None"]):
         if self.counting:
             self._timer = self.set_interval(self.TICK_S, self._tick)
 
+    def _stop_countdown(self) -> None:
+        self.counting = False
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
     def _tick(self) -> None:
-        if not self.counting:
+        if not self.counting:  # a tick already queued when the countdown stopped
             return
         self.remaining -= 1
         if self.remaining <= 0:
-            self.counting = False
+            self._stop_countdown()
             self.dismiss(self.event.suggestion)
             return
         self.query_one("#lr-countdown", Static).update(self._countdown_text())
@@ -193,7 +199,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
         box.add_class("editing")
         box.focus()
         if self.counting:
-            self.counting = False
+            self._stop_countdown()
             self.query_one("#lr-countdown", Static).update(self._countdown_text())
 
     def on_input_submitted(self, message: Input.Submitted) -> None:

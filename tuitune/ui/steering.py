@@ -231,10 +231,16 @@ class Steering(_Screen):
                 global_step=self.state.global_step, best={}, final={}, test=None, phases=(), per_class_acc={},
                 samples_per_s=self.state.samples_per_s, wall_s=self.state.elapsed_s, checkpoints={}))
 
+    def detach(self) -> None:
+        """Leave a run process going: this screen stops steering it and its worker closes the connection (the
+        one way to detach: the `d` answer, a lost terminal and an unmounted screen all come here)."""
+        self.quitting = self.detached = True
+        if self.control is not None:
+            self.control.request_detach()  # type: ignore[attr-defined]
+
     async def detach_and_exit(self) -> None:
         """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
-        self.quitting = self.detached = True
-        self.control.request_detach()  # type: ignore[union-attr]
+        self.detach()
         await self._wait_for_worker(STOP_TIMEOUT_S)
         self.app.leave_dashboard(0)  # type: ignore[attr-defined]
 

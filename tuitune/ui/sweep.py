@@ -2,7 +2,8 @@
 key away (`enter`: the selected trial, live through attach, or its record through replay).
 
 It renders only what the loader gives (rows read from the sweep's journal, `tuitune.sweep.board`), polled every
-second; tests give it stored rows."""
+second in a thread worker (the journal's reads stay off the event loop) and redrawn only when the rows changed;
+tests give it stored rows."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Callable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
-from textual_plotext import PlotextPlot
+from textual.worker import Worker, get_current_worker
 
 from tuitune.sweep.board import TrialRow, params_text
+from tuitune.ui.curves import OverlayPlot
 
 Loader = Callable[[], "tuple[list[TrialRow], str]"]  # (rows best first, metric name)
 COLORS = ("cyan", "green", "orange", "magenta", "yellow", "blue", "red", "white")
@@ -23,19 +26,17 @@ STATUS_STYLE = {"running": "bold cyan", "done": "green", "pruned": "yellow", "fa
                 "waiting": "dim"}
 
 
-class CurvesPlot(PlotextPlot):
+class CurvesPlot(OverlayPlot):
     """Each trial's metric per epoch, overlaid; the trials' numbers in the legend."""
 
+    def __init__(self) -> None:
+        super().__init__(COLORS)
+
     def show(self, rows: list[TrialRow], metric: str) -> None:
-        plt = self.plt
-        plt.clear_figure()
-        plt.theme("pro")
-        plt.title(f"{metric} per epoch, by trial" if metric else "no trial has reported yet")
-        for i, row in enumerate(sorted(rows, key=lambda r: r.number)):
-            if row.curve:
-                plt.plot([e for e, _ in row.curve], [v for _, v in row.curve], marker="braille",
-                         color=COLORS[row.number % len(COLORS)], label=f"#{row.number}")
-        plt.xlabel("epoch")
+        self.overlay(f"{metric} per epoch, by trial" if metric else "no trial has reported yet",
+                     [(row.number, f"#{row.number}", [e for e, _ in row.curve], [v for _, v in row.curve])
+                      for row in sorted(rows, key=lambda r: r.number) if row.curve])
+        self.plt.xlabel("epoch")
         self.refresh()
 
 
@@ -62,13 +63,38 @@ class SweepScreen(Screen[None]):
         yield CurvesPlot()
         yield Footer()
 
+    class RowsLoaded(Message):
+        """The loader's answer, from the reload worker's thread to the screen."""
+
+        def __init__(self, rows: list[TrialRow], metric: str) -> None:
+            super().__init__()
+            self.rows, self.metric = rows, metric
+
     def on_mount(self) -> None:
+        self._shown: tuple[list[TrialRow], str] | None = None
+        self._worker: Worker[None] | None = None
         self.reload()
         if self.refresh_s > 0:
             self.set_interval(self.refresh_s, self.reload)
 
     def reload(self) -> None:
+        """Ask the loader in a thread worker; a poll while the last one still reads is skipped."""
+        if self._worker is None or self._worker.is_finished:
+            self._worker = self.run_worker(self._load, thread=True, group="sweep-reload")
+
+    def _load(self) -> None:
         rows, metric = self.load()
+        if not get_current_worker().is_cancelled:
+            self.post_message(self.RowsLoaded(rows, metric))
+
+    def on_sweep_screen_rows_loaded(self, message: RowsLoaded) -> None:
+        if self._shown == (message.rows, message.metric):
+            return  # nothing changed since the last redraw
+        self._shown = (message.rows, message.metric)
+        self.show(message.rows, message.metric)
+
+    def show(self, rows: list[TrialRow], metric: str) -> None:
+        """The table (the cursor kept on the same trial), the title's counts and the curves."""
         table = self.query_one(DataTable)
         selected = self.rows[table.cursor_row].number if self.rows and table.cursor_row < len(self.rows) else None
         self.rows = rows
@@ -84,6 +110,8 @@ class SweepScreen(Screen[None]):
         self.query_one("#title", Static).update(
             f"{self.title_text} · {len(rows)} trials: {done} ended, {running} running · enter: its dashboard")
         self.query_one(CurvesPlot).show(rows, metric)
+        # the header is drawn before the idle pass that widens the columns to the new rows: draw it again after
+        self.call_after_refresh(table.refresh)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """`enter` on the table (the table takes the key before the screen's binding)."""

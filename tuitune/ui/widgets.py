@@ -281,8 +281,7 @@ class LayerTable(Metered, DataTable):
         self.cursor_type = "row"
         self.show_cursor = False
         self.zebra_stripes = True
-        self._columns = list(self.COLUMNS)
-        for name in self._columns:
+        for name in self.COLUMNS:
             self.add_column(name, key=name)
         self._layers: tuple[LayerInfo, ...] = ()
         self._shift: dict[str, float | None] = {}
@@ -292,20 +291,20 @@ class LayerTable(Metered, DataTable):
         if state.layers is self._layers and state.domain_shift is self._shift:
             return
         self._layers, self._shift = state.layers, state.domain_shift
-        if self._shift and "shift" not in self._columns:  # the first measurement adds the column
-            self._columns.append("shift")
+        with_shift = ColumnKey("shift") in self.columns
+        if self._shift and not with_shift:  # the first measurement adds the column
+            with_shift = True
             self.add_column("shift", key="shift")
             self._cells = {}
-        with_shift = "shift" in self._columns
         rows = {layer.name: layer_cells(layer) + ((shift_cell(self._shift.get(layer.name)),) if with_shift else ())
                 for layer in state.layers}
         if tuple(rows) != tuple(self._cells) or len(rows) != len(state.layers):
             self._rebuild(state.layers, rows)
             return
         for name, cells in rows.items():
-            for column, cell, was in zip(self._columns, cells, self._cells[name]):
+            for column, cell, was in zip(self.columns, cells, self._cells[name]):
                 if cell != was:
-                    grow = cell_len(cell[0]) > self.columns[ColumnKey(column)].content_width
+                    grow = cell_len(cell[0]) > self.columns[column].content_width
                     self.update_cell(name, column, _text(cell), update_width=grow)
         self._cells = rows
 
