@@ -10,3 +10,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """Data that cannot be used; the message is one line naming the data file (and row / key) at fault."""
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's first line (its type's name when it says nothing), for one-line messages; cut at `limit`."""
+    return ((str(error).strip().splitlines() or [type(error).__name__])[0])[:limit]

@@ -27,7 +27,8 @@ from torch import nn
 
 from tuitune.config import ModelConfig
 from tuitune.engine.model import hub
-from tuitune.engine.model.groups import Backbone, LayerGroup, ModelError, check_partition, first_line, unique_groups
+from tuitune.engine.model.groups import Backbone, LayerGroup, ModelError, check_partition, unique_groups
+from tuitune.errors import first_line
 from tuitune.engine.model.hf import HFClassifier, build_hf, hf_groups, hf_inner, hf_location
 
 __all__ = ["Backbone", "HFClassifier", "LayerGroup", "ModelError", "build_backbone", "layer_groups", "layer_table"]

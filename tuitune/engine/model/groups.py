@@ -12,7 +12,7 @@ from torch import nn
 
 from tuitune.errors import UserError
 
-__all__ = ["Backbone", "LayerGroup", "ModelError", "check_partition", "first_line", "unique_groups"]
+__all__ = ["Backbone", "LayerGroup", "ModelError", "check_partition", "unique_groups"]
 
 
 class ModelError(UserError):
@@ -78,6 +78,3 @@ def check_partition(model: nn.Module, groups: tuple[LayerGroup, ...]) -> None:
         raise ModelError(f"model.name: bad layer groups for {type(model).__name__}: {[g.name for g in groups]}")
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

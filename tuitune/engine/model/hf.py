@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from tuitune.config import ModelConfig
-from tuitune.engine.model.groups import ModelError, first_line, unique_groups
+from tuitune.engine.model.groups import ModelError, unique_groups
+from tuitune.errors import first_line
 
 
 class HFClassifier(nn.Module):

@@ -26,7 +26,7 @@ from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, RunFailed
 from tuitune.engine.record.runlog import RunRecorder, new_run_dir, tee
-from tuitune.errors import UserError
+from tuitune.errors import UserError, first_line
 
 __all__ = ["run_training", "new_run_dir", "user_message", "RankGone"]
 
@@ -68,10 +68,10 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
         if not main:  # the run's record is rank 0's; this rank leaves its own traceback only
             log = run_dir / f"error.rank{dist.rank}.log"
             log.write_text(traceback.format_exc(), encoding="utf-8")
-            return RunFailed(message=f"rank {dist.rank}: {type(e).__name__}: {_first(e)}", run_dir=str(run_dir),
+            return RunFailed(message=f"rank {dist.rank}: {type(e).__name__}: {first_line(e, 200)}", run_dir=str(run_dir),
                              log_path=str(log), kind="error")
         st = getattr(trainer, "st", None)
-        failed = RunFailed(message=f"another rank stopped answering ({_first(e)}); "
+        failed = RunFailed(message=f"another rank stopped answering ({first_line(e, 200)}); "
                                    f"{st.checkpoint_note() if st is not None else 'no checkpoint was saved'}",
                            run_dir=str(run_dir), kind="rank_lost", **_position(trainer)) if peer \
             else _failure(e, profile, run_dir, trainer)
@@ -101,10 +101,6 @@ def _peer_failure(error: Exception) -> bool:
     from tuitune.engine.train.distributed import is_peer_failure  # already loaded: the run had several ranks
 
     return is_peer_failure(error)
-
-
-def _first(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _position(trainer: Any) -> dict[str, int]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tuitune.errors import UserError
+from tuitune.errors import UserError, first_line
 
 class PeerLost(RuntimeError):
     """A collective failed: another rank died or stopped answering. Rank 0 leaves the run's terminal event to
@@ -135,7 +135,7 @@ class DistContext:
         try:
             call()
         except (RuntimeError, OSError) as e:  # gloo / NCCL: a peer closed the connection or timed out
-            raise PeerLost(f"rank {self.rank}: a collective failed: {first_line(e)}") from e
+            raise PeerLost(f"rank {self.rank}: a collective failed: {first_line(e, 200)}") from e
 
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():
@@ -145,8 +145,6 @@ class DistContext:
 LOCAL = DistContext()
 
 
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def from_env(device_spec: str = "auto", timeout_s: int = 120) -> DistContext:
