@@ -22,7 +22,7 @@ from tuitune.engine.commands import Command, Control
 from tuitune.engine.events import RunFailed, RunFinished, event_from_dict
 from tuitune.errors import UserError
 from tuitune.remote import protocol
-from tuitune.remote.runs import PROCESS_FILE, read_json, run_info
+from tuitune.remote.runs import PROCESS_FILE, last_event_time, read_json, run_status
 
 CONNECT_TIMEOUT_S = 60.0  # a fresh run process binds its socket before importing torch: this is generous
 RECONNECTS = 3
@@ -130,8 +130,8 @@ def connect(run_dir: Path, *, process: subprocess.Popen | None = None,
         if process is not None and process.poll() is not None:
             raise UserError(f"{run_dir}: the run process exited ({process.returncode}) before it could be attached "
                             f"to: {log_tail(run_dir) or 'see run.log'}")
-        if process is None and run_info(run_dir).status != "live":
-            raise UserError(f"{run_dir}: the run is not live ({run_info(run_dir).status})")
+        if process is None and (status := run_status(run_dir)) != "live":
+            raise UserError(f"{run_dir}: the run is not live ({status})")
         if time.monotonic() > deadline:
             raise UserError(f"{run_dir}: no control socket after {timeout:.0f} s (see {run_dir}/run.log)")
         time.sleep(0.05)
@@ -149,15 +149,16 @@ def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.P
         outcome = _pump(client, emit, control)
         if outcome != "lost" or reconnects >= RECONNECTS:
             return outcome
-        if run_info(run_dir).status != "live":
+        status = run_status(run_dir)
+        if status != "live":
             if process is not None:
                 process.poll()  # reap our own child, so its pid reads as gone
                 if _launcher_ending(run_dir, process, emit):
                     return "ended"
-            info = run_info(run_dir)
-            if info.status == "dead":
+            if status == "dead":
+                last_event = last_event_time(run_dir) or 0
                 emit(RunFailed(message=f"the run process died without a summary (last event at "
-                                       f"{time.strftime('%H:%M:%S', time.localtime(info.last_event or 0))})",
+                                       f"{time.strftime('%H:%M:%S', time.localtime(last_event))})",
                                run_dir=str(run_dir), kind="error"))
             return outcome
         reconnects += 1

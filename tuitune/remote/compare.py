@@ -17,7 +17,7 @@ from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
 from tuitune.engine.record.runlog import read_events
 from tuitune.errors import UserError
-from tuitune.remote.runs import read_json, run_info
+from tuitune.remote.runs import read_json, run_status
 
 MISSING = "-"  # a key one run's profile does not have
 
@@ -110,7 +110,7 @@ def load_run(run_dir: Path) -> RunRecord:
     profile = read_toml(profile_path) if profile_path.exists() else dict(started.profile) if started else {}
     summary = read_json(run_dir / "summary.json") or {}
     wall = summary.get("wall_s") if isinstance(summary.get("wall_s"), (int, float)) else elapsed
-    return RunRecord(name=run_dir.name, path=str(run_dir), status=run_info(run_dir).status,
+    return RunRecord(name=run_dir.name, path=str(run_dir), status=run_status(run_dir),
                      metric=started.metric if started else str(summary.get("metric", "acc")),
                      higher_is_better=started.higher_is_better if started else True, curve=curve,
                      profile=flatten(profile), wall_s=wall)

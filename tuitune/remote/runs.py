@@ -98,23 +98,35 @@ def is_run_dir(path: Path) -> bool:
 
 
 def run_status(run_dir: Path) -> str:
-    return run_info(run_dir).status
+    """The run's status from process.json and summary.json only (its events are not read)."""
+    run_dir = Path(run_dir)
+    return _status(run_dir, read_json(run_dir / PROCESS_FILE), read_json(run_dir / "summary.json"))
+
+
+def _status(run_dir: Path, record: dict[str, Any] | None, summary: dict[str, Any] | None) -> str:
+    """`live` while the recorded process lives; else the summary's status when this process wrote it; else `dead`."""
+    started = record.get("started") if record else None
+    if process_alive(record):
+        return "live"
+    if summary is not None and (started is None or (run_dir / "summary.json").stat().st_mtime >= started - 1):
+        return SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
+    return "dead"
+
+
+def last_event_time(run_dir: Path) -> float | None:
+    """Unix time of the last write to the run's events.jsonl, None without one."""
+    events = Path(run_dir) / "events.jsonl"
+    return events.stat().st_mtime if events.exists() else None
 
 
 def run_info(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
     record = read_json(run_dir / PROCESS_FILE)
-    summary_path = run_dir / "summary.json"
-    summary = read_json(summary_path)
+    summary = read_json(run_dir / "summary.json")
     events = run_dir / "events.jsonl"
-    last_event = events.stat().st_mtime if events.exists() else None
+    last_event = last_event_time(run_dir)
     started = record.get("started") if record else None
-    if process_alive(record):
-        status = "live"
-    elif summary is not None and (started is None or summary_path.stat().st_mtime >= started - 1):
-        status = SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
-    else:
-        status = "dead"
+    status = _status(run_dir, record, summary)
     phase, epoch, best, held = _progress(events, summary if status != "live" else None)
     if started is None:
         started = (run_dir / "profile.toml").stat().st_mtime if (run_dir / "profile.toml").exists() else last_event
@@ -187,8 +199,14 @@ def list_runs(folder: Path) -> list[RunInfo]:
 
 
 def live_runs(folder: Path) -> list[RunInfo]:
-    """Live runs under `folder`, newest first."""
-    return [r for r in reversed(list_runs(folder)) if r.status == "live"]
+    """Live runs under `folder`, newest first: only the runs whose process lives have their events read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    alive = [p for p in folder.iterdir()
+             if p.is_dir() and is_run_dir(p) and process_alive(read_json(p / PROCESS_FILE))]
+    runs = sorted((run_info(p) for p in alive), key=lambda r: (r.started or 0.0, r.name))
+    return [r for r in reversed(runs) if r.status == "live"]
 
 
 def clock(t: float | None) -> str:
