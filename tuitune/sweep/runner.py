@@ -5,7 +5,6 @@ until the sweep holds `trials` counted trials. `--workers K` starts K processes 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -44,7 +43,7 @@ def load_sweep(path: str | Path, overrides: list[str]) -> Sweep:
 
 
 def trial_profile(sweep: Sweep, params: dict[str, Any], number: int):  # -> RunProfile
-    table = apply_overrides(copy.deepcopy(sweep.table), [override_text(k, v) for k, v in params.items()])
+    table = apply_overrides(sweep.table, [override_text(k, v) for k, v in params.items()])
     profile = profile_from_dict(table, sweep.file, sweep.base)
     return dataclasses.replace(profile, name=f"{sweep.name}-trial-{number:03d}")
 

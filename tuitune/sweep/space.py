@@ -19,7 +19,6 @@ override, so a bad space gets the same one-line error as a bad profile, before a
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass
@@ -174,7 +173,7 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> Sweep
 def _validate(rest: Mapping[str, Any], key: str, value: Any, file: str, base: Path | None) -> None:
     """The profile validation, on the profile with this one value applied."""
     try:
-        profile_from_dict(apply_overrides(copy.deepcopy(dict(rest)), [override_text(key, value)]), file, base)
+        profile_from_dict(apply_overrides(rest, [override_text(key, value)]), file, base)
     except ProfileError as e:
         inner = str(e).removeprefix(f"{file}: ")
         raise ProfileError(f"{file}: sweep.\"{key}\" = {value!r}: {inner}") from None
