@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.engine.record.files import write_json_atomic
+
 PROCESS_FILE = "process.json"
 SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted",
                   "failed": "failed"}
@@ -39,9 +41,7 @@ def write_process_record(run_dir: Path, socket_path: Path, mode: str) -> dict[st
     """Atomically record this process as the run's owner (replacing the record of an earlier, resumed one)."""
     record = {"pid": os.getpid(), "proc_start": proc_start_ticks(os.getpid()), "socket": str(socket_path),
               "started": time.time(), "mode": mode, "host": socket.gethostname(), "uid": os.getuid()}
-    tmp = run_dir / f".{PROCESS_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / PROCESS_FILE)
+    write_json_atomic(run_dir / PROCESS_FILE, record)
     return record
 
 
@@ -51,9 +51,7 @@ def mark_ended(run_dir: Path) -> None:
     record = read_json(run_dir / PROCESS_FILE)
     if record is not None and record.get("pid") == os.getpid():
         record["ended"] = time.time()
-        tmp = run_dir / f".{PROCESS_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, run_dir / PROCESS_FILE)
+        write_json_atomic(run_dir / PROCESS_FILE, record)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from tuitune.config import (ProfileError, apply_overrides, dump_toml, profile_fr
                             read_toml)
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
+from tuitune.engine.record.files import write_text_atomic
 from tuitune.sweep.board import format_board, read_board
 from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
 
@@ -279,9 +280,7 @@ def write_best(sweep: Sweep, overrides: list[str], sweep_dir: Path) -> str:
     line = f"tuitune train {sweep.file} {cli + ' ' if cli else ''}{set_line(best.params)}"
     header = (f"# best of sweep {sweep_dir}: trial {best.number}, {sweep.spec.metric} {best.value:.6g}\n"
               f"# reproduce: {line}\n")
-    tmp = sweep_dir / ".best.toml.tmp"
-    tmp.write_text(header + dump_toml(profile_to_dict(profile)), encoding="utf-8")
-    tmp.replace(sweep_dir / "best.toml")
+    write_text_atomic(sweep_dir / "best.toml", header + dump_toml(profile_to_dict(profile)))
     (sweep_dir / "best_set.txt").write_text(line + "\n", encoding="utf-8")
     return (f"best: trial {best.number}, {sweep.spec.metric} {best.value:.4f} -> {sweep_dir / 'best.toml'}\n"
             f"reproduce: {line}")
