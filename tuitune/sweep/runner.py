@@ -301,11 +301,10 @@ def start_detached(path: str, overrides: list[str], sweep_dir: Path, trials: int
     running = live_sweep_pid(sweep_dir)
     if running is not None:
         return running
-    cmd = [sys.executable, "-m", "tuitune", "sweep", path, "--headless", "--out", str(sweep_dir),
-           "--workers", str(workers), *(["--trials", str(trials)] if trials else []),
-           *(a for o in overrides for a in ("--set", o))]
-    with open(sweep_dir / "sweep.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    from tuitune.remote.spawn import spawn_detached
+
+    args = ["tuitune", "sweep", path, "--headless", "--out", str(sweep_dir), "--workers", str(workers),
+            *(["--trials", str(trials)] if trials else []), *(a for o in overrides for a in ("--set", o))]
+    proc = spawn_detached(args, sweep_dir / "sweep.log")
     (sweep_dir / "sweep.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
     return proc.pid
