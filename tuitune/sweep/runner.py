@@ -138,13 +138,13 @@ def work(sweep: Sweep, sweep_dir: Path, cap: int, stop: SweepStop, say: Callable
             return
         status = run_trial(sweep, study, trial, sweep_dir, stop.trial_control())
         if sweep.spec.keep == "best":
-            drop_losing_weights(study, sweep.spec.direction)
+            drop_losing_weights(study)
         say(f"trial {trial.number} {status}")
         if status == "interrupted":
             return
 
 
-def drop_losing_weights(study: Any, direction: str) -> list[Path]:
+def drop_losing_weights(study: Any) -> None:
     """`keep = "best"`: the checkpoints and export of every ended trial but the best so far are deleted (a sweep
     of a 22M-parameter text model wrote 0.6 GB a trial); events, curves and summaries stay for the leaderboard and
     `tuitune compare`, and `best.toml` reproduces any trial. Idempotent, so workers may race on it."""
@@ -152,18 +152,16 @@ def drop_losing_weights(study: Any, direction: str) -> list[Path]:
 
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = (max if direction == "maximize" else min)(done, key=lambda t: t.value).number if done else None
-    dropped = []
-    for t in trials:
+    try:
+        best = study.best_trial.number
+    except ValueError:  # no trial completed yet
+        best = None
+    for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number == best or "run_dir" not in t.user_attrs:
             continue
         for folder in (Path(t.user_attrs["run_dir"]) / "checkpoints", Path(t.user_attrs["run_dir"]) / "export"):
             if folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)
-                dropped.append(folder)
-    return dropped
 
 
 def run_sweep(path: str, overrides: list[str], sweep_dir: Path, trials: int | None, workers: int,
