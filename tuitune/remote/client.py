@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tuitune.engine.commands import Command, Control
-from tuitune.engine.events import RunFailed, RunFinished, event_from_dict
+from tuitune.engine.events import RunFailed, RunFinished, event_from_dict, to_json
 from tuitune.errors import UserError
 from tuitune.remote import protocol
 from tuitune.remote.runs import PROCESS_FILE, last_event_time, read_json, run_status
@@ -94,7 +94,8 @@ class RunClient:
             self.sock.sendall(data)
 
     def send(self, command: Command) -> None:
-        self.send_raw((protocol.command_to_json(command) + "\n").encode())
+        # a command serializes as an event does: {"type": its class name, its fields...}
+        self.send_raw((to_json(command) + "\n").encode())  # type: ignore[arg-type]
 
     def stop_run(self) -> None:
         self.send_raw(protocol.message(protocol.STOP))

@@ -19,17 +19,17 @@ override, so a bad space gets the same one-line error as a bad profile, before a
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from tuitune.config import ProfileError, apply_overrides, profile_from_dict
+from tuitune.config.dump import toml_value
+from tuitune.config.schema import METRICS
 
 SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials", "keep")
 KEEP = ("best", "all")
-METRICS = ("val_score", "val_loss", "train_score", "train_loss", "val_macro_f1")
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -73,13 +73,7 @@ def epoch_metric(event: Any, metric: str) -> float:
 
 def override_text(key: str, value: Any) -> str:
     """`train.lr=0.001`, `strategy.kind="full"`: a `--set` item that parse_override reads back as the same value."""
-    return f"{key}={json.dumps(value) if isinstance(value, str) else _scalar(value)}"
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+    return f"{key}={toml_value(value)}"
 
 
 def set_line(params: Mapping[str, Any]) -> str:
