@@ -41,6 +41,10 @@ class HistoryEnded:
     """Everything after this marker happens now."""
 
 
+class RunRefused(ConnectionRefusedError):
+    """The run process answered and turned this connection down (its reason in the message): no use retrying."""
+
+
 class ClientControl(Control):
     """The dashboard's `Control` when the engine runs in another process: `request_stop` stops the run there;
     `request_detach` only closes this connection (the run goes on)."""
@@ -72,7 +76,7 @@ class RunClient:
         if first is None or first.get("type") != protocol.HELLO:
             reason = (first or {}).get("reason", "no greeting")
             self.close()
-            raise ConnectionRefusedError(f"the run refused the connection: {reason}")
+            raise RunRefused(f"the run refused the connection: {reason}")
         self.hello = first
 
     def read(self) -> dict[str, Any] | None:
@@ -125,9 +129,10 @@ def connect(run_dir: Path, *, process: subprocess.Popen | None = None,
         if path is not None and path.exists():
             try:
                 return RunClient(path)
-            except (ConnectionRefusedError, FileNotFoundError) as e:
-                if "refused the connection:" in str(e):
-                    raise UserError(f"{run_dir}: {e}") from None
+            except RunRefused as e:
+                raise UserError(f"{run_dir}: {e}") from None
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass  # the socket is not listening yet (or any more): wait below
         if process is not None and process.poll() is not None:
             raise UserError(f"{run_dir}: the run process exited ({process.returncode}) before it could be attached "
                             f"to: {log_tail(run_dir) or 'see run.log'}")
