@@ -37,9 +37,8 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: list[str]) -> Sweep:
     path = Path(path)
     table = apply_overrides(read_toml(path), overrides)
-    spec = parse_sweep(table, str(path), path.resolve().parent)
+    spec, profile = parse_sweep(table, str(path), path.resolve().parent)
     rest = {k: v for k, v in table.items() if k != "sweep"}
-    profile = profile_from_dict(rest, str(path), path.resolve().parent)
     return Sweep(str(path), path.resolve().parent, rest, spec, profile.name, profile.train.seed)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from tuitune.config import ProfileError, apply_overrides, profile_from_dict
+from tuitune.config import ProfileError, RunProfile, apply_overrides, profile_from_dict
 from tuitune.config.dump import toml_value
 from tuitune.config.schema import METRICS
 
@@ -135,8 +135,9 @@ def _setting(table: Mapping[str, Any], name: str, default: Any, where: str, choi
     return value
 
 
-def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> SweepSpec:
-    """Parse and check the profile's `[sweep]` table against the rest of the profile (`table` without it)."""
+def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> tuple[SweepSpec, RunProfile]:
+    """Parse and check the profile's `[sweep]` table against the rest of the profile (`table` without it); that
+    profile, validated on the way, comes back too."""
     sweep = table.get("sweep")
     if not isinstance(sweep, dict):
         raise ProfileError(f"{file}: sweep: no [sweep] table (the search space: \"train.lr\" = {{ log = [1e-5, 1e-2] "
@@ -159,9 +160,10 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> Sweep
     direction = _setting(sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep",
                          ("maximize", "minimize"))
     where = f"{file}: sweep"
-    return SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", where, PRUNERS),
+    spec = SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", where, PRUNERS),
                      _setting(sweep, "startup_trials", 2, where), _setting(sweep, "trials", 12, where),
                      _setting(sweep, "keep", "best", where, KEEP))
+    return spec, profile
 
 
 def _validate(rest: Mapping[str, Any], key: str, value: Any, file: str, base: Path | None) -> None:
