@@ -216,9 +216,13 @@ def format_table(runs: list[RunInfo]) -> str:
     rows = [(r.name, r.status + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else "")
              + (f", {r.held}" if r.held else ""),
              r.phase, r.epoch, r.best, clock(r.started), str(r.pid) if r.pid else "") for r in runs]
+    return "\n".join(table_lines(header, rows))
+
+
+def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Plain text columns (`tuitune runs`, `tuitune compare`): each as wide as its widest cell, two spaces apart."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-    return "\n".join(lines)
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
 
 
 def dead_message(info: RunInfo) -> str:
