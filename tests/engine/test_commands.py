@@ -36,6 +36,16 @@ def test_layers_of_a_timm_name_as_json(capsys: pytest.CaptureFixture) -> None:
     assert sum(r["params"] for r in rows) == sum(p.numel() for p in model.parameters())
 
 
+def test_layers_sizes_the_head_for_the_loss_as_training_does(capsys: pytest.CaptureFixture) -> None:
+    """Regression (loss.kind = mse) has one output: `layers` builds the head training builds, not a class head."""
+    import timm
+
+    assert main(["layers", "resnet18", "--json", "--set", "loss.kind=mse"]) == 0
+    head = json.loads(capsys.readouterr().out)[-1]
+    model = timm.create_model("resnet18", num_classes=1)
+    assert head["name"] == "head" and head["params"] == sum(p.numel() for p in model.fc.parameters())
+
+
 def test_layers_of_a_profile_shows_its_first_phase(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     table = profile_to_dict(tiny_profile(strategy={"kind": "progressive"}))
     (tmp_path / "p.toml").write_text(dump_toml(table))

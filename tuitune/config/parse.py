@@ -7,6 +7,7 @@ Imported by the picker: it must stay free of torch, timm and transformers.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -146,8 +147,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(table: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}
+def apply_overrides(table: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A deep copy of `table` with the `--set KEY=VALUE` overrides applied: `table` (a sweep's base, reused for
+    every trial) is never changed, however deep the key."""
+    out = copy.deepcopy(dict(table))
     for item in overrides:
         keys, value = parse_override(item)
         node = out

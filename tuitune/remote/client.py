@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tuitune.engine.commands import Command, Control
-from tuitune.engine.events import RunFailed, RunFinished, event_from_dict
+from tuitune.engine.events import RunFailed, RunFinished, event_from_dict, to_json
 from tuitune.errors import UserError
 from tuitune.remote import protocol
-from tuitune.remote.runs import PROCESS_FILE, read_json, run_info
+from tuitune.remote.runs import PROCESS_FILE, last_event_time, read_json, run_status
 
 CONNECT_TIMEOUT_S = 60.0  # a fresh run process binds its socket before importing torch: this is generous
 RECONNECTS = 3
@@ -39,6 +39,10 @@ class HistoryStarted:
 @dataclass(frozen=True)
 class HistoryEnded:
     """Everything after this marker happens now."""
+
+
+class RunRefused(ConnectionRefusedError):
+    """The run process answered and turned this connection down (its reason in the message): no use retrying."""
 
 
 class ClientControl(Control):
@@ -72,7 +76,7 @@ class RunClient:
         if first is None or first.get("type") != protocol.HELLO:
             reason = (first or {}).get("reason", "no greeting")
             self.close()
-            raise ConnectionRefusedError(f"the run refused the connection: {reason}")
+            raise RunRefused(f"the run refused the connection: {reason}")
         self.hello = first
 
     def read(self) -> dict[str, Any] | None:
@@ -94,7 +98,8 @@ class RunClient:
             self.sock.sendall(data)
 
     def send(self, command: Command) -> None:
-        self.send_raw((protocol.command_to_json(command) + "\n").encode())
+        # a command serializes as an event does: {"type": its class name, its fields...}
+        self.send_raw((to_json(command) + "\n").encode())  # type: ignore[arg-type]
 
     def stop_run(self) -> None:
         self.send_raw(protocol.message(protocol.STOP))
@@ -124,14 +129,15 @@ def connect(run_dir: Path, *, process: subprocess.Popen | None = None,
         if path is not None and path.exists():
             try:
                 return RunClient(path)
-            except (ConnectionRefusedError, FileNotFoundError) as e:
-                if "refused the connection:" in str(e):
-                    raise UserError(f"{run_dir}: {e}") from None
+            except RunRefused as e:
+                raise UserError(f"{run_dir}: {e}") from None
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass  # the socket is not listening yet (or any more): wait below
         if process is not None and process.poll() is not None:
             raise UserError(f"{run_dir}: the run process exited ({process.returncode}) before it could be attached "
                             f"to: {log_tail(run_dir) or 'see run.log'}")
-        if process is None and run_info(run_dir).status != "live":
-            raise UserError(f"{run_dir}: the run is not live ({run_info(run_dir).status})")
+        if process is None and (status := run_status(run_dir)) != "live":
+            raise UserError(f"{run_dir}: the run is not live ({status})")
         if time.monotonic() > deadline:
             raise UserError(f"{run_dir}: no control socket after {timeout:.0f} s (see {run_dir}/run.log)")
         time.sleep(0.05)
@@ -149,15 +155,16 @@ def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.P
         outcome = _pump(client, emit, control)
         if outcome != "lost" or reconnects >= RECONNECTS:
             return outcome
-        if run_info(run_dir).status != "live":
+        status = run_status(run_dir)
+        if status != "live":
             if process is not None:
                 process.poll()  # reap our own child, so its pid reads as gone
                 if _launcher_ending(run_dir, process, emit):
                     return "ended"
-            info = run_info(run_dir)
-            if info.status == "dead":
+            if status == "dead":
+                last_event = last_event_time(run_dir) or 0
                 emit(RunFailed(message=f"the run process died without a summary (last event at "
-                                       f"{time.strftime('%H:%M:%S', time.localtime(info.last_event or 0))})",
+                                       f"{time.strftime('%H:%M:%S', time.localtime(last_event))})",
                                run_dir=str(run_dir), kind="error"))
             return outcome
         reconnects += 1

@@ -11,13 +11,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
 from tuitune.engine.record.runlog import read_events
 from tuitune.errors import UserError
-from tuitune.remote.runs import read_json, run_info
+from tuitune.remote.runs import read_json, run_status, table_lines
 
 MISSING = "-"  # a key one run's profile does not have
 
@@ -45,20 +45,19 @@ class RunRecord:
 
     def best(self) -> EpochPoint | None:
         """The epoch with the best val score (the earliest of equals), by the run's own direction."""
-        points = [p for p in self.curve if _finite(p.val_score)]
-        if not points:
-            return None
-        sign = -1.0 if self.higher_is_better else 1.0
-        return min(points, key=lambda p: (sign * p.val_score, p.epoch))
+        return self._first_best(lambda p: p.val_score, -1.0 if self.higher_is_better else 1.0)
 
     def best_f1(self) -> EpochPoint | None:
         """The epoch with the highest val macro-F1 (the earliest of equals); None when the run has none."""
-        points = [p for p in self.curve if p.val_macro_f1 is not None and _finite(p.val_macro_f1)]
-        return min(points, key=lambda p: (-(p.val_macro_f1 or 0.0), p.epoch)) if points else None
+        return self._first_best(lambda p: p.val_macro_f1, -1.0)
 
     def lowest_loss(self) -> EpochPoint | None:
-        points = [p for p in self.curve if _finite(p.val_loss)]
-        return min(points, key=lambda p: (p.val_loss, p.epoch)) if points else None
+        return self._first_best(lambda p: p.val_loss, 1.0)
+
+    def _first_best(self, value: Callable[[EpochPoint], float | None], sign: float) -> EpochPoint | None:
+        """The earliest epoch with the lowest `sign * value` among its finite values (sign -1: the highest)."""
+        points = [p for p in self.curve if _finite(value(p))]
+        return min(points, key=lambda p: (sign * value(p), p.epoch)) if points else None
 
 
 def _finite(x: float) -> bool:
@@ -110,7 +109,7 @@ def load_run(run_dir: Path) -> RunRecord:
     profile = read_toml(profile_path) if profile_path.exists() else dict(started.profile) if started else {}
     summary = read_json(run_dir / "summary.json") or {}
     wall = summary.get("wall_s") if isinstance(summary.get("wall_s"), (int, float)) else elapsed
-    return RunRecord(name=run_dir.name, path=str(run_dir), status=run_info(run_dir).status,
+    return RunRecord(name=run_dir.name, path=str(run_dir), status=run_status(run_dir),
                      metric=started.metric if started else str(summary.get("metric", "acc")),
                      higher_is_better=started.higher_is_better if started else True, curve=curve,
                      profile=flatten(profile), wall_s=wall)
@@ -191,26 +190,21 @@ def metric_caption(runs: list[RunRecord]) -> str:
         f"{r.name} {r.metric}" for r in runs)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-
-
 def format_compare(runs: list[RunRecord]) -> str:
     """The plain text comparison: best metrics, the profile keys that differ, and the val curves per epoch."""
     f1 = has_f1(runs)
-    lines = [f"best metrics: {metric_caption(runs)}", *_table(best_header(runs), [best_cells(r, f1) for r in runs]),
-             ""]
+    lines = [f"best metrics: {metric_caption(runs)}",
+             *table_lines(best_header(runs), [best_cells(r, f1) for r in runs]), ""]
     diff = profile_diff([r.profile for r in runs])
     names = tuple(r.name for r in runs)
     if diff:
-        lines += ["profile keys that differ", *_table(("key", *names),
-                                                      [(k, *(fmt_value(v) for v in vs)) for k, vs in diff]), ""]
+        lines += ["profile keys that differ",
+                  *table_lines(("key", *names), [(k, *(fmt_value(v) for v in vs)) for k, vs in diff]), ""]
     else:
         lines += ["profile keys that differ: none (the same profile)", ""]
     epochs = sorted({p.epoch for r in runs for p in r.curve})
     by_run = [{p.epoch: p for p in r.curve} for r in runs]
     cells = lambda e: tuple(  # noqa: E731
         f"{fmt_score(c[e].val_loss)} / {fmt_score(c[e].val_score)}" if e in c else MISSING for c in by_run)
-    lines += ["val loss / val score per epoch", *_table(("epoch", *names), [(str(e), *cells(e)) for e in epochs])]
+    lines += ["val loss / val score per epoch", *table_lines(("epoch", *names), [(str(e), *cells(e)) for e in epochs])]
     return "\n".join(lines)

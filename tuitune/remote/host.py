@@ -51,14 +51,13 @@ def serve_run(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None],
 def write_launch(run_dir: Path, profile: RunProfile, resume: Path | None, interactive: bool) -> Path:
     """What the detached process needs to start the run: the resolved profile (overrides applied) and options."""
     from tuitune.config import profile_to_dict
+    from tuitune.engine.record.files import write_json_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LAUNCH_FILE
     data = {"profile": profile_to_dict(profile), "source_path": profile.source_path,
             "resume": str(resume) if resume is not None else None, "interactive": interactive}
-    tmp = run_dir / f".{LAUNCH_FILE}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, data)
     return path
 
 

@@ -30,10 +30,6 @@ COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(C
 STOP, DETACH, HELLO, LIVE, REFUSED = "Stop", "Detach", "Hello", "Live", "Refused"
 
 
-def command_to_json(command: Command) -> str:
-    return json.dumps({"type": type(command).__name__, **dataclasses.asdict(command)}, separators=(",", ":"))
-
-
 def command_from_dict(data: dict[str, Any]) -> Command:
     """A command from its JSON form. Unknown types and fields raise ValueError (the server skips the line)."""
     data = dict(data)

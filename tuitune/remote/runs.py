@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.engine.record.files import write_json_atomic
+
 PROCESS_FILE = "process.json"
 SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted",
                   "failed": "failed"}
@@ -39,9 +41,7 @@ def write_process_record(run_dir: Path, socket_path: Path, mode: str) -> dict[st
     """Atomically record this process as the run's owner (replacing the record of an earlier, resumed one)."""
     record = {"pid": os.getpid(), "proc_start": proc_start_ticks(os.getpid()), "socket": str(socket_path),
               "started": time.time(), "mode": mode, "host": socket.gethostname(), "uid": os.getuid()}
-    tmp = run_dir / f".{PROCESS_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / PROCESS_FILE)
+    write_json_atomic(run_dir / PROCESS_FILE, record)
     return record
 
 
@@ -51,9 +51,7 @@ def mark_ended(run_dir: Path) -> None:
     record = read_json(run_dir / PROCESS_FILE)
     if record is not None and record.get("pid") == os.getpid():
         record["ended"] = time.time()
-        tmp = run_dir / f".{PROCESS_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, run_dir / PROCESS_FILE)
+        write_json_atomic(run_dir / PROCESS_FILE, record)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -98,23 +96,35 @@ def is_run_dir(path: Path) -> bool:
 
 
 def run_status(run_dir: Path) -> str:
-    return run_info(run_dir).status
+    """The run's status from process.json and summary.json only (its events are not read)."""
+    run_dir = Path(run_dir)
+    return _status(run_dir, read_json(run_dir / PROCESS_FILE), read_json(run_dir / "summary.json"))
+
+
+def _status(run_dir: Path, record: dict[str, Any] | None, summary: dict[str, Any] | None) -> str:
+    """`live` while the recorded process lives; else the summary's status when this process wrote it; else `dead`."""
+    started = record.get("started") if record else None
+    if process_alive(record):
+        return "live"
+    if summary is not None and (started is None or (run_dir / "summary.json").stat().st_mtime >= started - 1):
+        return SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
+    return "dead"
+
+
+def last_event_time(run_dir: Path) -> float | None:
+    """Unix time of the last write to the run's events.jsonl, None without one."""
+    events = Path(run_dir) / "events.jsonl"
+    return events.stat().st_mtime if events.exists() else None
 
 
 def run_info(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
     record = read_json(run_dir / PROCESS_FILE)
-    summary_path = run_dir / "summary.json"
-    summary = read_json(summary_path)
+    summary = read_json(run_dir / "summary.json")
     events = run_dir / "events.jsonl"
-    last_event = events.stat().st_mtime if events.exists() else None
+    last_event = last_event_time(run_dir)
     started = record.get("started") if record else None
-    if process_alive(record):
-        status = "live"
-    elif summary is not None and (started is None or summary_path.stat().st_mtime >= started - 1):
-        status = SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
-    else:
-        status = "dead"
+    status = _status(run_dir, record, summary)
     phase, epoch, best, held = _progress(events, summary if status != "live" else None)
     if started is None:
         started = (run_dir / "profile.toml").stat().st_mtime if (run_dir / "profile.toml").exists() else last_event
@@ -187,8 +197,14 @@ def list_runs(folder: Path) -> list[RunInfo]:
 
 
 def live_runs(folder: Path) -> list[RunInfo]:
-    """Live runs under `folder`, newest first."""
-    return [r for r in reversed(list_runs(folder)) if r.status == "live"]
+    """Live runs under `folder`, newest first: only the runs whose process lives have their events read."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    alive = [p for p in folder.iterdir()
+             if p.is_dir() and is_run_dir(p) and process_alive(read_json(p / PROCESS_FILE))]
+    runs = sorted((run_info(p) for p in alive), key=lambda r: (r.started or 0.0, r.name))
+    return [r for r in reversed(runs) if r.status == "live"]
 
 
 def clock(t: float | None) -> str:
@@ -200,9 +216,13 @@ def format_table(runs: list[RunInfo]) -> str:
     rows = [(r.name, r.status + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else "")
              + (f", {r.held}" if r.held else ""),
              r.phase, r.epoch, r.best, clock(r.started), str(r.pid) if r.pid else "") for r in runs]
+    return "\n".join(table_lines(header, rows))
+
+
+def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Plain text columns (`tuitune runs`, `tuitune compare`): each as wide as its widest cell, two spaces apart."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-    return "\n".join(lines)
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
 
 
 def dead_message(info: RunInfo) -> str:

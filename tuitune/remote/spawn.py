@@ -21,36 +21,33 @@ LOG_FILE = "run.log"
 SPAWNED: list[subprocess.Popen] = []
 
 
+def spawn_detached(args: list[str], log: Path) -> subprocess.Popen:
+    """`python -m *args` in a session of its own (see above), stdin /dev/null, output appended to `log`, with this
+    checkout first on PYTHONPATH (as the parent runs it) and no TEXTUAL driver setting; kept in `SPAWNED`."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    env.pop("TEXTUAL", None)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", *args], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
+                                cwd=os.getcwd())
+    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
+    return proc
+
+
 def start_run_process(profile: RunProfile, run_dir: Path, *, resume: Path | None = None,
                       interactive: bool = True) -> subprocess.Popen:
     """Spawn `python -m tuitune.remote.host RUN_DIR`; it binds the control socket before importing torch."""
     run_dir = Path(run_dir)
     write_launch(run_dir, profile, resume, interactive)
-    env = dict(os.environ)
-    here = str(Path(__file__).resolve().parent.parent.parent)  # this checkout first, as the parent runs it
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    env.pop("TEXTUAL", None)
-    with open(run_dir / LOG_FILE, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tuitune.remote.host", str(run_dir)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, env=env, cwd=os.getcwd())
-    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
-    return proc
+    return spawn_detached(["tuitune.remote.host", str(run_dir)], run_dir / LOG_FILE)
 
 
 def start_ranks_process(argv: list[str], run_dir: Path) -> subprocess.Popen:
     """Spawn `python -m tuitune *argv` (`train ... --headless --nproc N`: the launcher of a multi-rank run) the
     same way: its own session, output to run.log. Its rank 0 opens the control socket once the ranks met."""
-    env = dict(os.environ)
-    here = str(Path(__file__).resolve().parent.parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    env.pop("TEXTUAL", None)
-    with open(Path(run_dir) / LOG_FILE, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tuitune", *argv], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
-                                cwd=os.getcwd())
-    SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
-    return proc
+    return spawn_detached(["tuitune", *argv], Path(run_dir) / LOG_FILE)
 
 
 def log_tail(run_dir: Path, lines: int = 3) -> str:

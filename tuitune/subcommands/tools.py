@@ -30,24 +30,18 @@ def _progress_printer():  # -> Callable[[Event], None]
 
 def cmd_layers(args: argparse.Namespace) -> int:
     profile = _layers_profile(args.profile, args.overrides)
-    from tuitune.engine.data.kinds import class_names, input_task
-    from tuitune.engine.model.backbone import build_backbone, layer_table
-    from tuitune.engine.model.lora import apply_lora, uses_lora
-    from tuitune.engine.train.strategy import plan_phases
+    from tuitune.engine.model.lora import uses_lora
+    from tuitune.engine.tools.layers import first_phase_rows, read_groups
 
-    task = input_task(profile.data, profile.model)
-    backbone = build_backbone(profile.model, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse,
-                              emit=_progress_printer())
+    read = read_groups(profile, random_init=False, emit=_progress_printer())
     if uses_lora(profile.strategy):
-        backbone, notes = apply_lora(backbone, profile.strategy)
-        print(*notes, sep="\n", file=sys.stderr)
-    first_phase = plan_phases([g.name for g in backbone.groups], profile.strategy).phases[0]
-    rows = layer_table(backbone.groups, set(first_phase))
+        print(*read.notes, sep="\n", file=sys.stderr)
+    rows, _ = first_phase_rows(read, profile.strategy)
     if args.json:
         print(json.dumps(rows))
         return 0
     total = sum(r["params"] for r in rows)
-    print(f"{backbone.description}: {len(rows)} layer groups")
+    print(f"{read.description}: {len(rows)} layer groups")
     print(f"{'#':>3}  {'group':<24} {'params':>12}  {'share':>6}  first phase")
     for i, r in enumerate(rows):
         state = "trainable" if r["trainable"] else "frozen"

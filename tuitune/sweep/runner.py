@@ -5,7 +5,6 @@ until the sweep holds `trials` counted trials. `--workers K` starts K processes 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -19,6 +18,7 @@ from tuitune.config import (ProfileError, apply_overrides, dump_toml, profile_fr
                             read_toml)
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
+from tuitune.engine.record.files import write_text_atomic
 from tuitune.sweep.board import format_board, read_board
 from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
 
@@ -37,14 +37,13 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: list[str]) -> Sweep:
     path = Path(path)
     table = apply_overrides(read_toml(path), overrides)
-    spec = parse_sweep(table, str(path), path.resolve().parent)
+    spec, profile = parse_sweep(table, str(path), path.resolve().parent)
     rest = {k: v for k, v in table.items() if k != "sweep"}
-    profile = profile_from_dict(rest, str(path), path.resolve().parent)
     return Sweep(str(path), path.resolve().parent, rest, spec, profile.name, profile.train.seed)
 
 
 def trial_profile(sweep: Sweep, params: dict[str, Any], number: int):  # -> RunProfile
-    table = apply_overrides(copy.deepcopy(sweep.table), [override_text(k, v) for k, v in params.items()])
+    table = apply_overrides(sweep.table, [override_text(k, v) for k, v in params.items()])
     profile = profile_from_dict(table, sweep.file, sweep.base)
     return dataclasses.replace(profile, name=f"{sweep.name}-trial-{number:03d}")
 
@@ -138,13 +137,13 @@ def work(sweep: Sweep, sweep_dir: Path, cap: int, stop: SweepStop, say: Callable
             return
         status = run_trial(sweep, study, trial, sweep_dir, stop.trial_control())
         if sweep.spec.keep == "best":
-            drop_losing_weights(study, sweep.spec.direction)
+            drop_losing_weights(study)
         say(f"trial {trial.number} {status}")
         if status == "interrupted":
             return
 
 
-def drop_losing_weights(study: Any, direction: str) -> list[Path]:
+def drop_losing_weights(study: Any) -> None:
     """`keep = "best"`: the checkpoints and export of every ended trial but the best so far are deleted (a sweep
     of a 22M-parameter text model wrote 0.6 GB a trial); events, curves and summaries stay for the leaderboard and
     `tuitune compare`, and `best.toml` reproduces any trial. Idempotent, so workers may race on it."""
@@ -152,18 +151,16 @@ def drop_losing_weights(study: Any, direction: str) -> list[Path]:
 
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = (max if direction == "maximize" else min)(done, key=lambda t: t.value).number if done else None
-    dropped = []
-    for t in trials:
+    try:
+        best = study.best_trial.number
+    except ValueError:  # no trial completed yet
+        best = None
+    for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number == best or "run_dir" not in t.user_attrs:
             continue
         for folder in (Path(t.user_attrs["run_dir"]) / "checkpoints", Path(t.user_attrs["run_dir"]) / "export"):
             if folder.is_dir():
                 shutil.rmtree(folder, ignore_errors=True)
-                dropped.append(folder)
-    return dropped
 
 
 def run_sweep(path: str, overrides: list[str], sweep_dir: Path, trials: int | None, workers: int,
@@ -280,9 +277,7 @@ def write_best(sweep: Sweep, overrides: list[str], sweep_dir: Path) -> str:
     line = f"tuitune train {sweep.file} {cli + ' ' if cli else ''}{set_line(best.params)}"
     header = (f"# best of sweep {sweep_dir}: trial {best.number}, {sweep.spec.metric} {best.value:.6g}\n"
               f"# reproduce: {line}\n")
-    tmp = sweep_dir / ".best.toml.tmp"
-    tmp.write_text(header + dump_toml(profile_to_dict(profile)), encoding="utf-8")
-    tmp.replace(sweep_dir / "best.toml")
+    write_text_atomic(sweep_dir / "best.toml", header + dump_toml(profile_to_dict(profile)))
     (sweep_dir / "best_set.txt").write_text(line + "\n", encoding="utf-8")
     return (f"best: trial {best.number}, {sweep.spec.metric} {best.value:.4f} -> {sweep_dir / 'best.toml'}\n"
             f"reproduce: {line}")
@@ -303,11 +298,10 @@ def start_detached(path: str, overrides: list[str], sweep_dir: Path, trials: int
     running = live_sweep_pid(sweep_dir)
     if running is not None:
         return running
-    cmd = [sys.executable, "-m", "tuitune", "sweep", path, "--headless", "--out", str(sweep_dir),
-           "--workers", str(workers), *(["--trials", str(trials)] if trials else []),
-           *(a for o in overrides for a in ("--set", o))]
-    with open(sweep_dir / "sweep.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    from tuitune.remote.spawn import spawn_detached
+
+    args = ["tuitune", "sweep", path, "--headless", "--out", str(sweep_dir), "--workers", str(workers),
+            *(["--trials", str(trials)] if trials else []), *(a for o in overrides for a in ("--set", o))]
+    proc = spawn_detached(args, sweep_dir / "sweep.log")
     (sweep_dir / "sweep.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
     return proc.pid

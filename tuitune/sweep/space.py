@@ -19,18 +19,17 @@ override, so a bad space gets the same one-line error as a bad profile, before a
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from tuitune.config import ProfileError, apply_overrides, profile_from_dict
+from tuitune.config import ProfileError, RunProfile, apply_overrides, profile_from_dict
+from tuitune.config.dump import toml_value
+from tuitune.config.schema import METRICS
 
 SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials", "keep")
 KEEP = ("best", "all")
-METRICS = ("val_score", "val_loss", "train_score", "train_loss", "val_macro_f1")
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -74,13 +73,7 @@ def epoch_metric(event: Any, metric: str) -> float:
 
 def override_text(key: str, value: Any) -> str:
     """`train.lr=0.001`, `strategy.kind="full"`: a `--set` item that parse_override reads back as the same value."""
-    return f"{key}={json.dumps(value) if isinstance(value, str) else _scalar(value)}"
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+    return f"{key}={toml_value(value)}"
 
 
 def set_line(params: Mapping[str, Any]) -> str:
@@ -142,8 +135,9 @@ def _setting(table: Mapping[str, Any], name: str, default: Any, where: str, choi
     return value
 
 
-def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> SweepSpec:
-    """Parse and check the profile's `[sweep]` table against the rest of the profile (`table` without it)."""
+def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> tuple[SweepSpec, RunProfile]:
+    """Parse and check the profile's `[sweep]` table against the rest of the profile (`table` without it); that
+    profile, validated on the way, comes back too."""
     sweep = table.get("sweep")
     if not isinstance(sweep, dict):
         raise ProfileError(f"{file}: sweep: no [sweep] table (the search space: \"train.lr\" = {{ log = [1e-5, 1e-2] "
@@ -166,15 +160,16 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> Sweep
     direction = _setting(sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep",
                          ("maximize", "minimize"))
     where = f"{file}: sweep"
-    return SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", where, PRUNERS),
+    spec = SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", where, PRUNERS),
                      _setting(sweep, "startup_trials", 2, where), _setting(sweep, "trials", 12, where),
                      _setting(sweep, "keep", "best", where, KEEP))
+    return spec, profile
 
 
 def _validate(rest: Mapping[str, Any], key: str, value: Any, file: str, base: Path | None) -> None:
     """The profile validation, on the profile with this one value applied."""
     try:
-        profile_from_dict(apply_overrides(copy.deepcopy(dict(rest)), [override_text(key, value)]), file, base)
+        profile_from_dict(apply_overrides(rest, [override_text(key, value)]), file, base)
     except ProfileError as e:
         inner = str(e).removeprefix(f"{file}: ")
         raise ProfileError(f"{file}: sweep.\"{key}\" = {value!r}: {inner}") from None

@@ -17,6 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
+from tuitune.remote.runs import proc_start_ticks
 from tuitune.sweep.space import SweepSpec
 
 STUDY_NAME = "tuitune"
@@ -72,15 +73,8 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A recorded pid (None or junk in an old study reads as gone) that runs and is not a zombie."""
+    return isinstance(pid, int) and proc_start_ticks(pid) is not None
 
 
 def fail_orphans(study: Any, storage: Any) -> list[int]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +29,7 @@ from textual.worker import get_current_worker
 
 from tuitune.config import SECTIONS, ProfileError, RunProfile, apply_overrides, dump_toml, profile_from_dict, \
     profile_to_dict
+from tuitune.engine.record.files import write_text_atomic
 from tuitune.errors import UserError
 
 # The keys this screen edits, in the order shown: (dotted key, label). Selects for keys declared with choices.
@@ -91,16 +90,8 @@ def relative_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def write_profile(profile: RunProfile, path: Path) -> None:
     """The profile as TOML at `path`, atomically (a temp file in the same folder, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"# composed in the tuitune picker from {Path(profile.source_path).name}\n")
-            f.write(dump_toml(relative_paths(profile_to_dict(profile), path.parent)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    header = f"# composed in the tuitune picker from {Path(profile.source_path).name}\n"
+    write_text_atomic(path, header + dump_toml(relative_paths(profile_to_dict(profile), path.parent)))
 
 
 def group_marks(rows: list[dict], phases: tuple[tuple[str, ...], ...]) -> list[Text]:

@@ -68,6 +68,11 @@ def data_kind(cfg: DataConfig) -> DataKind:
     return KINDS[cfg.kind]
 
 
+def target_kind(loss_kind: str) -> str:
+    """What the head predicts for a loss: `value` (regression, mse), `multi` (multi-label, bce), else `class`."""
+    return {"mse": "value", "bce": "multi"}.get(loss_kind, "class")
+
+
 def class_names(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
     """The outputs `build_datasets` will yield (class names; ("value",) for regression), found without building
     anything: the model's head is sized from them before the datasets (which need the model's transform or

@@ -8,8 +8,6 @@ leave the same record. Plain Python: no torch.
 from __future__ import annotations
 
 import csv
-import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -17,6 +15,7 @@ from typing import IO, Any, Callable
 from tuitune.config import RunProfile, dump_toml
 from tuitune.engine.events import (EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFailed,
                                    RunFinished, RunStarted, event_from_json, to_json)
+from tuitune.engine.record.files import write_json_atomic
 from tuitune.errors import UserError
 
 METRIC_COLUMNS = ("kind", "epoch", "step", "global_step", "train_loss", "train_score", "val_loss", "val_score",
@@ -109,9 +108,7 @@ class RunRecorder:
 
     def _write_summary(self, event: RunFinished | RunFailed) -> None:
         summary = summarize(event, self._started)
-        tmp = self.run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.run_dir / "summary.json")
+        write_json_atomic(self.run_dir / "summary.json", summary)
 
     def close(self) -> None:
         for f in (self._events, self._metrics_file):

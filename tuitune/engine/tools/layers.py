@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tuitune.engine.train.strategy import PhasePlan, plan_phases
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile, StrategyConfig
+    from tuitune.engine.events import Event
     from tuitune.engine.model.groups import LayerGroup
 
 
@@ -38,19 +39,16 @@ def groups_key(strategy: StrategyConfig) -> tuple[Any, ...]:
     return (strategy.coarse, uses_lora(strategy), lora)
 
 
-def read_groups(profile: RunProfile) -> GroupsRead:
-    """Build the profile's backbone as `tuitune layers` does, at random init (the groups and their sizes do not
-    depend on the weights, and reading them must neither download nor load a checkpoint), then let it go."""
-    from tuitune.engine.data.kinds import class_names, input_task
-    from tuitune.engine.model.backbone import build_backbone
-    from tuitune.engine.model.lora import apply_lora, uses_lora
+def read_groups(profile: RunProfile, random_init: bool = True,
+                emit: Callable[[Event], None] | None = None) -> GroupsRead:
+    """Build the profile's backbone (`profile_backbone`, as training does), read its groups, then let it go.
+    `random_init` (the composing screen): the groups and their sizes do not depend on the weights, and reading
+    them there must neither download nor load a checkpoint. `tuitune layers` loads the weights the profile names
+    (`random_init=False`), `emit` showing a download's progress."""
+    from tuitune.engine.record.rebuild import profile_backbone
 
-    model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="")
-    task = input_task(profile.data, profile.model)
-    backbone = build_backbone(model_cfg, len(class_names(profile.data)), task=task, coarse=profile.strategy.coarse)
-    notes: list[str] = []
-    if uses_lora(profile.strategy):
-        backbone, notes = apply_lora(backbone, profile.strategy)
+    model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="") if random_init else None
+    backbone, _, notes = profile_backbone(profile, model_cfg, emit=emit)
     return GroupsRead(backbone.description, backbone.groups, tuple(notes), groups_key(profile.strategy))
 
 

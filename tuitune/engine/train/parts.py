@@ -19,10 +19,9 @@ from tuitune.engine.data.image_cache import cache_images
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, make_loaders
-from tuitune.engine.data.kinds import build_datasets, class_names, input_task
-from tuitune.engine.model.backbone import build_backbone
-from tuitune.engine.model.lora import apply_lora, uses_lora
+from tuitune.engine.data.kinds import build_datasets, input_task
 from tuitune.engine.model.groups import Backbone, LayerGroup
+from tuitune.engine.record.rebuild import profile_backbone
 from tuitune.errors import UserError
 
 
@@ -147,16 +146,9 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     target = target_kind(profile.loss.kind)
-    classes = class_names(profile.data, target)
-    task = input_task(profile.data, profile.model)
-    if profile.data.group_by_length and task != "text":
+    if profile.data.group_by_length and input_task(profile.data, profile.model) != "text":
         raise UserError("data.group_by_length: only for text data (images all have the same size)")
-    backbone = build_backbone(model_config(profile), len(classes), task=task, coarse=profile.strategy.coarse,
-                              emit=emit)
-    warnings = []
-    if uses_lora(profile.strategy):
-        backbone, notes = apply_lora(backbone, profile.strategy)
-        warnings += notes
+    backbone, _, warnings = profile_backbone(profile, model_config(profile), emit=emit)
     _sync_bn(profile, backbone, device, dist)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def target_kind(loss_kind: str) -> str:
-    return {"mse": "value", "bce": "multi"}.get(loss_kind, "class")
+from tuitune.engine.data.kinds import target_kind  # noqa: F401  (re-exported: objective imports it from here)
 
 
 @dataclass(frozen=True)
