@@ -9,7 +9,8 @@ import torch
 
 from tuitune.config import DataConfig
 from tuitune.engine.data.kinds import build_datasets, class_names
-from tuitune.engine.train.scoring import Scorer, average_precision, target_kind
+from tuitune.engine.data.kinds import target_kind
+from tuitune.engine.train.scoring import Scorer, average_precision
 from tuitune.errors import DataError
 
 IMAGES = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",

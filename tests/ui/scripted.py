@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, ScaleGroupLR,
                                      SetGroupTrainable, StopEarly, UnfreezeNext)
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
-                                   FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
-                                   PhaseChanged, RunFailed, RunFinished, RunStarted, UnfreezeSuggested)
+from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, DomainShiftMeasured,
+                                   EpochEnded, Event, FeatureCacheChanged, LayerInfo, LayersChanged, LRFound,
+                                   MetricsUpdated, PhaseChanged, RunFailed, RunFinished, RunStarted,
+                                   UnfreezeSuggested)
 
 GROUPS = (("stem", 9_536), ("layer1", 147_968), ("layer2", 525_568), ("layer3", 2_099_712),
           ("layer4", 8_393_728), ("head", 5_130))
@@ -358,10 +359,8 @@ def views_finished_events() -> list[Event]:
     return [dataclasses.replace(events[0], classes=CLOTHING), *events[1:-1], end]
 
 
-def shift(epoch: int, global_step: int, reason: str, scale: float = 1.0) -> "DomainShiftMeasured":
+def shift(epoch: int, global_step: int, reason: str, scale: float = 1.0) -> DomainShiftMeasured:
     """BatchNorm shift per group: the stem and layer1 see data far from their pretraining statistics."""
-    from tuitune.engine.events import DomainShiftMeasured
-
     base = {"stem": 2.41, "layer1": 1.37, "layer2": 0.62, "layer3": 0.21, "layer4": 0.08}
     return DomainShiftMeasured(groups=tuple(g for g, _ in GROUPS),
                                shifts=tuple(base[g] * scale if g in base else None for g, _ in GROUPS),

@@ -16,10 +16,11 @@ from torch.utils.data import Subset
 
 from tuitune.engine.data.augment import build_mixup
 from tuitune.engine.data.batches import to_device
+from tuitune.engine.data.kinds import target_kind
 from tuitune.engine.model.heads import linear_head, pre_logits
 from tuitune.engine.train.distill import Distiller, build_distiller
 from tuitune.engine.train.losses import build_loss
-from tuitune.engine.train.scoring import Scorer, average_precision, class_report, target_kind
+from tuitune.engine.train.scoring import Scorer, average_precision, class_report
 from tuitune.engine.train.regularize import Penalty, build_ema
 from tuitune.engine.train.val_views import ValViews
 

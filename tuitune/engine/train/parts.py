@@ -17,9 +17,8 @@ from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
 from tuitune.engine.data.image_cache import cache_images
 from tuitune.engine.train.distributed import LOCAL, DistContext
-from tuitune.engine.train.scoring import target_kind
 from tuitune.engine.data.datasets import DataBundle, make_loaders
-from tuitune.engine.data.kinds import build_datasets, input_task
+from tuitune.engine.data.kinds import build_datasets, input_task, target_kind
 from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.engine.record.rebuild import profile_backbone
 from tuitune.errors import UserError

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from tuitune.engine.data.kinds import target_kind  # noqa: F401  (re-exported: objective imports it from here)
 
 
 @dataclass(frozen=True)
