@@ -29,8 +29,12 @@ async def watch(run_dir: Path, timeout: float) -> dict:
             await asyncio.sleep(0.1)
         await pilot.pause()
         d = app.dashboard
-        seen = {"events_seen": d.state.events_seen if d else 0, "global_step": d.state.global_step if d else 0,
-                "status": d.state.status if d else "", "cpu_s": time.process_time()}
+        seen = {
+            "events_seen": d.state.events_seen if d else 0,
+            "global_step": d.state.global_step if d else 0,
+            "status": d.state.status if d else "",
+            "cpu_s": time.process_time(),
+        }
         app.exit()
     return seen
 

@@ -22,8 +22,15 @@ DEMO = Path(__file__).resolve().parents[1] / "tuitune" / "profiles" / "demo.toml
 
 
 def run(cache: bool, epochs: int, tmp: Path) -> list[EpochEnded]:
-    profile = load_profile(DEMO, ["strategy.kind=\"head_only\"", f"train.epochs={epochs}",
-                                  f"train.feature_cache={'true' if cache else 'false'}", "data.source_classes=[]"])
+    profile = load_profile(
+        DEMO,
+        [
+            'strategy.kind="head_only"',
+            f"train.epochs={epochs}",
+            f"train.feature_cache={'true' if cache else 'false'}",
+            "data.source_classes=[]",
+        ],
+    )
     events: list = []
     Trainer(profile, tmp / ("cache" if cache else "plain"), events.append, Control()).run()
     return [e for e in events if isinstance(e, EpochEnded)]
@@ -35,11 +42,19 @@ def cache_speedup(epochs: int = 5) -> dict[str, float]:
     later_plain = statistics.median(e.epoch_s for e in plain[1:])
     later_cached = statistics.median(e.epoch_s for e in cached[1:])
     for a, b in zip(plain, cached):
-        print(f"epoch {a.epoch}: no cache {a.epoch_s:6.3f}s val acc {a.val_score:.4f} | cache {b.epoch_s:6.3f}s "
-              f"val acc {b.val_score:.4f}", file=sys.stderr)
-    return {"cache_speedup": round(later_plain / later_cached, 1), "epoch_s_plain": round(later_plain, 4),
-            "epoch_s_cached": round(later_cached, 4), "first_epoch_s_cached": round(cached[0].epoch_s, 3),
-            "val_score_plain": round(plain[-1].val_score, 4), "val_score_cached": round(cached[-1].val_score, 4)}
+        print(
+            f"epoch {a.epoch}: no cache {a.epoch_s:6.3f}s val acc {a.val_score:.4f} | cache {b.epoch_s:6.3f}s "
+            f"val acc {b.val_score:.4f}",
+            file=sys.stderr,
+        )
+    return {
+        "cache_speedup": round(later_plain / later_cached, 1),
+        "epoch_s_plain": round(later_plain, 4),
+        "epoch_s_cached": round(later_cached, 4),
+        "first_epoch_s_cached": round(cached[0].epoch_s, 3),
+        "val_score_plain": round(plain[-1].val_score, 4),
+        "val_score_cached": round(cached[-1].val_score, 4),
+    }
 
 
 if __name__ == "__main__":

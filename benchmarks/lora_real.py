@@ -27,8 +27,9 @@ LR = {("text", "full"): 1e-4, ("text", "lora"): 1e-3, ("image", "full"): 1e-3, (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("runs/lora"))
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--only", choices=("text", "image"))
@@ -40,8 +41,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=96)
     p.add_argument("--lr-full", type=float, help="full fine-tuning's LR (default: text 1e-4, image 1e-3)")
     p.add_argument("--lr-lora", type=float, help="LoRA's LR (default: text 1e-3, image 3e-3)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a profile override for both runs (repeatable), e.g. strategy.lr_decay=0.78")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a profile override for both runs (repeatable), e.g. strategy.lr_decay=0.78",
+    )
     return p.parse_args(argv)
 
 
@@ -60,8 +67,13 @@ def read_run(run_dir: Path) -> dict[str, Any]:
             elif event["type"] == "EpochEnded":
                 acc.append(event["val_score"])
                 f1 += [event["extra"]["val_macro_f1"]] if "val_macro_f1" in event.get("extra", {}) else []
-    return {"trainable_params": trainable, "total_params": total, "epochs": len(acc),
-            "best_val_acc": round(max(acc), 4) if acc else None, "best_val_macro_f1": round(max(f1), 4) if f1 else None}
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "epochs": len(acc),
+        "best_val_acc": round(max(acc), 4) if acc else None,
+        "best_val_macro_f1": round(max(f1), 4) if f1 else None,
+    }
 
 
 def one(name: str, kind: str, profile: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -69,8 +81,20 @@ def one(name: str, kind: str, profile: Path, out: Path, args: argparse.Namespace
     lr = getattr(args, f"lr_{kind}") or LR[name, kind]
     if not (run_dir / "summary.json").exists():
         extra = [a for o in args.overrides for a in ("--set", o)]
-        tuitune("train", str(profile), "--headless", "--out", str(run_dir), "--force", "--set",
-                f'strategy.kind="{kind}"', "--set", f"train.lr={lr}", *extra, log=out / "log.txt")
+        tuitune(
+            "train",
+            str(profile),
+            "--headless",
+            "--out",
+            str(run_dir),
+            "--force",
+            "--set",
+            f'strategy.kind="{kind}"',
+            "--set",
+            f"train.lr={lr}",
+            *extra,
+            log=out / "log.txt",
+        )
     return {"kind": kind, "lr": lr, "overrides": args.overrides, **read_run(run_dir)}
 
 

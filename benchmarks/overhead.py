@@ -4,7 +4,7 @@ Four runs of the same model, data, batch size, optimizer and step count, side by
 
   bare    a minimal loop: fetch, forward, cross-entropy, backward, AdamW step (on CUDA: bf16 autocast and
           cudnn.benchmark, what a user writing it for speed would do)
-  engine  `tuitune.engine.record.session.run_training` headless (what `tuitune train --headless` runs), events -> a clock
+  engine  `tuitune.engine.session.run_training` headless (what `tuitune train --headless` runs), events -> a clock
   attached  the engine as a run process runs it (control socket open, `tuitune.remote`), with the real dashboard
           attached from another process (`attach_viewer.py`: `tuitune attach`'s app, Textual headless, 120x40)
   tui     the same engine inside the real Textual app (`TuituneApp("train")` under `App.run_test()`, headless,
@@ -56,8 +56,9 @@ MODES = ("bare", "engine", "tui", "attached")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--model", default="resnet18", help="timm model name (random init)")
     p.add_argument("--kwargs", default='{"channels": [32, 64, 128, 256]}', help="timm.create_model kwargs, JSON")
     p.add_argument("--img-size", type=int, default=32)
@@ -71,22 +72,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = the CPUs this process may use")
     p.add_argument("--modes", default=",".join(MODES), help="which of bare,engine,tui,attached to run")
     p.add_argument("--in-process", action="store_true", help="all runs in this process (data built once)")
-    p.add_argument("--omp-wait-policy", choices=("passive", "active", "unset"), default="passive",
-                   help="OMP_WAIT_POLICY of the worker processes (default passive: see below)")
+    p.add_argument(
+        "--omp-wait-policy",
+        choices=("passive", "active", "unset"),
+        default="passive",
+        help="OMP_WAIT_POLICY of the worker processes (default passive: see below)",
+    )
     p.add_argument("--no-startup", action="store_true", help="skip help_s and first_frame_s")
-    p.add_argument("--overhead", action="store_true",
-                   help="measure the per-step time the engine and the dashboard add, precisely: the loop's own "
-                        "time outside forward, backward, optimizer step and data fetch, timed directly, on a "
-                        "job whose step is a few ms (defaults below change unless given); prints engine_overhead_ms "
-                        "and tui_overhead_ms")
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="measure the per-step time the engine and the dashboard add, precisely: the loop's own "
+        "time outside forward, backward, optimizer step and data fetch, timed directly, on a "
+        "job whose step is a few ms (defaults below change unless given); prints engine_overhead_ms "
+        "and tui_overhead_ms",
+    )
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # one run, JSON out (internal)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.overhead:
         _overhead_defaults(p, args, argv if argv is not None else sys.argv[1:])
     if args.warmup % args.log_every or args.steps % args.log_every or args.warmup < args.log_every:
-        p.error("--warmup and --steps must be positive multiples of --log-every (the engine is timed at its "
-                "MetricsUpdated events)")
+        p.error(
+            "--warmup and --steps must be positive multiples of --log-every (the engine is timed at its "
+            "MetricsUpdated events)"
+        )
     args.kwargs_json = args.kwargs
     args.kwargs = json.loads(args.kwargs)
     args.threads = args.threads or _cpus()
@@ -98,8 +108,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # The `--overhead` job: a small conv net on 16 px images, batch 8 (a few ms a step on one CPU core; the engine's
 # own time is what is left when forward, backward, optimizer step and data fetch are subtracted), many steps.
-OVERHEAD_DEFAULTS = {"kwargs": '{"channels": [8, 16, 32, 64], "stem_width": 8}', "img_size": 16, "batch_size": 8,
-                     "warmup": 50, "steps": 400, "rounds": 3, "no_startup": True, "threads": 1}
+OVERHEAD_DEFAULTS = {
+    "kwargs": '{"channels": [8, 16, 32, 64], "stem_width": 8}',
+    "img_size": 16,
+    "batch_size": 8,
+    "warmup": 50,
+    "steps": 400,
+    "rounds": 3,
+    "no_startup": True,
+    "threads": 1,
+}
 
 
 def _overhead_defaults(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> None:
@@ -110,6 +128,7 @@ def _overhead_defaults(p: argparse.ArgumentParser, args: argparse.Namespace, arg
 
 
 # ------------------------------------------------------------------------------------------------ runs
+
 
 def prepare_process(args: argparse.Namespace) -> Any:
     """Import the runs (torch, timm) into this process, set the thread count, check the device."""
@@ -135,24 +154,48 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def run_isolated(mode: str, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--run-dir", str(run_dir),
-           "--model", args.model, "--kwargs", args.kwargs_json, "--img-size", str(args.img_size),
-           "--batch-size", str(args.batch_size), "--num-classes", str(args.num_classes),
-           "--warmup", str(args.warmup), "--steps", str(args.steps), "--log-every", str(args.log_every),
-           "--device", args.device, "--threads", str(args.threads)] + (["--overhead"] if args.overhead else [])
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        mode,
+        "--run-dir",
+        str(run_dir),
+        "--model",
+        args.model,
+        "--kwargs",
+        args.kwargs_json,
+        "--img-size",
+        str(args.img_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--num-classes",
+        str(args.num_classes),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--log-every",
+        str(args.log_every),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ] + (["--overhead"] if args.overhead else [])
     env = _env()
     if args.omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{mode} worker failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
-                           f"\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        raise RuntimeError(
+            f"{mode} worker failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def rotations(modes: list[str], rounds: int) -> list[list[str]]:
-    return [modes[i % len(modes):] + modes[:i % len(modes)] for i in range(rounds)]
+    return [modes[i % len(modes) :] + modes[: i % len(modes)] for i in range(rounds)]
 
 
 def run_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, Any]]]:
@@ -172,7 +215,7 @@ def run_rounds(args: argparse.Namespace, tmp: Path) -> dict[str, list[dict[str, 
                     result = runs.run_mode(mode, profile, args, run_dir)
                 else:
                     result = run_isolated(mode, args, run_dir)
-            except Exception as e:  # noqa: BLE001 - report it, keep the other runs
+            except Exception as e:
                 print(f"round {r}  {mode:<6} FAILED: {str(e).strip().splitlines()[-1][:300]}", flush=True)
                 continue
             results[mode].append(result)
@@ -185,14 +228,23 @@ def describe(mode: str, r: dict[str, Any], args: argparse.Namespace) -> str:
     ui = f", ui thread {r['main_cpu'] * ms:5.2f}" if mode == "tui" else ""
     if mode == "attached":
         ui = f", viewer process {r['viewer_cpu_s']:.1f} s cpu, saw {r['viewer_events']} events"
-    drawn = (f"  plots drawn {r['plot_redraws']}, metric events {r['metric_events']}, dashboard at step "
-             f"{r['dashboard_global_step']}") if mode == "tui" else ""
-    return (f"{mode:<6} {r['sps']:8.1f} samples/s {r['wall'] * ms:7.2f} ms/step | cpu ms/step: train thread "
-            f"{r['thread_cpu'] * ms:6.2f}{ui}, process {r['process_cpu'] * ms:6.2f} | load "
-            f"{os.getloadavg()[0]:.2f}{drawn}")
+    drawn = (
+        (
+            f"  plots drawn {r['plot_redraws']}, metric events {r['metric_events']}, dashboard at step "
+            f"{r['dashboard_global_step']}"
+        )
+        if mode == "tui"
+        else ""
+    )
+    return (
+        f"{mode:<6} {r['sps']:8.1f} samples/s {r['wall'] * ms:7.2f} ms/step | cpu ms/step: train thread "
+        f"{r['thread_cpu'] * ms:6.2f}{ui}, process {r['process_cpu'] * ms:6.2f} | load "
+        f"{os.getloadavg()[0]:.2f}{drawn}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ start-up
+
 
 def _cpus() -> int:
     try:
@@ -226,13 +278,16 @@ def time_subprocess(cmd: list[str], until_line: str | None = None, timeout: floa
 
 def startup_times(repeats: int = 5) -> tuple[float, float]:
     helps = [time_subprocess([sys.executable, "-m", "tuitune", "--help"]) for _ in range(repeats)]
-    frames = [time_subprocess([sys.executable, str(HERE / "first_frame.py")], until_line="FIRST_FRAME")
-              for _ in range(repeats)]
+    frames = [
+        time_subprocess([sys.executable, str(HERE / "first_frame.py")], until_line="FIRST_FRAME")
+        for _ in range(repeats)
+    ]
     print(f"help_s samples: {_fmt_list(helps)}   first_frame_s samples: {_fmt_list(frames)}")
     return statistics.median(helps), statistics.median(frames)
 
 
 # ------------------------------------------------------------------------------------------------ report
+
 
 def _fmt_list(values: list[float]) -> str:
     return " ".join(f"{v:.3f}" for v in values)
@@ -242,8 +297,12 @@ def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
-           startup: tuple[float, float] | None, cache: float | None = None) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    results: dict[str, list[dict[str, Any]]],
+    startup: tuple[float, float] | None,
+    cache: float | None = None,
+) -> dict[str, Any]:
     med = {m: statistics.median(r["sps"] for r in rs) for m, rs in results.items() if rs}
     for mode, rs in results.items():
         if not rs:
@@ -255,19 +314,32 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]],
     help_s, first_frame_s = startup if startup is not None else (None, None)
     cpu = {m: statistics.median(r["process_cpu"] for r in rs) for m, rs in results.items() if rs}
     cpu_ratio = lambda m: round(cpu["bare"] / cpu[m], 4) if "bare" in cpu and m in cpu else None  # noqa: E731
-    return {"bare_sps": _round(bare, 1), "engine_sps": _round(engine, 1), "tui_sps": _round(tui, 1),
-            "attached_sps": _round(attached, 1), "engine_ratio": ratio(engine), "tui_ratio": ratio(tui),
-            "attached_ratio": ratio(attached),
-            "cache_speedup": cache,  # demo head-only epochs after the first, without / with the feature cache
-            "help_s": _round(help_s, 3), "first_frame_s": _round(first_frame_s, 3),
-            "bare_step_ms": _round(1000 * args.batch_size / bare, 2) if bare else None,
-            # secondary, less sensitive to other load on the machine: bare's CPU seconds per step / the mode's
-            "engine_cpu_ratio": cpu_ratio("engine"), "tui_cpu_ratio": cpu_ratio("tui"),
-            "attached_cpu_ratio": cpu_ratio("attached"),
-            "load_avg": round(os.getloadavg()[0], 2),
-            "model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "steps": args.steps,
-            "device": args.device, "threads": args.threads, "isolated": not args.in_process,
-            "omp_wait_policy": None if args.in_process else args.omp_wait_policy}
+    return {
+        "bare_sps": _round(bare, 1),
+        "engine_sps": _round(engine, 1),
+        "tui_sps": _round(tui, 1),
+        "attached_sps": _round(attached, 1),
+        "engine_ratio": ratio(engine),
+        "tui_ratio": ratio(tui),
+        "attached_ratio": ratio(attached),
+        "cache_speedup": cache,  # demo head-only epochs after the first, without / with the feature cache
+        "help_s": _round(help_s, 3),
+        "first_frame_s": _round(first_frame_s, 3),
+        "bare_step_ms": _round(1000 * args.batch_size / bare, 2) if bare else None,
+        # secondary, less sensitive to other load on the machine: bare's CPU seconds per step / the mode's
+        "engine_cpu_ratio": cpu_ratio("engine"),
+        "tui_cpu_ratio": cpu_ratio("tui"),
+        "attached_cpu_ratio": cpu_ratio("attached"),
+        "load_avg": round(os.getloadavg()[0], 2),
+        "model": args.model,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "device": args.device,
+        "threads": args.threads,
+        "isolated": not args.in_process,
+        "omp_wait_policy": None if args.in_process else args.omp_wait_policy,
+    }
 
 
 def overhead_report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -279,29 +351,46 @@ def overhead_report(args: argparse.Namespace, results: dict[str, list[dict[str, 
     own = {m: statistics.median(v) for m, v in own_runs.items()}
     for mode, values in own_runs.items():
         compute = statistics.median(r["compute"] * ms for r in results[mode])
-        print(f"own CPU time per step {mode:<6} median {own[mode]:6.3f} ms ({_fmt_list(values)}); forward, "
-              f"backward, step, data {compute:6.3f} ms")
+        print(
+            f"own CPU time per step {mode:<6} median {own[mode]:6.3f} ms ({_fmt_list(values)}); forward, "
+            f"backward, step, data {compute:6.3f} ms"
+        )
     ui = statistics.median(r["main_cpu"] * ms for r in results["tui"]) if results.get("tui") else None
     engine = own["engine"] - own["bare"] if "engine" in own and "bare" in own else None
     tui = own["tui"] - own["engine"] + ui if "tui" in own and "engine" in own and ui is not None else None
     compute = statistics.median(r["compute"] * ms for r in results["bare"]) if results.get("bare") else None
-    return {"engine_overhead_ms": _round(engine, 3), "tui_overhead_ms": _round(tui, 3),
-            "goal_engine_ms": 0.5, "goal_tui_ms": 1.0,
-            "own_ms": {m: round(v, 3) for m, v in own.items()}, "ui_thread_cpu_ms": _round(ui, 3),
-            "step_compute_ms": _round(compute, 3), "model": args.model, "img_size": args.img_size,
-            "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds, "log_every": args.log_every,
-            "device": args.device, "threads": args.threads, "load_avg": round(os.getloadavg()[0], 2)}
+    return {
+        "engine_overhead_ms": _round(engine, 3),
+        "tui_overhead_ms": _round(tui, 3),
+        "goal_engine_ms": 0.5,
+        "goal_tui_ms": 1.0,
+        "own_ms": {m: round(v, 3) for m, v in own.items()},
+        "ui_thread_cpu_ms": _round(ui, 3),
+        "step_compute_ms": _round(compute, 3),
+        "model": args.model,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "log_every": args.log_every,
+        "device": args.device,
+        "threads": args.threads,
+        "load_avg": round(os.getloadavg()[0], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    print(f"model {args.model} {args.kwargs} {args.img_size}px, batch {args.batch_size}, {args.warmup} warm-up + "
-          f"{args.steps} timed steps, device {args.device}, torch threads {args.threads}, {args.rounds} rounds, "
-          f"{'one process' if args.in_process else 'a fresh process per run'}, OMP_WAIT_POLICY "
-          f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if args.in_process else args.omp_wait_policy}, load "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"model {args.model} {args.kwargs} {args.img_size}px, batch {args.batch_size}, {args.warmup} warm-up + "
+        f"{args.steps} timed steps, device {args.device}, torch threads {args.threads}, {args.rounds} rounds, "
+        f"{'one process' if args.in_process else 'a fresh process per run'}, OMP_WAIT_POLICY "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset') if args.in_process else args.omp_wait_policy}, load "
+        f"{os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="tuitune-overhead-") as tmp:
         results = run_rounds(args, Path(tmp))
     if args.overhead:

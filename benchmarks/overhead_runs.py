@@ -13,9 +13,10 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -35,12 +36,32 @@ def make_profile(args: argparse.Namespace) -> RunProfile:
     samples = math.ceil(total * args.batch_size / (1 - VAL_FRACTION)) + 2 * args.num_classes
     table = {
         "name": "overhead",
-        "model": {"source": "timm", "name": args.model, "pretrained": False, "kwargs": args.kwargs,
-                  "img_size": args.img_size},
-        "data": {"kind": "synthetic", "num_samples": samples, "num_classes": args.num_classes,
-                 "batch_size": args.batch_size, "val_fraction": VAL_FRACTION, "num_workers": -1},
-        "train": {"epochs": 1, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.01, "schedule": "constant",
-                  "seed": 0, "device": args.device, "log_every": args.log_every, "max_steps_per_epoch": total},
+        "model": {
+            "source": "timm",
+            "name": args.model,
+            "pretrained": False,
+            "kwargs": args.kwargs,
+            "img_size": args.img_size,
+        },
+        "data": {
+            "kind": "synthetic",
+            "num_samples": samples,
+            "num_classes": args.num_classes,
+            "batch_size": args.batch_size,
+            "val_fraction": VAL_FRACTION,
+            "num_workers": -1,
+        },
+        "train": {
+            "epochs": 1,
+            "lr": 1e-3,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "schedule": "constant",
+            "seed": 0,
+            "device": args.device,
+            "log_every": args.log_every,
+            "max_steps_per_epoch": total,
+        },
         "strategy": {"kind": "full"},
         "early_stopping": {"enabled": False},
     }
@@ -71,7 +92,7 @@ def share_synthetic_data() -> None:
             built[key] = original(*args, **kwargs)
         return built[key]
 
-    setattr(module, "build_synthetic_images", cached)
+    module.build_synthetic_images = cached
 
 
 def sync(device: torch.device) -> None:
@@ -136,6 +157,7 @@ class ComputeMeter:
                 return fn(*args, **kwargs)
             finally:
                 self.total += time.thread_time() - t0
+
         return timed
 
 
@@ -181,12 +203,17 @@ def _bare_setup(profile: RunProfile, args: argparse.Namespace, device: torch.dev
     torch.manual_seed(profile.train.seed)  # as the engine's seed_everything, before the model is built
     backbone = build_backbone(profile.model, args.num_classes, task="image")
     model = backbone.model.to(device)
-    train = build_datasets(profile.data, task="image", data_config=backbone.data_config,
-                           seed=profile.train.seed).train
+    train = build_datasets(profile.data, task="image", data_config=backbone.data_config, seed=profile.train.seed).train
     workers = resolve_num_workers(profile.data.num_workers, device.type)
-    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        generator=torch.Generator().manual_seed(profile.train.seed))
+    loader = DataLoader(
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(profile.train.seed),
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=profile.train.lr, weight_decay=profile.train.weight_decay)
     return model, loader, opt
 
@@ -259,7 +286,7 @@ class StepClock:
 def run_engine(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> Window:
     """The engine headless, as `tuitune train --headless` runs it (minus the console printer)."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import run_training
+    from tuitune.engine.session import run_training
 
     clock = StepClock(args.warmup, args.warmup + args.steps, args.steps * args.batch_size)
     run_training(profile, run_dir, clock, Control(), interactive=False)
@@ -274,7 +301,7 @@ def run_tui(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> tup
 
 
 async def _drive_tui(profile: RunProfile, run_dir: Path, clock: StepClock) -> dict[str, int]:
-    from tuitune.engine.record.session import run_training
+    from tuitune.engine.session import run_training
     from tuitune.ui.app import TuituneApp
     from tuitune.ui.dashboard import DashboardScreen
 
@@ -282,6 +309,7 @@ async def _drive_tui(profile: RunProfile, run_dir: Path, clock: StepClock) -> di
         def both(event: Any) -> None:
             clock(event)
             emit(event)  # the dashboard's own emit: post_message to the UI thread
+
         return run_training(profile, run_dir, both, control, **kw)
 
     redraws = [0]
@@ -314,17 +342,21 @@ def run_attached(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -
 
     from tuitune.engine.commands import Control
     from tuitune.engine.record.runlog import tee
-    from tuitune.engine.record.session import run_training
-    from tuitune.remote.runs import write_process_record
+    from tuitune.engine.session import run_training
     from tuitune.remote.server import RunServer
+    from tuitune.runs.status import write_process_record
 
     run_dir.mkdir(parents=True, exist_ok=True)
     control = Control()
     server = RunServer(run_dir, control)
     write_process_record(run_dir, server.path, "benchmark")
-    viewer = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "attach_viewer.py"),
-                               str(run_dir), "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    viewer = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "attach_viewer.py"), str(run_dir), "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not any(c.live for c in list(server.clients)):
@@ -342,9 +374,12 @@ def run_attached(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -
     lines = [line for line in out.splitlines() if line.startswith("VIEWER ")]
     if not lines:
         raise RuntimeError(f"attached: no VIEWER line: {err[-1000:]}")
-    seen = json.loads(lines[-1][len("VIEWER "):])
-    return clock.result("attached"), {"viewer_events": seen["events_seen"], "viewer_global_step": seen["global_step"],
-                                      "viewer_cpu_s": seen["cpu_s"]}
+    seen = json.loads(lines[-1][len("VIEWER ") :])
+    return clock.result("attached"), {
+        "viewer_events": seen["events_seen"],
+        "viewer_global_step": seen["global_step"],
+        "viewer_cpu_s": seen["cpu_s"],
+    }
 
 
 def run_mode(mode: str, profile: RunProfile, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -360,6 +395,13 @@ def run_mode(mode: str, profile: RunProfile, args: argparse.Namespace, run_dir: 
         window, seen = run_attached(profile, args, run_dir)
     else:
         raise ValueError(f"unknown mode {mode!r}")
-    return {"sps": window.sps, "wall": window.wall, "thread_cpu": window.thread_cpu, "main_cpu": window.main_cpu,
-            "process_cpu": window.process_cpu, "compute": window.compute, "torch_threads": torch.get_num_threads(),
-            **seen}
+    return {
+        "sps": window.sps,
+        "wall": window.wall,
+        "thread_cpu": window.thread_cpu,
+        "main_cpu": window.main_cpu,
+        "process_cpu": window.process_cpu,
+        "compute": window.compute,
+        "torch_threads": torch.get_num_threads(),
+        **seen,
+    }

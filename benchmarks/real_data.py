@@ -54,8 +54,9 @@ if not DATA.is_dir():  # a worktree under /work/wt/<name>: shared/ is beside the
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder (sms_spam/, clothing/)")
     p.add_argument("--text-train", type=int, default=200, help="SMS train texts (stratified)")
     p.add_argument("--text-val", type=int, default=100, help="SMS val texts (stratified)")
@@ -66,12 +67,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=4, help="epoch budget of full and progressive")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--only", choices=("text", "image"), help="one modality only")
-    p.add_argument("--runs", default="full,head_only,progressive",
-                   help="which runs (comma list of full, head_only, progressive); figures of the others are null")
+    p.add_argument(
+        "--runs",
+        default="full,head_only,progressive",
+        help="which runs (comma list of full, head_only, progressive); figures of the others are null",
+    )
     return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------------ data
+
 
 def subsample_csv(src: Path, dst: Path, n: int, seed: int = 0) -> None:
     """n rows of `src`, class-stratified (each class keeps its share), in a fixed shuffled order."""
@@ -84,7 +89,7 @@ def subsample_csv(src: Path, dst: Path, n: int, seed: int = 0) -> None:
     picked: list[dict[str, str]] = []
     for label, group in sorted(by_label.items()):
         rng.shuffle(group)
-        picked += group[:max(1, round(n * len(group) / len(rows)))]
+        picked += group[: max(1, round(n * len(group) / len(rows)))]
     rng.shuffle(picked)
     with dst.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["text", "label"])
@@ -127,13 +132,13 @@ def minilm_folder() -> Path:
 
 # ------------------------------------------------------------------------------------------------ runs
 
+
 def run(table: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """One run of the engine; its epochs, time and best accuracy."""
     from tuitune.config import profile_from_dict
     from tuitune.engine.commands import Control
     from tuitune.engine.events import EpochEnded, FeatureCacheChanged, RunFinished
-    from tuitune.engine.record.session import run_training
-
+    from tuitune.engine.session import run_training
     from tuitune.engine.train.loop import Trainer
 
     events: list[Any] = []
@@ -158,8 +163,7 @@ def run(table: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     Trainer._train_epoch, Trainer.evaluate = timed_train, timed_eval  # type: ignore[method-assign]
     try:
-        run_training(profile_from_dict(table, file="<real_data>"), run_dir, events.append, Control(),
-                     interactive=False)
+        run_training(profile_from_dict(table, file="<real_data>"), run_dir, events.append, Control(), interactive=False)
     finally:
         Trainer._train_epoch, Trainer.evaluate = train_epoch, evaluate  # type: ignore[method-assign]
     wall = time.perf_counter() - t0
@@ -169,12 +173,20 @@ def run(table: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"real_data.py: run {table['name']} did not finish: {events[-1]}")
     caches = [e.detail for e in events if isinstance(e, FeatureCacheChanged)]
     score = lambda e: getattr(e, "val_score", None) or getattr(e, "val_acc", 0.0)  # noqa: E731 - accuracy here
-    summary = {"epoch_s": [round(e.epoch_s, 2) for e in epochs], "val_acc": [round(score(e), 4) for e in epochs],
-               "epoch_cpu_s": [round(c, 2) for c in cpu],
-               "train_s": round(sum(e.epoch_s for e in epochs), 2), "wall_s": round(wall, 2),
-               "best_val_acc": round(max(score(e) for e in epochs), 4), "cache": caches}
-    print(f"  {table['name']:<28} epochs {summary['epoch_s']} s (CPU {summary['epoch_cpu_s']} s), val acc "
-          f"{summary['val_acc']}", file=sys.stderr)
+    summary = {
+        "epoch_s": [round(e.epoch_s, 2) for e in epochs],
+        "val_acc": [round(score(e), 4) for e in epochs],
+        "epoch_cpu_s": [round(c, 2) for c in cpu],
+        "train_s": round(sum(e.epoch_s for e in epochs), 2),
+        "wall_s": round(wall, 2),
+        "best_val_acc": round(max(score(e) for e in epochs), 4),
+        "cache": caches,
+    }
+    print(
+        f"  {table['name']:<28} epochs {summary['epoch_s']} s (CPU {summary['epoch_cpu_s']} s), val acc "
+        f"{summary['val_acc']}",
+        file=sys.stderr,
+    )
     for detail in caches:
         print(f"      feature cache: {detail}", file=sys.stderr)
     return summary
@@ -182,16 +194,19 @@ def run(table: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def tables(base: dict[str, Any], epochs: int) -> dict[str, dict[str, Any]]:
     """The four runs of one modality, from its base profile table."""
+
     def variant(name: str, strategy: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
-        return {**base, "name": f"{base['name']}-{name}", "strategy": strategy,
-                "train": {**base["train"], **train}}
+        return {**base, "name": f"{base['name']}-{name}", "strategy": strategy, "train": {**base["train"], **train}}
 
     return {
         "full": variant("full", {"kind": "full"}, {"epochs": epochs}),
         "head_cached": variant("head-only-cache", {"kind": "head_only"}, {"epochs": 3}),
         "head_plain": variant("head-only-no-cache", {"kind": "head_only"}, {"epochs": 3, "feature_cache": False}),
-        "progressive": variant("progressive", {"kind": "progressive", "trigger": "epochs", "every_epochs": 1,
-                                               "groups_per_phase": 1}, {"epochs": epochs}),
+        "progressive": variant(
+            "progressive",
+            {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 1},
+            {"epochs": epochs},
+        ),
     }
 
 
@@ -205,19 +220,29 @@ def measure(base: dict[str, Any], epochs: int, tmp: Path, which: set[str]) -> di
     full, prog = runs.get("full"), runs.get("progressive")
     plain, cached = runs.get("head_plain"), runs.get("head_cached")
     if full:
-        out.update(full_epoch_s=round(statistics.median(full["epoch_s"]), 2), full_val_acc=full["best_val_acc"],
-                   full_train_s=full["train_s"])
+        out.update(
+            full_epoch_s=round(statistics.median(full["epoch_s"]), 2),
+            full_val_acc=full["best_val_acc"],
+            full_train_s=full["train_s"],
+        )
     if plain and cached:
-        out.update(head_only_epoch2plus_s={"no_cache": round(later(plain), 3), "cache": round(later(cached), 3)},
-                   cache_speedup=round(later(plain) / max(later(cached), 1e-9), 1),
-                   cache_speedup_cpu=round(later(plain, "epoch_cpu_s") / max(later(cached, "epoch_cpu_s"), 1e-9), 1),
-                   head_only_val_acc={"no_cache": plain["best_val_acc"], "cache": cached["best_val_acc"]})
+        out.update(
+            head_only_epoch2plus_s={"no_cache": round(later(plain), 3), "cache": round(later(cached), 3)},
+            cache_speedup=round(later(plain) / max(later(cached), 1e-9), 1),
+            cache_speedup_cpu=round(later(plain, "epoch_cpu_s") / max(later(cached, "epoch_cpu_s"), 1e-9), 1),
+            head_only_val_acc={"no_cache": plain["best_val_acc"], "cache": cached["best_val_acc"]},
+        )
     if prog:
-        out.update(progressive_val_acc=prog["best_val_acc"], progressive_train_s=prog["train_s"],
-                   progressive_cache=prog["cache"])
+        out.update(
+            progressive_val_acc=prog["best_val_acc"],
+            progressive_train_s=prog["train_s"],
+            progressive_cache=prog["cache"],
+        )
     if full and prog:
-        out.update(progressive_over_full=round(prog["train_s"] / full["train_s"], 3),
-                   progressive_over_full_cpu=round(sum(prog["epoch_cpu_s"]) / sum(full["epoch_cpu_s"]), 3))
+        out.update(
+            progressive_over_full=round(prog["train_s"] / full["train_s"], 3),
+            progressive_over_full_cpu=round(sum(prog["epoch_cpu_s"]) / sum(full["epoch_cpu_s"]), 3),
+        )
     return out
 
 
@@ -225,35 +250,72 @@ def text_base(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sms = args.data / "sms_spam"
     subsample_csv(sms / "train.csv", tmp / "sms_train.csv", args.text_train)
     subsample_csv(sms / "val.csv", tmp / "sms_val.csv", args.text_val)
-    return {"name": "sms-minilm",
-            "model": {"source": "hf", "name": str(minilm_folder()), "pretrained": True, "pooling": "mean",
-                      "max_length": args.max_length},
-            "data": {"kind": "text", "path": str(tmp / "sms_train.csv"), "val_path": str(tmp / "sms_val.csv"),
-                     "batch_size": 16, "num_workers": 0},
-            "train": {"lr": 3e-4, "optimizer": "adamw", "weight_decay": 0.01, "schedule": "constant", "seed": 0,
-                      "device": "cpu", "log_every": 10},
-            "early_stopping": {"enabled": False}}
+    return {
+        "name": "sms-minilm",
+        "model": {
+            "source": "hf",
+            "name": str(minilm_folder()),
+            "pretrained": True,
+            "pooling": "mean",
+            "max_length": args.max_length,
+        },
+        "data": {
+            "kind": "text",
+            "path": str(tmp / "sms_train.csv"),
+            "val_path": str(tmp / "sms_val.csv"),
+            "batch_size": 16,
+            "num_workers": 0,
+        },
+        "train": {
+            "lr": 3e-4,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "schedule": "constant",
+            "seed": 0,
+            "device": "cpu",
+            "log_every": 10,
+        },
+        "early_stopping": {"enabled": False},
+    }
 
 
 def image_base(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     clothing = tmp / "clothing"
     subsample_images(args.data / "clothing" / "train", clothing / "train", args.image_train)
     subsample_images(args.data / "clothing" / "val", clothing / "val", args.image_val)
-    return {"name": "clothing-effnet-lite0",
-            "model": {"source": "timm", "name": "efficientnet_lite0", "pretrained": False,
-                      "weights": str(efficientnet_weights(tmp / "efficientnet_lite0.safetensors")),
-                      "img_size": args.img_size},
-            "data": {"kind": "image_folder", "path": str(clothing), "batch_size": 32, "num_workers": 0},
-            "train": {"lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.01, "schedule": "constant", "seed": 0,
-                      "device": "cpu", "log_every": 5},
-            "early_stopping": {"enabled": False}}
+    return {
+        "name": "clothing-effnet-lite0",
+        "model": {
+            "source": "timm",
+            "name": "efficientnet_lite0",
+            "pretrained": False,
+            "weights": str(efficientnet_weights(tmp / "efficientnet_lite0.safetensors")),
+            "img_size": args.img_size,
+        },
+        "data": {"kind": "image_folder", "path": str(clothing), "batch_size": 32, "num_workers": 0},
+        "train": {
+            "lr": 1e-3,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "schedule": "constant",
+            "seed": 0,
+            "device": "cpu",
+            "log_every": 5,
+        },
+        "early_stopping": {"enabled": False},
+    }
 
 
 def padded_text_epoch_s(base: dict[str, Any], tmp: Path, epochs: int = 2) -> float:
     """Full fine-tuning's median epoch time with every batch padded to `max_length` (`data.pad_to_max_length`,
     the old behaviour), against the default batches cut to their longest text."""
-    table = {**base, "name": f"{base['name']}-full-padded", "strategy": {"kind": "full"},
-             "data": {**base["data"], "pad_to_max_length": True}, "train": {**base["train"], "epochs": epochs}}
+    table = {
+        **base,
+        "name": f"{base['name']}-full-padded",
+        "strategy": {"kind": "full"},
+        "data": {**base["data"], "pad_to_max_length": True},
+        "train": {**base["train"], "epochs": epochs},
+    }
     return round(statistics.median(run(table, tmp / table["name"])["epoch_s"]), 2)
 
 
@@ -269,15 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tuitune-real-") as tmp_name:
         tmp = Path(tmp_name)
         if args.only in (None, "text"):
-            print(f"text: all-MiniLM-L6-v2 on sms_spam ({args.text_train} train / {args.text_val} val, "
-                  f"max_length {args.max_length})", file=sys.stderr)
+            print(
+                f"text: all-MiniLM-L6-v2 on sms_spam ({args.text_train} train / {args.text_val} val, "
+                f"max_length {args.max_length})",
+                file=sys.stderr,
+            )
             text = measure(text_base(args, tmp), args.epochs, tmp, which)
             out["text"] = text
             out["text_epoch_s_dynamic"] = text.get("full_epoch_s")
             out["text_epoch_s_padded"] = padded_text_epoch_s(text_base(args, tmp), tmp) if "full" in which else None
         if args.only in (None, "image"):
-            print(f"image: EfficientNet-Lite0 (ImageNet) on clothing ({args.image_train} / {args.image_val} per "
-                  f"class, {args.img_size} px)", file=sys.stderr)
+            print(
+                f"image: EfficientNet-Lite0 (ImageNet) on clothing ({args.image_train} / {args.image_val} per "
+                f"class, {args.img_size} px)",
+                file=sys.stderr,
+            )
             out["image"] = measure(image_base(args, tmp), args.epochs, tmp, which)
     out["total_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))

@@ -22,8 +22,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as real_data.py: spinning threads cost 2-5x on a busy box
 
@@ -36,16 +37,25 @@ from real_data import DATA, efficientnet_weights, minilm_folder, subsample_csv, 
 from tuitune.config import dump_toml  # noqa: E402
 
 SPACE = {  # what the issue names: strategy kind, LR, LR decay, phase length; the epoch budget is fixed
-    "text": {"strategy.kind": ["full", "progressive", "lp_ft"], "train.lr": {"log": [1e-5, 3e-3]},
-             "strategy.lr_decay": [0.3, 1.0], "strategy.every_epochs": [1, 2]},
-    "image": {"strategy.kind": ["full", "progressive", "lp_ft"], "train.lr": {"log": [1e-4, 1e-2]},
-              "strategy.lr_decay": [0.3, 1.0], "strategy.every_epochs": [1, 2]},
+    "text": {
+        "strategy.kind": ["full", "progressive", "lp_ft"],
+        "train.lr": {"log": [1e-5, 3e-3]},
+        "strategy.lr_decay": [0.3, 1.0],
+        "strategy.every_epochs": [1, 2],
+    },
+    "image": {
+        "strategy.kind": ["full", "progressive", "lp_ft"],
+        "train.lr": {"log": [1e-4, 1e-2]},
+        "strategy.lr_decay": [0.3, 1.0],
+        "strategy.every_epochs": [1, 2],
+    },
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("runs/recipe"), help="profiles, sweeps and runs go here")
     p.add_argument("--data", type=Path, default=DATA, help="the shared data folder (sms_spam/, clothing/)")
     p.add_argument("--only", choices=("text", "image"), help="one modality only")
@@ -64,16 +74,37 @@ def text_profile(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     if not (data / "sms_train.csv").exists():
         subsample_csv(sms / "train.csv", data / "sms_train.csv", args.text_train)
         subsample_csv(sms / "val.csv", data / "sms_val.csv", args.text_val)
-    return {"name": "sms-minilm", "description": "SMS spam, all-MiniLM-L6-v2, scored by macro-F1",
-            "model": {"source": "hf", "name": str(minilm_folder()), "pretrained": True, "pooling": "mean",
-                      "max_length": 64},
-            "data": {"kind": "text", "path": str(data / "sms_train.csv"), "val_path": str(data / "sms_val.csv"),
-                     "batch_size": 16, "num_workers": 0},
-            "train": {"epochs": args.epochs, "lr": 3e-4, "optimizer": "adamw", "weight_decay": 0.01,
-                      "schedule": "constant", "seed": 0, "device": "cpu", "log_every": 10,
-                      "checkpoint_metric": "val_macro_f1"},
-            "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 2},
-            "early_stopping": {"enabled": False}}
+    return {
+        "name": "sms-minilm",
+        "description": "SMS spam, all-MiniLM-L6-v2, scored by macro-F1",
+        "model": {
+            "source": "hf",
+            "name": str(minilm_folder()),
+            "pretrained": True,
+            "pooling": "mean",
+            "max_length": 64,
+        },
+        "data": {
+            "kind": "text",
+            "path": str(data / "sms_train.csv"),
+            "val_path": str(data / "sms_val.csv"),
+            "batch_size": 16,
+            "num_workers": 0,
+        },
+        "train": {
+            "epochs": args.epochs,
+            "lr": 3e-4,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "schedule": "constant",
+            "seed": 0,
+            "device": "cpu",
+            "log_every": 10,
+            "checkpoint_metric": "val_macro_f1",
+        },
+        "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 2},
+        "early_stopping": {"enabled": False},
+    }
 
 
 def image_profile(args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -84,14 +115,30 @@ def image_profile(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     weights = data / "efficientnet_lite0.safetensors"
     if not weights.exists():
         efficientnet_weights(weights)
-    return {"name": "clothing-effnet", "description": "clothing photos, EfficientNet-Lite0 (ImageNet weights)",
-            "model": {"source": "timm", "name": "efficientnet_lite0", "pretrained": False, "weights": str(weights),
-                      "img_size": args.img_size},
-            "data": {"kind": "image_folder", "path": str(clothing), "batch_size": 32, "num_workers": 0},
-            "train": {"epochs": args.epochs, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.01,
-                      "schedule": "constant", "seed": 0, "device": "cpu", "log_every": 5},
-            "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 1},
-            "early_stopping": {"enabled": False}}
+    return {
+        "name": "clothing-effnet",
+        "description": "clothing photos, EfficientNet-Lite0 (ImageNet weights)",
+        "model": {
+            "source": "timm",
+            "name": "efficientnet_lite0",
+            "pretrained": False,
+            "weights": str(weights),
+            "img_size": args.img_size,
+        },
+        "data": {"kind": "image_folder", "path": str(clothing), "batch_size": 32, "num_workers": 0},
+        "train": {
+            "epochs": args.epochs,
+            "lr": 1e-3,
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "schedule": "constant",
+            "seed": 0,
+            "device": "cpu",
+            "log_every": 5,
+        },
+        "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 1},
+        "early_stopping": {"enabled": False},
+    }
 
 
 def tuitune(*argv: str, log: Path) -> None:
@@ -100,8 +147,9 @@ def tuitune(*argv: str, log: Path) -> None:
     with log.open("a", encoding="utf-8") as out:
         out.write(f"$ tuitune {' '.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "tuitune", *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuitune", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
@@ -114,8 +162,17 @@ def leaderboard(sweep_dir: Path) -> tuple[list[dict[str, Any]], str]:
     from tuitune.sweep.board import read_board
 
     rows, metric, _ = read_board(sweep_dir)
-    return [{"trial": r.number, "status": r.status, "best": None if r.best is None else round(r.best, 4),
-             "epochs": r.epochs, "time_s": round(r.time_s), **r.params} for r in rows], metric
+    return [
+        {
+            "trial": r.number,
+            "status": r.status,
+            "best": None if r.best is None else round(r.best, 4),
+            "epochs": r.epochs,
+            "time_s": round(r.time_s),
+            **r.params,
+        }
+        for r in rows
+    ], metric
 
 
 def best_of(board: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
@@ -136,19 +193,29 @@ def modality(name: str, table: dict[str, Any], args: argparse.Namespace) -> dict
     board, metric = leaderboard(out / "sweep")
     run_dir = out / "progressive-find"
     if not (run_dir / "summary.json").exists():
-        tuitune("train", str(profile), "--headless", "--out", str(run_dir), "--set", 'strategy.phase_lr="find"',
-                log=log)
+        tuitune(
+            "train", str(profile), "--headless", "--out", str(run_dir), "--set", 'strategy.phase_lr="find"', log=log
+        )
     summary = json.loads((run_dir / "summary.json").read_text())
     found = summary["best"]["value"]
     full = best_of(board, "full")
-    return {"metric": metric, "sweep_s": round(sweep_s), "leaderboard": board, "best_full": full,
-            "best_progressive_in_sweep": best_of(board, "progressive"), "best_lp_ft_in_sweep": best_of(board, "lp_ft"),
-            "progressive_find": round(found, 4),
-            "progressive_find_reaches_full": bool(full is not None and found >= full["best"])}
+    return {
+        "metric": metric,
+        "sweep_s": round(sweep_s),
+        "leaderboard": board,
+        "best_full": full,
+        "best_progressive_in_sweep": best_of(board, "progressive"),
+        "best_lp_ft_in_sweep": best_of(board, "lp_ft"),
+        "progressive_find": round(found, 4),
+        "progressive_find_reaches_full": bool(full is not None and found >= full["best"]),
+    }
 
 
-def each_modality(args: argparse.Namespace, result: dict[str, Any],
-                  run: Callable[[str, dict[str, Any], argparse.Namespace], dict[str, Any]]) -> int:
+def each_modality(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    run: Callable[[str, dict[str, Any], argparse.Namespace], dict[str, Any]],
+) -> int:
     """`run` on the text and the image profile (or the one `--only` names), into `result`, printed as one line."""
     data = args.out / "data"
     data.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from tuitune import __version__
 from tuitune.errors import UserError
@@ -16,14 +16,24 @@ from tuitune.subcommands.train import cmd_demo, cmd_sweep, cmd_train
 
 
 def _add_profile_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a profile key, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a profile key, e.g. --set train.epochs=1 (repeatable)",
+    )
     _add_offline(p)
 
 
 def _add_offline(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--offline", action="store_true", default=argparse.SUPPRESS,
-                   help="never download: pretrained weights come from the local cache only (as HF_HUB_OFFLINE=1)")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="never download: pretrained weights come from the local cache only (as HF_HUB_OFFLINE=1)",
+    )
 
 
 def _go_offline() -> None:
@@ -38,11 +48,18 @@ def _go_offline() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tuitune", description="Fine-tune pretrained timm and Hugging Face backbones from a terminal. "
-        "With no command, opens a picker of profiles.")
+        prog="tuitune",
+        description="Fine-tune pretrained timm and Hugging Face backbones from a terminal. "
+        "With no command, opens a picker of profiles.",
+    )
     parser.add_argument("--version", action="version", version=f"tuitune {__version__}")
-    parser.add_argument("--profiles", action="append", default=[], metavar="DIR",
-                        help="another folder of profiles for the picker (repeatable)")
+    parser.add_argument(
+        "--profiles",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder of profiles for the picker (repeatable)",
+    )
     parser.add_argument("--out", metavar="DIR", help="run directory for a run started from the picker")
     _add_offline(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -61,16 +78,27 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     """train and demo: a run in the dashboard, headless, or on several ranks."""
     train = sub.add_parser("train", help="train a profile (the dashboard, or --headless)")
     train.add_argument("profile", nargs="?", help="a profile .toml (optional with --resume)")
-    train.add_argument("--headless", action="store_true",
-                       help="no dashboard: print progress lines in the foreground (Ctrl+C stops; attach works)")
-    train.add_argument("--inline", action="store_true",
-                       help="train in the dashboard's own process (ends with the terminal) instead of a run process")
+    train.add_argument(
+        "--headless",
+        action="store_true",
+        help="no dashboard: print progress lines in the foreground (Ctrl+C stops; attach works)",
+    )
+    train.add_argument(
+        "--inline",
+        action="store_true",
+        help="train in the dashboard's own process (ends with the terminal) instead of a run process",
+    )
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
-    train.add_argument("--nproc", type=int, default=0, metavar="N",
-                       help="train on N ranks of this machine (data-parallel: one per GPU, or CPU processes with "
-                            "gloo); with --headless. Several machines: torchrun (see the README)")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N ranks of this machine (data-parallel: one per GPU, or CPU processes with "
+        "gloo); with --headless. Several machines: torchrun (see the README)",
+    )
     _add_profile_options(train)
 
     demo = sub.add_parser("demo", help="fine-tune the embedded offline demo (digits 0-4 -> 5-9)")
@@ -86,19 +114,28 @@ def _add_runs_commands(sub: argparse._SubParsersAction) -> None:
     """replay, attach, runs, compare: finding run directories and bringing a run back on screen."""
     replay = sub.add_parser("replay", help="play a recorded run into the dashboard")
     replay.add_argument("run_dir", help="a run directory (with events.jsonl)")
-    replay.add_argument("--speed", type=float, default=0.0,
-                        help="playback speed: 1 = as recorded, 10 = ten times faster, 0 = instant (default)")
+    replay.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="playback speed: 1 = as recorded, 10 = ten times faster, 0 = instant (default)",
+    )
     attach = sub.add_parser("attach", help="bring the dashboard back to a live run (its history, then live)")
-    attach.add_argument("run_dir", nargs="?",
-                        help="a run directory (default: the newest live run under ./runs, or a choice)")
+    attach.add_argument(
+        "run_dir", nargs="?", help="a run directory (default: the newest live run under ./runs, or a choice)"
+    )
 
     runs = sub.add_parser("runs", help="list run directories: status (live, finished, dead, ...), progress")
     runs.add_argument("dir", nargs="?", default="runs", help="the folder of run directories (default ./runs)")
     runs.add_argument("--json", action="store_true", help="one JSON array of objects")
-    runs.add_argument("--compare", action="store_true",
-                      help="a list of the runs to select (space) and compare (enter): curves, best metrics, keys")
-    compare = sub.add_parser("compare",
-                             help="compare runs: val curves overlaid, best metrics, profile keys that differ")
+    runs.add_argument(
+        "--compare",
+        action="store_true",
+        help="a list of the runs to select (space) and compare (enter): curves, best metrics, keys",
+    )
+    compare = sub.add_parser(
+        "compare", help="compare runs: val curves overlaid, best metrics, profile keys that differ"
+    )
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
     compare.add_argument("--json", action="store_true", help="one JSON object: runs (best metrics, curve), differ")
     compare.add_argument("--text", action="store_true", help="plain text tables instead of the screen")
@@ -108,12 +145,21 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="search a profile's [sweep] space with Optuna (pruning, resumable)")
     sweep.add_argument("profile", help="a profile .toml with a [sweep] table")
     sweep.add_argument("--trials", type=int, metavar="N", help="trials in the whole sweep (default: sweep.trials)")
-    sweep.add_argument("--workers", type=int, default=1, metavar="K",
-                       help="K processes share the sweep (one GPU each when there are GPUs)")
-    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (default runs/NAME-sweep); the same folder "
-                                                    "resumes the sweep")
-    sweep.add_argument("--headless", action="store_true",
-                       help="no leaderboard screen: run in the foreground, print the leaderboard as trials end")
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="K",
+        help="K processes share the sweep (one GPU each when there are GPUs)",
+    )
+    sweep.add_argument(
+        "--out", metavar="DIR", help="the sweep folder (default runs/NAME-sweep); the same folder resumes the sweep"
+    )
+    sweep.add_argument(
+        "--headless",
+        action="store_true",
+        help="no leaderboard screen: run in the foreground, print the leaderboard as trials end",
+    )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process --workers started
     _add_profile_options(sweep)
 
@@ -124,15 +170,21 @@ def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("run_dir", help="a run directory (with profile.toml and checkpoints/)")
     export.add_argument("--out", metavar="DIR", help="export folder (default RUN_DIR/export)")
     export.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
-    export.add_argument("--sample", type=int, default=256, metavar="N",
-                        help="val examples + logits saved for a fresh-process check (0 = none)")
+    export.add_argument(
+        "--sample",
+        type=int,
+        default=256,
+        metavar="N",
+        help="val examples + logits saved for a fresh-process check (0 = none)",
+    )
 
     compress = sub.add_parser("compress", help="prune / quantize a run's model and report before and after")
     compress.add_argument("run_dir", help="a run directory (with profile.toml and checkpoints/)")
     compress.add_argument("--sparsity", type=float, default=0.5, help="fraction of conv/linear weights zeroed")
     compress.add_argument("--quantize", action="store_true", help="also int8-quantize the Linear layers (CPU)")
-    compress.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N",
-                          help="fine-tune N epochs after pruning, sparsity kept")
+    compress.add_argument(
+        "--fine-tune-epochs", type=int, default=0, metavar="N", help="fine-tune N epochs after pruning, sparsity kept"
+    )
     compress.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     compress.add_argument("--threads", type=int, default=1, help="CPU threads for the latency timing")
 
@@ -149,9 +201,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "offline", False):
         _go_offline()
-    handlers = {"train": cmd_train, "demo": cmd_demo, "layers": cmd_layers, "replay": cmd_replay, None: cmd_picker,
-                "attach": cmd_attach, "runs": cmd_runs, "compare": cmd_compare,
-                "export": cmd_export, "compress": cmd_compress, "lr-find": cmd_lr_find, "sweep": cmd_sweep}
+    handlers = {
+        "train": cmd_train,
+        "demo": cmd_demo,
+        "layers": cmd_layers,
+        "replay": cmd_replay,
+        None: cmd_picker,
+        "attach": cmd_attach,
+        "runs": cmd_runs,
+        "compare": cmd_compare,
+        "export": cmd_export,
+        "compress": cmd_compress,
+        "lr-find": cmd_lr_find,
+        "sweep": cmd_sweep,
+    }
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -9,118 +9,22 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from tuitune.config import RunProfile
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, EpochEnded, Event,
-                                   FeatureCacheChanged, LRFound, PhaseChanged, RunFailed, RunFinished, RunStarted,
-                                   SetupProgressed, Warned, exit_code)
-from tuitune.engine.record.progress import progress_text
-
-PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
+from tuitune.console import ConsolePrinter
+from tuitune.engine.events import exit_code
 
 
-class ConsolePrinter:
-    """Concise progress on stdout: a line per epoch, per phase change and per notable event. A failure is one
-    line on stderr, like every other error of the CLI (`tuitune: error: ...`)."""
-
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self.out = out if out is not None else sys.stdout
-        self.err = err if err is not None else sys.stderr
-        self.epochs = 0
-        self.num_phases = 1
-        self.phase = 0
-        self.metric = "acc"  # the task's score (RunStarted.metric): acc, rmse or f1
-        self._progress_at: dict[str, float] = {}  # task -> when its last line was printed
-
-    def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
-            self.metric = event.metric
-            # under LoRA a trainable group trains its adapters (the head, with none, trains in full)
-            trainable = sum(layer.adapters or layer.params for layer in event.layers if layer.trainable)
-            total = sum(layer.params for layer in event.layers)
-            self.say(f"run {event.run_name} on {event.device}: {event.train_size} train / {event.val_size} val, "
-                     f"{len(event.classes)} classes, {len(event.layers)} layer groups, {len(event.phases)} phase(s)"
-                     f"; trainable {trainable:,} of {total:,} params -> {event.run_dir}")
-            for warning in event.warnings:
-                self.say(f"warning: {warning}")
-        elif isinstance(event, EpochEnded):
-            m = self.metric
-            extra = "".join(f"  {k} {v:.4f}" for k, v in event.extra.items())
-            self.say(f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
-                     f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
-                     f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
-                     f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}")
-        elif isinstance(event, SetupProgressed):
-            self._progress(event)
-        elif isinstance(event, LRFound):
-            finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
-            said = (f"suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest {event.steep:.3g}; "
-                    f"current {event.current_lr:.3g})") if event.found else event.no_suggestion_text()
-            self.say(f"{finder}: {said}; curve in {event.path}")
-        elif isinstance(event, CompressionReported):
-            from tuitune.engine.tools.compress import format_report
-
-            self.say("compression:\n" + format_report(event.report))
-        elif isinstance(event, PhaseChanged):
-            self.say(f"phase {event.phase + 1}/{event.num_phases} ({event.reason}, after epoch {event.epoch}): "
-                     f"unfroze {', '.join(event.unfrozen)}")
-        elif isinstance(event, CommandApplied):
-            self.say(f"command {event.command} applied at step {event.global_step}"
-                     + (f": {event.detail}" if event.detail else ""))
-        elif isinstance(event, CheckpointSaved) and event.kind == "manual":
-            self.say(f"checkpoint saved: {event.path}")
-        elif isinstance(event, Warned):
-            self.say(f"warning: {event.message}")
-        elif isinstance(event, FeatureCacheChanged):  # whether a phase runs only what it trains, and why not
-            self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
-        elif isinstance(event, RunFinished):
-            self._finished(event)
-        elif isinstance(event, RunFailed):
-            print(f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""),
-                  file=self.err, flush=True)
-
-    def _progress(self, event: SetupProgressed) -> None:
-        """The first line of a task, then one every few seconds, and the last: a log, not a progress bar."""
-        now = time.monotonic()
-        last = self._progress_at.get(event.task)
-        if event.finished or last is None or now - last >= PROGRESS_EVERY_S:
-            self._progress_at[event.task] = now
-            self.say(progress_text(event))
-
-    def _finished(self, event: RunFinished) -> None:
-        best = event.best
-        value = "n/a" if best.get("value") is None else f"{best['value']:.4f}"
-        name = str(best.get("metric")).replace("_score", f"_{self.metric}")  # val_score -> val_acc, val_rmse
-        self.say(f"{event.status}: {event.reason}. best {name} {value} at epoch {best.get('epoch')}, "
-                 f"final val {self.metric} {event.final.get('val_score', float('nan')):.4f}, {event.wall_s:.1f}s")
-        for p in event.phases:
-            acc = "n/a" if p.get("best_val_score") is None else f"{p['best_val_score']:.4f}"
-            self.say(f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
-                     f"best val {self.metric} {acc}")
-        if event.test:
-            f1 = f", macro-F1 {event.test['macro_f1']:.4f}" if "macro_f1" in event.test else ""
-            self.say(f"  test {self.metric} {event.test['score']:.4f}{f1}")
-        for name, r in list(event.per_class_report.items())[:20]:  # the last val epoch's, per class
-            self.say(f"  class {name}: precision {r['precision']:.3f} recall {r['recall']:.3f} F1 {r['f1']:.3f} "
-                     f"({int(r['support'])} val)")
-        if event.export_dir:
-            self.say(f"  exported to {event.export_dir}")
-
-
-def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None, dist: Any = None,
-                 launched: bool = False) -> int:
+def run_headless(
+    profile: RunProfile, run_dir: Path, resume: Path | None = None, dist: Any = None, launched: bool = False
+) -> int:
     """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted,
     3 (a rank of a multi-rank run started by `--nproc`) another rank died: the launcher reports which.
     `dist`: this rank's `DistContext` under torchrun; only rank 0 prints."""
     from tuitune.engine.commands import Control
-    from tuitune.engine.record.session import RankGone
+    from tuitune.engine.session import RankGone
     from tuitune.remote.host import serve_run
 
     control = Control()
@@ -131,15 +35,27 @@ def run_headless(profile: RunProfile, run_dir: Path, resume: Path | None = None,
         if interrupts["n"] > 1:
             raise KeyboardInterrupt  # the second Ctrl+C: out now (checkpoint writes are atomic)
         if dist is None or dist.is_main:
-            print("\nstopping at the next step (saving the last checkpoint); Ctrl+C again to exit now",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nstopping at the next step (saving the last checkpoint); Ctrl+C again to exit now",
+                file=sys.stderr,
+                flush=True,
+            )
         control.request_stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     sink = ConsolePrinter() if dist is None or dist.is_main else (lambda event: None)
     try:
-        final = serve_run(profile, run_dir, sink, control, interactive=False, resume=resume, mode="headless",
-                          dist=dist, launched=launched)  # a foreground run that dashboards may attach to (rank 0)
+        final = serve_run(
+            profile,
+            run_dir,
+            sink,
+            control,
+            interactive=False,
+            resume=resume,
+            mode="headless",
+            dist=dist,
+            launched=launched,
+        )  # a foreground run that dashboards may attach to (rank 0)
     except KeyboardInterrupt:
         return 130
     except RankGone:

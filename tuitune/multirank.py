@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tuitune.engine.record.session import RankGone
+from tuitune.engine.session import RankGone
 from tuitune.errors import UserError
 
 ENV_RUN_DIR = "TUITUNE_RUN_DIR"  # the run directory `launch` created (rank 0 records there)
@@ -56,9 +56,16 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failure: our one line says it
     os.environ[ENV_RUN_DIR], os.environ[ENV_LAUNCHED] = str(run_dir), "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun does
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"tuitune-{uuid.uuid4().hex[:8]}",
-                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
-                          monitor_interval=0.5)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"tuitune-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
     try:
         elastic_launch(config, sys.executable)("-m", "tuitune", *worker_args)
     except ChildFailedError as e:
@@ -89,19 +96,31 @@ def record_rank_failure(run_dir: Path, failures: dict[int, Any], nproc: int) -> 
         return
     found = culprit(failures)
     rank, failure = found if found is not None else (min(failures), failures[min(failures)])
-    how = (f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}")
+    how = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
     log = run_dir / f"error.rank{rank}.log" if rank else run_dir / "error.log"
     why = _last_line(log)
     position = next((e for e in reversed(events) if isinstance(e, (MetricsUpdated, EpochEnded))), None)
     epoch, step = (position.epoch, position.global_step) if position is not None else (0, 0)
     last = run_dir / "checkpoints" / "last.safetensors"
-    note = (f"the last checkpoint ({last}) is intact; continue with: tuitune train --resume {run_dir} "
-            f"--nproc {nproc} --headless" if last.exists() else "no checkpoint was saved yet")
+    note = (
+        f"the last checkpoint ({last}) is intact; continue with: tuitune train --resume {run_dir} "
+        f"--nproc {nproc} --headless"
+        if last.exists()
+        else "no checkpoint was saved yet"
+    )
     message = f"rank {rank} died ({how}{': ' + why if why else ''}) near epoch {epoch}, step {step}; {note}"
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     recorder = RunRecorder(run_dir, append=True, started=started)
-    recorder(RunFailed(message=message, run_dir=str(run_dir), log_path=str(log) if why else "", epoch=epoch,
-                       global_step=step, kind="rank_lost"))
+    recorder(
+        RunFailed(
+            message=message,
+            run_dir=str(run_dir),
+            log_path=str(log) if why else "",
+            epoch=epoch,
+            global_step=step,
+            kind="rank_lost",
+        )
+    )
     print(f"tuitune: error: {message}", file=sys.stderr, flush=True)
 
 

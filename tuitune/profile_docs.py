@@ -24,8 +24,7 @@ def docs_markdown() -> str:
             if f.metadata.get("internal") or f.name in SECTIONS:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-            doc = f.metadata["doc"] + (f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"]
-                                       else "")
+            doc = f.metadata["doc"] + (f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"] else "")
             lines.append(f"| `{f.name}` | `{toml_value(default)}` | {doc} |")
     return "\n".join(lines).lstrip("\n") + "\n"
 

@@ -7,8 +7,13 @@ import pytest
 
 from tuitune.config import RunProfile, apply_overrides, profile_from_dict
 
-TINY_MODEL = {"source": "timm", "name": "resnet18", "pretrained": False, "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
-              "img_size": 32}
+TINY_MODEL = {
+    "source": "timm",
+    "name": "resnet18",
+    "pretrained": False,
+    "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+    "img_size": 32,
+}
 
 
 def tiny_profile(**sections: dict[str, Any]) -> RunProfile:
@@ -17,8 +22,7 @@ def tiny_profile(**sections: dict[str, Any]) -> RunProfile:
         "name": "tiny",
         "model": dict(TINY_MODEL),
         "data": {"kind": "synthetic", "num_samples": 96, "num_classes": 3, "batch_size": 16, "val_fraction": 0.25},
-        "train": {"epochs": 2, "lr": 0.01, "optimizer": "adamw", "log_every": 2, "schedule": "constant",
-                  "seed": 0},
+        "train": {"epochs": 2, "lr": 0.01, "optimizer": "adamw", "log_every": 2, "schedule": "constant", "seed": 0},
         "strategy": {"kind": "full"},
     }
     for name, values in sections.items():
@@ -36,4 +40,4 @@ def of_type(events: list, cls: type) -> list:
     return [e for e in events if isinstance(e, cls)]
 
 
-__all__ = ["tiny_profile", "of_type", "apply_overrides", "Path"]
+__all__ = ["Path", "apply_overrides", "of_type", "tiny_profile"]

@@ -36,8 +36,11 @@ def main() -> int:
     profile = load_profile(args.profile)
     dist = from_env(profile.train.device, 60)
     control, events = Control(), []
-    plan = {args.unfreeze_at: [UnfreezeNext()], args.pause_at: [SetGroupTrainable("layer4", False), Pause()],
-            args.stop_at: [StopEarly()]}
+    plan = {
+        args.unfreeze_at: [UnfreezeNext()],
+        args.pause_at: [SetGroupTrainable("layer4", False), Pause()],
+        args.stop_at: [StopEarly()],
+    }
 
     held: dict = {}  # the trainer, once built
     frozen_bn_training: set[str] = set()  # BatchNorm layers with frozen parameters seen in train mode mid-epoch
@@ -60,8 +63,13 @@ def main() -> int:
     sums = {n: float(p.detach().double().sum()) for n, p in trainer.parts.model.named_parameters()}
     trainable = [n for n, p in trainer.parts.model.named_parameters() if p.requires_grad]
     start = {n: float(w.double().sum()) for n, w in trainer.st._w0.items()}
-    out = {"events": events, "sums": sums, "start": start, "trainable": trainable,
-           "frozen_bn_training": sorted(frozen_bn_training)}
+    out = {
+        "events": events,
+        "sums": sums,
+        "start": start,
+        "trainable": trainable,
+        "frozen_bn_training": sorted(frozen_bn_training),
+    }
     (Path(args.out) / f"rank{dist.rank}.json").write_text(json.dumps(out))
     dist.close()
     return 0

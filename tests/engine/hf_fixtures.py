@@ -12,8 +12,39 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORDS = ("the a an cat dog bird sat ran on under mat rug good bad great awful movie film plot actor "
-         "love hate was is very not and but it this that").split()
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "cat",
+    "dog",
+    "bird",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "mat",
+    "rug",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "love",
+    "hate",
+    "was",
+    "is",
+    "very",
+    "not",
+    "and",
+    "but",
+    "it",
+    "this",
+    "that",
+]
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 ARCHS = ("bert", "distilbert", "roberta", "vit")
@@ -43,16 +74,21 @@ def make_tiny_hf_dir(tmp_path: Path, arch: str) -> Path:
 def _bert(folder: Path):
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     return BertModel(config), BertTokenizer(vocab=_wordpiece_vocab(folder))
 
 
 def _distilbert(folder: Path):
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
 
-    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=37,
-                              max_position_embeddings=64)
+    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=37, max_position_embeddings=64)
     return DistilBertModel(config), DistilBertTokenizer(vocab=_wordpiece_vocab(folder))
 
 
@@ -66,20 +102,36 @@ def _roberta(folder: Path):
         for i in range(2, len(tok) + 1):
             if tok[:i] not in vocab:
                 vocab[tok[:i]] = len(vocab)
-                merges.append((tok[:i - 1], tok[i - 1]))
-    config = RobertaConfig(vocab_size=len(vocab) + 8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=37, max_position_embeddings=66, pad_token_id=1, bos_token_id=0,
-                           eos_token_id=2)
+                merges.append((tok[: i - 1], tok[i - 1]))
+    config = RobertaConfig(
+        vocab_size=len(vocab) + 8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=66,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     return RobertaModel(config), RobertaTokenizer(vocab=vocab, merges=merges)
 
 
 def _vit(folder: Path):
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=37)
-    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.5, 0.5],
-                                  image_std=[0.25, 0.25, 0.25])
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+    )
+    processor = ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]
+    )
     return ViTModel(config), processor
 
 

@@ -27,8 +27,9 @@ class StandInHub:
     """`with StandInHub({"org/name": {"config.json": b"..."}}) as hub:` then HF_ENDPOINT=hub.url. Stopped on exit,
     however the test ends."""
 
-    def __init__(self, repos: dict[str, dict[str, bytes]], fail: dict[str, str] | None = None,
-                 throttle: float = 0.0) -> None:
+    def __init__(
+        self, repos: dict[str, dict[str, bytes]], fail: dict[str, str] | None = None, throttle: float = 0.0
+    ) -> None:
         self.repos, self.fail, self.throttle = repos, dict(fail or {}), throttle
         self.requests: list[tuple[str, str]] = []
         hub = self
@@ -65,7 +66,7 @@ class StandInHub:
         path = h.path.split("?")[0]
         self.requests.append((h.command, path))
         if path.startswith("/api/models/"):
-            return self._model_info(h, path[len("/api/models/"):], body)
+            return self._model_info(h, path[len("/api/models/") :], body)
         parts = path.strip("/").split("/")
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, name = "/".join(parts[:2]), "/".join(parts[4:])
@@ -76,8 +77,12 @@ class StandInHub:
         repo = "/".join(rest.split("/")[:2])
         if repo not in self.repos:
             return self._send(h, 404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}, body)
-        info = {"id": repo, "modelId": repo, "sha": COMMIT,
-                "siblings": [{"rfilename": f} for f in sorted(self.repos[repo])]}
+        info = {
+            "id": repo,
+            "modelId": repo,
+            "sha": COMMIT,
+            "siblings": [{"rfilename": f} for f in sorted(self.repos[repo])],
+        }
         self._send(h, 200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
 
     def _file(self, h: BaseHTTPRequestHandler, repo: str, name: str, body: bool) -> None:
@@ -87,8 +92,11 @@ class StandInHub:
         if name not in files:
             return self._send(h, 404, b"no file", {"X-Error-Code": "EntryNotFound"}, body)
         data = files[name]
-        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT,
-                   "Content-Type": "application/octet-stream"}
+        headers = {
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "X-Repo-Commit": COMMIT,
+            "Content-Type": "application/octet-stream",
+        }
         mode = self.fail.get(name, "") if body else ""
         if mode == "500":
             return self._send(h, 500, b"internal error", {"X-Repo-Commit": COMMIT}, body)
@@ -102,7 +110,7 @@ class StandInHub:
         h.end_headers()
         if not body:
             return
-        payload = data[start:len(data) // 2] if mode == "cut" else data[start:]
+        payload = data[start : len(data) // 2] if mode == "cut" else data[start:]
         self._write(h, payload)
         if mode == "cut":
             h.close_connection = True
@@ -112,9 +120,9 @@ class StandInHub:
     def _write(self, h: BaseHTTPRequestHandler, payload: bytes) -> None:
         chunk = 64 * 1024
         for i in range(0, len(payload), chunk):
-            h.wfile.write(payload[i:i + chunk])
+            h.wfile.write(payload[i : i + chunk])
             if self.throttle:
-                time.sleep(len(payload[i:i + chunk]) / self.throttle)
+                time.sleep(len(payload[i : i + chunk]) / self.throttle)
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, code: int, data: bytes, headers: dict[str, str], body: bool) -> None:
@@ -130,7 +138,7 @@ class StandInHub:
 def _range_start(value: str | None) -> int:
     if not value or not value.startswith("bytes="):
         return 0
-    return int(value[len("bytes="):].split("-")[0] or 0)
+    return int(value[len("bytes=") :].split("-")[0] or 0)
 
 
 def repo_files(folder: Path) -> dict[str, bytes]:

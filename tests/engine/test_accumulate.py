@@ -13,7 +13,7 @@ from tuitune.engine.commands import Control, SetGroupTrainable
 from tuitune.engine.events import EpochEnded, LayersChanged, MetricsUpdated, RunFinished, RunStarted
 from tuitune.engine.record import checkpoint
 from tuitune.engine.record.runlog import read_events
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
 
 # A ViT (LayerNorm only, no dropout): its gradient over 32 examples is the mean of four 8-example gradients.
@@ -21,9 +21,20 @@ VIT = {"source": "timm", "name": "test_vit", "pretrained": False, "img_size": 32
 
 
 def _run(tmp_path, batch: int, accumulate: int) -> tuple[list, dict[str, torch.Tensor]]:
-    profile = tiny_profile(model=VIT, data={"batch_size": batch},
-                           train={"epochs": 2, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05, "log_every": 1,
-                                  "schedule": "cosine", "warmup_steps": 2, "accumulate_steps": accumulate})
+    profile = tiny_profile(
+        model=VIT,
+        data={"batch_size": batch},
+        train={
+            "epochs": 2,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "lr": 0.05,
+            "log_every": 1,
+            "schedule": "cosine",
+            "warmup_steps": 2,
+            "accumulate_steps": accumulate,
+        },
+    )
     events: list = []
     Trainer(profile, tmp_path, events.append, Control()).run()
     return events, load_file(str(tmp_path / "checkpoints" / "last.safetensors"))
@@ -67,12 +78,17 @@ def test_ema_weights_as_the_best_checkpoint(tmp_path) -> None:
     assert all(torch.equal(exported[k], saved[k]) for k in exported if k in saved)
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"ema_for_best": True}, "p.toml: train.ema_for_best: needs an EMA of the weights"),
-    ({"ema_for_best": True, "ema_decay": 0.9, "checkpoint_metric": "train_loss"},
-     "p.toml: train.ema_for_best: the EMA model is scored on the val set"),
-    ({"accumulate_steps": 0}, "p.toml: train.accumulate_steps"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"ema_for_best": True}, "p.toml: train.ema_for_best: needs an EMA of the weights"),
+        (
+            {"ema_for_best": True, "ema_decay": 0.9, "checkpoint_metric": "train_loss"},
+            "p.toml: train.ema_for_best: the EMA model is scored on the val set",
+        ),
+        ({"accumulate_steps": 0}, "p.toml: train.accumulate_steps"),
+    ],
+)
 def test_bad_accumulation_and_ema_keys_are_one_line(train, message) -> None:
     table = profile_to_dict(tiny_profile())
     table["train"].update(train)
@@ -92,8 +108,14 @@ def test_bn_mode_per_group_follows_the_trainable_set(tmp_path) -> None:
     profile = tiny_profile(strategy={"kind": "progressive", "trigger": "manual"}, train={"epochs": 1})
     Trainer(profile, tmp_path, emit, control, interactive=True).run()
     start = {r.name: r.bn for r in of_type(events, RunStarted)[0].layers}
-    assert start == {"stem": "eval", "layer1": "eval", "layer2": "eval", "layer3": "eval", "layer4": "eval",
-                     "head": None}
+    assert start == {
+        "stem": "eval",
+        "layer1": "eval",
+        "layer2": "eval",
+        "layer3": "eval",
+        "layer4": "eval",
+        "head": None,
+    }
     after = {r.name: r.bn for r in of_type(events, LayersChanged)[-1].layers}
     assert after["layer1"] == "train" and after["layer2"] == "eval" and after["head"] is None
 

@@ -11,9 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -22,8 +22,12 @@ from tuitune.config import dump_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY: dict = {
-    "model": {"name": "resnet18", "pretrained": False, "img_size": 32,
-              "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}},
+    "model": {
+        "name": "resnet18",
+        "pretrained": False,
+        "img_size": 32,
+        "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+    },
     "data": {"kind": "synthetic", "num_samples": 48, "num_classes": 3, "batch_size": 16, "val_fraction": 0.25},
     "train": {"epochs": 1, "lr": 0.01, "log_every": 1, "schedule": "constant"},
 }
@@ -59,8 +63,7 @@ def image_root(tmp: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: 
 
 
 def folder_profile(tmp: Path, root: Path, **data: object) -> Path:
-    return write_profile(tmp, tiny_table(data={"kind": "image_folder", "path": str(root), "batch_size": 4,
-                                               **data}))
+    return write_profile(tmp, tiny_table(data={"kind": "image_folder", "path": str(root), "batch_size": 4, **data}))
 
 
 def text_profile(tmp: Path, name: str, content: str, **data: object) -> Path:
@@ -94,12 +97,13 @@ def with_set(*items: str) -> Callable[[Path], list[str]]:
         for item in items:
             args += ["--set", item]
         return args
+
     return make
 
 
 def _no_utf8(tmp: Path) -> list[str]:
     path = tmp / "bad.toml"
-    path.write_bytes(b"[model]\nname = \"\xff\xfe\"\n")
+    path.write_bytes(b'[model]\nname = "\xff\xfe"\n')
     return [str(path)]
 
 
@@ -135,6 +139,7 @@ def _corrupt_image(workers: int) -> Callable[[Path], list[str]]:
         shutil.move(str(image_root(tmp / "b", per_class=2)), root / "val")
         (root / "train" / "dog" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
         return [str(folder_profile(tmp, root, num_workers=workers))]
+
     return make
 
 
@@ -215,39 +220,54 @@ CASES: dict[str, Case] = {
     "set-into-a-value": Case(with_set("model.name.x=1"), ("--set model.name.x=1", "name is not a section")),
     "out-dir-has-a-run": Case(_existing_run, ("{tmp}/run", "--out", "--force")),
     # --- caught when the run builds: model, weights, device, optimizer, groups
-    "unknown-timm-model": Case(profile_with(model={"name": "resnt18"}),
-                               ("{tmp}/bad.toml", "model.name", "'resnt18'", "did you mean resnet18")),
+    "unknown-timm-model": Case(
+        profile_with(model={"name": "resnt18"}), ("{tmp}/bad.toml", "model.name", "'resnt18'", "did you mean resnet18")
+    ),
     "timm-kwargs-rejected": Case(profile_with(model={"kwargs": {"bogus": 1}}), ("bad.toml", "model.kwargs")),
     "hf-folder-without-config": Case(_hf_without_config, ("{tmp}/bad.toml", "model.name", "no config.json")),
-    "hf-not-a-folder": Case(profile_with(model={"source": "hf", "name": "./nowhere"}),
-                            ("bad.toml", "model.name", "not a Hugging Face model folder")),
-    "weights-missing": Case(profile_with(model={"weights": "nope.safetensors"}),
-                            ("{tmp}/bad.toml", "model.weights", "{tmp}/nope.safetensors")),
+    "hf-not-a-folder": Case(
+        profile_with(model={"source": "hf", "name": "./nowhere"}),
+        ("bad.toml", "model.name", "not a Hugging Face model folder"),
+    ),
+    "weights-missing": Case(
+        profile_with(model={"weights": "nope.safetensors"}),
+        ("{tmp}/bad.toml", "model.weights", "{tmp}/nope.safetensors"),
+    ),
     "weights-other-architecture": Case(_weights_other_arch, ("{tmp}/w.safetensors", "do not fit timm model")),
     "weights-pickle-with-code": Case(_weights_pickle_with_code, ("model.weights", "{tmp}/w.pth", "cannot read")),
     "weights-unknown-format": Case(_weights_npz, ("model.weights", "{tmp}/w.npz", "unknown format")),
     "unknown-device": Case(profile_with(train={"device": "tpu"}), ("{tmp}/bad.toml", "train.device: 'tpu'")),
     "unknown-optimizer": Case(profile_with(train={"optimizer": "adamm"}), ("bad.toml", "train.optimizer: unknown")),
-    "unknown-layer-group": Case(profile_with(strategy={"kind": "groups", "groups": ["layer9"]}),
-                                ("{tmp}/bad.toml", "strategy.groups", "'layer9'")),
+    "unknown-layer-group": Case(
+        profile_with(strategy={"kind": "groups", "groups": ["layer9"]}),
+        ("{tmp}/bad.toml", "strategy.groups", "'layer9'"),
+    ),
     # --- data: folders, images, text files
-    "data-path-missing": Case(profile_with(data={"kind": "image_folder", "path": "nowhere"}),
-                              ("{tmp}/nowhere", "data.path: no such folder")),
+    "data-path-missing": Case(
+        profile_with(data={"kind": "image_folder", "path": "nowhere"}), ("{tmp}/nowhere", "data.path: no such folder")
+    ),
     "empty-class-folder": Case(_empty_class, ("{tmp}/images/empty", "data.path", "no images")),
     "no-class-folders": Case(_no_class_folders, ("{tmp}/images", "data.path: no class folders")),
     "train-without-val": Case(_train_without_val, ("{tmp}/images/val", "data.path", "val/ folder")),
     "val-classes-differ": Case(_val_classes_differ, ("{tmp}/images/val", "missing: dog", "extra: cow")),
     "corrupt-image": Case(_corrupt_image(0), ("{tmp}/images/train/dog/2.png", "cannot read image")),
     "corrupt-image-in-worker": Case(_corrupt_image(1), ("{tmp}/images/train/dog/2.png", "cannot read image")),
-    "csv-without-label-column": Case(lambda tmp: [str(text_profile(tmp, "t.csv", "text,y\nhello,a\nbye,b\n"))],
-                                     ("{tmp}/t.csv", "data.label_column", "no column 'label'", "columns: text, y")),
-    "csv-empty-text-row": Case(lambda tmp: [str(text_profile(tmp, "t.csv", "text,label\nhi,a\n,b\nyo,a\n"))],
-                               ("{tmp}/t.csv", "row 3", "'text' must be non-empty")),
-    "jsonl-bad-row": Case(lambda tmp: [str(text_profile(tmp, "t.jsonl", '{"text": "a", "label": 1}\n{"text": \n'))],
-                          ("{tmp}/t.jsonl", "row 2", "invalid JSON")),
+    "csv-without-label-column": Case(
+        lambda tmp: [str(text_profile(tmp, "t.csv", "text,y\nhello,a\nbye,b\n"))],
+        ("{tmp}/t.csv", "data.label_column", "no column 'label'", "columns: text, y"),
+    ),
+    "csv-empty-text-row": Case(
+        lambda tmp: [str(text_profile(tmp, "t.csv", "text,label\nhi,a\n,b\nyo,a\n"))],
+        ("{tmp}/t.csv", "row 3", "'text' must be non-empty"),
+    ),
+    "jsonl-bad-row": Case(
+        lambda tmp: [str(text_profile(tmp, "t.jsonl", '{"text": "a", "label": 1}\n{"text": \n'))],
+        ("{tmp}/t.jsonl", "row 2", "invalid JSON"),
+    ),
     "csv-no-rows": Case(lambda tmp: [str(text_profile(tmp, "t.csv", "text,label\n"))], ("{tmp}/t.csv", "no rows")),
-    "text-file-missing": Case(profile_with(data={"kind": "text", "path": "nope.csv"}),
-                              ("{tmp}/nope.csv", "data.path: no such file")),
+    "text-file-missing": Case(
+        profile_with(data={"kind": "text", "path": "nope.csv"}), ("{tmp}/nope.csv", "data.path: no such file")
+    ),
     "text-file-wrong-format": Case(lambda tmp: [str(text_profile(tmp, "t.xlsx", "x"))], ("{tmp}/t.xlsx", "expected")),
 }
 
@@ -277,8 +297,9 @@ def test_bad_input_gives_one_line_and_exit_2(case: str, tmp_path: Path, capsys: 
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch progressive run (3 classes, in phase 2 at the end), copied by each test that resumes it."""
     tmp = tmp_path_factory.mktemp("finished")
-    profile = write_profile(tmp, tiny_table(strategy={"kind": "progressive", "every_epochs": 1},
-                                            train={"epochs": 2}), "run.toml")
+    profile = write_profile(
+        tmp, tiny_table(strategy={"kind": "progressive", "every_epochs": 1}, train={"epochs": 2}), "run.toml"
+    )
     assert main(["train", str(profile), "--headless", "--out", str(tmp / "run")]) == 0
     return tmp / "run"
 
@@ -290,10 +311,14 @@ def _copy(run: Path, tmp: Path) -> Path:
 RESUME_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     # The same run dir with another dataset's class count: one clear line (a `model.weights` file with another
     # head is fine, see test_weights_with_another_head_are_fine; a resumed run is not).
-    "other-class-count": (["--set", "data.num_classes=5"],
-                          ("{run}: --resume", "trained on 3 classes (c0, c1, c2)", "has 5", "model.weights")),
-    "other-strategy": (["--set", "strategy.kind=head_only", "--set", "train.epochs=3"],
-                       ("{run}: --resume", "phase 2", "does not plan")),
+    "other-class-count": (
+        ["--set", "data.num_classes=5"],
+        ("{run}: --resume", "trained on 3 classes (c0, c1, c2)", "has 5", "model.weights"),
+    ),
+    "other-strategy": (
+        ["--set", "strategy.kind=head_only", "--set", "train.epochs=3"],
+        ("{run}: --resume", "phase 2", "does not plan"),
+    ),
     "other-model": (["--set", "model.kwargs={}"], ("{run}/checkpoints/last.safetensors", "does not fit")),
     "corrupt-state": (["corrupt"], ("{run}/checkpoints/last.state.pt", "cannot read checkpoint state")),
     "no-checkpoint": (["nockpt"], ("{run}: --resume: no checkpoints/last.state.pt",)),
@@ -301,8 +326,9 @@ RESUME_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
-def test_bad_resume_gives_one_line_and_exit_2(case: str, finished_run: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_bad_resume_gives_one_line_and_exit_2(
+    case: str, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args, expect = RESUME_CASES[case]
     run = _copy(finished_run, tmp_path)
     if args == ["corrupt"]:
@@ -334,8 +360,13 @@ def test_bad_input_through_a_subprocess(case: str, tmp_path: Path) -> None:
     traceback) even when the failure comes from the engine."""
     args = CASES[case].make(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "tuitune", "train", *args, "--headless", "--out",
-                             str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuitune", "train", *args, "--headless", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("tuitune: error: ") and str(tmp_path) in lines[0]

@@ -80,9 +80,22 @@ def test_demo_headless_runs_the_packaged_profile(tmp_path: Path, capsys: pytest.
     (source-task accuracy tracked, phases moved, the model exported)."""
     torch.set_num_threads(1)
     out = tmp_path / "demo"
-    code = main(["demo", "--headless", "--out", str(out), "--set", "train.epochs=2",
-                 "--set", "train.max_steps_per_epoch=3", "--set", 'strategy.trigger="epochs"',
-                 "--set", "strategy.every_epochs=1"])
+    code = main(
+        [
+            "demo",
+            "--headless",
+            "--out",
+            str(out),
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.max_steps_per_epoch=3",
+            "--set",
+            'strategy.trigger="epochs"',
+            "--set",
+            "strategy.every_epochs=1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     events = read_events(out)
@@ -141,9 +154,11 @@ def test_pretrained_weights_asked_offline_touch_no_network(tmp_path: Path) -> No
     NOTE: this is the HF_HUB_OFFLINE=1 half of the rule "`pretrained = true` downloads unless HF_HUB_OFFLINE=1 or
     `--offline`"; `tuitune train --offline` does not exist on this branch yet. When it lands, add the same run with
     `--offline` and HF_HUB_OFFLINE removed from the environment."""
-    models = {"timm-hub": {"source": "timm", "name": "resnet18"},
-              "timm-url": {"source": "timm", "name": "gcvit_xxtiny"},
-              "hf": {"source": "hf", "name": "tuitune-test/no-such-bert"}}
+    models = {
+        "timm-hub": {"source": "timm", "name": "resnet18"},
+        "timm-url": {"source": "timm", "name": "gcvit_xxtiny"},
+        "hf": {"source": "hf", "name": "tuitune-test/no-such-bert"},
+    }
     profiles = {}
     for case, model in models.items():
         table = profile_to_dict(tiny_profile(model={**model, "pretrained": True, "kwargs": {}}))
@@ -154,8 +169,13 @@ def test_pretrained_weights_asked_offline_touch_no_network(tmp_path: Path) -> No
         path.write_text(dump_toml(table))
         profiles[case] = str(path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TORCH_HOME"))}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
-               TORCH_HOME=str(tmp_path / "torch-home"), HF_ENDPOINT="http://127.0.0.1:9")
+    env.update(
+        PYTHONPATH=str(ROOT),
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf-home"),
+        TORCH_HOME=str(tmp_path / "torch-home"),
+        HF_ENDPOINT="http://127.0.0.1:9",
+    )
     code = textwrap.dedent(GUARDED_MAIN.format(profiles=repr(profiles)))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,17 +13,29 @@ from torch import nn
 from tests.engine.conftest import tiny_profile
 from tuitune.cli import main
 from tuitune.engine.commands import Control
-from tuitune.engine.tools.compress import (compress_model, global_magnitude_prune, masks_kept, measure_model,
-                                     quantize_linear)
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
+from tuitune.engine.tools.compress import (
+    compress_model,
+    global_magnitude_prune,
+    masks_kept,
+    measure_model,
+    quantize_linear,
+)
 from tuitune.errors import UserError
-
 
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
 
 
 def _zeros(model: nn.Module) -> float:
@@ -66,8 +78,11 @@ def test_quantization_touches_linear_layers_only_and_stays_close() -> None:
     model = _net().eval()
     q = quantize_linear(model)
     kinds = [type(m).__name__ for m in q.modules()]
-    assert kinds.count("Linear") == 2 and "Conv2d" in kinds and all(
-        "quantized" in type(m).__module__ for m in q.modules() if type(m).__name__ == "Linear")
+    assert (
+        kinds.count("Linear") == 2
+        and "Conv2d" in kinds
+        and all("quantized" in type(m).__module__ for m in q.modules() if type(m).__name__ == "Linear")
+    )
     x = torch.randn(4, 3, 8, 8)
     with torch.inference_mode():
         assert torch.allclose(model(x), q(x), atol=0.05)
@@ -78,9 +93,13 @@ def test_compress_model_reports_every_step() -> None:
     model = _net()
     data = [(torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))) for _ in range(2)]
     tuned: list[float] = []
-    _, report = compress_model(model, sparsity=0.5, quantize=True,
-                               measure=lambda m: measure_model(m, loader=data, repeats=2),
-                               fine_tune=lambda m: tuned.append(_zeros(m)))
+    _, report = compress_model(
+        model,
+        sparsity=0.5,
+        quantize=True,
+        measure=lambda m: measure_model(m, loader=data, repeats=2),
+        fine_tune=lambda m: tuned.append(_zeros(m)),
+    )
     steps = report["steps"]
     assert [r["step"] for r in steps] == ["original", "pruned 50%", "pruned + fine-tuned", "int8 (Linear)"]
     assert steps[0]["nonzero_prunable"] == 1.0 and steps[1]["nonzero_prunable"] == pytest.approx(0.5, abs=0.01)
@@ -111,11 +130,12 @@ def _reload_int8(run_dir: Path, report: dict) -> None:
     """The saved int8 model loads with weights_only into a rebuilt, quantized model, and matches its accuracy."""
     from safetensors.torch import load_model
 
-    from tuitune.engine.record.rebuild import rebuild_model
+    from tuitune.engine.rebuild import rebuild_model
 
     _, backbone, _ = rebuild_model(run_dir)
     load_model(backbone.model, str(run_dir / "compressed" / "model_pruned.safetensors"))
     q = quantize_linear(backbone.model)
     q.load_state_dict(torch.load(run_dir / "compressed" / "model_int8.pt", weights_only=True))
-    assert measure_model(q, loader=[(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))],
-                         repeats=1)["nonzero_prunable"] == pytest.approx(report["steps"][-1]["nonzero_prunable"])
+    assert measure_model(q, loader=[(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))], repeats=1)[
+        "nonzero_prunable"
+    ] == pytest.approx(report["steps"][-1]["nonzero_prunable"])

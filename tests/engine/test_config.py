@@ -87,8 +87,12 @@ def test_dump_toml_round_trips_a_profile_with_its_sweep_table(tmp_path) -> None:
     profiles are written by scripts and by the composing picker)."""
     from tuitune.config import dump_toml, read_toml
 
-    table = {"name": "sms", "train": {"lr": 3e-4, "epochs": 4}, "strategy": {"kind": "progressive"},
-             "sweep": {"pruner": "median", "strategy.kind": ["full", "progressive"], "train.lr": {"log": [1e-5, 3e-3]}}}
+    table = {
+        "name": "sms",
+        "train": {"lr": 3e-4, "epochs": 4},
+        "strategy": {"kind": "progressive"},
+        "sweep": {"pruner": "median", "strategy.kind": ["full", "progressive"], "train.lr": {"log": [1e-5, 3e-3]}},
+    }
     text = dump_toml(table)
     assert '"strategy.kind" = ["full", "progressive"]' in text and text.index("[strategy]") < text.index("[sweep]")
     path = tmp_path / "sweep.toml"

@@ -12,15 +12,52 @@ import torch
 from PIL import Image
 
 from tuitune.config import DataConfig, ModelConfig
-from tuitune.engine.data.datasets import (DataBundle, DataError, TensorImages, eval_transform, load_digits_array,
-                                          make_loaders, resolve_num_workers, split_indices)
+from tuitune.engine.data.datasets import (
+    DataBundle,
+    DataError,
+    TensorImages,
+    eval_transform,
+    load_digits_array,
+    make_loaders,
+    resolve_num_workers,
+    split_indices,
+)
 from tuitune.engine.data.kinds import build_datasets
 from tuitune.errors import UserError
 
-DC = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear",
-      "crop_pct": 1.0}
-WORDS = ["good", "bad", "great", "awful", "movie", "film", "the", "was", "very", "plot", "fun", "boring", "nice",
-         "sad", "happy", "red", "blue", "green", "cat", "dog", "fish", "tree", "sun", "moon"]
+DC = {
+    "input_size": (3, 32, 32),
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
+WORDS = [
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "movie",
+    "film",
+    "the",
+    "was",
+    "very",
+    "plot",
+    "fun",
+    "boring",
+    "nice",
+    "sad",
+    "happy",
+    "red",
+    "blue",
+    "green",
+    "cat",
+    "dog",
+    "fish",
+    "tree",
+    "sun",
+    "moon",
+]
 
 
 def indices(ds) -> list[int]:
@@ -199,12 +236,22 @@ def write_jsonl(path: Path, objs: list) -> Path:
 
 
 def text(tokenizer, path: Path, **kw) -> DataBundle:
-    return build_datasets(DataConfig(kind="text", path=str(path), **kw), task="text", data_config={},
-                          tokenizer=tokenizer, max_length=8)
+    return build_datasets(
+        DataConfig(kind="text", path=str(path), **kw), task="text", data_config={}, tokenizer=tokenizer, max_length=8
+    )
 
 
-CSV_ROWS = [f"the movie was {w},{lab}" for w, lab in [("good", "pos"), ("great", "pos"), ("fun", "pos"),
-                                                       ("bad", "neg"), ("awful", "neg"), ("boring", "neg")]] * 2
+CSV_ROWS = [
+    f"the movie was {w},{lab}"
+    for w, lab in [
+        ("good", "pos"),
+        ("great", "pos"),
+        ("fun", "pos"),
+        ("bad", "neg"),
+        ("awful", "neg"),
+        ("boring", "neg"),
+    ]
+] * 2
 
 
 def test_text_csv_split_by_fraction(tokenizer, tmp_path):
@@ -218,8 +265,10 @@ def test_text_csv_split_by_fraction(tokenizer, tmp_path):
 
 
 def test_text_jsonl_with_separate_val_and_int_labels(tokenizer, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"{w} film", "label": lab} for w, lab in
-                                                   [("good", 10), ("bad", 2), ("nice", 10), ("sad", 2)]])
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": f"{w} film", "label": lab} for w, lab in [("good", 10), ("bad", 2), ("nice", 10), ("sad", 2)]],
+    )
     val = write_jsonl(tmp_path / "val.jsonl", [{"text": "happy film", "label": 10}, "", {"text": "sad", "label": 2}])
     test = write_csv(tmp_path / "test.tsv", ["fun plot\t10"], header="text\tlabel")
     b = text(tokenizer, train, val_path=str(val), test_path=str(test))
@@ -249,18 +298,31 @@ def test_text_json_array_and_custom_columns(tokenizer, tmp_path):
     assert b.classes == ("a", "b") and len(b.train) + len(b.val) == 6
 
 
-@pytest.mark.parametrize("name, content, kw, message", [
-    ("a.csv", "text,y\ngood,pos\n", {}, r"a.csv: data.label_column: no column 'label' \(columns: text, y\)$"),
-    ("a.csv", "body,label\ngood,pos\n", {}, r"a.csv: data.text_column: no column 'text' \(columns: body, label\)"),
-    ("a.csv", "text,label\ngood,pos\nbad\n", {}, r"a.csv: row 3: missing field 'label'$"),
-    ("a.csv", "text,label\ngood,pos\n  ,neg\n", {}, r"a.csv: row 3: 'text' must be non-empty text"),
-    ("a.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n', {}, r"a.jsonl: row 2: invalid JSON"),
-    ("a.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad"}\n', {}, r"a.jsonl: row 2: missing field"),
-    ("a.jsonl", '{"text": "good", "label": {"x": 1}}\n', {}, r"a.jsonl: row 1: 'label' must be a string or a number"),
-    ("a.jsonl", '["good", "pos"]\n', {}, r"a.jsonl: row 1: expected a JSON object"),
-    ("a.csv", "text,label\n", {}, r"a.csv: data.path: no rows"),
-    ("a.txt", "good pos\n", {}, r"a.txt: data.path: expected a .csv, .tsv, .jsonl, .json file"),
-])
+@pytest.mark.parametrize(
+    "name, content, kw, message",
+    [
+        ("a.csv", "text,y\ngood,pos\n", {}, r"a.csv: data.label_column: no column 'label' \(columns: text, y\)$"),
+        ("a.csv", "body,label\ngood,pos\n", {}, r"a.csv: data.text_column: no column 'text' \(columns: body, label\)"),
+        ("a.csv", "text,label\ngood,pos\nbad\n", {}, r"a.csv: row 3: missing field 'label'$"),
+        ("a.csv", "text,label\ngood,pos\n  ,neg\n", {}, r"a.csv: row 3: 'text' must be non-empty text"),
+        (
+            "a.jsonl",
+            '{"text": "good", "label": "pos"}\n{"text": "bad", "label": \n',
+            {},
+            r"a.jsonl: row 2: invalid JSON",
+        ),
+        ("a.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad"}\n', {}, r"a.jsonl: row 2: missing field"),
+        (
+            "a.jsonl",
+            '{"text": "good", "label": {"x": 1}}\n',
+            {},
+            r"a.jsonl: row 1: 'label' must be a string or a number",
+        ),
+        ("a.jsonl", '["good", "pos"]\n', {}, r"a.jsonl: row 1: expected a JSON object"),
+        ("a.csv", "text,label\n", {}, r"a.csv: data.path: no rows"),
+        ("a.txt", "good pos\n", {}, r"a.txt: data.path: expected a .csv, .tsv, .jsonl, .json file"),
+    ],
+)
 def test_text_errors(tokenizer, tmp_path, name, content, kw, message):
     path = tmp_path / name
     path.write_text(content)
@@ -353,8 +415,11 @@ def test_data_kinds_table_is_the_config_choices_and_names_what_it_builds(tmp_pat
         (root / name).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / name / f"{i}.png")
-    for cfg in (DataConfig(kind="digits", classes=(3, 1)), DataConfig(kind="synthetic", num_classes=3),
-                DataConfig(kind="image_folder", path=str(root))):
+    for cfg in (
+        DataConfig(kind="digits", classes=(3, 1)),
+        DataConfig(kind="synthetic", num_classes=3),
+        DataConfig(kind="image_folder", path=str(root)),
+    ):
         assert build_datasets(cfg, task="image", data_config=DC).classes == class_names(cfg)
         assert input_task(cfg, ModelConfig()) == "image"
     assert input_task(DataConfig(kind="text", path="x.csv"), ModelConfig()) == "text"

@@ -28,8 +28,11 @@ from tuitune.multirank import free_port
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 # a ViT (LayerNorm: no batch statistics, so per-rank batches normalise as the global one), no dropout
-VIT = {"name": "vit_tiny_patch16_224", "img_size": 32,
-       "kwargs": {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8}}
+VIT = {
+    "name": "vit_tiny_patch16_224",
+    "img_size": 32,
+    "kwargs": {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 8},
+}
 PROGRESSIVE = {"kind": "progressive", "trigger": "epochs", "every_epochs": 1}
 
 
@@ -88,8 +91,16 @@ def _write(tmp: Path, name: str, **sections) -> Path:
 
 
 def _train(args: list[str], procs: list, **kw) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tuitune", "train", *args], env=ENV, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuitune", "train", *args],
+        env=ENV,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **kw,
+    )
     procs.append(proc)
     return proc
 
@@ -102,8 +113,9 @@ def _val_losses(events: list) -> list[float]:
 def test_global_batches_are_the_one_process_batches_split_among_ranks() -> None:
     """Rank slices of every global batch add up to one process's batch of the same global size, epoch after
     epoch (the generators end each epoch in the same state); the uneven last batch's shares weigh exactly."""
-    one = torch.utils.data.DataLoader(range(70), batch_size=32, shuffle=True,
-                                      generator=torch.Generator().manual_seed(3))
+    one = torch.utils.data.DataLoader(
+        range(70), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(3)
+    )
     gens = [torch.Generator().manual_seed(3) for _ in range(2)]
     ranks = [GlobalBatchSampler(70, 16, r, 2, gens[r]) for r in range(2)]
     for _ in range(2):
@@ -149,11 +161,22 @@ def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
     port = free_port()
     started = []
     for rank in range(2):
-        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port)}
-        proc = subprocess.Popen([sys.executable, "-m", "tests.engine.ddp_worker", str(profile), str(tmp / "run"),
-                                 str(tmp), *flags], env=env, cwd=ROOT, text=True, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        env = {
+            **ENV,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.engine.ddp_worker", str(profile), str(tmp / "run"), str(tmp), *flags],
+            env=env,
+            cwd=ROOT,
+            text=True,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         procs.append(proc)
         started.append(proc)
     for proc in started:
@@ -163,23 +186,31 @@ def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
 
 
 def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_identical(
-        tmp_path: Path, procs: list) -> None:
+    tmp_path: Path, procs: list
+) -> None:
     """u at step 2, layer4 frozen by hand and p at step 5 (resumed a second later), s at step 8 put on rank 0's
     Control (3 steps an epoch: 72 examples, 2 x 16 a step): both ranks apply each at the same global step; DDP is
     re-wrapped at each change of the trainable set; the unfrozen parameters moved from their start and are
     identical on both ranks (checksums);
     frozen BatchNorm layers stay in eval mode on both. Self-distillation is on (a pre-logits loss: the model and its
     pre-logits run through DDP's forward), so identical parameters also say its gradients were all-reduced."""
-    profile = _write(tmp_path, "manual", train={"epochs": 3, "log_every": 2, "lr": 0.01},
-                     strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"},
-                     distill={"teacher": "self", "alpha": 0.5})
+    profile = _write(
+        tmp_path,
+        "manual",
+        train={"epochs": 3, "log_every": 2, "lr": 0.01},
+        strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"},
+        distill={"teacher": "self", "alpha": 0.5},
+    )
     ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
 
     def applied(rank: dict) -> list[tuple[str, int]]:
         return [(e["command"], e["global_step"]) for e in rank["events"] if e["type"] == "CommandApplied"]
 
-    assert applied(ranks[0]) == applied(ranks[1]) == [("UnfreezeNext", 2), ("SetGroupTrainable", 5),
-                                                      ("Pause", 5), ("Resume", 5), ("StopEarly", 8)]
+    assert (
+        applied(ranks[0])
+        == applied(ranks[1])
+        == [("UnfreezeNext", 2), ("SetGroupTrainable", 5), ("Pause", 5), ("Resume", 5), ("StopEarly", 8)]
+    )
     changes = [[(e["phase"], e["global_step"]) for e in r["events"] if e["type"] == "PhaseChanged"] for r in ranks]
     assert changes[0] == changes[1] == [(1, 2)]
     assert ranks[0]["events"][-1]["status"] == ranks[1]["events"][-1]["status"] == "stopped_early"
@@ -195,26 +226,35 @@ def test_feature_cache_per_rank_gives_the_one_process_training(tmp_path: Path, p
     that keeps pre_logits and blocks.0 from the first pass, so the second unfreeze drops the cache and epoch 3
     rebuilds it at the stem): the same cache events at the same steps on both ranks and as in one process x batch
     32 with the cache; per-epoch val loss within 1e-4 of one process without it; parameters equal across ranks."""
-    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "cache_memory_gb": 0.00015},
-                "strategy": PROGRESSIVE}
+    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "cache_memory_gb": 0.00015}, "strategy": PROGRESSIVE}
     ranks = _ranks(tmp_path, procs, _write(tmp_path, "cached", **sections))
     runs = {}
     for cache in (True, False):
         runs[cache] = []
-        profile = tiny_profile(**{**sections, "train": {**sections["train"], "feature_cache": cache}},
-                               data={"batch_size": 32})
+        profile = tiny_profile(
+            **{**sections, "train": {**sections["train"], "feature_cache": cache}}, data={"batch_size": 32}
+        )
         Trainer(profile, tmp_path / f"one-{cache}", runs[cache].append, Control()).run()
 
     def said(events: list[dict]) -> list[tuple[bool, int, str]]:
-        return [(e["active"], e["global_step"], e["detail"].split(" (")[0]) for e in events
-                if e["type"] == "FeatureCacheChanged"]
+        return [
+            (e["active"], e["global_step"], e["detail"].split(" (")[0])
+            for e in events
+            if e["type"] == "FeatureCacheChanged"
+        ]
 
-    one = [(e.active, e.global_step, e.detail.split(" (")[0]) for e in runs[True] if type(e).__name__ ==
-           "FeatureCacheChanged"]
+    one = [
+        (e.active, e.global_step, e.detail.split(" (")[0])
+        for e in runs[True]
+        if type(e).__name__ == "FeatureCacheChanged"
+    ]
     assert said(ranks[0]["events"]) == said(ranks[1]["events"]) == one
-    assert [d for _, _, d in one] == ["output of pre_logits cached", "output of blocks.0 cached",
-                                      "dropped: the layers up to blocks.0 are no longer all frozen; rebuilt at the "
-                                      "next epoch", "output of stem cached"]
+    assert [d for _, _, d in one] == [
+        "output of pre_logits cached",
+        "output of blocks.0 cached",
+        "dropped: the layers up to blocks.0 are no longer all frozen; rebuilt at the next epoch",
+        "output of stem cached",
+    ]
     val = [[e["val_loss"] for e in r["events"] if e["type"] == "EpochEnded"] for r in ranks]
     assert len(val[0]) == 3 and val[0] == val[1] == pytest.approx(_val_losses(runs[False]), abs=1e-4)
     assert ranks[0]["sums"] == ranks[1]["sums"]
@@ -230,7 +270,8 @@ def _wait_for(proc: subprocess.Popen, prefix: str) -> None:
 
 
 def test_a_killed_rank_fails_the_run_naming_it_ctrl_c_stops_every_rank_and_resume_continues(
-        tmp_path: Path, procs: list) -> None:
+    tmp_path: Path, procs: list
+) -> None:
     """kill -9 of rank 1: the run ends within 60 s, marked failed once, naming rank 1; `last` intact.
     --resume --nproc 2 continues; Ctrl+C (SIGINT to the launcher) stops both ranks at the same step, rank 0
     saves `last` and records 'interrupted' once (exit 130). Resumed again in one process (global batch 16, not 32),
@@ -259,7 +300,7 @@ def test_a_killed_rank_fails_the_run_naming_it_ctrl_c_stops_every_rank_and_resum
     again.send_signal(signal.SIGINT)
     _, err = again.communicate(timeout=90)
     assert again.returncode == 130, err[-2000:]
-    resumed = read_events(run)[len(events):]
+    resumed = read_events(run)[len(events) :]
     assert isinstance(resumed[0], RunStarted) and resumed[0].start_epoch == state["epoch"]
     assert isinstance(resumed[-1], RunFinished) and resumed[-1].status == "interrupted"
     assert sum(isinstance(e, (RunFailed, RunFinished)) for e in resumed) == 1
@@ -272,9 +313,21 @@ def test_a_killed_rank_fails_the_run_naming_it_ctrl_c_stops_every_rank_and_resum
 
 
 def test_old_events_without_the_new_fields_still_read() -> None:
-    started = {"type": "RunStarted", "run_name": "x", "run_dir": "r", "device": "cpu", "layers": [], "phases": [],
-               "phase": 0, "epochs": 1, "steps_per_epoch": 1, "train_size": 1, "val_size": 1, "classes": [],
-               "profile": {}}
+    started = {
+        "type": "RunStarted",
+        "run_name": "x",
+        "run_dir": "r",
+        "device": "cpu",
+        "layers": [],
+        "phases": [],
+        "phase": 0,
+        "epochs": 1,
+        "steps_per_epoch": 1,
+        "train_size": 1,
+        "val_size": 1,
+        "classes": [],
+        "profile": {},
+    }
     assert event_from_dict(started).world_size == 1
 
 

@@ -20,16 +20,20 @@ CPU = torch.device("cpu")
 
 def _batches(seed: int, scale: float = 1.0, offset: float = 0.0, n: int = 4) -> list:
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(32, 3, 8, 8, generator=g) * scale + offset, torch.zeros(32, dtype=torch.long))
-            for _ in range(n)]
+    return [
+        (torch.randn(32, 3, 8, 8, generator=g) * scale + offset, torch.zeros(32, dtype=torch.long)) for _ in range(n)
+    ]
 
 
 def _bn_model() -> tuple[nn.Module, tuple[LayerGroup, ...]]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2))
-    groups = (LayerGroup("body", ("0.weight", "0.bias", "1.weight", "1.bias"), 120),
-              LayerGroup("head", ("5.weight", "5.bias"), 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+    groups = (
+        LayerGroup("body", ("0.weight", "0.bias", "1.weight", "1.bias"), 120),
+        LayerGroup("head", ("5.weight", "5.bias"), 10),
+    )
     return model, groups
 
 

@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 from tests.engine.hf_fixtures import make_tiny_hf_dir
 from tuitune.cli import main
 from tuitune.config import dump_toml
-from tuitune.engine.record.runlog import read_events
 from tuitune.engine.events import EpochEnded, PhaseChanged
+from tuitune.engine.record.runlog import read_events
 
-GOOD = "good great love".split()
-BAD = "bad awful hate".split()
-FILLER = "the a cat dog movie film plot actor was is very it this that".split()
+GOOD = ["good", "great", "love"]
+BAD = ["bad", "awful", "hate"]
+FILLER = ["the", "a", "cat", "dog", "movie", "film", "plot", "actor", "was", "is", "very", "it", "this", "that"]
 
 
 def _sentence(rng: random.Random, words: list[str]) -> str:
@@ -62,14 +62,21 @@ def test_a_tiny_hugging_face_text_model_fine_tunes_and_exports(tmp_path: Path) -
     folder = make_tiny_hf_dir(tmp_path, "bert")
     _write_reviews(tmp_path / "train.csv", 160, seed=0)
     _write_reviews(tmp_path / "val.csv", 40, seed=1)
-    run_dir = _train(tmp_path, {
-        "name": "reviews",
-        "model": {"source": "hf", "name": str(folder), "max_length": 16, "pooling": "mean"},
-        "data": {"kind": "text", "path": str(tmp_path / "train.csv"), "val_path": str(tmp_path / "val.csv"),
-                 "batch_size": 16},
-        "train": {"epochs": 6, "lr": 0.01, "optimizer": "adamw", "seed": 0},
-        "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 2},
-    })
+    run_dir = _train(
+        tmp_path,
+        {
+            "name": "reviews",
+            "model": {"source": "hf", "name": str(folder), "max_length": 16, "pooling": "mean"},
+            "data": {
+                "kind": "text",
+                "path": str(tmp_path / "train.csv"),
+                "val_path": str(tmp_path / "val.csv"),
+                "batch_size": 16,
+            },
+            "train": {"epochs": 6, "lr": 0.01, "optimizer": "adamw", "seed": 0},
+            "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 2},
+        },
+    )
     _check_run(run_dir)
     assert main(["export", str(run_dir), "--out", str(run_dir / "cli-export")]) == 0  # with sample.safetensors
     for out in (run_dir / "export", run_dir / "cli-export"):  # the run's own export, and `tuitune export`
@@ -112,14 +119,22 @@ def test_a_tiny_timm_image_model_fine_tunes_on_an_image_folder_and_exports(tmp_p
 
     _write_images(tmp_path / "images" / "train", 40, seed=0)
     _write_images(tmp_path / "images" / "val", 12, seed=1)
-    run_dir = _train(tmp_path, {
-        "name": "stripes",
-        "model": {"source": "timm", "name": "resnet18", "pretrained": False, "img_size": 32,
-                  "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}},
-        "data": {"kind": "image_folder", "path": str(tmp_path / "images"), "batch_size": 16},
-        "train": {"epochs": 4, "lr": 0.01, "optimizer": "adamw", "seed": 0},
-        "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 3},
-    })
+    run_dir = _train(
+        tmp_path,
+        {
+            "name": "stripes",
+            "model": {
+                "source": "timm",
+                "name": "resnet18",
+                "pretrained": False,
+                "img_size": 32,
+                "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+            },
+            "data": {"kind": "image_folder", "path": str(tmp_path / "images"), "batch_size": 16},
+            "train": {"epochs": 4, "lr": 0.01, "optimizer": "adamw", "seed": 0},
+            "strategy": {"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "groups_per_phase": 3},
+        },
+    )
     _check_run(run_dir)
     assert main(["export", str(run_dir), "--out", str(run_dir / "cli-export")]) == 0  # with sample.safetensors
     sample = load_file(str(run_dir / "cli-export" / "sample.safetensors"))

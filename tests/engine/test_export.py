@@ -16,8 +16,8 @@ from tests.engine.hf_fixtures import make_tiny_hf_dir
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_from_dict, profile_to_dict
 from tuitune.engine.commands import Control
+from tuitune.engine.session import run_training
 from tuitune.engine.tools.export import export_run
-from tuitune.engine.record.session import run_training
 from tuitune.errors import UserError
 
 
@@ -38,8 +38,12 @@ def _fresh(code: str) -> subprocess.Popen:
     """Start `code` in a new interpreter (offline, one thread); it prints one JSON line. Started, not awaited:
     the timm and the transformers checks import in parallel."""
     env_code = "import os\nos.environ['HF_HUB_OFFLINE'] = '1'\nos.environ['OMP_NUM_THREADS'] = '1'\n"
-    return subprocess.Popen([sys.executable, "-c", env_code + textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", env_code + textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _result(proc: subprocess.Popen) -> dict:
@@ -52,9 +56,10 @@ def test_timm_export_writes_timm_hub_format(timm_run, capsys) -> None:
     assert main(["export", str(timm_run), "--out", str(timm_run / "cli-export"), "--sample", "0"]) == 0
     printed = capsys.readouterr().out
     out = timm_run / "cli-export"
-    assert f'local-dir:{out.resolve()}' in printed
+    assert f"local-dir:{out.resolve()}" in printed
     assert {"model.safetensors", "classes.json", "profile.toml", "config.json", "export.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert not (out / "sample.safetensors").exists()
     assert json.loads((out / "classes.json").read_text()) == ["c0", "c1", "c2"]
     config = json.loads((out / "config.json").read_text())
@@ -97,8 +102,11 @@ def test_exports_load_in_fresh_processes_with_the_same_logits(timm_run, tmp_path
     """timm: `local-dir:` and by name + pretrained_cfg_overlay; hf: AutoModelForSequenceClassification + its
     tokenizer. Each in an interpreter that never imports tuitune; logits against the in-process model's."""
     timm_manifest = export_run(timm_run)
-    timm_proc = _fresh(TIMM_CHECK.format(out=timm_run / "export", load=timm_manifest["load"],
-                                         load_by_name=timm_manifest["load_by_name"]))
+    timm_proc = _fresh(
+        TIMM_CHECK.format(
+            out=timm_run / "export", load=timm_manifest["load"], load_by_name=timm_manifest["load_by_name"]
+        )
+    )
     hf_dir = _hf_run(tmp_path, "model")
     hf_manifest = export_run(hf_dir, sample=12)
     hf_out = hf_dir / "export"
@@ -121,9 +129,13 @@ def _hf_run(tmp_path: Path, pooling: str) -> Path:
     from tuitune.engine.model.backbone import build_backbone
 
     folder = make_tiny_hf_dir(tmp_path, "bert")
-    profile = profile_from_dict({"model": {"source": "hf", "name": str(folder), "pooling": pooling,
-                                           "max_length": 16},
-                                 "data": {"kind": "synthetic", "num_samples": 80, "num_classes": 3}}, "hf.toml")
+    profile = profile_from_dict(
+        {
+            "model": {"source": "hf", "name": str(folder), "pooling": pooling, "max_length": 16},
+            "data": {"kind": "synthetic", "num_samples": 80, "num_classes": 3},
+        },
+        "hf.toml",
+    )
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "profile.toml").write_text(dump_toml(profile_to_dict(profile)))

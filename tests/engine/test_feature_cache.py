@@ -12,8 +12,7 @@ import torch
 from tests.engine.conftest import of_type, tiny_profile
 from tests.engine.hf_fixtures import WORDS, make_tiny_hf_dir
 from tuitune.engine.commands import Control, UnfreezeNext
-from tuitune.engine.events import (EpochEnded, FeatureCacheChanged, MetricsUpdated, PhaseChanged,
-                                   SetupProgressed)
+from tuitune.engine.events import EpochEnded, FeatureCacheChanged, MetricsUpdated, PhaseChanged, SetupProgressed
 from tuitune.engine.train import strategy
 from tuitune.engine.train.loop import Trainer
 
@@ -42,17 +41,20 @@ def _assert_same_training(a, b) -> None:
     assert len(_losses(a)) == len(_losses(b)) > 0
     assert _losses(a) == pytest.approx(_losses(b), abs=1e-5)
     assert [e.val_loss for e in of_type(a, EpochEnded)] == pytest.approx(
-        [e.val_loss for e in of_type(b, EpochEnded)], abs=1e-5)
+        [e.val_loss for e in of_type(b, EpochEnded)], abs=1e-5
+    )
 
 
 def test_head_only_with_and_without_cache_agree(tmp_path) -> None:
     cached, _ = _run(tmp_path / "a", strategy={"kind": "head_only"}, train={"epochs": 3, "log_every": 1})
-    plain, _ = _run(tmp_path / "b", strategy={"kind": "head_only"},
-                    train={"epochs": 3, "log_every": 1, "feature_cache": False})
+    plain, _ = _run(
+        tmp_path / "b", strategy={"kind": "head_only"}, train={"epochs": 3, "log_every": 1, "feature_cache": False}
+    )
     changes = of_type(cached, FeatureCacheChanged)
     assert [c.active for c in changes] == [True] and "output of pre_logits" in changes[0].detail
     assert [(c.active, c.detail) for c in of_type(plain, FeatureCacheChanged)] == [
-        (False, "not used: train.feature_cache is off")]
+        (False, "not used: train.feature_cache is off")
+    ]
     _assert_same_training(cached, plain)
     progress = of_type(cached, SetupProgressed)
     assert progress and all(p.task == "cache" for p in progress) and progress[-1].finished
@@ -80,10 +82,13 @@ def test_progressive_rebuilds_one_boundary_lower_with_the_same_losses(tmp_path) 
     assert [active for active, _ in changes] == [True, True, True]
     assert changes[0][1].startswith("output of pre_logits cached (72 train, 24 val")
     assert "also stored for later phases: layer3.1, layer2.1)" in changes[0][1]  # coarse: layer4, then layer3
-    assert changes[1:] == [(True, f"output of {b} cached (stored in the first pass): only the layers above it run")
-                           for b in ("layer3.1", "layer2.1")]
+    assert changes[1:] == [
+        (True, f"output of {b} cached (stored in the first pass): only the layers above it run")
+        for b in ("layer3.1", "layer2.1")
+    ]
     assert [c.global_step for c in of_type(cached, FeatureCacheChanged)[1:]] == [
-        p.global_step for p in of_type(cached, PhaseChanged)]
+        p.global_step for p in of_type(cached, PhaseChanged)
+    ]
     # the frozen prefix runs only while the cache is built, once: never on cached steps, nor at the unfreezes
     assert per_epoch[0]["event"] == "FeatureCacheChanged" and per_epoch[-1]["event"] == "EpochEnded"
     assert per_epoch[0]["stem"] > 0 and per_epoch[0]["layer1"] > 0  # the hooks see the build's calls
@@ -95,14 +100,23 @@ def test_hf_text_progressive_same_losses_and_skips_frozen_layers(tmp_path) -> No
     across an unfreeze, and the embeddings not called on cached epochs."""
     folder = make_tiny_hf_dir(tmp_path, "bert")
     rng = random.Random(0)
-    rows = ["text,label"] + [f"{' '.join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))} "
-                             f"{'good' if i % 2 else 'bad'},{i % 2}" for i in range(64)]
+    rows = ["text,label"] + [
+        f"{' '.join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))} {'good' if i % 2 else 'bad'},{i % 2}"
+        for i in range(64)
+    ]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    sections = dict(model={"source": "hf", "name": str(folder), "img_size": 0, "max_length": 32,
-                           "kwargs": {"attention_probs_dropout_prob": 0.0}},
-                    regularization={"hidden_dropout": 0.0},
-                    data={"kind": "text", "path": str(tmp_path / "t.csv"), "batch_size": 16},
-                    strategy=PROGRESSIVE)
+    sections = dict(
+        model={
+            "source": "hf",
+            "name": str(folder),
+            "img_size": 0,
+            "max_length": 32,
+            "kwargs": {"attention_probs_dropout_prob": 0.0},
+        },
+        regularization={"hidden_dropout": 0.0},
+        data={"kind": "text", "path": str(tmp_path / "t.csv"), "batch_size": 16},
+        strategy=PROGRESSIVE,
+    )
     calls = [0]
     marks: list[tuple[str, int]] = []
 
@@ -122,13 +136,16 @@ def test_hf_text_progressive_same_losses_and_skips_frozen_layers(tmp_path) -> No
     assert marks[0][0] == "FeatureCacheChanged" and marks[1] == ("EpochEnded", marks[0][1])
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}),
-    ("convnext_atto", {"dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1)}),
-    ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}),
-    ("efficientnet_lite0", {}),
-    ("mobilenetv3_small_050", {}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}),
+        ("convnext_atto", {"dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1)}),
+        ("vit_tiny_patch16_224", {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}),
+        ("efficientnet_lite0", {}),
+        ("mobilenetv3_small_050", {}),
+    ],
+)
 def test_timm_splits_reproduce_the_model_at_every_boundary(name: str, kwargs: dict) -> None:
     import timm
 
@@ -139,23 +156,28 @@ def test_timm_splits_reproduce_the_model_at_every_boundary(name: str, kwargs: di
     split = split_model(timm.create_model(name, num_classes=3, **kwargs, **extra))
     x = torch.randn(2, 3, 32, 32)
     assert [verify(split, x, k, lambda a, _x: a) for k in range(len(split.segments) - 1)] == [""] * (
-        len(split.segments) - 1)
+        len(split.segments) - 1
+    )
     owned = [n for s in split.segments for n in s.params]
     assert sorted(owned) == sorted(n for n, _ in split.model.named_parameters())  # each parameter once
 
 
 def test_unknown_timm_family_says_why(tmp_path) -> None:
-    events, _ = _run(tmp_path, model={"name": "test_byobnet", "kwargs": {}}, strategy={"kind": "head_only"},
-                     train={"epochs": 1})
+    events, _ = _run(
+        tmp_path, model={"name": "test_byobnet", "kwargs": {}}, strategy={"kind": "head_only"}, train={"epochs": 1}
+    )
     [change] = of_type(events, FeatureCacheChanged)
     assert not change.active and "timm ByobNet: its forward is not known to be a chain" in change.detail
 
 
-@pytest.mark.parametrize("sections, reason", [
-    ({"train": {"epochs": 1, "cache_memory_gb": 1e-9}}, "over the budget of 0.00 GB (train.cache_memory_gb)"),
-    ({"strategy": {"kind": "head_only", "freeze_bn": False}}, "(strategy.freeze_bn is off)"),
-    ({"strategy": {"kind": "full"}}, "the lowest layers (stem) train: no frozen part to cache"),
-])
+@pytest.mark.parametrize(
+    "sections, reason",
+    [
+        ({"train": {"epochs": 1, "cache_memory_gb": 1e-9}}, "over the budget of 0.00 GB (train.cache_memory_gb)"),
+        ({"strategy": {"kind": "head_only", "freeze_bn": False}}, "(strategy.freeze_bn is off)"),
+        ({"strategy": {"kind": "full"}}, "the lowest layers (stem) train: no frozen part to cache"),
+    ],
+)
 def test_an_event_says_why_the_cache_is_not_used(tmp_path, sections: dict, reason: str) -> None:
     sections = {"strategy": {"kind": "head_only"}, "train": {"epochs": 1}, **sections}
     events, _ = _run(tmp_path, **sections)
@@ -165,8 +187,11 @@ def test_an_event_says_why_the_cache_is_not_used(tmp_path, sections: dict, reaso
 
 def test_random_head_dropout_moves_the_boundary_below_it(tmp_path) -> None:
     """timm's head dropout sits inside forward_head: the pooled features are random, layer4's output is not."""
-    sections = dict(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
-                    regularization={"drop_rate": 0.2}, train={"epochs": 2, "log_every": 1})
+    sections = dict(
+        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
+        regularization={"drop_rate": 0.2},
+        train={"epochs": 2, "log_every": 1},
+    )
     events, _ = _run(tmp_path / "a", **sections)
     change = of_type(events, FeatureCacheChanged)[0]
     assert change.active and change.detail.startswith("output of layer4.1 cached")
@@ -176,17 +201,25 @@ def test_random_head_dropout_moves_the_boundary_below_it(tmp_path) -> None:
 
 def test_stochastic_depth_without_freeze_dropout_stops_the_cache_below_it(tmp_path) -> None:
     """timm's drop-path rate grows linearly from 0 over the blocks: layer1.0 is deterministic, layer1.1 is not."""
-    events, _ = _run(tmp_path, strategy={"kind": "head_only", "freeze_dropout": False},
-                     regularization={"drop_path_rate": 0.2}, train={"epochs": 1})
+    events, _ = _run(
+        tmp_path,
+        strategy={"kind": "head_only", "freeze_dropout": False},
+        regularization={"drop_path_rate": 0.2},
+        train={"epochs": 1},
+    )
     [change] = of_type(events, FeatureCacheChanged)
     assert change.active and change.detail.startswith("output of layer1.0 cached")
 
 
 def test_hf_dropout_without_freeze_dropout_says_why(tmp_path) -> None:
     folder = make_tiny_hf_dir(tmp_path, "vit")
-    events, _ = _run(tmp_path / "run", model={"source": "hf", "name": str(folder), "img_size": 0, "kwargs": {}},
-                     strategy={"kind": "head_only", "freeze_dropout": False}, regularization={"hidden_dropout": 0.1},
-                     train={"epochs": 1})
+    events, _ = _run(
+        tmp_path / "run",
+        model={"source": "hf", "name": str(folder), "img_size": 0, "kwargs": {}},
+        strategy={"kind": "head_only", "freeze_dropout": False},
+        regularization={"hidden_dropout": 0.1},
+        train={"epochs": 1},
+    )
     [change] = of_type(events, FeatureCacheChanged)
     assert not change.active and "strategy.freeze_dropout is off" in change.detail
 
@@ -211,12 +244,17 @@ def test_freeze_dropout_puts_frozen_modules_in_eval_and_leaves_the_head_training
     assert model[0][1].training
 
 
-@pytest.mark.parametrize("strategy_table, after", [
-    ({"kind": "progressive", "trigger": "manual"}, (True, "output of layer3.1 cached (stored in the first pass)")),
-    # no later phase within the epoch budget: nothing stored below, so the rest of the epoch reads real batches
-    ({"kind": "progressive", "trigger": "epochs", "every_epochs": 2}, (False, "dropped: the layers up to "
-                                                                             "pre_logits are no longer all frozen")),
-])
+@pytest.mark.parametrize(
+    "strategy_table, after",
+    [
+        ({"kind": "progressive", "trigger": "manual"}, (True, "output of layer3.1 cached (stored in the first pass)")),
+        # no later phase within the epoch budget: nothing stored below, so the rest of the epoch reads real batches
+        (
+            {"kind": "progressive", "trigger": "epochs", "every_epochs": 2},
+            (False, "dropped: the layers up to pre_logits are no longer all frozen"),
+        ),
+    ],
+)
 def test_unfreeze_mid_epoch(tmp_path, strategy_table: dict, after: tuple[bool, str]) -> None:
     control = Control()
 
@@ -232,8 +270,13 @@ def test_unfreeze_mid_epoch(tmp_path, strategy_table: dict, after: tuple[bool, s
     layers = [m.lrs for m in of_type(events, MetricsUpdated)]
     assert len(layers[0]) == 1 and len(layers[-1]) == 2  # head, then head + layer4
     control = Control()
-    plain, _ = _run(tmp_path / "b", control, emit, strategy=strategy_table,
-                    train={"epochs": 1, "log_every": 1, "feature_cache": False})
+    plain, _ = _run(
+        tmp_path / "b",
+        control,
+        emit,
+        strategy=strategy_table,
+        train={"epochs": 1, "log_every": 1, "feature_cache": False},
+    )
     _assert_same_training(events, plain)
 
 
@@ -260,9 +303,10 @@ def test_store_batch_indexes_rows_and_labels_with_one_tensor() -> None:
 def test_headless_console_says_what_the_cache_does() -> None:
     import io
 
-    from tuitune.headless import ConsolePrinter
+    from tuitune.console import ConsolePrinter
 
     out = io.StringIO()
-    ConsolePrinter(out=out)(FeatureCacheChanged(active=False, detail="not used: train.feature_cache is off",
-                                                epoch=0, global_step=0))
+    ConsolePrinter(out=out)(
+        FeatureCacheChanged(active=False, detail="not used: train.feature_cache is off", epoch=0, global_step=0)
+    )
     assert out.getvalue() == "feature cache off: not used: train.feature_cache is off\n"

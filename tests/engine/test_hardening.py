@@ -17,14 +17,22 @@ from safetensors.torch import load_file
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
-from tuitune.engine.record import checkpoint
 from tuitune.engine.commands import Control
-from tuitune.engine.events import (CheckpointSaved, EpochEnded, MetricsUpdated, PhaseChanged, RunFailed, RunFinished,
-                                   RunStarted, Warned)
+from tuitune.engine.events import (
+    CheckpointSaved,
+    EpochEnded,
+    MetricsUpdated,
+    PhaseChanged,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Warned,
+)
+from tuitune.engine.record import checkpoint
+from tuitune.engine.record.runlog import RunRecorder, read_events
+from tuitune.engine.session import run_training
 from tuitune.engine.train.guards import NonFiniteGuard
 from tuitune.engine.train.loop import Trainer
-from tuitune.engine.record.runlog import RunRecorder, read_events
-from tuitune.engine.record.session import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 5  # tiny_profile: 72 training examples / batch 16
@@ -67,8 +75,9 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) ->
     step 4), the run stops, and `last` is still epoch 1's."""
     inject(monkeypatch, {8}, nan_loss)
     events: list = []
-    final = run_training(tiny_profile(train={"epochs": 3, "log_every": 2}), tmp_path, events.append, Control(),
-                         interactive=False)
+    final = run_training(
+        tiny_profile(train={"epochs": 3, "log_every": 2}), tmp_path, events.append, Control(), interactive=False
+    )
     assert isinstance(final, RunFailed) and final.kind == "nonfinite" and not final.bad_input
     assert "non-finite loss in 2 step(s) by step 9 (epoch 2)" in final.message and "\n" not in final.message
     assert "epoch 1) is intact" in final.message and "train.on_nonfinite" in final.message
@@ -95,8 +104,13 @@ def test_nonfinite_skip_drops_the_steps_and_goes_on(tmp_path, monkeypatch) -> No
 
 def test_nonfinite_skip_stops_over_the_limit(tmp_path, monkeypatch) -> None:
     inject(monkeypatch, {2, 3, 4}, lambda loss: loss * float("inf"))
-    final = run_training(tiny_profile(train={"epochs": 2, "log_every": 2, "on_nonfinite": "skip", "max_skipped": 1}),
-                         tmp_path, lambda e: None, Control(), interactive=False)
+    final = run_training(
+        tiny_profile(train={"epochs": 2, "log_every": 2, "on_nonfinite": "skip", "max_skipped": 1}),
+        tmp_path,
+        lambda e: None,
+        Control(),
+        interactive=False,
+    )
     assert isinstance(final, RunFailed) and final.kind == "nonfinite"
     assert "in 3 steps by step 4 (epoch 1), more than train.max_skipped = 1" in final.message
     assert "no checkpoint was saved yet" in final.message
@@ -151,8 +165,15 @@ def test_no_host_sync_per_step(tmp_path, monkeypatch) -> None:
     cases = [(steps, mode, clip) for mode, clip in (("stop", 0.0), ("skip", 0.0), ("skip", 1.0)) for steps in (2, 5)]
     trainers = {}
     for steps, mode, clip in cases:  # built before counting: model set-up is not the loop, and slow when patched
-        profile = tiny_profile(train={"epochs": 1, "log_every": 1000, "max_steps_per_epoch": steps,
-                                      "on_nonfinite": mode, "grad_clip": clip})
+        profile = tiny_profile(
+            train={
+                "epochs": 1,
+                "log_every": 1000,
+                "max_steps_per_epoch": steps,
+                "on_nonfinite": mode,
+                "grad_clip": clip,
+            }
+        )
         trainers[steps, mode, clip] = Trainer(profile, tmp_path / f"{steps}{mode}{clip}", lambda e: None, Control())
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         real = getattr(torch.Tensor, name)
@@ -176,10 +197,17 @@ def test_no_host_sync_per_step(tmp_path, monkeypatch) -> None:
 # ----------------------------------------------------------------------------------------- OOM and crashes
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("CUDA error: out of memory")], ids=["OutOfMemoryError", "RuntimeError"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("CUDA error: out of memory"),
+    ],
+    ids=["OutOfMemoryError", "RuntimeError"],
+)
 def test_out_of_memory_stops_cleanly_with_advice(tmp_path, monkeypatch, capsys, error: Exception) -> None:
     """OOM at step 3 of epoch 2: exit 1, one line of advice, checkpoints of epoch 1 intact, traceback logged."""
+
     def boom(loss):
         raise error
 
@@ -189,8 +217,10 @@ def test_out_of_memory_stops_cleanly_with_advice(tmp_path, monkeypatch, capsys, 
     code = main(["train", str(profile), "--headless", "--out", str(tmp_path / "run")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(lines) == 1, lines
-    assert lines[0].startswith("tuitune: error: out of memory at epoch 2, step 3: lower data.batch_size (now 16; "
-                               "e.g. --set data.batch_size=8), model.img_size")
+    assert lines[0].startswith(
+        "tuitune: error: out of memory at epoch 2, step 3: lower data.batch_size (now 16; "
+        "e.g. --set data.batch_size=8), model.img_size"
+    )
     assert f"continue with: tuitune train --resume {tmp_path / 'run'} --set data.batch_size=8" in lines[0]
     assert "(traceback: " in lines[0] and "out of memory" in (tmp_path / "run" / "error.log").read_text()
     assert last_state(tmp_path / "run")["epoch"] == 1
@@ -220,17 +250,21 @@ def _val(events: list) -> list[tuple[int, float, float, float]]:
     return [(e.epoch, e.val_loss, e.val_score, e.train_loss) for e in events if isinstance(e, EpochEnded)]
 
 
-@pytest.mark.parametrize("stop_at, augment", [("epoch_end", {}), ("mid_epoch", {}),
-                                               ("mid_epoch", {"mixup": 0.4, "cutmix": 1.0})],
-                         ids=["epoch_end", "mid_epoch", "mid_epoch-mixup"])
+@pytest.mark.parametrize(
+    "stop_at, augment",
+    [("epoch_end", {}), ("mid_epoch", {}), ("mid_epoch", {"mixup": 0.4, "cutmix": 1.0})],
+    ids=["epoch_end", "mid_epoch", "mid_epoch-mixup"],
+)
 def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str, augment: dict) -> None:
     """4 epochs with an unfreeze at epoch 2, against 2 epochs (or 1.4) + interrupt + `tuitune train --resume`.
     Dropout makes the RNG matter, cosine + warm-up the scheduler, AdamW the optimizer state; with mixup/CutMix,
     timm's `Mixup` draws from numpy's global RNG, which must be seeded and checkpointed too."""
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 2},
-                           train={"epochs": 4, "schedule": "cosine", "warmup_steps": 3},
-                           model={"kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8, "drop_rate": 0.3}},
-                           augment=augment)
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 2},
+        train={"epochs": 4, "schedule": "cosine", "warmup_steps": 3},
+        model={"kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8, "drop_rate": 0.3}},
+        augment=augment,
+    )
     straight: list = []
     run_training(profile, tmp_path / "a", straight.append, Control(), interactive=False)
 
@@ -254,24 +288,30 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str, augment: dict) ->
     assert (start.start_epoch, start.phase) == (saved["epoch"], saved["phase"])
     assert start.start_step == saved["global_step"] and start.start_elapsed_s >= saved["wall_s"]  # for the ETA
     a, b = _val(straight), _val(resumed)
-    print(f"\nresume equality ({stop_at}: interrupted with {saved['epoch']} epochs done + {saved['step_in_epoch']} "
-          f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)")
+    print(
+        f"\nresume equality ({stop_at}: interrupted with {saved['epoch']} epochs done + {saved['step_in_epoch']} "
+        f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)"
+    )
     print("epoch  val_loss straight   val_loss resumed   |diff|    val_score s/r    train_loss s/r")
     for (ea, la, aa, ta), (eb, lb, ab, tb) in zip(a, b):
         print(f"{ea:>5}  {la:.10f}       {lb:.10f}       {abs(la - lb):.1e}   {aa:.4f}/{ab:.4f}  {ta:.6f}/{tb:.6f}")
     assert [x[0] for x in b] == [1, 2, 3, 4]
     for (ea, la, aa, ta), (eb, lb, ab, tb) in zip(a, b):
         assert ea == eb and abs(la - lb) <= 1e-6 and abs(aa - ab) <= 1e-6 and abs(ta - tb) <= 1e-6
-    assert [e.epoch for e in of_type(straight, PhaseChanged)] == [e.epoch for e in of_type(resumed, PhaseChanged)
-                                                                   if e.reason != "resume"] == [2]
+    assert (
+        [e.epoch for e in of_type(straight, PhaseChanged)]
+        == [e.epoch for e in of_type(resumed, PhaseChanged) if e.reason != "resume"]
+        == [2]
+    )
     wa = load_file(str(tmp_path / "a" / "checkpoints" / "last.safetensors"))
     wb = load_file(str(tmp_path / "b" / "checkpoints" / "last.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
 def test_resume_restores_the_trainable_mask_optimizer_and_rng(tmp_path) -> None:
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
-                           train={"epochs": 3})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1}, train={"epochs": 3}
+    )
     control = Control()
 
     def stop(event) -> None:
@@ -286,9 +326,12 @@ def test_resume_restores_the_trainable_mask_optimizer_and_rng(tmp_path) -> None:
     mask = {n: p.requires_grad for n, p in first.parts.model.named_parameters()}
     assert mask == {n: p.requires_grad for n, p in second.parts.model.named_parameters()}
     assert second.st.phase == first.st.phase == 2 and second.st.global_step == first.st.global_step
+
     def groups(trainer: Trainer) -> list:
-        return sorted((g["layer_group"], g["lr"], g["base_lr"], tuple(g["param_names"]))
-                      for g in trainer.st.optimizer.param_groups)
+        return sorted(
+            (g["layer_group"], g["lr"], g["base_lr"], tuple(g["param_names"]))
+            for g in trainer.st.optimizer.param_groups
+        )
 
     assert groups(first) == groups(second)
 
@@ -360,12 +403,15 @@ def test_nothing_in_the_package_executes_or_unpickles_data() -> None:
 def test_trust_remote_code_is_off_unless_set_and_then_warned(tmp_path) -> None:
     assert tiny_profile().model.trust_remote_code is False
     events: list = []
-    Trainer(tiny_profile(model={"trust_remote_code": True}, train={"epochs": 1, "max_steps_per_epoch": 1}),
-            tmp_path, events.append, Control()).run()
+    Trainer(
+        tiny_profile(model={"trust_remote_code": True}, train={"epochs": 1, "max_steps_per_epoch": 1}),
+        tmp_path,
+        events.append,
+        Control(),
+    ).run()
     assert any("trust_remote_code is on" in w for w in events[0].warnings)
     quiet: list = []
-    Trainer(tiny_profile(train={"epochs": 1, "max_steps_per_epoch": 1}), tmp_path / "q", quiet.append,
-            Control()).run()
+    Trainer(tiny_profile(train={"epochs": 1, "max_steps_per_epoch": 1}), tmp_path / "q", quiet.append, Control()).run()
     assert quiet[0].warnings == ()
 
 

@@ -28,37 +28,64 @@ def bert_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 def hub_env(hub: StandInHub, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_ETAG_TIMEOUT="5",
-               HF_HUB_DOWNLOAD_TIMEOUT="5", PYTHONPATH=str(ROOT), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_ETAG_TIMEOUT="5",
+        HF_HUB_DOWNLOAD_TIMEOUT="5",
+        PYTHONPATH=str(ROOT),
+        NO_PROXY="127.0.0.1",
+        no_proxy="127.0.0.1",
+    )
     return env
 
 
 def tuitune(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuitune", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tuitune", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def write_profile(tmp_path: Path) -> Path:
-    rows = [f"the movie was {w},{lab}" for w, lab in [("good", "pos"), ("great", "pos"), ("bad", "neg"),
-                                                       ("awful", "neg")]] * 4
+    rows = [
+        f"the movie was {w},{lab}" for w, lab in [("good", "pos"), ("great", "pos"), ("bad", "neg"), ("awful", "neg")]
+    ] * 4
     (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     profile = tmp_path / "hub.toml"
-    profile.write_text(f'name = "hub"\n[model]\nsource = "hf"\nname = "{REPO}"\nmax_length = 16\n'
-                       '[data]\nkind = "text"\npath = "reviews.csv"\nbatch_size = 8\nval_fraction = 0.25\n'
-                       '[train]\nepochs = 1\nlog_every = 1\n[strategy]\nkind = "full"\n')
+    profile.write_text(
+        f'name = "hub"\n[model]\nsource = "hf"\nname = "{REPO}"\nmax_length = 16\n'
+        '[data]\nkind = "text"\npath = "reviews.csv"\nbatch_size = 8\nval_fraction = 0.25\n'
+        '[train]\nepochs = 1\nlog_every = 1\n[strategy]\nkind = "full"\n'
+    )
     return profile
 
 
 def snapshot_file(home: Path, name: str) -> Path:
-    return home / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / "0123456789abcdef0123456789abcdef01234567" / name
+    return (
+        home
+        / "hub"
+        / f"models--{REPO.replace('/', '--')}"
+        / "snapshots"
+        / "0123456789abcdef0123456789abcdef01234567"
+        / name
+    )
 
 
-def test_run_downloads_with_progress_then_builds_from_cache_without_network(tmp_path: Path,
-                                                                             bert_files: dict[str, bytes]) -> None:
+def test_run_downloads_with_progress_then_builds_from_cache_without_network(
+    tmp_path: Path, bert_files: dict[str, bytes]
+) -> None:
     home = tmp_path / "hf-home"
     with StandInHub({REPO: bert_files}) as hub:
-        done = tuitune(hub_env(hub, home), "train", str(write_profile(tmp_path)), "--headless", "--out",
-                       str(tmp_path / "run"), cwd=tmp_path)
+        done = tuitune(
+            hub_env(hub, home),
+            "train",
+            str(write_profile(tmp_path)),
+            "--headless",
+            "--out",
+            str(tmp_path / "run"),
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         # the weights are in the standard cache, byte for byte what the hub served
         weights = snapshot_file(home, "model.safetensors")
@@ -75,22 +102,33 @@ def test_run_downloads_with_progress_then_builds_from_cache_without_network(tmp_
         first_run = events.index(next(e for e in events if e["type"] == "RunStarted"))
         assert events.index(mine[-1]) < first_run  # shown while the run is still being set up
         assert "download model.safetensors" in done.stdout and "tokenize reviews.csv" in done.stdout
-        print(f"\nprogress events seen: {len(progress)} download, e.g. {mine[-1]}; "
-              f"model.safetensors sha256 verified ({len(bert_files['model.safetensors'])} bytes)")
+        print(
+            f"\nprogress events seen: {len(progress)} download, e.g. {mine[-1]}; "
+            f"model.safetensors sha256 verified ({len(bert_files['model.safetensors'])} bytes)"
+        )
         # a cached model is built without a single request to the hub
         before = len(hub.requests)
-        code = ("from tuitune.config import ModelConfig\nfrom tuitune.engine.model.backbone import build_backbone\n"
-                f"b = build_backbone(ModelConfig(source='hf', name='{REPO}'), 2, task='text')\n"
-                "print(b.description)")
-        again = subprocess.run([sys.executable, "-c", code], env=hub_env(hub, home), capture_output=True, text=True,
-                               timeout=300, cwd=tmp_path)
+        code = (
+            "from tuitune.config import ModelConfig\nfrom tuitune.engine.model.backbone import build_backbone\n"
+            f"b = build_backbone(ModelConfig(source='hf', name='{REPO}'), 2, task='text')\n"
+            "print(b.description)"
+        )
+        again = subprocess.run(
+            [sys.executable, "-c", code],
+            env=hub_env(hub, home),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert again.returncode == 0, again.stderr
         assert hub.requests[before:] == []
 
 
 @pytest.mark.parametrize("fail", ["500", "cut"])
-def test_failed_download_is_one_line_and_nothing_is_cached(tmp_path: Path, bert_files: dict[str, bytes],
-                                                           fail: str) -> None:
+def test_failed_download_is_one_line_and_nothing_is_cached(
+    tmp_path: Path, bert_files: dict[str, bytes], fail: str
+) -> None:
     home = tmp_path / "hf-home"
     with StandInHub({REPO: bert_files}, fail={"model.safetensors": fail}) as hub:
         done = tuitune(hub_env(hub, home), "layers", REPO, cwd=tmp_path)
@@ -109,7 +147,8 @@ def test_offline_flag_never_asks_the_hub(tmp_path: Path, bert_files: dict[str, b
     assert done.stderr.strip().splitlines() == [
         f"tuitune: error: model.name: Hugging Face model '{REPO}' is not in the local cache and there is no network; "
         f"fetch it once with: hf download {REPO} (or huggingface-cli download {REPO}), or set model.name to a local "
-        "folder"]
+        "folder"
+    ]
 
 
 TIMM_REPO = "tuitune-tests/tiny-resnet"
@@ -133,16 +172,28 @@ def test_timm_hf_hub_model_downloads_with_progress(tmp_path: Path) -> None:
     files = repo_files(tmp_path / "repo")
     home = tmp_path / "hf-home"
     with StandInHub({TIMM_REPO: files}) as hub:
-        done = subprocess.run([sys.executable, "-c", TIMM_BUILD.format(repo=TIMM_REPO)], env=hub_env(hub, home),
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        done = subprocess.run(
+            [sys.executable, "-c", TIMM_BUILD.format(repo=TIMM_REPO)],
+            env=hub_env(hub, home),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
         hub_requests = list(hub.requests)
     events = json.loads(done.stdout.splitlines()[-1])
-    assert [(e["detail"], e["finished"]) for e in events if e["finished"]] == [("config.json", True),
-                                                                              ("model.safetensors", True)]
+    assert [(e["detail"], e["finished"]) for e in events if e["finished"]] == [
+        ("config.json", True),
+        ("model.safetensors", True),
+    ]
     # one metadata request and one download per file, the safetensors file first (as timm reads it), and nothing
     # more: the build itself ran with the hub off
     assert sorted((m, p.rsplit("/", 1)[-1]) for m, p in hub_requests) == [
-        ("GET", "config.json"), ("GET", "model.safetensors"), ("HEAD", "config.json"), ("HEAD", "model.safetensors")]
+        ("GET", "config.json"),
+        ("GET", "model.safetensors"),
+        ("HEAD", "config.json"),
+        ("HEAD", "model.safetensors"),
+    ]
     cached = next((home / "hub").rglob("snapshots/*/model.safetensors"))
     assert load_file(str(cached)).keys() == load_file(str(tmp_path / "repo" / "model.safetensors")).keys()

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from tests.engine.conftest import tiny_profile
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
-from tuitune.engine.record import checkpoint
 from tuitune.engine.events import RunStarted
+from tuitune.engine.record import checkpoint
 from tuitune.engine.record.runlog import read_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +32,15 @@ def _start(tmp: Path, name: str, **data: object) -> tuple[subprocess.Popen, Path
     table = profile_to_dict(tiny_profile(train={"epochs": 500}, data=dict(data)))
     profile.write_text(dump_toml(table))
     run_dir = tmp / name
-    proc = subprocess.Popen([sys.executable, "-m", "tuitune", "train", str(profile), "--headless", "--out",
-                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                            cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuitune", "train", str(profile), "--headless", "--out", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     return proc, run_dir
 
 
@@ -53,8 +59,11 @@ def test_ctrl_c_and_sigterm_stop_gracefully_and_resume(tmp_path: Path) -> None:
     """Three runs side by side: Ctrl+C (to the whole process group, one DataLoader worker), SIGTERM, and Ctrl+C
     twice in a row (after epoch 2's line, so it may land in the middle of that epoch's saves, and epoch 1's
     checkpoint exists). Each exits 130 with a `last` that loads; the first then resumes from its saved epoch."""
-    runs = {"sigint": _start(tmp_path, "sigint", num_workers=1), "sigterm": _start(tmp_path, "sigterm"),
-            "twice": _start(tmp_path, "twice")}
+    runs = {
+        "sigint": _start(tmp_path, "sigint", num_workers=1),
+        "sigterm": _start(tmp_path, "sigterm"),
+        "twice": _start(tmp_path, "twice"),
+    }
     for name, (proc, _) in runs.items():
         _wait_for_epoch(proc, 2 if name == "twice" else 1)
         if name == "sigint":
@@ -113,8 +122,14 @@ def test_kill_9_mid_write_never_corrupts_last(tmp_path: Path) -> None:
     process that imported torch once, to keep this fast). After every kill `last` opens, its weights match its
     state, and it is never older than the newest checkpoint seen before."""
     rng = random.Random(0)
-    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+    )
     assert zygote.stdout is not None and zygote.stdin is not None
     assert zygote.stdout.readline().strip() == "ready"
     newest, outcomes = 0, {"temp file left": 0, "new weights, old state": 0, "between saves": 0}
@@ -142,8 +157,10 @@ def test_kill_9_mid_write_never_corrupts_last(tmp_path: Path) -> None:
     finally:
         zygote.stdin.close()
         zygote.wait(timeout=30)
-    print(f"\nkill -9 mid-write: 20 kills, `last` loaded and matched its state every time; newest version "
-          f"{newest}; where the kills landed: {outcomes}")
+    print(
+        f"\nkill -9 mid-write: 20 kills, `last` loaded and matched its state every time; newest version "
+        f"{newest}; where the kills landed: {outcomes}"
+    )
     assert sum(outcomes.values()) == 20 and outcomes["temp file left"] + outcomes["new weights, old state"] >= 5
 
 

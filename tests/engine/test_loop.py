@@ -10,10 +10,18 @@ import torch
 
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, EpochEnded, LayersChanged, MetricsUpdated,
-                                   PhaseChanged, RunFinished, RunStarted)
+from tuitune.engine.events import (
+    CheckpointSaved,
+    CommandApplied,
+    EpochEnded,
+    LayersChanged,
+    MetricsUpdated,
+    PhaseChanged,
+    RunFinished,
+    RunStarted,
+)
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
-from tuitune.engine.record.session import run_training
 
 
 def test_events_and_learning_on_an_easy_task(tmp_path, events_sink) -> None:
@@ -69,13 +77,15 @@ def test_unfreeze_mid_epoch_puts_the_new_groups_batchnorm_in_train_mode(tmp_path
     def emit(event) -> None:
         events.append(event)
         if isinstance(event, MetricsUpdated):
-            modes[event.global_step] = [m.training for m in trainer.parts.model.layer4.modules()
-                                        if isinstance(m, _BatchNorm)]
+            modes[event.global_step] = [
+                m.training for m in trainer.parts.model.layer4.modules() if isinstance(m, _BatchNorm)
+            ]
             if event.global_step == 1:
                 control.put(UnfreezeNext())
 
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "manual", "freeze_bn": True},
-                           train={"epochs": 1, "log_every": 1})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "manual", "freeze_bn": True}, train={"epochs": 1, "log_every": 1}
+    )
     trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
     bn4 = trainer.parts.model.layer4[0].bn1
     before = bn4.running_mean.clone()
@@ -141,16 +151,19 @@ def test_stop_flag_interrupts_within_a_step(tmp_path) -> None:
 def test_early_stopping_fires(tmp_path, events_sink) -> None:
     events, emit = events_sink
     # lr so small nothing improves by min_delta: stops after patience epochs
-    profile = tiny_profile(train={"epochs": 20, "lr": 1e-9},
-                           early_stopping={"enabled": True, "metric": "val_loss", "patience": 2, "min_delta": 0.5})
+    profile = tiny_profile(
+        train={"epochs": 20, "lr": 1e-9},
+        early_stopping={"enabled": True, "metric": "val_loss", "patience": 2, "min_delta": 0.5},
+    )
     final = Trainer(profile, tmp_path, emit, Control()).run()
     assert final.status == "stopped_early" and final.reason.startswith("early stopping: val_loss")
     assert final.epochs == 3  # epoch 1 sets the best, 2 and 3 fail to improve
 
 
 def test_checkpoint_round_trip(tmp_path) -> None:
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
-                           train={"epochs": 2})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1}, train={"epochs": 2}
+    )
     first = Trainer(profile, tmp_path, lambda e: None, Control())
     first.run()
     second = Trainer(profile, tmp_path / "other", lambda e: None, Control(), resume=tmp_path)
@@ -171,8 +184,9 @@ def test_checkpoint_round_trip(tmp_path) -> None:
 
 def test_resume_continues_identically(tmp_path) -> None:
     """2 epochs + interrupt + resume to 4 == 4 straight epochs, with an unfreeze at epoch 2 in both."""
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 2},
-                           train={"epochs": 4})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 2}, train={"epochs": 4}
+    )
     straight: list = []
     Trainer(profile, tmp_path / "a", straight.append, Control()).run()
 
@@ -194,11 +208,24 @@ def test_resume_continues_identically(tmp_path) -> None:
 
 
 def test_headless_run_writes_the_run_directory(tmp_path) -> None:
-    final = run_training(tiny_profile(train={"epochs": 2}, data={"test_fraction": 0.2}), tmp_path, lambda e: None,
-                         Control(), interactive=False)
+    final = run_training(
+        tiny_profile(train={"epochs": 2}, data={"test_fraction": 0.2}),
+        tmp_path,
+        lambda e: None,
+        Control(),
+        interactive=False,
+    )
     assert isinstance(final, RunFinished)
-    for name in ("profile.toml", "events.jsonl", "metrics.csv", "summary.json", "checkpoints/best.safetensors",
-                 "checkpoints/best.state.pt", "checkpoints/last.safetensors", "checkpoints/last.state.pt"):
+    for name in (
+        "profile.toml",
+        "events.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/best.safetensors",
+        "checkpoints/best.state.pt",
+        "checkpoints/last.safetensors",
+        "checkpoints/last.state.pt",
+    ):
         assert (tmp_path / name).exists(), name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["stop_reason"]

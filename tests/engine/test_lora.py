@@ -21,9 +21,9 @@ from tuitune.engine.commands import Control
 from tuitune.engine.events import LayersChanged, MetricsUpdated
 from tuitune.engine.model.backbone import build_backbone
 from tuitune.engine.model.lora import apply_lora
+from tuitune.engine.rebuild import rebuild_model
 from tuitune.engine.record import checkpoint
-from tuitune.engine.record.rebuild import rebuild_model
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.tools.export import export_run
 from tuitune.engine.train.parts import model_config, seed_everything
 from tuitune.errors import UserError
@@ -70,8 +70,7 @@ PEFT_BLOCKED = """
 
 
 def _fresh(code: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -93,7 +92,8 @@ def _check_run(profile: RunProfile, run_dir: Path, task: str, load: str, call: s
     manifest = export_run(run_dir, sample=24)
     out = run_dir / "export"
     assert manifest["lora_merged"] and {"adapter_model.safetensors", "adapter_config.json"} <= {
-        p.name for p in (out / "adapters").iterdir()}
+        p.name for p in (out / "adapters").iterdir()
+    }
     saved = load_file(str(out / "adapters" / "adapter_model.safetensors"))
     best = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
     assert set(saved) == set(adapters) and all(torch.equal(saved[k], best[k]) for k in saved)
@@ -121,35 +121,50 @@ def test_lora_on_a_tiny_vit(tmp_path) -> None:
     assert by_name["blocks.0"].adapters == 4 * (64 + 192) + 4 * (64 + 64) + 4 * (64 + 192) + 4 * (192 + 64)
     assert by_name["head"].adapters == 0 and by_name["head"].trainable
     assert not by_name["stem"].trainable  # no adapted layer in it: nothing of it trains
-    _check_run(profile, tmp_path / "run", "image",
-               load='import timm\n    model = timm.create_model("local-dir:{out}", pretrained=True).eval()'
-               .format(out=tmp_path / "run" / "export"), call='model(sample["inputs"])')
+    _check_run(
+        profile,
+        tmp_path / "run",
+        "image",
+        load='import timm\n    model = timm.create_model("local-dir:{out}", pretrained=True).eval()'.format(
+            out=tmp_path / "run" / "export"
+        ),
+        call='model(sample["inputs"])',
+    )
 
 
 def test_lora_on_a_tiny_bert(tmp_path) -> None:
     folder = make_tiny_hf_dir(tmp_path, "bert")
-    profile = profile_from_dict({
-        "model": {"source": "hf", "name": str(folder), "max_length": 16},
-        "data": {"kind": "synthetic", "num_samples": 64, "num_classes": 3, "batch_size": 16},
-        "train": {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "seed": 0},
-        "strategy": {"kind": "lora"}}, "bert.toml")
+    profile = profile_from_dict(
+        {
+            "model": {"source": "hf", "name": str(folder), "max_length": 16},
+            "data": {"kind": "synthetic", "num_samples": 64, "num_classes": 3, "batch_size": 16},
+            "train": {"epochs": 1, "lr": 0.01, "optimizer": "adamw", "schedule": "constant", "seed": 0},
+            "strategy": {"kind": "lora"},
+        },
+        "bert.toml",
+    )
     _run(profile, tmp_path / "run")
     last = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
     adapted = {k.split(".lora_")[0] for k in last if "lora_" in k}
     assert adapted and all(k.endswith(("attention.self.query", "attention.self.value")) for k in adapted)
-    _check_run(profile, tmp_path / "run", "text",
-               load='from transformers import AutoModelForSequenceClassification\n    model = '
-                    'AutoModelForSequenceClassification.from_pretrained("{out}").eval()'
-               .format(out=tmp_path / "run" / "export"),
-               call='model(input_ids=sample["input_ids"], attention_mask=sample["attention_mask"]).logits')
+    _check_run(
+        profile,
+        tmp_path / "run",
+        "text",
+        load="from transformers import AutoModelForSequenceClassification\n    model = "
+        'AutoModelForSequenceClassification.from_pretrained("{out}").eval()'.format(out=tmp_path / "run" / "export"),
+        call='model(input_ids=sample["input_ids"], attention_mask=sample["attention_mask"]).logits',
+    )
 
 
 def test_progressive_adapters_unfreeze_adapters_and_resume_matches(tmp_path) -> None:
     """`adapters = "lora"`: phase 2 turns on blocks.5's adapters, not its weights; interrupted mid-epoch 2 and
     resumed, the run ends with the weights of the same run unbroken."""
-    profile = tiny_profile(model=VIT, strategy={"kind": "progressive", "adapters": "lora", "trigger": "epochs",
-                                                "every_epochs": 1, "coarse": True},
-                           train={"epochs": 2})
+    profile = tiny_profile(
+        model=VIT,
+        strategy={"kind": "progressive", "adapters": "lora", "trigger": "epochs", "every_epochs": 1, "coarse": True},
+        train={"epochs": 2},
+    )
     _run(profile, tmp_path / "a")
     control = Control()
     first: list = []
@@ -158,6 +173,7 @@ def test_progressive_adapters_unfreeze_adapters_and_resume_matches(tmp_path) -> 
         first.append(event)
         if isinstance(event, MetricsUpdated) and event.global_step == 7:
             control.request_stop()
+
     _run(profile, tmp_path / "b", emit=emit, control=control)
     saved = checkpoint.load_state(tmp_path / "b" / "checkpoints" / "last.state.pt")
     assert (saved["epoch"], saved["phase"]) == (1, 1) and saved["step_in_epoch"] > 0  # mid-epoch 2, phase 2
@@ -173,8 +189,7 @@ def test_progressive_adapters_unfreeze_adapters_and_resume_matches(tmp_path) -> 
 
 
 def test_depthwise_convolutions_are_skipped_and_targets_must_match() -> None:
-    profile = tiny_profile(model={"name": "test_convnext", "kwargs": {}, "img_size": 32},
-                           strategy={"kind": "lora"})
+    profile = tiny_profile(model={"name": "test_convnext", "kwargs": {}, "img_size": 32}, strategy={"kind": "lora"})
     backbone = build_backbone(model_config(profile), 3)
     total = backbone.model.state_dict().keys()
     lora, notes = apply_lora(backbone, profile.strategy)  # default: mlp.fc1 / mlp.fc2 only
@@ -183,19 +198,22 @@ def test_depthwise_convolutions_are_skipped_and_targets_must_match() -> None:
     assert sum(g.params for g in lora.groups) == sum(p.numel() for p in lora.model.parameters())
     assert len(total) < len(lora.model.state_dict())
 
-    explicit = tiny_profile(model={"name": "test_convnext", "kwargs": {}, "img_size": 32},
-                            strategy={"kind": "lora", "lora_targets": ["conv_dw", "mlp.fc1"]})
+    explicit = tiny_profile(
+        model={"name": "test_convnext", "kwargs": {}, "img_size": 32},
+        strategy={"kind": "lora", "lora_targets": ["conv_dw", "mlp.fc1"]},
+    )
     _, notes = apply_lora(build_backbone(model_config(explicit), 3), explicit.strategy)
     assert len(notes) == 1 and "depthwise" in notes[0] and "conv_dw" in notes[0]
 
-    effnet = tiny_profile(model={"name": "test_efficientnet", "kwargs": {}, "img_size": 32},
-                          strategy={"kind": "lora"})
+    effnet = tiny_profile(model={"name": "test_efficientnet", "kwargs": {}, "img_size": 32}, strategy={"kind": "lora"})
     lora, notes = apply_lora(build_backbone(model_config(effnet), 3), effnet.strategy)  # default: the 1x1 convs
     adapted = {n.split(".lora_")[0]: m for n, m in lora.model.named_modules() if n.endswith(("conv_pw", "conv_pwl"))}
     assert adapted and all(hasattr(m, "lora_A") and m.base_layer.groups == 1 for m in adapted.values())
     assert not any("conv_dw.lora_" in n for n, _ in lora.model.named_parameters()) and not notes
 
-    wrong = tiny_profile(model={"name": "test_convnext", "kwargs": {}, "img_size": 32},
-                         strategy={"kind": "lora", "lora_targets": ["conv_dw"]})
+    wrong = tiny_profile(
+        model={"name": "test_convnext", "kwargs": {}, "img_size": 32},
+        strategy={"kind": "lora", "lora_targets": ["conv_dw"]},
+    )
     with pytest.raises(UserError, match="strategy.lora_targets: no layer"):
         apply_lora(build_backbone(model_config(wrong), 3), wrong.strategy)

@@ -21,7 +21,6 @@ from tuitune.engine.train.parts import build_parts
 from tuitune.engine.train.trainer_state import TrainerState
 
 
-
 @pytest.fixture
 def run(tmp_path):
     profile = tiny_profile(strategy={"kind": "progressive", "lr_decay": 0.5}, train={"lr": 0.01})
@@ -72,8 +71,16 @@ def test_sweep_restores_weights_optimizer_and_rng_bit_for_bit(run) -> None:
 
 def test_curve_falls_then_rises_and_the_suggestion_is_in_range(run, tmp_path) -> None:
     _, parts, state = run
-    curve = lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device,
-                     start_lr=1e-5, end_lr=10.0, steps=60)
+    curve = lr_sweep(
+        parts.model,
+        state.optimizer,
+        parts.train_loader,
+        F.cross_entropy,
+        parts.device,
+        start_lr=1e-5,
+        end_lr=10.0,
+        steps=60,
+    )
     low = min(range(len(curve.smoothed)), key=curve.smoothed.__getitem__)
     assert curve.smoothed[low] < curve.smoothed[0] - 0.05  # it falls...
     assert curve.smoothed[-1] > curve.smoothed[low] + 0.05  # ...then rises (or diverged and stopped)
@@ -88,8 +95,17 @@ def test_curve_falls_then_rises_and_the_suggestion_is_in_range(run, tmp_path) ->
 
 def test_divergence_stops_the_sweep_early(run) -> None:
     _, parts, state = run
-    curve = lr_sweep(parts.model, state.optimizer, parts.train_loader, F.cross_entropy, parts.device,
-                     start_lr=1e-3, end_lr=1e4, steps=80, diverge=1.5)
+    curve = lr_sweep(
+        parts.model,
+        state.optimizer,
+        parts.train_loader,
+        F.cross_entropy,
+        parts.device,
+        start_lr=1e-3,
+        end_lr=1e4,
+        steps=80,
+        diverge=1.5,
+    )
     assert curve.stopped_early and len(curve.lrs) < 80
 
 
@@ -98,18 +114,19 @@ def test_suggestions_on_a_known_curve() -> None:
     xs = [math.log10(lr) for lr in lrs]
     losses = [2.0 - math.tanh(x + 3) + (0.0 if x < -1 else 5 * (x + 1) ** 2) for x in xs]  # steepest at 1e-3
     steep, valley = suggest(lrs, losses)
-    assert 10 ** -3.2 < steep < 10 ** -2.8
+    assert 10**-3.2 < steep < 10**-2.8
     assert 1e-4 < valley < 1e-1
     assert suggest(lrs[:2], losses[:2]) == (None, None)
     # a phase start on a training set the model already fits: the loss (0.001) "diverged" within five steps
-    memorized = [1e-7 * 1.2 ** i for i in range(5)], [0.0013, 0.0025, 0.0030, 0.0031, 0.082]
+    memorized = [1e-7 * 1.2**i for i in range(5)], [0.0013, 0.0025, 0.0030, 0.0031, 0.082]
     assert suggest(*memorized) == (None, None)
 
 
 def test_scale_lrs_keeps_the_ratios() -> None:
     w = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
-    opt = torch.optim.SGD([{"params": [w[0]], "lr": 0.01, "base_lr": 0.02},
-                           {"params": [w[1]], "lr": 0.005, "base_lr": 0.01}], lr=0.1)
+    opt = torch.optim.SGD(
+        [{"params": [w[0]], "lr": 0.01, "base_lr": 0.02}, {"params": [w[1]], "lr": 0.005, "base_lr": 0.01}], lr=0.1
+    )
     scale_lrs(opt, 0.1)
     assert [g["base_lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.05])
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.025])  # the schedule factor (0.5) kept
@@ -124,16 +141,19 @@ def test_ascii_fallback_plot() -> None:
 def test_cli_lr_find_writes_the_curve(tmp_path, capsys) -> None:
     profile_path = tmp_path / "tiny.toml"
     profile_path.write_text(dump_toml(profile_to_dict(tiny_profile(strategy={"kind": "progressive"}))))
-    assert main(["lr-find", str(profile_path), "--steps", "20", "--start-lr", "1e-4", "--out",
-                 str(tmp_path / "out")]) == 0
+    assert (
+        main(["lr-find", str(profile_path), "--steps", "20", "--start-lr", "1e-4", "--out", str(tmp_path / "out")]) == 0
+    )
     out = capsys.readouterr().out
     assert "suggested lr:" in out and "LR finder" in out
     assert (tmp_path / "out" / "lr_find.csv").is_file() and (tmp_path / "out" / "lr_find.json").is_file()
 
 
-@pytest.mark.parametrize("loss, augment", [("focal", {}), ("mse", {}), ("bce", {}),
-                                           ("cross_entropy", {"mixup": 0.4, "cutmix": 1.0})],
-                         ids=["focal", "mse", "bce", "mixup"])
+@pytest.mark.parametrize(
+    "loss, augment",
+    [("focal", {}), ("mse", {}), ("bce", {}), ("cross_entropy", {"mixup": 0.4, "cutmix": 1.0})],
+    ids=["focal", "mse", "bce", "mixup"],
+)
 def test_cli_and_dashboard_sweep_with_the_runs_own_objective(tmp_path, loss: str, augment: dict) -> None:
     """`tuitune lr-find` and the dashboard's `f` run one recipe: the run's loss on the run's targets (Mixup/CutMix
     included). Their first sweep step (LR 1e-7, the starting weights) scores the same batch the same way, and that
@@ -156,8 +176,13 @@ def test_cli_and_dashboard_sweep_with_the_runs_own_objective(tmp_path, loss: str
 
     # the run's objective on the sweep's first batch (the recipe's shuffle: seed + global step), starting weights
     p, obj = trainer.parts, trainer.obj
-    x, y = next(iter(DataLoader(p.bundle.train, batch_size=16, shuffle=True,
-                                generator=torch.Generator().manual_seed(profile.train.seed))))
+    x, y = next(
+        iter(
+            DataLoader(
+                p.bundle.train, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(profile.train.seed)
+            )
+        )
+    )
     strategy.set_train_mode(p.model, True)
     x, y = obj.targets(x, y)
     with torch.no_grad():

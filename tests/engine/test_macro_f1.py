@@ -21,9 +21,13 @@ from .conftest import of_type, tiny_profile
 def test_always_the_majority_class_scores_high_accuracy_but_macro_f1_near_half() -> None:
     """The SMS spam val split: 437 ham, 63 spam; a model answering "ham" for everything."""
     macro, report = class_report([[437, 0], [63, 0]], ("ham", "spam"))
-    assert 437 / 500 == pytest.approx(0.874)
-    assert report["ham"] == {"precision": pytest.approx(437 / 500), "recall": 1.0,
-                             "f1": pytest.approx(2 * 437 / (437 + 500)), "support": 437}
+    assert pytest.approx(0.874) == 437 / 500
+    assert report["ham"] == {
+        "precision": pytest.approx(437 / 500),
+        "recall": 1.0,
+        "f1": pytest.approx(2 * 437 / (437 + 500)),
+        "support": 437,
+    }
     assert report["spam"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 63}
     assert macro == pytest.approx((2 * 437 / 937) / 2) and round(macro, 2) == 0.47
 
@@ -36,7 +40,10 @@ def test_known_three_class_confusion_matches_hand_computed_values() -> None:
     expected = {"a": (5 / 7, 5 / 6, 10 / 13), "b": (3 / 4, 3 / 6, 6 / 10), "c": (4 / 5, 1.0, 8 / 9)}
     for name, (p, r, f1) in expected.items():
         assert (report[name]["precision"], report[name]["recall"], report[name]["f1"]) == (
-            pytest.approx(p), pytest.approx(r), pytest.approx(f1))
+            pytest.approx(p),
+            pytest.approx(r),
+            pytest.approx(f1),
+        )
     assert macro == pytest.approx((10 / 13 + 6 / 10 + 8 / 9) / 3)
     # scikit-learn's rule: a class neither present nor predicted is left out of the mean
     macro4, report4 = class_report([[5, 1, 0, 0], [2, 3, 1, 0], [0, 0, 4, 0], [0, 0, 0, 0]], "abcd")
@@ -50,10 +57,11 @@ def test_f1_watch_prefers_higher_values_whatever_the_task_score() -> None:
 
 
 def test_a_run_reports_macro_f1_and_chooses_its_best_checkpoint_by_it(tmp_path) -> None:
-    profile = tiny_profile(train={"epochs": 3, "checkpoint_metric": "val_macro_f1"},
-                           early_stopping={"enabled": True, "metric": "val_macro_f1", "patience": 5},
-                           strategy={"kind": "progressive", "trigger": "plateau", "plateau_metric": "val_macro_f1",
-                                     "plateau_patience": 1})
+    profile = tiny_profile(
+        train={"epochs": 3, "checkpoint_metric": "val_macro_f1"},
+        early_stopping={"enabled": True, "metric": "val_macro_f1", "patience": 5},
+        strategy={"kind": "progressive", "trigger": "plateau", "plateau_metric": "val_macro_f1", "plateau_patience": 1},
+    )
     events: list = []
     recorder = RunRecorder(tmp_path)
     trainer = Trainer(profile, tmp_path, lambda e: (events.append(e), recorder(e)), Control())

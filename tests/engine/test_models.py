@@ -11,8 +11,15 @@ import torch
 
 from tests.engine.hf_fixtures import make_tiny_hf_dir
 from tuitune.config import ModelConfig
-from tuitune.engine.model.backbone import (Backbone, HFClassifier, LayerGroup, ModelError, build_backbone, layer_groups,
-                                   layer_table)
+from tuitune.engine.model.backbone import (
+    Backbone,
+    HFClassifier,
+    LayerGroup,
+    ModelError,
+    build_backbone,
+    layer_groups,
+    layer_table,
+)
 from tuitune.errors import UserError
 
 TINY_RESNET18 = {"channels": (8, 16, 32, 64), "stem_width": 8}
@@ -45,15 +52,34 @@ def hf_cfg(path: Path, **kw) -> ModelConfig:
 
 # ---------------------------------------------------------------------------------------------------- timm
 
-@pytest.mark.parametrize("name, kwargs, coarse, expected", [
-    ("test_resnet", {}, True, ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
-    ("resnet18", TINY_RESNET18, True, ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
-    ("resnet18", TINY_RESNET18, False, ["stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0",
-                                        "layer3.1", "layer4.0", "layer4.1", "head"]),
-    ("test_convnext", {}, True, ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]),
-    ("test_vit", {}, True, ["stem"] + [f"blocks.{i}" for i in range(6)] + ["head"]),
-    ("test_efficientnet", {}, True, ["stem"] + [f"blocks.{i}" for i in range(5)] + ["head"]),
-])
+
+@pytest.mark.parametrize(
+    "name, kwargs, coarse, expected",
+    [
+        ("test_resnet", {}, True, ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
+        ("resnet18", TINY_RESNET18, True, ["stem", "layer1", "layer2", "layer3", "layer4", "head"]),
+        (
+            "resnet18",
+            TINY_RESNET18,
+            False,
+            [
+                "stem",
+                "layer1.0",
+                "layer1.1",
+                "layer2.0",
+                "layer2.1",
+                "layer3.0",
+                "layer3.1",
+                "layer4.0",
+                "layer4.1",
+                "head",
+            ],
+        ),
+        ("test_convnext", {}, True, ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]),
+        ("test_vit", {}, True, ["stem"] + [f"blocks.{i}" for i in range(6)] + ["head"]),
+        ("test_efficientnet", {}, True, ["stem"] + [f"blocks.{i}" for i in range(5)] + ["head"]),
+    ],
+)
 def test_timm_groups(name: str, kwargs: dict, coarse: bool, expected: list[str]) -> None:
     bb = build_backbone(timm_cfg(name, kwargs=kwargs), num_classes=5, coarse=coarse)
     assert [g.name for g in bb.groups] == expected
@@ -75,8 +101,9 @@ def test_vit_final_norm_joins_last_block() -> None:
     assert groups[-1].param_names == ("head.weight", "head.bias")
 
 
-@pytest.mark.parametrize("name, kwargs", [("test_resnet", {}), ("test_convnext", {}), ("test_vit", {}),
-                                          ("resnet18", TINY_RESNET18)])
+@pytest.mark.parametrize(
+    "name, kwargs", [("test_resnet", {}), ("test_convnext", {}), ("test_vit", {}), ("resnet18", TINY_RESNET18)]
+)
 def test_timm_forward_at_img_size(name: str, kwargs: dict) -> None:
     bb = build_backbone(timm_cfg(name, kwargs=kwargs, img_size=32), num_classes=4)
     assert bb.data_config["input_size"] == (3, 32, 32)
@@ -92,14 +119,14 @@ def test_timm_default_data_config() -> None:
 
 
 def test_fallback_groups_for_plain_module() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
-                                torch.nn.Linear(8, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.Linear(8, 3))
     groups = layer_groups(model)
     assert [g.name for g in groups] == ["0", "2", "head"]
     assert_partition(model, groups)
 
 
 # ------------------------------------------------------------------------------------------------- weights
+
 
 def _source_model(num_classes: int = 7) -> torch.nn.Module:
     import timm
@@ -114,6 +141,7 @@ def test_weights_file_loads_backbone_and_recreates_head(tmp_path: Path, fmt: str
     sd = src.state_dict()
     if fmt == "safetensors":
         from safetensors.torch import save_file
+
         path = tmp_path / "w.safetensors"
         save_file(sd, str(path))
     elif fmt == "pt":
@@ -154,6 +182,7 @@ def test_missing_weights_file(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ errors
+
 
 def test_unknown_timm_name_suggests() -> None:
     with pytest.raises(ModelError, match=r"unknown timm model 'resnt18' \(did you mean resnet18\?\)") as e:
@@ -198,14 +227,18 @@ def test_hf_hub_id_not_cached() -> None:
 
 # ------------------------------------------------------------------------------------------------------ hf
 
-@pytest.mark.parametrize("arch, task, pooling, expected", [
-    ("bert", "text", "model", ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
-    ("bert", "text", "mean", ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
-    ("distilbert", "text", "model", ["embeddings", "layer.0", "layer.1", "head"]),
-    ("roberta", "text", "model", ["embeddings", "layer.0", "layer.1", "head"]),
-    ("roberta", "text", "mean", ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
-    ("vit", "image", "model", ["embeddings", "layer.0", "layer.1", "layernorm", "head"]),
-])
+
+@pytest.mark.parametrize(
+    "arch, task, pooling, expected",
+    [
+        ("bert", "text", "model", ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
+        ("bert", "text", "mean", ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
+        ("distilbert", "text", "model", ["embeddings", "layer.0", "layer.1", "head"]),
+        ("roberta", "text", "model", ["embeddings", "layer.0", "layer.1", "head"]),
+        ("roberta", "text", "mean", ["embeddings", "layer.0", "layer.1", "pooler", "head"]),
+        ("vit", "image", "model", ["embeddings", "layer.0", "layer.1", "layernorm", "head"]),
+    ],
+)
 def test_hf_groups(hf_dirs: dict[str, Path], arch: str, task: str, pooling: str, expected: list[str]) -> None:
     bb = build_backbone(hf_cfg(hf_dirs[arch], pooling=pooling), num_classes=3, task=task)
     assert isinstance(bb, Backbone) and isinstance(bb.model, HFClassifier)
@@ -222,8 +255,12 @@ def test_hf_groups_on_bare_model(hf_dirs: dict[str, Path]) -> None:
     model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(hf_dirs["distilbert"]))
     groups = layer_groups(model)
     assert [g.name for g in groups] == ["embeddings", "layer.0", "layer.1", "head"]
-    assert set(groups[-1].param_names) == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight",
-                                           "classifier.bias"}
+    assert set(groups[-1].param_names) == {
+        "pre_classifier.weight",
+        "pre_classifier.bias",
+        "classifier.weight",
+        "classifier.bias",
+    }
     assert_partition(model, groups)
 
 
@@ -289,10 +326,13 @@ def test_hf_weights_key_rejected(hf_dirs: dict[str, Path]) -> None:
 
 # ---------------------------------------------------------------------------------------------------- table
 
+
 def test_layer_table() -> None:
     groups = (LayerGroup("stem", ("a",), 10), LayerGroup("head", ("b",), 3))
-    assert layer_table(groups) == [{"name": "stem", "params": 10, "trainable": True},
-                                   {"name": "head", "params": 3, "trainable": True}]
+    assert layer_table(groups) == [
+        {"name": "stem", "params": 10, "trainable": True},
+        {"name": "head", "params": 3, "trainable": True},
+    ]
     assert [r["trainable"] for r in layer_table(groups, {"head"})] == [False, True]
 
 

@@ -9,29 +9,44 @@ import torch
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import ApplyLR, Control, SaveCheckpoint, UnfreezeNext
 from tuitune.engine.events import CommandApplied, EpochEnded, LayersChanged, LRFound, PhaseChanged, RunStarted
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
 
 DECAY = 0.5
 
 
 def phase_lr_profile(**train):
-    return tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1, "lr_decay": DECAY,
-                                  "phase_lr": "find", "phase_lr_steps": 20},
-                        train={"epochs": 3, **train})
+    return tiny_profile(
+        strategy={
+            "kind": "progressive",
+            "trigger": "epochs",
+            "every_epochs": 1,
+            "lr_decay": DECAY,
+            "phase_lr": "find",
+            "phase_lr_steps": 20,
+        },
+        train={"epochs": 3, **train},
+    )
 
 
 def _state(trainer: Trainer) -> dict:
-    return {"model": {k: v.clone() for k, v in trainer.parts.model.state_dict().items()},
-            "rng": torch.get_rng_state(), "gen": trainer.parts.train_loader.generator.get_state(),
-            "optimizer": {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
-                          for p, s in trainer.st.optimizer.state.items()}}
+    return {
+        "model": {k: v.clone() for k, v in trainer.parts.model.state_dict().items()},
+        "rng": torch.get_rng_state(),
+        "gen": trainer.parts.train_loader.generator.get_state(),
+        "optimizer": {
+            id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+            for p, s in trainer.st.optimizer.state.items()
+        },
+    }
 
 
 def _expected_lrs(trainer: Trainer, head_lr: float) -> dict[str, float]:
     names = [g.name for g in trainer.parts.groups]
-    return {g["layer_group"]: head_lr * DECAY ** (len(names) - 1 - names.index(g["layer_group"]))
-            for g in trainer.st.optimizer.param_groups}
+    return {
+        g["layer_group"]: head_lr * DECAY ** (len(names) - 1 - names.index(g["layer_group"]))
+        for g in trainer.st.optimizer.param_groups
+    }
 
 
 def test_a_sweep_at_every_phase_from_a_restored_snapshot_and_its_suggestion_applied(tmp_path) -> None:
@@ -46,11 +61,17 @@ def test_a_sweep_at_every_phase_from_a_restored_snapshot_and_its_suggestion_appl
             before.update(_state(trainer))
         elif isinstance(event, LRFound):  # the sweep ended: everything as it was
             after = _state(trainer)
-            checks.append(all(torch.equal(before["model"][k], v) for k, v in after["model"].items())
-                          and torch.equal(before["rng"], after["rng"]) and torch.equal(before["gen"], after["gen"])
-                          and before["optimizer"].keys() == after["optimizer"].keys()
-                          and all(torch.equal(before["optimizer"][p][k], v)
-                                  for p, s in after["optimizer"].items() for k, v in s.items()))
+            checks.append(
+                all(torch.equal(before["model"][k], v) for k, v in after["model"].items())
+                and torch.equal(before["rng"], after["rng"])
+                and torch.equal(before["gen"], after["gen"])
+                and before["optimizer"].keys() == after["optimizer"].keys()
+                and all(
+                    torch.equal(before["optimizer"][p][k], v)
+                    for p, s in after["optimizer"].items()
+                    for k, v in s.items()
+                )
+            )
         elif isinstance(event, CommandApplied) and event.command == "ApplyLR":
             lrs = {g["layer_group"]: g["lr"] for g in trainer.st.optimizer.param_groups}
             checks.append(lrs == pytest.approx(_expected_lrs(trainer, event.value)))
@@ -83,24 +104,38 @@ def test_a_person_answers_and_other_commands_wait_their_turn(tmp_path) -> None:
             control.put(SaveCheckpoint())
             control.put(ApplyLR(lr=0.0042))
 
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "manual", "phase_lr": "find",
-                                     "phase_lr_steps": 20, "phase_lr_wait_s": 5.0, "lr_decay": DECAY},
-                           train={"epochs": 1, "log_every": 1})
+    profile = tiny_profile(
+        strategy={
+            "kind": "progressive",
+            "trigger": "manual",
+            "phase_lr": "find",
+            "phase_lr_steps": 20,
+            "phase_lr_wait_s": 5.0,
+            "lr_decay": DECAY,
+        },
+        train={"epochs": 1, "log_every": 1},
+    )
     trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
     trainer.lr_answer_grace_s = 0.0
     trainer.run()
     applied = [(e.command, e.global_step, e.value) for e in of_type(events, CommandApplied)]
     # the unfreeze is confirmed once its phase's LR is set; the save pressed meanwhile comes after
-    assert applied == [("ApplyLR", 0, 0.002), ("ApplyLR", 1, 0.0042), ("UnfreezeNext", 1, None),
-                       ("SaveCheckpoint", 1, None)]
+    assert applied == [
+        ("ApplyLR", 0, 0.002),
+        ("ApplyLR", 1, 0.0042),
+        ("UnfreezeNext", 1, None),
+        ("SaveCheckpoint", 1, None),
+    ]
     assert all("chosen in the dashboard" in e.detail for e in of_type(events, CommandApplied)[:2])
     assert trainer.st.head_base_lr() == pytest.approx(0.0042)
 
 
 def test_no_answer_applies_the_suggestion_after_the_timeout(tmp_path) -> None:
     events: list = []
-    profile = tiny_profile(strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_steps": 20,
-                                     "phase_lr_wait_s": 0.05}, train={"epochs": 1})
+    profile = tiny_profile(
+        strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_steps": 20, "phase_lr_wait_s": 0.05},
+        train={"epochs": 1},
+    )
     trainer = Trainer(profile, tmp_path, events.append, Control(), interactive=True)
     trainer.lr_answer_grace_s = 0.0
     trainer.run()
@@ -116,8 +151,10 @@ def test_a_stop_during_the_wait_does_not_hang(tmp_path) -> None:
         if isinstance(event, LRFound):
             control.request_stop()  # quit while the curve waits for an answer
 
-    profile = tiny_profile(strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_steps": 20,
-                                     "phase_lr_wait_s": 3600.0}, train={"epochs": 1})
+    profile = tiny_profile(
+        strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_steps": 20, "phase_lr_wait_s": 3600.0},
+        train={"epochs": 1},
+    )
     final = Trainer(profile, tmp_path, emit, control, interactive=True).run()
     assert final.status == "interrupted"
 
@@ -150,7 +187,8 @@ def test_resume_keeps_the_chosen_lrs_and_continues_identically(tmp_path) -> None
     suggestion = of_type(halves, LRFound)[-1].suggestion
     assert suggestion == of_type(straight, LRFound)[-1].suggestion
     assert [r.lr for r in rows if r.trainable] == pytest.approx(
-        [suggestion * DECAY ** (len(rows) - 1 - i) for i, r in enumerate(rows) if r.trainable])
+        [suggestion * DECAY ** (len(rows) - 1 - i) for i, r in enumerate(rows) if r.trainable]
+    )
 
 
 def test_a_sweep_with_no_valley_keeps_the_lr_and_asks_nobody(tmp_path, monkeypatch) -> None:
@@ -159,14 +197,15 @@ def test_a_sweep_with_no_valley_keeps_the_lr_and_asks_nobody(tmp_path, monkeypat
     dashboard is not asked to accept anything."""
     from tuitune.engine.train import lr_sweep
 
-    lrs = tuple(1e-7 * 1.2 ** i for i in range(5))
+    lrs = tuple(1e-7 * 1.2**i for i in range(5))
     smoothed = (0.0013, 0.0025, 0.0030, 0.0031, 0.082)
     steep, valley = lr_sweep.suggest(lrs, smoothed)
     short = lr_sweep.LRCurve(lrs, smoothed, smoothed, steep, valley, "valley", True)
     monkeypatch.setattr(lr_sweep, "sweep_run", lambda *a, **k: short)
     events: list = []
-    profile = tiny_profile(strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_wait_s": 30.0},
-                           train={"epochs": 1})
+    profile = tiny_profile(
+        strategy={"kind": "head_only", "phase_lr": "find", "phase_lr_wait_s": 30.0}, train={"epochs": 1}
+    )
     trainer = Trainer(profile, tmp_path, events.append, Control(), interactive=True)
     lr = trainer.st.head_base_lr()
     trainer.run()

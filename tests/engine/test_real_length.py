@@ -20,9 +20,35 @@ from tuitune.engine.data.kinds import build_datasets
 from tuitune.engine.events import SetupProgressed
 from tuitune.engine.tools.lr_find import find_lr_for_profile
 
-WORDS = "the a cat dog bird sat ran on under mat rug good bad great awful movie film plot actor love".split()
-DC = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": "bilinear",
-      "crop_pct": 1.0}
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "bird",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "mat",
+    "rug",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "love",
+]
+DC = {
+    "input_size": (3, 16, 16),
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.25, 0.25, 0.25),
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +66,23 @@ def tokenizer(bert_dir: Path):
 def write_texts(path: Path, n: int = 48, seed: int = 0) -> Path:
     """Texts of 1 to 20 words, so lengths differ a lot between examples."""
     rng = np.random.default_rng(seed)
-    rows = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 21)))) + f",{'pos' if i % 2 else 'neg'}"
-            for i in range(n)]
+    rows = [
+        " ".join(rng.choice(WORDS, size=int(rng.integers(1, 21)))) + f",{'pos' if i % 2 else 'neg'}" for i in range(n)
+    ]
     path.write_text("text,label\n" + "\n".join(rows) + "\n")
     return path
 
 
 def text_bundle(tokenizer, path: Path, emit=None, max_length: int = 32):
-    return build_datasets(DataConfig(kind="text", path=str(path), val_fraction=0.25), task="text", data_config={},
-                          tokenizer=tokenizer, max_length=max_length, seed=0, emit=emit)
+    return build_datasets(
+        DataConfig(kind="text", path=str(path), val_fraction=0.25),
+        task="text",
+        data_config={},
+        tokenizer=tokenizer,
+        max_length=max_length,
+        seed=0,
+        emit=emit,
+    )
 
 
 def test_batches_are_cut_to_their_longest_text_and_tokenized_once(tokenizer, tmp_path: Path) -> None:
@@ -99,8 +133,9 @@ def test_group_by_length_batches_similar_lengths_seeded_and_replayable(tokenizer
     first = list(grouped.sampler)
     assert sorted(first) == list(range(len(bundle.train))) and first != sorted(first)
     again = make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0, group_by_length=True)[0]
-    assert list(again.sampler) == list(make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0,
-                                                    group_by_length=True)[0].sampler)
+    assert list(again.sampler) == list(
+        make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0, group_by_length=True)[0].sampler
+    )
     # resume replays an epoch by restoring the generator's state: the same order follows
     state = grouped.generator.get_state()
     one = [y.tolist() for _x, y in grouped]
@@ -114,31 +149,43 @@ def test_group_by_length_on_two_ranks_slices_the_one_process_batches(tokenizer, 
     batch 16, epoch after epoch (both derive the order from the seed alike); the padding stays low."""
     bundle = text_bundle(tokenizer, write_texts(tmp_path / "t.csv", n=400))
     one = make_loaders(bundle, batch_size=16, num_workers=0, device_type="cpu", seed=0, group_by_length=True)[0]
-    ranks = [make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0, group_by_length=True,
-                          rank=r, world=2)[0] for r in range(2)]
+    ranks = [
+        make_loaders(
+            bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0, group_by_length=True, rank=r, world=2
+        )[0]
+        for r in range(2)
+    ]
     for _ in range(2):
         for loader in (one, *ranks):  # what a DataLoader draws first (its workers' base seed)
             torch.empty((), dtype=torch.int64).random_(generator=loader.generator)
         expected = [sorted(b) for b in one.batch_sampler]
         got = [sorted(a + b) for a, b in zip(*[list(r.batch_sampler) for r in ranks])]
-        assert got == expected[:len(got)] and len(got) == len(expected)
+        assert got == expected[: len(got)] and len(got) == len(expected)
     plain = make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0, rank=0, world=2)[0]
-    pads = [sum(int(x["attention_mask"].numel() - x["attention_mask"].sum()) for x, _y in loader)
-            for loader in (ranks[0], plain)]
+    pads = [
+        sum(int(x["attention_mask"].numel() - x["attention_mask"].sum()) for x, _y in loader)
+        for loader in (ranks[0], plain)
+    ]
     assert pads[0] * 3 < pads[1]
 
 
 def test_lr_finder_runs_on_variable_length_batches(bert_dir: Path, tmp_path: Path) -> None:
     write_texts(tmp_path / "t.csv")
-    table = {"name": "t", "model": {"source": "hf", "name": str(bert_dir), "max_length": 32},
-             "data": {"kind": "text", "path": str(tmp_path / "t.csv"), "batch_size": 8, "group_by_length": True},
-             "strategy": {"kind": "full"}, "train": {"seed": 0}}
-    curve, csv_path = find_lr_for_profile(profile_from_dict(apply_overrides(table, []), file="t.toml"),
-                                          tmp_path / "lr", steps=8)
+    table = {
+        "name": "t",
+        "model": {"source": "hf", "name": str(bert_dir), "max_length": 32},
+        "data": {"kind": "text", "path": str(tmp_path / "t.csv"), "batch_size": 8, "group_by_length": True},
+        "strategy": {"kind": "full"},
+        "train": {"seed": 0},
+    }
+    curve, csv_path = find_lr_for_profile(
+        profile_from_dict(apply_overrides(table, []), file="t.toml"), tmp_path / "lr", steps=8
+    )
     assert len(curve.lrs) == 8 and all(np.isfinite(curve.losses)) and csv_path.is_file()
 
 
 # ------------------------------------------------------------------------------------------------ images
+
 
 def write_folder(root: Path, per_class: int = 6) -> Path:
     rng = np.random.default_rng(0)
@@ -163,14 +210,20 @@ def test_cache_images_decodes_once_with_the_same_pixels(tmp_path: Path) -> None:
             torch.testing.assert_close(a[i][0], b[i][0], atol=1e-6, rtol=0)
             assert int(a[i][1]) == int(b[i][1])
     tasks = [(e.task, e.detail, e.done) for e in of_type(events, SetupProgressed) if e.finished]
-    assert tasks == [("scan", "train (12 images)", 2), ("scan", "val (12 images)", 2),
-                     ("decode", "train images", 12), ("decode", "val images", 12)]
+    assert tasks == [
+        ("scan", "train (12 images)", 2),
+        ("scan", "val (12 images)", 2),
+        ("decode", "train images", 12),
+        ("decode", "val images", 12),
+    ]
 
 
-def test_cache_images_skips_random_augmentation_off_and_too_big(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    files = build_datasets(DataConfig(kind="image_folder", path=str(write_folder(tmp_path / "imgs"))),
-                           task="image", data_config=DC)
+def test_cache_images_skips_random_augmentation_off_and_too_big(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = build_datasets(
+        DataConfig(kind="image_folder", path=str(write_folder(tmp_path / "imgs"))), task="image", data_config=DC
+    )
     augmented = augment_train(files, DC, AugmentConfig(train_transform="timm"))
     cached, _ = image_cache.cache_images(augmented, "on")
     assert isinstance(cached.train, ImageFiles) and cached.train.random and isinstance(cached.val, TensorImages)

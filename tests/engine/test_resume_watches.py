@@ -17,7 +17,7 @@ from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, MetricsUpdated, RunFinished
 from tuitune.engine.record import checkpoint
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 
 STEPS = 5  # tiny_profile: 72 training examples / batch 16
 STOP_EPOCH = 4
@@ -26,16 +26,26 @@ STOP_EPOCH = 4
 # halves the LR after epochs 4 and 5; val acc reaches 1.0 at epoch 3, so early stopping (patience 3) ends the run
 # after epoch 6; the best checkpoint (val loss) moves at epochs 1-3 and 6. A resume at epoch 4 sits in the middle.
 PROFILE = dict(
-    train={"epochs": 8, "lr": 0.02, "schedule": "plateau", "lr_patience": 0, "decay_rate": 0.5, "ema_decay": 0.9,
-           "checkpoint_metric": "val_loss", "log_every": 1},
+    train={
+        "epochs": 8,
+        "lr": 0.02,
+        "schedule": "plateau",
+        "lr_patience": 0,
+        "decay_rate": 0.5,
+        "ema_decay": 0.9,
+        "checkpoint_metric": "val_loss",
+        "log_every": 1,
+    },
     loss={"label_smoothing": 0.3},
     early_stopping={"enabled": True, "metric": "val_score", "patience": 3, "min_delta": 0.0},
 )
 
 
 def _epochs(events: list) -> list[tuple]:
-    return [(e.epoch, e.val_loss, e.val_score, e.train_loss, e.is_best, e.extra["ema_val_loss"], e.extra["ema_val_score"])
-            for e in of_type(events, EpochEnded)]
+    return [
+        (e.epoch, e.val_loss, e.val_score, e.train_loss, e.is_best, e.extra["ema_val_loss"], e.extra["ema_val_score"])
+        for e in of_type(events, EpochEnded)
+    ]
 
 
 def _lrs(events: list) -> dict[int, tuple[float, ...]]:
@@ -51,8 +61,9 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
 
 
 @pytest.mark.parametrize("stop_at", ["epoch_end", "mid_epoch"])
-def test_resume_keeps_the_plateau_schedule_the_ema_and_the_watches(tmp_path: Path, stop_at: str,
-                                                                   straight_run: tuple[Path, list]) -> None:
+def test_resume_keeps_the_plateau_schedule_the_ema_and_the_watches(
+    tmp_path: Path, stop_at: str, straight_run: tuple[Path, list]
+) -> None:
     profile = tiny_profile(**PROFILE)
     run_a, straight = straight_run
     end = of_type(straight, RunFinished)[0]

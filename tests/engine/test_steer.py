@@ -11,11 +11,18 @@ from safetensors.torch import load_file
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.cli import main
 from tuitune.engine.commands import Control, ScaleGroupLR, SetGroupTrainable
-from tuitune.engine.events import (CommandApplied, EpochEnded, LayersChanged, MetricsUpdated, PhaseChanged,
-                                   RunStarted, event_from_dict)
+from tuitune.engine.events import (
+    CommandApplied,
+    EpochEnded,
+    LayersChanged,
+    MetricsUpdated,
+    PhaseChanged,
+    RunStarted,
+    event_from_dict,
+)
 from tuitune.engine.record import checkpoint
 from tuitune.engine.record.runlog import read_events
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
 
 STEPS = 5  # tiny_profile: 72 training examples / batch 16
@@ -39,7 +46,8 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
             seen[event.global_step] = {
                 "layer2_grad": all(p.requires_grad for p in _params(trainer, "layer2")),
                 "layer2_w": [p.detach().clone() for p in _params(trainer, "layer2")],
-                "lrs": trainer.st.group_lrs()}
+                "lrs": trainer.st.group_lrs(),
+            }
             if event.global_step == 1:  # as the UI would, while step 1's metrics are on screen
                 control.put(SetGroupTrainable("layer2", True))
                 control.put(ScaleGroupLR("head", 1.5))
@@ -47,13 +55,19 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
                 control.put(SetGroupTrainable("layer2", False))
                 control.put(ScaleGroupLR(None, 1 / 1.5))
 
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "manual", "lr_decay": 0.5},
-                           train={"epochs": 1, "log_every": 1, "lr": 0.01})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "manual", "lr_decay": 0.5},
+        train={"epochs": 1, "log_every": 1, "lr": 0.01},
+    )
     trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
     trainer.run()
     applied = of_type(events, CommandApplied)
     assert [(c.command, c.global_step) for c in applied] == [
-        ("SetGroupTrainable", 1), ("ScaleGroupLR", 1), ("SetGroupTrainable", 3), ("ScaleGroupLR", 3)]
+        ("SetGroupTrainable", 1),
+        ("ScaleGroupLR", 1),
+        ("SetGroupTrainable", 3),
+        ("ScaleGroupLR", 3),
+    ]
     assert "layer2 trainable (new param group)" in applied[0].detail and "frozen" in applied[2].detail
     # step 1 trained the head alone; steps 2 and 3 trained layer2 too, at the head's LR x 0.5^3, the head at x1.5
     assert not seen[1]["layer2_grad"] and seen[2]["layer2_grad"] and seen[3]["layer2_grad"]
@@ -62,7 +76,7 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
     assert not torch.equal(seen[1]["layer2_w"][0], seen[2]["layer2_w"][0])
     assert all(torch.equal(a, b) for a, b in zip(seen[3]["layer2_w"], seen[5]["layer2_w"]))  # frozen: untouched
     assert seen[1]["lrs"] == {"head": 0.01}
-    assert seen[2]["lrs"]["head"] == 0.01 * 1.5 and abs(seen[2]["lrs"]["layer2"] - 0.01 * 0.5 ** 3) < 1e-12
+    assert seen[2]["lrs"]["head"] == 0.01 * 1.5 and abs(seen[2]["lrs"]["layer2"] - 0.01 * 0.5**3) < 1e-12
     assert abs(seen[4]["lrs"]["head"] - 0.01) < 1e-12
     # the frozen group keeps its param groups and their AdamW state; it is skipped, not dropped
     opt = trainer.st.optimizer
@@ -78,6 +92,7 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
 def _steer(control: Control, stop_at: int | None):
     """Unfreeze layer2 out of turn and raise its LR, give layer4 (still frozen) a factor for when its phase comes,
     lower all; then (optionally) interrupt at `stop_at`."""
+
     def emit(event, sink: list) -> None:
         sink.append(event)
         if isinstance(event, MetricsUpdated) and event.global_step == 2:
@@ -89,6 +104,7 @@ def _steer(control: Control, stop_at: int | None):
             control.put(SetGroupTrainable("head", False))
         if stop_at is not None and isinstance(event, MetricsUpdated) and event.global_step == stop_at:
             control.request_stop()
+
     return emit
 
 
@@ -96,9 +112,10 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     """A steered run interrupted mid-epoch 2 and resumed with `tuitune train --resume` ends with the same weights,
     trainable set and per-group LRs as the same run unbroken; the phase change after epoch 1 adds layer4 with
     the factor it was given while frozen, and the one after epoch 2 keeps layer2 as steered."""
-    profile = tiny_profile(strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
-                           train={"epochs": 3, "schedule": "cosine", "warmup_steps": 2, "unfreeze_warmup_steps": 2,
-                                  "log_every": 1})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
+        train={"epochs": 3, "schedule": "cosine", "warmup_steps": 2, "unfreeze_warmup_steps": 2, "log_every": 1},
+    )
     straight: list = []
     control = Control()
     emit = _steer(control, None)
@@ -115,6 +132,7 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
     before = [e for e in first if isinstance(e, LayersChanged)][-1]
+
     def row(r):
         return r.name, r.trainable, r.lr, r.bn
 
@@ -133,6 +151,10 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     # the commands are in events.jsonl, so `replay` shows them: applied, then the rows they changed
     lines = [json.loads(x) for x in (tmp_path / "b" / "events.jsonl").read_text().splitlines()]
     assert [x["command"] for x in lines if x["type"] == "CommandApplied"][:5] == [
-        "SetGroupTrainable", "ScaleGroupLR", "ScaleGroupLR", "ScaleGroupLR", "SetGroupTrainable"]
+        "SetGroupTrainable",
+        "ScaleGroupLR",
+        "ScaleGroupLR",
+        "ScaleGroupLR",
+        "SetGroupTrainable",
+    ]
     assert event_from_dict(dict(lines[0])).__class__ is RunStarted
-

@@ -26,7 +26,11 @@ def test_plan_phases_for_each_kind() -> None:
     assert phases(kind="head_only") == (("head",),)
     assert phases(kind="groups", groups=("layer4", "head")) == (("layer4", "head"),)
     assert phases(kind="progressive", groups_per_phase=2) == (
-        ("head",), ("layer3", "layer4", "head"), ("layer1", "layer2", "layer3", "layer4", "head"), tuple(NAMES))
+        ("head",),
+        ("layer3", "layer4", "head"),
+        ("layer1", "layer2", "layer3", "layer4", "head"),
+        tuple(NAMES),
+    )
     with pytest.raises(UserError, match="strategy.groups: unknown layer group 'layer9'"):
         plan_phases(NAMES, StrategyConfig(kind="groups", groups=("layer9",)))
 
@@ -44,22 +48,32 @@ def test_strategy_table_gives_every_phase_an_lr_scale() -> None:
         plan_phases(NAMES, StrategyConfig(kind="nope"))
 
 
-@pytest.mark.parametrize("cfg, where, due", [
-    ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 1}, ""),
-    ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 2}, "epochs"),
-    ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 4, "phase_start_epoch": 3}, ""),  # counted from the phase
-    ({"trigger": "epochs", "every_epochs": 1}, {"epoch": 2, "phase": 2}, ""),  # already in the last phase
-    ({"trigger": "epochs", "every_epochs": 1}, {"epoch": 5}, ""),  # the run is over
-    ({"trigger": "plateau", "plateau_patience": 2}, {"epoch": 3, "stale_epochs": 1}, ""),
-    ({"trigger": "plateau", "plateau_patience": 2}, {"epoch": 3, "stale_epochs": 2}, "plateau"),
-    ({"trigger": "manual", "fallback": "epochs", "every_epochs": 1}, {"epoch": 1, "interactive": True}, ""),
-    ({"trigger": "manual", "fallback": "epochs", "every_epochs": 1}, {"epoch": 1}, "epochs"),  # no person: fallback
-    ({"trigger": "manual", "fallback": "plateau"}, {"epoch": 1, "stale_epochs": 9}, "plateau"),
-    ({"trigger": "manual", "fallback": "none"}, {"epoch": 4, "stale_epochs": 9}, ""),
-])
+@pytest.mark.parametrize(
+    "cfg, where, due",
+    [
+        ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 1}, ""),
+        ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 2}, "epochs"),
+        ({"trigger": "epochs", "every_epochs": 2}, {"epoch": 4, "phase_start_epoch": 3}, ""),  # counted from the phase
+        ({"trigger": "epochs", "every_epochs": 1}, {"epoch": 2, "phase": 2}, ""),  # already in the last phase
+        ({"trigger": "epochs", "every_epochs": 1}, {"epoch": 5}, ""),  # the run is over
+        ({"trigger": "plateau", "plateau_patience": 2}, {"epoch": 3, "stale_epochs": 1}, ""),
+        ({"trigger": "plateau", "plateau_patience": 2}, {"epoch": 3, "stale_epochs": 2}, "plateau"),
+        ({"trigger": "manual", "fallback": "epochs", "every_epochs": 1}, {"epoch": 1, "interactive": True}, ""),
+        ({"trigger": "manual", "fallback": "epochs", "every_epochs": 1}, {"epoch": 1}, "epochs"),  # no person: fallback
+        ({"trigger": "manual", "fallback": "plateau"}, {"epoch": 1, "stale_epochs": 9}, "plateau"),
+        ({"trigger": "manual", "fallback": "none"}, {"epoch": 4, "stale_epochs": 9}, ""),
+    ],
+)
 def test_phase_due(cfg: dict, where: dict, due: str) -> None:
-    where = {"interactive": False, "phase": 0, "num_phases": 3, "total_epochs": 5, "phase_start_epoch": 0,
-             "stale_epochs": 0, **where}
+    where = {
+        "interactive": False,
+        "phase": 0,
+        "num_phases": 3,
+        "total_epochs": 5,
+        "phase_start_epoch": 0,
+        "stale_epochs": 0,
+        **where,
+    }
     assert phase_due(StrategyConfig(kind="progressive", **cfg), **where) == due
 
 
@@ -73,10 +87,13 @@ def _trainable(trainer: Trainer) -> dict[str, bool]:
     return {g.name: all(params[n].requires_grad for n in g.param_names) for g in trainer.parts.groups}
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("full", {"stem", "layer1", "layer2", "layer3", "layer4", "head"}),
-    ("head_only", {"head"}),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("full", {"stem", "layer1", "layer2", "layer3", "layer4", "head"}),
+        ("head_only", {"head"}),
+    ],
+)
 def test_masks_and_param_groups(tmp_path, kind: str, expected: set[str]) -> None:
     trainer = _trainer(tmp_path, kind=kind, lr_decay=0.5)
     assert {n for n, on in _trainable(trainer).items() if on} == expected
@@ -85,7 +102,7 @@ def test_masks_and_param_groups(tmp_path, kind: str, expected: set[str]) -> None
     assert layer_groups == expected
     for g in trainer.st.optimizer.param_groups:  # discriminative LR: head 0.01, each group deeper x0.5
         depth = NAMES[::-1].index(g["layer_group"])
-        assert g["lr"] == pytest.approx(0.01 * 0.5 ** depth)
+        assert g["lr"] == pytest.approx(0.01 * 0.5**depth)
         assert g["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in g["params"]) else 0.01)
 
 
@@ -126,6 +143,7 @@ def test_frozen_batchnorm_stays_in_eval_and_keeps_stats(tmp_path) -> None:
         assert torch.equal(m.running_mean, before[name][0]), name
         assert torch.equal(m.running_var, before[name][1]), name
     from tuitune.engine.train.strategy import set_train_mode
+
     set_train_mode(trainer.parts.model, freeze_bn=True)
     assert trainer.parts.model.training
     assert all(not m.training for m in bns.values())
@@ -142,8 +160,10 @@ def test_trainable_batchnorm_updates_stats(tmp_path) -> None:
 
 def test_progressive_epochs_trigger(tmp_path, events_sink) -> None:
     events, emit = events_sink
-    profile = tiny_profile(strategy={"kind": "progressive", "groups_per_phase": 3, "trigger": "epochs",
-                                     "every_epochs": 1}, train={"epochs": 3})
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "groups_per_phase": 3, "trigger": "epochs", "every_epochs": 1},
+        train={"epochs": 3},
+    )
     Trainer(profile, tmp_path, emit, Control()).run()
     changes = of_type(events, PhaseChanged)
     assert [(c.phase, c.epoch, c.reason) for c in changes] == [(1, 1, "epochs"), (2, 2, "epochs")]
@@ -152,13 +172,21 @@ def test_progressive_epochs_trigger(tmp_path, events_sink) -> None:
 
 # ------------------------------------------------------------------------------- the plateau question, headless
 
+
 def _plateau_profile(**strategy_keys):
     from tests.engine.conftest import tiny_profile
 
     # lr so small that val_loss never improves by min_delta: the plateau watch fires after `plateau_patience`
-    return tiny_profile(train={"epochs": 4, "lr": 1e-9},
-                        strategy={"kind": "progressive", "trigger": "plateau", "plateau_patience": 1,
-                                  "plateau_min_delta": 0.5, **strategy_keys})
+    return tiny_profile(
+        train={"epochs": 4, "lr": 1e-9},
+        strategy={
+            "kind": "progressive",
+            "trigger": "plateau",
+            "plateau_patience": 1,
+            "plateau_min_delta": 0.5,
+            **strategy_keys,
+        },
+    )
 
 
 def test_plateau_wait_holds_the_run_at_the_question_until_it_is_answered(tmp_path) -> None:
@@ -183,7 +211,7 @@ def test_plateau_wait_holds_the_run_at_the_question_until_it_is_answered(tmp_pat
     assert asked.waiting
     i = events.index(asked)
     change = of_type(events[i:], PhaseChanged)[0]
-    steps_between = of_type(events[i:events.index(change)], MetricsUpdated)
+    steps_between = of_type(events[i : events.index(change)], MetricsUpdated)
     assert not steps_between and change.epoch == asked.epoch  # no step was trained while it waited
     assert [c.command for c in of_type(events[i:], CommandApplied)][:2] == ["UnfreezeNext", "Resume"]
 

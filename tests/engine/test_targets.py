@@ -8,13 +8,17 @@ import pytest
 import torch
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.kinds import build_datasets, class_names
-from tuitune.engine.data.kinds import target_kind
+from tuitune.engine.data.kinds import build_datasets, class_names, target_kind
 from tuitune.engine.train.scoring import Scorer, average_precision
 from tuitune.errors import DataError
 
-IMAGES = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
-          "crop_pct": 1.0}
+IMAGES = {
+    "input_size": (3, 16, 16),
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
 
 
 def test_target_kind_follows_the_loss() -> None:

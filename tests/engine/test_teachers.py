@@ -13,7 +13,7 @@ from tests.engine.conftest import of_type, tiny_profile
 from tuitune.config import load_profile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, MetricsUpdated
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
 from tuitune.errors import UserError
 
@@ -56,8 +56,9 @@ def _teacher_run(tmp_path: Path) -> Path:
 
 def test_teacher_from_a_run_directory_is_its_best_checkpoint(tmp_path: Path) -> None:
     run_dir = _teacher_run(tmp_path)
-    student = tiny_profile(train={"epochs": 1, "seed": 1, "log_every": 1},
-                           distill={"teacher": str(run_dir), "alpha": 0.5})
+    student = tiny_profile(
+        train={"epochs": 1, "seed": 1, "log_every": 1}, distill={"teacher": str(run_dir), "alpha": 0.5}
+    )
     trainer, events = _run(student, tmp_path / "student")
     best = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
     teacher = trainer.obj.distiller.teacher.state_dict()
@@ -103,8 +104,13 @@ def test_teacher_from_a_timm_name_and_weights_file_is_the_one_distilled(tmp_path
     answers, which a student trained on the labels does not."""
     import timm
 
-    run_training(tiny_profile(model={"name": "test_resnet", "kwargs": {}}), tmp_path / "teacher-run", lambda e: None,
-                 Control(), interactive=False)
+    run_training(
+        tiny_profile(model={"name": "test_resnet", "kwargs": {}}),
+        tmp_path / "teacher-run",
+        lambda e: None,
+        Control(),
+        interactive=False,
+    )
     weights = load_file(str(tmp_path / "teacher-run" / "checkpoints" / "best.safetensors"))
     rotate = torch.tensor([1, 2, 0])
     weights["fc.weight"], weights["fc.bias"] = weights["fc.weight"][rotate], weights["fc.bias"][rotate]

@@ -8,8 +8,15 @@ from safetensors.torch import save_file
 
 from tests.engine.conftest import TINY_MODEL, of_type, tiny_profile
 from tuitune.engine.commands import ApplyLR, Control, FindLR
-from tuitune.engine.events import (CommandApplied, EpochEnded, LayersChanged, LRFound, MetricsUpdated, PhaseChanged,
-                                   RunStarted)
+from tuitune.engine.events import (
+    CommandApplied,
+    EpochEnded,
+    LayersChanged,
+    LRFound,
+    MetricsUpdated,
+    PhaseChanged,
+    RunStarted,
+)
 from tuitune.engine.train.loop import Trainer
 
 
@@ -40,27 +47,36 @@ def test_l2_sp_pulls_the_backbone_toward_its_start(tmp_path) -> None:
     assert drift(sp) < 0.8 * drift(plain)
 
 
-@pytest.mark.parametrize("name, cls, extra", [
-    ("sgd", torch.optim.SGD, {"nesterov": True}), ("momentum", torch.optim.SGD, {"nesterov": False}),
-    ("adagrad", torch.optim.Adagrad, {}), ("rmsprop", torch.optim.RMSprop, {}), ("adam", torch.optim.Adam, {}),
-    ("adamw", torch.optim.AdamW, {}),
-])
+@pytest.mark.parametrize(
+    "name, cls, extra",
+    [
+        ("sgd", torch.optim.SGD, {"nesterov": True}),
+        ("momentum", torch.optim.SGD, {"nesterov": False}),
+        ("adagrad", torch.optim.Adagrad, {}),
+        ("rmsprop", torch.optim.RMSprop, {}),
+        ("adam", torch.optim.Adam, {}),
+        ("adamw", torch.optim.AdamW, {}),
+    ],
+)
 def test_optimizer_class_and_group_lrs(tmp_path, name: str, cls: type, extra: dict) -> None:
-    profile = tiny_profile(train={"optimizer": name, "lr": 0.01, "schedule": "constant"},
-                           strategy={"kind": "full", "lr_decay": 0.5})
+    profile = tiny_profile(
+        train={"optimizer": name, "lr": 0.01, "schedule": "constant"}, strategy={"kind": "full", "lr_decay": 0.5}
+    )
     trainer = Trainer(profile, tmp_path, lambda e: None, Control())
     opt = trainer.st.optimizer
     assert isinstance(opt, cls)
     assert all(opt.param_groups[0][k] == v for k, v in extra.items())
     lrs = trainer.st.group_lrs()
     assert lrs["head"] == pytest.approx(0.01) and lrs["layer4"] == pytest.approx(0.005)
-    assert lrs["stem"] == pytest.approx(0.01 * 0.5 ** 5)
+    assert lrs["stem"] == pytest.approx(0.01 * 0.5**5)
 
 
 def test_lp_ft_drops_every_lr_when_all_groups_join(tmp_path) -> None:
-    trainer, events, _ = _run(tmp_path, train={"epochs": 2, "lr": 0.01, "schedule": "constant"},
-                              strategy={"kind": "lp_ft", "trigger": "epochs", "every_epochs": 1,
-                                        "ft_lr_scale": 0.1})
+    trainer, events, _ = _run(
+        tmp_path,
+        train={"epochs": 2, "lr": 0.01, "schedule": "constant"},
+        strategy={"kind": "lp_ft", "trigger": "epochs", "every_epochs": 1, "ft_lr_scale": 0.1},
+    )
     change = of_type(events, PhaseChanged)[0]
     assert change.phase == 1 and len(change.trainable) == 6
     lrs = trainer.st.group_lrs()
@@ -83,8 +99,11 @@ def test_ema_model_is_evaluated(tmp_path) -> None:
 
 
 def test_mixup_run_and_schedules(tmp_path) -> None:
-    _, events, final = _run(tmp_path, augment={"mixup": 0.4, "cutmix": 1.0},
-                            train={"epochs": 2, "schedule": "onecycle", "warmup_steps": 4, "log_every": 1})
+    _, events, final = _run(
+        tmp_path,
+        augment={"mixup": 0.4, "cutmix": 1.0},
+        train={"epochs": 2, "schedule": "onecycle", "warmup_steps": 4, "log_every": 1},
+    )
     assert final.status == "finished"
     lrs = [m.lrs[-1] for m in of_type(events, MetricsUpdated)]
     assert max(lrs) > lrs[0] and lrs[-1] < max(lrs)  # one cycle: up, then down
@@ -125,9 +144,11 @@ def _source_weights(tmp_path):
 
 def test_source_retention_and_self_distillation(tmp_path) -> None:
     path, source = _source_weights(tmp_path)
-    sections = dict(model={"weights": str(path)}, data={"kind": "digits", "classes": [2, 3], "source_classes": [0, 1],
-                                                          "batch_size": 32},
-                    train={"epochs": 1, "max_steps_per_epoch": 3})
+    sections = dict(
+        model={"weights": str(path)},
+        data={"kind": "digits", "classes": [2, 3], "source_classes": [0, 1], "batch_size": 32},
+        train={"epochs": 1, "max_steps_per_epoch": 3},
+    )
     trainer, events, _ = _run(tmp_path / "a", distill={"teacher": "self", "alpha": 0.5}, **sections)
     assert torch.equal(trainer.parts.backbone.source_head["fc.weight"], source.fc.weight)
     assert not torch.equal(trainer.parts.model.fc.weight[:2], source.fc.weight)  # head re-created
@@ -164,8 +185,13 @@ def test_compression_and_export_at_run_end(tmp_path) -> None:
     from tuitune.engine.tools.after_run import export_and_compress
 
     events: list = []
-    final = Trainer(tiny_profile(compress={"sparsity": 0.5, "quantize": True}, train={"epochs": 1}), tmp_path,
-                    events.append, Control(), after_run=export_and_compress).run()
+    final = Trainer(
+        tiny_profile(compress={"sparsity": 0.5, "quantize": True}, train={"epochs": 1}),
+        tmp_path,
+        events.append,
+        Control(),
+        after_run=export_and_compress,
+    ).run()
     assert final.export_dir and (tmp_path / "export" / "model.safetensors").exists()
     steps = [s["step"] for s in final.compression["steps"]]
     assert steps[0] == "original" and any("pruned" in s for s in steps)

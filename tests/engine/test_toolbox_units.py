@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,7 +41,8 @@ def test_class_weights_explicit_and_balanced() -> None:
     assert w.tolist() == pytest.approx([4 / 6, 2.0])
     loss = build_loss(LossConfig(class_weights=(1.0, 5.0, 1.0)), 3)
     assert loss(LOGITS, TARGET).item() == pytest.approx(
-        F.cross_entropy(LOGITS, TARGET, weight=torch.tensor([1.0, 5.0, 1.0])).item())
+        F.cross_entropy(LOGITS, TARGET, weight=torch.tensor([1.0, 5.0, 1.0])).item()
+    )
 
 
 def _schedule(**train) -> tuple[LRSchedule, list[float]]:
@@ -95,7 +95,7 @@ def test_l2_sp_penalises_distance_to_the_start_not_to_zero() -> None:
     with torch.no_grad():
         model[0].weight.add_(0.1)
         model[1].weight.add_(5.0)  # the head is not anchored
-    assert float(penalty()) == pytest.approx(0.5 * 2.0 * (0.1 ** 2) * 32, rel=1e-4)
+    assert float(penalty()) == pytest.approx(0.5 * 2.0 * (0.1**2) * 32, rel=1e-4)
 
 
 def test_l1_penalty_is_the_weights_l1_norm() -> None:
@@ -131,8 +131,13 @@ def test_train_augmentation_is_random_and_eval_is_not() -> None:
     from tuitune.config import DataConfig
     from tuitune.engine.data.kinds import build_datasets
 
-    data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
-                   "crop_pct": 1.0}
+    data_config = {
+        "input_size": (3, 32, 32),
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
     bundle = build_datasets(DataConfig(kind="digits", classes=(0, 1)), task="image", data_config=data_config)
     aug = augment_train(bundle, data_config, AugmentConfig(train_transform="timm", scale_min=0.5, hflip=0.0))
     torch.manual_seed(0)

@@ -10,18 +10,25 @@ import pytest
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control, UnfreezeNext
 from tuitune.engine.events import CommandApplied, MetricsUpdated, PhaseChanged, UnfreezeSuggested
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
 
 STEPS = 5  # tiny_profile: 72 training examples / batch 16
 
 # min_delta larger than any change: the first epoch of a phase sets the watch's best, every later one is stale
-PLATEAU = {"kind": "progressive", "groups_per_phase": 1, "trigger": "plateau", "plateau_metric": "val_loss",
-           "plateau_patience": 1, "plateau_min_delta": 10.0}
+PLATEAU = {
+    "kind": "progressive",
+    "groups_per_phase": 1,
+    "trigger": "plateau",
+    "plateau_metric": "val_loss",
+    "plateau_patience": 1,
+    "plateau_min_delta": 10.0,
+}
 
 
-def _run(tmp_path: Path, *, interactive: bool, emit=None, control: Control | None = None, epochs: int = 5,
-         **strategy) -> list:
+def _run(
+    tmp_path: Path, *, interactive: bool, emit=None, control: Control | None = None, epochs: int = 5, **strategy
+) -> list:
     events: list = []
 
     def sink(event) -> None:
@@ -61,15 +68,20 @@ def test_plateau_suggestion_answered_with_unfreeze(tmp_path: Path) -> None:
     assert (change.phase, change.reason, change.global_step) == (1, "manual", 2 * STEPS + 1)
     assert [c.command for c in of_type(events, CommandApplied)] == ["UnfreezeNext"]
     # the new phase is watched afresh: epoch 3 sets its best, epoch 4 is stale -> asked again, for layer3
-    assert [(s.epoch, s.next_groups) for s in of_type(events, UnfreezeSuggested)] == [(2, ("layer4",)),
-                                                                                       (4, ("layer3",))]
+    assert [(s.epoch, s.next_groups) for s in of_type(events, UnfreezeSuggested)] == [
+        (2, ("layer4",)),
+        (4, ("layer3",)),
+    ]
 
 
-@pytest.mark.parametrize("fallback, expected", [
-    ("epochs", [(1, 1, "epochs"), (2, 2, "epochs")]),
-    ("plateau", [(1, 2, "plateau")]),
-    ("none", []),
-])
+@pytest.mark.parametrize(
+    "fallback, expected",
+    [
+        ("epochs", [(1, 1, "epochs"), (2, 2, "epochs")]),
+        ("plateau", [(1, 2, "plateau")]),
+        ("none", []),
+    ],
+)
 def test_manual_trigger_falls_back_when_headless(tmp_path: Path, fallback: str, expected: list) -> None:
     strategy = {**PLATEAU, "trigger": "manual", "fallback": fallback, "every_epochs": 1}
     headless = _run(tmp_path, interactive=False, epochs=3, **strategy)
@@ -82,9 +94,10 @@ def test_manual_trigger_in_the_dashboard_waits_for_the_key(tmp_path: Path) -> No
     assert not of_type(dashboard, PhaseChanged) and not of_type(dashboard, UnfreezeSuggested)  # waits for `u`
 
 
-WARMUP = dict(strategy={"kind": "progressive", "groups_per_phase": 1, "trigger": "epochs", "every_epochs": 1,
-                        "lr_decay": 0.5},
-              train={"epochs": 2, "lr": 0.01, "schedule": "constant", "unfreeze_warmup_steps": 4, "log_every": 1})
+WARMUP = dict(
+    strategy={"kind": "progressive", "groups_per_phase": 1, "trigger": "epochs", "every_epochs": 1, "lr_decay": 0.5},
+    train={"epochs": 2, "lr": 0.01, "schedule": "constant", "unfreeze_warmup_steps": 4, "log_every": 1},
+)
 
 
 def _group_lrs(events: list) -> dict[int, tuple[float, ...]]:

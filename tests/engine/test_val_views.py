@@ -9,7 +9,7 @@ import torch
 from tests.engine.conftest import tiny_profile
 from tuitune.engine.commands import Control
 from tuitune.engine.record.runlog import read_events
-from tuitune.engine.record.session import run_training
+from tuitune.engine.session import run_training
 from tuitune.engine.train.loop import Trainer
 from tuitune.engine.train.val_views import THUMB, WORST, ValViews
 
@@ -33,14 +33,19 @@ def _normalised(rgb_top: tuple[float, ...], rgb_bottom: tuple[float, ...], size:
     """One image, top half one colour and bottom half another, normalised as the loader would."""
     img = torch.zeros(3, size, size)
     img[:, : size // 2] = torch.tensor(rgb_top).reshape(3, 1, 1)
-    img[:, size // 2:] = torch.tensor(rgb_bottom).reshape(3, 1, 1)
+    img[:, size // 2 :] = torch.tensor(rgb_bottom).reshape(3, 1, 1)
     return (img - torch.tensor(MEAN).reshape(3, 1, 1)) / torch.tensor(STD).reshape(3, 1, 1)
 
 
 def test_the_worst_errors_keep_their_real_pixels_labels_and_order() -> None:
     views = ValViews(2, torch.device("cpu"), {"mean": MEAN, "std": STD}, thumbs=True)
-    x = torch.stack([_normalised((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)), _normalised((0.0, 1.0, 0.0), (1, 1, 1)),
-                     _normalised((0.2, 0.2, 0.2), (0.2, 0.2, 0.2))])
+    x = torch.stack(
+        [
+            _normalised((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+            _normalised((0.0, 1.0, 0.0), (1, 1, 1)),
+            _normalised((0.2, 0.2, 0.2), (0.2, 0.2, 0.2)),
+        ]
+    )
     y = torch.tensor([0, 1, 1])
     out = torch.tensor([[-1.0, 1.0], [5.0, -5.0], [-3.0, 3.0]])  # 0 and 1 wrong (1 worse), 2 right
     views.add(x, out, y)
@@ -85,10 +90,17 @@ def test_a_run_reports_its_confusion_and_worst_errors_in_the_event_and_summary(t
 
 def test_a_head_only_run_on_cached_features_still_shows_the_worst_errors_as_images(tmp_path) -> None:
     """The cache holds features, not images: the run's end reads the val images once for the thumbnails."""
-    cached = Trainer(tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1, "lr": 1e-4}),
-                     tmp_path / "a", lambda e: None, Control()).run()
-    plain = Trainer(tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1, "lr": 1e-4,
-                                                                        "feature_cache": False}),
-                    tmp_path / "b", lambda e: None, Control()).run()
+    cached = Trainer(
+        tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1, "lr": 1e-4}),
+        tmp_path / "a",
+        lambda e: None,
+        Control(),
+    ).run()
+    plain = Trainer(
+        tiny_profile(strategy={"kind": "head_only"}, train={"epochs": 1, "lr": 1e-4, "feature_cache": False}),
+        tmp_path / "b",
+        lambda e: None,
+        Control(),
+    ).run()
     assert cached.confusion == plain.confusion and sum(map(sum, cached.confusion)) == 24
     assert cached.misclassified and [m["rgb"] for m in cached.misclassified] == [m["rgb"] for m in plain.misclassified]

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,15 @@ def tiny_table(epochs: int = 400, trigger: str = "manual") -> dict[str, Any]:
         "name": "tiny",
         "model": dict(TINY_MODEL),
         "data": {"kind": "synthetic", "num_samples": 64, "num_classes": 3, "batch_size": 16, "val_fraction": 0.25},
-        "train": {"epochs": epochs, "lr": 0.01, "optimizer": "adamw", "log_every": 1, "schedule": "constant",
-                  "seed": 0, "device": "cpu"},
+        "train": {
+            "epochs": epochs,
+            "lr": 0.01,
+            "optimizer": "adamw",
+            "log_every": 1,
+            "schedule": "constant",
+            "seed": 0,
+            "device": "cpu",
+        },
         "strategy": {"kind": "progressive", "trigger": trigger},
         "early_stopping": {"enabled": False},
     }
@@ -91,7 +99,7 @@ class Reaper:
         return run_dir
 
     def cleanup(self) -> None:
-        from tuitune.remote.runs import process_alive, read_json
+        from tuitune.runs.status import process_alive, read_json
 
         records = [read_json(d / "process.json") for d in self.run_dirs]
         pids = [p.pid for p in self.procs] + [r["pid"] for r in records if r and process_alive(r)]

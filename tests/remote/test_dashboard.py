@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 from tests.remote.conftest import tiny_profile, wait_for
 from tests.ui.test_pilot import dash, on_screen, text_of, until
-from tuitune.remote.runs import run_info
+from tuitune.runs.status import run_info
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.modals import LeaveRunScreen
 from tuitune.ui.notify import notification_escapes
@@ -48,8 +48,13 @@ async def test_detach_then_attach_and_stop(tmp_path: Path, reaper) -> None:
 
     again = RingingApp("attach", run_dir=run_dir)
     async with again.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: again.dashboard is not None and not dash(again).in_history
-                    and dash(again).state.global_step > steps, timeout=60)
+        await until(
+            pilot,
+            lambda: (
+                again.dashboard is not None and not dash(again).in_history and dash(again).state.global_step > steps
+            ),
+            timeout=60,
+        )
         table = again.screen.query_one(LayerTable)
         assert dash(again).state.phase == 1 and table.state_of(second) == "● train"  # the history, on screen
         # the unfreeze from the first session is in the history: its marker on the plots (the event log keeps only
@@ -74,8 +79,8 @@ async def test_picker_lists_live_runs_and_enter_attaches(tmp_path: Path) -> None
     """A live run under ./runs (owned by this process: a real server on a real socket) is listed first in the
     picker; enter attaches the dashboard to it."""
     from tuitune.engine.commands import Control
-    from tuitune.remote.runs import write_process_record
     from tuitune.remote.server import RunServer
+    from tuitune.runs.status import write_process_record
     from tuitune.ui.picker import PickerScreen
 
     run_dir = tmp_path / "runs" / "tiny-live"
@@ -92,8 +97,7 @@ async def test_picker_lists_live_runs_and_enter_attaches(tmp_path: Path) -> None
             await pilot.press("home")
             assert "a live run" in text_of(picker.query_one("#detail", Static))
             await pilot.press("enter")
-            await until(pilot, lambda: app.dashboard is not None and any(c.live for c in server.clients),
-                        timeout=30)
+            await until(pilot, lambda: app.dashboard is not None and any(c.live for c in server.clients), timeout=30)
             assert dash(app).detachable and not dash(app).in_history
             await pilot.press("q")
             await until(pilot, lambda: on_screen(app, LeaveRunScreen))
@@ -112,18 +116,22 @@ async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
     from tuitune.remote.client import HistoryEnded, HistoryStarted
     from tuitune.ui.modals import PlateauPromptScreen
 
-    live = RingingApp("train", profile=tiny_profile(), run_dir=Path("unused"),
-                      runner=scripted.ScriptedEngine(scripted.plateau_events(), auto=False))
+    live = RingingApp(
+        "train",
+        profile=tiny_profile(),
+        run_dir=Path("unused"),
+        runner=scripted.ScriptedEngine(scripted.plateau_events(), auto=False),
+    )
     async with live.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: on_screen(live, PlateauPromptScreen))
         assert live.rings == 1
         await pilot.press("n")
     history = [HistoryStarted(pid=1, history=3), *scripted.plateau_events()]
-    attached = RingingApp("train", profile=tiny_profile(), run_dir=Path("unused"),
-                          runner=scripted.ScriptedEngine(history, auto=False))
+    attached = RingingApp(
+        "train", profile=tiny_profile(), run_dir=Path("unused"), runner=scripted.ScriptedEngine(history, auto=False)
+    )
     async with attached.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: attached.dashboard is not None
-                    and dash(attached).state.suggestion is not None)
+        await until(pilot, lambda: attached.dashboard is not None and dash(attached).state.suggestion is not None)
         await pilot.pause(0.1)
         assert attached.rings == 0 and not on_screen(attached, PlateauPromptScreen)
         dash(attached)._emit(HistoryEnded())  # type: ignore[arg-type]
@@ -142,8 +150,9 @@ async def test_an_attach_history_is_drawn_once_when_it_ends(monkeypatch) -> None
     real = DashboardScreen._render_cheap
     monkeypatch.setattr(DashboardScreen, "_render_cheap", lambda self: drawn.append(self.in_history) or real(self))
     history = [HistoryStarted(pid=1, history=3), *scripted.plateau_events()]
-    app = RingingApp("train", profile=tiny_profile(), run_dir=Path("unused"),
-                     runner=scripted.ScriptedEngine(history, auto=False))
+    app = RingingApp(
+        "train", profile=tiny_profile(), run_dir=Path("unused"), runner=scripted.ScriptedEngine(history, auto=False)
+    )
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.dashboard is not None and dash(app).state.suggestion is not None)
         assert True not in drawn
@@ -158,7 +167,7 @@ def test_runs_says_what_a_live_run_waits_for(tmp_path: Path) -> None:
     `tuitune runs` row says so, and says nothing once it trains again."""
     from tuitune.engine.events import CommandApplied, MetricsUpdated, UnfreezeSuggested
     from tuitune.engine.record.runlog import RunRecorder
-    from tuitune.remote.runs import format_table, write_process_record
+    from tuitune.runs.status import format_table, write_process_record
 
     run_dir = tmp_path / "demo-live"
     run_dir.mkdir()

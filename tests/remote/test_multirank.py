@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 from tests.remote.conftest import write_profile
+from tuitune.engine.commands import Pause, Resume, StopEarly, UnfreezeNext
 from tuitune.engine.events import CommandApplied, MetricsUpdated, PhaseChanged, RunFinished
 from tuitune.engine.record.runlog import read_events
 from tuitune.remote.client import ClientControl
 from tuitune.remote.spawn import SPAWNED
-from tuitune.engine.commands import Pause, Resume, StopEarly, UnfreezeNext
 from tuitune.ui.runner import MultiRankRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,8 +36,20 @@ def test_u_p_s_through_rank_0s_socket_steer_a_two_rank_run(tmp_path: Path, monke
         if isinstance(event, CommandApplied) and event.command == "Resume":
             control.put(StopEarly())
 
-    runner = MultiRankRunner(("train", str(profile), "--headless", "--nproc", "2", "--out", str(run), "--force",
-                              "--set", "strategy.fallback=none"))
+    runner = MultiRankRunner(
+        (
+            "train",
+            str(profile),
+            "--headless",
+            "--nproc",
+            "2",
+            "--out",
+            str(run),
+            "--force",
+            "--set",
+            "strategy.fallback=none",
+        )
+    )
     reaper.watch(run)  # rank 0 (process.json); the launcher below
     worker = threading.Thread(target=runner, args=(None, run, emit, control), daemon=True)
     worker.start()

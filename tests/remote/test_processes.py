@@ -17,8 +17,8 @@ from pathlib import Path
 from tests.remote.conftest import ROOT, env, run_pid, tiny_profile, wait_for, write_profile
 from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
 from tuitune.remote.client import RunClient, connect
-from tuitune.remote.runs import list_runs, run_info
 from tuitune.remote.spawn import start_run_process
+from tuitune.runs.status import list_runs, run_info
 
 
 class Viewer:
@@ -42,7 +42,7 @@ class Viewer:
 
     def live(self) -> list[dict]:
         types = self.types()
-        return self.messages[types.index("Live") + 1:] if "Live" in types else []
+        return self.messages[types.index("Live") + 1 :] if "Live" in types else []
 
 
 def events_count(run_dir: Path) -> int:
@@ -63,7 +63,7 @@ def test_spawn_attach_steer_two_viewers_reattach(tmp_path: Path, reaper) -> None
     assert os.getsid(proc.pid) == proc.pid != os.getsid(0)  # a session of its own: no terminal's SIGHUP reaches it
     b = Viewer(connect(run_dir))
     wait_for(lambda: "Live" in b.types(), 30, "second viewer live")
-    history = [m for m in b.messages[:b.types().index("Live")] if m["type"] != "Hello"]
+    history = [m for m in b.messages[: b.types().index("Live")] if m["type"] != "Hello"]
     assert history and history[0]["type"] == "RunStarted"  # the whole past first
 
     a.client.send(UnfreezeNext())  # from one viewer...
@@ -86,8 +86,11 @@ def test_spawn_attach_steer_two_viewers_reattach(tmp_path: Path, reaper) -> None
     assert proc.wait(timeout=60) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped_early" and run_info(run_dir).status == "stopped"
-    recorded = [json.loads(line)["global_step"] for line in (run_dir / "events.jsonl").read_text().splitlines()
-                if line.startswith('{"type":"MetricsUpdated"')]
+    recorded = [
+        json.loads(line)["global_step"]
+        for line in (run_dir / "events.jsonl").read_text().splitlines()
+        if line.startswith('{"type":"MetricsUpdated"')
+    ]
     assert recorded == list(range(1, summary["global_step"] + 1))  # log_every 1: every step, none lost
     seen = [m["global_step"] for m in a.messages if m["type"] == "MetricsUpdated"]
     assert seen == sorted(set(seen)) and set(seen) <= set(recorded)  # a viewer behind gets them coalesced
@@ -105,21 +108,41 @@ def test_kill9_is_dead_attach_says_so_and_resume_continues(tmp_path: Path, reape
     proc.wait(timeout=30)
     info = run_info(run_dir)
     assert info.status == "dead" and info.pid is None and info.last_event
-    runs = subprocess.run([sys.executable, "-m", "tuitune", "runs", str(tmp_path), "--json"], env=env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    runs = subprocess.run(
+        [sys.executable, "-m", "tuitune", "runs", str(tmp_path), "--json"],
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert json.loads(runs.stdout)[0]["status"] == "dead"
-    attach = subprocess.run([sys.executable, "-m", "tuitune", "attach", str(run_dir)], env=env(), cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    attach = subprocess.run(
+        [sys.executable, "-m", "tuitune", "attach", str(run_dir)],
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert attach.returncode == 2 and attach.stdout == ""
     lines = attach.stderr.strip().splitlines()
     assert len(lines) == 1 and "dead" in lines[0] and "tuitune replay" in lines[0] and "--resume" in lines[0]
-    resumed = subprocess.run([sys.executable, "-m", "tuitune", "train", "--resume", str(run_dir), "--headless",
-                              "--set", "train.epochs=3"], env=env(), cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tuitune", "train", "--resume", str(run_dir), "--headless", "--set", "train.epochs=3"],
+        env=env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert run_info(run_dir).status == "finished"
-    starts = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
-              if line.startswith('{"type":"RunStarted"')]
+    starts = [
+        json.loads(line)
+        for line in (run_dir / "events.jsonl").read_text().splitlines()
+        if line.startswith('{"type":"RunStarted"')
+    ]
     assert len(starts) == 2 and starts[1]["start_epoch"] >= 1
 
 
@@ -134,9 +157,15 @@ def test_sighup_to_the_dashboard_is_a_detach(tmp_path: Path, reaper) -> None:
     def controlling_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    dashboard = reaper.popen([sys.executable, "-m", "tuitune", "train", str(profile), "--out", str(run_dir)],
-                             stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path,
-                             env={**env(), "TERM": "xterm-256color"}, preexec_fn=controlling_terminal)
+    dashboard = reaper.popen(
+        [sys.executable, "-m", "tuitune", "train", str(profile), "--out", str(run_dir)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=tmp_path,
+        env={**env(), "TERM": "xterm-256color"},
+        preexec_fn=controlling_terminal,
+    )
     os.close(slave)
     drained = threading.Thread(target=_drain, args=(master,), daemon=True)
     drained.start()
@@ -168,8 +197,17 @@ def _drain(fd: int) -> None:
 def test_headless_stays_in_the_foreground_and_accepts_attaches(tmp_path: Path, reaper) -> None:
     profile = write_profile(tmp_path)
     run_dir = reaper.watch(tmp_path / "run")
-    headless = reaper.tuitune("train", str(profile), "--headless", "--out", str(run_dir), cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    headless = reaper.tuitune(
+        "train",
+        str(profile),
+        "--headless",
+        "--out",
+        str(run_dir),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: run_pid(run_dir) == headless.pid, 120, "the headless process owns the run")
     v = Viewer(connect(run_dir))
     wait_for(lambda: "EpochEnded" in v.types(), 120, "an epoch")

@@ -13,14 +13,23 @@ import pytest
 from tests.remote.conftest import wait_for
 from tuitune.engine.commands import Control, Pause, UnfreezeNext
 from tuitune.engine.events import CommandApplied, MetricsUpdated, Warned
-from tuitune.remote import protocol, server as server_mod
+from tuitune.remote import protocol
+from tuitune.remote import server as server_mod
 from tuitune.remote.client import RunClient
 from tuitune.remote.server import RunServer
 
 
 def metrics(i: int) -> MetricsUpdated:
-    return MetricsUpdated(epoch=1, step=i, global_step=i, train_loss=1.0, train_score=0.5, lrs=(0.1,),
-                          samples_per_s=1.0, elapsed_s=float(i))
+    return MetricsUpdated(
+        epoch=1,
+        step=i,
+        global_step=i,
+        train_loss=1.0,
+        train_score=0.5,
+        lrs=(0.1,),
+        samples_per_s=1.0,
+        elapsed_s=float(i),
+    )
 
 
 @pytest.fixture
@@ -141,6 +150,7 @@ def test_remote_imports_neither_textual_nor_torch() -> None:
     """The run process binds its socket before torch loads, and the package never needs Textual."""
     from tests.engine.test_imports import _modules_after
 
-    loaded = _modules_after("import tuitune.remote.host, tuitune.remote.client, tuitune.remote.spawn, "
-                            "tuitune.remote.runs")
+    loaded = _modules_after(
+        "import tuitune.remote.host, tuitune.remote.client, tuitune.remote.spawn, tuitune.runs.status"
+    )
     assert not {"torch", "timm", "transformers", "textual"} & loaded

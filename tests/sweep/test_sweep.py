@@ -55,17 +55,24 @@ def trials_of(sweep_dir: Path) -> list:
 def test_space_parsing(tmp_path):
     from tuitune.sweep.runner import load_sweep
 
-    path = write(tmp_path, '"train.lr" = { log = [1e-5, 1e-2] }\n"strategy.kind" = ["full", "progressive", "lp_ft"]\n'
-                           '"strategy.lr_decay" = [0.3, 1.0]\n"train.epochs" = [1, 3]\npruner = "hyperband"\n')
+    path = write(
+        tmp_path,
+        '"train.lr" = { log = [1e-5, 1e-2] }\n"strategy.kind" = ["full", "progressive", "lp_ft"]\n'
+        '"strategy.lr_decay" = [0.3, 1.0]\n"train.epochs" = [1, 3]\npruner = "hyperband"\n',
+    )
     spec = load_sweep(path, []).spec
     kinds = {p.key: (p.kind, p.low, p.high, p.choices) for p in spec.params}
-    assert kinds == {"train.lr": ("log", 1e-5, 1e-2, ()), "strategy.kind": ("choice", 0.0, 0.0,
-                                                                            ("full", "progressive", "lp_ft")),
-                     "strategy.lr_decay": ("float", 0.3, 1.0, ()), "train.epochs": ("int", 1, 3, ())}
+    assert kinds == {
+        "train.lr": ("log", 1e-5, 1e-2, ()),
+        "strategy.kind": ("choice", 0.0, 0.0, ("full", "progressive", "lp_ft")),
+        "strategy.lr_decay": ("float", 0.3, 1.0, ()),
+        "train.epochs": ("int", 1, 3, ()),
+    }
     assert (spec.metric, spec.direction, spec.pruner, spec.keep) == ("val_score", "maximize", "hyperband", "best")
     assert load_profile(path).train.lr == 0.01  # `tuitune train` on the same file ignores [sweep]
-    regression = write(tmp_path, '"train.lr" = [0.001, 0.1]\n').read_text().replace("[train]", "[loss]\nkind = "
-                                                                                   '"mse"\n[train]')
+    regression = (
+        write(tmp_path, '"train.lr" = [0.001, 0.1]\n').read_text().replace("[train]", '[loss]\nkind = "mse"\n[train]')
+    )
     path.write_text(regression)
     assert load_sweep(path, []).spec.direction == "minimize"  # val_score is RMSE there
 
@@ -87,9 +94,22 @@ def test_macro_f1_is_a_sweep_metric_read_from_each_epochs_extras(tmp_path):
     trial = study.ask()
     feeder = PruneFeeder(trial, spec.metric, Control())
     for epoch, f1 in ((1, 0.4664), (2, 0.91)):
-        feeder(EpochEnded(epoch=epoch, global_step=epoch * 4, phase=0, train_loss=0.5, train_score=0.9,
-                          val_loss=0.4, val_score=0.95, elapsed_s=1.0, epoch_s=1.0, samples_per_s=10.0,
-                          is_best=True, extra={"val_macro_f1": f1}))
+        feeder(
+            EpochEnded(
+                epoch=epoch,
+                global_step=epoch * 4,
+                phase=0,
+                train_loss=0.5,
+                train_score=0.9,
+                val_loss=0.4,
+                val_score=0.95,
+                elapsed_s=1.0,
+                epoch_s=1.0,
+                samples_per_s=10.0,
+                is_best=True,
+                extra={"val_macro_f1": f1},
+            )
+        )
     assert feeder.values == [0.4664, 0.91]
     assert study.trials[0].intermediate_values == {1: 0.4664, 2: 0.91}
 
@@ -97,28 +117,43 @@ def test_macro_f1_is_a_sweep_metric_read_from_each_epochs_extras(tmp_path):
 def test_the_printed_leaderboard_keeps_every_parameter_and_its_columns_aligned():
     from tuitune.sweep.board import TrialRow, format_board
 
-    params = {"strategy.kind": "progressive", "train.lr": 0.00178, "strategy.lr_decay": 0.982,
-              "strategy.every_epochs": 2, "data.batch_size": 16}
-    lines = format_board([TrialRow(0, "done", params, 0.9415, 4, 59.8, "t0"),
-                          TrialRow(11, "pruned", params, None, 1, 12.0, "t11")], "val_macro_f1").splitlines()
+    params = {
+        "strategy.kind": "progressive",
+        "train.lr": 0.00178,
+        "strategy.lr_decay": 0.982,
+        "strategy.every_epochs": 2,
+        "data.batch_size": 16,
+    }
+    lines = format_board(
+        [TrialRow(0, "done", params, 0.9415, 4, 59.8, "t0"), TrialRow(11, "pruned", params, None, 1, 12.0, "t11")],
+        "val_macro_f1",
+    ).splitlines()
     assert len(lines[1]) > 100 and lines[1].endswith("every_epochs=2 batch_size=16")
     assert lines[0].index("val_macro_f1") + len("val_macro_f1") == lines[1].index("0.9415") + len("0.9415")
     assert lines[2].split()[:4] == ["11", "pruned", "-", "1"]
 
 
-@pytest.mark.parametrize("table, expected", [
-    ('"train.lrr" = { log = [1e-5, 1e-2] }\n', 'sweep."train.lrr" = 1e-05: train.lrr: unknown key (did you mean lr?)'),
-    ('"train.lr" = [0.0, 0.1]\n', 'sweep."train.lr" = 0.0: train.lr: must be > 0'),
-    ('"strategy.kind" = ["full", "sideways"]\n', "sweep.\"strategy.kind\" = 'sideways': strategy.kind: 'sideways' is"
-                                                 " not one of"),
-    ('"train.lr" = { log = [0.1, 0.01] }\n', 'sweep."train.lr": log: low must be below high'),
-    ('"train.lr" = { lin = [0.1, 0.01] }\n', 'sweep."train.lr": give exactly one of log, range, choices'),
-    ('"train.lr" = 0.1\n', 'sweep."train.lr": expected'),
-    ('pruner = "sometimes"\n"train.lr" = [0.001, 0.1]\n', "sweep.pruner: 'sometimes' is not one of"),
-    ('trails = 3\n', "sweep.trails: unknown key"),
-    ('keep = "some"\n"train.lr" = [0.001, 0.1]\n', "sweep.keep: 'some' is not one of best, all"),
-    ('metric = "val_acc"\n', "sweep: no profile key to search"),
-])
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        (
+            '"train.lrr" = { log = [1e-5, 1e-2] }\n',
+            'sweep."train.lrr" = 1e-05: train.lrr: unknown key (did you mean lr?)',
+        ),
+        ('"train.lr" = [0.0, 0.1]\n', 'sweep."train.lr" = 0.0: train.lr: must be > 0'),
+        (
+            '"strategy.kind" = ["full", "sideways"]\n',
+            "sweep.\"strategy.kind\" = 'sideways': strategy.kind: 'sideways' is not one of",
+        ),
+        ('"train.lr" = { log = [0.1, 0.01] }\n', 'sweep."train.lr": log: low must be below high'),
+        ('"train.lr" = { lin = [0.1, 0.01] }\n', 'sweep."train.lr": give exactly one of log, range, choices'),
+        ('"train.lr" = 0.1\n', 'sweep."train.lr": expected'),
+        ('pruner = "sometimes"\n"train.lr" = [0.001, 0.1]\n', "sweep.pruner: 'sometimes' is not one of"),
+        ("trails = 3\n", "sweep.trails: unknown key"),
+        ('keep = "some"\n"train.lr" = [0.001, 0.1]\n', "sweep.keep: 'some' is not one of best, all"),
+        ('metric = "val_acc"\n', "sweep: no profile key to search"),
+    ],
+)
 def test_bad_sweep_tables_are_one_line_errors(tmp_path, capsys, table, expected):
     path = write(tmp_path, table)
     assert main(["sweep", str(path), "--out", str(tmp_path / "s")]) == 2
@@ -178,8 +213,9 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
     epochs = 20  # a trial of a few seconds: the kill must land while one runs, however fast the box
     path = write(tmp_path, '"train.lr" = { log = [1e-3, 1e-1] }\npruner = "none"\n', epochs=epochs)
     out = tmp_path / "s"
-    proc = subprocess.Popen(_sweep_cmd(path, out, "--trials", "2"), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _sweep_cmd(path, out, "--trials", "2"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # a leaderboard screen opened while it runs (`tuitune sweep P --out S`) follows it and starts no other
         _wait(lambda: (out / "journal.log").exists() and live_sweep_pid(out) == proc.pid)
@@ -192,8 +228,9 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
             proc.kill()
             proc.wait()
     assert [t.state.name for t in trials_of(out)] == ["RUNNING"]
-    done = subprocess.run(_sweep_cmd(path, out, "--trials", "2"), env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        _sweep_cmd(path, out, "--trials", "2"), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     trials = trials_of(out)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
@@ -209,8 +246,13 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
 def test_two_workers_share_one_sweep_with_disjoint_trials(tmp_path):
     path = write(tmp_path, '"train.lr" = { log = [1e-3, 1e-1] }\npruner = "none"\n', epochs=3)
     out = tmp_path / "s"
-    done = subprocess.run(_sweep_cmd(path, out, "--trials", "3", "--workers", "2"), env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _sweep_cmd(path, out, "--trials", "3", "--workers", "2"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     trials = trials_of(out)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # the cap holds across processes

@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import DataTable, SelectionList
 
 from tests.remote.stored_runs import two_runs
-from tuitune.remote.compare import load_runs
+from tuitune.runs.compare import load_runs
 from tuitune.ui.compare import CompareApp, CompareScreen, CurvesPlot, RunListScreen
 
 
@@ -33,11 +33,15 @@ async def test_select_two_runs_and_compare_them(tmp_path: Path) -> None:
         assert [str(c) for c in best.get_row_at(1)[1:4]] == ["stopped", "0.8400 @ 3", "0.5200 @ 3"]
         diff = screen.query_one("#compare-diff", DataTable)
         assert [diff.get_row_at(i) for i in range(diff.row_count)] == [
-            ["strategy.kind", "progressive", "full"], ["train.lr", "0.001", "0.01"],
-            ["train.warmup_epochs", "-", "1"]]
+            ["strategy.kind", "progressive", "full"],
+            ["train.lr", "0.001", "0.01"],
+            ["train.warmup_epochs", "-", "1"],
+        ]
         score = screen.query_one("#plot-score", CurvesPlot)
-        assert score.drawn == [("lr-1e-3", [1, 2, 3, 4], [0.41, 0.55, 0.63, 0.66]),
-                               ("lr-1e-2", [1, 2, 3, 4], [0.58, 0.77, 0.84, 0.82])]
+        assert score.drawn == [
+            ("lr-1e-3", [1, 2, 3, 4], [0.41, 0.55, 0.63, 0.66]),
+            ("lr-1e-2", [1, 2, 3, 4], [0.58, 0.77, 0.84, 0.82]),
+        ]
         assert [name for name, _, _ in screen.query_one("#plot-loss", CurvesPlot).drawn] == ["lr-1e-3", "lr-1e-2"]
         await pilot.press("escape")  # back to the list, the selection kept
         await pilot.pause()

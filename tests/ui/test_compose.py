@@ -29,13 +29,13 @@ def demo_copy(folder: Path) -> Path:
 
 
 def picker_app(folder: Path, started: list) -> TuituneApp:
-    def runner(profile, run_dir, emit, control, **kwargs):  # noqa: ANN001
+    def runner(profile, run_dir, emit, control, **kwargs):
         started.append(profile)
 
     return TuituneApp("picker", profile_dirs=[folder], runner=runner, make_run_dir=lambda p, out: Path("unused"))
 
 
-async def open_compose(app: TuituneApp, pilot) -> ComposeScreen:  # noqa: ANN001
+async def open_compose(app: TuituneApp, pilot) -> ComposeScreen:
     """`e` in the picker, then wait until the worker has read the layer groups."""
     assert isinstance(app.screen, PickerScreen)
     await pilot.press("e")
@@ -49,8 +49,11 @@ def marks(screen: ComposeScreen) -> dict[str, str]:
     """group -> its mark, from the layer-groups pane as shown."""
     lines = text_of(screen.query_one("#groups", Static)).splitlines()
     names = [g.name for g in screen.read.groups]
-    return {line.split()[0]: line.split(maxsplit=2)[2].strip() for line in lines if line.split()[:1] and
-            line.split()[0] in names}
+    return {
+        line.split()[0]: line.split(maxsplit=2)[2].strip()
+        for line in lines
+        if line.split()[:1] and line.split()[0] in names
+    }
 
 
 def test_an_invalid_edit_is_the_profile_files_own_error() -> None:
@@ -64,8 +67,11 @@ def test_an_invalid_edit_is_the_profile_files_own_error() -> None:
         compose_profile(base, {"strategy.kind": "groups", "strategy.groups": " "}, str(DEMO))
     edited = compose_profile(base, {"train.epochs": "3", "strategy.groups": "layer4, head"}, str(DEMO))
     base = compose_profile(base, {}, str(DEMO))  # every key given: default lists read back as tuples, as edited's
-    assert edited == dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=3),
-                                         strategy=dataclasses.replace(base.strategy, groups=("layer4", "head")))
+    assert edited == dataclasses.replace(
+        base,
+        train=dataclasses.replace(base.train, epochs=3),
+        strategy=dataclasses.replace(base.strategy, groups=("layer4", "head")),
+    )
 
 
 async def test_edit_validate_replan_and_start(tmp_path: Path) -> None:
@@ -73,8 +79,14 @@ async def test_edit_validate_replan_and_start(tmp_path: Path) -> None:
     app = picker_app(demo_copy(tmp_path / "profiles"), started)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_compose(app, pilot)
-        assert marks(screen) == {"stem": "· phase 4", "layer1": "· phase 3", "layer2": "· phase 3",
-                                 "layer3": "· phase 2", "layer4": "· phase 2", "head": "● phase 1"}
+        assert marks(screen) == {
+            "stem": "· phase 4",
+            "layer1": "· phase 3",
+            "layer2": "· phase 3",
+            "layer3": "· phase 2",
+            "layer4": "· phase 2",
+            "head": "● phase 1",
+        }
         screen.query_one("#f-strategy-groups_per_phase", Input).value = "5"
         await until(pilot, lambda: marks(screen)["stem"] == "· phase 2")
         screen.query_one("#f-strategy-kind", Select).value = "full"
@@ -95,7 +107,13 @@ async def test_edit_validate_replan_and_start(tmp_path: Path) -> None:
         await until(pilot, lambda: bool(started))
     p = started[0]
     assert (p.name, p.train.lr, p.train.epochs, p.data.batch_size, p.strategy.kind, p.strategy.groups_per_phase) == (
-        "demo-composed", 0.01, 3, 16, "full", 5)
+        "demo-composed",
+        0.01,
+        3,
+        16,
+        "full",
+        5,
+    )
     assert p.model == load_profile(tmp_path / "profiles" / "demo.toml").model  # the rest as it was
 
 
@@ -154,7 +172,7 @@ async def test_lora_without_targets_is_said_and_another_kind_reads_again(tmp_pat
 def test_compose_snapshot(snap_compare, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]) -> None:
     monkeypatch.chdir(FIXTURES)  # the save path on screen is relative to the working folder
 
-    async def read(pilot) -> None:  # noqa: ANN001
+    async def read(pilot) -> None:
         await pilot.press("e")
         await until(pilot, lambda: isinstance(pilot.app.screen, ComposeScreen) and pilot.app.screen.read is not None)
         await pilot.pause()

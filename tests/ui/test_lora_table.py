@@ -15,6 +15,7 @@ from tuitune.ui.widgets import LayerTable
 def _with_adapters(event):
     def rows(layers):
         return tuple(dataclasses.replace(r, adapters=0 if r.name == "head" else r.params // 50) for r in layers)
+
     if isinstance(event, (RunStarted, LayersChanged)):
         return dataclasses.replace(event, layers=rows(event.layers))
     return event

@@ -25,9 +25,11 @@ def frozen_countdown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
 
 
-@pytest.mark.parametrize(("keys", "lr"), [(["a"], SUGGESTED), (["v"], SUGGESTED), (["s"], STEEP),
-                                          (["escape"], CURRENT), (["e", *"5e-4", "enter"], 5e-4)],
-                         ids=["accept", "valley", "steepest", "keep", "typed"])
+@pytest.mark.parametrize(
+    ("keys", "lr"),
+    [(["a"], SUGGESTED), (["v"], SUGGESTED), (["s"], STEEP), (["escape"], CURRENT), (["e", *"5e-4", "enter"], 5e-4)],
+    ids=["accept", "valley", "steepest", "keep", "typed"],
+)
 async def test_the_answer_is_sent_as_apply_lr(frozen_countdown, keys: list[str], lr: float) -> None:
     engine = phase_engine()
     app = live_app(engine)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from rich.console import Console
@@ -144,7 +144,8 @@ async def test_plateau_prompt_yes_sends_unfreeze() -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
         assert "val loss flat for 2 epochs: unfreeze layer4? [y/n]" in text_of(
-            app.screen.query_one("#question", Static))
+            app.screen.query_one("#question", Static)
+        )
         await pilot.press("y")
         await until(pilot, lambda: engine.received == [UnfreezeNext()])
         assert isinstance(app.screen, DashboardScreen)
@@ -190,13 +191,17 @@ async def test_picker_navigation_broken_profile_and_start(monkeypatch: pytest.Mo
     monkeypatch.chdir(FIXTURES)
     started: list[str] = []
 
-    def runner(profile, run_dir, emit, control, **kwargs):  # noqa: ANN001
+    def runner(profile, run_dir, emit, control, **kwargs):
         started.append(f"{profile.name}:{run_dir}")
         for event in scripted.mid_run_events()[:3]:
             emit(event)
 
-    app = TuituneApp("picker", profile_dirs=[Path("profiles"), Path("profiles"), Path("missing")],
-                     runner=runner, make_run_dir=lambda p, out: Path(f"runs/{p.name}-1"))
+    app = TuituneApp(
+        "picker",
+        profile_dirs=[Path("profiles"), Path("profiles"), Path("missing")],
+        runner=runner,
+        make_run_dir=lambda p, out: Path(f"runs/{p.name}-1"),
+    )
     async with app.run_test(size=(100, 30)) as pilot:
         picker = app.screen
         assert isinstance(picker, PickerScreen)
@@ -253,8 +258,9 @@ async def test_command_palette_lists_dashboard_actions() -> None:
     async with app.run_test() as pilot:
         await pilot.pause()
         commands = {c.title: c.help for c in app.get_system_commands(app.screen)}
-        assert {"Unfreeze next phase", "Stop early", "Pause / resume", "Save checkpoint",
-                "Toggle log scale"} <= set(commands)
+        assert {"Unfreeze next phase", "Stop early", "Pause / resume", "Save checkpoint", "Toggle log scale"} <= set(
+            commands
+        )
         assert all(commands[k.title] == k.palette_help for k in DASHBOARD_KEYS)
         bindings = {b.key: b.action for b in app.screen.BINDINGS}
         assert bindings == {k.key: k.action for k in DASHBOARD_KEYS}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.widgets import Static
 
-import tuitune.engine.record.session  # noqa: F401  (an engine import error must fail this test, never skip it)
+import tuitune.engine.session  # noqa: F401  (an engine import error must fail this test, never skip it)
 from tests.ui.test_pilot import dash, on_screen, text_of, until
 from tuitune.config import profile_from_dict
 from tuitune.ui.app import TuituneApp
@@ -14,8 +14,13 @@ from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import LayerTable
 
 TINY = {
-    "model": {"source": "timm", "name": "resnet18", "pretrained": False, "img_size": 32,
-              "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8}},
+    "model": {
+        "source": "timm",
+        "name": "resnet18",
+        "pretrained": False,
+        "img_size": 32,
+        "kwargs": {"channels": [8, 16, 32, 64], "stem_width": 8},
+    },
     "data": {"kind": "synthetic", "num_samples": 128, "batch_size": 32},
     "train": {"epochs": 3, "device": "cpu", "log_every": 1},
     "strategy": {"kind": "progressive", "trigger": "manual"},

@@ -12,9 +12,9 @@ from tests.ui.test_pilot import dash, until
 from tuitune.engine.events import LayersChanged
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import BACKOFF, MAX_WAIT_S, REDRAW_S
-from tuitune.ui.runner import EngineEventReceived
 from tuitune.ui.plotdata import plot_inputs
 from tuitune.ui.reducer import fold, reduce
+from tuitune.ui.runner import EngineEventReceived
 from tuitune.ui.widgets import LayerTable, RenderMeter
 
 
@@ -44,8 +44,9 @@ async def test_layer_table_changes_only_the_cells_whose_text_changed(monkeypatch
         dash(app).post_message(EngineEventReceived(LayersChanged(layers=same, global_step=50)))
         await until(pilot, lambda: table._layers is same)  # drawn (within the budget), and nothing changed
         assert updated == []
-        changed = tuple(dataclasses.replace(layer, grad_norm=1.5) if layer.name == "head" else layer
-                        for layer in layers)
+        changed = tuple(
+            dataclasses.replace(layer, grad_norm=1.5) if layer.name == "head" else layer for layer in layers
+        )
         dash(app).post_message(EngineEventReceived(LayersChanged(layers=changed, global_step=52)))
         await until(pilot, lambda: str(table.get_cell("head", "grad")) == "1.50e+00")
         assert updated == [("head", "grad")] and table.row_count == len(layers)

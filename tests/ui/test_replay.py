@@ -48,8 +48,15 @@ def _metrics(elapsed_s: float) -> MetricsUpdated:
 
 
 def test_paced_waits_the_recorded_gaps_divided_by_the_speed_capped_at_2s(clock: FakeClock) -> None:
-    events = [_metrics(0.0), _metrics(1.0), CheckpointSaved("x", "best", 1, 1), _metrics(1.0), _metrics(0.5),
-              _metrics(30.0), _metrics(31.0)]
+    events = [
+        _metrics(0.0),
+        _metrics(1.0),
+        CheckpointSaved("x", "best", 1, 1),
+        _metrics(1.0),
+        _metrics(0.5),
+        _metrics(30.0),
+        _metrics(31.0),
+    ]
     played = [(event, clock.now) for event in runner.paced(events, 2.0, lambda: False)]
     assert [e for e, _ in played] == events
     # 1 s gap / 2; no time on the checkpoint or on an equal or earlier time; 29.5 s / 2 capped at 2 s; 1 s / 2
@@ -63,19 +70,21 @@ def test_paced_at_speed_zero_is_instant_and_a_stop_ends_it(clock: FakeClock) -> 
     assert played == events[:1] and clock.now == pytest.approx(1.0, abs=0.06)
 
 
-def test_replay_command_plays_a_run_at_the_asked_speed(tmp_path: Path, clock: FakeClock,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replay_command_plays_a_run_at_the_asked_speed(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     events = scripted.finished_events()
     (tmp_path / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in events))
     seen: dict = {}
 
-    async def watch(pilot) -> None:  # noqa: ANN001
+    async def watch(pilot) -> None:
         await until(pilot, lambda: on_screen(pilot.app, SummaryScreen))
         seen["speed"], seen["clock"] = pilot.app.speed, clock.now
         await pilot.press("q")
 
-    monkeypatch.setattr(launch, "_run", lambda app: app.run(headless=True, size=(100, 30), auto_pilot=watch)
-                        or app.return_code)
+    monkeypatch.setattr(
+        launch, "_run", lambda app: app.run(headless=True, size=(100, 30), auto_pilot=watch) or app.return_code
+    )
     assert main(["replay", str(tmp_path), "--speed", "4"]) == 0
     times = [t for t in map(event_time, events) if t is not None]
     expected = sum(min((b - a) / 4, 2.0) for a, b in zip(times, times[1:]) if b > a)

@@ -9,8 +9,17 @@ import pytest
 
 from tests.engine.conftest import tiny_profile
 from tests.ui import scripted
-from tuitune.engine.commands import (ApplyLR, Command, Control, FindLR, Pause, Resume, SaveCheckpoint, StopEarly,
-                                     UnfreezeNext)
+from tuitune.engine.commands import (
+    ApplyLR,
+    Command,
+    Control,
+    FindLR,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    StopEarly,
+    UnfreezeNext,
+)
 from tuitune.engine.events import CommandApplied, Event
 from tuitune.engine.train.loop import Trainer
 
@@ -20,7 +29,7 @@ COMMANDS = [UnfreezeNext(), Pause(), Resume(), SaveCheckpoint(), FindLR(steps=4)
 def _kinds(events: list[Event]) -> list[str]:
     """Event types up to and including the command's confirmation."""
     names = [type(e).__name__ for e in events]
-    return names[:names.index("CommandApplied") + 1]
+    return names[: names.index("CommandApplied") + 1]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +48,9 @@ def engine_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[s
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: type(c).__name__)
-def test_scripted_engine_answers_in_the_real_engines_order(command: Command, engine_answers: dict,
-                                                           tmp_path: Path) -> None:
+def test_scripted_engine_answers_in_the_real_engines_order(
+    command: Command, engine_answers: dict, tmp_path: Path
+) -> None:
     engine = scripted.ScriptedEngine(scripted.mid_run_events())
     emitted: list[Event] = []
     engine._answer(command, emitted.append)

@@ -7,8 +7,8 @@ import io
 
 from tests.ui import scripted
 from tests.ui.test_pilot import dash, live_app, text_of, until
+from tuitune.console import ConsolePrinter
 from tuitune.engine.events import SetupProgressed
-from tuitune.headless import ConsolePrinter
 from tuitune.ui.reducer import fold
 from tuitune.ui.runner import EngineEventReceived
 from tuitune.ui.widgets import StatusBar, status_text
@@ -57,5 +57,6 @@ def test_headless_prints_a_line_every_few_seconds_and_the_last(monkeypatch) -> N
     assert out.getvalue().splitlines() == [
         "download model.safetensors  0.0/50.0 MB  0%  10.0 MB/s",
         "download model.safetensors  35.0/50.0 MB  70%  10.0 MB/s",
-        "download model.safetensors  50.0/50.0 MB  2.5 MB/s  done"]
+        "download model.safetensors  50.0/50.0 MB  2.5 MB/s  done",
+    ]
     assert "\r" not in out.getvalue()

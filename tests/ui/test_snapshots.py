@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from textual.containers import VerticalScroll
 
 from tests.ui import scripted
@@ -101,6 +100,7 @@ def test_dashboard_extras(snap_compare) -> None:
 
 # Every modal at 80x24, the smallest supported terminal: its answer and its keys must be on screen.
 
+
 def test_lr_finder_80x24(snap_compare) -> None:
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
     assert snap_compare(app, terminal_size=(80, 24))
@@ -136,6 +136,7 @@ def test_summary_views_small(snap_compare) -> None:
 
 def test_summary_views_thumbnails_small(snap_compare) -> None:
     """80x24, scrolled to the worst errors: four thumbnails a row with their labels."""
+
     async def scroll(pilot) -> None:
         while not pilot.app.screen.query(VerticalScroll):  # the summary screen opens once the replay ends
             await pilot.pause(0.05)

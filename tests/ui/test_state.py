@@ -9,11 +9,22 @@ import sys
 from pathlib import Path
 
 from tests.ui import scripted
-from tuitune.engine.events import (RENAMED_KEYS, CommandApplied, EpochEnded, LayersChanged, MetricsUpdated,
-                                   PhaseChanged, RunFailed, Warned, event_from_dict, event_from_json, to_json)
-from tuitune.ui.profiles import detail_rows, discover, unique_dirs
+from tuitune.engine.events import (
+    RENAMED_KEYS,
+    CommandApplied,
+    EpochEnded,
+    LayersChanged,
+    MetricsUpdated,
+    PhaseChanged,
+    RunFailed,
+    Warned,
+    event_from_dict,
+    event_from_json,
+    to_json,
+)
 from tuitune.ui.fmt import fmt_duration
 from tuitune.ui.plotdata import eta_s, smooth
+from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.reducer import DashboardState, fold, reduce, requested
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -118,10 +129,12 @@ def test_discover_profiles_dedupes_and_keeps_errors() -> None:
 
 
 def test_picker_imports_neither_torch_nor_plotext() -> None:
-    code = ("import sys; import tuitune.ui.launch, tuitune.ui.app, tuitune.ui.picker, tuitune.ui.compose, "
-            "tuitune.engine.tools.layers; "
-            "bad = [m for m in ('torch', 'timm', 'transformers', 'textual_plotext') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import tuitune.ui.launch, tuitune.ui.app, tuitune.ui.picker, tuitune.ui.compose, "
+        "tuitune.engine.tools.layers; "
+        "bad = [m for m in ('torch', 'timm', 'transformers', 'textual_plotext') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -146,8 +159,10 @@ def test_status_line_shows_the_best_macro_f1_when_the_run_counts_it() -> None:
     s = fold(scripted.mid_run_events())
     assert "macro-F1" not in status_text(s).plain
     for epoch, f1 in ((3, 0.912), (4, 0.881)):  # the best, not the last
-        s = reduce(s, EpochEnded(epoch, epoch * 20, 1, 0.3, 0.95, 0.2, 0.96, 3.0, 1.0, 800.0, False,
-                                 extra={"val_macro_f1": f1}))
+        s = reduce(
+            s,
+            EpochEnded(epoch, epoch * 20, 1, 0.3, 0.95, 0.2, 0.96, 3.0, 1.0, 800.0, False, extra={"val_macro_f1": f1}),
+        )
     assert "macro-F1 91.2%" in status_text(s).plain
 
 
@@ -161,8 +176,7 @@ def test_status_line_shows_world_size_and_largest_rank_memory_of_a_multi_rank_ru
     assert "ranks" not in one and "max/rank" not in one  # one process, and logs from before these fields
     events[0] = dataclasses.replace(events[0], world_size=4)
     s = fold(events)
-    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 800.0, 3.0, gpu_mem_gb=1.25, gpu_peak_gb=2.5,
-                                 gpu_max_gb=3.1))
+    s = reduce(s, MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 800.0, 3.0, gpu_mem_gb=1.25, gpu_peak_gb=2.5, gpu_max_gb=3.1))
     line = status_text(s).plain
     assert "× 4 ranks" in line and "max/rank 3.10 GB" in line
     assert event_from_json(to_json(events[0])).world_size == 4  # recorded, replayed
@@ -181,8 +195,19 @@ def test_regression_best_is_the_lowest_rmse() -> None:
 
     s = fold(scripted.regression_events())
     assert s.metric == "rmse" and not s.higher_is_better
-    worse = EpochEnded(epoch=3, global_step=3 * scripted.SPE, phase=0, train_loss=1.0, train_score=0.9, val_loss=2.0,
-                       val_score=5.0, elapsed_s=3.0, epoch_s=1.0, samples_per_s=1.0, is_best=False)
+    worse = EpochEnded(
+        epoch=3,
+        global_step=3 * scripted.SPE,
+        phase=0,
+        train_loss=1.0,
+        train_score=0.9,
+        val_loss=2.0,
+        val_score=5.0,
+        elapsed_s=3.0,
+        epoch_s=1.0,
+        samples_per_s=1.0,
+        is_best=False,
+    )
     after = reduce(s, worse)
     assert after.best_val_score == s.best_val_score == min(p[1] for p in s.val_score)
     assert "rmse 5.0000" in after.log[-1].text and "%" not in after.log[-1].text
@@ -241,8 +266,12 @@ def test_summary_names_scores_by_metric_and_shows_compression() -> None:
         return console.file.getvalue()  # type: ignore[attr-defined]
 
     end = scripted.finished()
-    regression = dataclasses.replace(end, final={"val_loss": 0.2, "val_score": 0.4123}, per_class_acc={},
-                                     best={"metric": "val_loss", "value": 0.2, "epoch": 3})
+    regression = dataclasses.replace(
+        end,
+        final={"val_loss": 0.2, "val_score": 0.4123},
+        per_class_acc={},
+        best={"metric": "val_loss", "value": 0.2, "epoch": 3},
+    )
     out = text(summary_renderable(regression, "rmse"))
     assert "val rmse 0.4123" in out and "best val rmse" in out and "per-class" not in out
     assert "84.12%" not in out and "0.8412" in out  # the per-phase column too

@@ -36,7 +36,7 @@ async def test_cursor_space_plus_minus_send_group_commands_confirmed_by_the_engi
         await until(pilot, lambda: str(table.get_cell("layer2", "LR")) != lr)
         assert engine.received[-1] == ScaleGroupLR("layer2", 1 / 1.5)
         row = next(r for r in dash(app).state.layers if r.name == "layer2")
-        assert row.lr is not None and abs(row.lr - 3e-3 * 0.385 ** 3 / 1.5) < 1e-12
+        assert row.lr is not None and abs(row.lr - 3e-3 * 0.385**3 / 1.5) < 1e-12
         await pilot.press("space")  # the engine says it trains now: freeze it
         await until(pilot, lambda: table.state_of("layer2") == "○ frozen")
         await pilot.press("escape", "plus")
@@ -47,9 +47,13 @@ async def test_cursor_space_plus_minus_send_group_commands_confirmed_by_the_engi
         await pilot.press("escape")
         await pilot.click(LayerTable, offset=(2, 5))  # border, header, stem, layer1, layer2, layer3
         assert table.selected == "layer3"
-    assert engine.received == [ScaleGroupLR(None, 1.5), SetGroupTrainable("layer2", True),
-                               ScaleGroupLR("layer2", 1 / 1.5), SetGroupTrainable("layer2", False),
-                               ScaleGroupLR(None, 1.5)]
+    assert engine.received == [
+        ScaleGroupLR(None, 1.5),
+        SetGroupTrainable("layer2", True),
+        ScaleGroupLR("layer2", 1 / 1.5),
+        SetGroupTrainable("layer2", False),
+        ScaleGroupLR(None, 1.5),
+    ]
     log = [line.text for line in dash(app).state.log if line.kind == "command"]
     assert any("freeze/unfreeze group (layer2 trainable)" in t for t in log)
     assert len([m for m in dash(app).state.markers if m.kind == "command"]) >= 1

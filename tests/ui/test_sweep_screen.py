@@ -10,16 +10,57 @@ from tuitune.ui.sweep import SweepScreen
 
 CURVES = {0: (0.61, 0.78, 0.86, 0.9), 1: (0.55, 0.7, 0.81, 0.84), 2: (0.34,), 3: (0.6, 0.74), 4: ()}
 ROWS = [
-    TrialRow(0, "done", {"train.lr": 0.00231, "strategy.kind": "progressive", "strategy.lr_decay": 0.42}, 0.9, 4,
-             81.0, "runs/s/trial-000", tuple(enumerate(CURVES[0], 1))),
-    TrialRow(1, "done", {"train.lr": 0.00041, "strategy.kind": "full", "strategy.lr_decay": 0.8}, 0.84, 4, 77.0,
-             "runs/s/trial-001", tuple(enumerate(CURVES[1], 1))),
-    TrialRow(2, "pruned", {"train.lr": 8.1, "strategy.kind": "full", "strategy.lr_decay": 0.5}, 0.34, 1, 19.0,
-             "runs/s/trial-002", tuple(enumerate(CURVES[2], 1))),
-    TrialRow(3, "running", {"train.lr": 0.0012, "strategy.kind": "lp_ft", "strategy.lr_decay": 0.61}, 0.74, 2,
-             40.0, "runs/s/trial-003", tuple(enumerate(CURVES[3], 1))),
-    TrialRow(4, "failed", {"train.lr": 0.03, "strategy.kind": "lp_ft", "strategy.lr_decay": 0.33}, None, 0, 3.0,
-             "runs/s/trial-004", (), "CUDA out of memory"),
+    TrialRow(
+        0,
+        "done",
+        {"train.lr": 0.00231, "strategy.kind": "progressive", "strategy.lr_decay": 0.42},
+        0.9,
+        4,
+        81.0,
+        "runs/s/trial-000",
+        tuple(enumerate(CURVES[0], 1)),
+    ),
+    TrialRow(
+        1,
+        "done",
+        {"train.lr": 0.00041, "strategy.kind": "full", "strategy.lr_decay": 0.8},
+        0.84,
+        4,
+        77.0,
+        "runs/s/trial-001",
+        tuple(enumerate(CURVES[1], 1)),
+    ),
+    TrialRow(
+        2,
+        "pruned",
+        {"train.lr": 8.1, "strategy.kind": "full", "strategy.lr_decay": 0.5},
+        0.34,
+        1,
+        19.0,
+        "runs/s/trial-002",
+        tuple(enumerate(CURVES[2], 1)),
+    ),
+    TrialRow(
+        3,
+        "running",
+        {"train.lr": 0.0012, "strategy.kind": "lp_ft", "strategy.lr_decay": 0.61},
+        0.74,
+        2,
+        40.0,
+        "runs/s/trial-003",
+        tuple(enumerate(CURVES[3], 1)),
+    ),
+    TrialRow(
+        4,
+        "failed",
+        {"train.lr": 0.03, "strategy.kind": "lp_ft", "strategy.lr_decay": 0.33},
+        None,
+        0,
+        3.0,
+        "runs/s/trial-004",
+        (),
+        "CUDA out of memory",
+    ),
 ]
 
 
@@ -76,8 +117,9 @@ def test_the_loader_loads_the_study_once_and_then_sees_new_trials(tmp_path, monk
 
     load = sweep_loader(tmp_path)
     assert load() == ([], "")  # no journal yet
-    study = optuna.create_study(study_name=study_mod.STUDY_NAME, storage=study_mod.storage_for(tmp_path),
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name=study_mod.STUDY_NAME, storage=study_mod.storage_for(tmp_path), direction="maximize"
+    )
     study.set_user_attr("metric", "val_score")
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
     loads: list[object] = []

@@ -42,7 +42,8 @@ async def test_f_finds_lr_then_a_applies_the_suggestion_after_confirmation() -> 
         engine.gate.set()
         await until(pilot, lambda: on_screen(app, LRFinderScreen))
         assert "suggested 3.2e-03 (valley), steepest 1.1e-02, current 3.0e-03" in text_of(
-            app.screen.query_one("#lr-text", Static))
+            app.screen.query_one("#lr-text", Static)
+        )
         assert "FindLR" not in dash(app).state.pending
         engine.gate.clear()
         await pilot.press("a")
@@ -105,19 +106,31 @@ async def test_extra_series_are_plotted() -> None:
         assert "source acc 68.0%" in dash(app).state.log[-1].text
 
 
-@pytest.mark.parametrize("kind,title,hint", [
-    ("oom", "out of memory", "smaller batch size"),
-    ("nonfinite", "the loss is not finite", "lower lr"),
-    ("bad_input", "fix the input", "Fix the profile"),
-    ("error", "unexpected error", "full traceback"),
-])
+@pytest.mark.parametrize(
+    "kind,title,hint",
+    [
+        ("oom", "out of memory", "smaller batch size"),
+        ("nonfinite", "the loss is not finite", "lower lr"),
+        ("bad_input", "fix the input", "Fix the profile"),
+        ("error", "unexpected error", "full traceback"),
+    ],
+)
 async def test_error_screen_for_each_failure_kind(kind: str, title: str, hint: str) -> None:
-    message = {"oom": "CUDA out of memory: tried to allocate 2.00 GiB",
-               "nonfinite": "loss is nan at step 8 (5 non-finite steps in a row)",
-               "bad_input": "profiles/x.toml: [train] lr: expected a number, got 'fast'",
-               "error": "RuntimeError: shape mismatch in layer4.0.conv1 (64 vs 128 channels)"}[kind]
-    failed = RunFailed(message=message, run_dir=scripted.RUN_DIR, log_path=f"{scripted.RUN_DIR}/error.log",
-                       bad_input=kind == "bad_input", epoch=1, global_step=8, kind=kind)
+    message = {
+        "oom": "CUDA out of memory: tried to allocate 2.00 GiB",
+        "nonfinite": "loss is nan at step 8 (5 non-finite steps in a row)",
+        "bad_input": "profiles/x.toml: [train] lr: expected a number, got 'fast'",
+        "error": "RuntimeError: shape mismatch in layer4.0.conv1 (64 vs 128 channels)",
+    }[kind]
+    failed = RunFailed(
+        message=message,
+        run_dir=scripted.RUN_DIR,
+        log_path=f"{scripted.RUN_DIR}/error.log",
+        bad_input=kind == "bad_input",
+        epoch=1,
+        global_step=8,
+        kind=kind,
+    )
     app = TuituneApp("replay", events=[scripted.run_started(), failed], control=Control())
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: on_screen(app, ErrorScreen))

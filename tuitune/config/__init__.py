@@ -11,14 +11,57 @@ Imported by the picker: it must stay free of torch, timm and transformers.
 from __future__ import annotations
 
 from tuitune.config.dump import dump_toml, profile_to_dict, toml_value
-from tuitune.config.parse import (ALIASES, OLD_VALUES, apply_overrides, load_profile, parse_override,
-                                  profile_from_dict, read_toml)
-from tuitune.config.schema import (METRICS, SECTIONS, AugmentConfig, CompressConfig, DataConfig, DistillConfig,
-                                   EarlyStoppingConfig, LossConfig, ModelConfig, ProfileError,
-                                   RegularizationConfig, RunProfile, StrategyConfig, TrainConfig, opt)
+from tuitune.config.parse import (
+    ALIASES,
+    OLD_VALUES,
+    apply_overrides,
+    load_profile,
+    parse_override,
+    profile_from_dict,
+    read_toml,
+)
+from tuitune.config.schema import (
+    METRICS,
+    SECTIONS,
+    AugmentConfig,
+    CompressConfig,
+    DataConfig,
+    DistillConfig,
+    EarlyStoppingConfig,
+    LossConfig,
+    ModelConfig,
+    ProfileError,
+    RegularizationConfig,
+    RunProfile,
+    StrategyConfig,
+    TrainConfig,
+    opt,
+)
 
-__all__ = ["ALIASES", "METRICS", "OLD_VALUES", "SECTIONS", "AugmentConfig", "CompressConfig", "DataConfig",
-           "DistillConfig", "EarlyStoppingConfig", "LossConfig", "ModelConfig", "ProfileError",
-           "RegularizationConfig", "RunProfile", "StrategyConfig", "TrainConfig", "apply_overrides", "dump_toml",
-           "load_profile", "opt", "parse_override", "profile_from_dict", "profile_to_dict", "read_toml",
-           "toml_value"]
+__all__ = [
+    "ALIASES",
+    "METRICS",
+    "OLD_VALUES",
+    "SECTIONS",
+    "AugmentConfig",
+    "CompressConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EarlyStoppingConfig",
+    "LossConfig",
+    "ModelConfig",
+    "ProfileError",
+    "RegularizationConfig",
+    "RunProfile",
+    "StrategyConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "dump_toml",
+    "load_profile",
+    "opt",
+    "parse_override",
+    "profile_from_dict",
+    "profile_to_dict",
+    "read_toml",
+    "toml_value",
+]

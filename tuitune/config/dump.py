@@ -6,22 +6,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tuitune.config.schema import SECTIONS, RunProfile
 
 
 def profile_to_dict(profile: RunProfile) -> dict[str, Any]:
     """The resolved profile as plain TOML-able data (tuples become lists, internal fields dropped)."""
+
     def plain(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                    if not f.metadata.get("internal")}
+            return {
+                f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("internal")
+            }
         if isinstance(obj, (list, tuple)):
             return [plain(x) for x in obj]
         if isinstance(obj, dict):
             return {k: plain(v) for k, v in obj.items()}
         return obj
+
     return plain(profile)
 
 
@@ -49,7 +53,8 @@ def dump_toml(data: Mapping[str, Any]) -> str:
     """A small TOML writer for profiles (scalars, arrays, inline tables, one level of sections): the profile's
     sections in their order, then any other table (a `[sweep]`)."""
     sections = [k for k in SECTIONS if k in data] + [
-        k for k, v in data.items() if k not in SECTIONS and isinstance(v, Mapping)]
+        k for k, v in data.items() if k not in SECTIONS and isinstance(v, Mapping)
+    ]
     top = [f"{toml_key(k)} = {toml_value(v)}" for k, v in data.items() if k not in sections]
     parts = ["\n".join(top)]
     for section in sections:

@@ -12,8 +12,9 @@ import dataclasses
 import difflib
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tuitune.config.schema import SECTIONS, AugmentConfig, ProfileError, RunProfile
 
@@ -26,14 +27,30 @@ else:  # pragma: no cover
 # Metric names from before `*_acc` became `*_score` (they carried RMSE or F1 too, whatever the name said).
 OLD_VALUES = {"val_acc": "val_score", "train_acc": "train_score"}
 # Names other tools use for our keys, for the did-you-mean of an unknown key.
-ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "max_epochs": "epochs", "wd": "weight_decay",
-           "opt": "optimizer", "sched": "schedule", "lr_scheduler": "schedule", "batch": "batch_size",
-           "model_name": "name", "smoothing": "label_smoothing", "clip_grad": "grad_clip"}
+ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "wd": "weight_decay",
+    "opt": "optimizer",
+    "sched": "schedule",
+    "lr_scheduler": "schedule",
+    "batch": "batch_size",
+    "model_name": "name",
+    "smoothing": "label_smoothing",
+    "clip_grad": "grad_clip",
+}
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None) -> Any:
@@ -70,8 +87,11 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, file: str, base: Pa
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
-            close = [ALIASES[key]] if ALIASES.get(key) in fields else difflib.get_close_matches(
-                key, list(fields), n=1, cutoff=0.6)
+            close = (
+                [ALIASES[key]]
+                if ALIASES.get(key) in fields
+                else difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            )
             hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(fields))}"
             raise ProfileError(f"{file}: {dotted}: unknown key ({hint})")
         f = fields[key]
@@ -99,38 +119,45 @@ def _cross_check(p: RunProfile, file: str) -> None:
         if any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= 9 for c in values):
             raise ProfileError(f"{file}: data.{key}: expected digits 0-9, got {list(values)!r}")
     if p.data.source_classes and p.data.kind != "digits":
-        raise ProfileError(f"{file}: data.source_classes: only for data.kind = \"digits\"")
+        raise ProfileError(f'{file}: data.source_classes: only for data.kind = "digits"')
     if p.distill.teacher and p.model.source != "timm":
-        raise ProfileError(f"{file}: distill.teacher: distillation needs a timm model (model.source = \"timm\")")
+        raise ProfileError(f'{file}: distill.teacher: distillation needs a timm model (model.source = "timm")')
     if any(not isinstance(g, str) for g in p.strategy.groups):
         raise ProfileError(f"{file}: strategy.groups: expected an array of group names")
     if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in p.loss.class_weights):
         raise ProfileError(f"{file}: loss.class_weights: expected non-negative numbers")
     if p.loss.kind in ("mse", "bce"):  # macro-F1 is counted from single-label predictions
-        for key, metric in (("train.checkpoint_metric", p.train.checkpoint_metric),
-                            ("strategy.plateau_metric", p.strategy.plateau_metric),
-                            ("early_stopping.metric", p.early_stopping.metric)):
+        for key, metric in (
+            ("train.checkpoint_metric", p.train.checkpoint_metric),
+            ("strategy.plateau_metric", p.strategy.plateau_metric),
+            ("early_stopping.metric", p.early_stopping.metric),
+        ):
             if metric == "val_macro_f1":
-                raise ProfileError(f"{file}: {key}: val_macro_f1 needs a classification loss (cross_entropy, "
-                                   f"focal), not loss.kind = {p.loss.kind!r}")
+                raise ProfileError(
+                    f"{file}: {key}: val_macro_f1 needs a classification loss (cross_entropy, "
+                    f"focal), not loss.kind = {p.loss.kind!r}"
+                )
     if p.train.ema_for_best and not p.train.ema_decay:
         raise ProfileError(f"{file}: train.ema_for_best: needs an EMA of the weights (train.ema_decay > 0, e.g. 0.999)")
     if p.train.ema_for_best and p.train.checkpoint_metric not in ("val_score", "val_loss"):  # what the EMA reports
-        raise ProfileError(f"{file}: train.ema_for_best: the EMA model is scored on the val set; "
-                           f"train.checkpoint_metric must be val_score or val_loss")
+        raise ProfileError(
+            f"{file}: train.ema_for_best: the EMA model is scored on the val set; "
+            f"train.checkpoint_metric must be val_score or val_loss"
+        )
     _check_augment(p, file)
 
 
 def _check_augment(p: RunProfile, file: str) -> None:
     """Augmentation keys are used or refused, never silently ignored."""
     defaults = AugmentConfig()
-    changed = [f.name for f in dataclasses.fields(AugmentConfig)
-               if getattr(p.augment, f.name) != getattr(defaults, f.name)]
+    changed = [
+        f.name for f in dataclasses.fields(AugmentConfig) if getattr(p.augment, f.name) != getattr(defaults, f.name)
+    ]
     if p.data.kind == "text" and changed:
         raise ProfileError(f"{file}: augment.{changed[0]}: text data has no augmentation in tuitune; remove the key")
     timm_only = [k for k in changed if k not in ("train_transform", "mixup", "cutmix")]
     if timm_only and p.augment.train_transform != "timm":
-        raise ProfileError(f"{file}: augment.{timm_only[0]}: only used with augment.train_transform = \"timm\"")
+        raise ProfileError(f'{file}: augment.{timm_only[0]}: only used with augment.train_transform = "timm"')
     if (p.augment.mixup or p.augment.cutmix) and p.loss.kind in ("mse", "bce"):
         raise ProfileError(f"{file}: augment.mixup: mixup/cutmix need a single-label loss (cross_entropy, focal)")
 

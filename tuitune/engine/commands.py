@@ -78,8 +78,18 @@ class AdaptBatchNorm:
     batches: int = 20
 
 
-Command = Union[UnfreezeNext, StopEarly, Pause, Resume, SaveCheckpoint, FindLR, ApplyLR, SetGroupTrainable,
-                ScaleGroupLR, AdaptBatchNorm]
+Command = Union[
+    UnfreezeNext,
+    StopEarly,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    FindLR,
+    ApplyLR,
+    SetGroupTrainable,
+    ScaleGroupLR,
+    AdaptBatchNorm,
+]
 
 
 class Control:

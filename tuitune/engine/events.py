@@ -178,8 +178,10 @@ class LRFound:
         return not (self.valley == 0.0 and self.steep == 0.0)
 
     def no_suggestion_text(self) -> str:
-        return (f"no suggestion: the sweep stopped after {len(self.lrs)} steps, before the LR grew tenfold (a loss "
-                f"near its floor); the LR stays {self.current_lr:.3g}")
+        return (
+            f"no suggestion: the sweep stopped after {len(self.lrs)} steps, before the LR grew tenfold (a loss "
+            f"near its floor); the LR stays {self.current_lr:.3g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -253,9 +255,24 @@ class SetupProgressed:
     finished: bool = False
 
 
-Event = Union[RunStarted, MetricsUpdated, EpochEnded, PhaseChanged, LayersChanged, UnfreezeSuggested,
-              CommandApplied, CheckpointSaved, Warned, FeatureCacheChanged, LRFound, CompressionReported,
-              RunFinished, RunFailed, SetupProgressed, DomainShiftMeasured]
+Event = Union[
+    RunStarted,
+    MetricsUpdated,
+    EpochEnded,
+    PhaseChanged,
+    LayersChanged,
+    UnfreezeSuggested,
+    CommandApplied,
+    CheckpointSaved,
+    Warned,
+    FeatureCacheChanged,
+    LRFound,
+    CompressionReported,
+    RunFinished,
+    RunFailed,
+    SetupProgressed,
+    DomainShiftMeasured,
+]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
@@ -287,8 +304,12 @@ def _revive(hint: Any, value: Any) -> Any:
 
 # Names from before the task's score was called a score (`*_acc` fields carried RMSE or F1 too): old events.jsonl
 # files, summaries and checkpoints are read with them renamed.
-RENAMED_KEYS = {"train_acc": "train_score", "val_acc": "val_score", "best_val_acc": "best_val_score",
-                "ema_val_acc": "ema_val_score"}
+RENAMED_KEYS = {
+    "train_acc": "train_score",
+    "val_acc": "val_score",
+    "best_val_acc": "best_val_score",
+    "ema_val_acc": "ema_val_score",
+}
 
 
 def renamed_keys(d: dict[str, Any]) -> dict[str, Any]:

@@ -14,15 +14,16 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tuitune.engine.commands import Command, Control
 from tuitune.engine.events import RunFailed, RunFinished, event_from_dict, to_json
 from tuitune.errors import UserError
 from tuitune.remote import protocol
-from tuitune.remote.runs import PROCESS_FILE, last_event_time, read_json, run_status
+from tuitune.runs.status import PROCESS_FILE, last_event_time, read_json, run_status
 
 CONNECT_TIMEOUT_S = 60.0  # a fresh run process binds its socket before importing torch: this is generous
 RECONNECTS = 3
@@ -117,8 +118,7 @@ def socket_of(run_dir: Path) -> Path | None:
     return Path(record["socket"]) if record and record.get("socket") else None
 
 
-def connect(run_dir: Path, *, process: subprocess.Popen | None = None,
-            timeout: float = CONNECT_TIMEOUT_S) -> RunClient:
+def connect(run_dir: Path, *, process: subprocess.Popen | None = None, timeout: float = CONNECT_TIMEOUT_S) -> RunClient:
     """Connect to the run in `run_dir`, waiting (up to `timeout`) for a starting run process to open its socket.
     A `process` we just spawned that exits first is reported with the end of its run.log."""
     from tuitune.remote.spawn import log_tail
@@ -134,8 +134,10 @@ def connect(run_dir: Path, *, process: subprocess.Popen | None = None,
             except (ConnectionRefusedError, FileNotFoundError):
                 pass  # the socket is not listening yet (or any more): wait below
         if process is not None and process.poll() is not None:
-            raise UserError(f"{run_dir}: the run process exited ({process.returncode}) before it could be attached "
-                            f"to: {log_tail(run_dir) or 'see run.log'}")
+            raise UserError(
+                f"{run_dir}: the run process exited ({process.returncode}) before it could be attached "
+                f"to: {log_tail(run_dir) or 'see run.log'}"
+            )
         if process is None and (status := run_status(run_dir)) != "live":
             raise UserError(f"{run_dir}: the run is not live ({status})")
         if time.monotonic() > deadline:
@@ -163,9 +165,14 @@ def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.P
                     return "ended"
             if status == "dead":
                 last_event = last_event_time(run_dir) or 0
-                emit(RunFailed(message=f"the run process died without a summary (last event at "
-                                       f"{time.strftime('%H:%M:%S', time.localtime(last_event))})",
-                               run_dir=str(run_dir), kind="error"))
+                emit(
+                    RunFailed(
+                        message=f"the run process died without a summary (last event at "
+                        f"{time.strftime('%H:%M:%S', time.localtime(last_event))})",
+                        run_dir=str(run_dir),
+                        kind="error",
+                    )
+                )
             return outcome
         reconnects += 1
         time.sleep(0.2)
@@ -193,8 +200,7 @@ def _launcher_ending(run_dir: Path, process: subprocess.Popen, emit: Emit) -> bo
 
 def _pump(client: RunClient, emit: Emit, control: Control) -> str:
     done = threading.Event()
-    forwarder = threading.Thread(target=_forward, args=(client, control, done), name="tuitune-forward",
-                                 daemon=True)
+    forwarder = threading.Thread(target=_forward, args=(client, control, done), name="tuitune-forward", daemon=True)
     forwarder.start()
     ended = False
     try:

@@ -13,36 +13,55 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuitune.config import RunProfile, profile_from_dict
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, exit_code
-from tuitune.remote.runs import mark_ended, write_process_record
 from tuitune.remote.server import RunServer
+from tuitune.runs.status import mark_ended, write_process_record
 
 LAUNCH_FILE = "launch.json"
 
 
-def serve_run(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
-              interactive: bool, resume: Path | None = None, mode: str = "detached", dist: Any = None,
-              launched: bool = False) -> Event:
+def serve_run(
+    profile: RunProfile,
+    run_dir: Path,
+    emit: Callable[[Event], None],
+    control: Control,
+    *,
+    interactive: bool,
+    resume: Path | None = None,
+    mode: str = "detached",
+    dist: Any = None,
+    launched: bool = False,
+) -> Event:
     """Train `profile` in this process with the control socket open; return the terminal event. A rank of a
     multi-rank run (`dist`, see `tuitune.multirank`): rank 0 serves the socket and records the process, so a
     dashboard attaches to it and its commands reach every rank; the other ranks only train."""
     from tuitune.engine.record.runlog import tee
-    from tuitune.engine.record.session import run_training
+    from tuitune.engine.session import run_training
 
     if dist is not None and not dist.is_main:
-        return run_training(profile, run_dir, emit, control, interactive=interactive, resume=resume, dist=dist,
-                            launched=launched)
+        return run_training(
+            profile, run_dir, emit, control, interactive=interactive, resume=resume, dist=dist, launched=launched
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     server = RunServer(run_dir, control, resumed=resume is not None)
     write_process_record(run_dir, server.path, mode)
     try:
-        return run_training(profile, run_dir, tee(server, emit), control, interactive=interactive, resume=resume,
-                            dist=dist, launched=launched)
+        return run_training(
+            profile,
+            run_dir,
+            tee(server, emit),
+            control,
+            interactive=interactive,
+            resume=resume,
+            dist=dist,
+            launched=launched,
+        )
     finally:
         mark_ended(run_dir)
         server.close()
@@ -55,8 +74,12 @@ def write_launch(run_dir: Path, profile: RunProfile, resume: Path | None, intera
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LAUNCH_FILE
-    data = {"profile": profile_to_dict(profile), "source_path": profile.source_path,
-            "resume": str(resume) if resume is not None else None, "interactive": interactive}
+    data = {
+        "profile": profile_to_dict(profile),
+        "source_path": profile.source_path,
+        "resume": str(resume) if resume is not None else None,
+        "interactive": interactive,
+    }
     write_json_atomic(path, data)
     return path
 
@@ -79,10 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
     print(f"[{time.strftime('%H:%M:%S')}] run process {os.getpid()} for {run_dir}", flush=True)
-    from tuitune.headless import ConsolePrinter  # its progress lines go to run.log
+    from tuitune.console import ConsolePrinter  # its progress lines go to run.log
 
-    final = serve_run(profile, run_dir, ConsolePrinter(), control, interactive=bool(launch.get("interactive", True)),
-                      resume=resume, mode="detached")
+    final = serve_run(
+        profile,
+        run_dir,
+        ConsolePrinter(),
+        control,
+        interactive=bool(launch.get("interactive", True)),
+        resume=resume,
+        mode="detached",
+    )
     return exit_code(final)
 
 

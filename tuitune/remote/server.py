@@ -33,7 +33,7 @@ CHUNK = 1 << 16
 class _Out:
     """An event on its way to the clients, serialised once, lazily, by the first sender that needs it."""
 
-    __slots__ = ("event", "_line")
+    __slots__ = ("_line", "event")
 
     def __init__(self, event: Event) -> None:
         self.event = event
@@ -91,8 +91,15 @@ class _Client:
     # ---------------------------------------------------------------- the client's own threads
     def send_loop(self) -> None:
         try:
-            self.sock.sendall(protocol.message(protocol.HELLO, version=protocol.PROTOCOL_VERSION, pid=os.getpid(),
-                                               run_dir=str(self.server.run_dir), history=self.history))
+            self.sock.sendall(
+                protocol.message(
+                    protocol.HELLO,
+                    version=protocol.PROTOCOL_VERSION,
+                    pid=os.getpid(),
+                    run_dir=str(self.server.run_dir),
+                    history=self.history,
+                )
+            )
             self._send_history()
             self.sock.sendall(protocol.message(protocol.LIVE))
             self.live = True
@@ -217,7 +224,7 @@ class RunServer:
         while not self._closing.is_set():
             try:
                 sock, _ = self.listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -29,15 +29,23 @@ def spawn_detached(args: list[str], log: Path) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     env.pop("TEXTUAL", None)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", *args], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
-                                cwd=os.getcwd())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd=os.getcwd(),
+        )
     SPAWNED[:] = [p for p in SPAWNED if p.poll() is None] + [proc]
     return proc
 
 
-def start_run_process(profile: RunProfile, run_dir: Path, *, resume: Path | None = None,
-                      interactive: bool = True) -> subprocess.Popen:
+def start_run_process(
+    profile: RunProfile, run_dir: Path, *, resume: Path | None = None, interactive: bool = True
+) -> subprocess.Popen:
     """Spawn `python -m tuitune.remote.host RUN_DIR`; it binds the control socket before importing torch."""
     run_dir = Path(run_dir)
     write_launch(run_dir, profile, resume, interactive)

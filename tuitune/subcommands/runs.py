@@ -13,7 +13,7 @@ from tuitune.profiles import PACKAGE_PROFILES
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from tuitune.remote.runs import format_table, list_runs
+    from tuitune.runs.status import format_table, list_runs
 
     folder = Path(args.dir)
     if not folder.is_dir():
@@ -34,7 +34,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """The screen; `--json`, `--text`, or an output that is not a terminal: printed."""
-    from tuitune.remote.compare import compare_dict, format_compare, load_runs
+    from tuitune.runs.compare import compare_dict, format_compare, load_runs
 
     runs = load_runs([Path(d) for d in args.run_dirs])
     if args.json:
@@ -50,7 +50,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     """A live run: its dashboard. A run that ended: its record, summary on top. A dead one: one line, exit 2."""
-    from tuitune.remote.runs import dead_message, is_run_dir, run_info
+    from tuitune.runs.status import dead_message, is_run_dir, run_info
 
     run_dir = Path(args.run_dir) if args.run_dir else _choose_live_run(Path("runs"))
     if not is_run_dir(run_dir):
@@ -68,7 +68,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _choose_live_run(folder: Path) -> Path:
-    from tuitune.remote.runs import live_runs
+    from tuitune.runs.status import live_runs
 
     live = live_runs(folder)
     if not live:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
     """A profile file, or a bare model name / HF folder / HF hub id (`org/name`) with default settings (a timm name
     at random init: the groups do not depend on the weights, and listing them must not need the hub)."""
@@ -23,7 +24,7 @@ def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
 
 def _progress_printer():  # -> Callable[[Event], None]
     """Setup progress (a download, tokenization) as lines on stderr, so `--json` output stays clean."""
-    from tuitune.headless import ConsolePrinter
+    from tuitune.console import ConsolePrinter
 
     return ConsolePrinter(out=sys.stderr)
 
@@ -68,8 +69,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from tuitune.engine.tools.compress import compress_run, format_report
 
-    report = compress_run(args.run_dir, args.sparsity, args.quantize, args.fine_tune_epochs, tag=args.checkpoint,
-                          threads=args.threads)
+    report = compress_run(
+        args.run_dir, args.sparsity, args.quantize, args.fine_tune_epochs, tag=args.checkpoint, threads=args.threads
+    )
     print(format_report(report))
     print(f"saved: {', '.join(report['files'].values())}; report in {Path(args.run_dir) / 'summary.json'}")
     return 0
@@ -82,11 +84,14 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from tuitune.engine.tools.lr_find import find_lr_for_profile, text_plot
 
     out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-lr-find"
-    curve, csv_path = find_lr_for_profile(profile, out, _progress_printer(), steps=args.steps,
-                                          start_lr=args.start_lr, end_lr=args.end_lr)
+    curve, csv_path = find_lr_for_profile(
+        profile, out, _progress_printer(), steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr
+    )
     print(text_plot(curve))
     fmt = lambda v: f"{v:.3g}" if v else "none"  # noqa: E731
-    print(f"suggested lr: {fmt(curve.suggestion)} ({curve.method}; steep {fmt(curve.steep)}, valley "
-          f"{fmt(curve.valley)}; the profile's train.lr is {profile.train.lr:g}); "
-          f"{len(curve.lrs)} steps{' (stopped: loss diverged)' if curve.stopped_early else ''} -> {csv_path}")
+    print(
+        f"suggested lr: {fmt(curve.suggestion)} ({curve.method}; steep {fmt(curve.steep)}, valley "
+        f"{fmt(curve.valley)}; the profile's train.lr is {profile.train.lr:g}); "
+        f"{len(curve.lrs)} steps{' (stopped: loss diverged)' if curve.stopped_early else ''} -> {csv_path}"
+    )
     return 0

@@ -74,7 +74,7 @@ def _train_rank(args: argparse.Namespace, profile, resume: Path | None) -> int:
 
 
 def _refuse_live(run_dir: Path) -> None:
-    from tuitune.remote.runs import run_status
+    from tuitune.runs.status import run_status
 
     if run_status(run_dir) == "live":
         raise UserError(f"{run_dir}: --resume: this run is live (tuitune attach {run_dir} brings it back)")
@@ -97,7 +97,7 @@ def _train_argv(args: argparse.Namespace, run_dir: Path, *, launcher: bool) -> l
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tuitune.sweep.runner import load_sweep, run_sweep, run_worker
 
-    if args.trials is not None and args.trials < 1 or args.workers < 1:
+    if (args.trials is not None and args.trials < 1) or args.workers < 1:
         raise UserError("sweep: --trials and --workers must be >= 1")
     sweep = load_sweep(args.profile, args.overrides)  # bad tables fail here, before any folder is made
     out = Path(args.out) if args.out else Path("runs") / f"{sweep.name}-sweep"

@@ -29,8 +29,9 @@ def rows_from_trials(trials: list[Any], direction: str, now: datetime | None = N
     rows = [_row(t, direction, now or datetime.now()) for t in trials]
     sign = -1.0 if direction == "maximize" else 1.0
     order = {"done": 0, "pruned": 0, "running": 1, "waiting": 2, "failed": 3, "killed": 3}
-    return sorted(rows, key=lambda r: (order[r.status], r.best is None,
-                                       sign * r.best if r.best is not None else 0.0, r.number))
+    return sorted(
+        rows, key=lambda r: (order[r.status], r.best is None, sign * r.best if r.best is not None else 0.0, r.number)
+    )
 
 
 def _row(t: Any, direction: str, now: datetime) -> TrialRow:
@@ -42,8 +43,17 @@ def _row(t: Any, direction: str, now: datetime) -> TrialRow:
         status = "killed"
     start, end = t.datetime_start, t.datetime_complete or (now if t.datetime_start else None)
     time_s = (end - start).total_seconds() if start and end else 0.0
-    return TrialRow(t.number, status, dict(t.params), best, len(curve), time_s, t.user_attrs.get("run_dir", ""),
-                    curve, t.user_attrs.get("error", ""))
+    return TrialRow(
+        t.number,
+        status,
+        dict(t.params),
+        best,
+        len(curve),
+        time_s,
+        t.user_attrs.get("run_dir", ""),
+        curve,
+        t.user_attrs.get("error", ""),
+    )
 
 
 def _fmt_value(v: Any) -> str:
@@ -62,8 +72,7 @@ def format_board(rows: list[TrialRow], metric: str, width: int | None = None) ->
     lines = [f"{'trial':>5}  {'status':<8} {title:>{w}}  {'epochs':>6}  {'time':>7}  params"]
     for r in rows:
         best = "-" if r.best is None else f"{r.best:.4f}"
-        line = (f"{r.number:>5}  {r.status:<8} {best:>{w}}  {r.epochs:>6}  {r.time_s:>6.1f}s  "
-                f"{params_text(r.params)}")
+        line = f"{r.number:>5}  {r.status:<8} {best:>{w}}  {r.epochs:>6}  {r.time_s:>6.1f}s  {params_text(r.params)}"
         lines.append(line[:width] if width else line)
     return "\n".join(lines)
 

@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from tuitune.config import (ProfileError, apply_overrides, dump_toml, profile_from_dict, profile_to_dict,
-                            read_toml)
+from tuitune.config import ProfileError, apply_overrides, dump_toml, profile_from_dict, profile_to_dict, read_toml
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
 from tuitune.engine.record.files import write_text_atomic
@@ -26,6 +26,7 @@ from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sw
 @dataclasses.dataclass(frozen=True)
 class Sweep:
     """A parsed sweep: the profile table without `[sweep]`, where it came from, and the search space."""
+
     file: str
     base: Path
     table: dict[str, Any]
@@ -163,8 +164,14 @@ def drop_losing_weights(study: Any) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_sweep(path: str, overrides: list[str], sweep_dir: Path, trials: int | None, workers: int,
-              say: Callable[[str], None] = print) -> int:
+def run_sweep(
+    path: str,
+    overrides: list[str],
+    sweep_dir: Path,
+    trials: int | None,
+    workers: int,
+    say: Callable[[str], None] = print,
+) -> int:
     """The `tuitune sweep` command: this process works alone (`workers` 1) or starts `workers` processes and
     prints the leaderboard as their trials end. Exit code: 0 done, 130 interrupted."""
     import signal
@@ -178,9 +185,11 @@ def run_sweep(path: str, overrides: list[str], sweep_dir: Path, trials: int | No
     previous = {s: signal.signal(s, lambda *_: stop.request()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if workers <= 1:
+
             def after_trial(line: str) -> None:
                 say(line)
                 say(_board_text(sweep_dir))
+
             work(sweep, sweep_dir, cap, stop, after_trial)
         else:
             _run_workers(path, overrides, sweep_dir, cap, workers, stop, say)
@@ -219,8 +228,15 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _run_workers(path: str, overrides: list[str], sweep_dir: Path, cap: int, workers: int, stop: SweepStop,
-                 say: Callable[[str], None]) -> None:
+def _run_workers(
+    path: str,
+    overrides: list[str],
+    sweep_dir: Path,
+    cap: int,
+    workers: int,
+    stop: SweepStop,
+    say: Callable[[str], None],
+) -> None:
     """K worker processes on one journal; their output goes to `worker-I.log`; the leaderboard here when a trial
     ends. Ctrl+C / SIGTERM is passed on to them (each stops its trial at the next step)."""
     gpus = _gpu_count()
@@ -229,8 +245,19 @@ def _run_workers(path: str, overrides: list[str], sweep_dir: Path, cap: int, wor
         env = dict(os.environ)
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        cmd = [sys.executable, "-m", "tuitune", "sweep", path, "--out", str(sweep_dir), "--trials", str(cap),
-               "--worker", *(a for o in overrides for a in ("--set", o))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tuitune",
+            "sweep",
+            path,
+            "--out",
+            str(sweep_dir),
+            "--trials",
+            str(cap),
+            "--worker",
+            *(a for o in overrides for a in ("--set", o)),
+        ]
         with open(sweep_dir / f"worker-{i}.log", "ab") as log:
             procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     seen: set[int] = set()
@@ -275,12 +302,15 @@ def write_best(sweep: Sweep, overrides: list[str], sweep_dir: Path) -> str:
     profile = dataclasses.replace(trial_profile(sweep, best.params, best.number), name=sweep.name)
     cli = " ".join(f"--set {o}" for o in overrides)
     line = f"tuitune train {sweep.file} {cli + ' ' if cli else ''}{set_line(best.params)}"
-    header = (f"# best of sweep {sweep_dir}: trial {best.number}, {sweep.spec.metric} {best.value:.6g}\n"
-              f"# reproduce: {line}\n")
+    header = (
+        f"# best of sweep {sweep_dir}: trial {best.number}, {sweep.spec.metric} {best.value:.6g}\n# reproduce: {line}\n"
+    )
     write_text_atomic(sweep_dir / "best.toml", header + dump_toml(profile_to_dict(profile)))
     (sweep_dir / "best_set.txt").write_text(line + "\n", encoding="utf-8")
-    return (f"best: trial {best.number}, {sweep.spec.metric} {best.value:.4f} -> {sweep_dir / 'best.toml'}\n"
-            f"reproduce: {line}")
+    return (
+        f"best: trial {best.number}, {sweep.spec.metric} {best.value:.4f} -> {sweep_dir / 'best.toml'}\n"
+        f"reproduce: {line}"
+    )
 
 
 def live_sweep_pid(sweep_dir: Path) -> int | None:
@@ -300,8 +330,18 @@ def start_detached(path: str, overrides: list[str], sweep_dir: Path, trials: int
         return running
     from tuitune.remote.spawn import spawn_detached
 
-    args = ["tuitune", "sweep", path, "--headless", "--out", str(sweep_dir), "--workers", str(workers),
-            *(["--trials", str(trials)] if trials else []), *(a for o in overrides for a in ("--set", o))]
+    args = [
+        "tuitune",
+        "sweep",
+        path,
+        "--headless",
+        "--out",
+        str(sweep_dir),
+        "--workers",
+        str(workers),
+        *(["--trials", str(trials)] if trials else []),
+        *(a for o in overrides for a in ("--set", o)),
+    ]
     proc = spawn_detached(args, sweep_dir / "sweep.log")
     (sweep_dir / "sweep.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
     return proc.pid

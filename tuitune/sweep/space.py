@@ -20,9 +20,10 @@ override, so a bad space gets the same one-line error as a bad profile, before a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tuitune.config import ProfileError, RunProfile, apply_overrides, profile_from_dict
 from tuitune.config.dump import toml_value
@@ -96,13 +97,17 @@ def _param(key: str, value: Any, where: str) -> Param:
         else:
             value = {"choices": value}
     if not isinstance(value, dict):
-        raise ProfileError(f"{where}: expected {{ log = [lo, hi] }}, {{ range = [lo, hi] }}, {{ choices = [...] }} "
-                           f"or an array, got {value!r}")
+        raise ProfileError(
+            f"{where}: expected {{ log = [lo, hi] }}, {{ range = [lo, hi] }}, {{ choices = [...] }} "
+            f"or an array, got {value!r}"
+        )
     forms = [k for k in ("log", "range", "choices") if k in value]
     extra = set(value) - {"log", "range", "choices", "step"}
     if len(forms) != 1 or extra:
-        raise ProfileError(f"{where}: give exactly one of log, range, choices (and step with range), got "
-                           f"{', '.join(sorted(value)) or 'nothing'}")
+        raise ProfileError(
+            f"{where}: give exactly one of log, range, choices (and step with range), got "
+            f"{', '.join(sorted(value)) or 'nothing'}"
+        )
     form = forms[0]
     if form == "choices":
         choices = value["choices"]
@@ -140,29 +145,39 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> tuple
     profile, validated on the way, comes back too."""
     sweep = table.get("sweep")
     if not isinstance(sweep, dict):
-        raise ProfileError(f"{file}: sweep: no [sweep] table (the search space: \"train.lr\" = {{ log = [1e-5, 1e-2] "
-                           f"}}, ...)")
+        raise ProfileError(
+            f'{file}: sweep: no [sweep] table (the search space: "train.lr" = {{ log = [1e-5, 1e-2] }}, ...)'
+        )
     rest = {k: v for k, v in table.items() if k != "sweep"}
     profile = profile_from_dict(rest, file, base)
     unknown = [k for k in sweep if "." not in k and k not in SETTINGS]
     if unknown:
-        raise ProfileError(f"{file}: sweep.{unknown[0]}: unknown key (settings: {', '.join(SETTINGS)}; a profile "
-                           f"key to search is quoted and dotted, e.g. \"train.lr\")")
-    params = tuple(_param(k, v, f"{file}: sweep.\"{k}\"") for k, v in sweep.items() if "." in k)
+        raise ProfileError(
+            f"{file}: sweep.{unknown[0]}: unknown key (settings: {', '.join(SETTINGS)}; a profile "
+            f'key to search is quoted and dotted, e.g. "train.lr")'
+        )
+    params = tuple(_param(k, v, f'{file}: sweep."{k}"') for k, v in sweep.items() if "." in k)
     if not params:
-        raise ProfileError(f"{file}: sweep: no profile key to search (e.g. \"train.lr\" = {{ log = [1e-5, 1e-2] }})")
+        raise ProfileError(f'{file}: sweep: no profile key to search (e.g. "train.lr" = {{ log = [1e-5, 1e-2] }})')
     for p in params:
         for value in p.candidates():
             _validate(rest, p.key, value, file, base)
     metric = _setting(sweep, "metric", profile.train.checkpoint_metric, f"{file}: sweep", METRICS)
     # a *_score is RMSE under an mse loss; an F1 is better higher whatever the task's score
     lower = metric.endswith("_loss") or (profile.loss.kind == "mse" and not metric.endswith("_f1"))
-    direction = _setting(sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep",
-                         ("maximize", "minimize"))
+    direction = _setting(
+        sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep", ("maximize", "minimize")
+    )
     where = f"{file}: sweep"
-    spec = SweepSpec(params, metric, direction, _setting(sweep, "pruner", "median", where, PRUNERS),
-                     _setting(sweep, "startup_trials", 2, where), _setting(sweep, "trials", 12, where),
-                     _setting(sweep, "keep", "best", where, KEEP))
+    spec = SweepSpec(
+        params,
+        metric,
+        direction,
+        _setting(sweep, "pruner", "median", where, PRUNERS),
+        _setting(sweep, "startup_trials", 2, where),
+        _setting(sweep, "trials", 12, where),
+        _setting(sweep, "keep", "best", where, KEEP),
+    )
     return spec, profile
 
 
@@ -172,4 +187,4 @@ def _validate(rest: Mapping[str, Any], key: str, value: Any, file: str, base: Pa
         profile_from_dict(apply_overrides(rest, [override_text(key, value)]), file, base)
     except ProfileError as e:
         inner = str(e).removeprefix(f"{file}: ")
-        raise ProfileError(f"{file}: sweep.\"{key}\" = {value!r}: {inner}") from None
+        raise ProfileError(f'{file}: sweep."{key}" = {value!r}: {inner}') from None

@@ -14,10 +14,11 @@ import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from tuitune.remote.runs import proc_start_ticks
+from tuitune.runs.status import proc_start_ticks
 from tuitune.sweep.space import SweepSpec
 
 STUDY_NAME = "tuitune"
@@ -43,13 +44,17 @@ def open_study(sweep_dir: Path, spec: SweepSpec, seed: int) -> tuple[Any, Any]:
 
     quiet_optuna()
     storage = storage_for(sweep_dir)
-    pruner: Any = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials),
-                   "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
-                   "none": optuna.pruners.NopPruner}[spec.pruner]()
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=spec.direction,
-                                pruner=pruner, load_if_exists=True)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * len(study.trials) + os.getpid() % 1000,
-                                               n_startup_trials=max(spec.startup_trials, 2))
+    pruner: Any = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
+        "none": optuna.pruners.NopPruner,
+    }[spec.pruner]()
+    study = optuna.create_study(
+        study_name=STUDY_NAME, storage=storage, direction=spec.direction, pruner=pruner, load_if_exists=True
+    )
+    study.sampler = optuna.samplers.TPESampler(
+        seed=seed + 7919 * len(study.trials) + os.getpid() % 1000, n_startup_trials=max(spec.startup_trials, 2)
+    )
     return study, storage
 
 
@@ -96,8 +101,9 @@ def fail_orphans(study: Any, storage: Any) -> list[int]:
 def counted(study: Any) -> int:
     """Trials that count toward the cap: all but the killed ones (those are retried) and the ones enqueued and not
     started yet (`ask` takes those first)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if not t.user_attrs.get("retry") and t.state.name != "WAITING")
+    return sum(
+        1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("retry") and t.state.name != "WAITING"
+    )
 
 
 def ask(study: Any, storage: Any, cap: int, sweep_dir: Path) -> Any:

@@ -6,8 +6,9 @@ import asyncio
 import os
 import signal
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -23,6 +24,7 @@ from tuitune.ui.runner import DetachedRunner, LiveRun, RunDirMaker, Runner, defa
 if TYPE_CHECKING:
     from tuitune.ui.dashboard import DashboardScreen
 
+
 class TuituneApp(App[None]):
     """`mode` is "picker", "train", "attach" (`run_dir`: a live run process) or "replay". `runner` and
     `make_run_dir` are injectable for tests; `DetachedRunner()` trains in a run process that outlives the app,
@@ -31,12 +33,24 @@ class TuituneApp(App[None]):
     TITLE = "tuitune"
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
 
-    def __init__(self, mode: str = "picker", *, profile_dirs: Sequence[Path] = (), overrides: Sequence[str] = (),
-                 out: str | None = None, profile: RunProfile | None = None, run_dir: Path | None = None,
-                 resume: Path | None = None, events: Sequence[Event] = (), speed: float = 0.0,
-                 runner: Runner = default_runner, make_run_dir: RunDirMaker = default_run_dir,
-                 control: Control | None = None, runs_dir: Path | None = None,
-                 sweep: tuple[object, str] | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "picker",
+        *,
+        profile_dirs: Sequence[Path] = (),
+        overrides: Sequence[str] = (),
+        out: str | None = None,
+        profile: RunProfile | None = None,
+        run_dir: Path | None = None,
+        resume: Path | None = None,
+        events: Sequence[Event] = (),
+        speed: float = 0.0,
+        runner: Runner = default_runner,
+        make_run_dir: RunDirMaker = default_run_dir,
+        control: Control | None = None,
+        runs_dir: Path | None = None,
+        sweep: tuple[object, str] | None = None,
+    ) -> None:
         super().__init__()
         self.sweep = sweep  # mode "sweep": (loader of the leaderboard rows, title)
         self.runs_dir = runs_dir
@@ -58,8 +72,11 @@ class TuituneApp(App[None]):
         if self.mode == "picker":
             from tuitune.ui.picker import PickerScreen
 
-            self.push_screen(PickerScreen(self.profile_dirs, self.overrides, self.start_run, runs_dir=self.runs_dir,
-                                          attach=self.attach_run))
+            self.push_screen(
+                PickerScreen(
+                    self.profile_dirs, self.overrides, self.start_run, runs_dir=self.runs_dir, attach=self.attach_run
+                )
+            )
         elif self.mode == "train":
             assert self.profile is not None
             self.start_run(self.profile, self.run_dir)
@@ -76,8 +93,14 @@ class TuituneApp(App[None]):
             self.open_dashboard(events=self.events, speed=self.speed, control=self.control)
 
     def start_run(self, profile: RunProfile, run_dir: Path | None = None) -> None:
-        run = LiveRun(profile=profile, run_dir=run_dir, out=self.out, resume=self.resume, runner=self.runner,
-                      make_run_dir=self.make_run_dir)
+        run = LiveRun(
+            profile=profile,
+            run_dir=run_dir,
+            out=self.out,
+            resume=self.resume,
+            runner=self.runner,
+            make_run_dir=self.make_run_dir,
+        )
         self.open_dashboard(run=run, control=self.control)
 
     def attach_run(self, run_dir: Path) -> None:
@@ -87,7 +110,7 @@ class TuituneApp(App[None]):
     def open_trial(self, run_dir: str) -> None:
         """A sweep's trial: the live one's dashboard (attach), an ended one's record (replay)."""
         from tuitune.engine.record.runlog import read_events
-        from tuitune.remote.runs import run_status
+        from tuitune.runs.status import run_status
 
         if run_status(Path(run_dir)) == "live":
             self.attach_run(Path(run_dir))
@@ -137,15 +160,21 @@ class TuituneApp(App[None]):
             for k in DASHBOARD_KEYS:
                 yield SystemCommand(k.title, k.palette_help, getattr(dashboard, f"action_{k.action}"))
         if isinstance(screen, ComposeScreen):
-            yield SystemCommand("Start the composed run", "Train the profile as composed here (ctrl+r)",
-                                screen.action_start)
-            yield SystemCommand("Save as profile", "Write the composed profile as a new file (ctrl+s)",
-                                screen.action_save)
+            yield SystemCommand(
+                "Start the composed run", "Train the profile as composed here (ctrl+r)", screen.action_start
+            )
+            yield SystemCommand(
+                "Save as profile", "Write the composed profile as a new file (ctrl+s)", screen.action_save
+            )
         elif getattr(screen, "action_start", None) is not None:
             yield SystemCommand("Start profile", "Train the highlighted profile (enter)", screen.action_start)
         if getattr(screen, "action_compose", None) is not None:
-            yield SystemCommand("Compose a run", "The highlighted profile with another strategy, LR, epochs or batch "
-                                "size; start it or save it as a new profile (e)", screen.action_compose)
+            yield SystemCommand(
+                "Compose a run",
+                "The highlighted profile with another strategy, LR, epochs or batch "
+                "size; start it or save it as a new profile (e)",
+                screen.action_compose,
+            )
 
     async def action_quit(self) -> None:
         """Quit from anywhere: a live run is stopped at its next step first (bounded wait), never left hanging."""

@@ -1,7 +1,7 @@
 """Runs compared on screen: a list of run directories to tick (space) and compare (enter), and the comparison:
 the val loss and val score curves of every run overlaid, their best metrics, and the profile keys that differ.
 
-Everything shown comes from `tuitune.remote.compare` (the run directories' records), the same data the plain
+Everything shown comes from `tuitune.runs.compare` (the run directories' records), the same data the plain
 `tuitune compare --json` prints; nothing here trains or imports torch.
 """
 
@@ -17,9 +17,17 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, SelectionList, Static
 
 from tuitune.errors import UserError
-from tuitune.remote.compare import (RunRecord, best_cells, best_header, fmt_value, has_f1, load_runs, metric_caption,
-                                    profile_diff)
-from tuitune.remote.runs import RunInfo, list_runs
+from tuitune.runs.compare import (
+    RunRecord,
+    best_cells,
+    best_header,
+    fmt_value,
+    has_f1,
+    load_runs,
+    metric_caption,
+    profile_diff,
+)
+from tuitune.runs.status import RunInfo, list_runs
 from tuitune.ui.curves import OverlayPlot
 from tuitune.ui.fmt import METRIC_TITLES, is_percent
 
@@ -38,7 +46,7 @@ def _hex(rgb: tuple[int, int, int]) -> str:
 class CurvesPlot(OverlayPlot):
     """One validation metric of every run, overlaid, a colour per run (its legend names the run)."""
 
-    def __init__(self, field: str, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+    def __init__(self, field: str, *, id: str | None = None) -> None:
         super().__init__(RUN_COLORS, id=id)
         self.field = field  # "val_loss" or "val_score"
         self.drawn: list[tuple[str, list[int], list[float]]] = []  # (run, epochs, values) as last drawn
@@ -55,8 +63,11 @@ class CurvesPlot(OverlayPlot):
             xs, ys = [p[0] for p in points], [p[1] for p in points]
             curves.append((i, "", xs, ys))  # no legend: the title line is the legend
             self.drawn.append((run.name, xs, ys))
-        self.overlay("val loss" if self.field == "val_loss" else f"val {METRIC_TITLES.get(metric, 'score')}",
-                     curves, scatter=True)
+        self.overlay(
+            "val loss" if self.field == "val_loss" else f"val {METRIC_TITLES.get(metric, 'score')}",
+            curves,
+            scatter=True,
+        )
         plt = self.plt
         epochs = max((p.epoch for r in runs for p in r.curve), default=1)
         plt.xlim(0.8, max(epochs, 1) + 0.2)
@@ -86,8 +97,11 @@ class CompareScreen(Screen[None]):
         self.runs = runs
 
     def compose(self) -> ComposeResult:
-        legend = [part for i, r in enumerate(self.runs)
-                  for part in (("  ● ", _hex(run_color(i))), (r.name, f"bold {_hex(run_color(i))}"))]
+        legend = [
+            part
+            for i, r in enumerate(self.runs)
+            for part in (("  ● ", _hex(run_color(i))), (r.name, f"bold {_hex(run_color(i))}"))
+        ]
         yield Static(Text.assemble((f"comparing {len(self.runs)} runs:", "bold"), *legend), id="compare-title")
         with Horizontal(id="compare-plots"):
             yield CurvesPlot("val_loss", id="plot-loss")
@@ -109,8 +123,9 @@ class CompareScreen(Screen[None]):
             best.add_row(name, *best_cells(run, f1)[1:])
         diff = profile_diff([r.profile for r in self.runs])
         caption = self.query_one("#diff-caption", Static)
-        caption.update(f"profile keys that differ: {len(diff)}" if diff else
-                       "profile keys that differ: none (the same profile)")
+        caption.update(
+            f"profile keys that differ: {len(diff)}" if diff else "profile keys that differ: none (the same profile)"
+        )
         table = self.query_one("#compare-diff", DataTable)
         table.add_columns("key", *names)
         for key, values in diff:
@@ -131,9 +146,11 @@ def run_label(run: RunInfo) -> Text:
 class RunListScreen(Screen[None]):
     """The run directories under a folder: `space` ticks a run, `enter` compares the ticked ones (two or more)."""
 
-    BINDINGS = [Binding("enter", "compare", "Compare", priority=True), Binding("space", "toggle", "Select",
-                                                                              show=True),
-                Binding("q", "app.quit", "Quit")]
+    BINDINGS = [
+        Binding("enter", "compare", "Compare", priority=True),
+        Binding("space", "toggle", "Select", show=True),
+        Binding("q", "app.quit", "Quit"),
+    ]
     DEFAULT_CSS = """
     #runs-title { height: 1; padding: 0 1; background: $panel; }
     #runs-list { height: 1fr; }
@@ -145,8 +162,9 @@ class RunListScreen(Screen[None]):
         self.infos = list_runs(folder)
 
     def compose(self) -> ComposeResult:
-        yield Static(Text(f"runs in {self.folder}: space selects, enter compares the selected", style="bold"),
-                     id="runs-title")
+        yield Static(
+            Text(f"runs in {self.folder}: space selects, enter compares the selected", style="bold"), id="runs-title"
+        )
         yield SelectionList[str](*((run_label(r), r.path) for r in self.infos), id="runs-list")
         yield Footer()
 

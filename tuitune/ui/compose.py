@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -27,15 +28,29 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
-from tuitune.config import SECTIONS, ProfileError, RunProfile, apply_overrides, dump_toml, profile_from_dict, \
-    profile_to_dict
+from tuitune.config import (
+    SECTIONS,
+    ProfileError,
+    RunProfile,
+    apply_overrides,
+    dump_toml,
+    profile_from_dict,
+    profile_to_dict,
+)
 from tuitune.engine.record.files import write_text_atomic
 from tuitune.errors import UserError
 
 # The keys this screen edits, in the order shown: (dotted key, label). Selects for keys declared with choices.
-FIELDS = (("strategy.kind", "strategy"), ("strategy.trigger", "trigger"), ("strategy.groups_per_phase", "groups/phase"),
-          ("strategy.groups", "groups"), ("train.lr", "lr"), ("train.epochs", "epochs"),
-          ("data.batch_size", "batch size"), ("name", "save as"))
+FIELDS = (
+    ("strategy.kind", "strategy"),
+    ("strategy.trigger", "trigger"),
+    ("strategy.groups_per_phase", "groups/phase"),
+    ("strategy.groups", "groups"),
+    ("train.lr", "lr"),
+    ("train.epochs", "epochs"),
+    ("data.batch_size", "batch size"),
+    ("name", "save as"),
+)
 NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -54,14 +69,16 @@ def shown(value: Any) -> str:
 def compose_profile(base: RunProfile, raw: dict[str, str], file: str) -> RunProfile:
     """`base` with the inputs' texts applied, parsed and validated as a profile file would be (ProfileError: one
     line naming `file` and the key). Numbers are read as TOML values, as `--set` reads them."""
-    table = apply_overrides(profile_to_dict(base),
-                            [f"{k}={v}" for k, v in raw.items() if k not in ("strategy.groups", "name")])
+    table = apply_overrides(
+        profile_to_dict(base), [f"{k}={v}" for k, v in raw.items() if k not in ("strategy.groups", "name")]
+    )
     if "strategy.groups" in raw:
         table["strategy"]["groups"] = [g.strip() for g in raw["strategy.groups"].split(",") if g.strip()]
     if "name" in raw:
         if not NAME_OK.fullmatch(raw["name"]):
-            raise ProfileError(f"{file}: name: letters, digits, '.', '_' and '-' only (it names the saved file), "
-                               f"got {raw['name']!r}")
+            raise ProfileError(
+                f"{file}: name: letters, digits, '.', '_' and '-' only (it names the saved file), got {raw['name']!r}"
+            )
         table["name"] = raw["name"]
     return profile_from_dict(table, file, Path(file).parent)
 
@@ -231,8 +248,9 @@ class ComposeScreen(Screen[None]):
     def read_groups(self) -> None:
         self.reading = True
         profile = self.valid
-        self.run_worker(lambda: self._read_thread(profile), thread=True, exclusive=True, group="layers",
-                        exit_on_error=False)
+        self.run_worker(
+            lambda: self._read_thread(profile), thread=True, exclusive=True, group="layers", exit_on_error=False
+        )
 
     def _read_thread(self, profile: RunProfile) -> None:
         """In the worker thread: build the model (torch loads here), reply by message, unless a newer read
@@ -289,11 +307,20 @@ class ComposeScreen(Screen[None]):
         from rich.console import Group
 
         trigger = self.valid.strategy.trigger
-        then = (f"{len(plan.phases)} phases; each next one on trigger = {trigger}" if len(plan.phases) > 1
-                else "1 phase: these groups train throughout")
+        then = (
+            f"{len(plan.phases)} phases; each next one on trigger = {trigger}"
+            if len(plan.phases) > 1
+            else "1 phase: these groups train throughout"
+        )
         scales = [f"LR x {s:g} from phase {i + 1}" for i, s in enumerate(plan.lr_scales) if s != 1.0]
-        return Group(Text(self.read.description, "bold"), *(Text(n, "yellow") for n in self.read.notes), Text(),
-                     groups_table(rows, plan.phases), Text(), Text("; ".join([then, *scales]), "dim"))
+        return Group(
+            Text(self.read.description, "bold"),
+            *(Text(n, "yellow") for n in self.read.notes),
+            Text(),
+            groups_table(rows, plan.phases),
+            Text(),
+            Text("; ".join([then, *scales]), "dim"),
+        )
 
     # --------------------------------------------------------------------------------------- start and save
 

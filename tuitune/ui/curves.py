@@ -3,7 +3,8 @@ loss / val score) and the sweep screen's (each trial's metric). Each screen keep
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from textual_plotext import PlotextPlot
 
@@ -13,7 +14,7 @@ Curve = tuple[int, str, Sequence[float], Sequence[float]]  # (colour index, lege
 class OverlayPlot(PlotextPlot):
     """`overlay` draws the figure's curves; the screen's subclass adds its axes and calls `refresh`."""
 
-    def __init__(self, colors: Sequence[Any], *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+    def __init__(self, colors: Sequence[Any], *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.palette = colors  # cycled: curve i gets palette[i % len] (`colors` is taken: a Widget property)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -23,16 +23,25 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from tuitune.engine.commands import Control
-from tuitune.engine.events import (Event, LayersChanged, LRFound, MetricsUpdated, RunFailed, RunFinished,
-                                   RunStarted, SetupProgressed, UnfreezeSuggested)
+from tuitune.engine.events import (
+    Event,
+    LayersChanged,
+    LRFound,
+    MetricsUpdated,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SetupProgressed,
+    UnfreezeSuggested,
+)
 from tuitune.remote.client import ClientControl, HistoryEnded, HistoryStarted
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ErrorScreen, PlateauPromptScreen
 from tuitune.ui.notify import notify_terminal
-from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
 from tuitune.ui.plotdata import plot_inputs
 from tuitune.ui.reducer import DashboardState, reduce
+from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
 from tuitune.ui.steering import Steering
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
@@ -58,11 +67,16 @@ class DashboardScreen(Steering, Screen[None]):
     DashboardScreen #hint { height: 1; padding: 0 1; background: $boost; color: $text-accent; text-wrap: nowrap;
                             text-overflow: ellipsis; }
     """
-    BINDINGS = [Binding(k.key, k.action, k.footer, show=k.show, key_display=k.display or None)
-                for k in DASHBOARD_KEYS]
+    BINDINGS = [Binding(k.key, k.action, k.footer, show=k.show, key_display=k.display or None) for k in DASHBOARD_KEYS]
 
-    def __init__(self, *, run: LiveRun | None = None, events: Sequence[Event] = (), speed: float = 0.0,
-                 control: Control | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run: LiveRun | None = None,
+        events: Sequence[Event] = (),
+        speed: float = 0.0,
+        control: Control | None = None,
+    ) -> None:
         super().__init__()
         self.run = run
         # A run in its own process: the worker is its client, and leaving may detach instead of stopping it.
@@ -197,8 +211,9 @@ class DashboardScreen(Steering, Screen[None]):
                 self._ring(what, f"{self.state.run_name}: run {what}")
             self._close_prompt()
             if not self.quitting:
-                screen = (SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished)
-                          else ErrorScreen(event))
+                screen = (
+                    SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished) else ErrorScreen(event)
+                )
                 self.call_after_refresh(self.app.push_screen, screen)  # after this screen's layout
 
     def _ring(self, title: str, body: str) -> None:
@@ -221,10 +236,15 @@ class DashboardScreen(Steering, Screen[None]):
         if event.state == WorkerState.ERROR:
             self._apply(RunFailed(message=f"engine crashed: {event.worker.error}", run_dir=self.state.run_dir))
         elif event.state == WorkerState.SUCCESS:
-            lost = (f"lost the connection to the run process: `tuitune runs` says whether it lives, "
-                    f"`tuitune attach {self.state.run_dir}` reattaches") if self.detachable else ""
-            self._apply(RunFailed(message=lost or "the engine ended without a final event",
-                                  run_dir=self.state.run_dir))
+            lost = (
+                (
+                    f"lost the connection to the run process: `tuitune runs` says whether it lives, "
+                    f"`tuitune attach {self.state.run_dir}` reattaches"
+                )
+                if self.detachable
+                else ""
+            )
+            self._apply(RunFailed(message=lost or "the engine ended without a final event", run_dir=self.state.run_dir))
         else:
             return
         self._render_all()

@@ -14,8 +14,13 @@ PERCENT_METRICS = ("acc", "f1")
 METRIC_TITLES = {"acc": "accuracy", "f1": "micro-F1", "rmse": "RMSE (lower is better)"}
 # EpochEnded.extra keys, in the order the event log shows them, with their short names
 EXTRA_NAMES = {
-    "val_mae": "mae", "val_map": "mAP", "ema_val_loss": "ema loss", "ema_val_score": "ema {metric}",
-    "source_acc": "source acc", "train_task_loss": "task loss", "train_distill_loss": "distill loss",
+    "val_mae": "mae",
+    "val_map": "mAP",
+    "ema_val_loss": "ema loss",
+    "ema_val_score": "ema {metric}",
+    "source_acc": "source acc",
+    "train_task_loss": "task loss",
+    "train_distill_loss": "distill loss",
     "val_macro_f1": "macro-F1",
 }
 

@@ -5,8 +5,8 @@ Exit codes: 0 finished or stopped early (and the picker quit before a run), 1 fa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tuitune.config import RunProfile
 
@@ -23,17 +23,26 @@ def _runner(inline: bool) -> object:
     return default_runner if inline else DetachedRunner()
 
 
-def open_picker(profile_dirs: list[Path], overrides: list[str], out: str | None, runs_dir: Path,
-                inline: bool = False) -> int:
+def open_picker(
+    profile_dirs: list[Path], overrides: list[str], out: str | None, runs_dir: Path, inline: bool = False
+) -> int:
     """`tuitune` with no arguments: pick a profile (or a live run under `runs_dir` to attach to)."""
     from tuitune.ui.app import TuituneApp
 
-    return _run(TuituneApp("picker", profile_dirs=profile_dirs, overrides=overrides, out=out,
-                           runner=_runner(inline), runs_dir=runs_dir))  # type: ignore[arg-type]
+    return _run(
+        TuituneApp(
+            "picker", profile_dirs=profile_dirs, overrides=overrides, out=out, runner=_runner(inline), runs_dir=runs_dir
+        )
+    )  # type: ignore[arg-type]
 
 
-def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = None, inline: bool = False,
-                   ranks_argv: list[str] | None = None) -> int:
+def open_dashboard(
+    profile: RunProfile,
+    run_dir: Path,
+    resume: Path | None = None,
+    inline: bool = False,
+    ranks_argv: list[str] | None = None,
+) -> int:
     """`tuitune train PROFILE`: the dashboard; the run trains in a process of its own that outlives the terminal
     (the dashboard's worker is its client), or with `inline` in the dashboard's own worker thread. `ranks_argv`:
     a multi-rank run (`--nproc`), started by that launcher command line and followed through rank 0."""
@@ -41,8 +50,7 @@ def open_dashboard(profile: RunProfile, run_dir: Path, resume: Path | None = Non
     from tuitune.ui.runner import MultiRankRunner
 
     runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
-    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume,
-                           runner=runner))  # type: ignore[arg-type]
+    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume, runner=runner))  # type: ignore[arg-type]
 
 
 def open_attach(run_dir: Path) -> int:

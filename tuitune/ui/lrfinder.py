@@ -99,7 +99,9 @@ class LRFinderScreen(ModalScreen["float | None"]):
     AUTO_FOCUS = ""  # the keys are the screen's; the input takes focus only on `e`
     # The box takes a fixed share of the screen and the curve what is left (1fr): the answer and the keys below it
     # keep their rows down to 80x24, where a fixed-height curve pushed them past the screen's edge.
-    DEFAULT_CSS = MODAL_CSS.format(name="LRFinderScreen", border="$accent") + """
+    DEFAULT_CSS = (
+        MODAL_CSS.format(name="LRFinderScreen", border="$accent")
+        + """
     LRFinderScreen > Vertical { width: 100; height: 90%; max-height: 36; padding: 0 2; }
     LRFinderScreen .title { margin-bottom: 0; }
     LRFinderScreen LRCurve { height: 1fr; min-height: 6; }
@@ -109,6 +111,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
     LRFinderScreen Input.editing { display: block; }
     LRFinderScreen.compact #lr-path { display: none; }
     """
+    )
     BINDINGS = [
         Binding("a", "apply", "Apply"),
         Binding("v", "pick('valley')", "Valley"),
@@ -132,8 +135,9 @@ class LRFinderScreen(ModalScreen["float | None"]):
                 title = f"LR for phase {e.phase + 1} · finder, {len(e.lrs)} steps"
             yield Static(title, classes="title")
             yield LRCurve()
-            legend = Text.assemble(("│", _rgb(SUGGESTION_COLOR)), " suggested   ", ("│", _rgb(CURRENT_COLOR)),
-                                   " current")
+            legend = Text.assemble(
+                ("│", _rgb(SUGGESTION_COLOR)), " suggested   ", ("│", _rgb(CURRENT_COLOR)), " current"
+            )
             yield Static(Text.assemble(lr_found_text(e), "\n", legend), id="lr-text")
             if e.path:
                 yield Static(Text.assemble(("curve  ", "dim"), e.path), id="lr-path")
@@ -145,8 +149,18 @@ class LRFinderScreen(ModalScreen["float | None"]):
     def _keys_text(self) -> Text:
         e = self.event
         close = " keep " + fmt_sci(e.current_lr) if e.wait_s > 0 else " close"
-        return Text.assemble(("a", "bold"), f" apply {fmt_sci(e.suggestion)}  ", ("v", "bold"), " valley  ",
-                             ("s", "bold"), " steepest  ", ("e", "bold"), " type one  ", ("esc", "bold"), close)
+        return Text.assemble(
+            ("a", "bold"),
+            f" apply {fmt_sci(e.suggestion)}  ",
+            ("v", "bold"),
+            " valley  ",
+            ("s", "bold"),
+            " steepest  ",
+            ("e", "bold"),
+            " type one  ",
+            ("esc", "bold"),
+            close,
+        )
 
     def _countdown_text(self) -> Text:
         if not self.counting:

@@ -76,10 +76,17 @@ class LeaveRunScreen(ModalScreen["str | None"]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("Leave the run?", classes="title")
-            yield Static(Text("The run is live in its own process. Detach and let it go on (tuitune attach comes "
-                              "back to it), or stop it at the next step?"), id="question")
-            yield Static(Text.assemble(("d", "bold"), " detach   ", ("s", "bold"), " stop the run   ",
-                                       ("c", "bold"), " cancel"), classes="keys")
+            yield Static(
+                Text(
+                    "The run is live in its own process. Detach and let it go on (tuitune attach comes "
+                    "back to it), or stop it at the next step?"
+                ),
+                id="question",
+            )
+            yield Static(
+                Text.assemble(("d", "bold"), " detach   ", ("s", "bold"), " stop the run   ", ("c", "bold"), " cancel"),
+                classes="keys",
+            )
 
     def on_resize(self) -> None:
         refresh_below(self)
@@ -120,10 +127,13 @@ def failure_kind(e: RunFailed) -> str:
 class ErrorScreen(ModalScreen[None]):
     """The run failed: its one-line cause and where to look. The app stays alive."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="ErrorScreen", border="$error") + """
+    DEFAULT_CSS = (
+        MODAL_CSS.format(name="ErrorScreen", border="$error")
+        + """
     ErrorScreen #cause { color: $text-error; text-style: bold; }
     ErrorScreen #where, ErrorScreen #hint { margin-top: 1; }
     """
+    )
     BINDINGS = [
         Binding("escape,enter", "close", "Dashboard"),
         Binding("q", "app.quit", "Quit"),
@@ -148,8 +158,9 @@ class ErrorScreen(ModalScreen[None]):
             hint = FAILURE_HINTS.get(kind, "")
             if hint and (kind != "error" or e.log_path):
                 yield Static(Text(hint, "italic"), id="hint")
-            yield Static(Text.assemble(("esc", "bold"), " back to the dashboard   ", ("q", "bold"), " quit"),
-                         classes="keys")
+            yield Static(
+                Text.assemble(("esc", "bold"), " back to the dashboard   ", ("q", "bold"), " quit"), classes="keys"
+            )
 
     def on_resize(self) -> None:
         refresh_below(self)

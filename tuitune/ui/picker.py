@@ -5,8 +5,8 @@ Imports stay light (no plotext, no torch): this is the first frame of `tuitune`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Group
 from rich.table import Table
@@ -19,7 +19,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuitune.config import RunProfile
-from tuitune.remote.runs import RunInfo, clock, live_runs
+from tuitune.runs.status import RunInfo, clock, live_runs
 from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
 
 
@@ -31,8 +31,12 @@ def entry_label(entry: ProfileEntry) -> Text:
 
 
 def run_label(run: RunInfo) -> Text:
-    label = Text.assemble(("▶ ", "bold cyan"), (run.name, "bold"), (f"  live · epoch {run.epoch}", "dim"),
-                          (f" · {run.held}" if run.held else "", "bold yellow"))
+    label = Text.assemble(
+        ("▶ ", "bold cyan"),
+        (run.name, "bold"),
+        (f"  live · epoch {run.epoch}", "dim"),
+        (f" · {run.held}" if run.held else "", "bold yellow"),
+    )
     label.no_wrap, label.overflow = True, "ellipsis"
     return label
 
@@ -41,19 +45,30 @@ def run_detail(run: RunInfo) -> Group:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
-    status = f"live (pid {run.pid})" + (f", {run.held}: enter to answer" if run.held.startswith("waiting") else
-                                        f", {run.held}" if run.held else "")
-    for label, value in (("run dir", run.path), ("status", status), ("phase", run.phase),
-                         ("epoch", run.epoch), ("best", run.best), ("started", clock(run.started))):
+    status = f"live (pid {run.pid})" + (
+        f", {run.held}: enter to answer" if run.held.startswith("waiting") else f", {run.held}" if run.held else ""
+    )
+    for label, value in (
+        ("run dir", run.path),
+        ("status", status),
+        ("phase", run.phase),
+        ("epoch", run.epoch),
+        ("best", run.best),
+        ("started", clock(run.started)),
+    ):
         table.add_row(label, Text(value))
-    return Group(Text(f"{run.name}: a live run", "bold underline"), Text("enter attaches to it", "italic"),
-                 Text(), table)
+    return Group(
+        Text(f"{run.name}: a live run", "bold underline"), Text("enter attaches to it", "italic"), Text(), table
+    )
 
 
 def entry_detail(entry: ProfileEntry) -> Group | Text:
     if entry.profile is None:
-        return Text.assemble(("✖ broken profile\n\n", "bold red"), (entry.error, "red"),
-                             ("\n\nFix the file and press r to reload.", "dim"))
+        return Text.assemble(
+            ("✖ broken profile\n\n", "bold red"),
+            (entry.error, "red"),
+            ("\n\nFix the file and press r to reload.", "dim"),
+        )
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
@@ -81,8 +96,15 @@ class PickerScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    def __init__(self, dirs: list[Path], overrides: list[str], start: Callable[[RunProfile], None], *,
-                 runs_dir: Path | None = None, attach: Callable[[Path], None] | None = None) -> None:
+    def __init__(
+        self,
+        dirs: list[Path],
+        overrides: list[str],
+        start: Callable[[RunProfile], None],
+        *,
+        runs_dir: Path | None = None,
+        attach: Callable[[Path], None] | None = None,
+    ) -> None:
         super().__init__()
         self.dirs = dirs
         self.overrides = overrides
@@ -165,10 +187,12 @@ class PickerScreen(Screen[None]):
         """The highlighted profile into the composing screen (strategy, LR, epochs, batch size; start or save)."""
         entry = self.highlighted
         if entry is None or entry.profile is None:
-            self.notify(entry.error if entry else "Highlight a profile to compose a run from it.",
-                        title="Nothing to compose", severity="warning")
+            self.notify(
+                entry.error if entry else "Highlight a profile to compose a run from it.",
+                title="Nothing to compose",
+                severity="warning",
+            )
             return
         from tuitune.ui.compose import ComposeScreen
 
-        self.app.push_screen(ComposeScreen(entry.profile, self.start, entry.source),
-                             lambda _: self.action_reload())
+        self.app.push_screen(ComposeScreen(entry.profile, self.start, entry.source), lambda _: self.action_reload())

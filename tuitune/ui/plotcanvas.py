@@ -33,7 +33,10 @@ def _line(markers: list[str], fullground: list[Any], style: list[Any], backgroun
     start, cols = 0, len(markers)
     for col in range(1, cols + 1):
         if col == cols or (fullground[col], style[col], background[col]) != (
-                fullground[start], style[start], background[start]):
+            fullground[start],
+            style[start],
+            background[start],
+        ):
             text.append("".join(markers[start:col]), _style(fullground[start], style[start], background[start]))
             start = col
     return text
@@ -41,8 +44,10 @@ def _line(markers: list[str], fullground: list[Any], style: list[Any], backgroun
 
 def canvas_text(matrix: Any) -> Text:
     """`Text.from_ansi(matrix.set_canvas())` for a built plotext `matrix_class`, rows top to bottom."""
-    lines = [_line(matrix.marker[row], matrix.fullground[row], matrix.style[row], matrix.background[row])
-             for row in matrix.Rows[::-1]]
+    lines = [
+        _line(matrix.marker[row], matrix.fullground[row], matrix.style[row], matrix.background[row])
+        for row in matrix.Rows[::-1]
+    ]
     return Text("\n", end="\n").join([*lines, Text()])  # every row ends in "\n": Rich decodes one more, empty
 
 

@@ -17,7 +17,7 @@ def smooth(values: list[float], weight: float = 0.6) -> list[float]:
     last = 0.0
     for i, value in enumerate(values, start=1):
         last = last * weight + (1 - weight) * value
-        out.append(last / (1 - weight ** i) if weight > 0 else value)
+        out.append(last / (1 - weight**i) if weight > 0 else value)
     return out
 
 
@@ -39,8 +39,11 @@ def plot_series(state: DashboardState, which: str) -> list[Series]:
     """
     te, ee = state.train_extra, state.epoch_extra
     if which == "loss":
-        out = [Series("task", te["task_loss"], True, True) if "task_loss" in te
-               else Series("train", state.train_loss, True, True)]
+        out = [
+            Series("task", te["task_loss"], True, True)
+            if "task_loss" in te
+            else Series("train", state.train_loss, True, True)
+        ]
         if "distill_loss" in te:
             out.append(Series("distill", te["distill_loss"], True))
         if "ema_val_loss" in ee:
@@ -57,8 +60,18 @@ def plot_series(state: DashboardState, which: str) -> list[Series]:
 def plot_inputs(state: DashboardState) -> tuple[object, ...]:
     """Everything the plots read. `reduce` keeps a field's object when it leaves it alone, so a change is an
     identity change: a redraw for events that touch no curve (LayersChanged, checkpoints...) is skipped."""
-    return (state.train_loss, state.train_score, state.val_loss, state.val_score, state.train_extra,
-            state.epoch_extra, state.markers, state.epochs, state.start_epoch, state.metric)
+    return (
+        state.train_loss,
+        state.train_score,
+        state.val_loss,
+        state.val_score,
+        state.train_extra,
+        state.epoch_extra,
+        state.markers,
+        state.epochs,
+        state.start_epoch,
+        state.metric,
+    )
 
 
 def x_range(state: DashboardState, whole: bool = False) -> tuple[float, float]:

@@ -107,9 +107,16 @@ def detail_rows(profile: RunProfile) -> list[tuple[str, str]]:
         strategy += f" {', '.join(s.groups)}"
     if s.lr_decay != 1.0:
         strategy += f", lr decay {s.lr_decay:g}"
-    rows = [("backbone", backbone), ("dataset", data), ("strategy", strategy),
-            ("epochs", str(t.epochs)), ("lr", f"{t.lr:g} ({t.schedule})"), ("optimizer", t.optimizer),
-            ("batch size", str(d.batch_size)), ("device", t.device)]
+    rows = [
+        ("backbone", backbone),
+        ("dataset", data),
+        ("strategy", strategy),
+        ("epochs", str(t.epochs)),
+        ("lr", f"{t.lr:g} ({t.schedule})"),
+        ("optimizer", t.optimizer),
+        ("batch size", str(d.batch_size)),
+        ("device", t.device),
+    ]
     if es.enabled:
         rows.append(("early stop", f"{es.metric}, patience {es.patience}"))
     if m.trust_remote_code:

@@ -8,23 +8,38 @@ here, and no clock: every time shown is derived from event fields (`elapsed_s`, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from tuitune.engine.events import (CheckpointSaved, CommandApplied, CompressionReported, DomainShiftMeasured,
-                                   EpochEnded, Event,
-                                   FeatureCacheChanged, LayerInfo, LayersChanged, LRFound, MetricsUpdated,
-                                   PhaseChanged, RunFailed, RunFinished, RunStarted, SetupProgressed,
-                                   UnfreezeSuggested, Warned)
+from tuitune.engine.events import (
+    CheckpointSaved,
+    CommandApplied,
+    CompressionReported,
+    DomainShiftMeasured,
+    EpochEnded,
+    Event,
+    FeatureCacheChanged,
+    LayerInfo,
+    LayersChanged,
+    LRFound,
+    MetricsUpdated,
+    PhaseChanged,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SetupProgressed,
+    UnfreezeSuggested,
+    Warned,
+)
 from tuitune.engine.record.progress import progress_text
-from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_score, fmt_sci, score_label
+from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_sci, fmt_score, score_label
 from tuitune.ui.keys import COMMAND_LABELS
 
 Point = tuple[float, float]  # (x in epochs, y)
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
 MAX_LOG = 500
 MAX_POINTS = 20_000
-
 
 
 @dataclass(frozen=True)
@@ -125,8 +140,9 @@ def _append(series: tuple[Point, ...], point: Point) -> tuple[Point, ...]:
     return (*series, point)[-MAX_POINTS:]
 
 
-def _append_extra(series: dict[str, tuple[Point, ...]], x: float, extra: dict[str, float]
-                  ) -> dict[str, tuple[Point, ...]]:
+def _append_extra(
+    series: dict[str, tuple[Point, ...]], x: float, extra: dict[str, float]
+) -> dict[str, tuple[Point, ...]]:
     if not extra:
         return series
     out = dict(series)
@@ -167,21 +183,42 @@ def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
 def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
     trc = bool(e.profile.get("model", {}).get("trust_remote_code", False))
     s = dataclasses.replace(
-        s, status="running", run_name=e.run_name, run_dir=e.run_dir, device=e.device, profile=e.profile,
-        phases=e.phases, phase=e.phase, epochs=e.epochs, steps_per_epoch=e.steps_per_epoch,
-        start_epoch=e.start_epoch, train_size=e.train_size, val_size=e.val_size, classes=e.classes,
-        metric=e.metric, higher_is_better=e.higher_is_better, epoch=e.start_epoch,
-        start_step=max(e.start_step, e.start_epoch * e.steps_per_epoch), start_elapsed_s=e.start_elapsed_s,
-        global_step=max(e.start_step, e.start_epoch * e.steps_per_epoch), trust_remote_code=trc,
-        world_size=e.world_size)
+        s,
+        status="running",
+        run_name=e.run_name,
+        run_dir=e.run_dir,
+        device=e.device,
+        profile=e.profile,
+        phases=e.phases,
+        phase=e.phase,
+        epochs=e.epochs,
+        steps_per_epoch=e.steps_per_epoch,
+        start_epoch=e.start_epoch,
+        train_size=e.train_size,
+        val_size=e.val_size,
+        classes=e.classes,
+        metric=e.metric,
+        higher_is_better=e.higher_is_better,
+        epoch=e.start_epoch,
+        start_step=max(e.start_step, e.start_epoch * e.steps_per_epoch),
+        start_elapsed_s=e.start_elapsed_s,
+        global_step=max(e.start_step, e.start_epoch * e.steps_per_epoch),
+        trust_remote_code=trc,
+        world_size=e.world_size,
+    )
     s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
-    log = _log(s, "info", f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
-                          f"{e.train_size} train / {e.val_size} val{resumed}")
+    log = _log(
+        s,
+        "info",
+        f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
+        f"{e.train_size} train / {e.val_size} val{resumed}",
+    )
     s = dataclasses.replace(s, log=log)
     if trc:
-        s = dataclasses.replace(s, log=_log(s, "warning", "trust_remote_code = true: this checkpoint runs its own "
-                                                          "Python code"))
+        s = dataclasses.replace(
+            s, log=_log(s, "warning", "trust_remote_code = true: this checkpoint runs its own Python code")
+        )
     for warning in e.warnings:
         s = dataclasses.replace(s, log=_log(s, "warning", warning))
     return s
@@ -190,28 +227,46 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
 def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
     x = x_at(s, e.global_step)
     return dataclasses.replace(
-        s, status="running" if s.status == "starting" else s.status, epoch=e.epoch, step=e.step,
-        global_step=e.global_step, samples_per_s=e.samples_per_s, elapsed_s=e.elapsed_s,
-        gpu_mem_gb=e.gpu_mem_gb, gpu_peak_gb=e.gpu_peak_gb, gpu_max_gb=e.gpu_max_gb,
+        s,
+        status="running" if s.status == "starting" else s.status,
+        epoch=e.epoch,
+        step=e.step,
+        global_step=e.global_step,
+        samples_per_s=e.samples_per_s,
+        elapsed_s=e.elapsed_s,
+        gpu_mem_gb=e.gpu_mem_gb,
+        gpu_peak_gb=e.gpu_peak_gb,
+        gpu_max_gb=e.gpu_max_gb,
         train_loss=_append(s.train_loss, (x, e.train_loss)),
         train_score=_append(s.train_score, (x, e.train_score)),
-        train_extra=_append_extra(s.train_extra, x, e.extra))
+        train_extra=_append_extra(s.train_extra, x, e.extra),
+    )
 
 
 def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     x = x_at(s, e.global_step)
     best = e.val_score if better(s, e.val_score, s.best_val_score) else s.best_val_score
     m = s.metric
-    text = (f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_score)} · val loss "
-            f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_score)}")
+    text = (
+        f"epoch {e.epoch}/{s.epochs}: train loss {e.train_loss:.4f} {m} {fmt_score(m, e.train_score)} · val loss "
+        f"{e.val_loss:.4f} {m} {fmt_score(m, e.val_score)}"
+    )
     if e.extra:
         text += " · " + extras_text(e.extra, m)
     text += " ★ best" if e.is_best else ""
     return dataclasses.replace(
-        s, epoch=e.epoch, global_step=e.global_step, elapsed_s=e.elapsed_s, samples_per_s=e.samples_per_s,
-        val_loss=_append(s.val_loss, (x, e.val_loss)), val_score=_append(s.val_score, (x, e.val_score)),
-        best_val_score=best, epoch_extra=_append_extra(s.epoch_extra, x, e.extra), extras=dict(e.extra),
-        log=_log(s, "epoch", text))
+        s,
+        epoch=e.epoch,
+        global_step=e.global_step,
+        elapsed_s=e.elapsed_s,
+        samples_per_s=e.samples_per_s,
+        val_loss=_append(s.val_loss, (x, e.val_loss)),
+        val_score=_append(s.val_score, (x, e.val_score)),
+        best_val_score=best,
+        epoch_extra=_append_extra(s.epoch_extra, x, e.extra),
+        extras=dict(e.extra),
+        log=_log(s, "epoch", text),
+    )
 
 
 def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
@@ -219,8 +274,11 @@ def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
     s = dataclasses.replace(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
-    return dataclasses.replace(s, markers=_add_marker(s, Marker(x_at(s, e.global_step), "phase", label)),
-                               log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"))
+    return dataclasses.replace(
+        s,
+        markers=_add_marker(s, Marker(x_at(s, e.global_step), "phase", label)),
+        log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"),
+    )
 
 
 def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
@@ -275,8 +333,16 @@ def _compressed(s: DashboardState, e: CompressionReported) -> DashboardState:
 
 def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
     text = f"run {e.status.replace('_', ' ')}: {e.reason}"
-    return dataclasses.replace(s, status=e.status, finished=e, pending=(), suggestion=None, cache_active=False,
-                               checkpoints={**s.checkpoints, **e.checkpoints}, log=_log(s, "info", text))
+    return dataclasses.replace(
+        s,
+        status=e.status,
+        finished=e,
+        pending=(),
+        suggestion=None,
+        cache_active=False,
+        checkpoints={**s.checkpoints, **e.checkpoints},
+        log=_log(s, "info", text),
+    )
 
 
 def shift_text(e: DomainShiftMeasured, layers: tuple[LayerInfo, ...]) -> str:
@@ -291,8 +357,11 @@ def shift_text(e: DomainShiftMeasured, layers: tuple[LayerInfo, ...]) -> str:
     if e.reason != "start" or not measured or measured[0][0] < 0.1:
         return text
     frozen = {layer.name for layer in layers if not layer.trainable}
-    advice = [f"unfreezing {', '.join(g for _, g in measured[:2] if g in frozen)}"] \
-        if any(g in frozen for _, g in measured[:2]) else []
+    advice = (
+        [f"unfreezing {', '.join(g for _, g in measured[:2] if g in frozen)}"]
+        if any(g in frozen for _, g in measured[:2])
+        else []
+    )
     if e.reference == "bn":
         advice.append("re-estimating BatchNorm statistics on the target data (AdaBN: b)")
     return text + (f"; consider {' or '.join(advice)}" if advice else "")
@@ -311,15 +380,35 @@ def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
 
 
 def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
-    return dataclasses.replace(s, status="failed", failed=e, pending=(), suggestion=None, cache_active=False, setup=None,
-                               run_dir=s.run_dir or e.run_dir, log=_log(s, "error", f"failed: {e.message}"))
+    return dataclasses.replace(
+        s,
+        status="failed",
+        failed=e,
+        pending=(),
+        suggestion=None,
+        cache_active=False,
+        setup=None,
+        run_dir=s.run_dir or e.run_dir,
+        log=_log(s, "error", f"failed: {e.message}"),
+    )
 
 
 _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
-    RunStarted: _run_started, MetricsUpdated: _metrics, EpochEnded: _epoch_ended, PhaseChanged: _phase_changed,
-    LayersChanged: _layers_changed, UnfreezeSuggested: _suggested, CommandApplied: _command_applied,
-    CheckpointSaved: _checkpoint, Warned: _warned, RunFinished: _finished, RunFailed: _failed,
-    FeatureCacheChanged: _cache, LRFound: _lr_found, CompressionReported: _compressed, SetupProgressed: _setup,
+    RunStarted: _run_started,
+    MetricsUpdated: _metrics,
+    EpochEnded: _epoch_ended,
+    PhaseChanged: _phase_changed,
+    LayersChanged: _layers_changed,
+    UnfreezeSuggested: _suggested,
+    CommandApplied: _command_applied,
+    CheckpointSaved: _checkpoint,
+    Warned: _warned,
+    RunFinished: _finished,
+    RunFailed: _failed,
+    FeatureCacheChanged: _cache,
+    LRFound: _lr_found,
+    CompressionReported: _compressed,
+    SetupProgressed: _setup,
     DomainShiftMeasured: _shift,
 }
 
@@ -357,8 +446,7 @@ def lr_found_text(e: LRFound) -> str:
     if not e.found:
         return e.no_suggestion_text()
     how = " (valley)" if e.suggestion == e.valley else (" (steepest)" if e.suggestion == e.steep else "")
-    return (f"suggested {fmt_sci(e.suggestion)}{how}, steepest {fmt_sci(e.steep)}, "
-            f"current {fmt_sci(e.current_lr)}")
+    return f"suggested {fmt_sci(e.suggestion)}{how}, steepest {fmt_sci(e.steep)}, current {fmt_sci(e.current_lr)}"
 
 
 def compression_text(report: dict[str, Any]) -> str:
@@ -367,6 +455,8 @@ def compression_text(report: dict[str, Any]) -> str:
     if not rows:
         return "compression: no steps reported"
     first, last = rows[0], rows[-1]
-    return (f"compression: {len(rows)} steps, zlib {fmt_bytes(first.get('zlib_bytes'))} → "
-            f"{fmt_bytes(last.get('zlib_bytes'))} ({last['step']}), val acc {fmt_score('acc', first.get('val_acc'))}"
-            f" → {fmt_score('acc', last.get('val_acc'))}")
+    return (
+        f"compression: {len(rows)} steps, zlib {fmt_bytes(first.get('zlib_bytes'))} → "
+        f"{fmt_bytes(last.get('zlib_bytes'))} ({last['step']}), val acc {fmt_score('acc', first.get('val_acc'))}"
+        f" → {fmt_score('acc', last.get('val_acc'))}"
+    )

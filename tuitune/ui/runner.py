@@ -8,9 +8,10 @@ screen; the screen folds it into its state on the UI thread. torch, timm and tra
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from textual.message import Message
 
@@ -22,8 +23,16 @@ Emit = Callable[[Event], None]
 
 
 class Runner(Protocol):
-    def __call__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = True, resume: Path | None = None) -> Any: ...
+    def __call__(
+        self,
+        profile: RunProfile,
+        run_dir: Path,
+        emit: Emit,
+        control: Control,
+        *,
+        interactive: bool = True,
+        resume: Path | None = None,
+    ) -> Any: ...
 
 
 RunDirMaker = Callable[[RunProfile, "str | None"], Path]
@@ -41,13 +50,23 @@ class EngineEventReceived(Message):
         if not isinstance(message, EngineEventReceived):
             return False
         if isinstance(self.event, SetupProgressed):  # a later report of the same step stands for this one
-            return (not self.event.finished and isinstance(message.event, SetupProgressed)
-                    and message.event.task == self.event.task)
+            return (
+                not self.event.finished
+                and isinstance(message.event, SetupProgressed)
+                and message.event.task == self.event.task
+            )
         return isinstance(self.event, MetricsUpdated) and isinstance(message.event, MetricsUpdated)
 
 
-def default_runner(profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
-                   interactive: bool = True, resume: Path | None = None) -> Any:
+def default_runner(
+    profile: RunProfile,
+    run_dir: Path,
+    emit: Emit,
+    control: Control,
+    *,
+    interactive: bool = True,
+    resume: Path | None = None,
+) -> Any:
     """The real engine in this process (`--inline`), with the control socket open so others can attach. Imported
     here, in the worker thread, so the first frame never waits for torch."""
     from tuitune.remote.host import serve_run
@@ -64,8 +83,16 @@ class DetachedRunner:
     attach_only: bool = False
     detachable: bool = True
 
-    def __call__(self, profile: RunProfile | None, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = True, resume: Path | None = None) -> Any:
+    def __call__(
+        self,
+        profile: RunProfile | None,
+        run_dir: Path,
+        emit: Emit,
+        control: Control,
+        *,
+        interactive: bool = True,
+        resume: Path | None = None,
+    ) -> Any:
         from tuitune.remote.client import follow
 
         process = None
@@ -85,8 +112,16 @@ class MultiRankRunner:
     argv: tuple[str, ...]
     detachable: bool = True
 
-    def __call__(self, profile: RunProfile | None, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = True, resume: Path | None = None) -> Any:
+    def __call__(
+        self,
+        profile: RunProfile | None,
+        run_dir: Path,
+        emit: Emit,
+        control: Control,
+        *,
+        interactive: bool = True,
+        resume: Path | None = None,
+    ) -> Any:
         from tuitune.remote.client import follow
         from tuitune.remote.spawn import start_ranks_process
 
@@ -98,7 +133,7 @@ def is_detachable(runner: object) -> bool:
 
 
 def default_run_dir(profile: RunProfile, out: str | None) -> Path:
-    from tuitune.engine.record.session import new_run_dir
+    from tuitune.engine.session import new_run_dir
 
     return new_run_dir(profile, out)
 

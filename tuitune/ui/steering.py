@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Command, Control, FindLR, Pause, Resume,
-                                     SaveCheckpoint, ScaleGroupLR, SetGroupTrainable, StopEarly, UnfreezeNext)
+from tuitune.engine.commands import (
+    AdaptBatchNorm,
+    ApplyLR,
+    Command,
+    Control,
+    FindLR,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    ScaleGroupLR,
+    SetGroupTrainable,
+    StopEarly,
+    UnfreezeNext,
+)
 from tuitune.engine.events import LRFound, RunFinished, UnfreezeSuggested
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen, PlateauPromptScreen
@@ -130,6 +143,7 @@ class Steering(_Screen):
             return
         self._held = self._held or []
         if self.detachable:
+
             def leave(answer: str | None) -> None:
                 if answer == "detach":
                     self.app.call_later(self.detach_and_exit)
@@ -226,10 +240,23 @@ class Steering(_Screen):
             self.control.request_stop()
         await self._wait_for_worker(timeout)
         if self.state.live:  # the engine did not confirm in time: end it on screen anyway
-            self.state = reduce(self.state, RunFinished(
-                status="interrupted", reason="quit from the dashboard", epochs=self.state.epoch,
-                global_step=self.state.global_step, best={}, final={}, test=None, phases=(), per_class_acc={},
-                samples_per_s=self.state.samples_per_s, wall_s=self.state.elapsed_s, checkpoints={}))
+            self.state = reduce(
+                self.state,
+                RunFinished(
+                    status="interrupted",
+                    reason="quit from the dashboard",
+                    epochs=self.state.epoch,
+                    global_step=self.state.global_step,
+                    best={},
+                    final={},
+                    test=None,
+                    phases=(),
+                    per_class_acc={},
+                    samples_per_s=self.state.samples_per_s,
+                    wall_s=self.state.elapsed_s,
+                    checkpoints={},
+                ),
+            )
 
     def detach(self) -> None:
         """Leave a run process going: this screen stops steering it and its worker closes the connection (the

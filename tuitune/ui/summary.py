@@ -28,8 +28,11 @@ def _metrics_line(label: str, metrics: dict[str, Any] | None, metric: str = "acc
     if not metrics:
         line.append("-", "dim")
         return line
-    parts = [f"{score_label(k, metric)} {fmt_value(k, v, metric)}" for k, v in metrics.items()
-             if k not in NOT_METRICS and not isinstance(v, dict)]  # test's per-class accuracy: a table, not a value
+    parts = [
+        f"{score_label(k, metric)} {fmt_value(k, v, metric)}"
+        for k, v in metrics.items()
+        if k not in NOT_METRICS and not isinstance(v, dict)
+    ]  # test's per-class accuracy: a table, not a value
     line.append("  ".join(parts))
     if "epoch" in metrics:
         line.append(f"  (epoch {metrics['epoch']})", "dim")
@@ -77,8 +80,13 @@ def class_report_table(report: dict[str, dict[str, float]], limit: int = 20) -> 
     """Per-class precision / recall (= per-class accuracy) / F1 and support, the last val epoch's, worst F1 first
     when there are more than `limit` classes (their mean F1, `val macro f1`, is on the `final` line)."""
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    for name, justify in (("class", "left"), ("precision", "right"), ("recall", "right"), ("F1", "right"),
-                          ("support", "right")):
+    for name, justify in (
+        ("class", "left"),
+        ("precision", "right"),
+        ("recall", "right"),
+        ("F1", "right"),
+        ("support", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     items = list(report.items())
     if len(items) > limit:
@@ -86,26 +94,48 @@ def class_report_table(report: dict[str, dict[str, float]], limit: int = 20) -> 
     for name, r in items:
         f1 = float(r.get("f1", 0.0))
         style = "red" if f1 < 0.5 else ("yellow" if f1 < 0.8 else "green")
-        table.add_row(Text(name[:20], "dim"), f"{r.get('precision', 0.0):.3f}", f"{r.get('recall', 0.0):.3f}",
-                      Text(f"{f1:.3f}", style), f"{int(r.get('support', 0))}")
+        table.add_row(
+            Text(name[:20], "dim"),
+            f"{r.get('precision', 0.0):.3f}",
+            f"{r.get('recall', 0.0):.3f}",
+            Text(f"{f1:.3f}", style),
+            f"{int(r.get('support', 0))}",
+        )
     return table
 
 
 def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    for name, justify in (("phase", "right"), ("groups", "left"), ("epochs", "right"),
-                          (f"best val {metric}", "right"), ("time", "right")):
+    for name, justify in (
+        ("phase", "right"),
+        ("groups", "left"),
+        ("epochs", "right"),
+        (f"best val {metric}", "right"),
+        ("time", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for p in phases:
         groups = ", ".join(p.get("groups", ())) or "-"
         acc = p.get("best_val_score")
-        table.add_row(str(int(p.get("index", 0)) + 1), groups, str(p.get("epochs", "-")),
-                      fmt_score(metric, acc, 2), fmt_duration(p.get("time_s")))
+        table.add_row(
+            str(int(p.get("index", 0)) + 1),
+            groups,
+            str(p.get("epochs", "-")),
+            fmt_score(metric, acc, 2),
+            fmt_duration(p.get("time_s")),
+        )
     return table
 
 
-COMPRESSION_COLUMNS = (("step", "left"), ("params", "right"), ("nonzero", "right"), ("file", "right"),
-                       ("zlib", "right"), ("val acc", "right"), ("ms/batch", "right"))
+COMPRESSION_COLUMNS = (
+    ("step", "left"),
+    ("params", "right"),
+    ("nonzero", "right"),
+    ("file", "right"),
+    ("zlib", "right"),
+    ("val acc", "right"),
+    ("ms/batch", "right"),
+)
 
 
 def compression_table(report: dict[str, Any] | None) -> RenderableType | None:
@@ -118,10 +148,15 @@ def compression_table(report: dict[str, Any] | None) -> RenderableType | None:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         params, latency = r.get("params"), r.get("latency_ms")
-        table.add_row(r["step"], f"{params:,}" if isinstance(params, int) else "-",
-                      fmt_score("acc", r.get("nonzero")), fmt_bytes(r.get("file_bytes")),
-                      fmt_bytes(r.get("zlib_bytes")), fmt_score("acc", r.get("val_acc")),
-                      f"{latency:.2f}" if isinstance(latency, (int, float)) else "-")
+        table.add_row(
+            r["step"],
+            f"{params:,}" if isinstance(params, int) else "-",
+            fmt_score("acc", r.get("nonzero")),
+            fmt_bytes(r.get("file_bytes")),
+            fmt_bytes(r.get("zlib_bytes")),
+            fmt_score("acc", r.get("val_acc")),
+            f"{latency:.2f}" if isinstance(latency, (int, float)) else "-",
+        )
     notes = [Text(str(n), "dim") for n in (report or {}).get("notes", ()) or ()]
     return Group(table, *notes)
 
@@ -142,8 +177,11 @@ def _validation_views(e: RunFinished) -> list[RenderableType]:
     """The last validation's confusion matrix and worst errors, near the top: what a person looks at first."""
     out: list[RenderableType] = []
     if e.confusion:
-        out += [Text(), Text("confusion matrix (last validation)", "bold"), confusion_view(e.confusion,
-                                                                                         list(e.per_class_acc))]
+        out += [
+            Text(),
+            Text("confusion matrix (last validation)", "bold"),
+            confusion_view(e.confusion, list(e.per_class_acc)),
+        ]
     if e.misclassified:
         out += [Text(), Text("worst validation errors", "bold"), misclassified_view(e.misclassified)]
     return out
@@ -151,12 +189,22 @@ def _validation_views(e: RunFinished) -> list[RenderableType]:
 
 def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     header = Text.assemble((TITLES.get(e.status, e.status), "bold"), "  ", (e.reason, "italic"))
-    facts = Text(f"{e.epochs} epochs · {e.global_step} steps · {e.samples_per_s:,.0f} samples/s · "
-                 f"{fmt_duration(e.wall_s)}", "dim")
+    facts = Text(
+        f"{e.epochs} epochs · {e.global_step} steps · {e.samples_per_s:,.0f} samples/s · {fmt_duration(e.wall_s)}",
+        "dim",
+    )
     parts: list[RenderableType] = [
-        header, facts, Text(),
-        _best_line(e.best, metric), _metrics_line("final", e.final, metric), _metrics_line("test", e.test, metric),
-        *_validation_views(e), Text(), _paths(e), Text(), phase_table(e.phases, metric),
+        header,
+        facts,
+        Text(),
+        _best_line(e.best, metric),
+        _metrics_line("final", e.final, metric),
+        _metrics_line("test", e.test, metric),
+        *_validation_views(e),
+        Text(),
+        _paths(e),
+        Text(),
+        phase_table(e.phases, metric),
     ]
     compression = compression_table(e.compression)
     if compression is not None:

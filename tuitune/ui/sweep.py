@@ -7,8 +7,8 @@ tests give it stored rows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,8 +22,14 @@ from tuitune.ui.curves import OverlayPlot
 
 Loader = Callable[[], "tuple[list[TrialRow], str]"]  # (rows best first, metric name)
 COLORS = ("cyan", "green", "orange", "magenta", "yellow", "blue", "red", "white")
-STATUS_STYLE = {"running": "bold cyan", "done": "green", "pruned": "yellow", "failed": "red", "killed": "red",
-                "waiting": "dim"}
+STATUS_STYLE = {
+    "running": "bold cyan",
+    "done": "green",
+    "pruned": "yellow",
+    "failed": "red",
+    "killed": "red",
+    "waiting": "dim",
+}
 
 
 class CurvesPlot(OverlayPlot):
@@ -33,9 +39,14 @@ class CurvesPlot(OverlayPlot):
         super().__init__(COLORS)
 
     def show(self, rows: list[TrialRow], metric: str) -> None:
-        self.overlay(f"{metric} per epoch, by trial" if metric else "no trial has reported yet",
-                     [(row.number, f"#{row.number}", [e for e, _ in row.curve], [v for _, v in row.curve])
-                      for row in sorted(rows, key=lambda r: r.number) if row.curve])
+        self.overlay(
+            f"{metric} per epoch, by trial" if metric else "no trial has reported yet",
+            [
+                (row.number, f"#{row.number}", [e for e, _ in row.curve], [v for _, v in row.curve])
+                for row in sorted(rows, key=lambda r: r.number)
+                if row.curve
+            ],
+        )
         self.plt.xlabel("epoch")
         self.refresh()
 
@@ -48,8 +59,9 @@ class SweepScreen(Screen[None]):
     SweepScreen CurvesPlot { height: 1fr; }
     """
 
-    def __init__(self, load: Loader, title: str, open_trial: Callable[[str], None] | None = None,
-                 refresh_s: float = 1.0) -> None:
+    def __init__(
+        self, load: Loader, title: str, open_trial: Callable[[str], None] | None = None, refresh_s: float = 1.0
+    ) -> None:
         super().__init__()
         self.load, self.title_text, self.open_trial, self.refresh_s = load, title, open_trial, refresh_s
         self.rows: list[TrialRow] = []
@@ -101,14 +113,22 @@ class SweepScreen(Screen[None]):
         table.clear()
         for r in rows:
             best = "-" if r.best is None else f"{r.best:.4f}"
-            table.add_row(f"#{r.number}", f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]", best, str(r.epochs),
-                          f"{r.time_s:.0f}s", params_text(r.params), key=str(r.number))
+            table.add_row(
+                f"#{r.number}",
+                f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
+                best,
+                str(r.epochs),
+                f"{r.time_s:.0f}s",
+                params_text(r.params),
+                key=str(r.number),
+            )
         if selected is not None and any(r.number == selected for r in rows):
             table.move_cursor(row=[r.number for r in rows].index(selected))
         done = sum(r.status in ("done", "pruned") for r in rows)
         running = sum(r.status == "running" for r in rows)
         self.query_one("#title", Static).update(
-            f"{self.title_text} · {len(rows)} trials: {done} ended, {running} running · enter: its dashboard")
+            f"{self.title_text} · {len(rows)} trials: {done} ended, {running} running · enter: its dashboard"
+        )
         self.query_one(CurvesPlot).show(rows, metric)
         # the header is drawn before the idle pass that widens the columns to the new rows: draw it again after
         self.call_after_refresh(table.refresh)

@@ -4,7 +4,8 @@ lower one the background), so a person sees *what* the model got wrong without l
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rich.color import Color
 from rich.console import Group, RenderableType
@@ -53,8 +54,10 @@ def heatmap(conf: Sequence[Sequence[int]], names: Sequence[str]) -> Table:
 
 def top_confusions(conf: Sequence[Sequence[int]], names: Sequence[str], n: int = TOP) -> RenderableType:
     """The largest off-diagonal counts: which true class went to which prediction, and its share of the class."""
-    pairs = sorted(((conf[r][c], r, c) for r in range(len(conf)) for c in range(len(conf)) if r != c and conf[r][c]),
-                   key=lambda t: (-t[0], t[1], t[2]))[:n]
+    pairs = sorted(
+        ((conf[r][c], r, c) for r in range(len(conf)) for c in range(len(conf)) if r != c and conf[r][c]),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )[:n]
     table = Table.grid(padding=(0, 1))
     table.add_column(no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
@@ -63,8 +66,11 @@ def top_confusions(conf: Sequence[Sequence[int]], names: Sequence[str], n: int =
     if not pairs:
         table.add_row(Text("none", "dim"), "", "")
     for count, r, c in pairs:
-        table.add_row(Text(f"{names[r][:8]} → {names[c][:8]}"), Text(str(count), "red"),
-                      Text(f"{count / max(sum(conf[r]), 1):.0%}", "dim"))
+        table.add_row(
+            Text(f"{names[r][:8]} → {names[c][:8]}"),
+            Text(str(count), "red"),
+            Text(f"{count / max(sum(conf[r]), 1):.0%}", "dim"),
+        )
     return table
 
 
@@ -86,22 +92,30 @@ def thumbnail(rgb_hex: str, size: int) -> Text:
             text.append("\n")
         for x in range(size):
             top, bottom = 3 * (y * size + x), 3 * ((y + 1) * size + x)
-            text.append("▀", Style(color=Color.from_rgb(*data[top:top + 3]),
-                                   bgcolor=Color.from_rgb(*data[bottom:bottom + 3])))
+            text.append(
+                "▀",
+                Style(color=Color.from_rgb(*data[top : top + 3]), bgcolor=Color.from_rgb(*data[bottom : bottom + 3])),
+            )
     return text
 
 
 def _caption(item: dict[str, Any], width: int) -> Text:
-    return Text.assemble(("true ", "dim"), (str(item.get("true", "?"))[: width - 5], "green"), "\n",
-                         ("pred ", "dim"), (str(item.get("pred", "?"))[: width - 5], "red"), "\n",
-                         (f"loss {item.get('loss', 0):.2f}", "dim"))
+    return Text.assemble(
+        ("true ", "dim"),
+        (str(item.get("true", "?"))[: width - 5], "green"),
+        "\n",
+        ("pred ", "dim"),
+        (str(item.get("pred", "?"))[: width - 5], "red"),
+        "\n",
+        (f"loss {item.get('loss', 0):.2f}", "dim"),
+    )
 
 
 def misclassified_view(items: Sequence[dict[str, Any]]) -> RenderableType:
     """The worst errors, PER_ROW to a row, each a thumbnail over its true and predicted labels and its loss."""
     rows = []
     for start in range(0, len(items), PER_ROW):
-        chunk = items[start:start + PER_ROW]
+        chunk = items[start : start + PER_ROW]
         size = max(int(i.get("size", 16)) for i in chunk)
         grid = Table.grid(padding=(0, 2))
         for _ in chunk:

@@ -18,9 +18,9 @@ from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LayerInfo, SetupProgressed
 from tuitune.engine.record.progress import progress_text
-from tuitune.ui.plotcanvas import render_figure
-from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_score, fmt_sci, fmt_value, is_percent
+from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_sci, fmt_score, fmt_value, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
+from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.plotdata import Series, eta_s, plot_series, smooth, x_range
 from tuitune.ui.reducer import DashboardState, LogLine, Point
 
@@ -36,8 +36,14 @@ STATUS_STYLES = {
 }
 TRAIN_COLOR = (80, 190, 255)
 VAL_COLOR = (255, 160, 60)
-SERIES_COLORS = {"train": TRAIN_COLOR, "task": TRAIN_COLOR, "val": VAL_COLOR, "distill": (90, 220, 200),
-                 "ema": (120, 220, 120), "source": (235, 95, 95)}
+SERIES_COLORS = {
+    "train": TRAIN_COLOR,
+    "task": TRAIN_COLOR,
+    "val": VAL_COLOR,
+    "distill": (90, 220, 200),
+    "ema": (120, 220, 120),
+    "source": (235, 95, 95),
+}
 CACHE_BADGE = ("cache", "bold black on #56b6c2")
 RAW_COLOR = (85, 95, 115)
 PHASE_COLOR = (230, 200, 80)
@@ -135,11 +141,11 @@ def setup_text(e: SetupProgressed, width: int = 20) -> Text:
 
 def log_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
     """Ticks for log10-transformed data: 1-2-5 steps within [10**low, 10**high], labelled with the real values."""
-    ticks = [math.log10(m * 10.0 ** k) for k in range(math.floor(low) - 1, math.ceil(high) + 1) for m in (1, 2, 5)]
+    ticks = [math.log10(m * 10.0**k) for k in range(math.floor(low) - 1, math.ceil(high) + 1) for m in (1, 2, 5)]
     inside = [t for t in ticks if low - 1e-9 <= t <= high + 1e-9]
     if len(inside) < 2:
         inside = [low, high] if high > low else [low]
-    return inside, [f"{10 ** t:.3g}" for t in inside]
+    return inside, [f"{10**t:.3g}" for t in inside]
 
 
 def thin(n: int, most: int) -> list[int]:
@@ -155,7 +161,7 @@ class MetricPlot(Metered, PlotextPlot):
     """The loss or the score plot: train (smoothed), val and any extra series, with a vertical line at each phase
     change or command. The score plot is titled and scaled by the run's metric (percent, or RMSE as is)."""
 
-    def __init__(self, metric: str, *, id: str | None = None) -> None:  # noqa: A002 - Textual's name
+    def __init__(self, metric: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.metric = metric  # "loss" or "acc" (the task's score, whatever it is)
         self.x_span: tuple[float, float] | None = None  # the x axis last drawn
@@ -221,11 +227,11 @@ class MetricPlot(Metered, PlotextPlot):
             if series.raw:
                 plt.plot([xs[i] for i in keep], [ys[i] for i in keep], marker="braille", color=RAW_COLOR)
             smoothed = smooth(ys)
-            plt.plot([xs[i] for i in keep], [smoothed[i] for i in keep], marker="braille", color=color,
-                     label=series.label)
+            plt.plot(
+                [xs[i] for i in keep], [smoothed[i] for i in keep], marker="braille", color=color, label=series.label
+            )
         elif points:
-            plt.plot([p[0] for p in points], [p[1] for p in points], marker="braille", color=color,
-                     label=series.label)
+            plt.plot([p[0] for p in points], [p[1] for p in points], marker="braille", color=color, label=series.label)
             plt.scatter([p[0] for p in points], [p[1] for p in points], marker="●", color=color)
 
 
@@ -240,8 +246,13 @@ def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
     """One row of the layer table, formatted: group, params, state, LR, grad norm, drift."""
     return (
         (layer.name, "bold" if layer.trainable else "dim", None),
-        (fmt_count(layer.params) if layer.adapters is None  # under LoRA: "adapter params/all params"
-         else f"{fmt_count(layer.adapters)}/{fmt_count(layer.params)}", "", "right"),
+        (
+            fmt_count(layer.params)
+            if layer.adapters is None  # under LoRA: "adapter params/all params"
+            else f"{fmt_count(layer.adapters)}/{fmt_count(layer.params)}",
+            "",
+            "right",
+        ),
         STATE_CELLS[layer.trainable],
         (fmt_sci(layer.lr) if layer.trainable else "-", "", "right"),
         ("-" if layer.grad_norm is None else f"{layer.grad_norm:.2e}", "", "right"),
@@ -296,8 +307,10 @@ class LayerTable(Metered, DataTable):
             with_shift = True
             self.add_column("shift", key="shift")
             self._cells = {}
-        rows = {layer.name: layer_cells(layer) + ((shift_cell(self._shift.get(layer.name)),) if with_shift else ())
-                for layer in state.layers}
+        rows = {
+            layer.name: layer_cells(layer) + ((shift_cell(self._shift.get(layer.name)),) if with_shift else ())
+            for layer in state.layers
+        }
         if tuple(rows) != tuple(self._cells) or len(rows) != len(state.layers):
             self._rebuild(state.layers, rows)
             return
@@ -358,11 +371,15 @@ class LayerTable(Metered, DataTable):
 
 
 LOG_STYLES = {
-    "info": "", "epoch": "dim", "phase": "bold #e6c850", "command": "#c86edc", "checkpoint": "#61afef",
-    "warning": "bold #e0a050", "error": "bold red",
+    "info": "",
+    "epoch": "dim",
+    "phase": "bold #e6c850",
+    "command": "#c86edc",
+    "checkpoint": "#61afef",
+    "warning": "bold #e0a050",
+    "error": "bold red",
 }
-LOG_ICONS = {"info": "·", "epoch": "·", "phase": "◆", "command": "»", "checkpoint": "✚", "warning": "⚠",
-             "error": "✖"}
+LOG_ICONS = {"info": "·", "epoch": "·", "phase": "◆", "command": "»", "checkpoint": "✚", "warning": "⚠", "error": "✖"}
 
 
 class EventLog(Metered, Widget):

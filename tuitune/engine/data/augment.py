@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,10 +22,18 @@ def train_transform(data_config: dict, aug: AugmentConfig) -> Callable[[Image.Im
     from timm.data import create_transform
 
     return create_transform(
-        input_size=data_config["input_size"], is_training=True, scale=(aug.scale_min, 1.0), hflip=aug.hflip,
-        vflip=aug.vflip, auto_augment=aug.auto_augment or None, color_jitter=aug.color_jitter,
-        re_prob=aug.re_prob, interpolation=data_config.get("interpolation", "bilinear"),
-        mean=data_config["mean"], std=data_config["std"])
+        input_size=data_config["input_size"],
+        is_training=True,
+        scale=(aug.scale_min, 1.0),
+        hflip=aug.hflip,
+        vflip=aug.vflip,
+        auto_augment=aug.auto_augment or None,
+        color_jitter=aug.color_jitter,
+        re_prob=aug.re_prob,
+        interpolation=data_config.get("interpolation", "bilinear"),
+        mean=data_config["mean"],
+        std=data_config["std"],
+    )
 
 
 class PixelImages(Dataset):
@@ -66,5 +75,6 @@ def build_mixup(aug: AugmentConfig, num_classes: int, label_smoothing: float) ->
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=label_smoothing,
-                 num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=label_smoothing, num_classes=num_classes
+    )

@@ -4,7 +4,8 @@ package, so none of them reaches it through another."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset

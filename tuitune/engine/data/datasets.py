@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,15 @@ from tuitune.engine.record.progress import Progress
 from tuitune.errors import DataError
 
 Emit = Callable[[Event], None]
-__all__ = ["DataBundle", "TensorImages", "ImageFiles", "make_loaders", "eval_transform", "split_subsets",
-           "split_counts"]
+__all__ = [
+    "DataBundle",
+    "ImageFiles",
+    "TensorImages",
+    "eval_transform",
+    "make_loaders",
+    "split_counts",
+    "split_subsets",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -62,8 +70,13 @@ class TensorImages(Dataset):
     A single stored channel broadcasts against a C-channel mean/std, i.e. grey -> RGB replication for free.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor | None = None,
-                 std: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ) -> None:
         self.images, self.labels, self.mean, self.std = images, labels, mean, std
 
     def __len__(self) -> int:
@@ -80,8 +93,12 @@ class ImageFiles(Dataset):
     """Image files read lazily (real folders can be large); a file PIL cannot read raises DataError naming it.
     `random`: the transform is a random (train-time) one, so its output must not be cached."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], torch.Tensor],
-                 random: bool = False):
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transform: Callable[[Image.Image], torch.Tensor],
+        random: bool = False,
+    ):
         self.samples, self.transform, self.random = list(samples), transform, random
 
     def __len__(self) -> int:
@@ -114,15 +131,18 @@ def eval_transform(data_config: dict, **override: Any) -> Callable[[Image.Image]
     return create_transform(**kwargs, is_training=False)
 
 
-def pretransform(images: Sequence[Image.Image], labels: np.ndarray, transform: Any,
-                 channels: int) -> TensorImages:
+def pretransform(images: Sequence[Image.Image], labels: np.ndarray, transform: Any, channels: int) -> TensorImages:
     """Run the deterministic transform once per image (see TensorImages for why)."""
     from torchvision.transforms import Compose, Normalize, ToTensor
 
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     steps = getattr(transform, "transforms", [])
-    if (isinstance(transform, Compose) and len(steps) >= 2 and isinstance(steps[-2], ToTensor)
-            and isinstance(steps[-1], Normalize)):
+    if (
+        isinstance(transform, Compose)
+        and len(steps) >= 2
+        and isinstance(steps[-2], ToTensor)
+        and isinstance(steps[-1], Normalize)
+    ):
         geometric = Compose(steps[:-2])
         pixels = [torch.from_numpy(np.array(geometric(im), dtype=np.uint8)) for im in images]
         stacked = torch.stack([p[None] if p.ndim == 2 else p.permute(2, 0, 1) for p in pixels])
@@ -133,8 +153,9 @@ def pretransform(images: Sequence[Image.Image], labels: np.ndarray, transform: A
     return TensorImages(torch.stack([transform(im.convert(mode)) for im in images]), y)
 
 
-def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded per-class split, so every split sees every class in proportion (a 5-class digits val set with one
     class missing would make val accuracy meaningless). Each class keeps >= 1 train and, given >= 2 examples and
     a val_fraction > 0, >= 1 val example."""
@@ -146,18 +167,22 @@ def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
         n_test = min(int(round(n * test_fraction)), max(n - 2, 0))
         n_val = min(max(int(round(n * val_fraction)), int(n >= 2 and val_fraction > 0)), n - n_test - 1)
         parts[2].extend(idx[:n_test])
-        parts[1].extend(idx[n_test:n_test + n_val])
-        parts[0].extend(idx[n_test + n_val:])
+        parts[1].extend(idx[n_test : n_test + n_val])
+        parts[0].extend(idx[n_test + n_val :])
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
 
 
-def split_subsets(full: Dataset, labels: np.ndarray, cfg: DataConfig, seed: int,
-             where: str) -> tuple[Dataset, Dataset, Dataset | None]:
+def split_subsets(
+    full: Dataset, labels: np.ndarray, cfg: DataConfig, seed: int, where: str
+) -> tuple[Dataset, Dataset, Dataset | None]:
     train, val, test = split_indices(labels, cfg.val_fraction, cfg.test_fraction, seed)
     if (len(val) == 0 and cfg.val_fraction > 0) or len(train) == 0:
         raise DataError(f"{where}: data.val_fraction: too few examples ({len(labels)}) to split off validation")
-    return Subset(full, train.tolist()), Subset(full, val.tolist()), (
-        Subset(full, test.tolist()) if len(test) else None)
+    return (
+        Subset(full, train.tolist()),
+        Subset(full, val.tolist()),
+        (Subset(full, test.tolist()) if len(test) else None),
+    )
 
 
 def split_counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:
@@ -172,9 +197,8 @@ def split_counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:
 def load_digits_array() -> tuple[np.ndarray, np.ndarray]:
     """The vendored UCI digits: images uint8 [1797, 8, 8] (0..16) and labels int64 [1797]. Cached and read-only
     because every run (and every test) reads the same 1,797 rows."""
-    with resources.files("tuitune").joinpath("assets/digits.csv.gz").open("rb") as raw:
-        with gzip.open(raw, "rt") as f:
-            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    with resources.files("tuitune").joinpath("assets/digits.csv.gz").open("rb") as raw, gzip.open(raw, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     images, labels = table[:, :-1].reshape(-1, 8, 8).astype(np.uint8), table[:, -1].copy()
     images.setflags(write=False)
     labels.setflags(write=False)
@@ -207,8 +231,13 @@ def build_digits(cfg: DataConfig, data_config: dict, seed: int) -> DataBundle:
     channels = int(data_config["input_size"][0])
     full = pretransform(pil, y, eval_transform(data_config, **DIGITS_TRANSFORM), channels)
     train, val, test = split_subsets(full, y, cfg, seed, "digits")
-    return DataBundle(train, val, test, tuple(str(d) for d in digits),
-                      f"digits {_digit_names(digits)}: {split_counts(train, val, test)}")
+    return DataBundle(
+        train,
+        val,
+        test,
+        tuple(str(d) for d in digits),
+        f"digits {_digit_names(digits)}: {split_counts(train, val, test)}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ image folder
@@ -229,8 +258,12 @@ def scan_class_folders(root: Path, emit: Emit | None = None) -> tuple[list[str],
     samples: list[tuple[Path, int]] = []
     progress = Progress(emit, "scan", root.name, len(classes), "folders")
     for label, name in enumerate(classes):
-        files = sorted(Path(d) / f for d, _, fs in os.walk(root / name, followlinks=True) for f in fs
-                       if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."))
+        files = sorted(
+            Path(d) / f
+            for d, _, fs in os.walk(root / name, followlinks=True)
+            for f in fs
+            if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")
+        )
         if not files:
             raise DataError(f"{root / name}: data.path: class folder has no images")
         samples.extend((f, label) for f in files)
@@ -244,8 +277,10 @@ def _same_classes(root: Path, split: str, classes: list[str], train_classes: lis
     if classes != train_classes:
         missing = ", ".join(sorted(set(train_classes) - set(classes))) or "none"
         extra = ", ".join(sorted(set(classes) - set(train_classes))) or "none"
-        raise DataError(f"{root / split}: data.path: class folders differ from {root / 'train'} "
-                        f"(missing: {missing}; extra: {extra})")
+        raise DataError(
+            f"{root / split}: data.path: class folders differ from {root / 'train'} "
+            f"(missing: {missing}; extra: {extra})"
+        )
 
 
 def image_folder_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
@@ -279,11 +314,17 @@ def build_image_folder(cfg: DataConfig, data_config: dict, seed: int, emit: Emit
         classes, samples = scan_class_folders(root, emit)
         labels = np.array([label for _, label in samples], dtype=np.int64)
         train, val, test = split_subsets(ImageFiles(samples, transform), labels, cfg, seed, str(root))
-    return DataBundle(train, val, test, tuple(classes),
-                      f"image_folder {root.name}: {len(classes)} classes, {split_counts(train, val, test)}")
+    return DataBundle(
+        train,
+        val,
+        test,
+        tuple(classes),
+        f"image_folder {root.name}: {len(classes)} classes, {split_counts(train, val, test)}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ text
+
 
 def text_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
     rows = read_text_file(Path(cfg.path).expanduser(), "path", cfg.text_column, cfg.label_column)
@@ -303,9 +344,18 @@ def resolve_num_workers(num_workers: int, device_type: str) -> int:
     return min(8, (os.cpu_count() or 2) // 2)
 
 
-def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, device_type: str, seed: int,
-                 group_by_length: bool = False, pad_to_max_length: bool = False, rank: int = 0,
-                 world: int = 1) -> tuple[DataLoader, DataLoader, DataLoader | None]:
+def make_loaders(
+    bundle: DataBundle,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device_type: str,
+    seed: int,
+    group_by_length: bool = False,
+    pad_to_max_length: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader shuffled by a seeded generator (same order for the same seed); val/test in order, with
     twice the batch size since they keep no activations for backward. Text batches are cut to their longest
     sequence (unless `pad_to_max_length`); `group_by_length` (text) shuffles into batches of similar lengths,
@@ -315,23 +365,48 @@ def make_loaders(bundle: DataBundle, *, batch_size: int, num_workers: int, devic
 
     collate = (lambda ds: None) if pad_to_max_length else collate_for
     workers = resolve_num_workers(num_workers, device_type)
-    common: dict[str, Any] = {"num_workers": workers, "pin_memory": device_type == "cuda",
-                              "persistent_workers": workers > 0}
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": device_type == "cuda",
+        "persistent_workers": workers > 0,
+    }
     gen = torch.Generator().manual_seed(seed)
     if world > 1:
         lengths = text_lengths(bundle.train) if group_by_length else None
-        batches = GlobalBatchSampler(len(bundle.train), batch_size, rank, world, gen,  # type: ignore[arg-type]
-                                     lengths)
-        train = DataLoader(bundle.train, batch_sampler=batches, generator=gen, collate_fn=collate(bundle.train),
-                           **common)
-        val = DataLoader(bundle.val, batch_size=batch_size * 2, sampler=EvalShard(len(bundle.val), rank, world),
-                         collate_fn=collate(bundle.val), **common)  # type: ignore[arg-type]
+        batches = GlobalBatchSampler(
+            len(bundle.train),
+            batch_size,
+            rank,
+            world,
+            gen,  # type: ignore[arg-type]
+            lengths,
+        )
+        train = DataLoader(
+            bundle.train, batch_sampler=batches, generator=gen, collate_fn=collate(bundle.train), **common
+        )
+        val = DataLoader(
+            bundle.val,
+            batch_size=batch_size * 2,
+            sampler=EvalShard(len(bundle.val), rank, world),
+            collate_fn=collate(bundle.val),
+            **common,
+        )  # type: ignore[arg-type]
     else:
         sampler = length_sampler(bundle.train, batch_size, gen) if group_by_length else None
-        train = DataLoader(bundle.train, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                           drop_last=False, generator=gen, collate_fn=collate(bundle.train), **common)
-        val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.val),
-                         **common)
-    test = (DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.test),
-                       **common) if bundle.test is not None else None)
+        train = DataLoader(
+            bundle.train,
+            batch_size=batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=False,
+            generator=gen,
+            collate_fn=collate(bundle.train),
+            **common,
+        )
+        val = DataLoader(bundle.val, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.val), **common)
+    test = (
+        DataLoader(bundle.test, batch_size=batch_size * 2, shuffle=False, collate_fn=collate(bundle.test), **common)
+        if bundle.test is not None
+        else None
+    )
     return train, val, test

@@ -14,15 +14,16 @@ remainder, and running out of memory costs far more than decoding.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tuitune.engine.data.datasets import DataBundle, ImageFiles, TensorImages, load_rgb
 from tuitune.engine.data.batches import unwrap
+from tuitune.engine.data.datasets import DataBundle, ImageFiles, TensorImages, load_rgb
 from tuitune.engine.events import Event
 from tuitune.engine.record.progress import Progress
 
@@ -43,8 +44,10 @@ def cache_images(bundle: DataBundle, mode: str, emit: Emit | None = None) -> tup
         free = available_memory()
         if free is None or need > FRACTION * free:
             room = "unknown" if free is None else f"{free / 2**20:,.0f} MB"
-            return bundle, (f"data.cache_images: the decoded images ({need / 2**20:,.0f} MB) would not fit in a "
-                            f"quarter of the free memory ({room}); every epoch decodes them again")
+            return bundle, (
+                f"data.cache_images: the decoded images ({need / 2**20:,.0f} MB) would not fit in a "
+                f"quarter of the free memory ({room}); every epoch decodes them again"
+            )
     for i in todo:
         splits[i] = decode(splits[i], emit, names[i])  # type: ignore[arg-type]
     train, val, test = splits
@@ -62,8 +65,12 @@ def _plan(dataset: Dataset) -> tuple[ImageFiles, list[int], Any, Any] | None:
         return None
     tf = base.transform
     steps = getattr(tf, "transforms", [])
-    if not (isinstance(tf, Compose) and len(steps) >= 2 and isinstance(steps[-2], ToTensor)
-            and isinstance(steps[-1], Normalize)):
+    if not (
+        isinstance(tf, Compose)
+        and len(steps) >= 2
+        and isinstance(steps[-2], ToTensor)
+        and isinstance(steps[-1], Normalize)
+    ):
         return None
     return base, indices if indices is not None else list(range(len(base))), Compose(steps[:-2]), steps[-1]
 

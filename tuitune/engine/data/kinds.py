@@ -5,9 +5,10 @@ nothing else asks `data.kind == ...`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuitune.config import DataConfig, ModelConfig
 from tuitune.engine.data import datasets, synthetic, text
@@ -15,7 +16,7 @@ from tuitune.engine.data.datasets import DataBundle
 from tuitune.engine.events import Event
 from tuitune.errors import DataError, UserError
 
-__all__ = ["BuildInputs", "DataKind", "KINDS", "build_datasets", "class_names", "data_kind", "input_task"]
+__all__ = ["KINDS", "BuildInputs", "DataKind", "build_datasets", "class_names", "data_kind", "input_task"]
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,24 @@ def _build_synthetic(cfg: DataConfig, a: BuildInputs) -> DataBundle:
 
 
 KINDS: dict[str, DataKind] = {
-    "digits": DataKind(classes=datasets.digit_classes, reads="image", class_targets_only=True,
-                       build=lambda cfg, a: datasets.build_digits(cfg, a.data_config, a.seed),
-                       transform=datasets.DIGITS_TRANSFORM),
-    "image_folder": DataKind(classes=datasets.image_folder_classes, reads="image", class_targets_only=True,
-                             build=lambda cfg, a: datasets.build_image_folder(cfg, a.data_config, a.seed, a.emit)),
-    "text": DataKind(classes=datasets.text_classes, reads="text",
-                     build=lambda cfg, a: text.build_text(cfg, a.tokenizer, a.max_length, a.seed, a.target, a.emit)),
+    "digits": DataKind(
+        classes=datasets.digit_classes,
+        reads="image",
+        class_targets_only=True,
+        build=lambda cfg, a: datasets.build_digits(cfg, a.data_config, a.seed),
+        transform=datasets.DIGITS_TRANSFORM,
+    ),
+    "image_folder": DataKind(
+        classes=datasets.image_folder_classes,
+        reads="image",
+        class_targets_only=True,
+        build=lambda cfg, a: datasets.build_image_folder(cfg, a.data_config, a.seed, a.emit),
+    ),
+    "text": DataKind(
+        classes=datasets.text_classes,
+        reads="text",
+        build=lambda cfg, a: text.build_text(cfg, a.tokenizer, a.max_length, a.seed, a.target, a.emit),
+    ),
     "synthetic": DataKind(classes=synthetic.synthetic_classes, reads="either", build=_build_synthetic),
 }
 
@@ -84,12 +96,14 @@ def class_names(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
 
 def _check_target(cfg: DataConfig, kind: DataKind, target: str) -> None:
     if target != "class" and kind.class_targets_only:
-        raise DataError(f"loss.kind: {cfg.kind} data has one class per example; regression (mse) and multi-label "
-                        f"(bce) need text or synthetic data")
+        raise DataError(
+            f"loss.kind: {cfg.kind} data has one class per example; regression (mse) and multi-label "
+            f"(bce) need text or synthetic data"
+        )
 
 
 def input_task(data: DataConfig, model: ModelConfig) -> str:
-    """"image" or "text": what the model reads. The data kind decides, except for synthetic data, where a Hugging
+    """ "image" or "text": what the model reads. The data kind decides, except for synthetic data, where a Hugging
     Face model's own config does (a vision config has an image size)."""
     reads = data_kind(data).reads
     if reads != "either":
@@ -101,9 +115,17 @@ def input_task(data: DataConfig, model: ModelConfig) -> str:
     return "image"
 
 
-def build_datasets(cfg: DataConfig, *, task: str, data_config: dict, tokenizer: Any = None,
-                   max_length: int = 128, seed: int = 0, target: str = "class",
-                   emit: Callable[[Event], None] | None = None) -> DataBundle:
+def build_datasets(
+    cfg: DataConfig,
+    *,
+    task: str,
+    data_config: dict,
+    tokenizer: Any = None,
+    max_length: int = 128,
+    seed: int = 0,
+    target: str = "class",
+    emit: Callable[[Event], None] | None = None,
+) -> DataBundle:
     """Build train / val / (test) datasets for `cfg.kind` (see `BuildInputs` for the arguments)."""
     if task not in ("image", "text"):
         raise ValueError(f"task must be 'image' or 'text', got {task!r}")

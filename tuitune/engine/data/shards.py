@@ -18,7 +18,7 @@ disjoint and cover the set, so summed metrics equal the one-process ones exactly
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -31,8 +31,15 @@ class GlobalBatchSampler(Sampler[list[int]]):
     fewer examples than ranks is dropped, since a rank with no examples cannot join the gradient all-reduce.
     `lengths` (text, `data.group_by_length`): global batches of similar lengths (see the module)."""
 
-    def __init__(self, size: int, batch_size: int, rank: int, world: int, generator: torch.Generator,
-                 lengths: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        rank: int,
+        world: int,
+        generator: torch.Generator,
+        lengths: list[int] | None = None,
+    ) -> None:
         self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
         self.generator, self.lengths = generator, lengths
         self.global_batch = batch_size * world
@@ -61,7 +68,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         else:
             order = torch.randperm(self.size, generator=self.generator).tolist()  # what RandomSampler draws
         for start, n in zip(range(0, self.size, self.global_batch), self.sizes):
-            chunk = order[start:start + n]
+            chunk = order[start : start + n]
             lo, hi = self._bounds(n)
             yield chunk[lo:hi]
         # RandomSampler draws a second permutation (of which it yields nothing) when its epoch ends: the same

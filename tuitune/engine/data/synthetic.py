@@ -18,8 +18,9 @@ def synthetic_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]
     return ("value",) if target == "value" else tuple(f"c{k}" for k in range(cfg.num_classes))
 
 
-def _synthetic_labels(cfg: DataConfig, target: str, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                  torch.Tensor]:
+def _synthetic_labels(
+    cfg: DataConfig, target: str, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(first class, second class or -1, targets). Multi-label examples carry a second class half the time;
     regression targets are the class index as a number."""
     first = torch.arange(cfg.num_samples) % cfg.num_classes
@@ -46,8 +47,13 @@ def build_synthetic_images(cfg: DataConfig, data_config: dict, seed: int, target
     x = x + templates[second.clamp(min=0)] * (second >= 0).float()[:, None, None, None]
     full = TensorImages(x, targets)
     train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
-    return DataBundle(train, val, test, synthetic_classes(cfg, target),
-                      f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {split_counts(train, val, test)}")
+    return DataBundle(
+        train,
+        val,
+        test,
+        synthetic_classes(cfg, target),
+        f"synthetic images {c}x{h}x{w}: {cfg.num_classes} classes, {split_counts(train, val, test)}",
+    )
 
 
 def _vocab_words(tokenizer: Any) -> list[str]:
@@ -56,23 +62,33 @@ def _vocab_words(tokenizer: Any) -> list[str]:
     return sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and w not in special)
 
 
-def build_synthetic_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int,
-                         target: str = "class", emit: Any = None) -> DataBundle:
+def build_synthetic_text(
+    cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, target: str = "class", emit: Any = None
+) -> DataBundle:
     """Short texts whose words come mostly from a per-class word list (plus shared filler words)."""
     rng = np.random.default_rng(seed)
     words = _vocab_words(tokenizer)
     per_class = min(8, len(words) // (cfg.num_classes + 1))
     if per_class < 2:
-        raise UserError(f"synthetic text: the tokenizer knows {len(words)} plain words; "
-                        f"{cfg.num_classes} classes need at least {2 * (cfg.num_classes + 1)}")
+        raise UserError(
+            f"synthetic text: the tokenizer knows {len(words)} plain words; "
+            f"{cfg.num_classes} classes need at least {2 * (cfg.num_classes + 1)}"
+        )
     chosen = list(rng.permutation(words)[: per_class * (cfg.num_classes + 1)])
-    vocab = [chosen[k * per_class:(k + 1) * per_class] for k in range(cfg.num_classes + 1)]
+    vocab = [chosen[k * per_class : (k + 1) * per_class] for k in range(cfg.num_classes + 1)]
     filler = vocab[-1]
     first, second, targets = _synthetic_labels(cfg, target, torch.Generator().manual_seed(seed))
     pools = [vocab[int(a)] + (vocab[int(b)] if b >= 0 else []) for a, b in zip(first, second)]
-    texts = [" ".join(rng.choice(pool) if rng.random() < 0.7 else rng.choice(filler)
-                      for _ in range(int(rng.integers(4, 9)))) for pool in pools]
+    texts = [
+        " ".join(rng.choice(pool) if rng.random() < 0.7 else rng.choice(filler) for _ in range(int(rng.integers(4, 9))))
+        for pool in pools
+    ]
     full = tokenize(tokenizer, texts, targets, max_length, emit, "synthetic")
     train, val, test = split_subsets(full, first.numpy(), cfg, seed, "synthetic")
-    return DataBundle(train, val, test, synthetic_classes(cfg, target),
-                      f"synthetic text: {cfg.num_classes} classes, {split_counts(train, val, test)}")
+    return DataBundle(
+        train,
+        val,
+        test,
+        synthetic_classes(cfg, target),
+        f"synthetic text: {cfg.num_classes} classes, {split_counts(train, val, test)}",
+    )

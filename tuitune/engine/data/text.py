@@ -12,17 +12,18 @@ texts of similar length (shuffled, then sorted by length within mega-batches of 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from tuitune.config import DataConfig
-from tuitune.engine.events import Event
-from tuitune.engine.record.progress import Progress
 from tuitune.engine.data.datasets import DataBundle, split_counts, split_subsets
 from tuitune.engine.data.textfiles import Row, encode_targets, read_text_file, strata, target_classes
+from tuitune.engine.events import Event
+from tuitune.engine.record.progress import Progress
 from tuitune.errors import UserError
 
 Emit = Callable[[Event], None]
@@ -49,8 +50,9 @@ class TrimPadding:
 class TokenizedText(Dataset):
     """Texts tokenized once into tensors padded to the cap; `collate` trims each batch (see module doc)."""
 
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                 padding_side: str = "right") -> None:
+    def __init__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, padding_side: str = "right"
+    ) -> None:
         self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
         self.collate = TrimPadding(padding_side)
 
@@ -65,18 +67,25 @@ class TokenizedText(Dataset):
         return self.attention_mask.sum(dim=1)
 
 
-def tokenize(tokenizer: Any, texts: list[str], labels: list[int] | torch.Tensor, max_length: int,
-             emit: Emit | None = None, detail: str = "") -> TokenizedText:
+def tokenize(
+    tokenizer: Any,
+    texts: list[str],
+    labels: list[int] | torch.Tensor,
+    max_length: int,
+    emit: Emit | None = None,
+    detail: str = "",
+) -> TokenizedText:
     """Tokenize everything once, padded to max_length, in chunks so that progress shows on big files."""
     progress = Progress(emit, "tokenize", detail, len(texts), "texts")
     ids, masks = [], []
     try:
         for i in range(0, len(texts), CHUNK):
-            enc = tokenizer(texts[i:i + CHUNK], padding="max_length", truncation=True, max_length=max_length,
-                            return_tensors="pt")
+            enc = tokenizer(
+                texts[i : i + CHUNK], padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+            )
             ids.append(enc["input_ids"].long())
             masks.append(enc["attention_mask"].long())
-            progress.advance(len(texts[i:i + CHUNK]))
+            progress.advance(len(texts[i : i + CHUNK]))
     except ValueError as e:  # e.g. a tokenizer without a padding token
         raise UserError(f"tokenizer: {(str(e).splitlines() or [''])[0]}") from None
     progress.finish()
@@ -85,8 +94,9 @@ def tokenize(tokenizer: Any, texts: list[str], labels: list[int] | torch.Tensor,
     return TokenizedText(torch.cat(ids), torch.cat(masks), targets, side if side in ("left", "right") else "right")
 
 
-def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, target: str = "class",
-               emit: Emit | None = None) -> DataBundle:
+def build_text(
+    cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, target: str = "class", emit: Emit | None = None
+) -> DataBundle:
     """Train file, plus `val_path` / `test_path` files where given; a split without its own file is cut from the
     train file by the seeded fractions. Classes (or labels) come from the train file alone."""
     path = Path(cfg.path).expanduser()
@@ -106,11 +116,15 @@ def build_text(cfg: DataConfig, tokenizer: Any, max_length: int, seed: int, targ
     train: Dataset = encode(train_rows, path)
     val, test = encode_file("val_path"), encode_file("test_path")
     if val is None or (test is None and cfg.test_fraction > 0):
-        split = dataclasses.replace(cfg, val_fraction=cfg.val_fraction if val is None else 0.0,
-                                    test_fraction=cfg.test_fraction if test is None else 0.0)
+        split = dataclasses.replace(
+            cfg,
+            val_fraction=cfg.val_fraction if val is None else 0.0,
+            test_fraction=cfg.test_fraction if test is None else 0.0,
+        )
         train, split_val, split_test = split_subsets(train, strata(train.labels), split, seed, str(path))
         val = val if val is not None else split_val
         test = test if test is not None else split_test
     noun = {"value": "target", "multi": "labels"}.get(target, "classes")
-    return DataBundle(train, val, test, classes, f"text {path.name}: {len(classes)} {noun}, "
-                                                 f"{split_counts(train, val, test)}")
+    return DataBundle(
+        train, val, test, classes, f"text {path.name}: {len(classes)} {noun}, {split_counts(train, val, test)}"
+    )

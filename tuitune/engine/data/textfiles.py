@@ -110,7 +110,7 @@ def encode_targets(rows: list[Row], target: str, classes: tuple[str, ...], file:
             try:
                 values.append(float(label))
             except ValueError:
-                raise DataError(f"{file}: row {n}: label {label!r} is not a number (loss.kind = \"mse\")") from None
+                raise DataError(f'{file}: row {n}: label {label!r} is not a number (loss.kind = "mse")') from None
         return torch.tensor(values, dtype=torch.float32)
     if target == "multi":
         hot = torch.zeros(len(rows), len(classes))

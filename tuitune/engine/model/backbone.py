@@ -19,8 +19,9 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,14 +29,15 @@ from torch import nn
 from tuitune.config import ModelConfig
 from tuitune.engine.model import hub
 from tuitune.engine.model.groups import Backbone, LayerGroup, ModelError, check_partition, unique_groups
-from tuitune.errors import first_line
 from tuitune.engine.model.hf import HFClassifier, build_hf, hf_groups, hf_inner, hf_location
+from tuitune.errors import first_line
 
 __all__ = ["Backbone", "HFClassifier", "LayerGroup", "ModelError", "build_backbone", "layer_groups", "layer_table"]
 
 
-def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coarse: bool = True,
-                   emit: hub.Emit | None = None) -> Backbone:
+def build_backbone(
+    cfg: ModelConfig, num_classes: int, task: str = "image", coarse: bool = True, emit: hub.Emit | None = None
+) -> Backbone:
     """Build the model named by `cfg` with a `num_classes` head, its layer groups and its input settings;
     `emit` receives the download's `SetupProgressed` events when weights must be fetched first."""
     if task not in ("image", "text"):
@@ -43,7 +45,7 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
     if cfg.source not in ("timm", "hf"):
         raise ModelError(f"model.source: unknown source {cfg.source!r} (expected timm or hf)")
     if cfg.source == "timm" and task != "image":
-        raise ModelError(f"model.source: timm models are image models; use source = \"hf\" for {task}")
+        raise ModelError(f'model.source: timm models are image models; use source = "hf" for {task}')
     _fetch(cfg, emit)
     with hub.hub_off():
         if cfg.source == "timm":
@@ -55,8 +57,7 @@ def build_backbone(cfg: ModelConfig, num_classes: int, task: str = "image", coar
     total = sum(p.numel() for p in model.parameters())
     size = f"{total / 1e6:.1f}M" if total >= 100_000 else f"{total / 1e3:.1f}K"
     description = f"{cfg.source} {cfg.name} ({size} params){note}"
-    return Backbone(model, layer_groups(model, coarse=coarse), task, data_config, tokenizer, description,
-                    source_head)
+    return Backbone(model, layer_groups(model, coarse=coarse), task, data_config, tokenizer, description, source_head)
 
 
 def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, ...]:
@@ -75,12 +76,19 @@ def layer_groups(model: nn.Module, *, coarse: bool = True) -> tuple[LayerGroup, 
 
 def layer_table(groups: Iterable[LayerGroup], trainable: set[str] | None = None) -> list[dict]:
     """Rows for `tuitune layers --json` and the UI's layer panel; every group is trainable unless told."""
-    return [{"name": g.name, "params": g.params,
-             "trainable": (trainable is None or g.name in trainable) and bool(g.trained),  # LoRA: no adapter, frozen
-             **({"adapters": g.adapter_params} if g.adapter_params is not None else {})} for g in groups]
+    return [
+        {
+            "name": g.name,
+            "params": g.params,
+            "trainable": (trainable is None or g.name in trainable) and bool(g.trained),  # LoRA: no adapter, frozen
+            **({"adapters": g.adapter_params} if g.adapter_params is not None else {}),
+        }
+        for g in groups
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- the hub
+
 
 def _fetch(cfg: ModelConfig, emit: hub.Emit | None) -> None:
     """Fetch what the build will read from the hub (nothing when cached, offline, or a local file / folder)."""
@@ -93,11 +101,14 @@ def _fetch(cfg: ModelConfig, emit: hub.Emit | None) -> None:
         elif cfg.source == "hf" and cfg.name and not cfg.weights:
             hub.fetch_hf(hf_location(cfg.name), emit, weights=cfg.pretrained)
     except hub.DownloadFailed as e:
-        raise ModelError(f"model.pretrained: download failed: {e} (a partial file is never used; retry, or "
-                         f"set model.weights to a local file)") from e
+        raise ModelError(
+            f"model.pretrained: download failed: {e} (a partial file is never used; retry, or "
+            f"set model.weights to a local file)"
+        ) from e
 
 
 # ------------------------------------------------------------------------------------------------------ timm
+
 
 def _build_timm(cfg: ModelConfig, num_classes: int) -> tuple[nn.Module, dict, str, dict | None]:
     """Create the timm model (weights from a local file, the hub cache, or none) and resolve its data config."""
@@ -147,7 +158,8 @@ def _no_timm_cache(name: str) -> ModelError:
     return ModelError(
         f"model.pretrained: no cached pretrained weights for timm model {name!r} and no network; fetch them once "
         f"with: python -c \"import timm; timm.create_model('{name}', pretrained=True)\", or set model.weights to "
-        "a local file")
+        "a local file"
+    )
 
 
 def _check_timm_url_cache(name: str) -> None:
@@ -156,6 +168,7 @@ def _check_timm_url_cache(name: str) -> None:
     try:
         from timm.models import get_pretrained_cfg
         from timm.models._builder import _resolve_pretrained_source, check_cached_file
+
         pcfg = get_pretrained_cfg(name)
         source, location = _resolve_pretrained_source(pcfg.to_dict()) if pcfg else ("", "")
     except Exception:  # timm internals moved: let create_model fail on its own
@@ -172,6 +185,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             sd: Any = load_file(str(p), device="cpu")
         elif p.suffix in (".pth", ".pt", ".bin", ".ckpt"):
             with warnings.catch_warnings():  # torch's pickle-protocol notes would be a second line on stderr
@@ -189,12 +203,13 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelError(f"model.weights: {path}: not a state dict of tensors")
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
-def _load_weights(model: nn.Module, path: str, name: str,
-                  keep_head: bool = False) -> tuple[str, dict[str, torch.Tensor] | None]:
+def _load_weights(
+    model: nn.Module, path: str, name: str, keep_head: bool = False
+) -> tuple[str, dict[str, torch.Tensor] | None]:
     """Load a local file into everything but the classifier, which is re-created for this run's classes (even when
     its shape happens to match: a head trained on other classes is no head for these) unless `keep_head`. The
     file's own classifier tensors are returned as the source head. Refuse another architecture's file."""
@@ -207,8 +222,10 @@ def _load_weights(model: nn.Module, path: str, name: str,
     body = [k for k in own if not is_head(k) and not k.endswith("num_batches_tracked")]
     bad = [k for k in body if k not in sd or sd[k].shape != own[k].shape]
     if len(bad) * 2 > len(body):
-        raise ModelError(f"model.weights: {path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "
-                         f"missing/mismatched (e.g. {bad[0]})")
+        raise ModelError(
+            f"model.weights: {path}: weights do not fit timm model {name}: {len(bad)} of {len(body)} tensors "
+            f"missing/mismatched (e.g. {bad[0]})"
+        )
     keep = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape and (keep_head or not is_head(k))}
     model.load_state_dict(keep, strict=False)
     source_head = {k: v for k, v in sd.items() if is_head(k)} or None
@@ -279,8 +296,9 @@ def _common_module_prefix(names: list[str]) -> str:
 
 def _child_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     """Fallback: one group per top-level child, root-level parameters as "stem", the classifier last."""
-    heads = set(_classifier_names(model)) or {n for n in ("head", "fc", "classifier")
-                                               if isinstance(getattr(model, n, None), nn.Module)}
+    heads = set(_classifier_names(model)) or {
+        n for n in ("head", "fc", "classifier") if isinstance(getattr(model, n, None), nn.Module)
+    }
     order: dict[str, list[str]] = {}
     for n, _ in model.named_parameters():
         top = n.split(".")[0] if "." in n else "stem"

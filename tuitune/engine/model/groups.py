@@ -71,10 +71,10 @@ def check_partition(model: nn.Module, groups: tuple[LayerGroup, ...]) -> None:
     unknown = set(assigned) - set(all_names)
     if missing or doubled or unknown:
         example = (missing or doubled or sorted(unknown))[0]
-        raise ModelError(f"model.name: cannot split {type(model).__name__} into layer groups: {len(missing)} "
-                         f"unassigned, {len(doubled)} duplicated, {len(unknown)} unknown parameters "
-                         f"(e.g. {example})")
+        raise ModelError(
+            f"model.name: cannot split {type(model).__name__} into layer groups: {len(missing)} "
+            f"unassigned, {len(doubled)} duplicated, {len(unknown)} unknown parameters "
+            f"(e.g. {example})"
+        )
     if not groups or groups[-1].name != "head" or len({g.name for g in groups}) != len(groups):
         raise ModelError(f"model.name: bad layer groups for {type(model).__name__}: {[g.name for g in groups]}")
-
-

@@ -11,6 +11,7 @@ from torch import nn
 
 from tuitune.errors import UserError
 
+
 def splittable(model: nn.Module) -> bool:
     """A timm model whose classifier sits at the end of `forward_head`."""
     return all(hasattr(model, a) for a in ("forward_features", "forward_head", "get_classifier"))
@@ -31,10 +32,10 @@ def linear_head(tensors: dict[str, torch.Tensor], device: torch.device) -> nn.Li
     if len(weights) != 1:
         raise UserError(f"model.weights: the file's classifier is not one linear layer ({', '.join(tensors)})")
     w = tensors[weights[0]]
-    head = nn.Linear(w.shape[1], w.shape[0], bias=weights[0][:-len("weight")] + "bias" in tensors)
+    head = nn.Linear(w.shape[1], w.shape[0], bias=weights[0][: -len("weight")] + "bias" in tensors)
     with torch.no_grad():
         head.weight.copy_(w)
         if head.bias is not None:
-            head.bias.copy_(tensors[weights[0][:-len("weight")] + "bias"])
+            head.bias.copy_(tensors[weights[0][: -len("weight")] + "bias"])
     head.requires_grad_(False)
     return head.to(device).eval()

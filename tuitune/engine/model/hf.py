@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,8 +28,9 @@ class HFClassifier(nn.Module):
     `pooling="mean"` wraps a bare base model and puts an attention-masked mean over tokens under a fresh linear
     `head`; otherwise the model's own classification head gives the logits."""
 
-    def __init__(self, hf: nn.Module, task: str, num_classes: int, pooling: str = "model",
-                 interpolate_pos_encoding: bool = False) -> None:
+    def __init__(
+        self, hf: nn.Module, task: str, num_classes: int, pooling: str = "model", interpolate_pos_encoding: bool = False
+    ) -> None:
         super().__init__()
         self.hf = hf
         self.task = task
@@ -36,8 +38,11 @@ class HFClassifier(nn.Module):
         self.head = nn.Linear(hf.config.hidden_size, num_classes) if self.pooling == "mean" else None
         sig = inspect.signature(hf.forward).parameters
         self._inputs = {n for n, p in sig.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        self._extra = {"interpolate_pos_encoding": True} if (
-            interpolate_pos_encoding and "interpolate_pos_encoding" in self._inputs) else {}
+        self._extra = (
+            {"interpolate_pos_encoding": True}
+            if (interpolate_pos_encoding and "interpolate_pos_encoding" in self._inputs)
+            else {}
+        )
 
     @property
     def config(self) -> Any:
@@ -81,22 +86,29 @@ def build_hf(cfg: ModelConfig, num_classes: int, task: str) -> tuple[nn.Module, 
         else:
             config.image_size = cfg.img_size
     if cfg.pretrained:
-        load = lambda: cls.from_pretrained(name, config=config, ignore_mismatched_sizes=True,  # noqa: E731
-                                           trust_remote_code=cfg.trust_remote_code)
+        load = lambda: cls.from_pretrained(
+            name,
+            config=config,
+            ignore_mismatched_sizes=True,  # noqa: E731
+            trust_remote_code=cfg.trust_remote_code,
+        )
     else:
         load = lambda: cls.from_config(config, trust_remote_code=cfg.trust_remote_code)  # noqa: E731
     with _quiet_transformers():
         model = HFClassifier(_hf_call(name, load), task, num_classes, cfg.pooling, interpolate)
         if task == "text":
-            tokenizer = _hf_call(name, lambda: tf.AutoTokenizer.from_pretrained(
-                name, trust_remote_code=cfg.trust_remote_code))
+            tokenizer = _hf_call(
+                name, lambda: tf.AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+            )
             return model, {}, tokenizer, ""
         return model, _hf_data_config(name, config, size), None, ""
 
 
 # The same knob has different names across architectures (BERT `hidden_dropout_prob`, DistilBERT `dropout`, ...).
-_ALIASES = {"hidden_dropout": ("hidden_dropout_prob", "dropout", "hidden_dropout"),
-            "classifier_dropout": ("classifier_dropout", "seq_classif_dropout")}
+_ALIASES = {
+    "hidden_dropout": ("hidden_dropout_prob", "dropout", "hidden_dropout"),
+    "classifier_dropout": ("classifier_dropout", "seq_classif_dropout"),
+}
 
 
 def apply_config_overrides(config: Any, overrides: dict[str, Any]) -> None:
@@ -146,9 +158,11 @@ def _hf_call(name: str, fn: Any) -> Any:
     except OSError as e:
         if Path(name).is_dir():
             raise ModelError(f"model.name: {name}: cannot load: {first_line(e)}") from e
-        raise ModelError(f"model.name: Hugging Face model {name!r} is not in the local cache and there is no "
-                         f"network; fetch it once with: hf download {name} (or huggingface-cli download "
-                         f"{name}), or set model.name to a local folder") from e
+        raise ModelError(
+            f"model.name: Hugging Face model {name!r} is not in the local cache and there is no "
+            f"network; fetch it once with: hf download {name} (or huggingface-cli download "
+            f"{name}), or set model.name to a local folder"
+        ) from e
     except (ValueError, KeyError) as e:
         raise ModelError(f"model.name: {name}: {first_line(e)}") from e
 
@@ -171,8 +185,14 @@ def _hf_data_config(name: str, config: Any, size: int) -> dict:
     std = tuple(getattr(proc, "image_std", None) or [0.5] * channels)
     resample = getattr(proc, "resample", 2)
     interpolation = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(int(resample or 2), "bilinear")
-    return {"input_size": (channels, size, size), "mean": mean, "std": std,
-            "interpolation": interpolation, "crop_pct": 1.0, "crop_mode": "center"}
+    return {
+        "input_size": (channels, size, size),
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
 
 
 def hf_inner(model: nn.Module) -> nn.Module | None:
@@ -196,9 +216,9 @@ def hf_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
         if not n.startswith(prefix):
             head.append(n)
             continue
-        rel = n[len(prefix):]
+        rel = n[len(prefix) :]
         if lname is not None and rel.startswith(lname + "."):
-            blocks.setdefault(int(rel[len(lname) + 1:].split(".")[0]), []).append(n)
+            blocks.setdefault(int(rel[len(lname) + 1 :].split(".")[0]), []).append(n)
         elif not blocks:
             embeddings.append(n)
         else:
@@ -206,7 +226,7 @@ def hf_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     named = [("embeddings" if lname else "base", embeddings)] if embeddings else []
     named += [(f"layer.{i}", blocks[i]) for i in sorted(blocks)]
     if post:
-        tops = {n[len(prefix):].split(".")[0] for n in post}
+        tops = {n[len(prefix) :].split(".")[0] for n in post}
         top = tops.pop() if len(tops) == 1 else "post"
         named.append((top if top not in ("head", "embeddings") else "post", post))
     named.append(("head", head))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tuitune.engine.events import Event
 from tuitune.engine.record.progress import Progress
@@ -66,8 +67,9 @@ def event_tqdm(emit: Emit | None, filename: str) -> type:
     manager. Each bar becomes one `Progress`."""
 
     class EventTqdm:
-        def __init__(self, *args: Any, total: float | None = None, initial: float = 0, desc: str = "",
-                     **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, total: float | None = None, initial: float = 0, desc: str = "", **kwargs: Any
+        ) -> None:
             self.progress = Progress(emit, "download", filename, total, "MB", scale=MB)
             if initial:
                 self.progress.advance(initial)
@@ -100,7 +102,7 @@ def download(repo_id: str, filename: str, revision: str | None, emit: Emit | Non
         return hf_hub_download(repo_id, filename, revision=revision, tqdm_class=event_tqdm(emit, filename))
     except EntryNotFoundError:
         return None
-    except Exception as e:  # noqa: BLE001 - HTTP errors, connection loss, size mismatch: one line for the user
+    except Exception as e:
         raise DownloadFailed(f"{repo_id}/{filename}: {_why(e)}") from e
     finally:
         constants.DOWNLOAD_CHUNK_SIZE = chunk
@@ -124,6 +126,7 @@ def cached(repo_id: str, filename: str, revision: str | None = None) -> str | No
 
 
 # ------------------------------------------------------------------------------------------------------ timm
+
 
 def fetch_timm(name: str, emit: Emit | None) -> None:
     """Fetch the file `timm.create_model(name, pretrained=True)` will load, unless cached or offline."""
@@ -171,7 +174,7 @@ def _fetch_url(url: str, emit: Emit | None) -> None:
     progress = Progress(emit, "download", os.path.basename(url), None, "MB")
     try:
         path = download_cached_file(url, check_hash=False, progress=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise DownloadFailed(f"{url}: {_why(e)}") from e
     progress.advance(Path(path).stat().st_size * MB)
     progress.finish()
@@ -184,6 +187,7 @@ def _fetch_files(repo_id: str, revision: str | None, files: list[str], emit: Emi
 
 
 # ------------------------------------------------------------------------------------------------------ hf
+
 
 def fetch_hf(repo_id: str, emit: Emit | None, weights: bool = True) -> None:
     """Fetch a transformers repo's config, tokenizer / processor files and (`weights`) its weights, unless a
@@ -199,7 +203,7 @@ def fetch_hf(repo_id: str, emit: Emit | None, weights: bool = True) -> None:
 
     try:
         info = HfApi().model_info(repo_id)
-    except Exception as e:  # noqa: BLE001 - not found, gated, no network: one line
+    except Exception as e:
         raise DownloadFailed(f"{repo_id}: {_why(e)}") from e
     names = [s.rfilename for s in info.siblings or [] if "/" not in s.rfilename]
     wanted = [n for n in names if n.endswith(_HF_SIDE_FILES)]

@@ -25,7 +25,7 @@ from tuitune.errors import UserError
 if TYPE_CHECKING:
     from tuitune.config import StrategyConfig
 
-__all__ = ["DEFAULT_TARGETS", "apply_lora", "merged", "uses_lora", "adapter_state"]
+__all__ = ["DEFAULT_TARGETS", "adapter_state", "apply_lora", "merged", "uses_lora"]
 
 # Module-name suffixes adapted by default; each family has only its own: timm ViT (`attn.qkv`, `attn.proj`,
 # `mlp.fc1`, `mlp.fc2`), ConvNeXt and MLP blocks (`mlp.fc1`, `mlp.fc2`), BERT-like (`query`, `value`), timm
@@ -44,8 +44,9 @@ def _matches(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("." + suffix)
 
 
-def _targets(model: nn.Module, head: LayerGroup, suffixes: tuple[str, ...],
-             explicit: bool) -> tuple[list[str], list[str]]:
+def _targets(
+    model: nn.Module, head: LayerGroup, suffixes: tuple[str, ...], explicit: bool
+) -> tuple[list[str], list[str]]:
     """Full names of the modules to adapt, and the depthwise convolutions skipped. The head is never adapted: it
     trains in full."""
     head_params = set(head.param_names)
@@ -58,11 +59,14 @@ def _targets(model: nn.Module, head: LayerGroup, suffixes: tuple[str, ...],
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
             skipped.append(name)
         elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)) or (
-                type(module).__name__ == "Conv1D"):  # GPT-2's transposed linear
+            type(module).__name__ == "Conv1D"
+        ):  # GPT-2's transposed linear
             chosen.append(name)
         elif explicit:
-            raise UserError(f"strategy.lora_targets: {name} is a {type(module).__name__}; LoRA adapts Linear, "
-                            f"Conv and Embedding layers")
+            raise UserError(
+                f"strategy.lora_targets: {name} is a {type(module).__name__}; LoRA adapts Linear, "
+                f"Conv and Embedding layers"
+            )
     return chosen, skipped
 
 
@@ -76,18 +80,30 @@ def apply_lora(backbone: Backbone, cfg: StrategyConfig) -> tuple[Backbone, list[
     explicit = bool(cfg.lora_targets)
     suffixes = tuple(str(t) for t in cfg.lora_targets) or DEFAULT_TARGETS
     targets, skipped = _targets(model, backbone.groups[-1], suffixes, explicit)
-    notes = [f"LoRA skipped {len(skipped)} depthwise convolution(s) (e.g. {skipped[0]}): an adapter there would "
-             f"hold more parameters than the layer"] if skipped else []
+    notes = (
+        [
+            f"LoRA skipped {len(skipped)} depthwise convolution(s) (e.g. {skipped[0]}): an adapter there would "
+            f"hold more parameters than the layer"
+        ]
+        if skipped
+        else []
+    )
     if not targets:
         why = " but depthwise convolutions, which LoRA skips" if skipped else ""
-        raise UserError(f"strategy.lora_targets: no layer of {type(model).__name__} matches "
-                        f"{', '.join(suffixes)}{why} (name module suffixes, e.g. attn.qkv or query)")
-    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=targets)
+        raise UserError(
+            f"strategy.lora_targets: no layer of {type(model).__name__} matches "
+            f"{', '.join(suffixes)}{why} (name module suffixes, e.g. attn.qkv or query)"
+        )
+    config = LoraConfig(
+        r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets
+    )
     tuner = LoraModel(model, config, ADAPTER)
-    return dataclasses.replace(backbone, groups=_regroup(model, backbone.groups), lora=tuner,
-                               description=f"{backbone.description}, LoRA r={cfg.lora_rank} on "
-                                           f"{len(targets)} layers"), notes
+    return dataclasses.replace(
+        backbone,
+        groups=_regroup(model, backbone.groups),
+        lora=tuner,
+        description=f"{backbone.description}, LoRA r={cfg.lora_rank} on {len(targets)} layers",
+    ), notes
 
 
 def _original(name: str) -> str:
@@ -113,9 +129,15 @@ def _regroup(model: nn.Module, groups: tuple[LayerGroup, ...]) -> tuple[LayerGro
     for g in groups:
         names = tuple(members[g.name])
         adapters = tuple(n for n in names if "lora_" in n)
-        out.append(LayerGroup(g.name, names, sum(sizes[n] for n in names),
-                              train_names=names if g.name == head else adapters,
-                              adapter_params=sum(sizes[n] for n in adapters)))
+        out.append(
+            LayerGroup(
+                g.name,
+                names,
+                sum(sizes[n] for n in names),
+                train_names=names if g.name == head else adapters,
+                adapter_params=sum(sizes[n] for n in adapters),
+            )
+        )
     result = tuple(out)
     check_partition(model, result)
     return result

@@ -57,8 +57,7 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
     """Inverse of `optimizer_state_by_name`, for an optimizer built with the same param groups (any order)."""
-    live_index = {n: i for i, n in enumerate(
-        name for group in optimizer.param_groups for name in group["param_names"])}
+    live_index = {n: i for i, n in enumerate(name for group in optimizer.param_groups for name in group["param_names"])}
     groups = [{**g, "params": [live_index[n] for n in g["param_names"]]} for g in saved["param_groups"]]
     state = {live_index[n]: s for n, s in saved["state"].items() if n in live_index}
     by_first = {tuple(g["param_names"]): i for i, g in enumerate(optimizer.param_groups)}
@@ -71,8 +70,12 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, saved: dict[s
 def rng_state() -> dict[str, Any]:
     """Every global random generator a run draws from (torch, CUDA, Python, numpy), under a state file's keys:
     restored by `set_rng_state`, the continued run draws what the uninterrupted one would have."""
-    return {"rng_torch": torch.get_rng_state(), "rng_python": random.getstate(), "rng_numpy": numpy_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "rng_torch": torch.get_rng_state(),
+        "rng_python": random.getstate(),
+        "rng_numpy": numpy_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -91,16 +94,28 @@ def numpy_rng_state() -> dict[str, Any]:
     import numpy as np
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def set_numpy_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `numpy_rng_state`."""
     import numpy as np
 
-    np.random.set_state((state["kind"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
-                         state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            state["kind"],
+            state["keys"].numpy().astype(np.uint32),
+            state["pos"],
+            state["has_gauss"],
+            state["cached_gaussian"],
+        )
+    )
 
 
 def save_checkpoint(directory: Path, tag: str, model: torch.nn.Module, state: dict[str, Any]) -> Path:
@@ -130,7 +145,7 @@ def weights_id(path: Path) -> str:
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get(ID_KEY, "")
-    except Exception:  # noqa: BLE001 - missing or unreadable: no id
+    except Exception:
         return ""
 
 
@@ -143,8 +158,10 @@ def open_checkpoint(directory: Path, tag: str) -> tuple[Path, dict[str, Any]]:
     if wanted and weights_id(weights) != wanted:
         kept = directory / f".{tag}.{wanted}.safetensors"
         if not kept.exists():
-            raise UserError(f"{weights}: these weights do not belong with {tag}.state.pt and the matching ones are "
-                            "gone (was the run directory edited?)")
+            raise UserError(
+                f"{weights}: these weights do not belong with {tag}.state.pt and the matching ones are "
+                "gone (was the run directory edited?)"
+            )
         _link_over(kept, weights)
     remove_leftovers(directory, tag)
     return weights, state
@@ -166,14 +183,16 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
             shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
     except FileNotFoundError:
         raise UserError(f"{path}: no checkpoint weights here") from None
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad files
+    except Exception as e:
         raise UserError(f"{path}: cannot read checkpoint weights: {str(e).splitlines()[0]}") from None
     own = model.state_dict()
     wrong = [k for k, shape in shapes.items() if k in own and list(own[k].shape) != shape]
     if wrong:
         k = wrong[0]
-        raise UserError(f"{path}: checkpoint does not fit this model: {len(wrong)} tensors differ in shape (e.g. "
-                        f"{k}: {shapes[k]} in the file, {list(own[k].shape)} here)")
+        raise UserError(
+            f"{path}: checkpoint does not fit this model: {len(wrong)} tensors differ in shape (e.g. "
+            f"{k}: {shapes[k]} in the file, {list(own[k].shape)} here)"
+        )
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
         raise UserError(f"{path}: checkpoint does not fit this model (e.g. {(missing or unexpected)[0]})")
@@ -184,5 +203,5 @@ def load_state(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no checkpoint state here (was the run saved?)") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+    except Exception as e:
         raise UserError(f"{path}: cannot read checkpoint state: {str(e).splitlines()[0]}") from None

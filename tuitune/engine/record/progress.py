@@ -9,7 +9,7 @@ plain callable sink: the engine never prints and never imports the UI; the dashb
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tuitune.engine.events import Event, SetupProgressed
 
@@ -21,8 +21,17 @@ class Progress:
     """One task's progress: `advance(n)` as work gets done, `finish()` once, at the end (success only: a failure
     is reported by the error that follows). A `None` emit makes it a no-op, for callers with no sink."""
 
-    def __init__(self, emit: Emit | None, task: str, detail: str, total: float | None, unit: str, *,
-                 scale: float = 1.0, every_s: float = EVERY_S) -> None:
+    def __init__(
+        self,
+        emit: Emit | None,
+        task: str,
+        detail: str,
+        total: float | None,
+        unit: str,
+        *,
+        scale: float = 1.0,
+        every_s: float = EVERY_S,
+    ) -> None:
         self.emit, self.task, self.detail, self.unit = emit, task, detail, unit
         self.scale, self.every_s = scale, every_s
         self.total = None if total is None else total * scale
@@ -53,9 +62,17 @@ class Progress:
         self._last = now
         elapsed = now - self.t0
         rate = self.done / elapsed if elapsed > 0.05 and self.done else None
-        self.emit(SetupProgressed(task=self.task, detail=self.detail, done=round(self.done, 3),
-                                  total=None if self.total is None else round(self.total, 3), unit=self.unit,
-                                  rate=None if rate is None else round(rate, 3), finished=self.finished))
+        self.emit(
+            SetupProgressed(
+                task=self.task,
+                detail=self.detail,
+                done=round(self.done, 3),
+                total=None if self.total is None else round(self.total, 3),
+                unit=self.unit,
+                rate=None if rate is None else round(rate, 3),
+                finished=self.finished,
+            )
+        )
 
 
 def progress_text(e: SetupProgressed) -> str:

@@ -8,18 +8,39 @@ leave the same record. Plain Python: no torch.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from tuitune.config import RunProfile, dump_toml
-from tuitune.engine.events import (EpochEnded, Event, MetricsUpdated, PhaseChanged, RunFailed,
-                                   RunFinished, RunStarted, event_from_json, to_json)
+from tuitune.engine.events import (
+    EpochEnded,
+    Event,
+    MetricsUpdated,
+    PhaseChanged,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    event_from_json,
+    to_json,
+)
 from tuitune.engine.record.files import write_json_atomic
 from tuitune.errors import UserError
 
-METRIC_COLUMNS = ("kind", "epoch", "step", "global_step", "train_loss", "train_score", "val_loss", "val_score",
-                  "samples_per_s", "elapsed_s", "phase")
+METRIC_COLUMNS = (
+    "kind",
+    "epoch",
+    "step",
+    "global_step",
+    "train_loss",
+    "train_score",
+    "val_loss",
+    "val_score",
+    "samples_per_s",
+    "elapsed_s",
+    "phase",
+)
 
 
 def new_run_dir(profile: RunProfile, out: str | None = None, force: bool = False) -> Path:
@@ -35,8 +56,9 @@ def new_run_dir(profile: RunProfile, out: str | None = None, force: bool = False
             n += 1
             path = Path("runs") / f"{profile.name}-{stamp}-{n}"
     if (path / "events.jsonl").exists() and not force:
-        raise UserError(f"{path}: --out: a run already exists here (use --resume {path} to continue it, "
-                        f"or --force to overwrite)")
+        raise UserError(
+            f"{path}: --out: a run already exists here (use --resume {path} to continue it, or --force to overwrite)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -60,6 +82,7 @@ def tee(*sinks: Callable[[Event], None]) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         for sink in sinks:
             sink(event)
+
     return emit
 
 
@@ -93,11 +116,31 @@ class RunRecorder:
         elif isinstance(event, PhaseChanged):
             self._phase = event.phase
         elif isinstance(event, MetricsUpdated):
-            self._row("step", event.epoch, event.step, event.global_step, event.train_loss, event.train_score, "", "",
-                      event.samples_per_s, event.elapsed_s)
+            self._row(
+                "step",
+                event.epoch,
+                event.step,
+                event.global_step,
+                event.train_loss,
+                event.train_score,
+                "",
+                "",
+                event.samples_per_s,
+                event.elapsed_s,
+            )
         elif isinstance(event, EpochEnded):
-            self._row("epoch", event.epoch, "", event.global_step, event.train_loss, event.train_score,
-                      event.val_loss, event.val_score, event.samples_per_s, event.elapsed_s)
+            self._row(
+                "epoch",
+                event.epoch,
+                "",
+                event.global_step,
+                event.train_loss,
+                event.train_score,
+                event.val_loss,
+                event.val_score,
+                event.samples_per_s,
+                event.elapsed_s,
+            )
         elif isinstance(event, (RunFinished, RunFailed)):
             self._write_summary(event)
             self.close()
@@ -124,18 +167,40 @@ def summarize(event: RunFinished | RunFailed, started: RunStarted | None) -> dic
     """`summary.json`: what a person (or a script) wants to know about a run without reading its events."""
     profile = started.profile if started else None
     if isinstance(event, RunFailed):
-        return {"status": "failed", "stop_reason": event.message, "best": None, "final": None, "test": None,
-                "phases": [], "samples_per_s": None, "wall_s": None, "profile": profile, "checkpoints": {},
-                "log": event.log_path or None}
-    return {"status": event.status, "stop_reason": event.reason, "best": event.best, "final": event.final,
-            "test": event.test, "per_class_acc": event.per_class_acc,
-            "per_class": event.per_class_report or None, "phases": list(event.phases),
-            "epochs": event.epochs, "global_step": event.global_step, "samples_per_s": event.samples_per_s,
-            "wall_s": event.wall_s, "profile": profile, "checkpoints": event.checkpoints,
-            "metric": started.metric if started else "acc", "compression": event.compression,
-            "export_dir": event.export_dir or None,
-            "confusion": [list(row) for row in event.confusion] if event.confusion is not None else None,
-            "misclassified": list(event.misclassified)}
+        return {
+            "status": "failed",
+            "stop_reason": event.message,
+            "best": None,
+            "final": None,
+            "test": None,
+            "phases": [],
+            "samples_per_s": None,
+            "wall_s": None,
+            "profile": profile,
+            "checkpoints": {},
+            "log": event.log_path or None,
+        }
+    return {
+        "status": event.status,
+        "stop_reason": event.reason,
+        "best": event.best,
+        "final": event.final,
+        "test": event.test,
+        "per_class_acc": event.per_class_acc,
+        "per_class": event.per_class_report or None,
+        "phases": list(event.phases),
+        "epochs": event.epochs,
+        "global_step": event.global_step,
+        "samples_per_s": event.samples_per_s,
+        "wall_s": event.wall_s,
+        "profile": profile,
+        "checkpoints": event.checkpoints,
+        "metric": started.metric if started else "acc",
+        "compression": event.compression,
+        "export_dir": event.export_dir or None,
+        "confusion": [list(row) for row in event.confusion] if event.confusion is not None else None,
+        "misclassified": list(event.misclassified),
+    }
 
 
 def read_events(run_dir: Path) -> list[Event]:
@@ -156,4 +221,3 @@ def read_events(run_dir: Path) -> list[Event]:
                     break
                 raise UserError(f"{path}: line {i}: not a tuitune event ({e})") from None
     return events
-

@@ -3,8 +3,9 @@ profile asks. The session hands this step to the `Trainer` (`after_run=`), so th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuitune.config import RunProfile, dump_toml, profile_to_dict
 from tuitune.engine.events import CompressionReported, Event
@@ -15,8 +16,9 @@ from tuitune.engine.tools.export import write_export
 __all__ = ["export_and_compress"]
 
 
-def export_and_compress(run_dir: Path, profile: RunProfile, backbone: Backbone, classes: tuple[str, ...],
-                        emit: Callable[[Event], None]) -> tuple[str, dict[str, Any] | None]:
+def export_and_compress(
+    run_dir: Path, profile: RunProfile, backbone: Backbone, classes: tuple[str, ...], emit: Callable[[Event], None]
+) -> tuple[str, dict[str, Any] | None]:
     """Export `backbone` (its best weights) to `run_dir/export`; compress the run when the profile asks, and
     emit the report. Returns (export folder, compression report or None)."""
     export = write_export(backbone, profile, classes, run_dir / "export")

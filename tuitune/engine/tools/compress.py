@@ -25,8 +25,9 @@ import statistics
 import time
 import warnings
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,15 +41,27 @@ from tuitune.errors import UserError
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 Measure = Callable[[nn.Module], dict[str, Any]]
 
-__all__ = ["compress_model", "compress_run", "format_report", "global_magnitude_prune", "masks_kept",
-           "measure_model", "quantize_linear", "simple_fine_tune"]
+__all__ = [
+    "compress_model",
+    "compress_run",
+    "format_report",
+    "global_magnitude_prune",
+    "masks_kept",
+    "measure_model",
+    "quantize_linear",
+    "simple_fine_tune",
+]
 
 
 # --------------------------------------------------------------------------------------------------- pruning
 
+
 def prunable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    ]
 
 
 def global_magnitude_prune(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
@@ -60,8 +73,9 @@ def global_magnitude_prune(model: nn.Module, sparsity: float) -> dict[str, torch
     if not targets:
         raise UserError("compress: the model has no conv or linear weights to prune")
     orders = {name: list(module._parameters) for name, module in targets}
-    prune.global_unstructured([(m, "weight") for _, m in targets], pruning_method=prune.L1Unstructured,
-                              amount=float(sparsity))
+    prune.global_unstructured(
+        [(m, "weight") for _, m in targets], pruning_method=prune.L1Unstructured, amount=float(sparsity)
+    )
     masks = {}
     for name, module in targets:
         masks[name] = module.weight_mask.detach().clone()
@@ -109,10 +123,12 @@ def simple_fine_tune(loader: Any, *, epochs: int, lr: float, device: torch.devic
                 loss.backward()
                 optimizer.step()
         model.eval().to("cpu")
+
     return run
 
 
 # ---------------------------------------------------------------------------------------------- quantization
+
 
 def quantize_linear(model: nn.Module) -> nn.Module:
     """A CPU int8 copy: every nn.Linear becomes a dynamically quantized Linear; everything else stays fp32."""
@@ -128,6 +144,7 @@ def _is_quantized_linear(module: nn.Module) -> bool:
 
 
 # -------------------------------------------------------------------------------------------------- measuring
+
 
 def _weights(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(all parameter tensors, conv/linear weights) as float, quantized Linear weights dequantized."""
@@ -195,8 +212,14 @@ def accuracy(model: nn.Module, loader: Any) -> float:
     return hits / max(total, 1)
 
 
-def measure_model(model: nn.Module, *, loader: Any, eval_fn: Callable[[nn.Module, Any], float] = accuracy,
-                  repeats: int = 10, threads: int = 1) -> dict[str, Any]:
+def measure_model(
+    model: nn.Module,
+    *,
+    loader: Any,
+    eval_fn: Callable[[nn.Module, Any], float] = accuracy,
+    repeats: int = 10,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Parameters, bytes, compressed bytes, nonzero fractions, val accuracy and CPU latency of one model."""
     model = model.cpu().eval()
     everything, prunable = _weights(model)
@@ -217,8 +240,15 @@ def measure_model(model: nn.Module, *, loader: Any, eval_fn: Callable[[nn.Module
 
 # ------------------------------------------------------------------------------------------------ the steps
 
-def compress_model(model: nn.Module, *, sparsity: float, quantize: bool, measure: Measure,
-                   fine_tune: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module | None, dict]:
+
+def compress_model(
+    model: nn.Module,
+    *,
+    sparsity: float,
+    quantize: bool,
+    measure: Measure,
+    fine_tune: Callable[[nn.Module], None] | None = None,
+) -> tuple[nn.Module | None, dict]:
     """Prune `model` in place (optionally fine-tune it with the masks kept), then quantize a copy. Returns the int8
     copy (or None) and the report: one row per step, each measured by `measure`, plus notes."""
     if not 0.0 <= sparsity < 1.0:
@@ -246,19 +276,29 @@ def _quantization_note(model: nn.Module) -> str:
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
     in_linear = sum(m.weight.numel() for m in linear)
     total = sum(p.numel() for p in model.parameters())
-    return (f"int8 dynamic quantization converts nn.Linear only: {len(linear)} Linear layer(s) holding "
-            f"{in_linear:,} of {total:,} parameters ({in_linear / max(total, 1):.1%}); convolutions, norms and "
-            f"embeddings stay fp32. CPU only.")
+    return (
+        f"int8 dynamic quantization converts nn.Linear only: {len(linear)} Linear layer(s) holding "
+        f"{in_linear:,} of {total:,} parameters ({in_linear / max(total, 1):.1%}); convolutions, norms and "
+        f"embeddings stay fp32. CPU only."
+    )
 
 
-def compress_run(run_dir: str | Path, sparsity: float = 0.5, quantize: bool = True, fine_tune_epochs: int = 0,
-                 *, tag: str = "best", lr: float | None = None, repeats: int = 10, threads: int = 1
-                 ) -> dict[str, Any]:
+def compress_run(
+    run_dir: str | Path,
+    sparsity: float = 0.5,
+    quantize: bool = True,
+    fine_tune_epochs: int = 0,
+    *,
+    tag: str = "best",
+    lr: float | None = None,
+    repeats: int = 10,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Compress a finished run's checkpoint: the report goes to `RUN_DIR/compressed/report.json` and into
     `summary.json` under "compression"; the models to `RUN_DIR/compressed/`."""
     from tuitune.engine.data.datasets import make_loaders
     from tuitune.engine.data.kinds import build_datasets
-    from tuitune.engine.record.rebuild import rebuild_model
+    from tuitune.engine.rebuild import rebuild_model
     from tuitune.engine.train.parts import resolve_device, seed_everything
 
     run_dir = Path(run_dir)
@@ -268,21 +308,42 @@ def compress_run(run_dir: str | Path, sparsity: float = 0.5, quantize: bool = Tr
 
         backbone = merged(backbone, copy=False)  # the rebuilt model is ours: merged in place
     seed_everything(profile.train.seed)
-    bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
-                            tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed)
-    train_loader, val_loader, _ = make_loaders(bundle, batch_size=profile.data.batch_size, num_workers=0,
-                                               device_type="cpu", seed=profile.train.seed)
+    bundle = build_datasets(
+        profile.data,
+        task=backbone.task,
+        data_config=backbone.data_config,
+        tokenizer=backbone.tokenizer,
+        max_length=profile.model.max_length,
+        seed=profile.train.seed,
+    )
+    train_loader, val_loader, _ = make_loaders(
+        bundle, batch_size=profile.data.batch_size, num_workers=0, device_type="cpu", seed=profile.train.seed
+    )
     fine_tune = None
     if fine_tune_epochs > 0:
         # a tenth of the base LR: the model is trained already, the fine-tune only repairs what pruning broke
-        fine_tune = simple_fine_tune(train_loader, epochs=fine_tune_epochs, lr=lr or profile.train.lr / 10,
-                                     device=resolve_device(profile.train.device))
+        fine_tune = simple_fine_tune(
+            train_loader,
+            epochs=fine_tune_epochs,
+            lr=lr or profile.train.lr / 10,
+            device=resolve_device(profile.train.device),
+        )
     model = backbone.model
-    quantized, report = compress_model(model, sparsity=sparsity, quantize=quantize, fine_tune=fine_tune,
-                                       measure=lambda m: measure_model(m, loader=val_loader, repeats=repeats,
-                                                                       threads=threads))
-    report = {"checkpoint": tag, "sparsity": sparsity, "quantize": quantize, "fine_tune_epochs": fine_tune_epochs,
-              **report, "files": _save_compressed(run_dir / "compressed", model, quantized)}
+    quantized, report = compress_model(
+        model,
+        sparsity=sparsity,
+        quantize=quantize,
+        fine_tune=fine_tune,
+        measure=lambda m: measure_model(m, loader=val_loader, repeats=repeats, threads=threads),
+    )
+    report = {
+        "checkpoint": tag,
+        "sparsity": sparsity,
+        "quantize": quantize,
+        "fine_tune_epochs": fine_tune_epochs,
+        **report,
+        "files": _save_compressed(run_dir / "compressed", model, quantized),
+    }
     (run_dir / "compressed" / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_summary_key(run_dir, "compression", report)
     return report
@@ -315,16 +376,22 @@ def write_summary_key(run_dir: Path, key: str, value: Any) -> None:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a fixed-width table for the terminal."""
-    head = (f"{'step':<22} {'params':>10} {'nonzero':>8} {'conv/lin':>8} {'file':>10} {'zlib':>10} "
-            f"{'val acc':>8} {'ms/batch':>9}")
+    head = (
+        f"{'step':<22} {'params':>10} {'nonzero':>8} {'conv/lin':>8} {'file':>10} {'zlib':>10} "
+        f"{'val acc':>8} {'ms/batch':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in report["steps"]:
-        lines.append(f"{r['step']:<22} {r['params']:>10,} {r['nonzero']:>8.1%} {r['nonzero_prunable']:>8.1%} "
-                     f"{_size(r['file_bytes']):>10} {_size(r['zlib_bytes']):>10} {r['val_acc']:>8.3f} "
-                     f"{r['latency_ms']:>9.2f}")
+        lines.append(
+            f"{r['step']:<22} {r['params']:>10,} {r['nonzero']:>8.1%} {r['nonzero_prunable']:>8.1%} "
+            f"{_size(r['file_bytes']):>10} {_size(r['zlib_bytes']):>10} {r['val_acc']:>8.3f} "
+            f"{r['latency_ms']:>9.2f}"
+        )
     first = report["steps"][0]
-    lines.append(f"(ms/batch: median CPU forward over one val batch of {first['batch_size']}, "
-                 f"{first['threads']} thread(s); zlib: the file compressed, where unstructured zeros show)")
+    lines.append(
+        f"(ms/batch: median CPU forward over one val batch of {first['batch_size']}, "
+        f"{first['threads']} thread(s); zlib: the file compressed, where unstructured zeros show)"
+    )
     return "\n".join(lines + list(report.get("notes", [])))
 
 

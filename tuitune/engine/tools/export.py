@@ -30,14 +30,15 @@ from safetensors.torch import save_file, save_model
 from tuitune.config import RunProfile, dump_toml, profile_to_dict
 from tuitune.engine.data.kinds import build_datasets, data_kind
 from tuitune.engine.model.groups import Backbone
-from tuitune.engine.record.rebuild import rebuild_model
+from tuitune.engine.rebuild import rebuild_model
 from tuitune.errors import UserError
 
 __all__ = ["export_adapters", "export_run", "write_export"]
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, tag: str = "best",
-               sample: int = 256) -> dict[str, Any]:
+def export_run(
+    run_dir: str | Path, out: str | Path | None = None, tag: str = "best", sample: int = 256
+) -> dict[str, Any]:
     """Rebuild, load `tag`, write the export folder; returns a manifest (also written as `export.json`)."""
     run_dir = Path(run_dir)
     profile, backbone, classes = rebuild_model(run_dir, tag)
@@ -59,8 +60,7 @@ def write_export(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
     return {**_write_plain(backbone, profile, classes, out_dir), **adapters}
 
 
-def _write_plain(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path
-                 ) -> dict[str, Any]:
+def _write_plain(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path) -> dict[str, Any]:
     """The loadable folder of a model without adapters: classes, profile, weights and how to load them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.json").write_text(json.dumps(list(classes)) + "\n", encoding="utf-8")
@@ -90,6 +90,7 @@ def export_adapters(backbone: Backbone, out_dir: Path) -> tuple[Backbone, dict[s
 
 # ------------------------------------------------------------------------------------------------------ timm
 
+
 def _export_timm(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path) -> dict:
     model = backbone.model
     save_model(model, str(out_dir / "model.safetensors"))
@@ -99,36 +100,58 @@ def _export_timm(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
     try:
         from timm.models._hub import save_config_for_hf  # timm's own writer: the format it reads back
 
-        save_config_for_hf(model, str(out_dir / "config.json"), model_config={"label_names": list(classes)},
-                           model_args=kwargs, data_config=data)
+        save_config_for_hf(
+            model,
+            str(out_dir / "config.json"),
+            model_config={"label_names": list(classes)},
+            model_args=kwargs,
+            data_config=data,
+        )
     except (ImportError, TypeError, ValueError, AttributeError):  # timm internals moved: write the format by hand
         _write_timm_config(model, profile, classes, kwargs, data, out_dir / "config.json")
     arch = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))["architecture"]
     path = str(out_dir.resolve())
-    return {"architecture": arch, "model_args": kwargs, "data_config": data,
-            "load": f'timm.create_model("local-dir:{path}", pretrained=True)',
-            "load_by_name": (f'timm.create_model("{arch}", pretrained=True, num_classes={len(classes)}, '
-                             f'pretrained_cfg_overlay=dict(file="{path}/model.safetensors", '
-                             f'num_classes={len(classes)}){"".join(f", {k}={v!r}" for k, v in kwargs.items())})')}
+    return {
+        "architecture": arch,
+        "model_args": kwargs,
+        "data_config": data,
+        "load": f'timm.create_model("local-dir:{path}", pretrained=True)',
+        "load_by_name": (
+            f'timm.create_model("{arch}", pretrained=True, num_classes={len(classes)}, '
+            f'pretrained_cfg_overlay=dict(file="{path}/model.safetensors", '
+            f"num_classes={len(classes)}){''.join(f', {k}={v!r}' for k, v in kwargs.items())})"
+        ),
+    }
 
 
-def _write_timm_config(model: torch.nn.Module, profile: RunProfile, classes: tuple[str, ...], kwargs: dict,
-                       data: dict, path: Path) -> None:
+def _write_timm_config(
+    model: torch.nn.Module, profile: RunProfile, classes: tuple[str, ...], kwargs: dict, data: dict, path: Path
+) -> None:
     """timm's hub config.json by hand: architecture, num_classes, label_names, model_args, pretrained_cfg."""
-    pcfg = {k: v for k, v in dict(getattr(model, "pretrained_cfg", {}) or {}).items()
-            if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
-    pcfg.update({k: data[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
-                 if k in data})
+    pcfg = {
+        k: v
+        for k, v in dict(getattr(model, "pretrained_cfg", {}) or {}).items()
+        if isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+    }
+    pcfg.update(
+        {k: data[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode") if k in data}
+    )
     pcfg["num_classes"] = len(classes)
     arch = pcfg.pop("architecture", profile.model.name)
     for key in ("hf_hub_id", "url", "file", "source", "state_dict", "tag"):
         pcfg.pop(key, None)
-    config = {"architecture": arch, "num_classes": len(classes), "label_names": list(classes),
-              "model_args": kwargs, "pretrained_cfg": pcfg}
+    config = {
+        "architecture": arch,
+        "num_classes": len(classes),
+        "label_names": list(classes),
+        "model_args": kwargs,
+        "pretrained_cfg": pcfg,
+    }
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 # -------------------------------------------------------------------------------------------------------- hf
+
 
 def _export_hf(backbone: Backbone, classes: tuple[str, ...], out_dir: Path, source: str) -> dict:
     from tuitune.engine.model.hf import HFClassifier, _quiet_transformers
@@ -149,10 +172,20 @@ def _export_hf(backbone: Backbone, classes: tuple[str, ...], out_dir: Path, sour
     if wrapper.head is not None:
         head = {"weight": wrapper.head.weight.detach().contiguous(), "bias": wrapper.head.bias.detach().contiguous()}
         save_file(head, str(out_dir / "head.safetensors"))
-        (out_dir / "tuitune_head.json").write_text(json.dumps({
-            "pooling": "mean", "about": "logits = head(masked mean of AutoModel(...).last_hidden_state over tokens)",
-            "weight": "head.safetensors:weight", "bias": "head.safetensors:bias", "classes": list(classes),
-        }, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "tuitune_head.json").write_text(
+            json.dumps(
+                {
+                    "pooling": "mean",
+                    "about": "logits = head(masked mean of AutoModel(...).last_hidden_state over tokens)",
+                    "weight": "head.safetensors:weight",
+                    "bias": "head.safetensors:bias",
+                    "classes": list(classes),
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         return {"pooling": "mean", "load": f'transformers.AutoModel.from_pretrained("{path}")  # + head.safetensors'}
     cls = "AutoModelForSequenceClassification" if wrapper.task == "text" else "AutoModelForImageClassification"
     return {"pooling": "model", "load": f'transformers.{cls}.from_pretrained("{path}")'}
@@ -165,20 +198,26 @@ def _copy_image_processor(source: str, out_dir: Path) -> None:
         from transformers import AutoImageProcessor
 
         AutoImageProcessor.from_pretrained(source).save_pretrained(str(out_dir))
-    except Exception:  # noqa: BLE001 - no preprocessor_config.json there: nothing to copy
+    except Exception:
         pass
 
 
 # ---------------------------------------------------------------------------------------------------- sample
+
 
 def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit: int) -> dict[str, Any]:
     """Validation inputs, labels and logits for a fresh-process check; skipped (with the reason) when the run's
     data is no longer readable."""
 
     try:
-        bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
-                                tokenizer=backbone.tokenizer, max_length=profile.model.max_length,
-                                seed=profile.train.seed)
+        bundle = build_datasets(
+            profile.data,
+            task=backbone.task,
+            data_config=backbone.data_config,
+            tokenizer=backbone.tokenizer,
+            max_length=profile.model.max_length,
+            seed=profile.train.seed,
+        )
     except UserError as e:
         return {"written": False, "reason": str(e)}
     loader = torch.utils.data.DataLoader(bundle.val, batch_size=64, shuffle=False)
@@ -199,7 +238,7 @@ def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit:
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     save_file(tensors, str(out_dir / "sample.safetensors"))
     acc = float((tensors["logits"].argmax(-1) == tensors["labels"]).float().mean())
-    return {"written": True, "examples": int(len(tensors["labels"])), "acc": acc, "keys": sorted(tensors)}
+    return {"written": True, "examples": len(tensors["labels"]), "acc": acc, "keys": sorted(tensors)}
 
 
 def clear_export(out_dir: Path) -> None:

@@ -9,8 +9,9 @@ torch, timm, transformers and peft load inside `read_groups` only: importing thi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from tuitune.engine.train.strategy import PhasePlan, plan_phases
 
@@ -39,13 +40,14 @@ def groups_key(strategy: StrategyConfig) -> tuple[Any, ...]:
     return (strategy.coarse, uses_lora(strategy), lora)
 
 
-def read_groups(profile: RunProfile, random_init: bool = True,
-                emit: Callable[[Event], None] | None = None) -> GroupsRead:
+def read_groups(
+    profile: RunProfile, random_init: bool = True, emit: Callable[[Event], None] | None = None
+) -> GroupsRead:
     """Build the profile's backbone (`profile_backbone`, as training does), read its groups, then let it go.
     `random_init` (the composing screen): the groups and their sizes do not depend on the weights, and reading
     them there must neither download nor load a checkpoint. `tuitune layers` loads the weights the profile names
     (`random_init=False`), `emit` showing a download's progress."""
-    from tuitune.engine.record.rebuild import profile_backbone
+    from tuitune.engine.rebuild import profile_backbone
 
     model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="") if random_init else None
     backbone, _, notes = profile_backbone(profile, model_cfg, emit=emit)

@@ -28,12 +28,24 @@ def find_lr_for_profile(profile: Any, out_dir: Path, emit: Any = None, **sweep: 
     state = TrainerState(parts, profile, out_dir, emit=lambda e: None, objective=objective)
     curve = sweep_run(profile, parts, state, objective, **sweep)
     path = curve_to_csv(curve, out_dir / "lr_find.csv")
-    (out_dir / "lr_find.json").write_text(json.dumps({
-        "suggestion": curve.suggestion, "method": curve.method, "steep": curve.steep, "valley": curve.valley,
-        "profile_lr": profile.train.lr, "steps": len(curve.lrs), "stopped_early": curve.stopped_early,
-        "phase0_groups": list(parts.phases[0])}, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "lr_find.json").write_text(
+        json.dumps(
+            {
+                "suggestion": curve.suggestion,
+                "method": curve.method,
+                "steep": curve.steep,
+                "valley": curve.valley,
+                "profile_lr": profile.train.lr,
+                "steps": len(curve.lrs),
+                "stopped_early": curve.stopped_early,
+                "phase0_groups": list(parts.phases[0]),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return curve, path
-
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -57,8 +69,11 @@ def text_plot(curve: LRCurve, width: int = 72, height: int = 18) -> str:
         plt.vline(mark)
     ticks = list(range(math.floor(pts[0][0]), math.ceil(pts[-1][0]) + 1))
     plt.xticks(ticks, [f"1e{t}" for t in ticks])
-    plt.title(f"LR finder: smoothed loss vs LR (| = {curve.method} {curve.suggestion:.2g})" if mark is not None
-              else "LR finder: smoothed loss vs LR")
+    plt.title(
+        f"LR finder: smoothed loss vs LR (| = {curve.method} {curve.suggestion:.2g})"
+        if mark is not None
+        else "LR finder: smoothed loss vs LR"
+    )
     out = _ANSI.sub("", plt.build())
     plt.clear_figure()
     return out

@@ -35,8 +35,16 @@ if TYPE_CHECKING:
 
 def kl_distill(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
     """Hinton's soft-target loss, scaled by T^2 so its gradients keep their size as T changes."""
-    return F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
-                    reduction="batchmean", log_target=True) * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student.float() / t, -1),
+            F.log_softmax(teacher.float() / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
 
 
 class PreLogitsStudent(nn.Module):
@@ -53,8 +61,9 @@ class PreLogitsStudent(nn.Module):
 
 
 class Distiller:
-    def __init__(self, teacher: nn.Module, t: float, *, source_head: nn.Module | None = None,
-                 features: bool = False) -> None:
+    def __init__(
+        self, teacher: nn.Module, t: float, *, source_head: nn.Module | None = None, features: bool = False
+    ) -> None:
         self.teacher, self.t, self.source_head, self.features = teacher, t, source_head, features
 
     @property
@@ -111,19 +120,29 @@ def _load_teacher(profile: RunProfile, parts: RunParts) -> nn.Module:
     """A run directory (its best checkpoint) or a timm name with a weights file, for these classes."""
     cfg, classes = profile.distill, parts.bundle.classes
     if Path(cfg.teacher).is_dir():
-        from tuitune.engine.record.rebuild import rebuild_model
+        from tuitune.engine.rebuild import rebuild_model
 
         _, backbone, teacher_classes = rebuild_model(Path(cfg.teacher), "best")
         if tuple(teacher_classes) != tuple(classes):
-            raise UserError(f"{cfg.teacher}: distill.teacher: the teacher run's classes ({', '.join(teacher_classes)})"
-                            f" are not this run's ({', '.join(classes)})")
+            raise UserError(
+                f"{cfg.teacher}: distill.teacher: the teacher run's classes ({', '.join(teacher_classes)})"
+                f" are not this run's ({', '.join(classes)})"
+            )
         return backbone.model
     if not cfg.teacher_weights:
-        raise UserError(f"distill.teacher_weights: a timm teacher ({cfg.teacher!r}) needs its weights file, trained "
-                        f"on these {len(classes)} classes (or name a tuitune run directory as the teacher)")
+        raise UserError(
+            f"distill.teacher_weights: a timm teacher ({cfg.teacher!r}) needs its weights file, trained "
+            f"on these {len(classes)} classes (or name a tuitune run directory as the teacher)"
+        )
     from tuitune.config import ModelConfig
     from tuitune.engine.model.backbone import build_backbone
 
-    mc = ModelConfig(source="timm", name=cfg.teacher, pretrained=False, weights=cfg.teacher_weights,
-                     keep_head=True, img_size=profile.model.img_size)
+    mc = ModelConfig(
+        source="timm",
+        name=cfg.teacher,
+        pretrained=False,
+        weights=cfg.teacher_weights,
+        keep_head=True,
+        img_size=profile.model.img_size,
+    )
     return build_backbone(mc, len(classes), task="image").model

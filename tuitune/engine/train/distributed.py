@@ -24,6 +24,7 @@ import torch
 
 from tuitune.errors import UserError, first_line
 
+
 class PeerLost(RuntimeError):
     """A collective failed: another rank died or stopped answering. Rank 0 leaves the run's terminal event to
     the launcher, which knows which rank it was."""
@@ -108,12 +109,12 @@ class DistContext:
         parts: list[list[torch.Tensor]] = [[] for _ in range(self.world)]
         for start in range(0, max(counts), step):
             piece = torch.zeros((step, *tensor.shape[1:]), dtype=tensor.dtype, device=via)
-            mine = tensor[start:start + step]
-            piece[:mine.shape[0]] = mine.to(via)
+            mine = tensor[start : start + step]
+            piece[: mine.shape[0]] = mine.to(via)
             out = [torch.empty_like(piece) for _ in range(self.world)]
             self._guard(lambda: torch.distributed.all_gather(out, piece))
             for r, got in enumerate(out):
-                parts[r].append(got[:max(0, min(step, counts[r] - start))].to(tensor.device))
+                parts[r].append(got[: max(0, min(step, counts[r] - start))].to(tensor.device))
         return torch.cat([t for rank in parts for t in rank])
 
     def broadcast(self, obj: Any) -> Any:
@@ -145,8 +146,6 @@ class DistContext:
 LOCAL = DistContext()
 
 
-
-
 def from_env(device_spec: str = "auto", timeout_s: int = 120) -> DistContext:
     """The context torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT):
     NCCL when the ranks run on CUDA, gloo on CPU. One process (no WORLD_SIZE, or 1): `LOCAL`."""
@@ -156,8 +155,10 @@ def from_env(device_spec: str = "auto", timeout_s: int = 120) -> DistContext:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device_spec != "cpu" and torch.cuda.is_available()
     if cuda and device_spec.startswith("cuda:"):
-        raise UserError(f"train.device: {device_spec!r} names one GPU; with several ranks each takes the GPU of "
-                        "its LOCAL_RANK (use auto or cuda)")
+        raise UserError(
+            f"train.device: {device_spec!r} names one GPU; with several ranks each takes the GPU of "
+            "its LOCAL_RANK (use auto or cuda)"
+        )
     if cuda:
         if local >= torch.cuda.device_count():
             raise UserError(f"--nproc: rank {rank} wants GPU {local} but {torch.cuda.device_count()} are visible")
@@ -173,5 +174,7 @@ def is_peer_failure(error: BaseException) -> bool:
         return True
     dist_error = getattr(torch.distributed, "DistError", ())
     text = str(error)
-    return isinstance(error, dist_error) or any(s in text for s in (
-        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "gloo", "Timed out"))
+    return isinstance(error, dist_error) or any(
+        s in text
+        for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "gloo", "Timed out")
+    )

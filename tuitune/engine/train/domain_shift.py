@@ -64,8 +64,9 @@ class _Moments:
     def __init__(self, modules: list[nn.Module], inputs: bool) -> None:
         self.sums: dict[int, torch.Tensor] = {}
         self.inputs = inputs
-        self.handles = [m.register_forward_pre_hook(self._pre) if inputs else m.register_forward_hook(self._post)
-                        for m in modules]
+        self.handles = [
+            m.register_forward_pre_hook(self._pre) if inputs else m.register_forward_hook(self._post) for m in modules
+        ]
 
     def _add(self, module: nn.Module, t: Any) -> None:
         if isinstance(t, (tuple, list)):
@@ -111,9 +112,15 @@ def _feed(model: nn.Module, loader: Any, device: torch.device, autocast: Any, ba
                 model(to_device(x, device))
 
 
-def measure(model: nn.Module, groups: tuple[LayerGroup, ...], val_loader: Any, device: torch.device,
-            autocast: Any, source_loader: Any = None, batches: int = BATCHES
-            ) -> tuple[str, tuple[float | None, ...]] | None:
+def measure(
+    model: nn.Module,
+    groups: tuple[LayerGroup, ...],
+    val_loader: Any,
+    device: torch.device,
+    autocast: Any,
+    source_loader: Any = None,
+    batches: int = BATCHES,
+) -> tuple[str, tuple[float | None, ...]] | None:
     """(reference, per-group shift in `groups` order; None where nothing was measured): reference "bn" (BN
     running statistics) or "source" (the source data's output statistics). None when neither applies. Leaves
     the model in eval mode (the caller restores the train mode)."""
@@ -125,8 +132,14 @@ def measure(model: nn.Module, groups: tuple[LayerGroup, ...], val_loader: Any, d
             _feed(model, val_loader, device, autocast, batches)
         finally:
             moments.close()
-        per_group = {g: [symmetric_kl(*moments.gaussian(m), m.running_mean.float(), m.running_var.float())
-                         for m in ms if moments.gaussian(m) is not None] for g, ms in bns.items()}
+        per_group = {
+            g: [
+                symmetric_kl(*moments.gaussian(m), m.running_mean.float(), m.running_var.float())
+                for m in ms
+                if moments.gaussian(m) is not None
+            ]
+            for g, ms in bns.items()
+        }
         return "bn", _read(groups, per_group)
     if source_loader is None:
         return None
@@ -157,13 +170,13 @@ def _read(groups: tuple[LayerGroup, ...], per_group: dict[str, list[torch.Tensor
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, loader: Any, device: torch.device, autocast: Any,
-                    batches: int) -> tuple[int, int]:
+def adapt_batchnorm(
+    model: nn.Module, loader: Any, device: torch.device, autocast: Any, batches: int
+) -> tuple[int, int]:
     """AdaBN: every BN layer's running statistics re-estimated from scratch on `batches` target batches (a
     cumulative average, momentum None); nothing else changes (the rest of the model runs in eval mode). Returns
     (BN layers, batches read). The caller restores the train mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and m.running_mean is not None]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
     if not bns:
         return 0, 0
     momenta = [m.momentum for m in bns]
@@ -187,5 +200,11 @@ def shift_event(parts: Any, epoch: int, global_step: int, reason: str) -> Domain
     found = measure(parts.model, parts.groups, parts.val_loader, parts.device, parts.autocast, parts.source_loader)
     if found is None or all(v is None for v in found[1]):
         return None
-    return DomainShiftMeasured(groups=tuple(g.name for g in parts.groups), shifts=found[1], reference=found[0],
-                               epoch=epoch, global_step=global_step, reason=reason)
+    return DomainShiftMeasured(
+        groups=tuple(g.name for g in parts.groups),
+        shifts=found[1],
+        reference=found[0],
+        epoch=epoch,
+        global_step=global_step,
+        reason=reason,
+    )

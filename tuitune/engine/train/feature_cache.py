@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -44,8 +45,10 @@ def why_not(profile: RunProfile) -> str:
     a = profile.augment
     reasons = [
         (not profile.train.feature_cache, "train.feature_cache is off"),
-        (a.train_transform != "eval" or a.mixup or a.cutmix,
-         "random train-time augmentation is on (each epoch sees other inputs)"),
+        (
+            a.train_transform != "eval" or a.mixup or a.cutmix,
+            "random train-time augmentation is on (each epoch sees other inputs)",
+        ),
         (bool(profile.distill.teacher), "distillation is on (the teacher reads the inputs)"),
     ]
     return next((why for cond, why in reasons if cond), "")
@@ -136,15 +139,16 @@ class FeatureCache:
         unfreeze switches to the activations one boundary lower instead of running the frozen part again. With
         the `epochs` trigger, only the phases that start within the epoch budget."""
         own = {g.name: set(g.param_names) for g in self.parts.groups}
-        later = self.parts.phases[phase + 1:]
+        later = self.parts.phases[phase + 1 :]
         cfg = self.profile.strategy
         if cfg.trigger == "epochs":
-            later = later[:max(0, math.ceil((self.profile.train.epochs - epoch) / cfg.every_epochs) - 1)]
+            later = later[: max(0, math.ceil((self.profile.train.epochs - epoch) / cfg.every_epochs) - 1)]
         out: list[int] = []
         for groups in later:
             trainable = set().union(*(own[g] for g in groups))
-            first = next((i for i, seg in enumerate(self.split.segments) if seg.params & trainable),
-                         len(self.split.segments))
+            first = next(
+                (i for i, seg in enumerate(self.split.segments) if seg.params & trainable), len(self.split.segments)
+            )
             if 0 <= first - 1 < k and first - 1 not in out:
                 out.append(first - 1)
         return out
@@ -172,9 +176,11 @@ class FeatureCache:
         also = f"; also stored for later phases: {', '.join(later)}" if later else ""
         train, val = self.stores[k]
         shard = f" (a shard of {self.dist.world})" if self.dist.active else ""
-        return True, (f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val{shard}, "
-                      f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
-                      f"only the layers above it run")
+        return True, (
+            f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val{shard}, "
+            f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
+            f"only the layers above it run"
+        )
 
     def on_unfreeze(self) -> str:
         """After groups were unfrozen: "" when the cached boundary still holds; else what changed (switched to
@@ -232,8 +238,11 @@ class FeatureCache:
         where: tuple[torch.device, int] | tuple[str, bool]  # (where, how many fit), or (why not, lower may do)
         with p.autocast():
             first, second = split.prefixes(x0, ks), split.prefixes(x0, ks)
-            where = (f"the frozen layers up to {split.segments[k].name} give different outputs for the same batch "
-                     f"(dropout or another random op; see strategy.freeze_dropout)", True)
+            where = (
+                f"the frozen layers up to {split.segments[k].name} give different outputs for the same batch "
+                f"(dropout or another random op; see strategy.freeze_dropout)",
+                True,
+            )
             if all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
                 where = (next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), ""), False)
         if not where[0]:
@@ -279,11 +288,13 @@ class FeatureCache:
             if fits:
                 return device, fits
         key = "train.cache_memory_gb" if cfg > 0 else "half the available memory; set train.cache_memory_gb"
-        return (f"the output of {name} would take {need[0] / 1e9:.2f} GB, over the budget of {budget / 1e9:.2f} GB "
-                f"({key})")
+        return (
+            f"the output of {name} would take {need[0] / 1e9:.2f} GB, over the budget of {budget / 1e9:.2f} GB ({key})"
+        )
 
-    def _store(self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None],
-               label: str) -> dict[int, Store]:
+    def _store(
+        self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None], label: str
+    ) -> dict[int, Store]:
         p, split = self.parts, self.split
         loader = self._loader(self._shard(dataset))
         total, t0, last = len(loader), time.perf_counter(), 0.0
@@ -299,8 +310,15 @@ class FeatureCache:
             now = time.perf_counter()
             if now - last >= 0.25 or i == total:
                 last = now
-                progress(task="cache", detail=label, done=i, total=total, unit="batches",
-                         rate=i / max(now - t0, 1e-9), finished=i == total)
+                progress(
+                    task="cache",
+                    detail=label,
+                    done=i,
+                    total=total,
+                    unit="batches",
+                    rate=i / max(now - t0, 1e-9),
+                    finished=i == total,
+                )
         label_t = torch.cat(labels)
         return {b: part.store(label_t) for b, part in parts.items()}
 
@@ -327,8 +345,13 @@ class FeatureCache:
         torch.empty((), dtype=torch.int64).random_(generator=self.parts.val_loader.generator)
         store = self.val
         n = len(store.labels)  # type: ignore[union-attr]
-        return [(store.get(range(i, min(i + batch_size, n)), self.parts.device),  # type: ignore[union-attr]
-                 store.labels[i:i + batch_size]) for i in range(0, n, batch_size)]  # type: ignore[union-attr]
+        return [
+            (
+                store.get(range(i, min(i + batch_size, n)), self.parts.device),  # type: ignore[union-attr]
+                store.labels[i : i + batch_size],
+            )
+            for i in range(0, n, batch_size)
+        ]  # type: ignore[union-attr]
 
 
 def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:

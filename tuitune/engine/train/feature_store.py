@@ -19,8 +19,14 @@ if TYPE_CHECKING:
 class Store:
     """Activations of one split, indexed by sample: one tensor, or (text) unpadded rows with their mask."""
 
-    def __init__(self, labels: torch.Tensor, feats: torch.Tensor, offsets: list[int] | None = None,
-                 mask: torch.Tensor | None = None, rows: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        feats: torch.Tensor,
+        offsets: list[int] | None = None,
+        mask: torch.Tensor | None = None,
+        rows: list[int] | None = None,
+    ) -> None:
         self.labels, self.feats, self.offsets, self.mask = labels, feats, offsets, mask
         self.rows = rows  # gathered from several ranks: the row of each sample (labels are in sample order)
         # the same map on the activations' device, so one index tensor serves the labels and the rows
@@ -48,8 +54,8 @@ class Store:
         from torch.nn.utils.rnn import pad_sequence
 
         o = self.offsets
-        feats = pad_sequence([self.feats[o[i]:o[i + 1]] for i in index], batch_first=True)
-        mask = pad_sequence([self.mask[o[i]:o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
+        feats = pad_sequence([self.feats[o[i] : o[i + 1]] for i in index], batch_first=True)
+        mask = pad_sequence([self.mask[o[i] : o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
         return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
 
 

@@ -59,8 +59,7 @@ class NonFiniteGuard:
         self.bad += (~finite).long()
         return finite
 
-    def drop_if_bad(self, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor],
-                    finite: torch.Tensor) -> None:
+    def drop_if_bad(self, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor], finite: torch.Tensor) -> None:
         """`skip` mode, before `optimizer.step()`: zero a non-finite step's gradients (no host sync)."""
         if not self.skips:
             return
@@ -85,17 +84,25 @@ class NonFiniteGuard:
         if not self.skips:
             raise RunAborted(
                 f"non-finite loss in {bad_steps} step(s) {where}: the run stopped and saved nothing since; "
-                f"{checkpoint_note}; try a lower train.lr, train.grad_clip = 1.0, or train.on_nonfinite = \"skip\"",
-                kind="nonfinite", epoch=epoch, global_step=global_step)
+                f'{checkpoint_note}; try a lower train.lr, train.grad_clip = 1.0, or train.on_nonfinite = "skip"',
+                kind="nonfinite",
+                epoch=epoch,
+                global_step=global_step,
+            )
         self.skipped += bad_steps
         if self.skipped > self.max_skipped:
             raise RunAborted(
                 f"non-finite loss or gradients in {self.skipped} steps {where}, more than train.max_skipped = "
                 f"{self.max_skipped}: the run stopped; {checkpoint_note}; try a lower train.lr or "
                 f"train.grad_clip = 1.0",
-                kind="nonfinite", epoch=epoch, global_step=global_step)
-        return (f"skipped {bad_steps} step(s) with a non-finite loss or gradients {where}; {self.skipped} of at "
-                f"most train.max_skipped = {self.max_skipped} so far")
+                kind="nonfinite",
+                epoch=epoch,
+                global_step=global_step,
+            )
+        return (
+            f"skipped {bad_steps} step(s) with a non-finite loss or gradients {where}; {self.skipped} of at "
+            f"most train.max_skipped = {self.max_skipped} so far"
+        )
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -126,8 +133,7 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_note: str,
-                resumable: bool) -> str:
+def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_note: str, resumable: bool) -> str:
     """One line: where it ran out, what to change, and how to continue (only from an epoch-boundary `last`: a
     mid-epoch one replays its epoch by step count, which a new batch size would not match)."""
     batch = profile.data.batch_size
@@ -135,7 +141,9 @@ def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_no
     from tuitune.engine.data.kinds import input_task
 
     size_key = "model.max_length" if input_task(profile.data, profile.model) == "text" else "model.img_size"
-    advice = (f"lower data.batch_size (now {batch}; e.g. --set data.batch_size={half}), {size_key}, or the "
-              f"trainable layers (a progressive or head_only strategy)")
+    advice = (
+        f"lower data.batch_size (now {batch}; e.g. --set data.batch_size={half}), {size_key}, or the "
+        f"trainable layers (a progressive or head_only strategy)"
+    )
     resume = f"; continue with: tuitune train --resume {run_dir} --set data.batch_size={half}" if resumable else ""
     return f"out of memory {position}: {advice}; {checkpoint_note}{resume}"

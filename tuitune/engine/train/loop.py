@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from tuitune.config import RunProfile, profile_to_dict
-from tuitune.engine.train import strategy
 from tuitune.engine.commands import Control
-from tuitune.engine.events import (EpochEnded, Event, FeatureCacheChanged, MetricsUpdated, RunFinished, RunStarted,
-                                   SetupProgressed, Warned)
 from tuitune.engine.data.batches import to_device
+from tuitune.engine.events import (
+    EpochEnded,
+    Event,
+    FeatureCacheChanged,
+    MetricsUpdated,
+    RunFinished,
+    RunStarted,
+    SetupProgressed,
+    Warned,
+)
 from tuitune.engine.model.groups import Backbone
+from tuitune.engine.train import strategy
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
-from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
+from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.steering import Steering
 from tuitune.engine.train.trainer_state import TrainerState
 
@@ -44,9 +53,18 @@ class Trainer(Steering):
     With several ranks (`dist`), every rank runs a Trainer; rank 0's `control` is the one that counts and its
     events are the run's (the caller gives the other ranks a sink that drops them); see `distributed`."""
 
-    def __init__(self, profile: RunProfile, run_dir: Path, emit: Emit, control: Control, *,
-                 interactive: bool = False, resume: Path | None = None, after_run: AfterRun | None = None,
-                 dist: DistContext = LOCAL) -> None:
+    def __init__(
+        self,
+        profile: RunProfile,
+        run_dir: Path,
+        emit: Emit,
+        control: Control,
+        *,
+        interactive: bool = False,
+        resume: Path | None = None,
+        after_run: AfterRun | None = None,
+        dist: DistContext = LOCAL,
+    ) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.interactive, self.after_run, self.dist = interactive, after_run, dist
         self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
@@ -67,13 +85,29 @@ class Trainer(Steering):
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
         p, st = self.parts, self.st
-        self.emit(RunStarted(
-            run_name=self.profile.name, run_dir=str(self.run_dir), device=p.device_label, layers=st.layer_infos(),
-            phases=p.phases, phase=st.phase, epochs=self.profile.train.epochs, steps_per_epoch=p.steps_per_epoch,
-            train_size=len(p.bundle.train), val_size=len(p.bundle.val), classes=p.bundle.classes,
-            profile=profile_to_dict(self.profile), start_epoch=st.epoch, warnings=p.warnings + tuple(st.notes),
-            metric=self.obj.scorer.name, higher_is_better=self.obj.scorer.higher_is_better,
-            start_step=st.global_step, start_elapsed_s=st.elapsed(), world_size=self.dist.world))
+        self.emit(
+            RunStarted(
+                run_name=self.profile.name,
+                run_dir=str(self.run_dir),
+                device=p.device_label,
+                layers=st.layer_infos(),
+                phases=p.phases,
+                phase=st.phase,
+                epochs=self.profile.train.epochs,
+                steps_per_epoch=p.steps_per_epoch,
+                train_size=len(p.bundle.train),
+                val_size=len(p.bundle.val),
+                classes=p.bundle.classes,
+                profile=profile_to_dict(self.profile),
+                start_epoch=st.epoch,
+                warnings=p.warnings + tuple(st.notes),
+                metric=self.obj.scorer.name,
+                higher_is_better=self.obj.scorer.higher_is_better,
+                start_step=st.global_step,
+                start_elapsed_s=st.elapsed(),
+                world_size=self.dist.world,
+            )
+        )
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
@@ -150,8 +184,9 @@ class Trainer(Steering):
         self._settle(bad)
         return {"loss": loss, "score": score, "samples": seen * self.dist.world}
 
-    def _optimizer_step(self, micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-                        window: RunningSums) -> None:
+    def _optimizer_step(
+        self, micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], window: RunningSums
+    ) -> None:
         """Clip, non-finite check (a device flag), step, schedule, EMA; then the step's batches into the running
         sums on the device (a non-finite step adds nothing)."""
         st = self.st
@@ -186,15 +221,27 @@ class Trainer(Steering):
     def _read_window(self, window: RunningSums, step: int) -> None:
         """The metric read: one host sync for the window's metrics and the non-finite count."""
         st = self.st
-        loss, score, (bad, *rest) = window.read(self.dist.max(st.guard.bad), *self.obj.window_tensors(),
-                                                reduce=self.dist.sum)
+        loss, score, (bad, *rest) = window.read(
+            self.dist.max(st.guard.bad), *self.obj.window_tensors(), reduce=self.dist.sum
+        )
         self._settle(bad)
         mem, peak = st.gpu_memory()
-        self.emit(MetricsUpdated(epoch=st.epoch + 1, step=step, global_step=st.global_step, train_loss=loss,
-                                 train_score=score, lrs=st.current_lrs(),
-                                 samples_per_s=window.samples * self.dist.world / max(window.seconds(), 1e-9),
-                                 elapsed_s=st.elapsed(), gpu_mem_gb=mem, gpu_peak_gb=peak,
-                                 gpu_max_gb=self._largest_gpu_memory(mem), extra=self.obj.window_extra(rest)))
+        self.emit(
+            MetricsUpdated(
+                epoch=st.epoch + 1,
+                step=step,
+                global_step=st.global_step,
+                train_loss=loss,
+                train_score=score,
+                lrs=st.current_lrs(),
+                samples_per_s=window.samples * self.dist.world / max(window.seconds(), 1e-9),
+                elapsed_s=st.elapsed(),
+                gpu_mem_gb=mem,
+                gpu_peak_gb=peak,
+                gpu_max_gb=self._largest_gpu_memory(mem),
+                extra=self.obj.window_extra(rest),
+            )
+        )
         self.emit(st.layers_changed(with_grad=True))
         window.reset()
 
@@ -207,8 +254,9 @@ class Trainer(Steering):
     def _settle(self, bad: float) -> None:
         """Act on the non-finite steps just read: stop (raises `RunAborted`) or warn about skipped ones."""
         st = self.st
-        warning = st.guard.settle(int(bad), epoch=st.epoch + 1, global_step=st.global_step,
-                                  checkpoint_note=st.checkpoint_note())
+        warning = st.guard.settle(
+            int(bad), epoch=st.epoch + 1, global_step=st.global_step, checkpoint_note=st.checkpoint_note()
+        )
         if warning:
             self.emit(Warned(message=warning, epoch=st.epoch + 1, global_step=st.global_step, kind="nonfinite"))
 
@@ -217,8 +265,9 @@ class Trainer(Steering):
         from the feature cache while it is in use."""
         sharded = self.dist.active and loader is self.parts.val_loader  # the test set: rank 0 alone
         if self.cache.active and loader is self.parts.val_loader:
-            result = self.obj.evaluate(self.cache.top, self.cache.val_batches(), self.parts, thumbs=False,
-                                        sharded=sharded)
+            result = self.obj.evaluate(
+                self.cache.top, self.cache.val_batches(), self.parts, thumbs=False, sharded=sharded
+            )
         else:
             result = self.obj.evaluate(self.parts.model, loader, self.parts, sharded=sharded)
         strategy.train_mode(self.parts.model, self.profile.strategy)
@@ -227,18 +276,31 @@ class Trainer(Steering):
     def _end_epoch(self, train: dict[str, float], val: dict[str, Any], epoch_s: float) -> None:
         st = self.st
         st.epoch += 1
-        metrics = {"train_loss": train["loss"], "train_score": train["score"], "val_loss": val["loss"],
-                   "val_score": val["score"]}
+        metrics = {
+            "train_loss": train["loss"],
+            "train_score": train["score"],
+            "val_loss": val["loss"],
+            "val_score": val["score"],
+        }
         more = self.obj.epoch_extras(val, self.parts)
         strategy.train_mode(self.parts.model, self.profile.strategy)
         is_best = st.record_epoch(metrics, val["per_class"], epoch_s, more, val.get("report"))
         self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
         self.val_views["from_cache"] = self.cache.active  # no images then: `_finish` draws the thumbnails
         st.schedule.epoch_end(val["loss"])
-        self.emit(EpochEnded(epoch=st.epoch, global_step=st.global_step, phase=st.phase, **metrics,
-                             elapsed_s=st.elapsed(), epoch_s=epoch_s,
-                             samples_per_s=train["samples"] / max(epoch_s, 1e-9),
-                             is_best=is_best, extra=more))
+        self.emit(
+            EpochEnded(
+                epoch=st.epoch,
+                global_step=st.global_step,
+                phase=st.phase,
+                **metrics,
+                elapsed_s=st.elapsed(),
+                epoch_s=epoch_s,
+                samples_per_s=train["samples"] / max(epoch_s, 1e-9),
+                is_best=is_best,
+                extra=more,
+            )
+        )
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         self._measure_shift("epoch")
         if is_best:
@@ -273,8 +335,11 @@ class Trainer(Steering):
     def _say_cache(self, detail: str) -> None:
         """Emit what the feature cache does now and why, remembered so an unchanged reason is said once."""
         self._cache_said = detail
-        self.emit(FeatureCacheChanged(active=self.cache.active, detail=detail, epoch=self.st.epoch,
-                                      global_step=self.st.global_step))
+        self.emit(
+            FeatureCacheChanged(
+                active=self.cache.active, detail=detail, epoch=self.st.epoch, global_step=self.st.global_step
+            )
+        )
 
     # ----------------------------------------------------------------------------------------------- finish
     def _confusion(self) -> tuple[tuple[int, ...], ...] | None:
@@ -296,19 +361,36 @@ class Trainer(Steering):
         if p.test_loader is not None and self.dist.is_main and st.has_checkpoint("best"):
             st.load_best_weights()
             result = self.evaluate(p.test_loader)
-            test = {"loss": result["loss"], "score": result["score"], "per_class": result["per_class"],
-                    **({"macro_f1": result["extra"]["macro_f1"]} if "macro_f1" in result["extra"] else {})}
+            test = {
+                "loss": result["loss"],
+                "score": result["score"],
+                "per_class": result["per_class"],
+                **({"macro_f1": result["extra"]["macro_f1"]} if "macro_f1" in result["extra"] else {}),
+            }
         export_dir, compression = "", None
-        if self.after_run is not None and self.dist.is_main and status != "interrupted" \
-                and st.has_checkpoint("best"):
+        if self.after_run is not None and self.dist.is_main and status != "interrupted" and st.has_checkpoint("best"):
             st.load_best_weights()
-            export_dir, compression = self.after_run(self.run_dir, self.profile, p.backbone, p.bundle.classes,
-                                                     self.emit)
-        event = RunFinished(status=status, reason=reason, epochs=st.epoch, global_step=st.global_step,
-                            best=st.best_summary(), final=st.final_metrics(), test=test, phases=st.phase_table(),
-                            per_class_acc=st.per_class, per_class_report=st.class_report,
-                            samples_per_s=st.samples_per_s(wall_s), wall_s=wall_s, checkpoints=st.checkpoint_paths(),
-                            compression=compression, export_dir=export_dir,
-                            confusion=self._confusion(), misclassified=tuple(self.val_views.get("misclassified", ())))
+            export_dir, compression = self.after_run(
+                self.run_dir, self.profile, p.backbone, p.bundle.classes, self.emit
+            )
+        event = RunFinished(
+            status=status,
+            reason=reason,
+            epochs=st.epoch,
+            global_step=st.global_step,
+            best=st.best_summary(),
+            final=st.final_metrics(),
+            test=test,
+            phases=st.phase_table(),
+            per_class_acc=st.per_class,
+            per_class_report=st.class_report,
+            samples_per_s=st.samples_per_s(wall_s),
+            wall_s=wall_s,
+            checkpoints=st.checkpoint_paths(),
+            compression=compression,
+            export_dir=export_dir,
+            confusion=self._confusion(),
+            misclassified=tuple(self.val_views.get("misclassified", ())),
+        )
         self.emit(event)
         return event

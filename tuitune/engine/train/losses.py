@@ -4,7 +4,8 @@ multi-class one (timm's and torchvision's focal losses are sigmoid/binary)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ class FocalLoss(nn.Module):
     gamma = 0 and alpha = 1 give plain cross-entropy. Dense (Mixup) targets are accepted: p_t and log p_t are then
     the target-weighted sums, as timm's PolyCrossEntropy does for its focal-like term."""
 
-    def __init__(self, gamma: float = 2.0, alpha: float = 0.25, weight: torch.Tensor | None = None,
-                 smoothing: float = 0.0) -> None:
+    def __init__(
+        self, gamma: float = 2.0, alpha: float = 0.25, weight: torch.Tensor | None = None, smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         self.gamma, self.alpha, self.smoothing = gamma, alpha, smoothing
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)
@@ -59,8 +61,9 @@ def class_weight_tensor(cfg: LossConfig, num_classes: int, train_labels: torch.T
     return None
 
 
-def build_loss(cfg: LossConfig, num_classes: int, train_labels: torch.Tensor | None = None, *,
-               soft_targets: bool = False) -> nn.Module:
+def build_loss(
+    cfg: LossConfig, num_classes: int, train_labels: torch.Tensor | None = None, *, soft_targets: bool = False
+) -> nn.Module:
     """The training criterion. `soft_targets` when Mixup/CutMix produce dense targets (they apply the smoothing
     themselves, so timm ignores `smoothing` then)."""
     from timm.loss import create_classification_loss
@@ -71,8 +74,7 @@ def build_loss(cfg: LossConfig, num_classes: int, train_labels: torch.Tensor | N
     if cfg.kind == "mse":
         return RegressionLoss()
     if cfg.kind == "bce":
-        return create_classification_loss("bce", multi_label=True, smoothing=cfg.label_smoothing,
-                                          class_weight=weight)
+        return create_classification_loss("bce", multi_label=True, smoothing=cfg.label_smoothing, class_weight=weight)
     if weight is not None:  # timm's CE takes no class weight: torch's does, with smoothing
         if soft_targets:
             return _WeightedSoftCE(weight)

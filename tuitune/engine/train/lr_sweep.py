@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import csv
 import math
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -60,6 +61,7 @@ class LRCurve:
 
 # ----------------------------------------------------------------------------------------------- snapshot
 
+
 @dataclass
 class _Snapshot:
     model: dict[str, torch.Tensor]
@@ -76,7 +78,8 @@ def _take(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> _S
         optimizer=copy.deepcopy(optimizer.state_dict()),
         training={name: m.training for name, m in model.named_modules()},
         rng=rng_state(),
-        loader_gen=gen.get_state() if gen is not None else None)
+        loader_gen=gen.get_state() if gen is not None else None,
+    )
 
 
 def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> None:
@@ -95,6 +98,7 @@ def _restore(snap: _Snapshot, model: nn.Module, optimizer: torch.optim.Optimizer
 
 # -------------------------------------------------------------------------------------------------- sweep
 
+
 def _batches(loader: Any) -> Iterator[Any]:
     """The loader, over and over: a sweep may want more steps than an epoch has."""
     while True:
@@ -106,11 +110,22 @@ def _batches(loader: Any) -> Iterator[Any]:
             raise ValueError("lr_sweep: the loader is empty")
 
 
-def lr_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, loss_fn: Callable, device: Any, *,
-             start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smooth: float = 0.98,
-             diverge: float = 4.0, train_mode: Callable[[nn.Module], None] | None = None,
-             autocast: Callable[[], AbstractContextManager] | None = None,
-             targets: Callable[[Any, Any], tuple[Any, Any]] | None = None) -> LRCurve:
+def lr_sweep(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    loss_fn: Callable,
+    device: Any,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    smooth: float = 0.98,
+    diverge: float = 4.0,
+    train_mode: Callable[[nn.Module], None] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    targets: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+) -> LRCurve:
     """Sweep the LR exponentially from `start_lr` to `end_lr` over `steps` optimizer steps; stop once the smoothed
     loss exceeds `diverge` x its best. `targets(x, y)` turns a device batch into what the loss scores (Mixup/CutMix).
     Everything is restored afterwards, also on error or interrupt."""
@@ -172,13 +187,15 @@ def scale_lrs(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- suggestion
 
+
 def _trim(n: int) -> slice:
     """fastai skips the first tenth (the smoothing is still warming up) and the last few (divergence)."""
     return slice(n // 10, n - 5 if n > 15 else n)
 
 
-def suggest(lrs: list[float] | tuple[float, ...], smoothed: list[float] | tuple[float, ...]
-            ) -> tuple[float | None, float | None]:
+def suggest(
+    lrs: list[float] | tuple[float, ...], smoothed: list[float] | tuple[float, ...]
+) -> tuple[float | None, float | None]:
     """(steep, valley) over the finite part of the curve; None where the curve is too short to tell: fewer than
     three points, or a sweep that stopped before the LR grew tenfold (at a phase start on a training set the model
     already fits, a loss near zero "diverges" on the first noisy batch, and the lowest LR tried is no answer)."""
@@ -189,8 +206,10 @@ def suggest(lrs: list[float] | tuple[float, ...], smoothed: list[float] | tuple[
     if len(pts) < 3:
         return None, None
     xs, ys = [math.log10(lr) for lr, _ in pts], [s for _, s in pts]
-    grads = [(ys[min(i + 1, len(ys) - 1)] - ys[max(i - 1, 0)]) / (xs[min(i + 1, len(xs) - 1)] - xs[max(i - 1, 0)])
-             for i in range(len(ys))]
+    grads = [
+        (ys[min(i + 1, len(ys) - 1)] - ys[max(i - 1, 0)]) / (xs[min(i + 1, len(xs) - 1)] - xs[max(i - 1, 0)])
+        for i in range(len(ys))
+    ]
     steep = pts[min(range(len(grads)), key=grads.__getitem__)][0]
     return steep, pts[_valley_index(ys)][0]
 
@@ -215,6 +234,7 @@ def _valley_index(losses: list[float]) -> int:
 
 # ------------------------------------------------------------------------------------------------- output
 
+
 def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,21 +248,38 @@ def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------------------- inside a run
 
-def sweep_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective,
-              **sweep: Any) -> LRCurve:
+
+def sweep_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective, **sweep: Any) -> LRCurve:
     """The one LR-finder recipe, for `tuitune lr-find` and the dashboard's `f`: the run's model and optimizer (the
     current phase's param groups) scored by the run's own objective (its loss on its targets, Mixup/CutMix
     included), over a fresh shuffle of the train split seeded by the run's seed and step, so the run's own loader
     is never advanced."""
     gen = torch.Generator().manual_seed(profile.train.seed + st.global_step)
     loader = DataLoader(parts.bundle.train, batch_size=profile.data.batch_size, shuffle=True, generator=gen)
-    return lr_sweep(parts.model, st.optimizer, loader, objective.train_loss, parts.device,
-                    train_mode=lambda m: strategy.train_mode(m, profile.strategy),
-                    autocast=parts.autocast, targets=objective.targets, **sweep)
+    return lr_sweep(
+        parts.model,
+        st.optimizer,
+        loader,
+        objective.train_loss,
+        parts.device,
+        train_mode=lambda m: strategy.train_mode(m, profile.strategy),
+        autocast=parts.autocast,
+        targets=objective.targets,
+        **sweep,
+    )
 
 
-def find_lr_in_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective, *, steps: int,
-                   out_dir: Path | None, phase: int = -1, wait_s: float = 0.0) -> LRFound:
+def find_lr_in_run(
+    profile: RunProfile,
+    parts: RunParts,
+    st: TrainerState,
+    objective: Objective,
+    *,
+    steps: int,
+    out_dir: Path | None,
+    phase: int = -1,
+    wait_s: float = 0.0,
+) -> LRFound:
     """The `FindLR` command, and `strategy.phase_lr = "find"` at a phase's start (`phase`, and the `wait_s` a person
     has to answer): sweep the current phase's LR from a snapshot (restored afterwards) with the recipe
     `tuitune lr-find` uses, and write the curve (unless `out_dir` is None: a rank other than 0, which sweeps
@@ -253,7 +290,16 @@ def find_lr_in_run(profile: RunProfile, parts: RunParts, st: TrainerState, objec
     name = f"lr_find_phase{phase + 1}.csv" if phase >= 0 else f"lr_find_step{st.global_step}.csv"
     path = curve_to_csv(curve, out_dir / name) if out_dir is not None else Path(name)
     suggestion = curve.suggestion or current
-    return LRFound(lrs=curve.lrs, losses=curve.smoothed, suggestion=float(suggestion),
-                   steep=float(curve.steep or 0.0), valley=float(curve.valley or 0.0), current_lr=current,
-                   path=str(path), epoch=st.epoch, global_step=st.global_step, phase=phase,
-                   wait_s=wait_s if curve.suggestion else 0.0)  # nothing to answer when it found nothing
+    return LRFound(
+        lrs=curve.lrs,
+        losses=curve.smoothed,
+        suggestion=float(suggestion),
+        steep=float(curve.steep or 0.0),
+        valley=float(curve.valley or 0.0),
+        current_lr=current,
+        path=str(path),
+        epoch=st.epoch,
+        global_step=st.global_step,
+        phase=phase,
+        wait_s=wait_s if curve.suggestion else 0.0,
+    )  # nothing to answer when it found nothing

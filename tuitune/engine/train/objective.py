@@ -20,8 +20,8 @@ from tuitune.engine.data.kinds import target_kind
 from tuitune.engine.model.heads import linear_head, pre_logits
 from tuitune.engine.train.distill import Distiller, build_distiller
 from tuitune.engine.train.losses import build_loss
-from tuitune.engine.train.scoring import Scorer, average_precision, class_report
 from tuitune.engine.train.regularize import Penalty, build_ema
+from tuitune.engine.train.scoring import Scorer, average_precision, class_report
 from tuitune.engine.train.val_views import ValViews
 
 if TYPE_CHECKING:
@@ -50,8 +50,9 @@ class Objective:
         self.scorer = Scorer(target_kind(profile.loss.kind))
         k = len(parts.bundle.classes)
         labels = train_labels(parts.bundle.train) if profile.loss.balance_classes else None
-        self.mixup = build_mixup(profile.augment, k, profile.loss.label_smoothing) if parts.backbone.task == "image" \
-            else None
+        self.mixup = (
+            build_mixup(profile.augment, k, profile.loss.label_smoothing) if parts.backbone.task == "image" else None
+        )
         self.train_loss = build_loss(profile.loss, k, labels, soft_targets=self.mixup is not None).to(self.device)
         self.eval_loss = build_loss(profile.loss, k, labels).to(self.device)
         self.penalty = Penalty(profile.regularization, parts.model, parts.groups)
@@ -106,8 +107,9 @@ class Objective:
         return {"task_loss": task / n, "distill_loss": distill / n} if n else {}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, parts: RunParts, *, thumbs: bool = True,
-                 sharded: bool = False) -> dict[str, Any]:
+    def evaluate(
+        self, model: nn.Module, loader: Any, parts: RunParts, *, thumbs: bool = True, sharded: bool = False
+    ) -> dict[str, Any]:
         """Loss, score and its extras over a loader; for class targets the confusion matrix (counted on the device)
         with macro-F1 (`extra`), per-class accuracy and precision / recall / F1 (`report`) read off it, and (image
         inputs, `thumbs`) the worst errors as thumbnails (`ValViews`); one host sync. Leaves the model in eval mode:
@@ -117,8 +119,11 @@ class Objective:
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         sums = torch.zeros(self.scorer.width, device=self.device)
-        views = ValViews(self.k, self.device, parts.backbone.data_config,
-                         thumbs and parts.backbone.task == "image") if self.scorer.kind == "class" else None
+        views = (
+            ValViews(self.k, self.device, parts.backbone.data_config, thumbs and parts.backbone.task == "image")
+            if self.scorer.kind == "class"
+            else None
+        )
         outs, truths, n = [], [], 0
         for x, y in loader:
             x, y = to_device(x, self.device), y.to(self.device, non_blocking=True)
@@ -137,15 +142,23 @@ class Objective:
         if sharded:
             head = self.dist.sum(head.double())
             extra = [self.dist.sum(extra[0]), *extra[1:]] if extra else extra
-            outs, truths = ([self.dist.gather_rows(torch.cat(outs))], [self.dist.gather_rows(torch.cat(truths))]) \
-                if outs else (outs, truths)
+            outs, truths = (
+                ([self.dist.gather_rows(torch.cat(outs))], [self.dist.gather_rows(torch.cat(truths))])
+                if outs
+                else (outs, truths)
+            )
         width = self.scorer.width
         values = torch.cat([head.double(), *(e.double() for e in extra)]).tolist()  # the host sync
-        loss, score_sums, n = values[0], values[1:1 + width], int(values[1 + width])
-        result = {"loss": loss / max(n, 1), "score": self.scorer.score(score_sums, n),
-                  "extra": self.scorer.extras(score_sums, n), "per_class": {}, "report": {}}
+        loss, score_sums, n = values[0], values[1 : 1 + width], int(values[1 + width])
+        result = {
+            "loss": loss / max(n, 1),
+            "score": self.scorer.score(score_sums, n),
+            "extra": self.scorer.extras(score_sums, n),
+            "per_class": {},
+            "report": {},
+        }
         if views is not None:
-            result.update(views.read(values[2 + width:], parts.bundle.classes))  # past loss, sums, count
+            result.update(views.read(values[2 + width :], parts.bundle.classes))  # past loss, sums, count
             macro_f1, result["report"] = class_report(result["confusion"], parts.bundle.classes)
             result["extra"]["macro_f1"] = macro_f1
             result["per_class"] = {c: r["recall"] for c, r in result["report"].items()}  # per-class accuracy

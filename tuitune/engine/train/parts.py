@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from tuitune.config import ModelConfig, RunProfile
-from tuitune.engine.events import Event
-from tuitune.engine.train import strategy
 from tuitune.engine.data.augment import augment_train
-from tuitune.engine.data.image_cache import cache_images
-from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.data.datasets import DataBundle, make_loaders
+from tuitune.engine.data.image_cache import cache_images
 from tuitune.engine.data.kinds import build_datasets, input_task, target_kind
+from tuitune.engine.events import Event
 from tuitune.engine.model.groups import Backbone, LayerGroup
-from tuitune.engine.record.rebuild import profile_backbone
+from tuitune.engine.rebuild import profile_backbone
+from tuitune.engine.train import strategy
+from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.errors import UserError
 
 
@@ -135,8 +136,9 @@ def _epoch_length(profile: RunProfile, batches: int) -> tuple[int, int]:
     return micro, -(-micro // k)
 
 
-def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None] | None = None,
-                dist: DistContext = LOCAL) -> RunParts:
+def build_parts(
+    profile: RunProfile, run_dir: Path, emit: Callable[[Event], None] | None = None, dist: DistContext = LOCAL
+) -> RunParts:
     """Build everything before the first step; `emit` gets `SetupProgressed` for the long parts (a download, an
     image folder scan, tokenization), so no setup step runs silently. `dist`: this process's rank of a
     multi-rank run (its device, its share of the data)."""
@@ -153,28 +155,53 @@ def build_parts(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None
     channels_last = _channels_last(profile, backbone, device)
     if channels_last:
         backbone.model.to(memory_format=torch.channels_last)
-    bundle = build_datasets(profile.data, task=backbone.task, data_config=backbone.data_config,
-                            tokenizer=backbone.tokenizer, max_length=profile.model.max_length, seed=profile.train.seed,
-                            target=target, emit=emit)
+    bundle = build_datasets(
+        profile.data,
+        task=backbone.task,
+        data_config=backbone.data_config,
+        tokenizer=backbone.tokenizer,
+        max_length=profile.model.max_length,
+        seed=profile.train.seed,
+        target=target,
+        emit=emit,
+    )
     if backbone.task == "image":
         bundle = augment_train(bundle, backbone.data_config, profile.augment)
         bundle, note = cache_images(bundle, profile.data.cache_images, emit)
         warnings += [note] if note else []
     train_loader, val_loader, test_loader = make_loaders(
-        bundle, batch_size=rank_batch_size(profile, dist), num_workers=profile.data.num_workers,
-        device_type=device.type, seed=profile.train.seed, group_by_length=profile.data.group_by_length,
-        pad_to_max_length=profile.data.pad_to_max_length, rank=dist.rank, world=dist.world)
+        bundle,
+        batch_size=rank_batch_size(profile, dist),
+        num_workers=profile.data.num_workers,
+        device_type=device.type,
+        seed=profile.train.seed,
+        group_by_length=profile.data.group_by_length,
+        pad_to_max_length=profile.data.pad_to_max_length,
+        rank=dist.rank,
+        world=dist.world,
+    )
     _shield_workers(train_loader, val_loader, test_loader)
     micro, steps = _epoch_length(profile, len(train_loader))
     plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
-    return RunParts(backbone=backbone, device=device, bundle=bundle, train_loader=train_loader,
-                    val_loader=val_loader, test_loader=test_loader, plan=plan, steps_per_epoch=steps,
-                    micro_per_epoch=micro,
-                    warnings=tuple(warnings), source_loader=source_loader(profile, backbone, device, dist),
-                    forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
-                    channels_last=channels_last, dist=dist, compiled=profile.train.compile)
+    return RunParts(
+        backbone=backbone,
+        device=device,
+        bundle=bundle,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        plan=plan,
+        steps_per_epoch=steps,
+        micro_per_epoch=micro,
+        warnings=tuple(warnings),
+        source_loader=source_loader(profile, backbone, device, dist),
+        forward=torch.compile(backbone.model) if profile.train.compile else backbone.model,
+        channels_last=channels_last,
+        dist=dist,
+        compiled=profile.train.compile,
+    )
 
 
 def rank_batch_size(profile: RunProfile, dist: DistContext) -> int:
@@ -183,8 +210,10 @@ def rank_batch_size(profile: RunProfile, dist: DistContext) -> int:
     if not dist.active or profile.data.batch_scope == "rank":
         return size
     if size % dist.world:
-        raise UserError(f"data.batch_size: {size} does not divide among {dist.world} ranks "
-                        f"(data.batch_scope = \"global\"); use a multiple of {dist.world}")
+        raise UserError(
+            f"data.batch_size: {size} does not divide among {dist.world} ranks "
+            f'(data.batch_scope = "global"); use a multiple of {dist.world}'
+        )
     return size // dist.world
 
 
@@ -193,8 +222,10 @@ def _sync_bn(profile: RunProfile, backbone: Backbone, device: torch.device, dist
     if not profile.train.sync_bn or not dist.active:
         return
     if dist.backend != "nccl":
-        raise UserError("train.sync_bn: SyncBatchNorm needs CUDA ranks (torch has no CPU implementation); on CPU "
-                        "each rank normalises over its own batch")
+        raise UserError(
+            "train.sync_bn: SyncBatchNorm needs CUDA ranks (torch has no CPU implementation); on CPU "
+            "each rank normalises over its own batch"
+        )
     backbone.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(backbone.model)
 
 
@@ -229,9 +260,18 @@ def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device,
     from tuitune.engine.model.heads import splittable
 
     if not backbone.source_head or not splittable(backbone.model):
-        raise UserError("data.source_classes: needs model.weights with the pretraining classifier in it (a timm "
-                        "model), to score the source task with")
+        raise UserError(
+            "data.source_classes: needs model.weights with the pretraining classifier in it (a timm "
+            "model), to score the source task with"
+        )
     cfg = dataclasses.replace(profile.data, classes=classes, test_fraction=0.0)
     bundle = build_datasets(cfg, task="image", data_config=backbone.data_config, seed=profile.train.seed)
-    return make_loaders(bundle, batch_size=profile.data.batch_size, num_workers=0, device_type=device.type,
-                        seed=profile.train.seed, rank=dist.rank, world=dist.world)[1]
+    return make_loaders(
+        bundle,
+        batch_size=profile.data.batch_size,
+        num_workers=0,
+        device_type=device.type,
+        seed=profile.train.seed,
+        rank=dist.rank,
+        world=dist.world,
+    )[1]

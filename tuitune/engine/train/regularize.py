@@ -6,7 +6,8 @@ timm's `ModelEmaV3` (foreach lerp).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn

@@ -32,18 +32,26 @@ class LRSchedule:
         cfg, decay_total = self.cfg, max(1, self.total - self.cfg.warmup_steps)
         if cfg.schedule == "cosine":
             from timm.scheduler import CosineLRScheduler
+
             return CosineLRScheduler(self.proxy, t_initial=decay_total, lr_min=cfg.min_lr_ratio, t_in_epochs=False)
         if cfg.schedule == "step":
             from timm.scheduler import StepLRScheduler
-            return StepLRScheduler(self.proxy, decay_t=cfg.decay_epochs * self.steps_per_epoch,
-                                   decay_rate=cfg.decay_rate, t_in_epochs=False)
+
+            return StepLRScheduler(
+                self.proxy,
+                decay_t=cfg.decay_epochs * self.steps_per_epoch,
+                decay_rate=cfg.decay_rate,
+                t_in_epochs=False,
+            )
         if cfg.schedule == "onecycle":
             pct = cfg.warmup_steps / self.total if cfg.warmup_steps else 0.3
-            return torch.optim.lr_scheduler.OneCycleLR(self.proxy, max_lr=1.0, total_steps=self.total + 1,
-                                                       pct_start=min(max(pct, 0.01), 0.9))
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.proxy, max_lr=1.0, total_steps=self.total + 1, pct_start=min(max(pct, 0.01), 0.9)
+            )
         if cfg.schedule == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.proxy, mode="min", factor=cfg.decay_rate,
-                                                              patience=cfg.lr_patience, min_lr=cfg.min_lr_ratio)
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.proxy, mode="min", factor=cfg.decay_rate, patience=cfg.lr_patience, min_lr=cfg.min_lr_ratio
+            )
         return None
 
     def factor(self, global_step: int) -> float:

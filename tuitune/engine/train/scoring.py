@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass(frozen=True)
 class Scorer:
     kind: str  # "class", "value" or "multi"
@@ -61,8 +60,9 @@ class Scorer:
         return {}
 
 
-def class_report(confusion: list[list[float]], classes: tuple[str, ...] | list[str]
-                 ) -> tuple[float, dict[str, dict[str, float]]]:
+def class_report(
+    confusion: list[list[float]], classes: tuple[str, ...] | list[str]
+) -> tuple[float, dict[str, dict[str, float]]]:
     """(macro-F1, {class: precision, recall, f1, support}) from a confusion matrix (rows = true class, columns =
     predicted), the way scikit-learn's `f1_score(average="macro")` counts: a class that is neither in the labels nor
     in the predictions is left out of the mean; one that is in only one of them scores 0. Why macro: on imbalanced

@@ -18,8 +18,9 @@ model's own output in eval mode, or the cache is not used and the event says so.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,18 +73,27 @@ def _chain(modules: list[nn.Module]) -> Callable[[Any], Any]:
         for m in modules:
             x = m(x)
         return x
+
     return run
 
 
 # timm: each family's forward_features, as (segment name, module paths) in call order; "*" expands a Sequential.
 _TIMM: dict[str, list[tuple[str, list[str]]]] = {
-    "ResNet": [("stem", ["conv1", "bn1", "act1", "maxpool"]), ("*1", ["layer1"]), ("*1", ["layer2"]),
-               ("*1", ["layer3"]), ("*1", ["layer4"])],
+    "ResNet": [
+        ("stem", ["conv1", "bn1", "act1", "maxpool"]),
+        ("*1", ["layer1"]),
+        ("*1", ["layer2"]),
+        ("*1", ["layer3"]),
+        ("*1", ["layer4"]),
+    ],
     "ConvNeXt": [("stem", ["stem"]), ("*1", ["stages"]), ("norm_pre", ["norm_pre"])],
     "EfficientNet": [("stem", ["conv_stem", "bn1"]), ("*2", ["blocks"]), ("conv_head", ["conv_head", "bn2"])],
     "MobileNetV3": [("stem", ["conv_stem", "bn1"]), ("*2", ["blocks"])],
-    "VisionTransformer": [("stem", ["patch_embed", "pos_drop", "patch_drop", "norm_pre"]), ("*1", ["blocks"]),
-                          ("norm", ["norm"])],
+    "VisionTransformer": [
+        ("stem", ["patch_embed", "pos_drop", "patch_drop", "norm_pre"]),
+        ("*1", ["blocks"]),
+        ("norm", ["norm"]),
+    ],
 }
 _VIT_ROOT_PARAMS = ("cls_token", "reg_token", "pos_embed")
 
@@ -94,8 +104,10 @@ class TimmSplit:
     def __init__(self, model: nn.Module) -> None:
         kind = type(model).__name__
         if kind not in _TIMM:
-            raise NotSequential(f"timm {kind}: its forward is not known to be a chain of its blocks (cached "
-                                f"families: {', '.join(_TIMM)})")
+            raise NotSequential(
+                f"timm {kind}: its forward is not known to be a chain of its blocks (cached "
+                f"families: {', '.join(_TIMM)})"
+            )
         if getattr(model, "grad_checkpointing", False):
             raise NotSequential("gradient checkpointing is on")
         self.model = model
@@ -113,8 +125,9 @@ class TimmSplit:
         rest = frozenset(n for n in names - claimed if id(own[n]) not in head)
         # forward_head's own randomness (timm's functional head dropout) shows in `feature_cache`'s repeat check
         self.segments.append(Segment("pre_logits", lambda x: model.forward_head(x, pre_logits=True), (), rest))
-        self.segments.append(Segment("classifier", classifier(model), (classifier(model),),
-                                     frozenset(n for n in names - claimed - rest)))
+        self.segments.append(
+            Segment("classifier", classifier(model), (classifier(model),), frozenset(n for n in names - claimed - rest))
+        )
 
     def _add(self, name: str, paths: list[str], names: set[str]) -> None:
         modules = [m for m in (_sub(self.model, p) for p in paths) if m is not None]
@@ -126,20 +139,21 @@ class TimmSplit:
         method over root parameters), then patch dropout and the pre-norm."""
         m, stem = self.model, self.segments[0]
         run = lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))  # noqa: E731
-        self.segments[0] = Segment("stem", run, stem.modules,
-                                   stem.params | frozenset(n for n in names if n in _VIT_ROOT_PARAMS))
+        self.segments[0] = Segment(
+            "stem", run, stem.modules, stem.params | frozenset(n for n in names if n in _VIT_ROOT_PARAMS)
+        )
 
     def prefixes(self, x: Any, ks: list[int]) -> dict[int, Any]:
         """The activations after each segment in `ks`, from one pass."""
         out = {}
-        for i, seg in enumerate(self.segments[:max(ks) + 1]):
+        for i, seg in enumerate(self.segments[: max(ks) + 1]):
             x = seg.run(x)
             if i in ks:
                 out[i] = x
         return out
 
     def top(self, a: Any, k: int) -> Any:
-        for seg in self.segments[k + 1:]:
+        for seg in self.segments[k + 1 :]:
             a = seg.run(a)
         return a
 
@@ -212,6 +226,7 @@ class HFSplit:
                 out[k] = value[0] if isinstance(value, tuple) else value
                 if k == last:
                     raise _Stop(None)
+
             return hook
 
         handles = [self.segments[k].modules[0].register_forward_hook(keep(k)) for k in ks]
@@ -241,7 +256,7 @@ class HFSplit:
 
 
 def verify(split: TimmSplit | HFSplit, x: Any, k: int, top_input: Callable[[Any, Any], Any]) -> str:
-    """"" when top(prefixes(x, [k])[k]) equals the model's output on x in eval mode (tolerance 1e-4), else why not."""
+    """ "" when top(prefixes(x, [k])[k]) equals the model's output on x in eval mode (tolerance 1e-4), else why not."""
     model = split.model
     was = {m: m.training for m in model.modules()}
     model.eval()
@@ -251,7 +266,7 @@ def verify(split: TimmSplit | HFSplit, x: Any, k: int, top_input: Callable[[Any,
             got = split.top(top_input(split.prefixes(x, [k])[k], x), k).float()
     except NotSequential as e:
         return str(e)
-    except Exception as e:  # noqa: BLE001 - any failure means the split is not the model
+    except Exception as e:
         return f"running the layers above {split.segments[k].name} alone failed ({type(e).__name__}: {e})"
     finally:
         for m, mode in was.items():

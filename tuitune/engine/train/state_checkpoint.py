@@ -82,21 +82,32 @@ class CheckpointedState:
         if epoch_sums is None and self.step_in_epoch:
             epoch_sums = self.epoch_sums.state_dict()
         return {
-            "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
-            "phase": self.phase, "phase_start_epoch": self.phase_start_epoch,
-            "trainable": list(self.trainable), "phase_groups": list(self.parts.phases[self.phase]),
-            "group_scale": dict(self.group_scale), "in_optimizer": list(self._in_optimizer),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "step_in_epoch": self.step_in_epoch,
+            "phase": self.phase,
+            "phase_start_epoch": self.phase_start_epoch,
+            "trainable": list(self.trainable),
+            "phase_groups": list(self.parts.phases[self.phase]),
+            "group_scale": dict(self.group_scale),
+            "in_optimizer": list(self._in_optimizer),
             "optimizer": checkpoint.optimizer_state_by_name(self.optimizer),
             **checkpoint.rng_state(),
-            "epoch_gen_state": self._loader_gen_state(), "history": self.history, "per_class": self.per_class,
+            "epoch_gen_state": self._loader_gen_state(),
+            "history": self.history,
+            "per_class": self.per_class,
             "class_report": self.class_report,
-            "phase_log": self.phase_log, "wall_s": self.elapsed(), "classes": list(self.parts.bundle.classes),
+            "phase_log": self.phase_log,
+            "wall_s": self.elapsed(),
+            "classes": list(self.parts.bundle.classes),
             "skipped_steps": self.guard.skipped,
             "epoch_sums": epoch_sums if self.step_in_epoch else None,
-            "schedule": self.schedule.state_dict(), "lr_scale": self.lr_scale,
-            "ema": self._ema_state(), "world_size": self.parts.dist.world, "global_batch": self.global_batch(),
-            "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(),
-                        "early": self.early.to_dict()},
+            "schedule": self.schedule.state_dict(),
+            "lr_scale": self.lr_scale,
+            "ema": self._ema_state(),
+            "world_size": self.parts.dist.world,
+            "global_batch": self.global_batch(),
+            "watches": {"best": self.best.to_dict(), "plateau": self.plateau.to_dict(), "early": self.early.to_dict()},
         }
 
     def _loader_gen_state(self) -> torch.Tensor | None:
@@ -120,9 +131,15 @@ class CheckpointedState:
             return None
         model = self.objective.ema.module if ema and self.objective and self.objective.ema else self.parts.model
         if not all_finite(model):
-            self.emit(Warned(message=f"not saving the {tag} checkpoint: the weights hold NaN/inf values; "
-                                     f"checkpoints/{tag}.* keep their previous contents",
-                             epoch=self.epoch, global_step=self.global_step, kind="nonfinite"))
+            self.emit(
+                Warned(
+                    message=f"not saving the {tag} checkpoint: the weights hold NaN/inf values; "
+                    f"checkpoints/{tag}.* keep their previous contents",
+                    epoch=self.epoch,
+                    global_step=self.global_step,
+                    kind="nonfinite",
+                )
+            )
             return None
         path = checkpoint.save_checkpoint(self.ckpt_dir, tag, model, self.snapshot(sums))
         self.saved[tag] = str(path)
@@ -181,9 +198,11 @@ class CheckpointedState:
         old_world, old_batch = saved.get("world_size", 1), saved.get("global_batch", self.global_batch())
         if old_batch == self.global_batch():
             return step
-        self.notes.append(f"{run_dir}: --resume on {world} rank(s); the run was saved on {old_world} "
-                          f"(global batch {old_batch} -> {self.global_batch()}): it continues, but the data order "
-                          f"differs from an unbroken run")
+        self.notes.append(
+            f"{run_dir}: --resume on {world} rank(s); the run was saved on {old_world} "
+            f"(global batch {old_batch} -> {self.global_batch()}): it continues, but the data order "
+            f"differs from an unbroken run"
+        )
         return step * old_batch // self.global_batch()
 
     def _ema_state(self) -> dict[str, Any] | None:
@@ -199,7 +218,8 @@ class CheckpointedState:
             raise UserError(
                 f"{run_dir}: --resume: the run was trained on {len(classes)} classes ({_names(classes)}) but this "
                 f"profile's data has {len(now)} ({_names(now)}); resume with the run's own data, or start a new run "
-                f"with model.weights = \"{run_dir / 'checkpoints' / 'last.safetensors'}\"")
+                f'with model.weights = "{run_dir / "checkpoints" / "last.safetensors"}"'
+            )
         phase, phases = saved["phase"], self.parts.phases
         planned = saved.get("phase_groups", saved["trainable"])  # before per-group steering: the same list
         known = {g.name for g in self.parts.groups}
@@ -207,7 +227,8 @@ class CheckpointedState:
             raise UserError(
                 f"{run_dir}: --resume: the run stopped in phase {phase + 1} training {', '.join(planned)}, "
                 f"which this profile's strategy does not plan ({len(phases)} phase(s)); resume with the run's own "
-                f"strategy settings")
+                f"strategy settings"
+            )
 
 
 def _names(items: list[str], limit: int = 5) -> str:

@@ -10,11 +10,23 @@ the same step (`_between_steps`; see `distributed`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from tuitune.engine.commands import (AdaptBatchNorm, ApplyLR, Control, FindLR, Pause, Resume, SaveCheckpoint,
-                                     ScaleGroupLR, SetGroupTrainable, StopEarly, UnfreezeNext)
+from tuitune.engine.commands import (
+    AdaptBatchNorm,
+    ApplyLR,
+    Control,
+    FindLR,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    ScaleGroupLR,
+    SetGroupTrainable,
+    StopEarly,
+    UnfreezeNext,
+)
 from tuitune.engine.events import CommandApplied, Event, LRFound, PhaseChanged, UnfreezeSuggested
 from tuitune.engine.train import strategy
 from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
@@ -54,18 +66,29 @@ class Steering:
 
     def _maybe_next_phase(self) -> None:
         st, cfg = self.st, self.profile.strategy
-        due = strategy.phase_due(cfg, interactive=self.interactive, phase=st.phase,
-                                 num_phases=len(self.parts.phases), epoch=st.epoch,
-                                 total_epochs=self.profile.train.epochs, phase_start_epoch=st.phase_start_epoch,
-                                 stale_epochs=st.plateau.stale)
+        due = strategy.phase_due(
+            cfg,
+            interactive=self.interactive,
+            phase=st.phase,
+            num_phases=len(self.parts.phases),
+            epoch=st.epoch,
+            total_epochs=self.profile.train.epochs,
+            phase_start_epoch=st.phase_start_epoch,
+            stale_epochs=st.plateau.stale,
+        )
         if due == "epochs" or (due == "plateau" and not self.interactive):
             self.next_phase(due)
         elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
             self._suggested_phase = st.phase
-            self.emit(UnfreezeSuggested(metric=cfg.plateau_metric, epochs=st.plateau.stale,
-                                        next_groups=tuple(g for g in self.parts.next_groups(st.phase)
-                                                          if g not in st.trainable), epoch=st.epoch,
-                                        waiting=cfg.plateau_wait))
+            self.emit(
+                UnfreezeSuggested(
+                    metric=cfg.plateau_metric,
+                    epochs=st.plateau.stale,
+                    next_groups=tuple(g for g in self.parts.next_groups(st.phase) if g not in st.trainable),
+                    epoch=st.epoch,
+                    waiting=cfg.plateau_wait,
+                )
+            )
             if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
                 self._wait_for_answer()
 
@@ -86,9 +109,17 @@ class Steering:
         added = st.enter_phase(st.phase + 1)  # also in mid-epoch (`u`): newly trainable modules leave eval mode
         self._rewrap()  # every rank is at this step: the new trainable set gets DDP's hooks
         self._cache_after_change()
-        self.emit(PhaseChanged(phase=st.phase, num_phases=len(self.parts.phases),
-                               trainable=st.trainable, unfrozen=added, epoch=st.epoch,
-                               global_step=st.global_step, reason=reason))
+        self.emit(
+            PhaseChanged(
+                phase=st.phase,
+                num_phases=len(self.parts.phases),
+                trainable=st.trainable,
+                unfrozen=added,
+                epoch=st.epoch,
+                global_step=st.global_step,
+                reason=reason,
+            )
+        )
         self.emit(st.layers_changed(with_grad=False))
         if self.profile.strategy.phase_lr == "find":
             self._find_phase_lr()
@@ -101,8 +132,16 @@ class Steering:
         `wait_s` to answer with an `ApplyLR`; the engine waits here, at a step boundary, watching its stop flag."""
         st, cfg = self.st, self.profile.strategy
         wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
-        found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=cfg.phase_lr_steps,
-                               out_dir=self.run_dir if self.dist.is_main else None, phase=st.phase, wait_s=wait_s)
+        found = find_lr_in_run(
+            self.profile,
+            self.parts,
+            st,
+            self.obj,
+            steps=cfg.phase_lr_steps,
+            out_dir=self.run_dir if self.dist.is_main else None,
+            phase=st.phase,
+            wait_s=wait_s,
+        )
         self.emit(found)
         lr, how = found.suggestion, "the finder's suggestion"
         if not found.found:  # nothing to apply: the run goes on at its LR
@@ -110,9 +149,15 @@ class Steering:
         elif found.wait_s > 0:
             lr, how = self._await_lr_answer(found)
         st.set_head_lr(lr)
-        self.emit(CommandApplied(command="ApplyLR", epoch=st.epoch, global_step=st.global_step, value=lr,
-                                 detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their "
-                                        f"ratios"))
+        self.emit(
+            CommandApplied(
+                command="ApplyLR",
+                epoch=st.epoch,
+                global_step=st.global_step,
+                value=lr,
+                detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their ratios",
+            )
+        )
         self.emit(st.layers_changed(with_grad=False))
 
     def _await_lr_answer(self, found: LRFound) -> tuple[float, str]:
@@ -176,11 +221,18 @@ class Steering:
             path = st.save("manual")
             detail = str(path) if path is not None else "not saved: the weights are not finite"
         elif isinstance(command, FindLR):
-            found = find_lr_in_run(self.profile, self.parts, st, self.obj, steps=command.steps,
-                                   out_dir=self.run_dir if self.dist.is_main else None)
+            found = find_lr_in_run(
+                self.profile,
+                self.parts,
+                st,
+                self.obj,
+                steps=command.steps,
+                out_dir=self.run_dir if self.dist.is_main else None,
+            )
             self.emit(found)
-            detail = (f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); "
-                      f"curve in {Path(found.path).name}")
+            detail = (
+                f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); curve in {Path(found.path).name}"
+            )
         elif isinstance(command, ApplyLR):
             st.set_head_lr(command.lr)
             detail, value = f"head LR {command.lr:.3g}; deeper groups keep their ratios", command.lr
@@ -195,8 +247,11 @@ class Steering:
         elif isinstance(command, ScaleGroupLR):
             detail = st.scale_group_lr(command.group, command.factor)
             self.emit(st.layers_changed(with_grad=False))
-        self.emit(CommandApplied(command=type(command).__name__, epoch=st.epoch, global_step=st.global_step,
-                                 detail=detail, value=value))
+        self.emit(
+            CommandApplied(
+                command=type(command).__name__, epoch=st.epoch, global_step=st.global_step, detail=detail, value=value
+            )
+        )
 
     def _measure_shift(self, reason: str) -> list[float | None]:
         """Emit the domain shift per group (nothing when the model has no BatchNorm and no source data)."""

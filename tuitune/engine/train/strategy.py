@@ -9,8 +9,9 @@ mode so their running statistics are never updated.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tuitune.errors import UserError
 
@@ -59,7 +60,7 @@ def _progressive(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
     below = list(reversed(names[:-1]))
     phases = [(names[-1],)]
     for i in range(0, len(below), cfg.groups_per_phase):
-        added = set(phases[-1]) | set(below[i:i + cfg.groups_per_phase])
+        added = set(phases[-1]) | set(below[i : i + cfg.groups_per_phase])
         phases.append(tuple(n for n in names if n in added))
     return PhasePlan(tuple(phases), (1.0,) * len(phases))
 
@@ -71,7 +72,11 @@ def _lora(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
 
 # strategy.kind -> its plan. A new strategy is one function here and one entry (and its name in the config's choices).
 STRATEGIES: dict[str, Callable[[Sequence[str], StrategyConfig], PhasePlan]] = {
-    "full": _full, "head_only": _head_only, "lp_ft": _lp_ft, "groups": _groups, "progressive": _progressive,
+    "full": _full,
+    "head_only": _head_only,
+    "lp_ft": _lp_ft,
+    "groups": _groups,
+    "progressive": _progressive,
     "lora": _lora,
 }
 
@@ -83,8 +88,17 @@ def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
     return STRATEGIES[cfg.kind](names, cfg)
 
 
-def phase_due(cfg: StrategyConfig, *, interactive: bool, phase: int, num_phases: int, epoch: int,
-              total_epochs: int, phase_start_epoch: int, stale_epochs: int) -> str:
+def phase_due(
+    cfg: StrategyConfig,
+    *,
+    interactive: bool,
+    phase: int,
+    num_phases: int,
+    epoch: int,
+    total_epochs: int,
+    phase_start_epoch: int,
+    stale_epochs: int,
+) -> str:
     """Is the next phase due after this epoch? "" when not; else the trigger that makes it due, "epochs" or
     "plateau" (the loop moves on, or, with a person watching, asks first for a plateau). Without a person a
     `manual` or `plateau` trigger (nobody to press `u` or answer the question) falls back to `strategy.fallback`.
@@ -161,7 +175,7 @@ def batchnorms_by_group(model: torch.nn.Module, groups: Sequence[LayerGroup]) ->
 
 
 def bn_mode(modules: Sequence[torch.nn.Module]) -> str | None:
-    """"train" when any of a group's BatchNorm layers updates its running statistics, "eval" when none does,
+    """ "train" when any of a group's BatchNorm layers updates its running statistics, "eval" when none does,
     None when the group has none (the layer table's BN column)."""
     if not modules:
         return None
@@ -171,11 +185,18 @@ def bn_mode(modules: Sequence[torch.nn.Module]) -> str | None:
 def group_lr(base_lr: float, names: Sequence[str], group: str, decay: float) -> float:
     """Discriminative LR: the head gets `base_lr`; each group one step deeper gets `decay` times the one above."""
     depth = len(names) - 1 - list(names).index(group)
-    return base_lr * decay ** depth
+    return base_lr * decay**depth
 
 
-def param_groups(model: torch.nn.Module, groups: Sequence[LayerGroup], names: Iterable[str], *, base_lr: float,
-                 lr_decay: float, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: torch.nn.Module,
+    groups: Sequence[LayerGroup],
+    names: Iterable[str],
+    *,
+    base_lr: float,
+    lr_decay: float,
+    weight_decay: float,
+) -> list[dict[str, Any]]:
     """Optimizer param groups for the given layer groups: one with weight decay and one without (norms and biases,
     as timm's `param_groups_weight_decay` does), each tagged with its layer group and base LR."""
     params = dict(model.named_parameters())
@@ -189,19 +210,30 @@ def param_groups(model: torch.nn.Module, groups: Sequence[LayerGroup], names: It
         no_decay = [n for n in group.trained if params[n].ndim <= 1]
         for chosen, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if chosen:
-                out.append({"params": [params[n] for n in chosen], "param_names": chosen, "layer_group": group.name,
-                            "base_lr": lr, "lr": lr, "weight_decay": wd})
+                out.append(
+                    {
+                        "params": [params[n] for n in chosen],
+                        "param_names": chosen,
+                        "layer_group": group.name,
+                        "base_lr": lr,
+                        "lr": lr,
+                        "weight_decay": wd,
+                    }
+                )
     return out
 
 
-def build_optimizer(pgroups: list[dict[str, Any]], *, name: str, lr: float, weight_decay: float,
-                    momentum: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    pgroups: list[dict[str, Any]], *, name: str, lr: float, weight_decay: float, momentum: float
+) -> torch.optim.Optimizer:
     """Any optimizer timm's `create_optimizer_v2` knows, over explicit param groups."""
     from timm.optim import create_optimizer_v2, list_optimizers
 
     if name not in list_optimizers():
-        raise UserError(f"train.optimizer: unknown optimizer {name!r} (e.g. sgd, momentum, adagrad, rmsprop, adam, "
-                        f"adamw; any of timm.optim.list_optimizers())")
+        raise UserError(
+            f"train.optimizer: unknown optimizer {name!r} (e.g. sgd, momentum, adagrad, rmsprop, adam, "
+            f"adamw; any of timm.optim.list_optimizers())"
+        )
     return create_optimizer_v2(pgroups, opt=name, lr=lr, weight_decay=weight_decay, momentum=momentum)
 
 
@@ -209,4 +241,3 @@ def add_groups(optimizer: torch.optim.Optimizer, pgroups: list[dict[str, Any]]) 
     """Unfreeze into new param groups: existing groups, their LRs and their optimizer state are left as they are."""
     for pg in pgroups:
         optimizer.add_param_group(pg)
-

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tuitune.engine.train import strategy
 from tuitune.engine.events import LayerInfo, LayersChanged
+from tuitune.engine.train import strategy
 from tuitune.engine.train.guards import NonFiniteGuard
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.state_checkpoint import CheckpointedState
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
 
 
 class TrainerState(CheckpointedState):
-    def __init__(self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable,
-                 objective: Objective | None = None) -> None:
-        from tuitune.engine.train.scoring import Scorer
+    def __init__(
+        self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable, objective: Objective | None = None
+    ) -> None:
         from tuitune.engine.train.schedule import LRSchedule
+        from tuitune.engine.train.scoring import Scorer
 
         self.parts, self.profile, self.emit, self.objective = parts, profile, emit, objective
         scorer = objective.scorer if objective is not None else Scorer("class")
@@ -72,8 +74,12 @@ class TrainerState(CheckpointedState):
         self._bn = strategy.batchnorms_by_group(parts.model, parts.groups)
         self._set_trainable(parts.phases[0])
         self.optimizer = strategy.build_optimizer(
-            self._param_groups(parts.phases[0]), name=profile.train.optimizer, lr=profile.train.lr,
-            weight_decay=profile.train.weight_decay, momentum=profile.train.momentum)
+            self._param_groups(parts.phases[0]),
+            name=profile.train.optimizer,
+            lr=profile.train.lr,
+            weight_decay=profile.train.weight_decay,
+            momentum=profile.train.momentum,
+        )
         self._in_optimizer = list(parts.phases[0])
         self.phase_log.append(self._phase_entry(0))
 
@@ -90,8 +96,14 @@ class TrainerState(CheckpointedState):
     # ------------------------------------------------------------------------------------------- phases / LR
     def _param_groups(self, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
         t, s = self.profile.train, self.profile.strategy
-        groups = strategy.param_groups(self.parts.model, self.parts.groups, names, base_lr=t.lr * self.lr_scale,
-                                       lr_decay=s.lr_decay, weight_decay=t.weight_decay)
+        groups = strategy.param_groups(
+            self.parts.model,
+            self.parts.groups,
+            names,
+            base_lr=t.lr * self.lr_scale,
+            lr_decay=s.lr_decay,
+            weight_decay=t.weight_decay,
+        )
         for g in groups:
             g["joined_step"] = self.global_step  # a newly unfrozen group may warm up on its own
             scale = self.group_scale.get(g["layer_group"], 1.0)
@@ -117,8 +129,14 @@ class TrainerState(CheckpointedState):
                 group["joined_step"] = self.global_step
 
     def _phase_entry(self, index: int) -> dict[str, Any]:
-        return {"index": index, "groups": list(self.trainable), "start_epoch": self.epoch, "epochs": 0,
-                "best_val_score": None, "time_s": 0.0}
+        return {
+            "index": index,
+            "groups": list(self.trainable),
+            "start_epoch": self.epoch,
+            "epochs": 0,
+            "best_val_score": None,
+            "time_s": 0.0,
+        }
 
     def enter_phase(self, index: int) -> tuple[str, ...]:
         """Unfreeze the groups `phases[index]` adds to the phase before (groups frozen or unfrozen by hand keep
@@ -223,12 +241,19 @@ class TrainerState(CheckpointedState):
         trainable = set(self.trainable)
         lrs = self.group_lrs()
         # a group with nothing to train (under LoRA: no adapted layer in it) shows as frozen, as it is
-        return tuple(LayerInfo(name=g.name, params=g.params, trainable=g.name in trainable and bool(g.trained),
-                               lr=lrs.get(g.name) if g.name in trainable else None,
-                               grad_norm=self._grad_norms.get(g.name) if g.name in trainable else None,
-                               drift=self._drift.get(g.name), bn=strategy.bn_mode(self._bn.get(g.name, ())),
-                               adapters=g.adapter_params)
-                     for g in self.parts.groups)
+        return tuple(
+            LayerInfo(
+                name=g.name,
+                params=g.params,
+                trainable=g.name in trainable and bool(g.trained),
+                lr=lrs.get(g.name) if g.name in trainable else None,
+                grad_norm=self._grad_norms.get(g.name) if g.name in trainable else None,
+                drift=self._drift.get(g.name),
+                bn=strategy.bn_mode(self._bn.get(g.name, ())),
+                adapters=g.adapter_params,
+            )
+            for g in self.parts.groups
+        )
 
     def layers_changed(self, *, with_grad: bool, with_drift: bool = False) -> LayersChanged:
         if with_grad:
@@ -249,9 +274,14 @@ class TrainerState(CheckpointedState):
             self.epoch_sums.load_state_dict(self._resumed_sums)
         self._resumed_sums = None
 
-    def record_epoch(self, metrics: dict[str, float], per_class: dict[str, float], epoch_s: float,
-                     extra: dict[str, float] | None = None, report: dict[str, dict[str, float]] | None = None
-                     ) -> bool:
+    def record_epoch(
+        self,
+        metrics: dict[str, float],
+        per_class: dict[str, float],
+        epoch_s: float,
+        extra: dict[str, float] | None = None,
+        report: dict[str, dict[str, float]] | None = None,
+    ) -> bool:
         """Log an epoch's metrics into the watches; True when it is the best epoch so far. The watches read the
         extras too (`val_macro_f1` can decide the best checkpoint, early stopping and the plateau trigger)."""
         self.step_in_epoch = 0
@@ -270,8 +300,10 @@ class TrainerState(CheckpointedState):
     def early_stop_reason(self) -> str:
         es = self.profile.early_stopping
         if es.enabled and self.early.stale >= es.patience:
-            return (f"early stopping: {es.metric} did not improve by more than {es.min_delta:g} "
-                    f"for {es.patience} epochs (best {self.early.best:.4f} at epoch {self.early.best_epoch})")
+            return (
+                f"early stopping: {es.metric} did not improve by more than {es.min_delta:g} "
+                f"for {es.patience} epochs (best {self.early.best:.4f} at epoch {self.early.best_epoch})"
+            )
         return ""
 
     def elapsed(self) -> float:
@@ -290,8 +322,10 @@ class TrainerState(CheckpointedState):
     def gpu_memory(self) -> tuple[float | None, float | None]:
         if self.parts.device.type != "cuda":
             return None, None
-        return (torch.cuda.memory_allocated(self.parts.device) / 1e9,
-                torch.cuda.max_memory_allocated(self.parts.device) / 1e9)
+        return (
+            torch.cuda.memory_allocated(self.parts.device) / 1e9,
+            torch.cuda.max_memory_allocated(self.parts.device) / 1e9,
+        )
 
     # ------------------------------------------------------------------------------------------ summaries
     def best_summary(self) -> dict[str, Any]:

@@ -70,14 +70,20 @@ class ValViews:
         result: dict[str, Any] = {"confusion": conf, "misclassified": []}
         if not self.thumbs:
             return result
-        rest = values[k * k:]
-        losses, labels, pixels = rest[:WORST], rest[WORST:3 * WORST], rest[3 * WORST:]
+        rest = values[k * k :]
+        losses, labels, pixels = rest[:WORST], rest[WORST : 3 * WORST], rest[3 * WORST :]
         per = 3 * THUMB * THUMB
         for i, loss in enumerate(losses):
             if loss == -float("inf"):
                 continue
-            chw = torch.tensor(pixels[i * per:(i + 1) * per], dtype=torch.uint8).reshape(3, THUMB, THUMB)
-            result["misclassified"].append({
-                "true": classes[int(labels[i])], "pred": classes[int(labels[WORST + i])], "loss": round(loss, 4),
-                "size": THUMB, "rgb": chw.permute(1, 2, 0).contiguous().numpy().tobytes().hex()})
+            chw = torch.tensor(pixels[i * per : (i + 1) * per], dtype=torch.uint8).reshape(3, THUMB, THUMB)
+            result["misclassified"].append(
+                {
+                    "true": classes[int(labels[i])],
+                    "pred": classes[int(labels[WORST + i])],
+                    "loss": round(loss, 4),
+                    "size": THUMB,
+                    "rgb": chw.permute(1, 2, 0).contiguous().numpy().tobytes().hex(),
+                }
+            )
         return result

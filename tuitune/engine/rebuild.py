@@ -6,32 +6,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tuitune.config import ModelConfig, RunProfile, load_profile
 from tuitune.engine.data.kinds import class_names, input_task, target_kind
 from tuitune.engine.events import Event
 from tuitune.engine.model.backbone import build_backbone
-from tuitune.engine.model.lora import apply_lora, uses_lora
 from tuitune.engine.model.groups import Backbone
+from tuitune.engine.model.lora import apply_lora, uses_lora
 from tuitune.engine.record.checkpoint import load_weights
 from tuitune.errors import UserError
 
 __all__ = ["profile_backbone", "rebuild_model", "run_classes"]
 
 
-def profile_backbone(profile: RunProfile, model_cfg: ModelConfig | None = None,
-                     emit: Callable[[Event], None] | None = None, classes: tuple[str, ...] | None = None,
-                     ) -> tuple[Backbone, tuple[str, ...], list[str]]:
+def profile_backbone(
+    profile: RunProfile,
+    model_cfg: ModelConfig | None = None,
+    emit: Callable[[Event], None] | None = None,
+    classes: tuple[str, ...] | None = None,
+) -> tuple[Backbone, tuple[str, ...], list[str]]:
     """The profile's backbone as training builds it (the head sized for the loss's target: one output for mse),
     under LoRA with its adapters: the backbone, its outputs (`classes`, given: a run's recorded ones) and LoRA's
     notes. `model_cfg`: the model section to build from (default `profile.model`)."""
     if classes is None:
         classes = class_names(profile.data, target_kind(profile.loss.kind))
     model_cfg = profile.model if model_cfg is None else model_cfg
-    backbone = build_backbone(model_cfg, len(classes), task=input_task(profile.data, profile.model),
-                              coarse=profile.strategy.coarse, emit=emit)
+    backbone = build_backbone(
+        model_cfg, len(classes), task=input_task(profile.data, profile.model), coarse=profile.strategy.coarse, emit=emit
+    )
     notes: list[str] = []
     if uses_lora(profile.strategy):  # the same injected names a checkpoint is saved under
         backbone, notes = apply_lora(backbone, profile.strategy)

@@ -17,7 +17,7 @@ from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
 from tuitune.engine.record.runlog import read_events
 from tuitune.errors import UserError
-from tuitune.remote.runs import read_json, run_status, table_lines
+from tuitune.runs.status import read_json, run_status, table_lines
 
 MISSING = "-"  # a key one run's profile does not have
 

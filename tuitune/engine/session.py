@@ -19,8 +19,9 @@ from __future__ import annotations
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
@@ -28,7 +29,7 @@ from tuitune.engine.events import Event, RunFailed
 from tuitune.engine.record.runlog import RunRecorder, new_run_dir, tee
 from tuitune.errors import UserError, first_line
 
-__all__ = ["run_training", "new_run_dir", "user_message", "RankGone"]
+__all__ = ["RankGone", "new_run_dir", "run_training", "user_message"]
 
 
 class RankGone(Exception):
@@ -36,13 +37,22 @@ class RankGone(Exception):
 
     EXIT_CODE = 3
 
+
 _KEY_FIRST = re.compile(r"^(?:%s)\.\w+:" % "|".join(SECTIONS))
 _WORKER_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 
-def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], None], control: Control, *,
-                 interactive: bool = True, resume: Path | None = None, dist: Any = None,
-                 launched: bool = False) -> Event:
+def run_training(
+    profile: RunProfile,
+    run_dir: Path,
+    emit: Callable[[Event], None],
+    control: Control,
+    *,
+    interactive: bool = True,
+    resume: Path | None = None,
+    dist: Any = None,
+    launched: bool = False,
+) -> Event:
     """Build and train; block until the run ends. Never raises for bad input or a failing run (only
     `KeyboardInterrupt`, the second Ctrl+C, gets through: checkpoint writes are atomic, so that loses nothing;
     and `RankGone` when `launched` by tuitune's launcher and a peer rank died). `dist`: this process's
@@ -55,26 +65,50 @@ def run_training(profile: RunProfile, run_dir: Path, emit: Callable[[Event], Non
         from tuitune.engine.train.distributed import LOCAL
         from tuitune.engine.train.loop import Trainer  # in the worker
 
-        trainer = Trainer(profile, run_dir, sink, control, interactive=interactive, resume=resume,
-                          after_run=export_and_compress, dist=dist if dist is not None else LOCAL)
+        trainer = Trainer(
+            profile,
+            run_dir,
+            sink,
+            control,
+            interactive=interactive,
+            resume=resume,
+            after_run=export_and_compress,
+            dist=dist if dist is not None else LOCAL,
+        )
         return trainer.run()
     except UserError as e:
-        failed = RunFailed(message=user_message(e, profile), run_dir=str(run_dir), bad_input=True, kind="bad_input",
-                           **_position(trainer))
-    except Exception as e:  # noqa: BLE001 - any failure becomes an event, the app stays alive
+        failed = RunFailed(
+            message=user_message(e, profile),
+            run_dir=str(run_dir),
+            bad_input=True,
+            kind="bad_input",
+            **_position(trainer),
+        )
+    except Exception as e:
         peer = dist is not None and dist.active and _peer_failure(e)
         if peer and (launched or not main):
             raise RankGone(str(e)) from e
         if not main:  # the run's record is rank 0's; this rank leaves its own traceback only
             log = run_dir / f"error.rank{dist.rank}.log"
             log.write_text(traceback.format_exc(), encoding="utf-8")
-            return RunFailed(message=f"rank {dist.rank}: {type(e).__name__}: {first_line(e, 200)}", run_dir=str(run_dir),
-                             log_path=str(log), kind="error")
+            return RunFailed(
+                message=f"rank {dist.rank}: {type(e).__name__}: {first_line(e, 200)}",
+                run_dir=str(run_dir),
+                log_path=str(log),
+                kind="error",
+            )
         st = getattr(trainer, "st", None)
-        failed = RunFailed(message=f"another rank stopped answering ({first_line(e, 200)}); "
-                                   f"{st.checkpoint_note() if st is not None else 'no checkpoint was saved'}",
-                           run_dir=str(run_dir), kind="rank_lost", **_position(trainer)) if peer \
+        failed = (
+            RunFailed(
+                message=f"another rank stopped answering ({first_line(e, 200)}); "
+                f"{st.checkpoint_note() if st is not None else 'no checkpoint was saved'}",
+                run_dir=str(run_dir),
+                kind="rank_lost",
+                **_position(trainer),
+            )
+            if peer
             else _failure(e, profile, run_dir, trainer)
+        )
     if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
         trainer = None
         sys.modules["tuitune.engine.train.guards"].free_memory()
@@ -113,19 +147,29 @@ def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any)
     All but a non-finite stop leave their traceback in `error.log`."""
     guards = sys.modules.get("tuitune.engine.train.guards")  # loaded with the loop; absent if the failure came first
     if guards is not None and isinstance(error, guards.RunAborted):
-        return RunFailed(message=error.message, run_dir=str(run_dir), epoch=error.epoch,
-                         global_step=error.global_step, kind=error.kind)
+        return RunFailed(
+            message=error.message,
+            run_dir=str(run_dir),
+            epoch=error.epoch,
+            global_step=error.global_step,
+            kind=error.kind,
+        )
     log = run_dir / "error.log"
     log.write_text(traceback.format_exc(), encoding="utf-8")
     if guards is not None and guards.is_oom(error):
         st = getattr(trainer, "st", None)
-        position = (f"at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}" if st is not None
-                    else "while building the run")
+        position = (
+            f"at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}" if st is not None else "while building the run"
+        )
         note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
         resumable = st is not None and st.saved_at.get("last", (0, 1))[1] == 0
         message = guards.oom_message(profile, run_dir, position, note, resumable)
-        return RunFailed(message=message, run_dir=str(run_dir),
-                         log_path=str(log), kind="oom", **_position(trainer))
+        return RunFailed(message=message, run_dir=str(run_dir), log_path=str(log), kind="oom", **_position(trainer))
     first = (str(error).strip().splitlines() or [""])[0]
-    return RunFailed(message=f"{type(error).__name__}: {first}"[:300], run_dir=str(run_dir), log_path=str(log),
-                     kind="error", **_position(trainer))
+    return RunFailed(
+        message=f"{type(error).__name__}: {first}"[:300],
+        run_dir=str(run_dir),
+        log_path=str(log),
+        kind="error",
+        **_position(trainer),
+    )
