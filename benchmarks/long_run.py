@@ -233,6 +233,7 @@ def first_frame(args: list[str]) -> dict[str, Any]:
         raise SystemExit(f"no first frame from tuitune {' '.join(args)}: {err[-2000:]}")
     return {
         "first_frame_s": round(seconds, 2),
+        "cpu_s": round(cpu, 2),
         "rss_mb": round(rss / 1024),
         "children_maxrss_mb": round(children / 1024),
         "events_seen": seen,
