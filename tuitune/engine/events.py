@@ -8,6 +8,7 @@ into the same dashboard. Plain Python only: no torch here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -106,6 +107,17 @@ class PhaseChanged:
 @dataclass(frozen=True)
 class LayersChanged:
     layers: tuple[LayerInfo, ...]
+    global_step: int
+
+
+@dataclass(frozen=True)
+class LayersMeasured:
+    """The layer table's columns that move at every log step, in `LayerInfo` order (None: not trainable): sent
+    at a metric read instead of `LayersChanged` when nothing else in the rows changed, so a long run's
+    events.jsonl grows by two numbers a group per read, not by whole rows (the rows follow a change)."""
+
+    lrs: tuple[float | None, ...]
+    grad_norms: tuple[float | None, ...]
     global_step: int
 
 
@@ -261,6 +273,7 @@ Event = Union[
     EpochEnded,
     PhaseChanged,
     LayersChanged,
+    LayersMeasured,
     UnfreezeSuggested,
     CommandApplied,
     CheckpointSaved,
@@ -334,10 +347,15 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # slow (it evaluates every annotation): once per type
+
+
 def event_from_dict(data: dict[str, Any]) -> Event:
     data = _upgrade(data)
     cls = EVENT_TYPES[data.pop("type")]
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     return cls(**{k: _revive(hints[k], v) for k, v in data.items() if k in hints})
 
 

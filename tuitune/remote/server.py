@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event, LayersChanged, MetricsUpdated, to_json
+from tuitune.engine.events import Event, LayersChanged, LayersMeasured, MetricsUpdated, to_json
 from tuitune.remote import protocol
 
 MAX_QUEUE = 5000  # events a client may lag behind (after coalescing) before it is dropped
 STALL_S = 30.0  # a client whose socket accepted nothing for this long, with events waiting, is dropped
-COALESCED = (MetricsUpdated, LayersChanged)
+COALESCED = (MetricsUpdated, LayersChanged, LayersMeasured)
 CHUNK = 1 << 16
 
 

@@ -1,6 +1,6 @@
 """Runs compared: each run's validation curves, its best metrics and the profile keys that differ between runs.
 
-Read from the run directory alone (`events.jsonl` through `read_events`, `summary.json`, `profile.toml`), so a
+Read from the run directory alone (`events.jsonl` through `read_history`, `summary.json`, `profile.toml`), so a
 finished, stopped, dead or still live run compares the same way, and neither torch nor Textual is imported: the
 screen (`tuitune.ui.compare`) and the plain output (`tuitune compare --json`, the text table) share this.
 """
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
-from tuitune.engine.record.runlog import read_events
+from tuitune.engine.record.history import read_history
 from tuitune.errors import UserError
 from tuitune.runs.status import read_json, run_status, table_lines
 
@@ -104,7 +104,7 @@ def load_run(run_dir: Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not (run_dir / "events.jsonl").exists():
         raise UserError(f"{run_dir}: compare: no events.jsonl here (is this a tuitune run directory?)")
-    started, curve, elapsed = _curve(read_events(run_dir))
+    started, curve, elapsed = _curve(read_history(run_dir))  # the readings condensed: only epochs count here
     profile_path = run_dir / "profile.toml"  # a broken one: the one-line profile error (tomli on Python 3.10)
     profile = read_toml(profile_path) if profile_path.exists() else dict(started.profile) if started else {}
     summary = read_json(run_dir / "summary.json") or {}

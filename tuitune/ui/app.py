@@ -109,13 +109,13 @@ class TuituneApp(App[None]):
 
     def open_trial(self, run_dir: str) -> None:
         """A sweep's trial: the live one's dashboard (attach), an ended one's record (replay)."""
-        from tuitune.engine.record.runlog import read_events
+        from tuitune.engine.record.history import read_history
         from tuitune.runs.status import run_status
 
         if run_status(Path(run_dir)) == "live":
             self.attach_run(Path(run_dir))
         else:
-            self.open_dashboard(events=read_events(Path(run_dir)), speed=0.0)
+            self.open_dashboard(events=read_history(Path(run_dir)), speed=0.0)  # type: ignore[arg-type]
 
     def leave_dashboard(self, code: int) -> None:
         """The dashboard is done (quit, detach, stop): back to a sweep's leaderboard under it, else exit."""

@@ -26,6 +26,7 @@ from tuitune.engine.commands import Control
 from tuitune.engine.events import (
     Event,
     LayersChanged,
+    LayersMeasured,
     LRFound,
     MetricsUpdated,
     RunFailed,
@@ -171,7 +172,7 @@ class DashboardScreen(Steering, Screen[None]):
             return  # the past, event by event: `HistoryEnded` draws it all once
         if isinstance(message.event, SetupProgressed) and not message.event.finished:
             self._render_status()  # one Static's text: cheap, and events come at most a few times a second
-        elif isinstance(message.event, (MetricsUpdated, LayersChanged)):
+        elif isinstance(message.event, (MetricsUpdated, LayersChanged, LayersMeasured)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once

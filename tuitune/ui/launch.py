@@ -61,11 +61,13 @@ def open_attach(run_dir: Path) -> int:
 
 
 def open_replay(run_dir: Path, speed: float = 0.0) -> int:
-    """`tuitune replay RUN_DIR`: a recorded `events.jsonl` into the same dashboard; speed 0 = instant."""
-    from tuitune.engine.record.runlog import read_events  # plain Python: no torch
+    """`tuitune replay RUN_DIR`: a recorded `events.jsonl` into the same dashboard; speed 0 = instant (the
+    condensed history: the same screen, read in time that does not grow with the run), else paced event by event."""
+    from tuitune.engine.record.history import read_history  # plain Python: no torch
+    from tuitune.engine.record.runlog import read_events
     from tuitune.ui.app import TuituneApp
 
-    events = read_events(Path(run_dir))
+    events = read_history(Path(run_dir)) if speed <= 0 else read_events(Path(run_dir))
 
     return _run(TuituneApp("replay", events=events, speed=speed))
 

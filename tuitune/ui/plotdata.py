@@ -4,6 +4,7 @@ x axis span, the ETA, and the state the plots read (to skip redraws). Pure funct
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tuitune.ui.reducer import DashboardState, Point, x_at
@@ -26,7 +27,7 @@ class Series:
     """One curve of a plot. `smoothed`: a per-step series drawn raw (faint, for the main one) and smoothed."""
 
     label: str
-    points: tuple[Point, ...]
+    points: Sequence[Point]  # a `Downsampled` series (or a tuple)
     smoothed: bool = False
     raw: bool = False
 

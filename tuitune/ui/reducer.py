@@ -22,6 +22,7 @@ from tuitune.engine.events import (
     FeatureCacheChanged,
     LayerInfo,
     LayersChanged,
+    LayersMeasured,
     LRFound,
     MetricsUpdated,
     PhaseChanged,
@@ -32,14 +33,14 @@ from tuitune.engine.events import (
     UnfreezeSuggested,
     Warned,
 )
+from tuitune.engine.record.history import LinesSkipped
 from tuitune.engine.record.progress import progress_text
+from tuitune.ui.downsample import EMPTY, Downsampled, Point  # noqa: F401  (Point: the plots import it here)
 from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_sci, fmt_score, score_label
 from tuitune.ui.keys import COMMAND_LABELS
 
-Point = tuple[float, float]  # (x in epochs, y)
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
 MAX_LOG = 500
-MAX_POINTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,16 @@ class DashboardState:
     gpu_peak_gb: float | None = None
     world_size: int = 1  # ranks training together (RunStarted.world_size; 1 in logs from before it existed)
     gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
-    train_loss: tuple[Point, ...] = ()
-    train_score: tuple[Point, ...] = ()
-    val_loss: tuple[Point, ...] = ()
-    val_score: tuple[Point, ...] = ()
+    # The plot series, downsampled (tuitune/ui/downsample.py): a per-step series is indexed by `readings`, the
+    # number of MetricsUpdated before its point (a condensed history's `LinesSkipped` counts the ones it passed).
+    readings: int = 0
+    train_loss: Downsampled = field(default_factory=Downsampled)
+    train_score: Downsampled = field(default_factory=Downsampled)
+    val_loss: Downsampled = field(default_factory=Downsampled)
+    val_score: Downsampled = field(default_factory=Downsampled)
     best_val_score: float | None = None
-    train_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # MetricsUpdated.extra series
-    epoch_extra: dict[str, tuple[Point, ...]] = field(default_factory=dict)  # EpochEnded.extra series
+    train_extra: dict[str, Downsampled] = field(default_factory=dict)  # MetricsUpdated.extra series
+    epoch_extra: dict[str, Downsampled] = field(default_factory=dict)  # EpochEnded.extra series
     extras: dict[str, float] = field(default_factory=dict)  # the latest EpochEnded.extra
     cache_active: bool = False
     cache_detail: str = ""
@@ -126,6 +130,20 @@ class DashboardState:
 # --------------------------------------------------------------------------------------------------- helpers
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(DashboardState))
+
+
+def _evolve(state: DashboardState, **changes: Any) -> DashboardState:
+    """`dataclasses.replace` for the state, without re-running `__init__` over its fifty fields: the fold's cost
+    per event (a day's history is folded before the first frame)."""
+    if not changes.keys() <= _FIELDS:
+        raise TypeError(f"DashboardState has no field {sorted(changes.keys() - _FIELDS)}")
+    new = object.__new__(DashboardState)
+    new.__dict__.update(state.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 def x_at(state: DashboardState, global_step: int) -> float:
     """Plot x coordinate: epochs completed, from the global step."""
     return global_step / max(state.steps_per_epoch, 1)
@@ -136,19 +154,15 @@ def _log(state: DashboardState, kind: str, text: str) -> tuple[LogLine, ...]:
     return (*state.log, LogLine(kind, text, seq))[-MAX_LOG:]
 
 
-def _append(series: tuple[Point, ...], point: Point) -> tuple[Point, ...]:
-    return (*series, point)[-MAX_POINTS:]
-
-
 def _append_extra(
-    series: dict[str, tuple[Point, ...]], x: float, extra: dict[str, float]
-) -> dict[str, tuple[Point, ...]]:
+    series: dict[str, Downsampled], x: float, extra: dict[str, float], index: int | None = None
+) -> dict[str, Downsampled]:
     if not extra:
         return series
     out = dict(series)
     for key, value in extra.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = _append(out.get(key, ()), (x, float(value)))
+            out[key] = out.get(key, EMPTY).append((x, float(value)), index)
     return out
 
 
@@ -182,7 +196,7 @@ def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
 
 def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
     trc = bool(e.profile.get("model", {}).get("trust_remote_code", False))
-    s = dataclasses.replace(
+    s = _evolve(
         s,
         status="running",
         run_name=e.run_name,
@@ -214,19 +228,17 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
         f"{e.train_size} train / {e.val_size} val{resumed}",
     )
-    s = dataclasses.replace(s, log=log)
+    s = _evolve(s, log=log)
     if trc:
-        s = dataclasses.replace(
-            s, log=_log(s, "warning", "trust_remote_code = true: this checkpoint runs its own Python code")
-        )
+        s = _evolve(s, log=_log(s, "warning", "trust_remote_code = true: this checkpoint runs its own Python code"))
     for warning in e.warnings:
-        s = dataclasses.replace(s, log=_log(s, "warning", warning))
+        s = _evolve(s, log=_log(s, "warning", warning))
     return s
 
 
 def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
     x = x_at(s, e.global_step)
-    return dataclasses.replace(
+    return _evolve(
         s,
         status="running" if s.status == "starting" else s.status,
         epoch=e.epoch,
@@ -237,9 +249,10 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
         gpu_mem_gb=e.gpu_mem_gb,
         gpu_peak_gb=e.gpu_peak_gb,
         gpu_max_gb=e.gpu_max_gb,
-        train_loss=_append(s.train_loss, (x, e.train_loss)),
-        train_score=_append(s.train_score, (x, e.train_score)),
-        train_extra=_append_extra(s.train_extra, x, e.extra),
+        readings=s.readings + 1,
+        train_loss=s.train_loss.append((x, e.train_loss), s.readings),
+        train_score=s.train_score.append((x, e.train_score), s.readings),
+        train_extra=_append_extra(s.train_extra, x, e.extra, s.readings),
     )
 
 
@@ -254,14 +267,14 @@ def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     if e.extra:
         text += " · " + extras_text(e.extra, m)
     text += " ★ best" if e.is_best else ""
-    return dataclasses.replace(
+    return _evolve(
         s,
         epoch=e.epoch,
         global_step=e.global_step,
         elapsed_s=e.elapsed_s,
         samples_per_s=e.samples_per_s,
-        val_loss=_append(s.val_loss, (x, e.val_loss)),
-        val_score=_append(s.val_score, (x, e.val_score)),
+        val_loss=s.val_loss.append((x, e.val_loss)),
+        val_score=s.val_score.append((x, e.val_score)),
         best_val_score=best,
         epoch_extra=_append_extra(s.epoch_extra, x, e.extra),
         extras=dict(e.extra),
@@ -273,8 +286,8 @@ def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
     label = f"phase {e.phase + 1}"
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
-    s = dataclasses.replace(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
-    return dataclasses.replace(
+    s = _evolve(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
+    return _evolve(
         s,
         markers=_add_marker(s, Marker(x_at(s, e.global_step), "phase", label)),
         log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"),
@@ -282,14 +295,28 @@ def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
 
 
 def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
-    """The only writer of the layer rows (RunStarted seeds them through here). The engine sends the rows after
-    every metric read, epoch end, phase change and LR change; every events.jsonl it ever wrote has them there."""
-    return dataclasses.replace(s, layers=e.layers)
+    """The only writer of the layer rows (RunStarted seeds them through here; `LayersMeasured` updates their LRs and
+    gradient norms). The engine sends the rows after every epoch end, phase change and LR change, and after a
+    metric read when more than those two columns moved (older events.jsonl files: after every metric read)."""
+    return _evolve(s, layers=e.layers)
+
+
+def _layers_measured(s: DashboardState, e: LayersMeasured) -> DashboardState:
+    """A log step's LRs and gradient norms into the rows the last LayersChanged wrote (nothing else moved)."""
+    rows = tuple(
+        dataclasses.replace(row, lr=lr, grad_norm=norm) for row, lr, norm in zip(s.layers, e.lrs, e.grad_norms)
+    )
+    return _evolve(s, layers=rows + s.layers[len(rows) :])
+
+
+def _skipped(s: DashboardState, e: LinesSkipped) -> DashboardState:
+    """A condensed history passed over readings no series keeps: count them (`reduce` counts the marker once)."""
+    return _evolve(s, readings=s.readings + e.readings, events_seen=s.events_seen + e.lines - 1)
 
 
 def _suggested(s: DashboardState, e: UnfreezeSuggested) -> DashboardState:
     status = "paused" if e.waiting and s.status in LIVE_STATUSES else s.status  # held until the answer
-    return dataclasses.replace(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
+    return _evolve(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
 
 
 def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
@@ -298,42 +325,42 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
         status = s.status
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
-    s = dataclasses.replace(s, pending=_unpend(s.pending, e.command), status=status)
+    s = _evolve(s, pending=_unpend(s.pending, e.command), status=status)
     marker = Marker(x_at(s, e.global_step), "command", label)
     if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
         marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
-    return dataclasses.replace(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
+    return _evolve(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
 
 
 def _checkpoint(s: DashboardState, e: CheckpointSaved) -> DashboardState:
     checkpoints = {**s.checkpoints, e.kind: e.path}
     text = f"{_where(s, e.epoch, e.global_step)} · checkpoint ({e.kind}) {e.path}"
-    return dataclasses.replace(s, checkpoints=checkpoints, log=_log(s, "checkpoint", text))
+    return _evolve(s, checkpoints=checkpoints, log=_log(s, "checkpoint", text))
 
 
 def _warned(s: DashboardState, e: Warned) -> DashboardState:
-    return dataclasses.replace(s, log=_log(s, "warning", e.message))
+    return _evolve(s, log=_log(s, "warning", e.message))
 
 
 def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
     text = f"{_where(s, e.epoch, e.global_step)} · feature cache {'on' if e.active else 'off'}"
     text += f": {e.detail}" if e.detail else ""
-    return dataclasses.replace(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
+    return _evolve(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
 
 
 def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
     finder = f"LR finder for phase {e.phase + 1}" if e.phase >= 0 else "LR finder"
     text = f"{_where(s, e.epoch, e.global_step)} · {finder}: {lr_found_text(e)}"
-    return dataclasses.replace(s, lr_found=e, pending=_unpend(s.pending, "FindLR"), log=_log(s, "command", text))
+    return _evolve(s, lr_found=e, pending=_unpend(s.pending, "FindLR"), log=_log(s, "command", text))
 
 
 def _compressed(s: DashboardState, e: CompressionReported) -> DashboardState:
-    return dataclasses.replace(s, log=_log(s, "info", compression_text(e.report)))
+    return _evolve(s, log=_log(s, "info", compression_text(e.report)))
 
 
 def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
     text = f"run {e.status.replace('_', ' ')}: {e.reason}"
-    return dataclasses.replace(
+    return _evolve(
         s,
         status=e.status,
         finished=e,
@@ -369,18 +396,18 @@ def shift_text(e: DomainShiftMeasured, layers: tuple[LayerInfo, ...]) -> str:
 
 def _shift(s: DashboardState, e: DomainShiftMeasured) -> DashboardState:
     text = f"{_where(s, e.epoch, e.global_step)} · {shift_text(e, s.layers)}"
-    return dataclasses.replace(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
+    return _evolve(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
 
 
 def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
     """The step under way shows on the status bar; a finished one leaves a line in the log."""
     if e.finished:
-        return dataclasses.replace(s, setup=None, log=_log(s, "info", progress_text(e)))
-    return dataclasses.replace(s, setup=e)
+        return _evolve(s, setup=None, log=_log(s, "info", progress_text(e)))
+    return _evolve(s, setup=e)
 
 
 def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
-    return dataclasses.replace(
+    return _evolve(
         s,
         status="failed",
         failed=e,
@@ -399,6 +426,8 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     EpochEnded: _epoch_ended,
     PhaseChanged: _phase_changed,
     LayersChanged: _layers_changed,
+    LayersMeasured: _layers_measured,
+    LinesSkipped: _skipped,
     UnfreezeSuggested: _suggested,
     CommandApplied: _command_applied,
     CheckpointSaved: _checkpoint,
@@ -418,7 +447,7 @@ def reduce(state: DashboardState, event: Event) -> DashboardState:
     reducer = _REDUCERS.get(type(event))
     if reducer is not None:
         state = reducer(state, event)
-    return dataclasses.replace(state, events_seen=state.events_seen + 1)
+    return _evolve(state, events_seen=state.events_seen + 1)
 
 
 def fold(events: Iterable[Event], state: DashboardState | None = None) -> DashboardState:
@@ -430,7 +459,7 @@ def fold(events: Iterable[Event], state: DashboardState | None = None) -> Dashbo
 
 def requested(state: DashboardState, command: str) -> DashboardState:
     """Note a command the user sent; it stays pending until the engine's `CommandApplied` confirms it."""
-    return dataclasses.replace(state, pending=(*state.pending, command))
+    return _evolve(state, pending=(*state.pending, command))
 
 
 # ----------------------------------------------------------------------------------------------------- text

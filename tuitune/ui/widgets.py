@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 from rich.cells import cell_len
 from rich.text import Text
@@ -214,7 +215,7 @@ class MetricPlot(Metered, PlotextPlot):
         plot.theme(self._get_plotext_theme_name(self.app.theme))
         return render_figure(plot)
 
-    def _draw(self, series: Series, points: tuple[Point, ...]) -> None:
+    def _draw(self, series: Series, points: Sequence[Point]) -> None:
         plt = self.plt
         color = SERIES_COLORS.get(series.label, TRAIN_COLOR)
         if series.smoothed:

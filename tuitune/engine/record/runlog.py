@@ -1,7 +1,8 @@
 """The run directory, written from the event stream alone.
 
 `RunRecorder` is one more event sink beside the UI or the console: `events.jsonl` (every event), `metrics.csv`,
-the resolved `profile.toml` and `summary.json`. Because it sees nothing but events, a replayed run and a live one
+the resolved `profile.toml`, `summary.json` and `history.jsonl` (the condensed history a first frame reads:
+tuitune/engine/record/history.py). Because it sees nothing but events, a replayed run and a live one
 leave the same record. Plain Python: no torch.
 """
 
@@ -25,6 +26,7 @@ from tuitune.engine.events import (
     event_from_json,
     to_json,
 )
+from tuitune.engine.record import history
 from tuitune.engine.record.files import write_json_atomic
 from tuitune.errors import UserError
 
@@ -96,6 +98,11 @@ class RunRecorder:
         if append:
             _drop_torn_line(run_dir / "events.jsonl")
         self._events: IO[str] = open(run_dir / "events.jsonl", mode, encoding="utf-8")
+        if append:
+            self._history = history.condense(run_dir)
+        else:
+            (run_dir / history.SNAPSHOT).unlink(missing_ok=True)  # another run's, overwritten (--force)
+            self._history = history.Condenser()
         metrics_path = run_dir / "metrics.csv"
         new_metrics = not (append and metrics_path.exists())
         if not new_metrics:
@@ -108,8 +115,12 @@ class RunRecorder:
         self._phase = started.phase if started is not None else 0
 
     def __call__(self, event: Event) -> None:
-        self._events.write(to_json(event) + "\n")
+        line = to_json(event) + "\n"
+        self._events.write(line)
         self._events.flush()
+        self._history.feed(line.encode("utf-8"))
+        if self._history.readings % history.SNAPSHOT_READINGS == 0 and isinstance(event, MetricsUpdated):
+            history.write_snapshot(self.run_dir, self._history)
         if isinstance(event, RunStarted):
             self._started, self._phase = event, event.phase
             (self.run_dir / "profile.toml").write_text(dump_toml(event.profile), encoding="utf-8")
@@ -154,6 +165,8 @@ class RunRecorder:
         write_json_atomic(self.run_dir / "summary.json", summary)
 
     def close(self) -> None:
+        if not self._events.closed:
+            history.write_snapshot(self.run_dir, self._history)
         for f in (self._events, self._metrics_file):
             if not f.closed:
                 f.close()

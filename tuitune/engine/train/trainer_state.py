@@ -7,6 +7,7 @@ place: whatever `snapshot()` saves, `resume_from()` restores.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tuitune.engine.events import LayerInfo, LayersChanged
+from tuitune.engine.events import LayerInfo, LayersChanged, LayersMeasured
 from tuitune.engine.train import strategy
 from tuitune.engine.train.guards import NonFiniteGuard
 from tuitune.engine.train.running_sums import RunningSums
@@ -62,6 +63,7 @@ class TrainerState(CheckpointedState):
         self._epoch_gen_state: torch.Tensor | None = None
         self._grad_norms: dict[str, float] = {}
         self._drift: dict[str, float] = {}
+        self._rows_sent: tuple[LayerInfo, ...] | None = None  # the rows the last layers_changed reported
         self._params = dict(parts.model.named_parameters())  # looked up at every metric read: built once
         self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
         self._in_optimizer: list[str] = []
@@ -255,12 +257,19 @@ class TrainerState(CheckpointedState):
             for g in self.parts.groups
         )
 
-    def layers_changed(self, *, with_grad: bool, with_drift: bool = False) -> LayersChanged:
+    def layers_changed(self, *, with_grad: bool, with_drift: bool = False) -> LayersChanged | LayersMeasured:
+        """The layer table now. At a metric read (`with_grad` alone) where only LRs and gradient norms moved: just
+        those columns (`LayersMeasured`), so events.jsonl does not repeat every row at every log step."""
         if with_grad:
             self._measure_grad_norms()
         if with_drift:
             self._measure_drift()
-        return LayersChanged(layers=self.layer_infos(), global_step=self.global_step)
+        rows, sent = self.layer_infos(), self._rows_sent
+        self._rows_sent = rows
+        if with_grad and not with_drift and sent is not None and _same_but_measures(sent, rows):
+            lrs, norms = tuple(r.lr for r in rows), tuple(r.grad_norm for r in rows)
+            return LayersMeasured(lrs=lrs, grad_norms=norms, global_step=self.global_step)
+        return LayersChanged(layers=rows, global_step=self.global_step)
 
     # ---------------------------------------------------------------------------------------------- epochs
     def begin_epoch(self) -> None:
@@ -336,3 +345,11 @@ class TrainerState(CheckpointedState):
 
     def phase_table(self) -> tuple[dict[str, Any], ...]:
         return tuple(dict(e) for e in self.phase_log)
+
+
+def _same_but_measures(a: tuple[LayerInfo, ...], b: tuple[LayerInfo, ...]) -> bool:
+    """Whether two tables differ in their LRs and gradient norms only."""
+    return len(a) == len(b) and all(
+        dataclasses.replace(x, lr=None, grad_norm=None) == dataclasses.replace(y, lr=None, grad_norm=None)
+        for x, y in zip(a, b)
+    )

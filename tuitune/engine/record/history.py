@@ -1,0 +1,241 @@
+"""A run's history condensed for a first frame: `events.jsonl` read in time that does not grow with the run.
+
+A day-long run writes a metric reading (`MetricsUpdated`, then the layer table's `LayersMeasured`) every
+`log_every` steps: a million readings is a file of half a gigabyte, and decoding every line of it took minutes. The
+dashboard keeps each plot series downsampled (`stride_for`: reading `i` stays while `i % stride == 0`, plus the
+newest reading), so most readings are never drawn. `Condenser` applies the same rule to the raw lines, in order: it
+keeps every other event, the readings some plot will keep, the newest reading, and of a run of layer updates only
+those a later one does not replace. `read_history` decodes what is kept and says what was passed over with
+`LinesSkipped` markers, so folding its output gives exactly the state folding every line gives.
+
+The run's recorder keeps a `Condenser` too and writes its state to `history.jsonl` every `SNAPSHOT_READINGS`
+readings: opening a run reads that snapshot and only the lines of `events.jsonl` after it. A directory without the
+snapshot (an older run) or with one that does not match its `events.jsonl` is read from the start, the same way.
+Plain Python: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuitune.engine.events import Event, event_from_json
+from tuitune.errors import UserError
+
+CAPACITY = 4096  # points a plot series keeps at most (between CAPACITY / 2 and CAPACITY once it has halved)
+SNAPSHOT_READINGS = 4096  # the recorder rewrites history.jsonl after this many readings (and when the run ends)
+SNAPSHOT = "history.jsonl"
+FORMAT = 1
+CHUNK = 1 << 22
+
+READING, LAYERS, MEASURED, OTHER = "R", "L", "M", "E"
+_PREFIX = b'{"type":"'
+_KINDS = {b"MetricsUpdated": READING, b"LayersChanged": LAYERS, b"LayersMeasured": MEASURED}
+
+
+def stride_for(count: int, capacity: int = CAPACITY) -> int:
+    """The smallest power of two `s` with `ceil(count / s) <= capacity`: after `count` readings a series keeps
+    the readings whose index (0-based) is a multiple of it. It never shrinks as `count` grows, so a reading
+    dropped once is never needed again."""
+    s = 1
+    while -(-count // s) > capacity:
+        s *= 2
+    return s
+
+
+@dataclass(frozen=True)
+class LinesSkipped:
+    """In a condensed history: `readings` metric readings no plot keeps were passed over here (the series count
+    them, so the downsampling stays the same), and `lines` lines of events.jsonl in all (those readings and
+    layer updates a later one replaced)."""
+
+    readings: int
+    lines: int
+
+
+def kind_of(line: bytes) -> str:
+    """A line's kind from its first bytes (`to_json` writes `type` first): no JSON decoding."""
+    if line.startswith(_PREFIX):
+        end = line.find(b'"', 9)
+        return _KINDS.get(line[9:end], OTHER)
+    return OTHER
+
+
+class Condenser:
+    """The raw lines of a history, fed in order, kept as the first frame needs them (see the module docstring).
+
+    Entries are `[kind, index, line_number, raw]`; `index` is the reading's number for readings, else -1. Memory:
+    at most `CAPACITY` readings plus the other events (a few per epoch)."""
+
+    def __init__(self) -> None:
+        self.entries: list[list] = []
+        self.lines = 0  # lines of events.jsonl fed
+        self.readings = 0  # readings fed
+        self.offset = 0  # bytes of events.jsonl fed
+        self._stride = 1
+        self._newest: list | None = None  # the newest reading's entry (kept whatever its index)
+        self._layers: dict[str, list] = {}  # the layer updates no other event has followed yet, by kind
+        self._dead = 0
+
+    def feed(self, raw: bytes, kind: str | None = None) -> None:
+        kind = kind or kind_of(raw)
+        self.lines += 1
+        self.offset += len(raw)
+        entry = [kind, -1, self.lines, raw]
+        if kind == READING:
+            self._reading(entry)
+            return
+        if kind in (LAYERS, MEASURED):
+            # a full table replaces earlier rows and measures; measures replace earlier measures only
+            for old in (LAYERS, MEASURED) if kind == LAYERS else (MEASURED,):
+                self._kill(self._layers.pop(old, None))
+            self._layers[kind] = entry
+        else:
+            self._layers.clear()  # this event may read the rows: the updates before it stay
+        self.entries.append(entry)
+
+    def _reading(self, entry: list) -> None:
+        entry[1] = self.readings
+        self.readings += 1
+        if self._newest is not None and self._newest[1] % self._stride:
+            self._kill(self._newest)  # it was kept for being the newest only
+        self._newest = entry
+        self.entries.append(entry)
+        stride = stride_for(self.readings)
+        if stride != self._stride:
+            self._stride = stride
+            for e in self.entries:
+                if e[0] == READING and e[1] % stride and e is not entry:
+                    self._kill(e)
+        if self._dead > max(CAPACITY, len(self.entries) // 2):
+            self.entries, self._dead = self.kept(), 0
+
+    def _kill(self, entry: list | None) -> None:
+        if entry is not None and entry[0] != "":
+            entry[0] = ""
+            self._dead += 1
+
+    def kept(self) -> list[list]:
+        return [e for e in self.entries if e[0] != ""]
+
+    # ------------------------------------------------------------------------------------------- snapshot
+    def dump(self) -> bytes:
+        head = {"format": FORMAT, "offset": self.offset, "lines": self.lines, "readings": self.readings}
+        out = [json.dumps(head).encode() + b"\n"]
+        out += [b"%s %d %d %s" % (k.encode(), i, n, raw.rstrip(b"\n") + b"\n") for k, i, n, raw in self.kept()]
+        return b"".join(out)
+
+    @classmethod
+    def load(cls, data: bytes) -> Condenser:
+        """The state `dump` wrote (ValueError, KeyError: not one)."""
+        lines = data.split(b"\n")
+        head = json.loads(lines[0])
+        if head.get("format") != FORMAT:
+            raise ValueError("format")
+        c = cls()
+        c.offset, c.lines, c.readings = int(head["offset"]), int(head["lines"]), int(head["readings"])
+        c._stride = stride_for(c.readings)
+        for line in lines[1:]:
+            if not line:
+                continue
+            kind, index, number, raw = line.split(b" ", 3)
+            c.entries.append([kind.decode(), int(index), int(number), raw + b"\n"])
+        for entry in c.entries:
+            if entry[0] == READING:
+                c._newest = entry
+            elif entry[0] in (LAYERS, MEASURED):
+                c._layers[entry[0]] = entry
+            else:
+                c._layers.clear()
+        return c
+
+    # --------------------------------------------------------------------------------------------- decode
+    def events(self, path: Path) -> list[Event | LinesSkipped]:
+        """What is kept, decoded, with `LinesSkipped` where readings or lines were passed over."""
+        out: list[Event | LinesSkipped] = []
+        readings = lines = 0  # accounted for so far
+        kept = self.kept()
+        for n, (kind, index, number, raw) in enumerate(kept):
+            if kind == READING and index > readings:
+                out.append(LinesSkipped(readings=index - readings, lines=index - readings))
+                lines += index - readings
+                readings = index
+            try:
+                out.append(event_from_json(raw.decode("utf-8")))
+            except (ValueError, KeyError, TypeError) as e:
+                if n == len(kept) - 1 and number == self.lines and not raw.endswith(b"\n"):
+                    break  # a torn last line (a run killed mid-write)
+                raise UserError(f"{path}: line {number}: not a tuitune event ({e})") from None
+            lines += 1
+            readings += kind == READING
+        if self.readings > readings or self.lines > lines:
+            out.append(LinesSkipped(readings=self.readings - readings, lines=max(self.lines - lines, 0)))
+        return out
+
+
+def _lines(path: Path, start: int) -> Iterator[bytes]:
+    """The lines of `path` from byte `start`, each with its newline (a last one without: a torn or live line)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        rest = b""
+        while chunk := f.read(CHUNK):
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            rest = chunk[cut:]
+            yield from chunk[:cut].splitlines(keepends=True)
+        if rest:
+            yield rest
+
+
+def _events_path(run_dir: Path) -> Path:
+    path = Path(run_dir)
+    path = path / "events.jsonl" if path.is_dir() else path
+    if not path.exists():
+        raise UserError(f"{path}: no events.jsonl here (is this a tuitune run directory?)")
+    return path
+
+
+def load_snapshot(events_path: Path) -> Condenser:
+    """The recorder's snapshot beside `events_path`, when it matches that file (it ends on a line boundary
+    inside it); else an empty condenser, and the whole file is read."""
+    snap = events_path.with_name(SNAPSHOT)
+    try:
+        c = Condenser.load(snap.read_bytes())
+        size = events_path.stat().st_size
+        if c.offset > size:
+            raise ValueError("past the end")
+        if c.offset:
+            with open(events_path, "rb") as f:
+                f.seek(c.offset - 1)
+                if f.read(1) != b"\n":
+                    raise ValueError("not at a line end")
+        return c
+    except (OSError, ValueError, KeyError, IndexError):
+        return Condenser()
+
+
+def condense(run_dir: Path) -> Condenser:
+    """The condensed history of a run directory (or its events.jsonl): its snapshot, then the lines after it."""
+    path = _events_path(run_dir)
+    c = load_snapshot(path)
+    for line in _lines(path, c.offset):
+        c.feed(line)
+    return c
+
+
+def read_history(run_dir: Path) -> list[Event | LinesSkipped]:
+    """A recorded run for a first frame: `fold(read_history(d)) == fold(read_events(d))`, in time and memory
+    bounded by the plots' capacity and the number of events that are not readings."""
+    path = _events_path(run_dir)
+    return condense(path).events(path)
+
+
+def write_snapshot(run_dir: Path, c: Condenser) -> None:
+    """`history.jsonl`, atomically (a reader never sees half of one)."""
+    path = Path(run_dir) / SNAPSHOT
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(c.dump())
+    os.replace(tmp, path)
