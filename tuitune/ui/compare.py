@@ -82,15 +82,7 @@ class CompareScreen(Screen[None]):
     """Two or more runs side by side. `escape` goes back to the list it was opened from (or quits)."""
 
     BINDINGS = [Binding("escape", "back", "Back"), Binding("q", "app.quit", "Quit")]
-    DEFAULT_CSS = """
-    CompareScreen { layout: vertical; }
-    #compare-title { height: 1; padding: 0 1; background: $panel; }
-    #compare-plots { height: 1fr; min-height: 8; }
-    #compare-plots CurvesPlot { width: 1fr; }
-    #compare-best { height: auto; max-height: 8; }
-    #compare-diff { height: auto; max-height: 12; }
-    .caption { height: 1; padding: 0 1; color: $text-muted; }
-    """
+    CSS_PATH = "compare.tcss"
 
     def __init__(self, runs: list[RunRecord]) -> None:
         super().__init__()
@@ -151,10 +143,7 @@ class RunListScreen(Screen[None]):
         Binding("space", "toggle", "Select", show=True),
         Binding("q", "app.quit", "Quit"),
     ]
-    DEFAULT_CSS = """
-    #runs-title { height: 1; padding: 0 1; background: $panel; }
-    #runs-list { height: 1fr; }
-    """
+    CSS_PATH = "compare.tcss"
 
     def __init__(self, folder: Path) -> None:
         super().__init__()

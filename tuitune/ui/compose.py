@@ -154,16 +154,7 @@ class ComposeScreen(Screen[None]):
     """Compose a run from `base` (a loaded profile); `start` is the picker's own start callback. `folder` names the
     profile's folder as the picker shows it (where the new profile is saved)."""
 
-    DEFAULT_CSS = """
-    ComposeScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
-    ComposeScreen #body { height: 1fr; }
-    ComposeScreen #form { width: 40; height: 100%; border: round $primary; padding: 0 1; }
-    ComposeScreen .row { height: 1; margin-bottom: 1; }
-    ComposeScreen .row Label { width: 13; color: $text-muted; }
-    ComposeScreen .row Input, ComposeScreen .row Select { width: 1fr; }
-    ComposeScreen #groups-pane { width: 1fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
-    ComposeScreen #message { height: auto; padding: 0 1; }
-    """
+    CSS_PATH = "compose.tcss"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start"),
         Binding("ctrl+s", "save", "Save as profile"),

@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from textual.app import ComposeResult
@@ -56,7 +55,7 @@ COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) make
 
 
 class DashboardScreen(Screen[None]):
-    CSS_PATH = Path(__file__).with_name("dashboard.tcss")
+    CSS_PATH = "dashboard.tcss"
     BINDINGS = [
         Binding(k.key, f"key('{k.action}')", k.footer, show=k.show, key_display=k.display or None)
         for k in DASHBOARD_KEYS

@@ -82,13 +82,7 @@ def entry_detail(entry: ProfileEntry) -> Group | Text:
 
 
 class PickerScreen(Screen[None]):
-    DEFAULT_CSS = """
-    PickerScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
-    PickerScreen #body { height: 1fr; }
-    PickerScreen OptionList, PickerScreen OptionList:focus {
-        width: 2fr; min-width: 24; max-width: 50; height: 100%; border: round $primary; }
-    PickerScreen #detail-scroll { width: 3fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
-    """
+    CSS_PATH = "picker.tcss"
     BINDINGS = [
         Binding("enter", "start", "Start", priority=True),
         Binding("e", "compose", "Compose"),

@@ -217,9 +217,7 @@ def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
 
 
 class SummaryScreen(Screen[None]):
-    DEFAULT_CSS = """
-    SummaryScreen VerticalScroll { padding: 1 2; }
-    """
+    CSS_PATH = "summary.tcss"
     BINDINGS = [
         Binding("escape,d", "dashboard", "Dashboard"),
         Binding("q", "app.quit", "Quit"),
