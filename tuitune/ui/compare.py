@@ -17,11 +17,12 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, SelectionList, Static
 
 from tuitune.errors import UserError
+from tuitune.fmt import METRIC_TITLES, is_percent
 from tuitune.runs.compare import (
     RunRecord,
     best_cells,
     best_header,
-    fmt_value,
+    fmt_setting,
     has_f1,
     load_runs,
     metric_caption,
@@ -29,7 +30,6 @@ from tuitune.runs.compare import (
 )
 from tuitune.runs.status import RunInfo, list_runs
 from tuitune.ui.curves import OverlayPlot
-from tuitune.ui.fmt import METRIC_TITLES, is_percent
 
 # one colour per run, the same in the plots and in the tables' run column (cycled past six runs)
 RUN_COLORS = [(80, 190, 255), (255, 160, 60), (120, 220, 120), (220, 110, 220), (235, 95, 95), (230, 200, 80)]
@@ -121,7 +121,7 @@ class CompareScreen(Screen[None]):
         table = self.query_one("#compare-diff", DataTable)
         table.add_columns("key", *names)
         for key, values in diff:
-            table.add_row(key, *(fmt_value(v) for v in values))
+            table.add_row(key, *(fmt_setting(v) for v in values))
         table.display = bool(diff)
 
     def action_back(self) -> None:

@@ -20,7 +20,7 @@ from textual.widgets import Input, Static
 from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LRFound
-from tuitune.ui.fmt import fmt_sci
+from tuitune.fmt import fmt_sci
 from tuitune.ui.modals import MODAL_CSS_PATH, refresh_below
 from tuitune.ui.reducer import lr_found_text
 
