@@ -28,8 +28,9 @@ from tuitune.runs.compare import (
     metric_caption,
     profile_diff,
 )
-from tuitune.runs.status import RunInfo, list_runs
+from tuitune.runs.status import list_runs
 from tuitune.ui.curves import OverlayPlot
+from tuitune.ui.views import run_label
 
 # one colour per run, the same in the plots and in the tables' run column (cycled past six runs)
 RUN_COLORS = [(80, 190, 255), (255, 160, 60), (120, 220, 120), (220, 110, 220), (235, 95, 95), (230, 200, 80)]
@@ -129,10 +130,6 @@ class CompareScreen(Screen[None]):
             self.app.pop_screen()
         else:
             self.app.exit()
-
-
-def run_label(run: RunInfo) -> Text:
-    return Text.assemble((run.name, "bold"), f"  {run.status}  epoch {run.epoch}  ", (run.best, "dim"))
 
 
 class RunListScreen(Screen[None]):

@@ -21,22 +21,12 @@ from textual.widgets.option_list import Option
 from tuitune.config import RunProfile
 from tuitune.runs.status import RunInfo, clock, live_runs
 from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
+from tuitune.ui.views import run_label
 
 
 def entry_label(entry: ProfileEntry) -> Text:
     mark = ("● ", "green") if entry.ok else ("✖ ", "bold red")
     label = Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
-    label.no_wrap, label.overflow = True, "ellipsis"
-    return label
-
-
-def run_label(run: RunInfo) -> Text:
-    label = Text.assemble(
-        ("▶ ", "bold cyan"),
-        (run.name, "bold"),
-        (f"  live · epoch {run.epoch}", "dim"),
-        (f" · {run.held}" if run.held else "", "bold yellow"),
-    )
     label.no_wrap, label.overflow = True, "ellipsis"
     return label
 
