@@ -15,7 +15,7 @@ from tuitune.config import SECTIONS, RunProfile, toml_value
 
 
 def docs_markdown() -> str:
-    """The key reference for `profiles/README.md`, generated from the declarations above."""
+    """The key reference for `profiles/README.md`, generated from the declarations in `tuitune/config/schema.py`."""
     lines = []
     for section, cls in [("", RunProfile), *SECTIONS.items()]:
         lines.append(f"\n### `[{section}]`\n" if section else "\n### Top level\n")

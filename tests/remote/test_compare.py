@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.remote.stored_runs import profile, two_runs, write_run
-from tuitune.runs.compare import best_row, flatten, format_compare, load_run, load_runs, profile_diff
+from tuitune.runs.compare import best_cells, best_row, flatten, format_compare, load_run, load_runs, profile_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,7 @@ def test_best_metrics_follow_each_run_and_its_direction(tmp_path: Path) -> None:
     assert (row["lowest_val_loss"], row["lowest_loss_epoch"]) == (0.52, 3)
     rmse = load_run(write_run(tmp_path / "reg", profile(1e-3), [0.5, 0.3, 0.4], [2.0, 1.1, 1.4], metric="rmse"))
     assert (best_row(rmse)["best_val_score"], best_row(rmse)["best_epoch"]) == (1.1, 2)  # lower is better
+    assert best_cells(rmse)[2] == "1.1000 @ 2" and best_cells(a)[2] == "66.00% @ 4"  # the one score format
 
 
 def test_macro_f1_gets_its_column_when_a_run_counted_it(tmp_path: Path) -> None:
@@ -78,8 +79,8 @@ def test_macro_f1_gets_its_column_when_a_run_counted_it(tmp_path: Path) -> None:
     )
     lines = format_compare([load_run(a), spam]).splitlines()
     assert lines[1].split()[:6] == ["run", "status", "best", "score", "best", "macro-F1"]
-    assert lines[2].split()[2:7] == ["0.6600", "@", "4", "-", "0.7400"]  # no F1 counted: a dash
-    assert lines[3].split()[2:8] == ["0.9600", "@", "3", "0.9100", "@", "2"]
+    assert lines[2].split()[2:7] == ["66.00%", "@", "4", "-", "0.7400"]  # no F1 counted: a dash
+    assert lines[3].split()[2:8] == ["96.00%", "@", "3", "91.00%", "@", "2"]
     assert "macro-F1" not in format_compare(load_runs(list(two_runs(tmp_path / "plain"))))
 
 
@@ -89,8 +90,8 @@ def test_a_dead_run_compares_from_its_events(tmp_path: Path) -> None:
     assert not (tmp_path / "dead" / "summary.json").exists()
     assert (dead.status, best_row(dead)["best_val_score"], best_row(dead)["wall_s"]) == ("dead", 0.6, 4.0)
     text = format_compare([load_run(a), dead])
-    assert "train.lr  0.001    0.003" in text and "0.7000 / 0.6000" in text
-    assert text.splitlines()[-1].split() == ["4", "0.7400", "/", "0.6600", "-"]  # the dead run ended at 2
+    assert "train.lr  0.001    0.003" in text and "0.7000 / 60.00%" in text
+    assert text.splitlines()[-1].split() == ["4", "0.7400", "/", "66.00%", "-"]  # the dead run ended at 2
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -30,7 +30,7 @@ async def test_select_two_runs_and_compare_them(tmp_path: Path) -> None:
         assert [r.name for r in screen.runs] == ["lr-1e-3", "lr-1e-2"]  # the list's order
         best = screen.query_one("#compare-best", DataTable)
         assert [str(best.get_row_at(i)[0]) for i in range(best.row_count)] == ["lr-1e-3", "lr-1e-2"]
-        assert [str(c) for c in best.get_row_at(1)[1:4]] == ["stopped", "0.8400 @ 3", "0.5200 @ 3"]
+        assert [str(c) for c in best.get_row_at(1)[1:4]] == ["stopped", "84.00% @ 3", "0.5200 @ 3"]
         diff = screen.query_one("#compare-diff", DataTable)
         assert [diff.get_row_at(i) for i in range(diff.row_count)] == [
             ["strategy.kind", "progressive", "full"],

@@ -185,7 +185,7 @@ def test_a_packaged_profile_is_saved_to_the_working_folders_profiles(tmp_path: P
     """The demo ships inside the package: what a person composes from it goes to ./profiles, never into the
     installed package."""
     from tuitune.profiles import PACKAGE_PROFILES
-    from tuitune.ui.compose import save_folder
+    from tuitune.profiles.save import save_folder
 
     monkeypatch.chdir(tmp_path)
     assert save_folder(PACKAGE_PROFILES / "demo.toml") == tmp_path / "profiles"

@@ -263,7 +263,8 @@ async def test_command_palette_lists_dashboard_actions() -> None:
         )
         assert all(commands[k.title] == k.palette_help for k in DASHBOARD_KEYS)
         bindings = {b.key: b.action for b in app.screen.BINDINGS}
-        assert bindings == {k.key: k.action for k in DASHBOARD_KEYS}
+        assert bindings == {k.key: f"key('{k.action}')" for k in DASHBOARD_KEYS}
+        assert all(callable(getattr(dash(app).keys, k.action)) for k in DASHBOARD_KEYS)
         assert set(COMMAND_LABELS) == {c.__name__ for c in get_args(Command)}
         await pilot.press("l")
         assert dash(app).log_scale

@@ -22,7 +22,7 @@ from tuitune.engine.events import (
     event_from_json,
     to_json,
 )
-from tuitune.ui.fmt import fmt_duration
+from tuitune.fmt import fmt_duration
 from tuitune.ui.plotdata import eta_s, smooth
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.reducer import DashboardState, fold, reduce, requested
@@ -241,15 +241,45 @@ def test_extras_become_series_and_a_compact_log() -> None:
 
 
 def test_formatting_by_metric() -> None:
-    from tuitune.ui.fmt import compression_rows, extras_text, fmt_score, fmt_value, score_label
+    from tuitune.fmt import extras_text, fmt_score, fmt_value, score_label
 
     assert fmt_score("acc", 0.9125) == "91.2%" and fmt_score("f1", 0.5, 2) == "50.00%"
     assert fmt_score("rmse", 0.41234) == "0.4123" and fmt_score("rmse", None) == "-"
     assert score_label("val_score", "rmse") == "val rmse" and score_label("source_acc", "rmse") == "source acc"
     assert fmt_value("val_score", 0.5, "rmse") == "0.5000" and fmt_value("source_acc", 0.5, "rmse") == "50.00%"
     assert extras_text({"val_mae": 0.31, "source_acc": 0.723}, "rmse") == "mae 0.3100 · source acc 72.3%"
-    rows = compression_rows({"steps": [{"name": "original", "file_mb": 44.8, "zlib_mb": 41.3, "val_score": 0.9}]})
-    assert rows[0]["step"] == "original" and rows[0]["zlib_bytes"] == 41.3e6
+
+
+def test_compression_report_rows_read_once_drawn_three_ways() -> None:
+    """One model of the report's rows: a row read back with missing or odd values draws `-` there, a non-row is
+    skipped; `tuitune compress`'s table, the summary's and the event log's line show the same cells."""
+    from rich.console import Console
+
+    from tuitune.engine.tools.compress import format_report
+    from tuitune.engine.tools.compress_report import read_report
+    from tuitune.ui.reducer import compression_text
+    from tuitune.ui.summary import compression_table
+
+    raw = {
+        "steps": [
+            {"step": "original", "params": 10, "val_acc": 0.9, "zlib_bytes": 2e5},
+            "junk",
+            {"step": "int8", "params": True, "val_acc": float("nan"), "zlib_bytes": 5e4, "latency_ms": "x"},
+        ]
+    }
+    report = read_report(raw)
+    assert [s.step for s in report.steps] == ["original", "int8"]
+    assert report.steps[0].cells()["val acc"] == "90.0%" and report.steps[0].cells()["zlib"] == "0.20 MB"
+    assert {report.steps[1].cells()[c] for c in ("params", "val acc", "ms/batch", "nonzero")} == {"-"}
+    assert compression_text(raw) == "compression: 2 steps, zlib 0.20 MB → 50.0 KB (int8), val acc 90.0% → -"
+    assert read_report(None).steps == () and compression_table({"steps": "nonsense"}) is None
+    full = scripted.compression_report()
+    console = Console(width=200, record=True)
+    console.print(compression_table(full))
+    ui_lines, text_lines = console.export_text().splitlines(), format_report(full).splitlines()
+    for step, ui_line, text_line in zip(read_report(full).steps, ui_lines[1:], text_lines[2:]):
+        cells = step.cells()
+        assert all(cells[c] in ui_line and cells[c] in text_line for c in ("step", "nonzero", "zlib", "val acc"))
 
 
 def test_summary_names_scores_by_metric_and_shows_compression() -> None:

@@ -113,7 +113,7 @@ def test_the_loader_loads_the_study_once_and_then_sees_new_trials(tmp_path, monk
     import optuna
 
     from tuitune.sweep import study as study_mod
-    from tuitune.ui.launch import sweep_loader
+    from tuitune.sweep.board import sweep_loader
 
     load = sweep_loader(tmp_path)
     assert load() == ([], "")  # no journal yet

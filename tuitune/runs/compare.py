@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
 from tuitune.engine.record.history import read_history
 from tuitune.errors import UserError
+from tuitune.fmt import fmt_percent, fmt_plain, fmt_score
 from tuitune.runs.status import read_json, run_status, table_lines
 
 MISSING = "-"  # a key one run's profile does not have
@@ -146,7 +148,8 @@ def compare_dict(runs: list[RunRecord]) -> dict[str, Any]:
                        for key, values in profile_diff([r.profile for r in runs])}}
 
 
-def fmt_value(value: Any) -> str:
+def fmt_setting(value: Any) -> str:
+    """A profile value as a table cell (`MISSING` where a profile lacks the key)."""
     if value is None:
         return MISSING
     if isinstance(value, float):
@@ -154,10 +157,6 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value)
-
-
-def fmt_score(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.4f}"
 
 
 def has_f1(runs: list[RunRecord]) -> bool:
@@ -176,10 +175,12 @@ def best_cells(run: RunRecord, f1: bool = False) -> tuple[str, ...]:
     """A run's best metrics as table cells (the screen and the text table show the same); `f1`: with the best
     macro-F1 column."""
     row = best_row(run)
-    at = lambda v, e: f"{fmt_score(v)} @ {e}" if v is not None else MISSING  # noqa: E731
-    f1_cell = (at(row["best_val_macro_f1"], row["best_f1_epoch"]),) if f1 else ()
-    return (run.name, run.status, at(row["best_val_score"], row["best_epoch"]), *f1_cell,
-            at(row["lowest_val_loss"], row["lowest_loss_epoch"]), fmt_score(row["final_val_score"]),
+    score = lambda v: fmt_score(run.metric, v, 2)  # noqa: E731
+    at = lambda text, e: f"{text} @ {e}" if text != MISSING else MISSING  # noqa: E731
+    f1_cell = (at(fmt_percent(row["best_val_macro_f1"], 2), row["best_f1_epoch"]),) if f1 else ()
+    return (run.name, run.status, at(score(row["best_val_score"]), row["best_epoch"]), *f1_cell,
+            at(fmt_plain(row["lowest_val_loss"]), row["lowest_loss_epoch"]),
+            score(row["final_val_score"]),
             str(row["epochs"]), f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING)
 
 
@@ -199,12 +200,12 @@ def format_compare(runs: list[RunRecord]) -> str:
     names = tuple(r.name for r in runs)
     if diff:
         lines += ["profile keys that differ",
-                  *table_lines(("key", *names), [(k, *(fmt_value(v) for v in vs)) for k, vs in diff]), ""]
+                  *table_lines(("key", *names), [(k, *(fmt_setting(v) for v in vs)) for k, vs in diff]), ""]
     else:
         lines += ["profile keys that differ: none (the same profile)", ""]
     epochs = sorted({p.epoch for r in runs for p in r.curve})
-    by_run = [{p.epoch: p for p in r.curve} for r in runs]
+    by_run = [(r.metric, {p.epoch: p for p in r.curve}) for r in runs]
     cells = lambda e: tuple(  # noqa: E731
-        f"{fmt_score(c[e].val_loss)} / {fmt_score(c[e].val_score)}" if e in c else MISSING for c in by_run)
+        f"{fmt_plain(c[e].val_loss)} / {fmt_score(m, c[e].val_score, 2)}" if e in c else MISSING for m, c in by_run)
     lines += ["val loss / val score per epoch", *table_lines(("epoch", *names), [(str(e), *cells(e)) for e in epochs])]
     return "\n".join(lines)

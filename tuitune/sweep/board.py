@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -85,3 +86,25 @@ def read_board(sweep_dir: Path) -> tuple[list[TrialRow], str, str]:
     metric = str(study.user_attrs.get("metric", "value"))
     direction = study.direction.name.lower()
     return rows_from_trials(study.get_trials(deepcopy=False), direction), metric, direction
+
+
+def sweep_loader(sweep_dir: Path) -> Callable[[], tuple[list, str]]:
+    """The sweep screen's loader: (rows best first, metric name) of the sweep in `sweep_dir`.
+
+    The study is loaded once, on the first call that finds the journal, and kept: its JournalStorage then reads
+    only the lines appended since the last call instead of replaying the whole journal each second. The screen
+    calls it in a thread worker, so optuna's import and the reads stay off the event loop."""
+    study: list = []  # the loaded study, once the journal exists
+
+    def load() -> tuple[list, str]:
+        if not study:
+            if not (sweep_dir / "journal.log").exists():
+                return [], ""
+            from tuitune.sweep.study import load_study
+
+            study.append(load_study(sweep_dir))
+        s = study[0]
+        rows = rows_from_trials(s.get_trials(deepcopy=False), s.direction.name.lower())
+        return rows, str(s.user_attrs.get("metric", "value"))
+
+    return load

@@ -147,7 +147,7 @@ class TuituneApp(App[None]):
     def hang_up(self) -> None:
         dashboard = self.dashboard
         if dashboard is not None and dashboard.detachable:
-            dashboard.detach()
+            dashboard.link.detach()
         timer = threading.Timer(3.0, os._exit, (0,))
         timer.daemon = True
         timer.start()
@@ -158,7 +158,7 @@ class TuituneApp(App[None]):
         dashboard = self.dashboard
         if dashboard is not None and screen is dashboard:
             for k in DASHBOARD_KEYS:
-                yield SystemCommand(k.title, k.palette_help, getattr(dashboard, f"action_{k.action}"))
+                yield SystemCommand(k.title, k.palette_help, getattr(dashboard.keys, k.action))
         if isinstance(screen, ComposeScreen):
             yield SystemCommand(
                 "Start the composed run", "Train the profile as composed here (ctrl+r)", screen.action_start
@@ -182,11 +182,11 @@ class TuituneApp(App[None]):
         if dashboard is None:
             self.exit(return_code=0)
             return
-        code = dashboard.exit_code()
-        if dashboard.live and dashboard.detachable:  # ask: detach, stop the run, or stay
-            dashboard.action_quit_run()
+        code = dashboard.keys.exit_code()
+        if dashboard.keys.live and dashboard.detachable:  # ask: detach, stop the run, or stay
+            dashboard.keys.quit_run()
             return
-        if dashboard.live:
-            await dashboard.shutdown()
+        if dashboard.keys.live:
+            await dashboard.keys.shutdown()
             code = 130
         self.leave_dashboard(code)

@@ -17,19 +17,20 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, SelectionList, Static
 
 from tuitune.errors import UserError
+from tuitune.fmt import METRIC_TITLES, is_percent
 from tuitune.runs.compare import (
     RunRecord,
     best_cells,
     best_header,
-    fmt_value,
+    fmt_setting,
     has_f1,
     load_runs,
     metric_caption,
     profile_diff,
 )
-from tuitune.runs.status import RunInfo, list_runs
+from tuitune.runs.status import list_runs
 from tuitune.ui.curves import OverlayPlot
-from tuitune.ui.fmt import METRIC_TITLES, is_percent
+from tuitune.ui.views import run_label
 
 # one colour per run, the same in the plots and in the tables' run column (cycled past six runs)
 RUN_COLORS = [(80, 190, 255), (255, 160, 60), (120, 220, 120), (220, 110, 220), (235, 95, 95), (230, 200, 80)]
@@ -82,15 +83,7 @@ class CompareScreen(Screen[None]):
     """Two or more runs side by side. `escape` goes back to the list it was opened from (or quits)."""
 
     BINDINGS = [Binding("escape", "back", "Back"), Binding("q", "app.quit", "Quit")]
-    DEFAULT_CSS = """
-    CompareScreen { layout: vertical; }
-    #compare-title { height: 1; padding: 0 1; background: $panel; }
-    #compare-plots { height: 1fr; min-height: 8; }
-    #compare-plots CurvesPlot { width: 1fr; }
-    #compare-best { height: auto; max-height: 8; }
-    #compare-diff { height: auto; max-height: 12; }
-    .caption { height: 1; padding: 0 1; color: $text-muted; }
-    """
+    CSS_PATH = "compare.tcss"
 
     def __init__(self, runs: list[RunRecord]) -> None:
         super().__init__()
@@ -129,7 +122,7 @@ class CompareScreen(Screen[None]):
         table = self.query_one("#compare-diff", DataTable)
         table.add_columns("key", *names)
         for key, values in diff:
-            table.add_row(key, *(fmt_value(v) for v in values))
+            table.add_row(key, *(fmt_setting(v) for v in values))
         table.display = bool(diff)
 
     def action_back(self) -> None:
@@ -137,10 +130,6 @@ class CompareScreen(Screen[None]):
             self.app.pop_screen()
         else:
             self.app.exit()
-
-
-def run_label(run: RunInfo) -> Text:
-    return Text.assemble((run.name, "bold"), f"  {run.status}  epoch {run.epoch}  ", (run.best, "dim"))
 
 
 class RunListScreen(Screen[None]):
@@ -151,10 +140,7 @@ class RunListScreen(Screen[None]):
         Binding("space", "toggle", "Select", show=True),
         Binding("q", "app.quit", "Quit"),
     ]
-    DEFAULT_CSS = """
-    #runs-title { height: 1; padding: 0 1; background: $panel; }
-    #runs-list { height: 1fr; }
-    """
+    CSS_PATH = "compare.tcss"
 
     def __init__(self, folder: Path) -> None:
         super().__init__()

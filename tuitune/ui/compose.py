@@ -33,12 +33,11 @@ from tuitune.config import (
     ProfileError,
     RunProfile,
     apply_overrides,
-    dump_toml,
     profile_from_dict,
     profile_to_dict,
 )
-from tuitune.engine.record.files import write_text_atomic
 from tuitune.errors import UserError
+from tuitune.profiles.save import save_folder, write_profile
 
 # The keys this screen edits, in the order shown: (dotted key, label). Selects for keys declared with choices.
 FIELDS = (
@@ -81,34 +80,6 @@ def compose_profile(base: RunProfile, raw: dict[str, str], file: str) -> RunProf
             )
         table["name"] = raw["name"]
     return profile_from_dict(table, file, Path(file).parent)
-
-
-def save_folder(source: Path) -> Path:
-    """Where a composed profile is written: beside its source, except for the profiles shipped inside the package
-    (an installed package's folder is not the person's): `./profiles`, which the picker lists first."""
-    from tuitune.profiles import PACKAGE_PROFILES
-
-    return Path.cwd() / "profiles" if source.absolute().parent == PACKAGE_PROFILES else source.parent  # links kept
-
-
-def relative_paths(table: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Path keys (declared `path=True`) inside `folder` written relative to it, as a person writes them: the file
-    loads back to the same absolute paths, and the folder can move."""
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            value = table.get(section, {}).get(f.name)
-            if f.metadata.get("path") and value and Path(value).is_absolute():
-                try:
-                    table[section][f.name] = Path(value).relative_to(folder.resolve()).as_posix()
-                except ValueError:
-                    pass  # outside the folder: stays absolute
-    return table
-
-
-def write_profile(profile: RunProfile, path: Path) -> None:
-    """The profile as TOML at `path`, atomically (a temp file in the same folder, then a rename)."""
-    header = f"# composed in the tuitune picker from {Path(profile.source_path).name}\n"
-    write_text_atomic(path, header + dump_toml(relative_paths(profile_to_dict(profile), path.parent)))
 
 
 def group_marks(rows: list[dict], phases: tuple[tuple[str, ...], ...]) -> list[Text]:
@@ -154,16 +125,7 @@ class ComposeScreen(Screen[None]):
     """Compose a run from `base` (a loaded profile); `start` is the picker's own start callback. `folder` names the
     profile's folder as the picker shows it (where the new profile is saved)."""
 
-    DEFAULT_CSS = """
-    ComposeScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
-    ComposeScreen #body { height: 1fr; }
-    ComposeScreen #form { width: 40; height: 100%; border: round $primary; padding: 0 1; }
-    ComposeScreen .row { height: 1; margin-bottom: 1; }
-    ComposeScreen .row Label { width: 13; color: $text-muted; }
-    ComposeScreen .row Input, ComposeScreen .row Select { width: 1fr; }
-    ComposeScreen #groups-pane { width: 1fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
-    ComposeScreen #message { height: auto; padding: 0 1; }
-    """
+    CSS_PATH = "compose.tcss"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start"),
         Binding("ctrl+s", "save", "Save as profile"),

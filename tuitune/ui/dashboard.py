@@ -1,8 +1,9 @@
 """The dashboard screen: one run's status, curves, layer table and event log, and the keys that steer it.
 
 State flows one way: the engine thread emits events -> `EngineEventReceived` messages -> `reduce` -> widgets.
-Keys only put commands on the `Control` (their handlers: `Steering`, tuitune/ui/steering.py); what they change on
-screen arrives later as confirming events.
+Keys only put commands on the `Control` (their handlers: `KeyActions`, tuitune/ui/key_actions.py, which the screen
+owns and gives itself as a `SteeredView`); what they change on screen arrives later as confirming events. The run
+itself (control, worker, leaving it) is a `RunLink` (tuitune/ui/run_link.py) both are given.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -35,15 +37,15 @@ from tuitune.engine.events import (
     SetupProgressed,
     UnfreezeSuggested,
 )
-from tuitune.remote.client import ClientControl, HistoryEnded, HistoryStarted
+from tuitune.remote.client import HistoryEnded, HistoryStarted
+from tuitune.ui.key_actions import KeyActions
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
-from tuitune.ui.lrfinder import LRFinderScreen
-from tuitune.ui.modals import ErrorScreen, PlateauPromptScreen
+from tuitune.ui.modals import ErrorScreen
 from tuitune.ui.notify import notify_terminal
 from tuitune.ui.plotdata import plot_inputs
-from tuitune.ui.reducer import DashboardState, reduce
-from tuitune.ui.runner import EngineEventReceived, LiveRun, is_detachable, paced, run_in_worker
-from tuitune.ui.steering import Steering
+from tuitune.ui.reducer import DashboardState, reduce, requested
+from tuitune.ui.run_link import RunLink
+from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 
@@ -53,22 +55,12 @@ MAX_WAIT_S = 2.0  # ...but never longer than this: the curves stay live on a big
 COALESCE_S = 0.05  # a burst of events (MetricsUpdated, then LayersChanged) makes one frame, not two
 
 
-class DashboardScreen(Steering, Screen[None]):
-    DEFAULT_CSS = """
-    DashboardScreen { layout: vertical; }
-    DashboardScreen #plots { height: 1fr; min-height: 8; }
-    DashboardScreen MetricPlot { width: 1fr; height: 100%; }
-    DashboardScreen #bottom { height: 14; }
-    DashboardScreen LayerTable { width: 3fr; height: 100%; border: round $primary-darken-2; }
-    DashboardScreen EventLog { width: 2fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
-    DashboardScreen.tall #bottom { height: 18; }
-    DashboardScreen.narrow #bottom { layout: vertical; height: auto; }
-    DashboardScreen.narrow LayerTable { width: 100%; height: auto; max-height: 8; border: none; }
-    DashboardScreen.narrow EventLog { width: 100%; height: 3; border: none; border-top: solid $primary-darken-2; }
-    DashboardScreen #hint { height: 1; padding: 0 1; background: $boost; color: $text-accent; text-wrap: nowrap;
-                            text-overflow: ellipsis; }
-    """
-    BINDINGS = [Binding(k.key, k.action, k.footer, show=k.show, key_display=k.display or None) for k in DASHBOARD_KEYS]
+class DashboardScreen(Screen[None]):
+    CSS_PATH = "dashboard.tcss"
+    BINDINGS = [
+        Binding(k.key, f"key('{k.action}')", k.footer, show=k.show, key_display=k.display or None)
+        for k in DASHBOARD_KEYS
+    ]
 
     def __init__(
         self,
@@ -80,20 +72,14 @@ class DashboardScreen(Steering, Screen[None]):
     ) -> None:
         super().__init__()
         self.run = run
-        # A run in its own process: the worker is its client, and leaving may detach instead of stopping it.
-        self.detachable = run is not None and is_detachable(run.runner)
-        if control is None and run is not None:
-            control = ClientControl() if self.detachable else Control()
-        self.control = control
+        self.link = RunLink(run, control)
+        self.keys = KeyActions(self.link, self)
         self.in_history = False  # between HistoryStarted and HistoryEnded: the run's past, replayed on attach
-        self.detached = False
         self.initial_events = list(events)
         self.speed = speed
         self.state = DashboardState()
         self.log_scale = False
         self.whole_span = False  # x axis: follow the run (False) or show every planned epoch (True)
-        self.worker: Worker | None = None
-        self.quitting = False
         self._plots_dirty = False
         self._live_dirty = False  # status bar and layer table: behind the state by high-rate events
         self._drawn_at = -math.inf  # time.monotonic() of the last budgeted redraw (none yet)...
@@ -101,9 +87,15 @@ class DashboardScreen(Steering, Screen[None]):
         self._meter_mark = math.inf  # ...and RenderMeter.cpu then: the frames that followed count towards it
         self._draw_timer: Timer | None = None
         self._gc_frozen = False
-        self._prompt: PlateauPromptScreen | None = None
-        self._lr_screen: LRFinderScreen | None = None
-        self._held: list[Callable[[], None]] | None = None
+
+    @property
+    def detachable(self) -> bool:
+        """A run in its own process: leaving may detach instead of stopping it."""
+        return self.link.detachable
+
+    def action_key(self, action: str) -> None:
+        """Every dashboard key (`DASHBOARD_KEYS`): its `KeyActions` method."""
+        getattr(self.keys, action)()
 
     # ------------------------------------------------------------------------------------------- layout
 
@@ -131,19 +123,17 @@ class DashboardScreen(Steering, Screen[None]):
             for event in self.initial_events:
                 self._apply(event)
         self._render_all()
-        if self.run is not None and self.control is not None:
-            body = partial(run_in_worker, self.run, self._emit, self.control)
-            self.worker = self.run_worker(body, thread=True, name="engine", group="engine", exit_on_error=False)
+        if self.run is not None and self.link.control is not None:
+            body = partial(run_in_worker, self.run, self._emit, self.link.control)
+            self.link.worker = self.run_worker(body, thread=True, name="engine", group="engine", exit_on_error=False)
 
     def on_unmount(self) -> None:
         """However the app ends, an in-process engine is told to stop, so its thread never outlives the UI for
         long; a run in its own process is only detached from (a lost terminal is a detach)."""
-        if self.detachable:
-            self.detach()
+        if self.link.detachable:
+            self.link.detach()
         else:
-            self.quitting = True
-            if self.control is not None:
-                self.control.request_stop()
+            self.link.stop()
         if self._gc_frozen:
             gc.unfreeze()
 
@@ -161,7 +151,7 @@ class DashboardScreen(Steering, Screen[None]):
         self.post_message(EngineEventReceived(event))
 
     def _replay_paced(self) -> None:
-        for event in paced(self.initial_events, self.speed, lambda: self.quitting):
+        for event in paced(self.initial_events, self.speed, lambda: self.link.quitting):
             self._emit(event)
 
     def on_engine_event_received(self, message: EngineEventReceived) -> None:
@@ -188,7 +178,7 @@ class DashboardScreen(Steering, Screen[None]):
             self.in_history = False
             self._render_all()
             if self.state.suggestion is not None:  # the plateau question is still open: ask it now
-                self._ask_unfreeze(self.state.suggestion)
+                self.keys.ask_unfreeze(self.state.suggestion)
             return True
         return False
 
@@ -202,16 +192,16 @@ class DashboardScreen(Steering, Screen[None]):
         if self.in_history and not isinstance(event, (RunFinished, RunFailed)):
             return  # the past: no questions, no LR finder screen, no bell
         if isinstance(event, UnfreezeSuggested):
-            self._ask_unfreeze(event)
+            self.keys.ask_unfreeze(event)
             self._ring("plateau", f"{self.state.run_name}: the plateau trigger asks to unfreeze")
         elif isinstance(event, LRFound):
-            self._show_lr_finder(event)
+            self.keys.show_lr_finder(event)
         elif isinstance(event, (RunFinished, RunFailed)):
-            if self.run is not None and not self.in_history and not self.quitting:
+            if self.run is not None and not self.in_history and not self.link.quitting:
                 what = "failed" if isinstance(event, RunFailed) else event.status.replace("_", " ")
                 self._ring(what, f"{self.state.run_name}: run {what}")
-            self._close_prompt()
-            if not self.quitting:
+            self.keys.close_questions()
+            if not self.link.quitting:
                 screen = (
                     SummaryScreen(event, self.state.metric) if isinstance(event, RunFinished) else ErrorScreen(event)
                 )
@@ -232,7 +222,7 @@ class DashboardScreen(Steering, Screen[None]):
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """A worker that died without a terminal event still ends the run on screen, as a failure."""
-        if event.worker is not self.worker or self.quitting or not self.state.live:
+        if event.worker is not self.link.worker or self.link.quitting or not self.state.live:
             return
         if event.state == WorkerState.ERROR:
             self._apply(RunFailed(message=f"engine crashed: {event.worker.error}", run_dir=self.state.run_dir))
@@ -242,13 +232,54 @@ class DashboardScreen(Steering, Screen[None]):
                     f"lost the connection to the run process: `tuitune runs` says whether it lives, "
                     f"`tuitune attach {self.state.run_dir}` reattaches"
                 )
-                if self.detachable
+                if self.link.detachable
                 else ""
             )
             self._apply(RunFailed(message=lost or "the engine ended without a final event", run_dir=self.state.run_dir))
         else:
             return
         self._render_all()
+
+    # ------------------------------------------------------------------------------------------- SteeredView
+
+    def mark_requested(self, command: str) -> None:
+        self.state = requested(self.state, command)
+        self._render_status()
+
+    def record(self, event: RunFinished) -> None:
+        self.state = reduce(self.state, event)
+
+    def key_used(self) -> None:
+        """The person found the keys: the hint line has done its work."""
+        hint = self.query_one("#hint")
+        if hint.display:
+            hint.display = False
+
+    def selected_group(self) -> str | None:
+        return self.query_one(LayerTable).selected
+
+    def unselect_group(self) -> None:
+        self.query_one(LayerTable).unselect()
+
+    def toggle_plots(self, *, log_scale: bool = False, whole_span: bool = False) -> None:
+        self.log_scale ^= log_scale
+        self.whole_span ^= whole_span
+        self._render_plots()
+
+    def notify_warning(self, message: str) -> None:
+        self.notify(message, severity="warning")
+
+    def open(self, screen: Screen[Any], answered: Callable[[Any], None], *, after_refresh: bool = True) -> None:
+        if after_refresh:
+            self.call_after_refresh(self.app.push_screen, screen, answered)
+        else:
+            self.app.push_screen(screen, answered)
+
+    def later(self, callback: Callable[[], Any]) -> None:
+        self.app.call_later(callback)
+
+    def leave(self, code: int) -> None:
+        self.app.leave_dashboard(code)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------------------------------- rendering
 

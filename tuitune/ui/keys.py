@@ -1,7 +1,8 @@
 """The dashboard's commands, listed once: each key's binding (and footer label), its command-palette entry, and
-the log labels of the engine commands it sends. The dashboard's `BINDINGS`, the app's palette and the reducer's
-`COMMAND_LABELS` are all read off `DASHBOARD_KEYS`, and so are the dashboard's first-run hint line and the layer
-table's key line (`FIRST_RUN_HINT`, `LAYER_TABLE_HINT`), so a new key is one entry here (and its `action_*` method).
+the log labels of the engine commands it sends. The dashboard's `BINDINGS`, the app's palette and `COMMAND_LABELS`
+(the names the event log and the status bar give commands) are all read off `DASHBOARD_KEYS`, and so are the
+dashboard's first-run hint line and the layer table's key line (`FIRST_RUN_HINT`, `LAYER_TABLE_HINT`), so a new key
+is one entry here and the method of `KeyActions` (tuitune/ui/key_actions.py) its `action` names.
 Plain Python (no Textual): the reducer imports it."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ __all__ = ["COMMAND_LABELS", "DASHBOARD_KEYS", "FIRST_RUN_HINT", "LAYER_TABLE_HI
 @dataclass(frozen=True)
 class DashboardKey:
     key: str  # the key on the dashboard
-    action: str  # DashboardScreen.action_<action>
+    action: str  # the KeyActions method it runs (bound as DashboardScreen's `key('<action>')`)
     footer: str  # the binding's short label in the footer
     title: str  # the command palette's entry
     help: str  # the palette's help line (the key is appended)

@@ -5,7 +5,6 @@ Exit codes: 0 finished or stopped early (and the picker quit before a run), 1 fa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from tuitune.config import RunProfile
@@ -79,32 +78,9 @@ def open_compare(*, folder: Path | None = None, runs: list | None = None) -> int
     return _run(CompareApp(folder=folder, runs=runs))
 
 
-def sweep_loader(sweep_dir: Path) -> Callable[[], tuple[list, str]]:
-    """The sweep screen's loader: (rows best first, metric name) of the sweep in `sweep_dir`.
-
-    The study is loaded once, on the first call that finds the journal, and kept: its JournalStorage then reads
-    only the lines appended since the last call instead of replaying the whole journal each second. The screen
-    calls it in a thread worker, so optuna's import and the reads stay off the event loop."""
-    from tuitune.sweep.board import rows_from_trials
-
-    study: list = []  # the loaded study, once the journal exists
-
-    def load() -> tuple[list, str]:
-        if not study:
-            if not (sweep_dir / "journal.log").exists():
-                return [], ""
-            from tuitune.sweep.study import load_study
-
-            study.append(load_study(sweep_dir))
-        s = study[0]
-        rows = rows_from_trials(s.get_trials(deepcopy=False), s.direction.name.lower())
-        return rows, str(s.user_attrs.get("metric", "value"))
-
-    return load
-
-
 def open_sweep(sweep_dir: Path, title: str) -> int:
     """`tuitune sweep PROFILE`: the leaderboard of the sweep in `sweep_dir`, read from its journal every second."""
+    from tuitune.sweep.board import sweep_loader
     from tuitune.ui.app import TuituneApp
 
     return _run(TuituneApp("sweep", sweep=(sweep_loader(sweep_dir), title)))

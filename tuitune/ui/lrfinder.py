@@ -20,8 +20,8 @@ from textual.widgets import Input, Static
 from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LRFound
-from tuitune.ui.fmt import fmt_sci
-from tuitune.ui.modals import MODAL_CSS, refresh_below
+from tuitune.fmt import fmt_sci
+from tuitune.ui.modals import MODAL_CSS_PATH, refresh_below
 from tuitune.ui.reducer import lr_found_text
 
 CURVE_COLOR = (80, 190, 255)
@@ -53,7 +53,7 @@ def y_range(ys: list[float]) -> tuple[float, float]:
     return low - pad, high + pad
 
 
-class LRCurve(PlotextPlot):
+class LRCurvePlot(PlotextPlot):
     def draw(self, e: LRFound, compact: bool = False) -> None:
         """`compact`: no title or axis label (a short terminal keeps its rows for the curve)."""
         plt = self.plt
@@ -97,21 +97,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
 
     TICK_S = 1.0
     AUTO_FOCUS = ""  # the keys are the screen's; the input takes focus only on `e`
-    # The box takes a fixed share of the screen and the curve what is left (1fr): the answer and the keys below it
-    # keep their rows down to 80x24, where a fixed-height curve pushed them past the screen's edge.
-    DEFAULT_CSS = (
-        MODAL_CSS.format(name="LRFinderScreen", border="$accent")
-        + """
-    LRFinderScreen > Vertical { width: 100; height: 90%; max-height: 36; padding: 0 2; }
-    LRFinderScreen .title { margin-bottom: 0; }
-    LRFinderScreen LRCurve { height: 1fr; min-height: 6; }
-    LRFinderScreen #lr-path { text-wrap: nowrap; text-overflow: ellipsis; }
-    LRFinderScreen #lr-countdown { color: $warning; text-style: bold; }
-    LRFinderScreen Input { display: none; height: 3; }
-    LRFinderScreen Input.editing { display: block; }
-    LRFinderScreen.compact #lr-path { display: none; }
-    """
-    )
+    CSS_PATH = MODAL_CSS_PATH  # its box and curve: the end of modals.tcss
     BINDINGS = [
         Binding("a", "apply", "Apply"),
         Binding("v", "pick('valley')", "Valley"),
@@ -123,7 +109,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
     def __init__(self, event: LRFound) -> None:
         super().__init__()
         self.event = event
-        self.remaining = int(math.ceil(event.wait_s))
+        self.remaining = math.ceil(event.wait_s)
         self.counting = self.remaining > 0
         self._timer: Timer | None = None
 
@@ -134,7 +120,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
             if e.phase >= 0:
                 title = f"LR for phase {e.phase + 1} · finder, {len(e.lrs)} steps"
             yield Static(title, classes="title")
-            yield LRCurve()
+            yield LRCurvePlot()
             legend = Text.assemble(
                 ("│", _rgb(SUGGESTION_COLOR)), " suggested   ", ("│", _rgb(CURRENT_COLOR)), " current"
             )
@@ -193,7 +179,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
         keeps its rows beside the countdown and the keys."""
         compact = self.app.size.height < 32
         self.set_class(compact, "compact")
-        self.query_one(LRCurve).draw(self.event, compact)
+        self.query_one(LRCurvePlot).draw(self.event, compact)
 
     def on_resize(self) -> None:
         self._fit()

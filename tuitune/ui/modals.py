@@ -12,15 +12,7 @@ from textual.widgets import Static
 from tuitune.engine.events import RunFailed, UnfreezeSuggested
 from tuitune.ui.reducer import suggestion_text
 
-MODAL_CSS = """
-{name} {{ align: center middle; background: $background 60%; }}
-{name} > Vertical {{
-    width: 72; max-width: 95%; height: auto; max-height: 90%;
-    border: round {border}; background: $surface; padding: 1 2;
-}}
-{name} .title {{ text-style: bold; margin-bottom: 1; }}
-{name} .keys {{ margin-top: 1; color: $text-muted; }}
-"""
+MODAL_CSS_PATH = "modals.tcss"  # every dialog's look, LRFinderScreen's (lrfinder.py) too
 
 
 def refresh_below(screen: Screen) -> None:
@@ -57,7 +49,7 @@ class YesNoScreen(ModalScreen[bool]):
 
 
 class ConfirmQuitScreen(YesNoScreen):
-    DEFAULT_CSS = MODAL_CSS.format(name="ConfirmQuitScreen", border="$warning")
+    CSS_PATH = MODAL_CSS_PATH
 
     def __init__(self) -> None:
         super().__init__("Quit tuitune?", "A run is live. Stop it at the next step and quit? [y/n]")
@@ -66,7 +58,7 @@ class ConfirmQuitScreen(YesNoScreen):
 class LeaveRunScreen(ModalScreen["str | None"]):
     """`q` on a run in its own process: leave it running (detach), stop it at the next step, or stay."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="LeaveRunScreen", border="$warning")
+    CSS_PATH = MODAL_CSS_PATH
     BINDINGS = [
         Binding("d,enter", "answer('detach')", "Detach"),
         Binding("s", "answer('stop')", "Stop the run"),
@@ -98,7 +90,7 @@ class LeaveRunScreen(ModalScreen["str | None"]):
 class PlateauPromptScreen(YesNoScreen):
     """Shown on `UnfreezeSuggested`: the plateau trigger asks instead of acting. y sends `UnfreezeNext`."""
 
-    DEFAULT_CSS = MODAL_CSS.format(name="PlateauPromptScreen", border="$accent")
+    CSS_PATH = MODAL_CSS_PATH
 
     def __init__(self, event: UnfreezeSuggested, metric: str = "acc") -> None:
         super().__init__("Plateau", f"{suggestion_text(event, metric)} [y/n]")
@@ -127,13 +119,7 @@ def failure_kind(e: RunFailed) -> str:
 class ErrorScreen(ModalScreen[None]):
     """The run failed: its one-line cause and where to look. The app stays alive."""
 
-    DEFAULT_CSS = (
-        MODAL_CSS.format(name="ErrorScreen", border="$error")
-        + """
-    ErrorScreen #cause { color: $text-error; text-style: bold; }
-    ErrorScreen #where, ErrorScreen #hint { margin-top: 1; }
-    """
-    )
+    CSS_PATH = MODAL_CSS_PATH
     BINDINGS = [
         Binding("escape,enter", "close", "Dashboard"),
         Binding("q", "app.quit", "Quit"),

@@ -21,22 +21,12 @@ from textual.widgets.option_list import Option
 from tuitune.config import RunProfile
 from tuitune.runs.status import RunInfo, clock, live_runs
 from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
+from tuitune.ui.views import run_label
 
 
 def entry_label(entry: ProfileEntry) -> Text:
     mark = ("● ", "green") if entry.ok else ("✖ ", "bold red")
     label = Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
-    label.no_wrap, label.overflow = True, "ellipsis"
-    return label
-
-
-def run_label(run: RunInfo) -> Text:
-    label = Text.assemble(
-        ("▶ ", "bold cyan"),
-        (run.name, "bold"),
-        (f"  live · epoch {run.epoch}", "dim"),
-        (f" · {run.held}" if run.held else "", "bold yellow"),
-    )
     label.no_wrap, label.overflow = True, "ellipsis"
     return label
 
@@ -82,13 +72,7 @@ def entry_detail(entry: ProfileEntry) -> Group | Text:
 
 
 class PickerScreen(Screen[None]):
-    DEFAULT_CSS = """
-    PickerScreen #title { height: 1; padding: 0 1; background: $panel; text-style: bold; }
-    PickerScreen #body { height: 1fr; }
-    PickerScreen OptionList, PickerScreen OptionList:focus {
-        width: 2fr; min-width: 24; max-width: 50; height: 100%; border: round $primary; }
-    PickerScreen #detail-scroll { width: 3fr; height: 100%; border: round $primary-darken-2; padding: 0 1; }
-    """
+    CSS_PATH = "picker.tcss"
     BINDINGS = [
         Binding("enter", "start", "Start", priority=True),
         Binding("e", "compose", "Compose"),

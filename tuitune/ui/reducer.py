@@ -35,8 +35,9 @@ from tuitune.engine.events import (
 )
 from tuitune.engine.record.history import LinesSkipped
 from tuitune.engine.record.progress import progress_text
+from tuitune.engine.tools.compress_report import read_report
+from tuitune.fmt import extras_text, fmt_sci, fmt_score, score_label
 from tuitune.ui.downsample import EMPTY, Downsampled, Point  # noqa: F401  (Point: the plots import it here)
-from tuitune.ui.fmt import compression_rows, extras_text, fmt_bytes, fmt_sci, fmt_score, score_label
 from tuitune.ui.keys import COMMAND_LABELS
 
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
@@ -480,12 +481,11 @@ def lr_found_text(e: LRFound) -> str:
 
 def compression_text(report: dict[str, Any]) -> str:
     """One event-log line: the first and last steps' compressed sizes and val accuracies."""
-    rows = compression_rows(report)
-    if not rows:
+    steps = read_report(report).steps
+    if not steps:
         return "compression: no steps reported"
-    first, last = rows[0], rows[-1]
+    first, last = steps[0].cells(), steps[-1].cells()
     return (
-        f"compression: {len(rows)} steps, zlib {fmt_bytes(first.get('zlib_bytes'))} → "
-        f"{fmt_bytes(last.get('zlib_bytes'))} ({last['step']}), val acc {fmt_score('acc', first.get('val_acc'))}"
-        f" → {fmt_score('acc', last.get('val_acc'))}"
+        f"compression: {len(steps)} steps, zlib {first['zlib']} → {last['zlib']} ({last['step']}), "
+        f"val acc {first['val acc']} → {last['val acc']}"
     )

@@ -16,7 +16,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tuitune.engine.events import RunFinished
-from tuitune.ui.fmt import compression_rows, fmt_bytes, fmt_duration, fmt_score, fmt_value, score_label
+from tuitune.engine.tools.compress_report import read_report
+from tuitune.fmt import fmt_duration, fmt_score, fmt_value, score_label
 from tuitune.ui.views import confusion_view, misclassified_view
 
 NOT_METRICS = ("epoch", "phase", "step", "global_step")
@@ -127,38 +128,21 @@ def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Tabl
     return table
 
 
-COMPRESSION_COLUMNS = (
-    ("step", "left"),
-    ("params", "right"),
-    ("nonzero", "right"),
-    ("file", "right"),
-    ("zlib", "right"),
-    ("val acc", "right"),
-    ("ms/batch", "right"),
-)
+COMPRESSION_COLUMNS = ("step", "params", "nonzero", "file", "zlib", "val acc", "ms/batch")  # of compress_report.COLUMNS
 
 
 def compression_table(report: dict[str, Any] | None) -> RenderableType | None:
     """Before / after, one row per step, in the columns `tuitune compress` prints; its notes below, dimmed."""
-    rows = compression_rows(report)
-    if not rows:
+    data = read_report(report)
+    if not data.steps:
         return None
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    for name, justify in COMPRESSION_COLUMNS:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for r in rows:
-        params, latency = r.get("params"), r.get("latency_ms")
-        table.add_row(
-            r["step"],
-            f"{params:,}" if isinstance(params, int) else "-",
-            fmt_score("acc", r.get("nonzero")),
-            fmt_bytes(r.get("file_bytes")),
-            fmt_bytes(r.get("zlib_bytes")),
-            fmt_score("acc", r.get("val_acc")),
-            f"{latency:.2f}" if isinstance(latency, (int, float)) else "-",
-        )
-    notes = [Text(str(n), "dim") for n in (report or {}).get("notes", ()) or ()]
-    return Group(table, *notes)
+    for name in COMPRESSION_COLUMNS:
+        table.add_column(name, justify="left" if name == "step" else "right", no_wrap=True)
+    for step in data.steps:
+        cells = step.cells()
+        table.add_row(*(cells[name] for name in COMPRESSION_COLUMNS))
+    return Group(table, *(Text(n, "dim") for n in data.notes))
 
 
 def _paths(e: RunFinished) -> Text:
@@ -217,9 +201,7 @@ def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
 
 
 class SummaryScreen(Screen[None]):
-    DEFAULT_CSS = """
-    SummaryScreen VerticalScroll { padding: 1 2; }
-    """
+    CSS_PATH = "summary.tcss"
     BINDINGS = [
         Binding("escape,d", "dashboard", "Dashboard"),
         Binding("q", "app.quit", "Quit"),

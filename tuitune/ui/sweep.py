@@ -53,11 +53,7 @@ class CurvesPlot(OverlayPlot):
 
 class SweepScreen(Screen[None]):
     BINDINGS = [Binding("enter", "open_trial", "Trial dashboard"), Binding("q", "app.quit", "Quit (sweep goes on)")]
-    DEFAULT_CSS = """
-    SweepScreen #title { height: 1; padding: 0 1; background: $boost; }
-    SweepScreen DataTable { height: auto; max-height: 50%; }
-    SweepScreen CurvesPlot { height: 1fr; }
-    """
+    CSS_PATH = "sweep.tcss"
 
     def __init__(
         self, load: Loader, title: str, open_trial: Callable[[str], None] | None = None, refresh_s: float = 1.0

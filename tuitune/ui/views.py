@@ -1,6 +1,7 @@
 """The summary's pictures of the last validation: a confusion-matrix heatmap with the top confusions beside it, and
 the worst errors as thumbnails drawn with half-block characters (`▀`: the upper pixel is the foreground colour, the
-lower one the background), so a person sees *what* the model got wrong without leaving the terminal."""
+lower one the background), so a person sees *what* the model got wrong without leaving the terminal. And
+`run_label`: one run folder as a list entry (the picker's live runs, the compare screen's run list)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from rich.console import Group, RenderableType
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+
+from tuitune.runs.status import RunInfo
 
 MAX_CLASSES = 12  # more classes: the heatmap shows the ones with the most errors (fits 80 columns)
 TOP = 5  # confusions listed beside the heatmap
@@ -124,3 +127,17 @@ def misclassified_view(items: Sequence[dict[str, Any]]) -> RenderableType:
         grid.add_row(*(_caption(i, size) for i in chunk))
         rows.append(grid)
     return Group(*rows)
+
+
+def run_label(run: RunInfo) -> Text:
+    """One run in a list (the picker's live runs, the run folders `tuitune runs DIR --compare` lists): a live run
+    marked, its status and epoch, what it waits for, its best score."""
+    label = Text.assemble(
+        ("▶ ", "bold cyan") if run.status == "live" else "",
+        (run.name, "bold"),
+        (f"  {run.status} · epoch {run.epoch}", "dim"),
+        (f" · {run.held}" if run.held else "", "bold yellow"),
+        (f"  {run.best}" if run.best else "", "dim"),
+    )
+    label.no_wrap, label.overflow = True, "ellipsis"
+    return label

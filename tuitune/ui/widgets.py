@@ -19,7 +19,7 @@ from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LayerInfo, SetupProgressed
 from tuitune.engine.record.progress import progress_text
-from tuitune.ui.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_sci, fmt_score, fmt_value, is_percent
+from tuitune.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_sci, fmt_score, fmt_value, is_percent
 from tuitune.ui.keys import COMMAND_LABELS
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.plotdata import Series, eta_s, plot_series, smooth, x_range

@@ -1,6 +1,7 @@
 """Data kinds as one table: for each `data.kind`, the outputs it yields (found without building anything), how its
-datasets are built, and what a model must read to take it. Adding a kind is one builder and one `KINDS` entry;
-nothing else asks `data.kind == ...`."""
+datasets are built, and what a model must read to take it. Adding a kind is one builder and one `KINDS` entry; the
+engine asks nothing else about `data.kind` (the profile check in config/parse.py and the picker's detail line in
+ui/profiles.py name a kind or two for their own messages)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from torch.nn.utils import prune
 
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.record.checkpoint import atomic_write
+from tuitune.engine.tools.compress_report import COLUMNS, read_report
 from tuitune.errors import UserError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -375,25 +376,11 @@ def write_summary_key(run_dir: Path, key: str, value: Any) -> None:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a fixed-width table for the terminal."""
-    head = (
-        f"{'step':<22} {'params':>10} {'nonzero':>8} {'conv/lin':>8} {'file':>10} {'zlib':>10} "
-        f"{'val acc':>8} {'ms/batch':>9}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in report["steps"]:
-        lines.append(
-            f"{r['step']:<22} {r['params']:>10,} {r['nonzero']:>8.1%} {r['nonzero_prunable']:>8.1%} "
-            f"{_size(r['file_bytes']):>10} {_size(r['zlib_bytes']):>10} {r['val_acc']:>8.3f} "
-            f"{r['latency_ms']:>9.2f}"
-        )
-    first = report["steps"][0]
-    lines.append(
-        f"(ms/batch: median CPU forward over one val batch of {first['batch_size']}, "
-        f"{first['threads']} thread(s); zlib: the file compressed, where unstructured zeros show)"
-    )
-    return "\n".join(lines + list(report.get("notes", [])))
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+    """The report as a fixed-width table for the terminal (its rows and cells: `compress_report`)."""
+    data = read_report(report)
+    widths = {"step": -22, "params": 10, "nonzero": 8, "conv/lin": 8, "file": 10, "zlib": 10, "val acc": 8}
+    widths["ms/batch"] = 9  # negative: left-aligned
+    line = lambda cells: " ".join(f"{cells[c]:<{-w}}" if w < 0 else f"{cells[c]:>{w}}" for c, w in widths.items())  # noqa: E731
+    head = line({c: c for c in COLUMNS})
+    lines = [head, "-" * len(head), *(line(step.cells()) for step in data.steps), data.timing_note]
+    return "\n".join(lines + list(data.notes))

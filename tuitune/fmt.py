@@ -1,8 +1,9 @@
-"""Number formatting for the dashboard and summary. Plain Python: no Textual, no engine.
+"""Number formatting, one way everywhere: the dashboard, the summary, `tuitune compare` (screen and text) and the
+compression report. Plain Python: no Textual, no torch, no engine.
 
 The task's score travels in every `*_score` field (see `RunStarted.metric`): accuracy or micro-F1 (fractions, shown
-as percentages) or RMSE (lower is better, shown as a plain number). `score_label` and `fmt_value` turn an
-`*_score` key and its value into what the user should read (`source_acc` is a real accuracy).
+as percentages: `fmt_score("acc", 0.91)` is `91.0%`) or RMSE (lower is better, shown as a plain number). `score_label`
+and `fmt_value` turn an `*_score` key and its value into what the user should read (`source_acc` is a real accuracy).
 """
 
 from __future__ import annotations
@@ -40,13 +41,23 @@ def _number(value: Any) -> float | None:
 
 
 def fmt_score(metric: str, value: Any, digits: int = 1) -> str:
-    """A task score: a percentage for accuracy / F1, a plain number for RMSE."""
+    """A task score: a percentage for accuracy / F1, a plain number for RMSE; `-` for none."""
     v = _number(value)
     if v is None:
         return "-" if value is None else str(value)
     if math.isnan(v):
         return "nan"
     return f"{v:.{digits}%}" if is_percent(metric) else _plain(v)
+
+
+def fmt_percent(value: Any, digits: int = 1) -> str:
+    """A fraction as a percentage (`0.5` -> `50.0%`): accuracies, nonzero shares."""
+    return fmt_score("acc", value, digits)
+
+
+def fmt_plain(value: Any) -> str:
+    """A loss or any other unbounded number: 4 decimals below 100, else grouped (`1,234.5`); `-` for none."""
+    return fmt_score("", value)
 
 
 def score_label(key: str, metric: str) -> str:
@@ -63,10 +74,8 @@ def fmt_value(key: str, value: Any, metric: str = "acc", digits: int = 2) -> str
         return "-" if value is None else str(value)
     if key == "score" or key.endswith("_score"):
         return fmt_score(metric, v, digits)
-    if key.endswith("acc"):  # source_acc: the pretraining task's accuracy
-        return fmt_score("acc", v, digits)
-    if key.endswith(("map", "f1")):
-        return fmt_score("f1", v, digits)
+    if key.endswith(("acc", "map", "f1")):  # source_acc: the pretraining task's accuracy
+        return fmt_percent(v, digits)
     return _plain(v)
 
 
@@ -83,7 +92,7 @@ def extras_text(extra: dict[str, float], metric: str) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
-    total = int(round(seconds))
+    total = round(seconds)
     h, rem = divmod(total, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -101,25 +110,13 @@ def fmt_sci(value: float | None) -> str:
 
 
 def fmt_bytes(n: Any) -> str:
-    """Sizes as the compression report prints them (`tuitune compress`)."""
+    """A size: `44.80 MB`, `41.3 KB`; `-` for none."""
     v = _number(n)
     if v is None:
         return "-"
     return f"{v / 1e6:.2f} MB" if v >= 1e5 else f"{v / 1e3:.1f} KB"
 
 
-def compression_rows(report: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The report's steps with one set of keys, whichever shape it came in: `tuitune compress`'s (step,
-    file_bytes, zlib_bytes) or a summarised one (name, file_mb, zlib_mb)."""
-    rows = []
-    for r in (report or {}).get("steps", ()) or ():
-        if not isinstance(r, dict):
-            continue
-        row = dict(r)
-        row["step"] = str(r.get("step", r.get("name", "?")))
-        for key in ("file", "zlib"):
-            mb = _number(r.get(f"{key}_mb"))
-            if f"{key}_bytes" not in r and mb is not None:
-                row[f"{key}_bytes"] = mb * 1e6
-        rows.append(row)
-    return rows
+def fmt_ms(value: Any) -> str:
+    v = _number(value)
+    return "-" if v is None else f"{v:.2f}"

@@ -1,0 +1,272 @@
+"""What the dashboard's keys do: commands put on the engine's `Control`, the questions the engine asks (the plateau
+prompt, the LR finder's curve) and leaving the run (detach, stop, exit code).
+
+`KeyActions` is owned by `DashboardScreen` (tuitune/ui/dashboard.py) and given what it uses: the `RunLink` (the control
+and how the screen is leaving the run) and the screen as a `SteeredView` (the state it reads, the windows it opens).
+Keys never change the screen themselves; what they change arrives later as the engine's confirming events.
+`ui/keys.py` is the table of keys; each entry's action is a method here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tuitune.engine.commands import (
+    AdaptBatchNorm,
+    ApplyLR,
+    Command,
+    FindLR,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    ScaleGroupLR,
+    SetGroupTrainable,
+    StopEarly,
+    UnfreezeNext,
+)
+from tuitune.engine.events import LRFound, RunFinished, UnfreezeSuggested
+from tuitune.ui.lrfinder import LRFinderScreen
+from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen, PlateauPromptScreen
+from tuitune.ui.reducer import DashboardState
+from tuitune.ui.run_link import STOP_TIMEOUT_S, RunLink
+
+if TYPE_CHECKING:
+    from textual.screen import Screen
+
+LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
+
+
+class SteeredView(Protocol):
+    """What the keys need from the screen they steer."""
+
+    @property
+    def state(self) -> DashboardState: ...
+
+    def mark_requested(self, command: str) -> None:
+        """A command went to the engine: show it as pending until the engine confirms it."""
+
+    def record(self, event: RunFinished) -> None:
+        """Fold an event into the state (the end the engine did not confirm in time)."""
+
+    def key_used(self) -> None: ...
+
+    def selected_group(self) -> str | None: ...
+
+    def unselect_group(self) -> None: ...
+
+    def toggle_plots(self, *, log_scale: bool = False, whole_span: bool = False) -> None: ...
+
+    def notify_warning(self, message: str) -> None: ...
+
+    def open(self, screen: Screen[Any], answered: Callable[[Any], None], *, after_refresh: bool = True) -> None:
+        """Push a modal; `answered` gets its result. `after_refresh`: once this screen has laid out."""
+
+    def later(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` (a coroutine function too) once the app has handled what it is doing now."""
+
+    def leave(self, code: int) -> None:
+        """The dashboard is done: the app exits with `code` (or goes back to a sweep's leaderboard)."""
+
+
+class KeyActions:
+    def __init__(self, link: RunLink, view: SteeredView) -> None:
+        self.link = link
+        self.view = view
+        self.prompt: PlateauPromptScreen | None = None
+        self.lr_screen: LRFinderScreen | None = None
+        self.held: list[Callable[[], None]] | None = None  # questions that came while "leave the run?" was open
+
+    @property
+    def live(self) -> bool:
+        return self.link.live(self.view.state)
+
+    def send(self, command: Command) -> bool:
+        """Put a command on the engine's queue. Nothing on screen changes until the engine confirms it."""
+        self.view.key_used()
+        if not self.live or self.link.control is None:
+            self.view.notify_warning("No live run to steer.")
+            return False
+        self.link.control.put(command)
+        self.view.mark_requested(type(command).__name__)
+        return True
+
+    # ------------------------------------------------------------------------------------------- keys
+
+    def unfreeze(self) -> None:
+        state = self.view.state
+        if self.live and not state.can_unfreeze and state.num_phases:
+            self.view.notify_warning("Every layer group is already trainable.")
+            return
+        self.send(UnfreezeNext())
+
+    def stop_early(self) -> None:
+        self.send(StopEarly())
+
+    def pause(self) -> None:
+        self.send(Resume() if self.view.state.status == "paused" else Pause())
+
+    def checkpoint(self) -> None:
+        self.send(SaveCheckpoint())
+
+    def find_lr(self) -> None:
+        if self.live and "FindLR" in self.view.state.pending:
+            self.view.notify_warning("The LR finder is already running.")
+            return
+        self.send(FindLR())
+
+    def toggle_group(self) -> None:
+        """Freeze the selected group if the engine last said it trains, else unfreeze it."""
+        group = self.view.selected_group()
+        row = next((layer for layer in self.view.state.layers if layer.name == group), None)
+        if row is None:
+            self.view.notify_warning("Select a layer group first: up/down on the layer table.")
+            return
+        self.send(SetGroupTrainable(group=row.name, trainable=not row.trainable))
+
+    def lr_up(self) -> None:
+        self.send(ScaleGroupLR(group=self.view.selected_group(), factor=LR_STEP))
+
+    def lr_down(self) -> None:
+        self.send(ScaleGroupLR(group=self.view.selected_group(), factor=1 / LR_STEP))
+
+    def adapt_bn(self) -> None:
+        self.send(AdaptBatchNorm())
+
+    def clear_selection(self) -> None:
+        self.view.unselect_group()
+
+    def log_scale(self) -> None:
+        self.view.key_used()
+        self.view.toggle_plots(log_scale=True)
+
+    def x_span(self) -> None:
+        self.view.key_used()
+        self.view.toggle_plots(whole_span=True)
+
+    def quit_run(self) -> None:
+        self.view.key_used()
+        if not self.live:
+            self.view.leave(self.exit_code())
+            return
+        self.held = self.held or []
+        if self.link.detachable:
+
+            def leave(answer: str | None) -> None:
+                if answer == "detach":
+                    self.view.later(self.detach_and_exit)
+                elif answer == "stop":
+                    self.view.later(self.stop_and_exit)
+                else:
+                    self._ask_held()
+
+            self.view.open(LeaveRunScreen(), leave, after_refresh=False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.view.later(self.stop_and_exit)
+            else:
+                self._ask_held()
+
+        self.view.open(ConfirmQuitScreen(), answered, after_refresh=False)
+
+    # ------------------------------------------------------------------------------------------- questions
+
+    def _hold_while_leaving(self, ask: Callable[[], None]) -> bool:
+        """A question that comes while "leave the run?" is open waits for its answer (it would take that dialog's
+        keys); True when held."""
+        if self.held is None:
+            return False
+        self.held.append(ask)
+        return True
+
+    def _ask_held(self) -> None:
+        """The person stayed: the questions that came meanwhile are asked now."""
+        held, self.held = self.held or [], None
+        for ask in held:
+            ask()
+
+    def ask_unfreeze(self, event: UnfreezeSuggested) -> None:
+        if not self.live or self.prompt is not None or self._hold_while_leaving(lambda: self.ask_unfreeze(event)):
+            return
+
+        def answered(yes: bool | None) -> None:
+            self.prompt = None
+            if yes:
+                self.send(UnfreezeNext())
+            if event.waiting and self.live:  # the engine holds the run until it hears the answer
+                self.send(Resume())
+
+        self.prompt = PlateauPromptScreen(event, self.view.state.metric)
+        self.view.open(self.prompt, answered)
+
+    def show_lr_finder(self, event: LRFound) -> None:
+        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`. A phase's
+        sweep (`strategy.phase_lr = "find"`) waits for an answer: it replaces an `f` curve still open."""
+        if not self.live or self._hold_while_leaving(lambda: self.show_lr_finder(event)):
+            return
+        if self.lr_screen is not None:
+            if event.wait_s <= 0:
+                return
+            if self.lr_screen.is_current:
+                self.lr_screen.dismiss(None)
+            self.lr_screen = None
+
+        screen = LRFinderScreen(event)
+
+        def answered(lr: float | None) -> None:
+            if self.lr_screen is screen:
+                self.lr_screen = None
+            if lr is not None:
+                self.send(ApplyLR(lr=lr))
+
+        self.lr_screen = screen
+        self.view.open(screen, answered)
+
+    def close_questions(self) -> None:
+        """The run ended: an open plateau prompt or LR curve has nothing left to answer."""
+        for screen in (self.prompt, self.lr_screen):
+            if screen is not None and screen.is_current:
+                screen.dismiss(None)
+        self.prompt = self.lr_screen = None
+
+    # ------------------------------------------------------------------------------------------- ending
+
+    def exit_code(self) -> int:
+        return self.link.exit_code(self.view.state)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Ask the engine to stop at its next step and wait (bounded) for the worker to end (a run process
+        confirms over its socket after saving `last`: it gets longer)."""
+        timeout = timeout if timeout is not None else STOP_TIMEOUT_S * (5 if self.link.detachable else 1)
+        self.link.stop()
+        await self.link.wait_for_worker(timeout)
+        state = self.view.state
+        if state.live:  # the engine did not confirm in time: end it on screen anyway
+            self.view.record(
+                RunFinished(
+                    status="interrupted",
+                    reason="quit from the dashboard",
+                    epochs=state.epoch,
+                    global_step=state.global_step,
+                    best={},
+                    final={},
+                    test=None,
+                    phases=(),
+                    per_class_acc={},
+                    samples_per_s=state.samples_per_s,
+                    wall_s=state.elapsed_s,
+                    checkpoints={},
+                )
+            )
+
+    async def detach_and_exit(self) -> None:
+        """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
+        self.link.detach()
+        await self.link.wait_for_worker(STOP_TIMEOUT_S)
+        self.view.leave(0)
+
+    async def stop_and_exit(self) -> None:
+        await self.shutdown()
+        self.view.leave(130)

@@ -1,0 +1,69 @@
+"""The dashboard's line to its run: the `Control` commands go on, the worker that runs (or follows) the engine, and
+whether the screen is leaving it (stopping, or detaching from a run process that goes on).
+
+One object that the dashboard screen and its key actions (tuitune/ui/key_actions.py) are both given, so neither
+reads the other's attributes. No Textual here beyond the worker it waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from tuitune.engine.commands import Control
+from tuitune.remote.client import ClientControl
+from tuitune.ui.reducer import DashboardState
+from tuitune.ui.runner import LiveRun, is_detachable
+
+if TYPE_CHECKING:
+    from textual.worker import Worker
+
+STOP_TIMEOUT_S = 2.0
+EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
+
+
+class RunLink:
+    """`control` is None for a replay (nothing to steer). A run in its own process (`detachable`): the worker is its
+    client, and leaving may detach instead of stopping it."""
+
+    def __init__(self, run: LiveRun | None, control: Control | None) -> None:
+        self.detachable = run is not None and is_detachable(run.runner)
+        if control is None and run is not None:
+            control = ClientControl() if self.detachable else Control()
+        self.control = control
+        self.worker: Worker | None = None
+        self.quitting = False
+        self.detached = False
+
+    def live(self, state: DashboardState) -> bool:
+        """Whether keys steer anything: a run, still going, that this screen is not leaving."""
+        return self.control is not None and state.live and not self.quitting
+
+    def exit_code(self, state: DashboardState) -> int:
+        if self.control is None or self.detached:  # replay; or the run goes on without us
+            return 0
+        if state.live:
+            return 130
+        if state.failed is not None and state.failed.bad_input:
+            return 2  # a profile / data / model the user can fix, as the CLI reports it
+        return EXIT_CODES.get(state.status, 0)
+
+    def stop(self) -> None:
+        """Ask the engine to stop at its next step; from now on the screen is leaving."""
+        self.quitting = True
+        if self.control is not None:
+            self.control.request_stop()
+
+    def detach(self) -> None:
+        """Leave a run process going: the screen stops steering it and its worker closes the connection (the one way
+        to detach: the `d` answer, a lost terminal and an unmounted screen all come here)."""
+        self.quitting = self.detached = True
+        if self.control is not None:
+            self.control.request_detach()  # type: ignore[attr-defined]
+
+    async def wait_for_worker(self, timeout: float) -> None:
+        """Until the engine worker has ended, or at most `timeout` seconds: quitting never hangs on a stuck engine."""
+        deadline = time.monotonic() + timeout
+        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
