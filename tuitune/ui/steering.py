@@ -28,6 +28,7 @@ from tuitune.engine.commands import (
     UnfreezeNext,
 )
 from tuitune.engine.events import LRFound, RunFinished, UnfreezeSuggested
+from tuitune.exits import ExitCode, run_exit_code
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen, PlateauPromptScreen
 from tuitune.ui.reducer import DashboardState, reduce, requested
@@ -43,7 +44,6 @@ else:
 
 STOP_TIMEOUT_S = 2.0
 LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
-EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
 
 class Steering(_Screen):
@@ -224,12 +224,10 @@ class Steering(_Screen):
 
     def exit_code(self) -> int:
         if self.control is None or self.detached:  # replay; or the run goes on without us
-            return 0
+            return ExitCode.OK
         if self.state.live:
-            return 130
-        if self.state.failed is not None and self.state.failed.bad_input:
-            return 2  # a profile / data / model the user can fix, as the CLI reports it
-        return EXIT_CODES.get(self.state.status, 0)
+            return ExitCode.INTERRUPTED
+        return run_exit_code(self.state.failed or self.state.finished)  # as the CLI reports the same end
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Ask the engine to stop at its next step and wait (bounded) for the worker to end (a run process
@@ -269,11 +267,11 @@ class Steering(_Screen):
         """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
         self.detach()
         await self._wait_for_worker(STOP_TIMEOUT_S)
-        self.app.leave_dashboard(0)  # type: ignore[attr-defined]
+        self.app.leave_dashboard(ExitCode.OK)  # type: ignore[attr-defined]
 
     async def stop_and_exit(self) -> None:
         await self.shutdown()
-        self.app.leave_dashboard(130)  # type: ignore[attr-defined]
+        self.app.leave_dashboard(ExitCode.INTERRUPTED)  # type: ignore[attr-defined]
 
     async def _wait_for_worker(self, timeout: float) -> None:
         """Until the engine worker has ended, or at most `timeout` seconds: quitting never hangs on a stuck engine."""

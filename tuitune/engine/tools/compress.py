@@ -44,7 +44,6 @@ Measure = Callable[[nn.Module], dict[str, Any]]
 __all__ = [
     "compress_model",
     "compress_run",
-    "format_report",
     "global_magnitude_prune",
     "masks_kept",
     "measure_model",
@@ -372,28 +371,3 @@ def write_summary_key(run_dir: Path, key: str, value: Any) -> None:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     summary[key] = value
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"))
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as a fixed-width table for the terminal."""
-    head = (
-        f"{'step':<22} {'params':>10} {'nonzero':>8} {'conv/lin':>8} {'file':>10} {'zlib':>10} "
-        f"{'val acc':>8} {'ms/batch':>9}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in report["steps"]:
-        lines.append(
-            f"{r['step']:<22} {r['params']:>10,} {r['nonzero']:>8.1%} {r['nonzero_prunable']:>8.1%} "
-            f"{_size(r['file_bytes']):>10} {_size(r['zlib_bytes']):>10} {r['val_acc']:>8.3f} "
-            f"{r['latency_ms']:>9.2f}"
-        )
-    first = report["steps"][0]
-    lines.append(
-        f"(ms/batch: median CPU forward over one val batch of {first['batch_size']}, "
-        f"{first['threads']} thread(s); zlib: the file compressed, where unstructured zeros show)"
-    )
-    return "\n".join(lines + list(report.get("notes", [])))
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
