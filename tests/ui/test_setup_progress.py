@@ -48,7 +48,7 @@ async def test_dashboard_shows_download_progress_before_the_run_starts() -> None
 
 def test_headless_prints_a_line_every_few_seconds_and_the_last(monkeypatch) -> None:
     clock = iter([0.0, 0.5, 1.0, 3.5, 4.0])
-    monkeypatch.setattr("tuitune.headless.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("tuitune.console.time.monotonic", lambda: next(clock))
     out = io.StringIO()
     printer = ConsolePrinter(out=out)
     for done in (0.0, 5.0, 10.0, 35.0):
