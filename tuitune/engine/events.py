@@ -343,4 +343,3 @@ def event_from_dict(data: dict[str, Any]) -> Event:
 
 def event_from_json(line: str) -> Event:
     return event_from_dict(json.loads(line))
-

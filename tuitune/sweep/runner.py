@@ -174,7 +174,8 @@ def run_sweep(
     say: Callable[[str], None] = print,
 ) -> int:
     """The `tuitune sweep` command: this process works alone (`workers` 1) or starts `workers` processes and
-    prints the leaderboard as their trials end. Exit code: OK done, INTERRUPTED interrupted (the same command resumes)."""
+    prints the leaderboard as their trials end. Exit code: OK done, INTERRUPTED interrupted (the same command
+    resumes it)."""
     import signal
 
     sweep = load_sweep(path, overrides)
