@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
@@ -58,11 +58,11 @@ class RunRecord:
 
     def _first_best(self, value: Callable[[EpochPoint], float | None], sign: float) -> EpochPoint | None:
         """The earliest epoch with the lowest `sign * value` among its finite values (sign -1: the highest)."""
-        points = [p for p in self.curve if _finite(value(p))]
-        return min(points, key=lambda p: (sign * value(p), p.epoch)) if points else None
+        finite = [(v, p) for p in self.curve if _finite(v := value(p))]
+        return min(finite, key=lambda vp: (sign * vp[0], vp[1].epoch))[1] if finite else None
 
 
-def _finite(x: float) -> bool:
+def _finite(x: float | None) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
