@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from tuitune import __version__
 from tuitune.errors import UserError
+from tuitune.exits import ExitCode
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
 from tuitune.subcommands.tools import cmd_compress, cmd_export, cmd_layers, cmd_lr_find
 from tuitune.subcommands.train import cmd_demo, cmd_sweep, cmd_train
@@ -219,6 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except UserError as e:
         print(f"tuitune: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED

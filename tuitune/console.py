@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, ClassVar, TextIO
 
 from tuitune.engine.events import (
     CheckpointSaved,
@@ -23,8 +24,9 @@ from tuitune.engine.events import (
     Warned,
 )
 from tuitune.engine.record.progress import progress_text
+from tuitune.engine.tools.compress_report import format_report
 
-__all__ = ["PROGRESS_EVERY_S", "ConsolePrinter"]
+__all__ = ["PROGRESS_EVERY_S", "ConsolePrinter", "compression_table"]
 
 PROGRESS_EVERY_S = 3.0  # a long setup step (a download, tokenization) prints a line this often, and when done
 
@@ -46,69 +48,71 @@ class ConsolePrinter:
         print(text, file=self.out, flush=True)
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
-            self.metric = event.metric
-            # under LoRA a trainable group trains its adapters (the head, with none, trains in full)
-            trainable = sum(layer.adapters or layer.params for layer in event.layers if layer.trainable)
-            total = sum(layer.params for layer in event.layers)
-            self.say(
-                f"run {event.run_name} on {event.device}: {event.train_size} train / {event.val_size} val, "
-                f"{len(event.classes)} classes, {len(event.layers)} layer groups, {len(event.phases)} phase(s)"
-                f"; trainable {trainable:,} of {total:,} params -> {event.run_dir}"
-            )
-            for warning in event.warnings:
-                self.say(f"warning: {warning}")
-        elif isinstance(event, EpochEnded):
-            m = self.metric
-            extra = "".join(f"  {k} {v:.4f}" for k, v in event.extra.items())
-            self.say(
-                f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
-                f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
-                f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
-                f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}"
-            )
-        elif isinstance(event, SetupProgressed):
-            self._progress(event)
-        elif isinstance(event, LRFound):
-            finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
-            said = (
-                (
-                    f"suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest {event.steep:.3g}; "
-                    f"current {event.current_lr:.3g})"
-                )
-                if event.found
-                else event.no_suggestion_text()
-            )
-            self.say(f"{finder}: {said}; curve in {event.path}")
-        elif isinstance(event, CompressionReported):
-            from tuitune.engine.tools.compress import format_report
+        handler = self.HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
 
-            self.say("compression:\n" + format_report(event.report))
-        elif isinstance(event, PhaseChanged):
-            self.say(
-                f"phase {event.phase + 1}/{event.num_phases} ({event.reason}, after epoch {event.epoch}): "
-                f"unfroze {', '.join(event.unfrozen)}"
-            )
-        elif isinstance(event, CommandApplied):
-            self.say(
-                f"command {event.command} applied at step {event.global_step}"
-                + (f": {event.detail}" if event.detail else "")
-            )
-        elif isinstance(event, CheckpointSaved) and event.kind == "manual":
+    def _started(self, event: RunStarted) -> None:
+        self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
+        self.metric = event.metric
+        # under LoRA a trainable group trains its adapters (the head, with none, trains in full)
+        trainable = sum(layer.adapters or layer.params for layer in event.layers if layer.trainable)
+        total = sum(layer.params for layer in event.layers)
+        self.say(
+            f"run {event.run_name} on {event.device}: {event.train_size} train / {event.val_size} val, "
+            f"{len(event.classes)} classes, {len(event.layers)} layer groups, {len(event.phases)} phase(s)"
+            f"; trainable {trainable:,} of {total:,} params -> {event.run_dir}"
+        )
+        for warning in event.warnings:
+            self.say(f"warning: {warning}")
+
+    def _epoch(self, event: EpochEnded) -> None:
+        m = self.metric
+        extra = "".join(f"  {k} {v:.4f}" for k, v in event.extra.items())
+        self.say(
+            f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
+            f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
+            f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
+            f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}"
+        )
+
+    def _lr_found(self, event: LRFound) -> None:
+        finder = f"LR finder for phase {event.phase + 1}" if event.phase >= 0 else "LR finder"
+        said = (
+            f"suggested {event.suggestion:.3g} (valley {event.valley:.3g}, steepest {event.steep:.3g}; "
+            f"current {event.current_lr:.3g})"
+            if event.found
+            else event.no_suggestion_text()
+        )
+        self.say(f"{finder}: {said}; curve in {event.path}")
+
+    def _compressed(self, event: CompressionReported) -> None:
+        self.say("compression:\n" + compression_table(event.report))
+
+    def _phase(self, event: PhaseChanged) -> None:
+        self.say(
+            f"phase {event.phase + 1}/{event.num_phases} ({event.reason}, after epoch {event.epoch}): "
+            f"unfroze {', '.join(event.unfrozen)}"
+        )
+
+    def _command(self, event: CommandApplied) -> None:
+        detail = f": {event.detail}" if event.detail else ""
+        self.say(f"command {event.command} applied at step {event.global_step}{detail}")
+
+    def _checkpoint(self, event: CheckpointSaved) -> None:
+        if event.kind == "manual":  # the periodic best / last saves would drown the epoch lines
             self.say(f"checkpoint saved: {event.path}")
-        elif isinstance(event, Warned):
-            self.say(f"warning: {event.message}")
-        elif isinstance(event, FeatureCacheChanged):  # whether a phase runs only what it trains, and why not
-            self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
-        elif isinstance(event, RunFinished):
-            self._finished(event)
-        elif isinstance(event, RunFailed):
-            print(
-                f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""),
-                file=self.err,
-                flush=True,
-            )
+
+    def _warned(self, event: Warned) -> None:
+        self.say(f"warning: {event.message}")
+
+    def _cache(self, event: FeatureCacheChanged) -> None:
+        """Whether a phase runs only what it trains, and why not."""
+        self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
+
+    def _failed(self, event: RunFailed) -> None:
+        traceback = f" (traceback: {event.log_path})" if event.log_path else ""
+        print(f"tuitune: error: {event.message}{traceback}", file=self.err, flush=True)
 
     def _progress(self, event: SetupProgressed) -> None:
         """The first line of a task, then one every few seconds, and the last: a log, not a progress bar."""
@@ -142,3 +146,24 @@ class ConsolePrinter:
             )
         if event.export_dir:
             self.say(f"  exported to {event.export_dir}")
+
+    # event type -> its handler; the other events (every step's metrics, the layer table...) print nothing
+    HANDLERS: ClassVar[dict[type, Callable[[ConsolePrinter, Any], None]]] = {
+        RunStarted: _started,
+        EpochEnded: _epoch,
+        SetupProgressed: _progress,
+        LRFound: _lr_found,
+        CompressionReported: _compressed,
+        PhaseChanged: _phase,
+        CommandApplied: _command,
+        CheckpointSaved: _checkpoint,
+        Warned: _warned,
+        FeatureCacheChanged: _cache,
+        RunFinished: _finished,
+        RunFailed: _failed,
+    }
+
+
+def compression_table(report: dict[str, Any]) -> str:
+    """A compression report (`CompressionReported.report`, `tuitune compress`) as a fixed-width table."""
+    return format_report(report)

@@ -1,11 +1,19 @@
 """The process exit codes of every tuitune command, in one place: what a shell script, a scheduler or the multi-rank
-launcher reads back."""
+launcher reads back, and the one mapping from how a run ended to its code.
+
+The bottom of the package: nothing of tuitune at import (the run's event types load inside `run_exit_code`), no
+torch, no Textual, so the command line, the engine's callers and the UI all take their codes from here.
+"""
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-__all__ = ["ExitCode"]
+if TYPE_CHECKING:
+    from tuitune.engine.events import Event
+
+__all__ = ["ExitCode", "run_exit_code"]
 
 
 class ExitCode(IntEnum):
@@ -14,3 +22,21 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # a profile, a flag, a file or a command was refused before anything changed
     RANK_LOST = 3  # a multi-rank run lost a rank: the launcher says which
     INTERRUPTED = 130  # Ctrl+C or quit mid-run (128 + SIGINT, as shells report it)
+
+
+# RunFinished.status -> code; a status this table does not know is a run whose end is not understood: FAILED
+FINISHED_CODES = {"finished": ExitCode.OK, "stopped_early": ExitCode.OK, "interrupted": ExitCode.INTERRUPTED}
+
+
+def run_exit_code(final: Event | None) -> ExitCode:
+    """A run's exit code from its terminal event, the same for `tuitune train --headless`, the detached run
+    process, the multi-rank launcher and the dashboard: a `RunFinished` by its status, a `RunFailed` BAD_INPUT
+    when the person can fix it (profile, data, model, checkpoint) and FAILED otherwise; anything else (None: no
+    end recorded, a run that died) FAILED."""
+    from tuitune.engine.events import RunFailed, RunFinished
+
+    if isinstance(final, RunFinished):
+        return FINISHED_CODES.get(final.status, ExitCode.FAILED)
+    if isinstance(final, RunFailed):
+        return ExitCode.BAD_INPUT if final.bad_input else ExitCode.FAILED
+    return ExitCode.FAILED

@@ -14,15 +14,15 @@ from typing import Any
 
 from tuitune.config import RunProfile
 from tuitune.console import ConsolePrinter
-from tuitune.engine.events import exit_code
+from tuitune.exits import ExitCode, run_exit_code
 
 
 def run_headless(
     profile: RunProfile, run_dir: Path, resume: Path | None = None, dist: Any = None, launched: bool = False
 ) -> int:
-    """Run to the end in this thread. Exit code: 0 finished/stopped early, 2 bad input, 1 failure, 130 interrupted,
-    3 (a rank of a multi-rank run started by `--nproc`) another rank died: the launcher reports which.
-    `dist`: this rank's `DistContext` under torchrun; only rank 0 prints."""
+    """Run to the end in this thread. Exit code: the run's (`run_exit_code`); INTERRUPTED on a second Ctrl+C;
+    RANK_LOST when this is a rank of a multi-rank run started by `--nproc` and another rank died (the launcher
+    reports which). `dist`: this rank's `DistContext` under torchrun; only rank 0 prints."""
     from tuitune.engine.commands import Control
     from tuitune.engine.session import RankGone
     from tuitune.remote.host import serve_run
@@ -57,10 +57,10 @@ def run_headless(
             launched=launched,
         )  # a foreground run that dashboards may attach to (rank 0)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except RankGone:
-        return RankGone.EXIT_CODE
+        return ExitCode.RANK_LOST
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return exit_code(final)
+    return run_exit_code(final)

@@ -7,8 +7,9 @@ waits. Why the launcher and not hand-rolled processes: elastic starts every rank
 terminal's Ctrl+C reaches the launcher alone, which passes one SIGINT to each rank: a graceful stop everywhere),
 notices a dead rank at once and ends the others (SIGTERM, then SIGKILL after 30 s) instead of letting them hang.
 
-When a rank dies, the ranks that lost it exit with code 3 and write nothing; the launcher knows from elastic which
-rank it was and records the run's end in the run directory: one `RunFailed` naming the rank (and `summary.json`).
+When a rank dies, the ranks that lost it exit with `ExitCode.RANK_LOST` and write nothing; the launcher knows from
+elastic which rank it was and records the run's end in the run directory: one `RunFailed` naming the rank (and
+`summary.json`).
 
 `worker_setup` is the rank side, for both launch paths: join the process group (NCCL on CUDA, gloo on CPU) and
 agree on the run directory, which rank 0 owns.
@@ -26,12 +27,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tuitune.engine.session import RankGone
 from tuitune.errors import UserError
+from tuitune.exits import ExitCode, run_exit_code
 
 ENV_RUN_DIR = "TUITUNE_RUN_DIR"  # the run directory `launch` created (rank 0 records there)
 ENV_LAUNCHED = "TUITUNE_LAUNCHED"  # set by `launch`: a lost peer is the launcher's to report
-PEER_LOST_EXIT = RankGone.EXIT_CODE  # this rank lost a peer, it did not fail itself
 
 
 def under_torchrun() -> bool:
@@ -45,8 +45,8 @@ def free_port() -> int:
 
 
 def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
-    """Run `python -m tuitune *worker_args` as `nproc` ranks on this machine; the exit code follows the run's
-    recorded end (0 finished or stopped early, 130 interrupted, 2 bad input, 1 failed)."""
+    """Run `python -m tuitune *worker_args` as `nproc` ranks on this machine; the exit code is the one of the run's
+    recorded end (`run_exit_code` of its last event: FAILED when none was recorded)."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -72,13 +72,14 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
         record_rank_failure(run_dir, e.failures, nproc)
     except SignalException:  # Ctrl+C / SIGTERM: every rank got one SIGINT and stopped at its next step
         pass
-    return exit_code(run_dir)
+    events = recorded_events(run_dir)
+    return run_exit_code(events[-1] if events else None)
 
 
 def culprit(failures: dict[int, Any]) -> tuple[int, Any] | None:
-    """The rank that failed by itself: not one that only lost a peer (exit 3), nor one the launcher ended with
+    """The rank that failed by itself: not one that only lost a peer (RANK_LOST), nor one the launcher ended with
     SIGTERM after a peer's death; a killed one before one that exited with an error."""
-    own = {r: f for r, f in failures.items() if f.exitcode != PEER_LOST_EXIT}
+    own = {r: f for r, f in failures.items() if f.exitcode != ExitCode.RANK_LOST}
     if not own:
         return None
     rank = min(own, key=lambda r: (own[r].exitcode == -signal.SIGTERM, own[r].exitcode >= 0, r))
@@ -89,9 +90,9 @@ def record_rank_failure(run_dir: Path, failures: dict[int, Any], nproc: int) -> 
     """Record the run's end naming the failed rank, unless rank 0 already recorded one (bad input, its own
     error), so events.jsonl keeps one terminal event."""
     from tuitune.engine.events import EpochEnded, MetricsUpdated, RunFailed, RunFinished, RunStarted
-    from tuitune.engine.record.runlog import RunRecorder, read_events
+    from tuitune.engine.record.runlog import RunRecorder
 
-    events = read_events(run_dir) if (run_dir / "events.jsonl").exists() else []
+    events = recorded_events(run_dir)
     if events and isinstance(events[-1], (RunFinished, RunFailed)):
         return
     found = culprit(failures)
@@ -132,12 +133,11 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip()[:200] if lines else ""
 
 
-def exit_code(run_dir: Path) -> int:
-    from tuitune.engine.events import exit_code as of_event
+def recorded_events(run_dir: Path) -> list[Any]:
+    """The run's events so far; none before rank 0 wrote any (it may have died first)."""
     from tuitune.engine.record.runlog import read_events
 
-    events = read_events(run_dir) if (run_dir / "events.jsonl").exists() else []
-    return of_event(events[-1] if events else None)
+    return read_events(run_dir) if (run_dir / "events.jsonl").exists() else []
 
 
 def worker_setup(profile: Any, out: str | None, force: bool, resume: Path | None) -> tuple[Any, Path]:

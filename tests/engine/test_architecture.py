@@ -1,6 +1,7 @@
 """The architecture as checked contracts: import-linter's (pyproject.toml, `[tool.importlinter]`: the engine and the
 profile schema never import the UI or Textual, the schema never imports the engine, nothing imports the command line,
-the engine's layers), and an engine without import cycles, function-local imports included."""
+the engine's layers, the run process / run folders / sweeps never import the UI or the training loop, run folders
+never import the live side), and a package without import cycles, function-local imports included."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE = ROOT / "tuitune" / "engine"
+PACKAGE = ROOT / "tuitune"
 
 
-def engine_import_graph() -> dict[str, set[str]]:
-    """Module -> the engine modules it imports, from every `import` / `from` statement in the source: top-level,
-    inside functions and under `TYPE_CHECKING` alike (a lazy import is still a dependency)."""
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports, from every `import` / `from` statement in the source:
+    top-level, inside functions and under `TYPE_CHECKING` alike (a lazy import is still a dependency).
+    `from pkg import name` depends on `pkg` (its `__init__`) and on `pkg.name` when that is a module."""
     modules = {}
-    for path in ENGINE.rglob("*.py"):
+    for path in package.rglob("*.py"):
         parts = path.relative_to(ROOT).with_suffix("").parts
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {}
@@ -43,7 +45,7 @@ def engine_import_graph() -> dict[str, set[str]]:
             for target in targets:
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
-                if target and target != name and target != "tuitune.engine":  # the package's __init__ is empty
+                if target and target != name:
                     deps.add(target)
         graph[name] = deps
     return graph
@@ -59,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
         path.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                return path[path.index(dep) :] + [dep]
+                return [*path[path.index(dep) :], dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         path.pop()
@@ -73,15 +75,20 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_the_graph_sees_function_local_and_relative_imports() -> None:
-    graph = engine_import_graph()
+    graph = import_graph()
     assert "tuitune.engine.train.loop" in graph["tuitune.engine.session"]  # imported inside a function
+    assert "tuitune.remote.host" in graph["tuitune.headless"]  # outside the engine too
+    assert "tuitune.config" in graph["tuitune.remote.host"]  # `from pkg import name`: the package's __init__
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) == []
 
 
-def test_the_engine_has_no_import_cycles() -> None:
-    cycle = find_cycle(engine_import_graph())
-    assert not cycle, "import cycle: " + " -> ".join(m.removeprefix("tuitune.engine.") for m in cycle)
+def test_the_package_has_no_import_cycles() -> None:
+    """The whole `tuitune` package (the engine, the UI, the run process, run folders, sweeps, the command line)."""
+    graph = import_graph()
+    assert len(graph) > 100 and "tuitune.ui.app" in graph and "tuitune.cli" in graph  # the whole package was read
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(m.removeprefix("tuitune.") for m in cycle)
 
 
 def test_import_contracts_are_kept() -> None:

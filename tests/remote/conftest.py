@@ -99,12 +99,12 @@ class Reaper:
         return run_dir
 
     def cleanup(self) -> None:
-        from tuitune.runs.status import process_alive, read_json
+        from tuitune.runs.process import process_alive, read_json
 
         records = [read_json(d / "process.json") for d in self.run_dirs]
         pids = [p.pid for p in self.procs] + [r["pid"] for r in records if r and process_alive(r)]
         for pid in pids:
-            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            for kill in (lambda pid=pid: os.killpg(pid, signal.SIGKILL), lambda pid=pid: os.kill(pid, signal.SIGKILL)):
                 try:
                     kill()
                 except (ProcessLookupError, PermissionError):

@@ -80,7 +80,7 @@ async def test_picker_lists_live_runs_and_enter_attaches(tmp_path: Path) -> None
     picker; enter attaches the dashboard to it."""
     from tuitune.engine.commands import Control
     from tuitune.remote.server import RunServer
-    from tuitune.runs.status import write_process_record
+    from tuitune.runs.process import write_process_record
     from tuitune.ui.picker import PickerScreen
 
     run_dir = tmp_path / "runs" / "tiny-live"
@@ -167,7 +167,8 @@ def test_runs_says_what_a_live_run_waits_for(tmp_path: Path) -> None:
     `tuitune runs` row says so, and says nothing once it trains again."""
     from tuitune.engine.events import CommandApplied, MetricsUpdated, UnfreezeSuggested
     from tuitune.engine.record.runlog import RunRecorder
-    from tuitune.runs.status import format_table, write_process_record
+    from tuitune.runs.process import write_process_record
+    from tuitune.runs.status import format_table
 
     run_dir = tmp_path / "demo-live"
     run_dir.mkdir()

@@ -151,6 +151,7 @@ def test_remote_imports_neither_textual_nor_torch() -> None:
     from tests.engine.test_imports import _modules_after
 
     loaded = _modules_after(
-        "import tuitune.remote.host, tuitune.remote.client, tuitune.remote.spawn, tuitune.runs.status"
+        "import tuitune.remote.host, tuitune.remote.client, tuitune.remote.spawn, tuitune.runs.status, "
+        "tuitune.runs.process, tuitune.runs.compare"
     )
     assert not {"torch", "timm", "transformers", "textual"} & loaded

@@ -361,13 +361,3 @@ def event_from_dict(data: dict[str, Any]) -> Event:
 
 def event_from_json(line: str) -> Event:
     return event_from_dict(json.loads(line))
-
-
-def exit_code(final: Event | None) -> int:
-    """A run's exit status from its last event, the same for the headless command, the run process and the
-    multi-rank launcher: 0 done, 130 interrupted, 2 bad input, 1 any other failure (or no end recorded)."""
-    if isinstance(final, RunFinished):
-        return 130 if final.status == "interrupted" else 0
-    if isinstance(final, RunFailed):
-        return 2 if final.bad_input else 1
-    return 1

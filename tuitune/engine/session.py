@@ -33,9 +33,7 @@ __all__ = ["RankGone", "new_run_dir", "run_training", "user_message"]
 
 
 class RankGone(Exception):
-    """This rank lost a peer; the launcher records the failure (the rank exits with `EXIT_CODE`)."""
-
-    EXIT_CODE = 3
+    """This rank lost a peer; the launcher records the failure (the rank exits with `ExitCode.RANK_LOST`)."""
 
 
 _KEY_FIRST = re.compile(r"^(?:%s)\.\w+:" % "|".join(SECTIONS))

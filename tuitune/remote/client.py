@@ -23,7 +23,8 @@ from tuitune.engine.commands import Command, Control
 from tuitune.engine.events import RunFailed, RunFinished, event_from_dict, to_json
 from tuitune.errors import UserError
 from tuitune.remote import protocol
-from tuitune.runs.status import PROCESS_FILE, last_event_time, read_json, run_status
+from tuitune.runs.process import log_tail, socket_path
+from tuitune.runs.status import last_event_time, run_status
 
 CONNECT_TIMEOUT_S = 60.0  # a fresh run process binds its socket before importing torch: this is generous
 RECONNECTS = 3
@@ -113,19 +114,12 @@ class RunClient:
                 pass
 
 
-def socket_of(run_dir: Path) -> Path | None:
-    record = read_json(Path(run_dir) / PROCESS_FILE)
-    return Path(record["socket"]) if record and record.get("socket") else None
-
-
 def connect(run_dir: Path, *, process: subprocess.Popen | None = None, timeout: float = CONNECT_TIMEOUT_S) -> RunClient:
     """Connect to the run in `run_dir`, waiting (up to `timeout`) for a starting run process to open its socket.
     A `process` we just spawned that exits first is reported with the end of its run.log."""
-    from tuitune.remote.spawn import log_tail
-
     deadline = time.monotonic() + timeout
     while True:
-        path = socket_of(run_dir)
+        path = socket_path(run_dir)
         if path is not None and path.exists():
             try:
                 return RunClient(path)

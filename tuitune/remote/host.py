@@ -19,9 +19,10 @@ from typing import Any
 
 from tuitune.config import RunProfile, profile_from_dict
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event, exit_code
+from tuitune.engine.events import Event
+from tuitune.exits import run_exit_code
 from tuitune.remote.server import RunServer
-from tuitune.runs.status import mark_ended, write_process_record
+from tuitune.runs.process import mark_ended, write_process_record
 
 LAUNCH_FILE = "launch.json"
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=resume,
         mode="detached",
     )
-    return exit_code(final)
+    return run_exit_code(final)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tuitune.config import RunProfile
 from tuitune.remote.host import write_launch
+from tuitune.runs.process import LOG_FILE
 
-LOG_FILE = "run.log"
 # Run processes this process started: kept so their Popen objects are never collected while they run (they are
 # meant to outlive us), and reaped by `poll()` when a client sees them end.
 SPAWNED: list[subprocess.Popen] = []
@@ -56,12 +56,3 @@ def start_ranks_process(argv: list[str], run_dir: Path) -> subprocess.Popen:
     """Spawn `python -m tuitune *argv` (`train ... --headless --nproc N`: the launcher of a multi-rank run) the
     same way: its own session, output to run.log. Its rank 0 opens the control socket once the ranks met."""
     return spawn_detached(["tuitune", *argv], Path(run_dir) / LOG_FILE)
-
-
-def log_tail(run_dir: Path, lines: int = 3) -> str:
-    """The last lines of run.log, on one line (why a run process ended before it could be attached to)."""
-    try:
-        text = (Path(run_dir) / LOG_FILE).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])

@@ -12,14 +12,15 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from tuitune.config import read_toml
 from tuitune.engine.events import EpochEnded, RunStarted
 from tuitune.engine.record.history import read_history
 from tuitune.errors import UserError
 from tuitune.fmt import fmt_percent, fmt_plain, fmt_score
-from tuitune.runs.status import read_json, run_status, table_lines
+from tuitune.runs.process import read_json
+from tuitune.runs.status import run_status, table_lines
 
 MISSING = "-"  # a key one run's profile does not have
 
@@ -58,11 +59,11 @@ class RunRecord:
 
     def _first_best(self, value: Callable[[EpochPoint], float | None], sign: float) -> EpochPoint | None:
         """The earliest epoch with the lowest `sign * value` among its finite values (sign -1: the highest)."""
-        points = [p for p in self.curve if _finite(value(p))]
-        return min(points, key=lambda p: (sign * value(p), p.epoch)) if points else None
+        finite = [(v, p) for p in self.curve if _finite(v := value(p))]
+        return min(finite, key=lambda vp: (sign * vp[0], vp[1].epoch))[1] if finite else None
 
 
-def _finite(x: float) -> bool:
+def _finite(x: float | None) -> TypeGuard[float]:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
@@ -111,10 +112,16 @@ def load_run(run_dir: Path) -> RunRecord:
     profile = read_toml(profile_path) if profile_path.exists() else dict(started.profile) if started else {}
     summary = read_json(run_dir / "summary.json") or {}
     wall = summary.get("wall_s") if isinstance(summary.get("wall_s"), (int, float)) else elapsed
-    return RunRecord(name=run_dir.name, path=str(run_dir), status=run_status(run_dir),
-                     metric=started.metric if started else str(summary.get("metric", "acc")),
-                     higher_is_better=started.higher_is_better if started else True, curve=curve,
-                     profile=flatten(profile), wall_s=wall)
+    return RunRecord(
+        name=run_dir.name,
+        path=str(run_dir),
+        status=run_status(run_dir),
+        metric=started.metric if started else str(summary.get("metric", "acc")),
+        higher_is_better=started.higher_is_better if started else True,
+        curve=curve,
+        profile=flatten(profile),
+        wall_s=wall,
+    )
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunRecord]:
@@ -132,20 +139,38 @@ def best_row(run: RunRecord) -> dict[str, Any]:
     epoch's val score, epochs run, wall time."""
     best, low, f1 = run.best(), run.lowest_loss(), run.best_f1()
     last = run.curve[-1] if run.curve else None
-    return {"name": run.name, "status": run.status, "metric": run.metric,
-            "best_val_score": best.val_score if best else None, "best_epoch": best.epoch if best else None,
-            "best_val_macro_f1": f1.val_macro_f1 if f1 else None, "best_f1_epoch": f1.epoch if f1 else None,
-            "lowest_val_loss": low.val_loss if low else None, "lowest_loss_epoch": low.epoch if low else None,
-            "final_val_score": last.val_score if last else None, "epochs": last.epoch if last else 0,
-            "wall_s": run.wall_s}
+    return {
+        "name": run.name,
+        "status": run.status,
+        "metric": run.metric,
+        "best_val_score": best.val_score if best else None,
+        "best_epoch": best.epoch if best else None,
+        "best_val_macro_f1": f1.val_macro_f1 if f1 else None,
+        "best_f1_epoch": f1.epoch if f1 else None,
+        "lowest_val_loss": low.val_loss if low else None,
+        "lowest_loss_epoch": low.epoch if low else None,
+        "final_val_score": last.val_score if last else None,
+        "epochs": last.epoch if last else 0,
+        "wall_s": run.wall_s,
+    }
 
 
 def compare_dict(runs: list[RunRecord]) -> dict[str, Any]:
     """What `tuitune compare --json` prints."""
-    return {"runs": [{**best_row(r), "path": r.path, "higher_is_better": r.higher_is_better,
-                      "curve": [p.__dict__ for p in r.curve]} for r in runs],
-            "differ": {key: dict(zip((r.name for r in runs), values))
-                       for key, values in profile_diff([r.profile for r in runs])}}
+    return {
+        "runs": [
+            {
+                **best_row(r),
+                "path": r.path,
+                "higher_is_better": r.higher_is_better,
+                "curve": [p.__dict__ for p in r.curve],
+            }
+            for r in runs
+        ],
+        "differ": {
+            key: dict(zip((r.name for r in runs), values)) for key, values in profile_diff([r.profile for r in runs])
+        },
+    }
 
 
 def fmt_setting(value: Any) -> str:
@@ -178,34 +203,50 @@ def best_cells(run: RunRecord, f1: bool = False) -> tuple[str, ...]:
     score = lambda v: fmt_score(run.metric, v, 2)  # noqa: E731
     at = lambda text, e: f"{text} @ {e}" if text != MISSING else MISSING  # noqa: E731
     f1_cell = (at(fmt_percent(row["best_val_macro_f1"], 2), row["best_f1_epoch"]),) if f1 else ()
-    return (run.name, run.status, at(score(row["best_val_score"]), row["best_epoch"]), *f1_cell,
-            at(fmt_plain(row["lowest_val_loss"]), row["lowest_loss_epoch"]),
-            score(row["final_val_score"]),
-            str(row["epochs"]), f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING)
+    return (
+        run.name,
+        run.status,
+        at(score(row["best_val_score"]), row["best_epoch"]),
+        *f1_cell,
+        at(fmt_plain(row["lowest_val_loss"]), row["lowest_loss_epoch"]),
+        score(row["final_val_score"]),
+        str(row["epochs"]),
+        f"{row['wall_s']:.0f} s" if row["wall_s"] is not None else MISSING,
+    )
 
 
 def metric_caption(runs: list[RunRecord]) -> str:
     """Which score the best metrics are: the runs' one metric, or a note that each run has its own."""
     metrics = sorted({f"{r.metric} ({'higher' if r.higher_is_better else 'lower'} is better)" for r in runs})
-    return f"val {metrics[0]}" if len(metrics) == 1 else "each run's own val metric: " + ", ".join(
-        f"{r.name} {r.metric}" for r in runs)
+    return (
+        f"val {metrics[0]}"
+        if len(metrics) == 1
+        else "each run's own val metric: " + ", ".join(f"{r.name} {r.metric}" for r in runs)
+    )
 
 
 def format_compare(runs: list[RunRecord]) -> str:
     """The plain text comparison: best metrics, the profile keys that differ, and the val curves per epoch."""
     f1 = has_f1(runs)
-    lines = [f"best metrics: {metric_caption(runs)}",
-             *table_lines(best_header(runs), [best_cells(r, f1) for r in runs]), ""]
+    lines = [
+        f"best metrics: {metric_caption(runs)}",
+        *table_lines(best_header(runs), [best_cells(r, f1) for r in runs]),
+        "",
+    ]
     diff = profile_diff([r.profile for r in runs])
     names = tuple(r.name for r in runs)
     if diff:
-        lines += ["profile keys that differ",
-                  *table_lines(("key", *names), [(k, *(fmt_setting(v) for v in vs)) for k, vs in diff]), ""]
+        lines += [
+            "profile keys that differ",
+            *table_lines(("key", *names), [(k, *(fmt_setting(v) for v in vs)) for k, vs in diff]),
+            "",
+        ]
     else:
         lines += ["profile keys that differ: none (the same profile)", ""]
     epochs = sorted({p.epoch for r in runs for p in r.curve})
     by_run = [(r.metric, {p.epoch: p for p in r.curve}) for r in runs]
     cells = lambda e: tuple(  # noqa: E731
-        f"{fmt_plain(c[e].val_loss)} / {fmt_score(m, c[e].val_score, 2)}" if e in c else MISSING for m, c in by_run)
+        f"{fmt_plain(c[e].val_loss)} / {fmt_score(m, c[e].val_score, 2)}" if e in c else MISSING for m, c in by_run
+    )
     lines += ["val loss / val score per epoch", *table_lines(("epoch", *names), [(str(e), *cells(e)) for e in epochs])]
     return "\n".join(lines)

@@ -1,74 +1,24 @@
-"""Run directories read back: which process owns a run, whether it is still alive, and a line about each.
+"""Each run directory as one row: its status, phase, epoch, best metric and what holds it (`tuitune runs`, `tuitune
+attach`, the picker's live runs), read from the files alone.
 
-A run process writes `process.json` (pid, the kernel's start time of that pid, socket path, mode) when it starts.
-Status, without talking to the process: `live` while that pid is alive and is the same process (its start time
-matches: a pid reused after a reboot is not mistaken for the run); otherwise the status `summary.json` records
-(`finished`, `stopped`, `interrupted`, `failed`) when that summary was written by this process; otherwise `dead`
-(killed with -9, the OOM killer, a reboot): gone without a summary. Plain Python, no torch, no Textual.
+Status, without talking to the process: `live` while the process `process.json` names lives (`tuitune.runs.process`);
+otherwise the status `summary.json` records (`finished`, `stopped`, `interrupted`, `failed`) when that summary was
+written by this process; otherwise `dead` (killed with -9, the OOM killer, a reboot): gone without a summary. Only
+the few event types that carry progress are parsed from events.jsonl. Plain Python, no torch, no Textual.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tuitune.engine.record.files import write_json_atomic
+from tuitune.runs.process import PROCESS_FILE, process_alive, read_json
 
-PROCESS_FILE = "process.json"
-SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted",
-                  "failed": "failed"}
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time since boot, in clock ticks); None if the pid is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def write_process_record(run_dir: Path, socket_path: Path, mode: str) -> dict[str, Any]:
-    """Atomically record this process as the run's owner (replacing the record of an earlier, resumed one)."""
-    record = {"pid": os.getpid(), "proc_start": proc_start_ticks(os.getpid()), "socket": str(socket_path),
-              "started": time.time(), "mode": mode, "host": socket.gethostname(), "uid": os.getuid()}
-    write_json_atomic(run_dir / PROCESS_FILE, record)
-    return record
-
-
-def mark_ended(run_dir: Path) -> None:
-    """The run is over (its summary is written): the process may live on (a headless `main()` in a test, an
-    `--inline` dashboard going back to the picker), but it no longer owns a live run."""
-    record = read_json(run_dir / PROCESS_FILE)
-    if record is not None and record.get("pid") == os.getpid():
-        record["ended"] = time.time()
-        write_json_atomic(run_dir / PROCESS_FILE, record)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def process_alive(record: dict[str, Any] | None) -> bool:
-    if not record or not isinstance(record.get("pid"), int) or record.get("ended"):
-        return False
-    if record.get("host") not in (None, socket.gethostname()):
-        return False  # a run directory on a shared disk, owned by a process on another machine: not ours to see
-    ticks = proc_start_ticks(record["pid"])
-    return ticks is not None and (record.get("proc_start") is None or ticks == record["proc_start"])
+SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted", "failed": "failed"}
 
 
 @dataclass(frozen=True)
@@ -129,9 +79,19 @@ def run_info(run_dir: Path) -> RunInfo:
     if started is None:
         started = (run_dir / "profile.toml").stat().st_mtime if (run_dir / "profile.toml").exists() else last_event
     live = status == "live"
-    return RunInfo(name=run_dir.name, path=str(run_dir), status=status, phase=phase, epoch=epoch, best=best,
-                   started=started, last_event=last_event, pid=record["pid"] if live and record else None,
-                   socket=record.get("socket") if live and record else None, held=held if live else "")
+    return RunInfo(
+        name=run_dir.name,
+        path=str(run_dir),
+        status=status,
+        phase=phase,
+        epoch=epoch,
+        best=best,
+        started=started,
+        last_event=last_event,
+        pid=record["pid"] if live and record else None,
+        socket=record.get("socket") if live and record else None,
+        held=held if live else "",
+    )
 
 
 def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
@@ -151,7 +111,10 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
                     e = _loads(line)
                     epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
                     if e.get("is_best"):
-                        best, best_epoch = e.get("val_score", e.get("val_acc")), epoch  # val_acc: logs before the rename
+                        best, best_epoch = (
+                            e.get("val_score", e.get("val_acc")),
+                            epoch,
+                        )  # val_acc: logs before the rename
                 elif line.startswith('{"type":"PhaseChanged"'):
                     phase = _loads(line).get("phase", phase)
                 held = _held(line, held)
@@ -201,8 +164,7 @@ def live_runs(folder: Path) -> list[RunInfo]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    alive = [p for p in folder.iterdir()
-             if p.is_dir() and is_run_dir(p) and process_alive(read_json(p / PROCESS_FILE))]
+    alive = [p for p in folder.iterdir() if p.is_dir() and is_run_dir(p) and process_alive(read_json(p / PROCESS_FILE))]
     runs = sorted((run_info(p) for p in alive), key=lambda r: (r.started or 0.0, r.name))
     return [r for r in reversed(runs) if r.status == "live"]
 
@@ -213,13 +175,24 @@ def clock(t: float | None) -> str:
 
 def format_table(runs: list[RunInfo]) -> str:
     header = ("name", "status", "phase", "epoch", "best", "started", "pid")
-    rows = [(r.name, r.status + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else "")
-             + (f", {r.held}" if r.held else ""),
-             r.phase, r.epoch, r.best, clock(r.started), str(r.pid) if r.pid else "") for r in runs]
+    rows = [
+        (
+            r.name,
+            r.status
+            + (f" (last event {clock(r.last_event)[11:]})" if r.status == "dead" else "")
+            + (f", {r.held}" if r.held else ""),
+            r.phase,
+            r.epoch,
+            r.best,
+            clock(r.started),
+            str(r.pid) if r.pid else "",
+        )
+        for r in runs
+    ]
     return "\n".join(table_lines(header, rows))
 
 
-def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def table_lines(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Plain text columns (`tuitune runs`, `tuitune compare`): each as wide as its widest cell, two spaces apart."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]
@@ -227,6 +200,8 @@ def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[st
 
 def dead_message(info: RunInfo) -> str:
     """The one line `tuitune attach` prints for a dead run."""
-    return (f"{info.path}: the run process is gone and wrote no summary (dead; last event at "
-            f"{clock(info.last_event)}): see what it recorded with `tuitune replay {info.path}`, continue it "
-            f"with `tuitune train --resume {info.path}`")
+    return (
+        f"{info.path}: the run process is gone and wrote no summary (dead; last event at "
+        f"{clock(info.last_event)}): see what it recorded with `tuitune replay {info.path}`, continue it "
+        f"with `tuitune train --resume {info.path}`"
+    )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tuitune.errors import UserError
+from tuitune.exits import ExitCode
 from tuitune.profiles import PACKAGE_PROFILES
 
 
@@ -29,7 +30,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no run directories under {folder}")
     else:
         print(format_table(runs))
-    return 0
+    return ExitCode.OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -45,7 +46,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from tuitune.ui.launch import open_compare
 
         return open_compare(runs=runs)
-    return 0
+    return ExitCode.OK
 
 
 def cmd_attach(args: argparse.Namespace) -> int:

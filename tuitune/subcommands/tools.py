@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from tuitune.exits import ExitCode
+
 
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
     """A profile file, or a bare model name / HF folder / HF hub id (`org/name`) with default settings (a timm name
@@ -40,7 +42,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     rows, _ = first_phase_rows(read, profile.strategy)
     if args.json:
         print(json.dumps(rows))
-        return 0
+        return ExitCode.OK
     total = sum(r["params"] for r in rows)
     print(f"{read.description}: {len(rows)} layer groups")
     print(f"{'#':>3}  {'group':<24} {'params':>12}  {'share':>6}  first phase")
@@ -49,7 +51,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         lora = f"  LoRA {r['adapters']:,}" if "adapters" in r else ""
         print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}{lora}")
     print(f"{'':>3}  {'total':<24} {total:>12,}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -63,18 +65,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     sample = manifest.get("sample") or {}
     if sample.get("written"):
         print(f"sample.safetensors: {sample['examples']} val examples, accuracy {sample['acc']:.3f}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from tuitune.engine.tools.compress import compress_run, format_report
+    from tuitune.console import compression_table
+    from tuitune.engine.tools.compress import compress_run
 
     report = compress_run(
         args.run_dir, args.sparsity, args.quantize, args.fine_tune_epochs, tag=args.checkpoint, threads=args.threads
     )
-    print(format_report(report))
+    print(compression_table(report))
     print(f"saved: {', '.join(report['files'].values())}; report in {Path(args.run_dir) / 'summary.json'}")
-    return 0
+    return ExitCode.OK
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -94,4 +97,4 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
         f"{fmt(curve.valley)}; the profile's train.lr is {profile.train.lr:g}); "
         f"{len(curve.lrs)} steps{' (stopped: loss diverged)' if curve.stopped_early else ''} -> {csv_path}"
     )
-    return 0
+    return ExitCode.OK

@@ -19,6 +19,7 @@ from tuitune.config import ProfileError, apply_overrides, dump_toml, profile_fro
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
 from tuitune.engine.record.files import write_text_atomic
+from tuitune.exits import ExitCode
 from tuitune.sweep.board import format_board, read_board
 from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
 
@@ -173,7 +174,8 @@ def run_sweep(
     say: Callable[[str], None] = print,
 ) -> int:
     """The `tuitune sweep` command: this process works alone (`workers` 1) or starts `workers` processes and
-    prints the leaderboard as their trials end. Exit code: 0 done, 130 interrupted."""
+    prints the leaderboard as their trials end. Exit code: OK done, INTERRUPTED interrupted (the same command
+    resumes it)."""
     import signal
 
     sweep = load_sweep(path, overrides)
@@ -200,9 +202,9 @@ def run_sweep(
             (sweep_dir / "sweep.pid").unlink()
     if stop.requested:
         say(f"sweep interrupted; the same command resumes it ({sweep_dir})")
-        return 130
+        return ExitCode.INTERRUPTED
     say(write_best(sweep, overrides, sweep_dir))
-    return 0
+    return ExitCode.OK
 
 
 def run_worker(path: str, overrides: list[str], sweep_dir: Path, cap: int) -> int:
@@ -214,7 +216,7 @@ def run_worker(path: str, overrides: list[str], sweep_dir: Path, cap: int) -> in
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: stop.request())
     work(sweep, sweep_dir, cap, stop, lambda line: print(line, flush=True))
-    return 130 if stop.requested else 0
+    return ExitCode.INTERRUPTED if stop.requested else ExitCode.OK
 
 
 def _board_text(sweep_dir: Path) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tuitune.runs.status import proc_start_ticks
+from tuitune.runs.process import proc_start_ticks
 from tuitune.sweep.space import SweepSpec
 
 STUDY_NAME = "tuitune"

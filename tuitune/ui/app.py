@@ -17,6 +17,7 @@ from textual.screen import Screen
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event
+from tuitune.exits import ExitCode
 from tuitune.ui.compose import ComposeScreen
 from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.runner import DetachedRunner, LiveRun, RunDirMaker, Runner, default_run_dir, default_runner
@@ -148,10 +149,10 @@ class TuituneApp(App[None]):
         dashboard = self.dashboard
         if dashboard is not None and dashboard.detachable:
             dashboard.link.detach()
-        timer = threading.Timer(3.0, os._exit, (0,))
+        timer = threading.Timer(3.0, os._exit, (ExitCode.OK,))
         timer.daemon = True
         timer.start()
-        self.exit(return_code=0)
+        self.exit(return_code=ExitCode.OK)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -180,7 +181,7 @@ class TuituneApp(App[None]):
         """Quit from anywhere: a live run is stopped at its next step first (bounded wait), never left hanging."""
         dashboard = self.dashboard
         if dashboard is None:
-            self.exit(return_code=0)
+            self.exit(return_code=ExitCode.OK)
             return
         code = dashboard.keys.exit_code()
         if dashboard.keys.live and dashboard.detachable:  # ask: detach, stop the run, or stay
@@ -188,5 +189,5 @@ class TuituneApp(App[None]):
             return
         if dashboard.keys.live:
             await dashboard.keys.shutdown()
-            code = 130
+            code = ExitCode.INTERRUPTED
         self.leave_dashboard(code)

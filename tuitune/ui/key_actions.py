@@ -26,6 +26,7 @@ from tuitune.engine.commands import (
     UnfreezeNext,
 )
 from tuitune.engine.events import LRFound, RunFinished, UnfreezeSuggested
+from tuitune.exits import ExitCode
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen, PlateauPromptScreen
 from tuitune.ui.reducer import DashboardState
@@ -265,8 +266,8 @@ class KeyActions:
         """Leave the run going: close the connection (bounded wait for the worker), exit 0."""
         self.link.detach()
         await self.link.wait_for_worker(STOP_TIMEOUT_S)
-        self.view.leave(0)
+        self.view.leave(ExitCode.OK)
 
     async def stop_and_exit(self) -> None:
         await self.shutdown()
-        self.view.leave(130)
+        self.view.leave(ExitCode.INTERRUPTED)

@@ -1,6 +1,7 @@
 """Entry points for `tuitune.cli`. Textual is imported here, lazily, so `tuitune --help` stays fast.
 
-Exit codes: 0 finished or stopped early (and the picker quit before a run), 1 failed, 130 quit mid-run.
+Exit codes (`tuitune.exits.ExitCode`): OK finished or stopped early (and the picker quit before a run), FAILED
+failed, BAD_INPUT a profile / data / model the person can fix, INTERRUPTED quit mid-run.
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuitune.config import RunProfile
+from tuitune.exits import ExitCode
 
 
 def _run(app: object) -> int:
     app.run()  # type: ignore[attr-defined]
     code = app.return_code  # type: ignore[attr-defined]
-    return 0 if code is None else int(code)
+    return ExitCode.OK if code is None else int(code)
 
 
 def _runner(inline: bool) -> object:

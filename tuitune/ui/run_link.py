@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from tuitune.engine.commands import Control
+from tuitune.exits import ExitCode, run_exit_code
 from tuitune.remote.client import ClientControl
 from tuitune.ui.reducer import DashboardState
 from tuitune.ui.runner import LiveRun, is_detachable
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from textual.worker import Worker
 
 STOP_TIMEOUT_S = 2.0
-EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
 
 
 class RunLink:
@@ -42,12 +42,10 @@ class RunLink:
 
     def exit_code(self, state: DashboardState) -> int:
         if self.control is None or self.detached:  # replay; or the run goes on without us
-            return 0
+            return ExitCode.OK
         if state.live:
-            return 130
-        if state.failed is not None and state.failed.bad_input:
-            return 2  # a profile / data / model the user can fix, as the CLI reports it
-        return EXIT_CODES.get(state.status, 0)
+            return ExitCode.INTERRUPTED
+        return run_exit_code(state.failed or state.finished)  # as the command line reports the same end
 
     def stop(self) -> None:
         """Ask the engine to stop at its next step; from now on the screen is leaving."""

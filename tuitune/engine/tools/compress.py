@@ -36,7 +36,6 @@ from torch.nn.utils import prune
 
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.record.checkpoint import atomic_write
-from tuitune.engine.tools.compress_report import COLUMNS, read_report
 from tuitune.errors import UserError
 
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -45,7 +44,6 @@ Measure = Callable[[nn.Module], dict[str, Any]]
 __all__ = [
     "compress_model",
     "compress_run",
-    "format_report",
     "global_magnitude_prune",
     "masks_kept",
     "measure_model",
@@ -373,14 +371,3 @@ def write_summary_key(run_dir: Path, key: str, value: Any) -> None:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     summary[key] = value
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"))
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as a fixed-width table for the terminal (its rows and cells: `compress_report`)."""
-    data = read_report(report)
-    widths = {"step": -22, "params": 10, "nonzero": 8, "conv/lin": 8, "file": 10, "zlib": 10, "val acc": 8}
-    widths["ms/batch"] = 9  # negative: left-aligned
-    line = lambda cells: " ".join(f"{cells[c]:<{-w}}" if w < 0 else f"{cells[c]:>{w}}" for c, w in widths.items())  # noqa: E731
-    head = line({c: c for c in COLUMNS})
-    lines = [head, "-" * len(head), *(line(step.cells()) for step in data.steps), data.timing_note]
-    return "\n".join(lines + list(data.notes))

@@ -92,3 +92,14 @@ def read_report(report: dict[str, Any] | None) -> CompressionReport:
         batch_size=as_int(first.get("batch_size")),
         threads=as_int(first.get("threads")),
     )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a fixed-width table for the terminal (its rows and cells: `compress_report`)."""
+    data = read_report(report)
+    widths = {"step": -22, "params": 10, "nonzero": 8, "conv/lin": 8, "file": 10, "zlib": 10, "val acc": 8}
+    widths["ms/batch"] = 9  # negative: left-aligned
+    line = lambda cells: " ".join(f"{cells[c]:<{-w}}" if w < 0 else f"{cells[c]:>{w}}" for c, w in widths.items())  # noqa: E731
+    head = line({c: c for c in COLUMNS})
+    lines = [head, "-" * len(head), *(line(step.cells()) for step in data.steps), data.timing_note]
+    return "\n".join(lines + list(data.notes))
