@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.fmt import fmt_plain, fmt_score
 from tuitune.runs.process import PROCESS_FILE, process_alive, read_json
 
 SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted", "failed": "failed"}
@@ -30,7 +31,7 @@ class RunInfo:
     status: str  # live, finished, stopped, interrupted, failed, dead
     phase: str  # "2/3"
     epoch: str  # "5/300"
-    best: str  # "val acc 0.9812 @ 4"
+    best: str  # "val acc 98.12% @ 4"
     started: float | None  # unix time
     last_event: float | None  # unix time of the last write to events.jsonl
     pid: int | None  # live runs only
@@ -123,9 +124,10 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
     if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
         b = summary["best"]
         name = str(b.get("metric", metric)).replace("_score", f"_{metric}")  # val_score -> val_acc / val_rmse
-        text = f"{name.replace('_', ' ')} {b['value']:.4f} @ {b.get('epoch')}"
+        value = fmt_plain(b["value"]) if name.endswith("loss") else fmt_score(metric, b["value"], 2)
+        text = f"{name.replace('_', ' ')} {value} @ {b.get('epoch')}"
     else:
-        text = f"val {metric} {best:.4f} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
+        text = f"val {metric} {fmt_score(metric, best, 2)} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
     return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text, held
 
 
