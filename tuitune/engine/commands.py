@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,18 @@ class AdaptBatchNorm:
     batches: int = 20
 
 
-Command = Union[
-    UnfreezeNext,
-    StopEarly,
-    Pause,
-    Resume,
-    SaveCheckpoint,
-    FindLR,
-    ApplyLR,
-    SetGroupTrainable,
-    ScaleGroupLR,
-    AdaptBatchNorm,
-]
+Command: TypeAlias = (
+    UnfreezeNext
+    | StopEarly
+    | Pause
+    | Resume
+    | SaveCheckpoint
+    | FindLR
+    | ApplyLR
+    | SetGroupTrainable
+    | ScaleGroupLR
+    | AdaptBatchNorm
+)
 
 
 class Control:

@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeAlias, Union
 
 
 @dataclass(frozen=True)
@@ -255,24 +255,24 @@ class SetupProgressed:
     finished: bool = False
 
 
-Event = Union[
-    RunStarted,
-    MetricsUpdated,
-    EpochEnded,
-    PhaseChanged,
-    LayersChanged,
-    UnfreezeSuggested,
-    CommandApplied,
-    CheckpointSaved,
-    Warned,
-    FeatureCacheChanged,
-    LRFound,
-    CompressionReported,
-    RunFinished,
-    RunFailed,
-    SetupProgressed,
-    DomainShiftMeasured,
-]
+Event: TypeAlias = (
+    RunStarted
+    | MetricsUpdated
+    | EpochEnded
+    | PhaseChanged
+    | LayersChanged
+    | UnfreezeSuggested
+    | CommandApplied
+    | CheckpointSaved
+    | Warned
+    | FeatureCacheChanged
+    | LRFound
+    | CompressionReported
+    | RunFinished
+    | RunFailed
+    | SetupProgressed
+    | DomainShiftMeasured
+)
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 

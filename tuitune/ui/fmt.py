@@ -83,7 +83,7 @@ def extras_text(extra: dict[str, float], metric: str) -> str:
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
-    total = int(round(seconds))
+    total = round(seconds)
     h, rem = divmod(total, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

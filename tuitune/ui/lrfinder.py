@@ -123,7 +123,7 @@ class LRFinderScreen(ModalScreen["float | None"]):
     def __init__(self, event: LRFound) -> None:
         super().__init__()
         self.event = event
-        self.remaining = int(math.ceil(event.wait_s))
+        self.remaining = math.ceil(event.wait_s)
         self.counting = self.remaining > 0
         self._timer: Timer | None = None
 

@@ -1,6 +1,6 @@
 """The run-end summary: best / final / test metrics, per-class precision / recall / F1 (accuracy in older logs),
-per-phase table, stop reason, checkpoints, the compression report and the export folder. Scores are named and formatted by the run's metric (RMSE for
-regression), which the dashboard passes in from `RunStarted`."""
+per-phase table, stop reason, checkpoints, the compression report and the export folder. Scores are named and
+formatted by the run's metric (RMSE for regression), which the dashboard passes in from `RunStarted`."""
 
 from __future__ import annotations
 

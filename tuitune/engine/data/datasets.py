@@ -164,8 +164,8 @@ def split_indices(
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n = len(idx)
-        n_test = min(int(round(n * test_fraction)), max(n - 2, 0))
-        n_val = min(max(int(round(n * val_fraction)), int(n >= 2 and val_fraction > 0)), n - n_test - 1)
+        n_test = min(round(n * test_fraction), max(n - 2, 0))
+        n_val = min(max(round(n * val_fraction), int(n >= 2 and val_fraction > 0)), n - n_test - 1)
         parts[2].extend(idx[:n_test])
         parts[1].extend(idx[n_test : n_test + n_val])
         parts[0].extend(idx[n_test + n_val :])

@@ -85,15 +85,14 @@ def build_hf(cfg: ModelConfig, num_classes: int, task: str) -> tuple[nn.Module, 
             interpolate = True  # keep the pretrained position embeddings; interpolate them at run time
         else:
             config.image_size = cfg.img_size
-    if cfg.pretrained:
-        load = lambda: cls.from_pretrained(
-            name,
-            config=config,
-            ignore_mismatched_sizes=True,  # noqa: E731
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    else:
-        load = lambda: cls.from_config(config, trust_remote_code=cfg.trust_remote_code)  # noqa: E731
+
+    def load() -> Any:
+        if cfg.pretrained:
+            return cls.from_pretrained(
+                name, config=config, ignore_mismatched_sizes=True, trust_remote_code=cfg.trust_remote_code
+            )
+        return cls.from_config(config, trust_remote_code=cfg.trust_remote_code)
+
     with _quiet_transformers():
         model = HFClassifier(_hf_call(name, load), task, num_classes, cfg.pooling, interpolate)
         if task == "text":

@@ -180,7 +180,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     rather than torch's multi-line size-mismatch report."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  safe_open is not a dict: keys() is its API
     except FileNotFoundError:
         raise UserError(f"{path}: no checkpoint weights here") from None
     except Exception as e:

@@ -165,10 +165,10 @@ class FeatureCache:
         if k < 0:
             return True, f"not used: {reason}" if not was else f"dropped: {reason}"
         t0 = time.perf_counter()
-        reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
+        reason, lower = self._build([k, *self._later_boundaries(k, phase, epoch)], progress)
         while reason and lower and k > 0:  # something random at k (e.g. timm's head dropout): one segment lower
             k -= 1
-            reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
+            reason, lower = self._build([k, *self._later_boundaries(k, phase, epoch)], progress)
         if reason:
             return True, f"not used: {reason}"
         size = sum(t.nbytes + v.nbytes for t, v in self.stores.values()) / 1e6

@@ -80,7 +80,7 @@ def gather_store(store: Store, n: int, dist: DistContext) -> Store:
     if store.offsets is None:
         return Store(labels, feats, rows=rows.tolist())
     lengths = d.gather_rows(torch.tensor(store.offsets[1:]) - torch.tensor(store.offsets[:-1]))
-    offsets = [0] + torch.cumsum(lengths, 0).tolist()
+    offsets = [0, *torch.cumsum(lengths, 0).tolist()]
     return Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())  # type: ignore[arg-type]
 
 
