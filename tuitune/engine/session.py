@@ -21,7 +21,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
@@ -137,7 +137,12 @@ def _peer_failure(error: Exception) -> bool:
     return is_peer_failure(error)
 
 
-def _position(trainer: Any) -> dict[str, int]:
+class _Position(TypedDict, total=False):
+    epoch: int
+    global_step: int
+
+
+def _position(trainer: Any) -> _Position:
     st = getattr(trainer, "st", None)
     return {"epoch": st.epoch, "global_step": st.global_step} if st is not None else {}
 

@@ -56,8 +56,8 @@ class RunRecord:
 
     def _first_best(self, value: Callable[[EpochPoint], float | None], sign: float) -> EpochPoint | None:
         """The earliest epoch with the lowest `sign * value` among its finite values (sign -1: the highest)."""
-        points = [p for p in self.curve if _finite(value(p))]
-        return min(points, key=lambda p: (sign * value(p), p.epoch)) if points else None
+        scored = [(sign * v, p.epoch, p) for p in self.curve if (v := value(p)) is not None and _finite(v)]
+        return min(scored, key=lambda s: s[:2])[2] if scored else None
 
 
 def _finite(x: float) -> bool:

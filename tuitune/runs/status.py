@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -219,7 +220,7 @@ def format_table(runs: list[RunInfo]) -> str:
     return "\n".join(table_lines(header, rows))
 
 
-def table_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def table_lines(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Plain text columns (`tuitune runs`, `tuitune compare`): each as wide as its widest cell, two spaces apart."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (header, *rows)]

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuitune.config import RunProfile
 
+if TYPE_CHECKING:
+    from textual.app import App
 
-def _run(app: object) -> int:
-    app.run()  # type: ignore[attr-defined]
-    code = app.return_code  # type: ignore[attr-defined]
+    from tuitune.ui.runner import Runner
+
+
+def _run(app: App[Any]) -> int:
+    app.run()
+    code = app.return_code
     return 0 if code is None else int(code)
 
 
-def _runner(inline: bool) -> object:
+def _runner(inline: bool) -> Runner:
     from tuitune.ui.runner import DetachedRunner, default_runner
 
     return default_runner if inline else DetachedRunner()
@@ -33,7 +39,7 @@ def open_picker(
         TuituneApp(
             "picker", profile_dirs=profile_dirs, overrides=overrides, out=out, runner=_runner(inline), runs_dir=runs_dir
         )
-    )  # type: ignore[arg-type]
+    )
 
 
 def open_dashboard(
@@ -49,8 +55,8 @@ def open_dashboard(
     from tuitune.ui.app import TuituneApp
     from tuitune.ui.runner import MultiRankRunner
 
-    runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
-    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume, runner=runner))  # type: ignore[arg-type]
+    runner: Runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
+    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume, runner=runner))
 
 
 def open_attach(run_dir: Path) -> int:

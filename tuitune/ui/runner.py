@@ -23,9 +23,12 @@ Emit = Callable[[Event], None]
 
 
 class Runner(Protocol):
+    """Trains or follows a run in the dashboard's worker thread. `profile` None: attach to the run already going in
+    `run_dir` (only `DetachedRunner(attach_only=True)` is given that)."""
+
     def __call__(
         self,
-        profile: RunProfile,
+        profile: RunProfile | None,
         run_dir: Path,
         emit: Emit,
         control: Control,
@@ -59,7 +62,7 @@ class EngineEventReceived(Message):
 
 
 def default_runner(
-    profile: RunProfile,
+    profile: RunProfile | None,
     run_dir: Path,
     emit: Emit,
     control: Control,
@@ -71,6 +74,8 @@ def default_runner(
     here, in the worker thread, so the first frame never waits for torch."""
     from tuitune.remote.host import serve_run
 
+    if profile is None:
+        raise ValueError("an inline run needs a profile; attaching is DetachedRunner(attach_only=True)'s")
     return serve_run(profile, run_dir, emit, control, interactive=interactive, resume=resume, mode="inline")
 
 
@@ -155,6 +160,8 @@ def run_in_worker(run: LiveRun, emit: Emit, control: Control) -> None:
     run_dir = run.run_dir
     try:
         if run_dir is None:
+            if run.profile is None:
+                raise ValueError("a run to attach to needs its run folder")
             run_dir = run.make_run_dir(run.profile, run.out)
         run.runner(run.profile, run_dir, emit, control, interactive=True, resume=run.resume)
     except Exception as e:  # the engine reports its own failures; this catches the rest (imports, run dir)

@@ -93,7 +93,9 @@ def numpy_rng_state() -> dict[str, Any]:
     still loads with `weights_only=True` (a numpy array would not)."""
     import numpy as np
 
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the global RandomState is an MT19937: legacy=True gives its 5-tuple
+    kind, keys, pos, has_gauss, cached = state
     return {
         "kind": kind,
         "keys": torch.from_numpy(keys.astype(np.int64)),

@@ -134,9 +134,9 @@ def measure(
             moments.close()
         per_group = {
             g: [
-                symmetric_kl(*moments.gaussian(m), m.running_mean.float(), m.running_var.float())
+                symmetric_kl(*batch, m.running_mean.float(), m.running_var.float())
                 for m in ms
-                if moments.gaussian(m) is not None
+                if (batch := moments.gaussian(m)) is not None
             ]
             for g, ms in bns.items()
         }

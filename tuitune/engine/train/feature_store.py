@@ -81,7 +81,7 @@ def gather_store(store: Store, n: int, dist: DistContext) -> Store:
         return Store(labels, feats, rows=rows.tolist())
     lengths = d.gather_rows(torch.tensor(store.offsets[1:]) - torch.tensor(store.offsets[:-1]))
     offsets = [0, *torch.cumsum(lengths, 0).tolist()]
-    return Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())  # type: ignore[arg-type]
+    return Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())
 
 
 class Rows:
