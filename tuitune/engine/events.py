@@ -12,7 +12,10 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -276,11 +279,12 @@ Event: TypeAlias = (
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
-def to_dict(event: Event) -> dict[str, Any]:
+def to_dict(event: DataclassInstance) -> dict[str, Any]:
+    """An event, or a command (they serialize alike), as {"type": its class name, its fields...}."""
     return {"type": type(event).__name__, **dataclasses.asdict(event)}
 
 
-def to_json(event: Event) -> str:
+def to_json(event: DataclassInstance) -> str:
     return json.dumps(to_dict(event), separators=(",", ":"))
 
 

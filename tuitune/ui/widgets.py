@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from rich.cells import cell_len
+from rich.console import JustifyMethod
 from rich.text import Text
 from textual import events
 from textual.app import RenderResult
@@ -58,13 +60,20 @@ class RenderMeter:
     cpu = 0.0
 
 
-class Metered:
+# What the mixin below is mixed into, for the type checker (at run time a plain mixin: no second Widget base).
+if TYPE_CHECKING:
+    _MeteredBase = Widget
+else:
+    _MeteredBase = object
+
+
+class Metered(_MeteredBase):
     """Mixin for a widget whose rendering counts towards `RenderMeter`."""
 
     def render_lines(self, crop: Region) -> list[Strip]:
         start = time.thread_time()
         try:
-            return super().render_lines(crop)  # type: ignore[misc]
+            return super().render_lines(crop)
         finally:
             RenderMeter.cpu += time.thread_time() - start
 
@@ -239,7 +248,8 @@ STATE_CELLS = {
     True: ("● train", "bold #4ec96f", None),
     False: ("○ frozen", "#6a8fb5", None),
 }
-Cell = tuple[str, str, "str | None"]  # (text, style, justify): formatted first, so an unchanged value costs no redraw
+# (text, style, justify): formatted first, so an unchanged value costs no redraw
+Cell = tuple[str, str, "JustifyMethod | None"]
 
 
 def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
@@ -269,7 +279,7 @@ def shift_cell(value: float | None) -> Cell:
 
 
 def _text(cell: Cell) -> Text:
-    return Text(cell[0], style=cell[1], justify=cell[2])  # type: ignore[arg-type]
+    return Text(cell[0], style=cell[1], justify=cell[2])
 
 
 class LayerTable(Metered, DataTable):
