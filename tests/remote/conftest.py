@@ -104,9 +104,9 @@ class Reaper:
         records = [read_json(d / "process.json") for d in self.run_dirs]
         pids = [p.pid for p in self.procs] + [r["pid"] for r in records if r and process_alive(r)]
         for pid in pids:
-            for kill in (os.killpg, os.kill):
+            for kill in (lambda pid=pid: os.killpg(pid, signal.SIGKILL), lambda pid=pid: os.kill(pid, signal.SIGKILL)):
                 try:
-                    kill(pid, signal.SIGKILL)
+                    kill()
                 except (ProcessLookupError, PermissionError):
                     pass
         for proc in self.procs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -78,18 +78,18 @@ class AdaptBatchNorm:
     batches: int = 20
 
 
-Command: TypeAlias = (
-    UnfreezeNext
-    | StopEarly
-    | Pause
-    | Resume
-    | SaveCheckpoint
-    | FindLR
-    | ApplyLR
-    | SetGroupTrainable
-    | ScaleGroupLR
-    | AdaptBatchNorm
-)
+Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like events.Event)
+    UnfreezeNext,
+    StopEarly,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    FindLR,
+    ApplyLR,
+    SetGroupTrainable,
+    ScaleGroupLR,
+    AdaptBatchNorm,
+]
 
 
 class Control:

@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -258,24 +258,24 @@ class SetupProgressed:
     finished: bool = False
 
 
-Event: TypeAlias = (
-    RunStarted
-    | MetricsUpdated
-    | EpochEnded
-    | PhaseChanged
-    | LayersChanged
-    | UnfreezeSuggested
-    | CommandApplied
-    | CheckpointSaved
-    | Warned
-    | FeatureCacheChanged
-    | LRFound
-    | CompressionReported
-    | RunFinished
-    | RunFailed
-    | SetupProgressed
-    | DomainShiftMeasured
-)
+Event = Union[  # noqa: UP007 (read at run time by typing.get_args, like commands.Command)
+    RunStarted,
+    MetricsUpdated,
+    EpochEnded,
+    PhaseChanged,
+    LayersChanged,
+    UnfreezeSuggested,
+    CommandApplied,
+    CheckpointSaved,
+    Warned,
+    FeatureCacheChanged,
+    LRFound,
+    CompressionReported,
+    RunFinished,
+    RunFailed,
+    SetupProgressed,
+    DomainShiftMeasured,
+]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 

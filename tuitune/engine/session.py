@@ -38,7 +38,7 @@ class RankGone(Exception):
     EXIT_CODE = 3
 
 
-_KEY_FIRST = re.compile(rf"^(?:{'|'.join(SECTIONS)})\.\w+:")
+_KEY_FIRST = re.compile(r"^(?:{})\.\w+:".format("|".join(SECTIONS)))
 _WORKER_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 

@@ -7,23 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from tuitune.config import RunProfile
 
-if TYPE_CHECKING:
-    from textual.app import App
 
-    from tuitune.ui.runner import Runner
-
-
-def _run(app: App[Any]) -> int:
-    app.run()
-    code = app.return_code
+def _run(app: object) -> int:
+    app.run()  # type: ignore[attr-defined]
+    code = app.return_code  # type: ignore[attr-defined]
     return 0 if code is None else int(code)
 
 
-def _runner(inline: bool) -> Runner:
+def _runner(inline: bool) -> Callable[..., object]:  # a `tuitune.ui.runner.Runner`
     from tuitune.ui.runner import DetachedRunner, default_runner
 
     return default_runner if inline else DetachedRunner()
@@ -55,7 +49,7 @@ def open_dashboard(
     from tuitune.ui.app import TuituneApp
     from tuitune.ui.runner import MultiRankRunner
 
-    runner: Runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
+    runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
     return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume, runner=runner))
 
 

@@ -138,7 +138,7 @@ def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Tabl
     return table
 
 
-COMPRESSION_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
+COMPRESSION_COLUMNS = (
     ("step", "left"),
     ("params", "right"),
     ("nonzero", "right"),
@@ -155,7 +155,8 @@ def compression_table(report: dict[str, Any] | None) -> RenderableType | None:
     if not rows:
         return None
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    _add_columns(table, COMPRESSION_COLUMNS, no_wrap=True)
+    for name, justify in COMPRESSION_COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # Rich wants a Literal
     for r in rows:
         params, latency = r.get("params"), r.get("latency_ms")
         table.add_row(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
 
 from rich.cells import cell_len
 from rich.console import JustifyMethod
@@ -60,20 +59,13 @@ class RenderMeter:
     cpu = 0.0
 
 
-# What the mixin below is mixed into, for the type checker (at run time a plain mixin: no second Widget base).
-if TYPE_CHECKING:
-    _MeteredBase = Widget
-else:
-    _MeteredBase = object
-
-
-class Metered(_MeteredBase):
+class Metered:
     """Mixin for a widget whose rendering counts towards `RenderMeter`."""
 
     def render_lines(self, crop: Region) -> list[Strip]:
         start = time.thread_time()
         try:
-            return super().render_lines(crop)
+            return super().render_lines(crop)  # type: ignore[misc]  # a mixin: super() is the Widget it is mixed into
         finally:
             RenderMeter.cpu += time.thread_time() - start
 

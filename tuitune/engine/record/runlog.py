@@ -95,15 +95,12 @@ class RunRecorder:
         mode = "a" if append else "w"
         if append:
             _drop_torn_line(run_dir / "events.jsonl")
-        # Both files stay open for the recorder's life (one write per event); close() closes them.
-        self._events: IO[str] = open(run_dir / "events.jsonl", mode, encoding="utf-8")  # noqa: SIM115
+        self._events: IO[str] = open(run_dir / "events.jsonl", mode, encoding="utf-8")
         metrics_path = run_dir / "metrics.csv"
         new_metrics = not (append and metrics_path.exists())
         if not new_metrics:
             _drop_torn_line(metrics_path)
-        self._metrics_file: IO[str] = open(  # noqa: SIM115
-            metrics_path, "w" if new_metrics else "a", newline="", encoding="utf-8"
-        )
+        self._metrics_file: IO[str] = open(metrics_path, "w" if new_metrics else "a", newline="", encoding="utf-8")
         self._metrics = csv.writer(self._metrics_file)
         if new_metrics:
             self._metrics.writerow(METRIC_COLUMNS)
