@@ -156,7 +156,7 @@ def compression_table(report: dict[str, Any] | None) -> RenderableType | None:
         return None
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
     for name, justify in COMPRESSION_COLUMNS:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]  # Rich wants a Literal
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
         params, latency = r.get("params"), r.get("latency_ms")
         table.add_row(
