@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tuitune.config import RunProfile
 
@@ -17,7 +18,7 @@ def _run(app: object) -> int:
     return 0 if code is None else int(code)
 
 
-def _runner(inline: bool) -> Callable[..., object]:  # a `tuitune.ui.runner.Runner`
+def _runner(inline: bool) -> Any:  # a `tuitune.ui.runner.Runner`: that module loads Textual, so not imported here
     from tuitune.ui.runner import DetachedRunner, default_runner
 
     return default_runner if inline else DetachedRunner()
