@@ -10,9 +10,9 @@ Four runs of the same model, data, batch size, optimizer and step count, side by
   tui     the same engine inside the real Textual app (`TuituneApp("train")` under `App.run_test()`, headless,
           120x40): engine in the app's thread worker, dashboard, plots and layer table updating, as `tuitune train`
 
-Fairness: all three build the model with `tuitune.engine.model.backbone.build_backbone` from the same profile and seed, read
-the same synthetic train split (`tuitune.engine.data.kinds.build_datasets`) through a DataLoader with the same batch
-size, shuffling, worker count and pinning, and run one epoch of `warmup + steps` steps with
+Fairness: all three build the model with `tuitune.engine.model.backbone.build_backbone` from the same profile and
+seed, read the same synthetic train split (`tuitune.engine.data.kinds.build_datasets`) through a DataLoader with the
+same batch size, shuffling, worker count and pinning, and run one epoch of `warmup + steps` steps with
 `torch.set_num_threads(N)`. Only the `steps` after the `warmup` are timed, at a host-sync point in each: the bare
 loop synchronizes the device after steps `warmup` and `warmup + steps`; the engine's clock reads the time when its
 `MetricsUpdated` events for those global steps arrive (each comes right after the engine's one host sync;

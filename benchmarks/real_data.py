@@ -87,7 +87,7 @@ def subsample_csv(src: Path, dst: Path, n: int, seed: int = 0) -> None:
     for row in rows:
         by_label.setdefault(row["label"], []).append(row)
     picked: list[dict[str, str]] = []
-    for label, group in sorted(by_label.items()):
+    for _label, group in sorted(by_label.items()):
         rng.shuffle(group)
         picked += group[: max(1, round(n * len(group) / len(rows)))]
     rng.shuffle(picked)

@@ -1,8 +1,9 @@
 """Shared test setup. Textual renders monochrome under NO_COLOR, which would break the UI snapshots.
 
 One OpenMP thread (here and in the subprocesses tests start): the models are tiny, so a second thread buys little,
-and spinning threads make runs many times slower whenever anything else shares the 2 cores. The hub stays off (tuitune downloads
-missing pretrained weights when it is on) except in the tests that serve a stand-in hub on 127.0.0.1."""
+and spinning threads make runs many times slower whenever anything else shares the 2 cores. The hub stays off
+(tuitune downloads missing pretrained weights when it is on) except in the tests that serve a stand-in hub on
+127.0.0.1."""
 
 from __future__ import annotations
 

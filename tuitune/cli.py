@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tuitune import __version__
 from tuitune.errors import UserError
@@ -43,8 +44,9 @@ def _go_offline() -> None:
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    if "huggingface_hub.constants" in sys.modules:
-        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    constants: Any = sys.modules.get("huggingface_hub.constants")  # already imported: it read the variable
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from tuitune.config import SECTIONS, RunProfile, toml_value
+from tuitune.config.schema import field_default
 
 
 def docs_markdown() -> str:
@@ -23,7 +24,7 @@ def docs_markdown() -> str:
         for f in dataclasses.fields(cls):
             if f.metadata.get("internal") or f.name in SECTIONS:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+            default = field_default(f)
             doc = f.metadata["doc"] + (f" One of: {', '.join(f.metadata['choices'])}." if f.metadata["choices"] else "")
             lines.append(f"| `{f.name}` | `{toml_value(default)}` | {doc} |")
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -95,7 +95,7 @@ def _distilbert(folder: Path):
 def _roberta(folder: Path):
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
 
-    vocab = {tok: i for i, tok in enumerate(ROBERTA_SPECIALS + ["\u0120"] + list("abcdefghijklmnopqrstuvwxyz"))}
+    vocab = {tok: i for i, tok in enumerate([*ROBERTA_SPECIALS, "\u0120", *"abcdefghijklmnopqrstuvwxyz"])}
     merges: list[tuple[str, str]] = []
     # merges that build each whole word; the space-marked ones rank first so no plain merge splits them
     for tok in ["\u0120" + w for w in WORDS] + list(WORDS):

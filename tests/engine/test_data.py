@@ -389,7 +389,7 @@ def test_loaders_batch_shapes_and_seeded_shuffle():
 
     def first_labels(seed: int) -> list[int]:
         loader = make_loaders(bundle, batch_size=64, num_workers=0, device_type="cpu", seed=seed)[0]
-        return [y.tolist() for _, y in loader][0]
+        return next(y.tolist() for _, y in loader)
 
     assert first_labels(7) == first_labels(7) != first_labels(8)
     assert [y.tolist() for _, y in val] == [y.tolist() for _, y in val]  # val not shuffled
@@ -397,7 +397,7 @@ def test_loaders_batch_shapes_and_seeded_shuffle():
 
 def test_loaders_cuda_settings_and_no_test():
     bundle = dataclasses.replace(digits(classes=(0, 1)), test=None)
-    train, val, test = make_loaders(bundle, batch_size=8, num_workers=2, device_type="cuda", seed=0)
+    train, _, test = make_loaders(bundle, batch_size=8, num_workers=2, device_type="cuda", seed=0)
     assert test is None and train.pin_memory and train.persistent_workers and train.num_workers == 2
     assert resolve_num_workers(-1, "cpu") == 0 and resolve_num_workers(3, "cpu") == 3
     assert 0 <= resolve_num_workers(-1, "cuda") <= 8

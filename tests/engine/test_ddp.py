@@ -135,7 +135,7 @@ def test_global_batches_are_the_one_process_batches_split_among_ranks() -> None:
 
 def test_eval_shards_cover_the_set_once_without_padding() -> None:
     shards = [list(EvalShard(11, r, 3)) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(11)) and [len(s) for s in shards] == [4, 4, 3]
+    assert sorted(i for s in shards for i in s) == list(range(11)) and [len(s) for s in shards] == [4, 4, 3]
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -146,7 +146,7 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, procs
     sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "feature_cache": False}, "strategy": PROGRESSIVE}
     profile = _write(tmp_path, "vit", **sections)
     proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(tmp_path / "two")], procs)
-    out, err = proc.communicate(timeout=240)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-2000:]
     two = read_events(tmp_path / "two")
     one: list = []

@@ -91,5 +91,5 @@ def test_a_run_measures_the_shift_at_start_and_every_epoch_and_applies_adabn_at_
     assert adapted.global_step == 2
     body = [i for i, v in enumerate(start.shifts) if v is not None]
     assert sum(adapted.shifts[i] for i in body) < 0.5 * sum(start.shifts[i] for i in body)
-    applied = [e for e in of_type(events, CommandApplied) if e.command == "AdaptBatchNorm"][0]
+    applied = next(e for e in of_type(events, CommandApplied) if e.command == "AdaptBatchNorm")
     assert applied.global_step == 2 and "BatchNorm layers re-estimated on 3 target batches" in applied.detail

@@ -4,9 +4,11 @@ Hugging Face text model on a CSV file, one tiny timm image model on a folder of 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,8 +27,18 @@ BAD = ["bad", "awful", "hate"]
 FILLER = ["the", "a", "cat", "dog", "movie", "film", "plot", "actor", "was", "is", "very", "it", "this", "that"]
 
 
+def _mean_pooled_logits(
+    base: Any, head: dict[str, torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """What a user of an exported `pooling = "mean"` run computes: the base model's mean-pooled hidden states
+    through the head saved beside it."""
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    m = attention_mask.unsqueeze(-1).float()
+    return ((hidden * m).sum(1) / m.sum(1).clamp(min=1)) @ head["weight"].T + head["bias"]
+
+
 def _sentence(rng: random.Random, words: list[str]) -> str:
-    parts = rng.sample(FILLER, 4) + [rng.choice(words)]
+    parts = [*rng.sample(FILLER, 4), rng.choice(words)]
     rng.shuffle(parts)
     return " ".join(parts)
 
@@ -83,12 +95,7 @@ def test_a_tiny_hugging_face_text_model_fine_tunes_and_exports(tmp_path: Path) -
         base = AutoModel.from_pretrained(str(out)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(out))
         head = load_file(str(out / "head.safetensors"))  # pooling = "mean": the head beside the base model
-
-        def classify(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            m = attention_mask.unsqueeze(-1).float()
-            return ((hidden * m).sum(1) / m.sum(1).clamp(min=1)) @ head["weight"].T + head["bias"]
-
+        classify = functools.partial(_mean_pooled_logits, base, head)
         sample = load_file(str(run_dir / "cli-export" / "sample.safetensors"))
         classes = json.loads((out / "classes.json").read_text())
         with torch.inference_mode():

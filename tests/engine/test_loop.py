@@ -61,7 +61,7 @@ def test_command_applies_at_the_next_step_boundary(tmp_path) -> None:
     applied = of_type(events, CommandApplied)[0]
     assert (change.global_step, change.reason, change.unfrozen) == (1, "manual", ("layer4",))
     assert (applied.command, applied.global_step) == ("UnfreezeNext", 1)
-    step2 = [e for e in events if isinstance(e, MetricsUpdated) and e.global_step == 2][0]
+    step2 = next(e for e in events if isinstance(e, MetricsUpdated) and e.global_step == 2)
     assert len(step2.lrs) == 2  # head and layer4 trained in step 2
 
 
@@ -128,7 +128,7 @@ def test_stop_in_mid_epoch_validates_so_the_summary_has_final_val_metrics(tmp_pa
 
     final = run_training(tiny_profile(train={"epochs": 4}), tmp_path, emit, control, interactive=False)
     steps = events[0].steps_per_epoch
-    stop = [i for i, e in enumerate(events) if isinstance(e, CommandApplied) and e.command == "StopEarly"][0]
+    stop = next(i for i, e in enumerate(events) if isinstance(e, CommandApplied) and e.command == "StopEarly")
     after = of_type(events[stop:], EpochEnded)
     assert len(after) == 1 and after[0].epoch == 2 and after[0].global_step == steps + 2
     assert final.status == "stopped_early" and final.epochs == 2 and final.global_step == steps + 2
@@ -149,7 +149,7 @@ def test_stop_flag_interrupts_within_a_step(tmp_path) -> None:
 
 
 def test_early_stopping_fires(tmp_path, events_sink) -> None:
-    events, emit = events_sink
+    _, emit = events_sink
     # lr so small nothing improves by min_delta: stops after patience epochs
     profile = tiny_profile(
         train={"epochs": 20, "lr": 1e-9},

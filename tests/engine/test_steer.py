@@ -85,7 +85,7 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
     # the table is confirmed by LayersChanged after each command, and the phase index did not move
     rows = [e for e in events if isinstance(e, LayersChanged) and e.global_step == 1][-1].layers
     assert {r.name: r.trainable for r in rows}["layer2"] and not of_type(events, PhaseChanged)
-    step2 = [e for e in events if isinstance(e, MetricsUpdated) and e.global_step == 2][0]
+    step2 = next(e for e in events if isinstance(e, MetricsUpdated) and e.global_step == 2)
     assert len(step2.lrs) == 2 and len(of_type(events, MetricsUpdated)[-1].lrs) == 1
 
 

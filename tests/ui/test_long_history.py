@@ -35,8 +35,17 @@ def _history(readings: int, old: bool = False):
     yield (started := _started())
     for i in range(readings):
         g = i + 1
-        yield MetricsUpdated(epoch=g // SPE + 1, step=g % SPE, global_step=g, train_loss=1 / g, train_score=i % 7 / 7,
-                             lrs=(1e-3,), samples_per_s=100.0, elapsed_s=g / 10, extra={"aux": float(i % 3)})  # fmt: skip
+        yield MetricsUpdated(
+            epoch=g // SPE + 1,
+            step=g % SPE,
+            global_step=g,
+            train_loss=1 / g,
+            train_score=i % 7 / 7,
+            lrs=(1e-3,),
+            samples_per_s=100.0,
+            elapsed_s=g / 10,
+            extra={"aux": float(i % 3)},
+        )
         if old:
             head = LayerInfo("head", 10, True, lr=1e-3, grad_norm=1 / g)
             yield LayersChanged(layers=(started.layers[0], head), global_step=g)

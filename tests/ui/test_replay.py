@@ -4,6 +4,7 @@ fake clock (the waits `paced` computes), never on the wall clock."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def test_replay_command_plays_a_run_at_the_asked_speed(
     )
     assert main(["replay", str(tmp_path), "--speed", "4"]) == 0
     times = [t for t in map(event_time, events) if t is not None]
-    expected = sum(min((b - a) / 4, 2.0) for a, b in zip(times, times[1:]) if b > a)
+    expected = sum(min((b - a) / 4, 2.0) for a, b in itertools.pairwise(times) if b > a)
     assert seen["speed"] == 4.0 and expected > 0
     assert seen["clock"] == pytest.approx(expected)  # every recorded gap waited, at 4x
 

@@ -255,8 +255,7 @@ def test_compression_report_rows_read_once_drawn_three_ways() -> None:
     skipped; `tuitune compress`'s table, the summary's and the event log's line show the same cells."""
     from rich.console import Console
 
-    from tuitune.engine.tools.compress_report import format_report
-    from tuitune.engine.tools.compress_report import read_report
+    from tuitune.engine.tools.compress_report import format_report, read_report
     from tuitune.ui.reducer import compression_text
     from tuitune.ui.summary import compression_table
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tuitune.config.schema import SECTIONS, AugmentConfig, ProfileError, RunProfile
+from tuitune.config.schema import SECTIONS, AugmentConfig, ProfileError, RunProfile, field_default
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +55,7 @@ def _type_name(value: Any) -> str:
 
 def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None) -> Any:
     """Validate one key against its declaration; return the value to store (paths resolved)."""
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+    default = field_default(f)
     expected = type(default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

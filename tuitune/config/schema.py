@@ -459,8 +459,17 @@ class RunProfile:
     source_path: str = field(default="", metadata={"internal": True})
 
 
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A declared key's default (a fresh one where it is made by a factory: lists, tables, sections)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"{f.name}: declared without a default")
+
+
 SECTIONS: dict[str, type] = {
-    f.name: f.default_factory
-    for f in dataclasses.fields(RunProfile)  # type: ignore
-    if f.default_factory is not dataclasses.MISSING
+    f.name: type(field_default(f))
+    for f in dataclasses.fields(RunProfile)
+    if f.default_factory is not dataclasses.MISSING  # the sections
 }

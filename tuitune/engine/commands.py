@@ -78,7 +78,7 @@ class AdaptBatchNorm:
     batches: int = 20
 
 
-Command = Union[
+Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like events.Event)
     UnfreezeNext,
     StopEarly,
     Pause,

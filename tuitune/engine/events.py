@@ -13,7 +13,10 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ class SetupProgressed:
     finished: bool = False
 
 
-Event = Union[
+Event = Union[  # noqa: UP007 (read at run time by typing.get_args, like commands.Command)
     RunStarted,
     MetricsUpdated,
     EpochEnded,
@@ -289,11 +292,12 @@ Event = Union[
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
 
-def to_dict(event: Event) -> dict[str, Any]:
+def to_dict(event: DataclassInstance) -> dict[str, Any]:
+    """An event, or a command (they serialize alike), as {"type": its class name, its fields...}."""
     return {"type": type(event).__name__, **dataclasses.asdict(event)}
 
 
-def to_json(event: Event) -> str:
+def to_json(event: DataclassInstance) -> str:
     return json.dumps(to_dict(event), separators=(",", ":"))
 
 

@@ -21,7 +21,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
@@ -36,7 +36,7 @@ class RankGone(Exception):
     """This rank lost a peer; the launcher records the failure (the rank exits with `ExitCode.RANK_LOST`)."""
 
 
-_KEY_FIRST = re.compile(r"^(?:%s)\.\w+:" % "|".join(SECTIONS))
+_KEY_FIRST = re.compile(r"^(?:{})\.\w+:".format("|".join(SECTIONS)))
 _WORKER_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 
@@ -135,7 +135,12 @@ def _peer_failure(error: Exception) -> bool:
     return is_peer_failure(error)
 
 
-def _position(trainer: Any) -> dict[str, int]:
+class _Position(TypedDict, total=False):
+    epoch: int
+    global_step: int
+
+
+def _position(trainer: Any) -> _Position:
     st = getattr(trainer, "st", None)
     return {"epoch": st.epoch, "global_step": st.global_step} if st is not None else {}
 

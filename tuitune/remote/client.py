@@ -101,7 +101,7 @@ class RunClient:
 
     def send(self, command: Command) -> None:
         # a command serializes as an event does: {"type": its class name, its fields...}
-        self.send_raw((to_json(command) + "\n").encode())  # type: ignore[arg-type]
+        self.send_raw((to_json(command) + "\n").encode())
 
     def stop_run(self) -> None:
         self.send_raw(protocol.message(protocol.STOP))

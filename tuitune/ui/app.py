@@ -8,7 +8,7 @@ import signal
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -16,7 +16,7 @@ from textual.screen import Screen
 
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
-from tuitune.engine.events import Event
+from tuitune.engine.record.history import Recorded
 from tuitune.exits import ExitCode
 from tuitune.ui.compose import ComposeScreen
 from tuitune.ui.keys import DASHBOARD_KEYS
@@ -24,6 +24,7 @@ from tuitune.ui.runner import DetachedRunner, LiveRun, RunDirMaker, Runner, defa
 
 if TYPE_CHECKING:
     from tuitune.ui.dashboard import DashboardScreen
+    from tuitune.ui.sweep import Loader
 
 
 class TuituneApp(App[None]):
@@ -44,13 +45,13 @@ class TuituneApp(App[None]):
         profile: RunProfile | None = None,
         run_dir: Path | None = None,
         resume: Path | None = None,
-        events: Sequence[Event] = (),
+        events: Sequence[Recorded] = (),
         speed: float = 0.0,
         runner: Runner = default_runner,
         make_run_dir: RunDirMaker = default_run_dir,
         control: Control | None = None,
         runs_dir: Path | None = None,
-        sweep: tuple[object, str] | None = None,
+        sweep: tuple[Loader, str] | None = None,
     ) -> None:
         super().__init__()
         self.sweep = sweep  # mode "sweep": (loader of the leaderboard rows, title)
@@ -86,7 +87,7 @@ class TuituneApp(App[None]):
 
             assert self.sweep is not None
             load, title = self.sweep
-            self.push_screen(SweepScreen(load, title, open_trial=self.open_trial))  # type: ignore[arg-type]
+            self.push_screen(SweepScreen(load, title, open_trial=self.open_trial))
         elif self.mode == "attach":
             assert self.run_dir is not None
             self.attach_run(self.run_dir)
@@ -116,7 +117,7 @@ class TuituneApp(App[None]):
         if run_status(Path(run_dir)) == "live":
             self.attach_run(Path(run_dir))
         else:
-            self.open_dashboard(events=read_history(Path(run_dir)), speed=0.0)  # type: ignore[arg-type]
+            self.open_dashboard(events=read_history(Path(run_dir)), speed=0.0)
 
     def leave_dashboard(self, code: int) -> None:
         """The dashboard is done (quit, detach, stop): back to a sweep's leaderboard under it, else exit."""
@@ -129,10 +130,11 @@ class TuituneApp(App[None]):
             return
         self.exit(return_code=code)
 
-    def open_dashboard(self, **kwargs: object) -> None:
+    def open_dashboard(self, **kwargs: Any) -> None:
+        """`kwargs`: DashboardScreen's (`run`, `events`, `speed`, `control`)."""
         from tuitune.ui.dashboard import DashboardScreen  # plotext loads here, after the picker's first frame
 
-        self.dashboard = DashboardScreen(**kwargs)  # type: ignore[arg-type]
+        self.dashboard = DashboardScreen(**kwargs)
         self.push_screen(self.dashboard)
         if self.dashboard.detachable:
             self._watch_hangup()
@@ -167,14 +169,14 @@ class TuituneApp(App[None]):
             yield SystemCommand(
                 "Save as profile", "Write the composed profile as a new file (ctrl+s)", screen.action_save
             )
-        elif getattr(screen, "action_start", None) is not None:
-            yield SystemCommand("Start profile", "Train the highlighted profile (enter)", screen.action_start)
-        if getattr(screen, "action_compose", None) is not None:
+        elif (start := getattr(screen, "action_start", None)) is not None:
+            yield SystemCommand("Start profile", "Train the highlighted profile (enter)", start)
+        if (compose_run := getattr(screen, "action_compose", None)) is not None:
             yield SystemCommand(
                 "Compose a run",
                 "The highlighted profile with another strategy, LR, epochs or batch "
                 "size; start it or save it as a new profile (e)",
-                screen.action_compose,
+                compose_run,
             )
 
     async def action_quit(self) -> None:

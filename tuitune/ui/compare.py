@@ -137,7 +137,7 @@ class RunListScreen(Screen[None]):
 
     BINDINGS = [
         Binding("enter", "compare", "Compare", priority=True),
-        Binding("space", "toggle", "Select", show=True),
+        Binding("space", "toggle_run", "Select", show=True),
         Binding("q", "app.quit", "Quit"),
     ]
     CSS_PATH = "compare.tcss"
@@ -154,7 +154,7 @@ class RunListScreen(Screen[None]):
         yield SelectionList[str](*((run_label(r), r.path) for r in self.infos), id="runs-list")
         yield Footer()
 
-    def action_toggle(self) -> None:
+    def action_toggle_run(self) -> None:
         self.query_one(SelectionList).action_select()
 
     def action_compare(self) -> None:

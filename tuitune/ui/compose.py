@@ -26,6 +26,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
+from textual.widgets._input import InputType  # Input's `type` values (not re-exported)
 from textual.worker import get_current_worker
 
 from tuitune.config import (
@@ -170,9 +171,9 @@ class ComposeScreen(Screen[None]):
             return Select([(c, c) for c in choices], value=now, allow_blank=False, compact=True, id=wid)
         value = f"{self.base.name}-composed" if key == "name" else shown(now)
         default = declared(key).default
-        kind = "integer" if type(default) is int else "number" if type(default) is float else "text"
+        kind: InputType = "integer" if type(default) is int else "number" if type(default) is float else "text"
         placeholder = "names, comma-separated" if key == "strategy.groups" else ""
-        return Input(value, placeholder=placeholder, type=kind, compact=True, id=wid)  # type: ignore[arg-type]
+        return Input(value, placeholder=placeholder, type=kind, compact=True, id=wid)
 
     def on_mount(self) -> None:
         self.query_one("#form").border_title = "run"
@@ -185,7 +186,8 @@ class ComposeScreen(Screen[None]):
         out = {}
         for key, _ in FIELDS:
             widget = self.query_one("#f-" + key.replace(".", "-"))
-            out[key] = str(widget.value)  # type: ignore[attr-defined]
+            assert isinstance(widget, (Input, Select)), key  # what `_field` makes
+            out[key] = str(widget.value)
         return out
 
     @on(Input.Changed)

@@ -26,7 +26,6 @@ from textual.worker import Worker, WorkerState
 
 from tuitune.engine.commands import Control
 from tuitune.engine.events import (
-    Event,
     LayersChanged,
     LayersMeasured,
     LRFound,
@@ -37,6 +36,7 @@ from tuitune.engine.events import (
     SetupProgressed,
     UnfreezeSuggested,
 )
+from tuitune.engine.record.history import Recorded
 from tuitune.remote.client import HistoryEnded, HistoryStarted
 from tuitune.ui.key_actions import KeyActions
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
@@ -66,7 +66,7 @@ class DashboardScreen(Screen[None]):
         self,
         *,
         run: LiveRun | None = None,
-        events: Sequence[Event] = (),
+        events: Sequence[Recorded] = (),
         speed: float = 0.0,
         control: Control | None = None,
     ) -> None:
@@ -146,7 +146,7 @@ class DashboardScreen(Screen[None]):
 
     # ------------------------------------------------------------------------------------------- events in
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: Recorded) -> None:
         """The engine's `emit`, called in the worker thread: post, never touch widgets."""
         self.post_message(EngineEventReceived(event))
 
@@ -182,7 +182,7 @@ class DashboardScreen(Screen[None]):
             return True
         return False
 
-    def _apply(self, event: Event) -> None:
+    def _apply(self, event: Recorded) -> None:
         before = self.state
         self.state = reduce(before, event)
         if not self._plots_dirty:

@@ -7,6 +7,7 @@ failed, BAD_INPUT a profile / data / model the person can fix, INTERRUPTED quit 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tuitune.config import RunProfile
 from tuitune.exits import ExitCode
@@ -18,7 +19,7 @@ def _run(app: object) -> int:
     return ExitCode.OK if code is None else int(code)
 
 
-def _runner(inline: bool) -> object:
+def _runner(inline: bool) -> Any:  # a `tuitune.ui.runner.Runner`: that module loads Textual, so not imported here
     from tuitune.ui.runner import DetachedRunner, default_runner
 
     return default_runner if inline else DetachedRunner()
@@ -34,7 +35,7 @@ def open_picker(
         TuituneApp(
             "picker", profile_dirs=profile_dirs, overrides=overrides, out=out, runner=_runner(inline), runs_dir=runs_dir
         )
-    )  # type: ignore[arg-type]
+    )
 
 
 def open_dashboard(
@@ -51,7 +52,7 @@ def open_dashboard(
     from tuitune.ui.runner import MultiRankRunner
 
     runner = MultiRankRunner(tuple(ranks_argv)) if ranks_argv else _runner(inline)
-    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume, runner=runner))  # type: ignore[arg-type]
+    return _run(TuituneApp("train", profile=profile, run_dir=run_dir, resume=resume, runner=runner))
 
 
 def open_attach(run_dir: Path) -> int:

@@ -71,8 +71,8 @@ class LRCurvePlot(PlotextPlot):
             plt.vline(math.log10(e.current_lr), CURRENT_COLOR)
         if e.suggestion > 0:
             plt.vline(math.log10(e.suggestion), SUGGESTION_COLOR)
-        decades = list(range(math.floor(min(xs)), math.ceil(max(xs)) + 1))
-        plt.xticks(decades, [f"1e{d:+03d}" for d in decades])
+        decades = [float(d) for d in range(math.floor(min(xs)), math.ceil(max(xs)) + 1)]
+        plt.xticks(decades, [f"1e{int(d):+03d}" for d in decades])
         plt.xlim(min(xs), max(xs))
         plt.ylim(*y_range(ys))
         self.refresh()

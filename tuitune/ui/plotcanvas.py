@@ -24,7 +24,8 @@ def _style(fullground: Any, style: Any, background: Any) -> Style | None:
         from plotext._utility import colors_to_ansi
 
         line = AnsiDecoder().decode_line(colors_to_ansi(fullground, style, background) + "x")
-        _STYLES[key] = line.spans[0].style if line.spans else None  # type: ignore[assignment]
+        style = line.spans[0].style if line.spans else None  # a Style from the decoder (a span may hold a name)
+        _STYLES[key] = Style.parse(style) if isinstance(style, str) else style
     return _STYLES[key]
 
 

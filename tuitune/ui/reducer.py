@@ -33,7 +33,7 @@ from tuitune.engine.events import (
     UnfreezeSuggested,
     Warned,
 )
-from tuitune.engine.record.history import LinesSkipped
+from tuitune.engine.record.history import LinesSkipped, Recorded
 from tuitune.engine.record.progress import progress_text
 from tuitune.engine.tools.compress_report import read_report
 from tuitune.fmt import extras_text, fmt_sci, fmt_score, score_label
@@ -443,7 +443,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
 }
 
 
-def reduce(state: DashboardState, event: Event) -> DashboardState:
+def reduce(state: DashboardState, event: Recorded) -> DashboardState:
     """The next state after `event`. Unknown event types are counted and otherwise ignored."""
     reducer = _REDUCERS.get(type(event))
     if reducer is not None:

@@ -18,14 +18,18 @@ from textual.message import Message
 from tuitune.config import RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, MetricsUpdated, RunFailed, SetupProgressed
+from tuitune.engine.record.history import Recorded
 
 Emit = Callable[[Event], None]
 
 
 class Runner(Protocol):
+    """Trains or follows a run in the dashboard's worker thread. `profile` None: attach to the run already going in
+    `run_dir` (only `DetachedRunner(attach_only=True)` is given that)."""
+
     def __call__(
         self,
-        profile: RunProfile,
+        profile: RunProfile | None,
         run_dir: Path,
         emit: Emit,
         control: Control,
@@ -41,7 +45,7 @@ RunDirMaker = Callable[[RunProfile, "str | None"], Path]
 class EngineEventReceived(Message):
     """The engine emitted an event. Consecutive metric updates may be coalesced when the UI falls behind."""
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Recorded) -> None:
         super().__init__()
         self.event = event
 
@@ -59,7 +63,7 @@ class EngineEventReceived(Message):
 
 
 def default_runner(
-    profile: RunProfile,
+    profile: RunProfile | None,
     run_dir: Path,
     emit: Emit,
     control: Control,
@@ -71,6 +75,8 @@ def default_runner(
     here, in the worker thread, so the first frame never waits for torch."""
     from tuitune.remote.host import serve_run
 
+    if profile is None:
+        raise ValueError("an inline run needs a profile; attaching is DetachedRunner(attach_only=True)'s")
     return serve_run(profile, run_dir, emit, control, interactive=interactive, resume=resume, mode="inline")
 
 
@@ -155,6 +161,8 @@ def run_in_worker(run: LiveRun, emit: Emit, control: Control) -> None:
     run_dir = run.run_dir
     try:
         if run_dir is None:
+            if run.profile is None:
+                raise ValueError("a run to attach to needs its run folder")
             run_dir = run.make_run_dir(run.profile, run.out)
         run.runner(run.profile, run_dir, emit, control, interactive=True, resume=run.resume)
     except Exception as e:  # the engine reports its own failures; this catches the rest (imports, run dir)
@@ -168,11 +176,11 @@ def _is_user_error(e: Exception) -> bool:
     return isinstance(e, UserError)
 
 
-def event_time(event: Event) -> float | None:
+def event_time(event: Recorded) -> float | None:
     return getattr(event, "elapsed_s", None)
 
 
-def paced(events: list[Event], speed: float, stopped: Callable[[], bool]) -> Iterator[Event]:
+def paced(events: list[Recorded], speed: float, stopped: Callable[[], bool]) -> Iterator[Recorded]:
     """Yield events spaced as recorded (by their `elapsed_s`), `speed` times faster; each wait capped at 2 s."""
     last: float | None = None
     for event in events:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -77,18 +77,26 @@ def per_class_table(per_class: dict[str, float], columns: int = 5) -> Renderable
     return table
 
 
+def _add_columns(table: Table, columns: tuple[tuple[str, JustifyMethod], ...], no_wrap: bool) -> None:
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=no_wrap)
+
+
 def class_report_table(report: dict[str, dict[str, float]], limit: int = 20) -> RenderableType:
     """Per-class precision / recall (= per-class accuracy) / F1 and support, the last val epoch's, worst F1 first
     when there are more than `limit` classes (their mean F1, `val macro f1`, is on the `final` line)."""
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    for name, justify in (
-        ("class", "left"),
-        ("precision", "right"),
-        ("recall", "right"),
-        ("F1", "right"),
-        ("support", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    _add_columns(
+        table,
+        (
+            ("class", "left"),
+            ("precision", "right"),
+            ("recall", "right"),
+            ("F1", "right"),
+            ("support", "right"),
+        ),
+        no_wrap=True,
+    )
     items = list(report.items())
     if len(items) > limit:
         items = sorted(items, key=lambda kv: kv[1].get("f1", 0.0))[:limit]
@@ -107,14 +115,17 @@ def class_report_table(report: dict[str, dict[str, float]], limit: int = 20) -> 
 
 def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2))
-    for name, justify in (
-        ("phase", "right"),
-        ("groups", "left"),
-        ("epochs", "right"),
-        (f"best val {metric}", "right"),
-        ("time", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    _add_columns(
+        table,
+        (
+            ("phase", "right"),
+            ("groups", "left"),
+            ("epochs", "right"),
+            (f"best val {metric}", "right"),
+            ("time", "right"),
+        ),
+        no_wrap=False,
+    )
     for p in phases:
         groups = ", ".join(p.get("groups", ())) or "-"
         acc = p.get("best_val_score")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 from rich.cells import cell_len
+from rich.console import JustifyMethod
 from rich.text import Text
 from textual import events
 from textual.app import RenderResult
@@ -65,7 +66,7 @@ class Metered:
     def render_lines(self, crop: Region) -> list[Strip]:
         start = time.thread_time()
         try:
-            return super().render_lines(crop)  # type: ignore[misc]
+            return super().render_lines(crop)  # type: ignore[misc]  # a mixin: super() is the Widget it is mixed into
         finally:
             RenderMeter.cpu += time.thread_time() - start
 
@@ -240,7 +241,8 @@ STATE_CELLS = {
     True: ("● train", "bold #4ec96f", None),
     False: ("○ frozen", "#6a8fb5", None),
 }
-Cell = tuple[str, str, "str | None"]  # (text, style, justify): formatted first, so an unchanged value costs no redraw
+# (text, style, justify): formatted first, so an unchanged value costs no redraw
+Cell = tuple[str, str, "JustifyMethod | None"]
 
 
 def layer_cells(layer: LayerInfo) -> tuple[Cell, ...]:
@@ -270,7 +272,7 @@ def shift_cell(value: float | None) -> Cell:
 
 
 def _text(cell: Cell) -> Text:
-    return Text(cell[0], style=cell[1], justify=cell[2])  # type: ignore[arg-type]
+    return Text(cell[0], style=cell[1], justify=cell[2])
 
 
 class LayerTable(Metered, DataTable):

@@ -164,12 +164,13 @@ def split_indices(
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n = len(idx)
-        n_test = min(int(round(n * test_fraction)), max(n - 2, 0))
-        n_val = min(max(int(round(n * val_fraction)), int(n >= 2 and val_fraction > 0)), n - n_test - 1)
+        n_test = min(round(n * test_fraction), max(n - 2, 0))
+        n_val = min(max(round(n * val_fraction), int(n >= 2 and val_fraction > 0)), n - n_test - 1)
         parts[2].extend(idx[:n_test])
         parts[1].extend(idx[n_test : n_test + n_val])
         parts[0].extend(idx[n_test + n_val :])
-    return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)  # type: ignore[return-value]
+    train, val, test = (np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
+    return train, val, test
 
 
 def split_subsets(
@@ -186,8 +187,8 @@ def split_subsets(
 
 
 def split_counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:
-    text = f"{len(train)} train / {len(val)} val"  # type: ignore[arg-type]
-    return text + (f" / {len(test)} test" if test is not None else "")  # type: ignore[arg-type]
+    text = f"{len(train)} train / {len(val)} val"
+    return text + (f" / {len(test)} test" if test is not None else "")
 
 
 # ------------------------------------------------------------------------------------------------ digits
@@ -378,7 +379,7 @@ def make_loaders(
             batch_size,
             rank,
             world,
-            gen,  # type: ignore[arg-type]
+            gen,
             lengths,
         )
         train = DataLoader(
@@ -390,7 +391,7 @@ def make_loaders(
             sampler=EvalShard(len(bundle.val), rank, world),
             collate_fn=collate(bundle.val),
             **common,
-        )  # type: ignore[arg-type]
+        )
     else:
         sampler = length_sampler(bundle.train, batch_size, gen) if group_by_length else None
         train = DataLoader(

@@ -36,10 +36,10 @@ def cache_images(bundle: DataBundle, mode: str, emit: Emit | None = None) -> tup
     nothing needs saying). `mode`: "auto", "on" or "off"."""
     names = ("train", "val", "test")
     splits = [bundle.train, bundle.val, bundle.test]
-    todo = [i for i, s in enumerate(splits) if s is not None and _plan(s) is not None]
+    todo = [(i, s) for i, s in enumerate(splits) if s is not None and _plan(s) is not None]
     if mode == "off" or not todo:
         return bundle, ""
-    need = sum(_nbytes(splits[i]) for i in todo)  # type: ignore[arg-type]
+    need = sum(_nbytes(s) for _, s in todo)
     if mode == "auto":
         free = available_memory()
         if free is None or need > FRACTION * free:
@@ -48,8 +48,8 @@ def cache_images(bundle: DataBundle, mode: str, emit: Emit | None = None) -> tup
                 f"data.cache_images: the decoded images ({need / 2**20:,.0f} MB) would not fit in a "
                 f"quarter of the free memory ({room}); every epoch decodes them again"
             )
-    for i in todo:
-        splits[i] = decode(splits[i], emit, names[i])  # type: ignore[arg-type]
+    for i, s in todo:
+        splits[i] = decode(s, emit, names[i])
     train, val, test = splits
     assert train is not None and val is not None
     return DataBundle(train, val, test, bundle.classes, bundle.source + ", images in memory"), ""
@@ -82,7 +82,9 @@ def _pixels(geometric: Any, path: Path) -> torch.Tensor:
 
 def _nbytes(dataset: Dataset) -> int:
     """Pixels of the whole split, from its first image (the eval transform gives every image the same size)."""
-    base, indices, geometric, _ = _plan(dataset)  # type: ignore[misc]
+    plan = _plan(dataset)
+    assert plan is not None, "only splits with a plan are cached"
+    base, indices, geometric, _ = plan
     if not indices:
         return 0
     return _pixels(geometric, base.samples[indices[0]][0]).numel() * len(indices)
@@ -90,7 +92,9 @@ def _nbytes(dataset: Dataset) -> int:
 
 def decode(dataset: Dataset, emit: Emit | None, name: str) -> TensorImages:
     """Decode and resize every image of the split once, with progress (a few thousand photos take a while)."""
-    base, indices, geometric, normalize = _plan(dataset)  # type: ignore[misc]
+    plan = _plan(dataset)
+    assert plan is not None, "only splits with a plan are cached"
+    base, indices, geometric, normalize = plan
     progress = Progress(emit, "decode", f"{name} images", len(indices), "images")
     pixels = []
     for i in indices:

@@ -258,7 +258,7 @@ def _timm_groups(model: nn.Module, coarse: bool) -> list[tuple[str, list[str]]]:
     named = [(_short_name(name, full), names) for name, names in zip(full, lists)]
     if named and not any(c.isdigit() for c in full[0].split(".")):
         named[0] = ("stem", named[0][1])
-    return unique_groups(named + [("head", lists[-1])])
+    return unique_groups([*named, ("head", lists[-1])])
 
 
 def _short_name(name: str, others: list[str]) -> str:

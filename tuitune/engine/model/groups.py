@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,13 +45,13 @@ class Backbone:
     groups: tuple[LayerGroup, ...]
     task: str
     data_config: dict
-    tokenizer: object | None
+    tokenizer: Any  # a transformers tokenizer (text), else None
     description: str
     # The classifier tensors of a `model.weights` file (its pretraining head), kept aside when the head is
     # re-created: the source-retention check and "self" distillation score the old task with them.
     source_head: dict[str, torch.Tensor] | None = None
     # peft's LoraModel around `model` (adapters injected in place) when the strategy uses LoRA; export merges it.
-    lora: object | None = None
+    lora: Any = None
 
 
 def unique_groups(named: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:

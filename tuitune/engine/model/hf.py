@@ -85,15 +85,14 @@ def build_hf(cfg: ModelConfig, num_classes: int, task: str) -> tuple[nn.Module, 
             interpolate = True  # keep the pretrained position embeddings; interpolate them at run time
         else:
             config.image_size = cfg.img_size
-    if cfg.pretrained:
-        load = lambda: cls.from_pretrained(
-            name,
-            config=config,
-            ignore_mismatched_sizes=True,  # noqa: E731
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    else:
-        load = lambda: cls.from_config(config, trust_remote_code=cfg.trust_remote_code)  # noqa: E731
+
+    def load() -> Any:
+        if cfg.pretrained:
+            return cls.from_pretrained(
+                name, config=config, ignore_mismatched_sizes=True, trust_remote_code=cfg.trust_remote_code
+            )
+        return cls.from_config(config, trust_remote_code=cfg.trust_remote_code)
+
     with _quiet_transformers():
         model = HFClassifier(_hf_call(name, load), task, num_classes, cfg.pooling, interpolate)
         if task == "text":
@@ -203,9 +202,17 @@ def hf_inner(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def hf_base(model: nn.Module) -> nn.Module:
+    """The base model (the encoder, without pooler or head) of the transformers model inside `model`."""
+    inner = hf_inner(model)
+    if inner is None:
+        raise TypeError(f"{type(model).__name__} is not a transformers model")
+    return inner.base_model
+
+
 def hf_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     """embeddings / layer.<i> / post-layer modules / head, found around the base model's largest layer list."""
-    base = hf_inner(model).base_model  # type: ignore[union-attr]
+    base = hf_base(model)
     prefix = next(n for n, m in model.named_modules() if m is base)
     prefix = prefix + "." if prefix else ""
     layers = _largest_module_list(base)

@@ -139,7 +139,8 @@ def fetch_timm(name: str, emit: Emit | None) -> None:
     if name.startswith(("hf-hub:", "hf_hub:")):
         repo, filename = name.split(":", 1)[1], "pytorch_model.bin"
         source, location = "hf-hub", repo
-        _fetch_files(*hf_split(repo), ["config.json"], emit)
+        repo_id, revision = hf_split(repo)
+        _fetch_files(repo_id, revision, ["config.json"], emit)
     else:
         pcfg = get_pretrained_cfg(name)
         if pcfg is None:

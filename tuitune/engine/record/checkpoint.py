@@ -93,7 +93,9 @@ def numpy_rng_state() -> dict[str, Any]:
     still loads with `weights_only=True` (a numpy array would not)."""
     import numpy as np
 
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the global RandomState is an MT19937: legacy=True gives its 5-tuple
+    kind, keys, pos, has_gauss, cached = state
     return {
         "kind": kind,
         "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -180,7 +182,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     rather than torch's multi-line size-mismatch report."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  safe_open is not a dict: keys() is its API
     except FileNotFoundError:
         raise UserError(f"{path}: no checkpoint weights here") from None
     except Exception as e:

@@ -56,6 +56,9 @@ class LinesSkipped:
     lines: int
 
 
+Recorded = Event | LinesSkipped  # what a history holds: events, and markers where lines were passed over
+
+
 def kind_of(line: bytes) -> str:
     """A line's kind from its first bytes (`to_json` writes `type` first): no JSON decoding."""
     if line.startswith(_PREFIX):
@@ -153,9 +156,9 @@ class Condenser:
         return c
 
     # --------------------------------------------------------------------------------------------- decode
-    def events(self, path: Path) -> list[Event | LinesSkipped]:
+    def events(self, path: Path) -> list[Recorded]:
         """What is kept, decoded, with `LinesSkipped` where readings or lines were passed over."""
-        out: list[Event | LinesSkipped] = []
+        out: list[Recorded] = []
         readings = lines = 0  # accounted for so far
         kept = self.kept()
         for n, (kind, index, number, raw) in enumerate(kept):
@@ -226,7 +229,7 @@ def condense(run_dir: Path) -> Condenser:
     return c
 
 
-def read_history(run_dir: Path) -> list[Event | LinesSkipped]:
+def read_history(run_dir: Path) -> list[Recorded]:
     """A recorded run for a first frame: `fold(read_history(d)) == fold(read_events(d))`, in time and memory
     bounded by the plots' capacity and the number of events that are not readings."""
     path = _events_path(run_dir)

@@ -84,7 +84,7 @@ def export_adapters(backbone: Backbone, out_dir: Path) -> tuple[Backbone, dict[s
     folder.mkdir(parents=True, exist_ok=True)
     state = adapter_state(backbone.model)
     save_file(state, str(folder / "adapter_model.safetensors"))
-    backbone.lora.peft_config[ADAPTER].save_pretrained(str(folder))  # type: ignore[attr-defined]
+    backbone.lora.peft_config[ADAPTER].save_pretrained(str(folder))
     return merged(backbone), {"adapters": str(folder.resolve()), "adapter_tensors": len(state), "lora_merged": True}
 
 

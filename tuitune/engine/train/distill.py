@@ -80,16 +80,17 @@ class Distiller:
         return classifier(model)(pre), pre
 
     def loss(self, x: Any, out: torch.Tensor, aux: Any) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_pre = pre_logits(self.teacher, x) if self.on_pre_logits else None
-            teacher_out = self.teacher(x) if teacher_pre is None else None
-        if self.source_head is not None:
+        if not self.on_pre_logits:
             with torch.no_grad():
-                t_logits = self.source_head(teacher_pre)
-            return kl_distill(self.source_head(aux), t_logits, self.t)
-        if self.features:
+                teacher_out = self.teacher(x)
+            return kl_distill(out, teacher_out, self.t)
+        with torch.no_grad():
+            teacher_pre = pre_logits(self.teacher, x)
+        if self.source_head is None:  # `features`: the pre-logit features themselves
             return F.mse_loss(aux.float(), teacher_pre.float())
-        return kl_distill(out, teacher_out, self.t)
+        with torch.no_grad():
+            t_logits = self.source_head(teacher_pre)
+        return kl_distill(self.source_head(aux), t_logits, self.t)
 
 
 def _frozen(model: nn.Module, device: torch.device) -> nn.Module:

@@ -16,6 +16,7 @@ Single-process runs get `LOCAL`, whose methods do nothing, so the loop reads the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -112,7 +113,7 @@ class DistContext:
             mine = tensor[start : start + step]
             piece[: mine.shape[0]] = mine.to(via)
             out = [torch.empty_like(piece) for _ in range(self.world)]
-            self._guard(lambda: torch.distributed.all_gather(out, piece))
+            self._guard(torch.distributed.all_gather, out, piece)
             for r, got in enumerate(out):
                 parts[r].append(got[: max(0, min(step, counts[r] - start))].to(tensor.device))
         return torch.cat([t for rank in parts for t in rank])
@@ -130,11 +131,13 @@ class DistContext:
         if not self.active:
             return
         for tensor in module.state_dict().values():
-            self._guard(lambda: torch.distributed.broadcast(tensor, src=0))
+            self._guard(torch.distributed.broadcast, tensor, src=0)
 
-    def _guard(self, call: Any) -> None:
+    def _guard(self, call: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """`call(*args, **kwargs)`, a lost peer raised as PeerLost. The arguments are passed, not closed over, so a
+        loop's current values are the ones used."""
         try:
-            call()
+            call(*args, **kwargs)
         except (RuntimeError, OSError) as e:  # gloo / NCCL: a peer closed the connection or timed out
             raise PeerLost(f"rank {self.rank}: a collective failed: {first_line(e, 200)}") from e
 

@@ -43,8 +43,8 @@ def group_outputs(model: nn.Module, groups: tuple[LayerGroup, ...]) -> dict[str,
         if not name or any(name.startswith(t + ".") for t in taken):
             continue
         names = {owner.get(f"{name}.{p}") for p, _ in module.named_parameters()}
-        if len(names) == 1 and None not in names:
-            out.setdefault(names.pop(), []).append(module)  # type: ignore[arg-type]
+        if len(names) == 1 and (group := names.pop()) is not None:
+            out.setdefault(group, []).append(module)
             taken.append(name)
     return out
 
@@ -134,9 +134,9 @@ def measure(
             moments.close()
         per_group = {
             g: [
-                symmetric_kl(*moments.gaussian(m), m.running_mean.float(), m.running_var.float())
+                symmetric_kl(*batch, m.running_mean.float(), m.running_var.float())
                 for m in ms
-                if moments.gaussian(m) is not None
+                if (batch := moments.gaussian(m)) is not None
             ]
             for g, ms in bns.items()
         }

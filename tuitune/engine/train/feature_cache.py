@@ -165,10 +165,10 @@ class FeatureCache:
         if k < 0:
             return True, f"not used: {reason}" if not was else f"dropped: {reason}"
         t0 = time.perf_counter()
-        reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
+        reason, lower = self._build([k, *self._later_boundaries(k, phase, epoch)], progress)
         while reason and lower and k > 0:  # something random at k (e.g. timm's head dropout): one segment lower
             k -= 1
-            reason, lower = self._build([k] + self._later_boundaries(k, phase, epoch), progress)
+            reason, lower = self._build([k, *self._later_boundaries(k, phase, epoch)], progress)
         if reason:
             return True, f"not used: {reason}"
         size = sum(t.nbytes + v.nbytes for t, v in self.stores.values()) / 1e6
@@ -253,8 +253,8 @@ class FeatureCache:
         verdicts = self.dist.gather_objects(where if isinstance(where[0], str) else where[1])
         why = next((v for v in verdicts if isinstance(v, tuple)), None)
         if why is not None:
-            return why  # type: ignore[return-value]
-        device, fits = where[0], min(verdicts)  # type: ignore[index]
+            return why
+        device, fits = where[0], min(verdicts)
         ks = ks[:fits]
         train = self._store(p.bundle.train, ks, device, progress, f"{split.segments[k].name} (train)")
         if self.dist.active:
@@ -344,14 +344,12 @@ class FeatureCache:
         draws (its workers' base seed, from the global generator), so later dropout masks stay the uncached run's."""
         torch.empty((), dtype=torch.int64).random_(generator=self.parts.val_loader.generator)
         store = self.val
-        n = len(store.labels)  # type: ignore[union-attr]
+        assert store is not None, "val_batches: called with no val store (the loop asks only when the cache is on)"
+        n = len(store.labels)
         return [
-            (
-                store.get(range(i, min(i + batch_size, n)), self.parts.device),  # type: ignore[union-attr]
-                store.labels[i : i + batch_size],
-            )
+            (store.get(range(i, min(i + batch_size, n)), self.parts.device), store.labels[i : i + batch_size])
             for i in range(0, n, batch_size)
-        ]  # type: ignore[union-attr]
+        ]
 
 
 def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:

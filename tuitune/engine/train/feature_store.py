@@ -53,9 +53,10 @@ class Store:
             index = [self.rows[i] for i in index]
         from torch.nn.utils.rnn import pad_sequence
 
-        o = self.offsets
+        o, m = self.offsets, self.mask
+        assert m is not None, "a text store (offsets) keeps its mask"
         feats = pad_sequence([self.feats[o[i] : o[i + 1]] for i in index], batch_first=True)
-        mask = pad_sequence([self.mask[o[i] : o[i + 1]] for i in index], batch_first=True)  # type: ignore[index]
+        mask = pad_sequence([m[o[i] : o[i + 1]] for i in index], batch_first=True)
         return {"inputs_embeds": feats.to(device, non_blocking=True), "attention_mask": mask.to(device)}
 
 
@@ -80,8 +81,8 @@ def gather_store(store: Store, n: int, dist: DistContext) -> Store:
     if store.offsets is None:
         return Store(labels, feats, rows=rows.tolist())
     lengths = d.gather_rows(torch.tensor(store.offsets[1:]) - torch.tensor(store.offsets[:-1]))
-    offsets = [0] + torch.cumsum(lengths, 0).tolist()
-    return Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())  # type: ignore[arg-type]
+    offsets = [0, *torch.cumsum(lengths, 0).tolist()]
+    return Store(labels, feats, offsets, d.gather_rows(store.mask), rows=rows.tolist())
 
 
 class Rows:

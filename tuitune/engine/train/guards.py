@@ -67,12 +67,12 @@ class NonFiniteGuard:
         for g in grads:
             g.masked_fill_(bad, 0.0)
         if getattr(optimizer, "_step_supports_amp_scaling", False):
-            optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
+            optimizer.found_inf = bad.float()
 
     @staticmethod
     def after_step(optimizer: torch.optim.Optimizer) -> None:
         if hasattr(optimizer, "found_inf"):
-            del optimizer.found_inf  # type: ignore[attr-defined]
+            del optimizer.found_inf
 
     def settle(self, bad_steps: int, *, epoch: int, global_step: int, checkpoint_note: str) -> str:
         """Act on the non-finite steps counted since the last read (`bad_steps`, read with the metrics). Returns a

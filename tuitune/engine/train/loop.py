@@ -176,7 +176,7 @@ class Trainer(Steering):
                 self._read_window(window, step)
             # commands, pause, stop: at the step boundary (several ranks: at the metric reads)
             if not self._between_steps(step):
-                if self.stop_status[0] != "stopped_early":  # interrupted: leave now, no validation
+                if not self.stop_status or self.stop_status[0] != "stopped_early":  # interrupted: leave, unvalidated
                     return None
                 break  # `s`: the epoch ends here, validated and recorded like any other
         st.skip_steps = 0
@@ -215,7 +215,7 @@ class Trainer(Steering):
         else:
             norm = guard.grad_norm(grads) if guard.skips else None
         finite = guard.check(loss, norm)
-        guard.drop_if_bad(st.optimizer, grads, finite)  # type: ignore[arg-type]
+        guard.drop_if_bad(st.optimizer, grads, finite)
         return finite
 
     def _read_window(self, window: RunningSums, step: int) -> None:

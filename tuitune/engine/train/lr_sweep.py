@@ -155,7 +155,9 @@ def lr_sweep(
             value = float(loss.detach())  # one sync per step: a sweep is short and must watch every step
             avg = smooth * avg + (1 - smooth) * value
             s = avg / (1 - smooth ** (i + 1))  # bias-corrected, as fastai's Recorder does
-            lrs.append(lr), losses.append(value), smoothed.append(s)
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(s)
             best = min(best, s)
             if not math.isfinite(s) or (i > 0 and s > diverge * best):
                 stopped = True

@@ -189,10 +189,10 @@ class HFSplit:
     """A Hugging Face encoder as embeddings, layer.0 ... layer.N-1; what follows (pooler, head) always runs."""
 
     def __init__(self, model: nn.Module) -> None:
-        from tuitune.engine.model.hf import HFClassifier, _largest_module_list, hf_inner
+        from tuitune.engine.model.hf import HFClassifier, _largest_module_list, hf_base
 
         self.model = model
-        base = hf_inner(model).base_model  # type: ignore[union-attr]
+        base = hf_base(model)
         layers = _largest_module_list(base)
         children = dict(base.named_children())
         emb = children.get("embeddings")

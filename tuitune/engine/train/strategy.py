@@ -58,7 +58,7 @@ def _groups(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
 def _progressive(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
     """Head first, then `groups_per_phase` more at a time from the top down."""
     below = list(reversed(names[:-1]))
-    phases = [(names[-1],)]
+    phases: list[tuple[str, ...]] = [(names[-1],)]
     for i in range(0, len(below), cfg.groups_per_phase):
         added = set(phases[-1]) | set(below[i : i + cfg.groups_per_phase])
         phases.append(tuple(n for n in names if n in added))
