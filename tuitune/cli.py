@@ -89,7 +89,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="train in the dashboard's own process (ends with the terminal) instead of a run process",
     )
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint; `auto` with --out DIR: resume DIR if it has one, else start "
+        "it there (one command for a requeued batch job)",
+    )
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
     train.add_argument(
         "--nproc",

@@ -3,8 +3,10 @@ process's `run.log` and the command-line tools. Plain Python: no torch, no Textu
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import TextIO
 
 from tuitune.engine.events import (
@@ -33,9 +35,10 @@ class ConsolePrinter:
     """Concise progress on stdout: a line per epoch, per phase change and per notable event. A failure is one
     line on stderr, like every other error of the CLI (`tuitune: error: ...`)."""
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, log: Path | None = None) -> None:
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
+        self.log = log  # where lines go on when `out` or `err` breaks (RUN_DIR/run.log; RunStarted tells it too)
         self.epochs = 0
         self.num_phases = 1
         self.phase = 0
@@ -43,10 +46,11 @@ class ConsolePrinter:
         self._progress_at: dict[str, float] = {}  # task -> when its last line was printed
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        self.out = _write(self.out, text, self.log)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
+            self.log = self.log or Path(event.run_dir) / "run.log"
             self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
             self.metric = event.metric
             # under LoRA a trainable group trains its adapters (the head, with none, trains in full)
@@ -104,11 +108,8 @@ class ConsolePrinter:
         elif isinstance(event, RunFinished):
             self._finished(event)
         elif isinstance(event, RunFailed):
-            print(
-                f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else ""),
-                file=self.err,
-                flush=True,
-            )
+            line = f"tuitune: error: {event.message}" + (f" (traceback: {event.log_path})" if event.log_path else "")
+            self.err = _write(self.err, line, self.log)
 
     def _progress(self, event: SetupProgressed) -> None:
         """The first line of a task, then one every few seconds, and the last: a log, not a progress bar."""
@@ -142,3 +143,25 @@ class ConsolePrinter:
             )
         if event.export_dir:
             self.say(f"  exported to {event.export_dir}")
+
+
+def _write(stream: TextIO, text: str, log: Path | None) -> TextIO:
+    """Print a line; the stream to use from now on. A closed or broken stream (`| head -2`, a closed terminal, a
+    full disk) never fails the run: the line and the ones after it go on into `log` (else nowhere), and a broken
+    standard stream is pointed at /dev/null so that Python's flush at exit cannot fail either."""
+    try:
+        print(text, file=stream, flush=True)
+        return stream
+    except (OSError, ValueError):  # ValueError: the file was closed
+        pass
+    if stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+    try:
+        spare: TextIO = open(log, "a", encoding="utf-8") if log is not None else open(os.devnull, "w")  # noqa: SIM115
+        print(text, file=spare, flush=True)
+    except OSError:
+        spare = open(os.devnull, "w")  # noqa: SIM115
+    return spare

@@ -32,6 +32,11 @@ from tuitune.errors import UserError
 ENV_RUN_DIR = "TUITUNE_RUN_DIR"  # the run directory `launch` created (rank 0 records there)
 ENV_LAUNCHED = "TUITUNE_LAUNCHED"  # set by `launch`: a lost peer is the launcher's to report
 PEER_LOST_EXIT = RankGone.EXIT_CODE  # this rank lost a peer, it did not fail itself
+# The signals torch's launcher catches and passes on to every rank as they came. Its default leaves SIGUSR1 out,
+# and SIGUSR1 (SLURM's time-limit warning) would end the launcher at once; with it, each rank saves and ends
+# `preempted`. Plain `torchrun` reads the same variable: the README's batch script sets it.
+ELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
 def under_torchrun() -> bool:
@@ -46,7 +51,7 @@ def free_port() -> int:
 
 def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
     """Run `python -m tuitune *worker_args` as `nproc` ranks on this machine; the exit code follows the run's
-    recorded end (0 finished or stopped early, 130 interrupted, 2 bad input, 1 failed)."""
+    recorded end (0 finished or stopped early, 130 interrupted, 75 preempted, 2 bad input, 1 failed)."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -56,6 +61,7 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failure: our one line says it
     os.environ[ENV_RUN_DIR], os.environ[ENV_LAUNCHED] = str(run_dir), "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun does
+    os.environ.setdefault(ELASTIC_SIGNALS, FORWARDED_SIGNALS)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -70,7 +76,7 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
         elastic_launch(config, sys.executable)("-m", "tuitune", *worker_args)
     except ChildFailedError as e:
         record_rank_failure(run_dir, e.failures, nproc)
-    except SignalException:  # Ctrl+C / SIGTERM: every rank got one SIGINT and stopped at its next step
+    except SignalException:  # Ctrl+C / SIGTERM / SIGUSR1: every rank got the same signal and stopped at its next step
         pass
     return exit_code(run_dir)
 

@@ -206,7 +206,7 @@ class CompressionReported:
 
 @dataclass(frozen=True)
 class RunFinished:
-    status: str  # "finished", "stopped_early" or "interrupted"
+    status: str  # "finished", "stopped_early", "interrupted" or "preempted" (SIGTERM / SIGUSR1: requeue it)
     reason: str
     epochs: int
     global_step: int
@@ -347,9 +347,12 @@ def event_from_json(line: str) -> Event:
 
 def exit_code(final: Event | None) -> int:
     """A run's exit status from its last event, the same for the headless command, the run process and the
-    multi-rank launcher: 0 done, 130 interrupted, 2 bad input, 1 any other failure (or no end recorded)."""
+    multi-rank launcher: 0 done, 130 interrupted, 75 preempted, 2 bad input, 1 any other failure (or no end
+    recorded)."""
+    from tuitune.exits import ExitCode
+
     if isinstance(final, RunFinished):
-        return 130 if final.status == "interrupted" else 0
+        return {"interrupted": ExitCode.INTERRUPTED, "preempted": ExitCode.PREEMPTED}.get(final.status, ExitCode.OK)
     if isinstance(final, RunFailed):
         return 2 if final.bad_input else 1
     return 1

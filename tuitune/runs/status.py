@@ -3,8 +3,8 @@
 A run process writes `process.json` (pid, the kernel's start time of that pid, socket path, mode) when it starts.
 Status, without talking to the process: `live` while that pid is alive and is the same process (its start time
 matches: a pid reused after a reboot is not mistaken for the run); otherwise the status `summary.json` records
-(`finished`, `stopped`, `interrupted`, `failed`) when that summary was written by this process; otherwise `dead`
-(killed with -9, the OOM killer, a reboot): gone without a summary. Plain Python, no torch, no Textual.
+(`finished`, `stopped`, `interrupted`, `preempted`, `failed`) when that summary was written by this process;
+otherwise `dead` (killed with -9, the OOM killer, a reboot): gone without a summary. Plain Python, no torch, no Textual.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tuitune.engine.record.files import write_json_atomic
 
 PROCESS_FILE = "process.json"
 SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted",
-                  "failed": "failed"}
+                  "preempted": "preempted", "failed": "failed"}
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -77,7 +77,7 @@ class RunInfo:
 
     name: str
     path: str
-    status: str  # live, finished, stopped, interrupted, failed, dead
+    status: str  # live, finished, stopped, interrupted, preempted, failed, dead
     phase: str  # "2/3"
     epoch: str  # "5/300"
     best: str  # "val acc 0.9812 @ 4"

@@ -43,7 +43,7 @@ else:
 
 STOP_TIMEOUT_S = 2.0
 LR_STEP = 1.5  # what `+` multiplies a group's LR by and `-` divides it by
-EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "failed": 1}
+EXIT_CODES = {"finished": 0, "stopped_early": 0, "interrupted": 130, "preempted": 75, "failed": 1}
 
 
 class Steering(_Screen):

@@ -32,6 +32,7 @@ STATUS_STYLES = {
     "finished": ("✔ FINISHED", "bold black on #61afef"),
     "stopped_early": ("✔ STOPPED EARLY", "bold black on #61afef"),
     "interrupted": ("✖ INTERRUPTED", "bold black on #e0a050"),
+    "preempted": ("✖ PREEMPTED", "bold black on #e0a050"),
     "failed": ("✖ FAILED", "bold white on #c0392b"),
 }
 TRAIN_COLOR = (80, 190, 255)
@@ -233,6 +234,15 @@ class MetricPlot(Metered, PlotextPlot):
         elif points:
             plt.plot([p[0] for p in points], [p[1] for p in points], marker="braille", color=color, label=series.label)
             plt.scatter([p[0] for p in points], [p[1] for p in points], marker="●", color=color)
+
+
+def _nonempty(span: tuple[float, float]) -> tuple[float, float]:
+    """An x axis plotext can scale (it divides by its width): a session that starts at its last epoch (a finished
+    run resumed) spans nothing, so it shows that last epoch instead."""
+    low, high = span
+    if high > low:
+        return span
+    return (high - 1.0, high) if high >= 1.0 else (low, low + 1.0)
 
 
 STATE_CELLS = {
