@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from tuitune import __version__
+from tuitune.engine.record.files import WriteFailed
 from tuitune.errors import UserError
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
 from tuitune.subcommands.tools import cmd_compress, cmd_export, cmd_layers, cmd_lr_find
@@ -225,5 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"tuitune: error: {e}", file=sys.stderr)
         return 2
+    except WriteFailed as e:  # a full disk before a run's own record could take it (process.json, a run folder)
+        print(f"tuitune: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -236,7 +236,8 @@ class RunFailed:
     bad_input: bool = False  # a user-fixable error (profile, data, model, checkpoint): exit code 2
     epoch: int = 0
     global_step: int = 0
-    kind: str = ""  # "bad_input", "nonfinite", "oom" or "error" (any other exception; traceback in log_path)
+    kind: str = ""  # "bad_input", "nonfinite", "oom", "write" (a record's write failed: a full disk) or "error"
+    # (any other exception; traceback in log_path)
 
 
 @dataclass(frozen=True)
