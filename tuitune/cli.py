@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuitune import __version__
+from tuitune.engine.record.files import WriteFailed
 from tuitune.errors import UserError
 from tuitune.exits import ExitCode
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
@@ -92,7 +93,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="train in the dashboard's own process (ends with the terminal) instead of a run process",
     )
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint; `auto` with --out DIR: resume DIR if it has one, else start "
+        "it there (one command for a requeued batch job)",
+    )
     train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
     train.add_argument(
         "--nproc",
@@ -223,5 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"tuitune: error: {e}", file=sys.stderr)
         return ExitCode.BAD_INPUT
+    except WriteFailed as e:  # a full disk before a run's own record could take it (process.json, a run folder)
+        print(f"tuitune: error: {e}", file=sys.stderr)
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED

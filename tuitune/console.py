@@ -3,9 +3,11 @@ process's `run.log` and the command-line tools. Plain Python: no torch, no Textu
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
 from tuitune.engine.events import (
@@ -35,9 +37,10 @@ class ConsolePrinter:
     """Concise progress on stdout: a line per epoch, per phase change and per notable event. A failure is one
     line on stderr, like every other error of the CLI (`tuitune: error: ...`)."""
 
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, log: Path | None = None) -> None:
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
+        self.log = log  # where lines go on when `out` or `err` breaks (RUN_DIR/run.log; RunStarted tells it too)
         self.epochs = 0
         self.num_phases = 1
         self.phase = 0
@@ -45,7 +48,7 @@ class ConsolePrinter:
         self._progress_at: dict[str, float] = {}  # task -> when its last line was printed
 
     def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        self.out = _write(self.out, text, self.log)
 
     def __call__(self, event: Event) -> None:
         handler = self.HANDLERS.get(type(event))
@@ -53,6 +56,7 @@ class ConsolePrinter:
             handler(self, event)
 
     def _started(self, event: RunStarted) -> None:
+        self.log = self.log or Path(event.run_dir) / "run.log"
         self.epochs, self.num_phases, self.phase = event.epochs, len(event.phases), event.phase
         self.metric = event.metric
         # under LoRA a trainable group trains its adapters (the head, with none, trains in full)
@@ -112,7 +116,7 @@ class ConsolePrinter:
 
     def _failed(self, event: RunFailed) -> None:
         traceback = f" (traceback: {event.log_path})" if event.log_path else ""
-        print(f"tuitune: error: {event.message}{traceback}", file=self.err, flush=True)
+        self.err = _write(self.err, f"tuitune: error: {event.message}{traceback}", self.log)
 
     def _progress(self, event: SetupProgressed) -> None:
         """The first line of a task, then one every few seconds, and the last: a log, not a progress bar."""
@@ -167,3 +171,25 @@ class ConsolePrinter:
 def compression_table(report: dict[str, Any]) -> str:
     """A compression report (`CompressionReported.report`, `tuitune compress`) as a fixed-width table."""
     return format_report(report)
+
+
+def _write(stream: TextIO, text: str, log: Path | None) -> TextIO:
+    """Print a line; the stream to use from now on. A closed or broken stream (`| head -2`, a closed terminal, a
+    full disk) never fails the run: the line and the ones after it go on into `log` (else nowhere), and a broken
+    standard stream is pointed at /dev/null so that Python's flush at exit cannot fail either."""
+    try:
+        print(text, file=stream, flush=True)
+        return stream
+    except (OSError, ValueError):  # ValueError: the file was closed
+        pass
+    if stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        except (OSError, ValueError):
+            pass
+    try:
+        spare: TextIO = open(log, "a", encoding="utf-8") if log is not None else open(os.devnull, "w")  # noqa: SIM115
+        print(text, file=spare, flush=True)
+    except OSError:
+        spare = open(os.devnull, "w")  # noqa: SIM115
+    return spare

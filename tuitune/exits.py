@@ -22,10 +22,20 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # a profile, a flag, a file or a command was refused before anything changed
     RANK_LOST = 3  # a multi-rank run lost a rank: the launcher says which
     INTERRUPTED = 130  # Ctrl+C or quit mid-run (128 + SIGINT, as shells report it)
+    # SIGTERM or SIGUSR1 (a scheduler's time-limit warning or a preemption): `last` saved, the summary says
+    # `preempted`, and the same command line resumes it. 75 is sysexits' EX_TEMPFAIL ("try again later"): distinct
+    # from 143, which a shell reports for a process SIGTERM killed before it could save, so a batch script (or
+    # slurm.conf `RequeueExit=75`, a Kubernetes podFailurePolicy) requeues on it and on nothing else.
+    PREEMPTED = 75
 
 
 # RunFinished.status -> code; a status this table does not know is a run whose end is not understood: FAILED
-FINISHED_CODES = {"finished": ExitCode.OK, "stopped_early": ExitCode.OK, "interrupted": ExitCode.INTERRUPTED}
+FINISHED_CODES = {
+    "finished": ExitCode.OK,
+    "stopped_early": ExitCode.OK,
+    "interrupted": ExitCode.INTERRUPTED,
+    "preempted": ExitCode.PREEMPTED,
+}
 
 
 def run_exit_code(final: Event | None) -> ExitCode:

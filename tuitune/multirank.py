@@ -32,6 +32,11 @@ from tuitune.exits import ExitCode, run_exit_code
 
 ENV_RUN_DIR = "TUITUNE_RUN_DIR"  # the run directory `launch` created (rank 0 records there)
 ENV_LAUNCHED = "TUITUNE_LAUNCHED"  # set by `launch`: a lost peer is the launcher's to report
+# The signals torch's launcher catches and passes on to every rank as they came. Its default leaves SIGUSR1 out,
+# and SIGUSR1 (SLURM's time-limit warning) would end the launcher at once; with it, each rank saves and ends
+# `preempted`. Plain `torchrun` reads the same variable: the README's batch script sets it.
+ELASTIC_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE"
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
 def under_torchrun() -> bool:
@@ -56,6 +61,7 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failure: our one line says it
     os.environ[ENV_RUN_DIR], os.environ[ENV_LAUNCHED] = str(run_dir), "1"
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # as torchrun does
+    os.environ.setdefault(ELASTIC_SIGNALS, FORWARDED_SIGNALS)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -70,7 +76,7 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path) -> int:
         elastic_launch(config, sys.executable)("-m", "tuitune", *worker_args)
     except ChildFailedError as e:
         record_rank_failure(run_dir, e.failures, nproc)
-    except SignalException:  # Ctrl+C / SIGTERM: every rank got one SIGINT and stopped at its next step
+    except SignalException:  # Ctrl+C / SIGTERM / SIGUSR1: every rank got the same signal and stopped at its next step
         pass
     events = recorded_events(run_dir)
     return run_exit_code(events[-1] if events else None)

@@ -1,8 +1,10 @@
-"""Interrupts with real processes: Ctrl+C and SIGTERM stop a headless run gracefully, a second Ctrl+C exits at
-once, and `kill -9` in the middle of checkpoint writes never leaves a `last` that fails to load."""
+"""Interrupts with real processes: Ctrl+C and SIGTERM stop a headless run gracefully (SIGTERM and SIGUSR1 as
+`preempted`, exit 75, and the same command resumes it), a second Ctrl+C exits at once, and `kill -9` in the middle
+of checkpoint writes never leaves a `last` that fails to load."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -11,15 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.engine.conftest import tiny_profile
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
-from tuitune.engine.events import RunStarted
+from tuitune.engine.events import MetricsUpdated, RunFinished, RunStarted
 from tuitune.engine.record import checkpoint
 from tuitune.engine.record.runlog import read_events
+from tuitune.runs.status import run_info
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -58,7 +62,8 @@ def _wait_for_epoch(proc: subprocess.Popen, n: int = 1) -> str:
 def test_ctrl_c_and_sigterm_stop_gracefully_and_resume(tmp_path: Path) -> None:
     """Three runs side by side: Ctrl+C (to the whole process group, one DataLoader worker), SIGTERM, and Ctrl+C
     twice in a row (after epoch 2's line, so it may land in the middle of that epoch's saves, and epoch 1's
-    checkpoint exists). Each exits 130 with a `last` that loads; the first then resumes from its saved epoch."""
+    checkpoint exists). Each exits 130 (SIGTERM: 75, preempted) with a `last` that loads; the first then resumes
+    from its saved epoch."""
     runs = {
         "sigint": _start(tmp_path, "sigint", num_workers=1),
         "sigterm": _start(tmp_path, "sigterm"),
@@ -76,12 +81,13 @@ def test_ctrl_c_and_sigterm_stop_gracefully_and_resume(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGINT)
     for name, (proc, run_dir) in runs.items():
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 130, (name, err)
+        assert proc.returncode == (75 if name == "sigterm" else 130), (name, err)  # SIGTERM: preempted
         weights, state = checkpoint.open_checkpoint(run_dir / "checkpoints", "last")
         assert all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
         assert state["epoch"] >= 1, name
         if name != "twice":  # a graceful stop also finishes the record
-            assert '"status": "interrupted"' in (run_dir / "summary.json").read_text(), name
+            status = "preempted" if name == "sigterm" else "interrupted"
+            assert f'"status": "{status}"' in (run_dir / "summary.json").read_text(), name
             assert "stopping at the next step" in err and "Traceback" not in err, (name, err)
     saved = checkpoint.open_checkpoint(tmp_path / "sigint" / "checkpoints", "last")[1]
     target = saved["epoch"] + 1
@@ -170,3 +176,68 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_sigusr1_preempts_and_the_same_command_resumes_then_says_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """What a SLURM job with `--signal=USR1@120 --requeue` does, by hand: the same `--resume auto` command three
+    times. 1st (a process; SIGUSR1 to its whole group, DataLoader worker included, after epoch 1's line): exit 75,
+    summary `preempted`, `tuitune runs` says preempted, the socket gone, `last` saved where it stopped. 2nd (in
+    this process): resumes there and finishes; global steps continue exactly where the first left off. 3rd: one
+    line saying the run is finished and how to extend it, exit 0, nothing appended to events.jsonl."""
+    profile = tmp_path / "long.toml"
+    table = profile_to_dict(tiny_profile(train={"epochs": 3}, data={"num_samples": 1200, "num_workers": 1}))
+    profile.write_text(dump_toml(table))
+    run_dir = tmp_path / "run"
+    command = ["train", str(profile), "--headless", "--out", str(run_dir), "--resume", "auto"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuitune", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_epoch(proc, 1)
+        os.killpg(proc.pid, signal.SIGUSR1)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err
+    assert "SIGUSR1: saving the last checkpoint and stopping at the next step (preempted)" in err
+    assert "Traceback" not in err, err
+    first = read_events(run_dir)
+    assert isinstance(first[-1], RunFinished) and first[-1].status == "preempted", first[-1]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "preempted"
+    assert run_info(run_dir).status == "preempted"
+    assert not Path(json.loads((run_dir / "process.json").read_text())["socket"]).exists()
+    _, state = checkpoint.open_checkpoint(run_dir / "checkpoints", "last")
+    assert state["global_step"] == first[-1].global_step
+    print(f"\npreempted at global step {state['global_step']} (epoch {state['epoch']}, step {state['step_in_epoch']})")
+
+    assert main(command) == 0  # requeued: the same command
+    events = read_events(run_dir)
+    second = events[len(first) :]
+    started = [e for e in second if isinstance(e, RunStarted)]
+    assert len(started) == 1 and started[0].start_step == state["global_step"]
+    steps = [e.global_step for e in second if isinstance(e, MetricsUpdated)]
+    spe = started[0].steps_per_epoch
+    assert steps == sorted(steps) and steps[0] > state["global_step"]
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "finished"
+    assert events[-1].global_step == 3 * spe  # no step lost, none repeated
+    assert [e.status for e in events if isinstance(e, RunFinished)] == ["preempted", "finished"]
+
+    capsys.readouterr()
+    before = (run_dir / "events.jsonl").read_bytes()
+    assert main(command) == 0  # requeued once more after finishing: nothing to do
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        f"{run_dir}: already finished (3/3 epochs), nothing to train; to train on, add epochs: "
+        f"tuitune train --resume {run_dir} --set train.epochs=N (N > 3)"
+    ]
+    assert (run_dir / "events.jsonl").read_bytes() == before
+    assert main(["train", str(profile), "--headless", "--resume", "auto"]) == 2  # auto needs the run's folder

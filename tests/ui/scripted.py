@@ -502,7 +502,8 @@ class ScriptedEngine:
                         return end
                 todo.clear()
             time.sleep(0.005)
-        end = finished("interrupted", "quit from the dashboard")
+        status, reason = control.stop_status
+        end = finished(status, reason) if status == "preempted" else finished("interrupted", "quit from the dashboard")
         emit(end)
         return end
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -331,3 +333,21 @@ async def test_the_first_run_hint_says_what_the_keys_do_until_one_is_used() -> N
     async with replay.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert not replay.screen.query_one("#hint", Static).display  # a replay steers nothing
+
+
+async def test_sigusr1_preempts_an_inline_run_and_the_app_exits_75() -> None:
+    """A scheduler's SIGUSR1 (or SIGTERM) to a dashboard whose run trains in its own process: the run is asked to
+    stop as `preempted` (it saves `last`), and the app exits 75 without waiting for a key. A fallback handler
+    keeps a missing one from killing the test process."""
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        engine = scripted.ScriptedEngine(scripted.mid_run_events())
+        app = live_app(engine)
+        async with app.run_test() as pilot:
+            await until(pilot, engine.started.is_set)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await until(pilot, lambda: app.return_code is not None, timeout=30)
+        assert engine.ended.is_set() and app.return_code == 75
+        assert dash(app).state.finished is not None and dash(app).state.finished.status == "preempted"
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

@@ -18,6 +18,7 @@ from tuitune.cli import main
 from tuitune.engine.events import CheckpointSaved, MetricsUpdated, to_json
 from tuitune.ui.runner import event_time
 from tuitune.ui.summary import SummaryScreen
+from tuitune.ui.widgets import MetricPlot
 
 
 class FakeClock:
@@ -97,3 +98,48 @@ def test_replay_of_a_folder_without_events_is_one_line(tmp_path: Path, capsys: p
     assert main(["replay", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no events.jsonl" in err[0]
+
+
+def _resumed_after_finishing() -> list:
+    """A finished run resumed with nothing left to train (what the README's Use block did): a second session
+    that starts at its last epoch, so its x axis spans nothing."""
+    start = scripted.run_started()
+    first = [dataclasses.replace(start, epochs=3), *scripted.finished_events()[1:]]
+    again = dataclasses.replace(start, epochs=3, start_epoch=3, start_step=3 * scripted.SPE)
+    return [*first, again, scripted.finished("finished", "completed 3 epochs")]
+
+
+RECORDS = {
+    "resumed after finishing": _resumed_after_finishing,
+    "one epoch": lambda: [
+        dataclasses.replace(scripted.run_started(), epochs=1),
+        *scripted.epoch_events(1, 0, steps=scripted.SPE),
+        scripted.finished("finished", "completed 1 epochs"),
+    ],
+    "started only": lambda: [scripted.run_started()],
+    "empty": lambda: [],
+}
+
+
+@pytest.mark.parametrize("record", list(RECORDS))
+def test_replay_of_any_recorded_run_draws(record: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every record draws and quits cleanly: a resumed finished run (before: ZeroDivisionError in the plot, its x
+    span (3.0, 3.0)), a one-epoch run, a run that never got past its start, an empty events.jsonl."""
+    (tmp_path / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in RECORDS[record]()))
+    drawn: dict = {}
+
+    async def watch(pilot) -> None:
+        await pilot.pause()
+        dashboard = pilot.app.dashboard
+        await until(pilot, lambda: dashboard.is_mounted and bool(dashboard.children))
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        drawn["spans"] = [plot.x_span for plot in dashboard.query(MetricPlot)]
+        await pilot.press("escape", "q")
+
+    monkeypatch.setattr(
+        launch, "_run", lambda app: app.run(headless=True, size=(100, 30), auto_pilot=watch) or app.return_code
+    )
+    assert main(["replay", str(tmp_path)]) == 0
+    spans = drawn["spans"]
+    assert len(spans) == 2 and all(span is None or span[1] > span[0] for span in spans), spans

@@ -92,6 +92,11 @@ Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like event
 ]
 
 
+INTERRUPTED = ("interrupted", "interrupted by the user")
+PREEMPTED = "preempted"  # a scheduler's warning or preemption: `last` saved, the same command resumes the run
+CUT_SHORT = (INTERRUPTED[0], PREEMPTED)  # end statuses of a run that will go on later: no export, no after-run tools
+
+
 class Control:
     """Commands in, from any thread. The loop calls `drain()` between steps and `stop_requested` every step."""
 
@@ -99,6 +104,7 @@ class Control:
         self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._stop_status = INTERRUPTED
 
     def put(self, command: Command) -> None:
         self._queue.put(command)
@@ -112,10 +118,18 @@ class Control:
             except queue.Empty:
                 return out
 
-    def request_stop(self) -> None:
-        """Interrupt the run at the next step boundary (quit, Ctrl+C). Safe from any thread or signal handler."""
+    def request_stop(self, status: str = INTERRUPTED[0], reason: str = INTERRUPTED[1]) -> None:
+        """Interrupt the run at the next step boundary (quit, Ctrl+C; `status="preempted"` for a scheduler's
+        SIGTERM / SIGUSR1). The first request names the run's end status. Safe from any thread or signal handler."""
+        if not self._stop.is_set():
+            self._stop_status = (status, reason)
         self._stop.set()
         self._wake.set()
+
+    @property
+    def stop_status(self) -> tuple[str, str]:
+        """(status, reason) the run ends with when it stops on this request: `RunFinished.status` and `.reason`."""
+        return self._stop_status
 
     @property
     def stop_requested(self) -> bool:

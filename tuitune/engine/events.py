@@ -221,7 +221,7 @@ class CompressionReported:
 
 @dataclass(frozen=True)
 class RunFinished:
-    status: str  # "finished", "stopped_early" or "interrupted"
+    status: str  # "finished", "stopped_early", "interrupted" or "preempted" (SIGTERM / SIGUSR1: requeue it)
     reason: str
     epochs: int
     global_step: int
@@ -251,7 +251,8 @@ class RunFailed:
     bad_input: bool = False  # a user-fixable error (profile, data, model, checkpoint): exit code 2
     epoch: int = 0
     global_step: int = 0
-    kind: str = ""  # "bad_input", "nonfinite", "oom" or "error" (any other exception; traceback in log_path)
+    kind: str = ""  # "bad_input", "nonfinite", "oom", "write" (a record's write failed: a full disk) or "error"
+    # (any other exception; traceback in log_path)
 
 
 @dataclass(frozen=True)

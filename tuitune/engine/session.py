@@ -5,6 +5,8 @@ traceback goes to `error.log` in the run directory, not over the screen), and re
 
 - bad input (`UserError`: profile, data, model, checkpoint): `bad_input=True`, exit 2, no traceback;
 - a run that cannot go on (`guards.RunAborted`: a non-finite loss) and out of memory: one line of advice, exit 1;
+- a record that cannot be written (`WriteFailed`: a full disk, a file-size limit, an I/O error): one line naming
+  the file and the error, and the checkpoint the run can go on from, exit 1;
 - any other exception: its type and first line, exit 1, traceback in `error.log`.
 
 With several ranks (`dist`), rank 0 does all of this; another rank records nothing, and writes only its own
@@ -26,6 +28,7 @@ from typing import Any, TypedDict
 from tuitune.config import SECTIONS, RunProfile
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, RunFailed
+from tuitune.engine.record.files import WriteFailed
 from tuitune.engine.record.runlog import RunRecorder, new_run_dir, tee
 from tuitune.errors import UserError, first_line
 
@@ -149,6 +152,10 @@ def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any)
     """A run that failed: `RunAborted` says why itself; out of memory gets advice; anything else its first line.
     All but a non-finite stop leave their traceback in `error.log`."""
     guards = sys.modules.get("tuitune.engine.train.guards")  # loaded with the loop; absent if the failure came first
+    if isinstance(error, WriteFailed):  # a full disk, a file-size limit: no traceback to keep (nor room for one)
+        st = getattr(trainer, "st", None)
+        note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
+        return RunFailed(message=f"{error}; {note}", run_dir=str(run_dir), kind="write", **_position(trainer))
     if guards is not None and isinstance(error, guards.RunAborted):
         return RunFailed(
             message=error.message,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuitune import preempt
 from tuitune.config import RunProfile, profile_from_dict
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event
@@ -87,7 +88,8 @@ def write_launch(run_dir: Path, profile: RunProfile, resume: Path | None, intera
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tuitune.remote.host RUN_DIR`: the detached run process. Its own session (the spawner set that
-    up), SIGHUP ignored, SIGTERM / SIGINT stop the run at the next step; exit code as `tuitune train --headless`."""
+    up), SIGHUP ignored, SIGINT stops the run at the next step (`interrupted`), SIGTERM / SIGUSR1 too, as
+    `preempted` (a scheduler's; see `tuitune.preempt`); exit code as `tuitune train --headless`."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     args = sys.argv[1:] if argv is None else argv
     run_dir = Path(args[0])
@@ -96,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     resume = Path(launch["resume"]) if launch.get("resume") else None
     control = Control()
 
-    def on_signal(signum: int, frame: Any) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] signal {signum}: stopping at the next step", flush=True)
+    def say(text: str) -> None:
+        try:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+        except (OSError, RuntimeError):  # run.log unwritable, or a print this handler cut into
+            pass
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        say("SIGINT: stopping at the next step")
         control.request_stop()
 
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, on_signal)
+    signal.signal(signal.SIGINT, on_interrupt)
+    preempt.install(control, say)
     print(f"[{time.strftime('%H:%M:%S')}] run process {os.getpid()} for {run_dir}", flush=True)
     from tuitune.console import ConsolePrinter  # its progress lines go to run.log
 

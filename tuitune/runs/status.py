@@ -2,9 +2,10 @@
 attach`, the picker's live runs), read from the files alone.
 
 Status, without talking to the process: `live` while the process `process.json` names lives (`tuitune.runs.process`);
-otherwise the status `summary.json` records (`finished`, `stopped`, `interrupted`, `failed`) when that summary was
-written by this process; otherwise `dead` (killed with -9, the OOM killer, a reboot): gone without a summary. Only
-the few event types that carry progress are parsed from events.jsonl. Plain Python, no torch, no Textual.
+otherwise the status `summary.json` records (`finished`, `stopped`, `interrupted`, `preempted`, `failed`) when
+that summary was written by this process; otherwise `dead` (killed with -9, the OOM killer, a reboot): gone without
+a summary. Only the few event types that carry progress are parsed from events.jsonl. Plain Python, no torch, no
+Textual.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from typing import Any
 from tuitune.fmt import fmt_plain, fmt_score
 from tuitune.runs.process import PROCESS_FILE, process_alive, read_json
 
-SUMMARY_STATUS = {"finished": "finished", "stopped_early": "stopped", "interrupted": "interrupted", "failed": "failed"}
+SUMMARY_STATUS = {
+    "finished": "finished",
+    "stopped_early": "stopped",
+    "interrupted": "interrupted",
+    "preempted": "preempted",
+    "failed": "failed",
+}
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class RunInfo:
 
     name: str
     path: str
-    status: str  # live, finished, stopped, interrupted, failed, dead
+    status: str  # live, finished, stopped, interrupted, preempted, failed, dead
     phase: str  # "2/3"
     epoch: str  # "5/300"
     best: str  # "val acc 98.12% @ 4"

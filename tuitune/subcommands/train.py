@@ -20,8 +20,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuitune import multirank
     from tuitune.engine.record.runlog import new_run_dir
 
+    if args.resume == "auto":
+        _resolve_auto(args)
     resume = Path(args.resume) if args.resume else None
     profile = _load_profile(args, resume)
+    if resume is not None and _finished(resume, profile.train.epochs):
+        return 0
     if multirank.under_torchrun():  # a rank: torchrun's, or one that `--nproc` started
         return _train_rank(args, profile, resume)
     launched_dir = os.environ.get(multirank.ENV_RUN_DIR)  # the one rank of `--nproc 1`
@@ -42,6 +46,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuitune.ui.launch import open_dashboard
 
     return open_dashboard(profile, run_dir, resume, inline=args.inline)
+
+
+def _resolve_auto(args: argparse.Namespace) -> None:
+    """`--resume auto --out RUN_DIR`: resume RUN_DIR when it has a checkpoint, else start it fresh there (a run
+    cut before its first save left nothing to keep). One command line for every start of a requeued job."""
+    if not args.out:
+        raise UserError("--resume auto: needs --out RUN_DIR (the run's folder, the same on every requeue)")
+    if (Path(args.out) / "checkpoints" / "last.state.pt").exists():
+        args.resume = args.out
+    else:
+        args.resume, args.force = None, True
+
+
+def _finished(run_dir: Path, epochs: int) -> bool:
+    """A run that finished all `epochs` already: say so in one line, and how to train on (0: nothing failed, and
+    a requeued job that finished ends cleanly). Nothing is appended to its record."""
+    from tuitune.runs.status import read_json
+
+    summary = read_json(run_dir / "summary.json") or {}
+    done = summary.get("epochs")
+    if summary.get("status") != "finished" or not isinstance(done, int) or done < epochs:
+        return False
+    print(
+        f"{run_dir}: already finished ({done}/{epochs} epochs), nothing to train; to train on, add epochs: "
+        f"tuitune train --resume {run_dir} --set train.epochs=N (N > {done})",
+        flush=True,
+    )
+    return True
 
 
 def _load_profile(args: argparse.Namespace, resume: Path | None):  # -> RunProfile

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from tuitune.ui.sweep import Loader
 
 
+PREEMPT_WAIT_S = 60.0  # how long a preempted in-process run may take to save `last` (SLURM's KillWait: 30 s)
+
+
 class TuituneApp(App[None]):
     """`mode` is "picker", "train", "attach" (`run_dir`: a live run process) or "replay". `runner` and
     `make_run_dir` are injectable for tests; `DetachedRunner()` trains in a run process that outlives the app,
@@ -138,6 +141,8 @@ class TuituneApp(App[None]):
         self.push_screen(self.dashboard)
         if self.dashboard.detachable:
             self._watch_hangup()
+        if self.dashboard.run is not None:
+            self._watch_preemption()
 
     def _watch_hangup(self) -> None:
         """A lost terminal (SIGHUP: the SSH link dropped, the tmux session was killed) is a detach: the run
@@ -146,6 +151,34 @@ class TuituneApp(App[None]):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
         except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / no signals here
             pass
+
+    def _watch_preemption(self) -> None:
+        """SIGTERM / SIGUSR1 (a scheduler's preemption or time-limit warning): a run in this process (`--inline`)
+        saves `last` and ends `preempted`, and the app exits 75; a run process of its own is only detached from
+        (it gets the scheduler's signal itself)."""
+        from tuitune.preempt import PREEMPT_SIGNALS
+
+        try:
+            loop = asyncio.get_running_loop()
+            for s in PREEMPT_SIGNALS:
+                loop.add_signal_handler(s, self.preempt_run, s)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread / no signals here
+            pass
+
+    def preempt_run(self, signum: int) -> None:
+        dashboard = self.dashboard
+        if dashboard is None or not dashboard.keys.live or dashboard.detachable:
+            self.hang_up()
+            return
+        from tuitune.preempt import preempt
+
+        assert dashboard.link.control is not None
+        preempt(dashboard.link.control, signum)
+        self.run_worker(self._end_preempted(dashboard), name="preempted", exclusive=True)
+
+    async def _end_preempted(self, dashboard: DashboardScreen) -> None:
+        await dashboard.keys.shutdown(timeout=PREEMPT_WAIT_S)  # its stop request keeps the status preempt() gave
+        self.exit(return_code=dashboard.keys.exit_code())
 
     def hang_up(self) -> None:
         dashboard = self.dashboard

@@ -78,13 +78,20 @@ def plot_inputs(state: DashboardState) -> tuple[object, ...]:
 def x_range(state: DashboardState, whole: bool = False) -> tuple[float, float]:
     """The plots' x axis, in epochs. By default it follows the run: from where this session started to the current
     position plus a margin (a quarter of the way so far, at least one epoch), never past the plan, so 200 planned
-    epochs do not squeeze the first few into a sliver. `whole`: the whole planned span."""
+    epochs do not squeeze the first few into a sliver. `whole`: the whole planned span. Never empty (plotext divides
+    by it): a session that starts at its last epoch (a finished run resumed) shows that last epoch."""
     start, end = float(state.start_epoch), float(state.epochs)
     now = x_at(state, state.global_step)
     if whole or not state.epochs:
-        return start, max(end, now)
+        return _nonempty(start, max(end, now))
     ahead = now + max(1.0, 0.25 * (now - start))
-    return start, float(min(max(end, now), max(math.ceil(ahead - 1e-9), start + 1)))
+    return _nonempty(start, float(min(max(end, now), max(math.ceil(ahead - 1e-9), start + 1))))
+
+
+def _nonempty(low: float, high: float) -> tuple[float, float]:
+    if high > low:
+        return low, high
+    return (high - 1.0, high) if high >= 1.0 else (low, low + 1.0)
 
 
 def eta_s(state: DashboardState) -> float | None:

@@ -21,7 +21,12 @@ from tuitune.fmt import fmt_duration, fmt_score, fmt_value, score_label
 from tuitune.ui.views import confusion_view, misclassified_view
 
 NOT_METRICS = ("epoch", "phase", "step", "global_step")
-TITLES = {"finished": "✔ Run finished", "stopped_early": "✔ Stopped early", "interrupted": "✖ Interrupted"}
+TITLES = {
+    "finished": "✔ Run finished",
+    "stopped_early": "✔ Stopped early",
+    "interrupted": "✖ Interrupted",
+    "preempted": "✖ Preempted",
+}
 
 
 def _metrics_line(label: str, metrics: dict[str, Any] | None, metric: str = "acc") -> Text:

@@ -34,6 +34,7 @@ STATUS_STYLES = {
     "finished": ("✔ FINISHED", "bold black on #61afef"),
     "stopped_early": ("✔ STOPPED EARLY", "bold black on #61afef"),
     "interrupted": ("✖ INTERRUPTED", "bold black on #e0a050"),
+    "preempted": ("✖ PREEMPTED", "bold black on #e0a050"),
     "failed": ("✖ FAILED", "bold white on #c0392b"),
 }
 TRAIN_COLOR = (80, 190, 255)

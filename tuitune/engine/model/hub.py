@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,9 @@ from tuitune.engine.record.progress import Progress
 Emit = Callable[[Event], None]
 MB = 1e-6
 CHUNK_BYTES = 1 << 20
+
+NET_TRIES, NET_WAIT_S, NET_TIMEOUT_S = 3, 0.5, 5.0  # `check_reachable`: 0.5 s, then 1 s between tries
+_REACHED: set[str] = set()
 
 # What transformers reads from a model repo besides the weights: configs, tokenizer and processor files.
 _HF_SIDE_FILES = (".json", ".txt", ".model")
@@ -94,18 +99,58 @@ def download(repo_id: str, filename: str, revision: str | None, emit: Emit | Non
     """One file into the standard cache; None when the repo has no such file (a 404), so callers can try the
     next candidate. Any other failure is `DownloadFailed`."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+    try:
+        check_reachable(constants.ENDPOINT)
+    except OSError as e:
+        raise DownloadFailed(f"{repo_id}/{filename}: {e}") from e
     chunk = constants.DOWNLOAD_CHUNK_SIZE  # 10 MB: at 1 MB/s the bar would move every 10 s; 1 MB chunks cost nothing
     constants.DOWNLOAD_CHUNK_SIZE = min(chunk, CHUNK_BYTES)
     try:
         return hf_hub_download(repo_id, filename, revision=revision, tqdm_class=event_tqdm(emit, filename))
+    except LocalEntryNotFoundError as e:  # an EntryNotFoundError too, but it means "could not ask": not a 404
+        raise DownloadFailed(f"{repo_id}/{filename}: {_why(e)}") from e
     except EntryNotFoundError:
         return None
     except Exception as e:
         raise DownloadFailed(f"{repo_id}/{filename}: {_why(e)}") from e
     finally:
         constants.DOWNLOAD_CHUNK_SIZE = chunk
+
+
+def check_reachable(endpoint: str) -> None:
+    """Can a connection to the hub (or the proxy the environment names for it) be opened? A few quick tries, then
+    an OSError naming the network error. Why: with no network, huggingface_hub retries each request with backoff
+    (about 25 s a file, and timm asks for two files) before giving up. A reachable endpoint is remembered."""
+    if endpoint in _REACHED:
+        return
+    target = _connect_target(endpoint)
+    for attempt in range(NET_TRIES):
+        try:
+            socket.create_connection(target, timeout=NET_TIMEOUT_S).close()
+            _REACHED.add(endpoint)
+            return
+        except OSError as e:
+            error = e
+        if attempt + 1 < NET_TRIES:
+            time.sleep(NET_WAIT_S * 2**attempt)
+    reason = " ".join((error.strerror or str(error) or type(error).__name__).split())
+    raise OSError(f"cannot reach {endpoint} ({reason}; {NET_TRIES} tries): no network? --offline uses the cache only")
+
+
+def _connect_target(endpoint: str) -> tuple[str, int]:
+    """(host, port) a request to `endpoint` connects to first: the proxy when the environment sets one for it."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    host = url.hostname or ""
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host = url.hostname or ""
+    return host, url.port or (443 if url.scheme == "https" else 80)
 
 
 def _why(e: BaseException) -> str:
@@ -200,9 +245,10 @@ def fetch_hf(repo_id: str, emit: Emit | None, weights: bool = True) -> None:
     config = cached(repo_id, "config.json")
     if config is not None and (not weights or _has_weights(Path(config).parent)):
         return
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     try:
+        check_reachable(constants.ENDPOINT)
         info = HfApi().model_info(repo_id)
     except Exception as e:
         raise DownloadFailed(f"{repo_id}: {_why(e)}") from e

@@ -20,7 +20,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from tuitune.engine.record.files import _fsync_dir, atomic_write  # atomic_write re-exported (compress, tests)
+from tuitune.engine.record.files import (
+    WriteFailed,
+    _fsync_dir,
+    atomic_write,
+)  # atomic_write re-exported (compress, tests)
 from tuitune.errors import UserError
 
 ID_KEY = "tuitune_id"  # in the safetensors metadata, and as "weights_id" in the state
@@ -38,6 +42,8 @@ def _link_over(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as e:
+        raise WriteFailed(target, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -137,9 +143,16 @@ def save_checkpoint(directory: Path, tag: str, model: torch.nn.Module, state: di
         _link_over(weights, kept)
     new_id = uuid.uuid4().hex
     atomic_write(weights, lambda tmp: save_model(model, str(tmp), metadata={ID_KEY: new_id}))
-    atomic_write(state_path, lambda tmp: torch.save({**state, "weights_id": new_id}, tmp))
+    atomic_write(state_path, lambda tmp: _save_state({**state, "weights_id": new_id}, tmp))
     remove_leftovers(directory, tag)
     return weights
+
+
+def _save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save through a Python file: a failed write then carries its OSError (ENOSPC, EFBIG), where torch's
+    own file writer only says "unexpected pos"."""
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def weights_id(path: Path) -> str:

@@ -17,12 +17,12 @@ Plain Python: no torch.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuitune.engine.events import Event, event_from_json
+from tuitune.engine.record.files import atomic_write
 from tuitune.errors import UserError
 
 CAPACITY = 4096  # points a plot series keeps at most (between CAPACITY / 2 and CAPACITY once it has halved)
@@ -237,8 +237,7 @@ def read_history(run_dir: Path) -> list[Recorded]:
 
 
 def write_snapshot(run_dir: Path, c: Condenser) -> None:
-    """`history.jsonl`, atomically (a reader never sees half of one)."""
-    path = Path(run_dir) / SNAPSHOT
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(c.dump())
-    os.replace(tmp, path)
+    """`history.jsonl`, atomically (a reader never sees half of one; a failed write leaves the older one and no
+    temp file: `WriteFailed`)."""
+    data = c.dump()
+    atomic_write(Path(run_dir) / SNAPSHOT, lambda tmp: tmp.write_bytes(data))

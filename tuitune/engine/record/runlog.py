@@ -27,7 +27,7 @@ from tuitune.engine.events import (
     to_json,
 )
 from tuitune.engine.record import history
-from tuitune.engine.record.files import write_json_atomic
+from tuitune.engine.record.files import WriteFailed, write_json_atomic
 from tuitune.errors import UserError
 
 METRIC_COLUMNS = (
@@ -113,17 +113,49 @@ class RunRecorder:
             self._metrics.writerow(METRIC_COLUMNS)
         self._started: RunStarted | None = started  # given when appending a run's end from outside it
         self._phase = started.phase if started is not None else 0
+        self._writing = run_dir / "events.jsonl"  # the file being written now (named when a write fails)
+        self._failed = False  # a write failed: only the run's end is recorded now
 
     def __call__(self, event: Event) -> None:
+        """Record `event`. A write that fails raises `WriteFailed` naming the file, once: the run ends on it, and
+        the record then takes only that end, as far as the disk lets it (never raising again)."""
+        if self._failed:
+            if isinstance(event, (RunFinished, RunFailed)):
+                self._end_after_failure(event)
+            return
+        try:
+            self._record(event)
+        except WriteFailed:
+            self._failed = True
+            raise
+        except OSError as e:
+            self._failed = True
+            raise WriteFailed(Path(e.filename) if e.filename else self._writing, e) from e
+
+    def _end_after_failure(self, event: RunFinished | RunFailed) -> None:
+        for write in (lambda: self._append(event), lambda: self._write_summary(event)):
+            try:
+                write()
+            except (OSError, WriteFailed):
+                pass
+        self.close()
+
+    def _append(self, event: Event) -> None:
+        self._writing = self.run_dir / "events.jsonl"
         line = to_json(event) + "\n"
         self._events.write(line)
         self._events.flush()
         self._history.feed(line.encode("utf-8"))
-        if self._history.readings % history.SNAPSHOT_READINGS == 0 and isinstance(event, MetricsUpdated):
+
+    def _record(self, event: Event) -> None:
+        self._append(event)
+        if isinstance(event, MetricsUpdated) and self._history.readings % history.SNAPSHOT_READINGS == 0:
+            self._writing = self.run_dir / history.SNAPSHOT
             history.write_snapshot(self.run_dir, self._history)
         if isinstance(event, RunStarted):
             self._started, self._phase = event, event.phase
-            (self.run_dir / "profile.toml").write_text(dump_toml(event.profile), encoding="utf-8")
+            self._writing = self.run_dir / "profile.toml"
+            self._writing.write_text(dump_toml(event.profile), encoding="utf-8")
         elif isinstance(event, PhaseChanged):
             self._phase = event.phase
         elif isinstance(event, MetricsUpdated):
@@ -157,6 +189,7 @@ class RunRecorder:
             self.close()
 
     def _row(self, *values: Any) -> None:
+        self._writing = self.run_dir / "metrics.csv"
         self._metrics.writerow([_fmt(v) for v in values] + [self._phase])
         self._metrics_file.flush()
 
@@ -166,10 +199,16 @@ class RunRecorder:
 
     def close(self) -> None:
         if not self._events.closed:
-            history.write_snapshot(self.run_dir, self._history)
+            try:  # the snapshot only speeds up opening: without it (or with an older one) readers read more lines
+                history.write_snapshot(self.run_dir, self._history)
+            except (OSError, WriteFailed):
+                pass
         for f in (self._events, self._metrics_file):
             if not f.closed:
-                f.close()
+                try:
+                    f.close()
+                except OSError:  # its buffered rest could not be written: the failure was reported already
+                    pass
 
 
 def _fmt(value: Any) -> Any:

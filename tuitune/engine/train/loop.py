@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tuitune.config import RunProfile, profile_to_dict
-from tuitune.engine.commands import Control
+from tuitune.engine.commands import CUT_SHORT, Control
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import (
     EpochEnded,
@@ -124,7 +124,7 @@ class Trainer(Steering):
             self._find_phase_lr()
         while st.epoch < self.profile.train.epochs and self.stop_status is None:
             if self._stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
-                self.stop_status = ("interrupted", "interrupted by the user")
+                self.stop_status = self.control.stop_status
                 break
             epoch_t0 = time.perf_counter()
             train = self._train_epoch()
@@ -368,7 +368,7 @@ class Trainer(Steering):
                 **({"macro_f1": result["extra"]["macro_f1"]} if "macro_f1" in result["extra"] else {}),
             }
         export_dir, compression = "", None
-        if self.after_run is not None and self.dist.is_main and status != "interrupted" and st.has_checkpoint("best"):
+        if self.after_run is not None and self.dist.is_main and status not in CUT_SHORT and st.has_checkpoint("best"):
             st.load_best_weights()
             export_dir, compression = self.after_run(
                 self.run_dir, self.profile, p.backbone, p.bundle.classes, self.emit

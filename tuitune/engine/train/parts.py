@@ -107,10 +107,12 @@ def resolve_device(spec: str) -> torch.device:
 def _ignore_interrupts(worker_id: int) -> None:
     """DataLoader workers share the terminal's process group, so Ctrl+C reaches them too. They must not die of it:
     the main process stops gracefully at the next step and may still need them (a worker dead of SIGINT turns
-    that clean stop into "DataLoader worker exited unexpectedly")."""
+    that clean stop into "DataLoader worker exited unexpectedly"). So must SIGTERM and SIGUSR1, which a scheduler
+    may send to every process of the job: they preempt the run, and the main process ends the workers itself."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _shield_workers(*loaders: Any) -> None:

@@ -193,7 +193,7 @@ class Steering:
             if self._held and not d.active:  # commands kept during an LR answer: this boundary too (several
                 continue  # ranks: at the next exchange, on every rank alike)
             if stop and self.stop_status is None:
-                self.stop_status = ("interrupted", "interrupted by the user")
+                self.stop_status = self.control.stop_status
             if self.stop_status is not None:
                 return False
             if not self.paused:
