@@ -120,11 +120,11 @@ def test_nonfinite_skip_stops_over_the_limit(tmp_path, monkeypatch) -> None:
 def test_a_poisoned_model_is_never_saved(tmp_path) -> None:
     events: list = []
     trainer = Trainer(tiny_profile(), tmp_path, events.append, Control())
-    assert trainer.st.save("last") is not None
+    assert trainer.checkpoints.save("last") is not None
     before = (tmp_path / "checkpoints" / "last.safetensors").read_bytes()
     with torch.no_grad():
         next(trainer.parts.model.parameters())[0].fill_(float("nan"))
-    assert trainer.st.save("last") is None
+    assert trainer.checkpoints.save("last") is None
     assert (tmp_path / "checkpoints" / "last.safetensors").read_bytes() == before
     assert "not saving the last checkpoint" in of_type(events, Warned)[-1].message
 
@@ -293,7 +293,7 @@ def test_resume_equals_an_unbroken_run(tmp_path, stop_at: str, augment: dict) ->
         f"steps, in phase {saved['phase'] + 1}; resumed with tuitune train --resume)"
     )
     print("epoch  val_loss straight   val_loss resumed   |diff|    val_score s/r    train_loss s/r")
-    for (ea, la, aa, ta), (eb, lb, ab, tb) in zip(a, b):
+    for (ea, la, aa, ta), (_eb, lb, ab, tb) in zip(a, b):
         print(f"{ea:>5}  {la:.10f}       {lb:.10f}       {abs(la - lb):.1e}   {aa:.4f}/{ab:.4f}  {ta:.6f}/{tb:.6f}")
     assert [x[0] for x in b] == [1, 2, 3, 4]
     for (ea, la, aa, ta), (eb, lb, ab, tb) in zip(a, b):

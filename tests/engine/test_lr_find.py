@@ -25,7 +25,7 @@ from tuitune.engine.train.trainer_state import TrainerState
 def run(tmp_path):
     profile = tiny_profile(strategy={"kind": "progressive", "lr_decay": 0.5}, train={"lr": 0.01})
     parts = build_parts(profile, tmp_path)
-    state = TrainerState(parts, profile, tmp_path, emit=lambda e: None)
+    state = TrainerState(parts, profile)
     return profile, parts, state
 
 
@@ -42,7 +42,7 @@ def _train_steps(parts, optimizer, n: int) -> None:
 
 
 def test_sweep_restores_weights_optimizer_and_rng_bit_for_bit(run) -> None:
-    profile, parts, state = run
+    _profile, parts, state = run
     state.enter_phase(1)  # two layer groups with discriminative LRs, one of them added mid-run
     _train_steps(parts, state.optimizer, 2)
     parts.model.eval()
@@ -87,7 +87,8 @@ def test_curve_falls_then_rises_and_the_suggestion_is_in_range(run, tmp_path) ->
     for lr in (curve.steep, curve.valley, curve.suggestion):
         assert lr is not None and math.isfinite(lr) and 1e-5 <= lr <= 10.0
     assert curve.suggestion == curve.valley and curve.lrs == tuple(sorted(curve.lrs))
-    rows = list(csv.reader(open(curve_to_csv(curve, tmp_path / "lr_find.csv"))))
+    with open(curve_to_csv(curve, tmp_path / "lr_find.csv")) as f:
+        rows = list(csv.reader(f))
     assert rows[0] == ["lr", "loss", "smoothed"] and len(rows) == len(curve.lrs) + 1
     plot = text_plot(curve, width=60, height=12)
     assert "LR finder" in plot and "\x1b[" not in plot and "1e-5" in plot
@@ -202,7 +203,7 @@ def test_sweep_restores_each_modules_train_mode(run) -> None:
     blanket `model.train()` would let them update their running statistics for the rest of the epoch)."""
     from tuitune.engine.train import strategy
 
-    profile, parts, state = run
+    _profile, parts, state = run
     strategy.set_train_mode(parts.model, freeze_bn=True)
     modes = {name: m.training for name, m in parts.model.named_modules()}
     assert not all(modes.values())  # the frozen groups' BatchNorm layers are in eval mode

@@ -38,7 +38,7 @@ class RankGone(Exception):
     EXIT_CODE = 3
 
 
-_KEY_FIRST = re.compile(r"^(?:%s)\.\w+:" % "|".join(SECTIONS))
+_KEY_FIRST = re.compile(r"^(?:{})\.\w+:".format("|".join(SECTIONS)))
 _WORKER_LAST_LINE = re.compile(r"^[\w.]+: (.*)$")
 
 
@@ -97,11 +97,11 @@ def run_training(
                 log_path=str(log),
                 kind="error",
             )
-        st = getattr(trainer, "st", None)
+        checkpoints = getattr(trainer, "checkpoints", None)
         failed = (
             RunFailed(
                 message=f"another rank stopped answering ({first_line(e, 200)}); "
-                f"{st.checkpoint_note() if st is not None else 'no checkpoint was saved'}",
+                f"{checkpoints.note() if checkpoints is not None else 'no checkpoint was saved'}",
                 run_dir=str(run_dir),
                 kind="rank_lost",
                 **_position(trainer),
@@ -157,12 +157,12 @@ def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any)
     log = run_dir / "error.log"
     log.write_text(traceback.format_exc(), encoding="utf-8")
     if guards is not None and guards.is_oom(error):
-        st = getattr(trainer, "st", None)
+        st, checkpoints = getattr(trainer, "st", None), getattr(trainer, "checkpoints", None)
         position = (
             f"at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}" if st is not None else "while building the run"
         )
-        note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
-        resumable = st is not None and st.saved_at.get("last", (0, 1))[1] == 0
+        note = checkpoints.note() if checkpoints is not None else "no checkpoint was saved yet"
+        resumable = checkpoints is not None and checkpoints.saved_at.get("last", (0, 1))[1] == 0
         message = guards.oom_message(profile, run_dir, position, note, resumable)
         return RunFailed(message=message, run_dir=str(run_dir), log_path=str(log), kind="oom", **_position(trainer))
     first = (str(error).strip().splitlines() or [""])[0]
