@@ -89,26 +89,8 @@ def run_training(
         if peer and (launched or not main):
             raise RankGone(str(e)) from e
         if not main:  # the run's record is rank 0's; this rank leaves its own traceback only
-            log = run_dir / f"error.rank{dist.rank}.log"
-            log.write_text(traceback.format_exc(), encoding="utf-8")
-            return RunFailed(
-                message=f"rank {dist.rank}: {type(e).__name__}: {first_line(e, 200)}",
-                run_dir=str(run_dir),
-                log_path=str(log),
-                kind="error",
-            )
-        checkpoints = getattr(trainer, "checkpoints", None)
-        failed = (
-            RunFailed(
-                message=f"another rank stopped answering ({first_line(e, 200)}); "
-                f"{checkpoints.note() if checkpoints is not None else 'no checkpoint was saved'}",
-                run_dir=str(run_dir),
-                kind="rank_lost",
-                **_position(trainer),
-            )
-            if peer
-            else _failure(e, profile, run_dir, trainer)
-        )
+            return _rank_failure(e, run_dir, dist.rank)
+        failed = _peer_lost(e, run_dir, trainer) if peer else _failure(e, profile, run_dir, trainer)
     if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
         trainer = None
         sys.modules["tuitune.engine.train.guards"].free_memory()
@@ -135,6 +117,30 @@ def _peer_failure(error: Exception) -> bool:
     from tuitune.engine.train.distributed import is_peer_failure  # already loaded: the run had several ranks
 
     return is_peer_failure(error)
+
+
+def _rank_failure(error: Exception, run_dir: Path, rank: int) -> RunFailed:
+    """A rank other than 0 failed: its traceback in its own `error.rank<N>.log`, and nothing in the run's record."""
+    log = run_dir / f"error.rank{rank}.log"
+    log.write_text(traceback.format_exc(), encoding="utf-8")
+    return RunFailed(
+        message=f"rank {rank}: {type(error).__name__}: {first_line(error, 200)}",
+        run_dir=str(run_dir),
+        log_path=str(log),
+        kind="error",
+    )
+
+
+def _peer_lost(error: Exception, run_dir: Path, trainer: Any) -> RunFailed:
+    """Rank 0 lost a peer (not under tuitune's launcher, which names the rank that died itself)."""
+    checkpoints = getattr(trainer, "checkpoints", None)
+    return RunFailed(
+        message=f"another rank stopped answering ({first_line(error, 200)}); "
+        f"{checkpoints.note() if checkpoints is not None else 'no checkpoint was saved'}",
+        run_dir=str(run_dir),
+        kind="rank_lost",
+        **_position(trainer),
+    )
 
 
 def _position(trainer: Any) -> dict[str, int]:
