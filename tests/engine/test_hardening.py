@@ -120,11 +120,11 @@ def test_nonfinite_skip_stops_over_the_limit(tmp_path, monkeypatch) -> None:
 def test_a_poisoned_model_is_never_saved(tmp_path) -> None:
     events: list = []
     trainer = Trainer(tiny_profile(), tmp_path, events.append, Control())
-    assert trainer.st.save("last") is not None
+    assert trainer.checkpoints.save("last") is not None
     before = (tmp_path / "checkpoints" / "last.safetensors").read_bytes()
     with torch.no_grad():
         next(trainer.parts.model.parameters())[0].fill_(float("nan"))
-    assert trainer.st.save("last") is None
+    assert trainer.checkpoints.save("last") is None
     assert (tmp_path / "checkpoints" / "last.safetensors").read_bytes() == before
     assert "not saving the last checkpoint" in of_type(events, Warned)[-1].message
 

@@ -25,7 +25,7 @@ from tuitune.engine.train.trainer_state import TrainerState
 def run(tmp_path):
     profile = tiny_profile(strategy={"kind": "progressive", "lr_decay": 0.5}, train={"lr": 0.01})
     parts = build_parts(profile, tmp_path)
-    state = TrainerState(parts, profile, tmp_path, emit=lambda e: None)
+    state = TrainerState(parts, profile)
     return profile, parts, state
 
 

@@ -116,7 +116,7 @@ def test_a_person_answers_and_other_commands_wait_their_turn(tmp_path) -> None:
         train={"epochs": 1, "log_every": 1},
     )
     trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
-    trainer.lr_answer_grace_s = 0.0
+    trainer.controller.lr_answer_grace_s = 0.0
     trainer.run()
     applied = [(e.command, e.global_step, e.value) for e in of_type(events, CommandApplied)]
     # the unfreeze is confirmed once its phase's LR is set; the save pressed meanwhile comes after
@@ -137,7 +137,7 @@ def test_no_answer_applies_the_suggestion_after_the_timeout(tmp_path) -> None:
         train={"epochs": 1},
     )
     trainer = Trainer(profile, tmp_path, events.append, Control(), interactive=True)
-    trainer.lr_answer_grace_s = 0.0
+    trainer.controller.lr_answer_grace_s = 0.0
     trainer.run()
     (found,), (applied,) = of_type(events, LRFound), of_type(events, CommandApplied)
     assert found.wait_s == 0.05 and applied.value == found.suggestion and "no answer came" in applied.detail

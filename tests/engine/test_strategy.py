@@ -115,7 +115,7 @@ def test_unfreeze_adds_param_groups_and_keeps_state(tmp_path) -> None:
     trainer = _trainer(tmp_path, kind="progressive", groups_per_phase=1, trigger="manual", lr_decay=0.5)
     assert {n for n, on in _trainable(trainer).items() if on} == {"head"}
     assert len(trainer.st.optimizer.param_groups) == 2  # head weights (decay) + head bias (no decay)
-    trainer._between_steps()  # nothing queued: no change
+    trainer.controller.between_steps()  # nothing queued: no change
     # one real step so the optimizer has state for the head
     x = torch.randn(4, 3, 32, 32)
     trainer.parts.model(x).sum().backward()
@@ -123,7 +123,7 @@ def test_unfreeze_adds_param_groups_and_keeps_state(tmp_path) -> None:
     head_param = trainer.st.optimizer.param_groups[0]["params"][0]
     state_before = {k: v.clone() for k, v in trainer.st.optimizer.state[head_param].items()}
     trainer.control.put(UnfreezeNext())
-    trainer._between_steps()
+    trainer.controller.between_steps()
     assert {n for n, on in _trainable(trainer).items() if on} == {"layer4", "head"}
     groups = trainer.st.optimizer.param_groups
     assert [g["layer_group"] for g in groups] == ["head", "head", "layer4", "layer4"]

@@ -41,7 +41,7 @@ def engine_answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[s
     answers: dict[str, list[str]] = {}
     for command in COMMANDS:
         emitted.clear()
-        trainer._apply(command)  # what `_between_steps` calls for each queued command
+        trainer.controller.apply(command)  # what `between_steps` calls for each queued command
         assert isinstance(emitted[-1], CommandApplied)
         answers[type(command).__name__] = _kinds(emitted)
     return answers

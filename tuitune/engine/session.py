@@ -90,26 +90,8 @@ def run_training(
         if peer and (launched or not main):
             raise RankGone(str(e)) from e
         if not main:  # the run's record is rank 0's; this rank leaves its own traceback only
-            log = run_dir / f"error.rank{dist.rank}.log"
-            log.write_text(traceback.format_exc(), encoding="utf-8")
-            return RunFailed(
-                message=f"rank {dist.rank}: {type(e).__name__}: {first_line(e, 200)}",
-                run_dir=str(run_dir),
-                log_path=str(log),
-                kind="error",
-            )
-        st = getattr(trainer, "st", None)
-        failed = (
-            RunFailed(
-                message=f"another rank stopped answering ({first_line(e, 200)}); "
-                f"{st.checkpoint_note() if st is not None else 'no checkpoint was saved'}",
-                run_dir=str(run_dir),
-                kind="rank_lost",
-                **_position(trainer),
-            )
-            if peer
-            else _failure(e, profile, run_dir, trainer)
-        )
+            return _rank_failure(e, run_dir, dist.rank)
+        failed = _peer_lost(e, run_dir, trainer) if peer else _failure(e, profile, run_dir, trainer)
     if failed.kind == "oom":  # give the memory back now that nothing holds the run (the dashboard stays alive)
         trainer = None
         sys.modules["tuitune.engine.train.guards"].free_memory()
@@ -138,6 +120,30 @@ def _peer_failure(error: Exception) -> bool:
     return is_peer_failure(error)
 
 
+def _rank_failure(error: Exception, run_dir: Path, rank: int) -> RunFailed:
+    """A rank other than 0 failed: its traceback in its own `error.rank<N>.log`, and nothing in the run's record."""
+    log = run_dir / f"error.rank{rank}.log"
+    log.write_text(traceback.format_exc(), encoding="utf-8")
+    return RunFailed(
+        message=f"rank {rank}: {type(error).__name__}: {first_line(error, 200)}",
+        run_dir=str(run_dir),
+        log_path=str(log),
+        kind="error",
+    )
+
+
+def _peer_lost(error: Exception, run_dir: Path, trainer: Any) -> RunFailed:
+    """Rank 0 lost a peer (not under tuitune's launcher, which names the rank that died itself)."""
+    checkpoints = getattr(trainer, "checkpoints", None)
+    return RunFailed(
+        message=f"another rank stopped answering ({first_line(error, 200)}); "
+        f"{checkpoints.note() if checkpoints is not None else 'no checkpoint was saved'}",
+        run_dir=str(run_dir),
+        kind="rank_lost",
+        **_position(trainer),
+    )
+
+
 class _Position(TypedDict, total=False):
     epoch: int
     global_step: int
@@ -153,8 +159,8 @@ def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any)
     All but a non-finite stop leave their traceback in `error.log`."""
     guards = sys.modules.get("tuitune.engine.train.guards")  # loaded with the loop; absent if the failure came first
     if isinstance(error, WriteFailed):  # a full disk, a file-size limit: no traceback to keep (nor room for one)
-        st = getattr(trainer, "st", None)
-        note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
+        checkpoints = getattr(trainer, "checkpoints", None)
+        note = checkpoints.note() if checkpoints is not None else "no checkpoint was saved yet"
         return RunFailed(message=f"{error}; {note}", run_dir=str(run_dir), kind="write", **_position(trainer))
     if guards is not None and isinstance(error, guards.RunAborted):
         return RunFailed(
@@ -167,12 +173,12 @@ def _failure(error: Exception, profile: RunProfile, run_dir: Path, trainer: Any)
     log = run_dir / "error.log"
     log.write_text(traceback.format_exc(), encoding="utf-8")
     if guards is not None and guards.is_oom(error):
-        st = getattr(trainer, "st", None)
+        st, checkpoints = getattr(trainer, "st", None), getattr(trainer, "checkpoints", None)
         position = (
             f"at epoch {st.epoch + 1}, step {st.step_in_epoch + 1}" if st is not None else "while building the run"
         )
-        note = st.checkpoint_note() if st is not None else "no checkpoint was saved yet"
-        resumable = st is not None and st.saved_at.get("last", (0, 1))[1] == 0
+        note = checkpoints.note() if checkpoints is not None else "no checkpoint was saved yet"
+        resumable = checkpoints is not None and checkpoints.saved_at.get("last", (0, 1))[1] == 0
         message = guards.oom_message(profile, run_dir, position, note, resumable)
         return RunFailed(message=message, run_dir=str(run_dir), log_path=str(log), kind="oom", **_position(trainer))
     first = (str(error).strip().splitlines() or [""])[0]

@@ -25,7 +25,7 @@ def find_lr_for_profile(profile: Any, out_dir: Path, emit: Any = None, **sweep: 
 
     parts = build_parts(profile, out_dir, emit)
     objective = Objective(profile, parts)
-    state = TrainerState(parts, profile, out_dir, emit=lambda e: None, objective=objective)
+    state = TrainerState(parts, profile, objective.scorer)
     curve = sweep_run(profile, parts, state, objective, **sweep)
     path = curve_to_csv(curve, out_dir / "lr_find.csv")
     (out_dir / "lr_find.json").write_text(

@@ -1,9 +1,10 @@
 """The training loop. Read `Trainer._train_epoch` top to bottom: it is the whole story of a step.
 
 The trainer talks to the world through `emit(event)` only and listens through `Control` only, at step
-boundaries. Host syncs (`.item()`, `.tolist()`) happen every `train.log_every` steps and at epoch end, never per
-step: running sums stay on the device, and so does the non-finite check (`guards.NonFiniteGuard`), whose count is
-read with the metrics. Failures (bad input, out of memory, any exception) leave through the session.
+boundaries, where its `controller.RunController` applies the commands and changes phases. Host syncs (`.item()`,
+`.tolist()`) happen every `train.log_every` steps and at epoch end, never per step: running sums stay on the device,
+and so does the non-finite check (`guards.NonFiniteGuard`), whose count is read with the metrics. Failures (bad
+input, out of memory, any exception) leave through the session.
 """
 
 from __future__ import annotations
@@ -22,21 +23,20 @@ from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import (
     EpochEnded,
     Event,
-    FeatureCacheChanged,
     MetricsUpdated,
     RunFinished,
     RunStarted,
-    SetupProgressed,
     Warned,
 )
 from tuitune.engine.model.groups import Backbone
 from tuitune.engine.train import strategy
+from tuitune.engine.train.controller import CacheKeeper, RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.running_sums import RunningSums
-from tuitune.engine.train.steering import Steering
+from tuitune.engine.train.state_checkpoint import Checkpointer
 from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
@@ -46,7 +46,7 @@ AfterRun = Callable[[Path, RunProfile, Backbone, tuple[str, ...], Emit], tuple[s
 __all__ = ["AfterRun", "Trainer"]
 
 
-class Trainer(Steering):
+class Trainer:
     """One fine-tuning run: `Trainer(profile, run_dir, emit, control).run()`. What follows a run that ended well
     (export, compression) is the caller's: `after_run`, none by default.
 
@@ -66,20 +66,30 @@ class Trainer(Steering):
         dist: DistContext = LOCAL,
     ) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
-        self.interactive, self.after_run, self.dist = interactive, after_run, dist
+        self.after_run, self.dist = after_run, dist
         self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
         self.obj = Objective(profile, self.parts)
-        self.st = TrainerState(self.parts, profile, run_dir, emit, self.obj)
+        self.st = TrainerState(self.parts, profile, self.obj.scorer)
+        self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj)
         self.cache = FeatureCache(self.parts, profile)
+        self.cache_keeper = CacheKeeper(self.cache, self.st, emit)
         if resume is not None:
-            self.st.resume_from(resume)
+            self.checkpoints.resume_from(resume)
         self.resumed = resume is not None
         self.parts.rewrap()  # DDP hooks for the trainable set of the phase the run starts in
-        self.paused = False
-        self._held: list[Any] = []  # commands that arrived while the engine waited for an LR answer
-        self.stop_status: tuple[str, str] | None = None  # (status, reason) once the run must end
-        self._suggested_phase = -1
-        self._cache_said = ""  # the last FeatureCacheChanged detail: a reason is said once, not every epoch
+        self.controller = RunController(
+            profile,
+            run_dir,
+            interactive=interactive,
+            control=control,
+            dist=dist,
+            emit=emit,
+            parts=self.parts,
+            obj=self.obj,
+            st=self.st,
+            checkpoints=self.checkpoints,
+            cache=self.cache_keeper,
+        )
         self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
 
     # ------------------------------------------------------------------------------------------------- run
@@ -100,7 +110,7 @@ class Trainer(Steering):
                 classes=p.bundle.classes,
                 profile=profile_to_dict(self.profile),
                 start_epoch=st.epoch,
-                warnings=p.warnings + tuple(st.notes),
+                warnings=p.warnings + tuple(self.checkpoints.notes),
                 metric=self.obj.scorer.name,
                 higher_is_better=self.obj.scorer.higher_is_better,
                 start_step=st.global_step,
@@ -112,19 +122,19 @@ class Trainer(Steering):
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
         gc.freeze()
-        self._measure_shift("start")
+        self.controller.measure_shift("start")
         try:
             return self._epochs()
         finally:
             gc.unfreeze()
 
     def _epochs(self) -> RunFinished:
-        p, st = self.parts, self.st
+        p, st, steer = self.parts, self.st, self.controller
         if self.profile.strategy.phase_lr == "find" and not self.resumed:  # phase 0 starts now
-            self._find_phase_lr()
-        while st.epoch < self.profile.train.epochs and self.stop_status is None:
-            if self._stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
-                self.stop_status = self.control.stop_status
+            steer.find_phase_lr()
+        while st.epoch < self.profile.train.epochs and steer.stop_status is None:
+            if steer.stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
+                steer.stop(*self.control.stop_status)
                 break
             epoch_t0 = time.perf_counter()
             train = self._train_epoch()
@@ -139,7 +149,7 @@ class Trainer(Steering):
         p, st, cfg = self.parts, self.st, self.profile.train
         model, device, k = p.model, p.device, cfg.accumulate_steps
         strategy.train_mode(model, self.profile.strategy)
-        self._refresh_cache()
+        self.cache_keeper.refresh()
         st.begin_epoch()  # st.epoch_sums: this epoch's running sums, on the device (no per-step host sync)
         obj = self.obj
         window, seen = RunningSums(device, obj.scorer), 0
@@ -175,8 +185,10 @@ class Trainer(Steering):
             if step % cfg.log_every == 0:
                 self._read_window(window, step)
             # commands, pause, stop: at the step boundary (several ranks: at the metric reads)
-            if not self._between_steps(step):
-                if not self.stop_status or self.stop_status[0] != "stopped_early":  # interrupted: leave, unvalidated
+            if not self.controller.between_steps(step):
+                if (
+                    not self.controller.stop_status or self.controller.stop_status[0] != "stopped_early"
+                ):  # cut short: leave
                     return None
                 break  # `s`: the epoch ends here, validated and recorded like any other
         st.skip_steps = 0
@@ -255,7 +267,7 @@ class Trainer(Steering):
         """Act on the non-finite steps just read: stop (raises `RunAborted`) or warn about skipped ones."""
         st = self.st
         warning = st.guard.settle(
-            int(bad), epoch=st.epoch + 1, global_step=st.global_step, checkpoint_note=st.checkpoint_note()
+            int(bad), epoch=st.epoch + 1, global_step=st.global_step, checkpoint_note=self.checkpoints.note()
         )
         if warning:
             self.emit(Warned(message=warning, epoch=st.epoch + 1, global_step=st.global_step, kind="nonfinite"))
@@ -302,44 +314,16 @@ class Trainer(Steering):
             )
         )
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
-        self._measure_shift("epoch")
+        self.controller.measure_shift("epoch")
         if is_best:
-            st.save("best", ema=self.profile.train.ema_for_best)
-        if self.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
+            self.checkpoints.save("best", ema=self.profile.train.ema_for_best)
+        if self.controller.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
             return
-        st.save("last")
+        self.checkpoints.save("last")
         if st.early_stop_reason():
-            self.stop_status = ("stopped_early", st.early_stop_reason())
+            self.controller.stop("stopped_early", st.early_stop_reason())
             return
-        self._maybe_next_phase()
-
-    def _refresh_cache(self) -> None:
-        """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
-        st = self.st
-        changed, detail = self.cache.refresh(st.phase, st.epoch, lambda **kw: self.emit(SetupProgressed(**kw)))
-        if changed and detail != self._cache_said:
-            self._say_cache(detail)
-
-    def _rewrap(self) -> None:
-        """Several ranks: DDP wrappers for the trainable set of now, the model's and the cached top's."""
-        self.parts.rewrap()
-        self.cache.rewrap()
-
-    def _cache_after_change(self) -> None:
-        """The trainable set changed (a phase, or a group steered by hand): move the cache to activations stored
-        one boundary lower, or drop it until the next epoch start rebuilds it."""
-        detail = self.cache.on_unfreeze()
-        if detail:
-            self._say_cache(detail)
-
-    def _say_cache(self, detail: str) -> None:
-        """Emit what the feature cache does now and why, remembered so an unchanged reason is said once."""
-        self._cache_said = detail
-        self.emit(
-            FeatureCacheChanged(
-                active=self.cache.active, detail=detail, epoch=self.st.epoch, global_step=self.st.global_step
-            )
-        )
+        self.controller.maybe_next_phase()
 
     # ----------------------------------------------------------------------------------------------- finish
     def _confusion(self) -> tuple[tuple[int, ...], ...] | None:
@@ -348,18 +332,18 @@ class Trainer(Steering):
 
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
-        status, reason = self.stop_status or ("finished", f"completed {st.epoch} epochs")
+        status, reason = self.controller.stop_status or ("finished", f"completed {st.epoch} epochs")
         self._settle(st.guard.bad.item())  # non-finite steps since the last read: never saved over `last`
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish
-            st.save("last")
+            self.checkpoints.save("last")
         if self.val_views.get("from_cache") and p.backbone.task == "image":  # the same weights, read from images
             self.cache.drop()
             with torch.random.fork_rng(devices=[]):  # after the save, and drawing nothing: resume stays exact
                 val = self.evaluate(p.val_loader)
             self.val_views = {k: val[k] for k in ("confusion", "misclassified") if k in val}
         test = None
-        if p.test_loader is not None and self.dist.is_main and st.has_checkpoint("best"):
-            st.load_best_weights()
+        if p.test_loader is not None and self.dist.is_main and self.checkpoints.has("best"):
+            self.checkpoints.load_best_weights()
             result = self.evaluate(p.test_loader)
             test = {
                 "loss": result["loss"],
@@ -368,8 +352,9 @@ class Trainer(Steering):
                 **({"macro_f1": result["extra"]["macro_f1"]} if "macro_f1" in result["extra"] else {}),
             }
         export_dir, compression = "", None
-        if self.after_run is not None and self.dist.is_main and status not in CUT_SHORT and st.has_checkpoint("best"):
-            st.load_best_weights()
+        done = status not in CUT_SHORT and self.checkpoints.has("best")
+        if self.after_run is not None and self.dist.is_main and done:
+            self.checkpoints.load_best_weights()
             export_dir, compression = self.after_run(
                 self.run_dir, self.profile, p.backbone, p.bundle.classes, self.emit
             )
@@ -386,7 +371,7 @@ class Trainer(Steering):
             per_class_report=st.class_report,
             samples_per_s=st.samples_per_s(wall_s),
             wall_s=wall_s,
-            checkpoints=st.checkpoint_paths(),
+            checkpoints=self.checkpoints.paths(),
             compression=compression,
             export_dir=export_dir,
             confusion=self._confusion(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import random
 from collections.abc import Callable, Iterator
@@ -115,10 +116,34 @@ def _ignore_interrupts(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+def _end_workers() -> None:
+    """At exit, end the workers of any loader still iterating. Python's own exit hook would `terminate()` them
+    (SIGTERM), which they ignore (above), then wait for them forever: a preempted run that saved everything would
+    hang instead of exiting 75. torch's SIGCHLD handler would raise in the middle of this ("DataLoader worker ...
+    is killed by signal"): it goes first."""
+    import multiprocessing
+    import signal
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5)
+
+
 def _shield_workers(*loaders: Any) -> None:
+    shielded = False
     for loader in loaders:
         if loader is not None and loader.num_workers > 0 and loader.worker_init_fn is None:
             loader.worker_init_fn = _ignore_interrupts
+            shielded = True
+    if shielded:
+        import multiprocessing.util  # noqa: F401  (registers its exit hook now, if the loaders have not yet: ours,
+        # registered after it, runs before it: atexit runs the last registered first)
+
+        atexit.unregister(_end_workers)
+        atexit.register(_end_workers)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,8 +1,7 @@
-"""The mutable state of a run: position, phase, optimizer, watches, history — and (`state_checkpoint`, its base
-class) its checkpoint round trip.
+"""The mutable state of a run: position, phase, optimizer, watches, history.
 
-Kept apart from the loop so that the loop reads as a loop, and so that what a checkpoint holds is written in one
-place: whatever `snapshot()` saves, `resume_from()` restores.
+Kept apart from the loop so that the loop reads as a loop. What a checkpoint holds of it, and how it comes back, is
+`state_checkpoint.Checkpointer`'s, which is given this state.
 """
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,25 +17,24 @@ from tuitune.engine.events import LayerInfo, LayersChanged, LayersMeasured
 from tuitune.engine.train import strategy
 from tuitune.engine.train.guards import NonFiniteGuard
 from tuitune.engine.train.running_sums import RunningSums
-from tuitune.engine.train.state_checkpoint import CheckpointedState
 from tuitune.engine.train.watch import MetricWatch
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.scoring import Scorer
 
 
-class TrainerState(CheckpointedState):
-    def __init__(
-        self, parts: RunParts, profile: RunProfile, run_dir: Path, emit: Callable, objective: Objective | None = None
-    ) -> None:
+class TrainerState:
+    """Where a run is and what trains: `parts` are the run's fixed parts; `scorer` (the objective's) sets which
+    way the watched scores improve, a classifier's when not given."""
+
+    def __init__(self, parts: RunParts, profile: RunProfile, scorer: Scorer | None = None) -> None:
         from tuitune.engine.train.schedule import LRSchedule
         from tuitune.engine.train.scoring import Scorer
 
-        self.parts, self.profile, self.emit, self.objective = parts, profile, emit, objective
-        scorer = objective.scorer if objective is not None else Scorer("class")
-        self.ckpt_dir = run_dir / "checkpoints"
+        self.parts, self.profile = parts, profile
+        scorer = scorer if scorer is not None else Scorer("class")
         self.epoch = 0  # completed epochs
         self.global_step = 0
         self.step_in_epoch = 0
@@ -55,19 +51,16 @@ class TrainerState(CheckpointedState):
         self.schedule = LRSchedule(profile.train, parts.steps_per_epoch)
         # ApplyLR and the plan's per-phase LR scales (LP-FT) rescale every group's base LR, later groups included
         self.lr_scale = parts.plan.lr_scales[0]
-        self.saved: dict[str, str] = {}
-        self.saved_at: dict[str, tuple[int, int]] = {}  # tag -> (epoch, step in epoch) of its last save
         self.guard = NonFiniteGuard(profile.train.on_nonfinite, profile.train.max_skipped, parts.device)
         self.epoch_sums = RunningSums(parts.device, scorer)  # this epoch's train metrics, on the device
-        self._resumed_sums: dict[str, Any] | None = None
-        self._epoch_gen_state: torch.Tensor | None = None
+        self.resumed_sums: dict[str, Any] | None = None  # a resumed mid-epoch's train sums, for its first epoch
+        self.epoch_gen_state: torch.Tensor | None = None  # the shuffle generator's state at this epoch's start
         self._grad_norms: dict[str, float] = {}
         self._drift: dict[str, float] = {}
         self._rows_sent: tuple[LayerInfo, ...] | None = None  # the rows the last layers_changed reported
         self._params = dict(parts.model.named_parameters())  # looked up at every metric read: built once
         self._w0 = {n: p.detach().to("cpu", copy=True) for n, p in self._params.items()}
-        self._in_optimizer: list[str] = []
-        self.notes: list[str] = []  # warnings found while resuming, for RunStarted
+        self.in_optimizer: list[str] = []  # the groups with param groups in the optimizer (frozen by hand or not)
         # The groups that train now: the phase's, as changed since by `SetGroupTrainable` (a phase change adds
         # the groups its phase adds; a group frozen by hand stays frozen). Per-group LR factors set by
         # `ScaleGroupLR`, for the groups that join the optimizer later (those in it carry theirs in `base_lr`).
@@ -82,7 +75,7 @@ class TrainerState(CheckpointedState):
             weight_decay=profile.train.weight_decay,
             momentum=profile.train.momentum,
         )
-        self._in_optimizer = list(parts.phases[0])
+        self.in_optimizer = list(parts.phases[0])
         self.phase_log.append(self._phase_entry(0))
 
     @staticmethod
@@ -123,9 +116,9 @@ class TrainerState(CheckpointedState):
     def _join(self, names: tuple[str, ...] | list[str]) -> None:
         """Groups that just became trainable: new param groups for those never in the optimizer; those frozen by
         hand before (still in it, their state kept) start their unfreeze warm-up again from this step."""
-        added = [n for n in names if n not in self._in_optimizer]
+        added = [n for n in names if n not in self.in_optimizer]
         strategy.add_groups(self.optimizer, self._param_groups(added))
-        self._in_optimizer.extend(added)
+        self.in_optimizer.extend(added)
         for group in self.optimizer.param_groups:
             if group["layer_group"] in names and group["layer_group"] not in added:
                 group["joined_step"] = self.global_step
@@ -155,6 +148,15 @@ class TrainerState(CheckpointedState):
         self.apply_lr()
         return added
 
+    def restore_trainable(self, trainable: list[str], group_scale: dict[str, float], in_optimizer: list[str]) -> None:
+        """Resuming: exactly the trainable set a run left (hand-made changes included), its per-group LR factors,
+        and param groups for every group that was in its optimizer (their state is loaded after, by name)."""
+        self._set_trainable(trainable)
+        self.group_scale = dict(group_scale)
+        missing = [n for n in in_optimizer if n not in self.in_optimizer]
+        strategy.add_groups(self.optimizer, self._param_groups(missing))
+        self.in_optimizer.extend(missing)
+
     def apply_lr(self) -> None:
         self.schedule.apply(self.optimizer, self.global_step)
 
@@ -181,7 +183,7 @@ class TrainerState(CheckpointedState):
         if not trainable:
             self._set_trainable(tuple(n for n in self.trainable if n != name))
             return f"{name} frozen (optimizer state kept)"
-        joined = name not in self._in_optimizer
+        joined = name not in self.in_optimizer
         self._set_trainable((*self.trainable, name))
         self._join((name,))
         self.apply_lr()
@@ -275,13 +277,13 @@ class TrainerState(CheckpointedState):
     def begin_epoch(self) -> None:
         gen = getattr(self.parts.train_loader, "generator", None)
         if gen is not None:
-            if self.skip_steps and self._epoch_gen_state is not None:
-                gen.set_state(self._epoch_gen_state)  # resume mid-epoch: the same shuffle as before
-            self._epoch_gen_state = gen.get_state()
+            if self.skip_steps and self.epoch_gen_state is not None:
+                gen.set_state(self.epoch_gen_state)  # resume mid-epoch: the same shuffle as before
+            self.epoch_gen_state = gen.get_state()
         self.epoch_sums.reset()
-        if self.skip_steps and self._resumed_sums is not None:  # and the same running sums
-            self.epoch_sums.load_state_dict(self._resumed_sums)
-        self._resumed_sums = None
+        if self.skip_steps and self.resumed_sums is not None:  # and the same running sums
+            self.epoch_sums.load_state_dict(self.resumed_sums)
+        self.resumed_sums = None
 
     def record_epoch(
         self,

@@ -1,0 +1,374 @@
+"""What steers a run between optimizer steps: phase changes and the plateau question, the commands (`commands.py`),
+pause and stop, the LR finder's answer, AdaBN and the domain-shift readings; and the feature cache kept in step
+with the trainable set.
+
+`loop.Trainer` owns one `RunController` and one `CacheKeeper`, built with everything they touch passed in; the
+trainer calls `between_steps` at each step boundary, `maybe_next_phase` at each epoch end, and reads `stop_status`.
+With several ranks, every command is applied on every rank at the same step (`between_steps`; see `distributed`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuitune.engine.commands import (
+    AdaptBatchNorm,
+    ApplyLR,
+    Control,
+    FindLR,
+    Pause,
+    Resume,
+    SaveCheckpoint,
+    ScaleGroupLR,
+    SetGroupTrainable,
+    StopEarly,
+    UnfreezeNext,
+)
+from tuitune.engine.events import (
+    CommandApplied,
+    Event,
+    FeatureCacheChanged,
+    LRFound,
+    PhaseChanged,
+    SetupProgressed,
+    UnfreezeSuggested,
+)
+from tuitune.engine.train import strategy
+from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
+from tuitune.engine.train.lr_sweep import find_lr_in_run
+
+if TYPE_CHECKING:
+    from tuitune.config import RunProfile
+    from tuitune.engine.train.distributed import DistContext
+    from tuitune.engine.train.feature_cache import FeatureCache
+    from tuitune.engine.train.objective import Objective
+    from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.state_checkpoint import Checkpointer
+    from tuitune.engine.train.trainer_state import TrainerState
+
+Emit = Callable[[Event], None]
+# What a command did, for its `CommandApplied`: the detail line and the value it set (an LR), if any.
+Applied = tuple[str, float | None]
+
+
+class CacheKeeper:
+    """Keeps the feature cache in step with the run: built, kept or dropped at each epoch start, moved when the
+    trainable set changes, and each change said once (`FeatureCacheChanged`; an unchanged reason is not repeated
+    every epoch)."""
+
+    def __init__(self, cache: FeatureCache, st: TrainerState, emit: Emit) -> None:
+        self.cache, self.st, self.emit = cache, st, emit
+        self._said = ""  # the last FeatureCacheChanged detail
+
+    def refresh(self) -> None:
+        """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
+        changed, detail = self.cache.refresh(
+            self.st.phase, self.st.epoch, lambda **kw: self.emit(SetupProgressed(**kw))
+        )
+        if changed and detail != self._said:
+            self._say(detail)
+
+    def trainable_changed(self) -> None:
+        """The trainable set changed (a phase, or a group steered by hand): DDP wrappers for the cached top's new
+        trainable set, and the cache moved to activations stored one boundary lower, or dropped until the next
+        epoch start rebuilds it."""
+        self.cache.rewrap()
+        detail = self.cache.on_unfreeze()
+        if detail:
+            self._say(detail)
+
+    def rebuild(self) -> None:
+        """The features went stale (AdaBN changed the statistics they were computed with): built again now."""
+        if self.cache.active:
+            self.cache.drop()
+            self.refresh()
+
+    def _say(self, detail: str) -> None:
+        self._said = detail
+        self.emit(
+            FeatureCacheChanged(
+                active=self.cache.active, detail=detail, epoch=self.st.epoch, global_step=self.st.global_step
+            )
+        )
+
+
+class RunController:
+    """Phase changes, commands, pause and stop of one run (see the module). `stop_status` is None while the run
+    goes on, else the (status, reason) it ends with."""
+
+    # strategy.phase_lr = "find" in a live dashboard: how much longer than the on-screen countdown the engine waits
+    # for the answer (a person typing a value) before it applies the suggestion itself. Never forever: a detached or
+    # abandoned run goes on.
+    lr_answer_grace_s = 30.0
+
+    def __init__(
+        self,
+        profile: RunProfile,
+        run_dir: Path,
+        *,
+        interactive: bool,
+        control: Control,
+        dist: DistContext,
+        emit: Emit,
+        parts: RunParts,
+        obj: Objective,
+        st: TrainerState,
+        checkpoints: Checkpointer,
+        cache: CacheKeeper,
+    ) -> None:
+        self.profile, self.run_dir, self.interactive = profile, run_dir, interactive
+        self.control, self.dist, self.emit = control, dist, emit
+        self.parts, self.obj, self.st, self.checkpoints, self.cache = parts, obj, st, checkpoints, cache
+        self.paused = False
+        self.stop_status: tuple[str, str] | None = None
+        self._held: list[Any] = []  # commands that arrived while the engine waited for an LR answer
+        self._suggested_phase = -1
+        self._handlers: dict[type, Callable[[Any], Applied]] = {
+            UnfreezeNext: self._unfreeze_next,
+            StopEarly: self._stop_early,
+            Pause: self._pause,
+            Resume: self._resume,
+            SaveCheckpoint: self._save_checkpoint,
+            FindLR: self._find_lr,
+            ApplyLR: self._apply_lr,
+            SetGroupTrainable: self._set_group_trainable,
+            AdaptBatchNorm: self._adapt_batchnorm,
+            ScaleGroupLR: self._scale_group_lr,
+        }
+
+    def stop(self, status: str, reason: str) -> None:
+        """End the run at the next boundary the trainer checks, as `status` (`RunFinished.status`)."""
+        self.stop_status = (status, reason)
+
+    # ---------------------------------------------------------------------------------------------- phases
+    def maybe_next_phase(self) -> None:
+        """At an epoch end: the next phase when the strategy's trigger says so, or the plateau question asked."""
+        st, cfg = self.st, self.profile.strategy
+        due = strategy.phase_due(
+            cfg,
+            interactive=self.interactive,
+            phase=st.phase,
+            num_phases=len(self.parts.phases),
+            epoch=st.epoch,
+            total_epochs=self.profile.train.epochs,
+            phase_start_epoch=st.phase_start_epoch,
+            stale_epochs=st.plateau.stale,
+        )
+        if due == "epochs" or (due == "plateau" and not self.interactive):
+            self.next_phase(due)
+        elif due == "plateau" and self._suggested_phase != st.phase:  # a person decides: suggest, once a phase
+            self._suggested_phase = st.phase
+            self.emit(
+                UnfreezeSuggested(
+                    metric=cfg.plateau_metric,
+                    epochs=st.plateau.stale,
+                    next_groups=tuple(g for g in self.parts.next_groups(st.phase) if g not in st.trainable),
+                    epoch=st.epoch,
+                    waiting=cfg.plateau_wait,
+                )
+            )
+            if cfg.plateau_wait:  # hold here: the answer comes as UnfreezeNext and/or Resume (or a stop)
+                self._wait_for_answer()
+
+    def _wait_for_answer(self) -> None:
+        """Paused until the plateau question is answered. A "no" (Resume alone) keeps the phase and asks again
+        after another `plateau_patience` flat epochs, so the run pauses for the person again."""
+        phase = self.st.phase
+        self.paused = True
+        self.between_steps()
+        if self.st.phase == phase and self.stop_status is None:
+            self.st.plateau.stale = 0
+            self._suggested_phase = -1
+
+    def next_phase(self, reason: str) -> bool:
+        st = self.st
+        if st.phase + 1 >= len(self.parts.phases):
+            return False
+        added = st.enter_phase(st.phase + 1)  # also in mid-epoch (`u`): newly trainable modules leave eval mode
+        self._trainable_changed()
+        self.emit(
+            PhaseChanged(
+                phase=st.phase,
+                num_phases=len(self.parts.phases),
+                trainable=st.trainable,
+                unfrozen=added,
+                epoch=st.epoch,
+                global_step=st.global_step,
+                reason=reason,
+            )
+        )
+        self.emit(st.layers_changed(with_grad=False))
+        if self.profile.strategy.phase_lr == "find":
+            self.find_phase_lr()
+        return True
+
+    def _trainable_changed(self) -> None:
+        """Every rank is at this step: the new trainable set gets DDP's hooks, and the feature cache follows."""
+        self.parts.rewrap()
+        self.cache.trainable_changed()
+
+    def find_phase_lr(self) -> None:
+        """`strategy.phase_lr = "find"`: sweep the LR of the groups that train from now on (weights, optimizer, BN
+        statistics, RNG and loader restored after), then make the answer the head's LR, the deeper groups keeping
+        their discriminative ratios. Headless: the suggestion, at once. A live dashboard shows the curve and has
+        `wait_s` to answer with an `ApplyLR`; the engine waits here, at a step boundary, watching its stop flag."""
+        st, cfg = self.st, self.profile.strategy
+        wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
+        found = self._sweep(cfg.phase_lr_steps, phase=st.phase, wait_s=wait_s)
+        lr, how = found.suggestion, "the finder's suggestion"
+        if not found.found:  # nothing to apply: the run goes on at its LR
+            how = f"kept: the sweep stopped after {len(found.lrs)} steps with no valley"
+        elif found.wait_s > 0:
+            lr, how = self._await_lr_answer(found)
+        st.set_head_lr(lr)
+        self.emit(
+            CommandApplied(
+                command="ApplyLR",
+                epoch=st.epoch,
+                global_step=st.global_step,
+                value=lr,
+                detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their ratios",
+            )
+        )
+        self.emit(st.layers_changed(with_grad=False))
+
+    def _sweep(self, steps: int, **where: Any) -> LRFound:
+        """The in-run LR sweep (`lr_sweep.find_lr_in_run`), its curve written by rank 0; emitted."""
+        out_dir = self.run_dir if self.dist.is_main else None
+        found = find_lr_in_run(self.profile, self.parts, self.st, self.obj, steps=steps, out_dir=out_dir, **where)
+        self.emit(found)
+        return found
+
+    def _await_lr_answer(self, found: LRFound) -> tuple[float, str]:
+        """The person's `ApplyLR`, or the suggestion once `wait_s` plus a grace has passed or a stop is asked.
+        Other commands arriving meanwhile are kept, in order, for the next step boundary."""
+        deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
+        while not self.control.stop_requested:
+            for command in self.control.drain():
+                if isinstance(command, ApplyLR):
+                    if command.lr == found.suggestion:
+                        how = "the finder's suggestion, from the dashboard (accepted, or its countdown ended)"
+                        return command.lr, how
+                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
+                self._held.append(command)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return found.suggestion, "the finder's suggestion (no answer came)"
+            self.control.wait(min(0.1, left))
+        return found.suggestion, "the finder's suggestion (stopping)"
+
+    # ------------------------------------------------------------------------------------------ boundaries
+    def between_steps(self, step: int = 0) -> bool:
+        """Apply queued commands; wait while paused. False when the epoch must end now. With several ranks, rank
+        0's commands and any rank's stop request are exchanged at the metric reads only (no other per-step sync),
+        so every rank applies them at the same step; while paused the ranks meet every half second."""
+        d = self.dist
+        if d.active and step % self.profile.train.log_every:
+            return True
+        while True:
+            held, self._held = self._held + (self.control.drain() if d.is_main else []), []
+            commands, stop = d.exchange(held, self.control.stop_requested)
+            for command in commands:
+                self.apply(command)
+            if self._held and not d.active:  # commands kept during an LR answer: this boundary too (several
+                continue  # ranks: at the next exchange, on every rank alike)
+            if stop and self.stop_status is None:
+                self.stop(*self.control.stop_status)
+            if self.stop_status is not None:
+                return False
+            if not self.paused:
+                return True
+            if d.is_main:  # the other ranks wait for it in the next exchange
+                self.control.wait(0.5 if d.active else 0.1)
+
+    def stop_agreed(self) -> bool:
+        """Was a stop asked for (on any rank)? Every rank gets the same answer."""
+        return self.dist.exchange([], self.control.stop_requested)[1]
+
+    def apply(self, command: Any) -> None:
+        """One command, by its type's handler (a type without one changes nothing); then `CommandApplied`."""
+        handler = self._handlers.get(type(command))
+        detail, value = handler(command) if handler is not None else ("", None)
+        self.emit(
+            CommandApplied(
+                command=type(command).__name__,
+                epoch=self.st.epoch,
+                global_step=self.st.global_step,
+                detail=detail,
+                value=value,
+            )
+        )
+
+    # -------------------------------------------------------------------------------------------- commands
+    def _unfreeze_next(self, command: UnfreezeNext) -> Applied:
+        return ("" if self.next_phase("manual") else "already in the last phase"), None
+
+    def _stop_early(self, command: StopEarly) -> Applied:
+        self.stop("stopped_early", f"stopped by the user at epoch {self.st.epoch + 1}")
+        return "", None
+
+    def _pause(self, command: Pause) -> Applied:
+        self.paused = True
+        return "", None
+
+    def _resume(self, command: Resume) -> Applied:
+        self.paused = False
+        return "", None
+
+    def _save_checkpoint(self, command: SaveCheckpoint) -> Applied:
+        path = self.checkpoints.save("manual")
+        return (str(path) if path is not None else "not saved: the weights are not finite"), None
+
+    def _find_lr(self, command: FindLR) -> Applied:
+        found = self._sweep(command.steps)
+        name = Path(found.path).name
+        return f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); curve in {name}", None
+
+    def _apply_lr(self, command: ApplyLR) -> Applied:
+        self.st.set_head_lr(command.lr)
+        self.emit(self.st.layers_changed(with_grad=False))
+        return f"head LR {command.lr:.3g}; deeper groups keep their ratios", command.lr
+
+    def _set_group_trainable(self, command: SetGroupTrainable) -> Applied:
+        detail = self.st.set_group_trainable(command.group, command.trainable)
+        self._trainable_changed()
+        self.emit(self.st.layers_changed(with_grad=False))
+        return detail, None
+
+    def _scale_group_lr(self, command: ScaleGroupLR) -> Applied:
+        detail = self.st.scale_group_lr(command.group, command.factor)
+        self.emit(self.st.layers_changed(with_grad=False))
+        return detail, None
+
+    def _adapt_batchnorm(self, command: AdaptBatchNorm) -> Applied:
+        """AdaBN at a step boundary, then the shift measured again; the feature cache (stale features) rebuilt."""
+        p = self.parts
+        gen = p.train_loader.generator  # its shuffle draws must not move: resume replays the same order
+        state = gen.get_state() if gen is not None else None
+        try:
+            layers, read = adapt_batchnorm(p.model, p.train_loader, p.device, p.autocast, command.batches)
+        finally:
+            if gen is not None:
+                gen.set_state(state)
+        strategy.train_mode(p.model, self.profile.strategy)
+        if not layers:
+            return "no BatchNorm layers: nothing to adapt", None
+        self.cache.rebuild()
+        after = [v for v in self.measure_shift("AdaptBatchNorm") if v is not None]
+        mean = f"; mean shift now {sum(after) / len(after):.3g}" if after else ""
+        return f"running statistics of {layers} BatchNorm layers re-estimated on {read} target batches{mean}", None
+
+    # ------------------------------------------------------------------------------------------ readings
+    def measure_shift(self, reason: str) -> list[float | None]:
+        """Emit the domain shift per group (nothing when the model has no BatchNorm and no source data)."""
+        if not self.profile.train.domain_shift and reason != "AdaptBatchNorm":
+            return []
+        event = shift_event(self.parts, self.st.epoch, self.st.global_step, reason)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        if event is None:
+            return []
+        self.emit(event)
+        return list(event.shifts)
