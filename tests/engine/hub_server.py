@@ -3,7 +3,8 @@
 It answers what huggingface_hub asks while downloading: `GET /api/models/{repo}` (the file list, for tuitune's
 repo fetch) and `HEAD` / `GET /{repo}/resolve/{revision}/{file}` with the `ETag`, `X-Repo-Commit` and
 `Content-Length` headers it checks (a missing file is a 404 with `X-Error-Code: EntryNotFound`, as the hub says
-it). `fail` makes a file's GET go wrong: "500" (a server error) or "cut" (the connection closes mid-file).
+it). `fail` makes a file go wrong: "500" (its GET is a server error), "cut" (the connection closes mid-file) or
+"missing" (listed by the API, but a 404 when asked for).
 `throttle` (bytes per second) slows file bodies down, to watch a download's progress.
 
 Run it by hand for a demo: `python tests/engine/hub_server.py REPO_ID FOLDER [--throttle BYTES_PER_S]`.
@@ -89,7 +90,7 @@ class StandInHub:
         files = self.repos.get(repo)
         if files is None:
             return self._send(h, 404, b"no repo", {"X-Error-Code": "RepoNotFound"}, body)
-        if name not in files:
+        if name not in files or self.fail.get(name) == "missing":
             return self._send(h, 404, b"no file", {"X-Error-Code": "EntryNotFound"}, body)
         data = files[name]
         headers = {
