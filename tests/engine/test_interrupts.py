@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.engine.conftest import tiny_profile
+from tests.waiting import read_until
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
 from tuitune.engine.events import RunStarted
@@ -46,13 +47,13 @@ def _start(tmp: Path, name: str, **data: object) -> tuple[subprocess.Popen, Path
 
 def _wait_for_epoch(proc: subprocess.Popen, n: int = 1) -> str:
     """Read progress lines up to the end of epoch `n` (printed just before that epoch's checkpoints are saved)."""
-    assert proc.stdout is not None
-    seen = 0
-    for line in proc.stdout:
-        seen += line.startswith("epoch")
-        if seen == n:
-            return line
-    raise AssertionError(f"no epoch line; stderr: {proc.stderr.read() if proc.stderr else ''}")
+    seen = [0]
+
+    def nth_epoch(line: str) -> bool:
+        seen[0] += line.startswith("epoch")
+        return seen[0] == n
+
+    return read_until(proc, nth_epoch, 180, f"epoch line {n}")
 
 
 def test_ctrl_c_and_sigterm_stop_gracefully_and_resume(tmp_path: Path) -> None:
