@@ -252,11 +252,11 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
         assert start_detached(str(path), [], out, 2, 1) == proc.pid and not (out / "sweep.log").exists()
         _wait(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in trials_of(out)))
         os.kill(proc.pid, signal.SIGKILL)  # at once, while the trial runs
-        proc.wait()
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
     assert [t.state.name for t in trials_of(out)] == ["RUNNING"]
     done = subprocess.run(
         _sweep_cmd(path, out, "--trials", "2"), env=_env(), capture_output=True, text=True, timeout=600
