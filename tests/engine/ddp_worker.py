@@ -2,9 +2,10 @@
 
 Runs a Trainer on a profile and writes what the test compares into OUT/rank<N>.json: every event this rank
 emitted (rank 0's are the run's; the others' are dropped by the CLI, kept here to compare) and a checksum per
-parameter at the end. `--unfreeze-at STEP` and `--stop-at STEP` put `UnfreezeNext` / `StopEarly` on rank 0's
-Control when its metrics for that step are emitted, as a dashboard would; `--pause-at` also freezes layer4 again
-by hand (`SetGroupTrainable`), so DDP is re-wrapped for a smaller trainable set too.
+parameter at the end. `--unfreeze-at STEP` puts `UnfreezeNext` on rank 0's Control when its metrics for that step
+are emitted, as a dashboard would; `--pause-at` also freezes layer4 again by hand (`SetGroupTrainable`), so DDP is
+re-wrapped for a smaller trainable set too. `--stop-at STEP` sends a stop through rank 0's control socket (a real
+`RunServer`, as `tuitune attach` would reach it): only rank 0 hears it; every rank must stop.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pathlib import Path
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from tuitune.config import load_profile
-from tuitune.engine.commands import Control, Pause, Resume, SetGroupTrainable, StopEarly, UnfreezeNext
+from tuitune.engine.commands import Control, Pause, Resume, SetGroupTrainable, UnfreezeNext
 from tuitune.engine.events import MetricsUpdated, to_json
 from tuitune.engine.train.distributed import from_env
 from tuitune.engine.train.loop import Trainer
+from tuitune.remote.client import RunClient
+from tuitune.remote.server import RunServer
 
 
 def main() -> int:
@@ -39,8 +42,9 @@ def main() -> int:
     plan = {
         args.unfreeze_at: [UnfreezeNext()],
         args.pause_at: [SetGroupTrainable("layer4", False), Pause()],
-        args.stop_at: [StopEarly()],
     }
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    server = RunServer(Path(args.run_dir), control) if dist.is_main else None
 
     held: dict = {}  # the trainer, once built
     frozen_bn_training: set[str] = set()  # BatchNorm layers with frozen parameters seen in train mode mid-epoch
@@ -52,6 +56,10 @@ def main() -> int:
                 own = list(m.parameters(recurse=False))
                 if isinstance(m, _BatchNorm) and own and not any(q.requires_grad for q in own) and m.training:
                     frozen_bn_training.add(name)
+        if server is not None and isinstance(event, MetricsUpdated) and event.global_step == args.stop_at:
+            client = RunClient(server.path)
+            client.stop_run()
+            client.close()
         if dist.is_main and isinstance(event, MetricsUpdated):
             for command in plan.get(event.global_step, []):
                 control.put(command)
@@ -60,6 +68,8 @@ def main() -> int:
 
     trainer = held["trainer"] = Trainer(profile, Path(args.run_dir), emit, control, dist=dist, interactive=True)
     trainer.run()
+    if server is not None:
+        server.close(drain_s=0.5)
     sums = {n: float(p.detach().double().sum()) for n, p in trainer.parts.model.named_parameters()}
     trainable = [n for n, p in trainer.parts.model.named_parameters() if p.requires_grad]
     start = {n: float(w.double().sum()) for n, w in trainer.st._w0.items()}

@@ -3,7 +3,8 @@
 It answers what huggingface_hub asks while downloading: `GET /api/models/{repo}` (the file list, for tuitune's
 repo fetch) and `HEAD` / `GET /{repo}/resolve/{revision}/{file}` with the `ETag`, `X-Repo-Commit` and
 `Content-Length` headers it checks (a missing file is a 404 with `X-Error-Code: EntryNotFound`, as the hub says
-it). `fail` makes a file's GET go wrong: "500" (a server error) or "cut" (the connection closes mid-file).
+it). `fail` makes a file go wrong: "500" (its GET is a server error), "cut" (the connection closes mid-file) or
+"missing" (listed by the API, but a 404 when asked for); keyed by file name, or by "repo/file" for one repo's.
 `throttle` (bytes per second) slows file bodies down, to watch a download's progress.
 
 Run it by hand for a demo: `python tests/engine/hub_server.py REPO_ID FOLDER [--throttle BYTES_PER_S]`.
@@ -89,7 +90,8 @@ class StandInHub:
         files = self.repos.get(repo)
         if files is None:
             return self._send(h, 404, b"no repo", {"X-Error-Code": "RepoNotFound"}, body)
-        if name not in files:
+        fail = self.fail.get(f"{repo}/{name}", self.fail.get(name, ""))
+        if name not in files or fail == "missing":
             return self._send(h, 404, b"no file", {"X-Error-Code": "EntryNotFound"}, body)
         data = files[name]
         headers = {
@@ -97,7 +99,7 @@ class StandInHub:
             "X-Repo-Commit": COMMIT,
             "Content-Type": "application/octet-stream",
         }
-        mode = self.fail.get(name, "") if body else ""
+        mode = fail if body else ""
         if mode == "500":
             return self._send(h, 500, b"internal error", {"X-Repo-Commit": COMMIT}, body)
         start = _range_start(h.headers.get("Range"))

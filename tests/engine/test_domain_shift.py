@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from torch import nn
 
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import AdaptBatchNorm, Control
-from tuitune.engine.events import CommandApplied, DomainShiftMeasured, MetricsUpdated
+from tuitune.engine.events import (
+    CommandApplied,
+    DomainShiftMeasured,
+    EpochEnded,
+    FeatureCacheChanged,
+    MetricsUpdated,
+    SetupProgressed,
+)
 from tuitune.engine.model.groups import LayerGroup
 from tuitune.engine.train.domain_shift import adapt_batchnorm, measure
 from tuitune.engine.train.loop import Trainer
@@ -48,14 +56,22 @@ def test_a_batchnorm_models_shift_is_about_zero_on_its_own_statistics_and_large_
 
 
 def test_adabn_re_estimates_the_running_statistics_and_lowers_the_shift() -> None:
+    """Statistics it had from "pretraining" (10 batches of other data) are forgotten: after AdaBN they are the
+    target's alone (the mean of its 6 batches' statistics), not a blend with the old ones."""
     model, groups = _bn_model()
+    adapt_batchnorm(model, _batches(1, n=10), CPU, contextlib.nullcontext, 10)  # "pretraining"
     target = _batches(3, scale=6.0, offset=-4.0, n=6)
     before = measure(model, groups, target, CPU, contextlib.nullcontext)[1][0]
     running = model[1].running_mean.clone()
     adapt_batchnorm(model, target, CPU, contextlib.nullcontext, 6)
-    conv = model[0](torch.cat([x for x, _ in target]))
+    with torch.no_grad():
+        convs = [model[0](x) for x, _ in target]
+    mean = torch.stack([c.mean((0, 2, 3)) for c in convs]).mean(0)
+    var = torch.stack([c.transpose(0, 1).flatten(1).var(1) for c in convs]).mean(0)  # unbiased, as BN keeps it
     assert not torch.equal(running, model[1].running_mean)
-    assert torch.allclose(model[1].running_mean, conv.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(model[1].running_var, var, rtol=1e-4)
+    assert int(model[1].num_batches_tracked) == 6
     assert model[1].momentum == 0.1 and not model.training
     after = measure(model, groups, target, CPU, contextlib.nullcontext)[1][0]
     assert before > 1.0 and after < 0.02
@@ -93,3 +109,35 @@ def test_a_run_measures_the_shift_at_start_and_every_epoch_and_applies_adabn_at_
     assert sum(adapted.shifts[i] for i in body) < 0.5 * sum(start.shifts[i] for i in body)
     applied = next(e for e in of_type(events, CommandApplied) if e.command == "AdaptBatchNorm")
     assert applied.global_step == 2 and "BatchNorm layers re-estimated on 3 target batches" in applied.detail
+
+
+def test_adabn_in_a_run_rebuilds_the_feature_cache_built_on_the_old_statistics(tmp_path) -> None:
+    """Head-only training on cached features: AdaBN at step 2 changes what the frozen body outputs, so the cache
+    built at the start is dropped and rebuilt; the run then trains exactly as the same run without a cache."""
+
+    def run(folder: str, cache: bool) -> list:
+        events: list = []
+        control = Control()
+
+        def emit(event) -> None:
+            events.append(event)
+            if isinstance(event, MetricsUpdated) and event.global_step == 2:
+                control.put(AdaptBatchNorm(batches=3))
+
+        profile = tiny_profile(
+            train={"epochs": 2, "lr": 0.05, "log_every": 1, "feature_cache": cache, "domain_shift": False},
+            strategy={"kind": "head_only"},
+        )
+        Trainer(profile, tmp_path / folder, emit, control).run()
+        return events
+
+    cached, plain = run("cached", True), run("plain", False)
+    assert [(c.active, c.global_step) for c in of_type(cached, FeatureCacheChanged)] == [(True, 0)]
+    builds = [i for i, e in enumerate(cached) if isinstance(e, SetupProgressed) and e.task == "cache" and e.finished]
+    step2 = next(i for i, e in enumerate(cached) if isinstance(e, MetricsUpdated) and e.global_step == 2)
+    before = [i for i in builds if i < step2]
+    assert before and len(builds) == 2 * len(before)  # built at the start, built again after AdaBN
+    losses = [[m.train_loss for m in of_type(ev, MetricsUpdated)] for ev in (cached, plain)]
+    assert len(losses[0]) == len(losses[1]) > 4 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+    val = [[e.val_loss for e in of_type(ev, EpochEnded)] for ev in (cached, plain)]
+    assert val[0] == pytest.approx(val[1], abs=1e-5)

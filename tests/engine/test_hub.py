@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.hf_fixtures import make_tiny_hf_dir
-from tests.engine.hub_server import StandInHub, repo_files
+from tests.engine.hub_server import COMMIT, StandInHub, repo_files
 
 REPO = "tuitune-tests/tiny-bert"
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,18 +125,48 @@ def test_run_downloads_with_progress_then_builds_from_cache_without_network(
         assert hub.requests[before:] == []
 
 
-@pytest.mark.parametrize("fail", ["500", "cut"])
-def test_failed_download_is_one_line_and_nothing_is_cached(
-    tmp_path: Path, bert_files: dict[str, bytes], fail: str
+FAILURES = ("500", "cut", "missing")
+TRY_ALL = """
+import sys
+from tuitune.cli import main
+for repo in sys.argv[1:]:
+    print(f"exit {main(['layers', repo])}", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_failed_download_says_why_in_one_line_and_nothing_is_cached(
+    tmp_path: Path, bert_files: dict[str, bytes]
 ) -> None:
+    """Three repos whose weights fail three ways: a server error, a transfer cut half-way (every retry too), a file
+    the hub lists but does not have. `tuitune layers` on each (one process): one error line each, naming the
+    file, and three different reasons; nothing half-written in the cache."""
     home = tmp_path / "hf-home"
-    with StandInHub({REPO: bert_files}, fail={"model.safetensors": fail}) as hub:
-        done = tuitune(hub_env(hub, home), "layers", REPO, cwd=tmp_path)
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("tuitune: error:")]
-    assert len(errors) == 1 and "model.pretrained: download failed: " + REPO + "/model.safetensors" in errors[0]
-    assert not snapshot_file(home, "model.safetensors").exists()  # nothing half-written is ever linked in
-    assert snapshot_file(home, "config.json").exists()  # (the files before it were complete, and are kept)
+    repos = {f"{REPO}-{how}": dict(bert_files) for how in FAILURES}
+    fail = {f"{REPO}-{how}/model.safetensors": how for how in FAILURES}
+    with StandInHub(repos, fail=fail) as hub:
+        done = subprocess.run(
+            [sys.executable, "-c", TRY_ALL, *repos],
+            env=hub_env(hub, home),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    lines = [x for x in done.stderr.splitlines() if x.startswith(("tuitune: error:", "exit "))]
+    assert lines[1::2] == ["exit 2"] * 3, done.stderr
+    why = {}
+    for how, line in zip(FAILURES, lines[0::2]):
+        prefix = f"tuitune: error: model.pretrained: download failed: {REPO}-{how}/model.safetensors: "
+        assert line.startswith(prefix), line
+        why[how] = line[len(prefix) :]
+        repo_cache = home / "hub" / f"models--{REPO.replace('/', '--')}-{how}" / "snapshots" / COMMIT
+        assert not (repo_cache / "model.safetensors").exists()  # nothing half-written is ever linked in
+        assert (repo_cache / "config.json").exists()  # (the files before it were complete, and are kept)
+    print("\n" + "\n".join(f"{how}: {text}" for how, text in why.items()))
+    assert "500" in why["500"] and "Server error" in why["500"]
+    assert any(w in why["cut"] for w in ("closed", "incomplete", "42000")) and "500" not in why["cut"]
+    assert why["missing"].startswith("listed by the hub but not found")
+    assert len({text.split(" (a partial file")[0] for text in why.values()}) == 3
 
 
 def test_offline_flag_never_asks_the_hub(tmp_path: Path, bert_files: dict[str, bytes]) -> None:

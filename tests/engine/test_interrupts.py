@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.engine.conftest import tiny_profile
+from tests.waiting import read_until
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
 from tuitune.engine.events import MetricsUpdated, RunFinished, RunStarted
@@ -50,13 +50,13 @@ def _start(tmp: Path, name: str, **data: object) -> tuple[subprocess.Popen, Path
 
 def _wait_for_epoch(proc: subprocess.Popen, n: int = 1) -> str:
     """Read progress lines up to the end of epoch `n` (printed just before that epoch's checkpoints are saved)."""
-    assert proc.stdout is not None
-    seen = 0
-    for line in proc.stdout:
-        seen += line.startswith("epoch")
-        if seen == n:
-            return line
-    raise AssertionError(f"no epoch line; stderr: {proc.stderr.read() if proc.stderr else ''}")
+    seen = [0]
+
+    def nth_epoch(line: str) -> bool:
+        seen[0] += line.startswith("epoch")
+        return seen[0] == n
+
+    return read_until(proc, nth_epoch, 180, f"epoch line {n}")
 
 
 def test_ctrl_c_and_sigterm_stop_gracefully_and_resume(tmp_path: Path) -> None:
@@ -107,27 +107,67 @@ from tuitune.engine.record import checkpoint
 torch.set_num_threads(1)
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed writers are reaped at once
 directory = Path(sys.argv[1])
-model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))  # 2 MB of weights
+model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+target = ""  # where the writer kills itself: "<weights|state>-<mid|renamed>", or "" (after a whole save)
+real_write = checkpoint.atomic_write
+
+
+def dying_write(path, write):
+    # checkpoint's own atomic write, with a kill -9 half-way through writing the temp file, or right after
+    # the rename put it in place
+    kind = "state" if path.name.endswith(".state.pt") else "weights"
+
+    def half(tmp):
+        write(tmp)
+        if target == kind + "-mid":
+            os.truncate(tmp, os.path.getsize(tmp) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    real_write(path, half)
+    if target == kind + "-renamed":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+checkpoint.atomic_write = dying_write
+
+
+def save(version):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float(version))
+    checkpoint.save_checkpoint(directory, "last", model, {"version": version})
+
+
 print("ready", flush=True)
 for line in sys.stdin:
-    version = int(line)
+    version, point = line.split()
     pid = os.fork()
-    if pid == 0:  # the writer: save `last` in a loop, each version's weights all equal to its number
-        while True:
-            version += 1
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.fill_(float(version))
-            checkpoint.save_checkpoint(directory, "last", model, {"version": version})
+    if pid == 0:  # the writer: one whole save of `version`, then `version + 1` killed at `point`
+        save(int(version))
+        target = "" if point == "between" else point
+        save(int(version) + 1)
+        os.kill(os.getpid(), signal.SIGKILL)
     print(pid, flush=True)
 """
 
+# where each kill lands -> (what it leaves beside `last`, the version `last` then holds: the one before, or the
+# new one). "kept": the old weights, linked under their id before the new ones are written, until the new state is
+# in place; "temp": the half-written temp file.
+KILLS = {
+    "weights-mid": ({"temp", "kept"}, 0),
+    "weights-renamed": ({"kept"}, 0),  # new weights beside the old state
+    "state-mid": ({"temp", "kept"}, 0),
+    "state-renamed": ({"kept"}, 1),  # both new; the old weights not removed yet
+    "between": (set(), 1),
+}
+
 
 def test_kill_9_mid_write_never_corrupts_last(tmp_path: Path) -> None:
-    """20 writers killed with SIGKILL at random moments while saving `last` over and over (forked from one
-    process that imported torch once, to keep this fast). After every kill `last` opens, its weights match its
-    state, and it is never older than the newest checkpoint seen before."""
-    rng = random.Random(0)
+    """Writers (forked from one process that imported torch once, to keep this fast) save `last` once, then are
+    killed with SIGKILL while saving it again, at each moment of the write in turn: half-way through the weights'
+    temp file, right after the weights are renamed into place, half-way through the state, right after the state
+    is renamed, and after the whole save; twice each. After every kill `last` opens, its weights match its state,
+    and it holds the version the moment implies (the new one only once its state is in place)."""
     zygote = subprocess.Popen(
         [sys.executable, "-c", ZYGOTE, str(tmp_path)],
         stdin=subprocess.PIPE,
@@ -137,37 +177,29 @@ def test_kill_9_mid_write_never_corrupts_last(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert zygote.stdout is not None and zygote.stdin is not None
-    assert zygote.stdout.readline().strip() == "ready"
-    newest, outcomes = 0, {"temp file left": 0, "new weights, old state": 0, "between saves": 0}
     try:
-        for kill in range(20):
-            zygote.stdin.write(f"{(kill + 1) * 1_000_000}\n")
+        assert read_until(zygote, lambda line: True, 120, "the writers' parent is ready").strip() == "ready"
+        for n, point in enumerate(list(KILLS) * 2):
+            version = 10 * (n + 1)
+            zygote.stdin.write(f"{version} {point}\n")
             zygote.stdin.flush()
-            pid = int(zygote.stdout.readline())
-            time.sleep(rng.uniform(0.15, 0.5) if kill == 0 else rng.uniform(0.0, 0.25))
-            os.kill(pid, signal.SIGKILL)
+            pid = int(read_until(zygote, lambda line: True, 60, "a writer started"))
+            deadline = time.monotonic() + 60
             while _alive(pid):
+                assert time.monotonic() < deadline, f"writer {pid} ({point}) did not die"
                 time.sleep(0.005)
             names = [p.name for p in tmp_path.iterdir()]
-            if any(n.endswith(".tmp") for n in names):
-                outcomes["temp file left"] += 1
-            elif any(n.startswith(".last.") and n.endswith(".safetensors") for n in names):
-                outcomes["new weights, old state"] += 1
-            else:
-                outcomes["between saves"] += 1
+            left = {"temp"} if any(n.endswith(".tmp") for n in names) else set()
+            left |= {"kept"} if any(n.startswith(".last.") and n.endswith(".safetensors") for n in names) else set()
+            expected_left, newer = KILLS[point]
+            assert left == expected_left, (point, names)
             weights, state = checkpoint.open_checkpoint(tmp_path, "last")
             values = torch.cat([t.flatten() for t in load_file(str(weights)).values()])
-            assert bool((values == float(state["version"])).all()), (kill, state["version"])
-            assert state["version"] >= newest, (kill, state["version"], newest)
-            newest = state["version"]
+            assert state["version"] == version + newer, (point, state["version"])
+            assert bool((values == float(state["version"])).all()), (point, state["version"])
     finally:
         zygote.stdin.close()
         zygote.wait(timeout=30)
-    print(
-        f"\nkill -9 mid-write: 20 kills, `last` loaded and matched its state every time; newest version "
-        f"{newest}; where the kills landed: {outcomes}"
-    )
-    assert sum(outcomes.values()) == 20 and outcomes["temp file left"] + outcomes["new weights, old state"] >= 5
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.conftest import of_type, tiny_profile
+from tests.engine.conftest import TINY_MODEL, of_type, tiny_profile
 from tuitune.engine.commands import ApplyLR, Control, SaveCheckpoint, UnfreezeNext
 from tuitune.engine.events import CommandApplied, EpochEnded, LayersChanged, LRFound, PhaseChanged, RunStarted
 from tuitune.engine.session import run_training
@@ -15,8 +15,9 @@ from tuitune.engine.train.loop import Trainer
 DECAY = 0.5
 
 
-def phase_lr_profile(**train):
+def phase_lr_profile(model: dict | None = None, **train):
     return tiny_profile(
+        model=model or {},
         strategy={
             "kind": "progressive",
             "trigger": "epochs",
@@ -53,12 +54,14 @@ def test_a_sweep_at_every_phase_from_a_restored_snapshot_and_its_suggestion_appl
     events: list = []
     before: dict = {}
     checks: list = []
+    rngs: list = []  # the global RNG at each sweep's start: training moved it in between (dropout draws from it)
     trainer: Trainer
 
     def emit(event) -> None:
         events.append(event)
         if isinstance(event, (RunStarted, PhaseChanged)):  # the sweep starts right after these
             before.update(_state(trainer))
+            rngs.append(before["rng"])
         elif isinstance(event, LRFound):  # the sweep ended: everything as it was
             after = _state(trainer)
             checks.append(
@@ -76,8 +79,10 @@ def test_a_sweep_at_every_phase_from_a_restored_snapshot_and_its_suggestion_appl
             lrs = {g["layer_group"]: g["lr"] for g in trainer.st.optimizer.param_groups}
             checks.append(lrs == pytest.approx(_expected_lrs(trainer, event.value)))
 
-    trainer = Trainer(phase_lr_profile(), tmp_path, emit, Control())
+    dropout = {"kwargs": {**TINY_MODEL["kwargs"], "drop_rate": 0.5}}  # so the sweep's steps draw from the RNG
+    trainer = Trainer(phase_lr_profile(dropout), tmp_path, emit, Control())
     final = trainer.run()
+    assert len(rngs) == 3 and not torch.equal(rngs[0], rngs[1])
     found, applied = of_type(events, LRFound), [e for e in of_type(events, CommandApplied) if e.command == "ApplyLR"]
     assert final.status == "finished" and [e.phase for e in of_type(events, PhaseChanged)] == [1, 2]
     assert [f.phase for f in found] == [0, 1, 2] and all(f.wait_s == 0 and len(f.lrs) > 3 for f in found)

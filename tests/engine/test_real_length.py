@@ -120,6 +120,29 @@ def test_trimmed_batch_gives_the_same_logits_as_full_padding(bert_dir: Path, tok
         torch.testing.assert_close(model(x), model(full), atol=1e-5, rtol=1e-5)
 
 
+def test_a_left_padding_tokenizer_keeps_the_end_of_each_text_when_batches_are_trimmed(
+    bert_dir: Path, tmp_path: Path
+) -> None:
+    """Padded on the left (as decoder tokenizers are), a text's tokens are the last columns: a trimmed batch is
+    the last columns of the padded one, every real token kept (the final [SEP] included) and only padding cut."""
+    from transformers import AutoTokenizer
+
+    left = AutoTokenizer.from_pretrained(str(bert_dir), padding_side="left")
+    bundle = text_bundle(left, write_texts(tmp_path / "t.csv"))
+    sep = left.sep_token_id
+    for loader, data in zip(
+        make_loaders(bundle, batch_size=8, num_workers=0, device_type="cpu", seed=0)[:2], (bundle.train, bundle.val)
+    ):
+        loader = torch.utils.data.DataLoader(data, batch_size=8, collate_fn=loader.collate_fn)  # in order
+        for i, (x, _y) in enumerate(loader):
+            full = torch.utils.data.default_collate([data[j] for j in range(8 * i, min(8 * i + 8, len(data)))])[0]
+            width = x["input_ids"].shape[1]
+            assert width < 32 and width == int(full["attention_mask"].sum(1).max())
+            assert torch.equal(x["input_ids"], full["input_ids"][:, -width:])
+            assert torch.equal(x["attention_mask"].sum(1), full["attention_mask"].sum(1))  # no real token lost
+            assert bool((x["input_ids"][:, -1] == sep).all())  # every text still ends with its [SEP]
+
+
 def test_group_by_length_batches_similar_lengths_seeded_and_replayable(tokenizer, tmp_path: Path) -> None:
     bundle = text_bundle(tokenizer, write_texts(tmp_path / "t.csv", n=400))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,6 +42,9 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
 
     def emit(event) -> None:
         events.append(event)
+        if isinstance(event, RunStarted):
+            assert trainer is not None
+            seen[0] = {"layer2_w": [p.detach().clone() for p in _params(trainer, "layer2")]}
         if isinstance(event, MetricsUpdated):
             assert trainer is not None
             seen[event.global_step] = {
@@ -72,7 +76,7 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
     # step 1 trained the head alone; steps 2 and 3 trained layer2 too, at the head's LR x 0.5^3, the head at x1.5
     assert not seen[1]["layer2_grad"] and seen[2]["layer2_grad"] and seen[3]["layer2_grad"]
     assert not seen[4]["layer2_grad"]
-    assert torch.equal(seen[1]["layer2_w"][0], seen[0 + 1]["layer2_w"][0])
+    assert all(torch.equal(a, b) for a, b in zip(seen[0]["layer2_w"], seen[1]["layer2_w"]))  # frozen at step 1
     assert not torch.equal(seen[1]["layer2_w"][0], seen[2]["layer2_w"][0])
     assert all(torch.equal(a, b) for a, b in zip(seen[3]["layer2_w"], seen[5]["layer2_w"]))  # frozen: untouched
     assert seen[1]["lrs"] == {"head": 0.01}
@@ -90,8 +94,8 @@ def test_group_commands_change_requires_grad_and_lrs_at_the_next_step(tmp_path) 
 
 
 def _steer(control: Control, stop_at: int | None):
-    """Unfreeze layer2 out of turn and raise its LR, give layer4 (still frozen) a factor for when its phase comes,
-    lower all; then (optionally) interrupt at `stop_at`."""
+    """Unfreeze layer2 out of turn and raise its LR, give layer4 and layer3 (still frozen) a factor for when their
+    phase comes (layer3's comes after the interrupt), lower all; then (optionally) interrupt at `stop_at`."""
 
     def emit(event, sink: list) -> None:
         sink.append(event)
@@ -99,6 +103,7 @@ def _steer(control: Control, stop_at: int | None):
             control.put(SetGroupTrainable("layer2", True))
             control.put(ScaleGroupLR("layer2", 1.5))
             control.put(ScaleGroupLR("layer4", 1.5))
+            control.put(ScaleGroupLR("layer3", 0.25))
         if isinstance(event, MetricsUpdated) and event.global_step == 4:
             control.put(ScaleGroupLR(None, 1 / 1.5))
             control.put(SetGroupTrainable("head", False))
@@ -111,7 +116,8 @@ def _steer(control: Control, stop_at: int | None):
 def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     """A steered run interrupted mid-epoch 2 and resumed with `tuitune train --resume` ends with the same weights,
     trainable set and per-group LRs as the same run unbroken; the phase change after epoch 1 adds layer4 with
-    the factor it was given while frozen, and the one after epoch 2 keeps layer2 as steered."""
+    the factor it was given while frozen, the one after epoch 2 (after the resume) adds layer3 with the factor it
+    was given before the interrupt, and keeps layer2 as steered."""
     profile = tiny_profile(
         strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
         train={"epochs": 3, "schedule": "cosine", "warmup_steps": 2, "unfreeze_warmup_steps": 2, "log_every": 1},
@@ -127,7 +133,7 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     saved = checkpoint.load_state(tmp_path / "b" / "checkpoints" / "last.state.pt")
     assert (saved["epoch"], saved["step_in_epoch"], saved["phase"]) == (1, 2, 1)
     assert saved["trainable"] == ["layer2", "layer4"] and saved["phase_groups"] == ["layer4", "head"]
-    assert saved["group_scale"] == {"layer2": 1.5, "layer4": 1.5}
+    assert saved["group_scale"] == {"layer2": 1.5, "layer4": 1.5, "layer3": 0.25}
     assert main(["train", "--resume", str(tmp_path / "b"), "--headless"]) == 0
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
@@ -141,6 +147,8 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     b_rows = [e for e in resumed if isinstance(e, LayersChanged)][-1].layers
     assert [(r.name, r.trainable, r.lr) for r in a_rows] == [(r.name, r.trainable, r.lr) for r in b_rows]
     assert [r.name for r in a_rows if r.trainable] == ["layer2", "layer3", "layer4"]  # head frozen by hand
+    lr = {r.name: r.lr for r in b_rows}
+    assert lr["layer3"] == pytest.approx(lr["layer4"] * 0.25 / 1.5)  # lr_decay 1: only their own factors differ
     a_val = [(e.epoch, e.val_loss) for e in straight if isinstance(e, EpochEnded)]
     b_val = [(e.epoch, e.val_loss) for e in resumed if isinstance(e, EpochEnded)]
     assert [x[0] for x in b_val] == [1, 2, 3]
@@ -150,11 +158,47 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     # the commands are in events.jsonl, so `replay` shows them: applied, then the rows they changed
     lines = [json.loads(x) for x in (tmp_path / "b" / "events.jsonl").read_text().splitlines()]
-    assert [x["command"] for x in lines if x["type"] == "CommandApplied"][:5] == [
+    assert [x["command"] for x in lines if x["type"] == "CommandApplied"][:6] == [
         "SetGroupTrainable",
+        "ScaleGroupLR",
         "ScaleGroupLR",
         "ScaleGroupLR",
         "ScaleGroupLR",
         "SetGroupTrainable",
     ]
     assert event_from_dict(dict(lines[0])).__class__ is RunStarted
+
+
+def test_a_group_unfrozen_again_by_hand_warms_up_again(tmp_path) -> None:
+    """`unfreeze_warmup_steps = 2`: layer2, unfrozen by hand, starts at half its LR; frozen, then unfrozen again
+    steps later (its optimizer state kept), it starts its warm-up again instead of jumping to its full LR."""
+    control = Control()
+    plan = {
+        1: SetGroupTrainable("layer2", True),
+        3: SetGroupTrainable("layer2", False),
+        4: SetGroupTrainable("layer2", True),
+    }
+
+    def emit(event) -> None:
+        events.append(event)
+        if isinstance(event, MetricsUpdated) and event.global_step in plan:
+            control.put(plan[event.global_step])
+
+    events: list = []
+    profile = tiny_profile(
+        strategy={"kind": "progressive", "trigger": "manual", "lr_decay": 0.5},
+        train={"epochs": 1, "log_every": 1, "lr": 0.01, "unfreeze_warmup_steps": 2},
+    )
+    Trainer(profile, tmp_path, emit, control, interactive=True).run()
+
+    full = 0.01 * 0.5**3  # layer2 is three groups below the head
+    assert [(c.command, c.global_step) for c in of_type(events, CommandApplied)] == [
+        ("SetGroupTrainable", 1),
+        ("SetGroupTrainable", 3),
+        ("SetGroupTrainable", 4),
+    ]
+    lrs = {e.global_step: e.lrs for e in of_type(events, MetricsUpdated)}  # the LRs each step trained at
+    assert lrs[1] == (0.01,) and lrs[4] == (0.01,)  # the head alone
+    assert lrs[2] == pytest.approx((full / 2, 0.01))  # joined after step 1: the first step of its warm-up
+    assert lrs[3] == pytest.approx((full, 0.01))
+    assert lrs[5] == pytest.approx((full / 2, 0.01))  # joined again after step 4: it warms up again

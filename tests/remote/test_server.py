@@ -15,7 +15,7 @@ from tuitune.engine.commands import Control, Pause, UnfreezeNext
 from tuitune.engine.events import CommandApplied, MetricsUpdated, Warned
 from tuitune.remote import protocol
 from tuitune.remote import server as server_mod
-from tuitune.remote.client import RunClient
+from tuitune.remote.client import RunClient, RunRefused
 from tuitune.remote.server import RunServer
 
 
@@ -116,6 +116,23 @@ def test_peer_check_refuses_another_uid(tmp_path: Path) -> None:
         for f in folder.iterdir():
             f.unlink()
         folder.rmdir()
+
+
+def test_peer_check_refuses_a_uid_other_than_the_runs(served, monkeypatch) -> None:
+    """Any user can run this one: the run's own uid is made another (the server compares the peer's SO_PEERCRED
+    uid with `os.getuid()`), so this process, connecting as itself, is another user's client: refused, with the
+    reason, and it reaches nothing. Back to the real uid, the same client is accepted."""
+    srv, _ = served
+    real = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real + 1)
+    with pytest.raises(RunRefused, match="another user's run"):
+        RunClient(srv.path)
+    wait_for(lambda: srv.refused == 1, 10, "the refusal counted")
+    assert srv.accepted == 0 and srv.clients == []
+    monkeypatch.setattr(os, "getuid", lambda: real)
+    client = RunClient(srv.path)
+    assert client.hello["type"] == "Hello" and srv.accepted == 1
+    client.close()
 
 
 def test_a_viewer_that_never_reads_never_blocks_the_engine(served, monkeypatch) -> None:

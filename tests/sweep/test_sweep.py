@@ -163,8 +163,10 @@ def test_bad_sweep_tables_are_one_line_errors(tmp_path, capsys, table, expected)
 
 
 def test_three_trials_end_to_end_and_the_pruner_stops_a_diverging_lr(tmp_path, capsys):
-    """Trials 0 and 1 at lr 0.01, then lr 10 (SGD diverges: chance accuracy at epoch 1): the median pruner stops
-    it after its first epoch; best.toml is the winner's profile and the printed --set line reproduces it."""
+    """Trial 0 at lr 0.01 (it learns: its last epoch is its best), trial 1 at lr 1.0 (SGD diverges: its first
+    epoch is its best, 0.375, then chance), then lr 10: the median pruner stops it after its first epoch. Each
+    finished trial is worth its best epoch in the study's direction (not its last); best.toml is the better trial's
+    profile and the printed --set line reproduces it."""
     from tuitune.sweep.runner import load_sweep
     from tuitune.sweep.study import open_study
 
@@ -172,12 +174,17 @@ def test_three_trials_end_to_end_and_the_pruner_stops_a_diverging_lr(tmp_path, c
     out = tmp_path / "s"
     out.mkdir()
     study, _ = open_study(out, load_sweep(path, []).spec, 0)
-    for lr in (0.01, 0.01, 10.0):
+    for lr in (0.01, 1.0, 10.0):
         study.enqueue_trial({"train.lr": lr})
     assert main(["sweep", str(path), "--headless", "--trials", "3", "--out", str(out)]) == 0
     trials = trials_of(out)
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
     assert len(trials[2].intermediate_values) == 1 and len(trials[0].intermediate_values) == 3
+    for t in trials[:2]:  # the maximum over its epochs, whichever epoch that was
+        assert t.value == max(t.intermediate_values.values()), (t.number, t.value, t.intermediate_values)
+    curve = trials[1].intermediate_values
+    assert max(curve.values()) > curve[3], f"the diverging trial's last epoch is its best: {curve}"  # a real check
+    assert trials[0].value != trials[1].value
     events = (out / "trial-002" / "events.jsonl").read_text()
     assert '"status":"interrupted"' in events and events.count('"type":"EpochEnded"') == 1
     printed = capsys.readouterr().out
@@ -190,6 +197,29 @@ def test_three_trials_end_to_end_and_the_pruner_stops_a_diverging_lr(tmp_path, c
     assert best.train.lr == winner.params["train.lr"] == 0.01 and best.name == "tiny"
     line = (out / "best_set.txt").read_text().split()
     assert line[:3] == ["tuitune", "train", str(path)] and line[3:] == ["--set", "train.lr=0.01"]
+
+
+def test_a_minimized_metric_takes_each_trials_lowest_epoch_and_the_lowest_trial(tmp_path):
+    """`metric = "val_loss"`: minimized. The trials' values are their lowest epoch, best.toml the lowest trial,
+    on the same two learning rates as above (lr 1.0 diverges: its val loss is astronomical)."""
+    from tuitune.sweep.runner import load_sweep
+    from tuitune.sweep.study import open_study
+
+    path = write(tmp_path, '"train.lr" = { log = [1e-3, 10.0] }\npruner = "none"\nmetric = "val_loss"\n', epochs=2)
+    out = tmp_path / "s"
+    out.mkdir()
+    spec = load_sweep(path, []).spec
+    assert spec.direction == "minimize"
+    study, _ = open_study(out, spec, 0)
+    for lr in (1.0, 0.01):
+        study.enqueue_trial({"train.lr": lr})
+    assert main(["sweep", str(path), "--headless", "--trials", "2", "--out", str(out)]) == 0
+    trials = trials_of(out)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        assert t.value == min(t.intermediate_values.values()), (t.number, t.value, t.intermediate_values)
+    assert trials[0].value > trials[1].value
+    assert load_profile(out / "best.toml").train.lr == 0.01
 
 
 def _wait(predicate, timeout: float = 300.0) -> None:
@@ -222,11 +252,11 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
         assert start_detached(str(path), [], out, 2, 1) == proc.pid and not (out / "sweep.log").exists()
         _wait(lambda: any(t.state.name == "RUNNING" and t.intermediate_values for t in trials_of(out)))
         os.kill(proc.pid, signal.SIGKILL)  # at once, while the trial runs
-        proc.wait()
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
     assert [t.state.name for t in trials_of(out)] == ["RUNNING"]
     done = subprocess.run(
         _sweep_cmd(path, out, "--trials", "2"), env=_env(), capture_output=True, text=True, timeout=600

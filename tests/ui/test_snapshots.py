@@ -138,7 +138,9 @@ def test_summary_views_thumbnails_small(snap_compare) -> None:
     """80x24, scrolled to the worst errors: four thumbnails a row with their labels."""
 
     async def scroll(pilot) -> None:
-        while not pilot.app.screen.query(VerticalScroll):  # the summary screen opens once the replay ends
+        for _ in range(1200):  # the summary screen opens once the replay ends (a ceiling of about 60 s)
+            if pilot.app.screen.query(VerticalScroll):
+                break
             await pilot.pause(0.05)
         pilot.app.screen.query_one(VerticalScroll).scroll_to(y=20, animate=False)
         await pilot.pause()
