@@ -30,6 +30,7 @@ from tuitune.runs.status import PROCESS_FILE, last_event_time, read_json, run_st
 
 CONNECT_TIMEOUT_S = 60.0  # a fresh run process binds its socket before importing torch: this is generous
 RECONNECTS = 3
+HISTORY_CHUNK = 1024  # history events emitted together: a first frame is a few messages to the UI, not thousands
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class HistoryStarted:
 
     pid: int
     history: int
+
+
+@dataclass(frozen=True)
+class HistoryChunk:
+    """Consecutive events of the history, emitted as one (posting each to a UI costs more than folding it)."""
+
+    events: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,7 @@ def _pump(client: RunClient, emit: Emit, control: Control) -> str:
     forwarder = threading.Thread(target=_forward, args=(client, control, done), name="tuitune-forward", daemon=True)
     forwarder.start()
     ended = False
+    past: list[Any] | None = []  # the history's events not emitted yet; None once it has ended
     try:
         emit(HistoryStarted(pid=int(client.hello.get("pid", 0)), history=int(client.hello.get("history", 0))))
         for data in client.messages():
@@ -222,8 +231,19 @@ def _pump(client: RunClient, emit: Emit, control: Control) -> str:
                 event = _MARKERS.get(data.get("type"), event_from_dict)(data)
             except (KeyError, TypeError, ValueError):
                 continue  # a newer run's event this version does not know
-            emit(event)
             ended = ended or isinstance(event, (RunFinished, RunFailed))
+            if past is not None and not isinstance(event, HistoryEnded):
+                past.append(event)
+                if len(past) >= HISTORY_CHUNK:
+                    emit(HistoryChunk(tuple(past)))
+                    past.clear()
+                continue
+            if past:
+                emit(HistoryChunk(tuple(past)))
+            past = None
+            emit(event)
+        if past:  # the connection ended inside the history (a run ending, a dropped viewer): what came of it
+            emit(HistoryChunk(tuple(past)))
     finally:
         done.set()
         client.close()
