@@ -1,4 +1,5 @@
-"""Histories of any length: the first frame of `replay` and `compare` for runs of 1e4, 1e5 and 1e6 metric readings.
+"""Histories of any length: the first frame of `replay`, `compare` and `attach` for runs of 1e4, 1e5 and 1e6 metric
+readings.
 
 Builds finished run directories in the format the engine writes (lines written directly, fast): per reading a
 `MetricsUpdated` and a `LayersMeasured` (6 layer groups), per epoch (`--per-epoch` readings) an `EpochEnded`, the
@@ -6,8 +7,11 @@ full `LayersChanged` and a `CheckpointSaved`; `history.jsonl` as the recorder le
 times each command in a process of its own, from spawn to the first frame (Textual headless: the screen shown and
 the refresh after it processed, as benchmarks/first_frame.py does), and reads that process's peak RSS
 (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` after each child, children run smallest first, and the child's own
-figure). `--old` also times a run directory of 1e5 readings written the old way (full rows at every read, no
-`history.jsonl`). Prints one JSON line.
+figure). `attach` attaches to the run as a live run serves it: the run's control socket server (`RunServer`, as in
+a run process, counting the recorded lines as a resumed run does) in a process of its own over the directory,
+recorded in `process.json` (removed again afterwards); its first frame is the one after the history ended. `--old`
+also times a run directory of 1e5 readings written the old way (full rows at every read, no `history.jsonl`).
+Prints one JSON line.
 
     python benchmarks/long_run.py [--sizes 1e4,1e5,1e6] [--dir /tmp/tuitune-long] [--old]
 """
@@ -176,9 +180,11 @@ sys.path.insert(0, sys.argv[1])
 from textual.app import App
 original = App.run
 def ready(app):
+    d = getattr(app, "dashboard", None)
     if sys.argv[2] == "replay":
-        d = getattr(app, "dashboard", None)
         return d is not None and d.state.events_seen > 0
+    if sys.argv[2] == "attach":  # the history has ended: the screen is live
+        return d is not None and d.state.events_seen > 0 and not d.in_history
     from tuitune.ui.compare import CurvesPlot
     return bool(app.screen.query(CurvesPlot))
 def run(self, **kwargs):
@@ -203,6 +209,47 @@ else:
     from tuitune.cli import main
     main(sys.argv[2:])
 """
+
+
+SERVER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from tuitune.engine.commands import Control
+from tuitune.remote.server import RunServer
+from tuitune.runs.status import PROCESS_FILE, write_process_record
+run_dir = Path(sys.argv[2])
+server = RunServer(run_dir, Control(), resumed=True)
+try:
+    write_process_record(run_dir, server.path, "benchmark")
+    print("SERVING", server.base, flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+finally:
+    server.close(drain_s=0.5)
+    (run_dir / PROCESS_FILE).unlink(missing_ok=True)
+"""
+
+
+def attach_first_frame(run_dir: Path) -> dict[str, Any]:
+    """`tuitune attach RUN_DIR` to a run served by a `RunServer` in a process of its own (started and ended here)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(ROOT), str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline().decode()
+        if not line.startswith("SERVING"):
+            raise SystemExit(f"the run server over {run_dir} did not start")
+        return first_frame(["attach", str(run_dir)])
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def first_frame(args: list[str]) -> dict[str, Any]:
@@ -265,6 +312,7 @@ def main() -> None:
         }
         row["replay"] = first_frame(["replay", str(run)])
         row["compare"] = first_frame(["compare", str(run), str(twin)])
+        row["attach"] = attach_first_frame(run)
         out["runs"][str(size)] = row
     if a.old:
         old = base / "old-100000"

@@ -1,10 +1,12 @@
 """Attach to a run process: read its history and live events, send it commands.
 
 `RunClient` is the socket; `follow` is the body of a dashboard's worker thread when the engine runs elsewhere:
-it emits every event (history first, between `HistoryStarted` and `HistoryEnded` markers) and forwards what the
-dashboard puts on its `ClientControl` (commands; `request_stop`: stop the run; `request_detach`: leave it
-running). A connection lost while the run lives (this viewer was dropped for falling behind) is re-made, and the
-history comes again. Plain Python: no Textual, no torch.
+it emits the run's events (history first, between `HistoryStarted` and `HistoryEnded` markers: condensed, with
+`LinesSkipped` where readings no plot keeps were passed over, so the first frame of a long run comes in time that
+does not grow with it; then every live event) and forwards what the dashboard puts on its `ClientControl`
+(commands; `request_stop`: stop the run; `request_detach`: leave it running). A connection lost while the run
+lives (this viewer was dropped for falling behind) is re-made, and the history comes again.
+Plain Python: no Textual, no torch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from tuitune.engine.commands import Command, Control
 from tuitune.engine.events import RunFailed, RunFinished, event_from_dict, to_json
+from tuitune.engine.record.history import LinesSkipped
 from tuitune.errors import UserError
 from tuitune.remote import protocol
 from tuitune.runs.process import log_tail, socket_path
@@ -28,6 +31,7 @@ from tuitune.runs.status import last_event_time, run_status
 
 CONNECT_TIMEOUT_S = 60.0  # a fresh run process binds its socket before importing torch: this is generous
 RECONNECTS = 3
+HISTORY_CHUNK = 1024  # history events emitted together: a first frame is a few messages to the UI, not thousands
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,13 @@ class HistoryStarted:
 
     pid: int
     history: int
+
+
+@dataclass(frozen=True)
+class HistoryChunk:
+    """Consecutive events of the history, emitted as one (posting each to a UI costs more than folding it)."""
+
+    events: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,10 @@ class ClientControl(Control):
 
 
 class RunClient:
-    """One connection to a run's control socket."""
+    """One connection to a run's control socket. `history`: the run's past as every line of events.jsonl
+    (`protocol.FULL`, for scripts) or condensed for a first frame (`protocol.CONDENSED`)."""
 
-    def __init__(self, path: str | Path, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, timeout: float = 5.0, history: str = protocol.FULL) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(str(path))
@@ -80,6 +92,7 @@ class RunClient:
             self.close()
             raise RunRefused(f"the run refused the connection: {reason}")
         self.hello = first
+        self.send_raw(protocol.message(protocol.HISTORY, mode=history))
 
     def read(self) -> dict[str, Any] | None:
         """The next line as a dict; None at the end of the connection."""
@@ -114,15 +127,22 @@ class RunClient:
                 pass
 
 
-def connect(run_dir: Path, *, process: subprocess.Popen | None = None, timeout: float = CONNECT_TIMEOUT_S) -> RunClient:
+def connect(
+    run_dir: Path,
+    *,
+    process: subprocess.Popen | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
+    history: str = protocol.FULL,
+) -> RunClient:
     """Connect to the run in `run_dir`, waiting (up to `timeout`) for a starting run process to open its socket.
-    A `process` we just spawned that exits first is reported with the end of its run.log."""
+    A `process` we just spawned that exits first is reported with the end of its run.log. `history`: as
+    `RunClient`'s."""
     deadline = time.monotonic() + timeout
     while True:
         path = socket_path(run_dir)
         if path is not None and path.exists():
             try:
-                return RunClient(path)
+                return RunClient(path, history=history)
             except RunRefused as e:
                 raise UserError(f"{run_dir}: {e}") from None
             except (ConnectionRefusedError, FileNotFoundError):
@@ -145,7 +165,7 @@ Emit = Callable[[Any], None]
 def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.Popen | None = None) -> str:
     """Attach and pump until the run ends ("ended"), the dashboard detaches ("detached") or the run dies
     ("lost"). Commands on `control` go to the run in order; a stop request is sent once."""
-    client = connect(run_dir, process=process)
+    client = connect(run_dir, process=process, history=protocol.CONDENSED)
     reconnects = 0
     while True:
         outcome = _pump(client, emit, control)
@@ -171,7 +191,7 @@ def follow(run_dir: Path, emit: Emit, control: Control, *, process: subprocess.P
         reconnects += 1
         time.sleep(0.2)
         try:
-            client = connect(run_dir, timeout=10.0)
+            client = connect(run_dir, timeout=10.0, history=protocol.CONDENSED)
         except UserError:
             return "lost"
 
@@ -197,19 +217,27 @@ def _pump(client: RunClient, emit: Emit, control: Control) -> str:
     forwarder = threading.Thread(target=_forward, args=(client, control, done), name="tuitune-forward", daemon=True)
     forwarder.start()
     ended = False
+    past: list[Any] | None = []  # the history's events not emitted yet; None once it has ended
     try:
         emit(HistoryStarted(pid=int(client.hello.get("pid", 0)), history=int(client.hello.get("history", 0))))
         for data in client.messages():
-            kind = data.get("type")
-            if kind == protocol.LIVE:
-                emit(HistoryEnded())
-                continue
             try:
-                event = event_from_dict(data)
+                event = _MARKERS.get(data.get("type"), event_from_dict)(data)
             except (KeyError, TypeError, ValueError):
                 continue  # a newer run's event this version does not know
-            emit(event)
             ended = ended or isinstance(event, (RunFinished, RunFailed))
+            if past is not None and not isinstance(event, HistoryEnded):
+                past.append(event)
+                if len(past) >= HISTORY_CHUNK:
+                    emit(HistoryChunk(tuple(past)))
+                    past.clear()
+                continue
+            if past:
+                emit(HistoryChunk(tuple(past)))
+            past = None
+            emit(event)
+        if past:  # the connection ended inside the history (a run ending, a dropped viewer): what came of it
+            emit(HistoryChunk(tuple(past)))
     finally:
         done.set()
         client.close()
@@ -218,6 +246,12 @@ def _pump(client: RunClient, emit: Emit, control: Control) -> str:
         return "ended"
     detach = getattr(control, "detach_requested", False)
     return "detached" if detach else "lost"
+
+
+_MARKERS: dict[Any, Callable[[dict[str, Any]], Any]] = {  # the protocol's own lines among the events
+    protocol.LIVE: lambda data: HistoryEnded(),
+    protocol.SKIPPED: lambda data: LinesSkipped(readings=int(data["readings"]), lines=int(data["lines"])),
+}
 
 
 def _forward(client: RunClient, control: Control, done: threading.Event) -> None:

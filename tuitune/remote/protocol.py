@@ -1,11 +1,17 @@
 """The wire format of the control socket: newline-delimited JSON, one object per line, in both directions.
 
-Out (run -> client): a `Hello` line, the run's events so far (the lines of `events.jsonl`, byte for byte), a
-`Live` line, then live events as the engine emits them (`engine.events.to_json`). In (client -> run): the
-engine's own command types, serialised like events (`{"type": "UnfreezeNext"}`), plus `Stop` (stop the run at
-the next step, what Ctrl+C does) and `Detach`. The socket lives in the run directory (or, when that path is too
-long for `sun_path`, under $XDG_RUNTIME_DIR or /tmp, recorded in `process.json`), mode 0600, and refuses peers
-whose uid differs from the run's (`SO_PEERCRED`): it is never reachable over the network.
+Out (run -> client): a `Hello` line, the run's events so far, a `Live` line, then live events as the engine
+emits them (`engine.events.to_json`), each event once: the history and the live stream meet exactly. In (client ->
+run): first, after `Hello`, `{"type": "History", "mode": "full" | "condensed"}`; then the engine's own command
+types, serialised like events (`{"type": "UnfreezeNext"}`), plus `Stop` (stop the run at the next step, what
+Ctrl+C does) and `Detach`. The history is, in `full` mode (also a client that asks nothing within
+`HISTORY_REQUEST_S`), the lines of `events.jsonl`, byte for byte; in `condensed` mode (a dashboard's first frame,
+in time that does not grow with the run: `tuitune.engine.record.history`) the lines a plot or the layer table
+needs, as written, and `{"type": "Skipped", "readings": R, "lines": L}` where lines were passed over.
+
+The socket lives in the run directory (or, when that path is too long for `sun_path`, under $XDG_RUNTIME_DIR or
+/tmp, recorded in `process.json`), mode 0600, and refuses peers whose uid differs from the run's (`SO_PEERCRED`):
+it is never reachable over the network.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ SOCKET_NAME = "control.sock"
 MAX_SUN_PATH = 100  # Linux allows 107 bytes plus NUL; stay clear of the edge
 COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
 STOP, DETACH, HELLO, LIVE, REFUSED = "Stop", "Detach", "Hello", "Live", "Refused"
+HISTORY, SKIPPED = "History", "Skipped"
+FULL, CONDENSED = "full", "condensed"  # the history modes a client may ask for
+HISTORY_REQUEST_S = 1.0  # how long the run waits for a client's History line before it sends the full history
 
 
 def command_from_dict(data: dict[str, Any]) -> Command:
@@ -43,7 +52,7 @@ def command_from_dict(data: dict[str, Any]) -> Command:
 
 
 def message(kind: str, **fields: Any) -> bytes:
-    """One control line (not an event): Hello, Live, Refused, Stop, Detach."""
+    """One control line (not an event): Hello, Live, Refused, Skipped, History, Stop, Detach."""
     return (json.dumps({"type": kind, **fields}, separators=(",", ":")) + "\n").encode()
 
 

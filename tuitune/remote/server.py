@@ -3,8 +3,9 @@
 `RunServer(event)` is called by the engine's thread for every event, after the run recorder has written it to
 `events.jsonl`; all it does there is count it and hand it to each client's bounded queue (a lock and a deque
 append per client), so a slow or stuck viewer never slows training. Each client has two threads of its own: a
-sender (the history from `events.jsonl`, then its queue) and a reader (commands -> the engine's `Control`, in the
-order they arrive, from whichever client). A client that falls behind has its queued metric and layer updates
+sender (the history from `events.jsonl`, full or condensed as the client asks: `backlog`; then its queue, from the
+first event the history did not hold) and a reader (commands -> the engine's `Control`, in the order they arrive,
+from whichever client). A client that falls behind has its queued metric and layer updates
 coalesced (latest wins); one more than `MAX_QUEUE` events behind, or stuck for `STALL_S`, is dropped (it may
 reattach and gets the whole history again).
 """
@@ -22,22 +23,22 @@ from pathlib import Path
 
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, LayersChanged, LayersMeasured, MetricsUpdated, to_json
-from tuitune.remote import protocol
+from tuitune.remote import backlog, protocol
 
 MAX_QUEUE = 5000  # events a client may lag behind (after coalescing) before it is dropped
 STALL_S = 30.0  # a client whose socket accepted nothing for this long, with events waiting, is dropped
 COALESCED = (MetricsUpdated, LayersChanged, LayersMeasured)
-CHUNK = 1 << 16
 
 
 class _Out:
     """An event on its way to the clients, serialised once, lazily, by the first sender that needs it."""
 
-    __slots__ = ("_line", "event")
+    __slots__ = ("_line", "event", "seq")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self._line: bytes | None = None
+        self.seq = 0  # its line number in events.jsonl (set when the server counts it)
 
     @property
     def line(self) -> bytes:
@@ -55,6 +56,9 @@ class _Client:
         self.dropped = ""
         self.sending = False
         self.live = False  # its history is sent: from here on it sees events as they happen
+        self.mode = protocol.FULL  # the history it asked for (protocol.HISTORY)...
+        self.asked = threading.Event()  # ...once it has asked
+        self.sent_through = history  # the last line of events.jsonl its history held: later events go live
         self._threads = 2  # the sender and the reader: the last one out closes the socket
         self.progress = time.monotonic()
 
@@ -109,7 +113,7 @@ class _Client:
                         self.cond.wait()
                     if self.closed:
                         return
-                    batch = list(self.queue)
+                    batch = [out for out in self.queue if out.seq > self.sent_through]
                     self.queue.clear()
                     self.sending = True
                 self.sock.sendall(b"".join(out.line for out in batch))
@@ -120,24 +124,26 @@ class _Client:
             self._leave()
 
     def _send_history(self) -> None:
-        """The first `history` lines of events.jsonl, as written (the recorder wrote them before we counted)."""
-        left = self.history
-        if not left:
-            return
-        with open(self.server.run_dir / "events.jsonl", "rb") as f:
-            while left > 0:
-                data = f.read(CHUNK)
-                if not data:
-                    break
-                lines = data.count(b"\n")
-                if lines >= left:
-                    cut = 0
-                    for _ in range(left):
-                        cut = data.index(b"\n", cut) + 1
-                    data, lines = data[:cut], left
-                left -= lines
-                self.sock.sendall(data)
-                self.progress = time.monotonic()
+        """The first `history` lines of events.jsonl (the recorder wrote them before we counted), in the mode the
+        client asks for within `HISTORY_REQUEST_S` (a client that asks nothing gets them in full, as written)."""
+        self.asked.wait(protocol.HISTORY_REQUEST_S)
+        path = self.server.run_dir / "events.jsonl"
+        past = (
+            backlog.condensed(path, self.history)
+            if self.mode == protocol.CONDENSED
+            else backlog.full(path, self.history)
+        )
+        for data in past.chunks:
+            self.sock.sendall(data)
+            self.progress = time.monotonic()
+        with self.cond:
+            self.sent_through = past.lines  # a snapshot newer than our count: its lines are not sent again
+
+    def ask(self, data: dict) -> None:
+        """The client's History line: the mode it wants (an unknown one gets the full history)."""
+        if data.get("mode") == protocol.CONDENSED:
+            self.mode = protocol.CONDENSED
+        self.asked.set()
 
     def read_loop(self) -> None:
         try:
@@ -215,6 +221,7 @@ class RunServer:
         out = _Out(event)
         with self.lock:
             self.count += 1
+            out.seq = self.base + self.count
             clients = list(self.clients)
         for client in clients:
             client.offer(out)
@@ -251,6 +258,9 @@ class RunServer:
             return True
         if kind == protocol.DETACH:
             return False
+        if kind == protocol.HISTORY:
+            client.ask(data)
+            return True
         if kind == protocol.STOP:
             self.commands.append(protocol.STOP)
             self.log(f"client {client.number}: stop the run")

@@ -51,15 +51,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_attach(args: argparse.Namespace) -> int:
     """A live run: its dashboard. A run that ended: its record, summary on top. A dead one: one line, exit 2."""
-    from tuitune.runs.status import dead_message, is_run_dir, run_info
+    from tuitune.runs.status import dead_message, is_run_dir, run_info, run_status
 
     run_dir = Path(args.run_dir) if args.run_dir else _choose_live_run(Path("runs"))
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir}: attach: not a tuitune run directory (no events.jsonl or process.json)")
-    info = run_info(run_dir)
-    if info.status == "dead":
-        raise UserError(dead_message(info))
-    if info.status == "live":
+    status = run_status(run_dir)  # not `run_info`: that reads every event, and a long run's are many
+    if status == "dead":
+        raise UserError(dead_message(run_info(run_dir)))
+    if status == "live":
         from tuitune.ui.launch import open_attach
 
         return open_attach(run_dir)

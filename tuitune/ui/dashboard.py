@@ -37,7 +37,7 @@ from tuitune.engine.events import (
     UnfreezeSuggested,
 )
 from tuitune.engine.record.history import Recorded
-from tuitune.remote.client import HistoryEnded, HistoryStarted
+from tuitune.remote.client import HistoryChunk, HistoryEnded, HistoryStarted
 from tuitune.ui.key_actions import KeyActions
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
 from tuitune.ui.modals import ErrorScreen
@@ -155,14 +155,21 @@ class DashboardScreen(Screen[None]):
             self._emit(event)
 
     def on_engine_event_received(self, message: EngineEventReceived) -> None:
-        if self._history_marker(message.event):
+        if isinstance(message.event, HistoryChunk):  # an attach's history: many events in one message
+            for event in message.event.events:
+                self._receive(event)
+        else:
+            self._receive(message.event)
+
+    def _receive(self, event: Recorded) -> None:
+        if self._history_marker(event):
             return
-        self._apply(message.event)
-        if self.in_history and not isinstance(message.event, (RunFinished, RunFailed)):
+        self._apply(event)
+        if self.in_history and not isinstance(event, (RunFinished, RunFailed)):
             return  # the past, event by event: `HistoryEnded` draws it all once
-        if isinstance(message.event, SetupProgressed) and not message.event.finished:
+        if isinstance(event, SetupProgressed) and not event.finished:
             self._render_status()  # one Static's text: cheap, and events come at most a few times a second
-        elif isinstance(message.event, (MetricsUpdated, LayersChanged, LayersMeasured)):
+        elif isinstance(event, (MetricsUpdated, LayersChanged, LayersMeasured)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
             self._render_cheap()  # phase changes, commands, epochs, checkpoints: at once

@@ -156,26 +156,37 @@ class Condenser:
         return c
 
     # --------------------------------------------------------------------------------------------- decode
-    def events(self, path: Path) -> list[Recorded]:
-        """What is kept, decoded, with `LinesSkipped` where readings or lines were passed over."""
-        out: list[Recorded] = []
+    def pieces(self) -> Iterator[list | LinesSkipped]:
+        """What is kept, in order, undecoded (its entries), with `LinesSkipped` where readings or lines were
+        passed over: what `events` decodes, and what a run's control socket sends an attaching dashboard."""
         readings = lines = 0  # accounted for so far
-        kept = self.kept()
-        for n, (kind, index, number, raw) in enumerate(kept):
+        for entry in self.kept():
+            kind, index = entry[0], entry[1]
             if kind == READING and index > readings:
-                out.append(LinesSkipped(readings=index - readings, lines=index - readings))
+                yield LinesSkipped(readings=index - readings, lines=index - readings)
                 lines += index - readings
                 readings = index
-            try:
-                out.append(event_from_json(raw.decode("utf-8")))
-            except (ValueError, KeyError, TypeError) as e:
-                if n == len(kept) - 1 and number == self.lines and not raw.endswith(b"\n"):
-                    break  # a torn last line (a run killed mid-write)
-                raise UserError(f"{path}: line {number}: not a tuitune event ({e})") from None
+            yield entry
             lines += 1
             readings += kind == READING
         if self.readings > readings or self.lines > lines:
-            out.append(LinesSkipped(readings=self.readings - readings, lines=max(self.lines - lines, 0)))
+            yield LinesSkipped(readings=self.readings - readings, lines=max(self.lines - lines, 0))
+
+    def events(self, path: Path) -> list[Recorded]:
+        """What is kept, decoded, with `LinesSkipped` where readings or lines were passed over."""
+        out: list[Recorded] = []
+        for piece in self.pieces():
+            if isinstance(piece, LinesSkipped):
+                out.append(piece)
+                continue
+            kind, _index, number, raw = piece
+            try:
+                out.append(event_from_json(raw.decode("utf-8")))
+            except (ValueError, KeyError, TypeError) as e:
+                if number == self.lines and not raw.endswith(b"\n"):  # a torn last line (a run killed mid-write)
+                    out.append(LinesSkipped(readings=int(kind == READING), lines=1))
+                    continue
+                raise UserError(f"{path}: line {number}: not a tuitune event ({e})") from None
         return out
 
 
@@ -226,6 +237,22 @@ def condense(run_dir: Path) -> Condenser:
     c = load_snapshot(path)
     for line in _lines(path, c.offset):
         c.feed(line)
+    return c
+
+
+def condense_lines(run_dir: Path, lines: int) -> Condenser:
+    """The condensed history of the first `lines` lines of a live run's events.jsonl (those it had written when a
+    viewer attached; the recorder may be writing more): its snapshot, then the lines after it up to `lines`. A
+    snapshot written since may already hold more (`c.lines > lines`): the caller counts those as history too."""
+    path = _events_path(run_dir)
+    c = load_snapshot(path)
+    if c.lines < lines:
+        for line in _lines(path, c.offset):
+            if not line.endswith(b"\n"):
+                break  # a line still being written: not one of the `lines`
+            c.feed(line)
+            if c.lines >= lines:
+                break
     return c
 
 
