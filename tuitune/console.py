@@ -10,6 +10,7 @@ from typing import TextIO
 from tuitune.engine.events import (
     CheckpointSaved,
     CommandApplied,
+    CommandRefused,
     CompressionReported,
     EpochEnded,
     Event,
@@ -95,6 +96,8 @@ class ConsolePrinter:
                 f"command {event.command} applied at step {event.global_step}"
                 + (f": {event.detail}" if event.detail else "")
             )
+        elif isinstance(event, CommandRefused):
+            self.say(f"command refused{f' from {event.sender}' if event.sender else ''}: {event.reason}")
         elif isinstance(event, CheckpointSaved) and event.kind == "manual":
             self.say(f"checkpoint saved: {event.path}")
         elif isinstance(event, Warned):

@@ -3,43 +3,28 @@
 Out (run -> client): a `Hello` line, the run's events so far (the lines of `events.jsonl`, byte for byte), a
 `Live` line, then live events as the engine emits them (`engine.events.to_json`). In (client -> run): the
 engine's own command types, serialised like events (`{"type": "UnfreezeNext"}`), plus `Stop` (stop the run at
-the next step, what Ctrl+C does) and `Detach`. The socket lives in the run directory (or, when that path is too
-long for `sun_path`, under $XDG_RUNTIME_DIR or /tmp, recorded in `process.json`), mode 0600, and refuses peers
-whose uid differs from the run's (`SO_PEERCRED`): it is never reachable over the network.
+the next step, what Ctrl+C does) and `Detach`. Each line is checked by the engine's own `commands.load_json_line`
+and `command_from_dict`; a refused one is answered with one `Refused` line (`command`, `reason`), and the
+server's bounds (`server.py`) cap line length, clients and idle time. The socket lives in the run directory (or,
+when that path is too long for `sun_path`, under $XDG_RUNTIME_DIR or /tmp, recorded in `process.json`), mode 0600,
+and refuses peers whose uid differs from the run's (`SO_PEERCRED`): it is never reachable over the network.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import socket
 import struct
 import tempfile
-import typing
 from pathlib import Path
 from typing import Any
-
-from tuitune.engine.commands import Command
 
 PROTOCOL_VERSION = 1
 SOCKET_NAME = "control.sock"
 MAX_SUN_PATH = 100  # Linux allows 107 bytes plus NUL; stay clear of the edge
-COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
 STOP, DETACH, HELLO, LIVE, REFUSED = "Stop", "Detach", "Hello", "Live", "Refused"
-
-
-def command_from_dict(data: dict[str, Any]) -> Command:
-    """A command from its JSON form. Unknown types and fields raise ValueError (the server skips the line)."""
-    data = dict(data)
-    cls = COMMAND_TYPES.get(str(data.pop("type", "")))
-    if cls is None:
-        raise ValueError(f"unknown command {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(data) - names:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(set(data) - names)}")
-    return cls(**data)
 
 
 def message(kind: str, **fields: Any) -> bytes:

@@ -15,6 +15,7 @@ from typing import Any
 from tuitune.engine.events import (
     CheckpointSaved,
     CommandApplied,
+    CommandRefused,
     CompressionReported,
     DomainShiftMeasured,
     EpochEnded,
@@ -305,6 +306,12 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
     return dataclasses.replace(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
 
 
+def _command_refused(s: DashboardState, e: CommandRefused) -> DashboardState:
+    """One log line; the run did not change (a dashboard's own command no longer waits for its confirmation)."""
+    text = f"{_where(s, e.epoch, e.global_step)} · refused" + (f" from {e.sender}" if e.sender else "")
+    return dataclasses.replace(s, pending=_unpend(s.pending, e.command), log=_log(s, "warning", f"{text}: {e.reason}"))
+
+
 def _checkpoint(s: DashboardState, e: CheckpointSaved) -> DashboardState:
     checkpoints = {**s.checkpoints, e.kind: e.path}
     text = f"{_where(s, e.epoch, e.global_step)} · checkpoint ({e.kind}) {e.path}"
@@ -401,6 +408,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     LayersChanged: _layers_changed,
     UnfreezeSuggested: _suggested,
     CommandApplied: _command_applied,
+    CommandRefused: _command_refused,
     CheckpointSaved: _checkpoint,
     Warned: _warned,
     RunFinished: _finished,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tuitune.engine.commands import (
     AdaptBatchNorm,
     ApplyLR,
+    BadCommand,
     Command,
     Control,
     FindLR,
@@ -79,7 +80,11 @@ class Steering(_Screen):
         if not self.live or self.control is None:
             self.notify("No live run to steer.", severity="warning")
             return False
-        self.control.put(command)
+        try:
+            self.control.put(command, "dashboard")  # checked there, as every entry point's commands are
+        except BadCommand as e:
+            self.notify(f"Refused: {e}", severity="error")
+            return False
         self.state = requested(self.state, type(command).__name__)
         self._render_status()
         return True
