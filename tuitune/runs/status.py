@@ -3,8 +3,9 @@
 A run process writes `process.json` (pid, the kernel's start time of that pid, socket path, mode) when it starts.
 Status, without talking to the process: `live` while that pid is alive and is the same process (its start time
 matches: a pid reused after a reboot is not mistaken for the run); otherwise the status `summary.json` records
-(`finished`, `stopped`, `interrupted`, `failed`) when that summary was written by this process; otherwise `dead`
-(killed with -9, the OOM killer, a reboot): gone without a summary. Plain Python, no torch, no Textual.
+(`finished`, `stopped`, `interrupted`, `failed`) when that summary was written by this process; otherwise `on host
+X` when the record names another machine (neither live nor dead from here); otherwise `dead` (killed with -9, the
+OOM killer, a reboot): gone without a summary. Plain Python, no torch, no Textual.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def other_host(record: dict[str, Any] | None) -> str:
+    """The host named by a process record of a run not marked ended, when it is not this one ("" otherwise): a run
+    directory on a shared disk, whose process this machine can neither see alive nor call dead."""
+    if not record or record.get("ended"):
+        return ""
+    host = record.get("host")
+    return str(host) if host not in (None, socket.gethostname()) else ""
+
+
 def process_alive(record: dict[str, Any] | None) -> bool:
     if not record or not isinstance(record.get("pid"), int) or record.get("ended"):
         return False
@@ -108,7 +118,8 @@ def _status(run_dir: Path, record: dict[str, Any] | None, summary: dict[str, Any
         return "live"
     if summary is not None and (started is None or (run_dir / "summary.json").stat().st_mtime >= started - 1):
         return SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
-    return "dead"
+    host = other_host(record)
+    return f"on host {host}" if host else "dead"
 
 
 def last_event_time(run_dir: Path) -> float | None:
