@@ -40,8 +40,9 @@ CHUNK = 1 << 16
 MAX_CLIENTS = 32  # connections at once; one more is refused with a line
 MAX_LINE = 64 * 1024  # bytes in one line from a client (a command is a few dozen): longer drops the client
 LINE_S = 30.0  # a line begun and not finished in this long (a stuck or hostile writer) drops the client
-IDLE_S = 60.0  # a client that has not read what was sent to it for this long is dropped
+IDLE_S = 30.0  # a client that has not read what was sent to it for this long is dropped (as STALL_S)
 MAX_REFUSED = 20  # refused lines from one client before it is dropped (each is one event in the run's log)
+REPLY_S = 2.0  # how long a dropped client's last reply may take to go out before the socket is closed anyway
 POLL_MS = 500  # how often a client's reader wakes to check the bounds above
 
 
@@ -112,7 +113,7 @@ class _Client:
                 return
             self.queue.append(_Out(None, line))
             self.finishing = drop
-            self.cond.notify()
+            self.cond.notify_all()  # the sender (the reader may wait on it too: see `_finish`)
 
     # ---------------------------------------------------------------- the client's own threads
     def send_loop(self) -> None:
@@ -201,7 +202,23 @@ class _Client:
         except (OSError, ValueError):
             pass
         finally:
-            self._leave(close=not self.finishing)
+            if self.finishing:
+                self._finish()
+            self._leave()
+
+    def _finish(self) -> None:
+        """The client is being dropped: its writes fail from now on; the sender has REPLY_S to deliver the last
+        reply (then it drops the client), or it is dropped now (a client that reads nothing cannot be told)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        deadline = time.monotonic() + REPLY_S
+        with self.cond:
+            while not self.closed and (left := deadline - time.monotonic()) > 0:
+                self.cond.wait(left)
+            if not self.closed:
+                self._drop(f"{self.finishing} (its last reply not taken)")
 
     def _out_of_bounds(self, buf: bytearray, begun: float, now: float) -> str:
         """Why this client must go now ("" while it keeps within the bounds)."""
@@ -213,11 +230,9 @@ class _Client:
             return f"read nothing for {IDLE_S:.0f} s"
         return ""
 
-    def _leave(self, close: bool = True) -> None:
-        """One of the client's threads ends; `close=False`: the sender still has a last reply to send."""
+    def _leave(self) -> None:
         with self.cond:
-            if close:
-                self._close_locked()
+            self._close_locked()
             self._threads -= 1
             last = self._threads == 0
         if last:
