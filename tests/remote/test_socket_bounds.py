@@ -127,3 +127,30 @@ def test_a_client_that_keeps_sending_bad_lines_is_dropped(served, monkeypatch) -
     assert len(replies) == 4 and all(r["type"] == "Refused" for r in replies)
     assert len(control.drain_refusals()) == 4
     assert replies[-1]["reason"].startswith("command: not JSON")
+
+
+def test_a_dropped_client_that_reads_gets_its_reason_even_mid_history(tmp_path: Path, monkeypatch) -> None:
+    """A run with a long history: a client sends a line past the limit before reading anything, then reads at a
+    modest pace. The history is cut at a line's end so its `Refused` line comes within REPLY_S, then the end."""
+    monkeypatch.setattr(server_mod, "REPLY_S", 1.5)
+    line = b'{"type":"Warned","message":"' + b"w" * 200 + b'"}\n'
+    (tmp_path / "events.jsonl").write_bytes(line * (8_000_000 // len(line)))  # 8 MB of history
+    srv = RunServer(tmp_path, Control(), resumed=True)
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(srv.path))
+        sock.settimeout(10)
+        try:
+            sock.sendall(b"x" * (server_mod.MAX_LINE + 1))
+        except OSError:
+            pass
+        got = b""
+        while data := sock.recv(16384):  # about 3 MB/s: the whole history would take longer than REPLY_S
+            got += data
+            time.sleep(0.005)
+        last = got.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        assert last.startswith(b'{"type":"Refused"') and b"longer than" in last
+        assert len(got) < 2_000_000
+        sock.close()
+    finally:
+        srv.close(drain_s=0.5)

@@ -42,7 +42,7 @@ MAX_LINE = 64 * 1024  # bytes in one line from a client (a command is a few doze
 LINE_S = 30.0  # a line begun and not finished in this long (a stuck or hostile writer) drops the client
 IDLE_S = 30.0  # a client that has not read what was sent to it for this long is dropped (as STALL_S)
 MAX_REFUSED = 20  # refused lines from one client before it is dropped (each is one event in the run's log)
-REPLY_S = 2.0  # how long a dropped client's last reply may take to go out before the socket is closed anyway
+REPLY_S = 5.0  # how long a dropped client's last reply may take to go out before the socket is closed anyway
 POLL_MS = 500  # how often a client's reader wakes to check the bounds above
 
 
@@ -154,7 +154,8 @@ class _Client:
             self._leave()
 
     def _send_history(self) -> None:
-        """The first `history` lines of events.jsonl, as written (the recorder wrote them before we counted)."""
+        """The first `history` lines of events.jsonl, as written (the recorder wrote them before we counted); cut
+        short, at a line's end, once the client is being dropped (its last reply goes out next)."""
         left = self.history
         if not left:
             return
@@ -164,7 +165,9 @@ class _Client:
                 if not data:
                     break
                 lines = data.count(b"\n")
-                if lines >= left:
+                if self.finishing and lines:  # being dropped: end the line in progress, then no more history
+                    data, lines = data[: data.index(b"\n") + 1], left
+                elif lines >= left:
                     cut = 0
                     for _ in range(left):
                         cut = data.index(b"\n", cut) + 1
