@@ -214,6 +214,8 @@ class _Client:
         reply (then it drops the client), or it is dropped now (a client that reads nothing cannot be told)."""
         try:
             self.sock.shutdown(socket.SHUT_RD)
+            while self.sock.recv(CHUNK, socket.MSG_DONTWAIT):  # what it sent already: a writer blocked on a full
+                pass  # buffer wakes up to its error and can read its reply
         except OSError:
             pass
         deadline = time.monotonic() + REPLY_S
