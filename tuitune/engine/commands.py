@@ -114,8 +114,7 @@ LR_MAX = 10.0  # ApplyLR.lr in (0, LR_MAX]
 MAX_STEPS = 10_000  # FindLR.steps, AdaptBatchNorm.batches: a sweep or a re-estimate, not a second run
 MAX_NAME = 200  # a layer group's name
 MAX_DEPTH = 4  # JSON nesting: a command is one flat object
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SPECIAL = re.compile(rb'[][{}"\\]')  # what nesting depends on: brackets, quotes, backslashes
 
 
 class BadCommand(UserError):
@@ -248,17 +247,37 @@ class _Constant:
         return self.name
 
 
+def _deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than `limit`: one pass over the special bytes only, linear
+    whatever the input (a regular expression for whole strings goes quadratic on a run of escaped quotes)."""
+    depth, in_string, escaped = 0, False, -1
+    for m in _SPECIAL.finditer(raw):
+        i, c = m.start(), raw[m.start()]
+        if i == escaped:
+            continue
+        if in_string:
+            if c == 0x5C:  # a backslash: the next byte is escaped
+                escaped = i + 1
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in b"]}":
+            depth -= 1
+    return False
+
+
 def load_json_line(line: str | bytes) -> Any:
     """One line of JSON as a command channel reads it: NaN and +/-Infinity (which Python's json turns into floats)
     read as names that no check accepts as a number, nesting deeper than MAX_DEPTH refused before parsing (no
     RecursionError). BadCommand says why."""
     raw = line.encode("utf-8", "replace") if isinstance(line, str) else bytes(line)
-    depth = deepest = 0
-    for c in _STRING.sub(b'""', raw).translate(None, _NOT_BRACKET):
-        depth += 1 if c in b"[{" else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            raise BadCommand("command", f"JSON nested deeper than {MAX_DEPTH}")
+    if _deeper_than(raw, MAX_DEPTH):
+        raise BadCommand("command", f"JSON nested deeper than {MAX_DEPTH}")
     try:
         return json.loads(raw, parse_constant=_Constant)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer too long
