@@ -90,7 +90,11 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="reuse an existing --out directory (never a live run's), or one whose process.json names another host",
+    )
     train.add_argument(
         "--nproc",
         type=int,

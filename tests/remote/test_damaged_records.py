@@ -76,10 +76,9 @@ def test_runs_lists_damaged_runs_with_one_note_each(tmp_path: Path, capsys) -> N
     assert status == {"torn": "finished", "nosummary": "dead", "elsewhere": "on host gpu-node-7", "reused": "dead"}
     said = notes(err)
     assert len([n for n in said if "events.jsonl: the last line is torn (38 bytes" in n]) == 1
-    assert len([n for n in said if "nosummary: no summary.json" in n]) == 1
+    assert not [n for n in said if "no summary.json" in n]  # the status says it: dead
     assert len([n for n in said if "run process 4242 on host gpu-node-7" in n]) == 1
     assert len([n for n in said if f"reused: pid {os.getpid()} now belongs to another process" in n]) == 1
-    assert not [n for n in said if "elsewhere: no summary.json" in n]  # it may be live over there
 
 
 def test_replay_attach_and_compare_go_on_with_what_is_intact(tmp_path: Path, capsys, replays) -> None:
@@ -102,9 +101,12 @@ def test_replay_attach_and_compare_go_on_with_what_is_intact(tmp_path: Path, cap
     ]
     dead = write_run(tmp_path / "dead", profile(1e-3), [1.0], [0.5], status="dead")
     tear(dead)
+    assert main(["replay", str(dead)]) == 0 and replays[-1] == (dead, 2)  # RunStarted, one epoch
+    said = notes(capsys.readouterr().err)
+    assert len(said) == 2 and "torn" in said[0] and "no summary.json (the run ended without writing one)" in said[1]
     assert main(["attach", str(dead)]) == ExitCode.BAD_INPUT
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and "torn" in err[0] and "no summary.json" in err[1] and "(dead; last event" in err[2]
+    assert len(err) == 2 and "torn" in err[0] and "(dead; last event" in err[1]
 
 
 def test_torn_tail_counts_what_follows_the_last_newline(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
         return open_compare(folder=folder)
     runs = list_runs(folder)
-    say_damage([Path(r.path) for r in runs])
+    say_damage([Path(r.path) for r in runs], summary=False)  # a run without one is listed as dead
     if args.json:
         print(json.dumps([r.as_dict() for r in runs]))
     elif not runs:
@@ -53,14 +53,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    """A live run: its dashboard. A run that ended: its record, summary on top. A dead one: one line, exit 2."""
+    """A live run: its dashboard. A run that ended, or one on another host (its socket is not reachable from here):
+    its record, summary on top. A dead one: one line, exit 2."""
     from tuitune.runs.damage import say_damage
     from tuitune.runs.status import dead_message, is_run_dir, run_info
 
     run_dir = Path(args.run_dir) if args.run_dir else _choose_live_run(Path("runs"))
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir}: attach: not a tuitune run directory (no events.jsonl or process.json)")
-    say_damage([run_dir])  # a run on another host among them: its record is shown, its socket is not reachable
+    say_damage([run_dir], summary=False)  # one without a summary is dead: the line below says so
     info = run_info(run_dir)
     if info.status == "dead":
         raise UserError(dead_message(info))
