@@ -158,7 +158,7 @@ def main() -> int:
     run_dir = tmp / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "tuitune", "demo", "--headless", "--out", str(run_dir)]
-    argv += ["--set", "train.epochs=300", "--set", "train.log_every=1", "--set", "strategy.every_epochs=1000"]
+    argv += ["--set", "train.epochs=5000", "--set", "train.log_every=1", "--set", "strategy.every_epochs=1000"]
     argv += ["--set", "strategy.trigger=epochs"]
     with open(tmp / "console.log", "w") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
