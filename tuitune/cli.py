@@ -99,7 +99,11 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="continue a run from its last checkpoint; `auto` with --out DIR: resume DIR if it has one, else start "
         "it there (one command for a requeued batch job)",
     )
-    train.add_argument("--force", action="store_true", help="reuse an existing --out directory")
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="reuse an existing --out directory (never a live run's), or one whose process.json names another host",
+    )
     train.add_argument(
         "--nproc",
         type=int,

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TextIO
 from tuitune.engine.events import (
     CheckpointSaved,
     CommandApplied,
+    CommandRefused,
     CompressionReported,
     EpochEnded,
     Event,
@@ -103,6 +104,9 @@ class ConsolePrinter:
         detail = f": {event.detail}" if event.detail else ""
         self.say(f"command {event.command} applied at step {event.global_step}{detail}")
 
+    def _refused(self, event: CommandRefused) -> None:
+        self.say(f"command refused{f' from {event.sender}' if event.sender else ''}: {event.reason}")
+
     def _checkpoint(self, event: CheckpointSaved) -> None:
         if event.kind == "manual":  # the periodic best / last saves would drown the epoch lines
             self.say(f"checkpoint saved: {event.path}")
@@ -160,6 +164,7 @@ class ConsolePrinter:
         CompressionReported: _compressed,
         PhaseChanged: _phase,
         CommandApplied: _command,
+        CommandRefused: _refused,
         CheckpointSaved: _checkpoint,
         Warned: _warned,
         FeatureCacheChanged: _cache,

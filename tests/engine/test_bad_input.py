@@ -316,7 +316,7 @@ RESUME_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("{run}: --resume", "trained on 3 classes (c0, c1, c2)", "has 5", "model.weights"),
     ),
     "other-strategy": (
-        ["--set", "strategy.kind=head_only", "--set", "train.epochs=3"],
+        ["--set", "strategy.kind=head_only"],
         ("{run}: --resume", "phase 2", "does not plan"),
     ),
     "other-model": (["--set", "model.kwargs={}"], ("{run}/checkpoints/last.safetensors", "does not fit")),
@@ -337,7 +337,8 @@ def test_bad_resume_gives_one_line_and_exit_2(
     elif args == ["nockpt"]:
         shutil.rmtree(run / "checkpoints")
         args = []
-    code = main(["train", "--resume", str(run), "--headless", *args])
+    # the run finished its 2 epochs: only a resume that trains on (more epochs) reads its checkpoint
+    code = main(["train", "--resume", str(run), "--headless", "--set", "train.epochs=3", *args])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     for part in expect:

@@ -16,6 +16,7 @@ from tuitune.engine.events import (
     CommandApplied,
     EpochEnded,
     LayersChanged,
+    LayersMeasured,
     MetricsUpdated,
     PhaseChanged,
     RunStarted,
@@ -137,12 +138,20 @@ def test_resume_reproduces_the_steered_trainable_set_and_lrs(tmp_path) -> None:
     assert main(["train", "--resume", str(tmp_path / "b"), "--headless"]) == 0
     resumed = read_events(tmp_path / "b")
     start = [e for e in resumed if isinstance(e, RunStarted)][-1]
-    before = [e for e in first if isinstance(e, LayersChanged)][-1]
 
     def row(r):
         return r.name, r.trainable, r.lr, r.bn
 
-    assert [row(r) for r in start.layers] == [row(r) for r in before.layers]  # the rows as the run left them
+    def rows_left(events):  # the last full rows, with the LRs of the metric reads after them (`LayersMeasured`)
+        rows: list = []
+        for e in events:
+            if isinstance(e, LayersChanged):
+                rows = [row(r) for r in e.layers]
+            elif isinstance(e, LayersMeasured):
+                rows = [(n, t, lr, bn) for (n, t, _, bn), lr in zip(rows, e.lrs)]
+        return rows
+
+    assert [row(r) for r in start.layers] == rows_left(first)  # the rows as the run left them
     a_rows = [e for e in straight if isinstance(e, LayersChanged)][-1].layers
     b_rows = [e for e in resumed if isinstance(e, LayersChanged)][-1].layers
     assert [(r.name, r.trainable, r.lr) for r in a_rows] == [(r.name, r.trainable, r.lr) for r in b_rows]

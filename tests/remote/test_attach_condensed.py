@@ -23,7 +23,7 @@ from tuitune.remote import protocol
 from tuitune.remote import server as server_mod
 from tuitune.remote.client import RunClient
 from tuitune.remote.server import RunServer
-from tuitune.runs.status import write_process_record
+from tuitune.runs.process import write_process_record
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import DashboardScreen
 from tuitune.ui.reducer import fold

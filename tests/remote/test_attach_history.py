@@ -12,9 +12,10 @@ from tests.engine.conftest import tiny_profile
 from tests.remote.conftest import wait_for
 from tuitune.engine.commands import Control
 from tuitune.engine.events import EpochEnded
-from tuitune.remote.client import RunClient, socket_of
+from tuitune.remote.client import RunClient
 from tuitune.remote.host import serve_run
-from tuitune.runs.status import mark_ended, proc_start_ticks, run_status, write_process_record
+from tuitune.runs.process import mark_ended, proc_start_ticks, socket_path, write_process_record
+from tuitune.runs.status import run_status
 
 COALESCED = {"MetricsUpdated", "LayersChanged"}  # a viewer behind may get these coalesced (latest wins), by design
 
@@ -31,7 +32,7 @@ class Attach:
     def __call__(self, event) -> None:
         self.seen += 1
         if self.seen == self.at:
-            path = socket_of(self.run_dir)
+            path = socket_path(self.run_dir)
             assert path is not None
             client = RunClient(path)
             self.messages.append(client.hello)

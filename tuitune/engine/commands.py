@@ -3,14 +3,29 @@
 The UI (or a signal handler) calls `Control.put`; the training loop drains the queue at step boundaries, applies
 each command and acknowledges it with a `CommandApplied` event. `stop` is a flag rather than a queued command so
 that the loop sees it at every step, even while paused, and quitting never hangs.
+
+Every command is checked where it enters, here and only here (`command_from_json`, `command_from_dict`,
+`check_command`: types, finite values, ranges, the depth and constants of its JSON), and `Control.put` refuses one
+that fails, so no entry point (the socket, the dashboard, scripts, agents) can queue a command the engine would
+choke on. A refusal is noted on the `Control` (bounded) for the engine to log as a `CommandRefused`
+event; whether a named layer group exists is checked by the engine itself, at the step boundary.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import json
+import math
 import queue
+import re
 import threading
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
+
+from tuitune.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,200 @@ Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like event
     AdaptBatchNorm,
 ]
 
+COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
+
+# ------------------------------------------------------------------------------------------------ checks
+LR_FACTOR_MAX = 100.0  # ScaleGroupLR.factor in (0, LR_FACTOR_MAX]: one step up or down, never a sign flip
+LR_MAX = 10.0  # ApplyLR.lr in (0, LR_MAX]
+MAX_STEPS = 10_000  # FindLR.steps, AdaptBatchNorm.batches: a sweep or a re-estimate, not a second run
+MAX_NAME = 200  # a layer group's name
+MAX_DEPTH = 4  # JSON nesting: a command is one flat object
+_SPECIAL = re.compile(rb'[][{}"\\]')  # what nesting depends on: brackets, quotes, backslashes
+
+
+class BadCommand(UserError):
+    """A command refused where it entered; `str()` is one line naming the command and the key."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(f"{command}: {reason}")
+        self.command, self.reason = command, reason
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a finite number, got {_show(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, got {value}")
+    return float(value)
+
+
+def _in_range(high: float) -> Callable[[Any], float]:
+    """A finite number in (0, high]."""
+
+    def check(value: Any) -> float:
+        x = _number(value)
+        if not 0 < x <= high:
+            raise ValueError(f"must be in (0, {high:g}], got {x:g}")
+        return x
+
+    return check
+
+
+def _count(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {_show(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    return check
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _group(value: Any) -> str:
+    """A layer group's name; whether the run has it is the engine's check (it knows the groups)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
+        raise ValueError(f"must be a layer group's name, got {_show(value)}")
+    return value
+
+
+def _group_or_all(value: Any) -> str | None:
+    return None if value is None else _group(value)
+
+
+# Every command's keys and their checks: a command type missing here cannot be sent at all.
+FIELD_CHECKS: dict[type, dict[str, Callable[[Any], Any]]] = {
+    UnfreezeNext: {},
+    StopEarly: {},
+    Pause: {},
+    Resume: {},
+    SaveCheckpoint: {},
+    FindLR: {"steps": _count(2, MAX_STEPS)},
+    ApplyLR: {"lr": _in_range(LR_MAX)},
+    SetGroupTrainable: {"group": _group, "trainable": _flag},
+    ScaleGroupLR: {"group": _group_or_all, "factor": _in_range(LR_FACTOR_MAX)},
+    AdaptBatchNorm: {"batches": _count(1, MAX_STEPS)},
+}
+
+
+def _checked(cls: type, fields: dict[str, Any]) -> Command:
+    """`cls` built from `fields`, each checked; BadCommand names the first key at fault."""
+    name, checks = cls.__name__, FIELD_CHECKS.get(cls)
+    if checks is None:
+        raise BadCommand(name, "not a command")
+    unknown = sorted(set(fields) - set(checks), key=str)
+    if unknown:
+        raise BadCommand(name, f"unknown key {_show(unknown[0])} (keys: {', '.join(checks) or 'none'})")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in fields:
+            if f.default is dataclasses.MISSING:
+                raise BadCommand(name, f"missing key {f.name!r}")
+            continue
+        try:
+            out[f.name] = checks[f.name](fields[f.name])
+        except ValueError as e:
+            raise BadCommand(name, f"{f.name!r} {e}") from None
+    return cls(**out)
+
+
+def command_from_dict(data: Any) -> Command:
+    """A checked command from its JSON form (`{"type": "ScaleGroupLR", "group": "head", "factor": 1.5}`)."""
+    if not isinstance(data, dict):
+        raise BadCommand("command", f"must be a JSON object, got {type(data).__name__}")
+    if "type" not in data:
+        raise BadCommand("command", "missing key 'type'")
+    kind = data["type"]
+    cls = COMMAND_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise BadCommand(_show(kind), f"unknown command type (known: {', '.join(COMMAND_TYPES)})")
+    return _checked(cls, {k: v for k, v in data.items() if k != "type"})
+
+
+def check_command(command: Any) -> Command:
+    """A built command checked like one that came as JSON (the dashboard's, a script's); the checked copy."""
+    if not dataclasses.is_dataclass(command) or isinstance(command, type):
+        raise BadCommand(type(command).__name__, "not a command")
+    return _checked(type(command), {f.name: getattr(command, f.name) for f in dataclasses.fields(command)})
+
+
+class _Constant:
+    """NaN, Infinity or -Infinity as read from JSON: neither a float nor a string, so the check of the key that
+    holds it refuses it by name (`'factor' must be a finite number, got NaN`)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than `limit`: one pass over the special bytes only, linear
+    whatever the input (a regular expression for whole strings goes quadratic on a run of escaped quotes)."""
+    depth, in_string, escaped = 0, False, -1
+    for m in _SPECIAL.finditer(raw):
+        i, c = m.start(), raw[m.start()]
+        if i == escaped:
+            continue
+        if in_string:
+            if c == 0x5C:  # a backslash: the next byte is escaped
+                escaped = i + 1
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in b"]}":
+            depth -= 1
+    return False
+
+
+def load_json_line(line: str | bytes) -> Any:
+    """One line of JSON as a command channel reads it: NaN and +/-Infinity (which Python's json turns into floats)
+    read as names that no check accepts as a number, nesting deeper than MAX_DEPTH refused before parsing (no
+    RecursionError). BadCommand says why."""
+    raw = line.encode("utf-8", "replace") if isinstance(line, str) else bytes(line)
+    if _deeper_than(raw, MAX_DEPTH):
+        raise BadCommand("command", f"JSON nested deeper than {MAX_DEPTH}")
+    try:
+        return json.loads(raw, parse_constant=_Constant)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer too long
+        raise BadCommand("command", f"not JSON: {first_line(e, 120)}") from None
+
+
+def command_from_json(line: str | bytes) -> Command:
+    """A checked command from one line of JSON: what the socket, a command line or an agent hands in."""
+    return command_from_dict(load_json_line(line))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A command refused at the edge, for the engine to log (`CommandRefused`) at its next step boundary."""
+
+    command: str
+    reason: str  # the one line the sender got: "ScaleGroupLR: 'factor' must be a finite number, got NaN"
+    sender: str = ""
+
+
+MAX_REFUSALS = 100  # refusals waiting for the engine to log them; more are counted, not kept (records stay bounded)
+
 
 INTERRUPTED = ("interrupted", "interrupted by the user")
 PREEMPTED = "preempted"  # a scheduler's warning or preemption: `last` saved, the same command resumes the run
@@ -105,10 +314,40 @@ class Control:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._stop_status = INTERRUPTED
+        self._refusals: collections.deque[Refusal] = collections.deque()
+        self._refusals_lock = threading.Lock()
+        self.refusals_lost = 0
 
-    def put(self, command: Command) -> None:
-        self._queue.put(command)
+    def put(self, command: Command | dict[str, Any], sender: str = "") -> Command:
+        """Queue a command (built, or its JSON form) once checked, and return it; one that fails its checks
+        raises BadCommand, for the sender, and is noted (`refuse`) for the run's log. Nothing is queued then."""
+        try:
+            checked = command_from_dict(command) if isinstance(command, dict) else check_command(command)
+        except BadCommand as e:
+            self.refuse(e.command, str(e), sender)
+            raise
+        self._queue.put(checked)
         self._wake.set()
+        return checked
+
+    def refuse(self, command: str, reason: str, sender: str = "") -> None:
+        """Note a refused command for the run's log (the engine emits it as `CommandRefused`); nothing is queued."""
+        with self._refusals_lock:
+            if len(self._refusals) >= MAX_REFUSALS:
+                self.refusals_lost += 1
+                return
+            self._refusals.append(Refusal(command, reason, sender))
+        self._wake.set()
+
+    def drain_refusals(self) -> list[Refusal]:
+        """The refusals noted since the last call (those past MAX_REFUSALS as one line that counts them)."""
+        with self._refusals_lock:
+            out = list(self._refusals)
+            self._refusals.clear()
+            if self.refusals_lost:
+                out.append(Refusal("command", f"{self.refusals_lost} more commands refused (not logged one by one)"))
+                self.refusals_lost = 0
+        return out
 
     def drain(self) -> list[Command]:
         out: list[Command] = []

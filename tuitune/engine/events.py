@@ -145,6 +145,18 @@ class CommandApplied:
 
 
 @dataclass(frozen=True)
+class CommandRefused:
+    """A command was refused and the run did not change: a bad value where it entered (socket, dashboard, command
+    line), or, at the step boundary, a layer group the run does not have."""
+
+    command: str  # the command's type as sent ("ScaleGroupLR"), or "command" when not even that was readable
+    reason: str  # one line naming the key: "ScaleGroupLR: 'factor' must be a finite number, got NaN"
+    epoch: int = 0
+    global_step: int = 0
+    sender: str = ""  # "socket client 3", "dashboard"; "" when unknown
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     path: str
     kind: str  # "best", "last" or "manual"
@@ -280,6 +292,7 @@ Event = Union[  # noqa: UP007 (read at run time by typing.get_args, like command
     LayersMeasured,
     UnfreezeSuggested,
     CommandApplied,
+    CommandRefused,
     CheckpointSaved,
     Warned,
     FeatureCacheChanged,

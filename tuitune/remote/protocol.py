@@ -11,44 +11,29 @@ needs, as written, and `{"type": "Skipped", "readings": R, "lines": L}` where li
 
 The socket lives in the run directory (or, when that path is too long for `sun_path`, under $XDG_RUNTIME_DIR or
 /tmp, recorded in `process.json`), mode 0600, and refuses peers whose uid differs from the run's (`SO_PEERCRED`):
-it is never reachable over the network.
+it is never reachable over the network. Each command line is checked by the engine's own
+`commands.load_json_line` and `command_from_dict`; a refused one is answered with one `Refused` line (`command`,
+`reason`), and the server's bounds (`server.py`) cap line length, clients and idle time.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import socket
 import struct
 import tempfile
-import typing
 from pathlib import Path
 from typing import Any
-
-from tuitune.engine.commands import Command
 
 PROTOCOL_VERSION = 1
 SOCKET_NAME = "control.sock"
 MAX_SUN_PATH = 100  # Linux allows 107 bytes plus NUL; stay clear of the edge
-COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
 STOP, DETACH, HELLO, LIVE, REFUSED = "Stop", "Detach", "Hello", "Live", "Refused"
 HISTORY, SKIPPED = "History", "Skipped"
 FULL, CONDENSED = "full", "condensed"  # the history modes a client may ask for
 HISTORY_REQUEST_S = 1.0  # how long the run waits for a client's History line before it sends the full history
-
-
-def command_from_dict(data: dict[str, Any]) -> Command:
-    """A command from its JSON form. Unknown types and fields raise ValueError (the server skips the line)."""
-    data = dict(data)
-    cls = COMMAND_TYPES.get(str(data.pop("type", "")))
-    if cls is None:
-        raise ValueError(f"unknown command {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(data) - names:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(set(data) - names)}")
-    return cls(**data)
 
 
 def message(kind: str, **fields: Any) -> bytes:

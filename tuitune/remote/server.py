@@ -8,26 +8,43 @@ first event the history did not hold) and a reader (commands -> the engine's `Co
 from whichever client). A client that falls behind has its queued metric and layer updates
 coalesced (latest wins); one more than `MAX_QUEUE` events behind, or stuck for `STALL_S`, is dropped (it may
 reattach and gets the whole history again).
+
+Input is bounded: at most `MAX_CLIENTS` connections (more are refused with a line); a line longer than `MAX_LINE`
+bytes, or begun and left unfinished for `LINE_S`, drops its client; a client that has not read what was sent to it
+for `IDLE_S` is dropped (a viewer that reads and never writes stays). Every line is checked by the engine's
+`commands` module (JSON depth and constants, types, finite values, ranges): a refused one is answered with one
+`Refused` line to its sender and noted on the `Control` for the run's log (`CommandRefused`); the run is unchanged.
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import fcntl
 import os
+import select
 import socket
+import struct
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
 
-from tuitune.engine.commands import Control
+from tuitune.engine.commands import BadCommand, Control, load_json_line
 from tuitune.engine.events import Event, LayersChanged, LayersMeasured, MetricsUpdated, to_json
 from tuitune.remote import backlog, protocol
 
 MAX_QUEUE = 5000  # events a client may lag behind (after coalescing) before it is dropped
 STALL_S = 30.0  # a client whose socket accepted nothing for this long, with events waiting, is dropped
 COALESCED = (MetricsUpdated, LayersChanged, LayersMeasured)
+CHUNK = 1 << 16  # bytes read from a client at a time
+MAX_CLIENTS = 32  # connections at once; one more is refused with a line
+MAX_LINE = 64 * 1024  # bytes in one line from a client (a command is a few dozen): longer drops the client
+LINE_S = 30.0  # a line begun and not finished in this long (a stuck or hostile writer) drops the client
+IDLE_S = 30.0  # a client that has not read what was sent to it for this long is dropped (as STALL_S)
+MAX_REFUSED = 20  # refused lines from one client before it is dropped (each is one event in the run's log)
+REPLY_S = 5.0  # how long a dropped client's last reply may take to go out before the socket is closed anyway
+POLL_MS = 500  # how often a client's reader wakes to check the bounds above
 
 
 class _Out:
@@ -35,15 +52,15 @@ class _Out:
 
     __slots__ = ("_line", "event", "seq")
 
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self._line: bytes | None = None
+    def __init__(self, event: Event | None, line: bytes | None = None) -> None:
+        self.event = event  # None: a reply to one client (`line`), not an event
+        self._line = line
         self.seq = 0  # its line number in events.jsonl (set when the server counts it)
 
     @property
     def line(self) -> bytes:
         if self._line is None:
-            self._line = (to_json(self.event) + "\n").encode()
+            self._line = (to_json(self.event) + "\n").encode()  # type: ignore[arg-type]
         return self._line
 
 
@@ -54,6 +71,8 @@ class _Client:
         self.queue: collections.deque[_Out] = collections.deque()
         self.closed = False
         self.dropped = ""
+        self.finishing = ""  # why it is dropped once its last reply is sent
+        self.refused = 0  # lines refused from it
         self.sending = False
         self.live = False  # its history is sent: from here on it sees events as they happen
         self.mode = protocol.FULL  # the history it asked for (protocol.HISTORY)...
@@ -65,7 +84,7 @@ class _Client:
     # ---------------------------------------------------------------- called by the engine's thread
     def offer(self, out: _Out) -> None:
         with self.cond:
-            if self.closed:
+            if self.closed or self.finishing:
                 return
             now = time.monotonic()
             if self.queue and now - self.progress > STALL_S:
@@ -92,6 +111,15 @@ class _Client:
         self.server.log(f"client {self.number} dropped: {why}")
         self._close_locked()
 
+    def reply(self, line: bytes, drop: str = "") -> None:
+        """A line to this client alone, after what is queued before it; `drop`: then drop it, saying why."""
+        with self.cond:
+            if self.closed or self.finishing:
+                return
+            self.queue.append(_Out(None, line))
+            self.finishing = drop
+            self.cond.notify_all()  # the sender (the reader may wait on it too: see `_finish`)
+
     # ---------------------------------------------------------------- the client's own threads
     def send_loop(self) -> None:
         try:
@@ -113,11 +141,19 @@ class _Client:
                         self.cond.wait()
                     if self.closed:
                         return
-                    batch = [out for out in self.queue if out.seq > self.sent_through]
+                    # events its history held already stay out; replies to this client (no event) always go
+                    batch = [out for out in self.queue if out.event is None or out.seq > self.sent_through]
                     self.queue.clear()
-                    self.sending = True
+                    self.sending, finishing = True, self.finishing
                 self.sock.sendall(b"".join(out.line for out in batch))
                 self.progress, self.sending = time.monotonic(), False
+                if finishing:
+                    with self.cond:
+                        return self._drop(finishing)
+        except TimeoutError:  # the socket's timeout (STALL_S): the client took nothing in all that time
+            with self.cond:
+                if not self.closed:
+                    self._drop(f"stuck for {STALL_S:.0f} s")
         except OSError:
             pass
         finally:
@@ -125,7 +161,8 @@ class _Client:
 
     def _send_history(self) -> None:
         """The first `history` lines of events.jsonl (the recorder wrote them before we counted), in the mode the
-        client asks for within `HISTORY_REQUEST_S` (a client that asks nothing gets them in full, as written)."""
+        client asks for within `HISTORY_REQUEST_S` (a client that asks nothing gets them in full, as written); cut
+        short, at a line's end, once the client is being dropped (its last reply goes out next)."""
         self.asked.wait(protocol.HISTORY_REQUEST_S)
         path = self.server.run_dir / "events.jsonl"
         past = (
@@ -133,8 +170,15 @@ class _Client:
             if self.mode == protocol.CONDENSED
             else backlog.full(path, self.history)
         )
+        ended = True  # the last byte sent ended a line
         for data in past.chunks:
+            if self.finishing:  # being dropped: end the line in progress, then no more history
+                if ended:
+                    break
+                cut = data.find(b"\n")
+                data, ended = (data, False) if cut < 0 else (data[: cut + 1], True)
             self.sock.sendall(data)
+            ended = data.endswith(b"\n")
             self.progress = time.monotonic()
         with self.cond:
             self.sent_through = past.lines  # a snapshot newer than our count: its lines are not sent again
@@ -146,14 +190,63 @@ class _Client:
         self.asked.set()
 
     def read_loop(self) -> None:
+        """Lines in, within the bounds (the module says which); wakes every POLL_MS to check them."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        buf, begun = bytearray(), 0.0
         try:
-            for raw in self.sock.makefile("rb"):
-                if not self.server.handle(raw, self):
-                    break
+            while not (self.closed or self.finishing):
+                ready = poller.poll(POLL_MS)
+                now = time.monotonic()
+                if ready:
+                    data = self.sock.recv(CHUNK)
+                    if not data:
+                        return
+                    begun = begun if buf else now
+                    buf += data
+                why = ""
+                while not why and (end := buf.find(b"\n")) >= 0:
+                    line, begun = bytes(buf[:end]), now
+                    del buf[: end + 1]
+                    if len(line) > MAX_LINE:
+                        why = f"a line longer than {MAX_LINE} bytes"
+                    elif not self.server.handle(line, self):
+                        return  # it detached, or was dropped
+                why = why or self._out_of_bounds(buf, begun, now)
+                if why:
+                    self.reply(protocol.message(protocol.REFUSED, reason=why), drop=why)
         except (OSError, ValueError):
             pass
         finally:
+            if self.finishing:
+                self._finish()
             self._leave()
+
+    def _finish(self) -> None:
+        """The client is being dropped: its writes fail from now on; the sender has REPLY_S to deliver the last
+        reply (then it drops the client), or it is dropped now (a client that reads nothing cannot be told)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+            while self.sock.recv(CHUNK, socket.MSG_DONTWAIT):  # what it sent already: a writer blocked on a full
+                pass  # buffer wakes up to its error and can read its reply
+        except OSError:
+            pass
+        deadline = time.monotonic() + REPLY_S
+        with self.cond:
+            while not self.closed and (left := deadline - time.monotonic()) > 0:
+                self.cond.wait(left)
+            if not self.closed:
+                self._drop(f"{self.finishing} (its last reply not taken)")
+
+    def _out_of_bounds(self, buf: bytearray, begun: float, now: float) -> str:
+        """Why this client must go now ("" while it keeps within the bounds)."""
+        if len(buf) > MAX_LINE:
+            return f"a line longer than {MAX_LINE} bytes"
+        if buf and now - begun > LINE_S:
+            return f"a line left unfinished for {LINE_S:.0f} s"
+        if now - self.progress > IDLE_S and _unread(self.sock):
+            return f"read nothing for {IDLE_S:.0f} s"
+        return ""
 
     def _leave(self) -> None:
         with self.cond:
@@ -235,11 +328,19 @@ class RunServer:
                 continue
             except OSError:
                 return
-            sock.settimeout(None)
+            sock.settimeout(STALL_S)  # a send that makes no progress for this long drops the client
             if not protocol.peer_allowed(sock):
                 self.refused += 1
                 self.log(f"refused a connection from uid {protocol.peer_uid(sock)}")
                 _refuse(sock, "another user's run")
+                continue
+            with self.lock:
+                full = len(self.clients) >= MAX_CLIENTS
+            if full:
+                self.refused += 1
+                if self.refused % 100 == 1:  # run.log stays bounded under a flood of connections
+                    self.log(f"refused a connection: {MAX_CLIENTS} clients already ({self.refused} refused so far)")
+                _refuse(sock, f"too many clients (at most {MAX_CLIENTS})")
                 continue
             with self.lock:
                 self.accepted += 1
@@ -250,12 +351,14 @@ class RunServer:
                 threading.Thread(target=target, name=f"tuitune-client{client.number}-{name}", daemon=True).start()
 
     def handle(self, raw: bytes, client: _Client) -> bool:
-        """One line from a client. False: the client leaves."""
+        """One line from a client. False: the client leaves (it detached, or is dropped)."""
+        sender = f"socket client {client.number}"
         try:
-            data = json.loads(raw)
-            kind = data.get("type") if isinstance(data, dict) else None
-        except ValueError:
-            return True
+            data = load_json_line(raw)
+        except BadCommand as e:
+            self.control.refuse(e.command, str(e), sender)
+            return self._refused(client, e)
+        kind = data.get("type") if isinstance(data, dict) else None
         if kind == protocol.DETACH:
             return False
         if kind == protocol.HISTORY:
@@ -266,15 +369,21 @@ class RunServer:
             self.log(f"client {client.number}: stop the run")
             self.control.request_stop()
             return True
-        try:
-            command = protocol.command_from_dict(data)
-        except (ValueError, TypeError):
-            self.log(f"client {client.number}: ignored {raw[:200]!r}")
-            return True
         with self.lock:  # one order for all clients: the engine's queue
+            try:
+                command = self.control.put(data, sender)  # checked there; a refusal is noted for the run's log
+            except BadCommand as e:
+                return self._refused(client, e)
             self.commands.append(type(command).__name__)
-            self.control.put(command)
         return True
+
+    def _refused(self, client: _Client, error: BadCommand) -> bool:
+        """One `Refused` line back to the sender; a client that keeps sending bad lines is dropped."""
+        client.refused += 1
+        self.log(f"client {client.number}: refused: {error}")
+        drop = f"more than {MAX_REFUSED} refused lines" if client.refused > MAX_REFUSED else ""
+        client.reply(protocol.message(protocol.REFUSED, command=error.command, reason=str(error)), drop=drop)
+        return not drop
 
     def forget(self, client: _Client) -> None:
         with self.lock:
@@ -302,8 +411,18 @@ class RunServer:
             client.close()
 
 
+def _unread(sock: socket.socket) -> int:
+    """Bytes sent to the peer that it has not read yet (Linux `SIOCOUTQ`; 0 when it cannot be told)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
 def _refuse(sock: socket.socket, reason: str) -> None:
     try:
+        sock.settimeout(1.0)  # never hold up the accept loop
         sock.sendall(protocol.message(protocol.REFUSED, reason=reason))
     except OSError:
         pass

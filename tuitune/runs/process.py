@@ -78,6 +78,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def other_host(record: dict[str, Any] | None) -> str:
+    """The host named by a process record of a run not marked ended, when it is not this one ("" otherwise): a run
+    directory on a shared disk, whose process this machine can neither see alive nor call dead."""
+    if not record or record.get("ended"):
+        return ""
+    host = record.get("host")
+    return str(host) if host not in (None, socket.gethostname()) else ""
+
+
 def process_alive(record: dict[str, Any] | None) -> bool:
     if not record or not isinstance(record.get("pid"), int) or record.get("ended"):
         return False

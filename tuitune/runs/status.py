@@ -3,7 +3,8 @@ attach`, the picker's live runs), read from the files alone.
 
 Status, without talking to the process: `live` while the process `process.json` names lives (`tuitune.runs.process`);
 otherwise the status `summary.json` records (`finished`, `stopped`, `interrupted`, `preempted`, `failed`) when
-that summary was written by this process; otherwise `dead` (killed with -9, the OOM killer, a reboot): gone without
+that summary was written by this process; otherwise `on host X` when the record names another machine (neither
+live nor dead from here); otherwise `dead` (killed with -9, the OOM killer, a reboot): gone without
 a summary. Only the few event types that carry progress are parsed from events.jsonl. Plain Python, no torch, no
 Textual.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuitune.fmt import fmt_plain, fmt_score
-from tuitune.runs.process import PROCESS_FILE, process_alive, read_json
+from tuitune.runs.process import PROCESS_FILE, other_host, process_alive, read_json
 
 SUMMARY_STATUS = {
     "finished": "finished",
@@ -66,7 +67,8 @@ def _status(run_dir: Path, record: dict[str, Any] | None, summary: dict[str, Any
         return "live"
     if summary is not None and (started is None or (run_dir / "summary.json").stat().st_mtime >= started - 1):
         return SUMMARY_STATUS.get(str(summary.get("status")), str(summary.get("status")))
-    return "dead"
+    host = other_host(record)
+    return f"on host {host}" if host else "dead"
 
 
 def last_event_time(run_dir: Path) -> float | None:

@@ -14,6 +14,7 @@ from tuitune.profiles import PACKAGE_PROFILES
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from tuitune.runs.damage import say_damage
     from tuitune.runs.status import format_table, list_runs
 
     folder = Path(args.dir)
@@ -24,6 +25,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
         return open_compare(folder=folder)
     runs = list_runs(folder)
+    say_damage([Path(r.path) for r in runs], summary=False)  # a run without one is listed as dead
     if args.json:
         print(json.dumps([r.as_dict() for r in runs]))
     elif not runs:
@@ -36,7 +38,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """The screen; `--json`, `--text`, or an output that is not a terminal: printed."""
     from tuitune.runs.compare import compare_dict, format_compare, load_runs
+    from tuitune.runs.damage import say_damage
 
+    say_damage([Path(d) for d in args.run_dirs if (Path(d) / "events.jsonl").exists()])
     runs = load_runs([Path(d) for d in args.run_dirs])
     if args.json:
         print(json.dumps(compare_dict(runs)))
@@ -50,12 +54,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    """A live run: its dashboard. A run that ended: its record, summary on top. A dead one: one line, exit 2."""
+    """A live run: its dashboard. A run that ended, or one on another host (its socket is not reachable from here):
+    its record, summary on top. A dead one: one line, exit 2."""
+    from tuitune.runs.damage import say_damage
     from tuitune.runs.status import dead_message, is_run_dir, run_info, run_status
 
     run_dir = Path(args.run_dir) if args.run_dir else _choose_live_run(Path("runs"))
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir}: attach: not a tuitune run directory (no events.jsonl or process.json)")
+    say_damage([run_dir], summary=False)  # one without a summary is dead: the line below says so
     status = run_status(run_dir)  # not `run_info`: that reads every event, and a long run's are many
     if status == "dead":
         raise UserError(dead_message(run_info(run_dir)))
@@ -85,11 +92,13 @@ def _choose_live_run(folder: Path) -> Path:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from tuitune.runs.damage import say_damage
     from tuitune.ui.launch import open_replay
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "events.jsonl").exists():
         raise UserError(f"{run_dir}: no events.jsonl here (is this a tuitune run directory?)")
+    say_damage([run_dir])
     return open_replay(run_dir, args.speed)
 
 

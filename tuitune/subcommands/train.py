@@ -24,14 +24,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         _resolve_auto(args)
     resume = Path(args.resume) if args.resume else None
     profile = _load_profile(args, resume)
+    launched_dir = os.environ.get(multirank.ENV_RUN_DIR)  # the one rank of `--nproc 1`
+    rank = multirank.under_torchrun()  # a rank: torchrun's, or one that `--nproc` started
+    if not rank and not launched_dir and (resume or args.out):  # before anything in the folder is touched
+        _refuse_owned(resume or Path(args.out), "--resume" if resume else "--out", args.force)
     if resume is not None and _finished(resume, profile.train.epochs):
         return 0
-    if multirank.under_torchrun():  # a rank: torchrun's, or one that `--nproc` started
+    if rank:
         return _train_rank(args, profile, resume)
-    launched_dir = os.environ.get(multirank.ENV_RUN_DIR)  # the one rank of `--nproc 1`
-    run_dir = resume or (Path(launched_dir) if launched_dir else new_run_dir(profile, args.out, args.force))
     if resume is not None and not launched_dir:
-        _refuse_live(run_dir)
+        from tuitune.runs.damage import say_damage
+
+        say_damage([resume], summary=False)  # a torn last line: the resumed run cuts it off and appends
+    run_dir = resume or (Path(launched_dir) if launched_dir else new_run_dir(profile, args.out, args.force))
     if args.nproc:
         multirank.check_nproc(args.nproc)
         if not args.headless:  # the dashboard follows the ranks' launcher, started in a process of its own
@@ -105,11 +110,25 @@ def _train_rank(args: argparse.Namespace, profile, resume: Path | None) -> int:
         dist.close()
 
 
-def _refuse_live(run_dir: Path) -> None:
-    from tuitune.runs.status import run_status
+def _refuse_owned(run_dir: Path, flag: str, force: bool) -> None:
+    """One writer per run directory: a folder whose `process.json` names a live process is refused, naming its pid;
+    one whose process runs on another host (a shared disk) may be live there: refused unless `--force`."""
+    from tuitune.runs.process import PROCESS_FILE, other_host, process_alive, read_json
 
-    if run_status(run_dir) == "live":
-        raise UserError(f"{run_dir}: --resume: this run is live (tuitune attach {run_dir} brings it back)")
+    record = read_json(run_dir / PROCESS_FILE)
+    if record is None:
+        return
+    if process_alive(record):
+        raise UserError(
+            f"{run_dir}: {flag}: run process {record['pid']} is live and writes here; one writer per run "
+            f"directory (tuitune attach {run_dir} brings it back)"
+        )
+    host = other_host(record)
+    if host and not force:
+        raise UserError(
+            f"{run_dir}: {flag}: process.json names run process {record['pid']} on host {host}, which may still "
+            "write here; run this there, or add --force once that run is over"
+        )
 
 
 def _train_argv(args: argparse.Namespace, run_dir: Path, *, launcher: bool) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tuitune.engine.commands import (
     AdaptBatchNorm,
     ApplyLR,
+    BadCommand,
     Command,
     FindLR,
     Pause,
@@ -88,7 +89,11 @@ class KeyActions:
         if not self.live or self.link.control is None:
             self.view.notify_warning("No live run to steer.")
             return False
-        self.link.control.put(command)
+        try:
+            self.link.control.put(command, "dashboard")  # checked there, as every entry point's commands are
+        except BadCommand as e:
+            self.view.notify_warning(f"Refused: {e}")
+            return False
         self.view.mark_requested(type(command).__name__)
         return True
 

@@ -15,6 +15,7 @@ from typing import Any
 from tuitune.engine.events import (
     CheckpointSaved,
     CommandApplied,
+    CommandRefused,
     CompressionReported,
     DomainShiftMeasured,
     EpochEnded,
@@ -333,6 +334,15 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
     return _evolve(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
 
 
+def _command_refused(s: DashboardState, e: CommandRefused) -> DashboardState:
+    """One log line; the run did not change. Refused by the engine (no sender: a group the run lacks), it may be
+    this dashboard's own command, which then no longer waits for its confirmation; refused at an entry point, it
+    is not (the dashboard checks its commands before sending them)."""
+    text = f"{_where(s, e.epoch, e.global_step)} · refused" + (f" from {e.sender}" if e.sender else "")
+    pending = s.pending if e.sender else _unpend(s.pending, e.command)
+    return dataclasses.replace(s, pending=pending, log=_log(s, "warning", f"{text}: {e.reason}"))
+
+
 def _checkpoint(s: DashboardState, e: CheckpointSaved) -> DashboardState:
     checkpoints = {**s.checkpoints, e.kind: e.path}
     text = f"{_where(s, e.epoch, e.global_step)} · checkpoint ({e.kind}) {e.path}"
@@ -431,6 +441,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     LinesSkipped: _skipped,
     UnfreezeSuggested: _suggested,
     CommandApplied: _command_applied,
+    CommandRefused: _command_refused,
     CheckpointSaved: _checkpoint,
     Warned: _warned,
     RunFinished: _finished,

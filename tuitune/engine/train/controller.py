@@ -29,6 +29,7 @@ from tuitune.engine.commands import (
 )
 from tuitune.engine.events import (
     CommandApplied,
+    CommandRefused,
     Event,
     FeatureCacheChanged,
     LRFound,
@@ -269,6 +270,8 @@ class RunController:
         if d.active and step % self.profile.train.log_every:
             return True
         while True:
+            if d.is_main:
+                self._log_refusals()
             held, self._held = self._held + (self.control.drain() if d.is_main else []), []
             commands, stop = d.exchange(held, self.control.stop_requested)
             for command in commands:
@@ -288,8 +291,27 @@ class RunController:
         """Was a stop asked for (on any rank)? Every rank gets the same answer."""
         return self.dist.exchange([], self.control.stop_requested)[1]
 
+    def _log_refusals(self) -> None:
+        """The commands refused where they entered (socket, dashboard): one `CommandRefused` each, in the log."""
+        st = self.st
+        for r in self.control.drain_refusals():
+            self.emit(CommandRefused(r.command, r.reason, epoch=st.epoch, global_step=st.global_step, sender=r.sender))
+
+    def _unknown_group(self, command: Any) -> str | None:
+        """Why a command naming a layer group is refused here (the run lacks the group), or None."""
+        group = getattr(command, "group", None)
+        names = [g.name for g in self.parts.groups]
+        if group is None or group in names:
+            return None
+        return f"{type(command).__name__}: 'group' {group!r} is not a layer group of this run ({', '.join(names)})"
+
     def apply(self, command: Any) -> None:
         """One command, by its type's handler (a type without one changes nothing); then `CommandApplied`."""
+        reason = self._unknown_group(command)
+        if reason is not None:  # nothing changes
+            st = self.st
+            self.emit(CommandRefused(type(command).__name__, reason, epoch=st.epoch, global_step=st.global_step))
+            return
         handler = self._handlers.get(type(command))
         detail, value = handler(command) if handler is not None else ("", None)
         self.emit(
