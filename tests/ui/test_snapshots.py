@@ -37,9 +37,50 @@ def test_dashboard_wide(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(200, 60))
 
 
-def test_plateau_prompt(snap_compare) -> None:
-    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
-    assert snap_compare(app, terminal_size=(100, 30))
+async def _until_asked(pilot) -> None:
+    """Until the engine's question is on the dashboard's question bar (the scripted engine runs in a worker)."""
+    while not (pilot.app.dashboard is not None and pilot.app.dashboard.query_one("#question-bar").display):
+        await pilot.pause(0.05)
+    await pilot.pause()
+
+
+def _asking_app(events: list) -> TuituneApp:
+    from pathlib import Path
+
+    from tests.ui.test_pilot import PROFILE
+
+    return TuituneApp("train", profile=PROFILE, run_dir=Path("unused"), runner=scripted.ScriptedEngine(events))
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_plateau_question(snap_compare, size: tuple[int, int]) -> None:
+    """The demo's plateau question (the run waits for it) on the question bar, driven by the scripted engine: the
+    dashboard stays whole and steerable around it."""
+    app = _asking_app(scripted.plateau_events(waiting=True))
+    assert snap_compare(app, terminal_size=size, run_before=_until_asked)
+
+
+def test_plateau_question_lr_finder_over_it_80x24(snap_compare) -> None:
+    """`f` while the plateau question waits: the LR finder's curve over the dashboard, the question still below."""
+
+    async def find_lr(pilot) -> None:
+        await _until_asked(pilot)
+        await pilot.press("f")
+        while type(pilot.app.screen).__name__ != "LRFinderScreen":
+            await pilot.pause(0.05)
+        await pilot.pause()
+
+    app = _asking_app(scripted.plateau_events(waiting=True))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=find_lr)
+
+
+def test_phase_lr_question(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase's LR question at 120x40 (its countdown frozen: one second lasts an hour)."""
+    from tuitune.ui.lrfinder import LRFinderScreen
+
+    monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
+    app = _asking_app([*scripted.mid_run_events(), scripted.phase_lr_found()])
+    assert snap_compare(app, terminal_size=(120, 40), run_before=_until_asked)
 
 
 def test_summary(snap_compare) -> None:
@@ -68,13 +109,14 @@ def test_lr_finder(snap_compare) -> None:
 
 
 def test_phase_lr_countdown_small(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
-    """strategy.phase_lr = "find" at 80x24: the curve, the keys and the countdown fit; the countdown never moves
-    here (one of its seconds lasts an hour), so no clock reaches the snapshot."""
+    """strategy.phase_lr = "find" at 80x24: the question bar with its keys and countdown, then (`f`) the curve, its
+    keys and the countdown fit; the countdown never moves here (one of its seconds lasts an hour), so no clock
+    reaches the snapshot."""
     from tuitune.ui.lrfinder import LRFinderScreen
 
     monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.phase_lr_found()], control=Control())
-    assert snap_compare(app, terminal_size=(80, 24))
+    assert snap_compare(app, terminal_size=(80, 24), press=["f"])
 
 
 def test_dashboard_phase_lr_markers(snap_compare) -> None:
@@ -103,11 +145,6 @@ def test_dashboard_extras(snap_compare) -> None:
 
 def test_lr_finder_80x24(snap_compare) -> None:
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
-    assert snap_compare(app, terminal_size=(80, 24))
-
-
-def test_plateau_prompt_80x24(snap_compare) -> None:
-    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
     assert snap_compare(app, terminal_size=(80, 24))
 
 
