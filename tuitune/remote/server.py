@@ -23,6 +23,7 @@ from pathlib import Path
 from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, LayersChanged, LayersMeasured, MetricsUpdated, to_json
 from tuitune.remote import protocol
+from tuitune.remote.confirm import BadId, Pending, reply_line, take_id
 
 MAX_QUEUE = 5000  # events a client may lag behind (after coalescing) before it is dropped
 STALL_S = 30.0  # a client whose socket accepted nothing for this long, with events waiting, is dropped
@@ -35,14 +36,14 @@ class _Out:
 
     __slots__ = ("_line", "event")
 
-    def __init__(self, event: Event) -> None:
-        self.event = event
-        self._line: bytes | None = None
+    def __init__(self, event: Event | None, line: bytes | None = None) -> None:
+        self.event = event  # with `line`: that line goes out instead of the event's (a reply to one client)
+        self._line = line
 
     @property
     def line(self) -> bytes:
         if self._line is None:
-            self._line = (to_json(self.event) + "\n").encode()
+            self._line = (to_json(self.event) + "\n").encode()  # type: ignore[arg-type]
         return self._line
 
 
@@ -191,6 +192,7 @@ class RunServer:
         self.accepted = 0
         self.refused = 0
         self.commands: list[str] = []  # what clients sent, in the order put on the queue (tests, run.log)
+        self.pending = Pending()  # those commands until the engine answers each (a `Reply` to a sender that gave an id)
         self._closing = threading.Event()
         self.listener = self._bind()
         self._acceptor = threading.Thread(target=self._accept_loop, name="tuitune-accept", daemon=True)
@@ -218,6 +220,14 @@ class RunServer:
             clients = list(self.clients)
         for client in clients:
             client.offer(out)
+        self._reply(event)
+
+    def _reply(self, event: Event) -> None:
+        """The engine's answer to a command sent with an id: a `Reply` line to its sender, after the event."""
+        answer = self.pending.answer(event)
+        if answer is not None:
+            client, line = answer
+            client.offer(_Out(event, line))  # type: ignore[attr-defined]  # `client` is the _Client that sent it
 
     # ---------------------------------------------------------------- clients
     def _accept_loop(self) -> None:
@@ -256,13 +266,18 @@ class RunServer:
             self.log(f"client {client.number}: stop the run")
             self.control.request_stop()
             return True
+        request_id = None
         try:
+            request_id = take_id(data)
             command = protocol.command_from_dict(data)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError) as e:
             self.log(f"client {client.number}: ignored {raw[:200]!r}")
+            if request_id is not None or isinstance(e, BadId):  # a sender that waits for an answer gets one
+                client.offer(_Out(None, reply_line(request_id if request_id is not None else "", False, reason=str(e))))
             return True
-        with self.lock:  # one order for all clients: the engine's queue
+        with self.lock:  # one order for all clients: the engine's queue (and its answers, remembered first)
             self.commands.append(type(command).__name__)
+            self.pending.add(command, client, request_id)
             self.control.put(command)
         return True
 
