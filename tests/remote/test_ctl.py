@@ -179,7 +179,7 @@ def test_ctl_answers_the_plateau_question_and_prints_the_confirmations(scripted_
 
 
 def test_ctl_json_prints_the_confirming_event(scripted_run, capsys) -> None:
-    run_dir, engine, _ = scripted_run
+    run_dir, _, _ = scripted_run
     assert main(["ctl", str(run_dir), "save", "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     event = event_from_json(line)
@@ -232,7 +232,7 @@ def test_a_refusal_from_the_server_is_exit_1_with_its_reason(scripted_run, capsy
 
 
 def test_watch_streams_the_history_then_live_events(scripted_run, capsys) -> None:
-    run_dir, engine, _ = scripted_run
+    run_dir, _, _ = scripted_run
     lines: list[dict] = []
     done: list[int] = []
 
