@@ -116,6 +116,36 @@ def test_bad_arguments_are_refused_before_anything_is_sent(words: list[str], tmp
     assert capsys.readouterr().err.startswith("tuitune: error: ctl: ")
 
 
+def test_pending_answers_in_queue_order_and_by_value() -> None:
+    """The server's match of the engine's events to the commands it queued (tuitune/remote/confirm.py)."""
+    from dataclasses import dataclass
+
+    from tuitune.engine.events import CommandApplied
+    from tuitune.remote.confirm import Pending
+
+    @dataclass(frozen=True)
+    class CommandRefused:  # the engine's refusal (branch cmdedge): matched by its type's name
+        command: str
+        reason: str
+        sender: str = ""
+
+    pending, a, b = Pending(), object(), object()
+    pending.add(Pause(), a, None)  # a dashboard's, no id: answered, told nothing
+    pending.add(Pause(), b, "b1")
+    pending.add(ApplyLR(lr=0.1), b, "b2")
+    pending.add(ScaleGroupLR(group="nope", factor=2.0), b, "b3")
+    assert pending.answer(CommandApplied("Pause", 1, 5)) is None
+    sender, line = pending.answer(CommandApplied("Pause", 1, 6))  # type: ignore[misc]
+    assert sender is b and json.loads(line)["id"] == "b1"
+    assert pending.answer(CommandApplied("ApplyLR", 1, 7, value=0.3)) is None  # the engine's own phase LR
+    assert json.loads(pending.answer(CommandApplied("ApplyLR", 1, 8, value=0.1))[1])["id"] == "b2"  # type: ignore[index]
+    assert (
+        pending.answer(CommandRefused("ScaleGroupLR", "bad", sender="socket client 2")) is None
+    )  # refused at the edge
+    reply = json.loads(pending.answer(CommandRefused("ScaleGroupLR", "no group 'nope'"))[1])  # type: ignore[index]
+    assert reply["id"] == "b3" and reply["ok"] is False and reply["reason"] == "no group 'nope'"
+
+
 # ------------------------------------------------------------------------------------ unreachable runs
 
 

@@ -54,6 +54,7 @@ async def test_the_answer_is_sent_as_apply_lr(frozen_countdown, keys: list[str],
         await until(pilot, lambda: engine.received == [ApplyLR(lr=lr)])
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
         await until(pilot, lambda: any(m.kind == "lr" for m in dash(app).state.markers))
+        assert dash(app).state.lr_question is None  # the applied LR closed the question
         marker = [m for m in dash(app).state.markers if m.kind == "lr"][-1]
         assert marker.label == f"lr {lr:.1e}"
 
