@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from tuitune.exits import ExitCode
 
 
 def add_steer_commands(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +48,7 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     outcome = steer(Path(args.run_dir), args.verb, args.args, apply=args.apply, timeout=args.timeout)
     if args.json and outcome.events:
         for event in outcome.events:
-            print(json.dumps(event), flush=True)
+            print(json.dumps(event, separators=(",", ":")), flush=True)
     elif outcome.status == APPLIED:
         print(outcome.message, flush=True)
     if outcome.status != APPLIED:  # the refusal or the reason the run is out of reach: stderr, like every error
@@ -57,7 +60,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from tuitune.remote.watch import watch
 
     out = _json_line if args.json else _console()
-    code, why = watch(Path(args.run_dir), out, since=args.since)
+    try:
+        code, why = watch(Path(args.run_dir), out, since=args.since)
+    except BrokenPipeError:  # `tuitune watch RUN --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return ExitCode.OK
     if why:
         print(f"tuitune: watch: {why}", file=sys.stderr, flush=True)
     return code
