@@ -14,6 +14,7 @@ from tuitune.engine.record.files import WriteFailed
 from tuitune.errors import UserError
 from tuitune.exits import ExitCode
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
+from tuitune.subcommands.steer import add_steer_commands, cmd_ctl, cmd_watch
 from tuitune.subcommands.tools import cmd_compress, cmd_export, cmd_layers, cmd_lr_find
 from tuitune.subcommands.train import cmd_demo, cmd_sweep, cmd_train
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--json", action="store_true", help='print [{"name", "params", "trainable"}, ...]')
     _add_profile_options(layers)
     _add_runs_commands(sub)
+    add_steer_commands(sub)
     _add_ship_commands(sub)
     _add_sweep_command(sub)
     return parser
@@ -227,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compress": cmd_compress,
         "lr-find": cmd_lr_find,
         "sweep": cmd_sweep,
+        "ctl": cmd_ctl,
+        "watch": cmd_watch,
     }
     try:
         return handlers[args.command](args)

@@ -17,9 +17,11 @@ __all__ = ["ExitCode", "run_exit_code"]
 
 
 class ExitCode(IntEnum):
-    OK = 0  # finished, or stopped early by a person or a rule
-    FAILED = 1  # the run failed (its reason is in the summary and run.log)
-    BAD_INPUT = 2  # a profile, a flag, a file or a command was refused before anything changed
+    OK = 0  # finished, or stopped early by a person or a rule; `tuitune ctl`: the engine confirmed the command
+    FAILED = 1  # the run failed (its reason is in the summary and run.log); `ctl`: the run refused the command (why)
+    # a profile, a flag, a file or a command was refused before anything changed; `ctl` / `watch`: also a run that
+    # cannot be reached (no live run in that folder, no socket, another user's, it ended or did not answer in time)
+    BAD_INPUT = 2
     RANK_LOST = 3  # a multi-rank run lost a rank: the launcher says which
     INTERRUPTED = 130  # Ctrl+C or quit mid-run (128 + SIGINT, as shells report it)
     # SIGTERM or SIGUSR1 (a scheduler's time-limit warning or a preemption): `last` saved, the summary says

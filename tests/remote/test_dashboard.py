@@ -111,10 +111,10 @@ async def test_picker_lists_live_runs_and_enter_attaches(tmp_path: Path) -> None
 
 async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
     """Live, the plateau question rings the bell; the same events as an attach's history (between the markers)
-    ring nothing and ask nothing until the history ends, then ask the question that is still open."""
+    ring nothing and ask nothing until the history ends, then show the question that is still open."""
     from tests.ui import scripted
+    from tests.ui.test_pilot import asking, question_bar
     from tuitune.remote.client import HistoryEnded, HistoryStarted
-    from tuitune.ui.modals import PlateauPromptScreen
 
     live = RingingApp(
         "train",
@@ -123,7 +123,7 @@ async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
         runner=scripted.ScriptedEngine(scripted.plateau_events(), auto=False),
     )
     async with live.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: on_screen(live, PlateauPromptScreen))
+        await until(pilot, lambda: asking(live))
         assert live.rings == 1
         await pilot.press("n")
     history = [HistoryStarted(pid=1, history=3), *scripted.plateau_events()]
@@ -133,11 +133,10 @@ async def test_the_plateau_question_rings_but_not_from_the_history() -> None:
     async with attached.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: attached.dashboard is not None and dash(attached).state.suggestion is not None)
         await pilot.pause(0.1)
-        assert attached.rings == 0 and not on_screen(attached, PlateauPromptScreen)
+        assert attached.rings == 0 and not question_bar(attached).display
         dash(attached)._emit(HistoryEnded())  # type: ignore[arg-type]
-        await until(pilot, lambda: on_screen(attached, PlateauPromptScreen))
-        assert attached.rings == 0  # asked, as it is still open, but it is not news
-        await pilot.press("n")
+        await until(pilot, lambda: asking(attached))
+        assert attached.rings == 0  # shown, as it is still open, but it is not news
 
 
 async def test_an_attach_history_is_drawn_once_when_it_ends(monkeypatch) -> None:

@@ -324,13 +324,15 @@ def phase_lr_events() -> list[Event]:
     ]
 
 
-def plateau_events() -> list[Event]:
+def plateau_events(waiting: bool = False) -> list[Event]:
+    """Three epochs, then the plateau trigger's question (`waiting`: the run holds until the answer, as the demo's
+    `strategy.plateau_wait`)."""
     return [
         run_started(),
         *epoch_events(1, 0),
         *epoch_events(2, 0),
         *epoch_events(3, 0),
-        UnfreezeSuggested(metric="val_loss", epochs=2, next_groups=("layer4",), epoch=3),
+        UnfreezeSuggested(metric="val_loss", epochs=2, next_groups=("layer4",), epoch=3, waiting=waiting),
     ]
 
 

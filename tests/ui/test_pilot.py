@@ -21,7 +21,7 @@ from tuitune.engine.commands import Control, Pause, Resume, SaveCheckpoint, Stop
 from tuitune.engine.events import to_json
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.dashboard import DashboardScreen
-from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen, PlateauPromptScreen
+from tuitune.ui.modals import ConfirmQuitScreen, ErrorScreen
 from tuitune.ui.picker import PickerScreen
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import LayerTable, StatusBar
@@ -104,8 +104,19 @@ async def test_key_reaches_control_and_screen_follows_confirmation(key: str, com
             assert "manual" in dash(app).state.checkpoints
 
 
-async def test_a_plateau_question_waits_while_the_leave_dialog_is_open() -> None:
-    """The question would take the dialog's keys (y/n); it is asked once the person chose to stay."""
+def question_bar(app: TuituneApp) -> Static:
+    """The dashboard's question bar (tuitune/ui/questions.py), wherever the app's screen is."""
+    return dash(app).query_one("#question-bar", Static)
+
+
+def asking(app: TuituneApp) -> bool:
+    """The question bar shows a question (and no dialog is over the dashboard)."""
+    return isinstance(app.screen, DashboardScreen) and question_bar(app).display
+
+
+async def test_a_plateau_question_leaves_the_leave_dialog_its_keys() -> None:
+    """A question that comes while "quit?" is open takes none of its keys (y/n): `n` answers the dialog, and the
+    question is on the bar behind it."""
     from tuitune.engine.events import UnfreezeSuggested
     from tuitune.ui.runner import EngineEventReceived
 
@@ -116,12 +127,12 @@ async def test_a_plateau_question_waits_while_the_leave_dialog_is_open() -> None
         await pilot.press("q")
         await until(pilot, lambda: on_screen(app, ConfirmQuitScreen))
         dash(app).post_message(EngineEventReceived(UnfreezeSuggested("val_loss", 2, ("layer4",), 3)))
-        await pilot.pause()
-        await until(pilot, lambda: dash(app).state.log and "layer4" in str(dash(app).state.log[-1]))
+        await until(pilot, lambda: question_bar(app).display)
         assert isinstance(app.screen, ConfirmQuitScreen)
         await pilot.press("n")
-        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
-        assert not engine.ended.is_set()
+        await until(pilot, lambda: asking(app))
+        assert "unfreeze layer4?" in text_of(question_bar(app))
+        assert not engine.ended.is_set() and engine.received == []
 
 
 async def test_quit_during_live_run_asks_then_stops_the_worker() -> None:
@@ -140,35 +151,35 @@ async def test_quit_during_live_run_asks_then_stops_the_worker() -> None:
     assert dash(app).state.finished is not None and dash(app).state.finished.status == "interrupted"
 
 
-async def test_plateau_prompt_yes_sends_unfreeze() -> None:
+async def test_plateau_question_yes_sends_unfreeze() -> None:
     engine = scripted.ScriptedEngine(scripted.plateau_events(), auto=False)
     app = live_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
-        assert "val loss flat for 2 epochs: unfreeze layer4? [y/n]" in text_of(
-            app.screen.query_one("#question", Static)
-        )
+        await until(pilot, lambda: asking(app))
+        assert "val loss flat for 2 epochs: unfreeze layer4?" in text_of(question_bar(app))
         await pilot.press("y")
         await until(pilot, lambda: engine.received == [UnfreezeNext()])
-        assert isinstance(app.screen, DashboardScreen)
+        assert not question_bar(app).display  # answered: the confirmation is on its way
+        await pilot.press("y")
+        await pilot.pause(0.1)
+        assert engine.received == [UnfreezeNext()]  # nothing left to answer: not sent twice
 
 
-@pytest.mark.parametrize("key, answer", [("y", [UnfreezeNext(), Resume()]), ("n", [Resume()])])
+@pytest.mark.parametrize(
+    "key, answer", [("y", [UnfreezeNext(), Resume()]), ("u", [UnfreezeNext(), Resume()]), ("n", [Resume()])]
+)
 async def test_a_waiting_plateau_question_resumes_the_run_with_the_answer(key: str, answer: list) -> None:
-    """The demo's plateau question holds the run (status paused) until answered: y unfreezes and resumes, n only
-    resumes."""
-    import dataclasses
-
-    events = scripted.plateau_events()
-    events[-1] = dataclasses.replace(events[-1], waiting=True)
-    engine = scripted.ScriptedEngine(events)
+    """The demo's plateau question holds the run (status paused) until answered: y (or u) unfreezes and resumes,
+    n only resumes."""
+    engine = scripted.ScriptedEngine(scripted.plateau_events(waiting=True))
     app = live_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: on_screen(app, PlateauPromptScreen))
+        await until(pilot, lambda: asking(app))
         assert dash(app).state.status == "paused"
         await pilot.press(key)
         await until(pilot, lambda: engine.received == answer)
         await until(pilot, lambda: dash(app).state.status == "running")
+        assert not question_bar(app).display and dash(app).state.suggestion is None
 
 
 async def test_worker_failure_shows_error_screen_and_app_stays_alive() -> None:
@@ -290,7 +301,6 @@ async def test_x_key_toggles_the_whole_planned_span() -> None:
 
 MODAL_CASES = {  # modal -> (events that open it, keys pressed first, the answer's id)
     "lr_finder": (lambda: [*scripted.mid_run_events(), scripted.lr_found()], (), "#lr-text"),
-    "plateau": (scripted.plateau_events, (), "#question"),
     "quit": (scripted.mid_run_events, ("q",), "#question"),
     "error": (scripted.failed_events, (), "#cause"),
 }

@@ -18,12 +18,14 @@ async def test_an_lr_out_of_range_is_refused_in_one_line(monkeypatch: pytest.Mon
     engine = scripted.ScriptedEngine([*scripted.mid_run_events(), scripted.phase_lr_found(10.0)])
     app = live_app(engine)
     async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: dash(app).keys.question() is not None)
+        await pilot.press("f")  # the phase's LR question: its curve opens over the dashboard
         await until(pilot, lambda: on_screen(app, LRFinderScreen))
         await pilot.press("e", *"50", "enter")  # positive and finite: the finder takes it; ApplyLR's range does not
         await until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app._notifications)
         await pilot.pause(0.1)
         assert [n.message for n in app._notifications] == ["Refused: ApplyLR: 'lr' must be in (0, 10], got 50"]
         assert engine.received == [] and "ApplyLR" not in dash(app).state.pending
-        await pilot.press("f")  # a good command still goes
+        await pilot.press("y")  # a good command still goes: the suggestion, answered from the question bar
         await until(pilot, lambda: len(engine.received) == 1)
-        assert not isinstance(engine.received[0], ApplyLR)
+        assert isinstance(engine.received[0], ApplyLR) and 0 < engine.received[0].lr <= 10

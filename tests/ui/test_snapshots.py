@@ -37,9 +37,37 @@ def test_dashboard_wide(snap_compare) -> None:
     assert snap_compare(app, terminal_size=(200, 60))
 
 
-def test_plateau_prompt(snap_compare) -> None:
-    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
-    assert snap_compare(app, terminal_size=(100, 30))
+def _asking_app(events: list) -> TuituneApp:
+    """The events folded at mount, with a control to steer: the question is asked as in a live run. (A live scripted
+    engine in a worker drew the curves slightly differently from run to run in one test process: the Pilot tests
+    drive it; the snapshots fold the same events in the same order.)"""
+    return TuituneApp("replay", events=events, control=Control())
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_plateau_question(snap_compare, size: tuple[int, int]) -> None:
+    """The demo's plateau question (the run waits for it) on the question bar: the dashboard stays whole and
+    steerable around it."""
+    assert snap_compare(_asking_app(scripted.plateau_events(waiting=True)), terminal_size=size)
+
+
+def test_plateau_question_lr_finder_over_it_80x24(snap_compare) -> None:
+    """`f` while the plateau question waits: the engine's sweep (LRFound, then its confirmation, as the engine sends
+    them) opens the curve over the dashboard, the question still below."""
+    from tuitune.engine.events import CommandApplied
+
+    g = 3 * scripted.SPE
+    events = [*scripted.plateau_events(waiting=True), scripted.lr_found(3, g), CommandApplied("FindLR", 3, g)]
+    assert snap_compare(_asking_app(events), terminal_size=(80, 24))
+
+
+def test_phase_lr_question(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase's LR question at 120x40 (its countdown frozen: one second lasts an hour)."""
+    from tuitune.ui.lrfinder import LRFinderScreen
+
+    monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
+    app = _asking_app([*scripted.mid_run_events(), scripted.phase_lr_found()])
+    assert snap_compare(app, terminal_size=(120, 40))
 
 
 def test_summary(snap_compare) -> None:
@@ -68,13 +96,14 @@ def test_lr_finder(snap_compare) -> None:
 
 
 def test_phase_lr_countdown_small(snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
-    """strategy.phase_lr = "find" at 80x24: the curve, the keys and the countdown fit; the countdown never moves
-    here (one of its seconds lasts an hour), so no clock reaches the snapshot."""
+    """strategy.phase_lr = "find" at 80x24: the question bar with its keys and countdown, then (`f`) the curve, its
+    keys and the countdown fit; the countdown never moves here (one of its seconds lasts an hour), so no clock
+    reaches the snapshot."""
     from tuitune.ui.lrfinder import LRFinderScreen
 
     monkeypatch.setattr(LRFinderScreen, "TICK_S", 3600.0)
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.phase_lr_found()], control=Control())
-    assert snap_compare(app, terminal_size=(80, 24))
+    assert snap_compare(app, terminal_size=(80, 24), press=["f"])
 
 
 def test_dashboard_phase_lr_markers(snap_compare) -> None:
@@ -103,11 +132,6 @@ def test_dashboard_extras(snap_compare) -> None:
 
 def test_lr_finder_80x24(snap_compare) -> None:
     app = TuituneApp("replay", events=[*scripted.mid_run_events(), scripted.lr_found()], control=Control())
-    assert snap_compare(app, terminal_size=(80, 24))
-
-
-def test_plateau_prompt_80x24(snap_compare) -> None:
-    app = TuituneApp("replay", events=scripted.plateau_events(), control=Control())
     assert snap_compare(app, terminal_size=(80, 24))
 
 

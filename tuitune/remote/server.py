@@ -30,9 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-from tuitune.engine.commands import BadCommand, Control, load_json_line
+from tuitune.engine.commands import BadCommand, Control, command_from_dict, load_json_line
 from tuitune.engine.events import Event, LayersChanged, LayersMeasured, MetricsUpdated, to_json
 from tuitune.remote import backlog, protocol
+from tuitune.remote.confirm import BadId, Pending, take_id
 
 MAX_QUEUE = 5000  # events a client may lag behind (after coalescing) before it is dropped
 STALL_S = 30.0  # a client whose socket accepted nothing for this long, with events waiting, is dropped
@@ -53,9 +54,9 @@ class _Out:
     __slots__ = ("_line", "event", "seq")
 
     def __init__(self, event: Event | None, line: bytes | None = None) -> None:
-        self.event = event  # None: a reply to one client (`line`), not an event
+        self.event = event  # with `line`: that line goes out instead of the event's (a reply to one client)
         self._line = line
-        self.seq = 0  # its line number in events.jsonl (set when the server counts it)
+        self.seq = 0  # its line number in events.jsonl (set when the server counts it; 0: a reply, no line)
 
     @property
     def line(self) -> bytes:
@@ -141,8 +142,8 @@ class _Client:
                         self.cond.wait()
                     if self.closed:
                         return
-                    # events its history held already stay out; replies to this client (no event) always go
-                    batch = [out for out in self.queue if out.event is None or out.seq > self.sent_through]
+                    # events its history held already stay out; replies to this client alone (seq 0) always go
+                    batch = [out for out in self.queue if out.seq == 0 or out.seq > self.sent_through]
                     self.queue.clear()
                     self.sending, finishing = True, self.finishing
                 self.sock.sendall(b"".join(out.line for out in batch))
@@ -290,6 +291,7 @@ class RunServer:
         self.accepted = 0
         self.refused = 0
         self.commands: list[str] = []  # what clients sent, in the order put on the queue (tests, run.log)
+        self.pending = Pending()  # those commands until the engine answers each (a `Reply` to a sender that gave an id)
         self._closing = threading.Event()
         self.listener = self._bind()
         self._acceptor = threading.Thread(target=self._accept_loop, name="tuitune-accept", daemon=True)
@@ -318,6 +320,14 @@ class RunServer:
             clients = list(self.clients)
         for client in clients:
             client.offer(out)
+        self._reply(event)
+
+    def _reply(self, event: Event) -> None:
+        """The engine's answer to a command sent with an id: a `Reply` line to its sender, after the event."""
+        answer = self.pending.answer(event)
+        if answer is not None:
+            client, line = answer
+            client.offer(_Out(event, line))  # type: ignore[attr-defined]  # `client` is the _Client that sent it
 
     # ---------------------------------------------------------------- clients
     def _accept_loop(self) -> None:
@@ -369,20 +379,28 @@ class RunServer:
             self.log(f"client {client.number}: stop the run")
             self.control.request_stop()
             return True
-        with self.lock:  # one order for all clients: the engine's queue
+        request_id = None
+        with self.lock:  # one order for all clients: the engine's queue (and its answers, remembered first)
             try:
-                command = self.control.put(data, sender)  # checked there; a refusal is noted for the run's log
-            except BadCommand as e:
-                return self._refused(client, e)
+                request_id = take_id(data) if isinstance(data, dict) else None
+                command = command_from_dict(data)  # checked: types, finite values, ranges
+            except (BadCommand, BadId) as e:
+                error = e if isinstance(e, BadCommand) else BadCommand("command", str(e))
+                self.control.refuse(error.command, str(error), sender)  # noted for the run's log
+                return self._refused(client, error, request_id)
+            self.pending.add(command, client, request_id)
+            self.control.put(command, sender)
             self.commands.append(type(command).__name__)
         return True
 
-    def _refused(self, client: _Client, error: BadCommand) -> bool:
-        """One `Refused` line back to the sender; a client that keeps sending bad lines is dropped."""
+    def _refused(self, client: _Client, error: BadCommand, request_id: str | int | None = None) -> bool:
+        """One `Refused` line back to the sender (with its `id`, when it gave one); a client that keeps sending bad
+        lines is dropped."""
         client.refused += 1
         self.log(f"client {client.number}: refused: {error}")
         drop = f"more than {MAX_REFUSED} refused lines" if client.refused > MAX_REFUSED else ""
-        client.reply(protocol.message(protocol.REFUSED, command=error.command, reason=str(error)), drop=drop)
+        said = {"id": request_id} if request_id is not None else {}
+        client.reply(protocol.message(protocol.REFUSED, command=error.command, reason=str(error), **said), drop=drop)
         return not drop
 
     def forget(self, client: _Client) -> None:

@@ -40,9 +40,11 @@ from tuitune.engine.record.history import Recorded
 from tuitune.remote.client import HistoryChunk, HistoryEnded, HistoryStarted
 from tuitune.ui.key_actions import KeyActions
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
+from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ErrorScreen
 from tuitune.ui.notify import notify_terminal
 from tuitune.ui.plotdata import plot_inputs
+from tuitune.ui.questions import QuestionBar
 from tuitune.ui.reducer import DashboardState, reduce, requested
 from tuitune.ui.run_link import RunLink
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
@@ -107,6 +109,7 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="bottom"):
             yield LayerTable()
             yield EventLog()
+        yield QuestionBar(self.keys.tick, LRFinderScreen.TICK_S)  # the engine's open question, if any
         # what the keys do, for a newcomer: a live run only (a replay steers nothing), until the first key is used
         yield Static(FIRST_RUN_HINT, id="hint")
         yield Footer()
@@ -183,9 +186,7 @@ class DashboardScreen(Screen[None]):
             return True
         if isinstance(event, HistoryEnded):
             self.in_history = False
-            self._render_all()
-            if self.state.suggestion is not None:  # the plateau question is still open: ask it now
-                self.keys.ask_unfreeze(self.state.suggestion)
+            self._render_all()  # a question still open is on the question bar
             return True
         return False
 
@@ -198,8 +199,7 @@ class DashboardScreen(Screen[None]):
             self._freeze_heap()
         if self.in_history and not isinstance(event, (RunFinished, RunFailed)):
             return  # the past: no questions, no LR finder screen, no bell
-        if isinstance(event, UnfreezeSuggested):
-            self.keys.ask_unfreeze(event)
+        if isinstance(event, UnfreezeSuggested):  # on the question bar (`_render_cheap`): it takes no key
             self._ring("plateau", f"{self.state.run_name}: the plateau trigger asks to unfreeze")
         elif isinstance(event, LRFound):
             self.keys.show_lr_finder(event)
@@ -288,6 +288,9 @@ class DashboardScreen(Screen[None]):
     def leave(self, code: int) -> None:
         self.app.leave_dashboard(code)  # type: ignore[attr-defined]
 
+    def question_changed(self) -> None:
+        self.query_one(QuestionBar).show(self.keys.question(), self.state.metric)
+
     # ------------------------------------------------------------------------------------------- rendering
 
     def _render_status(self) -> None:
@@ -295,6 +298,7 @@ class DashboardScreen(Screen[None]):
 
     def _render_cheap(self) -> None:
         self._render_status()
+        self.question_changed()
         self.query_one(LayerTable).show(self.state)
         self.query_one(EventLog).show(self.state)
 

@@ -1,5 +1,6 @@
-"""What the dashboard's keys do: commands put on the engine's `Control`, the questions the engine asks (the plateau
-prompt, the LR finder's curve) and leaving the run (detach, stop, exit code).
+"""What the dashboard's keys do: commands put on the engine's `Control`, the answers to the questions the engine asks
+(the plateau's and a phase's LR, on the dashboard's question bar: tuitune/ui/questions.py), the LR finder's curve and
+leaving the run (detach, stop, exit code). An open question takes no key: every key works while it waits.
 
 `KeyActions` is owned by `DashboardScreen` (tuitune/ui/dashboard.py) and given what it uses: the `RunLink` (the control
 and how the screen is leaving the run) and the screen as a `SteeredView` (the state it reads, the windows it opens).
@@ -9,6 +10,7 @@ Keys never change the screen themselves; what they change arrives later as the e
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,10 +28,11 @@ from tuitune.engine.commands import (
     StopEarly,
     UnfreezeNext,
 )
-from tuitune.engine.events import LRFound, RunFinished, UnfreezeSuggested
+from tuitune.engine.events import LRFound, RunFinished
 from tuitune.exits import ExitCode
 from tuitune.ui.lrfinder import LRFinderScreen
-from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen, PlateauPromptScreen
+from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen
+from tuitune.ui.questions import PHASE_LR, PLATEAU, Question, open_question
 from tuitune.ui.reducer import DashboardState
 from tuitune.ui.run_link import STOP_TIMEOUT_S, RunLink
 
@@ -70,13 +73,18 @@ class SteeredView(Protocol):
     def leave(self, code: int) -> None:
         """The dashboard is done: the app exits with `code` (or goes back to a sweep's leaderboard)."""
 
+    def question_changed(self) -> None:
+        """The open question was answered here, or its countdown moved: draw the question bar again."""
+
 
 class KeyActions:
     def __init__(self, link: RunLink, view: SteeredView) -> None:
         self.link = link
         self.view = view
-        self.prompt: PlateauPromptScreen | None = None
         self.lr_screen: LRFinderScreen | None = None
+        self.answered: object | None = None  # the question (its event) answered here: its confirmation is on the way
+        self.lr_counting: LRFound | None = None  # the phase's LR question `lr_left` counts down for
+        self.lr_left = 0
         self.held: list[Callable[[], None]] | None = None  # questions that came while "leave the run?" was open
 
     @property
@@ -100,6 +108,11 @@ class KeyActions:
     # ------------------------------------------------------------------------------------------- keys
 
     def unfreeze(self) -> None:
+        """`u`: the next phase; while the plateau asks for just that, a yes to it (the waiting run resumes too)."""
+        question = self.question()
+        if question is not None and question.kind == PLATEAU:
+            self.answer(True)
+            return
         state = self.view.state
         if self.live and not state.can_unfreeze and state.num_phases:
             self.view.notify_warning("Every layer group is already trainable.")
@@ -116,6 +129,12 @@ class KeyActions:
         self.send(SaveCheckpoint())
 
     def find_lr(self) -> None:
+        """`f`: sweep the LR now; while a phase's LR question is open, its curve (the sweep just made)."""
+        question = self.question()
+        if question is not None and question.kind == PHASE_LR:
+            self.view.key_used()
+            self._open_curve(question.event)  # type: ignore[arg-type]
+            return
         if self.live and "FindLR" in self.view.state.pending:
             self.view.notify_warning("The LR finder is already running.")
             return
@@ -193,49 +212,93 @@ class KeyActions:
         for ask in held:
             ask()
 
-    def ask_unfreeze(self, event: UnfreezeSuggested) -> None:
-        if not self.live or self.prompt is not None or self._hold_while_leaving(lambda: self.ask_unfreeze(event)):
+    def question(self) -> Question | None:
+        """The question open now and not yet answered here (`questions.open_question`), a phase's LR with the
+        seconds its countdown has left."""
+        question = open_question(self.view.state) if self.live else None
+        if question is None or question.event is self.answered:
+            return None
+        if question.kind == PHASE_LR:
+            if question.event is not self.lr_counting:  # a new sweep: its countdown starts at its `wait_s`
+                self.lr_counting, self.lr_left = question.event, question.left  # type: ignore[assignment]
+            return dataclasses.replace(question, left=self.lr_left)
+        return question
+
+    def answer_yes(self) -> None:
+        self.answer(True)
+
+    def answer_no(self) -> None:
+        self.answer(False)
+
+    def answer(self, yes: bool) -> None:
+        """`y` / `n`: the plateau's yes sends `UnfreezeNext` (and `Resume` when the run waits: a no sends only that);
+        a phase's LR: its suggestion, or the LR the phase started with, as `ApplyLR`."""
+        self.view.key_used()
+        question = self.question()
+        if question is None:
+            self.view.notify_warning("No question to answer.")
             return
+        event = question.event
+        if isinstance(event, LRFound):
+            self._answer_lr(event, event.suggestion if yes else event.current_lr)
+            return
+        self.answered = event
+        if yes:
+            self.send(UnfreezeNext())
+        if event.waiting:  # the engine holds the run until it hears the answer
+            self.send(Resume())
+        self.view.question_changed()
 
-        def answered(yes: bool | None) -> None:
-            self.prompt = None
-            if yes:
-                self.send(UnfreezeNext())
-            if event.waiting and self.live:  # the engine holds the run until it hears the answer
-                self.send(Resume())
+    def _answer_lr(self, event: LRFound, lr: float) -> None:
+        if self.answered is event:  # the curve's answer and the countdown's end: only the first counts
+            return
+        if self.send(ApplyLR(lr=lr)):  # a refused answer (out of range) leaves the question open
+            self.answered = event
+        self.view.question_changed()
 
-        self.prompt = PlateauPromptScreen(event, self.view.state.metric)
-        self.view.open(self.prompt, answered)
+    def tick(self) -> None:
+        """One second of a phase's LR countdown (the question bar's clock); at zero the suggestion applies. Held
+        while the curve is open: its own countdown answers then (it paused when the person started typing)."""
+        question = self.question()
+        if question is None or not isinstance(question.event, LRFound) or self.lr_screen is not None:
+            return  # no phase LR question (the plateau's has no clock), or its curve is open
+        self.lr_left -= 1
+        if self.lr_left <= 0:
+            self._answer_lr(question.event, question.event.suggestion)
+        else:
+            self.view.question_changed()
 
     def show_lr_finder(self, event: LRFound) -> None:
-        """Open the curve (live runs only: a replay has nobody to apply the LR to); `a` sends `ApplyLR`. A phase's
-        sweep (`strategy.phase_lr = "find"`) waits for an answer: it replaces an `f` curve still open."""
-        if not self.live or self._hold_while_leaving(lambda: self.show_lr_finder(event)):
+        """An `f` sweep's curve opens at once (live runs only: a replay has nobody to apply the LR to); `a` sends
+        `ApplyLR`. A phase's sweep (`strategy.phase_lr = "find"`, `wait_s` > 0) is a question on the bar instead:
+        `f` opens its curve."""
+        if event.wait_s > 0 or not self.live or self._hold_while_leaving(lambda: self.show_lr_finder(event)):
             return
-        if self.lr_screen is not None:
-            if event.wait_s <= 0:
-                return
-            if self.lr_screen.is_current:
-                self.lr_screen.dismiss(None)
-            self.lr_screen = None
+        if self.lr_screen is None:
+            self._open_curve(event)
 
-        screen = LRFinderScreen(event)
+    def _open_curve(self, event: LRFound) -> None:
+        if self.lr_screen is not None:
+            return
+        left = self.lr_left if event is self.lr_counting else None
+        screen = LRFinderScreen(event, remaining=left)
 
         def answered(lr: float | None) -> None:
             if self.lr_screen is screen:
                 self.lr_screen = None
-            if lr is not None:
+            if lr is not None and event.wait_s > 0:
+                self._answer_lr(event, lr)
+            elif lr is not None:
                 self.send(ApplyLR(lr=lr))
 
         self.lr_screen = screen
         self.view.open(screen, answered)
 
     def close_questions(self) -> None:
-        """The run ended: an open plateau prompt or LR curve has nothing left to answer."""
-        for screen in (self.prompt, self.lr_screen):
-            if screen is not None and screen.is_current:
-                screen.dismiss(None)
-        self.prompt = self.lr_screen = None
+        """The run ended: an open LR curve has nothing left to answer (the question bar follows the state)."""
+        if self.lr_screen is not None and self.lr_screen.is_current:
+            self.lr_screen.dismiss(None)
+        self.lr_screen = None
 
     # ------------------------------------------------------------------------------------------- ending
 

@@ -123,6 +123,22 @@ DASHBOARD_KEYS: tuple[DashboardKey, ...] = (
         (("AdaptBatchNorm", "AdaBN"),),
         show=False,
     ),
+    DashboardKey(
+        "y",
+        "answer_yes",
+        "Yes",
+        "Answer yes",
+        "Answer the open question yes: unfreeze at the plateau, apply a phase's suggested LR",
+        show=False,
+    ),
+    DashboardKey(
+        "n",
+        "answer_no",
+        "No",
+        "Answer no",
+        "Answer the open question no: keep the phase at the plateau, keep a phase's starting LR",
+        show=False,
+    ),
     DashboardKey("l", "log_scale", "Log y", "Toggle log scale", "Log scale for the loss plot"),
     DashboardKey(
         "x",

@@ -2,8 +2,9 @@
 pick the valley / steepest point, `e` takes a typed value. At a phase start (`strategy.phase_lr = "find"`) a
 countdown applies the suggestion if nobody answers.
 
-Shown on `LRFound`. Applying only puts `ApplyLR` on the engine's queue: the layer table's LRs change when the engine
-confirms (`CommandApplied("ApplyLR")` and `LayersChanged`), like every other command.
+Shown on an `f` sweep's `LRFound`, and for a phase's sweep when `f` opens it from the dashboard's question bar.
+Applying only puts `ApplyLR` on the engine's queue: the layer table's LRs change when the engine confirms
+(`CommandApplied("ApplyLR")` and `LayersChanged`), like every other command.
 """
 
 from __future__ import annotations
@@ -106,10 +107,11 @@ class LRFinderScreen(ModalScreen["float | None"]):
         Binding("escape", "close", "Close"),
     ]
 
-    def __init__(self, event: LRFound) -> None:
+    def __init__(self, event: LRFound, remaining: int | None = None) -> None:
+        """`remaining`: the countdown's seconds left (a phase's question counted down on the dashboard already)."""
         super().__init__()
         self.event = event
-        self.remaining = math.ceil(event.wait_s)
+        self.remaining = math.ceil(event.wait_s) if remaining is None else max(remaining, 1)
         self.counting = self.remaining > 0
         self._timer: Timer | None = None
 

@@ -1,4 +1,5 @@
-"""Small screens over the dashboard: quit confirmation, the plateau question, and the failure report."""
+"""Small screens over the dashboard: quit confirmation, leaving a run process, and the failure report. (The engine's
+questions are no dialogs: tuitune/ui/questions.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
-from tuitune.engine.events import RunFailed, UnfreezeSuggested
-from tuitune.ui.reducer import suggestion_text
+from tuitune.engine.events import RunFailed
 
 MODAL_CSS_PATH = "modals.tcss"  # every dialog's look, LRFinderScreen's (lrfinder.py) too
 
@@ -85,16 +85,6 @@ class LeaveRunScreen(ModalScreen["str | None"]):
 
     def action_answer(self, answer: str | None) -> None:
         self.dismiss(answer)
-
-
-class PlateauPromptScreen(YesNoScreen):
-    """Shown on `UnfreezeSuggested`: the plateau trigger asks instead of acting. y sends `UnfreezeNext`."""
-
-    CSS_PATH = MODAL_CSS_PATH
-
-    def __init__(self, event: UnfreezeSuggested, metric: str = "acc") -> None:
-        super().__init__("Plateau", f"{suggestion_text(event, metric)} [y/n]")
-        self.event = event
 
 
 FAILURE_TITLES = {

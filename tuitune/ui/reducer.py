@@ -108,7 +108,8 @@ class DashboardState:
     log: tuple[LogLine, ...] = ()
     pending: tuple[str, ...] = ()  # commands sent, not yet confirmed by the engine
     checkpoints: dict[str, str] = field(default_factory=dict)
-    suggestion: UnfreezeSuggested | None = None
+    suggestion: UnfreezeSuggested | None = None  # the plateau question, open until a phase change or its wait ends
+    lr_question: LRFound | None = None  # a phase's LR sweep waiting for an answer, open until its ApplyLR applies
     finished: RunFinished | None = None
     failed: RunFailed | None = None
     trust_remote_code: bool = False
@@ -327,7 +328,7 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
         status = s.status
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
-    s = _evolve(s, pending=_unpend(s.pending, e.command), status=status)
+    s = _evolve(s, pending=_unpend(s.pending, e.command), status=status, **_questions_after(s, e))
     marker = Marker(x_at(s, e.global_step), "command", label)
     if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
         marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
@@ -359,10 +360,22 @@ def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
     return _evolve(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
 
 
+def _questions_after(s: DashboardState, e: CommandApplied) -> dict[str, Any]:
+    """The questions a confirmed command makes moot: an applied LR answers a phase's LR question; a Resume ends a
+    waiting plateau question (whoever sent it: `n`, `p`, another client), as the engine then trains on."""
+    if e.command == "ApplyLR" and s.lr_question is not None:
+        return {"lr_question": None}
+    if e.command == "Resume" and s.suggestion is not None and s.suggestion.waiting:
+        return {"suggestion": None}
+    return {}
+
+
 def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
     finder = f"LR finder for phase {e.phase + 1}" if e.phase >= 0 else "LR finder"
     text = f"{_where(s, e.epoch, e.global_step)} · {finder}: {lr_found_text(e)}"
-    return _evolve(s, lr_found=e, pending=_unpend(s.pending, "FindLR"), log=_log(s, "command", text))
+    question = e if e.wait_s > 0 else s.lr_question
+    pending = _unpend(s.pending, "FindLR")
+    return _evolve(s, lr_found=e, lr_question=question, pending=pending, log=_log(s, "command", text))
 
 
 def _compressed(s: DashboardState, e: CompressionReported) -> DashboardState:
@@ -377,6 +390,7 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
         finished=e,
         pending=(),
         suggestion=None,
+        lr_question=None,
         cache_active=False,
         checkpoints={**s.checkpoints, **e.checkpoints},
         log=_log(s, "info", text),
@@ -424,6 +438,7 @@ def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
         failed=e,
         pending=(),
         suggestion=None,
+        lr_question=None,
         cache_active=False,
         setup=None,
         run_dir=s.run_dir or e.run_dir,
