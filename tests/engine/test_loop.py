@@ -243,3 +243,14 @@ def test_bad_input_becomes_a_failed_event(tmp_path) -> None:
     final = run_training(profile, tmp_path, lambda e: None, Control(), interactive=False)
     assert final.bad_input and "resnet_does_not_exist" in final.message and "\n" not in final.message
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_run_ends_its_loader_workers_with_it(tmp_path) -> None:
+    """Persistent DataLoader workers end when the run does. Left to the collector they outlived it, and the next
+    run's start (a dashboard's next run, a test process) waited 20 s on them: they ignore SIGTERM."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    profile = tiny_profile(data={"num_workers": 1}, train={"epochs": 1})
+    run_training(profile, tmp_path, lambda e: None, Control(), interactive=False)
+    assert set(multiprocessing.active_children()) <= before

@@ -126,6 +126,7 @@ class Trainer:
         try:
             return self._epochs()
         finally:
+            p.end_workers()
             gc.unfreeze()
 
     def _epochs(self) -> RunFinished:

@@ -47,6 +47,17 @@ class RunParts:
     compiled: bool = False  # `train.compile`: `forward` is compiled (again after each DDP re-wrap)
     ddp_target: Any = None  # what DDP wraps when not the model itself (`distill.PreLogitsStudent`)
 
+    def end_workers(self) -> None:
+        """End the loaders' persistent workers with the run, while their queues are intact. Left to the garbage
+        collector, a loader's reference cycle is torn down in any order: its workers never get their stop signal,
+        and the next collection (the next run's start, in a dashboard or a test process) waits 5 s per worker on
+        each, then sends SIGTERM, which they ignore (`_ignore_interrupts`)."""
+        for loader in (self.train_loader, self.val_loader, self.test_loader, self.source_loader):
+            iterator = getattr(loader, "_iterator", None)  # torch keeps one for `persistent_workers`
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
+
     def rewrap(self) -> None:
         """Several ranks: a new DDP wrapper for the parameters trainable now (call on every rank at the same step,
         after the trainable set changed). One process: nothing to do."""
