@@ -61,7 +61,7 @@ class _Out:
     @property
     def line(self) -> bytes:
         if self._line is None:
-            self._line = (to_json(self.event) + "\n").encode()  # type: ignore[arg-type]
+            self._line = (to_json(self.event) + "\n").encode()  # type: ignore[arg-type]  # no line: an event
         return self._line
 
 

@@ -286,7 +286,7 @@ class DashboardScreen(Screen[None]):
         self.app.call_later(callback)
 
     def leave(self, code: int) -> None:
-        self.app.leave_dashboard(code)  # type: ignore[attr-defined]
+        self.app.leave_dashboard(code)  # type: ignore[attr-defined]  # self.app is TuituneApp (typed App)
 
     def question_changed(self) -> None:
         self.query_one(QuestionBar).show(self.keys.question(), self.state.metric)

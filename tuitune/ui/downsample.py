@@ -82,7 +82,7 @@ class Downsampled(Sequence[Point]):
             return tuple(self) == other
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # equal to a tuple but mutable inside: unhashable, as a list is
 
     def __repr__(self) -> str:
         return f"Downsampled({len(self)} points, stride {self.stride}, last index {self.last_index})"

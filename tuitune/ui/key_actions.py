@@ -32,7 +32,7 @@ from tuitune.engine.events import LRFound, RunFinished
 from tuitune.exits import ExitCode
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen
-from tuitune.ui.questions import PHASE_LR, PLATEAU, Question, open_question
+from tuitune.ui.questions import PLATEAU, Question, open_question
 from tuitune.ui.reducer import DashboardState
 from tuitune.ui.run_link import STOP_TIMEOUT_S, RunLink
 
@@ -131,9 +131,9 @@ class KeyActions:
     def find_lr(self) -> None:
         """`f`: sweep the LR now; while a phase's LR question is open, its curve (the sweep just made)."""
         question = self.question()
-        if question is not None and question.kind == PHASE_LR:
+        if question is not None and isinstance(question.event, LRFound):  # a phase's LR question
             self.view.key_used()
-            self._open_curve(question.event)  # type: ignore[arg-type]
+            self._open_curve(question.event)
             return
         if self.live and "FindLR" in self.view.state.pending:
             self.view.notify_warning("The LR finder is already running.")
@@ -218,9 +218,9 @@ class KeyActions:
         question = open_question(self.view.state) if self.live else None
         if question is None or question.event is self.answered:
             return None
-        if question.kind == PHASE_LR:
+        if isinstance(question.event, LRFound):  # a phase's LR question
             if question.event is not self.lr_counting:  # a new sweep: its countdown starts at its `wait_s`
-                self.lr_counting, self.lr_left = question.event, question.left  # type: ignore[assignment]
+                self.lr_counting, self.lr_left = question.event, question.left
             return dataclasses.replace(question, left=self.lr_left)
         return question
 

@@ -7,15 +7,18 @@ failed, BAD_INPUT a profile / data / model the person can fix, INTERRUPTED quit 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuitune.config import RunProfile
 from tuitune.exits import ExitCode
 
+if TYPE_CHECKING:
+    from textual.app import App
 
-def _run(app: object) -> int:
-    app.run()  # type: ignore[attr-defined]
-    code = app.return_code  # type: ignore[attr-defined]
+
+def _run(app: App[Any]) -> int:
+    app.run()
+    code = app.return_code
     return ExitCode.OK if code is None else int(code)
 
 

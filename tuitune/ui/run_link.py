@@ -57,8 +57,8 @@ class RunLink:
         """Leave a run process going: the screen stops steering it and its worker closes the connection (the one way
         to detach: the `d` answer, a lost terminal and an unmounted screen all come here)."""
         self.quitting = self.detached = True
-        if self.control is not None:
-            self.control.request_detach()  # type: ignore[attr-defined]
+        if isinstance(self.control, ClientControl):  # a run process's client (the only kind one detaches from)
+            self.control.request_detach()
 
     async def wait_for_worker(self, timeout: float) -> None:
         """Until the engine worker has ended, or at most `timeout` seconds: quitting never hangs on a stuck engine."""
