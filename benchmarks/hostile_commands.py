@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 
 from tuitune.engine.commands import UnfreezeNext  # noqa: E402
 from tuitune.remote import server as server_mod  # noqa: E402
-from tuitune.remote.client import RunClient, socket_of  # noqa: E402
+from tuitune.remote.client import RunClient  # noqa: E402
+from tuitune.runs.process import socket_path  # noqa: E402
 
 WINDOW_S = 2.0  # how long each input is watched for
 
@@ -175,7 +176,7 @@ def main() -> int:
 
 def _drive(proc: subprocess.Popen, run_dir: Path) -> int:
     deadline = time.monotonic() + 120
-    while (path := socket_of(run_dir)) is None or not path.exists():
+    while (path := socket_path(run_dir)) is None or not path.exists():
         if time.monotonic() > deadline or proc.poll() is not None:
             print("the run did not open its socket", file=sys.stderr)
             return 1

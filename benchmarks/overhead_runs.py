@@ -344,7 +344,7 @@ def run_attached(profile: RunProfile, args: argparse.Namespace, run_dir: Path) -
     from tuitune.engine.record.runlog import tee
     from tuitune.engine.session import run_training
     from tuitune.remote.server import RunServer
-    from tuitune.runs.status import write_process_record
+    from tuitune.runs.process import write_process_record
 
     run_dir.mkdir(parents=True, exist_ok=True)
     control = Control()
