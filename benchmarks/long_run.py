@@ -217,7 +217,7 @@ sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from tuitune.engine.commands import Control
 from tuitune.remote.server import RunServer
-from tuitune.runs.status import PROCESS_FILE, write_process_record
+from tuitune.runs.process import PROCESS_FILE, write_process_record
 run_dir = Path(sys.argv[2])
 server = RunServer(run_dir, Control(), resumed=True)
 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -14,14 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted([*ROOT.glob("benchmarks/*.py"), *ROOT.glob("scripts/*.py")])
 
 
+EMBEDDED = re.compile(r"^\s*from (tuitune[\w.]*) import ([\w, ]+)$", re.M)  # in code a script runs elsewhere
+
+
 def tuitune_imports(path: Path) -> list[tuple[str, str]]:
-    """(module, name) for each `from tuitune... import name` in the file, at any depth."""
+    """(module, name) for each `from tuitune... import name` in the file, at any depth, and in the code it passes
+    as a string to another process (`python -c ...`)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tuitune"):
             found += [(node.module, alias.name) for alias in node.names]
         elif isinstance(node, ast.Import):
             found += [(alias.name, "") for alias in node.names if alias.name.startswith("tuitune")]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for module, names in EMBEDDED.findall(node.value):
+                found += [(module, name.strip()) for name in names.split(",") if name.strip()]
     return found
 
 

@@ -348,3 +348,13 @@ def test_ctl_steers_a_real_run(real_run: Path, capsys) -> None:
     assert json.loads((real_run / "summary.json").read_text())["status"] == "stopped_early"
     assert main(["ctl", str(real_run), "pause"]) == 2  # it ended: out of reach
     assert "the run is not live" in capsys.readouterr().err
+
+
+def test_a_refusal_names_its_command_once() -> None:
+    from tuitune.remote.ctl import refusal
+
+    assert refusal("ScaleGroupLR", "ScaleGroupLR: 'factor' must be in (0, 100], got 1000") == (
+        "refused: ScaleGroupLR: 'factor' must be in (0, 100], got 1000"
+    )
+    assert refusal("Pause", "too many refusals") == "refused: Pause: too many refusals"
+    assert refusal("Pause", None) == "refused: Pause: no reason given"

@@ -142,7 +142,7 @@ class Session:
             if kind == REPLY and data.get("id") == request_id:
                 return answered(name, data)
             if kind == protocol.REFUSED:
-                return Outcome(REFUSED, f"refused: {name}: {data.get('reason', 'no reason given')}", (data,))
+                return Outcome(REFUSED, refusal(name, data.get("reason")), (data,))
             self.questions.fold(data)
             if kind in ENDS:
                 raise Unreachable(f"{self.run_dir}: the run ended ({kind}) before it answered {name}")
@@ -151,14 +151,19 @@ class Session:
         self.client.close()
 
 
+def refusal(name: str, reason: Any) -> str:
+    """`refused: ScaleGroupLR: <reason>`, the command named once (the engine's reasons start with it already)."""
+    text = str(reason or "no reason given")
+    return f"refused: {text}" if text.startswith(f"{name}: ") else f"refused: {name}: {text}"
+
+
 def answered(name: str, reply: dict[str, Any]) -> Outcome:
     """The `Reply` line for command `name` as an outcome: `applied: ScaleGroupLR (layer4 LR x1.5) at epoch 3,
     step 70`, or `refused: ScaleGroupLR: <reason>`."""
     event = reply.get("event") if isinstance(reply.get("event"), dict) else None
     events = (event,) if event else ()
     if not reply.get("ok"):
-        reason = reply.get("reason") or (event or {}).get("reason") or "no reason given"
-        return Outcome(REFUSED, f"refused: {name}: {reason}", events)
+        return Outcome(REFUSED, refusal(name, reply.get("reason") or (event or {}).get("reason")), events)
     e = event or {}
     detail = f" ({e['detail']})" if e.get("detail") else ""
     where = f" at epoch {e.get('epoch', '?')}, step {e.get('global_step', '?')}" if e else ""
