@@ -245,7 +245,8 @@ class RunController:
         return found
 
     def _await_lr_answer(self, found: LRFound) -> tuple[float, str, str]:
-        """The person's `ApplyLR` (the LR, how it was chosen, its sender), or the suggestion once `wait_s` plus a grace has passed or a stop is asked.
+        """The person's `ApplyLR` (the LR, how it was chosen, its sender), or the suggestion once `wait_s` plus a
+        grace has passed or a stop is asked.
         Other commands arriving meanwhile are kept, in order, for the next step boundary."""
         deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
         while not self.control.stop_requested:
