@@ -72,6 +72,7 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
     assert 1 <= len(out["run_metrics"]["steps"]) <= 3 <= out["run_metrics"]["readings_in_history"]
     layers = out["layer_table"]["layers"]
     assert layers and any(row["trainable"] for row in layers) and any(not row["trainable"] for row in layers)
+    assert all(row["grad_norm"] is not None for row in layers if row["trainable"])  # measured since the rows came
 
     for key, name in (("pause", "Pause"), ("resume", "Resume")):
         assert out[key]["status"] == "applied" and out[key]["message"].startswith(f"applied: {name}")
