@@ -14,7 +14,7 @@ from tuitune.engine.record.files import WriteFailed
 from tuitune.errors import UserError
 from tuitune.exits import ExitCode
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
-from tuitune.subcommands.steer import add_steer_commands, cmd_ctl, cmd_watch
+from tuitune.subcommands.steer import add_steer_commands, cmd_ctl, cmd_mcp, cmd_watch
 from tuitune.subcommands.tools import cmd_compress, cmd_export, cmd_layers, cmd_lr_find
 from tuitune.subcommands.train import cmd_demo, cmd_sweep, cmd_train
 
@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": cmd_sweep,
         "ctl": cmd_ctl,
         "watch": cmd_watch,
+        "mcp": cmd_mcp,
     }
     try:
         return handlers[args.command](args)

@@ -298,6 +298,7 @@ class Refusal:
     sender: str = ""
 
 
+MAX_SENDERS = 1000  # queued commands whose sender is kept for their `CommandApplied`
 MAX_REFUSALS = 100  # refusals waiting for the engine to log them; more are counted, not kept (records stay bounded)
 
 
@@ -317,6 +318,9 @@ class Control:
         self._refusals: collections.deque[Refusal] = collections.deque()
         self._refusals_lock = threading.Lock()
         self.refusals_lost = 0
+        # (command, sender) of the latest queued commands, for the engine's `CommandApplied.sender`: matched by
+        # identity (two Pause() from two senders are equal), bounded (a command the engine never applies ages out)
+        self._senders: collections.deque[tuple[Command, str]] = collections.deque(maxlen=MAX_SENDERS)
 
     def put(self, command: Command | dict[str, Any], sender: str = "") -> Command:
         """Queue a command (built, or its JSON form) once checked, and return it; one that fails its checks
@@ -326,9 +330,21 @@ class Control:
         except BadCommand as e:
             self.refuse(e.command, str(e), sender)
             raise
+        if sender:
+            with self._refusals_lock:
+                self._senders.append((checked, sender))
         self._queue.put(checked)
         self._wake.set()
         return checked
+
+    def sender_of(self, command: Command) -> str:
+        """Who queued this very command object (`put`'s sender), once; "" when unknown."""
+        with self._refusals_lock:
+            for i, (queued, sender) in enumerate(self._senders):
+                if queued is command:
+                    del self._senders[i]
+                    return sender
+        return ""
 
     def refuse(self, command: str, reason: str, sender: str = "") -> None:
         """Note a refused command for the run's log (the engine emits it as `CommandRefused`); nothing is queued."""

@@ -142,6 +142,7 @@ class CommandApplied:
     global_step: int
     detail: str = ""
     value: float | None = None  # the number the command set, when it set one (ApplyLR: the head's LR)
+    sender: str = ""  # who sent it: "dashboard", "socket client 3", "agent (socket client 3)"; "" when unknown
 
 
 @dataclass(frozen=True)

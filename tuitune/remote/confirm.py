@@ -47,6 +47,15 @@ def take_id(data: dict[str, Any]) -> str | int | None:
     return request_id
 
 
+def take_sender(data: dict[str, Any]) -> str:
+    """Pop a command line's optional `sender` tag ("agent"): who the run's log names as the command's sender,
+    beside the socket client's number. Raises BadId for one that is not a short printable string."""
+    tag = data.pop("sender", "")
+    if not isinstance(tag, str) or len(tag) > MAX_ID or not tag.isprintable():
+        raise BadId(f"'sender' must be a printable string of at most {MAX_ID} characters, got {tag!r}")
+    return tag
+
+
 def reply_line(request_id: str | int, ok: bool, event: dict[str, Any] | None = None, reason: str = "") -> bytes:
     body: dict[str, Any] = {"type": REPLY, "id": request_id, "ok": ok}
     if event is not None:

@@ -94,8 +94,9 @@ class Questions:
 class Session:
     """One connection to a live run, past its history: commands out, the engine's answers back."""
 
-    def __init__(self, run_dir: Path, timeout: float = TIMEOUT_S) -> None:
+    def __init__(self, run_dir: Path, timeout: float = TIMEOUT_S, sender: str = "") -> None:
         self.run_dir, self.timeout = Path(run_dir), timeout
+        self.sender = sender  # the tag the run's log names the commands' sender by ("agent"); "" for none
         self.questions = Questions()
         self.client = _connect(self.run_dir)
         self._sent = 0
@@ -131,7 +132,7 @@ class Session:
         self._sent += 1
         request_id = f"ctl-{os.getpid()}-{self._sent}"
         try:
-            self.client.send_raw(_command_line(command, request_id))
+            self.client.send_raw(_command_line(command, request_id, self.sender))
         except OSError as e:
             raise Unreachable(f"{self.run_dir}: could not send to the run: {e}") from None
         deadline = time.monotonic() + self.timeout
@@ -170,8 +171,9 @@ def answered(name: str, reply: dict[str, Any]) -> Outcome:
     return Outcome(APPLIED, f"applied: {name}{detail}{where}", events)
 
 
-def _command_line(command: Command, request_id: str) -> bytes:
-    return (json.dumps({**to_dict(command), "id": request_id}, separators=(",", ":")) + "\n").encode()
+def _command_line(command: Command, request_id: str, sender: str = "") -> bytes:
+    tag = {"sender": sender} if sender else {}
+    return (json.dumps({**to_dict(command), "id": request_id, **tag}, separators=(",", ":")) + "\n").encode()
 
 
 def _connect(run_dir: Path) -> RunClient:
@@ -306,13 +308,20 @@ def plan(verb: str, args: Sequence[str], apply: bool = False) -> Action:
 
 
 def steer(
-    run_dir: Path, verb: str, args: Sequence[str] = (), *, apply: bool = False, timeout: float = TIMEOUT_S
+    run_dir: Path,
+    verb: str,
+    args: Sequence[str] = (),
+    *,
+    apply: bool = False,
+    timeout: float = TIMEOUT_S,
+    sender: str = "",
 ) -> Outcome:
-    """Connect, act, wait for the engine's answer: the library behind `tuitune ctl`. Bad arguments raise
-    UserError (nothing sent); every other end is an `Outcome`."""
+    """Connect, act, wait for the engine's answer: the library behind `tuitune ctl` (and `tuitune mcp`, whose
+    commands name `sender="agent"` for the run's log). Bad arguments raise UserError (nothing sent); every other
+    end is an `Outcome`."""
     action = plan(verb, args, apply)
     try:
-        session = Session(run_dir, timeout)
+        session = Session(run_dir, timeout, sender)
     except Unreachable as e:
         return Outcome(UNREACHABLE, str(e))
     try:

@@ -33,7 +33,7 @@ from pathlib import Path
 from tuitune.engine.commands import BadCommand, Control, command_from_dict, load_json_line
 from tuitune.engine.events import Event, LayersChanged, LayersMeasured, MetricsUpdated, to_json
 from tuitune.remote import backlog, protocol
-from tuitune.remote.confirm import BadId, Pending, take_id
+from tuitune.remote.confirm import BadId, Pending, take_id, take_sender
 
 MAX_QUEUE = 5000  # events a client may lag behind (after coalescing) before it is dropped
 STALL_S = 30.0  # a client whose socket accepted nothing for this long, with events waiting, is dropped
@@ -383,6 +383,8 @@ class RunServer:
         with self.lock:  # one order for all clients: the engine's queue (and its answers, remembered first)
             try:
                 request_id = take_id(data) if isinstance(data, dict) else None
+                tag = take_sender(data) if isinstance(data, dict) else ""
+                sender = f"{tag} ({sender})" if tag else sender
                 command = command_from_dict(data)  # checked: types, finite values, ranges
             except (BadCommand, BadId) as e:
                 error = e if isinstance(e, BadCommand) else BadCommand("command", str(e))

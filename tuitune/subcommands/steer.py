@@ -41,6 +41,13 @@ def add_steer_commands(sub: argparse._SubParsersAction) -> None:
     watch.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, live or not")
     watch.add_argument("--json", action="store_true", help="one JSON object per event, as events.jsonl has them")
     watch.add_argument("--since", type=int, default=0, metavar="STEP", help="from the first event at global step STEP")
+    agent = sub.add_parser(
+        "mcp",
+        help="serve the runs under a folder to an agent over the Model Context Protocol (stdio)",
+        description="Tools: list_runs, run_status, run_metrics, layer_table, send_command (the ctl verbs; the "
+        "run's log names the sender 'agent'). Needs the mcp package: pip install 'tuitune[mcp]'.",
+    )
+    agent.add_argument("folder", nargs="?", default="runs", metavar="FOLDER", help="the runs' folder (./runs)")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -55,6 +62,23 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if outcome.status != APPLIED:  # the refusal or the reason the run is out of reach: stderr, like every error
         print(f"tuitune: ctl: {outcome.message}", file=sys.stderr, flush=True)
     return outcome.exit_code
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Serve until the agent closes stdin. stdout is the protocol's: nothing else is printed there."""
+    try:
+        import mcp  # noqa: F401  (the SDK, imported by serve: said in one line when it is missing)
+
+        from tuitune.remote.mcp_server import serve
+    except ImportError:
+        print("tuitune: error: mcp: the mcp package is not installed (pip install 'tuitune[mcp]')", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        print(f"tuitune: error: mcp: {folder}: no such folder", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    serve(folder)
+    return ExitCode.OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

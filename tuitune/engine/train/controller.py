@@ -219,11 +219,11 @@ class RunController:
         st, cfg = self.st, self.profile.strategy
         wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
         found = self._sweep(cfg.phase_lr_steps, phase=st.phase, wait_s=wait_s)
-        lr, how = found.suggestion, "the finder's suggestion"
+        lr, how, sender = found.suggestion, "the finder's suggestion", ""
         if not found.found:  # nothing to apply: the run goes on at its LR
             how = f"kept: the sweep stopped after {len(found.lrs)} steps with no valley"
         elif found.wait_s > 0:
-            lr, how = self._await_lr_answer(found)
+            lr, how, sender = self._await_lr_answer(found)
         st.set_head_lr(lr)
         self.emit(
             CommandApplied(
@@ -232,6 +232,7 @@ class RunController:
                 global_step=st.global_step,
                 value=lr,
                 detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their ratios",
+                sender=sender,
             )
         )
         self.emit(st.layers_changed(with_grad=False))
@@ -243,23 +244,25 @@ class RunController:
         self.emit(found)
         return found
 
-    def _await_lr_answer(self, found: LRFound) -> tuple[float, str]:
-        """The person's `ApplyLR`, or the suggestion once `wait_s` plus a grace has passed or a stop is asked.
+    def _await_lr_answer(self, found: LRFound) -> tuple[float, str, str]:
+        """The person's `ApplyLR` (the LR, how it was chosen, its sender), or the suggestion once `wait_s` plus a
+        grace has passed or a stop is asked.
         Other commands arriving meanwhile are kept, in order, for the next step boundary."""
         deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
         while not self.control.stop_requested:
             for command in self.control.drain():
                 if isinstance(command, ApplyLR):
+                    sender = self.control.sender_of(command)
                     if command.lr == found.suggestion:
                         how = "the finder's suggestion, from the dashboard (accepted, or its countdown ended)"
-                        return command.lr, how
-                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})"
+                        return command.lr, how, sender
+                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})", sender
                 self._held.append(command)
             left = deadline - time.monotonic()
             if left <= 0:
-                return found.suggestion, "the finder's suggestion (no answer came)"
+                return found.suggestion, "the finder's suggestion (no answer came)", ""
             self.control.wait(min(0.1, left))
-        return found.suggestion, "the finder's suggestion (stopping)"
+        return found.suggestion, "the finder's suggestion (stopping)", ""
 
     # ------------------------------------------------------------------------------------------ boundaries
     def between_steps(self, step: int = 0) -> bool:
@@ -307,8 +310,9 @@ class RunController:
 
     def apply(self, command: Any) -> None:
         """One command, by its type's handler (a type without one changes nothing); then `CommandApplied`."""
+        sender = self.control.sender_of(command)
         reason = self._unknown_group(command)
-        if reason is not None:  # nothing changes
+        if reason is not None:  # nothing changes (no sender named: a named one marks a refusal at the edge)
             st = self.st
             self.emit(CommandRefused(type(command).__name__, reason, epoch=st.epoch, global_step=st.global_step))
             return
@@ -321,6 +325,7 @@ class RunController:
                 global_step=self.st.global_step,
                 detail=detail,
                 value=value,
+                sender=sender,
             )
         )
 

@@ -1,0 +1,90 @@
+"""`tuitune mcp FOLDER` through the SDK's own client over stdio (one spawned server process, ended with the
+client's context, pass or fail), against a real tiny training run served in a thread of this test process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.remote.conftest import env
+from tests.remote.test_ctl import real_run  # noqa: F401  (the fixture: a tiny run behind a real socket)
+
+
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+async def _session(folder: Path, errlog: Any, script: Any) -> Any:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(command=sys.executable, args=["-m", "tuitune", "mcp", str(folder)], env=env())
+    async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        return await script(session)
+
+
+def _result(result: Any) -> Any:
+    assert not result.is_error, result.content
+    data = result.structured_content
+    return data["result"] if set(data) == {"result"} else data
+
+
+def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = real_run.name
+    transcript: list[str] = []
+
+    async def script(s: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"tools": [t.name for t in (await s.list_tools()).tools]}
+        transcript.append(f"tools: {out['tools']}")
+        for name, args in [
+            ("list_runs", {}),
+            ("run_status", {"run": run}),
+            ("run_metrics", {"run": run, "max_points": 3}),
+            ("layer_table", {"run": run}),
+        ]:
+            out[name] = _result(await s.call_tool(name, args))
+        for key, words in [("pause", ["pause"]), ("resume", ["resume"]), ("big", ["lr", "all", "1000"])]:
+            out[key] = _result(await s.call_tool("send_command", {"run": run, "verb": words[0], "args": words[1:]}))
+            transcript.append(
+                f"send_command {words} -> {out[key]['message']}; events: {json.dumps(out[key]['events'])}"
+            )
+        for key, tool, args in [
+            ("nan", "send_command", {"run": run, "verb": "lr", "args": ["all", "nan"]}),
+            ("escape", "send_command", {"run": "..", "verb": "pause"}),
+            ("missing", "run_status", {"run": "nope"}),
+        ]:
+            result = await s.call_tool(tool, args)
+            assert result.is_error, key
+            out[key] = result.content[0].text
+            transcript.append(f"{key}: {out[key]}")
+        return out
+
+    with (tmp_path / "mcp.err").open("w") as errlog:
+        out = asyncio.run(asyncio.wait_for(_session(real_run.parent, errlog, script), 90))
+    print("\n".join(transcript))
+
+    assert out["tools"] == ["list_runs", "run_status", "run_metrics", "layer_table", "send_command"]
+    assert [r["name"] for r in out["list_runs"]] == [run] and out["run_status"]["status"] == "live"
+    assert 1 <= len(out["run_metrics"]["steps"]) <= 3 <= out["run_metrics"]["readings_in_history"]
+    layers = out["layer_table"]["layers"]
+    assert layers and any(row["trainable"] for row in layers) and any(not row["trainable"] for row in layers)
+    assert all(row["grad_norm"] is not None for row in layers if row["trainable"])  # measured since the rows came
+
+    for key, name in (("pause", "Pause"), ("resume", "Resume")):
+        assert out[key]["status"] == "applied" and out[key]["message"].startswith(f"applied: {name}")
+        assert out[key]["events"][0]["type"] == "CommandApplied" and out[key]["events"][0]["command"] == name
+    assert out["big"]["status"] == "refused" and "factor" in out["big"]["message"]
+    assert "FACTOR must be a positive number" in out["nan"]
+    assert "a run's folder name" in out["escape"] and "no run 'nope'" in out["missing"]
+
+    log = _events(real_run)
+    applied = [e for e in log if e["type"] == "CommandApplied" and e["command"] in ("Pause", "Resume")]
+    assert [e["command"] for e in applied] == ["Pause", "Resume"]
+    assert all(e["sender"].startswith("agent (socket client ") for e in applied), applied
+    refused = [e for e in log if e["type"] == "CommandRefused"]
+    assert len(refused) == 1 and refused[0]["sender"].startswith("agent (") and "factor" in refused[0]["reason"]
+    assert not [e for e in log if e["type"] == "CommandApplied" and e["command"] == "ScaleGroupLR"]
