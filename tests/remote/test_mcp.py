@@ -88,3 +88,26 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
     refused = [e for e in log if e["type"] == "CommandRefused"]
     assert len(refused) == 1 and refused[0]["sender"].startswith("agent (") and "factor" in refused[0]["reason"]
     assert not [e for e in log if e["type"] == "CommandApplied" and e["command"] == "ScaleGroupLR"]
+
+
+def test_the_layer_table_is_the_latest_rows_with_the_measures_since(tmp_path) -> None:
+    """What an agent reads as the layer table is what the dashboard shows: the last full rows, their LRs and
+    gradient norms replaced by each `LayersMeasured` written after them (a long run writes rows only on change)."""
+    from tuitune.engine.events import LayerInfo, LayersChanged, LayersMeasured, to_json
+    from tuitune.remote.mcp_server import Runs
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = (LayerInfo("body", 10, False, lr=None), LayerInfo("head", 5, True, lr=1e-3, grad_norm=0.5))
+    events = [
+        LayersChanged(layers=rows, global_step=2),
+        LayersMeasured(lrs=(None, 2e-3), grad_norms=(None, 0.25), global_step=4),
+        LayersMeasured(lrs=(None, 3e-3), grad_norms=(None, 0.125), global_step=6),
+    ]
+    (run / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in events))
+    table = Runs(tmp_path).layer_table("r")
+    assert table["global_step"] == 6
+    assert [(r["name"], r["trainable"], r["lr"], r["grad_norm"]) for r in table["layers"]] == [
+        ("body", False, None, None),
+        ("head", True, 3e-3, 0.125),
+    ]
