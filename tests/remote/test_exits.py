@@ -9,8 +9,9 @@ from tests.remote.stored_runs import LAYERS
 from tuitune.engine.commands import Control
 from tuitune.engine.events import RunFailed, RunFinished, RunStarted, Warned
 from tuitune.exits import ExitCode, run_exit_code
-from tuitune.ui.reducer import DashboardState, reduce
+from tuitune.ui.reducer import reduce
 from tuitune.ui.run_link import RunLink
+from tuitune.ui.state import DashboardState
 
 
 def finished(status: str) -> RunFinished:

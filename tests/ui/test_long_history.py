@@ -17,7 +17,8 @@ from tuitune.engine.events import (
 )
 from tuitune.engine.record.history import CAPACITY, SNAPSHOT, read_history, stride_for
 from tuitune.engine.record.runlog import RunRecorder, read_events
-from tuitune.ui.reducer import DashboardState, fold, reduce
+from tuitune.ui.reducer import fold, reduce
+from tuitune.ui.state import DashboardState
 
 SPE = 100  # steps per epoch
 

@@ -25,7 +25,8 @@ from tuitune.engine.events import (
 from tuitune.fmt import fmt_duration
 from tuitune.ui.plotdata import eta_s, smooth
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
-from tuitune.ui.reducer import DashboardState, fold, reduce, requested
+from tuitune.ui.reducer import fold, reduce, requested
+from tuitune.ui.state import DashboardState
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -256,7 +257,7 @@ def test_compression_report_rows_read_once_drawn_three_ways() -> None:
     from rich.console import Console
 
     from tuitune.engine.tools.compress_report import format_report, read_report
-    from tuitune.ui.reducer import compression_text
+    from tuitune.ui.event_text import compression_text
     from tuitune.ui.summary import compression_table
 
     raw = {

@@ -45,9 +45,10 @@ from tuitune.ui.modals import ErrorScreen
 from tuitune.ui.notify import notify_terminal
 from tuitune.ui.plotdata import plot_inputs
 from tuitune.ui.questions import QuestionBar
-from tuitune.ui.reducer import DashboardState, reduce, requested
+from tuitune.ui.reducer import reduce, requested
 from tuitune.ui.run_link import RunLink
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
+from tuitune.ui.state import DashboardState
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 

@@ -33,8 +33,8 @@ from tuitune.exits import ExitCode
 from tuitune.ui.lrfinder import LRFinderScreen
 from tuitune.ui.modals import ConfirmQuitScreen, LeaveRunScreen
 from tuitune.ui.questions import PLATEAU, Question, open_question
-from tuitune.ui.reducer import DashboardState
 from tuitune.ui.run_link import STOP_TIMEOUT_S, RunLink
+from tuitune.ui.state import DashboardState
 
 if TYPE_CHECKING:
     from textual.screen import Screen

@@ -22,8 +22,8 @@ from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LRFound
 from tuitune.fmt import fmt_sci
+from tuitune.ui.event_text import lr_found_text
 from tuitune.ui.modals import MODAL_CSS_PATH, refresh_below
-from tuitune.ui.reducer import lr_found_text
 
 CURVE_COLOR = (80, 190, 255)
 SUGGESTION_COLOR = (120, 220, 120)

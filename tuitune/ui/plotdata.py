@@ -7,7 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tuitune.ui.reducer import DashboardState, Point, x_at
+from tuitune.ui.downsample import Point
+from tuitune.ui.state import DashboardState, x_at
 
 __all__ = ["Series", "eta_s", "plot_inputs", "plot_series", "smooth", "x_range"]
 

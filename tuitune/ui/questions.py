@@ -20,7 +20,8 @@ from textual.widgets import Static
 
 from tuitune.engine.events import LRFound, UnfreezeSuggested
 from tuitune.fmt import fmt_sci
-from tuitune.ui.reducer import DashboardState, lr_found_text, suggestion_text
+from tuitune.ui.event_text import lr_found_text, suggestion_text
+from tuitune.ui.state import DashboardState
 
 PLATEAU, PHASE_LR = "plateau", "phase_lr"
 

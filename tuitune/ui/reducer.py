@@ -1,15 +1,15 @@
-"""The dashboard state: a pure fold over engine events.
+"""The reduction: a pure fold over engine events into the dashboard state (`tuitune/ui/state.py`).
 
 `reduce(state, event) -> state` is the only way the dashboard learns anything about a run, so a recorded
-`events.jsonl` replays into exactly the same screen, and tests feed scripted events without a terminal. No Textual
-here, and no clock: every time shown is derived from event fields (`elapsed_s`, `epoch_s`, ...).
+`events.jsonl` replays into exactly the same screen, and tests feed scripted events without a terminal. Each event
+type has one handler in `_REDUCERS`. No Textual here, and no clock: every time shown is derived from event fields
+(`elapsed_s`, `epoch_s`, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from tuitune.engine.events import (
@@ -21,7 +21,6 @@ from tuitune.engine.events import (
     EpochEnded,
     Event,
     FeatureCacheChanged,
-    LayerInfo,
     LayersChanged,
     LayersMeasured,
     LRFound,
@@ -36,120 +35,13 @@ from tuitune.engine.events import (
 )
 from tuitune.engine.record.history import LinesSkipped, Recorded
 from tuitune.engine.record.progress import progress_text
-from tuitune.engine.tools.compress_report import read_report
-from tuitune.fmt import extras_text, fmt_sci, fmt_score, score_label
-from tuitune.ui.downsample import EMPTY, Downsampled, Point  # noqa: F401  (Point: the plots import it here)
+from tuitune.fmt import extras_text, fmt_sci, fmt_score
+from tuitune.ui.downsample import EMPTY, Downsampled
+from tuitune.ui.event_text import compression_text, lr_found_text, shift_text, suggestion_text
 from tuitune.ui.keys import COMMAND_LABELS
-
-LIVE_STATUSES = ("starting", "running", "paused", "stopping")
-MAX_LOG = 500
-
-
-@dataclass(frozen=True)
-class Marker:
-    """A vertical line on the plots: where a phase changed or a command took effect."""
-
-    x: float
-    kind: str  # "phase", "command" or "lr" (an LR was set: the label names it)
-    label: str
-
-
-@dataclass(frozen=True)
-class LogLine:
-    kind: str  # "info", "phase", "command", "checkpoint", "warning", "error", "epoch"
-    text: str
-    seq: int = 0  # position in the whole log, so a widget can append only what it has not shown
-
-
-@dataclass(frozen=True)
-class DashboardState:
-    status: str = "starting"  # starting, running, paused, stopping, finished, stopped_early, interrupted, failed
-    run_name: str = ""
-    run_dir: str = ""
-    device: str = ""
-    profile: dict[str, Any] = field(default_factory=dict)
-    layers: tuple[LayerInfo, ...] = ()
-    phases: tuple[tuple[str, ...], ...] = ()
-    phase: int = 0
-    epochs: int = 0
-    steps_per_epoch: int = 0
-    start_epoch: int = 0
-    start_step: int = 0  # this session's first global step and the run's elapsed time then (resume: non-zero)
-    start_elapsed_s: float = 0.0
-    train_size: int = 0
-    val_size: int = 0
-    classes: tuple[str, ...] = ()
-    metric: str = "acc"  # the score every *_score series carries: "acc", "rmse" or "f1"
-    higher_is_better: bool = True
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-    samples_per_s: float = 0.0
-    elapsed_s: float = 0.0
-    gpu_mem_gb: float | None = None
-    gpu_peak_gb: float | None = None
-    world_size: int = 1  # ranks training together (RunStarted.world_size; 1 in logs from before it existed)
-    gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
-    # The plot series, downsampled (tuitune/ui/downsample.py): a per-step series is indexed by `readings`, the
-    # number of MetricsUpdated before its point (a condensed history's `LinesSkipped` counts the ones it passed).
-    readings: int = 0
-    train_loss: Downsampled = field(default_factory=Downsampled)
-    train_score: Downsampled = field(default_factory=Downsampled)
-    val_loss: Downsampled = field(default_factory=Downsampled)
-    val_score: Downsampled = field(default_factory=Downsampled)
-    best_val_score: float | None = None
-    train_extra: dict[str, Downsampled] = field(default_factory=dict)  # MetricsUpdated.extra series
-    epoch_extra: dict[str, Downsampled] = field(default_factory=dict)  # EpochEnded.extra series
-    extras: dict[str, float] = field(default_factory=dict)  # the latest EpochEnded.extra
-    cache_active: bool = False
-    cache_detail: str = ""
-    lr_found: LRFound | None = None
-    markers: tuple[Marker, ...] = ()
-    log: tuple[LogLine, ...] = ()
-    pending: tuple[str, ...] = ()  # commands sent, not yet confirmed by the engine
-    checkpoints: dict[str, str] = field(default_factory=dict)
-    suggestion: UnfreezeSuggested | None = None  # the plateau question, open until a phase change or its wait ends
-    lr_question: LRFound | None = None  # a phase's LR sweep waiting for an answer, open until its ApplyLR applies
-    finished: RunFinished | None = None
-    failed: RunFailed | None = None
-    trust_remote_code: bool = False
-    setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
-    domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
-    events_seen: int = 0
-
-    @property
-    def live(self) -> bool:
-        return self.status in LIVE_STATUSES
-
-    @property
-    def num_phases(self) -> int:
-        return len(self.phases)
-
-    @property
-    def can_unfreeze(self) -> bool:
-        return self.phase + 1 < self.num_phases
-
+from tuitune.ui.state import LIVE_STATUSES, MAX_LOG, DashboardState, LogLine, Marker, better, evolve, x_at
 
 # --------------------------------------------------------------------------------------------------- helpers
-
-
-_FIELDS = frozenset(f.name for f in dataclasses.fields(DashboardState))
-
-
-def _evolve(state: DashboardState, **changes: Any) -> DashboardState:
-    """`dataclasses.replace` for the state, without re-running `__init__` over its fifty fields: the fold's cost
-    per event (a day's history is folded before the first frame)."""
-    if not changes.keys() <= _FIELDS:
-        raise TypeError(f"DashboardState has no field {sorted(changes.keys() - _FIELDS)}")
-    new = object.__new__(DashboardState)
-    new.__dict__.update(state.__dict__)
-    new.__dict__.update(changes)
-    return new
-
-
-def x_at(state: DashboardState, global_step: int) -> float:
-    """Plot x coordinate: epochs completed, from the global step."""
-    return global_step / max(state.steps_per_epoch, 1)
 
 
 def _log(state: DashboardState, kind: str, text: str) -> tuple[LogLine, ...]:
@@ -176,13 +68,6 @@ def _unpend(pending: tuple[str, ...], command: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def better(state: DashboardState, value: float, than: float | None) -> bool:
-    """Whether `value` beats `than` for this run's score (RMSE: lower is better)."""
-    if than is None:
-        return True
-    return value > than if state.higher_is_better else value < than
-
-
 def _where(state: DashboardState, epoch: int, global_step: int) -> str:
     """Where in the run, as epochs done (the plots' x axis): the engine's `epoch` fields differ in base."""
     return f"{x_at(state, global_step):.1f}ep"
@@ -199,7 +84,7 @@ def _add_marker(state: DashboardState, marker: Marker) -> tuple[Marker, ...]:
 
 def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
     trc = bool(e.profile.get("model", {}).get("trust_remote_code", False))
-    s = _evolve(
+    s = evolve(
         s,
         status="running",
         run_name=e.run_name,
@@ -231,17 +116,17 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         f"run {e.run_name} on {e.device}: {len(e.layers)} groups, {len(e.phases)} phases, "
         f"{e.train_size} train / {e.val_size} val{resumed}",
     )
-    s = _evolve(s, log=log)
+    s = evolve(s, log=log)
     if trc:
-        s = _evolve(s, log=_log(s, "warning", "trust_remote_code = true: this checkpoint runs its own Python code"))
+        s = evolve(s, log=_log(s, "warning", "trust_remote_code = true: this checkpoint runs its own Python code"))
     for warning in e.warnings:
-        s = _evolve(s, log=_log(s, "warning", warning))
+        s = evolve(s, log=_log(s, "warning", warning))
     return s
 
 
 def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
     x = x_at(s, e.global_step)
-    return _evolve(
+    return evolve(
         s,
         status="running" if s.status == "starting" else s.status,
         epoch=e.epoch,
@@ -270,7 +155,7 @@ def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     if e.extra:
         text += " · " + extras_text(e.extra, m)
     text += " ★ best" if e.is_best else ""
-    return _evolve(
+    return evolve(
         s,
         epoch=e.epoch,
         global_step=e.global_step,
@@ -289,8 +174,8 @@ def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
     label = f"phase {e.phase + 1}"
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
-    s = _evolve(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
-    return _evolve(
+    s = evolve(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
+    return evolve(
         s,
         markers=_add_marker(s, Marker(x_at(s, e.global_step), "phase", label)),
         log=_log(s, "phase", f"{_where(s, e.epoch, e.global_step)} · {text}"),
@@ -301,7 +186,7 @@ def _layers_changed(s: DashboardState, e: LayersChanged) -> DashboardState:
     """The only writer of the layer rows (RunStarted seeds them through here; `LayersMeasured` updates their LRs and
     gradient norms). The engine sends the rows after every epoch end, phase change and LR change, and after a
     metric read when more than those two columns moved (older events.jsonl files: after every metric read)."""
-    return _evolve(s, layers=e.layers)
+    return evolve(s, layers=e.layers)
 
 
 def _layers_measured(s: DashboardState, e: LayersMeasured) -> DashboardState:
@@ -309,17 +194,17 @@ def _layers_measured(s: DashboardState, e: LayersMeasured) -> DashboardState:
     rows = tuple(
         dataclasses.replace(row, lr=lr, grad_norm=norm) for row, lr, norm in zip(s.layers, e.lrs, e.grad_norms)
     )
-    return _evolve(s, layers=rows + s.layers[len(rows) :])
+    return evolve(s, layers=rows + s.layers[len(rows) :])
 
 
 def _skipped(s: DashboardState, e: LinesSkipped) -> DashboardState:
     """A condensed history passed over readings no series keeps: count them (`reduce` counts the marker once)."""
-    return _evolve(s, readings=s.readings + e.readings, events_seen=s.events_seen + e.lines - 1)
+    return evolve(s, readings=s.readings + e.readings, events_seen=s.events_seen + e.lines - 1)
 
 
 def _suggested(s: DashboardState, e: UnfreezeSuggested) -> DashboardState:
     status = "paused" if e.waiting and s.status in LIVE_STATUSES else s.status  # held until the answer
-    return _evolve(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
+    return evolve(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
 
 
 def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
@@ -328,11 +213,11 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
         status = s.status
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
-    s = _evolve(s, pending=_unpend(s.pending, e.command), status=status, **_questions_after(s, e))
+    s = evolve(s, pending=_unpend(s.pending, e.command), status=status, **_questions_after(s, e))
     marker = Marker(x_at(s, e.global_step), "command", label)
     if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
         marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
-    return _evolve(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
+    return evolve(s, markers=_add_marker(s, marker), log=_log(s, "command", text))
 
 
 def _command_refused(s: DashboardState, e: CommandRefused) -> DashboardState:
@@ -347,17 +232,17 @@ def _command_refused(s: DashboardState, e: CommandRefused) -> DashboardState:
 def _checkpoint(s: DashboardState, e: CheckpointSaved) -> DashboardState:
     checkpoints = {**s.checkpoints, e.kind: e.path}
     text = f"{_where(s, e.epoch, e.global_step)} · checkpoint ({e.kind}) {e.path}"
-    return _evolve(s, checkpoints=checkpoints, log=_log(s, "checkpoint", text))
+    return evolve(s, checkpoints=checkpoints, log=_log(s, "checkpoint", text))
 
 
 def _warned(s: DashboardState, e: Warned) -> DashboardState:
-    return _evolve(s, log=_log(s, "warning", e.message))
+    return evolve(s, log=_log(s, "warning", e.message))
 
 
 def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
     text = f"{_where(s, e.epoch, e.global_step)} · feature cache {'on' if e.active else 'off'}"
     text += f": {e.detail}" if e.detail else ""
-    return _evolve(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
+    return evolve(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
 
 
 def _questions_after(s: DashboardState, e: CommandApplied) -> dict[str, Any]:
@@ -375,16 +260,16 @@ def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
     text = f"{_where(s, e.epoch, e.global_step)} · {finder}: {lr_found_text(e)}"
     question = e if e.wait_s > 0 else s.lr_question
     pending = _unpend(s.pending, "FindLR")
-    return _evolve(s, lr_found=e, lr_question=question, pending=pending, log=_log(s, "command", text))
+    return evolve(s, lr_found=e, lr_question=question, pending=pending, log=_log(s, "command", text))
 
 
 def _compressed(s: DashboardState, e: CompressionReported) -> DashboardState:
-    return _evolve(s, log=_log(s, "info", compression_text(e.report)))
+    return evolve(s, log=_log(s, "info", compression_text(e.report)))
 
 
 def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
     text = f"run {e.status.replace('_', ' ')}: {e.reason}"
-    return _evolve(
+    return evolve(
         s,
         status=e.status,
         finished=e,
@@ -397,42 +282,20 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
     )
 
 
-def shift_text(e: DomainShiftMeasured, layers: tuple[LayerInfo, ...]) -> str:
-    """The most shifted groups and, at the start, what to consider: unfreezing the shifted frozen groups (lower
-    layers see the data first), and for BatchNorm models AdaBN (the `b` key)."""
-    measured = sorted(((v, g) for g, v in zip(e.groups, e.shifts) if v is not None), reverse=True)
-    ref = "BN running stats" if e.reference == "bn" else "source data"
-    top = ", ".join(f"{g} {v:.2f}" for v, g in measured[:2])
-    text = f"domain shift vs {ref}: most shifted {top}"
-    if e.reason == "AdaptBatchNorm":
-        return f"after AdaBN, {text}"
-    if e.reason != "start" or not measured or measured[0][0] < 0.1:
-        return text
-    frozen = {layer.name for layer in layers if not layer.trainable}
-    advice = (
-        [f"unfreezing {', '.join(g for _, g in measured[:2] if g in frozen)}"]
-        if any(g in frozen for _, g in measured[:2])
-        else []
-    )
-    if e.reference == "bn":
-        advice.append("re-estimating BatchNorm statistics on the target data (AdaBN: b)")
-    return text + (f"; consider {' or '.join(advice)}" if advice else "")
-
-
 def _shift(s: DashboardState, e: DomainShiftMeasured) -> DashboardState:
     text = f"{_where(s, e.epoch, e.global_step)} · {shift_text(e, s.layers)}"
-    return _evolve(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
+    return evolve(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
 
 
 def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
     """The step under way shows on the status bar; a finished one leaves a line in the log."""
     if e.finished:
-        return _evolve(s, setup=None, log=_log(s, "info", progress_text(e)))
-    return _evolve(s, setup=e)
+        return evolve(s, setup=None, log=_log(s, "info", progress_text(e)))
+    return evolve(s, setup=e)
 
 
 def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
-    return _evolve(
+    return evolve(
         s,
         status="failed",
         failed=e,
@@ -474,7 +337,7 @@ def reduce(state: DashboardState, event: Recorded) -> DashboardState:
     reducer = _REDUCERS.get(type(event))
     if reducer is not None:
         state = reducer(state, event)
-    return _evolve(state, events_seen=state.events_seen + 1)
+    return evolve(state, events_seen=state.events_seen + 1)
 
 
 def fold(events: Iterable[Event], state: DashboardState | None = None) -> DashboardState:
@@ -486,32 +349,4 @@ def fold(events: Iterable[Event], state: DashboardState | None = None) -> Dashbo
 
 def requested(state: DashboardState, command: str) -> DashboardState:
     """Note a command the user sent; it stays pending until the engine's `CommandApplied` confirms it."""
-    return _evolve(state, pending=(*state.pending, command))
-
-
-# ----------------------------------------------------------------------------------------------------- text
-
-
-def suggestion_text(e: UnfreezeSuggested, metric: str = "acc") -> str:
-    groups = ", ".join(e.next_groups) or "the next group"
-    return f"{score_label(e.metric, metric)} flat for {e.epochs} epochs: unfreeze {groups}?"
-
-
-def lr_found_text(e: LRFound) -> str:
-    """`suggested 3.2e-03 (valley), steepest 1.1e-02, current 2.0e-03`, or why there is no suggestion."""
-    if not e.found:
-        return e.no_suggestion_text()
-    how = " (valley)" if e.suggestion == e.valley else (" (steepest)" if e.suggestion == e.steep else "")
-    return f"suggested {fmt_sci(e.suggestion)}{how}, steepest {fmt_sci(e.steep)}, current {fmt_sci(e.current_lr)}"
-
-
-def compression_text(report: dict[str, Any]) -> str:
-    """One event-log line: the first and last steps' compressed sizes and val accuracies."""
-    steps = read_report(report).steps
-    if not steps:
-        return "compression: no steps reported"
-    first, last = steps[0].cells(), steps[-1].cells()
-    return (
-        f"compression: {len(steps)} steps, zlib {first['zlib']} → {last['zlib']} ({last['step']}), "
-        f"val acc {first['val acc']} → {last['val acc']}"
-    )
+    return evolve(state, pending=(*state.pending, command))

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from tuitune.engine.commands import Control
 from tuitune.exits import ExitCode, run_exit_code
 from tuitune.remote.client import ClientControl
-from tuitune.ui.reducer import DashboardState
 from tuitune.ui.runner import LiveRun, is_detachable
+from tuitune.ui.state import DashboardState
 
 if TYPE_CHECKING:
     from textual.worker import Worker

@@ -21,10 +21,11 @@ from textual_plotext import PlotextPlot
 from tuitune.engine.events import LayerInfo, SetupProgressed
 from tuitune.engine.record.progress import progress_text
 from tuitune.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_sci, fmt_score, fmt_value, is_percent
+from tuitune.ui.downsample import Point
 from tuitune.ui.keys import COMMAND_LABELS
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.plotdata import Series, eta_s, plot_series, smooth, x_range
-from tuitune.ui.reducer import DashboardState, LogLine, Point
+from tuitune.ui.state import DashboardState, LogLine
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
