@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tuitune.engine.commands import UnfreezeNext  # noqa: E402
+from tuitune.remote import attached  # noqa: E402
 from tuitune.remote import server as server_mod  # noqa: E402
 from tuitune.remote.client import RunClient  # noqa: E402
 from tuitune.runs.process import socket_path  # noqa: E402
@@ -211,7 +212,7 @@ def _drive(proc: subprocess.Popen, run_dir: Path) -> int:
         rows.append((name, reply, did, steps))
     mark = log.mark()
     said, held = idle_connections(path, 200)
-    dropped = wait_dropped(held, server_mod.IDLE_S + 20)
+    dropped = wait_dropped(held, attached.IDLE_S + 20)
     steps, did = log.since(mark)
     rows.append(("200 idle connections", said, f"{dropped}; {did}", steps))
     mark = log.mark()

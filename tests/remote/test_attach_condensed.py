@@ -19,8 +19,7 @@ from tuitune.engine.events import event_from_dict
 from tuitune.engine.record import history
 from tuitune.engine.record.history import CAPACITY, LinesSkipped
 from tuitune.engine.record.runlog import RunRecorder, read_events, tee
-from tuitune.remote import protocol
-from tuitune.remote import server as server_mod
+from tuitune.remote import attached, protocol
 from tuitune.remote.client import RunClient
 from tuitune.remote.server import RunServer
 from tuitune.runs.process import write_process_record
@@ -102,7 +101,7 @@ def test_history_and_live_meet_line_for_line(tmp_path: Path, monkeypatch, resume
     snapshot than the line the viewer registered at (forced: the engine emits while the server reads): those lines
     are history, and the live stream starts after them. Coalescing is off, so every live event must arrive."""
     monkeypatch.setattr(history, "SNAPSHOT_READINGS", 16)
-    monkeypatch.setattr(server_mod, "COALESCED", ())
+    monkeypatch.setattr(attached, "COALESCED", ())
     events = list(_history(600))
     if resumed:  # an earlier process's record, then this one appends to it
         _record(tmp_path, events[:301])

@@ -249,7 +249,7 @@ def test_a_refusal_from_the_server_is_exit_1_with_its_reason(scripted_run, capsy
         client.offer(server_out(None, protocol.message(protocol.REFUSED, command="Pause", reason="too many refusals")))
         return True
 
-    from tuitune.remote.server import _Out as server_out
+    from tuitune.remote.attached import Outgoing as server_out
 
     monkeypatch.setattr(server, "handle", refused_line)
     assert main(["ctl", str(run_dir), "pause"]) == 1

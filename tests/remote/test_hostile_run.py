@@ -13,7 +13,7 @@ from tests.remote.conftest import run_pid, wait_for, write_profile
 from tests.remote.test_processes import Viewer
 from tuitune.engine.commands import ScaleGroupLR, UnfreezeNext
 from tuitune.exits import ExitCode
-from tuitune.remote import server as server_mod
+from tuitune.remote import attached
 from tuitune.remote.client import connect
 
 
@@ -51,11 +51,11 @@ def test_a_live_run_refuses_bad_commands_trains_on_and_obeys_a_proper_client(tmp
     step = max(m.get("global_step", 0) for m in v.live())
     wait_for(lambda: max(m.get("global_step", 0) for m in v.live()) >= step + 5, 60, "training on")
     try:
-        v.client.send_raw(b"[" * (server_mod.MAX_LINE + 1))  # past the limit: refused, and this client dropped
+        v.client.send_raw(b"[" * (attached.MAX_LINE + 1))  # past the limit: refused, and this client dropped
     except OSError:
         pass  # the run may stop reading before the last byte: the refusal still comes
     wait_for(lambda: not v.thread.is_alive(), 30, "the client dropped")
-    assert v.messages[-1]["reason"] == f"a line longer than {server_mod.MAX_LINE} bytes"
+    assert v.messages[-1]["reason"] == f"a line longer than {attached.MAX_LINE} bytes"
     proper = Viewer(connect(run_dir))
     proper.client.send(UnfreezeNext())
     wait_for(lambda: "UnfreezeNext" in proper.applied(), 60, "a proper client's command")

@@ -13,8 +13,7 @@ import pytest
 from tests.remote.conftest import wait_for
 from tuitune.engine.commands import Control, Pause, UnfreezeNext
 from tuitune.engine.events import CommandApplied, MetricsUpdated, Warned
-from tuitune.remote import protocol
-from tuitune.remote import server as server_mod
+from tuitune.remote import attached, protocol
 from tuitune.remote.client import RunClient, RunRefused
 from tuitune.remote.server import RunServer
 
@@ -139,7 +138,7 @@ def test_a_viewer_that_never_reads_never_blocks_the_engine(served, monkeypatch) 
     """A connected client that reads nothing: metric updates coalesce (its queue stays tiny), the engine's emit
     never waits on it, and once it is more than MAX_QUEUE other events behind it is dropped."""
     srv, _ = served
-    monkeypatch.setattr(server_mod, "MAX_QUEUE", 50)
+    monkeypatch.setattr(attached, "MAX_QUEUE", 50)
     stuck = socket.socket(socket.AF_UNIX)
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(str(srv.path))

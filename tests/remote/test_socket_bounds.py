@@ -12,6 +12,7 @@ import pytest
 
 from tests.remote.conftest import wait_for
 from tuitune.engine.commands import Control, Pause, ScaleGroupLR
+from tuitune.remote import attached
 from tuitune.remote import server as server_mod
 from tuitune.remote.client import RunClient, RunRefused
 from tuitune.remote.server import RunServer
@@ -67,12 +68,12 @@ def test_bad_commands_are_refused_one_line_each_and_change_nothing(served) -> No
 def test_a_line_too_long_drops_its_client_and_others_steer_on(served) -> None:
     srv, control = served
     a = viewer(srv)
-    a.send_raw(b"x" * (server_mod.MAX_LINE + 1000))  # no newline: refused once it is past the limit
+    a.send_raw(b"x" * (attached.MAX_LINE + 1000))  # no newline: refused once it is past the limit
     reply = a.read()
-    assert reply["type"] == "Refused" and f"longer than {server_mod.MAX_LINE} bytes" in reply["reason"]
+    assert reply["type"] == "Refused" and f"longer than {attached.MAX_LINE} bytes" in reply["reason"]
     assert closed(a)
     b = viewer(srv)
-    b.send_raw(b'{"type":"Pause"}\n{"x":"' + b"y" * (server_mod.MAX_LINE + 10) + b'"}\n')
+    b.send_raw(b'{"type":"Pause"}\n{"x":"' + b"y" * (attached.MAX_LINE + 10) + b'"}\n')
     assert "longer than" in b.read()["reason"] and closed(b)
     assert control.drain() == [Pause()]  # the line before it was taken
     c = viewer(srv)
@@ -82,9 +83,9 @@ def test_a_line_too_long_drops_its_client_and_others_steer_on(served) -> None:
 
 def test_slow_and_idle_clients_are_dropped_but_a_reading_viewer_stays(served, monkeypatch) -> None:
     srv, _ = served
-    monkeypatch.setattr(server_mod, "LINE_S", 0.5)
-    monkeypatch.setattr(server_mod, "IDLE_S", 1.0)
-    monkeypatch.setattr(server_mod, "POLL_MS", 50)
+    monkeypatch.setattr(attached, "LINE_S", 0.5)
+    monkeypatch.setattr(attached, "IDLE_S", 1.0)
+    monkeypatch.setattr(attached, "POLL_MS", 50)
     reading = viewer(srv)
     slow = viewer(srv)
     slow.send_raw(b'{"type":')  # and never the rest
@@ -132,7 +133,7 @@ def test_a_client_that_keeps_sending_bad_lines_is_dropped(served, monkeypatch) -
 def test_a_dropped_client_that_reads_gets_its_reason_even_mid_history(tmp_path: Path, monkeypatch) -> None:
     """A run with a long history: a client sends a line past the limit before reading anything, then reads at a
     modest pace. The history is cut at a line's end so its `Refused` line comes within REPLY_S, then the end."""
-    monkeypatch.setattr(server_mod, "REPLY_S", 1.5)
+    monkeypatch.setattr(attached, "REPLY_S", 1.5)
     line = b'{"type":"Warned","message":"' + b"w" * 200 + b'"}\n'
     (tmp_path / "events.jsonl").write_bytes(line * (8_000_000 // len(line)))  # 8 MB of history
     srv = RunServer(tmp_path, Control(), resumed=True)
@@ -141,7 +142,7 @@ def test_a_dropped_client_that_reads_gets_its_reason_even_mid_history(tmp_path: 
         sock.connect(str(srv.path))
         sock.settimeout(10)
         try:
-            sock.sendall(b"x" * (server_mod.MAX_LINE + 1))
+            sock.sendall(b"x" * (attached.MAX_LINE + 1))
         except OSError:
             pass
         got = b""
