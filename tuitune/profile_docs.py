@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tuitune.config import SECTIONS, RunProfile, toml_value
-from tuitune.config.schema import field_default
+from tuitune.config.declare import field_default
 
 
 def docs_markdown() -> str:

@@ -1,6 +1,8 @@
 """Run profiles: TOML files parsed into frozen dataclasses and validated at the edge.
 
-- `schema`: every key, declared once with its default, its documentation and its rules (`opt(...)`);
+- `declare`: how a key is declared (`opt(...)`) and read back;
+- `schema`: every key, declared once with its default, its documentation and its rules (`opt(...)`), and the whole
+  profile (`RunProfile`); `loop`: the training loop's sections (`[train]`, `[strategy]`, `[early_stopping]`);
 - `parse`: reading a file, `--set` overrides, validation against the declarations and across keys;
 - `dump`: the resolved profile back to plain data and TOML (what a run directory records).
 
@@ -10,7 +12,9 @@ Imported by the picker: it must stay free of torch, timm and transformers.
 
 from __future__ import annotations
 
+from tuitune.config.declare import ProfileError, opt
 from tuitune.config.dump import dump_toml, profile_to_dict, toml_value
+from tuitune.config.loop import METRICS, EarlyStoppingConfig, StrategyConfig, TrainConfig
 from tuitune.config.parse import (
     ALIASES,
     OLD_VALUES,
@@ -21,21 +25,15 @@ from tuitune.config.parse import (
     read_toml,
 )
 from tuitune.config.schema import (
-    METRICS,
     SECTIONS,
     AugmentConfig,
     CompressConfig,
     DataConfig,
     DistillConfig,
-    EarlyStoppingConfig,
     LossConfig,
     ModelConfig,
-    ProfileError,
     RegularizationConfig,
     RunProfile,
-    StrategyConfig,
-    TrainConfig,
-    opt,
 )
 
 __all__ = [

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tuitune.config.schema import SECTIONS, AugmentConfig, ProfileError, RunProfile, field_default
+from tuitune.config.declare import ProfileError, field_default
+from tuitune.config.schema import SECTIONS, AugmentConfig, RunProfile
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -2,7 +2,8 @@
 
 `tuitune.config.parse` walks a TOML table against these declarations (so nothing downstream sees an unvalidated
 value) and `profiles/README.md` is generated from them (`python -m tuitune.profile_docs --update
-profiles/README.md`; a test keeps the two in step). Adding a key is one `opt(...)` line here.
+profiles/README.md`; a test keeps the two in step). Adding a key is one `opt(...)` line (`tuitune/config/declare.py`)
+in its section: here, or for the training loop's sections in `tuitune/config/loop.py`.
 
 Imported by the picker: it must stay free of torch, timm and transformers.
 """
@@ -11,34 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
-from tuitune.errors import UserError
-
-# What checkpoint_metric, early stopping and the plateau trigger may watch. `val_macro_f1` (classification only):
-# the mean of the per-class F1 scores at validation, for imbalanced data where accuracy flatters the majority class.
-METRICS = ("val_score", "val_loss", "train_loss", "train_score", "val_macro_f1")
-
-
-class ProfileError(UserError):
-    """A profile that cannot be run; the message is one line naming the file and the dotted key."""
-
-
-def opt(
-    default: Any,
-    doc: str,
-    *,
-    choices: tuple[str, ...] = (),
-    min: float | None = None,
-    gt: float | None = None,
-    max: float | None = None,
-    path: bool = False,
-) -> Any:
-    """Declare a profile key: its default, its user documentation and its validation rules."""
-    meta = {"doc": doc, "choices": choices, "min": min, "gt": gt, "max": max, "path": path}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from tuitune.config.declare import field_default, opt
+from tuitune.config.loop import EarlyStoppingConfig, StrategyConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -146,211 +122,6 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = opt(10, "Epochs to train (all phases together).", min=1)
-    lr: float = opt(1e-3, "Base learning rate (the head's; deeper groups get less with `strategy.lr_decay`).", gt=0.0)
-    optimizer: str = opt(
-        "adamw",
-        "Any optimizer name timm's `create_optimizer_v2` knows: `sgd`, `momentum`, "
-        "`adagrad`, `rmsprop`, `adam`, `adamw`, ...",
-    )
-    weight_decay: float = opt(0.01, "Weight decay.", min=0.0)
-    momentum: float = opt(0.9, "Momentum for `sgd`/`momentum`/`rmsprop`.", min=0.0, max=1.0)
-    schedule: str = opt(
-        "cosine",
-        "Learning-rate schedule over the run (timm's / torch's shapes, applied as a "
-        "multiplier on each group's own LR): `constant`, `step`, `cosine`, `onecycle` or "
-        "`plateau` (reduce when the val loss stalls).",
-        choices=("constant", "step", "cosine", "onecycle", "plateau"),
-    )
-    warmup_steps: int = opt(0, "Linear warm-up steps at the start of the run (`onecycle`: its rising part).", min=0)
-    decay_epochs: int = opt(3, "`step` schedule: epochs between LR decays.", min=1)
-    decay_rate: float = opt(0.1, "`step` / `plateau` schedules: the factor applied at each decay.", gt=0.0, max=1.0)
-    lr_patience: int = opt(2, "`plateau` schedule: epochs without val-loss improvement before a decay.", min=0)
-    min_lr_ratio: float = opt(
-        0.0, "`cosine` / `plateau`: the floor, as a fraction of each group's LR.", min=0.0, max=1.0
-    )
-    unfreeze_warmup_steps: int = opt(
-        0,
-        "Warm up each newly unfrozen group's LR on its own over this many steps (0 = it starts at its full LR).",
-        min=0,
-    )
-    channels_last: bool = opt(
-        True,
-        "CUDA: keep convolutional models and their inputs in channels-last memory "
-        "layout (faster tensor-core convolutions); ignored on CPU.",
-    )
-    compile: bool = opt(False, "Train through `torch.compile(model)` (a slow first step, faster ones after).")
-    feature_cache: bool = opt(
-        True,
-        "While the lowest layer groups stay frozen and deterministic (no BatchNorm in "
-        "train mode, no dropout, no random augmentation), compute their output once and "
-        "train only the groups above it on the stored activations (a head-only phase "
-        "trains on cached features); rebuilt at each unfreeze. timm ResNet / ConvNeXt / "
-        "ViT / EfficientNet / MobileNet families and Hugging Face encoders; an event "
-        "says why when it is not used.",
-    )
-    cache_memory_gb: float = opt(
-        0.0,
-        "Most memory the feature cache may take (train + val activations, float32); "
-        "0 = half of the memory available when it is built (device memory on CUDA, "
-        "host memory otherwise). A cache that would not fit is not built.",
-        min=0.0,
-    )
-    domain_shift: bool = opt(
-        True,
-        "Measure how far the target data is from what each layer group expects "
-        "(BatchNorm statistics, or the source data's outputs) on 4 val batches at the "
-        "start and after every epoch: the layer table's shift column. Off: only after "
-        "AdaBN (`b`).",
-    )
-    ema_decay: float = opt(
-        0.0,
-        "Keep an EMA of the weights (timm's ModelEmaV3) with this decay, e.g. 0.999, and "
-        "evaluate it each epoch too; 0 = off.",
-        min=0.0,
-        max=0.99999,
-    )
-    ema_for_best: bool = opt(
-        False,
-        "With `ema_decay`: the `best` checkpoint (and so the test figures and the "
-        "export) holds the EMA weights, chosen by the EMA model's `checkpoint_metric` "
-        "(`ema_val_score` / `ema_val_loss`).",
-    )
-    accumulate_steps: int = opt(
-        1,
-        "Gradient accumulation: one optimizer step every this many batches of "
-        "`data.batch_size` (the loss is scaled to match one big batch); steps, the LR "
-        "schedule, `log_every` and `max_steps_per_epoch` count optimizer steps.",
-        min=1,
-    )
-    grad_clip: float = opt(0.0, "Clip the gradient norm to this value; 0 = no clipping.", min=0.0)
-    seed: int = opt(0, "Random seed (data split, shuffling, initialisation).")
-    device: str = opt("auto", "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
-    sync_bn: bool = opt(
-        False,
-        "Several ranks on CUDA: convert BatchNorm to SyncBatchNorm, so training batches "
-        "are normalised over all ranks' examples (frozen BatchNorm stays in eval).",
-    )
-    dist_timeout_s: int = opt(
-        120,
-        "Several ranks: seconds a rank waits for the others in a collective before the "
-        "run fails (a dead rank is noticed at once; this bounds a hung one).",
-        min=10,
-    )
-    log_every: int = opt(10, "Steps between metric reads (the only host syncs in the loop).", min=1)
-    max_steps_per_epoch: int = opt(0, "Cap on steps per epoch; 0 = the whole training set.", min=0)
-    checkpoint_metric: str = opt(
-        "val_score",
-        "Metric that decides the `best` checkpoint (`*_score`: the task's "
-        "score, accuracy, RMSE or micro-F1; `val_acc`/`train_acc` still read; "
-        "`val_macro_f1`: classification's macro-F1, for imbalanced classes).",
-        choices=METRICS,
-    )
-    on_nonfinite: str = opt(
-        "stop",
-        "A NaN or infinite loss, found at the next metric read: `stop` ends the run "
-        "(checkpoints already saved stay as they were); `skip` drops the gradients of "
-        "such steps (and of steps with non-finite gradients) on the device and goes on.",
-        choices=("stop", "skip"),
-    )
-    max_skipped: int = opt(10, '`on_nonfinite = "skip"`: the run stops once more steps than this were skipped.', min=0)
-
-
-@dataclass(frozen=True)
-class StrategyConfig:
-    kind: str = opt(
-        "full",
-        "`full` (everything trains), `head_only` (linear probe), `groups` (the named "
-        "groups train), `progressive` (phases from the head downwards) or `lp_ft` (LP-FT, Kumar "
-        "et al. 2022: the head alone until `trigger` fires, then every group at "
-        "`ft_lr_scale` times the LR) or `lora` (LoRA adapters through `peft` in every group, the "
-        "head in full; base weights frozen).",
-        choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora"),
-    )
-    groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
-    groups_per_phase: int = opt(1, "`progressive`: layer groups unfrozen at each phase change.", min=1)
-    trigger: str = opt(
-        "epochs",
-        "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
-        "(every `every_epochs`) or `plateau` (of `plateau_metric`).",
-        choices=("manual", "epochs", "plateau"),
-    )
-    fallback: str = opt(
-        "plateau",
-        "Headless runs have nobody to press `u` or answer the plateau question: with "
-        '`trigger = "manual"` or `"plateau"` this trigger is used instead '
-        "(`epochs`, `plateau`: move on by itself when the metric stalls, or `none`).",
-        choices=("epochs", "plateau", "none"),
-    )
-    every_epochs: int = opt(2, "`epochs` trigger: epochs per phase.", min=1)
-    plateau_metric: str = opt("val_loss", "`plateau` trigger: the metric watched.", choices=METRICS)
-    plateau_patience: int = opt(2, "`plateau` trigger: epochs without improvement before the next phase.", min=1)
-    plateau_min_delta: float = opt(0.0, "`plateau` trigger: the smallest change that counts as improvement.", min=0.0)
-    plateau_wait: bool = opt(
-        False,
-        "`plateau` trigger in the dashboard: pause at the question until it is "
-        "answered (the demo does; after `n` it asks again `plateau_patience` flat "
-        "epochs later); otherwise training goes on while it is asked.",
-    )
-    lr_decay: float = opt(
-        1.0,
-        "Discriminative LR: each group one step further from the head gets this times "
-        "the LR of the one above (ULMFiT: 0.385 = 1/2.6; 1.0 = the same LR everywhere).",
-        gt=0.0,
-        max=1.0,
-    )
-    freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
-    freeze_dropout: bool = opt(
-        True,
-        "Run frozen layer groups without dropout or stochastic depth (their modules "
-        "in eval mode): their output is then deterministic, and cacheable.",
-    )
-    coarse: bool = opt(True, "timm: coarse groups (stem / stages / head) rather than one group per block.")
-    ft_lr_scale: float = opt(0.1, "`lp_ft`: every group's LR is scaled by this once all groups train.", gt=0.0, max=1.0)
-    phase_lr: str = opt(
-        "profile",
-        "The LR at the start of each phase: `profile` (`train.lr`, with `lr_decay` "
-        "below the head) or `find` (the LR finder sweeps the groups about to train, from "
-        "a snapshot restored after, and its suggestion becomes the head's LR, the deeper "
-        "groups keeping their `lr_decay` ratios). In the dashboard the curve is shown and "
-        "`a` accepts or a value overrides it within `phase_lr_wait_s`; headless applies at "
-        "once.",
-        choices=("profile", "find"),
-    )
-    phase_lr_steps: int = opt(
-        100,
-        '`phase_lr = "find"`: steps of each sweep (the LR grows from 1e-7 to 10; '
-        "it stops early when the loss diverges).",
-        min=10,
-    )
-    phase_lr_wait_s: float = opt(
-        10.0,
-        '`phase_lr = "find"`, dashboard: seconds the curve waits for an answer '
-        "before the suggestion applies itself (the engine waits 30 s longer for a "
-        "typed value, then applies it anyway).",
-        min=0.0,
-    )
-    adapters: str = opt(
-        "",
-        "`lora`: unfreezing a group (any strategy, e.g. `progressive`) turns on its LoRA "
-        'adapters instead of its weights; "" = the weights themselves.',
-        choices=("", "lora"),
-    )
-    lora_rank: int = opt(8, "LoRA rank r of each adapter.", min=1)
-    lora_alpha: float = opt(16.0, "LoRA alpha: the adapter's output is scaled by alpha / r.", gt=0.0)
-    lora_dropout: float = opt(0.0, "Dropout on the LoRA branch's input.", min=0.0, max=0.9)
-    lora_targets: list = opt(
-        [],
-        "Module-name suffixes to adapt; empty = the family's default: timm ViT "
-        "`attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`; ConvNeXt / MLP blocks `mlp.fc1`, "
-        "`mlp.fc2`; BERT-like `query`, `value`; EfficientNet / MobileNet blocks their 1x1 "
-        "convs `conv_pw`, `conv_pwl`. The head always trains in full; depthwise "
-        "convolutions are skipped.",
-    )
-
-
-@dataclass(frozen=True)
 class LossConfig:
     kind: str = opt(
         "cross_entropy",
@@ -435,14 +206,6 @@ class CompressConfig:
 
 
 @dataclass(frozen=True)
-class EarlyStoppingConfig:
-    enabled: bool = opt(False, "Stop when `metric` has not improved for `patience` epochs.")
-    metric: str = opt("val_loss", "The metric watched.", choices=METRICS)
-    patience: int = opt(3, "Epochs without improvement before stopping.", min=1)
-    min_delta: float = opt(0.0, "The smallest change that counts as improvement.", min=0.0)
-
-
-@dataclass(frozen=True)
 class RunProfile:
     name: str = opt("", "Run name; defaults to the file name without `.toml`.")
     description: str = opt("", "One line shown in the picker.")
@@ -457,15 +220,6 @@ class RunProfile:
     distill: DistillConfig = field(default_factory=DistillConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     source_path: str = field(default="", metadata={"internal": True})
-
-
-def field_default(f: dataclasses.Field[Any]) -> Any:
-    """A declared key's default (a fresh one where it is made by a factory: lists, tables, sections)."""
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    raise TypeError(f"{f.name}: declared without a default")
 
 
 SECTIONS: dict[str, type] = {

@@ -27,7 +27,7 @@ from typing import Any
 
 from tuitune.config import ProfileError, RunProfile, apply_overrides, profile_from_dict
 from tuitune.config.dump import toml_value
-from tuitune.config.schema import METRICS
+from tuitune.config.loop import METRICS
 
 SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials", "keep")
 KEEP = ("best", "all")
