@@ -1,4 +1,5 @@
-"""The profile key reference in `profiles/README.md`, generated from the declarations in `tuitune/config/schema.py`.
+"""The profile key reference in `profiles/README.md`, generated from the declarations in `tuitune/config/schema.py`
+and `tuitune/config/loop.py` (the training loop's sections).
 
     python -m tuitune.profile_docs --update profiles/README.md
 
@@ -16,7 +17,7 @@ from tuitune.config.declare import field_default
 
 
 def docs_markdown() -> str:
-    """The key reference for `profiles/README.md`, generated from the declarations in `tuitune/config/schema.py`."""
+    """The key reference for `profiles/README.md`, generated from the profile's declarations (`RunProfile`)."""
     lines = []
     for section, cls in [("", RunProfile), *SECTIONS.items()]:
         lines.append(f"\n### `[{section}]`\n" if section else "\n### Top level\n")
