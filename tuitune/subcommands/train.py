@@ -70,12 +70,15 @@ def _start_branch(args: argparse.Namespace) -> None:
     """`--branch RUN_DIR[@last|@best|@EPOCH]`: make the branch's run directory (`--out`, else `RUN_DIR-branch-N`)
     from the parent's checkpoint, then train it as a resumed run with the parent's profile and the `--set`
     overrides. Everything is checked before the folder is made; the parent is only read."""
+    from tuitune import multirank
     from tuitune.config import load_profile, read_toml
     from tuitune.engine.record.branch import default_out, find_branch_point, start_branch
     from tuitune.engine.record.runlog import new_run_dir
 
     if args.resume:
         raise UserError("--branch: starts a new run; --resume continues one (give one of them)")
+    if multirank.under_torchrun():  # every rank would make its own branch
+        raise UserError("--branch: under torchrun, make the branch with --nproc, or branch first and --resume it")
     point = find_branch_point(args.branch)
     out = Path(args.out) if args.out else default_out(point.parent)
     if out.resolve() == point.parent.resolve():
