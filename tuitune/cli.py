@@ -102,6 +102,12 @@ def _add_train_commands(sub: argparse._SubParsersAction) -> None:
         "it there (one command for a requeued batch job)",
     )
     train.add_argument(
+        "--branch",
+        metavar="RUN_DIR[@CKPT]",
+        help="start a new run (--out, default RUN_DIR-branch-N) from a run's checkpoint: @last (default), @best, "
+        "or @EPOCH where last or best was saved; with the run's profile and the --set changes",
+    )
+    train.add_argument(
         "--force",
         action="store_true",
         help="reuse an existing --out directory (never a live run's), or one whose process.json names another host",

@@ -53,3 +53,17 @@ async def test_select_two_runs_and_compare_them(tmp_path: Path) -> None:
 def test_compare_snapshot(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:
     app = CompareApp(runs=load_runs(list(two_runs(tmp_path))))
     assert snap_compare(app, terminal_size=size)
+
+
+async def test_a_branch_is_drawn_from_its_parents_point(tmp_path: Path) -> None:
+    """A branch compared with its parent: its curve starts at the parent's point at the branch epoch."""
+    from dataclasses import replace
+
+    two_runs(tmp_path)
+    parent, other = load_runs([tmp_path / "lr-1e-3", tmp_path / "lr-1e-2"])
+    child = replace(other, curve=other.curve[2:], parent=parent.path, branch_epoch=2, origin=parent.curve[1])
+    app = CompareApp(runs=[parent, child])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        score = app.screen.query_one("#plot-score", CurvesPlot)
+        assert score.drawn[1] == ("lr-1e-2", [2, 3, 4], [0.55, 0.84, 0.82])

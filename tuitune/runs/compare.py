@@ -45,6 +45,9 @@ class RunRecord:
     curve: tuple[EpochPoint, ...]  # one point per epoch; a resumed run's repeated epochs keep their last values
     profile: dict[str, Any] = field(default_factory=dict)  # flattened: "train.lr" -> 0.001
     wall_s: float | None = None
+    parent: str | None = None  # a branch's parent run (`branch.json`), resolved
+    branch_epoch: int | None = None  # the parent's epoch the branch started from
+    origin: EpochPoint | None = None  # the parent's point at that epoch, when the parent is compared too
 
     def best(self) -> EpochPoint | None:
         """The epoch with the best val score (the earliest of equals), by the run's own direction."""
@@ -121,13 +124,34 @@ def load_run(run_dir: Path) -> RunRecord:
         curve=curve,
         profile=flatten(profile),
         wall_s=wall,
+        **_branch_of(run_dir),
     )
+
+
+def _branch_of(run_dir: Path) -> dict[str, Any]:
+    """A branch's parent and branch epoch from its `branch.json` (none for a run that is no branch)."""
+    branch = read_json(run_dir / "branch.json") or {}
+    parent, epoch = branch.get("parent"), branch.get("epoch")
+    if not isinstance(parent, str) or not isinstance(epoch, int):
+        return {}
+    return {"parent": parent, "branch_epoch": epoch}
+
+
+def _with_origins(runs: list[RunRecord]) -> list[RunRecord]:
+    """Each branch compared with its parent starts its curve at the parent's point at the branch epoch."""
+    by_path = {str(Path(r.path).resolve()): r for r in runs}
+    out = []
+    for r in runs:
+        parent = by_path.get(r.parent) if r.parent else None
+        origin = next((p for p in parent.curve if p.epoch == r.branch_epoch), None) if parent else None
+        out.append(RunRecord(**{**r.__dict__, "origin": origin}) if origin else r)
+    return out
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunRecord]:
     if len(run_dirs) < 2:
         raise UserError("compare: give two or more run directories")
-    runs = [load_run(d) for d in run_dirs]
+    runs = _with_origins([load_run(d) for d in run_dirs])
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # same folder name under different parents: the paths tell them apart
         runs = [RunRecord(**{**r.__dict__, "name": r.path}) for r in runs]
@@ -164,6 +188,8 @@ def compare_dict(runs: list[RunRecord]) -> dict[str, Any]:
                 "path": r.path,
                 "higher_is_better": r.higher_is_better,
                 "curve": [p.__dict__ for p in r.curve],
+                "parent": r.parent,
+                "branch_epoch": r.branch_epoch,
             }
             for r in runs
         ],
@@ -233,6 +259,8 @@ def format_compare(runs: list[RunRecord]) -> str:
         *table_lines(best_header(runs), [best_cells(r, f1) for r in runs]),
         "",
     ]
+    lines += [f"{r.name}: branch of {r.parent} at epoch {r.branch_epoch}" for r in runs if r.parent]
+    lines += [""] if any(r.parent for r in runs) else []
     diff = profile_diff([r.profile for r in runs])
     names = tuple(r.name for r in runs)
     if diff:

@@ -20,6 +20,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuitune import multirank
     from tuitune.engine.record.runlog import new_run_dir
 
+    if getattr(args, "branch", None):
+        _start_branch(args)
     if args.resume == "auto":
         _resolve_auto(args)
     resume = Path(args.resume) if args.resume else None
@@ -62,6 +64,38 @@ def _resolve_auto(args: argparse.Namespace) -> None:
         args.resume = args.out
     else:
         args.resume, args.force = None, True
+
+
+def _start_branch(args: argparse.Namespace) -> None:
+    """`--branch RUN_DIR[@last|@best|@EPOCH]`: make the branch's run directory (`--out`, else `RUN_DIR-branch-N`)
+    from the parent's checkpoint, then train it as a resumed run with the parent's profile and the `--set`
+    overrides. Everything is checked before the folder is made; the parent is only read."""
+    from tuitune import multirank
+    from tuitune.config import load_profile, read_toml
+    from tuitune.engine.record.branch import default_out, find_branch_point, start_branch
+    from tuitune.engine.record.runlog import new_run_dir
+
+    if args.resume:
+        raise UserError("--branch: starts a new run; --resume continues one (give one of them)")
+    if multirank.under_torchrun():  # every rank would make its own branch
+        raise UserError("--branch: under torchrun, make the branch with --nproc, or branch first and --resume it")
+    point = find_branch_point(args.branch)
+    out = Path(args.out) if args.out else default_out(point.parent)
+    if out.resolve() == point.parent.resolve():
+        raise UserError(f"{out}: --branch: the branch needs a folder of its own (--out), not its parent's")
+    parent_profile = point.parent / "profile.toml"
+    args.profile = args.profile or str(parent_profile)
+    profile = load_profile(args.profile, args.overrides)
+    if profile.train.epochs <= point.epoch:
+        raise UserError(
+            f"{args.branch}: --branch: the {point.tag} checkpoint is at epoch {point.epoch}; train.epochs = "
+            f"{profile.train.epochs} leaves nothing to train (--set train.epochs=N, N > {point.epoch})"
+        )
+    _refuse_owned(out, "--out", args.force)
+    run_dir = new_run_dir(profile, str(out), args.force)
+    start_branch(point, run_dir, profile.train, read_toml(parent_profile).get("train", {}))
+    print(f"{run_dir}: branch of {point.parent} at epoch {point.epoch} ({point.tag} checkpoint)", flush=True)
+    args.resume, args.branch, args.out = str(run_dir), None, None
 
 
 def _finished(run_dir: Path, epochs: int) -> bool:

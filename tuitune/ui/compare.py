@@ -58,7 +58,8 @@ class CurvesPlot(OverlayPlot):
         self.drawn = []
         curves = []
         for i, run in enumerate(runs):
-            points = [(p.epoch, getattr(p, self.field)) for p in run.curve]
+            start = [run.origin] if run.origin is not None and run.curve else []  # a branch: from its parent's point
+            points = [(p.epoch, getattr(p, self.field)) for p in (*start, *run.curve)]
             if not points:
                 continue
             xs, ys = [p[0] for p in points], [p[1] for p in points]
