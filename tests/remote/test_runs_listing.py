@@ -57,11 +57,13 @@ def _row_of_every_line(run_dir: Path, tmp_path: Path) -> tuple[str, str, str, st
 
 
 def _garble_before_snapshot(run_dir: Path) -> None:
-    """Every byte before the snapshot's offset made garbage (the line end just before it kept, so the snapshot
-    still matches the file): a reader of those lines gets no phase, no epoch, no best."""
+    """The bytes before the snapshot's offset made one line of the same length that starts another run (no
+    phases, 7 epochs; the line end just before the offset kept, so the snapshot still matches the file): a reader
+    of any line before the offset gets another row."""
     offset = load_snapshot(run_dir / "events.jsonl").offset
     data = (run_dir / "events.jsonl").read_bytes()
-    (run_dir / "events.jsonl").write_bytes(b"#" * (offset - 1) + data[offset - 1 :])
+    other = b'{"type":"RunStarted","epochs":7}'
+    (run_dir / "events.jsonl").write_bytes(other + b" " * (offset - 1 - len(other)) + data[offset - 1 :])
 
 
 def test_a_live_runs_row_from_its_snapshot_and_the_lines_after_it_is_the_row_of_every_line(tmp_path: Path) -> None:
