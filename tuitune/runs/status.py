@@ -142,9 +142,19 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
     return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text, held
 
 
+_PARSED = tuple(b'{"type":"%s"' % t for t in (b"RunStarted", b"EpochEnded", b"PhaseChanged", b"UnfreezeSuggested"))
+_COMMAND, _READING = b'{"type":"CommandApplied"', '{"type":"MetricsUpdated"'
+
+
 def _text_lines(events: Path) -> Iterator[str]:
+    """The lines `_progress` and `_held` read, decoded: the types they parse; a reading as its type alone (it only
+    ends a hold, and half the lines are readings). Every other line leaves both as they were: skipped undecoded."""
+    reading = _READING.encode()
     for raw in event_lines(events):
-        yield raw.decode("utf-8", errors="replace")
+        if raw.startswith(_PARSED) or raw.startswith(_COMMAND):
+            yield raw.decode("utf-8", errors="replace")
+        elif raw.startswith(reading):
+            yield _READING
 
 
 def _held(line: str, held: str) -> str:

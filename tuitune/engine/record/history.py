@@ -265,7 +265,9 @@ def event_lines(run_dir: Path) -> Iterator[bytes]:
     c = load_snapshot(path)
     for entry in c.kept():
         yield entry[3]
-    yield from _lines(path, c.offset)
+    with open(path, "rb") as f:  # the buffered reader's own line iteration: the fastest way through an old file
+        f.seek(c.offset)
+        yield from f
 
 
 def read_history(run_dir: Path) -> list[Recorded]:
