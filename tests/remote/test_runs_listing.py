@@ -10,7 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.ui.test_long_history import SPE, _history
-from tuitune.engine.events import CommandApplied, EpochEnded, Event, PhaseChanged, RunStarted, UnfreezeSuggested
+from tuitune.engine.events import (
+    CommandApplied,
+    EpochEnded,
+    Event,
+    PhaseChanged,
+    RunStarted,
+    UnfreezeSuggested,
+    to_json,
+)
 from tuitune.engine.record.history import SNAPSHOT, SNAPSHOT_READINGS, load_snapshot
 from tuitune.engine.record.runlog import RunRecorder
 from tuitune.runs.process import write_process_record
@@ -93,3 +101,6 @@ def test_what_holds_a_run_from_before_its_snapshot_holds_it_still(tmp_path: Path
     assert row == _row_of_every_line(run, tmp_path)
     _garble_before_snapshot(run)
     assert _row(run) == row
+    with open(run / "events.jsonl", "a", encoding="utf-8") as f:  # a reading: it trains again
+        f.write(to_json(next(e for e in _history(4051) if getattr(e, "global_step", 0) == 4051)) + "\n")
+    assert _row(run) == ("live", "2/2", "40/200", "val acc 50.00% @ 10", "")
