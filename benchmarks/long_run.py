@@ -9,9 +9,11 @@ the refresh after it processed, as benchmarks/first_frame.py does), and reads th
 (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` after each child, children run smallest first, and the child's own
 figure). `attach` attaches to the run as a live run serves it: the run's control socket server (`RunServer`, as in
 a run process, counting the recorded lines as a resumed run does) in a process of its own over the directory,
-recorded in `process.json` (removed again afterwards); its first frame is the one after the history ended. `--old`
-also times a run directory of 1e5 readings written the old way (full rows at every read, no `history.jsonl`).
-Prints one JSON line.
+recorded in `process.json` (removed again afterwards); its first frame is the one after the history ended. `runs`
+times `tuitune runs FOLDER` (the listing `tuitune attach` and the picker make too) over a folder holding that one run
+(`listing-N`, a link to it), from spawn to its first line of output. `--old` also times a run directory of 1e5
+readings written the old way (full rows at every read, no `history.jsonl`), replayed and listed. Prints one JSON
+line.
 
     python benchmarks/long_run.py [--sizes 1e4,1e5,1e6] [--dir /tmp/tuitune-long] [--old]
 """
@@ -287,6 +289,42 @@ def first_frame(args: list[str]) -> dict[str, Any]:
     }
 
 
+RUNS = "import sys; sys.path.insert(0, sys.argv[1]); from tuitune.cli import main; main(sys.argv[2:])"
+
+
+def runs_first_output(run_dir: Path) -> dict[str, Any]:
+    """Spawn `tuitune runs` over a folder holding only `run_dir` (a link to it); seconds from spawn to its first line
+    of output (the table is printed whole), its CPU seconds to exit and the run's row."""
+    folder = run_dir.parent / f"listing-{run_dir.name}"
+    folder.mkdir(exist_ok=True)
+    if not (folder / run_dir.name).exists():
+        (folder / run_dir.name).symlink_to(run_dir.resolve(), target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNS, str(ROOT), "runs", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    seconds = time.perf_counter() - t0
+    rest = proc.stdout.read()
+    err = proc.stderr.read() if proc.stderr else ""
+    proc.wait(timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0 or not first:
+        raise SystemExit(f"tuitune runs {folder} failed: {err[-2000:]}")
+    return {
+        "first_output_s": round(seconds, 2),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+        "row": " ".join(rest.split()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1e4,1e5,1e6")
@@ -300,6 +338,7 @@ def main() -> None:
     if not (tiny / "summary.json").exists():
         write_run(tiny, 10, a.per_epoch)
     out["baseline_10_readings"] = first_frame(["replay", str(tiny)])  # interpreter, imports, Textual: the floor
+    out["runs_baseline_10_readings"] = runs_first_output(tiny)  # interpreter and the CLI's imports: the floor
     for size in (int(float(s)) for s in a.sizes.split(",")):
         run, twin = base / f"run-{size}", base / f"twin-{size}"
         t = time.perf_counter()
@@ -313,6 +352,7 @@ def main() -> None:
         row["replay"] = first_frame(["replay", str(run)])
         row["compare"] = first_frame(["compare", str(run), str(twin)])
         row["attach"] = attach_first_frame(run)
+        row["runs"] = runs_first_output(run)
         out["runs"][str(size)] = row
     if a.old:
         old = base / "old-100000"
@@ -321,6 +361,7 @@ def main() -> None:
         out["old_format_1e5"] = {
             "events_mb": round((old / "events.jsonl").stat().st_size / 1e6, 1),
             "replay": first_frame(["replay", str(old)]),
+            "runs": runs_first_output(old),
         }
     print(json.dumps(out))
 

@@ -12,12 +12,14 @@ Textual.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.engine.record.history import event_lines
+from tuitune.errors import UserError
 from tuitune.fmt import fmt_plain, fmt_score
 from tuitune.runs.process import PROCESS_FILE, other_host, process_alive, read_json
 
@@ -106,29 +108,29 @@ def run_info(run_dir: Path) -> RunInfo:
 
 def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
     """Phase, epoch, best metric and what holds the run (see `_held`) from the events (only the few types that
-    carry them are parsed)."""
+    carry them are parsed). Those are events the recorder's snapshot (`history.jsonl`) keeps whole, so the lines
+    are its kept lines and the ones after it (`event_lines`): time that does not grow with the run."""
     phases = epochs = phase = epoch = 0
     metric, best, best_epoch, held = "acc", None, None, ""
     try:
-        with open(events, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith('{"type":"RunStarted"'):
-                    e = _loads(line)
-                    phases, epochs, phase = len(e.get("phases", ())), e.get("epochs", 0), e.get("phase", 0)
-                    metric = e.get("metric", "acc")
-                    epoch = e.get("start_epoch", epoch)
-                elif line.startswith('{"type":"EpochEnded"'):
-                    e = _loads(line)
-                    epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
-                    if e.get("is_best"):
-                        best, best_epoch = (
-                            e.get("val_score", e.get("val_acc")),
-                            epoch,
-                        )  # val_acc: logs before the rename
-                elif line.startswith('{"type":"PhaseChanged"'):
-                    phase = _loads(line).get("phase", phase)
-                held = _held(line, held)
-    except OSError:
+        for line in _text_lines(events):
+            if line.startswith('{"type":"RunStarted"'):
+                e = _loads(line)
+                phases, epochs, phase = len(e.get("phases", ())), e.get("epochs", 0), e.get("phase", 0)
+                metric = e.get("metric", "acc")
+                epoch = e.get("start_epoch", epoch)
+            elif line.startswith('{"type":"EpochEnded"'):
+                e = _loads(line)
+                epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
+                if e.get("is_best"):
+                    best, best_epoch = (
+                        e.get("val_score", e.get("val_acc")),
+                        epoch,
+                    )  # val_acc: logs before the rename
+            elif line.startswith('{"type":"PhaseChanged"'):
+                phase = _loads(line).get("phase", phase)
+            held = _held(line, held)
+    except (OSError, UserError):  # no events.jsonl (yet), or it went away
         pass
     if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
         b = summary["best"]
@@ -138,6 +140,21 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
     else:
         text = f"val {metric} {fmt_score(metric, best, 2)} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
     return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text, held
+
+
+_PARSED = tuple(b'{"type":"%s"' % t for t in (b"RunStarted", b"EpochEnded", b"PhaseChanged", b"UnfreezeSuggested"))
+_COMMAND, _READING = b'{"type":"CommandApplied"', '{"type":"MetricsUpdated"'
+
+
+def _text_lines(events: Path) -> Iterator[str]:
+    """The lines `_progress` and `_held` read, decoded: the types they parse; a reading as its type alone (it only
+    ends a hold, and half the lines are readings). Every other line leaves both as they were: skipped undecoded."""
+    reading = _READING.encode()
+    for raw in event_lines(events):
+        if raw.startswith(_PARSED) or raw.startswith(_COMMAND):
+            yield raw.decode("utf-8", errors="replace")
+        elif raw.startswith(reading):
+            yield _READING
 
 
 def _held(line: str, held: str) -> str:

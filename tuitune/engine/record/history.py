@@ -256,6 +256,20 @@ def condense_lines(run_dir: Path, lines: int) -> Condenser:
     return c
 
 
+def event_lines(run_dir: Path) -> Iterator[bytes]:
+    """The raw lines a reader of the events that are not readings needs, in order, undecoded: the snapshot's kept
+    lines (every such event, a bounded number of readings), then every line after it; the whole file without a
+    matching snapshot. `tuitune runs` reads a run's phase, epoch and best this way in time that does not grow with
+    the run (UserError: no events.jsonl)."""
+    path = _events_path(run_dir)
+    c = load_snapshot(path)
+    for entry in c.kept():
+        yield entry[3]
+    with open(path, "rb") as f:  # the buffered reader's own line iteration: the fastest way through an old file
+        f.seek(c.offset)
+        yield from f
+
+
 def read_history(run_dir: Path) -> list[Recorded]:
     """A recorded run for a first frame: `fold(read_history(d)) == fold(read_events(d))`, in time and memory
     bounded by the plots' capacity and the number of events that are not readings."""
