@@ -6,12 +6,12 @@ client that asks for the full history gets every line as written."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.remote.conftest import wait_for
+from tests.remote.viewer import Viewer
 from tests.ui.test_long_history import SPE, _history, _record
 from tests.ui.test_pilot import dash, until
 from tuitune.engine.commands import Control
@@ -54,27 +54,6 @@ async def test_attaching_to_a_long_history_posts_few_events_and_folds_to_the_ful
     events = [e for m in posted for e in getattr(m, "events", (m,))]
     assert len(events) < 2 * CAPACITY + 2 * (n // SPE) + 10  # not the 2n lines: the readings no plot keeps
     assert len(posted) <= 2 + len(events) // 1024 + 1  # HistoryStarted, the chunks, HistoryEnded
-
-
-class Viewer:
-    """A client reading every message on a thread of its own; `history` and `live` split at the Live line."""
-
-    def __init__(self, client: RunClient) -> None:
-        self.client = client
-        self.messages: list[dict] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for m in self.client.messages():
-            self.messages.append(m)
-
-    def split(self) -> tuple[list[dict], list[dict]] | None:
-        types = [m["type"] for m in self.messages]
-        if protocol.LIVE not in types:
-            return None
-        i = types.index(protocol.LIVE)
-        return self.messages[:i], self.messages[i + 1 :]
 
 
 def check_meets_exactly(viewer: Viewer, lines: list[bytes]) -> int:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from tests.remote.conftest import run_pid, wait_for, write_profile
-from tests.remote.test_processes import Viewer
+from tests.remote.viewer import Viewer
 from tuitune.engine.commands import ScaleGroupLR, UnfreezeNext
 from tuitune.exits import ExitCode
 from tuitune.remote import attached

@@ -15,34 +15,11 @@ import threading
 from pathlib import Path
 
 from tests.remote.conftest import ROOT, env, run_pid, tiny_profile, wait_for, write_profile
+from tests.remote.viewer import Viewer
 from tuitune.engine.commands import Pause, Resume, SaveCheckpoint, StopEarly, UnfreezeNext
-from tuitune.remote.client import RunClient, connect
+from tuitune.remote.client import connect
 from tuitune.remote.spawn import start_run_process
 from tuitune.runs.status import list_runs, run_info
-
-
-class Viewer:
-    """A client that reads every message on a thread of its own, like a dashboard's worker."""
-
-    def __init__(self, client: RunClient) -> None:
-        self.client = client
-        self.messages: list[dict] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for m in self.client.messages():
-            self.messages.append(m)
-
-    def types(self) -> list[str]:
-        return [m["type"] for m in self.messages]
-
-    def applied(self) -> list[str]:
-        return [m["command"] for m in self.messages if m["type"] == "CommandApplied"]
-
-    def live(self) -> list[dict]:
-        types = self.types()
-        return self.messages[types.index("Live") + 1 :] if "Live" in types else []
 
 
 def events_count(run_dir: Path) -> int:

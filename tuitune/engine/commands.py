@@ -316,7 +316,7 @@ class Control:
         self._wake = threading.Event()
         self._stop_status = INTERRUPTED
         self._refusals: collections.deque[Refusal] = collections.deque()
-        self._refusals_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the refusals and the senders below
         self.refusals_lost = 0
         # (command, sender) of the latest queued commands, for the engine's `CommandApplied.sender`: matched by
         # identity (two Pause() from two senders are equal), bounded (a command the engine never applies ages out)
@@ -331,7 +331,7 @@ class Control:
             self.refuse(e.command, str(e), sender)
             raise
         if sender:
-            with self._refusals_lock:
+            with self._lock:
                 self._senders.append((checked, sender))
         self._queue.put(checked)
         self._wake.set()
@@ -339,7 +339,7 @@ class Control:
 
     def sender_of(self, command: Command) -> str:
         """Who queued this very command object (`put`'s sender), once; "" when unknown."""
-        with self._refusals_lock:
+        with self._lock:
             for i, (queued, sender) in enumerate(self._senders):
                 if queued is command:
                     del self._senders[i]
@@ -348,7 +348,7 @@ class Control:
 
     def refuse(self, command: str, reason: str, sender: str = "") -> None:
         """Note a refused command for the run's log (the engine emits it as `CommandRefused`); nothing is queued."""
-        with self._refusals_lock:
+        with self._lock:
             if len(self._refusals) >= MAX_REFUSALS:
                 self.refusals_lost += 1
                 return
@@ -357,7 +357,7 @@ class Control:
 
     def drain_refusals(self) -> list[Refusal]:
         """The refusals noted since the last call (those past MAX_REFUSALS as one line that counts them)."""
-        with self._refusals_lock:
+        with self._lock:
             out = list(self._refusals)
             self._refusals.clear()
             if self.refusals_lost:

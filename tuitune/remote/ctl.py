@@ -33,6 +33,7 @@ from tuitune.engine.commands import (
     UnfreezeNext,
 )
 from tuitune.engine.events import to_dict
+from tuitune.engine.questions import ENDS, questions_after
 from tuitune.errors import UserError
 from tuitune.exits import ExitCode
 from tuitune.remote import protocol
@@ -45,7 +46,6 @@ APPLIED, REFUSED, UNREACHABLE = "applied", "refused", "unreachable"
 EXIT_CODES = {APPLIED: ExitCode.OK, REFUSED: ExitCode.FAILED, UNREACHABLE: ExitCode.BAD_INPUT}
 TIMEOUT_S = 60.0  # for the engine's answer: it acts at its next step boundary (an LR sweep takes its steps first)
 ALL_GROUPS = "all"  # `lr all FACTOR`: every group's LR (ScaleGroupLR with no group), as the dashboard's +/- unselected
-ENDS = ("RunFinished", "RunFailed")
 
 
 @dataclass(frozen=True)
@@ -65,30 +65,17 @@ class Unreachable(Exception):
 
 @dataclass
 class Questions:
-    """The questions the run asks now, folded from its events as the dashboard's reducer does: the plateau's
-    (`UnfreezeSuggested`, until a phase change or a Resume ending its wait) and a phase's LR (`LRFound` with
-    `wait_s` > 0, until an `ApplyLR` applies); none once the run ends."""
+    """The questions the run asks now, folded from its events by the rule the dashboard's reducer uses
+    (`engine.questions.questions_after`), and the latest LR sweep (`lr-find --apply` applies its suggestion)."""
 
     plateau: dict[str, Any] | None = None
     lr: dict[str, Any] | None = None
     last_sweep: dict[str, Any] | None = field(default=None, repr=False)  # the latest LRFound
 
     def fold(self, data: dict[str, Any]) -> None:
-        kind = data.get("type")
-        if kind == "UnfreezeSuggested":
-            self.plateau = data
-        elif kind == "PhaseChanged":
-            self.plateau = None
-        elif kind == "LRFound":
+        if data.get("type") == "LRFound":
             self.last_sweep = data
-            if float(data.get("wait_s") or 0) > 0:
-                self.lr = data
-        elif kind == "CommandApplied" and data.get("command") == "ApplyLR":
-            self.lr = None
-        elif kind == "CommandApplied" and data.get("command") == "Resume" and (self.plateau or {}).get("waiting"):
-            self.plateau = None
-        elif kind in ENDS:
-            self.plateau = self.lr = None
+        self.plateau, self.lr = questions_after(self.plateau, self.lr, data)
 
 
 class Session:

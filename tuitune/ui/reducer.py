@@ -33,6 +33,7 @@ from tuitune.engine.events import (
     UnfreezeSuggested,
     Warned,
 )
+from tuitune.engine.questions import questions_after
 from tuitune.engine.record.history import LinesSkipped, Recorded
 from tuitune.engine.record.progress import progress_text
 from tuitune.fmt import extras_text, fmt_sci, fmt_score
@@ -174,7 +175,7 @@ def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
     label = f"phase {e.phase + 1}"
     added = ", ".join(e.unfrozen) or "-"
     text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
-    s = evolve(s, phase=e.phase, suggestion=None)  # the rows follow in the engine's LayersChanged
+    s = evolve(s, phase=e.phase, **_asked(s, e))  # the rows follow in the engine's LayersChanged
     return evolve(
         s,
         markers=_add_marker(s, Marker(x_at(s, e.global_step), "phase", label)),
@@ -204,7 +205,7 @@ def _skipped(s: DashboardState, e: LinesSkipped) -> DashboardState:
 
 def _suggested(s: DashboardState, e: UnfreezeSuggested) -> DashboardState:
     status = "paused" if e.waiting and s.status in LIVE_STATUSES else s.status  # held until the answer
-    return evolve(s, suggestion=e, status=status, log=_log(s, "info", suggestion_text(e, s.metric)))
+    return evolve(s, status=status, log=_log(s, "info", suggestion_text(e, s.metric)), **_asked(s, e))
 
 
 def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
@@ -213,7 +214,7 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
         status = s.status
     label = COMMAND_LABELS.get(e.command, e.command)
     text = f"{_where(s, e.epoch, e.global_step)} · applied: {label}" + (f" ({e.detail})" if e.detail else "")
-    s = evolve(s, pending=_unpend(s.pending, e.command), status=status, **_questions_after(s, e))
+    s = evolve(s, pending=_unpend(s.pending, e.command), status=status, **_asked(s, e))
     marker = Marker(x_at(s, e.global_step), "command", label)
     if e.command == "ApplyLR" and e.value is not None:  # the plots name the LR chosen (older logs: a plain line)
         marker = Marker(marker.x, "lr", f"lr {fmt_sci(e.value)}")
@@ -245,22 +246,19 @@ def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
     return evolve(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
 
 
-def _questions_after(s: DashboardState, e: CommandApplied) -> dict[str, Any]:
-    """The questions a confirmed command makes moot: an applied LR answers a phase's LR question; a Resume ends a
-    waiting plateau question (whoever sent it: `n`, `p`, another client), as the engine then trains on."""
-    if e.command == "ApplyLR" and s.lr_question is not None:
-        return {"lr_question": None}
-    if e.command == "Resume" and s.suggestion is not None and s.suggestion.waiting:
-        return {"suggestion": None}
-    return {}
+def _asked(s: DashboardState, e: Any) -> dict[str, Any]:
+    """The questions open after `e` (`engine.questions`: the rule `tuitune ctl` follows too): an applied LR answers
+    a phase's LR question, a Resume ends a waiting plateau question (whoever sent it), a phase change or the run's
+    end makes them moot."""
+    plateau, lr = questions_after(s.suggestion, s.lr_question, e)
+    return {"suggestion": plateau, "lr_question": lr}
 
 
 def _lr_found(s: DashboardState, e: LRFound) -> DashboardState:
     finder = f"LR finder for phase {e.phase + 1}" if e.phase >= 0 else "LR finder"
     text = f"{_where(s, e.epoch, e.global_step)} · {finder}: {lr_found_text(e)}"
-    question = e if e.wait_s > 0 else s.lr_question
     pending = _unpend(s.pending, "FindLR")
-    return evolve(s, lr_found=e, lr_question=question, pending=pending, log=_log(s, "command", text))
+    return evolve(s, lr_found=e, pending=pending, log=_log(s, "command", text), **_asked(s, e))
 
 
 def _compressed(s: DashboardState, e: CompressionReported) -> DashboardState:
@@ -274,11 +272,10 @@ def _finished(s: DashboardState, e: RunFinished) -> DashboardState:
         status=e.status,
         finished=e,
         pending=(),
-        suggestion=None,
-        lr_question=None,
         cache_active=False,
         checkpoints={**s.checkpoints, **e.checkpoints},
         log=_log(s, "info", text),
+        **_asked(s, e),
     )
 
 
@@ -300,12 +297,11 @@ def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
         status="failed",
         failed=e,
         pending=(),
-        suggestion=None,
-        lr_question=None,
         cache_active=False,
         setup=None,
         run_dir=s.run_dir or e.run_dir,
         log=_log(s, "error", f"failed: {e.message}"),
+        **_asked(s, e),
     )
 
 
