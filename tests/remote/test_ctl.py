@@ -166,6 +166,9 @@ def test_an_unreachable_run_is_one_line_and_exit_2(tmp_path: Path, capsys) -> No
     write_process_record(no_socket, no_socket / "control.sock", "test")
     assert main(["ctl", str(no_socket), "pause"]) == 2
     assert "cannot connect to the control socket" in capsys.readouterr().err
+    (no_socket / "summary.json").write_text(json.dumps({"status": "finished"}))  # ended; its process still exiting
+    assert main(["ctl", str(no_socket), "pause"]) == 2
+    assert "the run is not live (finished; its process is exiting)" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ a scripted run's socket

@@ -39,7 +39,7 @@ from tuitune.exits import ExitCode
 from tuitune.remote import protocol
 from tuitune.remote.client import RunClient
 from tuitune.remote.confirm import REPLY
-from tuitune.runs.process import socket_path
+from tuitune.runs.process import PROCESS_FILE, read_json, socket_path
 from tuitune.runs.status import is_run_dir, run_status
 
 APPLIED, REFUSED, UNREACHABLE = "applied", "refused", "unreachable"
@@ -178,7 +178,19 @@ def _connect(run_dir: Path) -> RunClient:
     except PermissionError:
         raise Unreachable(f"{run_dir}: permission denied on the control socket {path} (another user's run)") from None
     except (OSError, ValueError) as e:  # refused (RunRefused says why), gone, not listening
+        ended = _ended_status(run_dir)  # a run that is ending closes its socket while its process still lives
+        if ended:
+            raise Unreachable(f"{run_dir}: the run is not live ({ended}; its process is exiting)") from None
         raise Unreachable(f"{run_dir}: cannot connect to the control socket {path}: {e}") from None
+
+
+def _ended_status(run_dir: Path) -> str:
+    """The status its summary.json gives once this process wrote it (not a resumed run's old one), else ""."""
+    record, summary = read_json(run_dir / PROCESS_FILE), read_json(run_dir / "summary.json")
+    started = record.get("started", 0) if record else 0
+    if summary is None or (run_dir / "summary.json").stat().st_mtime < started - 1:
+        return ""
+    return str(summary.get("status", "ended"))
 
 
 # ------------------------------------------------------------------------------------------------ verbs
