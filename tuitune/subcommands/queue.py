@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from tuitune.errors import UserError
@@ -71,7 +72,7 @@ def _add(folder: Path, profile_path: str, overrides: list[str]) -> int:
         raise UserError(f"{folder}: --runs-dir: not a folder")
     with QueueStore(folder).edit() as state:
         waiting_before = len(state.with_status("waiting", "running"))
-        entry = state.add(str(Path(profile_path).resolve()), overrides, profile.name)
+        entry = state.add(os.path.abspath(profile_path), overrides, profile.name)  # a link kept as given
         pid, started = ensure_running(state, folder)
     ahead = f"{waiting_before} ahead of it" if waiting_before else "next"
     process = f"queue process {pid} {'started' if started else 'runs it'}"
