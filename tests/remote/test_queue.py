@@ -69,6 +69,7 @@ class Recorder:
 
     def wait(self, seconds: float) -> None:
         self.running_at_each_look.append([e.number for e in self.store.read().with_status("running")])
+        assert len(self.running_at_each_look) < 50, "the queue never emptied"  # a stuck loop fails, not hangs
         if self.on_wait:
             self.on_wait.pop(0)()
 
@@ -216,7 +217,7 @@ def test_a_profile_gone_bad_fails_its_entry_and_a_run_left_by_an_earlier_queue_i
         state.process = {"pid": 2**22 + 7, "proc_start": 1}  # that dead queue process
     profile.write_text(profile.read_text().replace("lr = 0.01", "lr = -1.0"))  # broken since it was queued
     monkeypatch.setattr("tuitune.remote.spawn.start_run_process", lambda *a, **k: pytest.fail("it must not start"))
-    QueueRunner(store, slots=lambda: [None], wait=lambda s: None, say=lambda s: None).run()
+    QueueRunner(store, slots=lambda: [None], wait=Recorder(store).wait, say=lambda s: None).run()
     one, two = store.read().entries
     assert (one.status, one.exit_code) == ("stopped", 0)  # read from its run directory's summary
     assert (two.status, two.exit_code, two.run_dir) == ("failed", 2, None)
@@ -251,7 +252,8 @@ async def test_the_picker_lists_waiting_entries_under_live_runs(tmp_path: Path, 
         labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
         assert labels[:2] == ["⧗ #1 tiny  queued · waiting", "⧗ #2 tiny  queued · waiting"]
         assert options.get_option_at_index(0).disabled
-        assert picker.highlighted is not None and picker.highlighted.name == "demo"  # the first profile
+        assert options.highlighted == 2  # the first profile, under the queue's lines
+        assert picker.highlighted is not None and picker.highlighted.name == "demo"
         await pilot.press("q")
 
 
