@@ -154,7 +154,7 @@ def test_add_list_rm_and_the_runs_list(tmp_path: Path, profile: Path, monkeypatc
     listed = json.loads(capsys.readouterr().out)
     assert [(e["number"], e["status"]) for e in listed["entries"]] == [(1, "running")]
     assert main(["queue", "start", "--runs-dir", str(runs)]) == 0
-    assert "nothing waits" in capsys.readouterr().out and len(spawned) == 1
+    assert f"queue process {os.getpid()} already runs the queue" in capsys.readouterr().out and len(spawned) == 1
 
 
 def test_a_damaged_queue_file_is_one_line_and_kept(tmp_path: Path, profile: Path, capsys) -> None:

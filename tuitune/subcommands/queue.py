@@ -106,8 +106,8 @@ def _start(folder: Path) -> int:
 
     with _existing(folder).edit() as state:
         waiting = len(state.with_status("waiting"))
-        if not waiting:
-            print(f"{folder}: nothing waits in the queue")
+        if not state.with_status("waiting", "running"):  # a running entry left by a stopped queue process counts:
+            print(f"{folder}: nothing waits in the queue")  # the new one records how its run ends
             return ExitCode.OK
         pid, started = ensure_running(state, folder)
     print(f"queue process {pid} {'started' if started else 'already runs the queue'}: {waiting} waiting")
