@@ -13,6 +13,7 @@ from tuitune import __version__
 from tuitune.engine.record.files import WriteFailed
 from tuitune.errors import UserError
 from tuitune.exits import ExitCode
+from tuitune.subcommands.queue import add_queue_commands, cmd_queue
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
 from tuitune.subcommands.steer import add_steer_commands, cmd_ctl, cmd_mcp, cmd_watch
 from tuitune.subcommands.tools import cmd_compress, cmd_export, cmd_layers, cmd_lr_find
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_options(layers)
     _add_runs_commands(sub)
     add_steer_commands(sub)
+    add_queue_commands(sub)
     _add_ship_commands(sub)
     _add_sweep_command(sub)
     return parser
@@ -238,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ctl": cmd_ctl,
         "watch": cmd_watch,
         "mcp": cmd_mcp,
+        "queue": cmd_queue,
     }
     try:
         return handlers[args.command](args)

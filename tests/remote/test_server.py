@@ -168,6 +168,6 @@ def test_remote_imports_neither_textual_nor_torch() -> None:
 
     loaded = _modules_after(
         "import tuitune.remote.host, tuitune.remote.client, tuitune.remote.spawn, tuitune.runs.status, "
-        "tuitune.runs.process, tuitune.runs.compare"
+        "tuitune.runs.process, tuitune.runs.compare, tuitune.remote.queue_process, tuitune.runs.queue_file"
     )
     assert not {"torch", "timm", "transformers", "textual"} & loaded

@@ -21,10 +21,11 @@ from tuitune.runs.process import LOG_FILE
 SPAWNED: list[subprocess.Popen] = []
 
 
-def spawn_detached(args: list[str], log: Path) -> subprocess.Popen:
+def spawn_detached(args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """`python -m *args` in a session of its own (see above), stdin /dev/null, output appended to `log`, with this
-    checkout first on PYTHONPATH (as the parent runs it) and no TEXTUAL driver setting; kept in `SPAWNED`."""
-    env = dict(os.environ)
+    checkout first on PYTHONPATH (as the parent runs it), `extra_env` set (the queue pins a run to its GPU) and no
+    TEXTUAL driver setting; kept in `SPAWNED`."""
+    env = {**os.environ, **(extra_env or {})}
     here = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
     env.pop("TEXTUAL", None)
@@ -44,12 +45,17 @@ def spawn_detached(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def start_run_process(
-    profile: RunProfile, run_dir: Path, *, resume: Path | None = None, interactive: bool = True
+    profile: RunProfile,
+    run_dir: Path,
+    *,
+    resume: Path | None = None,
+    interactive: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Spawn `python -m tuitune.remote.host RUN_DIR`; it binds the control socket before importing torch."""
     run_dir = Path(run_dir)
     write_launch(run_dir, profile, resume, interactive)
-    return spawn_detached(["tuitune.remote.host", str(run_dir)], run_dir / LOG_FILE)
+    return spawn_detached(["tuitune.remote.host", str(run_dir)], run_dir / LOG_FILE, extra_env)
 
 
 def start_ranks_process(argv: list[str], run_dir: Path) -> subprocess.Popen:

@@ -32,6 +32,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no run directories under {folder}")
     else:
         print(format_table(runs))
+    if not args.json:
+        from tuitune.runs.queue_file import waiting_lines
+
+        for line in waiting_lines(folder):  # the queue's runs that have no run directory yet
+            print(line)
     return ExitCode.OK
 
 

@@ -19,6 +19,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuitune.config import RunProfile
+from tuitune.runs.queue_file import Entry, waiting_entries
 from tuitune.runs.status import RunInfo, clock, live_runs
 from tuitune.ui.profiles import ProfileEntry, detail_rows, discover
 from tuitune.ui.views import run_label
@@ -27,6 +28,14 @@ from tuitune.ui.views import run_label
 def entry_label(entry: ProfileEntry) -> Text:
     mark = ("● ", "green") if entry.ok else ("✖ ", "bold red")
     label = Text.assemble(mark, (entry.name, "bold" if entry.ok else "red"), (f"  {entry.source}", "dim"))
+    label.no_wrap, label.overflow = True, "ellipsis"
+    return label
+
+
+def queued_label(entry: Entry) -> Text:
+    """A waiting entry of the runs folder's queue: shown under the live runs, not selectable (no run to attach to
+    yet; `tuitune queue` lists and removes entries)."""
+    label = Text.assemble(("⧗ ", "yellow"), (f"#{entry.number} {entry.name}", "bold"), ("  queued · waiting", "dim"))
     label.no_wrap, label.overflow = True, "ellipsis"
     return label
 
@@ -97,6 +106,7 @@ class PickerScreen(Screen[None]):
         self.attach = attach
         self.entries: list[ProfileEntry] = []
         self.runs: list[RunInfo] = []
+        self.queued: list[Entry] = []  # the queue's waiting entries, listed under the live runs
 
     def compose(self) -> ComposeResult:
         yield Static("tuitune · pick a profile", id="title")
@@ -113,21 +123,31 @@ class PickerScreen(Screen[None]):
 
     def action_reload(self) -> None:
         self.entries = discover(self.dirs, self.overrides)
-        self.runs = live_runs(self.runs_dir) if self.runs_dir is not None and self.attach is not None else []
+        runs_dir = self.runs_dir if self.attach is not None else None  # runs are listed only to attach to
+        self.runs = live_runs(runs_dir) if runs_dir is not None else []
+        self.queued = waiting_entries(runs_dir) if runs_dir is not None else []
         options = self.query_one("#profiles", OptionList)
         options.clear_options()
         options.add_options([Option(run_label(r), id=f"run{i}") for i, r in enumerate(self.runs)])
+        options.add_options(
+            [Option(queued_label(e), id=f"queued{i}", disabled=True) for i, e in enumerate(self.queued)]
+        )
         options.add_options([Option(entry_label(e), id=str(i)) for i, e in enumerate(self.entries)])
-        n = len(self.runs)
+        n = self.first_profile
         first = next((n + i for i, e in enumerate(self.entries) if e.ok), n) if self.entries else None
         options.highlighted = first
         self._show_detail(first)
         options.focus()
 
     @property
+    def first_profile(self) -> int:
+        """The option index of the first profile: the live runs and the queue's waiting entries come before."""
+        return len(self.runs) + len(self.queued)
+
+    @property
     def highlighted(self) -> ProfileEntry | None:
         index = self.query_one("#profiles", OptionList).highlighted
-        index = None if index is None else index - len(self.runs)
+        index = None if index is None else index - self.first_profile
         return self.entries[index] if index is not None and 0 <= index < len(self.entries) else None
 
     @property
@@ -140,7 +160,7 @@ class PickerScreen(Screen[None]):
         if index is not None and index < len(self.runs):
             detail.update(run_detail(self.runs[index]))
             return
-        index = None if index is None else index - len(self.runs)
+        index = None if index is None else index - self.first_profile
         if index is None or not 0 <= index < len(self.entries):
             folders = ", ".join(str(d) for d in self.dirs) or "-"
             detail.update(Text(f"No profiles found.\n\nLooked in: {folders}\nAdd --profiles DIR.", "dim"))
