@@ -140,28 +140,6 @@ def test_eval_shards_cover_the_set_once_without_padding() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, procs: list) -> None:
-    """2 ranks x batch 16 against 1 process x batch 32, same seed, no dropout or augmentation, an unfreeze after
-    each epoch: per-epoch val loss equal within 1e-4 over 3 epochs, and the validation's macro-F1 and confusion
-    matrix (each rank counts its shard) those of one process; one writer: the events are rank 0's. The
-    feature cache off on both sides (its multi-rank runs: the test below)."""
-    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "feature_cache": False}, "strategy": PROGRESSIVE}
-    profile = _write(tmp_path, "vit", **sections)
-    proc = _train([str(profile), "--headless", "--nproc", "2", "--out", str(tmp_path / "two")], procs)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-2000:]
-    two = read_events(tmp_path / "two")
-    one: list = []
-    Trainer(tiny_profile(**sections, data={"batch_size": 32}), tmp_path / "one", one.append, Control()).run()
-    assert len(_val_losses(two)) == 3 and _val_losses(two) == pytest.approx(_val_losses(one), abs=1e-4)
-    f1 = [[e.extra["val_macro_f1"] for e in run if isinstance(e, EpochEnded)] for run in (two, one)]
-    assert f1[0] == pytest.approx(f1[1], abs=1e-6)
-    assert two[-1].confusion == one[-1].confusion and sum(map(sum, one[-1].confusion)) == 24  # the whole val set
-    assert two[0].world_size == 2 and [type(e) for e in two].count(RunStarted) == 1
-    assert isinstance(two[-1], RunFinished) and two[-1].status == "finished"
-    assert not list((tmp_path / "two").glob("error*.log"))
-
-
 def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
     port = free_port()
     started = []
@@ -229,7 +207,8 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
 
 
 def test_feature_cache_per_rank_gives_the_one_process_training(tmp_path: Path, procs: list) -> None:
-    """The feature cache on 2 ranks x batch 16 (the ViT of the test above, an unfreeze after each epoch; a budget
+    """Two ranks equal one process with the global batch, with the feature cache on. 2 ranks x batch 16 (the
+    ViT of the test above, an unfreeze after each epoch; a budget
     that keeps pre_logits and blocks.0 from the first pass, so the second unfreeze drops the cache and epoch 3
     rebuilds it at the stem): the same cache events at the same steps on both ranks and as in one process x batch
     32 with the cache; per-epoch val loss within 1e-4 of one process without it; parameters equal across ranks."""
@@ -264,6 +243,13 @@ def test_feature_cache_per_rank_gives_the_one_process_training(tmp_path: Path, p
     ]
     val = [[e["val_loss"] for e in r["events"] if e["type"] == "EpochEnded"] for r in ranks]
     assert len(val[0]) == 3 and val[0] == val[1] == pytest.approx(_val_losses(runs[False]), abs=1e-4)
+    # the validation's macro-F1 and confusion matrix: each rank counts its shard, together those of one process
+    f1 = [[e["extra"]["val_macro_f1"] for e in r["events"] if e["type"] == "EpochEnded"] for r in ranks]
+    one_f1 = [e.extra["val_macro_f1"] for e in runs[True] if isinstance(e, EpochEnded)]
+    assert f1[0] == f1[1] == pytest.approx(one_f1, abs=1e-6)
+    ends = [r["events"][-1] for r in ranks]
+    assert ends[0]["confusion"] == ends[1]["confusion"] == [list(row) for row in runs[True][-1].confusion]
+    assert sum(map(sum, runs[True][-1].confusion)) == 24  # the whole val set
     assert ranks[0]["sums"] == ranks[1]["sums"]
     assert all(ranks[0]["sums"][n] != ranks[0]["start"][n] for n in ranks[0]["trainable"])
 
@@ -294,6 +280,7 @@ def test_a_killed_rank_fails_the_run_naming_it_ctrl_c_stops_every_rank_and_resum
     assert isinstance(events[-1], RunFailed) and events[-1].kind == "rank_lost"
     assert events[-1].message.startswith("rank 1 died (killed by SIGKILL)") and "rank 1 died" in err
     assert sum(isinstance(e, (RunFailed, RunFinished)) for e in events) == 1
+    assert events[0].world_size == 2 and [type(e) for e in events].count(RunStarted) == 1  # one writer: rank 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "rank 1" in summary["stop_reason"]
     _, state = checkpoint.open_checkpoint(run / "checkpoints", "last")  # intact
