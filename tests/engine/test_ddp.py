@@ -208,7 +208,7 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
 
 def test_feature_cache_per_rank_gives_the_one_process_training(tmp_path: Path, procs: list) -> None:
     """Two ranks equal one process with the global batch, with the feature cache on. 2 ranks x batch 16 (the
-    ViT of the test above, an unfreeze after each epoch; a budget
+    tiny ViT, an unfreeze after each epoch; a budget
     that keeps pre_logits and blocks.0 from the first pass, so the second unfreeze drops the cache and epoch 3
     rebuilds it at the stem): the same cache events at the same steps on both ranks and as in one process x batch
     32 with the cache; per-epoch val loss within 1e-4 of one process without it; parameters equal across ranks."""
