@@ -25,6 +25,7 @@ from tuitune.fmt import METRIC_TITLES, fmt_value, score_label
 __all__ = ["RunStory", "build_card", "read_story"]
 
 _WANTED = tuple(f'{{"type":"{t}"'.encode() for t in ("RunStarted", "PhaseChanged", "CommandApplied", "RunFinished"))
+MAX_ROWS = 500  # interventions listed in the card; an agent that sent thousands leaves them in events.jsonl
 PIPELINES = {"image": "image-classification", "text": "text-classification"}
 LIBRARIES = {"timm": "timm", "hf": "transformers"}
 STRATEGY_TAGS = {
@@ -81,7 +82,6 @@ def build_card(story: RunStory, manifest: dict[str, Any], repo_id: str) -> Any:
         pipeline_tag=PIPELINES[task],
         tags=tags,
         datasets=hub_dataset(p),
-        model_name=repo_id.split("/")[-1],
     )
     sections = [
         _intro(story, repo_id),
@@ -94,13 +94,31 @@ def build_card(story: RunStory, manifest: dict[str, Any], repo_id: str) -> Any:
 
 
 def base_model_id(p: RunProfile) -> str | None:
-    """The base model as a hub id, where it is one: an `hf` model named `org/name`, a timm `hf-hub:org/name`."""
-    name = p.model.name
+    """The pretrained model the run started from, as a hub id, where it has one: an `hf` model named `org/name`, a
+    timm `hf-hub:org/name`, a timm name whose pretrained weights timm fetches from the hub (`timm/resnet18.a1_in1k`).
+    None for a local folder or weights file and for random initialization."""
+    m = p.model
+    if m.weights or not m.pretrained:
+        return None
     for prefix in ("hf-hub:", "hf_hub:"):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
-    return name if p.model.source == "hf" and name.count("/") == 1 and not local else None
+        if m.name.startswith(prefix):
+            return m.name[len(prefix) :]
+    if m.source == "timm":
+        return _timm_hub_id(m.name)
+    local = m.name.startswith((".", "/", "~")) or Path(m.name).expanduser().exists()
+    return m.name if m.name.count("/") == 1 and not local else None
+
+
+def _timm_hub_id(name: str) -> str | None:
+    """timm's own answer (its pretrained config's `hf_hub_id`); timm is loaded already by the export."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # not a timm name with pretrained weights, or timm's API moved
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return str(hub_id) if hub_id else None
 
 
 def hub_dataset(p: RunProfile) -> list[str] | None:
@@ -172,15 +190,22 @@ def _phases(story: RunStory) -> str:
     return "\n".join(["## Phases", "", planned, "", header, "|---|---|---|---|---|", *rows])
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: no column breaks, one line."""
+    return " ".join(text.replace("|", "\\|").split()) or "-"
+
+
 def _interventions(story: RunStory) -> str:
-    """Every command applied while the run trained, in order, with who sent it."""
+    """Every command applied while the run trained, in order, with who sent it (the first MAX_ROWS of them)."""
     if not story.commands:
         return "## Interventions\n\nNone: the run followed its profile, no command was applied while it trained."
     rows = [
-        f"| {c.global_step} | {c.epoch} | {c.command} | {c.detail or '-'} | {c.sender or 'unknown'} |"
-        for c in story.commands
+        f"| {c.global_step} | {c.epoch} | {_cell(c.command)} | {_cell(c.detail)} | {_cell(c.sender or 'unknown')} |"
+        for c in story.commands[:MAX_ROWS]
     ]
-    intro = f"{len(rows)} command(s) applied while the run trained, from its event log:"
+    more = len(story.commands) - len(rows)
+    intro = f"{len(story.commands)} command(s) applied while the run trained, from its event log"
+    intro += f" (the first {MAX_ROWS} below; all are in its events.jsonl):" if more > 0 else ":"
     return "\n".join(
         [
             "## Interventions",
