@@ -255,3 +255,16 @@ def test_push_refusals_are_one_line_and_leave_the_run_alone(steered_run, hub_env
     code, err = push("--push-to-hub", "tuitune-tests/open")  # private by default: not into a public repo
     assert code == 2 and len(err) == 1 and "exists and is public" in err[0], err
     assert len(hub.commits) == 1
+
+
+def test_the_card_names_the_base_model_by_its_hub_id_only_when_it_has_one() -> None:
+    from tuitune.engine.tools.model_card import base_model_id
+
+    def base(**model: object) -> str | None:
+        return base_model_id(profile_from_dict({"model": model, "data": {"kind": "synthetic"}}, "card.toml"))
+
+    assert base(source="hf", name="org/bert-small", pretrained=True) == "org/bert-small"
+    assert base(source="timm", name="resnet18", pretrained=True) == "timm/resnet18.a1_in1k"  # timm's own registry
+    assert base(source="timm", name="hf-hub:org/my-vit", pretrained=True) == "org/my-vit"
+    assert base(source="timm", name="resnet18", pretrained=False) is None  # random init: no base
+    assert base(source="timm", name="resnet18", weights="/tmp/w.safetensors") is None  # a local file: no hub id
