@@ -56,6 +56,25 @@ def use_block(text: str) -> list[tuple[list[str], str]]:
     return lines
 
 
+def export_block(text: str) -> list[list[str]]:
+    """argv after `tuitune` for each line of the ```bash block under `## Export, compress, LR finder`."""
+    section = text.split("\n## Export, compress, LR finder\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(raw.partition("  #")[0]) for raw in block.splitlines() if raw.partition("  #")[0].strip()]
+    assert all(argv[0] == "tuitune" for argv in commands), commands
+    return [argv[1:] for argv in commands]
+
+
+def test_the_export_block_parses_and_shows_onnx_and_the_hub() -> None:
+    """Parsed only (each needs a finished run; tests/engine/test_export_ship.py runs them for real)."""
+    lines = export_block(README.read_text(encoding="utf-8"))
+    for argv in lines:
+        assert_parses(argv)
+    exports = [argv for argv in lines if argv[0] == "export"]
+    assert any("--onnx" in argv for argv in exports), "the README's export block has no --onnx line"
+    assert any("--push-to-hub" in argv for argv in exports), "the README's export block has no --push-to-hub line"
+
+
 def alternatives(comment: str) -> list[list[str]]:
     """The `tuitune ...` commands a comment offers after `or:` / `also:` (optional flags in [] unwrapped)."""
     found = re.findall(r"(?:or|also): (tuitune [^;)]*)", comment)

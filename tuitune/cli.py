@@ -200,6 +200,17 @@ def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="val examples + logits saved for a fresh-process check (0 = none)",
     )
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also model.onnx (dynamic batch), kept only if onnxruntime matches PyTorch on val data within 1e-4",
+    )
+    export.add_argument(
+        "--push-to-hub", metavar="ORG/NAME", help="upload the export with a model card to this hub repository"
+    )
+    export.add_argument(
+        "--public", action="store_true", help="with --push-to-hub: a public repository (default private)"
+    )
 
     compress = sub.add_parser("compress", help="prune / quantize a run's model and report before and after")
     compress.add_argument("run_dir", help="a run directory (with profile.toml and checkpoints/)")

@@ -7,8 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tuitune.errors import UserError
 from tuitune.exits import ExitCode
+
+if TYPE_CHECKING:
+    from tuitune.engine.tools.hub_push import PushTarget
 
 
 def _layers_profile(target: str, overrides: list[str]):  # -> RunProfile
@@ -55,9 +60,23 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tuitune.engine.tools.export import export_run
+    """Export; with --onnx the checked ONNX file and its parity line; with --push-to-hub the upload (its target
+    checked before anything is exported)."""
+    target = None
+    if args.push_to_hub:
+        from tuitune.engine.tools.hub_push import push_target
 
-    manifest = export_run(args.run_dir, args.out, args.checkpoint, args.sample)
+        target = push_target(args.push_to_hub, private=not args.public)
+    elif args.public:
+        raise UserError("--public: only with --push-to-hub")
+    from tuitune.engine.tools.export import export_run
+    from tuitune.engine.tools.onnx_export import ParityFailed, parity_line
+
+    try:
+        manifest = export_run(args.run_dir, args.out, args.checkpoint, args.sample, onnx=args.onnx)
+    except ParityFailed as e:
+        print(f"tuitune: error: {e}", file=sys.stderr)
+        return ExitCode.FAILED
     print(f"exported {manifest['checkpoint']} -> {manifest['dir']}")
     print(f"load: {manifest['load']}")
     if manifest.get("load_by_name"):
@@ -65,6 +84,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     sample = manifest.get("sample") or {}
     if sample.get("written"):
         print(f"sample.safetensors: {sample['examples']} val examples, accuracy {sample['acc']:.3f}")
+    if manifest.get("onnx"):
+        print(parity_line(manifest["onnx"]))
+    return ExitCode.OK if target is None else _push(target, args.run_dir, manifest)
+
+
+def _push(target: PushTarget, run_dir: str, manifest: dict) -> int:
+    from tuitune.engine.tools.hub_push import PushFailed, push_export
+
+    try:
+        pushed = push_export(target, Path(run_dir), manifest)
+    except PushFailed as e:
+        print(f"tuitune: error: {e}", file=sys.stderr)
+        return ExitCode.FAILED
+    kind = "private" if pushed["private"] else "public"
+    print(f"pushed {len(pushed['files'])} files to {pushed['url']} ({kind}, commit {pushed['commit'][:12]}): ", end="")
+    print(", ".join(pushed["files"]))
     return ExitCode.OK
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file, save_model
+from torch.utils.data import Dataset
 
 from tuitune.config import RunProfile, dump_toml, profile_to_dict
 from tuitune.engine.data.kinds import build_datasets, data_kind
@@ -37,19 +38,38 @@ __all__ = ["export_adapters", "export_run", "write_export"]
 
 
 def export_run(
-    run_dir: str | Path, out: str | Path | None = None, tag: str = "best", sample: int = 256
+    run_dir: str | Path, out: str | Path | None = None, tag: str = "best", sample: int = 256, onnx: bool = False
 ) -> dict[str, Any]:
-    """Rebuild, load `tag`, write the export folder; returns a manifest (also written as `export.json`)."""
+    """Rebuild, load `tag`, write the export folder; returns a manifest (also written as `export.json`).
+    `onnx`: also `model.onnx`, checked against the model on the run's validation data (`onnx_export`); a failed
+    check raises ParityFailed after the rest of the folder is written, with no `model.onnx` in it."""
     run_dir = Path(run_dir)
+    if onnx:
+        from tuitune.engine.tools.onnx_export import require_onnx
+
+        require_onnx()
     profile, backbone, classes = rebuild_model(run_dir, tag)
+    val = _val_data(backbone, profile) if sample > 0 or onnx else "not asked for"
+    if onnx and isinstance(val, str):  # before anything is written
+        raise UserError(f"--onnx checks the export on the run's validation data, which cannot be read: {val}")
     out_dir = Path(out) if out else run_dir / "export"
     clear_export(out_dir)  # no stale head or sample from an earlier export
-    backbone, adapters = export_adapters(backbone, out_dir)  # the sample below is the merged model's
+    backbone, adapters = export_adapters(backbone, out_dir)  # the sample and the ONNX file are the merged model's
     manifest = {**_write_plain(backbone, profile, classes, out_dir), **adapters}
     manifest["checkpoint"] = str(run_dir / "checkpoints" / f"{tag}.safetensors")
     if sample > 0:
-        manifest["sample"] = _write_sample(backbone, profile, out_dir, sample)
+        manifest["sample"] = _write_sample(backbone, val, out_dir, sample)
+    failed = None
+    if onnx and not isinstance(val, str):
+        from tuitune.engine.tools.onnx_export import ParityFailed, write_onnx
+
+        try:
+            manifest["onnx"] = write_onnx(backbone, val, profile.data.batch_size, out_dir)
+        except ParityFailed as e:
+            manifest["onnx"], failed = {"written": False, "reason": str(e)}, e
     (out_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if failed is not None:
+        raise failed
     return manifest
 
 
@@ -69,7 +89,8 @@ def _write_plain(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
         load = _export_timm(backbone, profile, classes, out_dir)
     else:
         load = _export_hf(backbone, classes, out_dir, profile.model.name)
-    return {"dir": str(out_dir.resolve()), "source": profile.model.source, "classes": list(classes), **load}
+    out = {"dir": str(out_dir.resolve()), "source": profile.model.source, "task": backbone.task}
+    return {**out, "classes": list(classes), **load}
 
 
 def export_adapters(backbone: Backbone, out_dir: Path) -> tuple[Backbone, dict[str, Any]]:
@@ -205,10 +226,8 @@ def _copy_image_processor(source: str, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- sample
 
 
-def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit: int) -> dict[str, Any]:
-    """Validation inputs, labels and logits for a fresh-process check; skipped (with the reason) when the run's
-    data is no longer readable."""
-
+def _val_data(backbone: Backbone, profile: RunProfile) -> Dataset | str:
+    """The run's validation split as training saw it, or why it cannot be read (the data moved since)."""
     try:
         bundle = build_datasets(
             profile.data,
@@ -219,8 +238,16 @@ def _write_sample(backbone: Backbone, profile: RunProfile, out_dir: Path, limit:
             seed=profile.train.seed,
         )
     except UserError as e:
-        return {"written": False, "reason": str(e)}
-    loader = torch.utils.data.DataLoader(bundle.val, batch_size=64, shuffle=False)
+        return str(e)
+    return bundle.val
+
+
+def _write_sample(backbone: Backbone, val: Dataset | str, out_dir: Path, limit: int) -> dict[str, Any]:
+    """Validation inputs, labels and logits for a fresh-process check; skipped (with the reason) when the run's
+    data is no longer readable."""
+    if isinstance(val, str):
+        return {"written": False, "reason": val}
+    loader = torch.utils.data.DataLoader(val, batch_size=64, shuffle=False)
     xs: list[Any] = []
     ys, logits = [], []
     with torch.inference_mode():
