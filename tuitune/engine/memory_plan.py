@@ -103,7 +103,7 @@ def phase_peak(parts: MemoryParts, index: int, batch_size: int | None = None) ->
     peak = held + max(forward, _backward(acts, p.grads, [w * scale for w in p.workspace], parts.accumulate), step)
     return PhaseMemory(
         groups=p.groups,
-        params=parts.resident,
+        model=parts.resident,
         grads=grads,
         optimizer=round(states),
         activations=round(sum(acts) + parts.batch_bytes * scale),
@@ -207,13 +207,13 @@ def fmt_bytes(n: float) -> str:
 
 
 def phase_line(index: int, p: PhaseMemory) -> str:
-    """`phase 2 (layer4, head): ~1.42 GB at peak (params 51.2 MB, grads 33.6 MB, ...)`: the peak, then the parts,
+    """`phase 2 (layer4, head): ~1.42 GB at peak (model 51.2 MB, grads 33.6 MB, ...)`: the peak, then the parts,
     which do not add up to it (gradients take the place of activations during the backward)."""
     groups = ", ".join(p.groups) if len(p.groups) <= 3 else f"{p.groups[0]} … {p.groups[-1]}, {len(p.groups)} groups"
     parts = ", ".join(
         f"{name} {fmt_bytes(n)}"
         for name, n in (
-            ("params", p.params),
+            ("model", p.model),
             ("grads", p.grads),
             ("optimizer", p.optimizer),
             ("activations", p.activations),

@@ -51,9 +51,9 @@ def memory_key(profile: RunProfile) -> str:
     """What a plan depends on (not the name, the LR, the epochs): a new plan only when one of these changed."""
     t = profile.train
     train = (t.optimizer, t.momentum, t.device, t.memory_gb, t.gradient_checkpointing, t.feature_cache)
-    train += (t.cache_memory_gb, t.accumulate_steps, t.ema_decay, t.channels_last)
+    more = (t.cache_memory_gb, t.accumulate_steps, t.ema_decay, t.channels_last)
     rest = (profile.model, profile.data, profile.strategy, profile.loss, profile.regularization, profile.distill)
-    return repr((train, rest))
+    return repr((train, more, rest))
 
 
 class MemoryPlanRead(Message):

@@ -32,7 +32,7 @@ def quiet_profile(profile: RunProfile, random_init: bool) -> RunProfile:
     which scores the weights file's own head)."""
     data = dataclasses.replace(profile.data, cache_images="off", num_workers=0)
     if random_init:
-        data = dataclasses.replace(data, source_classes=())
+        data = dataclasses.replace(data, source_classes=[])
     model = dataclasses.replace(profile.model, pretrained=False, weights="") if random_init else profile.model
     return dataclasses.replace(profile, data=data, model=model)
 
