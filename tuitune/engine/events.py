@@ -228,9 +228,10 @@ class DomainShiftMeasured:
 @dataclass(frozen=True)
 class PhaseMemory:
     """What one phase will hold at its peak, in bytes (see `engine/memory_plan.py`): the resident model
-    (parameters, buffers, and copies of the weights: EMA, L2-SP's anchors, on the CPU drift's), the gradients and optimizer state of its trainable set, the activations a
-    batch keeps for the backward (saved-tensor hooks) plus the largest op's working memory and the batch itself,
-    and the feature cache held on the device. `peak` is not their sum: gradients grow as activations are freed."""
+    (parameters, buffers, and copies of the weights: EMA, L2-SP's anchors, on the CPU drift's), the gradients and
+    optimizer state of its trainable set, the activations a batch keeps for the backward (with the batch itself),
+    and the feature cache held on the device. `peak` is not their sum: the gradients grow as the activations are
+    freed, and the running op's working memory comes on top."""
 
     groups: tuple[str, ...]
     model: int

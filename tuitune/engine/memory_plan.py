@@ -64,6 +64,8 @@ class PhaseParts:
     workspace: tuple[int, ...]
     forward: int
     cache: int = 0
+    recompute: tuple[int, ...] = ()  # gradient checkpointing: per group, its largest block's recomputed activations
+    order: tuple[str, ...] = ()  # the groups the per-group figures are of, in forward order
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ def phase_peak(parts: MemoryParts, index: int, batch_size: int | None = None) ->
     held = parts.resident + states + p.cache + parts.batch_bytes * scale
     forward = p.forward * scale + (grads if parts.accumulate else 0)
     step = grads * (1 + parts.foreach_temp)
-    peak = held + max(forward, _backward(acts, p.grads, [w * scale for w in p.workspace], parts.accumulate), step)
+    working = [(w + r) * scale for w, r in zip(p.workspace, p.recompute or [0] * len(p.workspace))]
+    peak = held + max(forward, _backward(acts, p.grads, working, parts.accumulate), step)
     return PhaseMemory(
         groups=p.groups,
         model=parts.resident,
@@ -115,8 +118,9 @@ def phase_peak(parts: MemoryParts, index: int, batch_size: int | None = None) ->
 def _backward(acts: list[float], grads: tuple[int, ...], workspace: list[float], accumulate: bool) -> float:
     """The backward's high point: it walks the groups back from the head; while it is in group k, the groups before
     it still hold their activations, the ones after it hold their gradients (with accumulation: all of them, from
-    the batches before), and group k holds the larger of the two plus its largest op's working memory. Groups
-    before the first one that keeps anything never run backward."""
+    the batches before), and group k holds the larger of the two plus its largest op's working memory (with
+    gradient checkpointing, and its largest block's recomputed activations). Groups before the first one that
+    keeps anything never run backward."""
     first = next((k for k, (a, g) in enumerate(zip(acts, grads)) if a or g), len(acts))
     live = [
         sum(acts[:k])

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
@@ -65,14 +66,18 @@ class MemoryPlanRead(Message):
 
 
 class MemoryLine(Static):
-    """The composed profile's memory plan: `plan_for(profile)` after every valid edit; a new plan is made (in a
+    """The composed profile's memory plan: `plan_for(profile)` after every valid edit. A new plan is made (in a
     thread: it builds the data and the model and runs one batch per phase) only when something it depends on
-    changed, and an answer for an older profile is dropped."""
+    changed, and only once the edits pause for `SETTLE_S` (typing `128` plans once, not three times); an answer
+    for an older profile is dropped."""
+
+    SETTLE_S = 0.5
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.key = ""
         self.plan: MemoryPlanned | None = None
+        self._timer: Timer | None = None
 
     def plan_for(self, profile: RunProfile) -> None:
         key = memory_key(profile)
@@ -80,6 +85,12 @@ class MemoryLine(Static):
             return
         self.key, self.plan = key, None
         self.update(Text("planning memory…", "italic dim"))
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(self.SETTLE_S, lambda: self._start(profile, key), name="memory-plan")
+
+    def _start(self, profile: RunProfile, key: str) -> None:
+        self._timer = None
         self.run_worker(
             lambda: self._plan(profile, key), thread=True, exclusive=True, group="memory", exit_on_error=False
         )

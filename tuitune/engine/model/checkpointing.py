@@ -11,6 +11,8 @@ kind); it is taken off again, or every frozen layer would keep its activations f
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -44,3 +46,25 @@ def enable_checkpointing(model: nn.Module) -> str:
     except (AssertionError, NotImplementedError):  # timm's "gradient checkpointing not supported"
         return why
     return ""
+
+
+@contextmanager
+def checkpointing_paused(model: nn.Module) -> Iterator[None]:
+    """Checkpointing off inside the block, on again after (the memory plan measures what a checkpointed block
+    keeps when it is recomputed: what it keeps without checkpointing)."""
+    inner = hf_inner(model)
+    target = inner if inner is not None else model
+    on = bool(getattr(target, "is_gradient_checkpointing", False) or getattr(target, "grad_checkpointing", False))
+    if on:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            if inner is not None:
+                off = getattr(inner, "activation_checkpointing_disable", None) or inner.gradient_checkpointing_disable
+                off()
+            else:
+                model.set_grad_checkpointing(False)
+    try:
+        yield
+    finally:
+        if on:
+            enable_checkpointing(model)

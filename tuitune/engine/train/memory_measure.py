@@ -1,22 +1,23 @@
-"""Measuring what the memory plan (`memory_plan`) adds up, on one real batch, for every phase of a run.
+"""Measuring what the memory plan (`engine/memory_plan.py`) adds up, on one real batch, for every phase of a run.
 
 For each phase its trainable set is switched on (and its train mode: frozen BatchNorm and dropout in eval), and one
 forward pass and loss run under `torch.autograd.graph.saved_tensors_hooks`, which sees every tensor autograd keeps
-for the backward, on any device: their storages, counted once and never the parameters' own, are the phase's
-activations, credited to the layer group whose module was running. Forward hooks on the leaf modules give the
-working memory of the largest op (its inputs and outputs, alive together). No backward and no optimizer step run:
-gradients are the trainable parameters' size and the optimizer's state is known per parameter (`OPTIMIZER_STATES`),
-so the model, its buffers (BatchNorm statistics), its trainable flags and train modes, and every random generator
-are as they were afterwards. The batch is the dataset's first examples, or for text its longest ones (a batch is
-padded to its longest text, so the longest make the peak).
+for the backward, on any device (`saved_tensors.Recorder`): their storages, counted once and never the parameters'
+own, are the phase's activations, credited to the layer group whose module was running; forward hooks on every
+module give the forward's high point and each group's largest op. With gradient checkpointing a second forward,
+checkpointing paused, gives what a checkpointed block holds while the backward recomputes it. No backward and no
+optimizer step run: gradients are the trainable parameters' size and the optimizer's state is known per parameter
+(`OPTIMIZER_STATES`), so the model, its buffers (BatchNorm statistics), its trainable flags and train modes, and
+every random generator are as they were afterwards. The batch is the dataset's first examples, or for text its
+longest ones (a batch is padded to its longest text, so the longest make the peak).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,29 +26,20 @@ from torch import nn
 from tuitune.engine.data.batches import text_lengths, to_device
 from tuitune.engine.data.image_cache import available_memory
 from tuitune.engine.memory_plan import MemoryParts, PhaseParts, optimizer_states
+from tuitune.engine.model.checkpointing import checkpointing_paused
 from tuitune.engine.train import strategy
+from tuitune.engine.train.saved_tensors import Recorder, checkpoint_units, nbytes, tensors
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.model.groups import LayerGroup
     from tuitune.engine.train.feature_cache import FeatureCache
     from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
 
 
-def nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
 def tensors_bytes(x: Any) -> int:
-    """Bytes of the tensors in a tensor, a dict, a list or a tuple of them (the rest counts 0)."""
-    if isinstance(x, torch.Tensor):
-        return nbytes(x)
-    if isinstance(x, dict):
-        return sum(tensors_bytes(v) for v in x.values())
-    if isinstance(x, (list, tuple)):
-        return sum(tensors_bytes(v) for v in x)
-    return 0
+    """Bytes of the tensors in a tensor, a dict, a list or a tuple of them."""
+    return sum(nbytes(t) for t in tensors(x))
 
 
 def sample_batch(dataset: Any, size: int, collate: Any) -> tuple[Any, torch.Tensor]:
@@ -94,108 +86,22 @@ def model_kept(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-class _Recorder:
-    """Saved tensors by storage (each once; parameters and the batch left out), credited to the group whose module
-    ran last; the forward's high point; each group's largest leaf op (inputs + outputs)."""
+@dataclass(frozen=True)
+class _Forward:
+    """What one recorded forward found, per group in forward order."""
 
-    def __init__(self, model: nn.Module, groups: Sequence[LayerGroup], batch: Any) -> None:
-        owner = {n: g.name for g in groups for n in g.param_names}
-        self.skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.skip |= {t.untyped_storage().data_ptr() for t in _tensors(batch)}
-        self.saved: dict[int, tuple[str, torch.UntypedStorage]] = {}  # held: an address is never reused meanwhile
-        self.order: list[str] = []  # the groups in the order the forward reached them
-        self.group = groups[0].name
-        self.workspace: dict[str, int] = {}  # per group: its largest leaf op's inputs + outputs not saved already
-        self.forward = 0  # the most the forward held at once (see `_exit`)
-        self.kept = 0  # saved so far
-        self.stack: list[dict[int, int]] = []  # the inputs of the modules running now, outermost first
-        self.outputs: list[tuple[str, weakref.ref[torch.UntypedStorage]]] = []  # what the modules returned
-        self.handles = []
-        for prefix, module in model.named_modules():
-            own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
-            group = next((owner[n] for n in own if n in owner), None)
-            leaf = not any(True for _ in module.children())
-            self.handles.append(module.register_forward_pre_hook(self._enter(group), with_kwargs=True))
-            self.handles.append(module.register_forward_hook(self._exit(leaf), with_kwargs=True))
-
-    def _enter(self, group: str | None) -> Any:
-        def hook(_module: nn.Module, args: Any, kwargs: Any) -> None:
-            if group is not None:
-                self.group = group
-                if group not in self.order:
-                    self.order.append(group)
-            self.stack.append(_storages((args, kwargs)))
-
-        return hook
-
-    def _exit(self, leaf: bool) -> Any:
-        """A module returned: what is alive now is what was saved so far, the inputs of every module still running
-        (a residual block's input waits for its sum), this module's inputs and its output."""
-
-        def hook(_module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-            inputs = self.stack.pop() if self.stack else {}
-            made = _storages(out)
-            live = {k: v for frame in self.stack for k, v in frame.items()} | inputs | made
-            self.forward = max(self.forward, self.kept + self._unsaved(live))
-            if leaf:
-                self.workspace[self.group] = max(self.workspace.get(self.group, 0), self._unsaved(inputs | made))
-            self.outputs += [(self.group, weakref.ref(t.untyped_storage())) for t in _tensors(out)]
-
-        return hook
-
-    def _unsaved(self, storages: dict[int, int]) -> int:
-        return sum(n for ptr, n in storages.items() if ptr not in self.saved and ptr not in self.skip)
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self.skip and ptr not in self.saved and storage.nbytes():
-            self.saved[ptr] = (self.group, storage)
-            self.kept += storage.nbytes()
-        return t
-
-    def by_group(self, names: Sequence[str], result: Any) -> dict[str, int]:
-        """Bytes each group keeps for the backward: its saved tensors, and the outputs of its modules still alive
-        once the forward is over that nobody saved (gradient checkpointing keeps each checkpointed block's input in
-        its own closure: the hooks do not see it), besides the result itself."""
-        out = dict.fromkeys(names, 0)
-        for group, storage in self.saved.values():
-            out[group] += storage.nbytes()
-        seen = self.skip | set(self.saved) | {t.untyped_storage().data_ptr() for t in _tensors(result)}
-        for group, ref in self.outputs:
-            storage = ref()
-            if storage is not None and storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                out[group] += storage.nbytes()
-        return out
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+    order: list[str]
+    activations: dict[str, int]
+    workspace: dict[str, int]
+    high: int
+    rec: Recorder  # its counts (the saved tensors let go)
 
 
-def _storages(x: Any) -> dict[int, int]:
-    """The storages of the tensors in `x`: address -> bytes."""
-    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors(x)}
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, dict):
-        return [t for v in x.values() for t in _tensors(v)]
-    if isinstance(x, (list, tuple)):
-        return [t for v in x for t in _tensors(v)]
-    return []
-
-
-def measure_phase(
-    parts: RunParts, obj: Objective, x: Any, y: torch.Tensor
-) -> tuple[list[str], list[int], list[int], int]:
-    """One forward and loss in the current trainable set and train mode: (the groups in forward order, their saved
-    activations and their largest op's working memory in bytes, the forward's high point)."""
+def _recorded(parts: RunParts, obj: Objective, x: Any, y: torch.Tensor) -> _Forward:
+    """One forward and loss under the recorder (`saved_tensors.Recorder`), in the current trainable set and
+    train mode; the recorder's hold on the saved tensors ends with it."""
     names = [g.name for g in parts.groups]
-    rec = _Recorder(parts.model, parts.groups, x)
+    rec = Recorder(parts.model, parts.groups, x)
     try:
         with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), parts.autocast():
             xt, yt = obj.targets(x, y)
@@ -206,8 +112,30 @@ def measure_phase(
     finally:
         rec.close()
     order = rec.order + [n for n in names if n not in rec.order]
-    forward = max(rec.forward, sum(acts.values()))  # the outputs still alive at the end count too
-    return order, [acts[n] for n in order], [rec.workspace.get(n, 0) for n in order], forward
+    high = max(rec.forward, sum(acts.values()))  # the outputs still alive at the end count too
+    return _Forward(order, acts, rec.workspace, high, rec)
+
+
+def measure_phase(parts: RunParts, obj: Objective, x: Any, y: torch.Tensor, checkpointing: bool) -> PhaseParts:
+    """The phase in its trainable set and train mode, measured (gradients and cache still 0: `measure_run`).
+    With gradient checkpointing, each checkpointed block's recompute in the backward holds what it keeps without
+    checkpointing: read from a second forward with checkpointing paused, per group its largest block."""
+    seen = _recorded(parts, obj, x, y)
+    recompute = dict.fromkeys(seen.order, 0)
+    if checkpointing:
+        with checkpointing_paused(parts.model):
+            plain = _recorded(parts, obj, x, y).rec.by_module
+        for name, group in checkpoint_units(seen.rec, plain).items():
+            recompute[group] = max(recompute[group], plain[name])
+    return PhaseParts(
+        groups=(),
+        activations=tuple(seen.activations[n] for n in seen.order),
+        grads=(),
+        workspace=tuple(seen.workspace.get(n, 0) for n in seen.order),
+        forward=seen.high,
+        recompute=tuple(recompute[n] for n in seen.order),
+        order=tuple(seen.order),
+    )
 
 
 def _grads(parts: RunParts, order: list[str]) -> list[int]:
@@ -274,16 +202,13 @@ def measure_run(parts: RunParts, profile: RunProfile, obj: Objective, cache: Fea
             strategy.set_trainable(model, parts.groups, groups)
             strategy.train_mode(model, profile.strategy)
             ks.append(cache.plan()[0])
-            order, acts, workspace, forward = measure_phase(parts, obj, x, y)
-            measured.append((groups, acts, workspace, forward, _grads(parts, order)))
+            seen = measure_phase(parts, obj, x, y, profile.train.gradient_checkpointing)
+            measured.append(replace(seen, groups=tuple(groups), grads=tuple(_grads(parts, list(seen.order)))))
         caches = _cache_bytes(cache, x, ks, parts.device)
     cfg, device = profile.train, parts.device.type
     known = optimizer_states(cfg.optimizer, cfg.momentum, device)
     states, temp = known if known is not None else (probe_optimizer(profile), 0.0)
-    phases = tuple(
-        PhaseParts(groups=tuple(g), activations=tuple(a), grads=tuple(gr), workspace=tuple(w), forward=f, cache=c)
-        for (g, a, w, f, gr), c in zip(measured, caches)
-    )
+    phases = tuple(replace(p, cache=c) for p, c in zip(measured, caches))
     return MemoryParts(
         batch_size=len(y),
         resident=_resident(parts, obj),
