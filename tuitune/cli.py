@@ -70,9 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_offline(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train_commands(sub)
-    layers = sub.add_parser("layers", help="print the layer groups of a profile's (or a model's) backbone")
+    layers = sub.add_parser(
+        "layers", help="print the layer groups of a profile's (or a model's) backbone and each phase's memory plan"
+    )
     layers.add_argument("profile", help="a profile .toml, a timm model name, or a Hugging Face model folder")
-    layers.add_argument("--json", action="store_true", help='print [{"name", "params", "trainable"}, ...]')
+    layers.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"layers": [{"name", "params", "trainable"}, ...], "phases": [{"groups", "peak_bytes"}, ...]}',
+    )
     _add_profile_options(layers)
     _add_runs_commands(sub)
     add_steer_commands(sub)

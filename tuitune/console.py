@@ -19,6 +19,7 @@ from tuitune.engine.events import (
     Event,
     FeatureCacheChanged,
     LRFound,
+    MemoryPlanned,
     PhaseChanged,
     RunFailed,
     RunFinished,
@@ -26,6 +27,7 @@ from tuitune.engine.events import (
     SetupProgressed,
     Warned,
 )
+from tuitune.engine.memory_plan import planned_lines
 from tuitune.engine.record.progress import progress_text
 from tuitune.engine.tools.compress_report import format_report
 
@@ -114,6 +116,11 @@ class ConsolePrinter:
     def _warned(self, event: Warned) -> None:
         self.say(f"warning: {event.message}")
 
+    def _memory(self, event: MemoryPlanned) -> None:
+        """Each phase's planned peak, and what to change when one will not fit (before the first step)."""
+        for line in planned_lines(event):
+            self.say(line)
+
     def _cache(self, event: FeatureCacheChanged) -> None:
         """Whether a phase runs only what it trains, and why not."""
         self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
@@ -168,6 +175,7 @@ class ConsolePrinter:
         CheckpointSaved: _checkpoint,
         Warned: _warned,
         FeatureCacheChanged: _cache,
+        MemoryPlanned: _memory,
         RunFinished: _finished,
         RunFailed: _failed,
     }

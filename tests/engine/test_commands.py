@@ -25,23 +25,31 @@ ROOT = Path(__file__).resolve().parents[2]
 # ------------------------------------------------------------------------------------------------------ layers
 
 
+SMALL_DATA = ["--set", "data.num_samples=16", "--set", "data.batch_size=4"]  # the memory plan's batch: cheap
+
+
 def test_layers_of_a_timm_name_as_json(capsys: pytest.CaptureFixture) -> None:
     import timm
 
-    assert main(["layers", "resnet18", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    assert main(["layers", "resnet18", "--json", *SMALL_DATA]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["layers"]
     assert [r["name"] for r in rows] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     assert all(r["trainable"] for r in rows)  # the default strategy (full) trains every group
     model = timm.create_model("resnet18", num_classes=4)  # the default synthetic data has 4 classes
-    assert sum(r["params"] for r in rows) == sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())
+    assert sum(r["params"] for r in rows) == params
+    # one phase (full): its peak holds at least the weights, their gradients and AdamW's two states
+    assert [p["groups"] for p in out["phases"]] == [[r["name"] for r in rows]]
+    assert out["phases"][0]["peak_bytes"] > 4 * 4 * params
 
 
 def test_layers_sizes_the_head_for_the_loss_as_training_does(capsys: pytest.CaptureFixture) -> None:
     """Regression (loss.kind = mse) has one output: `layers` builds the head training builds, not a class head."""
     import timm
 
-    assert main(["layers", "resnet18", "--json", "--set", "loss.kind=mse"]) == 0
-    head = json.loads(capsys.readouterr().out)[-1]
+    assert main(["layers", "resnet18", "--json", "--set", "loss.kind=mse", *SMALL_DATA]) == 0
+    head = json.loads(capsys.readouterr().out)["layers"][-1]
     model = timm.create_model("resnet18", num_classes=1)
     assert head["name"] == "head" and head["params"] == sum(p.numel() for p in model.fc.parameters())
 
@@ -52,17 +60,26 @@ def test_layers_of_a_profile_shows_its_first_phase(tmp_path: Path, capsys: pytes
     assert main(["layers", str(tmp_path / "p.toml"), "--set", "strategy.groups_per_phase=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("timm resnet18") and lines[0].endswith("6 layer groups")
-    rows = {line.split()[1]: line.split() for line in lines[2:-1]}
+    end = next(i for i, line in enumerate(lines) if line.split()[:1] == ["total"])
+    rows = {line.split()[1]: line.split() for line in lines[2:end]}
     assert list(rows) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
     assert rows["head"][-1] == "trainable" and all(rows[g][-1] == "frozen" for g in list(rows)[:-1])
-    total = int(lines[-1].split()[-1].replace(",", ""))
+    total = int(lines[end].split()[-1].replace(",", ""))
     assert total == sum(int(r[2].replace(",", "")) for r in rows.values())
+    # under the table, the memory plan: a line per phase (head; then two groups more at a time)
+    assert lines[end + 1].startswith("memory plan (batch 16, cpu")
+    assert [line.split(":")[0].strip() for line in lines[end + 2 :]] == [
+        "phase 1 (head)",
+        "phase 2 (layer3, layer4, head)",
+        "phase 3 (layer1 … head, 5 groups)",
+        "phase 4 (stem … head, 6 groups)",
+    ]
 
 
 def test_layers_of_a_hugging_face_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = make_tiny_hf_dir(tmp_path, "bert")
-    assert main(["layers", str(folder), "--json"]) == 0
-    names = [r["name"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["layers", str(folder), "--json", *SMALL_DATA]) == 0
+    names = [r["name"] for r in json.loads(capsys.readouterr().out)["layers"]]
     assert names[0] == "embeddings" and names[-1] == "head" and {"layer.0", "layer.1"} <= set(names)
 
 

@@ -170,11 +170,16 @@ async def test_lora_without_targets_is_said_and_another_kind_reads_again(tmp_pat
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_compose_snapshot(snap_compare, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]) -> None:
+    from tests.ui.test_memory_view import fixed_ram
+    from tuitune.ui.memory_view import MemoryLine
+
     monkeypatch.chdir(FIXTURES)  # the save path on screen is relative to the working folder
+    fixed_ram(monkeypatch)  # the memory line says what the machine has
 
     async def read(pilot) -> None:
         await pilot.press("e")
         await until(pilot, lambda: isinstance(pilot.app.screen, ComposeScreen) and pilot.app.screen.read is not None)
+        await until(pilot, lambda: pilot.app.screen.query_one(MemoryLine).plan is not None)
         await pilot.pause()
 
     app = TuituneApp("picker", profile_dirs=[Path("compose")])

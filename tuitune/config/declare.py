@@ -29,9 +29,11 @@ def opt(
     gt: float | None = None,
     max: float | None = None,
     path: bool = False,
+    words: tuple[str, ...] = (),
 ) -> Any:
-    """Declare a profile key: its default, its user documentation and its validation rules."""
-    meta = {"doc": doc, "choices": choices, "min": min, "gt": gt, "max": max, "path": path}
+    """Declare a profile key: its default, its user documentation and its validation rules. `words`: strings a
+    key of another type also takes (`batch_size = "auto"`)."""
+    meta = {"doc": doc, "choices": choices, "min": min, "gt": gt, "max": max, "path": path, "words": words}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)

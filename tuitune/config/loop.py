@@ -70,6 +70,19 @@ class TrainConfig:
         "host memory otherwise). A cache that would not fit is not built.",
         min=0.0,
     )
+    memory_gb: float = opt(
+        0.0,
+        "CPU runs: the most memory the run may use, in GB; the memory plan (each phase's peak, shown before the "
+        'first step) is checked against it, and `data.batch_size = "auto"` picks the largest batch under it. '
+        "0 = the RAM available when the run starts. CUDA runs plan against the GPU's free memory instead.",
+        min=0.0,
+    )
+    gradient_checkpointing: bool = opt(
+        False,
+        "Recompute activations in the backward instead of keeping them (timm's `set_grad_checkpointing`, "
+        "Hugging Face's activation checkpointing): much less activation memory for ~30% more compute per step. "
+        "A model that does not support it trains without, said in one line at the start.",
+    )
     domain_shift: bool = opt(
         True,
         "Measure how far the target data is from what each layer group expects "

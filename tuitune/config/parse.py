@@ -58,10 +58,13 @@ def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None
     """Validate one key against its declaration; return the value to store (paths resolved)."""
     default = field_default(f)
     expected = type(default)
+    if isinstance(value, str) and value in f.metadata.get("words", ()):
+        return value  # a word the key takes besides its type (`batch_size = "auto"`)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ProfileError(f"{where}: expected {_type_name(default)}, got {_type_name(value)} {value!r}")
+        words = "".join(f" or {w!r}" for w in f.metadata.get("words", ()))
+        raise ProfileError(f"{where}: expected {_type_name(default)}{words}, got {_type_name(value)} {value!r}")
     meta = f.metadata
     if isinstance(value, float) and not math.isfinite(value):
         raise ProfileError(f"{where}: must be a finite number, got {value!r}")  # TOML allows nan and inf

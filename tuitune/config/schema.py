@@ -88,7 +88,13 @@ class DataConfig:
     label_column: str = opt("label", "`text`: the column or field holding the label.")
     num_samples: int = opt(256, "`synthetic`: number of examples.", min=8)
     num_classes: int = opt(4, "`synthetic`: number of classes.", min=2)
-    batch_size: int = opt(32, "Examples per training step.", min=1)
+    batch_size: int | str = opt(
+        32,
+        'Examples per training step, or `"auto"`: the largest batch whose every phase fits in memory (CUDA: '
+        "probed with real steps; CPU: by the memory plan, under `train.memory_gb`).",
+        min=1,
+        words=("auto",),
+    )
     batch_scope: str = opt(
         "rank",
         "Several ranks (`--nproc`, torchrun): `rank` = `batch_size` examples per rank "

@@ -226,6 +226,39 @@ class DomainShiftMeasured:
 
 
 @dataclass(frozen=True)
+class PhaseMemory:
+    """What one phase will hold at its peak, in bytes (see `engine/memory_plan.py`): the resident model
+    (parameters, buffers, and copies of the weights: EMA, L2-SP's anchors, on the CPU drift's), the gradients and
+    optimizer state of its trainable set, the activations a batch keeps for the backward (with the batch itself),
+    and the feature cache held on the device. `peak` is not their sum: the gradients grow as the activations are
+    freed, and the running op's working memory comes on top."""
+
+    groups: tuple[str, ...]
+    model: int
+    grads: int
+    optimizer: int
+    activations: int
+    cache: int
+    peak: int
+
+
+@dataclass(frozen=True)
+class MemoryPlanned:
+    """Before the first step: each phase's memory at `batch_size` against what the device has (`budget`: free GPU
+    memory, `train.memory_gb`, or the available RAM, as `budget_source` says; 0 when unknown). `advice` is one
+    line when a phase will not fit, else empty."""
+
+    phases: tuple[PhaseMemory, ...]
+    batch_size: int
+    device: str  # "cuda" or "cpu"
+    budget: int
+    budget_source: str
+    advice: str = ""
+    checkpointing: bool = False  # train.gradient_checkpointing was on when the activations were measured
+    note: str = ""  # how `data.batch_size = "auto"` chose `batch_size`; empty when it was given
+
+
+@dataclass(frozen=True)
 class CompressionReported:
     """Post-training compression finished (emitted before `RunFinished`, which carries the same report)."""
 
@@ -303,6 +336,7 @@ Event = Union[  # noqa: UP007 (read at run time by typing.get_args, like command
     RunFailed,
     SetupProgressed,
     DomainShiftMeasured,
+    MemoryPlanned,
 ]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
@@ -329,8 +363,8 @@ def _revive(hint: Any, value: Any) -> Any:
         args = typing.get_args(hint)
         item = args[0] if args else Any
         return tuple(_revive(item, v) for v in value)
-    if hint is LayerInfo:
-        return LayerInfo(**value)
+    if hint in (LayerInfo, PhaseMemory):
+        return hint(**{k: _revive(v_hint, value[k]) for k, v_hint in _hints(hint).items() if k in value})
     return value
 
 

@@ -37,16 +37,20 @@ def _progress_printer():  # -> Callable[[Event], None]
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    """The groups, which train in the first phase, and each phase's memory plan (one real batch measured)."""
     profile = _layers_profile(args.profile, args.overrides)
-    from tuitune.engine.model.lora import uses_lora
-    from tuitune.engine.tools.layers import first_phase_rows, read_groups
+    from tuitune.engine.memory_plan import planned_lines
+    from tuitune.engine.tools.layers import GroupsRead, first_phase_rows, groups_key
+    from tuitune.engine.tools.memory import plan_parts
 
-    read = read_groups(profile, random_init=False, emit=_progress_printer())
-    if uses_lora(profile.strategy):
-        print(*read.notes, sep="\n", file=sys.stderr)
+    parts, planned = plan_parts(profile, emit=_progress_printer())
+    if parts.warnings:  # LoRA's notes among them
+        print(*parts.warnings, sep="\n", file=sys.stderr)
+    read = GroupsRead(parts.backbone.description, parts.groups, parts.warnings, groups_key(profile.strategy))
     rows, _ = first_phase_rows(read, profile.strategy)
     if args.json:
-        print(json.dumps(rows))
+        phases = [{"groups": list(p.groups), "peak_bytes": p.peak} for p in planned.phases]
+        print(json.dumps({"layers": rows, "phases": phases, "batch_size": planned.batch_size}))
         return ExitCode.OK
     total = sum(r["params"] for r in rows)
     print(f"{read.description}: {len(rows)} layer groups")
@@ -56,6 +60,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         lora = f"  LoRA {r['adapters']:,}" if "adapters" in r else ""
         print(f"{i:>3}  {r['name']:<24} {r['params']:>12,}  {r['params'] / max(total, 1):>6.1%}  {state}{lora}")
     print(f"{'':>3}  {'total':<24} {total:>12,}")
+    print(*planned_lines(planned), sep="\n")
     return ExitCode.OK
 
 

@@ -39,6 +39,7 @@ from tuitune.config import (
 )
 from tuitune.errors import UserError
 from tuitune.profiles.save import save_folder, write_profile
+from tuitune.ui.memory_view import MemoryLine
 
 # The keys this screen edits, in the order shown: (dotted key, label). Selects for keys declared with choices.
 FIELDS = (
@@ -160,6 +161,7 @@ class ComposeScreen(Screen[None]):
                         yield self._field(key)
             with VerticalScroll(id="groups-pane"):
                 yield Static(id="groups")
+                yield MemoryLine(id="memory")
         yield Static(id="message")
         yield Footer()
 
@@ -172,6 +174,7 @@ class ComposeScreen(Screen[None]):
         value = f"{self.base.name}-composed" if key == "name" else shown(now)
         default = declared(key).default
         kind: InputType = "integer" if type(default) is int else "number" if type(default) is float else "text"
+        kind = "text" if declared(key).metadata.get("words") else kind  # `batch_size = "auto"` is typed too
         placeholder = "names, comma-separated" if key == "strategy.groups" else ""
         return Input(value, placeholder=placeholder, type=kind, compact=True, id=wid)
 
@@ -202,6 +205,8 @@ class ComposeScreen(Screen[None]):
         self.overwrite = None
         self.show_groups()
         self.show_message()
+        if self.profile is not None:
+            self.query_one(MemoryLine).plan_for(self.profile)
 
     @on(Input.Submitted)
     def next_field(self) -> None:

@@ -41,6 +41,7 @@ from tuitune.remote.client import HistoryChunk, HistoryEnded, HistoryStarted
 from tuitune.ui.key_actions import KeyActions
 from tuitune.ui.keys import DASHBOARD_KEYS, FIRST_RUN_HINT, LAYER_TABLE_HINT
 from tuitune.ui.lrfinder import LRFinderScreen
+from tuitune.ui.memory_view import layer_table_subtitle
 from tuitune.ui.modals import ErrorScreen
 from tuitune.ui.notify import notify_terminal
 from tuitune.ui.plotdata import plot_inputs
@@ -301,6 +302,7 @@ class DashboardScreen(Screen[None]):
         self._render_status()
         self.question_changed()
         self.query_one(LayerTable).show(self.state)
+        self.query_one(LayerTable).border_subtitle = layer_table_subtitle(self.state)
         self.query_one(EventLog).show(self.state)
 
     def _render_plots(self) -> None:

@@ -24,6 +24,7 @@ from tuitune.engine.events import (
     LayersChanged,
     LayersMeasured,
     LRFound,
+    MemoryPlanned,
     MetricsUpdated,
     PhaseChanged,
     RunFailed,
@@ -33,6 +34,7 @@ from tuitune.engine.events import (
     UnfreezeSuggested,
     Warned,
 )
+from tuitune.engine.memory_plan import planned_lines
 from tuitune.engine.questions import questions_after
 from tuitune.engine.record.history import LinesSkipped, Recorded
 from tuitune.engine.record.progress import progress_text
@@ -246,6 +248,15 @@ def _cache(s: DashboardState, e: FeatureCacheChanged) -> DashboardState:
     return evolve(s, cache_active=e.active, cache_detail=e.detail, log=_log(s, "info", text))
 
 
+def _memory(s: DashboardState, e: MemoryPlanned) -> DashboardState:
+    """A log line per phase (the advice, when a phase will not fit, as a warning); the layer table's subtitle
+    shows the phase in progress."""
+    s = evolve(s, memory=e)
+    for line in planned_lines(e):
+        s = evolve(s, log=_log(s, "warning" if line == e.advice else "info", line.strip()))
+    return s
+
+
 def _asked(s: DashboardState, e: Any) -> dict[str, Any]:
     """The questions open after `e` (`engine.questions`: the rule `tuitune ctl` follows too): an applied LR answers
     a phase's LR question, a Resume ends a waiting plateau question (whoever sent it), a phase change or the run's
@@ -325,6 +336,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     CompressionReported: _compressed,
     SetupProgressed: _setup,
     DomainShiftMeasured: _shift,
+    MemoryPlanned: _memory,
 }
 
 

@@ -315,8 +315,11 @@ def compress_run(
         max_length=profile.model.max_length,
         seed=profile.train.seed,
     )
+    from tuitune.engine.train.distributed import LOCAL
+    from tuitune.engine.train.parts import rank_batch_size
+
     train_loader, val_loader, _ = make_loaders(
-        bundle, batch_size=profile.data.batch_size, num_workers=0, device_type="cpu", seed=profile.train.seed
+        bundle, batch_size=rank_batch_size(profile, LOCAL), num_workers=0, device_type="cpu", seed=profile.train.seed
     )
     fine_tune = None
     if fine_tune_epochs > 0:

@@ -25,6 +25,11 @@ def find_lr_for_profile(profile: Any, out_dir: Path, emit: Any = None, **sweep: 
 
     parts = build_parts(profile, out_dir, emit)
     objective = Objective(profile, parts)
+    if not isinstance(profile.data.batch_size, int):  # "auto": chosen as a run would choose it
+        from tuitune.engine.train.feature_cache import FeatureCache
+        from tuitune.engine.train.memory_run import plan_run
+
+        profile = plan_run(parts, profile, objective, FeatureCache(parts, profile))[0]
     state = TrainerState(parts, profile, objective.scorer)
     curve = sweep_run(profile, parts, state, objective, **sweep)
     path = curve_to_csv(curve, out_dir / "lr_find.csv")

@@ -279,7 +279,7 @@ class FeatureCache:
         devices = [self.parts.device] + ([torch.device("cpu")] if self.parts.device.type == "cuda" else [])
         budget = 0.0
         for device in devices:
-            budget = cfg * 1e9 if cfg > 0 else 0.5 * available(device)
+            budget = self.budget(device)
             total, fits = 0.0, 0
             for size in need:
                 if total + size > budget:
@@ -291,6 +291,19 @@ class FeatureCache:
         return (
             f"the output of {name} would take {need[0] / 1e9:.2f} GB, over the budget of {budget / 1e9:.2f} GB ({key})"
         )
+
+    def budget(self, device: torch.device) -> float:
+        """Bytes the activations may take on `device`: `train.cache_memory_gb`, else half of what is available."""
+        cfg = self.profile.train.cache_memory_gb
+        return cfg * 1e9 if cfg > 0 else 0.5 * available(device)
+
+    def stored_bytes(self, x: Any, ks: list[int]) -> dict[int, int]:
+        """What the train and val activations at each boundary in `ks` would take once stored, from a batch `x`
+        (the memory plan counts them before the cache is built)."""
+        n = len(self.parts.bundle.train) + len(self._shard(self.parts.bundle.val))
+        with torch.no_grad(), self.parts.autocast():
+            acts = self.split.prefixes(x, ks)
+        return {k: int(per_sample(self._top_input(acts[k], x)) * n) for k in ks}
 
     def _store(
         self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None], label: str

@@ -137,7 +137,7 @@ def oom_message(profile: RunProfile, run_dir: Path, position: str, checkpoint_no
     """One line: where it ran out, what to change, and how to continue (only from an epoch-boundary `last`: a
     mid-epoch one replays its epoch by step count, which a new batch size would not match)."""
     batch = profile.data.batch_size
-    half = max(1, batch // 2)
+    half = max(1, batch // 2) if isinstance(batch, int) else 1  # "auto" failed before it chose: the smallest
     from tuitune.engine.data.kinds import input_task
 
     size_key = "model.max_length" if input_task(profile.data, profile.model) == "text" else "model.img_size"

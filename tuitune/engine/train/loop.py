@@ -33,6 +33,7 @@ from tuitune.engine.train import strategy
 from tuitune.engine.train.controller import CacheKeeper, RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
+from tuitune.engine.train.memory_run import plan_run
 from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.running_sums import RunningSums
@@ -69,9 +70,12 @@ class Trainer:
         self.after_run, self.dist = after_run, dist
         self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
         self.obj = Objective(profile, self.parts)
+        self.cache = FeatureCache(self.parts, profile)
+        # each phase's memory, measured on a real batch before anything else holds memory ("auto": the size chosen)
+        profile, self.memory = plan_run(self.parts, profile, self.obj, self.cache)
+        self.profile = profile
         self.st = TrainerState(self.parts, profile, self.obj.scorer)
         self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj)
-        self.cache = FeatureCache(self.parts, profile)
         self.cache_keeper = CacheKeeper(self.cache, self.st, emit)
         if resume is not None:
             self.checkpoints.resume_from(resume)
@@ -118,6 +122,7 @@ class Trainer:
                 world_size=self.dist.world,
             )
         )
+        self.emit(self.memory)
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()

@@ -188,6 +188,10 @@ def build_parts(
     if profile.data.group_by_length and input_task(profile.data, profile.model) != "text":
         raise UserError("data.group_by_length: only for text data (images all have the same size)")
     backbone, _, warnings = profile_backbone(profile, model_config(profile), emit=emit)
+    if profile.train.gradient_checkpointing:
+        from tuitune.engine.model.checkpointing import enable_checkpointing
+
+        warnings += [note] if (note := enable_checkpointing(backbone.model)) else []
     _sync_bn(profile, backbone, device, dist)
     backbone.model.to(device)
     channels_last = _channels_last(profile, backbone, device)
@@ -207,18 +211,7 @@ def build_parts(
         bundle = augment_train(bundle, backbone.data_config, profile.augment)
         bundle, note = cache_images(bundle, profile.data.cache_images, emit)
         warnings += [note] if note else []
-    train_loader, val_loader, test_loader = make_loaders(
-        bundle,
-        batch_size=rank_batch_size(profile, dist),
-        num_workers=profile.data.num_workers,
-        device_type=device.type,
-        seed=profile.train.seed,
-        group_by_length=profile.data.group_by_length,
-        pad_to_max_length=profile.data.pad_to_max_length,
-        rank=dist.rank,
-        world=dist.world,
-    )
-    _shield_workers(train_loader, val_loader, test_loader)
+    train_loader, val_loader, test_loader = run_loaders(profile, bundle, device, dist)
     micro, steps = _epoch_length(profile, len(train_loader))
     plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
     if profile.model.trust_remote_code:
@@ -242,9 +235,43 @@ def build_parts(
     )
 
 
+def run_loaders(profile: RunProfile, bundle: DataBundle, device: torch.device, dist: DistContext) -> tuple[Any, ...]:
+    """The train, val and test loaders at the profile's batch size (`data.batch_size = "auto"`: a few examples
+    until the size is chosen, see `set_batch_size`)."""
+    loaders = make_loaders(
+        bundle,
+        batch_size=rank_batch_size(profile, dist),
+        num_workers=profile.data.num_workers,
+        device_type=device.type,
+        seed=profile.train.seed,
+        group_by_length=profile.data.group_by_length,
+        pad_to_max_length=profile.data.pad_to_max_length,
+        rank=dist.rank,
+        world=dist.world,
+    )
+    _shield_workers(*loaders)
+    return loaders
+
+
+def set_batch_size(parts: RunParts, profile: RunProfile, size: int) -> RunProfile:
+    """`data.batch_size = "auto"` chosen: the profile with `size` in its place (what the run records and resumes
+    with), and the parts' loaders and epoch lengths made anew at that size."""
+    profile = dataclasses.replace(profile, data=dataclasses.replace(profile.data, batch_size=size))
+    parts.train_loader, parts.val_loader, parts.test_loader = run_loaders(
+        profile, parts.bundle, parts.device, parts.dist
+    )
+    parts.micro_per_epoch, parts.steps_per_epoch = _epoch_length(profile, len(parts.train_loader))
+    return profile
+
+
+AUTO_PROBE = 8  # `data.batch_size = "auto"`: examples per batch until the size is chosen (and measured at)
+
+
 def rank_batch_size(profile: RunProfile, dist: DistContext) -> int:
     """Examples per step on this rank: `data.batch_size`, or its share of it with `data.batch_scope = "global"`."""
     size = profile.data.batch_size
+    if not isinstance(size, int):  # "auto", not chosen yet
+        return AUTO_PROBE
     if not dist.active or profile.data.batch_scope == "rank":
         return size
     if size % dist.world:
@@ -306,7 +333,7 @@ def source_loader(profile: RunProfile, backbone: Backbone, device: torch.device,
     bundle = build_datasets(cfg, task="image", data_config=backbone.data_config, seed=profile.train.seed)
     return make_loaders(
         bundle,
-        batch_size=profile.data.batch_size,
+        batch_size=rank_batch_size(profile, LOCAL),
         num_workers=0,
         device_type=device.type,
         seed=profile.train.seed,

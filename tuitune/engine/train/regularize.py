@@ -34,6 +34,10 @@ class Penalty:
     def active(self) -> bool:
         return bool(self.l1 or self.l2_sp)
 
+    def anchors(self) -> list[torch.Tensor]:
+        """The pretrained weights L2-SP pulls toward: copies held for the whole run (the memory plan counts them)."""
+        return [p0 for _, p0 in self._sp]
+
     def __call__(self) -> torch.Tensor | float:
         total: torch.Tensor | float = 0.0
         if self.l1:

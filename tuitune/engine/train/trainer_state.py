@@ -328,6 +328,7 @@ class TrainerState:
         """Examples per batch over all ranks (see `data.batch_scope`); an optimizer step takes
         `train.accumulate_steps` of them."""
         data, world = self.profile.data, self.parts.dist.world
+        assert isinstance(data.batch_size, int), 'data.batch_size = "auto" is chosen before the state is made'
         return data.batch_size * (world if data.batch_scope == "rank" else 1)
 
     def gpu_memory(self) -> tuple[float | None, float | None]:
