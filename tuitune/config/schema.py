@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tuitune.config.declare import field_default, opt
 from tuitune.config.loop import EarlyStoppingConfig, StrategyConfig, TrainConfig
+from tuitune.config.outputs import ReportConfig
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ class RunProfile:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     source_path: str = field(default="", metadata={"internal": True})
 
 
