@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.engine.conftest import of_type, tiny_profile
+from tests.engine.webhook_server import Hook
 from tuitune.cli import main
 from tuitune.config import dump_toml, profile_to_dict
 from tuitune.config.outputs import TRACKERS
@@ -34,6 +35,7 @@ class Tracked:
     run_dir: Path
     events: list
     trackers: list[str]
+    posted: list[dict[str, Any]]  # what the run's webhook received (it shares the relay with the trackers)
 
     @property
     def epochs(self) -> list[EpochEnded]:
@@ -53,12 +55,13 @@ class Tracked:
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
-    """The shared run: 2 epochs of 4 steps, progressive (manual), `u` pressed once at step 2. W&B with no mode and no
-    key (offline is the default then); Trackio's store and W&B's caches inside the test's folder."""
+    """The shared run: 2 epochs of 4 steps, progressive (manual), `u` pressed once at step 2, and a webhook (its
+    URL must reach no tracker whole). W&B with no mode and no key (offline is the default then); Trackio's store and
+    W&B's caches inside the test's folder."""
     root = tmp_path_factory.mktemp("tracked")
-    trackers = [
-        t for t in INSTALLED if not (t == "trackio" and "trackio" in sys.modules)
-    ]  # its store is fixed at import
+    # Trackio reads TRACKIO_DIR when it is imported: already imported here, it would write to the user's store
+    trackers = [t for t in INSTALLED if not (t == "trackio" and "trackio" in sys.modules)]
+    hook = Hook()
     with pytest.MonkeyPatch.context() as mp:
         for var in ("WANDB_MODE", "WANDB_API_KEY", "MLFLOW_TRACKING_URI", "TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL"):
             mp.delenv(var, raising=False)
@@ -77,10 +80,14 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
             strategy={"kind": "progressive", "trigger": "manual"},
             train={"epochs": 2, "log_every": 2, "max_steps_per_epoch": 4},
             report={"to": trackers},
+            notify={"webhook": hook.url},
         )
         run_dir = root / "tracked-run"
-        run_training(profile, run_dir, emit, control, interactive=True)
-        yield Tracked(run_dir, events, trackers)
+        try:
+            run_training(profile, run_dir, emit, control, interactive=True)
+        finally:
+            hook.close()
+        yield Tracked(run_dir, events, trackers, hook.bodies)
 
 
 def test_the_run_and_its_interventions(tracked: Tracked) -> None:
@@ -93,6 +100,7 @@ def test_the_run_and_its_interventions(tracked: Tracked) -> None:
     assert [(p.global_step, p.unfrozen) for p in of_type(tracked.events, PhaseChanged)] == [(2, ("layer4",))]
     assert [e.global_step for e in tracked.epochs] == [4, 8]
     assert (tracked.run_dir / "report.log").exists()  # what the libraries printed, off the console
+    assert [(b["type"], b["status"]) for b in tracked.posted] == [("RunFinished", "finished")]
 
 
 def test_tensorboard(tracked: Tracked) -> None:
@@ -121,6 +129,7 @@ def test_mlflow(tracked: Tracked) -> None:
     assert (run.info.run_name, run.info.status) == ("tracked-run", "FINISHED")
     assert tracked.matches([(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc")])
     assert run.data.params["train.lr"] == "0.01" and run.data.params["strategy.kind"] == "progressive"
+    assert run.data.params["notify.webhook"] == "http://127.0.0.1/..."  # the hook's secret path is not a parameter
     events = {k: v for k, v in run.data.tags.items() if k.startswith("event.")}
     assert events == {
         "event.0001": "step 2 · phase: phase 2/6: unfroze layer4 (manual)",
@@ -179,6 +188,7 @@ def test_wandb_offline(tracked: Tracked) -> None:
     assert tracked.matches([(step, row["val/acc"]) for step, row in sorted(rows.items()) if "val/acc" in row])
     assert rows[2]["event"] == "phase: phase 2/6: unfroze layer4 (manual) | command: UnfreezeNext"
     assert config["train"]["lr"] == 0.01 and config["strategy"]["kind"] == "progressive"
+    assert config["notify"]["webhook"] == "http://127.0.0.1/..."
     assert ("model", "tracked-run-model") in artifacts and exit_code == 0
 
 

@@ -147,7 +147,7 @@ def _cross_check(p: RunProfile, file: str) -> None:
             f"train.checkpoint_metric must be val_score or val_loss"
         )
     _check_augment(p, file)
-    check_outputs(p.report, file)
+    check_outputs(p.report, p.notify, file)
 
 
 def _check_augment(p: RunProfile, file: str) -> None:

@@ -61,7 +61,7 @@ def run_training(
     `distributed.DistContext` (None: one process)."""
     main = dist is None or dist.is_main
     sink = tee(RunRecorder(run_dir, append=resume is not None), emit) if main else emit
-    relay = open_relay(profile, run_dir) if main else None  # [report] trackers: fed off this thread
+    relay = open_relay(profile, run_dir) if main else None  # [report] trackers, [notify] webhook: fed off this thread
     if relay is not None:
         sink = relayed(sink, relay)
     trainer: Any = None
