@@ -107,7 +107,6 @@ class Webhook:
         self.format = resolve_format(config.format, config.webhook)
         self.run_name, self.run_dir = run_name, run_dir
         self.questions: tuple[Any, Any] = (None, None)  # the plateau question and the LR question now open
-        self.sent = 0  # notifications delivered
 
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
@@ -126,7 +125,6 @@ class Webhook:
         body = FORMATS[self.format](text, {**fields, "run": self.run_name, "run_dir": str(self.run_dir)})
         try:
             post(self.config.webhook, body, tries=self.config.tries, timeout=self.config.timeout_s)
-            self.sent += 1
         except DeliveryFailed as e:
             raise Unsent(f"notify.webhook: could not notify {e}; later notifications are still tried, unwarned") from e
 
