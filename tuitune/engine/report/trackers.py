@@ -81,8 +81,7 @@ BACKENDS: dict[str, Callable[[], Backend]] = {
 
 
 def flat_params(profile: dict[str, Any]) -> dict[str, Any]:
-    """The resolved profile as "section.key" -> value (lists and tables as their TOML text); the webhook's URL,
-    a secret (its path is the key), as its scheme and host only."""
+    """The resolved profile as "section.key" -> value."""
     out: dict[str, Any] = {}
     for key, value in profile.items():
         if isinstance(value, dict):
@@ -90,8 +89,6 @@ def flat_params(profile: dict[str, Any]) -> dict[str, Any]:
                 out[f"{key}.{sub}"] = v
         else:
             out[key] = value
-    if out.get("notify.webhook"):
-        out["notify.webhook"] = redact_url(out["notify.webhook"])
     return out
 
 
@@ -101,6 +98,8 @@ def redact_url(url: str) -> str:
 
 
 def redacted_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """The resolved profile as trackers get it: the webhook's URL, a secret (its path is the key), as its scheme and
+    host only."""
     notify = profile.get("notify")
     if isinstance(notify, dict) and notify.get("webhook"):
         return {**profile, "notify": {**notify, "webhook": redact_url(notify["webhook"])}}
