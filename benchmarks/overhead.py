@@ -33,6 +33,11 @@ over 5 subprocesses of `benchmarks/first_frame.py`, which runs `tuitune.cli.main
 arguments) with Textual headless and prints a line once the picker screen is mounted, populated and refreshed;
 the time is from spawning the process to reading that line.
 
+`--report all` (or a comma list of tensorboard,mlflow,wandb,trackio) runs the engine with those experiment trackers
+on (`[report] to`), offline and inside the temp folder. They run on the relay's own thread, so the training thread's
+own time (`engine_overhead_ms`) shows what feeding them costs a step; `engine_process_cpu_ms` (every thread) and
+`engine_wall_ms` show what the trackers' thread costs besides.
+
 The last line printed is one JSON object; `cache_speedup` comes from `benchmarks/feature_cache.py` (the demo's
 head-only epochs after the first, without the cache / with it).
 """
@@ -53,6 +58,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 MODES = ("bare", "engine", "tui", "attached")
+REPORT_ALL = ["tensorboard", "mlflow", "wandb", "trackio"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "job whose step is a few ms (defaults below change unless given); prints engine_overhead_ms "
         "and tui_overhead_ms",
     )
+    p.add_argument(
+        "--report",
+        default="",
+        help="experiment trackers the engine feeds in every mode that runs it ([report] to), a comma list of "
+        "tensorboard,mlflow,wandb,trackio or `all`; W&B offline, Trackio's store and MLflow's in the temp folder",
+    )
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # one run, JSON out (internal)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -101,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.kwargs = json.loads(args.kwargs)
     args.threads = args.threads or _cpus()
     args.modes = [m for m in args.modes.split(",") if m]
+    args.report_to = REPORT_ALL if args.report == "all" else [t for t in args.report.split(",") if t]
+    if set(args.report_to) - set(REPORT_ALL):
+        p.error(f"--report: expected some of {','.join(REPORT_ALL)} or all")
     if set(args.modes) - set(MODES):
         p.error(f"--modes: expected some of {','.join(MODES)}")
     return args
@@ -181,6 +196,8 @@ def run_isolated(mode: str, args: argparse.Namespace, run_dir: Path) -> dict[str
         args.device,
         "--threads",
         str(args.threads),
+        "--report",
+        ",".join(args.report_to),
     ] + (["--overhead"] if args.overhead else [])
     env = _env()
     if args.omp_wait_policy != "unset":
@@ -359,6 +376,8 @@ def overhead_report(args: argparse.Namespace, results: dict[str, list[dict[str, 
     engine = own["engine"] - own["bare"] if "engine" in own and "bare" in own else None
     tui = own["tui"] - own["engine"] + ui if "tui" in own and "engine" in own and ui is not None else None
     compute = statistics.median(r["compute"] * ms for r in results["bare"]) if results.get("bare") else None
+    process = statistics.median(r["process_cpu"] * ms for r in results["engine"]) if results.get("engine") else None
+    wall = statistics.median(r["wall"] * ms for r in results["engine"]) if results.get("engine") else None
     return {
         "engine_overhead_ms": _round(engine, 3),
         "tui_overhead_ms": _round(tui, 3),
@@ -367,6 +386,10 @@ def overhead_report(args: argparse.Namespace, results: dict[str, list[dict[str, 
         "own_ms": {m: round(v, 3) for m, v in own.items()},
         "ui_thread_cpu_ms": _round(ui, 3),
         "step_compute_ms": _round(compute, 3),
+        # the engine's whole process (every thread: the trackers' relay, torch's) and its wall time, per step
+        "engine_process_cpu_ms": _round(process, 3),
+        "engine_wall_ms": _round(wall, 3),
+        "report": args.report_to,
         "model": args.model,
         "img_size": args.img_size,
         "batch_size": args.batch_size,
@@ -392,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="tuitune-overhead-") as tmp:
+        if args.report_to:  # the trackers stay on this machine and inside the temp folder
+            os.environ["WANDB_MODE"] = "offline"
+            os.environ["TRACKIO_DIR"] = str(Path(tmp) / "trackio")
+            os.environ.pop("MLFLOW_TRACKING_URI", None)  # a SQLite store in each run directory
         results = run_rounds(args, Path(tmp))
     if args.overhead:
         print(json.dumps(overhead_report(args, results)))

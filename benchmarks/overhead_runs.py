@@ -64,6 +64,7 @@ def make_profile(args: argparse.Namespace) -> RunProfile:
         },
         "strategy": {"kind": "full"},
         "early_stopping": {"enabled": False},
+        "report": {"to": list(getattr(args, "report_to", []))},
     }
     return profile_from_dict(table, file="<overhead>")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuitune.config.declare import ProfileError, field_default
+from tuitune.config.outputs import check_outputs
 from tuitune.config.schema import SECTIONS, AugmentConfig, RunProfile
 
 if sys.version_info >= (3, 11):
@@ -149,6 +150,7 @@ def _cross_check(p: RunProfile, file: str) -> None:
             f"train.checkpoint_metric must be val_score or val_loss"
         )
     _check_augment(p, file)
+    check_outputs(p.report, p.notify, file)
 
 
 def _check_augment(p: RunProfile, file: str) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tuitune.config.declare import field_default, opt
 from tuitune.config.loop import EarlyStoppingConfig, StrategyConfig, TrainConfig
+from tuitune.config.outputs import NotifyConfig, ReportConfig
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,8 @@ class RunProfile:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source_path: str = field(default="", metadata={"internal": True})
 
 

@@ -30,6 +30,7 @@ from tuitune.engine.commands import Control
 from tuitune.engine.events import Event, RunFailed
 from tuitune.engine.record.files import WriteFailed
 from tuitune.engine.record.runlog import RunRecorder, new_run_dir, tee
+from tuitune.engine.report import open_relay, relayed
 from tuitune.errors import UserError, first_line
 
 __all__ = ["RankGone", "new_run_dir", "run_training", "user_message"]
@@ -60,12 +61,17 @@ def run_training(
     `distributed.DistContext` (None: one process)."""
     main = dist is None or dist.is_main
     sink = tee(RunRecorder(run_dir, append=resume is not None), emit) if main else emit
+    relay = open_relay(profile, run_dir) if main else None  # [report] trackers, [notify] webhook: fed off this thread
+    if relay is not None:
+        sink = relayed(sink, relay)
     trainer: Any = None
     try:
         from tuitune.engine.tools.after_run import export_and_compress  # torch, timm, transformers load here,
         from tuitune.engine.train.distributed import LOCAL
         from tuitune.engine.train.loop import Trainer  # in the worker
 
+        if relay is not None:
+            relay.begin()  # the trackers import their libraries now, torch being in place
         trainer = Trainer(
             profile,
             run_dir,
