@@ -64,7 +64,8 @@ def export_run(
         from tuitune.engine.tools.onnx_export import ParityFailed, write_onnx
 
         try:
-            manifest["onnx"] = write_onnx(backbone, val, profile.data.batch_size, out_dir)
+            size = profile.data.batch_size  # a run records the size "auto" chose; 32 for a profile never run
+            manifest["onnx"] = write_onnx(backbone, val, size if isinstance(size, int) else 32, out_dir)
         except ParityFailed as e:
             manifest["onnx"], failed = {"written": False, "reason": str(e)}, e
     (out_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
