@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from tuitune.config.declare import opt
 
-# What checkpoint_metric, early stopping and the plateau trigger may watch. `val_macro_f1` (classification only):
-# the mean of the per-class F1 scores at validation, for imbalanced data where accuracy flatters the majority class.
-METRICS = ("val_score", "val_loss", "train_loss", "train_score", "val_macro_f1")
+# What checkpoint_metric, early stopping and the plateau trigger may watch (`METRICS`): the metrics every task reports,
+# and each task's own (`tuitune.config.tasks`). `val_macro_f1` (classification only): the mean of the per-class F1
+# scores at validation, for imbalanced data where accuracy flatters the majority class.
+from tuitune.config.tasks import METRICS
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from tuitune.config.declare import ProfileError, field_default
 from tuitune.config.schema import SECTIONS, AugmentConfig, RunProfile
+from tuitune.config.tasks import COMMON_METRICS, TASK_RULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,6 +110,7 @@ def _cross_check(p: RunProfile, file: str) -> None:
     """Rules that span keys."""
     if not p.model.name:
         raise ProfileError(f"{file}: model.name: required (a timm model name or a Hugging Face model)")
+    _check_task(p, file)
     if p.data.kind in ("image_folder", "text") and not p.data.path:
         raise ProfileError(f"{file}: data.path: required for data.kind = {p.data.kind!r}")
     if p.strategy.kind == "groups" and not p.strategy.groups:
@@ -146,6 +148,34 @@ def _cross_check(p: RunProfile, file: str) -> None:
             f"train.checkpoint_metric must be val_score or val_loss"
         )
     _check_augment(p, file)
+
+
+def _check_task(p: RunProfile, file: str) -> None:
+    """What the task reads (`tuitune.config.tasks`): its data kinds, model sources and metrics, and nothing it has
+    no use for."""
+    task, rules = p.model.task, TASK_RULES[p.model.task]
+    if p.data.kind not in rules.data_kinds:
+        raise ProfileError(
+            f"{file}: data.kind: {p.data.kind!r} data does not fit model.task = {task!r} "
+            f"(it reads {', '.join(rules.data_kinds)})"
+        )
+    if p.model.source not in rules.sources:
+        raise ProfileError(
+            f"{file}: model.source: model.task = {task!r} is built from {' or '.join(rules.sources)} models, "
+            f"not {p.model.source!r}"
+        )
+    for key, metric in (
+        ("train.checkpoint_metric", p.train.checkpoint_metric),
+        ("strategy.plateau_metric", p.strategy.plateau_metric),
+        ("early_stopping.metric", p.early_stopping.metric),
+    ):
+        if metric not in COMMON_METRICS + rules.metrics:
+            raise ProfileError(f"{file}: {key}: model.task = {task!r} reports no {metric}")
+    for dotted in rules.unused:
+        section, _, key = dotted.partition(".")
+        default = field_default(next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == key))
+        if getattr(getattr(p, section), key) != (tuple(default) if isinstance(default, list) else default):
+            raise ProfileError(f"{file}: {dotted}: not used by model.task = {task!r}; remove the key")
 
 
 def _check_augment(p: RunProfile, file: str) -> None:

@@ -15,10 +15,18 @@ from dataclasses import dataclass, field
 
 from tuitune.config.declare import field_default, opt
 from tuitune.config.loop import EarlyStoppingConfig, StrategyConfig, TrainConfig
+from tuitune.config.tasks import TASK_RULES
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    task: str = opt(
+        "classify",
+        "What the model learns: "
+        + "; ".join(f"`{name}`: {rules.about}" for name, rules in TASK_RULES.items())
+        + ". Each task has its own model, objective, metrics, layer groups and export.",
+        choices=tuple(TASK_RULES),
+    )
     source: str = opt(
         "timm", "Where the backbone comes from: `timm` or `hf` (Hugging Face transformers).", choices=("timm", "hf")
     )

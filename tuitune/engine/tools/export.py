@@ -30,7 +30,7 @@ from safetensors.torch import save_file, save_model
 from tuitune.config import RunProfile, dump_toml, profile_to_dict
 from tuitune.engine.data.kinds import build_datasets, data_kind
 from tuitune.engine.model.groups import Backbone
-from tuitune.engine.rebuild import rebuild_model
+from tuitune.engine.train.tasks import rebuild_run, task_of
 from tuitune.errors import UserError
 
 __all__ = ["export_adapters", "export_run", "write_export"]
@@ -41,14 +41,13 @@ def export_run(
 ) -> dict[str, Any]:
     """Rebuild, load `tag`, write the export folder; returns a manifest (also written as `export.json`)."""
     run_dir = Path(run_dir)
-    profile, backbone, classes = rebuild_model(run_dir, tag)
+    profile, backbone, classes = rebuild_run(run_dir, tag)
     out_dir = Path(out) if out else run_dir / "export"
     clear_export(out_dir)  # no stale head or sample from an earlier export
     backbone, adapters = export_adapters(backbone, out_dir)  # the sample below is the merged model's
-    manifest = {**_write_plain(backbone, profile, classes, out_dir), **adapters}
+    write = task_of(profile).export or _write_classifier
+    manifest = {**write(backbone, profile, classes, out_dir, sample), **adapters}
     manifest["checkpoint"] = str(run_dir / "checkpoints" / f"{tag}.safetensors")
-    if sample > 0:
-        manifest["sample"] = _write_sample(backbone, profile, out_dir, sample)
     (out_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -57,7 +56,19 @@ def write_export(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
     """Write the loadable folder for an in-memory model (also usable by the engine right after training); under
     LoRA the adapters alone too, and the model with them merged."""
     backbone, adapters = export_adapters(backbone, out_dir)
-    return {**_write_plain(backbone, profile, classes, out_dir), **adapters}
+    write = task_of(profile).export or _write_classifier
+    return {**write(backbone, profile, classes, out_dir, 0), **adapters}
+
+
+def _write_classifier(
+    backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path, sample: int
+) -> dict[str, Any]:
+    """A classifier's export (the task table's writer for `classify`): the loadable folder, and `sample` validation
+    examples with the exported model's logits."""
+    manifest = _write_plain(backbone, profile, classes, out_dir)
+    if sample > 0:
+        manifest["sample"] = _write_sample(backbone, profile, out_dir, sample)
+    return manifest
 
 
 def _write_plain(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path) -> dict[str, Any]:

@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.distributed import DistContext
     from tuitune.engine.train.feature_cache import FeatureCache
-    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
     from tuitune.engine.train.state_checkpoint import Checkpointer
+    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
@@ -115,7 +115,7 @@ class RunController:
         dist: DistContext,
         emit: Emit,
         parts: RunParts,
-        obj: Objective,
+        obj: TaskObjective,
         st: TrainerState,
         checkpoints: Checkpointer,
         cache: CacheKeeper,

@@ -33,10 +33,10 @@ from tuitune.engine.train import strategy
 from tuitune.engine.train.controller import CacheKeeper, RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
-from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.state_checkpoint import Checkpointer
+from tuitune.engine.train.tasks import task_of
 from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
@@ -67,8 +67,9 @@ class Trainer:
     ) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.after_run, self.dist = after_run, dist
-        self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
-        self.obj = Objective(profile, self.parts)
+        task = task_of(profile)
+        self.parts: RunParts = build_parts(profile, run_dir, emit, dist, build=task.build)
+        self.obj = task.objective(profile, self.parts, emit)
         self.st = TrainerState(self.parts, profile, self.obj.scorer)
         self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj)
         self.cache = FeatureCache(self.parts, profile)
