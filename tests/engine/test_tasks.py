@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from tests.engine.conftest import tiny_profile
 from tuitune.config.tasks import TASK_RULES
 from tuitune.engine.commands import Control
@@ -33,3 +35,18 @@ def test_the_loop_builds_and_scores_through_the_task_entry(tmp_path, monkeypatch
     profile = tiny_profile(train={"epochs": 1, "max_steps_per_epoch": 1})
     Trainer(profile, tmp_path, lambda e: None, Control()).run()
     assert used == ["build", "objective"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"train": {"checkpoint_metric": "val_exact_match"}}, "train.checkpoint_metric"),
+        ({"data": {"kind": "chat", "path": "x.jsonl"}}, "data.kind: 'chat' data does not fit model.task = 'classify'"),
+    ],
+)
+def test_a_profile_the_task_cannot_run_is_one_line(override, message) -> None:
+    from tuitune.config import ProfileError
+
+    with pytest.raises(ProfileError, match=message) as e:
+        tiny_profile(**override)
+    assert "\n" not in str(e.value)

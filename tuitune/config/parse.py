@@ -111,7 +111,7 @@ def _cross_check(p: RunProfile, file: str) -> None:
     if not p.model.name:
         raise ProfileError(f"{file}: model.name: required (a timm model name or a Hugging Face model)")
     _check_task(p, file)
-    if p.data.kind in ("image_folder", "text") and not p.data.path:
+    if p.data.kind in ("image_folder", "text", "chat") and not p.data.path:
         raise ProfileError(f"{file}: data.path: required for data.kind = {p.data.kind!r}")
     if p.strategy.kind == "groups" and not p.strategy.groups:
         raise ProfileError(f"{file}: strategy.groups: required for strategy.kind = 'groups'")
@@ -171,10 +171,17 @@ def _check_task(p: RunProfile, file: str) -> None:
     ):
         if metric not in COMMON_METRICS + rules.metrics:
             raise ProfileError(f"{file}: {key}: model.task = {task!r} reports no {metric}")
+        for needed_by, dotted in rules.needs:
+            section, _, name = dotted.partition(".")
+            if metric == needed_by and not getattr(getattr(p, section), name):
+                raise ProfileError(f"{file}: {key}: {metric} needs {dotted} > 0 (how many examples to score)")
     for dotted in rules.unused:
         section, _, key = dotted.partition(".")
         default = field_default(next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == key))
-        if getattr(getattr(p, section), key) != (tuple(default) if isinstance(default, list) else default):
+        value = getattr(getattr(p, section), key)
+        if (tuple(value) if isinstance(value, list) else value) != (
+            tuple(default) if isinstance(default, list) else default
+        ):
             raise ProfileError(f"{file}: {dotted}: not used by model.task = {task!r}; remove the key")
 
 
@@ -184,7 +191,7 @@ def _check_augment(p: RunProfile, file: str) -> None:
     changed = [
         f.name for f in dataclasses.fields(AugmentConfig) if getattr(p.augment, f.name) != getattr(defaults, f.name)
     ]
-    if p.data.kind == "text" and changed:
+    if p.data.kind in ("text", "chat") and changed:
         raise ProfileError(f"{file}: augment.{changed[0]}: text data has no augmentation in tuitune; remove the key")
     timm_only = [k for k in changed if k not in ("train_transform", "mixup", "cutmix")]
     if timm_only and p.augment.train_transform != "timm":

@@ -24,6 +24,7 @@ class TaskRules:
     metrics: tuple[str, ...]  # the metrics its runs report, beyond COMMON_METRICS
     unused: tuple[str, ...] = ()  # dotted keys it does not read: refused unless at their defaults
     about: str = ""  # one line for the key's documentation
+    needs: tuple[tuple[str, str], ...] = ()  # (metric, the dotted key that must be > 0 for the task to report it)
 
 
 TASK_RULES: dict[str, TaskRules] = {
@@ -31,7 +32,42 @@ TASK_RULES: dict[str, TaskRules] = {
         data_kinds=("digits", "image_folder", "text", "synthetic"),
         sources=("timm", "hf"),
         metrics=("val_macro_f1",),
+        unused=(
+            "model.gguf_file",
+            "data.prompt_column",
+            "data.response_column",
+            "data.messages_column",
+            "data.packing",
+            "generate.samples",
+            "generate.exact_match",
+            "generate.max_new_tokens",
+        ),
         about="a classifier (or regressor, multi-label tagger: `loss.kind`) on images or texts",
+    ),
+    "causal_lm": TaskRules(
+        data_kinds=("chat",),
+        sources=("hf",),
+        metrics=("val_exact_match",),
+        needs=(("val_exact_match", "generate.exact_match"),),
+        unused=(
+            "model.weights",
+            "model.keep_head",
+            "model.img_size",
+            "model.pooling",
+            "data.text_column",
+            "data.label_column",
+            "data.classes",
+            "data.source_classes",
+            "loss.kind",
+            "loss.class_weights",
+            "loss.balance_classes",
+            "regularization.drop_rate",
+            "distill.teacher",
+            "compress.sparsity",
+            "compress.quantize",
+        ),
+        about="supervised fine-tuning of a causal language model (`AutoModelForCausalLM`) on chat data: the loss "
+        "covers the responses only; next-token accuracy, perplexity and greedy samples",
     ),
 }
 

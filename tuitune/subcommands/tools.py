@@ -63,8 +63,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if manifest.get("load_by_name"):
         print(f"  or: {manifest['load_by_name']}")
     sample = manifest.get("sample") or {}
-    if sample.get("written"):
+    if sample.get("written") and "acc" in sample:
         print(f"sample.safetensors: {sample['examples']} val examples, accuracy {sample['acc']:.3f}")
+    elif sample.get("written"):  # a language model: greedy generations
+        print(f"{sample['file']}: {sample['examples']} val prompts, exact match {sample['exact_match']:.3f}")
     return ExitCode.OK
 
 

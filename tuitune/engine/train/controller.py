@@ -19,6 +19,7 @@ from tuitune.engine.commands import (
     ApplyLR,
     Control,
     FindLR,
+    GenerateSamples,
     Pause,
     Resume,
     SaveCheckpoint,
@@ -138,6 +139,7 @@ class RunController:
             SetGroupTrainable: self._set_group_trainable,
             AdaptBatchNorm: self._adapt_batchnorm,
             ScaleGroupLR: self._scale_group_lr,
+            GenerateSamples: self._generate_samples,
         }
 
     def stop(self, status: str, reason: str) -> None:
@@ -368,6 +370,14 @@ class RunController:
     def _scale_group_lr(self, command: ScaleGroupLR) -> Applied:
         detail = self.st.scale_group_lr(command.group, command.factor)
         self.emit(self.st.layers_changed(with_grad=False))
+        return detail, None
+
+    def _generate_samples(self, command: GenerateSamples) -> Applied:
+        """A language model's samples now (a classifier says it has none); the model back in its training mode."""
+        detail, event = self.obj.generate_now(self.parts, self.st.epoch, self.st.global_step)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        if event is not None:
+            self.emit(event)
         return detail, None
 
     def _adapt_batchnorm(self, command: AdaptBatchNorm) -> Applied:

@@ -315,6 +315,8 @@ class Trainer:
                 extra=more,
             )
         )
+        for event in self.obj.epoch_events(st.epoch, st.global_step):  # a language model's samples
+            self.emit(event)
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         self.controller.measure_shift("epoch")
         if is_best:
@@ -378,6 +380,7 @@ class Trainer:
             export_dir=export_dir,
             confusion=self._confusion(),
             misclassified=tuple(self.val_views.get("misclassified", ())),
+            samples=self.obj.last_samples(),
         )
         self.emit(event)
         return event

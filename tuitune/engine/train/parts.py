@@ -225,7 +225,10 @@ def build_parts(
     )
     _shield_workers(train_loader, val_loader, test_loader)
     micro, steps = _epoch_length(profile, len(train_loader))
-    plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
+    plan = strategy.from_first_trainable(
+        strategy.plan_phases([g.name for g in backbone.groups], profile.strategy),
+        {g.name for g in backbone.groups if g.trained},
+    )
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(

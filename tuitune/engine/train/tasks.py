@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tuitune.engine.model.causal_lm import causal_backbone
 from tuitune.engine.rebuild import Builder, profile_backbone, rebuild_model
+from tuitune.engine.train.causal_lm import CausalObjective, write_causal_export
 from tuitune.engine.train.objective import Objective
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ def _classifier_objective(profile: RunProfile, parts: RunParts, emit: Emit | Non
 
 TASKS: dict[str, Task] = {
     "classify": Task(build=profile_backbone, objective=_classifier_objective, export=None),
+    "causal_lm": Task(build=causal_backbone, objective=CausalObjective, export=write_causal_export),
 }
 
 
