@@ -11,6 +11,8 @@ train (it is pretrained, unlike a classifier's new head); the attention and MLP 
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import inspect
 import math
@@ -25,10 +27,11 @@ from tuitune.engine.model import hub
 from tuitune.engine.model.groups import Backbone, LayerGroup, ModelError, check_partition
 from tuitune.engine.model.hf import _hf_call, _largest_module_list, _quiet_transformers, apply_config_overrides
 from tuitune.engine.model.lora import apply_lora, uses_lora
+from tuitune.engine.record.progress import Progress
 from tuitune.errors import first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
 
     from tuitune.config import RunProfile
     from tuitune.engine.events import Event
@@ -142,7 +145,7 @@ def build_causal_lm(
     kw: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file:
         kw["gguf_file"] = cfg.gguf_file
-    with hub.hub_off(), _quiet_transformers():
+    with hub.hub_off(), _quiet_transformers(), _gguf_progress(emit, cfg.gguf_file):
         config = _hf_call(name, lambda: tf.AutoConfig.from_pretrained(name, **kw))
         apply_config_overrides(config, cfg.kwargs)
 
@@ -156,7 +159,11 @@ def build_causal_lm(
         except ImportError as e:  # e.g. GGUF without the `gguf` package
             raise ModelError(f"model.gguf_file: {first_line(e)}") from e
         tokenizer = _hf_call(name, lambda: tf.AutoTokenizer.from_pretrained(name, **kw))
-    hf.float()
+    if any(p.dtype != torch.float32 for p in hf.parameters()):
+        hf.float()
+    if cfg.gguf_file:  # dequantized to float32 on loading: a plain model from here on (it trains and saves as one)
+        hf.hf_quantizer = None
+        getattr(hf.config, "__dict__", {}).pop("quantization_config", None)
     if checkpointing:  # transformers 5.x's name, then the older one
         enable = getattr(hf, "activation_checkpointing_enable", None)
         if enable is not None:
@@ -169,6 +176,31 @@ def build_causal_lm(
     tied = " (LM head tied to the embeddings)" if _tied(hf) else ""
     source = f"{cfg.name} [{cfg.gguf_file}]" if cfg.gguf_file else cfg.name
     return Backbone(model, groups, "text", {}, tokenizer, f"hf {source} ({total / 1e6:.1f}M params){tied}")
+
+
+@contextlib.contextmanager
+def _gguf_progress(emit: Callable[[Event], None] | None, name: str) -> Iterator[None]:
+    """transformers dequantizes a GGUF file's tensors under a plain tqdm bar on stderr, which would scribble over the
+    dashboard: while it loads, its bar is replaced by `SetupProgressed` events (`convert`, in tensors)."""
+    if not name:
+        yield
+        return
+    module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+
+    def tracked(items: Iterable[Any], desc: str = "", **_: Any) -> Iterator[Any]:
+        items = list(items)
+        progress = Progress(emit, "convert", name, len(items), "tensors")
+        for item in items:
+            yield item
+            progress.advance(1)
+        progress.finish()
+
+    before = module.tqdm
+    module.tqdm = tracked
+    try:
+        yield
+    finally:
+        module.tqdm = before
 
 
 def _tied(hf: nn.Module) -> bool:
