@@ -11,7 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuitune.engine.events import LayerInfo, LRFound, RunFailed, RunFinished, SetupProgressed, UnfreezeSuggested
+from tuitune.engine.events import (
+    LayerInfo,
+    LRFound,
+    RunFailed,
+    RunFinished,
+    SamplesGenerated,
+    SetupProgressed,
+    UnfreezeSuggested,
+)
 from tuitune.ui.downsample import Downsampled
 
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
@@ -88,6 +96,7 @@ class DashboardState:
     trust_remote_code: bool = False
     setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
     domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
+    samples: SamplesGenerated | None = None  # a language model's latest samples
     events_seen: int = 0
 
     @property

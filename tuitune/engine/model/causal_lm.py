@@ -185,7 +185,7 @@ def _gguf_progress(emit: Callable[[Event], None] | None, name: str) -> Iterator[
     if not name:
         yield
         return
-    module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    module: Any = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
 
     def tracked(items: Iterable[Any], desc: str = "", **_: Any) -> Iterator[Any]:
         items = list(items)
