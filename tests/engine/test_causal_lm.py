@@ -50,17 +50,20 @@ def test_only_the_response_is_scored_and_the_loss_is_the_models_own(llm, data, h
     model, tokenizer = hf
     profile = causal_profile(llm, data)
     bundle = build_chat(profile.data, tokenizer, 32, 0)
-    x, y = bundle.val.collate([bundle.val[i] for i in range(4)])
     ids, start, n = bundle.val.input_ids[0], int(bundle.val.starts[0]), int(bundle.val.lengths[0])
-    assert (y[0, : start - 1] == IGNORE).all() and (y[0, n - 1 :] == IGNORE).all()
-    assert y[0, start - 1 : n - 1].tolist() == ids[start:n].tolist()  # position t predicts token t + 1
+    y = bundle.val[0][1]
+    assert (y[: start - 1] == IGNORE).all() and (y[n - 1 :] == IGNORE).all()
+    assert y[start - 1 : n - 1].tolist() == ids[start:n].tolist()  # position t predicts token t + 1
     assert tokenizer.convert_ids_to_tokens(ids[start:n].tolist()) == [bundle.val.rows[0].response, "<|im_end|>"]
-    # transformers' own loss, with the labels it expects (unshifted, the prompt and the padding masked)
+    # transformers' own loss, with the labels it expects (unshifted, the prompt and the padding masked); ours on the
+    # positions the collate keeps (the ones scored)
+    x, y = bundle.val.collate([bundle.val[i] for i in range(4)])
+    assert y.shape[1] == len(x["logits_to_keep"]) < x["input_ids"].shape[1]
     labels = x["input_ids"].masked_fill(x["attention_mask"] == 0, IGNORE)
     for r in range(4):
         labels[r, : int(bundle.val.starts[r])] = IGNORE
     with torch.no_grad():
-        theirs = model(**x, labels=labels).loss
+        theirs = model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], labels=labels).loss
         ours = CausalLMLoss()(CausalLM(model)(x), y)
     assert torch.allclose(ours, theirs, atol=1e-6)
 
@@ -73,14 +76,14 @@ def test_packed_examples_attend_only_to_themselves(llm, data, hf) -> None:
     bins = pack([len(s) for s in ids], 32)
     assert sorted(i for b in bins for i in b) == list(range(12)) and len(packed) == len(bins) < 12
     assert all(sum(len(ids[i]) for i in b) <= 32 for b in bins)
-    x, y = packed.collate([packed[0]])
+    x, y = packed[0]
     with torch.no_grad():
-        together = CausalLM(model)(x)[0]
+        together = CausalLM(model)({"input_ids": x["input_ids"][None], "position_ids": x["position_ids"][None]})[0]
         at = 0
         for i in bins[0]:
             alone = model(input_ids=torch.tensor([ids[i]])).logits[0]
             assert torch.allclose(together[at : at + len(ids[i])], alone, atol=1e-5)
-            assert y[0, at : at + len(ids[i])].tolist() == shifted_labels(ids[i], starts[i], len(ids[i])).tolist()
+            assert y[at : at + len(ids[i])].tolist() == shifted_labels(ids[i], starts[i], len(ids[i])).tolist()
             at += len(ids[i])
 
 

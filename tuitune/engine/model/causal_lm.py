@@ -66,7 +66,9 @@ BLOCK_GROUPS = 6  # `strategy.coarse`: the blocks in about this many groups
 
 class CausalLM(nn.Module):
     """A transformers causal LM as `model(x) -> logits` ([B, T, V]); x is a dict of token tensors, of which the
-    model's forward takes what it knows (`input_ids`, `attention_mask`, `position_ids`). No KV cache in training."""
+    model's forward takes what it knows (`input_ids`, `attention_mask`, `position_ids`). No KV cache in training.
+    `logits_to_keep` (the positions scored, from the chat data's collate) gives [B, K, V]: the model's own argument
+    where it has one, else the full logits cut to them."""
 
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
@@ -80,7 +82,11 @@ class CausalLM(nn.Module):
         return self.hf.config
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.hf(**{k: v for k, v in x.items() if k in self._inputs}, **self._extra).logits
+        logits = self.hf(**{k: v for k, v in x.items() if k in self._inputs}, **self._extra).logits
+        keep = x.get("logits_to_keep")
+        if keep is not None and "logits_to_keep" not in self._inputs:
+            logits = logits[:, keep]
+        return logits
 
 
 # ------------------------------------------------------------------------------------------------ building
