@@ -21,6 +21,7 @@ from tuitune.engine.data.chat import IGNORE, PackedChat, build_chat, encode_rows
 from tuitune.engine.events import CommandApplied, EpochEnded, MetricsUpdated, RunFailed, RunFinished, SamplesGenerated
 from tuitune.engine.model.causal_lm import CausalLM, build_causal_lm, decoder_groups, model_folder
 from tuitune.engine.session import run_training
+from tuitune.engine.tools.export import export_run
 from tuitune.engine.train import strategy
 from tuitune.engine.train.causal_lm import CausalLMLoss, exact_match, normalize_answer
 from tuitune.engine.train.loop import Trainer
@@ -204,6 +205,11 @@ def test_the_export_generates_the_same_tokens_with_transformers_alone(llm, data,
         new = out[len(example["prompt_ids"]) :].tolist()
         stop = next((i for i, t in enumerate(new) if t in record["eos_token_ids"]), len(new))
         assert new[:stop] == example["output_ids"]
+    # `tuitune export RUN` rebuilds the model from the profile and the best checkpoint: the same generations
+    manifest = export_run(tmp_path, tmp_path / "again", sample=2)
+    again = json.loads((tmp_path / "again" / "generations.json").read_text())
+    assert manifest["task"] == "causal_lm" and manifest["sample"]["examples"] == 2
+    assert [e["output_ids"] for e in again["examples"]] == [e["output_ids"] for e in record["examples"][:2]]
 
 
 @pytest.mark.parametrize(
