@@ -5,7 +5,7 @@ A seeded, stratified subset (each split keeps its spam share), without the messa
 (so every row fits `model.max_length`: the chat kind refuses a row whose response would be cut off). Prints what it
 wrote, as one JSON line. The profile `profiles/smollm2-sms.toml` reads the files it writes by default.
 
-    python benchmarks/sms_instruct.py --train 320 --val 120
+    python benchmarks/sms_instruct.py                     # 160 train, 60 val, messages up to 160 characters
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def subset(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", type=int, default=320, help="training examples (0 = all)")
-    ap.add_argument("--val", type=int, default=120, help="validation examples (0 = all)")
-    ap.add_argument("--max-chars", type=int, default=300, help="leave out longer messages")
+    ap.add_argument("--train", type=int, default=160, help="training examples (0 = all)")
+    ap.add_argument("--val", type=int, default=60, help="validation examples (0 = all)")
+    ap.add_argument("--max-chars", type=int, default=160, help="leave out longer messages")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "sms-instruct")
