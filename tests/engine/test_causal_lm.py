@@ -287,3 +287,34 @@ def test_gradient_checkpointing_gives_the_same_gradients(llm, data, hf) -> None:
         CausalLMLoss()(backbone.model({"input_ids": ids}), y).backward()
         grads.append(backbone.model.hf.model.layers[0].mlp.up_proj.weight.grad.clone())
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_gguf_dequantization_reports_progress_instead_of_a_bar() -> None:
+    """transformers' tqdm over the GGUF tensors becomes SetupProgressed events while a model loads, and comes back."""
+    import importlib
+
+    from tuitune.engine.events import SetupProgressed
+    from tuitune.engine.model.causal_lm import _gguf_progress
+
+    module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    before, events = module.tqdm, []
+    with _gguf_progress(events.append, "m.gguf"):
+        assert list(module.tqdm(range(3), desc="Converting")) == [0, 1, 2]
+    assert module.tqdm is before
+    done = [e for e in events if isinstance(e, SetupProgressed) and e.finished]
+    assert done and done[-1].task == "convert" and done[-1].detail == "m.gguf" and done[-1].done == 3
+
+
+def test_the_console_prints_each_sample_on_a_line() -> None:
+    import io
+
+    from tuitune.console import ConsolePrinter
+
+    out = io.StringIO()
+    sample = {"prompt": "is the cat good ?", "reference": "yes", "output": "no", "match": False}
+    ConsolePrinter(out=out)(
+        SamplesGenerated(samples=(sample, {**sample, "output": "yes", "match": True}), epoch=1, global_step=6)
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "samples at step 6 (epoch): 1/2 match"
+    assert lines[1] == "  ✗ 'is the cat good ?' -> 'no' ('yes')" and lines[2].startswith("  ✓ ")
