@@ -24,6 +24,7 @@ from tuitune.engine.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    SamplesGenerated,
     SetupProgressed,
     Warned,
 )
@@ -125,6 +126,16 @@ class ConsolePrinter:
         """Whether a phase runs only what it trains, and why not."""
         self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
 
+    def _samples(self, event: SamplesGenerated) -> None:
+        """A language model's samples: how many match, then each as `prompt -> output (reference)`, cut short."""
+        hits = sum(bool(s.get("match")) for s in event.samples)
+        self.say(f"samples at step {event.global_step} ({event.reason}): {hits}/{len(event.samples)} match")
+        for s in event.samples:
+            line = " ".join(
+                f"{'✓' if s.get('match') else '✗'} {s['prompt']!r} -> {s['output']!r} ({s['reference']!r})".split()
+            )
+            self.say(f"  {line[:160]}")
+
     def _failed(self, event: RunFailed) -> None:
         traceback = f" (traceback: {event.log_path})" if event.log_path else ""
         self.err = _write(self.err, f"tuitune: error: {event.message}{traceback}", self.log)
@@ -178,6 +189,7 @@ class ConsolePrinter:
         MemoryPlanned: _memory,
         RunFinished: _finished,
         RunFailed: _failed,
+        SamplesGenerated: _samples,
     }
 
 

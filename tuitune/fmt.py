@@ -11,8 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-PERCENT_METRICS = ("acc", "f1")
-METRIC_TITLES = {"acc": "accuracy", "f1": "micro-F1", "rmse": "RMSE (lower is better)"}
+PERCENT_METRICS = ("acc", "f1", "token_acc")
+METRIC_TITLES = {
+    "acc": "accuracy",
+    "f1": "micro-F1",
+    "rmse": "RMSE (lower is better)",
+    "token_acc": "next-token accuracy",
+}
 # EpochEnded.extra keys, in the order the event log shows them, with their short names
 EXTRA_NAMES = {
     "val_mae": "mae",
@@ -23,6 +28,8 @@ EXTRA_NAMES = {
     "train_task_loss": "task loss",
     "train_distill_loss": "distill loss",
     "val_macro_f1": "macro-F1",
+    "val_perplexity": "ppl",
+    "val_exact_match": "exact match",
 }
 
 
@@ -74,7 +81,7 @@ def fmt_value(key: str, value: Any, metric: str = "acc", digits: int = 2) -> str
         return "-" if value is None else str(value)
     if key == "score" or key.endswith("_score"):
         return fmt_score(metric, v, digits)
-    if key.endswith(("acc", "map", "f1")):  # source_acc: the pretraining task's accuracy
+    if key.endswith(("acc", "map", "f1", "exact_match")):  # source_acc: the pretraining task's accuracy
         return fmt_percent(v, digits)
     return _plain(v)
 

@@ -47,7 +47,14 @@ WORDS = [
 ]
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-ARCHS = ("bert", "distilbert", "roberta", "vit")
+ARCHS = ("bert", "distilbert", "roberta", "vit", "llama")
+CHAT_SPECIALS = ["<pad>", "<unk>", "<s>", "<|im_start|>", "<|im_end|>"]
+CHAT_WORDS = ["user", "assistant", "system", "yes", "no", "?", ".", "is", "spam", "answer", "or"]
+# ChatML, as SmolLM2 and Qwen write it: the assistant's turn ends with <|im_end|>, the end-of-sequence token
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def make_tiny_hf_dir(tmp_path: Path, arch: str) -> Path:
@@ -141,4 +148,35 @@ def _wordpiece_vocab(folder: Path) -> str:
     return str(path)
 
 
-_BUILDERS = {"bert": _bert, "distilbert": _distilbert, "roberta": _roberta, "vit": _vit}
+def _llama(folder: Path):
+    """A 2-block Llama with tied embeddings and a word-level tokenizer with a ChatML chat template."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(CHAT_SPECIALS + CHAT_WORDS + WORDS))}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+_BUILDERS = {"bert": _bert, "distilbert": _distilbert, "roberta": _roberta, "vit": _vit, "llama": _llama}

@@ -20,6 +20,7 @@ from tuitune.engine.commands import (
     Command,
     Control,
     FindLR,
+    GenerateSamples,
     Pause,
     Resume,
     SaveCheckpoint,
@@ -45,6 +46,7 @@ VERB_COMMANDS: list[tuple[list[str], list[Command]]] = [
     (["save"], [SaveCheckpoint()]),
     (["stop"], [StopEarly()]),
     (["adabn"], [AdaptBatchNorm()]),
+    (["generate"], [GenerateSamples()]),
     (["lr-find"], [FindLR()]),
 ]
 

@@ -462,8 +462,9 @@ class ScriptedEngine:
     between the key press and the confirming event.
     """
 
-    def __init__(self, prefix: list[Event] | None = None, auto: bool = True) -> None:
+    def __init__(self, prefix: list[Event] | None = None, auto: bool = True, samples: Any = None) -> None:
         self.prefix = prefix if prefix is not None else mid_run_events()
+        self.samples = samples  # what `GenerateSamples` answers (a language model's SamplesGenerated), if anything
         self.received: list[Command] = []
         self.gate = threading.Event()
         if auto:
@@ -541,6 +542,9 @@ class ScriptedEngine:
                     detail="running statistics of 20 BatchNorm layers re-estimated on 20 target batches",
                 )
             )
+        elif type(command).__name__ == "GenerateSamples" and self.samples is not None:
+            emit(dataclasses.replace(self.samples, epoch=3, global_step=g, reason="asked"))
+            emit(CommandApplied("GenerateSamples", 3, g, detail="3 samples, 2 matching their reference"))
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
             emit(CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, g))

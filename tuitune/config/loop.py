@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from tuitune.config.declare import opt
 
-# What checkpoint_metric, early stopping and the plateau trigger may watch. `val_macro_f1` (classification only):
-# the mean of the per-class F1 scores at validation, for imbalanced data where accuracy flatters the majority class.
-METRICS = ("val_score", "val_loss", "train_loss", "train_score", "val_macro_f1")
+# What checkpoint_metric, early stopping and the plateau trigger may watch (`METRICS`): the metrics every task reports,
+# and each task's own (`tuitune.config.tasks`). `val_macro_f1` (classification only): the mean of the per-class F1
+# scores at validation, for imbalanced data where accuracy flatters the majority class.
+from tuitune.config.tasks import METRICS
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class StrategyConfig:
         "groups train), `progressive` (phases from the head downwards) or `lp_ft` (LP-FT, Kumar "
         "et al. 2022: the head alone until `trigger` fires, then every group at "
         "`ft_lr_scale` times the LR) or `lora` (LoRA adapters through `peft` in every group, the "
-        "head in full; base weights frozen).",
+        "head in full for a classifier; base weights frozen).",
         choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora"),
     )
     groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
@@ -192,7 +193,11 @@ class StrategyConfig:
         "Run frozen layer groups without dropout or stochastic depth (their modules "
         "in eval mode): their output is then deterministic, and cacheable.",
     )
-    coarse: bool = opt(True, "timm: coarse groups (stem / stages / head) rather than one group per block.")
+    coarse: bool = opt(
+        True,
+        "timm: coarse groups (stem / stages / head) rather than one group per block; causal LMs: their blocks in "
+        "about 6 groups (`layer.0-4`, ...) rather than one group per block.",
+    )
     ft_lr_scale: float = opt(0.1, "`lp_ft`: every group's LR is scaled by this once all groups train.", gt=0.0, max=1.0)
     phase_lr: str = opt(
         "profile",
@@ -231,8 +236,10 @@ class StrategyConfig:
         "Module-name suffixes to adapt; empty = the family's default: timm ViT "
         "`attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`; ConvNeXt / MLP blocks `mlp.fc1`, "
         "`mlp.fc2`; BERT-like `query`, `value`; EfficientNet / MobileNet blocks their 1x1 "
-        "convs `conv_pw`, `conv_pwl`. The head always trains in full; depthwise "
-        "convolutions are skipped.",
+        "convs `conv_pw`, `conv_pwl`; causal LMs the attention and MLP projections "
+        "(`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`; GPT-2 `c_attn`, `c_proj`, "
+        "`c_fc`). A classifier's head always trains in full (a causal LM's pretrained LM head does not: it is "
+        "frozen unless targeted); depthwise convolutions are skipped.",
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from tuitune.config.declare import ProfileError, field_default
 from tuitune.config.outputs import check_outputs
 from tuitune.config.schema import SECTIONS, AugmentConfig, RunProfile
+from tuitune.config.tasks import COMMON_METRICS, TASK_RULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -113,7 +114,8 @@ def _cross_check(p: RunProfile, file: str) -> None:
     """Rules that span keys."""
     if not p.model.name:
         raise ProfileError(f"{file}: model.name: required (a timm model name or a Hugging Face model)")
-    if p.data.kind in ("image_folder", "text") and not p.data.path:
+    _check_task(p, file)
+    if p.data.kind in ("image_folder", "text", "chat") and not p.data.path:
         raise ProfileError(f"{file}: data.path: required for data.kind = {p.data.kind!r}")
     if p.strategy.kind == "groups" and not p.strategy.groups:
         raise ProfileError(f"{file}: strategy.groups: required for strategy.kind = 'groups'")
@@ -153,13 +155,48 @@ def _cross_check(p: RunProfile, file: str) -> None:
     check_outputs(p.report, p.notify, file)
 
 
+def _check_task(p: RunProfile, file: str) -> None:
+    """What the task reads (`tuitune.config.tasks`): its data kinds, model sources and metrics, and nothing it has
+    no use for."""
+    task, rules = p.model.task, TASK_RULES[p.model.task]
+    if p.data.kind not in rules.data_kinds:
+        raise ProfileError(
+            f"{file}: data.kind: {p.data.kind!r} data does not fit model.task = {task!r} "
+            f"(it reads {', '.join(rules.data_kinds)})"
+        )
+    if p.model.source not in rules.sources:
+        raise ProfileError(
+            f"{file}: model.source: model.task = {task!r} is built from {' or '.join(rules.sources)} models, "
+            f"not {p.model.source!r}"
+        )
+    for key, metric in (
+        ("train.checkpoint_metric", p.train.checkpoint_metric),
+        ("strategy.plateau_metric", p.strategy.plateau_metric),
+        ("early_stopping.metric", p.early_stopping.metric),
+    ):
+        if metric not in COMMON_METRICS + rules.metrics:
+            raise ProfileError(f"{file}: {key}: model.task = {task!r} reports no {metric}")
+        for needed_by, dotted in rules.needs:
+            section, _, name = dotted.partition(".")
+            if metric == needed_by and not getattr(getattr(p, section), name):
+                raise ProfileError(f"{file}: {key}: {metric} needs {dotted} > 0 (how many examples to score)")
+    for dotted in rules.unused:
+        section, _, key = dotted.partition(".")
+        default = field_default(next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == key))
+        value = getattr(getattr(p, section), key)
+        if (tuple(value) if isinstance(value, list) else value) != (
+            tuple(default) if isinstance(default, list) else default
+        ):
+            raise ProfileError(f"{file}: {dotted}: not used by model.task = {task!r}; remove the key")
+
+
 def _check_augment(p: RunProfile, file: str) -> None:
     """Augmentation keys are used or refused, never silently ignored."""
     defaults = AugmentConfig()
     changed = [
         f.name for f in dataclasses.fields(AugmentConfig) if getattr(p.augment, f.name) != getattr(defaults, f.name)
     ]
-    if p.data.kind == "text" and changed:
+    if p.data.kind in ("text", "chat") and changed:
         raise ProfileError(f"{file}: augment.{changed[0]}: text data has no augmentation in tuitune; remove the key")
     timm_only = [k for k in changed if k not in ("train_transform", "mixup", "cutmix")]
     if timm_only and p.augment.train_transform != "timm":

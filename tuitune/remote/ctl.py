@@ -24,6 +24,7 @@ from tuitune.engine.commands import (
     ApplyLR,
     Command,
     FindLR,
+    GenerateSamples,
     Pause,
     Resume,
     SaveCheckpoint,
@@ -289,6 +290,7 @@ VERBS: dict[str, Verb] = {
     "save": Verb((), lambda a, _: _one(SaveCheckpoint()), "save a checkpoint now (c)"),
     "stop": Verb((), lambda a, _: _one(StopEarly()), "stop early: save, evaluate, summarise (s)"),
     "adabn": Verb((), lambda a, _: _one(AdaptBatchNorm()), "re-estimate BatchNorm statistics on target data (b)"),
+    "generate": Verb((), lambda a, _: _one(GenerateSamples()), "a language model's samples now (g)"),
     "answer": Verb(("yes|no",), lambda a, _: _answer(a), "answer the open question: the plateau's, a phase's LR"),
 }
 

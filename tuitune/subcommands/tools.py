@@ -87,8 +87,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if manifest.get("load_by_name"):
         print(f"  or: {manifest['load_by_name']}")
     sample = manifest.get("sample") or {}
-    if sample.get("written"):
+    if sample.get("written") and "acc" in sample:
         print(f"sample.safetensors: {sample['examples']} val examples, accuracy {sample['acc']:.3f}")
+    elif sample.get("written"):  # a language model: greedy generations
+        print(f"{sample['file']}: {sample['examples']} val prompts, exact match {sample['exact_match']:.3f}")
     if manifest.get("onnx"):
         print(parity_line(manifest["onnx"]))
     return ExitCode.OK if target is None else _push(target, args.run_dir, manifest)

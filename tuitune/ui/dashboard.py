@@ -49,6 +49,7 @@ from tuitune.ui.questions import QuestionBar
 from tuitune.ui.reducer import reduce, requested
 from tuitune.ui.run_link import RunLink
 from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
+from tuitune.ui.samples import SamplesPanel
 from tuitune.ui.state import DashboardState
 from tuitune.ui.summary import SummaryScreen
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
@@ -108,6 +109,7 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="plots"):
             yield MetricPlot("loss", id="loss-plot")
             yield MetricPlot("acc", id="acc-plot")
+        yield SamplesPanel()  # a language model's latest generations (hidden until a run tells some)
         with Horizontal(id="bottom"):
             yield LayerTable()
             yield EventLog()
@@ -121,6 +123,7 @@ class DashboardScreen(Screen[None]):
         self.query_one(LayerTable).border_title = "layers"
         self.query_one(LayerTable).border_subtitle = LAYER_TABLE_HINT
         self.query_one(EventLog).border_title = "events"
+        self.query_one(SamplesPanel).border_subtitle = "g generate now"
         self._fit(self.app.size.width, self.app.size.height)
         if self.speed > 0 and self.initial_events:
             self.run_worker(self._replay_paced, thread=True, name="replay", exit_on_error=False)
@@ -148,6 +151,8 @@ class DashboardScreen(Screen[None]):
     def _fit(self, width: int, height: int) -> None:
         self.set_class(width < 110 or height < 30, "narrow")
         self.set_class(height >= 50, "tall")
+        if self.is_mounted:
+            self.query_one(SamplesPanel).show(self.state, compact=self.has_class("narrow"))
 
     # ------------------------------------------------------------------------------------------- events in
 
@@ -304,6 +309,8 @@ class DashboardScreen(Screen[None]):
         self.query_one(LayerTable).show(self.state)
         self.query_one(LayerTable).border_subtitle = layer_table_subtitle(self.state)
         self.query_one(EventLog).show(self.state)
+        self.set_class(self.state.samples is not None, "with-samples")
+        self.query_one(SamplesPanel).show(self.state, compact=self.has_class("narrow"))
 
     def _render_plots(self) -> None:
         self._plots_dirty = False

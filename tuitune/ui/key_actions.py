@@ -20,6 +20,7 @@ from tuitune.engine.commands import (
     BadCommand,
     Command,
     FindLR,
+    GenerateSamples,
     Pause,
     Resume,
     SaveCheckpoint,
@@ -157,6 +158,10 @@ class KeyActions:
 
     def adapt_bn(self) -> None:
         self.send(AdaptBatchNorm())
+
+    def generate(self) -> None:
+        """`g`: samples now (a run that generates no text says so in its log)."""
+        self.send(GenerateSamples())
 
     def clear_selection(self) -> None:
         self.view.unselect_group()

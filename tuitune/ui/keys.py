@@ -139,6 +139,16 @@ DASHBOARD_KEYS: tuple[DashboardKey, ...] = (
         "Answer the open question no: keep the phase at the plateau, keep a phase's starting LR",
         show=False,
     ),
+    DashboardKey(
+        "g",
+        "generate",
+        "Generate",
+        "Generate samples",
+        "A language model's greedy generations for the fixed validation prompts, now (the samples panel)",
+        (("GenerateSamples", "generate samples"),),
+        show=False,
+        hint="generate",
+    ),
     DashboardKey("l", "log_scale", "Log y", "Toggle log scale", "Log scale for the loss plot"),
     DashboardKey(
         "x",

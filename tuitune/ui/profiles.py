@@ -84,7 +84,8 @@ def discover(dirs: list[Path], overrides: list[str] | None = None) -> list[Profi
 def detail_rows(profile: RunProfile) -> list[tuple[str, str]]:
     """(label, value) pairs for the picker's detail pane."""
     m, d, t, s, es = profile.model, profile.data, profile.train, profile.strategy, profile.early_stopping
-    backbone = f"{m.source}: {m.name}" + (" (pretrained)" if m.pretrained and not m.weights else "")
+    backbone = f"{m.source}: {m.name}" + (f" [{m.gguf_file}]" if m.gguf_file else "")
+    backbone += " (pretrained)" if m.pretrained and not m.weights else ""
     if m.weights:
         backbone += f" + {Path(m.weights).name}"
     if m.img_size:

@@ -30,6 +30,7 @@ from tuitune.engine.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    SamplesGenerated,
     SetupProgressed,
     UnfreezeSuggested,
     Warned,
@@ -295,6 +296,14 @@ def _shift(s: DashboardState, e: DomainShiftMeasured) -> DashboardState:
     return evolve(s, domain_shift=dict(zip(e.groups, e.shifts)), log=_log(s, "info", text))
 
 
+def _samples(s: DashboardState, e: SamplesGenerated) -> DashboardState:
+    """The samples panel shows the latest; the log counts the matches (`g`'s samples confirm its command)."""
+    hits = sum(bool(x.get("match")) for x in e.samples)
+    asked = " (asked)" if e.reason == "asked" else ""
+    text = f"{_where(s, e.epoch, e.global_step)} · samples{asked}: {hits}/{len(e.samples)} match their reference"
+    return evolve(s, samples=e, log=_log(s, "info", text))
+
+
 def _setup(s: DashboardState, e: SetupProgressed) -> DashboardState:
     """The step under way shows on the status bar; a finished one leaves a line in the log."""
     if e.finished:
@@ -337,6 +346,7 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     SetupProgressed: _setup,
     DomainShiftMeasured: _shift,
     MemoryPlanned: _memory,
+    SamplesGenerated: _samples,
 }
 
 

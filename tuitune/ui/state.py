@@ -17,6 +17,7 @@ from tuitune.engine.events import (
     MemoryPlanned,
     RunFailed,
     RunFinished,
+    SamplesGenerated,
     SetupProgressed,
     UnfreezeSuggested,
 )
@@ -97,6 +98,7 @@ class DashboardState:
     setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
     domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
     memory: MemoryPlanned | None = None  # each phase's planned memory peak (before the first step)
+    samples: SamplesGenerated | None = None  # a language model's latest samples
     events_seen: int = 0
 
     @property

@@ -18,6 +18,7 @@ from textual.widgets import Footer, Static
 from tuitune.engine.events import RunFinished
 from tuitune.engine.tools.compress_report import read_report
 from tuitune.fmt import fmt_duration, fmt_score, fmt_value, score_label
+from tuitune.ui.samples import samples_table
 from tuitune.ui.views import confusion_view, misclassified_view
 
 NOT_METRICS = ("epoch", "phase", "step", "global_step")
@@ -184,6 +185,8 @@ def _validation_views(e: RunFinished) -> list[RenderableType]:
         ]
     if e.misclassified:
         out += [Text(), Text("worst validation errors", "bold"), misclassified_view(e.misclassified)]
+    if e.samples:  # a language model's last samples
+        out += [Text(), Text("samples (last evaluation)", "bold"), samples_table(e.samples)]
     return out
 
 

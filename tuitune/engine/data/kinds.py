@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuitune.config import DataConfig, ModelConfig
-from tuitune.engine.data import datasets, synthetic, text
+from tuitune.engine.data import chat, datasets, synthetic, text
 from tuitune.engine.data.datasets import DataBundle
 from tuitune.engine.events import Event
 from tuitune.errors import DataError, UserError
@@ -70,6 +70,11 @@ KINDS: dict[str, DataKind] = {
         classes=datasets.text_classes,
         reads="text",
         build=lambda cfg, a: text.build_text(cfg, a.tokenizer, a.max_length, a.seed, a.target, a.emit),
+    ),
+    "chat": DataKind(
+        classes=chat.chat_classes,
+        reads="text",
+        build=lambda cfg, a: chat.build_chat(cfg, a.tokenizer, a.max_length, a.seed, a.emit),
     ),
     "synthetic": DataKind(classes=synthetic.synthetic_classes, reads="either", build=_build_synthetic),
 }

@@ -70,15 +70,20 @@ def _targets(
     return chosen, skipped
 
 
-def apply_lora(backbone: Backbone, cfg: StrategyConfig) -> tuple[Backbone, list[str]]:
+def apply_lora(
+    backbone: Backbone, cfg: StrategyConfig, defaults: tuple[str, ...] = DEFAULT_TARGETS, full_head: bool = True
+) -> tuple[Backbone, list[str]]:
     """Inject LoRA adapters into `backbone.model` (in place) and regroup: an adapter belongs to the group of the
-    layer it adapts. Returns the new backbone and notes for the run's warnings (the skipped depthwise convs)."""
+    layer it adapts. Returns the new backbone and notes for the run's warnings (the skipped depthwise convs).
+    `defaults`: the targets when `strategy.lora_targets` names none (the task's: a decoder's projections);
+    `full_head`: the head trains in full (a classifier's new head) or, like every group, only its adapters (a
+    language model's pretrained LM head)."""
     from peft import LoraConfig
     from peft.tuners.lora import LoraModel
 
     model = backbone.model
     explicit = bool(cfg.lora_targets)
-    suffixes = tuple(str(t) for t in cfg.lora_targets) or DEFAULT_TARGETS
+    suffixes = tuple(str(t) for t in cfg.lora_targets) or defaults
     targets, skipped = _targets(model, backbone.groups[-1], suffixes, explicit)
     notes = (
         [
@@ -100,7 +105,7 @@ def apply_lora(backbone: Backbone, cfg: StrategyConfig) -> tuple[Backbone, list[
     tuner = LoraModel(model, config, ADAPTER)
     return dataclasses.replace(
         backbone,
-        groups=_regroup(model, backbone.groups),
+        groups=_regroup(model, backbone.groups, full_head),
         lora=tuner,
         description=f"{backbone.description}, LoRA r={cfg.lora_rank} on {len(targets)} layers",
     ), notes
@@ -116,8 +121,8 @@ def _original(name: str) -> str:
     return name
 
 
-def _regroup(model: nn.Module, groups: tuple[LayerGroup, ...]) -> tuple[LayerGroup, ...]:
-    """The same groups over the injected names; `train_names` = the adapters (the head: all of it)."""
+def _regroup(model: nn.Module, groups: tuple[LayerGroup, ...], full_head: bool = True) -> tuple[LayerGroup, ...]:
+    """The same groups over the injected names; `train_names` = the adapters (with `full_head`, the head: all)."""
     owner = {n: g.name for g in groups for n in g.param_names}
     members: dict[str, list[str]] = {g.name: [] for g in groups}
     sizes: dict[str, int] = {}
@@ -134,7 +139,7 @@ def _regroup(model: nn.Module, groups: tuple[LayerGroup, ...]) -> tuple[LayerGro
                 g.name,
                 names,
                 sum(sizes[n] for n in names),
-                train_names=names if g.name == head else adapters,
+                train_names=names if g.name == head and full_head else adapters,
                 adapter_params=sum(sizes[n] for n in adapters),
             )
         )

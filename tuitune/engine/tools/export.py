@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from tuitune.config import RunProfile, dump_toml, profile_to_dict
 from tuitune.engine.data.kinds import build_datasets, data_kind
 from tuitune.engine.model.groups import Backbone
-from tuitune.engine.rebuild import rebuild_model
+from tuitune.engine.train.tasks import rebuild_run, task_of
 from tuitune.errors import UserError
 
 __all__ = ["export_adapters", "export_run", "write_export"]
@@ -48,17 +48,19 @@ def export_run(
         from tuitune.engine.tools.onnx_export import require_onnx
 
         require_onnx()
-    profile, backbone, classes = rebuild_model(run_dir, tag)
-    val = _val_data(backbone, profile) if sample > 0 or onnx else "not asked for"
+    profile, backbone, classes = rebuild_run(run_dir, tag)
+    task = task_of(profile)
+    if onnx and task.export is not None:
+        raise UserError(f"--onnx exports classifiers; this run's task is {profile.model.task!r}")
+    val = _val_data(backbone, profile) if onnx else "not asked for"
     if onnx and isinstance(val, str):  # before anything is written
         raise UserError(f"--onnx checks the export on the run's validation data, which cannot be read: {val}")
     out_dir = Path(out) if out else run_dir / "export"
     clear_export(out_dir)  # no stale head or sample from an earlier export
     backbone, adapters = export_adapters(backbone, out_dir)  # the sample and the ONNX file are the merged model's
-    manifest = {**_write_plain(backbone, profile, classes, out_dir), **adapters}
+    write = task.export or _write_classifier
+    manifest = {**write(backbone, profile, classes, out_dir, sample), **adapters}
     manifest["checkpoint"] = str(run_dir / "checkpoints" / f"{tag}.safetensors")
-    if sample > 0:
-        manifest["sample"] = _write_sample(backbone, val, out_dir, sample)
     failed = None
     if onnx and not isinstance(val, str):
         from tuitune.engine.tools.onnx_export import ParityFailed, write_onnx
@@ -78,7 +80,19 @@ def write_export(backbone: Backbone, profile: RunProfile, classes: tuple[str, ..
     """Write the loadable folder for an in-memory model (also usable by the engine right after training); under
     LoRA the adapters alone too, and the model with them merged."""
     backbone, adapters = export_adapters(backbone, out_dir)
-    return {**_write_plain(backbone, profile, classes, out_dir), **adapters}
+    write = task_of(profile).export or _write_classifier
+    return {**write(backbone, profile, classes, out_dir, 0), **adapters}
+
+
+def _write_classifier(
+    backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path, sample: int
+) -> dict[str, Any]:
+    """A classifier's export (the task table's writer for `classify`): the loadable folder, and `sample` validation
+    examples with the exported model's logits."""
+    manifest = _write_plain(backbone, profile, classes, out_dir)
+    if sample > 0:
+        manifest["sample"] = _write_sample(backbone, _val_data(backbone, profile), out_dir, sample)
+    return manifest
 
 
 def _write_plain(backbone: Backbone, profile: RunProfile, classes: tuple[str, ...], out_dir: Path) -> dict[str, Any]:

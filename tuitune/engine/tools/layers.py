@@ -43,14 +43,14 @@ def groups_key(strategy: StrategyConfig) -> tuple[Any, ...]:
 def read_groups(
     profile: RunProfile, random_init: bool = True, emit: Callable[[Event], None] | None = None
 ) -> GroupsRead:
-    """Build the profile's backbone (`profile_backbone`, as training does), read its groups, then let it go.
+    """Build the profile's backbone (its task's builder, as training does), read its groups, then let it go.
     `random_init` (the composing screen): the groups and their sizes do not depend on the weights, and reading
     them there must neither download nor load a checkpoint. `tuitune layers` loads the weights the profile names
     (`random_init=False`), `emit` showing a download's progress."""
-    from tuitune.engine.rebuild import profile_backbone
+    from tuitune.engine.train.tasks import task_of
 
     model_cfg = dataclasses.replace(profile.model, pretrained=False, weights="") if random_init else None
-    backbone, _, notes = profile_backbone(profile, model_cfg, emit=emit)
+    backbone, _, notes = task_of(profile).build(profile, model_cfg, emit=emit)
     return GroupsRead(backbone.description, backbone.groups, tuple(notes), groups_key(profile.strategy))
 
 

@@ -19,12 +19,13 @@ def find_lr_for_profile(profile: Any, out_dir: Path, emit: Any = None, **sweep: 
     `lr_find.json`, the suggestion) into `out_dir`. `emit` gets the setup's progress (download, tokenization)."""
     import json
 
-    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import build_parts
+    from tuitune.engine.train.tasks import task_of
     from tuitune.engine.train.trainer_state import TrainerState
 
-    parts = build_parts(profile, out_dir, emit)
-    objective = Objective(profile, parts)
+    task = task_of(profile)
+    parts = build_parts(profile, out_dir, emit, build=task.build)
+    objective = task.objective(profile, parts, None)
     if not isinstance(profile.data.batch_size, int):  # "auto": chosen as a run would choose it
         from tuitune.engine.train.feature_cache import FeatureCache
         from tuitune.engine.train.memory_run import plan_run

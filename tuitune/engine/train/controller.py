@@ -19,6 +19,7 @@ from tuitune.engine.commands import (
     ApplyLR,
     Control,
     FindLR,
+    GenerateSamples,
     Pause,
     Resume,
     SaveCheckpoint,
@@ -45,9 +46,9 @@ if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.distributed import DistContext
     from tuitune.engine.train.feature_cache import FeatureCache
-    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
     from tuitune.engine.train.state_checkpoint import Checkpointer
+    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
@@ -115,7 +116,7 @@ class RunController:
         dist: DistContext,
         emit: Emit,
         parts: RunParts,
-        obj: Objective,
+        obj: TaskObjective,
         st: TrainerState,
         checkpoints: Checkpointer,
         cache: CacheKeeper,
@@ -138,6 +139,7 @@ class RunController:
             SetGroupTrainable: self._set_group_trainable,
             AdaptBatchNorm: self._adapt_batchnorm,
             ScaleGroupLR: self._scale_group_lr,
+            GenerateSamples: self._generate_samples,
         }
 
     def stop(self, status: str, reason: str) -> None:
@@ -368,6 +370,14 @@ class RunController:
     def _scale_group_lr(self, command: ScaleGroupLR) -> Applied:
         detail = self.st.scale_group_lr(command.group, command.factor)
         self.emit(self.st.layers_changed(with_grad=False))
+        return detail, None
+
+    def _generate_samples(self, command: GenerateSamples) -> Applied:
+        """A language model's samples now (a classifier says it has none); the model back in its training mode."""
+        detail, event = self.obj.generate_now(self.parts, self.st.epoch, self.st.global_step)
+        strategy.train_mode(self.parts.model, self.profile.strategy)
+        if event is not None:
+            self.emit(event)
         return detail, None
 
     def _adapt_batchnorm(self, command: AdaptBatchNorm) -> Applied:

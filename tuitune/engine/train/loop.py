@@ -34,10 +34,10 @@ from tuitune.engine.train.controller import CacheKeeper, RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.memory_run import plan_run
-from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.state_checkpoint import Checkpointer
+from tuitune.engine.train.tasks import task_of
 from tuitune.engine.train.trainer_state import TrainerState
 
 Emit = Callable[[Event], None]
@@ -68,8 +68,9 @@ class Trainer:
     ) -> None:
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.after_run, self.dist = after_run, dist
-        self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
-        self.obj = Objective(profile, self.parts)
+        task = task_of(profile)
+        self.parts: RunParts = build_parts(profile, run_dir, emit, dist, build=task.build)
+        self.obj = task.objective(profile, self.parts, emit)
         self.cache = FeatureCache(self.parts, profile)
         # each phase's memory, measured on a real batch before anything else holds memory ("auto": the size chosen)
         profile, self.memory = plan_run(self.parts, profile, self.obj, self.cache)
@@ -319,6 +320,8 @@ class Trainer:
                 extra=more,
             )
         )
+        for event in self.obj.epoch_events(st.epoch, st.global_step):  # a language model's samples
+            self.emit(event)
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         self.controller.measure_shift("epoch")
         if is_best:
@@ -382,6 +385,7 @@ class Trainer:
             export_dir=export_dir,
             confusion=self._confusion(),
             misclassified=tuple(self.val_views.get("misclassified", ())),
+            samples=self.obj.last_samples(),
         )
         self.emit(event)
         return event

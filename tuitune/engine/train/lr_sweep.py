@@ -36,8 +36,8 @@ from tuitune.engine.train import strategy
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
-    from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
 
 __all__ = ["LRCurve", "curve_to_csv", "find_lr_in_run", "lr_sweep", "scale_lrs", "suggest", "sweep_run"]
@@ -251,7 +251,9 @@ def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------- inside a run
 
 
-def sweep_run(profile: RunProfile, parts: RunParts, st: TrainerState, objective: Objective, **sweep: Any) -> LRCurve:
+def sweep_run(
+    profile: RunProfile, parts: RunParts, st: TrainerState, objective: TaskObjective, **sweep: Any
+) -> LRCurve:
     """The one LR-finder recipe, for `tuitune lr-find` and the dashboard's `f`: the run's model and optimizer (the
     current phase's param groups) scored by the run's own objective (its loss on its targets, Mixup/CutMix
     included), over a fresh shuffle of the train split seeded by the run's seed and step, so the run's own loader
@@ -275,7 +277,7 @@ def find_lr_in_run(
     profile: RunProfile,
     parts: RunParts,
     st: TrainerState,
-    objective: Objective,
+    objective: TaskObjective,
     *,
     steps: int,
     out_dir: Path | None,

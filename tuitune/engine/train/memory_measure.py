@@ -33,7 +33,7 @@ from tuitune.engine.train.saved_tensors import Recorder, checkpoint_units, nbyte
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.feature_cache import FeatureCache
-    from tuitune.engine.train.objective import Objective
+    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.parts import RunParts
 
 
@@ -97,7 +97,7 @@ class _Forward:
     rec: Recorder  # its counts (the saved tensors let go)
 
 
-def _recorded(parts: RunParts, obj: Objective, x: Any, y: torch.Tensor) -> _Forward:
+def _recorded(parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor) -> _Forward:
     """One forward and loss under the recorder (`saved_tensors.Recorder`), in the current trainable set and
     train mode; the recorder's hold on the saved tensors ends with it."""
     names = [g.name for g in parts.groups]
@@ -116,7 +116,7 @@ def _recorded(parts: RunParts, obj: Objective, x: Any, y: torch.Tensor) -> _Forw
     return _Forward(order, acts, rec.workspace, high, rec)
 
 
-def measure_phase(parts: RunParts, obj: Objective, x: Any, y: torch.Tensor, checkpointing: bool) -> PhaseParts:
+def measure_phase(parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor, checkpointing: bool) -> PhaseParts:
     """The phase in its trainable set and train mode, measured (gradients and cache still 0: `measure_run`).
     With gradient checkpointing, each checkpointed block's recompute in the backward holds what it keeps without
     checkpointing: read from a second forward with checkpointing paused, per group its largest block."""
@@ -144,15 +144,17 @@ def _grads(parts: RunParts, order: list[str]) -> list[int]:
     return [sum(nbytes(named[n]) for n in by_name[g].param_names if named[n].requires_grad) for g in order]
 
 
-def _resident(parts: RunParts, obj: Objective) -> int:
+def _resident(parts: RunParts, obj: TaskObjective) -> int:
     """Bytes the run keeps on its device whatever the phase: the model's parameters and buffers, the EMA copy, a
     distillation teacher, L2-SP's anchors; on the CPU also the copy of the starting weights that drift is measured
     from (`TrainerState`, kept on the host)."""
     model = parts.model
     own = sum(nbytes(t) for t in [*model.parameters(), *model.buffers()])
-    extra: list[nn.Module] = [m for m in (obj.ema, getattr(obj.distiller, "teacher", None)) if m is not None]
+    teacher = getattr(getattr(obj, "distiller", None), "teacher", None)  # a classifier's objective only
+    extra: list[nn.Module] = [m for m in (obj.ema, teacher) if m is not None]
     more = sum(nbytes(t) for m in extra for t in [*m.parameters(), *m.buffers()])
-    more += sum(nbytes(t) for t in obj.penalty.anchors())
+    penalty = getattr(obj, "penalty", None)  # L2-SP's anchors: a classifier's objective only
+    more += sum(nbytes(t) for t in penalty.anchors()) if penalty is not None else 0
     if parts.device.type == "cpu":
         more += sum(nbytes(p) for p in model.parameters())
     return own + more
@@ -192,7 +194,7 @@ def _cache_bytes(cache: FeatureCache, x: Any, ks: list[int], device: torch.devic
     return out
 
 
-def measure_run(parts: RunParts, profile: RunProfile, obj: Objective, cache: FeatureCache, batch: int) -> MemoryParts:
+def measure_run(parts: RunParts, profile: RunProfile, obj: TaskObjective, cache: FeatureCache, batch: int) -> MemoryParts:
     """Every phase of the run measured on `batch` examples of its train split (see the module's docstring)."""
     x, y = sample_batch(parts.bundle.train, batch, parts.train_loader.collate_fn)
     x, y = to_device(x, parts.device, parts.channels_last), y.to(parts.device)

@@ -25,7 +25,7 @@ from tuitune.engine.train.memory_measure import budget, measure_run, model_kept,
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.feature_cache import FeatureCache
-    from tuitune.engine.train.objective import Objective
+    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.parts import RunParts
 
 HEADROOM = 0.9  # of the budget a chosen size may fill
@@ -33,7 +33,7 @@ MAX_BATCH = 4096
 
 
 def plan_run(
-    parts: RunParts, profile: RunProfile, obj: Objective, cache: FeatureCache
+    parts: RunParts, profile: RunProfile, obj: TaskObjective, cache: FeatureCache
 ) -> tuple[RunProfile, MemoryPlanned]:
     """Measure every phase on one real batch and plan it; with `data.batch_size = "auto"` choose the size first
     (the parts' loaders are made anew at it) and return the profile with the chosen size in its place."""
@@ -67,7 +67,7 @@ def planned(parts: RunParts, profile: RunProfile, measured: MemoryParts, size: i
 
 
 def choose_batch(
-    parts: RunParts, profile: RunProfile, obj: Objective, cache: FeatureCache, measured: MemoryParts
+    parts: RunParts, profile: RunProfile, obj: TaskObjective, cache: FeatureCache, measured: MemoryParts
 ) -> tuple[int, str]:
     """The batch size to train with, and one line saying how it was chosen. `measured`: the phases measured at a
     few examples (`measure_run`)."""
@@ -92,7 +92,7 @@ def source_text(source: str) -> str:
     return {"memory_gb": "train.memory_gb", "ram": "the available RAM", "gpu": "the GPU's free memory"}[source]
 
 
-def step_fits(parts: RunParts, profile: RunProfile, obj: Objective, size: int, limit: float) -> bool:
+def step_fits(parts: RunParts, profile: RunProfile, obj: TaskObjective, size: int, limit: float) -> bool:
     """A real step of the last phase at `size` examples on CUDA: forward, loss, backward, and the optimizer state
     allocated (zeros, as the first step allocates it; the weights are not stepped). True when it ran without
     running out of memory and its peak stayed under `limit` bytes. Leaves the model and the generators as found."""

@@ -177,6 +177,16 @@ class Objective:
             out["source_acc"] = self.source_accuracy(parts.model, parts.source_loader, parts)
         return out
 
+    def epoch_events(self, epoch: int, global_step: int) -> list[Any]:
+        """A classifier tells nothing about a validation beyond `EpochEnded`."""
+        return []
+
+    def generate_now(self, parts: RunParts, epoch: int, global_step: int) -> tuple[str, Any]:
+        return "nothing to generate: a classifier (model.task = classify) writes no text", None
+
+    def last_samples(self) -> tuple[dict[str, Any], ...]:
+        return ()
+
     @torch.no_grad()
     def source_accuracy(self, model: nn.Module, loader: Any, parts: RunParts) -> float:
         """Accuracy on the pretraining task's val set, scored by the weights file's own (frozen) head on the

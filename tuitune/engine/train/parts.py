@@ -20,7 +20,7 @@ from tuitune.engine.data.image_cache import cache_images
 from tuitune.engine.data.kinds import build_datasets, input_task, target_kind
 from tuitune.engine.events import Event
 from tuitune.engine.model.groups import Backbone, LayerGroup
-from tuitune.engine.rebuild import profile_backbone
+from tuitune.engine.rebuild import Builder, profile_backbone
 from tuitune.engine.train import strategy
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.errors import UserError
@@ -175,11 +175,16 @@ def _epoch_length(profile: RunProfile, batches: int) -> tuple[int, int]:
 
 
 def build_parts(
-    profile: RunProfile, run_dir: Path, emit: Callable[[Event], None] | None = None, dist: DistContext = LOCAL
+    profile: RunProfile,
+    run_dir: Path,
+    emit: Callable[[Event], None] | None = None,
+    dist: DistContext = LOCAL,
+    build: Builder = profile_backbone,
 ) -> RunParts:
     """Build everything before the first step; `emit` gets `SetupProgressed` for the long parts (a download, an
     image folder scan, tokenization), so no setup step runs silently. `dist`: this process's rank of a
-    multi-rank run (its device, its share of the data)."""
+    multi-rank run (its device, its share of the data). `build`: the model builder of the profile's task
+    (`tasks.task_of(profile).build`; a classifier's by default)."""
     seed_everything(profile.train.seed)  # the same on every rank: same init, same shuffle generator
     device = dist.device(profile.train.device) or resolve_device(profile.train.device)
     if device.type == "cuda":
@@ -187,7 +192,7 @@ def build_parts(
     target = target_kind(profile.loss.kind)
     if profile.data.group_by_length and input_task(profile.data, profile.model) != "text":
         raise UserError("data.group_by_length: only for text data (images all have the same size)")
-    backbone, _, warnings = profile_backbone(profile, model_config(profile), emit=emit)
+    backbone, _, warnings = build(profile, model_config(profile), emit=emit)
     if profile.train.gradient_checkpointing:
         from tuitune.engine.model.checkpointing import enable_checkpointing
 
@@ -213,7 +218,10 @@ def build_parts(
         warnings += [note] if note else []
     train_loader, val_loader, test_loader = run_loaders(profile, bundle, device, dist)
     micro, steps = _epoch_length(profile, len(train_loader))
-    plan = strategy.plan_phases([g.name for g in backbone.groups], profile.strategy)
+    plan = strategy.from_first_trainable(
+        strategy.plan_phases([g.name for g in backbone.groups], profile.strategy),
+        {g.name for g in backbone.groups if g.trained},
+    )
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
     return RunParts(

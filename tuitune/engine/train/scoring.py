@@ -3,8 +3,9 @@
 A *target* kind decides the score the dashboard plots and the summary reports:
 `class` -> accuracy (and, at validation, macro-F1 and per-class precision / recall / F1 from a confusion matrix
 counted on the device), `value` (regression, MSE loss) -> RMSE (and MAE), `multi` (multi-label, BCE) -> micro-F1
-at 0.5 (and mAP). Each scorer turns a batch into a small vector of sums (`batch_sums`), which the loop accumulates on
-the device, and turns the accumulated sums into a score (`score`).
+at 0.5 (and mAP), `token` (a causal language model) -> next-token accuracy over the response tokens (labels of
+-100 are not scored). Each scorer turns a batch into a small vector of sums (`batch_sums`), which the loop
+accumulates on the device, and turns the accumulated sums into a score (`score`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
+IGNORE = -100  # a token label that is not scored (prompt, padding): the ignore_index of torch's cross-entropy
+
 
 @dataclass(frozen=True)
 class Scorer:
-    kind: str  # "class", "value" or "multi"
+    kind: str  # "class", "value", "multi" or "token"
 
     @property
     def name(self) -> str:
-        return {"class": "acc", "value": "rmse", "multi": "f1"}[self.kind]
+        return {"class": "acc", "value": "rmse", "multi": "f1", "token": "token_acc"}[self.kind]
 
     @property
     def higher_is_better(self) -> bool:
@@ -29,10 +32,15 @@ class Scorer:
 
     @property
     def width(self) -> int:
-        return {"class": 1, "value": 2, "multi": 3}[self.kind]
+        return {"class": 1, "value": 2, "multi": 3, "token": 2}[self.kind]
 
     def batch_sums(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-batch sums, on the device (no sync): class [correct]; value [sq err, abs err]; multi [tp, fp, fn]."""
+        """Per-batch sums, on the device (no sync): class [correct]; value [sq err, abs err]; multi [tp, fp, fn];
+        token [correct, scored tokens] (`out`: logits [B, T, V], or their argmax [B, T])."""
+        if self.kind == "token":
+            scored = y != IGNORE
+            pred = out.detach().argmax(-1) if out.ndim == y.ndim + 1 else out
+            return torch.stack([((pred == y) & scored).sum(), scored.sum()]).float()
         out = out.detach().float()
         if self.kind == "value":
             err = out.reshape(y.shape) - y.float()
@@ -52,6 +60,8 @@ class Scorer:
         if self.kind == "multi":
             tp, fp, fn = sums
             return 2 * tp / max(2 * tp + fp + fn, 1e-12)
+        if self.kind == "token":
+            return sums[0] / sums[1] if sums[1] else math.nan
         return sums[0] / n
 
     def extras(self, sums: list[float], n: int) -> dict[str, float]:

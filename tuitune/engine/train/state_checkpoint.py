@@ -20,7 +20,7 @@ from tuitune.engine.train.guards import all_finite
 from tuitune.errors import UserError
 
 if TYPE_CHECKING:
-    from tuitune.engine.train.objective import Objective
+    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
 
 
@@ -30,7 +30,7 @@ class Checkpointer:
     `saved_at`) and what resuming found worth a warning (`notes`, for `RunStarted`)."""
 
     def __init__(
-        self, state: TrainerState, ckpt_dir: Path, emit: Callable[[Event], None], objective: Objective | None = None
+        self, state: TrainerState, ckpt_dir: Path, emit: Callable[[Event], None], objective: TaskObjective | None = None
     ) -> None:
         self.state, self.ckpt_dir, self.emit, self.objective = state, ckpt_dir, emit, objective
         self.saved: dict[str, str] = {}

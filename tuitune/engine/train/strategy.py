@@ -88,6 +88,15 @@ def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
     return STRATEGIES[cfg.kind](names, cfg)
 
 
+def from_first_trainable(plan: PhasePlan, trains: set[str]) -> PhasePlan:
+    """The plan without its leading phases that train nothing (`trains`: the groups with something to train), each
+    merged into the next: under LoRA a language model's pretrained head has no adapter, so progressive unfreezing
+    starts with the top block's adapters, not with an empty optimizer. A plan whose every phase trains nothing is
+    left for the optimizer to refuse."""
+    first = next((i for i, groups in enumerate(plan.phases) if trains & set(groups)), 0)
+    return PhasePlan(plan.phases[first:], plan.lr_scales[first:])
+
+
 def phase_due(
     cfg: StrategyConfig,
     *,

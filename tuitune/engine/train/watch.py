@@ -19,7 +19,7 @@ class MetricWatch:
 
     @property
     def higher_is_better(self) -> bool:
-        if self.metric.endswith("_f1"):  # val_macro_f1: an F1 is better higher whatever the task's score
+        if self.metric.endswith(("_f1", "_exact_match")):  # better higher whatever the task's score
             return True
         return self.metric.endswith("score") and self.score_higher
 
