@@ -33,8 +33,8 @@ from tuitune.engine.train.saved_tensors import Recorder, checkpoint_units, nbyte
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.feature_cache import FeatureCache
-    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.tasks import TaskObjective
 
 
 def tensors_bytes(x: Any) -> int:
@@ -194,7 +194,9 @@ def _cache_bytes(cache: FeatureCache, x: Any, ks: list[int], device: torch.devic
     return out
 
 
-def measure_run(parts: RunParts, profile: RunProfile, obj: TaskObjective, cache: FeatureCache, batch: int) -> MemoryParts:
+def measure_run(
+    parts: RunParts, profile: RunProfile, obj: TaskObjective, cache: FeatureCache, batch: int
+) -> MemoryParts:
     """Every phase of the run measured on `batch` examples of its train split (see the module's docstring)."""
     x, y = sample_batch(parts.bundle.train, batch, parts.train_loader.collate_fn)
     x, y = to_device(x, parts.device, parts.channels_last), y.to(parts.device)

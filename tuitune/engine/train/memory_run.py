@@ -25,8 +25,8 @@ from tuitune.engine.train.memory_measure import budget, measure_run, model_kept,
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
     from tuitune.engine.train.feature_cache import FeatureCache
-    from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.tasks import TaskObjective
 
 HEADROOM = 0.9  # of the budget a chosen size may fill
 MAX_BATCH = 4096
