@@ -19,6 +19,7 @@ from tuitune.engine.events import (
     Event,
     FeatureCacheChanged,
     LRFound,
+    ModelCompiled,
     PhaseChanged,
     RunFailed,
     RunFinished,
@@ -118,6 +119,9 @@ class ConsolePrinter:
         """Whether a phase runs only what it trains, and why not."""
         self.say(f"feature cache {'on' if event.active else 'off'}: {event.detail}")
 
+    def _compiled(self, event: ModelCompiled) -> None:
+        self.say(event.text())
+
     def _failed(self, event: RunFailed) -> None:
         traceback = f" (traceback: {event.log_path})" if event.log_path else ""
         self.err = _write(self.err, f"tuitune: error: {event.message}{traceback}", self.log)
@@ -159,6 +163,7 @@ class ConsolePrinter:
     HANDLERS: ClassVar[dict[type, Callable[[ConsolePrinter, Any], None]]] = {
         RunStarted: _started,
         EpochEnded: _epoch,
+        ModelCompiled: _compiled,
         SetupProgressed: _progress,
         LRFound: _lr_found,
         CompressionReported: _compressed,

@@ -11,7 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuitune.engine.events import LayerInfo, LRFound, RunFailed, RunFinished, SetupProgressed, UnfreezeSuggested
+from tuitune.engine.events import (
+    LayerInfo,
+    LRFound,
+    RunFailed,
+    RunFinished,
+    SetupProgressed,
+    SystemSampled,
+    UnfreezeSuggested,
+)
 from tuitune.ui.downsample import Downsampled
 
 LIVE_STATUSES = ("starting", "running", "paused", "stopping")
@@ -63,6 +71,7 @@ class DashboardState:
     gpu_peak_gb: float | None = None
     world_size: int = 1  # ranks training together (RunStarted.world_size; 1 in logs from before it existed)
     gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
+    step_split: dict[str, float] | None = None  # the newest MetricsUpdated.step_split: the header's step bar
     # The plot series, downsampled (tuitune/ui/downsample.py): a per-step series is indexed by `readings`, the
     # number of MetricsUpdated before its point (a condensed history's `LinesSkipped` counts the ones it passed).
     readings: int = 0
@@ -88,6 +97,7 @@ class DashboardState:
     trust_remote_code: bool = False
     setup: SetupProgressed | None = None  # a long setup step under way (download, scan, tokenize, cache build)
     domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
+    system: SystemSampled | None = None  # the machine's newest sample (the system panel)
     events_seen: int = 0
 
     @property
