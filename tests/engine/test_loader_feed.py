@@ -119,6 +119,9 @@ def test_augmented_images_come_as_pixels_normalised_by_the_loader_as_the_float_p
     assert fast.dtype == slow.dtype == torch.float32 and fast.shape == slow.shape == (4, 3, 24, 24)
     assert torch.allclose(fast, slow, atol=1e-5)
     assert b.train[0][0].dtype == torch.float32
+    # on a GPU run, onto the run's GPU (not merely the current one) from pinned memory
+    gpu, _, _ = make_loaders(b, batch_size=4, num_workers=2, device_type="cuda", seed=0, device=torch.device("cuda", 1))
+    assert isinstance(gpu, NormalizingLoader) and gpu.device == torch.device("cuda", 1) and gpu.pin_memory
 
 
 def test_random_erasing_keeps_the_float_path(tmp_path: Path) -> None:

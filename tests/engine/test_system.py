@@ -4,6 +4,7 @@ real tiny run that sends samples and none after its end."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import threading
@@ -145,8 +146,10 @@ def test_no_nvml_means_no_gpu_reader() -> None:
     assert NvmlReader.open([], RecordedNvml()) is None  # a CPU run: no GPU to look for
 
 
-def test_the_process_reader_counts_this_process_and_its_children() -> None:
+def test_the_process_reader_counts_this_process_and_its_workers_not_its_helpers() -> None:
     child = subprocess.Popen(["cat"], stdin=subprocess.PIPE)  # a child that waits for its input, like a worker
+    # and one named like multiprocessing's resource tracker (sh stays: it has more to run after cat)
+    helper = subprocess.Popen(["sh", "-c", "cat; true", "resource_tracker"], stdin=subprocess.PIPE)
     try:
         reader = ProcessReader([(0, os.getpid())])
         t0 = time.process_time()
@@ -154,8 +157,9 @@ def test_the_process_reader_counts_this_process_and_its_children() -> None:
             pass
         (me,) = reader.read()
     finally:
-        child.stdin.close()  # type: ignore[union-attr]
-        child.wait(timeout=30)
+        for p in (child, helper):
+            p.stdin.close()  # type: ignore[union-attr]
+            p.wait(timeout=30)
     assert me.rank == 0 and me.workers == 1
     assert me.cpu_pct > 0 and me.ram_gb > 0.01 and me.workers_ram_gb > 0
     (after,) = reader.read()
@@ -270,5 +274,7 @@ def test_a_run_sends_samples_on_its_own_thread_and_none_after_its_end(tmp_path: 
     assert samples and threads == {"tuitune-system"}
     assert isinstance(events[-1], RunFinished)  # no sample after the run's end
     assert samples[-1].gpus == () and samples[-1].processes[0].rank == 0  # CPU here: no GPU rows
-    recorded = (tmp_path / "events.jsonl").read_text().count('"type":"SystemSampled"')
-    assert recorded == len(samples)
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert sum('"type":"SystemSampled"' in line for line in lines) == len(samples)
+    after_read = [b for a, b in itertools.pairwise(lines) if a.startswith('{"type":"MetricsUpdated"')]
+    assert after_read and all(b.startswith('{"type":"Layers') for b in after_read)  # a reading and its rows together

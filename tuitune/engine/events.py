@@ -247,13 +247,13 @@ class GpuSample:
 
 @dataclass(frozen=True)
 class ProcessSample:
-    """One rank's process at a `SystemSampled`: its own CPU and memory, and its child processes' (the DataLoader
-    workers, and any other helper it started)."""
+    """One rank's process at a `SystemSampled`: its own CPU and memory, and its DataLoader workers' (its child
+    processes but multiprocessing's and torch's helpers)."""
 
     rank: int
     cpu_pct: float  # 100 = one core busy since the previous sample
     ram_gb: float  # resident memory
-    workers: int  # child processes
+    workers: int  # worker processes
     workers_cpu_pct: float
     workers_ram_gb: float
 

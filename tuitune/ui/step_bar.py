@@ -1,8 +1,8 @@
 """The header's third line: where a step's time goes (`MetricsUpdated.step_split`), as a bar and its shares, and a
 hint when the run waits for its data.
 
-`▕██████████▒▒▒▒▓░▏ data 63% · fwd+bwd 30% · optim 5% · rest 2% · 41.2 ms/step`; data-bound:
-`▕██████████▒▒▒▒▓░▏ ⚠ data loading is 63% of each step: raise data.num_workers (now 0) · fwd+bwd 30% · ...`.
+`▕██████████▓▓▓▓▓▒▏ data 63% · fwd+bwd 30% · optim 5% · rest 2% · 41.2 ms/step`; data-bound:
+`▕██████████▓▓▓▓▓▒▏ ⚠ data loading is 63% of each step: raise data.num_workers (now 0) · fwd+bwd 30% · ...`.
 Plain arithmetic over the event's numbers: no clock.
 """
 
@@ -12,11 +12,11 @@ from rich.text import Text
 
 from tuitune.engine.events import SystemSampled
 
-PARTS = (  # (key in step_split, label, bar style)
-    ("data", "data", "bold #e5c07b"),
-    ("compute", "fwd+bwd", "#4ec96f"),
-    ("optimizer", "optim", "#61afef"),
-    ("rest", "rest", "#a0a0a0"),
+PARTS = (  # (key in step_split, label, bar style, bar glyph: the parts stay apart without colours too)
+    ("data", "data", "bold #e5c07b", "█"),
+    ("compute", "fwd+bwd", "#4ec96f", "▓"),
+    ("optimizer", "optim", "#61afef", "▒"),
+    ("rest", "rest", "#a0a0a0", "░"),
 )
 WIDTH = 16  # cells of the bar
 DATA_BOUND = 0.3  # the data's share of a step from which the hint shows
@@ -24,8 +24,8 @@ DATA_BOUND = 0.3  # the data's share of a step from which the hint shows
 
 def shares(split: dict[str, float]) -> dict[str, float]:
     """Each part's share of the step (they sum to 1; all 0 for an empty split)."""
-    total = sum(max(split.get(key, 0.0), 0.0) for key, _, _ in PARTS)
-    return {key: (max(split.get(key, 0.0), 0.0) / total if total > 0 else 0.0) for key, _, _ in PARTS}
+    total = sum(max(split.get(key, 0.0), 0.0) for key, *_ in PARTS)
+    return {key: (max(split.get(key, 0.0), 0.0) / total if total > 0 else 0.0) for key, *_ in PARTS}
 
 
 def cells(share: dict[str, float], width: int = WIDTH) -> dict[str, int]:
@@ -60,12 +60,12 @@ def step_line(split: dict[str, float] | None, system: SystemSampled | None = Non
     share = shares(split)
     n = cells(share)
     line = Text("▕", "dim")
-    for key, _, style in PARTS:
-        line.append("█" * n[key], style)
+    for key, _, style, glyph in PARTS:
+        line.append(glyph * n[key], style)
     line.append("▏ ", "dim")
     hint = data_hint(share["data"], system)
     parts = []
-    for key, label, style in PARTS:
+    for key, label, style, _ in PARTS:
         if key == "data" and hint:
             parts.append(Text(f"⚠ {hint}", "bold #e5c07b"))
         else:

@@ -9,7 +9,8 @@ A dataset that can give its pixels has `pixel_item(i)` and `as_pixels` (a `Pixel
 the mean and std); its `__getitem__` stays the normalised float one, so anything else that reads the split (the LR
 finder's own loader, a probe, tests) sees what it always saw. `make_loaders` reads the train split through a
 `PixelView` and gives it a `NormalizingLoader`, whose batches arrive on the device as normalised floats: the same
-values the float path gives, up to float rounding.
+values the float path gives, up to float rounding. On a CPU run the batch's normalising falls to the training
+process (one vectorised operation per batch, as in timm's loader) and the workers save the per-image float work.
 """
 
 from __future__ import annotations

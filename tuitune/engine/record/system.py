@@ -24,6 +24,7 @@ from tuitune.engine.events import Event, GpuSample, ProcessSample, SystemSampled
 
 GB = 1e9  # as the metric events' GPU memory
 FIRST_S = 1.0  # the first sample, at most this soon after the start (CPU % needs a baseline)
+HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver", "compile_worker")  # child processes, not workers
 
 
 class GpuReader(Protocol):
@@ -91,8 +92,9 @@ class NvmlReader:
 
 
 class ProcessReader:
-    """Each rank's process on this host (rank, pid) and its child processes, through psutil. CPU % counts since the
-    previous read (100 = one core); a child seen for the first time reads 0 until the next read."""
+    """Each rank's process on this host (rank, pid) and its worker processes (its children but multiprocessing's and
+    torch's helpers), through psutil. CPU % counts since the previous read (100 = one core); a worker seen for the
+    first time reads 0 until the next read."""
 
     def __init__(self, ranks: Sequence[tuple[int, int]], psutil: Any = None) -> None:
         if psutil is None:
@@ -102,10 +104,11 @@ class ProcessReader:
         self.psutil = psutil
         self.ranks = [(rank, psutil.Process(pid)) for rank, pid in ranks]
         self._children: dict[int, Any] = {}  # pid -> psutil.Process, kept so CPU % has a baseline
+        self._helpers: dict[int, bool] = {}  # pid -> a helper process, not a worker (`_is_worker`)
         self.read()  # the baseline
 
     def read(self) -> tuple[ProcessSample, ...]:
-        out, seen = [], set()
+        out, seen, listed = [], set(), set()
         for rank, proc in self.ranks:
             try:
                 with proc.oneshot():
@@ -114,6 +117,8 @@ class ProcessReader:
             except self.psutil.Error:  # the rank ended (the run is ending)
                 continue
             kid_cpu = kid_ram = 0.0
+            listed.update(kid.pid for kid in kids)
+            kids = [kid for kid in kids if self._is_worker(kid)]
             for kid in kids:
                 kid = self._children.setdefault(kid.pid, kid)
                 seen.add(kid.pid)
@@ -128,7 +133,19 @@ class ProcessReader:
                 )
             )
         self._children = {pid: p for pid, p in self._children.items() if pid in seen}
+        self._helpers = {pid: h for pid, h in self._helpers.items() if pid in listed}
         return tuple(out)
+
+    def _is_worker(self, proc: Any) -> bool:
+        """Not one of multiprocessing's or torch's own helpers (the resource tracker, a fork server, inductor's
+        compile workers): those are not the run's data workers. Decided once per process, from its command line."""
+        if proc.pid not in self._helpers:
+            try:
+                line = " ".join(proc.cmdline())
+            except self.psutil.Error:
+                line = ""
+            self._helpers[proc.pid] = any(mark in line for mark in HELPERS)
+        return not self._helpers[proc.pid]
 
 
 class SharedEmit:
