@@ -24,7 +24,7 @@ def bundle() -> DataBundle:
     ("cores", "local_world", "world", "expected"),
     [
         (16, "", 1, 15),  # one process on 16 cores: all but its own
-        (16, "2", 2, 7),  # two ranks share them
+        (16, "2", 4, 7),  # two ranks on this machine share them (four in all, on two machines)
         (16, "", 4, 3),  # plain world size when torchrun's LOCAL_WORLD_SIZE is not set
         (64, "", 1, 16),  # capped
         (2, "", 1, 1),  # at least one: the GPU waits on the process, so one worker still overlaps

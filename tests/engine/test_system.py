@@ -262,17 +262,21 @@ def test_a_run_sends_samples_on_its_own_thread_and_none_after_its_end(tmp_path: 
     events: list = []
     threads: set[str] = set()
 
+    sampling_at_end: list[bool] = []
+
     def sink(event: object) -> None:
         events.append(event)
         if isinstance(event, SystemSampled):
             threads.add(threading.current_thread().name)
+        if isinstance(event, RunFinished):  # the sampler has ended before the run's last event
+            sampling_at_end.append(any(t.name == "tuitune-system" for t in threading.enumerate()))
 
     profile = tiny_profile(train={"epochs": 1, "system_every_s": 0.01})
     end = run_training(profile, tmp_path, sink, Control(), interactive=False)
     assert isinstance(end, RunFinished) and end.status == "finished"
     samples = of_type(events, SystemSampled)
     assert samples and threads == {"tuitune-system"}
-    assert isinstance(events[-1], RunFinished)  # no sample after the run's end
+    assert isinstance(events[-1], RunFinished) and sampling_at_end == [False]  # no sample after the run's end
     assert samples[-1].gpus == () and samples[-1].processes[0].rank == 0  # CPU here: no GPU rows
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert sum('"type":"SystemSampled"' in line for line in lines) == len(samples)
