@@ -204,7 +204,7 @@ fi
 if [ "$CUDA" = 1 ]; then
     echo "== 5. loader: tuitune's image pipeline vs timm's create_loader, 224 px, RandAugment, on the GPU"
     timeout 150 "$PY" benchmarks/loader.py --data "$IMAGES" --device cuda --img-size 224 --batch-size 64 \
-        --epochs 3 --rounds 2 | tee "$OUT/loader.txt" || fail "the loader benchmark exited with an error"
+        --epochs 6 --rounds 2 | tee "$OUT/loader.txt" || fail "the loader benchmark exited with an error"
 else
     echo "== 5. loader: tuitune's image pipeline vs timm's create_loader, 64 px, RandAugment, CPU (1 worker)"
     timeout 300 "$PY" benchmarks/loader.py --data "$IMAGES" --device cpu --img-size 64 --batch-size 64 \

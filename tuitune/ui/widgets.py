@@ -131,10 +131,11 @@ def status_text(state: DashboardState) -> Text:
         bottom.append(f"  max/rank {state.gpu_max_gb:.2f} GB", "bold")
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
-    steps = step_line(state.step_split, state.system)
-    return Text("\n").join(
-        [top, bottom, steps] if steps is not None else [top, bottom]
-    )  # (the CSS cuts a long line: it never pushes the next one out)
+    lines = [top, bottom]
+    steps = step_line(state.step_split, state.system)  # where a step's time goes, once the metrics say
+    if steps is not None:
+        lines.append(steps)
+    return Text("\n").join(lines)  # (the CSS cuts a long line: it never pushes the next one out)
 
 
 def setup_text(e: SetupProgressed, width: int = 20) -> Text:

@@ -68,7 +68,7 @@ class Trainer:
         after_run: AfterRun | None = None,
         dist: DistContext = LOCAL,
     ) -> None:
-        self.sink = SharedEmit(emit)  # the system sampler's thread emits too (`_watch_system`)
+        self.sink = SharedEmit(emit)  # the system sampler's thread emits too (`system_watch`)
         emit = self.sink
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
         self.system: SystemSampler | None = None
