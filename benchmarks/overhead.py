@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="experiment trackers the engine feeds in every mode that runs it ([report] to), a comma list of "
         "tensorboard,mlflow,wandb,trackio or `all`; W&B offline, Trackio's store and MLflow's in the temp folder",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="train.compile instead: the first-step cost and the steady samples/s of a compiled progressive run "
+        "against eager (benchmarks/compile_bench.py; its own options follow --compile)",
+    )
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)  # one run, JSON out (internal)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -403,6 +409,12 @@ def overhead_report(args: argparse.Namespace, results: dict[str, list[dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--compile" in argv:  # its own job and options
+        sys.path.insert(0, str(HERE))
+        from compile_bench import main as compile_main
+
+        return compile_main([a for a in argv if a != "--compile"])
     args = parse_args(argv)
     if args.worker:
         return worker(args)

@@ -20,6 +20,7 @@ from tuitune.engine.events import (
     FeatureCacheChanged,
     LRFound,
     MemoryPlanned,
+    ModelCompiled,
     PhaseChanged,
     RunFailed,
     RunFinished,
@@ -136,6 +137,9 @@ class ConsolePrinter:
             )
             self.say(f"  {line[:160]}")
 
+    def _compiled(self, event: ModelCompiled) -> None:
+        self.say(event.text())
+
     def _failed(self, event: RunFailed) -> None:
         traceback = f" (traceback: {event.log_path})" if event.log_path else ""
         self.err = _write(self.err, f"tuitune: error: {event.message}{traceback}", self.log)
@@ -177,6 +181,7 @@ class ConsolePrinter:
     HANDLERS: ClassVar[dict[type, Callable[[ConsolePrinter, Any], None]]] = {
         RunStarted: _started,
         EpochEnded: _epoch,
+        ModelCompiled: _compiled,
         SetupProgressed: _progress,
         LRFound: _lr_found,
         CompressionReported: _compressed,

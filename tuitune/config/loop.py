@@ -55,6 +55,13 @@ class TrainConfig:
         "layout (faster tensor-core convolutions); ignored on CPU.",
     )
     compile: bool = opt(False, "Train through `torch.compile(model)` (a slow first step, faster ones after).")
+    system_every_s: float = opt(
+        5.0,
+        "Seconds between samples of the machine under the run (each GPU's utilisation, memory, "
+        "temperature and power; the run's CPU, RAM and DataLoader workers): the dashboard's "
+        "system panel (`g`). 0 = off.",
+        min=0.0,
+    )
     feature_cache: bool = opt(
         True,
         "While the lowest layer groups stay frozen and deterministic (no BatchNorm in "

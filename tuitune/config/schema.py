@@ -139,7 +139,20 @@ class DataConfig:
         "the run then sees the same batches as one process). One process: no effect.",
         choices=("rank", "global"),
     )
-    num_workers: int = opt(-1, "DataLoader worker processes; -1 picks from the CPU count (0 on CPU-only runs).", min=-1)
+    num_workers: int = opt(
+        -1,
+        "DataLoader worker processes; -1 picks from the cores this process may use, shared among the ranks on "
+        "this machine, less one for the training process (at most 16; 0 on CPU-only runs, where training uses "
+        "every core).",
+        min=-1,
+    )
+    prefetch_factor: int = opt(
+        2,
+        "Batches each DataLoader worker prepares ahead (torch's `prefetch_factor`); raise it when the step bar "
+        "shows data waits that come in bursts. Ignored without workers.",
+        min=1,
+        max=64,
+    )
     group_by_length: bool = opt(
         False,
         "Text: batch texts of similar length together (transformers' "

@@ -76,6 +76,11 @@ class MetricsUpdated:
     gpu_peak_gb: float | None = None
     extra: dict[str, float] = field(default_factory=dict)  # e.g. task_loss and distill_loss when distilling
     gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
+    # Where the window's steps spent their time, in ms per optimizer step: "data" (waiting for the batch and its
+    # copy to the device), "compute" (forward, loss, backward), "optimizer" (clip, step, schedule, EMA), "rest" (the
+    # loop's bookkeeping, the metric read, commands); on CUDA as the GPU's timeline saw it (`train/step_clock.py`).
+    # None in older logs.
+    step_split: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,67 @@ SAMPLE_CHARS = 400  # the most characters of a prompt, reference or output an ev
 
 
 @dataclass(frozen=True)
+class GpuSample:
+    """One GPU as NVML saw it at a `SystemSampled`."""
+
+    rank: int  # the rank training on it
+    index: int  # NVML's index of the device (every GPU of the machine counts, whatever CUDA_VISIBLE_DEVICES says)
+    name: str
+    util_pct: float  # the share of the last sample period in which a kernel ran
+    mem_used_gb: float  # the device's memory in use, by every process on it
+    mem_total_gb: float
+    temp_c: float | None = None  # None where the device does not say
+    power_w: float | None = None
+    power_limit_w: float | None = None
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One rank's process at a `SystemSampled`: its own CPU and memory, and its DataLoader workers' (its child
+    processes but multiprocessing's and torch's helpers)."""
+
+    rank: int
+    cpu_pct: float  # 100 = one core busy since the previous sample
+    ram_gb: float  # resident memory
+    workers: int  # worker processes
+    workers_cpu_pct: float
+    workers_ram_gb: float
+
+
+@dataclass(frozen=True)
+class SystemSampled:
+    """The machine under the run, sampled every few seconds on a thread of the run process (not the training
+    thread; see `tuitune/engine/record/system.py`): each rank's GPU and each rank's process on this host. A record
+    keeps only the newest in its condensed history: it is what the system panel shows."""
+
+    gpus: tuple[GpuSample, ...]  # empty where NVML is missing or the run trains on no GPU
+    processes: tuple[ProcessSample, ...]
+    cpus: int  # cores the run process may use (its CPU affinity)
+    ram_total_gb: float  # the machine's memory
+
+
+@dataclass(frozen=True)
+class ModelCompiled:
+    """`train.compile`: torch.compile compiled graphs since the last report (sent at the metric reads and epoch
+    ends that follow them). The first step compiles; so does the first step after each change of the trainable set
+    (a phase, a group frozen or unfrozen by hand: the old set's graphs are dropped then, see `compile_watch`), and a
+    guard that fails recompiles (a new input shape, such as an epoch's short last batch)."""
+
+    compiles: int  # graphs compiled since the last report
+    recompiles: int  # of those, recompiles of a graph whose guards failed
+    seconds: float  # the time they took
+    total: int  # graphs compiled in the run so far (this session)
+    epoch: int
+    global_step: int
+
+    def text(self) -> str:
+        """`torch.compile: 2 graphs in 14.2 s (1 recompile), 5 in this run`: the log's and the console's line."""
+        graphs = f"{self.compiles} graph{'s' if self.compiles != 1 else ''}"
+        again = f" ({self.recompiles} recompile{'s' if self.recompiles != 1 else ''})" if self.recompiles else ""
+        return f"torch.compile: {graphs} in {self.seconds:.1f} s{again}, {self.total} in this run"
+
+
+@dataclass(frozen=True)
 class CompressionReported:
     """Post-training compression finished (emitted before `RunFinished`, which carries the same report)."""
 
@@ -353,6 +419,8 @@ Event = Union[  # noqa: UP007 (read at run time by typing.get_args, like command
     DomainShiftMeasured,
     MemoryPlanned,
     SamplesGenerated,
+    SystemSampled,
+    ModelCompiled,
 ]
 EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Event)}
 
@@ -364,6 +432,9 @@ def to_dict(event: DataclassInstance) -> dict[str, Any]:
 
 def to_json(event: DataclassInstance) -> str:
     return json.dumps(to_dict(event), separators=(",", ":"))
+
+
+_NESTED = (LayerInfo, PhaseMemory, GpuSample, ProcessSample)  # records inside events
 
 
 def _revive(hint: Any, value: Any) -> Any:
@@ -379,7 +450,7 @@ def _revive(hint: Any, value: Any) -> Any:
         args = typing.get_args(hint)
         item = args[0] if args else Any
         return tuple(_revive(item, v) for v in value)
-    if hint in (LayerInfo, PhaseMemory):
+    if hint in _NESTED:
         return hint(**{k: _revive(v_hint, value[k]) for k, v_hint in _hints(hint).items() if k in value})
     return value
 

@@ -34,6 +34,7 @@ from tuitune.engine.events import (
     RunFinished,
     RunStarted,
     SetupProgressed,
+    SystemSampled,
     UnfreezeSuggested,
 )
 from tuitune.engine.record.history import Recorded
@@ -52,6 +53,7 @@ from tuitune.ui.runner import EngineEventReceived, LiveRun, paced, run_in_worker
 from tuitune.ui.samples import SamplesPanel
 from tuitune.ui.state import DashboardState
 from tuitune.ui.summary import SummaryScreen
+from tuitune.ui.system_panel import SystemPanel, shown_by_default
 from tuitune.ui.widgets import EventLog, LayerTable, MetricPlot, RenderMeter, StatusBar
 
 REDRAW_S = 0.25  # what metrics update (plots, status, table) redraws at most 4 times a second...
@@ -85,6 +87,7 @@ class DashboardScreen(Screen[None]):
         self.state = DashboardState()
         self.log_scale = False
         self.whole_span = False  # x axis: follow the run (False) or show every planned epoch (True)
+        self.show_system: bool | None = None  # the system panel, as `m` left it; None: `shown_by_default`
         self._plots_dirty = False
         self._live_dirty = False  # status bar and layer table: behind the state by high-rate events
         self._drawn_at = -math.inf  # time.monotonic() of the last budgeted redraw (none yet)...
@@ -106,6 +109,7 @@ class DashboardScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusBar()
+        yield SystemPanel()
         with Horizontal(id="plots"):
             yield MetricPlot("loss", id="loss-plot")
             yield MetricPlot("acc", id="acc-plot")
@@ -153,6 +157,7 @@ class DashboardScreen(Screen[None]):
         self.set_class(height >= 50, "tall")
         if self.is_mounted:
             self.query_one(SamplesPanel).show(self.state, compact=self.has_class("narrow"))
+            self._render_system()
 
     # ------------------------------------------------------------------------------------------- events in
 
@@ -179,6 +184,8 @@ class DashboardScreen(Screen[None]):
             return  # the past, event by event: `HistoryEnded` draws it all once
         if isinstance(event, SetupProgressed) and not event.finished:
             self._render_status()  # one Static's text: cheap, and events come at most a few times a second
+        elif isinstance(event, SystemSampled):
+            self._render_system()  # every few seconds: the panel alone
         elif isinstance(event, (MetricsUpdated, LayersChanged, LayersMeasured)):
             self._live_dirty = True  # high rate: drawn within the redraw budget
         else:
@@ -280,6 +287,17 @@ class DashboardScreen(Screen[None]):
         self.whole_span ^= whole_span
         self._render_plots()
 
+    def toggle_system(self) -> None:
+        shown = self._system_shown()
+        if not shown and self.state.system is None:
+            self.notify("no system samples from this run (yet); train.system_every_s = 0 turns them off")
+            return
+        self.show_system = not shown
+        self._render_system()
+
+    def _system_shown(self) -> bool:
+        return self.show_system if self.show_system is not None else shown_by_default(self.state)
+
     def notify_warning(self, message: str) -> None:
         self.notify(message, severity="warning")
 
@@ -303,8 +321,12 @@ class DashboardScreen(Screen[None]):
     def _render_status(self) -> None:
         self.query_one(StatusBar).show(self.state)
 
+    def _render_system(self) -> None:
+        self.query_one(SystemPanel).show(self.state, self._system_shown(), self.has_class("narrow"))
+
     def _render_cheap(self) -> None:
         self._render_status()
+        self._render_system()
         self.question_changed()
         self.query_one(LayerTable).show(self.state)
         self.query_one(LayerTable).border_subtitle = layer_table_subtitle(self.state)

@@ -63,6 +63,8 @@ class SteeredView(Protocol):
 
     def toggle_plots(self, *, log_scale: bool = False, whole_span: bool = False) -> None: ...
 
+    def toggle_system(self) -> None: ...
+
     def notify_warning(self, message: str) -> None: ...
 
     def open(self, screen: Screen[Any], answered: Callable[[Any], None], *, after_refresh: bool = True) -> None:
@@ -173,6 +175,10 @@ class KeyActions:
     def x_span(self) -> None:
         self.view.key_used()
         self.view.toggle_plots(whole_span=True)
+
+    def system_panel(self) -> None:
+        self.view.key_used()
+        self.view.toggle_system()
 
     def quit_run(self) -> None:
         self.view.key_used()

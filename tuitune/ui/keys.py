@@ -159,6 +159,15 @@ DASHBOARD_KEYS: tuple[DashboardKey, ...] = (
         hint="span",
     ),
     DashboardKey(
+        "m",
+        "system_panel",
+        "System",
+        "Toggle system panel",
+        "Show or hide the machine under the run: each GPU's utilisation, memory, temperature and power; the run's "
+        "CPU, RAM and DataLoader workers (shown by default where there is a GPU)",
+        show=False,
+    ),
+    DashboardKey(
         "q",
         "quit_run",
         "Quit",

@@ -26,12 +26,14 @@ from tuitune.engine.events import (
     LRFound,
     MemoryPlanned,
     MetricsUpdated,
+    ModelCompiled,
     PhaseChanged,
     RunFailed,
     RunFinished,
     RunStarted,
     SamplesGenerated,
     SetupProgressed,
+    SystemSampled,
     UnfreezeSuggested,
     Warned,
 )
@@ -141,6 +143,7 @@ def _metrics(s: DashboardState, e: MetricsUpdated) -> DashboardState:
         gpu_mem_gb=e.gpu_mem_gb,
         gpu_peak_gb=e.gpu_peak_gb,
         gpu_max_gb=e.gpu_max_gb,
+        step_split=e.step_split,
         readings=s.readings + 1,
         train_loss=s.train_loss.append((x, e.train_loss), s.readings),
         train_score=s.train_score.append((x, e.train_score), s.readings),
@@ -325,6 +328,15 @@ def _failed(s: DashboardState, e: RunFailed) -> DashboardState:
     )
 
 
+def _compiled(s: DashboardState, e: ModelCompiled) -> DashboardState:
+    return evolve(s, log=_log(s, "info", f"{_where(s, e.epoch, e.global_step)} · {e.text()}"))
+
+
+def _system(s: DashboardState, e: SystemSampled) -> DashboardState:
+    """The newest sample replaces the last: the panel shows the machine now (a record keeps only the newest)."""
+    return evolve(s, system=e)
+
+
 _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     RunStarted: _run_started,
     MetricsUpdated: _metrics,
@@ -347,6 +359,8 @@ _REDUCERS: dict[type, Callable[[DashboardState, Any], DashboardState]] = {
     DomainShiftMeasured: _shift,
     MemoryPlanned: _memory,
     SamplesGenerated: _samples,
+    SystemSampled: _system,
+    ModelCompiled: _compiled,
 }
 
 

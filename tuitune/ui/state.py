@@ -19,6 +19,7 @@ from tuitune.engine.events import (
     RunFinished,
     SamplesGenerated,
     SetupProgressed,
+    SystemSampled,
     UnfreezeSuggested,
 )
 from tuitune.ui.downsample import Downsampled
@@ -72,6 +73,7 @@ class DashboardState:
     gpu_peak_gb: float | None = None
     world_size: int = 1  # ranks training together (RunStarted.world_size; 1 in logs from before it existed)
     gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
+    step_split: dict[str, float] | None = None  # the newest MetricsUpdated.step_split: the header's step bar
     # The plot series, downsampled (tuitune/ui/downsample.py): a per-step series is indexed by `readings`, the
     # number of MetricsUpdated before its point (a condensed history's `LinesSkipped` counts the ones it passed).
     readings: int = 0
@@ -99,6 +101,7 @@ class DashboardState:
     domain_shift: dict[str, float | None] = field(default_factory=dict)  # the latest DomainShiftMeasured, by group
     memory: MemoryPlanned | None = None  # each phase's planned memory peak (before the first step)
     samples: SamplesGenerated | None = None  # a language model's latest samples
+    system: SystemSampled | None = None  # the machine's newest sample (the system panel)
     events_seen: int = 0
 
     @property

@@ -26,6 +26,7 @@ from tuitune.ui.keys import COMMAND_LABELS
 from tuitune.ui.plotcanvas import render_figure
 from tuitune.ui.plotdata import Series, eta_s, plot_series, smooth, x_range
 from tuitune.ui.state import DashboardState, LogLine
+from tuitune.ui.step_bar import step_line
 
 STATUS_STYLES = {
     "starting": ("… STARTING", "bold black on #a0a0a0"),
@@ -74,10 +75,12 @@ class Metered:
 
 
 class StatusBar(Metered, Static):
-    """Two lines: run, device, state, phase, epoch, step; then speed, elapsed, ETA, GPU memory, pending commands."""
+    """Two lines: run, device, state, phase, epoch, step; then speed, elapsed, ETA, GPU memory, pending commands; a
+    third once the metrics say where a step's time goes (`step_bar`)."""
 
     DEFAULT_CSS = """
     StatusBar { height: 2; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    StatusBar.-steps { height: 3; }
     """
 
     def __init__(self) -> None:
@@ -85,10 +88,11 @@ class StatusBar(Metered, Static):
         self._shown: Text | None = None
 
     def show(self, state: DashboardState) -> None:
-        """Update only when the text (or its styles) changed; the bar's size is fixed, so no relayout."""
+        """Update only when the text (or its styles) changed; the bar's size changes only with its third line."""
         text = status_text(state)
         if text != self._shown:
             self._shown = text
+            self.set_class(text.plain.count("\n") == 2, "-steps")
             self.update(text, layout=False)
 
 
@@ -127,7 +131,11 @@ def status_text(state: DashboardState) -> Text:
         bottom.append(f"  max/rank {state.gpu_max_gb:.2f} GB", "bold")
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
-    return Text("\n").join([top, bottom])  # (the CSS cuts a long line: it never pushes the next one out)
+    lines = [top, bottom]
+    steps = step_line(state.step_split, state.system)  # where a step's time goes, once the metrics say
+    if steps is not None:
+        lines.append(steps)
+    return Text("\n").join(lines)  # (the CSS cuts a long line: it never pushes the next one out)
 
 
 def setup_text(e: SetupProgressed, width: int = 20) -> Text:
@@ -161,6 +169,10 @@ def thin(n: int, most: int) -> list[int]:
     return keep
 
 
+PERCENT_TICKS = ([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
+FEW_PERCENT_TICKS = ([0, 0.5, 1], ["0%", "50%", "100%"])
+
+
 class MetricPlot(Metered, PlotextPlot):
     """The loss or the score plot: train (smoothed), val and any extra series, with a vertical line at each phase
     change or command. The score plot is titled and scaled by the run's metric (percent, or RMSE as is)."""
@@ -169,6 +181,7 @@ class MetricPlot(Metered, PlotextPlot):
         super().__init__(id=id)
         self.metric = metric  # "loss" or "acc" (the task's score, whatever it is)
         self.x_span: tuple[float, float] | None = None  # the x axis last drawn
+        self.percent = False  # the score plot of a percent metric: 0-100% ticks, set when drawn at its size
 
     def title(self, state: DashboardState, log_scale: bool) -> str:
         if self.metric == "loss":
@@ -195,9 +208,9 @@ class MetricPlot(Metered, PlotextPlot):
         if state.epochs:
             self.x_span = x_range(state, whole_span)
             plt.xlim(*self.x_span)
-        if self.metric == "acc" and is_percent(state.metric):
+        self.percent = self.metric == "acc" and is_percent(state.metric)
+        if self.percent:
             plt.ylim(0, 1)
-            plt.yticks([0, 0.25, 0.5, 0.75, 1], ["0%", "25%", "50%", "75%", "100%"])
         self.refresh()
 
     def _markers(self, state: DashboardState, bottom: float) -> None:
@@ -215,6 +228,8 @@ class MetricPlot(Metered, PlotextPlot):
         plot, size = self._plot, self.size
         plot.plotsize(size.width, size.height)
         plot._set_size(size.width, size.height)  # (as PlotextPlot.render does: resizing needs both)
+        if self.percent:  # five ticks need 9 rows: on fewer, plotext picks among labels sharing a row by hash order
+            self.plt.yticks(*(PERCENT_TICKS if size.height >= 9 else FEW_PERCENT_TICKS))
         plot.theme(self._get_plotext_theme_name(self.app.theme))
         return render_figure(plot)
 

@@ -91,15 +91,17 @@ class TensorImages(Dataset):
 
 class ImageFiles(Dataset):
     """Image files read lazily (real folders can be large); a file PIL cannot read raises DataError naming it.
-    `random`: the transform is a random (train-time) one, so its output must not be cached."""
+    `random`: the transform is a random (train-time) one, so its output must not be cached. `as_pixels`: the same
+    transform to uint8 pixels, for a loader that normalises on the device (`pixels.py`)."""
 
     def __init__(
         self,
         samples: Sequence[tuple[Path, int]],
         transform: Callable[[Image.Image], torch.Tensor],
         random: bool = False,
+        as_pixels: Any = None,
     ):
-        self.samples, self.transform, self.random = list(samples), transform, random
+        self.samples, self.transform, self.random, self.as_pixels = list(samples), transform, random, as_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -107,6 +109,10 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, label = self.samples[i]
         return self.transform(load_rgb(path)), torch.tensor(label, dtype=torch.int64)
+
+    def pixel_item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.samples[i]
+        return self.as_pixels.transform(load_rgb(path)), torch.tensor(label, dtype=torch.int64)
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -335,14 +341,32 @@ def text_classes(cfg: DataConfig, target: str = "class") -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------------ loaders
 
 
-def resolve_num_workers(num_workers: int, device_type: str) -> int:
-    """-1 = auto: 0 on CPU (datasets are pre-transformed tensors; workers only cost there), else
-    min(8, cores/2) to keep image decoding ahead of the GPU."""
+MAX_AUTO_WORKERS = 16
+
+
+def resolve_num_workers(num_workers: int, device_type: str, world: int = 1) -> int:
+    """-1 = auto: 0 on CPU (training uses every core there; a pre-transformed dataset needs no workers), else the
+    cores this process may use (its affinity: a container, `taskset` or a scheduler narrows it) shared among the
+    ranks on this machine (torchrun's LOCAL_WORLD_SIZE, else `world`), less one for the training process itself,
+    at least one, at most `MAX_AUTO_WORKERS`: enough to decode and augment ahead of a GPU."""
     if num_workers >= 0:
         return num_workers
     if device_type == "cpu":
         return 0
-    return min(8, (os.cpu_count() or 2) // 2)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or world
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(ranks, 1) - 1))
+
+
+def _train_loader(dataset: Dataset, device: torch.device, **kwargs: Any) -> DataLoader:
+    """A DataLoader of `dataset`, or of its uint8 pixels normalised on `device` where it has them (see `pixels`)."""
+    from tuitune.engine.data.pixels import NormalizingLoader, pixel_view
+
+    view = pixel_view(dataset)
+    return DataLoader(dataset, **kwargs) if view is None else NormalizingLoader(view, device, **kwargs)
 
 
 def make_loaders(
@@ -356,20 +380,26 @@ def make_loaders(
     pad_to_max_length: bool = False,
     rank: int = 0,
     world: int = 1,
+    prefetch_factor: int = 2,
+    device: torch.device | None = None,
 ) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Train loader shuffled by a seeded generator (same order for the same seed); val/test in order, with
     twice the batch size since they keep no activations for backward. Text batches are cut to their longest
     sequence (unless `pad_to_max_length`); `group_by_length` (text) shuffles into batches of similar lengths,
     from the same generator. With several ranks (`world` > 1) rank `rank` reads its slice of every global batch
-    and its shard of val (see `shards`); the test set is evaluated by rank 0 alone, after the others are done."""
+    and its shard of val (see `shards`); the test set is evaluated by rank 0 alone, after the others are done.
+    On CUDA the batches come in pinned memory (an asynchronous copy); workers stay alive between epochs and each
+    prepares `prefetch_factor` batches ahead. An augmented image split comes as uint8 pixels, normalised on
+    `device` (default: `device_type`'s) by the loader (`pixels.NormalizingLoader`)."""
     from tuitune.engine.data.shards import EvalShard, GlobalBatchSampler
 
     collate = (lambda ds: None) if pad_to_max_length else collate_for
-    workers = resolve_num_workers(num_workers, device_type)
+    workers = resolve_num_workers(num_workers, device_type, world)
     common: dict[str, Any] = {
         "num_workers": workers,
         "pin_memory": device_type == "cuda",
         "persistent_workers": workers > 0,
+        **({"prefetch_factor": prefetch_factor} if workers > 0 else {}),  # torch refuses it without workers
     }
     gen = torch.Generator().manual_seed(seed)
     if world > 1:
@@ -382,8 +412,13 @@ def make_loaders(
             gen,
             lengths,
         )
-        train = DataLoader(
-            bundle.train, batch_sampler=batches, generator=gen, collate_fn=collate(bundle.train), **common
+        train = _train_loader(
+            bundle.train,
+            device or torch.device(device_type),
+            batch_sampler=batches,
+            generator=gen,
+            collate_fn=collate(bundle.train),
+            **common,
         )
         val = DataLoader(
             bundle.val,
@@ -394,8 +429,9 @@ def make_loaders(
         )
     else:
         sampler = length_sampler(bundle.train, batch_size, gen) if group_by_length else None
-        train = DataLoader(
+        train = _train_loader(
             bundle.train,
+            device or torch.device(device_type),
             batch_size=batch_size,
             shuffle=sampler is None,
             sampler=sampler,

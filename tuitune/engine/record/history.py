@@ -4,9 +4,10 @@ A day-long run writes a metric reading (`MetricsUpdated`, then the layer table's
 `log_every` steps: a million readings is a file of half a gigabyte, and decoding every line of it took minutes. The
 dashboard keeps each plot series downsampled (`stride_for`: reading `i` stays while `i % stride == 0`, plus the
 newest reading), so most readings are never drawn. `Condenser` applies the same rule to the raw lines, in order: it
-keeps every other event, the readings some plot will keep, the newest reading, and of a run of layer updates only
-those a later one does not replace. `read_history` decodes what is kept and says what was passed over with
-`LinesSkipped` markers, so folding its output gives exactly the state folding every line gives.
+keeps every other event, the readings some plot will keep, the newest reading, of a run of layer updates only
+those a later one does not replace, and of the machine's samples (`SystemSampled`, every few seconds) the newest.
+`read_history` decodes what is kept and says what was passed over with `LinesSkipped` markers, so folding its
+output gives exactly the state folding every line gives.
 
 The run's recorder keeps a `Condenser` too and writes its state to `history.jsonl` every `SNAPSHOT_READINGS`
 readings: opening a run reads that snapshot and only the lines of `events.jsonl` after it. A directory without the
@@ -31,9 +32,9 @@ SNAPSHOT = "history.jsonl"
 FORMAT = 1
 CHUNK = 1 << 22
 
-READING, LAYERS, MEASURED, OTHER = "R", "L", "M", "E"
+READING, LAYERS, MEASURED, SYSTEM, OTHER = "R", "L", "M", "S", "E"
 _PREFIX = b'{"type":"'
-_KINDS = {b"MetricsUpdated": READING, b"LayersChanged": LAYERS, b"LayersMeasured": MEASURED}
+_KINDS = {b"MetricsUpdated": READING, b"LayersChanged": LAYERS, b"LayersMeasured": MEASURED, b"SystemSampled": SYSTEM}
 
 
 def stride_for(count: int, capacity: int = CAPACITY) -> int:
@@ -81,6 +82,7 @@ class Condenser:
         self._stride = 1
         self._newest: list | None = None  # the newest reading's entry (kept whatever its index)
         self._layers: dict[str, list] = {}  # the layer updates no other event has followed yet, by kind
+        self._system: list | None = None  # the newest machine sample (an older one is never shown)
         self._dead = 0
 
     def feed(self, raw: bytes, kind: str | None = None) -> None:
@@ -90,6 +92,12 @@ class Condenser:
         entry = [kind, -1, self.lines, raw]
         if kind == READING:
             self._reading(entry)
+            return
+        if kind == SYSTEM:  # reads no rows: the layer updates before it stay as they are
+            self._kill(self._system)
+            self._system = entry
+            self.entries.append(entry)
+            self._compact()
             return
         if kind in (LAYERS, MEASURED):
             # a full table replaces earlier rows and measures; measures replace earlier measures only
@@ -113,6 +121,9 @@ class Condenser:
             for e in self.entries:
                 if e[0] == READING and e[1] % stride and e is not entry:
                     self._kill(e)
+        self._compact()
+
+    def _compact(self) -> None:
         if self._dead > max(CAPACITY, len(self.entries) // 2):
             self.entries, self._dead = self.kept(), 0
 
@@ -149,6 +160,8 @@ class Condenser:
         for entry in c.entries:
             if entry[0] == READING:
                 c._newest = entry
+            elif entry[0] == SYSTEM:
+                c._system = entry
             elif entry[0] in (LAYERS, MEASURED):
                 c._layers[entry[0]] = entry
             else:

@@ -91,10 +91,12 @@ class FeatureCache:
     @property
     def forward(self) -> nn.Module:
         """What a cached training step calls: `top`, with several ranks in a DDP wrapper for the parameters
-        trainable now. Built at its first use after a change (`rewrap`), which every rank reaches at the same step."""
+        trainable now, compiled under `train.compile` (a later phase's top is most of the model). Built at its first
+        use after a change (`rewrap`), which every rank reaches at the same step."""
         if self._forward is None:
             assert self.top is not None
-            self._forward = self.dist.wrap(self.top, self.parts.device)
+            wrapped = self.dist.wrap(self.top, self.parts.device)
+            self._forward = torch.compile(wrapped) if self.parts.compiled else wrapped  # `train.compile`
         return self._forward
 
     def rewrap(self) -> None:

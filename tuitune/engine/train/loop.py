@@ -29,7 +29,8 @@ from tuitune.engine.events import (
     Warned,
 )
 from tuitune.engine.model.groups import Backbone
-from tuitune.engine.train import strategy
+from tuitune.engine.record.system import SharedEmit, SystemSampler
+from tuitune.engine.train import compile_watch, strategy
 from tuitune.engine.train.controller import CacheKeeper, RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
@@ -37,6 +38,8 @@ from tuitune.engine.train.memory_run import plan_run
 from tuitune.engine.train.parts import RunParts, build_parts
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.state_checkpoint import Checkpointer
+from tuitune.engine.train.step_clock import COMPUTE, DATA, OPTIMIZER, REST, StepClock
+from tuitune.engine.train.system_watch import watch_system
 from tuitune.engine.train.tasks import task_of
 from tuitune.engine.train.trainer_state import TrainerState
 
@@ -66,7 +69,11 @@ class Trainer:
         after_run: AfterRun | None = None,
         dist: DistContext = LOCAL,
     ) -> None:
+        self.sink = SharedEmit(emit)  # the system sampler's thread emits too (`system_watch`)
+        emit = self.sink
         self.profile, self.run_dir, self.emit, self.control = profile, run_dir, emit, control
+        self.system: SystemSampler | None = None
+        self.compiles: compile_watch.CompileWatch | None = None  # `train.compile`: what torch.compile compiled
         self.after_run, self.dist = after_run, dist
         task = task_of(profile)
         self.parts: RunParts = build_parts(profile, run_dir, emit, dist, build=task.build)
@@ -96,6 +103,7 @@ class Trainer:
             cache=self.cache_keeper,
         )
         self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
+        self.clock = StepClock.on(self.parts.device)  # where each step's time goes, read with the metrics
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> RunFinished:
@@ -124,16 +132,26 @@ class Trainer:
             )
         )
         self.emit(self.memory)
+        self.system = watch_system(self.dist, p.device, self.profile.train.system_every_s, self.sink.from_thread)
+        self.compiles = compile_watch.CompileWatch().open() if p.compiled else None
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
         # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
         gc.collect()
         gc.freeze()
-        self.controller.measure_shift("start")
         try:
+            self.controller.measure_shift("start")
             return self._epochs()
         finally:
+            self._stop_watching()
+            if self.compiles is not None:
+                self.compiles.close()
             p.end_workers()
             gc.unfreeze()
+
+    def _stop_watching(self) -> None:
+        """No system sample after the run's last event (`_finish`, or a failure the session records)."""
+        if self.system is not None:
+            self.system.stop()
 
     def _epochs(self) -> RunFinished:
         p, st, steer = self.parts, self.st, self.controller
@@ -162,15 +180,20 @@ class Trainer:
         window, seen = RunningSums(device, obj.scorer), 0
         micro: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # this step's batches (accumulation)
         batches = self.cache.batches() if self.cache.active else ((x, y, False) for x, y in p.train_loader)
+        clock = self.clock
+        clock.restart()
         for i, (x, y, cached) in enumerate(batches):
             step = i // k + 1  # the optimizer step this batch belongs to (1-based within the epoch)
             if step <= st.skip_steps:  # resuming mid-epoch: replay the same shuffled order up to where we were
                 continue
             if i >= p.micro_per_epoch:
                 break
+            if i and i == st.skip_steps * k:
+                clock.restart()  # the replayed batches were no step's
             size = min(k, p.micro_per_epoch - (step - 1) * k)  # batches in this step (the epoch's last: fewer)
             # fetch the batch onto the device (Mixup/CutMix there, when asked)
             x, y = obj.targets(to_device(x, device, p.channels_last), y.to(device, non_blocking=True))
+            clock.mark(DATA)
             # forward (bf16 autocast on CUDA) and loss (+ distillation, penalties)
             with p.autocast():
                 out, aux = (self.cache.forward(x), None) if cached else obj.forward(p.forward, x)
@@ -181,11 +204,14 @@ class Trainer:
                 st.optimizer.zero_grad(set_to_none=True)
             factor = p.batch_share(i) / size
             (loss * factor if factor != 1.0 else loss).backward()
+            clock.mark(COMPUTE)
             micro.append((loss.detach(), out.detach(), y))
             seen += y.shape[0]
             if len(micro) < size:
                 continue
             self._optimizer_step(micro, window)
+            clock.mark(OPTIMIZER)
+            clock.step_done()
             micro = []
             st.step_in_epoch = step
             # every N steps: the one host sync, and events
@@ -198,6 +224,7 @@ class Trainer:
                 ):  # cut short: leave
                     return None
                 break  # `s`: the epoch ends here, validated and recorded like any other
+            clock.mark(REST)
         st.skip_steps = 0
         loss, score, (bad,) = st.epoch_sums.read(self.dist.max(st.guard.bad), reduce=self.dist.sum)
         self._settle(bad)
@@ -245,23 +272,25 @@ class Trainer:
         )
         self._settle(bad)
         mem, peak = st.gpu_memory()
-        self.emit(
-            MetricsUpdated(
-                epoch=st.epoch + 1,
-                step=step,
-                global_step=st.global_step,
-                train_loss=loss,
-                train_score=score,
-                lrs=st.current_lrs(),
-                samples_per_s=window.samples * self.dist.world / max(window.seconds(), 1e-9),
-                elapsed_s=st.elapsed(),
-                gpu_mem_gb=mem,
-                gpu_peak_gb=peak,
-                gpu_max_gb=self._largest_gpu_memory(mem),
-                extra=self.obj.window_extra(rest),
-            )
+        reading = MetricsUpdated(
+            epoch=st.epoch + 1,
+            step=step,
+            global_step=st.global_step,
+            train_loss=loss,
+            train_score=score,
+            lrs=st.current_lrs(),
+            samples_per_s=window.samples * self.dist.world / max(window.seconds(), 1e-9),
+            elapsed_s=st.elapsed(),
+            gpu_mem_gb=mem,
+            gpu_peak_gb=peak,
+            gpu_max_gb=self._largest_gpu_memory(mem),
+            extra=self.obj.window_extra(rest),
+            step_split=self.clock.split(),  # after the read's host sync: the CUDA events are done
         )
-        self.emit(st.layers_changed(with_grad=True))
+        with self.sink.together():  # no system sample between the reading and its layer measures
+            self.emit(reading)
+            self.emit(st.layers_changed(with_grad=True))
+        compile_watch.report(self.compiles, self.emit, st.epoch + 1, st.global_step)
         window.reset()
 
     def _largest_gpu_memory(self, mem: float | None) -> float | None:
@@ -323,6 +352,7 @@ class Trainer:
         for event in self.obj.epoch_events(st.epoch, st.global_step):  # a language model's samples
             self.emit(event)
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
+        compile_watch.report(self.compiles, self.emit, st.epoch, st.global_step)
         self.controller.measure_shift("epoch")
         if is_best:
             self.checkpoints.save("best", ema=self.profile.train.ema_for_best)
@@ -341,6 +371,7 @@ class Trainer:
 
     def _finish(self, wall_s: float) -> RunFinished:
         st, p = self.st, self.parts
+        self._stop_watching()
         status, reason = self.controller.stop_status or ("finished", f"completed {st.epoch} epochs")
         self._settle(st.guard.bad.item())  # non-finite steps since the last read: never saved over `last`
         if status != "finished" or st.step_in_epoch:  # the epoch-end save already covers a clean finish

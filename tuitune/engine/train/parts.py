@@ -60,7 +60,12 @@ class RunParts:
 
     def rewrap(self) -> None:
         """Several ranks: a new DDP wrapper for the parameters trainable now (call on every rank at the same step,
-        after the trainable set changed). One process: nothing to do."""
+        after the trainable set changed). `train.compile`: the graphs compiled for the old trainable set are
+        dropped (`compile_watch.drop_graphs`: each phase compiles once, never past dynamo's recompile limit)."""
+        if self.compiled:
+            from tuitune.engine.train.compile_watch import drop_graphs
+
+            drop_graphs()
         if self.dist.active:
             wrapped = self.dist.wrap(self.model if self.ddp_target is None else self.ddp_target, self.device)
             self.forward = torch.compile(wrapped) if self.compiled else wrapped
@@ -256,6 +261,8 @@ def run_loaders(profile: RunProfile, bundle: DataBundle, device: torch.device, d
         pad_to_max_length=profile.data.pad_to_max_length,
         rank=dist.rank,
         world=dist.world,
+        prefetch_factor=profile.data.prefetch_factor,
+        device=device,
     )
     _shield_workers(*loaders)
     return loaders
