@@ -25,7 +25,7 @@ def plot_text(app: TuituneApp, plot_id: str) -> str:
     """What a plot draws, as plain text (plotext's canvas at the widget's size)."""
     plot = app.screen.query_one(f"#{plot_id}", MetricPlot)
     plot.show(dash(app).state)
-    plot.plt.plotsize(plot.size.width, plot.size.height)
+    plot.fit(plot.size.width, plot.size.height)
     return plot.plt.build()
 
 

@@ -223,13 +223,17 @@ class MetricPlot(Metered, PlotextPlot):
             if marker.kind == "lr" and self.metric == "loss" and math.isfinite(bottom):
                 self.plt.text(marker.label, marker.x, bottom, color=LR_COLOR, alignment="left")
 
+    def fit(self, width: int, height: int) -> None:
+        """The figure at the widget's size, with the ticks that size can show."""
+        self._plot.plotsize(width, height)
+        self._plot._set_size(width, height)  # (as PlotextPlot.render does: resizing needs both)
+        if self.percent:  # five ticks need 9 rows: on fewer, plotext picks among labels sharing a row by hash order
+            self.plt.yticks(*(PERCENT_TICKS if height >= 9 else FEW_PERCENT_TICKS))
+
     def render(self) -> RenderResult:
         """As `PlotextPlot.render`, without the ANSI string plotext builds and Rich parses back (same `Text`)."""
         plot, size = self._plot, self.size
-        plot.plotsize(size.width, size.height)
-        plot._set_size(size.width, size.height)  # (as PlotextPlot.render does: resizing needs both)
-        if self.percent:  # five ticks need 9 rows: on fewer, plotext picks among labels sharing a row by hash order
-            self.plt.yticks(*(PERCENT_TICKS if size.height >= 9 else FEW_PERCENT_TICKS))
+        self.fit(size.width, size.height)
         plot.theme(self._get_plotext_theme_name(self.app.theme))
         return render_figure(plot)
 
