@@ -108,7 +108,9 @@ class ProcessReader:
         self.read()  # the baseline
 
     def read(self) -> tuple[ProcessSample, ...]:
-        out, seen, listed = [], set(), set()
+        out: list[ProcessSample] = []
+        seen: set[int] = set()
+        listed: set[int] = set()  # every child's pid, helpers too
         for rank, proc in self.ranks:
             try:
                 with proc.oneshot():
