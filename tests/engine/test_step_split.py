@@ -1,17 +1,11 @@
 """Where a step's time goes (tuitune/engine/train/step_clock.py): the arithmetic on scripted clocks, the CUDA events'
-reuse on scripted events, and a real tiny run whose loader is slow, which the split must call data-bound."""
+reuse on scripted events, and the header's bar. A real tiny run whose loader is slow, which the split must call
+data-bound, shares its run with the system samples' test (tests/engine/test_system.py)."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
-from torch.utils.data import Dataset
 
-from tests.engine.conftest import of_type, tiny_profile
-from tuitune.engine.commands import Control
-from tuitune.engine.events import MetricsUpdated
 from tuitune.engine.train.step_clock import COMPUTE, DATA, OPTIMIZER, REST, CudaTimer, HostTimer, StepClock
 from tuitune.ui.step_bar import cells, data_hint, shares, step_line
 
@@ -111,47 +105,3 @@ def test_the_bar_fills_its_width_and_the_hint_names_the_fix() -> None:
         "data 10% · fwd+bwd 90% · optim 0% · rest 0% · 10.0 ms/step"
     )
     assert step_line(None) is None
-
-
-class SlowImages(Dataset):
-    """The synthetic train split behind a loader that spends ~8 ms of CPU per image (a heavy augmentation)."""
-
-    def __init__(self, inner: Dataset) -> None:
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < 0.008:
-            pass
-        return self.inner[i]
-
-
-def test_a_run_with_a_slow_loader_is_data_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tuitune.engine.train.parts as parts
-    from tuitune.engine.data.datasets import DataBundle
-    from tuitune.engine.session import run_training
-
-    build = parts.build_datasets
-
-    def slow(*args, **kwargs) -> DataBundle:
-        b = build(*args, **kwargs)
-        return DataBundle(SlowImages(b.train), b.val, b.test, b.classes, b.source)
-
-    monkeypatch.setattr(parts, "build_datasets", slow)
-    events: list = []
-    profile = tiny_profile(
-        data={"num_samples": 64, "batch_size": 8, "num_workers": 0},
-        train={"epochs": 1, "log_every": 2, "domain_shift": False, "feature_cache": False},
-    )
-    run_training(profile, tmp_path, events.append, Control(), interactive=False)
-    metrics = of_type(events, MetricsUpdated)
-    assert len(metrics) == 3 and all(m.step_split is not None for m in metrics)
-    for m in metrics:
-        split = m.step_split
-        assert set(split) == {DATA, COMPUTE, OPTIMIZER, REST} and min(split.values()) >= 0
-        assert split[COMPUTE] > 0 and split[OPTIMIZER] > 0
-        assert split[DATA] >= 8 * 8 * 0.9  # 8 images of 8 ms each per step
-        assert shares(split)[DATA] > 0.5

@@ -1,6 +1,6 @@
 """The system sampler (tuitune/engine/record/system.py): a recorded NVML through the real `NvmlReader` (no GPU on the
 test machine), the real psutil process reader, the sampling thread, the shared sink, the condensed history, and a
-real tiny run that sends samples and none after its end."""
+real tiny run that sends samples and none after its end (its slow loader checks the step split too)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from torch.utils.data import Dataset
 
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control
@@ -256,12 +257,43 @@ def test_the_condensed_history_keeps_the_newest_sample_only(tmp_path: Path) -> N
     assert [k for k, *_ in c.kept()].count(history.SYSTEM) == 1
 
 
-def test_a_run_sends_samples_on_its_own_thread_and_none_after_its_end(tmp_path: Path) -> None:
-    from tuitune.engine.session import run_training
+class SlowImages(Dataset):
+    """The synthetic train split behind a loader that spends ~8 ms of CPU per image (a heavy augmentation)."""
 
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.008:
+            pass
+        return self.inner[i]
+
+
+def test_a_run_samples_on_its_own_thread_until_its_end_and_splits_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One real tiny run for both (CI time): samples from the sampler's thread, none after the run's last event, a
+    reading and its layer rows side by side in the record; and a slow loader (~8 ms an image) called data-bound by
+    every metric reading's step split."""
+    import tuitune.engine.train.parts as parts
+    from tuitune.engine.data.datasets import DataBundle
+    from tuitune.engine.session import run_training
+    from tuitune.engine.train.step_clock import COMPUTE, DATA, OPTIMIZER, REST
+    from tuitune.ui.step_bar import shares
+
+    build = parts.build_datasets
+
+    def slow(*args, **kwargs) -> DataBundle:
+        b = build(*args, **kwargs)
+        return DataBundle(SlowImages(b.train), b.val, b.test, b.classes, b.source)
+
+    monkeypatch.setattr(parts, "build_datasets", slow)
     events: list = []
     threads: set[str] = set()
-
     sampling_at_end: list[bool] = []
 
     def sink(event: object) -> None:
@@ -271,7 +303,10 @@ def test_a_run_sends_samples_on_its_own_thread_and_none_after_its_end(tmp_path: 
         if isinstance(event, RunFinished):  # the sampler has ended before the run's last event
             sampling_at_end.append(any(t.name == "tuitune-system" for t in threading.enumerate()))
 
-    profile = tiny_profile(train={"epochs": 1, "system_every_s": 0.01})
+    profile = tiny_profile(
+        data={"num_samples": 64, "batch_size": 8, "num_workers": 0},
+        train={"epochs": 1, "log_every": 2, "domain_shift": False, "feature_cache": False, "system_every_s": 0.01},
+    )
     end = run_training(profile, tmp_path, sink, Control(), interactive=False)
     assert isinstance(end, RunFinished) and end.status == "finished"
     samples = of_type(events, SystemSampled)
@@ -282,3 +317,11 @@ def test_a_run_sends_samples_on_its_own_thread_and_none_after_its_end(tmp_path: 
     assert sum('"type":"SystemSampled"' in line for line in lines) == len(samples)
     after_read = [b for a, b in itertools.pairwise(lines) if a.startswith('{"type":"MetricsUpdated"')]
     assert after_read and all(b.startswith('{"type":"Layers') for b in after_read)  # a reading and its rows together
+    # where the steps' time went: 8 images of 8 ms each per step waiting for data
+    metrics = of_type(events, MetricsUpdated)
+    assert len(metrics) == 3 and all(m.step_split is not None for m in metrics)
+    for m in metrics:
+        split = m.step_split
+        assert set(split) == {DATA, COMPUTE, OPTIMIZER, REST} and min(split.values()) >= 0
+        assert split[COMPUTE] > 0 and split[OPTIMIZER] > 0
+        assert split[DATA] >= 8 * 8 * 0.9 and shares(split)[DATA] > 0.5

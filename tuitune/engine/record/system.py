@@ -110,7 +110,7 @@ class ProcessReader:
     def read(self) -> tuple[ProcessSample, ...]:
         out: list[ProcessSample] = []
         seen: set[int] = set()
-        listed: set[int] = set()
+        listed: set[int] = set()  # every child's pid, helpers too
         for rank, proc in self.ranks:
             try:
                 with proc.oneshot():
