@@ -220,6 +220,7 @@ def test_gradient_checkpointing_lowers_the_activations_and_still_trains_the_phas
     # in the backward each stage's largest block is recomputed: some of what the stage keeps without checkpointing
     assert not any(plain.recompute)
     assert all(0 < r <= a for r, a in zip(checkpointed.recompute[stages], plain.activations[stages]))
+    assert checkpointed.recompute[0] == checkpointed.recompute[-1] == 0  # the stem and the head are not checkpointed
     # the top groups train through their checkpointed blocks, the frozen ones below get no gradient
     strategy.set_trainable(parts.model, parts.groups, ["layer4", "head"])
     parts.model.train()
