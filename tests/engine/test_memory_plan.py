@@ -33,6 +33,7 @@ from tuitune.engine.tools.memory import measured_peaks, run_parts
 from tuitune.engine.train import strategy
 from tuitune.engine.train.loop import Trainer
 from tuitune.engine.train.memory_measure import measure_run
+from tuitune.engine.train.memory_run import plan_run
 
 MB = 1_000_000
 
@@ -157,13 +158,13 @@ def test_the_event_round_trips_and_prints_a_line_per_phase() -> None:
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 def test_the_plan_is_within_20_percent_of_the_profilers_peak(checkpointing: bool) -> None:
-    """Two phases of the tiny resnet (head, then everything), AdamW, on CPU: each phase's planned peak against
-    torch.profiler's (profile_memory=True) over two real training steps; with gradient checkpointing too (its
-    stages recomputed in the backward)."""
+    """Two phases of the tiny resnet (head, then everything), AdamW, on CPU: each phase's planned peak, as a run
+    plans it, against torch.profiler's (profile_memory=True) over two real training steps at the run's batch; with
+    gradient checkpointing too (its stages recomputed in the backward)."""
     train = {"feature_cache": False, "gradient_checkpointing": checkpointing}
     profile = tiny_profile(strategy={"kind": "lp_ft"}, train=train)
     parts, obj, cache = run_parts(profile)
-    planned = plan(measure_run(parts, profile, obj, cache, 16))
+    planned = plan_run(parts, profile, obj, cache)[1].phases  # measured on 8 examples, planned for the batch of 16
     real = measured_peaks(parts, profile, obj, 16)
     assert len(planned) == len(real) == 2
     for p, r in zip(planned, real):
