@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from tuitune.engine.tools.memory import measured_peaks, run_parts
 from tuitune.engine.train import strategy
 from tuitune.engine.train.loop import Trainer
 from tuitune.engine.train.memory_measure import measure_run
+from tuitune.engine.train.memory_run import plan_run
 
 MB = 1_000_000
 
@@ -70,6 +72,12 @@ def test_a_phase_peak_is_the_largest_of_forward_backward_and_step() -> None:
     assert phase_peak(two_groups(), 0, batch_size=16).peak == held + 1 * MB + 120 * MB + 2 * MB + 16 * MB
     # accumulation: the gradients of earlier batches are there through the forward and the whole backward
     assert phase_peak(two_groups(accumulate=True), 0).peak == held + 64 * MB + 12 * MB
+    # a head whose backward needs much working memory: the high point is there, the body's activations still kept
+    heavy_head = replace(two_groups().phases[0], workspace=(1 * MB, 30 * MB))
+    assert phase_peak(replace(two_groups(), phases=(heavy_head,)), 0).peak == held + 60 * MB + 4 * MB + 30 * MB
+    # gradient checkpointing: the body's largest block, recomputed in its backward, comes on top of its working memory
+    recomputed = replace(two_groups().phases[0], recompute=(50 * MB, 0))
+    assert phase_peak(replace(two_groups(), phases=(recomputed,)), 0).peak == held + 60 * MB + 2 * MB + 58 * MB
 
 
 def test_the_step_can_be_the_peak_with_a_foreach_temporary() -> None:
@@ -150,13 +158,13 @@ def test_the_event_round_trips_and_prints_a_line_per_phase() -> None:
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 def test_the_plan_is_within_20_percent_of_the_profilers_peak(checkpointing: bool) -> None:
-    """Two phases of the tiny resnet (head, then everything), AdamW, on CPU: each phase's planned peak against
-    torch.profiler's (profile_memory=True) over two real training steps; with gradient checkpointing too (its
-    stages recomputed in the backward)."""
+    """Two phases of the tiny resnet (head, then everything), AdamW, on CPU: each phase's planned peak, as a run
+    plans it, against torch.profiler's (profile_memory=True) over two real training steps at the run's batch; with
+    gradient checkpointing too (its stages recomputed in the backward)."""
     train = {"feature_cache": False, "gradient_checkpointing": checkpointing}
     profile = tiny_profile(strategy={"kind": "lp_ft"}, train=train)
     parts, obj, cache = run_parts(profile)
-    planned = plan(measure_run(parts, profile, obj, cache, 16))
+    planned = plan_run(parts, profile, obj, cache)[1].phases  # measured on 8 examples, planned for the batch of 16
     real = measured_peaks(parts, profile, obj, 16)
     assert len(planned) == len(real) == 2
     for p, r in zip(planned, real):
@@ -180,17 +188,41 @@ def test_measuring_leaves_the_model_and_the_generators_as_they_were() -> None:
     assert (np.random.get_state()[1] == rngs[2]).all()
 
 
+def test_the_recorder_counts_what_autograd_saves_but_no_parameter_and_not_the_batch() -> None:
+    """Linear -> ReLU -> Linear on a batch that needs no gradient: the first layer saves the batch (for its weight's
+    gradient), the ReLU its output, the second layer that output and its own weight (for the input's gradient):
+    of these, only the ReLU's output is an activation."""
+    from tuitune.engine.model.groups import LayerGroup
+    from tuitune.engine.train.saved_tensors import Recorder
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+    names = [n for n, _ in model.named_parameters()]
+    groups = (LayerGroup("body", tuple(names[:2]), 0), LayerGroup("head", tuple(names[2:]), 0))
+    x = torch.randn(4, 64)
+    rec = Recorder(model, groups, x)
+    with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
+        out = model(x)
+    assert rec.by_group(["body", "head"], out) == {"body": 4 * 256 * 4, "head": 0}
+    rec.close()
+    assert not rec.saved  # let go: the counts stay, the tensors do not
+
+
 def test_gradient_checkpointing_lowers_the_activations_and_still_trains_the_phase() -> None:
     """timm's resnet checkpoints its stages (layer1..layer4): what they keep for the backward falls to each
     block's input; the stem, not checkpointed, keeps its own."""
     profile = tiny_profile(train={"feature_cache": False}, data={"batch_size": 16})
     parts, obj, cache = run_parts(profile)
     plain = measure_run(parts, profile, obj, cache, 16).phases[0]
-    assert enable_checkpointing(parts.model) == ""
+    assert enable_checkpointing(parts.model) == ""  # what the parts do with train.gradient_checkpointing = true
+    profile = replace(profile, train=replace(profile.train, gradient_checkpointing=True))
     checkpointed = measure_run(parts, profile, obj, cache, 16).phases[0]
     stages = slice(1, 5)
     assert sum(checkpointed.activations[stages]) < 0.3 * sum(plain.activations[stages])
     assert sum(checkpointed.activations) < sum(plain.activations)
+    # in the backward each stage's largest block is recomputed: some of what the stage keeps without checkpointing
+    assert not any(plain.recompute)
+    assert all(0 < r <= a for r, a in zip(checkpointed.recompute[stages], plain.activations[stages]))
+    assert checkpointed.recompute[0] == checkpointed.recompute[-1] == 0  # the stem and the head are not checkpointed
     # the top groups train through their checkpointed blocks, the frozen ones below get no gradient
     strategy.set_trainable(parts.model, parts.groups, ["layer4", "head"])
     parts.model.train()

@@ -88,20 +88,21 @@ def model_kept(model: nn.Module) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _Forward:
-    """What one recorded forward found, per group in forward order."""
+    """What one recorded forward found, per group in forward order, and under each module."""
 
     order: list[str]
     activations: dict[str, int]
     workspace: dict[str, int]
     high: int
-    rec: Recorder  # its counts (the saved tensors let go)
+    called: dict[str, str]
+    by_module: dict[str, int]
 
 
-def _recorded(parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor) -> _Forward:
+def _recorded(rec: Recorder, parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor) -> _Forward:
     """One forward and loss under the recorder (`saved_tensors.Recorder`), in the current trainable set and
     train mode; the recorder's hold on the saved tensors ends with it."""
     names = [g.name for g in parts.groups]
-    rec = Recorder(parts.model, parts.groups, x)
+    rec.begin(x)
     try:
         with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), parts.autocast():
             xt, yt = obj.targets(x, y)
@@ -110,22 +111,24 @@ def _recorded(parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor) -> _
         acts = rec.by_group(names, (out, aux, loss))
         del loss, out, aux
     finally:
-        rec.close()
+        rec.release()
     order = rec.order + [n for n in names if n not in rec.order]
     high = max(rec.forward, sum(acts.values()))  # the outputs still alive at the end count too
-    return _Forward(order, acts, rec.workspace, high, rec)
+    return _Forward(order, acts, dict(rec.workspace), high, dict(rec.called), dict(rec.by_module))
 
 
-def measure_phase(parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor, checkpointing: bool) -> PhaseParts:
+def measure_phase(
+    rec: Recorder, parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor, checkpointing: bool
+) -> PhaseParts:
     """The phase in its trainable set and train mode, measured (gradients and cache still 0: `measure_run`).
     With gradient checkpointing, each checkpointed block's recompute in the backward holds what it keeps without
     checkpointing: read from a second forward with checkpointing paused, per group its largest block."""
-    seen = _recorded(parts, obj, x, y)
+    seen = _recorded(rec, parts, obj, x, y)
     recompute = dict.fromkeys(seen.order, 0)
     if checkpointing:
         with checkpointing_paused(parts.model):
-            plain = _recorded(parts, obj, x, y).rec.by_module
-        for name, group in checkpoint_units(seen.rec, plain).items():
+            plain = _recorded(rec, parts, obj, x, y).by_module
+        for name, group in checkpoint_units(seen.called, seen.by_module, plain).items():
             recompute[group] = max(recompute[group], plain[name])
     return PhaseParts(
         groups=(),
@@ -138,10 +141,9 @@ def measure_phase(parts: RunParts, obj: TaskObjective, x: Any, y: torch.Tensor, 
     )
 
 
-def _grads(parts: RunParts, order: list[str]) -> list[int]:
-    named = dict(parts.model.named_parameters())
+def _grads(parts: RunParts, named: dict[str, nn.Parameter], order: tuple[str, ...]) -> tuple[int, ...]:
     by_name = {g.name: g for g in parts.groups}
-    return [sum(nbytes(named[n]) for n in by_name[g].param_names if named[n].requires_grad) for g in order]
+    return tuple(sum(nbytes(named[n]) for n in by_name[g].param_names if named[n].requires_grad) for g in order)
 
 
 def _resident(parts: RunParts, obj: TaskObjective) -> int:
@@ -201,14 +203,19 @@ def measure_run(
     x, y = sample_batch(parts.bundle.train, batch, parts.train_loader.collate_fn)
     x, y = to_device(x, parts.device, parts.channels_last), y.to(parts.device)
     model, measured, ks = parts.model, [], []
-    with rng_kept(parts.device), model_kept(model):
-        for groups in parts.phases:
-            strategy.set_trainable(model, parts.groups, groups)
-            strategy.train_mode(model, profile.strategy)
-            ks.append(cache.plan()[0])
-            seen = measure_phase(parts, obj, x, y, profile.train.gradient_checkpointing)
-            measured.append(replace(seen, groups=tuple(groups), grads=tuple(_grads(parts, list(seen.order)))))
-        caches = _cache_bytes(cache, x, ks, parts.device)
+    named = dict(model.named_parameters())
+    rec = Recorder(model, parts.groups, x)
+    try:
+        with rng_kept(parts.device), model_kept(model):
+            for groups in parts.phases:
+                strategy.set_trainable(model, parts.groups, groups)
+                strategy.train_mode(model, profile.strategy)
+                ks.append(cache.plan()[0])
+                seen = measure_phase(rec, parts, obj, x, y, profile.train.gradient_checkpointing)
+                measured.append(replace(seen, groups=tuple(groups), grads=_grads(parts, named, seen.order)))
+            caches = _cache_bytes(cache, x, ks, parts.device)
+    finally:
+        rec.close()
     cfg, device = profile.train, parts.device.type
     known = optimizer_states(cfg.optimizer, cfg.momentum, device)
     states, temp = known if known is not None else (probe_optimizer(profile), 0.0)

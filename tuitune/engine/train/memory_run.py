@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 HEADROOM = 0.9  # of the budget a chosen size may fill
 MAX_BATCH = 4096
+# Examples the phases are measured on (fewer when the batch is smaller); the plan scales activations and working
+# memory to the run's batch linearly (a text batch of the longest texts: the worst one, whatever its size). A run
+# of 9 phases costs 9 forward passes of this many examples before its first step.
+MEASURED_BATCH = 8
 
 
 def plan_run(
@@ -40,7 +44,7 @@ def plan_run(
     from tuitune.engine.train.parts import rank_batch_size, set_batch_size
 
     auto = not isinstance(profile.data.batch_size, int)
-    measured = measure_run(parts, profile, obj, cache, rank_batch_size(profile, parts.dist))
+    measured = measure_run(parts, profile, obj, cache, min(MEASURED_BATCH, rank_batch_size(profile, parts.dist)))
     note = ""
     if auto:
         size, note = choose_batch(parts, profile, obj, cache, measured)

@@ -46,23 +46,14 @@ def storages(x: Any) -> dict[int, int]:
 
 class Recorder:
     """One forward's saved tensors by layer group (the group whose module ran last), its high point, each group's
-    largest leaf op, the saved bytes under every module, and the checkpointed blocks. Use: `saved_tensors_hooks(
-    rec.pack, ...)` around the forward, then `by_group`, then `close`."""
+    largest leaf op, the saved bytes under every module. Use: `saved_tensors_hooks(rec.pack, ...)` around the
+    forward, then `by_group`, then `release`; `begin` before the next forward (the hooks stay), `close` at the end."""
 
     def __init__(self, model: nn.Module, groups: Sequence[LayerGroup], batch: Any) -> None:
         owner = {n: g.name for g in groups for n in g.param_names}
         self.skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.skip |= set(storages(batch))
-        self.saved: dict[int, tuple[str, torch.UntypedStorage]] = {}
-        self.order: list[str] = []  # the groups in the order the forward reached them
-        self.group = groups[0].name
-        self.workspace: dict[str, int] = {}  # per group: its largest leaf op's inputs + outputs not saved already
-        self.forward = 0  # the most the forward held at once (see `_exit`)
-        self.kept = 0  # saved so far
-        self.by_module: dict[str, int] = {}  # saved bytes while each module ran (its whole call, children included)
-        self.stack: list[tuple[str, dict[int, int]]] = []  # the modules running now and their inputs, outermost first
-        self.outputs: list[tuple[str, weakref.ref[torch.UntypedStorage]]] = []  # what the modules returned
-        self.called: dict[str, str] = {}  # every module that ran -> the group running when it returned
+        self.first_group = groups[0].name
+        self.begin(batch)
         self.handles = []
         for name, module in model.named_modules():
             own = [f"{name}.{n}" if name else n for n, _ in module.named_parameters(recurse=False)]
@@ -70,6 +61,20 @@ class Recorder:
             leaf = not any(True for _ in module.children())
             self.handles.append(module.register_forward_pre_hook(self._enter(name, group), with_kwargs=True))
             self.handles.append(module.register_forward_hook(self._exit(leaf), with_kwargs=True))
+
+    def begin(self, batch: Any) -> None:
+        """Counts from zero for the next forward, of `batch` (its storages are not activations)."""
+        self.batch = set(storages(batch))
+        self.saved: dict[int, tuple[str, torch.UntypedStorage]] = {}
+        self.order: list[str] = []  # the groups in the order the forward reached them
+        self.group = self.first_group
+        self.workspace: dict[str, int] = {}  # per group: its largest leaf op's inputs + outputs not saved already
+        self.forward = 0  # the most the forward held at once (see `_exit`)
+        self.kept = 0  # saved so far
+        self.by_module: dict[str, int] = {}  # saved bytes while each module ran (its whole call, children included)
+        self.stack: list[tuple[str, dict[int, int]]] = []  # the modules running now and their inputs, outermost first
+        self.outputs: list[tuple[str, weakref.ref[torch.UntypedStorage]]] = []  # what the modules returned
+        self.called: dict[str, str] = {}  # every module that ran -> the group running when it returned
 
     def _enter(self, name: str, group: str | None) -> Any:
         def hook(_module: nn.Module, args: Any, kwargs: Any) -> None:
@@ -98,12 +103,12 @@ class Recorder:
         return hook
 
     def _unsaved(self, found: dict[int, int]) -> int:
-        return sum(n for ptr, n in found.items() if ptr not in self.saved and ptr not in self.skip)
+        return sum(n for ptr, n in found.items() if ptr not in self.saved and ptr not in self.skip | self.batch)
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in self.skip and ptr not in self.saved and storage.nbytes():
+        if ptr not in self.skip and ptr not in self.batch and ptr not in self.saved and storage.nbytes():
             self.saved[ptr] = (self.group, storage)
             self.kept += storage.nbytes()
             for name, _ in self.stack:
@@ -113,7 +118,7 @@ class Recorder:
     def held(self, result: Any) -> dict[int, tuple[str, int]]:
         """The modules' outputs still alive at the end of the forward that nobody saved, besides the result
         (gradient checkpointing keeps each block's input so): address -> (group, bytes)."""
-        seen = self.skip | set(self.saved) | set(storages(result))
+        seen = self.skip | self.batch | set(self.saved) | set(storages(result))
         out: dict[int, tuple[str, int]] = {}
         for group, ref in self.outputs:
             storage = ref()
@@ -130,20 +135,21 @@ class Recorder:
             out[group] += n
         return out
 
-    def close(self) -> None:
-        """Hooks off, and the saved tensors let go (the counts stay)."""
-        for h in self.handles:
-            h.remove()
+    def release(self) -> None:
+        """The saved tensors let go (the counts stay)."""
         self.saved.clear()
 
+    def close(self) -> None:
+        """Hooks off, and the saved tensors let go."""
+        for h in self.handles:
+            h.remove()
+        self.release()
 
-def checkpoint_units(checkpointed: Recorder, plain: dict[str, int]) -> dict[str, str]:
-    """The checkpointed blocks of a forward (`checkpointed`), module name -> group: the outermost modules that ran,
-    saved nothing the hook saw, and saved something in the same forward without checkpointing (`plain`: its
-    `by_module`). A frozen module saves nothing either way, so it is never one."""
-    hidden = {
-        name: group
-        for name, group in checkpointed.called.items()
-        if name and not checkpointed.by_module.get(name) and plain.get(name)
-    }
+
+def checkpoint_units(called: dict[str, str], saved: dict[str, int], plain: dict[str, int]) -> dict[str, str]:
+    """The checkpointed blocks of a forward (the modules that ran, `called`, and what each saved, `saved`: the
+    recorder's `called` and `by_module`), module name -> group: the outermost modules that ran, saved nothing the
+    hook saw, and saved something in the same forward without checkpointing (`plain`: its `by_module`). A frozen
+    module saves nothing either way, so it is never one."""
+    hidden = {name: group for name, group in called.items() if name and not saved.get(name) and plain.get(name)}
     return {n: g for n, g in hidden.items() if not any(n.startswith(o + ".") for o in hidden)}
