@@ -174,6 +174,22 @@ class StrategyConfig:
         max=1.0,
     )
     freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
+    train_bn: bool = opt(
+        False,
+        "The norm layers of frozen groups keep training, as fastai does by default: their affine weights and "
+        "biases train (at their group's LR) and BatchNorm normalises with batch statistics, updating its running "
+        "ones; the rest of the group stays frozen. Norm layers are fastai's: BatchNorm, InstanceNorm, LayerNorm. "
+        "The frozen part then computes no fixed function: the feature cache stops below the first norm layer "
+        "(for most backbones: no cache).",
+    )
+    adabn: str = opt(
+        "",
+        "AdaBN (Li et al. 2016): re-estimate every BatchNorm layer's running statistics on `adabn_batches` "
+        "training batches at the run's start (`start`) or at the start and at every phase change (`phase`); "
+        '"" = never (the `b` key still does it by hand).',
+        choices=("", "start", "phase"),
+    )
+    adabn_batches: int = opt(20, "`adabn`: training batches the statistics are re-estimated on.", min=1)
     freeze_dropout: bool = opt(
         True,
         "Run frozen layer groups without dropout or stochastic depth (their modules "

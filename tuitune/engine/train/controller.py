@@ -38,7 +38,7 @@ from tuitune.engine.events import (
     UnfreezeSuggested,
 )
 from tuitune.engine.train import strategy
-from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
+from tuitune.engine.train.domain_shift import adapt_in_run, shift_event
 from tuitune.engine.train.lr_sweep import find_lr_in_run
 
 if TYPE_CHECKING:
@@ -202,6 +202,7 @@ class RunController:
             )
         )
         self.emit(st.layers_changed(with_grad=False))
+        self.auto_adabn("phase")
         if self.profile.strategy.phase_lr == "find":
             self.find_phase_lr()
         return True
@@ -372,21 +373,33 @@ class RunController:
 
     def _adapt_batchnorm(self, command: AdaptBatchNorm) -> Applied:
         """AdaBN at a step boundary, then the shift measured again; the feature cache (stale features) rebuilt."""
-        p = self.parts
-        gen = p.train_loader.generator  # its shuffle draws must not move: resume replays the same order
-        state = gen.get_state() if gen is not None else None
-        try:
-            layers, read = adapt_batchnorm(p.model, p.train_loader, p.device, p.autocast, command.batches)
-        finally:
-            if gen is not None:
-                gen.set_state(state)
-        strategy.train_mode(p.model, self.profile.strategy)
+        layers, read = adapt_in_run(self.parts, command.batches, self._train_mode)
         if not layers:
             return "no BatchNorm layers: nothing to adapt", None
         self.cache.rebuild()
         after = [v for v in self.measure_shift("AdaptBatchNorm") if v is not None]
         mean = f"; mean shift now {sum(after) / len(after):.3g}" if after else ""
         return f"running statistics of {layers} BatchNorm layers re-estimated on {read} target batches{mean}", None
+
+    def _train_mode(self, model: Any) -> None:
+        strategy.train_mode(model, self.profile.strategy)
+
+    def auto_adabn(self, when: str) -> None:
+        """`strategy.adabn`: AdaBN at the run's start ("start") or at a phase change ("phase"), when the profile
+        asks for it then; said like the `b` key's, as the command it is (`CommandApplied`, detail first)."""
+        asked = self.profile.strategy.adabn
+        if not asked or (when == "phase" and asked != "phase"):
+            return
+        detail, _ = self._adapt_batchnorm(AdaptBatchNorm(batches=self.profile.strategy.adabn_batches))
+        st = self.st
+        self.emit(
+            CommandApplied(
+                command="AdaptBatchNorm",
+                epoch=st.epoch,
+                global_step=st.global_step,
+                detail=f"strategy.adabn = {asked!r} ({when}): {detail}",
+            )
+        )
 
     # ------------------------------------------------------------------------------------------ readings
     def measure_shift(self, reason: str) -> list[float | None]:

@@ -194,6 +194,19 @@ def adapt_batchnorm(
     return len(bns), min(batches, len(loader)) if hasattr(loader, "__len__") else batches
 
 
+def adapt_in_run(parts: Any, batches: int, train_mode: Any) -> tuple[int, int]:
+    """`adapt_batchnorm` inside a run (`parts`: its `RunParts`) at a step boundary: the train loader's shuffle
+    generator is put back after (resume replays the same order) and `train_mode(model)` restores the modes."""
+    gen = parts.train_loader.generator
+    state = gen.get_state() if gen is not None else None
+    try:
+        return adapt_batchnorm(parts.model, parts.train_loader, parts.device, parts.autocast, batches)
+    finally:
+        if gen is not None:
+            gen.set_state(state)
+        train_mode(parts.model)
+
+
 def shift_event(parts: Any, epoch: int, global_step: int, reason: str) -> DomainShiftMeasured | None:
     """The run's measurement as an event (`parts`: the run's `RunParts`); None when nothing applies (no BatchNorm
     and no source data)."""

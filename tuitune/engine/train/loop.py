@@ -131,8 +131,10 @@ class Trainer:
 
     def _epochs(self) -> RunFinished:
         p, st, steer = self.parts, self.st, self.controller
-        if self.profile.strategy.phase_lr == "find" and not self.resumed:  # phase 0 starts now
-            steer.find_phase_lr()
+        if not self.resumed:  # phase 0 starts now
+            steer.auto_adabn("start")
+            if self.profile.strategy.phase_lr == "find":
+                steer.find_phase_lr()
         while st.epoch < self.profile.train.epochs and steer.stop_status is None:
             if steer.stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
                 steer.stop(*self.control.stop_status)

@@ -113,15 +113,32 @@ def phase_due(
     return ""
 
 
-def set_trainable(model: torch.nn.Module, groups: Sequence[LayerGroup], trainable: Iterable[str]) -> None:
+def set_trainable(
+    model: torch.nn.Module, groups: Sequence[LayerGroup], trainable: Iterable[str], always: Iterable[str] = ()
+) -> None:
     """Freeze every parameter outside the trainable groups and unfreeze every one inside (under LoRA: the group's
-    adapters; its base weights stay frozen, whatever peft set when it injected them)."""
-    wanted = set(trainable)
+    adapters; its base weights stay frozen, whatever peft set when it injected them). `always`: parameters that
+    train whatever their group (`strategy.train_bn`: the norm layers' affine weights)."""
+    wanted, kept = set(trainable), set(always)
     params = dict(model.named_parameters())
     for group in groups:
         on = set(group.trained) if group.name in wanted else set()
         for name in group.param_names:
-            params[name].requires_grad_(name in on)
+            params[name].requires_grad_(name in on or name in kept)
+
+
+def norm_params(model: torch.nn.Module) -> tuple[str, ...]:
+    """The affine parameters of the model's norm layers, fastai's `norm_types` (BatchNorm, InstanceNorm, LayerNorm,
+    and their subclasses: timm's BatchNormAct2d, its LayerNorm2d): what `strategy.train_bn` keeps training in
+    frozen groups, as fastai's `train_bn` does."""
+    from torch import nn
+
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+    out: list[str] = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, kinds):
+            out += [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+    return tuple(out)
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool, freeze_dropout: bool = False) -> None:
@@ -196,18 +213,25 @@ def param_groups(
     base_lr: float,
     lr_decay: float,
     weight_decay: float,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Optimizer param groups for the given layer groups: one with weight decay and one without (norms and biases,
-    as timm's `param_groups_weight_decay` does), each tagged with its layer group and base LR."""
+    as timm's `param_groups_weight_decay` does), each tagged with its layer group and base LR. `only`: of each
+    group, just these parameters (`train_bn`: the norm layers of a frozen group); `skip`: parameters already in the
+    optimizer (a group unfrozen after its norm layers trained)."""
     params = dict(model.named_parameters())
     order = [g.name for g in groups]
+    wanted, subset, skipped = set(names), None if only is None else set(only), set(skip)
     out: list[dict[str, Any]] = []
     for group in groups:
-        if group.name not in set(names):
+        if group.name not in wanted:
             continue
         lr = group_lr(base_lr, order, group.name, lr_decay)
-        decay = [n for n in group.trained if params[n].ndim > 1]
-        no_decay = [n for n in group.trained if params[n].ndim <= 1]
+        pool = group.trained if subset is None else [n for n in group.param_names if n in subset]
+        taken = [n for n in pool if n not in skipped]
+        decay = [n for n in taken if params[n].ndim > 1]
+        no_decay = [n for n in taken if params[n].ndim <= 1]
         for chosen, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if chosen:
                 out.append(

@@ -67,6 +67,10 @@ class TrainerState:
         self.trainable: tuple[str, ...] = ()
         self.group_scale: dict[str, float] = {}
         self._bn = strategy.batchnorms_by_group(parts.model, parts.groups)
+        # `strategy.train_bn`: the norm layers train in every group, frozen or not; those of the groups outside
+        # the first phase get param groups of their own, and a group unfrozen later joins without them
+        self._always = strategy.norm_params(parts.model) if profile.strategy.train_bn else ()
+        self._in_already: tuple[str, ...] = ()
         self._set_trainable(parts.phases[0])
         self.optimizer = strategy.build_optimizer(
             self._param_groups(parts.phases[0]),
@@ -75,6 +79,9 @@ class TrainerState:
             weight_decay=profile.train.weight_decay,
             momentum=profile.train.momentum,
         )
+        rest = [g.name for g in parts.groups if g.name not in parts.phases[0]]
+        strategy.add_groups(self.optimizer, self._param_groups(rest, only=self._always) if self._always else [])
+        self._in_already = self._always
         self.in_optimizer = list(parts.phases[0])
         self.phase_log.append(self._phase_entry(0))
 
@@ -89,7 +96,9 @@ class TrainerState:
         return best, plateau, MetricWatch(es.metric, es.min_delta, score_higher=up)
 
     # ------------------------------------------------------------------------------------------- phases / LR
-    def _param_groups(self, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    def _param_groups(
+        self, names: tuple[str, ...] | list[str], only: tuple[str, ...] | None = None
+    ) -> list[dict[str, Any]]:
         t, s = self.profile.train, self.profile.strategy
         groups = strategy.param_groups(
             self.parts.model,
@@ -98,6 +107,8 @@ class TrainerState:
             base_lr=t.lr * self.lr_scale,
             lr_decay=s.lr_decay,
             weight_decay=t.weight_decay,
+            only=only,
+            skip=self._in_already,
         )
         for g in groups:
             g["joined_step"] = self.global_step  # a newly unfrozen group may warm up on its own
@@ -110,7 +121,7 @@ class TrainerState:
         `strategy.freeze_dropout`, frozen modules) in eval mode."""
         wanted = set(names)
         self.trainable = tuple(g.name for g in self.parts.groups if g.name in wanted)
-        strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable)
+        strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable, self._always)
         strategy.train_mode(self.parts.model, self.profile.strategy)
 
     def _join(self, names: tuple[str, ...] | list[str]) -> None:
