@@ -137,12 +137,22 @@ class StrategyConfig:
         "`full` (everything trains), `head_only` (linear probe), `groups` (the named "
         "groups train), `progressive` (phases from the head downwards) or `lp_ft` (LP-FT, Kumar "
         "et al. 2022: the head alone until `trigger` fires, then every group at "
-        "`ft_lr_scale` times the LR) or `lora` (LoRA adapters through `peft` in every group, the "
-        "head in full; base weights frozen).",
-        choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora"),
+        "`ft_lr_scale` times the LR), `lora` (LoRA adapters through `peft` in every group, the "
+        "head in full; base weights frozen) or `auto_rgn` (every group trains; at each epoch's first step each "
+        "group's LR is scaled by its relative gradient norm |g|/|w| over the largest group's, which keeps the "
+        "full LR: Auto-RGN of surgical fine-tuning, Lee et al. 2023).",
+        choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora", "auto_rgn"),
     )
     groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
     groups_per_phase: int = opt(1, "`progressive`: layer groups unfrozen at each phase change.", min=1)
+    order: str = opt(
+        "top_down",
+        "`progressive`: which groups unfreeze after the head: `top_down` (the group below the trained ones, as "
+        "ULMFiT) or `shift` (the most shifted first, by the domain-shift measurement of the pretrained model on "
+        "the val data, as surgical fine-tuning: Lee et al. 2023). Groups it cannot measure come last, top down; "
+        "a model with no BatchNorm and no `data.source_classes` keeps `top_down`, with a warning.",
+        choices=("top_down", "shift"),
+    )
     trigger: str = opt(
         "epochs",
         "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "

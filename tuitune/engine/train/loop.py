@@ -207,6 +207,8 @@ class Trainer:
         st = self.st
         loss = micro[0][0] if len(micro) == 1 else torch.stack([m[0] for m in micro]).mean()
         finite = self._clip_and_check(loss)
+        if self.profile.strategy.kind == "auto_rgn" and st.step_in_epoch == 0:  # an epoch's first step (not resumed
+            st.rescale_by_rgn()  # mid-epoch: the factors came back with the optimizer's param groups)
         st.apply_lr()
         st.optimizer.step()
         st.guard.after_step(st.optimizer)

@@ -95,7 +95,8 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, global_step: int) -> None:
         shape = self.factor(global_step)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * shape * self.group_factor(group, global_step)
+            # "rgn": `strategy.kind = "auto_rgn"`'s factor for the group this epoch (`TrainerState.rescale_by_rgn`)
+            group["lr"] = group["base_lr"] * shape * self.group_factor(group, global_step) * group.get("rgn", 1.0)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"proxy_lr": self.proxy.param_groups[0]["lr"]}

@@ -9,7 +9,8 @@ mode so their running statistics are never updated.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,14 +56,25 @@ def _groups(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
     return PhasePlan((tuple(n for n in names if n in cfg.groups),), (1.0,))
 
 
-def _progressive(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
-    """Head first, then `groups_per_phase` more at a time from the top down."""
-    below = list(reversed(names[:-1]))
+def _progressive(
+    names: Sequence[str], cfg: StrategyConfig, shift: Mapping[str, float | None] | None = None
+) -> PhasePlan:
+    """Head first, then `groups_per_phase` more at a time: from the top down, or the most shifted first (`shift`,
+    the measured shift of each group, with `strategy.order = "shift"`)."""
+    below = shift_order(names, shift) if shift is not None else list(reversed(names[:-1]))
     phases: list[tuple[str, ...]] = [(names[-1],)]
     for i in range(0, len(below), cfg.groups_per_phase):
         added = set(phases[-1]) | set(below[i : i + cfg.groups_per_phase])
         phases.append(tuple(n for n in names if n in added))
     return PhasePlan(tuple(phases), (1.0,) * len(phases))
+
+
+def shift_order(names: Sequence[str], shift: Mapping[str, float | None]) -> list[str]:
+    """The groups below the head, most shifted first; those without a reading (no BatchNorm, say) after them, top
+    down. Ties keep the top-down order."""
+    below = list(reversed(names[:-1]))
+    measured = sorted((g for g in below if shift.get(g) is not None), key=lambda g: -float(shift[g]))  # type: ignore[arg-type]
+    return measured + [g for g in below if shift.get(g) is None]
 
 
 def _lora(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
@@ -78,14 +90,35 @@ STRATEGIES: dict[str, Callable[[Sequence[str], StrategyConfig], PhasePlan]] = {
     "groups": _groups,
     "progressive": _progressive,
     "lora": _lora,
+    "auto_rgn": _full,  # every group trains; the LR scaling is `rgn_scales`, applied by the trainer's state
 }
 
 
-def plan_phases(names: Sequence[str], cfg: StrategyConfig) -> PhasePlan:
-    """The plan of `cfg.kind` for these layer groups (ordered input -> output; the head is last)."""
+def plan_phases(
+    names: Sequence[str], cfg: StrategyConfig, shift: Mapping[str, float | None] | None = None
+) -> PhasePlan:
+    """The plan of `cfg.kind` for these layer groups (ordered input -> output; the head is last); `shift`: each
+    group's measured shift, for `progressive` with `order = "shift"`."""
     if cfg.kind not in STRATEGIES:
         raise UserError(f"strategy.kind: unknown strategy {cfg.kind!r} (one of {', '.join(STRATEGIES)})")
+    if cfg.kind == "progressive" and shift is not None:
+        return _progressive(names, cfg, shift)
     return STRATEGIES[cfg.kind](names, cfg)
+
+
+def rgn_scales(grad_norms: Mapping[str, float], weight_norms: Mapping[str, float]) -> dict[str, float]:
+    """Auto-RGN (Lee et al. 2023): each group's relative gradient norm |g| / |w| over the largest one, so the
+    group that moves most for its size keeps the full LR and the others get their share of it. A group without a
+    gradient or weights gets 0; when no group has a usable reading, every group keeps its LR (1.0)."""
+    rgn = {
+        g: grad_norms[g] / w
+        for g, w in weight_norms.items()
+        if g in grad_norms and w > 0 and math.isfinite(grad_norms[g]) and math.isfinite(w)
+    }
+    top = max(rgn.values(), default=0.0)
+    if not top > 0:
+        return {g: 1.0 for g in weight_norms}
+    return {g: rgn.get(g, 0.0) / top for g in weight_norms}
 
 
 def phase_due(

@@ -241,6 +241,27 @@ class TrainerState:
         values = torch.stack(norms).tolist() if norms else []
         self._grad_norms = dict(zip(names, values))
 
+    def rescale_by_rgn(self) -> None:
+        """`strategy.kind = "auto_rgn"`, at an epoch's first step, after its backward: each group's LR factor becomes
+        its relative gradient norm over the largest (`strategy.rgn_scales`), until the next epoch's first step. The
+        factors ride in the optimizer's param groups ("rgn"), so a checkpoint keeps them. One host read; a reading
+        that is not finite keeps the factors as they were."""
+        readings: dict[str, torch.Tensor] = {}
+        for group in self.parts.groups:
+            ps = [self._params[n] for n in group.trained if self._params[n].grad is not None]
+            if ps:
+                g = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in ps])))  # type: ignore[misc]
+                w = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in ps])))
+                readings[group.name] = torch.stack([g, w]).float()
+        if not readings:
+            return
+        values = dict(zip(readings, torch.stack(list(readings.values())).tolist()))
+        if not all(math.isfinite(v) for pair in values.values() for v in pair):
+            return
+        scales = strategy.rgn_scales({n: v[0] for n, v in values.items()}, {n: v[1] for n, v in values.items()})
+        for pg in self.optimizer.param_groups:
+            pg["rgn"] = scales.get(pg["layer_group"], 1.0)
+
     def _measure_drift(self) -> None:
         """||w - w0|| / ||w0|| per group since the run started (pretrained weights, or the resumed ones)."""
         params = self._params
