@@ -22,6 +22,7 @@ from tuitune.engine.commands import (
     FindLR,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -45,6 +46,7 @@ VERB_COMMANDS: list[tuple[list[str], list[Command]]] = [
     (["save"], [SaveCheckpoint()]),
     (["stop"], [StopEarly()]),
     (["adabn"], [AdaptBatchNorm()]),
+    (["rollback"], [RollBackPhase()]),
     (["lr-find"], [FindLR()]),
 ]
 

@@ -153,6 +153,13 @@ class StrategyConfig:
         "a model with no BatchNorm and no `data.source_classes` keeps `top_down`, with a warning.",
         choices=("top_down", "shift"),
     )
+    restore_best_phase: bool = opt(
+        False,
+        "At each phase change, first put back the weights of the ending phase's best epoch (by "
+        "`train.checkpoint_metric`), as Lightning's finetuning-scheduler does: a phase that got worse after its "
+        "best hands on its best. Each phase's best is kept as `checkpoints/phase-N.safetensors` (the current "
+        "phase's and the one before's), which the `r` key (`RollBackPhase`) also rolls back to.",
+    )
     trigger: str = opt(
         "epochs",
         "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "

@@ -93,6 +93,12 @@ class AdaptBatchNorm:
     batches: int = 20
 
 
+@dataclass(frozen=True)
+class RollBackPhase:
+    """Undo the current phase: the weights of the phase before's best epoch come back, and the groups this phase
+    unfroze are frozen again (the run goes on in the phase before)."""
+
+
 Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like events.Event)
     UnfreezeNext,
     StopEarly,
@@ -104,6 +110,7 @@ Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like event
     SetGroupTrainable,
     ScaleGroupLR,
     AdaptBatchNorm,
+    RollBackPhase,
 ]
 
 COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
@@ -190,6 +197,7 @@ FIELD_CHECKS: dict[type, dict[str, Callable[[Any], Any]]] = {
     SetGroupTrainable: {"group": _group, "trainable": _flag},
     ScaleGroupLR: {"group": _group_or_all, "factor": _in_range(LR_FACTOR_MAX)},
     AdaptBatchNorm: {"batches": _count(1, MAX_STEPS)},
+    RollBackPhase: {},
 }
 
 

@@ -26,6 +26,7 @@ from tuitune.engine.commands import (
     FindLR,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -277,6 +278,9 @@ VERBS: dict[str, Verb] = {
     "save": Verb((), lambda a, _: _one(SaveCheckpoint()), "save a checkpoint now (c)"),
     "stop": Verb((), lambda a, _: _one(StopEarly()), "stop early: save, evaluate, summarise (s)"),
     "adabn": Verb((), lambda a, _: _one(AdaptBatchNorm()), "re-estimate BatchNorm statistics on target data (b)"),
+    "rollback": Verb(
+        (), lambda a, _: _one(RollBackPhase()), "undo the current phase: the phase before's best weights (r)"
+    ),
     "answer": Verb(("yes|no",), lambda a, _: _answer(a), "answer the open question: the plateau's, a phase's LR"),
 }
 

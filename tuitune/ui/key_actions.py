@@ -22,6 +22,7 @@ from tuitune.engine.commands import (
     FindLR,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -157,6 +158,9 @@ class KeyActions:
 
     def adapt_bn(self) -> None:
         self.send(AdaptBatchNorm())
+
+    def roll_back(self) -> None:
+        self.send(RollBackPhase())
 
     def clear_selection(self) -> None:
         self.view.unselect_group()

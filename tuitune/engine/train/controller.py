@@ -21,6 +21,7 @@ from tuitune.engine.commands import (
     FindLR,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from tuitune.engine.train.feature_cache import FeatureCache
     from tuitune.engine.train.objective import Objective
     from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.phase_best import PhaseBest
     from tuitune.engine.train.state_checkpoint import Checkpointer
     from tuitune.engine.train.trainer_state import TrainerState
 
@@ -80,6 +82,13 @@ class CacheKeeper:
         detail = self.cache.on_unfreeze()
         if detail:
             self._say(detail)
+
+    def drop(self) -> None:
+        """The weights the cached features came from changed: dropped now, built again at the next epoch start."""
+        if self.cache.active:
+            was = self.cache.boundary
+            self.cache.drop()
+            self._say(f"dropped: the weights below {was} changed; rebuilt at the next epoch")
 
     def rebuild(self) -> None:
         """The features went stale (AdaBN changed the statistics they were computed with): built again now."""
@@ -119,10 +128,12 @@ class RunController:
         st: TrainerState,
         checkpoints: Checkpointer,
         cache: CacheKeeper,
+        phase_best: PhaseBest,
     ) -> None:
         self.profile, self.run_dir, self.interactive = profile, run_dir, interactive
         self.control, self.dist, self.emit = control, dist, emit
         self.parts, self.obj, self.st, self.checkpoints, self.cache = parts, obj, st, checkpoints, cache
+        self.phase_best = phase_best
         self.paused = False
         self.stop_status: tuple[str, str] | None = None
         self._held: list[Any] = []  # commands that arrived while the engine waited for an LR answer
@@ -138,6 +149,7 @@ class RunController:
             SetGroupTrainable: self._set_group_trainable,
             AdaptBatchNorm: self._adapt_batchnorm,
             ScaleGroupLR: self._scale_group_lr,
+            RollBackPhase: self._roll_back_phase,
         }
 
     def stop(self, status: str, reason: str) -> None:
@@ -188,6 +200,7 @@ class RunController:
         st = self.st
         if st.phase + 1 >= len(self.parts.phases):
             return False
+        restored = self._restore_phase_best(st.phase) if self.profile.strategy.restore_best_phase else None
         added = st.enter_phase(st.phase + 1)  # also in mid-epoch (`u`): newly trainable modules leave eval mode
         self._trainable_changed()
         self.emit(
@@ -199,6 +212,7 @@ class RunController:
                 epoch=st.epoch,
                 global_step=st.global_step,
                 reason=reason,
+                restored_epoch=restored,
             )
         )
         self.emit(st.layers_changed(with_grad=False))
@@ -206,6 +220,50 @@ class RunController:
         if self.profile.strategy.phase_lr == "find":
             self.find_phase_lr()
         return True
+
+    def _restore_phase_best(self, phase: int) -> int | None:
+        """The weights of `phase`'s best epoch put back (its number, or None when the phase kept none); the feature
+        cache dropped if they changed what a frozen group computes."""
+        changed = self.phase_best.restore(phase)
+        if changed is None:
+            return None
+        owner = {n.rsplit(".", 1)[0]: g.name for g in self.parts.groups for n in g.param_names}
+        if any(owner.get(n.rsplit(".", 1)[0]) not in self.st.trainable for n in changed):
+            self.cache.drop()
+        return self.phase_best.best_epoch(phase)
+
+    def _roll_back_phase(self, command: RollBackPhase) -> Applied:
+        """Undo the current phase: the phase before's best weights, its trainable set (see `leave_phase`)."""
+        st = self.st
+        if st.phase == 0:
+            return "already in the first phase: nothing to roll back", None
+        to = st.phase - 1
+        if not self.phase_best.has(to):
+            return (
+                f"phase {to + 1} kept no best weights (no epoch of it ended, or its file is gone): nothing changed",
+                None,
+            )
+        epoch = self._restore_phase_best(to)
+        undone = st.leave_phase()
+        self.phase_best.rolled_back(to)
+        self.cache.drop()  # the groups frozen again changed: what the cache would hold above them is stale
+        self._trainable_changed()
+        self.emit(
+            PhaseChanged(
+                phase=st.phase,
+                num_phases=len(self.parts.phases),
+                trainable=st.trainable,
+                unfrozen=(),
+                epoch=st.epoch,
+                global_step=st.global_step,
+                reason="rollback",
+                refrozen=undone,
+                restored_epoch=epoch,
+            )
+        )
+        self.emit(st.layers_changed(with_grad=False))
+        frozen = ", ".join(undone)
+        return f"phase {to + 2} rolled back: the weights of epoch {epoch} (phase {to + 1}'s best); froze {frozen}", None
 
     def _trainable_changed(self) -> None:
         """Every rank is at this step: the new trainable set gets DDP's hooks, and the feature cache follows."""

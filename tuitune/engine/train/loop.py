@@ -35,6 +35,7 @@ from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.objective import Objective
 from tuitune.engine.train.parts import RunParts, build_parts
+from tuitune.engine.train.phase_best import PhaseBest
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.state_checkpoint import Checkpointer
 from tuitune.engine.train.trainer_state import TrainerState
@@ -70,7 +71,8 @@ class Trainer:
         self.parts: RunParts = build_parts(profile, run_dir, emit, dist)
         self.obj = Objective(profile, self.parts)
         self.st = TrainerState(self.parts, profile, self.obj.scorer)
-        self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj)
+        self.phase_best = PhaseBest(self.st, run_dir / "checkpoints")
+        self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj, self.phase_best)
         self.cache = FeatureCache(self.parts, profile)
         self.cache_keeper = CacheKeeper(self.cache, self.st, emit)
         if resume is not None:
@@ -89,6 +91,7 @@ class Trainer:
             st=self.st,
             checkpoints=self.checkpoints,
             cache=self.cache_keeper,
+            phase_best=self.phase_best,
         )
         self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
 
@@ -320,8 +323,12 @@ class Trainer:
         )
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         self.controller.measure_shift("epoch")
+        best_file = None
         if is_best:
-            self.checkpoints.save("best", ema=self.profile.train.ema_for_best)
+            saved = self.checkpoints.save("best", ema=self.profile.train.ema_for_best)
+            best_file = saved if saved is not None and not self.profile.train.ema_for_best else None
+        if len(self.parts.phases) > 1:  # the phase's best weights, for restore_best_phase and RollBackPhase
+            self.phase_best.after_epoch({**more, **metrics}, best_file)
         if self.controller.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
             return
         self.checkpoints.save("last")

@@ -298,3 +298,29 @@ def add_groups(optimizer: torch.optim.Optimizer, pgroups: list[dict[str, Any]]) 
     """Unfreeze into new param groups: existing groups, their LRs and their optimizer state are left as they are."""
     for pg in pgroups:
         optimizer.add_param_group(pg)
+
+
+def rescale_by_rgn(
+    optimizer: torch.optim.Optimizer, groups: Sequence[LayerGroup], params: Mapping[str, torch.nn.Parameter]
+) -> None:
+    """`strategy.kind = "auto_rgn"`, at an epoch's first step, after its backward: each group's LR factor becomes
+    its relative gradient norm over the largest (`rgn_scales`), until the next epoch's first step. The factors ride
+    in the optimizer's param groups ("rgn", which the schedule multiplies in), so a checkpoint keeps them. One host
+    read; a reading that is not finite keeps the factors as they were."""
+    import torch
+
+    readings: dict[str, torch.Tensor] = {}
+    for group in groups:
+        ps = [params[n] for n in group.trained if params[n].grad is not None]
+        if ps:
+            g = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in ps])))  # type: ignore[misc]
+            w = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in ps])))
+            readings[group.name] = torch.stack([g, w]).float()
+    if not readings:
+        return
+    values = dict(zip(readings, torch.stack(list(readings.values())).tolist()))
+    if not all(math.isfinite(v) for pair in values.values() for v in pair):
+        return
+    scales = rgn_scales({n: v[0] for n, v in values.items()}, {n: v[1] for n, v in values.items()})
+    for pg in optimizer.param_groups:
+        pg["rgn"] = scales.get(pg["layer_group"], 1.0)

@@ -159,6 +159,25 @@ class TrainerState:
         self.apply_lr()
         return added
 
+    def leave_phase(self) -> tuple[str, ...]:
+        """`RollBackPhase`: back to the phase before. The groups this phase unfroze are frozen again and their
+        optimizer state dropped (unfrozen again later, they start afresh, as they did the first time); the phase's
+        LR scale (LP-FT's) is taken back. Returns the groups frozen again. The caller puts the weights back."""
+        index, names = self.phase - 1, {g.name: g for g in self.parts.groups}
+        undone = tuple(n for n in self.parts.phases[self.phase] if n not in self.parts.phases[index])
+        self._set_trainable(tuple(n for n in self.trainable if n not in undone))
+        for name in undone:
+            for p in names[name].param_names:
+                self.optimizer.state.pop(self._params[p], None)
+        if self.parts.plan.lr_scales[self.phase] != 1.0:
+            self.scale_lr(1.0 / self.parts.plan.lr_scales[self.phase])
+        self.phase_log[-1]["rolled_back"] = True
+        self.phase, self.phase_start_epoch = index, self.epoch
+        self.plateau.reset()
+        self.phase_log.append(self._phase_entry(index))
+        self.apply_lr()
+        return undone
+
     def restore_trainable(self, trainable: list[str], group_scale: dict[str, float], in_optimizer: list[str]) -> None:
         """Resuming: exactly the trainable set a run left (hand-made changes included), its per-group LR factors,
         and param groups for every group that was in its optimizer (their state is loaded after, by name)."""
@@ -242,25 +261,8 @@ class TrainerState:
         self._grad_norms = dict(zip(names, values))
 
     def rescale_by_rgn(self) -> None:
-        """`strategy.kind = "auto_rgn"`, at an epoch's first step, after its backward: each group's LR factor becomes
-        its relative gradient norm over the largest (`strategy.rgn_scales`), until the next epoch's first step. The
-        factors ride in the optimizer's param groups ("rgn"), so a checkpoint keeps them. One host read; a reading
-        that is not finite keeps the factors as they were."""
-        readings: dict[str, torch.Tensor] = {}
-        for group in self.parts.groups:
-            ps = [self._params[n] for n in group.trained if self._params[n].grad is not None]
-            if ps:
-                g = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in ps])))  # type: ignore[misc]
-                w = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in ps])))
-                readings[group.name] = torch.stack([g, w]).float()
-        if not readings:
-            return
-        values = dict(zip(readings, torch.stack(list(readings.values())).tolist()))
-        if not all(math.isfinite(v) for pair in values.values() for v in pair):
-            return
-        scales = strategy.rgn_scales({n: v[0] for n, v in values.items()}, {n: v[1] for n, v in values.items()})
-        for pg in self.optimizer.param_groups:
-            pg["rgn"] = scales.get(pg["layer_group"], 1.0)
+        """`strategy.kind = "auto_rgn"`, at an epoch's first step (see `strategy.rescale_by_rgn`)."""
+        strategy.rescale_by_rgn(self.optimizer, self.parts.groups, self._params)
 
     def _measure_drift(self) -> None:
         """||w - w0|| / ||w0|| per group since the run started (pretrained weights, or the resumed ones)."""
