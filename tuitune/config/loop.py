@@ -128,6 +128,13 @@ class TrainConfig:
         choices=("stop", "skip"),
     )
     max_skipped: int = opt(10, '`on_nonfinite = "skip"`: the run stops once more steps than this were skipped.', min=0)
+    restart: str = opt(
+        "run",
+        "`run`: one `schedule` shape over the whole run; `phase`: the shape starts again at each phase change "
+        "(a warm restart at each unfreeze, as SGDR), over the phase's planned length (`every_epochs` with the "
+        "`epochs` trigger, else the epochs left). `cosine` and `onecycle` schedules.",
+        choices=("run", "phase"),
+    )
 
 
 @dataclass(frozen=True)
@@ -226,9 +233,26 @@ class StrategyConfig:
     )
     phase_lr_steps: int = opt(
         100,
-        '`phase_lr = "find"`: steps of each sweep (the LR grows from 1e-7 to 10; '
-        "it stops early when the loss diverges).",
+        '`phase_lr = "find"`: the most steps of each sweep (the LR grows from 1e-7 to 10; '
+        "it stops early when the loss diverges); fewer under `phase_lr_budget`.",
         min=10,
+    )
+    phase_lr_budget: float = opt(
+        0.1,
+        '`phase_lr = "find"`: the most a sweep may cost, as a share of its phase\'s planned steps (a head '
+        "training on cached features sweeps its full `phase_lr_steps`: its steps cost almost nothing); a sweep "
+        "that would be shorter than 10 steps is not run (the rule's fallback applies). 0 = no limit. Sweeps "
+        "run on the feature cache where the phase has one.",
+        min=0.0,
+    )
+    phase_lr_rule: str = opt(
+        "new_groups",
+        "`phase_lr = \"find\"`: what a sweep sets. `new_groups`: the first phase's answer is the head's LR; "
+        "a later phase keeps the LRs of the groups already training and sweeps the groups it adds alone, "
+        "whose LR becomes the answer, never above the deepest trained group's (no sweep or no answer: that LR "
+        "times `lr_decay`). `head`: every phase's answer becomes the head's LR, the deeper groups keeping "
+        "their ratios (each valley lower than the last, as measured on real data).",
+        choices=("new_groups", "head"),
     )
     phase_lr_wait_s: float = opt(
         10.0,

@@ -30,7 +30,8 @@ from tuitune.engine.events import (
 )
 from tuitune.engine.model.groups import Backbone
 from tuitune.engine.train import strategy
-from tuitune.engine.train.controller import CacheKeeper, RunController
+from tuitune.engine.train.cache_keeper import CacheKeeper
+from tuitune.engine.train.controller import RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.objective import Objective
@@ -137,7 +138,7 @@ class Trainer:
         if not self.resumed:  # phase 0 starts now
             steer.auto_adabn("start")
             if self.profile.strategy.phase_lr == "find":
-                steer.find_phase_lr()
+                steer.phase_lr.find()
         while st.epoch < self.profile.train.epochs and steer.stop_status is None:
             if steer.stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
                 steer.stop(*self.control.stop_status)

@@ -19,7 +19,7 @@ from tuitune.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from tuitune.config import StrategyConfig
+    from tuitune.config import RunProfile, StrategyConfig
     from tuitune.engine.model.groups import LayerGroup
 
 
@@ -119,6 +119,13 @@ def rgn_scales(grad_norms: Mapping[str, float], weight_norms: Mapping[str, float
     if not top > 0:
         return {g: 1.0 for g in weight_norms}
     return {g: rgn.get(g, 0.0) / top for g in weight_norms}
+
+
+def planned_phase_epochs(profile: RunProfile, epoch: int) -> int:
+    """How many epochs the phase starting after `epoch` completed epochs is planned to last: `every_epochs` with the
+    `epochs` trigger (the epochs left, at most), else every epoch left (a plateau or a person ends it)."""
+    left = max(1, profile.train.epochs - epoch)
+    return min(profile.strategy.every_epochs, left) if profile.strategy.trigger == "epochs" else left
 
 
 def phase_due(

@@ -84,6 +84,8 @@ class TrainerState:
         self._in_already = self._always
         self.in_optimizer = list(parts.phases[0])
         self.phase_log.append(self._phase_entry(0))
+        if len(parts.phases) > 1:
+            self._restart_schedule()  # the first phase's cycle (resuming: the saved cycle replaces it)
 
     @staticmethod
     def _watches(profile: RunProfile, up: bool) -> tuple[MetricWatch, MetricWatch, MetricWatch]:
@@ -156,8 +158,15 @@ class TrainerState:
         self.phase, self.phase_start_epoch = index, self.epoch
         self.plateau.reset()
         self.phase_log.append(self._phase_entry(index))
+        self._restart_schedule()
         self.apply_lr()
         return added
+
+    def _restart_schedule(self) -> None:
+        """`train.restart = "phase"`: the schedule's shape starts again with the phase, over its planned epochs."""
+        if self.profile.train.restart == "phase":
+            epochs = strategy.planned_phase_epochs(self.profile, self.epoch)
+            self.schedule.restart(self.global_step, epochs * self.parts.steps_per_epoch)
 
     def leave_phase(self) -> tuple[str, ...]:
         """`RollBackPhase`: back to the phase before. The groups this phase unfroze are frozen again and their
@@ -175,6 +184,7 @@ class TrainerState:
         self.phase, self.phase_start_epoch = index, self.epoch
         self.plateau.reset()
         self.phase_log.append(self._phase_entry(index))
+        self._restart_schedule()
         self.apply_lr()
         return undone
 
@@ -238,6 +248,10 @@ class TrainerState:
     def head_base_lr(self) -> float:
         head = self.parts.groups[-1].name
         return next(g["base_lr"] for g in self.optimizer.param_groups if g["layer_group"] == head)
+
+    def base_lrs(self) -> dict[str, float]:
+        """Each layer group's base LR (before the schedule's shape and warm-ups)."""
+        return {g["layer_group"]: g["base_lr"] for g in reversed(self.optimizer.param_groups)}
 
     def group_lrs(self) -> dict[str, float]:
         return {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups}
