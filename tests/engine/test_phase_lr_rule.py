@@ -5,7 +5,6 @@ cosine cycle per phase (`train.restart = "phase"`)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.config import ProfileError, TrainConfig
@@ -30,7 +29,7 @@ def test_new_groups_keep_the_discriminative_order_under_the_groups_above() -> No
     assert new_groups_lrs(None, 1e-3, 0.5, ["layer4"]) == pytest.approx({"layer4": 5e-4})  # no answer: one step down
 
 
-def _rule_profile(**strategy):
+def _rule_profile(epochs: int = 3, **strategy):
     return tiny_profile(
         strategy={
             "kind": "progressive",
@@ -41,7 +40,7 @@ def _rule_profile(**strategy):
             "phase_lr_steps": 20,
             **strategy,
         },
-        train={"epochs": 3, "lr": 0.01},
+        train={"epochs": epochs, "lr": 0.01},
     )
 
 
@@ -82,12 +81,12 @@ def test_a_sweep_of_the_new_groups_moves_them_alone(tmp_path) -> None:
 
 def test_with_the_default_budget_a_short_phase_is_not_swept(tmp_path) -> None:
     """5 steps an epoch: a tenth of a phase is no sweep. The first phase's head still sweeps on its cached features
-    (almost free); the later ones take the rule's fallback, said in the log."""
+    (almost free); the later one takes the rule's fallback, said in the log."""
     events: list = []
-    Trainer(_rule_profile(), tmp_path, events.append, Control()).run()
+    Trainer(_rule_profile(epochs=2), tmp_path, events.append, Control()).run()
     assert [f.phase for f in of_type(events, LRFound)] == [0]
     applied = [e.detail for e in of_type(events, CommandApplied) if e.command == "ApplyLR"]
-    assert len(applied) == 3 and all("no sweep: 0.1 of the phase's 5 steps is under 10" in d for d in applied[1:])
+    assert len(applied) == 2 and "no sweep: 0.1 of the phase's 5 steps is under 10" in applied[1]
 
 
 def test_a_sweep_on_the_feature_cache_reads_the_curve_a_sweep_on_the_images_does(tmp_path) -> None:
@@ -117,28 +116,20 @@ def test_a_cosine_cycle_per_phase() -> None:
     assert again.factor(25) == pytest.approx(schedule.factor(25))
 
 
-def test_a_run_restarts_its_cosine_at_each_unfreeze(tmp_path) -> None:
+@pytest.mark.parametrize("restart", ["phase", "run"])
+def test_a_run_restarts_its_cosine_at_each_unfreeze_only_when_asked(tmp_path, restart: str) -> None:
     events: list = []
     profile = tiny_profile(
         strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
-        train={"epochs": 3, "lr": 0.01, "schedule": "cosine", "restart": "phase", "log_every": 1},
+        train={"epochs": 2, "lr": 0.01, "schedule": "cosine", "restart": restart, "log_every": 1},
     )
     Trainer(profile, tmp_path, events.append, Control()).run()
     head = {m.global_step: m.lrs[-1] for m in of_type(events, MetricsUpdated)}
-    starts = [0] + [c.global_step for c in of_type(events, PhaseChanged)]
-    assert starts == [0, 5, 10]
-    for start in starts:  # the LR of a phase's first step is the full one, and falls within the phase
-        assert head[start + 1] == pytest.approx(0.01) and head[start + 5] < 0.002
+    assert [c.global_step for c in of_type(events, PhaseChanged)] == [5]
+    if restart == "phase":  # a phase's first step has the full LR, which falls within the phase
+        assert head[1] == head[6] == pytest.approx(0.01) and head[5] < 0.002 and head[10] < 0.002
+    else:  # one shape over the run: falling all the way
+        steps = sorted(head)
+        assert [head[s] for s in steps] == sorted(head.values(), reverse=True) and head[6] < head[5]
     with pytest.raises(ProfileError, match="train.restart: 'phase' restarts a cosine or onecycle shape"):
         tiny_profile(train={"schedule": "constant", "restart": "phase"})
-
-
-def test_restart_is_off_by_default_one_shape_over_the_run(tmp_path) -> None:
-    events: list = []
-    profile = tiny_profile(
-        strategy={"kind": "progressive", "trigger": "epochs", "every_epochs": 1},
-        train={"epochs": 3, "lr": 0.01, "schedule": "cosine", "log_every": 1},
-    )
-    Trainer(profile, tmp_path, events.append, Control()).run()
-    head = [m.lrs[-1] for m in of_type(events, MetricsUpdated)]
-    assert head == sorted(head, reverse=True) and torch.tensor(head).unique().numel() == len(head)
