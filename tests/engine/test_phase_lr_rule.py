@@ -24,9 +24,12 @@ def test_sweep_steps_stay_a_share_of_the_phase_unless_a_step_costs_nothing() -> 
 
 
 def test_new_groups_keep_the_discriminative_order_under_the_groups_above() -> None:
-    assert new_groups_lrs(3e-3, 1e-3, 0.5, ["layer3", "layer4"]) == pytest.approx({"layer4": 1e-3, "layer3": 5e-4})
-    assert new_groups_lrs(2e-4, 1e-3, 0.5, ["layer3", "layer4"]) == pytest.approx({"layer4": 2e-4, "layer3": 1e-4})
-    assert new_groups_lrs(None, 1e-3, 0.5, ["layer4"]) == pytest.approx({"layer4": 5e-4})  # no answer: one step down
+    two = ["layer3", "layer4"]
+    assert new_groups_lrs(3e-3, 1e-3, 0.5, two, 3e-4) == pytest.approx({"layer4": 1e-3, "layer3": 5e-4})
+    assert new_groups_lrs(2e-4, 1e-3, 0.5, two, 3e-4) == pytest.approx({"layer4": 2e-4, "layer3": 1e-4})
+    # no answer: the profile's LR for them, not the head's (a head on cached features wants far more)
+    assert new_groups_lrs(None, 2e-2, 1.0, ["layer4"], 3e-4) == pytest.approx({"layer4": 3e-4})
+    assert new_groups_lrs(None, 1e-4, 1.0, ["layer4"], 3e-4) == pytest.approx({"layer4": 1e-4})  # capped
 
 
 def _rule_profile(epochs: int = 3, **strategy):
@@ -64,7 +67,8 @@ def test_later_phases_keep_the_heads_lr_and_set_the_new_groups(tmp_path) -> None
         new = ["layer4", "layer3"][phase - 1]
         above = min(v for g, v in lrs[phase - 1].items() if g in trainer.parts.phases[phase - 1])
         assert after["head"] == pytest.approx(head)  # kept
-        assert after[new] == pytest.approx(min(f.suggestion, above) if f.found else above * 0.5)
+        own = 0.01 * 0.5 ** (phase)  # the profile's LR for the new group: train.lr with lr_decay
+        assert after[new] == pytest.approx(min(f.suggestion if f.found else own, above))
         assert f.current_lr == pytest.approx(head * 0.5**phase)  # the sweep read the new group's LR (lr_decay's)
     applied = [e.detail for e in of_type(events, CommandApplied) if e.command == "ApplyLR"]
     assert applied[1].startswith("phase 2: layer4 LR") and "the groups already training keep their LRs" in applied[1]
@@ -85,8 +89,10 @@ def test_with_the_default_budget_a_short_phase_is_not_swept(tmp_path) -> None:
     events: list = []
     Trainer(_rule_profile(epochs=2), tmp_path, events.append, Control()).run()
     assert [f.phase for f in of_type(events, LRFound)] == [0]
-    applied = [e.detail for e in of_type(events, CommandApplied) if e.command == "ApplyLR"]
-    assert len(applied) == 2 and "no sweep: 0.1 of the phase's 5 steps is under 10" in applied[1]
+    applied = [e for e in of_type(events, CommandApplied) if e.command == "ApplyLR"]
+    assert len(applied) == 2 and "no sweep: 0.1 of the phase's 5 steps is under 10" in applied[1].detail
+    head = applied[0].value  # the finder's, for the head on cached features; layer4 gets the profile's 0.01 * 0.5
+    assert applied[1].value == pytest.approx(min(0.005, head)) and "the profile's LR for them" in applied[1].detail
 
 
 def test_a_sweep_on_the_feature_cache_reads_the_curve_a_sweep_on_the_images_does(tmp_path) -> None:

@@ -249,9 +249,9 @@ class StrategyConfig:
         "new_groups",
         "`phase_lr = \"find\"`: what a sweep sets. `new_groups`: the first phase's answer is the head's LR; "
         "a later phase keeps the LRs of the groups already training and sweeps the groups it adds alone, "
-        "whose LR becomes the answer, never above the deepest trained group's (no sweep or no answer: that LR "
-        "times `lr_decay`). `head`: every phase's answer becomes the head's LR, the deeper groups keeping "
-        "their ratios (each valley lower than the last, as measured on real data).",
+        "whose LR becomes the answer (no sweep or no answer: the profile's LR for them, `train.lr` with "
+        "`lr_decay`), never above the deepest trained group's. `head`: every phase's answer becomes the head's "
+        "LR, the deeper groups keeping their ratios (each valley lower than the last, as measured on real data).",
         choices=("new_groups", "head"),
     )
     phase_lr_wait_s: float = opt(
