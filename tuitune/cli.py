@@ -17,7 +17,7 @@ from tuitune.subcommands.queue import add_queue_commands, cmd_queue
 from tuitune.subcommands.runs import cmd_attach, cmd_compare, cmd_picker, cmd_replay, cmd_runs
 from tuitune.subcommands.steer import add_steer_commands, cmd_ctl, cmd_mcp, cmd_watch
 from tuitune.subcommands.tools import cmd_compress, cmd_export, cmd_layers, cmd_lr_find
-from tuitune.subcommands.train import cmd_demo, cmd_sweep, cmd_train
+from tuitune.subcommands.train import cmd_demo, cmd_recipe, cmd_sweep, cmd_train
 
 
 def _add_profile_options(p: argparse.ArgumentParser) -> None:
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_queue_commands(sub)
     _add_ship_commands(sub)
     _add_sweep_command(sub)
+    _add_recipe_command(sub)
     return parser
 
 
@@ -193,6 +194,32 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
     _add_profile_options(sweep)
 
 
+def _add_recipe_command(sub: argparse._SubParsersAction) -> None:
+    recipe = sub.add_parser(
+        "recipe", help="find the fine-tuning recipe (strategy) for a profile's data on a time budget"
+    )
+    recipe.add_argument("profile", help="a profile .toml (its data, backbone, epochs, metric)")
+    recipe.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        metavar="B",
+        help="the search's time: B times one full fine-tuning run (measured on the first trial); default 3",
+    )
+    recipe.add_argument(
+        "--candidates",
+        metavar="A,B,...",
+        help="the candidates to try (default: all; `full` is always one): full, progressive, "
+        "progressive+train_bn, progressive+adabn, progressive+shift, progressive+best+restart, lp_ft, "
+        "auto_rgn, full-lr/10",
+    )
+    recipe.add_argument("--out", metavar="DIR", help="the search folder (default runs/NAME-recipe)")
+    recipe.add_argument(
+        "--headless", action="store_true", help="no leaderboard screen: print the leaderboard as trials end"
+    )
+    _add_profile_options(recipe)
+
+
 def _add_ship_commands(sub: argparse._SubParsersAction) -> None:
     """export, compress, lr-find: what turns a finished run into a model to ship (and picks its LR)."""
     export = sub.add_parser("export", help="write a run's model as files timm / transformers load directly")
@@ -254,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compress": cmd_compress,
         "lr-find": cmd_lr_find,
         "sweep": cmd_sweep,
+        "recipe": cmd_recipe,
         "ctl": cmd_ctl,
         "watch": cmd_watch,
         "mcp": cmd_mcp,

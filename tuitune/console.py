@@ -32,6 +32,7 @@ from tuitune.engine.events import (
 from tuitune.engine.memory_plan import planned_lines
 from tuitune.engine.record.progress import progress_text
 from tuitune.engine.tools.compress_report import format_report
+from tuitune.fmt import phase_change_text
 
 __all__ = ["PROGRESS_EVERY_S", "ConsolePrinter", "compression_table"]
 
@@ -101,7 +102,7 @@ class ConsolePrinter:
     def _phase(self, event: PhaseChanged) -> None:
         self.say(
             f"phase {event.phase + 1}/{event.num_phases} ({event.reason}, after epoch {event.epoch}): "
-            f"unfroze {', '.join(event.unfrozen)}"
+            f"{phase_change_text(event)}"
         )
 
     def _command(self, event: CommandApplied) -> None:
@@ -164,7 +165,7 @@ class ConsolePrinter:
             acc = "n/a" if p.get("best_val_score") is None else f"{p['best_val_score']:.4f}"
             self.say(
                 f"  phase {p['index'] + 1}: {', '.join(p['groups'])}: {p['epochs']} epoch(s), "
-                f"best val {self.metric} {acc}"
+                f"best val {self.metric} {acc}{' (rolled back)' if p.get('rolled_back') else ''}"
             )
         if event.test:
             f1 = f", macro-F1 {event.test['macro_f1']:.4f}" if "macro_f1" in event.test else ""

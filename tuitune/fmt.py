@@ -127,3 +127,15 @@ def fmt_bytes(n: Any) -> str:
 def fmt_ms(value: Any) -> str:
     v = _number(value)
     return "-" if v is None else f"{v:.2f}"
+
+
+def phase_change_text(event: Any) -> str:
+    """What a `PhaseChanged` did, for the event log and the console: the groups it unfroze, or a rollback's groups
+    frozen again, and the epoch whose weights came back (`strategy.restore_best_phase`, a rollback)."""
+    if event.reason == "rollback":
+        text = f"rolled back, froze {', '.join(event.refrozen) or '-'}"
+    else:
+        text = f"unfroze {', '.join(event.unfrozen) or '-'}"
+    if event.restored_epoch is not None:
+        text += f"; weights of epoch {event.restored_epoch} restored (the best of the phase before)"
+    return text

@@ -1,5 +1,7 @@
-"""strategy.phase_lr = "find": an LR-finder sweep at the start of every phase, from a snapshot restored after, its
-answer applied with the discriminative ratios kept; a person may answer in a live run, never forever."""
+"""strategy.phase_lr = "find" with `phase_lr_rule = "head"` (each phase's answer becomes the head's LR) and no
+`phase_lr_budget` limit: an LR-finder sweep at the start of every phase, from a snapshot restored after, its answer
+applied with the discriminative ratios kept; a person may answer in a live run, never forever. The default rule
+(`new_groups`) and the sweeps' budget: tests/engine/test_phase_lr_rule.py."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def phase_lr_profile(model: dict | None = None, **train):
             "lr_decay": DECAY,
             "phase_lr": "find",
             "phase_lr_steps": 20,
+            "phase_lr_rule": "head",
+            "phase_lr_budget": 0.0,
         },
         train={"epochs": 3, **train},
     )
@@ -117,11 +121,13 @@ def test_a_person_answers_and_other_commands_wait_their_turn(tmp_path) -> None:
             "phase_lr_steps": 20,
             "phase_lr_wait_s": 5.0,
             "lr_decay": DECAY,
+            "phase_lr_rule": "head",
+            "phase_lr_budget": 0.0,
         },
         train={"epochs": 1, "log_every": 1},
     )
     trainer = Trainer(profile, tmp_path, emit, control, interactive=True)
-    trainer.controller.lr_answer_grace_s = 0.0
+    trainer.controller.phase_lr.answer_grace_s = 0.0
     trainer.run()
     applied = [(e.command, e.global_step, e.value) for e in of_type(events, CommandApplied)]
     # the unfreeze is confirmed once its phase's LR is set; the save pressed meanwhile comes after
@@ -142,7 +148,7 @@ def test_no_answer_applies_the_suggestion_after_the_timeout(tmp_path) -> None:
         train={"epochs": 1},
     )
     trainer = Trainer(profile, tmp_path, events.append, Control(), interactive=True)
-    trainer.controller.lr_answer_grace_s = 0.0
+    trainer.controller.phase_lr.answer_grace_s = 0.0
     trainer.run()
     (found,), (applied,) = of_type(events, LRFound), of_type(events, CommandApplied)
     assert found.wait_s == 0.05 and applied.value == found.suggestion and "no answer came" in applied.detail

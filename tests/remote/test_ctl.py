@@ -23,6 +23,7 @@ from tuitune.engine.commands import (
     GenerateSamples,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -47,6 +48,7 @@ VERB_COMMANDS: list[tuple[list[str], list[Command]]] = [
     (["stop"], [StopEarly()]),
     (["adabn"], [AdaptBatchNorm()]),
     (["generate"], [GenerateSamples()]),
+    (["rollback"], [RollBackPhase()]),
     (["lr-find"], [FindLR()]),
 ]
 

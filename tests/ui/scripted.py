@@ -223,6 +223,28 @@ def unfreeze_events(phase: int, epoch: int, global_step: int) -> list[Event]:
     ]
 
 
+def rollback_events(phase: int, epoch: int, global_step: int) -> list[Event]:
+    """The engine's answer to `RollBackPhase` from phase `phase + 1`, in its order (as `unfreeze_events`)."""
+    detail = (
+        f"phase {phase + 2} rolled back: the weights of epoch 2 (phase {phase + 1}'s best); froze {ORDER[phase + 1]}"
+    )
+    return [
+        PhaseChanged(
+            phase=phase,
+            num_phases=len(PHASES),
+            trainable=PHASES[phase],
+            unfrozen=(),
+            epoch=epoch,
+            global_step=global_step,
+            reason="rollback",
+            refrozen=(ORDER[phase + 1],),
+            restored_epoch=2,
+        ),
+        LayersChanged(layers=layers(phase, global_step), global_step=global_step),
+        CommandApplied("RollBackPhase", epoch, global_step, detail=detail),
+    ]
+
+
 def mid_run_events() -> list[Event]:
     """Two epochs on the head, one manual unfreeze of layer4, half of epoch 3."""
     return [
@@ -545,6 +567,10 @@ class ScriptedEngine:
         elif type(command).__name__ == "GenerateSamples" and self.samples is not None:
             emit(dataclasses.replace(self.samples, epoch=3, global_step=g, reason="asked"))
             emit(CommandApplied("GenerateSamples", 3, g, detail="3 samples, 2 matching their reference"))
+        elif type(command).__name__ == "RollBackPhase" and self.phase > 0:
+            self.phase -= 1
+            for event in rollback_events(self.phase, 3, g):
+                emit(event)
         elif isinstance(command, StopEarly):
             emit(CommandApplied("StopEarly", 3, g))
             emit(CheckpointSaved(f"{RUN_DIR}/last.pt", "last", 3, g))

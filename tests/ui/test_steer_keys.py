@@ -89,3 +89,20 @@ async def test_b_and_the_palette_ask_for_adabn_and_the_shift_column_shows_the_an
         await until(pilot, lambda: len(engine.received) == 2)
     assert engine.received == [AdaptBatchNorm(), AdaptBatchNorm()]
     assert any("applied: AdaBN" in line.text for line in dash(app).state.log)
+
+
+async def test_r_rolls_the_phase_back_and_the_table_follows_the_engine() -> None:
+    from tuitune.engine.commands import RollBackPhase
+
+    engine = scripted.ScriptedEngine(scripted.mid_run_events())
+    app = TuituneApp("train", profile=PROFILE, run_dir=Path("unused"), runner=engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: engine.started.is_set() and dash(app).state.epoch == 3)
+        table = app.screen.query_one(LayerTable)
+        assert dash(app).state.phase == 1 and table.state_of("layer4") == "● train"
+        await pilot.press("r")
+        await until(pilot, lambda: table.state_of("layer4") == "○ frozen")
+        assert engine.received == [RollBackPhase()] and dash(app).state.phase == 0
+    log = [line.text for line in dash(app).state.log]
+    assert any("phase 1/6 (rollback): rolled back, froze layer4; weights of epoch 2 restored" in t for t in log)
+    assert any("applied: roll back phase" in t and "phase 2 rolled back" in t for t in log)

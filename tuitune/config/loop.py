@@ -149,6 +149,13 @@ class TrainConfig:
         choices=("stop", "skip"),
     )
     max_skipped: int = opt(10, '`on_nonfinite = "skip"`: the run stops once more steps than this were skipped.', min=0)
+    restart: str = opt(
+        "run",
+        "`run`: one `schedule` shape over the whole run; `phase`: the shape starts again at each phase change "
+        "(a warm restart at each unfreeze, as SGDR), over the phase's planned length (`every_epochs` with the "
+        "`epochs` trigger, else the epochs left). `cosine` and `onecycle` schedules.",
+        choices=("run", "phase"),
+    )
 
 
 @dataclass(frozen=True)
@@ -158,12 +165,29 @@ class StrategyConfig:
         "`full` (everything trains), `head_only` (linear probe), `groups` (the named "
         "groups train), `progressive` (phases from the head downwards) or `lp_ft` (LP-FT, Kumar "
         "et al. 2022: the head alone until `trigger` fires, then every group at "
-        "`ft_lr_scale` times the LR) or `lora` (LoRA adapters through `peft` in every group, the "
-        "head in full for a classifier; base weights frozen).",
-        choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora"),
+        "`ft_lr_scale` times the LR), `lora` (LoRA adapters through `peft` in every group, the "
+        "head in full for a classifier; base weights frozen) or `auto_rgn` (every group trains; at each epoch's "
+        "first step each group's LR is scaled by its relative gradient norm |g|/|w| over the largest group's, which "
+        "keeps the full LR: Auto-RGN of surgical fine-tuning, Lee et al. 2023).",
+        choices=("full", "head_only", "groups", "progressive", "lp_ft", "lora", "auto_rgn"),
     )
     groups: list = opt([], "`groups`: names of the trainable layer groups (see `tuitune layers`).")
     groups_per_phase: int = opt(1, "`progressive`: layer groups unfrozen at each phase change.", min=1)
+    order: str = opt(
+        "top_down",
+        "`progressive`: which groups unfreeze after the head: `top_down` (the group below the trained ones, as "
+        "ULMFiT) or `shift` (the most shifted first, by the domain-shift measurement of the pretrained model on "
+        "the val data, as surgical fine-tuning: Lee et al. 2023). Groups it cannot measure come last, top down; "
+        "a model with no BatchNorm and no `data.source_classes` keeps `top_down`, with a warning.",
+        choices=("top_down", "shift"),
+    )
+    restore_best_phase: bool = opt(
+        False,
+        "At each phase change, first put back the weights of the ending phase's best epoch (by "
+        "`train.checkpoint_metric`), as Lightning's finetuning-scheduler does: a phase that got worse after its "
+        "best hands on its best. Each phase's best is kept as `checkpoints/phase-N.safetensors` (the current "
+        "phase's and the one before's), which the `r` key (`RollBackPhase`) also rolls back to.",
+    )
     trigger: str = opt(
         "epochs",
         "`progressive`: what starts the next phase: `manual` (the `u` key), `epochs` "
@@ -195,6 +219,22 @@ class StrategyConfig:
         max=1.0,
     )
     freeze_bn: bool = opt(True, "Keep BatchNorm layers of frozen groups in eval mode (running stats untouched).")
+    train_bn: bool = opt(
+        False,
+        "The norm layers of frozen groups keep training, as fastai does by default: their affine weights and "
+        "biases train (at their group's LR) and BatchNorm normalises with batch statistics, updating its running "
+        "ones; the rest of the group stays frozen. Norm layers are fastai's: BatchNorm, InstanceNorm, LayerNorm. "
+        "The frozen part then computes no fixed function: the feature cache stops below the first norm layer "
+        "(for most backbones: no cache).",
+    )
+    adabn: str = opt(
+        "",
+        "AdaBN (Li et al. 2016): re-estimate every BatchNorm layer's running statistics on `adabn_batches` "
+        "training batches at the run's start (`start`) or at the start and at every phase change (`phase`); "
+        '"" = never (the `b` key still does it by hand).',
+        choices=("", "start", "phase"),
+    )
+    adabn_batches: int = opt(20, "`adabn`: training batches the statistics are re-estimated on.", min=1)
     freeze_dropout: bool = opt(
         True,
         "Run frozen layer groups without dropout or stochastic depth (their modules "
@@ -218,9 +258,26 @@ class StrategyConfig:
     )
     phase_lr_steps: int = opt(
         100,
-        '`phase_lr = "find"`: steps of each sweep (the LR grows from 1e-7 to 10; '
-        "it stops early when the loss diverges).",
+        '`phase_lr = "find"`: the most steps of each sweep (the LR grows from 1e-7 to 10; '
+        "it stops early when the loss diverges); fewer under `phase_lr_budget`.",
         min=10,
+    )
+    phase_lr_budget: float = opt(
+        0.1,
+        '`phase_lr = "find"`: the most a sweep may cost, as a share of its phase\'s planned steps (a head '
+        "training on cached features sweeps its full `phase_lr_steps`: its steps cost almost nothing); a sweep "
+        "that would be shorter than 10 steps is not run (the rule's fallback applies). 0 = no limit. Sweeps "
+        "run on the feature cache where the phase has one.",
+        min=0.0,
+    )
+    phase_lr_rule: str = opt(
+        "new_groups",
+        "`phase_lr = \"find\"`: what a sweep sets. `new_groups`: the first phase's answer is the head's LR; "
+        "a later phase keeps the LRs of the groups already training and sweeps the groups it adds alone, "
+        "whose LR becomes the answer (no sweep or no answer: the profile's LR for them, `train.lr` with "
+        "`lr_decay`), never above the deepest trained group's. `head`: every phase's answer becomes the head's "
+        "LR, the deeper groups keeping their ratios (each valley lower than the last, as measured on real data).",
+        choices=("new_groups", "head"),
     )
     phase_lr_wait_s: float = opt(
         10.0,

@@ -144,6 +144,10 @@ def _cross_check(p: RunProfile, file: str) -> None:
                     f"{file}: {key}: val_macro_f1 needs a classification loss (cross_entropy, "
                     f"focal), not loss.kind = {p.loss.kind!r}"
                 )
+    if p.train.restart == "phase" and p.train.schedule not in ("cosine", "onecycle"):
+        raise ProfileError(
+            f"{file}: train.restart: 'phase' restarts a cosine or onecycle shape, not schedule = {p.train.schedule!r}"
+        )
     if p.train.ema_for_best and not p.train.ema_decay:
         raise ProfileError(f"{file}: train.ema_for_best: needs an EMA of the weights (train.ema_decay > 0, e.g. 0.999)")
     if p.train.ema_for_best and p.train.checkpoint_metric not in ("val_score", "val_loss"):  # what the EMA reports

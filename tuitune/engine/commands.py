@@ -98,6 +98,12 @@ class GenerateSamples:
     """A language model's greedy generations for the fixed validation prompts, now (`SamplesGenerated`)."""
 
 
+@dataclass(frozen=True)
+class RollBackPhase:
+    """Undo the current phase: the weights of the phase before's best epoch come back, and the groups this phase
+    unfroze are frozen again (the run goes on in the phase before)."""
+
+
 Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like events.Event)
     UnfreezeNext,
     StopEarly,
@@ -110,6 +116,7 @@ Command = Union[  # noqa: UP007 (read at run time by typing.get_args, like event
     ScaleGroupLR,
     AdaptBatchNorm,
     GenerateSamples,
+    RollBackPhase,
 ]
 
 COMMAND_TYPES: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Command)}
@@ -197,6 +204,7 @@ FIELD_CHECKS: dict[type, dict[str, Callable[[Any], Any]]] = {
     ScaleGroupLR: {"group": _group_or_all, "factor": _in_range(LR_FACTOR_MAX)},
     AdaptBatchNorm: {"batches": _count(1, MAX_STEPS)},
     GenerateSamples: {},
+    RollBackPhase: {},
 }
 
 

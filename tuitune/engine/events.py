@@ -109,7 +109,9 @@ class PhaseChanged:
     unfrozen: tuple[str, ...]  # the ones this change added
     epoch: int
     global_step: int
-    reason: str  # "manual", "epochs", "plateau", "resume"
+    reason: str  # "manual", "epochs", "plateau", "resume", "rollback" (back to the phase before)
+    refrozen: tuple[str, ...] = ()  # a rollback: the groups frozen again
+    restored_epoch: int | None = None  # the weights were put back to this epoch's (a phase's best)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from tuitune.engine.commands import (
     GenerateSamples,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -291,6 +292,9 @@ VERBS: dict[str, Verb] = {
     "stop": Verb((), lambda a, _: _one(StopEarly()), "stop early: save, evaluate, summarise (s)"),
     "adabn": Verb((), lambda a, _: _one(AdaptBatchNorm()), "re-estimate BatchNorm statistics on target data (b)"),
     "generate": Verb((), lambda a, _: _one(GenerateSamples()), "a language model's samples now (g)"),
+    "rollback": Verb(
+        (), lambda a, _: _one(RollBackPhase()), "undo the current phase: the phase before's best weights (r)"
+    ),
     "answer": Verb(("yes|no",), lambda a, _: _answer(a), "answer the open question: the plateau's, a phase's LR"),
 }
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from tuitune.errors import UserError
+from tuitune.exits import ExitCode
 from tuitune.profiles import PACKAGE_PROFILES
 
 
@@ -195,3 +196,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     start_detached(args.profile, args.overrides, out, args.trials, args.workers)  # outlives this screen
     return open_sweep(out, f"sweep {sweep.name} -> {out}")
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    """`tuitune recipe`: headless in the foreground, or as a process of its own with the sweep's leaderboard."""
+    from tuitune.config import load_profile
+    from tuitune.sweep.recipe import CANDIDATES, run_recipe
+
+    profile = load_profile(args.profile, args.overrides)  # a bad profile fails here, before any folder is made
+    names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise UserError(f"recipe: --candidates: unknown {unknown[0]!r} (one of {', '.join(CANDIDATES)})")
+    if not args.budget > 0:
+        raise UserError(f"recipe: --budget must be > 0, got {args.budget:g}")
+    out = Path(args.out) if args.out else Path("runs") / f"{profile.name}-recipe"
+    candidates = {n: CANDIDATES[n] for n in dict.fromkeys(["full", *names])}
+    if args.headless:
+        run_recipe(args.profile, args.overrides, out, budget=args.budget, candidates=candidates)
+        return ExitCode.OK
+    from tuitune.remote.spawn import spawn_detached
+    from tuitune.ui.launch import open_sweep
+
+    out.mkdir(parents=True, exist_ok=True)
+    argv = ["tuitune", "recipe", args.profile, "--headless", "--out", str(out), "--budget", repr(args.budget)]
+    argv += ["--candidates", ",".join(candidates), *(a for o in args.overrides for a in ("--set", o))]
+    spawn_detached(argv, out / "recipe.log")  # outlives this screen
+    return open_sweep(out, f"recipe {profile.name} -> {out}")

@@ -15,7 +15,7 @@ STATUS = {"RUNNING": "running", "PRUNED": "pruned", "COMPLETE": "done", "FAIL": 
 @dataclass(frozen=True)
 class TrialRow:
     number: int
-    status: str  # running, pruned, done, failed, killed, waiting
+    status: str  # running, paused (a recipe's trial between rungs), pruned, done, failed, killed, waiting
     params: dict[str, Any]
     best: float | None  # the trial's best value of the sweep's metric so far
     epochs: int  # epochs reported (each epoch's metric)
@@ -29,7 +29,7 @@ def rows_from_trials(trials: list[Any], direction: str, now: datetime | None = N
     """Best first (done and pruned by their best value; running ones next; failed last)."""
     rows = [_row(t, direction, now or datetime.now()) for t in trials]
     sign = -1.0 if direction == "maximize" else 1.0
-    order = {"done": 0, "pruned": 0, "running": 1, "waiting": 2, "failed": 3, "killed": 3}
+    order = {"done": 0, "pruned": 0, "running": 1, "paused": 1, "waiting": 2, "failed": 3, "killed": 3}
     return sorted(
         rows, key=lambda r: (order[r.status], r.best is None, sign * r.best if r.best is not None else 0.0, r.number)
     )
@@ -42,8 +42,11 @@ def _row(t: Any, direction: str, now: datetime) -> TrialRow:
     status = STATUS.get(t.state.name, t.state.name.lower())
     if status == "failed" and t.user_attrs.get("retry"):
         status = "killed"
+    if status == "running" and t.user_attrs.get("paused"):  # `tuitune recipe`: waiting for its rung's verdict
+        status = "paused"
     start, end = t.datetime_start, t.datetime_complete or (now if t.datetime_start else None)
     time_s = (end - start).total_seconds() if start and end else 0.0
+    time_s = float(t.user_attrs.get("time_s", time_s))  # a recipe's trial: its training time, not its waits
     return TrialRow(
         t.number,
         status,

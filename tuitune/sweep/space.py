@@ -163,10 +163,8 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> tuple
         for value in p.candidates():
             _validate(rest, p.key, value, file, base)
     metric = _setting(sweep, "metric", profile.train.checkpoint_metric, f"{file}: sweep", METRICS)
-    # a *_score is RMSE under an mse loss; an F1 is better higher whatever the task's score
-    lower = metric.endswith("_loss") or (profile.loss.kind == "mse" and not metric.endswith("_f1"))
     direction = _setting(
-        sweep, "direction", "minimize" if lower else "maximize", f"{file}: sweep", ("maximize", "minimize")
+        sweep, "direction", natural_direction(profile, metric), f"{file}: sweep", ("maximize", "minimize")
     )
     where = f"{file}: sweep"
     spec = SweepSpec(
@@ -179,6 +177,13 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> tuple
         _setting(sweep, "keep", "best", where, KEEP),
     )
     return spec, profile
+
+
+def natural_direction(profile: RunProfile, metric: str) -> str:
+    """Which way `metric` improves for this profile: a *_score is RMSE under an mse loss; an F1 is better higher
+    whatever the task's score."""
+    lower = metric.endswith("_loss") or (profile.loss.kind == "mse" and not metric.endswith("_f1"))
+    return "minimize" if lower else "maximize"
 
 
 def _validate(rest: Mapping[str, Any], key: str, value: Any, file: str, base: Path | None) -> None:

@@ -23,6 +23,7 @@ from tuitune.engine.commands import (
     GenerateSamples,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -164,6 +165,9 @@ class KeyActions:
     def generate(self) -> None:
         """`g`: samples now (a run that generates no text says so in its log)."""
         self.send(GenerateSamples())
+
+    def roll_back(self) -> None:
+        self.send(RollBackPhase())
 
     def clear_selection(self) -> None:
         self.view.unselect_group()

@@ -124,6 +124,15 @@ DASHBOARD_KEYS: tuple[DashboardKey, ...] = (
         show=False,
     ),
     DashboardKey(
+        "r",
+        "roll_back",
+        "Roll back",
+        "Roll back phase",
+        "Undo the current phase: the weights of the phase before's best epoch, its groups frozen again",
+        (("RollBackPhase", "roll back phase"),),
+        show=False,
+    ),
+    DashboardKey(
         "y",
         "answer_yes",
         "Yes",

@@ -41,7 +41,7 @@ from tuitune.engine.memory_plan import planned_lines
 from tuitune.engine.questions import questions_after
 from tuitune.engine.record.history import LinesSkipped, Recorded
 from tuitune.engine.record.progress import progress_text
-from tuitune.fmt import extras_text, fmt_sci, fmt_score
+from tuitune.fmt import extras_text, fmt_sci, fmt_score, phase_change_text
 from tuitune.ui.downsample import EMPTY, Downsampled
 from tuitune.ui.event_text import compression_text, lr_found_text, shift_text, suggestion_text
 from tuitune.ui.keys import COMMAND_LABELS
@@ -179,8 +179,7 @@ def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
 
 def _phase_changed(s: DashboardState, e: PhaseChanged) -> DashboardState:
     label = f"phase {e.phase + 1}"
-    added = ", ".join(e.unfrozen) or "-"
-    text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): unfroze {added}"
+    text = f"phase {e.phase + 1}/{e.num_phases} ({e.reason}): {phase_change_text(e)}"
     s = evolve(s, phase=e.phase, **_asked(s, e))  # the rows follow in the engine's LayersChanged
     return evolve(
         s,

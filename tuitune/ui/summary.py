@@ -133,7 +133,7 @@ def phase_table(phases: tuple[dict[str, Any], ...], metric: str = "acc") -> Tabl
         no_wrap=False,
     )
     for p in phases:
-        groups = ", ".join(p.get("groups", ())) or "-"
+        groups = (", ".join(p.get("groups", ())) or "-") + (" (rolled back)" if p.get("rolled_back") else "")
         acc = p.get("best_val_score")
         table.add_row(
             str(int(p.get("index", 0)) + 1),

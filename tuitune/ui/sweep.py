@@ -24,6 +24,7 @@ Loader = Callable[[], "tuple[list[TrialRow], str]"]  # (rows best first, metric 
 COLORS = ("cyan", "green", "orange", "magenta", "yellow", "blue", "red", "white")
 STATUS_STYLE = {
     "running": "bold cyan",
+    "paused": "cyan",
     "done": "green",
     "pruned": "yellow",
     "failed": "red",

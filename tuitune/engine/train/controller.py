@@ -1,6 +1,6 @@
 """What steers a run between optimizer steps: phase changes and the plateau question, the commands (`commands.py`),
-pause and stop, the LR finder's answer, AdaBN and the domain-shift readings; and the feature cache kept in step
-with the trainable set.
+pause and stop, AdaBN and the domain-shift readings, phases rolled back; the LR at a phase's start is `phase_lr`'s,
+the feature cache kept in step with the trainable set `cache_keeper`'s.
 
 `loop.Trainer` owns one `RunController` and one `CacheKeeper`, built with everything they touch passed in; the
 trainer calls `between_steps` at each step boundary, `maybe_next_phase` at each epoch end, and reads `stop_status`.
@@ -9,7 +9,6 @@ With several ranks, every command is applied on every rank at the same step (`be
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from tuitune.engine.commands import (
     GenerateSamples,
     Pause,
     Resume,
+    RollBackPhase,
     SaveCheckpoint,
     ScaleGroupLR,
     SetGroupTrainable,
@@ -32,21 +32,19 @@ from tuitune.engine.events import (
     CommandApplied,
     CommandRefused,
     Event,
-    FeatureCacheChanged,
-    LRFound,
     PhaseChanged,
-    SetupProgressed,
     UnfreezeSuggested,
 )
 from tuitune.engine.train import strategy
-from tuitune.engine.train.domain_shift import adapt_batchnorm, shift_event
-from tuitune.engine.train.lr_sweep import find_lr_in_run
+from tuitune.engine.train.domain_shift import adapt_in_run, shift_event
+from tuitune.engine.train.phase_lr import PhaseLR
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
+    from tuitune.engine.train.cache_keeper import CacheKeeper
     from tuitune.engine.train.distributed import DistContext
-    from tuitune.engine.train.feature_cache import FeatureCache
     from tuitune.engine.train.parts import RunParts
+    from tuitune.engine.train.phase_best import PhaseBest
     from tuitune.engine.train.state_checkpoint import Checkpointer
     from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
@@ -56,55 +54,9 @@ Emit = Callable[[Event], None]
 Applied = tuple[str, float | None]
 
 
-class CacheKeeper:
-    """Keeps the feature cache in step with the run: built, kept or dropped at each epoch start, moved when the
-    trainable set changes, and each change said once (`FeatureCacheChanged`; an unchanged reason is not repeated
-    every epoch)."""
-
-    def __init__(self, cache: FeatureCache, st: TrainerState, emit: Emit) -> None:
-        self.cache, self.st, self.emit = cache, st, emit
-        self._said = ""  # the last FeatureCacheChanged detail
-
-    def refresh(self) -> None:
-        """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
-        changed, detail = self.cache.refresh(
-            self.st.phase, self.st.epoch, lambda **kw: self.emit(SetupProgressed(**kw))
-        )
-        if changed and detail != self._said:
-            self._say(detail)
-
-    def trainable_changed(self) -> None:
-        """The trainable set changed (a phase, or a group steered by hand): DDP wrappers for the cached top's new
-        trainable set, and the cache moved to activations stored one boundary lower, or dropped until the next
-        epoch start rebuilds it."""
-        self.cache.rewrap()
-        detail = self.cache.on_unfreeze()
-        if detail:
-            self._say(detail)
-
-    def rebuild(self) -> None:
-        """The features went stale (AdaBN changed the statistics they were computed with): built again now."""
-        if self.cache.active:
-            self.cache.drop()
-            self.refresh()
-
-    def _say(self, detail: str) -> None:
-        self._said = detail
-        self.emit(
-            FeatureCacheChanged(
-                active=self.cache.active, detail=detail, epoch=self.st.epoch, global_step=self.st.global_step
-            )
-        )
-
-
 class RunController:
     """Phase changes, commands, pause and stop of one run (see the module). `stop_status` is None while the run
     goes on, else the (status, reason) it ends with."""
-
-    # strategy.phase_lr = "find" in a live dashboard: how much longer than the on-screen countdown the engine waits
-    # for the answer (a person typing a value) before it applies the suggestion itself. Never forever: a detached or
-    # abandoned run goes on.
-    lr_answer_grace_s = 30.0
 
     def __init__(
         self,
@@ -120,10 +72,25 @@ class RunController:
         st: TrainerState,
         checkpoints: Checkpointer,
         cache: CacheKeeper,
+        phase_best: PhaseBest,
     ) -> None:
         self.profile, self.run_dir, self.interactive = profile, run_dir, interactive
         self.control, self.dist, self.emit = control, dist, emit
         self.parts, self.obj, self.st, self.checkpoints, self.cache = parts, obj, st, checkpoints, cache
+        self.phase_best = phase_best
+        self.phase_lr = PhaseLR(
+            profile,
+            run_dir,
+            interactive=interactive,
+            control=control,
+            dist=dist,
+            emit=emit,
+            parts=parts,
+            obj=obj,
+            st=st,
+            cache=cache,
+            hold=lambda command: self._held.append(command),
+        )
         self.paused = False
         self.stop_status: tuple[str, str] | None = None
         self._held: list[Any] = []  # commands that arrived while the engine waited for an LR answer
@@ -140,6 +107,7 @@ class RunController:
             AdaptBatchNorm: self._adapt_batchnorm,
             ScaleGroupLR: self._scale_group_lr,
             GenerateSamples: self._generate_samples,
+            RollBackPhase: self._roll_back_phase,
         }
 
     def stop(self, status: str, reason: str) -> None:
@@ -190,6 +158,7 @@ class RunController:
         st = self.st
         if st.phase + 1 >= len(self.parts.phases):
             return False
+        restored = self._restore_phase_best(st.phase) if self.profile.strategy.restore_best_phase else None
         added = st.enter_phase(st.phase + 1)  # also in mid-epoch (`u`): newly trainable modules leave eval mode
         self._trainable_changed()
         self.emit(
@@ -201,70 +170,63 @@ class RunController:
                 epoch=st.epoch,
                 global_step=st.global_step,
                 reason=reason,
+                restored_epoch=restored,
             )
         )
         self.emit(st.layers_changed(with_grad=False))
+        self.auto_adabn("phase")
         if self.profile.strategy.phase_lr == "find":
-            self.find_phase_lr()
+            self.phase_lr.find()
         return True
+
+    def _restore_phase_best(self, phase: int) -> int | None:
+        """The weights of `phase`'s best epoch put back (its number, or None when the phase kept none); the feature
+        cache dropped if they changed what a frozen group computes."""
+        changed = self.phase_best.restore(phase)
+        if changed is None:
+            return None
+        owner = {n.rsplit(".", 1)[0]: g.name for g in self.parts.groups for n in g.param_names}
+        if any(owner.get(n.rsplit(".", 1)[0]) not in self.st.trainable for n in changed):
+            self.cache.drop()
+        return self.phase_best.best_epoch(phase)
+
+    def _roll_back_phase(self, command: RollBackPhase) -> Applied:
+        """Undo the current phase: the phase before's best weights, its trainable set (see `leave_phase`)."""
+        st = self.st
+        if st.phase == 0:
+            return "already in the first phase: nothing to roll back", None
+        to = st.phase - 1
+        if not self.phase_best.has(to):
+            return (
+                f"phase {to + 1} kept no best weights (no epoch of it ended, or its file is gone): nothing changed",
+                None,
+            )
+        epoch = self._restore_phase_best(to)
+        undone = st.leave_phase()
+        self.phase_best.rolled_back(to)
+        self.cache.drop()  # the groups frozen again changed: what the cache would hold above them is stale
+        self._trainable_changed()
+        self.emit(
+            PhaseChanged(
+                phase=st.phase,
+                num_phases=len(self.parts.phases),
+                trainable=st.trainable,
+                unfrozen=(),
+                epoch=st.epoch,
+                global_step=st.global_step,
+                reason="rollback",
+                refrozen=undone,
+                restored_epoch=epoch,
+            )
+        )
+        self.emit(st.layers_changed(with_grad=False))
+        frozen = ", ".join(undone)
+        return f"phase {to + 2} rolled back: the weights of epoch {epoch} (phase {to + 1}'s best); froze {frozen}", None
 
     def _trainable_changed(self) -> None:
         """Every rank is at this step: the new trainable set gets DDP's hooks, and the feature cache follows."""
         self.parts.rewrap()
         self.cache.trainable_changed()
-
-    def find_phase_lr(self) -> None:
-        """`strategy.phase_lr = "find"`: sweep the LR of the groups that train from now on (weights, optimizer, BN
-        statistics, RNG and loader restored after), then make the answer the head's LR, the deeper groups keeping
-        their discriminative ratios. Headless: the suggestion, at once. A live dashboard shows the curve and has
-        `wait_s` to answer with an `ApplyLR`; the engine waits here, at a step boundary, watching its stop flag."""
-        st, cfg = self.st, self.profile.strategy
-        wait_s = cfg.phase_lr_wait_s if self.interactive else 0.0
-        found = self._sweep(cfg.phase_lr_steps, phase=st.phase, wait_s=wait_s)
-        lr, how, sender = found.suggestion, "the finder's suggestion", ""
-        if not found.found:  # nothing to apply: the run goes on at its LR
-            how = f"kept: the sweep stopped after {len(found.lrs)} steps with no valley"
-        elif found.wait_s > 0:
-            lr, how, sender = self._await_lr_answer(found)
-        st.set_head_lr(lr)
-        self.emit(
-            CommandApplied(
-                command="ApplyLR",
-                epoch=st.epoch,
-                global_step=st.global_step,
-                value=lr,
-                detail=f"phase {st.phase + 1} head LR {lr:.3g}, {how}; deeper groups keep their ratios",
-                sender=sender,
-            )
-        )
-        self.emit(st.layers_changed(with_grad=False))
-
-    def _sweep(self, steps: int, **where: Any) -> LRFound:
-        """The in-run LR sweep (`lr_sweep.find_lr_in_run`), its curve written by rank 0; emitted."""
-        out_dir = self.run_dir if self.dist.is_main else None
-        found = find_lr_in_run(self.profile, self.parts, self.st, self.obj, steps=steps, out_dir=out_dir, **where)
-        self.emit(found)
-        return found
-
-    def _await_lr_answer(self, found: LRFound) -> tuple[float, str, str]:
-        """The person's `ApplyLR` (the LR, how it was chosen, its sender), or the suggestion once `wait_s` plus a
-        grace has passed or a stop is asked.
-        Other commands arriving meanwhile are kept, in order, for the next step boundary."""
-        deadline = time.monotonic() + found.wait_s + self.lr_answer_grace_s
-        while not self.control.stop_requested:
-            for command in self.control.drain():
-                if isinstance(command, ApplyLR):
-                    sender = self.control.sender_of(command)
-                    if command.lr == found.suggestion:
-                        how = "the finder's suggestion, from the dashboard (accepted, or its countdown ended)"
-                        return command.lr, how, sender
-                    return command.lr, f"chosen in the dashboard (suggested {found.suggestion:.3g})", sender
-                self._held.append(command)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return found.suggestion, "the finder's suggestion (no answer came)", ""
-            self.control.wait(min(0.1, left))
-        return found.suggestion, "the finder's suggestion (stopping)", ""
 
     # ------------------------------------------------------------------------------------------ boundaries
     def between_steps(self, step: int = 0) -> bool:
@@ -352,7 +314,7 @@ class RunController:
         return (str(path) if path is not None else "not saved: the weights are not finite"), None
 
     def _find_lr(self, command: FindLR) -> Applied:
-        found = self._sweep(command.steps)
+        found = self.phase_lr.sweep(command.steps)
         name = Path(found.path).name
         return f"suggested {found.suggestion:.3g} (current {found.current_lr:.3g}); curve in {name}", None
 
@@ -382,21 +344,33 @@ class RunController:
 
     def _adapt_batchnorm(self, command: AdaptBatchNorm) -> Applied:
         """AdaBN at a step boundary, then the shift measured again; the feature cache (stale features) rebuilt."""
-        p = self.parts
-        gen = p.train_loader.generator  # its shuffle draws must not move: resume replays the same order
-        state = gen.get_state() if gen is not None else None
-        try:
-            layers, read = adapt_batchnorm(p.model, p.train_loader, p.device, p.autocast, command.batches)
-        finally:
-            if gen is not None:
-                gen.set_state(state)
-        strategy.train_mode(p.model, self.profile.strategy)
+        layers, read = adapt_in_run(self.parts, command.batches, self._train_mode)
         if not layers:
             return "no BatchNorm layers: nothing to adapt", None
         self.cache.rebuild()
         after = [v for v in self.measure_shift("AdaptBatchNorm") if v is not None]
         mean = f"; mean shift now {sum(after) / len(after):.3g}" if after else ""
         return f"running statistics of {layers} BatchNorm layers re-estimated on {read} target batches{mean}", None
+
+    def _train_mode(self, model: Any) -> None:
+        strategy.train_mode(model, self.profile.strategy)
+
+    def auto_adabn(self, when: str) -> None:
+        """`strategy.adabn`: AdaBN at the run's start ("start") or at a phase change ("phase"), when the profile
+        asks for it then; said like the `b` key's, as the command it is (`CommandApplied`, detail first)."""
+        asked = self.profile.strategy.adabn
+        if not asked or (when == "phase" and asked != "phase"):
+            return
+        detail, _ = self._adapt_batchnorm(AdaptBatchNorm(batches=self.profile.strategy.adabn_batches))
+        st = self.st
+        self.emit(
+            CommandApplied(
+                command="AdaptBatchNorm",
+                epoch=st.epoch,
+                global_step=st.global_step,
+                detail=f"strategy.adabn = {asked!r} ({when}): {detail}",
+            )
+        )
 
     # ------------------------------------------------------------------------------------------ readings
     def measure_shift(self, reason: str) -> list[float | None]:

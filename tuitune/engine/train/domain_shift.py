@@ -21,7 +21,7 @@ from torch import nn
 from tuitune.engine.data.batches import to_device
 from tuitune.engine.events import DomainShiftMeasured
 from tuitune.engine.model.groups import LayerGroup
-from tuitune.engine.train.strategy import batchnorms_by_group
+from tuitune.engine.train.strategy import batchnorms_by_group, plan_phases
 
 BATCHES = 4  # val batches a measurement reads
 EPS = 1e-5
@@ -192,6 +192,37 @@ def adapt_batchnorm(
             m.momentum = momentum
     model.eval()
     return len(bns), min(batches, len(loader)) if hasattr(loader, "__len__") else batches
+
+
+def adapt_in_run(parts: Any, batches: int, train_mode: Any) -> tuple[int, int]:
+    """`adapt_batchnorm` inside a run (`parts`: its `RunParts`) at a step boundary: the train loader's shuffle
+    generator is put back after (resume replays the same order) and `train_mode(model)` restores the modes."""
+    gen = parts.train_loader.generator
+    state = gen.get_state() if gen is not None else None
+    try:
+        return adapt_batchnorm(parts.model, parts.train_loader, parts.device, parts.autocast, batches)
+    finally:
+        if gen is not None:
+            gen.set_state(state)
+        train_mode(parts.model)
+
+
+def shift_plan(parts: Any, profile: Any) -> str:
+    """`strategy.order = "shift"`: the phases re-planned with the most shifted groups unfrozen first, measured on
+    the pretrained model (before any resume loads weights, so a resumed run plans the same phases); rank 0's
+    reading on every rank. Returns a warning when nothing could be measured (the plan stays top-down)."""
+    if profile.strategy.kind != "progressive" or profile.strategy.order != "shift":
+        return ""
+    found = measure(parts.model, parts.groups, parts.val_loader, parts.device, parts.autocast, parts.source_loader)
+    shifts = parts.dist.gather_objects(None if found is None else found[1])[0]
+    if shifts is None or all(v is None for v in shifts):
+        return (
+            'strategy.order = "shift": no BatchNorm layers and no data.source_classes to measure the shift '
+            "against; the groups unfreeze top down"
+        )
+    names = [g.name for g in parts.groups]
+    parts.plan = plan_phases(names, profile.strategy, dict(zip(names, shifts)))
+    return ""
 
 
 def shift_event(parts: Any, epoch: int, global_step: int, reason: str) -> DomainShiftMeasured | None:

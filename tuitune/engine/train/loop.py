@@ -31,11 +31,13 @@ from tuitune.engine.events import (
 from tuitune.engine.model.groups import Backbone
 from tuitune.engine.record.system import SharedEmit, SystemSampler
 from tuitune.engine.train import compile_watch, strategy
-from tuitune.engine.train.controller import CacheKeeper, RunController
+from tuitune.engine.train.cache_keeper import CacheKeeper
+from tuitune.engine.train.controller import RunController
 from tuitune.engine.train.distributed import LOCAL, DistContext
 from tuitune.engine.train.feature_cache import FeatureCache
 from tuitune.engine.train.memory_run import plan_run
 from tuitune.engine.train.parts import RunParts, build_parts
+from tuitune.engine.train.phase_best import PhaseBest
 from tuitune.engine.train.running_sums import RunningSums
 from tuitune.engine.train.state_checkpoint import Checkpointer
 from tuitune.engine.train.step_clock import COMPUTE, DATA, OPTIMIZER, REST, StepClock
@@ -83,7 +85,8 @@ class Trainer:
         profile, self.memory = plan_run(self.parts, profile, self.obj, self.cache)
         self.profile = profile
         self.st = TrainerState(self.parts, profile, self.obj.scorer)
-        self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj)
+        self.phase_best = PhaseBest(self.st, run_dir / "checkpoints")
+        self.checkpoints = Checkpointer(self.st, run_dir / "checkpoints", emit, self.obj, self.phase_best)
         self.cache_keeper = CacheKeeper(self.cache, self.st, emit)
         if resume is not None:
             self.checkpoints.resume_from(resume)
@@ -101,6 +104,7 @@ class Trainer:
             st=self.st,
             checkpoints=self.checkpoints,
             cache=self.cache_keeper,
+            phase_best=self.phase_best,
         )
         self.val_views: dict[str, Any] = {}  # the last validation's confusion matrix and worst errors
         self.clock = StepClock.on(self.parts.device)  # where each step's time goes, read with the metrics
@@ -155,8 +159,10 @@ class Trainer:
 
     def _epochs(self) -> RunFinished:
         p, st, steer = self.parts, self.st, self.controller
-        if self.profile.strategy.phase_lr == "find" and not self.resumed:  # phase 0 starts now
-            steer.find_phase_lr()
+        if not self.resumed:  # phase 0 starts now
+            steer.auto_adabn("start")
+            if self.profile.strategy.phase_lr == "find":
+                steer.phase_lr.find()
         while st.epoch < self.profile.train.epochs and steer.stop_status is None:
             if steer.stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
                 steer.stop(*self.control.stop_status)
@@ -238,6 +244,8 @@ class Trainer:
         st = self.st
         loss = micro[0][0] if len(micro) == 1 else torch.stack([m[0] for m in micro]).mean()
         finite = self._clip_and_check(loss)
+        if self.profile.strategy.kind == "auto_rgn" and st.step_in_epoch == 0:  # an epoch's first step (not resumed
+            st.rescale_by_rgn()  # mid-epoch: the factors came back with the optimizer's param groups)
         st.apply_lr()
         st.optimizer.step()
         st.guard.after_step(st.optimizer)
@@ -354,8 +362,12 @@ class Trainer:
         self.emit(st.layers_changed(with_grad=True, with_drift=True))
         compile_watch.report(self.compiles, self.emit, st.epoch, st.global_step)
         self.controller.measure_shift("epoch")
+        best_file = None
         if is_best:
-            self.checkpoints.save("best", ema=self.profile.train.ema_for_best)
+            saved = self.checkpoints.save("best", ema=self.profile.train.ema_for_best)
+            best_file = saved if saved is not None and not self.profile.train.ema_for_best else None
+        if len(self.parts.phases) > 1:  # the phase's best weights, for restore_best_phase and RollBackPhase
+            self.phase_best.after_epoch({**more, **metrics}, best_file)
         if self.controller.stop_status is not None:  # stopped by the user in this epoch: `_finish` saves `last`
             return
         self.checkpoints.save("last")

@@ -36,6 +36,7 @@ from tuitune.engine.train import strategy
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
+    from tuitune.engine.train.feature_cache import FeatureCache
     from tuitune.engine.train.parts import RunParts
     from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
@@ -125,14 +126,17 @@ def lr_sweep(
     train_mode: Callable[[nn.Module], None] | None = None,
     autocast: Callable[[], AbstractContextManager] | None = None,
     targets: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+    swept: Callable[[dict[str, Any]], bool] | None = None,
 ) -> LRCurve:
     """Sweep the LR exponentially from `start_lr` to `end_lr` over `steps` optimizer steps; stop once the smoothed
     loss exceeds `diverge` x its best. `targets(x, y)` turns a device batch into what the loss scores (Mixup/CutMix).
-    Everything is restored afterwards, also on error or interrupt."""
+    `swept(param_group)`: only those groups' LR grows (the others hold LR 0: they take no step), so the curve
+    answers for them alone, as a phase's new groups (`strategy.phase_lr_rule = "new_groups"`). Everything is
+    restored afterwards, also on error or interrupt."""
 
     if not 0 < start_lr < end_lr or steps < 2:
         raise ValueError("lr_sweep: need 0 < start_lr < end_lr and steps >= 2")
-    ratios = _group_ratios(optimizer)
+    ratios = _group_ratios(optimizer, swept)
     snap = _take(model, optimizer, loader)
     lrs, losses, smoothed = [], [], []
     avg, best, stopped = 0.0, math.inf, False
@@ -168,11 +172,15 @@ def lr_sweep(
     return LRCurve(tuple(lrs), tuple(losses), tuple(smoothed), steep, valley, "valley", stopped, tuple(ratios))
 
 
-def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
-    """Each group's share of the largest group's LR (its `base_lr` when the engine set one)."""
-    base = [float(g.get("base_lr", g["lr"])) for g in optimizer.param_groups]
+def _group_ratios(
+    optimizer: torch.optim.Optimizer, swept: Callable[[dict[str, Any]], bool] | None = None
+) -> list[float]:
+    """Each group's share of the largest group's LR (its `base_lr` when the engine set one); 0 for the groups a
+    sweep leaves out (`swept`)."""
+    on = [swept is None or swept(g) for g in optimizer.param_groups]
+    base = [float(g.get("base_lr", g["lr"])) if keep else 0.0 for g, keep in zip(optimizer.param_groups, on)]
     top = max(base) if base and max(base) > 0 else 1.0
-    return [b / top if top > 0 else 1.0 for b in base]
+    return [b / top if keep else 0.0 for b, keep in zip(base, on)]
 
 
 def scale_lrs(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -188,6 +196,12 @@ def scale_lrs(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- suggestion
+
+
+def smoothing(steps: int) -> float:
+    """The loss's smoothing factor for a sweep of `steps` steps: fastai's 0.98 for its 100, less for a short sweep
+    (0.98 averages over ~50 steps: a 20-step curve would be all lag)."""
+    return min(0.98, max(0.5, 1.0 - 2.0 / steps))
 
 
 def _trim(n: int) -> slice:
@@ -251,17 +265,54 @@ def curve_to_csv(curve: LRCurve, path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------- inside a run
 
 
+class _CachedBatches:
+    """The feature cache's stored train activations in a seeded shuffle, as a loader the sweep can read: a sweep
+    over the cache runs only the layers above the frozen part, as the phase's own training steps do."""
+
+    generator = None
+
+    def __init__(self, store: Any, batch_size: int, device: Any, seed: int) -> None:
+        self.store, self.batch_size, self.device = store, batch_size, device
+        self.shuffle = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.store.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        """Each pass in the order a DataLoader with this seed's generator deals (its workers' base seed drawn
+        first, then the shuffle), so a sweep over the cache sees the batches a sweep over the images would."""
+        from torch.utils.data import BatchSampler, RandomSampler
+
+        torch.empty((), dtype=torch.int64).random_(generator=self.shuffle)
+        order = RandomSampler(range(len(self.store.labels)), generator=self.shuffle)
+        for index in BatchSampler(order, self.batch_size, drop_last=False):
+            yield self.store.batch(index, self.device)
+
+
 def sweep_run(
-    profile: RunProfile, parts: RunParts, st: TrainerState, objective: TaskObjective, **sweep: Any
+    profile: RunProfile,
+    parts: RunParts,
+    st: TrainerState,
+    objective: TaskObjective,
+    cache: FeatureCache | None = None,
+    **sweep: Any,
 ) -> LRCurve:
-    """The one LR-finder recipe, for `tuitune lr-find` and the dashboard's `f`: the run's model and optimizer (the
-    current phase's param groups) scored by the run's own objective (its loss on its targets, Mixup/CutMix
-    included), over a fresh shuffle of the train split seeded by the run's seed and step, so the run's own loader
-    is never advanced."""
-    gen = torch.Generator().manual_seed(profile.train.seed + st.global_step)
-    loader = DataLoader(parts.bundle.train, batch_size=profile.data.batch_size, shuffle=True, generator=gen)
+    """The one LR-finder recipe, for `tuitune lr-find`, the dashboard's `f` and the phases' LRs: the run's model
+    and optimizer (the current phase's param groups) scored by the run's own objective (its loss on its targets,
+    Mixup/CutMix included), over a fresh shuffle of the train split seeded by the run's seed and step, so the run's
+    own loader is never advanced. With the run's feature `cache` in use, over its stored activations: only the
+    layers above the frozen part run (a head-only sweep costs a few matrix products)."""
+    seed, batch = profile.train.seed + st.global_step, profile.data.batch_size
+    assert isinstance(batch, int), 'data.batch_size = "auto" is chosen before the LR finder runs'
+    model: nn.Module = parts.model
+    loader: Any
+    if cache is not None and cache.active and cache.top is not None:
+        model, loader = cache.top, _CachedBatches(cache.train, batch, parts.device, seed)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        loader = DataLoader(parts.bundle.train, batch_size=batch, shuffle=True, generator=gen)
     return lr_sweep(
-        parts.model,
+        model,
         st.optimizer,
         loader,
         objective.train_loss,
@@ -283,13 +334,16 @@ def find_lr_in_run(
     out_dir: Path | None,
     phase: int = -1,
     wait_s: float = 0.0,
+    cache: FeatureCache | None = None,
+    groups: tuple[str, ...] = (),
 ) -> LRFound:
     """The `FindLR` command, and `strategy.phase_lr = "find"` at a phase's start (`phase`, and the `wait_s` a person
     has to answer): sweep the current phase's LR from a snapshot (restored afterwards) with the recipe
     `tuitune lr-find` uses, and write the curve (unless `out_dir` is None: a rank other than 0, which sweeps
     the same batches so that the ranks stay in step); the `LRFound` event says what it found."""
-    current = st.head_base_lr()
-    curve = sweep_run(profile, parts, st, objective, steps=steps)
+    current = st.head_base_lr() if not groups else st.base_lrs()[groups[-1]]
+    swept = (lambda g: g["layer_group"] in groups) if groups else None
+    curve = sweep_run(profile, parts, st, objective, cache, steps=steps, smooth=smoothing(steps), swept=swept)
     st.apply_lr()  # the sweep restored the optimizer; put this step's scheduled LRs back
     name = f"lr_find_phase{phase + 1}.csv" if phase >= 0 else f"lr_find_step{st.global_step}.csv"
     path = curve_to_csv(curve, out_dir / name) if out_dir is not None else Path(name)

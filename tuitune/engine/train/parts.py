@@ -23,6 +23,7 @@ from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.engine.rebuild import Builder, profile_backbone
 from tuitune.engine.train import strategy
 from tuitune.engine.train.distributed import LOCAL, DistContext
+from tuitune.engine.train.domain_shift import shift_plan
 from tuitune.errors import UserError
 
 
@@ -229,7 +230,7 @@ def build_parts(
     )
     if profile.model.trust_remote_code:
         warnings.append("model.trust_remote_code is on: this checkpoint's own Python code runs in this process")
-    return RunParts(
+    parts = RunParts(
         backbone=backbone,
         device=device,
         bundle=bundle,
@@ -246,6 +247,9 @@ def build_parts(
         dist=dist,
         compiled=profile.train.compile,
     )
+    note = shift_plan(parts, profile)
+    parts.warnings += (note,) if note else ()
+    return parts
 
 
 def run_loaders(profile: RunProfile, bundle: DataBundle, device: torch.device, dist: DistContext) -> tuple[Any, ...]:

@@ -20,16 +20,28 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
 
 
 class LRSchedule:
+    """The schedule's shape over a cycle: the whole run, or (`train.restart = "phase"`) each phase, started again
+    by `restart` at a phase change; `offset` is the cycle's first step, `total` its length."""
+
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
         self.cfg = cfg
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.total = cfg.epochs * self.steps_per_epoch
+        self.offset = 0
         self._param = torch.zeros(1, requires_grad=True)
         self.proxy = torch.optim.SGD([self._param], lr=1.0)
         self.scheduler = self._build()
 
+    def restart(self, global_step: int, steps: int) -> None:
+        """A warm restart: the shape starts again at `global_step`, over `steps` steps (the run's warm-up is the
+        first cycle's only)."""
+        self.offset, self.total = global_step, max(1, steps)
+        self.proxy.param_groups[0]["lr"] = 1.0
+        self.scheduler = self._build()
+
     def _build(self) -> Any:
-        cfg, decay_total = self.cfg, max(1, self.total - self.cfg.warmup_steps)
+        warmup = self.cfg.warmup_steps if self.offset == 0 else 0
+        cfg, decay_total = self.cfg, max(1, self.total - warmup)
         if cfg.schedule == "cosine":
             from timm.scheduler import CosineLRScheduler
 
@@ -44,7 +56,7 @@ class LRSchedule:
                 t_in_epochs=False,
             )
         if cfg.schedule == "onecycle":
-            pct = cfg.warmup_steps / self.total if cfg.warmup_steps else 0.3
+            pct = warmup / self.total if warmup else 0.3
             return torch.optim.lr_scheduler.OneCycleLR(
                 self.proxy, max_lr=1.0, total_steps=self.total + 1, pct_start=min(max(pct, 0.01), 0.9)
             )
@@ -60,19 +72,20 @@ class LRSchedule:
         if self.scheduler is None or cfg.schedule == "plateau":
             shape = self.proxy.param_groups[0]["lr"]
         elif cfg.schedule == "onecycle":
-            shape = self._onecycle_at(global_step)
+            shape = self._onecycle_at(global_step - self.offset)
         else:
-            self.scheduler.step_update(max(0, global_step - cfg.warmup_steps))
+            start = self.offset if self.offset else cfg.warmup_steps
+            self.scheduler.step_update(max(0, global_step - start))
             shape = self.proxy.param_groups[0]["lr"]
         if cfg.schedule != "onecycle" and cfg.warmup_steps and global_step < cfg.warmup_steps:
             shape *= (global_step + 1) / cfg.warmup_steps
         return shape
 
-    def _onecycle_at(self, global_step: int) -> float:
-        """OneCycleLR is a stepped object; advance it to `global_step` (it only moves forward)."""
+    def _onecycle_at(self, step: int) -> float:
+        """OneCycleLR is a stepped object; advance it to `step` of its cycle (it only moves forward)."""
         import warnings
 
-        target = min(global_step, self.total)
+        target = min(max(0, step), self.total)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": the proxy never steps
             warnings.simplefilter("ignore")
             while self.scheduler.last_epoch < target:
@@ -95,15 +108,19 @@ class LRSchedule:
     def apply(self, optimizer: torch.optim.Optimizer, global_step: int) -> None:
         shape = self.factor(global_step)
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * shape * self.group_factor(group, global_step)
+            # "rgn": `strategy.kind = "auto_rgn"`'s factor for the group this epoch (`TrainerState.rescale_by_rgn`)
+            group["lr"] = group["base_lr"] * shape * self.group_factor(group, global_step) * group.get("rgn", 1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"proxy_lr": self.proxy.param_groups[0]["lr"]}
+        state: dict[str, Any] = {"proxy_lr": self.proxy.param_groups[0]["lr"], "cycle": [self.offset, self.total]}
         if self.cfg.schedule == "plateau":
             state["plateau"] = self.scheduler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        offset, total = state.get("cycle", (0, self.total))  # absent before warm restarts: one run-long cycle
+        if (offset, total) != (self.offset, self.total):
+            self.restart(int(offset), int(total))
         self.proxy.param_groups[0]["lr"] = state["proxy_lr"]
         if self.cfg.schedule == "plateau" and "plateau" in state:
             self.scheduler.load_state_dict(state["plateau"])

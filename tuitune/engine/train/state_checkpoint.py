@@ -20,6 +20,7 @@ from tuitune.engine.train.guards import all_finite
 from tuitune.errors import UserError
 
 if TYPE_CHECKING:
+    from tuitune.engine.train.phase_best import PhaseBest
     from tuitune.engine.train.tasks import TaskObjective
     from tuitune.engine.train.trainer_state import TrainerState
 
@@ -30,9 +31,15 @@ class Checkpointer:
     `saved_at`) and what resuming found worth a warning (`notes`, for `RunStarted`)."""
 
     def __init__(
-        self, state: TrainerState, ckpt_dir: Path, emit: Callable[[Event], None], objective: TaskObjective | None = None
+        self,
+        state: TrainerState,
+        ckpt_dir: Path,
+        emit: Callable[[Event], None],
+        objective: TaskObjective | None = None,
+        phase_best: PhaseBest | None = None,
     ) -> None:
         self.state, self.ckpt_dir, self.emit, self.objective = state, ckpt_dir, emit, objective
+        self.phase_best = phase_best  # each phase's best weights: its watches travel with the state
         self.saved: dict[str, str] = {}
         self.saved_at: dict[str, tuple[int, int]] = {}  # tag -> (epoch, step in epoch) of its last save
         self.notes: list[str] = []
@@ -82,6 +89,7 @@ class Checkpointer:
             "world_size": parts.dist.world,
             "global_batch": st.global_batch(),
             "watches": {"best": st.best.to_dict(), "plateau": st.plateau.to_dict(), "early": st.early.to_dict()},
+            "phase_best": self.phase_best.state_dict() if self.phase_best is not None else None,
         }
 
     def _loader_gen_state(self) -> torch.Tensor | None:
@@ -167,6 +175,8 @@ class Checkpointer:
         st.guard.skipped = int(saved.get("skipped_steps", 0))
         for name, watch in (("best", st.best), ("plateau", st.plateau), ("early", st.early)):
             watch.load(saved["watches"][name])
+        if self.phase_best is not None and saved.get("phase_best") is not None:  # absent before phase bests
+            self.phase_best.load_state_dict(saved["phase_best"])
 
     def _resumed_step(self, run_dir: Path, saved: dict[str, Any]) -> int:
         """The step within the epoch to continue after. Another world size (or global batch) than the run was

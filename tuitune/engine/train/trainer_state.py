@@ -67,6 +67,10 @@ class TrainerState:
         self.trainable: tuple[str, ...] = ()
         self.group_scale: dict[str, float] = {}
         self._bn = strategy.batchnorms_by_group(parts.model, parts.groups)
+        # `strategy.train_bn`: the norm layers train in every group, frozen or not; those of the groups outside
+        # the first phase get param groups of their own, and a group unfrozen later joins without them
+        self._always = strategy.norm_params(parts.model) if profile.strategy.train_bn else ()
+        self._in_already: tuple[str, ...] = ()
         self._set_trainable(parts.phases[0])
         self.optimizer = strategy.build_optimizer(
             self._param_groups(parts.phases[0]),
@@ -75,8 +79,13 @@ class TrainerState:
             weight_decay=profile.train.weight_decay,
             momentum=profile.train.momentum,
         )
+        rest = [g.name for g in parts.groups if g.name not in parts.phases[0]]
+        strategy.add_groups(self.optimizer, self._param_groups(rest, only=self._always) if self._always else [])
+        self._in_already = self._always
         self.in_optimizer = list(parts.phases[0])
         self.phase_log.append(self._phase_entry(0))
+        if len(parts.phases) > 1:
+            self._restart_schedule()  # the first phase's cycle (resuming: the saved cycle replaces it)
 
     @staticmethod
     def _watches(profile: RunProfile, up: bool) -> tuple[MetricWatch, MetricWatch, MetricWatch]:
@@ -89,7 +98,9 @@ class TrainerState:
         return best, plateau, MetricWatch(es.metric, es.min_delta, score_higher=up)
 
     # ------------------------------------------------------------------------------------------- phases / LR
-    def _param_groups(self, names: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    def _param_groups(
+        self, names: tuple[str, ...] | list[str], only: tuple[str, ...] | None = None
+    ) -> list[dict[str, Any]]:
         t, s = self.profile.train, self.profile.strategy
         groups = strategy.param_groups(
             self.parts.model,
@@ -98,6 +109,8 @@ class TrainerState:
             base_lr=t.lr * self.lr_scale,
             lr_decay=s.lr_decay,
             weight_decay=t.weight_decay,
+            only=only,
+            skip=self._in_already,
         )
         for g in groups:
             g["joined_step"] = self.global_step  # a newly unfrozen group may warm up on its own
@@ -110,7 +123,7 @@ class TrainerState:
         `strategy.freeze_dropout`, frozen modules) in eval mode."""
         wanted = set(names)
         self.trainable = tuple(g.name for g in self.parts.groups if g.name in wanted)
-        strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable)
+        strategy.set_trainable(self.parts.model, self.parts.groups, self.trainable, self._always)
         strategy.train_mode(self.parts.model, self.profile.strategy)
 
     def _join(self, names: tuple[str, ...] | list[str]) -> None:
@@ -145,8 +158,35 @@ class TrainerState:
         self.phase, self.phase_start_epoch = index, self.epoch
         self.plateau.reset()
         self.phase_log.append(self._phase_entry(index))
+        self._restart_schedule()
         self.apply_lr()
         return added
+
+    def _restart_schedule(self) -> None:
+        """`train.restart = "phase"`: the schedule's shape starts again with the phase, over its planned epochs."""
+        if self.profile.train.restart == "phase":
+            epochs = strategy.planned_phase_epochs(self.profile, self.epoch)
+            self.schedule.restart(self.global_step, epochs * self.parts.steps_per_epoch)
+
+    def leave_phase(self) -> tuple[str, ...]:
+        """`RollBackPhase`: back to the phase before. The groups this phase unfroze are frozen again and their
+        optimizer state dropped (unfrozen again later, they start afresh, as they did the first time); the phase's
+        LR scale (LP-FT's) is taken back. Returns the groups frozen again. The caller puts the weights back."""
+        index, names = self.phase - 1, {g.name: g for g in self.parts.groups}
+        undone = tuple(n for n in self.parts.phases[self.phase] if n not in self.parts.phases[index])
+        self._set_trainable(tuple(n for n in self.trainable if n not in undone))
+        for name in undone:
+            for p in names[name].param_names:
+                self.optimizer.state.pop(self._params[p], None)
+        if self.parts.plan.lr_scales[self.phase] != 1.0:
+            self.scale_lr(1.0 / self.parts.plan.lr_scales[self.phase])
+        self.phase_log[-1]["rolled_back"] = True
+        self.phase, self.phase_start_epoch = index, self.epoch
+        self.plateau.reset()
+        self.phase_log.append(self._phase_entry(index))
+        self._restart_schedule()
+        self.apply_lr()
+        return undone
 
     def restore_trainable(self, trainable: list[str], group_scale: dict[str, float], in_optimizer: list[str]) -> None:
         """Resuming: exactly the trainable set a run left (hand-made changes included), its per-group LR factors,
@@ -209,6 +249,10 @@ class TrainerState:
         head = self.parts.groups[-1].name
         return next(g["base_lr"] for g in self.optimizer.param_groups if g["layer_group"] == head)
 
+    def base_lrs(self) -> dict[str, float]:
+        """Each layer group's base LR (before the schedule's shape and warm-ups)."""
+        return {g["layer_group"]: g["base_lr"] for g in reversed(self.optimizer.param_groups)}
+
     def group_lrs(self) -> dict[str, float]:
         return {g["layer_group"]: g["lr"] for g in self.optimizer.param_groups}
 
@@ -229,6 +273,10 @@ class TrainerState:
                 norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         values = torch.stack(norms).tolist() if norms else []
         self._grad_norms = dict(zip(names, values))
+
+    def rescale_by_rgn(self) -> None:
+        """`strategy.kind = "auto_rgn"`, at an epoch's first step (see `strategy.rescale_by_rgn`)."""
+        strategy.rescale_by_rgn(self.optimizer, self.parts.groups, self._params)
 
     def _measure_drift(self) -> None:
         """||w - w0|| / ||w0|| per group since the run started (pretrained weights, or the resumed ones)."""
