@@ -36,13 +36,13 @@ def _add_offline(p: argparse.ArgumentParser) -> None:
         "--offline",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="never download: pretrained weights come from the local cache only (as HF_HUB_OFFLINE=1)",
+        help="never download: pretrained weights and hub datasets come from the local cache only (as HF_HUB_OFFLINE=1)",
     )
 
 
 def _go_offline() -> None:
     """`--offline` is HF_HUB_OFFLINE=1, set before huggingface_hub is imported (it reads the variable once);
-    the engine also checks the variable itself (`tuitune.engine.model.hub.is_offline`)."""
+    the engine also checks the variable itself (`tuitune.engine.hubnet.is_offline`)."""
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"

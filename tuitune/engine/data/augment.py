@@ -60,7 +60,7 @@ def augment_train(bundle: DataBundle, data_config: dict, aug: AugmentConfig) -> 
     if isinstance(base, Subset):
         base, indices = base.dataset, list(base.indices)
     if isinstance(base, ImageFiles):
-        augmented: Dataset = ImageFiles(base.samples, tf, random=True)
+        augmented: Dataset = ImageFiles(base.samples, tf, random=True, read=base.read)
     elif isinstance(base, TensorImages) and base.images.dtype == torch.uint8:
         augmented = PixelImages(base.images, base.labels, tf)
     else:

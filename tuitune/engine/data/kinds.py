@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from tuitune.config import DataConfig, ModelConfig
-from tuitune.engine.data import datasets, synthetic, text
+from tuitune.engine.data import datasets, hfkind, synthetic, text
 from tuitune.engine.data.datasets import DataBundle
 from tuitune.engine.events import Event
 from tuitune.errors import DataError, UserError
 
-__all__ = ["KINDS", "BuildInputs", "DataKind", "build_datasets", "class_names", "data_kind", "input_task"]
+__all__ = [
+    "KINDS",
+    "BuildInputs",
+    "DataKind",
+    "build_datasets",
+    "class_names",
+    "data_kind",
+    "input_task",
+    "prepare_data",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ class DataKind:
     reads: str  # "image", "text", or "either" (synthetic data is made for whatever the model reads)
     class_targets_only: bool = False  # one class per example: no regression or multi-label targets
     transform: dict[str, Any] = field(default_factory=dict)  # overrides of the model's image transform
+    # Fetch what the data needs before anything reads it (a download), while the run's setup shows progress.
+    prepare: Callable[[DataConfig, Callable[[Event], None] | None], None] | None = None
+    # What the data itself says the model reads, for a kind that `reads` "either" (a dataset's image column).
+    task_of: Callable[[DataConfig], str] | None = None
 
 
 def _build_synthetic(cfg: DataConfig, a: BuildInputs) -> DataBundle:
@@ -71,6 +84,15 @@ KINDS: dict[str, DataKind] = {
         reads="text",
         build=lambda cfg, a: text.build_text(cfg, a.tokenizer, a.max_length, a.seed, a.target, a.emit),
     ),
+    "hf": DataKind(
+        classes=hfkind.hf_classes,
+        reads="either",
+        build=lambda cfg, a: hfkind.build_hf(
+            cfg, a.task, a.data_config, a.tokenizer, a.max_length, a.seed, a.target, a.emit
+        ),
+        prepare=hfkind.prepare,
+        task_of=hfkind.hf_task,
+    ),
     "synthetic": DataKind(classes=synthetic.synthetic_classes, reads="either", build=_build_synthetic),
 }
 
@@ -79,6 +101,13 @@ def data_kind(cfg: DataConfig) -> DataKind:
     if cfg.kind not in KINDS:
         raise DataError(f"data.kind: unknown kind {cfg.kind!r} (one of {', '.join(KINDS)})")
     return KINDS[cfg.kind]
+
+
+def prepare_data(cfg: DataConfig, emit: Callable[[Event], None] | None = None) -> None:
+    """Fetch the data now if its kind fetches anything (a hub dataset), with progress to `emit`."""
+    kind = data_kind(cfg)
+    if kind.prepare is not None:
+        kind.prepare(cfg, emit)
 
 
 def target_kind(loss_kind: str) -> str:
@@ -104,11 +133,13 @@ def _check_target(cfg: DataConfig, kind: DataKind, target: str) -> None:
 
 
 def input_task(data: DataConfig, model: ModelConfig) -> str:
-    """ "image" or "text": what the model reads. The data kind decides, except for synthetic data, where a Hugging
-    Face model's own config does (a vision config has an image size)."""
-    reads = data_kind(data).reads
-    if reads != "either":
-        return reads
+    """ "image" or "text": what the model reads. The data kind decides (a Hugging Face dataset by its columns),
+    except for synthetic data, where a Hugging Face model's own config does (a vision config has an image size)."""
+    kind = data_kind(data)
+    if kind.reads != "either":
+        return kind.reads
+    if kind.task_of is not None:
+        return kind.task_of(data)
     config_file = Path(model.name) / "config.json"
     if model.source == "hf" and config_file.is_file():
         config = json.loads(config_file.read_text(encoding="utf-8"))
