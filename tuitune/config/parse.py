@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuitune.config.declare import ProfileError, field_default
+from tuitune.config.loop import metric_name
 from tuitune.config.schema import SECTIONS, AugmentConfig, DataConfig, RunProfile
 
 if sys.version_info >= (3, 11):
@@ -26,8 +27,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-# Metric names from before `*_acc` became `*_score` (they carried RMSE or F1 too, whatever the name said).
-OLD_VALUES = {"val_acc": "val_score", "train_acc": "train_score"}
 # The data keys that only a Hugging Face dataset reads (`data.kind = "hf"`).
 HF_DATA_KEYS = ("name", "config", "revision", "split", "val_split", "test_split", "image_column")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")  # huggingface_hub's repo id rules
@@ -69,8 +68,8 @@ def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None
     meta = f.metadata
     if isinstance(value, float) and not math.isfinite(value):
         raise ProfileError(f"{where}: must be a finite number, got {value!r}")  # TOML allows nan and inf
-    if meta["choices"] and OLD_VALUES.get(value) in meta["choices"]:
-        value = OLD_VALUES[value]  # a metric's name before the scores were renamed: old profiles keep working
+    if meta["choices"] and metric_name(value) in meta["choices"]:
+        value = metric_name(value)  # a metric's name before the scores were renamed: old profiles keep working
     if meta["choices"] and value not in meta["choices"]:
         raise ProfileError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
     if meta["min"] is not None and value < meta["min"]:

@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.config.loop import metric_name
+
 STATUS = {"RUNNING": "running", "PRUNED": "pruned", "COMPLETE": "done", "FAIL": "failed", "WAITING": "waiting"}
 
 
@@ -83,7 +85,7 @@ def read_board(sweep_dir: Path) -> tuple[list[TrialRow], str, str]:
     from tuitune.sweep.study import load_study
 
     study = load_study(sweep_dir)
-    metric = str(study.user_attrs.get("metric", "value"))
+    metric = str(metric_name(study.user_attrs.get("metric", "value")))
     direction = study.direction.name.lower()
     return rows_from_trials(study.get_trials(deepcopy=False), direction), metric, direction
 
@@ -105,6 +107,6 @@ def sweep_loader(sweep_dir: Path) -> Callable[[], tuple[list, str]]:
             study.append(load_study(sweep_dir))
         s = study[0]
         rows = rows_from_trials(s.get_trials(deepcopy=False), s.direction.name.lower())
-        return rows, str(s.user_attrs.get("metric", "value"))
+        return rows, str(metric_name(s.user_attrs.get("metric", "value")))
 
     return load
