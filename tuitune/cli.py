@@ -181,6 +181,12 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no leaderboard screen: run in the foreground, print the leaderboard as trials end",
     )
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="keep the study in this Optuna storage (sqlite:///sweep.db, postgresql://..., mysql://...) instead of "
+        "the folder's journal: workers on several machines running the same command share it",
+    )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process --workers started
     _add_profile_options(sweep)
 
