@@ -91,6 +91,27 @@ def build_hf(
     return DataBundle(train, val, test, classes, f"hf {where}: {len(classes)} {noun}, {split_counts(train, val, test)}")
 
 
+def describe(cfg: DataConfig, emit: Emit | None = None) -> tuple[str, ...]:
+    """What the dataset holds, for the composing screen: its splits and their sizes, its columns and their types,
+    and what a run reads (the columns found, the classes), or why it could not (one line)."""
+    splits = load_splits(cfg, emit)
+    where = source(cfg).where
+    lines = ["splits: " + " · ".join(f"{name} {len(table):,}" for name, table in splits.items())]
+    table = splits[cfg.split] if cfg.split in splits else next(iter(splits.values()), None)
+    if table is None:
+        return (*lines, f"{where}: no split")
+    lines.append(f"columns: {_describe(table)}")
+    try:
+        task = hf_task(cfg)
+        cols = _columns(_pick(splits, "split", cfg.split, where), cfg, task, where)
+        classes = _classes(table, cols.label, "class", where)
+    except DataError as e:
+        return (*lines, str(e))
+    shown = ", ".join(classes[:6]) + (", …" if len(classes) > 6 else "")
+    lines.append(f"reads {task}: {cols.text or cols.image} → {cols.label} ({len(classes)} classes: {shown})")
+    return tuple(lines)
+
+
 # ------------------------------------------------------------------------------------------------ splits and columns
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "build_datasets",
     "class_names",
     "data_kind",
+    "describe_data",
     "input_task",
     "prepare_data",
 ]
@@ -56,6 +57,8 @@ class DataKind:
     prepare: Callable[[DataConfig, Callable[[Event], None] | None], None] | None = None
     # What the data itself says the model reads, for a kind that `reads` "either" (a dataset's image column).
     task_of: Callable[[DataConfig], str] | None = None
+    # A few lines on what the data holds (the composing screen); default: its classes.
+    describe: Callable[[DataConfig, Callable[[Event], None] | None], tuple[str, ...]] | None = None
 
 
 def _build_synthetic(cfg: DataConfig, a: BuildInputs) -> DataBundle:
@@ -92,6 +95,7 @@ KINDS: dict[str, DataKind] = {
         ),
         prepare=hfkind.prepare,
         task_of=hfkind.hf_task,
+        describe=hfkind.describe,
     ),
     "synthetic": DataKind(classes=synthetic.synthetic_classes, reads="either", build=_build_synthetic),
 }
@@ -108,6 +112,16 @@ def prepare_data(cfg: DataConfig, emit: Callable[[Event], None] | None = None) -
     kind = data_kind(cfg)
     if kind.prepare is not None:
         kind.prepare(cfg, emit)
+
+
+def describe_data(cfg: DataConfig, emit: Callable[[Event], None] | None = None) -> tuple[str, ...]:
+    """A few lines on what the data holds, for the composing screen (a hub dataset is fetched first: `emit` gets
+    the progress); a `UserError` when it cannot be read."""
+    kind = data_kind(cfg)
+    if kind.describe is not None:
+        return kind.describe(cfg, emit)
+    classes = class_names(cfg)
+    return (f"{len(classes)} classes: {', '.join(classes[:8])}{', …' if len(classes) > 8 else ''}",)
 
 
 def target_kind(loss_kind: str) -> str:
