@@ -12,7 +12,7 @@ by their split names), asks about single paths (`POST /api/datasets/{repo}/paths
 
 Run it by hand for a demo: `python tests/engine/dataset_hub.py [REPO_ID FOLDER] [--throttle BYTES_PER_S]` serves the
 files under FOLDER (recursively) as dataset repo REPO_ID, or with no folder the two test repos (TEXT_REPO,
-IMAGE_REPO), and prints its URL.
+IMAGE_REPO; with `--tiny-bert` also a tiny BERT model repo, TINY_BERT), and prints its URL.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tests.engine.hub_server import COMMIT, StandInHub
 
 TREE_OID = "f" * 40
 TEXT_REPO, IMAGE_REPO = "tuitune-tests/tiny-reviews", "tuitune-tests/tiny-shapes"
+TINY_BERT = "tuitune-tests/tiny-bert"  # the model repo `--tiny-bert` serves too (tests/engine/hf_fixtures.py)
 GOOD = ("good", "great", "fun", "nice", "happy")
 BAD = ("bad", "awful", "boring", "sad", "hate")
 
@@ -223,20 +224,29 @@ def folder_files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
-if __name__ == "__main__":  # a demo hub: [REPO_ID FOLDER] [--throttle BYTES_PER_S]
+if __name__ == "__main__":  # a demo hub: [REPO_ID FOLDER] [--throttle BYTES_PER_S] [--tiny-bert]
     import argparse
 
     parser = argparse.ArgumentParser()
     parser.add_argument("repo", nargs="?")
     parser.add_argument("folder", nargs="?")
     parser.add_argument("--throttle", type=float, default=0.0)
+    parser.add_argument("--tiny-bert", action="store_true", help="also serve the model repo " + TINY_BERT)
     args = parser.parse_args()
     repos = (
         {args.repo: folder_files(Path(args.folder))}
         if args.folder
         else {TEXT_REPO: text_repo(), IMAGE_REPO: image_repo()}
     )
-    with DatasetHub(repos, throttle=args.throttle) as hub:
+    models = {}
+    if args.tiny_bert:
+        import tempfile
+
+        from tests.engine.hf_fixtures import make_tiny_hf_dir
+        from tests.engine.hub_server import repo_files
+
+        models[TINY_BERT] = repo_files(make_tiny_hf_dir(Path(tempfile.mkdtemp()), "bert"))
+    with DatasetHub(repos, models, throttle=args.throttle) as hub:
         print(hub.url, flush=True)
         try:
             while True:
