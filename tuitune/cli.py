@@ -37,13 +37,13 @@ def _add_offline(p: argparse.ArgumentParser) -> None:
         "--offline",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="never download: pretrained weights come from the local cache only (as HF_HUB_OFFLINE=1)",
+        help="never download: pretrained weights and hub datasets come from the local cache only (as HF_HUB_OFFLINE=1)",
     )
 
 
 def _go_offline() -> None:
     """`--offline` is HF_HUB_OFFLINE=1, set before huggingface_hub is imported (it reads the variable once);
-    the engine also checks the variable itself (`tuitune.engine.model.hub.is_offline`)."""
+    the engine also checks the variable itself (`tuitune.engine.hubnet.is_offline`)."""
     import os
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -189,6 +189,12 @@ def _add_sweep_command(sub: argparse._SubParsersAction) -> None:
         "--headless",
         action="store_true",
         help="no leaderboard screen: run in the foreground, print the leaderboard as trials end",
+    )
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="keep the study in this Optuna storage (sqlite:///sweep.db, postgresql://..., mysql://...) instead of "
+        "the folder's journal: workers on several machines running the same command share it",
     )
     sweep.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process --workers started
     _add_profile_options(sweep)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tuitune.engine import hubnet
 from tuitune.engine.model import hub
 
 
@@ -50,7 +51,7 @@ def test_no_network_is_one_line_naming_the_error_in_seconds(no_network: str, tmp
 def test_lost_connection_mid_way_is_not_a_missing_file(no_network: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The endpoint answered once (remembered as reachable), then the network went: huggingface_hub's
     LocalEntryNotFoundError is an EntryNotFoundError too, but it is no 404, so no "not in the repository"."""
-    monkeypatch.setattr(hub, "_REACHED", {no_network})
+    monkeypatch.setattr(hubnet, "_REACHED", {no_network})
     monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda s: None)  # its backoff, not our test's time
     with pytest.raises(hub.DownloadFailed, match=r"^timm/resnet18.a1_in1k/model\.safetensors: .*Connection refused"):
         hub.download("timm/resnet18.a1_in1k", "model.safetensors", None, None)

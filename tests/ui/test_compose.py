@@ -15,6 +15,7 @@ from tests.ui.test_pilot import text_of, until
 from tuitune.config import ProfileError, load_profile
 from tuitune.ui.app import TuituneApp
 from tuitune.ui.compose import ComposeScreen, compose_profile
+from tuitune.ui.compose_panes import DataPane, GroupsPane
 from tuitune.ui.picker import PickerScreen
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -35,11 +36,16 @@ def picker_app(folder: Path, started: list) -> TuituneApp:
     return TuituneApp("picker", profile_dirs=[folder], runner=runner, make_run_dir=lambda p, out: Path("unused"))
 
 
+def all_read(screen: ComposeScreen) -> bool:
+    """Both read-outs show what they read for the profile as it stands (the data, the layer groups)."""
+    return not screen.query_one(DataPane).stale and not screen.query_one(GroupsPane).stale
+
+
 async def open_compose(app: TuituneApp, pilot) -> ComposeScreen:
-    """`e` in the picker, then wait until the worker has read the layer groups."""
+    """`e` in the picker, then wait until the workers have read the data and the layer groups."""
     assert isinstance(app.screen, PickerScreen)
     await pilot.press("e")
-    await until(pilot, lambda: isinstance(app.screen, ComposeScreen) and app.screen.read is not None)
+    await until(pilot, lambda: isinstance(app.screen, ComposeScreen) and all_read(app.screen))
     screen = app.screen
     assert isinstance(screen, ComposeScreen)
     return screen
@@ -178,7 +184,7 @@ def test_compose_snapshot(snap_compare, monkeypatch: pytest.MonkeyPatch, size: t
 
     async def read(pilot) -> None:
         await pilot.press("e")
-        await until(pilot, lambda: isinstance(pilot.app.screen, ComposeScreen) and pilot.app.screen.read is not None)
+        await until(pilot, lambda: isinstance(pilot.app.screen, ComposeScreen) and all_read(pilot.app.screen))
         await until(pilot, lambda: pilot.app.screen.query_one(MemoryLine).plan is not None)
         await pilot.pause()
 

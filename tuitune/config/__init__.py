@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from tuitune.config.declare import ProfileError, opt
 from tuitune.config.dump import dump_toml, profile_to_dict, toml_value
-from tuitune.config.loop import METRICS, EarlyStoppingConfig, StrategyConfig, TrainConfig
+from tuitune.config.loop import METRICS, OLD_VALUES, EarlyStoppingConfig, StrategyConfig, TrainConfig, metric_name
 from tuitune.config.parse import (
     ALIASES,
-    OLD_VALUES,
     apply_overrides,
     load_profile,
     parse_override,
@@ -58,6 +57,7 @@ __all__ = [
     "apply_overrides",
     "dump_toml",
     "load_profile",
+    "metric_name",
     "opt",
     "parse_override",
     "profile_from_dict",

@@ -10,6 +10,7 @@ Imported by the picker: it must stay free of torch, timm and transformers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 from tuitune.config.declare import opt
 
@@ -17,6 +18,24 @@ from tuitune.config.declare import opt
 # and each task's own (`tuitune.config.tasks`). `val_macro_f1` (classification only): the mean of the per-class F1
 # scores at validation, for imbalanced data where accuracy flatters the majority class.
 from tuitune.config.tasks import METRICS
+
+# Metric names from before `*_acc` became `*_score` (they carried RMSE or F1 too, whatever the name said).
+OLD_VALUES = {"val_acc": "val_score", "train_acc": "train_score"}
+
+
+@overload
+def metric_name(name: str) -> str: ...
+@overload
+def metric_name(name: object) -> object: ...
+def metric_name(name: object) -> object:
+    """A metric's name as it is now: an old one (`val_acc`, or the EMA model's `ema_val_acc`) as its new name, any
+    other unchanged (a non-string too, for the caller's own check to refuse). Every place that reads a metric's name,
+    from a person (a profile key, `--set`, a sweep's metric) or from a record (a summary's best metric, a study's),
+    reads it through here, so the old names keep working everywhere."""
+    if not isinstance(name, str):
+        return name
+    prefix = "ema_" if name.startswith("ema_") else ""
+    return prefix + OLD_VALUES.get(name[len(prefix) :], name[len(prefix) :])
 
 
 @dataclass(frozen=True)

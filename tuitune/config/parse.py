@@ -11,14 +11,16 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tuitune.config.declare import ProfileError, field_default
+from tuitune.config.loop import metric_name
 from tuitune.config.outputs import check_outputs
-from tuitune.config.schema import SECTIONS, AugmentConfig, RunProfile
+from tuitune.config.schema import SECTIONS, AugmentConfig, DataConfig, RunProfile
 from tuitune.config.tasks import COMMON_METRICS, TASK_RULES
 
 if sys.version_info >= (3, 11):
@@ -27,8 +29,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-# Metric names from before `*_acc` became `*_score` (they carried RMSE or F1 too, whatever the name said).
-OLD_VALUES = {"val_acc": "val_score", "train_acc": "train_score"}
+# The data keys that only a Hugging Face dataset reads (`data.kind = "hf"`).
+HF_DATA_KEYS = ("name", "config", "revision", "split", "val_split", "test_split", "image_column")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")  # huggingface_hub's repo id rules
 # Names other tools use for our keys, for the did-you-mean of an unknown key.
 ALIASES = {
     "learning_rate": "lr",
@@ -70,8 +73,8 @@ def _check_value(f: dataclasses.Field, value: Any, where: str, base: Path | None
     meta = f.metadata
     if isinstance(value, float) and not math.isfinite(value):
         raise ProfileError(f"{where}: must be a finite number, got {value!r}")  # TOML allows nan and inf
-    if meta["choices"] and OLD_VALUES.get(value) in meta["choices"]:
-        value = OLD_VALUES[value]  # a metric's name before the scores were renamed: old profiles keep working
+    if meta["choices"] and metric_name(value) in meta["choices"]:
+        value = metric_name(value)  # a metric's name before the scores were renamed: old profiles keep working
     if meta["choices"] and value not in meta["choices"]:
         raise ProfileError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
     if meta["min"] is not None and value < meta["min"]:
@@ -117,6 +120,7 @@ def _cross_check(p: RunProfile, file: str) -> None:
     _check_task(p, file)
     if p.data.kind in ("image_folder", "text", "chat") and not p.data.path:
         raise ProfileError(f"{file}: data.path: required for data.kind = {p.data.kind!r}")
+    _check_hf_data(p.data, file)
     if p.strategy.kind == "groups" and not p.strategy.groups:
         raise ProfileError(f"{file}: strategy.groups: required for strategy.kind = 'groups'")
     if p.data.val_fraction + p.data.test_fraction >= 1.0:
@@ -192,6 +196,33 @@ def _check_task(p: RunProfile, file: str) -> None:
             tuple(default) if isinstance(default, list) else default
         ):
             raise ProfileError(f"{file}: {dotted}: not used by model.task = {task!r}; remove the key")
+
+
+def _check_hf_data(d: DataConfig, file: str) -> None:
+    """A Hugging Face dataset is named by exactly one of a hub id and a local path; its own keys are refused for
+    the other kinds (never silently ignored)."""
+    if d.kind != "hf":
+        defaults = DataConfig()
+        for key in HF_DATA_KEYS:
+            if getattr(d, key) != getattr(defaults, key):
+                raise ProfileError(f'{file}: data.{key}: only for data.kind = "hf"')
+        return
+    if bool(d.name) == bool(d.path):
+        which = "not both" if d.name else "one of them"
+        raise ProfileError(
+            f'{file}: data.name: data.kind = "hf" reads a hub id (data.name, e.g. "stanfordnlp/imdb") or a local '
+            f"folder or file (data.path), {which}"
+        )
+    if d.name and (not HUB_ID.fullmatch(d.name) or "--" in d.name or ".." in d.name):
+        raise ProfileError(f"{file}: data.name: {d.name!r} is not a hub dataset id (org/name)")
+    for key in ("config", "revision"):
+        if d.path and getattr(d, key):
+            raise ProfileError(f"{file}: data.{key}: only for a hub dataset (data.name), not a local data.path")
+    if not d.split:
+        raise ProfileError(f"{file}: data.split: required (the split to train on, e.g. train)")
+    for key, other in (("val_split", "split"), ("test_split", "split"), ("test_split", "val_split")):
+        if getattr(d, key) and getattr(d, key) == getattr(d, other):
+            raise ProfileError(f"{file}: data.{key}: {getattr(d, key)!r} is data.{other} already")
 
 
 def _check_augment(p: RunProfile, file: str) -> None:

@@ -85,15 +85,27 @@ class DataConfig:
         "digits",
         "`digits` (the UCI handwritten digits shipped with tuitune), `image_folder`, "
         "`text` (CSV or JSONL), `chat` (`causal_lm`: CSV or JSONL rows of a prompt and its response, or of chat "
-        "messages) or `synthetic` (random, for tests).",
-        choices=("digits", "image_folder", "text", "chat", "synthetic"),
+        "messages), `hf` (a Hugging Face dataset: a hub id or a local folder or file, read with `datasets`; "
+        "`pip install 'tuitune[hf]'`) or `synthetic` (random, for tests).",
+        choices=("digits", "image_folder", "text", "chat", "hf", "synthetic"),
     )
     path: str = opt(
         "",
         "`image_folder`: a root with `train/`, `val/` (and `test/`) folders, or one folder of "
-        "class subfolders to split. `text`, `chat`: the training file.",
+        "class subfolders to split. `text`, `chat`: the training file. `hf` (instead of `name`): a "
+        "`save_to_disk` folder, a folder of data files, or one parquet, arrow, csv or json file.",
         path=True,
     )
+    name: str = opt(
+        "",
+        "`hf`: the dataset's hub id (`org/name`), downloaded into the Hugging Face cache with "
+        "progress (not with `--offline`: then the cache only).",
+    )
+    config: str = opt("", "`hf`: the dataset's configuration (subset), when it has several.")
+    revision: str = opt("", "`hf`: a branch, tag or commit of the hub dataset; empty = `main`.")
+    split: str = opt("train", "`hf`: the split to train on.")
+    val_split: str = opt("", "`hf`: the validation split; empty = `val_fraction` of `split`, stratified by class.")
+    test_split: str = opt("", "`hf`: an optional test split; empty = `test_fraction` of `split`.")
     val_path: str = opt("", "`text`, `chat`: a separate validation file (else `val_fraction` of `path`).", path=True)
     test_path: str = opt("", "`text`, `chat`: an optional test file, evaluated once at the end.", path=True)
     val_fraction: float = opt(0.2, "Fraction held out for validation when there is no separate split.", gt=0.0, max=0.9)
@@ -105,8 +117,17 @@ class DataConfig:
         "`[0, 1, 2, 3, 4]`). Their val accuracy, scored with the weights file's own head, "
         "is tracked every epoch, so forgetting shows as it happens.",
     )
-    text_column: str = opt("text", "`text`: the column (CSV) or field (JSONL) holding the text.")
-    label_column: str = opt("label", "`text`: the column or field holding the label.")
+    text_column: str = opt(
+        "",
+        "The column holding the text. `text`: the CSV column or JSONL field (empty = `text`). "
+        "`hf`: empty = the dataset's one string column.",
+    )
+    label_column: str = opt(
+        "",
+        "The column holding the label. `text`: empty = `label`. `hf`: empty = the dataset's "
+        "`ClassLabel` column (its names are the classes), else a column named `label` or `labels`.",
+    )
+    image_column: str = opt("", "`hf`: the column holding the images; empty = the dataset's one `Image` column.")
     prompt_column: str = opt(
         "prompt", "`chat`: the column (CSV) or field (JSONL) holding the prompt (the user's turn)."
     )

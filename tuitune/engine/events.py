@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from tuitune.config.loop import OLD_VALUES, metric_name
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -459,23 +461,18 @@ def _revive(hint: Any, value: Any) -> Any:
 
 # Names from before the task's score was called a score (`*_acc` fields carried RMSE or F1 too): old events.jsonl
 # files, summaries and checkpoints are read with them renamed.
-RENAMED_KEYS = {
-    "train_acc": "train_score",
-    "val_acc": "val_score",
-    "best_val_acc": "best_val_score",
-    "ema_val_acc": "ema_val_score",
-}
+RENAMED_KEYS = {old: metric_name(old) for old in (*OLD_VALUES, "ema_val_acc")} | {"best_val_acc": "best_val_score"}
 
 
 def renamed_keys(d: dict[str, Any]) -> dict[str, Any]:
     """`d` with its old metric keys (and an old metric name as a "metric" value) under their new names."""
     out = {RENAMED_KEYS.get(k, k): v for k, v in d.items()}
-    if out.get("metric") in RENAMED_KEYS:
-        out["metric"] = RENAMED_KEYS[out["metric"]]
+    if "metric" in out:
+        out["metric"] = metric_name(out["metric"])
     return out
 
 
-def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+def upgraded(data: dict[str, Any]) -> dict[str, Any]:
     """An event recorded under the old names, renamed: its fields, `extra`, and RunFinished's `best`, `final`,
     `test` ("acc" -> "score") and per-phase rows."""
     data = renamed_keys(data)
@@ -495,7 +492,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:
-    data = _upgrade(data)
+    data = upgraded(data)
     cls = EVENT_TYPES[data.pop("type")]
     hints = _hints(cls)
     return cls(**{k: _revive(hints[k], v) for k, v in data.items() if k in hints})

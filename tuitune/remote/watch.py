@@ -3,7 +3,8 @@
 A live run is read over its control socket, which sends the recorded history and the live events as one stream with
 no gap and no repeat (the server counts the lines it sends from `events.jsonl` under the lock the engine's events
 pass); a run that ended (or died) is its `events.jsonl`. Each event is handed to `out` as its JSON object, from the
-first event at or past `since` (a global step; 0: all of them). Plain Python.
+first event at or past `since` (a global step; 0: all of them), under today's names (`events.upgraded`: a run
+recorded before `val_acc` became `val_score` reads as one recorded after). Plain Python.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuitune.engine.events import EVENT_TYPES
+from tuitune.engine.events import EVENT_TYPES, upgraded
 from tuitune.exits import ExitCode
 from tuitune.remote.client import RunClient
 from tuitune.runs.process import socket_path
@@ -64,7 +65,7 @@ def _follow(run_dir: Path, client: RunClient, out: Out, passes: _Since) -> tuple
             if data.get("type") not in EVENT_TYPES:  # the socket's own lines (Hello, Live, Reply...)
                 continue
             if passes(data):
-                out(data)
+                out(upgraded(data))
             if data["type"] in ENDS:
                 return ExitCode.OK, ""
     finally:
@@ -85,5 +86,5 @@ def _recorded(run_dir: Path, out: Out, passes: _Since) -> tuple[int, str]:
             except ValueError:  # a torn last line of a killed run
                 continue
             if isinstance(data, dict) and data.get("type") in EVENT_TYPES and passes(data):
-                out(data)
+                out(upgraded(data))  # a run recorded before the metrics' rename reads under today's names
     return ExitCode.OK, ""

@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.config.loop import metric_name
+from tuitune.engine.events import upgraded
 from tuitune.engine.record.history import event_lines
 from tuitune.errors import UserError
 from tuitune.fmt import fmt_plain, fmt_score
@@ -123,10 +125,7 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
                 e = _loads(line)
                 epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
                 if e.get("is_best"):
-                    best, best_epoch = (
-                        e.get("val_score", e.get("val_acc")),
-                        epoch,
-                    )  # val_acc: logs before the rename
+                    best, best_epoch = upgraded(e).get("val_score"), epoch  # (logs before the rename: val_acc)
             elif line.startswith('{"type":"PhaseChanged"'):
                 phase = _loads(line).get("phase", phase)
             held = _held(line, held)
@@ -134,7 +133,9 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
         pass
     if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
         b = summary["best"]
-        name = str(b.get("metric", metric)).replace("_score", f"_{metric}")  # val_score -> val_acc / val_rmse
+        name = str(metric_name(b.get("metric", metric))).replace(
+            "_score", f"_{metric}"
+        )  # val_score -> val_acc, val_rmse
         value = fmt_plain(b["value"]) if name.endswith("loss") else fmt_score(metric, b["value"], 2)
         text = f"{name.replace('_', ' ')} {value} @ {b.get('epoch')}"
     else:

@@ -187,6 +187,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UserError("sweep: --trials and --workers must be >= 1")
     sweep = load_sweep(args.profile, args.overrides)  # bad tables fail here, before any folder is made
     out = Path(args.out) if args.out else Path("runs") / f"{sweep.name}-sweep"
+    if args.storage:  # checked (it opens) before the folder records it
+        from tuitune.sweep.storage import check_storage, claim
+
+        check_storage(args.storage)
+        claim(out, args.storage, sweep.name)
     if args.worker:
         return run_worker(args.profile, args.overrides, out, args.trials or sweep.spec.trials)
     if args.headless:

@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tuitune.config.loop import metric_name
+
 STATUS = {"RUNNING": "running", "PRUNED": "pruned", "COMPLETE": "done", "FAIL": "failed", "WAITING": "waiting"}
 
 
@@ -26,8 +28,9 @@ class TrialRow:
 
 
 def rows_from_trials(trials: list[Any], direction: str, now: datetime | None = None) -> list[TrialRow]:
-    """Best first (done and pruned by their best value; running ones next; failed last)."""
-    rows = [_row(t, direction, now or datetime.now()) for t in trials]
+    """Best first (done and pruned by their best value; running ones next; failed last). A trial given back
+    (asked past the cap by a worker on another machine: `study.ask`) is not the sweep's and is left out."""
+    rows = [_row(t, direction, now or datetime.now()) for t in trials if not t.user_attrs.get("surplus")]
     sign = -1.0 if direction == "maximize" else 1.0
     order = {"done": 0, "pruned": 0, "running": 1, "paused": 1, "waiting": 2, "failed": 3, "killed": 3}
     return sorted(
@@ -82,11 +85,11 @@ def format_board(rows: list[TrialRow], metric: str, width: int | None = None) ->
 
 
 def read_board(sweep_dir: Path) -> tuple[list[TrialRow], str, str]:
-    """(rows, metric, direction) of the sweep in `sweep_dir`, from its journal."""
+    """(rows, metric, direction) of the sweep in `sweep_dir`, from its study (journal or `--storage`)."""
     from tuitune.sweep.study import load_study
 
     study = load_study(sweep_dir)
-    metric = str(study.user_attrs.get("metric", "value"))
+    metric = str(metric_name(study.user_attrs.get("metric", "value")))
     direction = study.direction.name.lower()
     return rows_from_trials(study.get_trials(deepcopy=False), direction), metric, direction
 
@@ -94,20 +97,25 @@ def read_board(sweep_dir: Path) -> tuple[list[TrialRow], str, str]:
 def sweep_loader(sweep_dir: Path) -> Callable[[], tuple[list, str]]:
     """The sweep screen's loader: (rows best first, metric name) of the sweep in `sweep_dir`.
 
-    The study is loaded once, on the first call that finds the journal, and kept: its JournalStorage then reads
-    only the lines appended since the last call instead of replaying the whole journal each second. The screen
+    The study is loaded once, on the first call that finds it, and kept: its JournalStorage then reads only the
+    lines appended since the last call instead of replaying the whole journal each second. The screen
     calls it in a thread worker, so optuna's import and the reads stay off the event loop."""
     study: list = []  # the loaded study, once the journal exists
 
     def load() -> tuple[list, str]:
         if not study:
-            if not (sweep_dir / "journal.log").exists():
+            from tuitune.sweep.storage import has_study
+
+            if not has_study(sweep_dir):
                 return [], ""
             from tuitune.sweep.study import load_study
 
-            study.append(load_study(sweep_dir))
+            try:
+                study.append(load_study(sweep_dir))
+            except KeyError:  # a --storage sweep whose study is not created there yet
+                return [], ""
         s = study[0]
         rows = rows_from_trials(s.get_trials(deepcopy=False), s.direction.name.lower())
-        return rows, str(s.user_attrs.get("metric", "value"))
+        return rows, str(metric_name(s.user_attrs.get("metric", "value")))
 
     return load

@@ -1,7 +1,8 @@
 """Run a sweep: ask Optuna for a trial, run it as an ordinary headless run in `SWEEP_DIR/trial-NNN`, report each
 epoch's metric to the pruner (a pruned trial's run is asked to stop at the next step, like Ctrl+C), tell the result;
-until the sweep holds `trials` counted trials. `--workers K` starts K processes of this same loop on one journal
-(one GPU each through CUDA_VISIBLE_DEVICES when there are GPUs). At the end: `best.toml` and the `--set` line."""
+until the sweep holds `trials` counted trials. `--workers K` starts K processes of this same loop on one study
+(one GPU each through CUDA_VISIBLE_DEVICES when there are GPUs); `--storage URL` puts the study in a database that
+workers on other machines join (`tuitune.sweep.storage`). At the end: `best.toml` and the `--set` line."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tuitune.engine.record.files import write_text_atomic
 from tuitune.exits import ExitCode
 from tuitune.sweep.board import format_board, read_board
 from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
+from tuitune.sweep.storage import has_study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +241,7 @@ def _run_workers(
     stop: SweepStop,
     say: Callable[[str], None],
 ) -> None:
-    """K worker processes on one journal; their output goes to `worker-I.log`; the leaderboard here when a trial
+    """K worker processes on one study; their output goes to `worker-I.log`; the leaderboard here when a trial
     ends. Ctrl+C / SIGTERM is passed on to them (each stops its trial at the next step)."""
     gpus = _gpu_count()
     procs = []
@@ -280,9 +282,12 @@ def _run_workers(
 
 
 def _print_when_ended(sweep_dir: Path, seen: set[int], say: Callable[[str], None]) -> set[int]:
-    if not (sweep_dir / "journal.log").exists():
+    if not has_study(sweep_dir):
         return seen
-    rows, metric, _ = read_board(sweep_dir)
+    try:
+        rows, metric, _ = read_board(sweep_dir)
+    except KeyError:  # a --storage sweep whose study the workers have not created yet
+        return seen
     ended = {r.number for r in rows if r.status not in ("running", "waiting")}
     if ended - seen:
         say(format_board(rows, metric))

@@ -27,7 +27,7 @@ from typing import Any
 
 from tuitune.config import ProfileError, RunProfile, apply_overrides, profile_from_dict
 from tuitune.config.dump import toml_value
-from tuitune.config.loop import METRICS
+from tuitune.config.loop import METRICS, metric_name
 
 SETTINGS = ("metric", "direction", "pruner", "startup_trials", "trials", "keep")
 KEEP = ("best", "all")
@@ -162,7 +162,8 @@ def parse_sweep(table: Mapping[str, Any], file: str, base: Path | None) -> tuple
     for p in params:
         for value in p.candidates():
             _validate(rest, p.key, value, file, base)
-    metric = _setting(sweep, "metric", profile.train.checkpoint_metric, f"{file}: sweep", METRICS)
+    named = {"metric": metric_name(sweep["metric"])} if "metric" in sweep else {}  # an old name reads as its new one
+    metric = _setting(named, "metric", profile.train.checkpoint_metric, f"{file}: sweep", METRICS)
     direction = _setting(
         sweep, "direction", natural_direction(profile, metric), f"{file}: sweep", ("maximize", "minimize")
     )

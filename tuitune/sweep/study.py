@@ -1,11 +1,17 @@
-"""The Optuna study behind a sweep, kept in `SWEEP_DIR/journal.log` (Optuna's JournalStorage on a file).
+"""The Optuna study behind a sweep, kept in `SWEEP_DIR/journal.log` (Optuna's JournalStorage on a file), or in the
+database `--storage URL` names (`tuitune.sweep.storage`), which workers on several machines share.
 
 A file journal needs no server, is safe for several processes on one machine (Optuna locks it), and is the whole
-state of the sweep: the same command on the same folder loads it (`load_if_exists`) and goes on. What the journal
+state of the sweep: the same command on the same folder loads it (`load_if_exists`) and goes on. What the storage
 cannot know is that a process was killed while its trial ran: that trial stays RUNNING. Each trial records the
-process that runs it (`pid`, `host`); before a process asks for a new trial it marks every RUNNING trial whose
-process is gone as FAIL with `retry = true` ("killed"), so it is neither lost silently nor counted: the cap counts
-finished, pruned, running and honestly failed trials, and a killed one is replaced by a new trial.
+process that runs it (`pid`, `host`); before a process asks for a new trial it marks every RUNNING trial of its own
+machine whose process is gone as FAIL with `retry = true` ("killed"), so it is neither lost silently nor counted: the
+cap counts finished, pruned, running and honestly failed trials, and a killed one is replaced by a new trial.
+
+The cap is exact across machines too: a file lock keeps one process of a machine at a time between counting and
+asking, and a trial asked at the same moment on another machine keeps its place only when fewer than the cap
+counted trials were asked before it (the storage numbers trials in the order it creates them); one that comes too
+late is given back at once (failed and marked `surplus`: neither counted nor shown).
 """
 
 from __future__ import annotations
@@ -20,15 +26,14 @@ from typing import Any
 
 from tuitune.runs.process import proc_start_ticks
 from tuitune.sweep.space import SweepSpec
+from tuitune.sweep.storage import STUDY_NAME, open_storage, place
 
-STUDY_NAME = "tuitune"
-JOURNAL = "journal.log"
+__all__ = ["STUDY_NAME", "ask", "load_study", "open_study", "storage_for"]
 
 
 def storage_for(sweep_dir: Path) -> Any:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    return JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
+    """The sweep's storage: its journal file, or the database its folder names (`tuitune.sweep.storage`)."""
+    return open_storage(sweep_dir)
 
 
 def quiet_optuna() -> None:
@@ -50,7 +55,11 @@ def open_study(sweep_dir: Path, spec: SweepSpec, seed: int) -> tuple[Any, Any]:
         "none": optuna.pruners.NopPruner,
     }[spec.pruner]()
     study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, direction=spec.direction, pruner=pruner, load_if_exists=True
+        study_name=place(sweep_dir).name,
+        storage=storage,
+        direction=spec.direction,
+        pruner=pruner,
+        load_if_exists=True,
     )
     study.sampler = optuna.samplers.TPESampler(
         seed=seed + 7919 * len(study.trials) + os.getpid() % 1000, n_startup_trials=max(spec.startup_trials, 2)
@@ -63,7 +72,7 @@ def load_study(sweep_dir: Path) -> Any:
     import optuna
 
     quiet_optuna()
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage_for(sweep_dir))
+    return optuna.load_study(study_name=place(sweep_dir).name, storage=storage_for(sweep_dir))
 
 
 @contextlib.contextmanager
@@ -86,7 +95,7 @@ def fail_orphans(study: Any, storage: Any) -> list[int]:
     """Mark RUNNING trials whose process (on this machine) is gone as failed and to be retried; their numbers."""
     from optuna.trial import TrialState
 
-    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("host") == socket.gethostname() and not alive(t.user_attrs.get("pid")):
@@ -98,16 +107,19 @@ def fail_orphans(study: Any, storage: Any) -> list[int]:
     return failed
 
 
+def counts(t: Any) -> bool:
+    """Whether a trial counts toward the cap: all but the killed ones (those are retried), the ones given back
+    (asked past the cap) and the ones enqueued and not started yet (`ask` takes those first)."""
+    return not (t.user_attrs.get("retry") or t.user_attrs.get("surplus")) and t.state.name != "WAITING"
+
+
 def counted(study: Any) -> int:
-    """Trials that count toward the cap: all but the killed ones (those are retried) and the ones enqueued and not
-    started yet (`ask` takes those first)."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("retry") and t.state.name != "WAITING"
-    )
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
 
 
 def ask(study: Any, storage: Any, cap: int, sweep_dir: Path) -> Any:
-    """A new trial owned by this process, or None once the cap is reached (counting every process's trials)."""
+    """A new trial owned by this process, or None once the cap is reached (counting every process's trials, on
+    every machine: see the module)."""
     with locked(sweep_dir / "ask.lock"):
         fail_orphans(study, storage)
         if counted(study) >= cap:
@@ -115,4 +127,15 @@ def ask(study: Any, storage: Any, cap: int, sweep_dir: Path) -> Any:
         trial = study.ask()
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
+        before = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and counts(t))
+        if before >= cap:  # another machine's worker asked first for the last place
+            trial.set_user_attr("surplus", True)  # given back: not counted, not on the leaderboard
+            study.tell(trial, state=_fail())
+            return None
         return trial
+
+
+def _fail() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL

@@ -1,11 +1,19 @@
-"""The composing screen: from a picked profile, choose the strategy, edit the LR, epochs and batch size, see which
-layer groups train in the first phase, then start the run or save it as a new profile.
+"""The composing screen: from a picked profile, choose the backbone and the data, the strategy, the LR, epochs and
+batch size; see what the data holds and which layer groups train in the first phase; then start the run or save it
+as a new profile.
 
 Every edit rebuilds the profile through the profile parser itself (`profile_from_dict`, with its cross-checks), so
 a bad value shows the very one-line error (file and key) a profile file would get, and start and save are refused
-until it is fixed. The choices and bounds come from the declarations in `tuitune.config`. The backbone is built
-once in a worker thread (`tuitune.engine.tools.layers`); the first-phase marks are the strategy's own plan.
-Imports stay light: torch loads in the worker, never when this module is imported.
+until it is fixed. The choices and bounds come from the declarations in `tuitune.config`. The backbone input
+completes timm's names (with source timm) or the models in the Hugging Face cache (hf), a path on disk (a local
+folder), or takes any hub id; the data inputs complete paths and the datasets in the cache. A path typed here is
+taken from the working folder (what the completion lists), not from the profile's. Choosing another backbone drops
+the base profile's `model.kwargs` and weights file (they were the old backbone's); another data kind drops the old
+kind's keys (its classes, its columns, its path).
+
+What follows the profile lives in `compose_panes`: the data's read-out (a dataset's splits and columns) and the layer
+groups with the first phase marked, each read in a worker thread. Completions are made in threads too
+(`completion`). Imports stay light: torch loads in the workers, never when this module is imported.
 """
 
 from __future__ import annotations
@@ -17,17 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
-from textual.message import Message
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Select, Static
 from textual.widgets._input import InputType  # Input's `type` values (not re-exported)
-from textual.worker import get_current_worker
 
 from tuitune.config import (
     SECTIONS,
@@ -39,10 +44,18 @@ from tuitune.config import (
 )
 from tuitune.errors import UserError
 from tuitune.profiles.save import save_folder, write_profile
+from tuitune.ui.completion import CACHED, CANDIDATES, PATHS, ListSuggester
+from tuitune.ui.compose_panes import DataPane, Following, GroupsPane
 from tuitune.ui.memory_view import MemoryLine
 
 # The keys this screen edits, in the order shown: (dotted key, label). Selects for keys declared with choices.
 FIELDS = (
+    ("model.source", "model from"),
+    ("model.name", "backbone"),
+    ("model.weights", "weights"),
+    ("data.kind", "data"),
+    ("data.path", "data path"),
+    ("data.name", "hub dataset"),
     ("strategy.kind", "strategy"),
     ("strategy.trigger", "trigger"),
     ("strategy.groups_per_phase", "groups/phase"),
@@ -53,6 +66,14 @@ FIELDS = (
     ("name", "save as"),
 )
 NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Which completions an input offers: a list of `completion.CANDIDATES` (model.name's follows the backbone's source).
+COMPLETES = {"model.weights": PATHS, "data.path": PATHS, "data.name": "dataset"}
+BACKBONE = ("model.source", "model.name")
+# The data keys every kind reads; a change of `data.kind` resets the others (they were the old kind's).
+DATA_COMMON = (
+    "kind", "val_fraction", "test_fraction", "batch_size", "batch_scope", "num_workers", "group_by_length",
+    "pad_to_max_length", "cache_images",
+)  # fmt: skip
 
 
 def declared(dotted: str) -> dataclasses.Field:
@@ -67,12 +88,26 @@ def shown(value: Any) -> str:
     return ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
+def _is_text(key: str) -> bool:
+    return key != "strategy.groups" and type(declared(key).default) is str
+
+
 def compose_profile(base: RunProfile, raw: dict[str, str], file: str) -> RunProfile:
     """`base` with the inputs' texts applied, parsed and validated as a profile file would be (ProfileError: one
-    line naming `file` and the key). Numbers are read as TOML values, as `--set` reads them."""
+    line naming `file` and the key). Numbers are read as TOML values, as `--set` reads them; text keys as typed."""
+    table = profile_to_dict(base)
+    _reset_on_change(table, base, raw)
     table = apply_overrides(
-        profile_to_dict(base), [f"{k}={v}" for k, v in raw.items() if k not in ("strategy.groups", "name")]
+        table, [f"{k}={v}" for k, v in raw.items() if k not in ("strategy.groups", "name") and not _is_text(k)]
     )
+    for key, value in raw.items():
+        if key == "name" or not _is_text(key):
+            continue
+        section, _, name = key.partition(".")
+        if not declared(key).metadata["path"]:
+            table[section][name] = value
+        else:  # as shown: the base's own path; typed: from the working folder
+            table[section][name] = operator.attrgetter(key)(base) if value == _was(base, key) else _from_here(value)
     if "strategy.groups" in raw:
         table["strategy"]["groups"] = [g.strip() for g in raw["strategy.groups"].split(",") if g.strip()]
     if "name" in raw:
@@ -84,43 +119,37 @@ def compose_profile(base: RunProfile, raw: dict[str, str], file: str) -> RunProf
     return profile_from_dict(table, file, Path(file).parent)
 
 
-def group_marks(rows: list[dict], phases: tuple[tuple[str, ...], ...]) -> list[Text]:
-    """The phase each group starts to train in: the first (marked), a later one, or never."""
-    marks = []
-    for r in rows:
-        joins = next((i for i, names in enumerate(phases) if r["name"] in names), None)
-        if r["trainable"]:
-            marks.append(Text("● phase 1", "bold green"))
-        elif joins is None or r.get("adapters") == 0:  # not in the plan; under LoRA, nothing to train here
-            marks.append(Text("· never", "dim"))
-        else:
-            marks.append(Text(f"· phase {joins + 1}", "yellow"))
-    return marks
+def _was(base: RunProfile, key: str) -> str:
+    """The base profile's value of `key` as its input shows it (a path as the profile file would write it)."""
+    value = shown(operator.attrgetter(key)(base))
+    return _short(value, Path(base.source_path).resolve().parent) if declared(key).metadata["path"] else value
 
 
-def groups_table(rows: list[dict], phases: tuple[tuple[str, ...], ...]) -> Table:
-    """The layer groups, input to head, each marked with the phase it starts to train in."""
-    table = Table(box=None, padding=(0, 1), expand=False, show_edge=False)
-    table.add_column("group", no_wrap=True, overflow="ellipsis", max_width=18)
-    table.add_column("params", justify="right", no_wrap=True)
-    lora = any("adapters" in r for r in rows)
-    if lora:
-        table.add_column("LoRA", justify="right", no_wrap=True)
-    table.add_column("trains in", no_wrap=True)
-    for r, mark in zip(rows, group_marks(rows, phases)):
-        table.add_row(r["name"], f"{r['params']:,}", *([f"{r.get('adapters', 0):,}"] if lora else []), mark)
-    return table
+def _short(path: str, folder: Path) -> str:
+    """A path from the profile's folder when it is under it (as the file writes it), else from the working folder
+    when under that, else as it is."""
+    for root in (folder, Path.cwd()):
+        try:
+            return str(Path(path).relative_to(root.absolute())) if path else path
+        except ValueError:
+            continue
+    return path
 
 
-class LayerGroupsRead(Message):
-    """From the worker: the backbone's groups (`read`), or why not (`error`, one line), and the `groups_key` they
-    were read for (None when even that failed)."""
+def _from_here(value: str) -> str:
+    """A path typed on the screen, from the working folder (where the completion found it)."""
+    return str(Path(value).expanduser().absolute()) if value and not Path(value).expanduser().is_absolute() else value
 
-    def __init__(self, read: Any, error: str, key: tuple | None) -> None:
-        super().__init__()
-        self.read = read
-        self.error = error
-        self.key = key
+
+def _reset_on_change(table: dict[str, Any], base: RunProfile, raw: dict[str, str]) -> None:
+    """Another backbone: the base's `model.kwargs` were for its own. Another data kind: the base kind's keys go back
+    to their defaults (the demo's digit classes mean nothing to a text file)."""
+    if any(key in raw and raw[key] != _was(base, key) for key in BACKBONE):
+        table["model"]["kwargs"] = {}
+        table["model"]["keep_head"] = False
+    if raw.get("data.kind", base.data.kind) != base.data.kind:
+        defaults = profile_to_dict(RunProfile())["data"]
+        table["data"] = {k: (v if k in DATA_COMMON else defaults[k]) for k, v in table["data"].items()}
 
 
 class ComposeScreen(Screen[None]):
@@ -142,14 +171,13 @@ class ComposeScreen(Screen[None]):
         self.folder = "./profiles" if moved else folder or str(Path(self.file).parent)
         self.start = start
         self.profile: RunProfile | None = None  # the composed profile; None while an input is invalid
-        self.valid = base  # the last valid one: what the layer groups are read for
+        self.valid = base  # the last valid one: what the data and the layer groups are read for
         self.error = ""  # the one-line error of the inputs, or of the plan (an unknown group)
-        self.read: Any = None  # the worker's GroupsRead (tuitune.engine.tools.layers)
-        self.read_error = ""
-        self.read_key: tuple | None = None
-        self.reading = False
+        self.hint = ""  # the completions of the focused input, when it has any
         self.saved: Path | None = None
         self.overwrite: Path | None = None  # the existing file a second ctrl+s replaces
+        self.settle = False  # the first read starts at once; later ones once the typing settles
+        self.source = base.model.source  # the backbone's source as chosen: what the backbone input completes
 
     def compose(self) -> ComposeResult:
         yield Static(f"tuitune · compose a run from {self.base.name}", id="title")
@@ -159,8 +187,9 @@ class ComposeScreen(Screen[None]):
                     with Horizontal(classes="row"):
                         yield Label(label)
                         yield self._field(key)
-            with VerticalScroll(id="groups-pane"):
-                yield Static(id="groups")
+            with Vertical(id="read-outs"):
+                yield DataPane()
+                yield GroupsPane()
                 yield MemoryLine(id="memory")
         yield Static(id="message")
         yield Footer()
@@ -171,18 +200,28 @@ class ComposeScreen(Screen[None]):
         now = operator.attrgetter(key)(self.base)  # the base profile's value of the dotted key
         if choices:
             return Select([(c, c) for c in choices], value=now, allow_blank=False, compact=True, id=wid)
-        value = f"{self.base.name}-composed" if key == "name" else shown(now)
+        value = f"{self.base.name}-composed" if key == "name" else _was(self.base, key)
         default = declared(key).default
         kind: InputType = "integer" if type(default) is int else "number" if type(default) is float else "text"
         kind = "text" if declared(key).metadata.get("words") else kind  # `batch_size = "auto"` is typed too
-        placeholder = "names, comma-separated" if key == "strategy.groups" else ""
-        return Input(value, placeholder=placeholder, type=kind, compact=True, id=wid)
+        placeholder = {"strategy.groups": "names, comma-separated", "data.name": "org/name"}.get(key, "")
+        suggester = ListSuggester(CANDIDATES, self._completes(key)) if key in (*COMPLETES, "model.name") else None
+        return Input(value, placeholder=placeholder, type=kind, compact=True, id=wid, suggester=suggester)
+
+    def _completes(self, key: str) -> Callable[[], str]:
+        """Which list completes the input: model.name's follows the backbone's source (timm names, hf ids)."""
+        if key == "model.name":
+            return lambda: self.source
+        return lambda: COMPLETES[key]
 
     def on_mount(self) -> None:
+        CANDIDATES.forget(*CACHED)  # what was downloaded since the last screen is offered too
         self.query_one("#form").border_title = "run"
-        self.query_one("#groups-pane").border_title = "layer groups"
+        self.query_one(DataPane).border_title = "data"
+        self.query_one(GroupsPane).border_title = "layer groups"
         self.revalidate()
-        self.query_one("#f-strategy-kind", Select).focus()
+        self.settle = True
+        self.query_one("#f-model-source", Select).focus()
 
     def raw(self) -> dict[str, str]:
         """The text of every input (a select's value as its text)."""
@@ -195,15 +234,42 @@ class ComposeScreen(Screen[None]):
 
     @on(Input.Changed)
     @on(Select.Changed)
-    def revalidate(self) -> None:
-        """Every edit: the whole profile again through the profile parser, then the first-phase marks."""
+    def revalidate(self, event: Input.Changed | Select.Changed | None = None) -> None:
+        """Every edit: the whole profile again through the profile parser; the read-outs follow it."""
+        if event is not None and event.control.id in ("f-model-source", "f-model-name"):
+            self._drop_base_weights()
+        raw = self.raw()
+        self.source = raw["model.source"]
         try:
-            self.profile, self.error = compose_profile(self.base, self.raw(), self.file), ""
+            self.profile, self.error = compose_profile(self.base, raw, self.file), ""
             self.valid = self.profile
         except UserError as e:
             self.profile, self.error = None, " ".join(str(e).split())
         self.overwrite = None
-        self.show_groups()
+        for pane in (self.query_one(DataPane), self.query_one(GroupsPane)):
+            pane.follow(self.valid, settle=self.settle)
+        self.check_plan()
+        if isinstance(event, Input.Changed):
+            self._hint(event.input)
+
+    def _drop_base_weights(self) -> None:
+        """Another backbone than the base's: its weights file was the old backbone's."""
+        weights, raw = self.query_one("#f-model-weights", Input), self.raw()
+        changed = any(raw[key] != _was(self.base, key) for key in BACKBONE)
+        if changed and weights.value and weights.value == _was(self.base, "model.weights"):
+            weights.value = ""
+
+    def on_following_changed(self, message: Following.Changed) -> None:
+        if isinstance(message.pane, DataPane):  # reading a hub dataset may have put it in the cache: offer it
+            CANDIDATES.forget(*CACHED)
+        self.check_plan()
+
+    def check_plan(self) -> None:
+        """The strategy must fit the groups read (an unknown name in `strategy.groups` is invalid, like a bad
+        value); then the message line."""
+        plan_error = self.query_one(GroupsPane).plan_error
+        if plan_error and not self.error:
+            self.profile, self.error = None, f"{self.file}: {plan_error}"
         self.show_message()
         if self.profile is not None:
             self.query_one(MemoryLine).plan_for(self.profile)
@@ -212,84 +278,32 @@ class ComposeScreen(Screen[None]):
     def next_field(self) -> None:
         self.focus_next()
 
-    # ------------------------------------------------------------------------------------------ layer groups
-
-    def read_groups(self) -> None:
-        self.reading = True
-        profile = self.valid
-        self.run_worker(
-            lambda: self._read_thread(profile), thread=True, exclusive=True, group="layers", exit_on_error=False
-        )
-
-    def _read_thread(self, profile: RunProfile) -> None:
-        """In the worker thread: build the model (torch loads here), reply by message, unless a newer read
-        replaced this one (the workers are exclusive: its answer would be stale)."""
-        key = None
-        try:
-            from tuitune.engine.tools.layers import groups_key, read_groups
-
-            key = groups_key(profile.strategy)
-            answer = LayerGroupsRead(read_groups(profile), "", key)
-        except UserError as e:  # a model that is not there (not cached, offline), a wrong name: its own line
-            answer = LayerGroupsRead(None, " ".join(str(e).split()), key)
-        except Exception as e:  # anything else is shown too: the picker goes on
-            answer = LayerGroupsRead(None, " ".join(f"{type(e).__name__}: {e}".split()), key)
-        if not get_current_worker().is_cancelled:
-            self.post_message(answer)
-
-    def on_layer_groups_read(self, message: LayerGroupsRead) -> None:
-        self.reading = False
-        self.read, self.read_error, self.read_key = message.read, message.error, message.key
-        self.show_groups()
-        self.show_message()
-
-    def _stale(self) -> bool:
-        """Nothing read yet, or read for other groups than the strategy now asks for (LoRA on / off, its rank)."""
-        if self.read is None and not self.read_error:
-            return True
-        from tuitune.engine.tools.layers import groups_key  # the worker imported it (and torch) already
-
-        return self.read_key is not None and groups_key(self.valid.strategy) != self.read_key
-
-    def show_groups(self) -> None:
-        """The groups with the first phase marked (the strategy's own plan), or why they are not shown yet."""
-        pane = self.query_one("#groups", Static)
-        if self.reading or self._stale():
-            pane.update(Text("reading layer groups…", "italic dim"))
-            if not self.reading:
-                self.read_groups()
+    def _hint(self, field: Input) -> None:
+        """The first completions of the focused input's text, under the form (made in a thread)."""
+        key = next((k for k, _ in FIELDS if "f-" + k.replace(".", "-") == field.id), "")
+        if field.suggester is None or not field.value or not field.has_focus:
+            self.hint = ""
             return
-        if self.read_error:
-            pane.update(Text(f"cannot read the layer groups: {self.read_error}", "red"))
-            return
-        from tuitune.engine.tools.layers import first_phase_rows
+        which, value = self._completes(key)(), field.value
 
-        try:
-            rows, plan = first_phase_rows(self.read, self.valid.strategy)
-        except UserError as e:  # an unknown name in strategy.groups: invalid, like a bad value
-            self.error = self.error or f"{self.file}: {' '.join(str(e).split())}"
-            self.profile = None
-            return
-        pane.update(self._groups_view(rows, plan))
+        async def find() -> None:
+            found = await CANDIDATES.matches(which, value, 6)
+            self.hint = ("→ completes · " + " · ".join(found)) if found and found != [value] else ""
+            self.show_message()
 
-    def _groups_view(self, rows: list[dict], plan: Any) -> Any:
-        from rich.console import Group
+        self.run_worker(find(), exclusive=True, group="hint", exit_on_error=False)
 
-        trigger = self.valid.strategy.trigger
-        then = (
-            f"{len(plan.phases)} phases; each next one on trigger = {trigger}"
-            if len(plan.phases) > 1
-            else "1 phase: these groups train throughout"
-        )
-        scales = [f"LR x {s:g} from phase {i + 1}" for i, s in enumerate(plan.lr_scales) if s != 1.0]
-        return Group(
-            Text(self.read.description, "bold"),
-            *(Text(n, "yellow") for n in self.read.notes),
-            Text(),
-            groups_table(rows, plan.phases),
-            Text(),
-            Text("; ".join([then, *scales]), "dim"),
-        )
+    # ------------------------------------------------------------------------------------------ read-outs
+
+    @property
+    def read(self) -> Any:
+        """The layer groups read (`layers.GroupsRead`), None until then."""
+        value = self.query_one(GroupsPane).value
+        return None if value is None else value[0]
+
+    @property
+    def read_error(self) -> str:
+        return self.query_one(GroupsPane).error
 
     # --------------------------------------------------------------------------------------- start and save
 
@@ -301,6 +315,8 @@ class ComposeScreen(Screen[None]):
             message.update(Text(f"{self.overwrite} exists: ctrl+s again overwrites it", "bold yellow"))
         elif self.saved is not None:
             message.update(Text(f"saved {self.saved}", "green"))
+        elif self.hint:
+            message.update(Text(self.hint, "dim"))
         else:
             name = self.profile.name if self.profile else ""
             message.update(Text(f"ctrl+r starts this run · ctrl+s saves it as {self.folder}/{name}.toml", "dim"))

@@ -95,6 +95,8 @@ def detail_rows(profile: RunProfile) -> list[tuple[str, str]]:
         data += f" ({d.num_samples} samples, {d.num_classes} classes)"
     elif d.path:
         data += f" {d.path}"
+    elif d.name:  # a hub dataset
+        data += f" {d.name}" + (f" ({d.config})" if d.config else "")
     if d.classes:
         data += f" classes {list(d.classes)}"
     strategy = s.kind

@@ -82,7 +82,7 @@ def augment_train(bundle: DataBundle, data_config: dict, aug: AugmentConfig) -> 
     if isinstance(base, Subset):
         base, indices = base.dataset, list(base.indices)
     if isinstance(base, ImageFiles):
-        augmented: Dataset = ImageFiles(base.samples, tf, random=True, as_pixels=as_pixels)
+        augmented: Dataset = ImageFiles(base.samples, tf, random=True, as_pixels=as_pixels, read=base.read)
     elif isinstance(base, TensorImages) and base.images.dtype == torch.uint8:
         augmented = PixelImages(base.images, base.labels, tf, as_pixels)
     else:

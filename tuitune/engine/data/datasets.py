@@ -13,6 +13,7 @@ the small sets this tool is aimed at (digits, a few hundred images) are where au
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "DataBundle",
     "ImageFiles",
     "TensorImages",
+    "carve_missing",
     "eval_transform",
     "make_loaders",
     "split_counts",
@@ -90,25 +92,29 @@ class TensorImages(Dataset):
 
 
 class ImageFiles(Dataset):
-    """Image files read lazily (real folders can be large); a file PIL cannot read raises DataError naming it.
-    `random`: the transform is a random (train-time) one, so its output must not be cached. `as_pixels`: the same
-    transform to uint8 pixels, for a loader that normalises on the device (`pixels.py`)."""
+    """Images read lazily (real folders can be large); a file PIL cannot read raises DataError naming it.
+    `samples` are (where, label): `read(where)` gives the RGB image (a file's path by default; a row of a Hugging
+    Face dataset with `hfkind.HfImages`). `random`: the transform is a random (train-time) one, so its output must
+    not be cached. `as_pixels`: the same transform to uint8 pixels, for a loader that normalises on the device
+    (`pixels.py`)."""
 
     def __init__(
         self,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[Any, int]],
         transform: Callable[[Image.Image], torch.Tensor],
         random: bool = False,
         as_pixels: Any = None,
+        read: Callable[[Any], Image.Image] | None = None,
     ):
         self.samples, self.transform, self.random, self.as_pixels = list(samples), transform, random, as_pixels
+        self.read = load_rgb if read is None else read
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path, label = self.samples[i]
-        return self.transform(load_rgb(path)), torch.tensor(label, dtype=torch.int64)
+        where, label = self.samples[i]
+        return self.transform(self.read(where)), torch.tensor(label, dtype=torch.int64)
 
     def pixel_item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         path, label = self.samples[i]
@@ -190,6 +196,29 @@ def split_subsets(
         Subset(full, val.tolist()),
         (Subset(full, test.tolist()) if len(test) else None),
     )
+
+
+def carve_missing(
+    train: Dataset,
+    labels: np.ndarray,
+    cfg: DataConfig,
+    val: Dataset | None,
+    test: Dataset | None,
+    seed: int,
+    where: str,
+) -> tuple[Dataset, Dataset, Dataset | None]:
+    """The splits a dataset has of its own (`val`, `test`; None where it has none), and those it has not cut from
+    `train` by the seeded, stratified fractions (`labels`: what to stratify on): val always, test when
+    `test_fraction` > 0."""
+    if val is not None and (test is not None or cfg.test_fraction == 0):
+        return train, val, test
+    fractions = dataclasses.replace(
+        cfg,
+        val_fraction=cfg.val_fraction if val is None else 0.0,
+        test_fraction=cfg.test_fraction if test is None else 0.0,
+    )
+    train, cut_val, cut_test = split_subsets(train, labels, fractions, seed, where)
+    return train, val if val is not None else cut_val, test if test is not None else cut_test
 
 
 def split_counts(train: Dataset, val: Dataset, test: Dataset | None) -> str:

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from tuitune.engine.data.batches import unwrap
-from tuitune.engine.data.datasets import DataBundle, ImageFiles, TensorImages, load_rgb
+from tuitune.engine.data.datasets import DataBundle, ImageFiles, TensorImages
 from tuitune.engine.events import Event
 from tuitune.engine.record.progress import Progress
 
@@ -75,8 +76,8 @@ def _plan(dataset: Dataset) -> tuple[ImageFiles, list[int], Any, Any] | None:
     return base, indices if indices is not None else list(range(len(base))), Compose(steps[:-2]), steps[-1]
 
 
-def _pixels(geometric: Any, path: Path) -> torch.Tensor:
-    p = torch.from_numpy(np.array(geometric(load_rgb(path)), dtype=np.uint8))
+def _pixels(geometric: Any, image: Image.Image) -> torch.Tensor:
+    p = torch.from_numpy(np.array(geometric(image), dtype=np.uint8))
     return p[None] if p.ndim == 2 else p.permute(2, 0, 1)
 
 
@@ -87,7 +88,7 @@ def _nbytes(dataset: Dataset) -> int:
     base, indices, geometric, _ = plan
     if not indices:
         return 0
-    return _pixels(geometric, base.samples[indices[0]][0]).numel() * len(indices)
+    return _pixels(geometric, base.read(base.samples[indices[0]][0])).numel() * len(indices)
 
 
 def decode(dataset: Dataset, emit: Emit | None, name: str) -> TensorImages:
@@ -98,7 +99,7 @@ def decode(dataset: Dataset, emit: Emit | None, name: str) -> TensorImages:
     progress = Progress(emit, "decode", f"{name} images", len(indices), "images")
     pixels = []
     for i in indices:
-        pixels.append(_pixels(geometric, base.samples[i][0]))
+        pixels.append(_pixels(geometric, base.read(base.samples[i][0])))
         progress.advance(1)
     progress.finish()
     labels = torch.as_tensor([base.samples[i][1] for i in indices], dtype=torch.int64)

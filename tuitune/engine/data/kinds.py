@@ -12,12 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from tuitune.config import DataConfig, ModelConfig
-from tuitune.engine.data import chat, datasets, synthetic, text
+from tuitune.engine.data import chat, datasets, hfkind, synthetic, text
 from tuitune.engine.data.datasets import DataBundle
 from tuitune.engine.events import Event
 from tuitune.errors import DataError, UserError
 
-__all__ = ["KINDS", "BuildInputs", "DataKind", "build_datasets", "class_names", "data_kind", "input_task"]
+__all__ = [
+    "KINDS",
+    "BuildInputs",
+    "DataKind",
+    "build_datasets",
+    "class_names",
+    "data_kind",
+    "describe_data",
+    "input_task",
+    "prepare_data",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,12 @@ class DataKind:
     reads: str  # "image", "text", or "either" (synthetic data is made for whatever the model reads)
     class_targets_only: bool = False  # one class per example: no regression or multi-label targets
     transform: dict[str, Any] = field(default_factory=dict)  # overrides of the model's image transform
+    # Fetch what the data needs before anything reads it (a download), while the run's setup shows progress.
+    prepare: Callable[[DataConfig, Callable[[Event], None] | None], None] | None = None
+    # What the data itself says the model reads, for a kind that `reads` "either" (a dataset's image column).
+    task_of: Callable[[DataConfig], str] | None = None
+    # A few lines on what the data holds (the composing screen); default: its classes.
+    describe: Callable[[DataConfig, Callable[[Event], None] | None], tuple[str, ...]] | None = None
 
 
 def _build_synthetic(cfg: DataConfig, a: BuildInputs) -> DataBundle:
@@ -76,6 +92,16 @@ KINDS: dict[str, DataKind] = {
         reads="text",
         build=lambda cfg, a: chat.build_chat(cfg, a.tokenizer, a.max_length, a.seed, a.emit),
     ),
+    "hf": DataKind(
+        classes=hfkind.hf_classes,
+        reads="either",
+        build=lambda cfg, a: hfkind.build_hf(
+            cfg, a.task, a.data_config, a.tokenizer, a.max_length, a.seed, a.target, a.emit
+        ),
+        prepare=hfkind.prepare,
+        task_of=hfkind.hf_task,
+        describe=hfkind.describe,
+    ),
     "synthetic": DataKind(classes=synthetic.synthetic_classes, reads="either", build=_build_synthetic),
 }
 
@@ -84,6 +110,23 @@ def data_kind(cfg: DataConfig) -> DataKind:
     if cfg.kind not in KINDS:
         raise DataError(f"data.kind: unknown kind {cfg.kind!r} (one of {', '.join(KINDS)})")
     return KINDS[cfg.kind]
+
+
+def prepare_data(cfg: DataConfig, emit: Callable[[Event], None] | None = None) -> None:
+    """Fetch the data now if its kind fetches anything (a hub dataset), with progress to `emit`."""
+    kind = data_kind(cfg)
+    if kind.prepare is not None:
+        kind.prepare(cfg, emit)
+
+
+def describe_data(cfg: DataConfig, emit: Callable[[Event], None] | None = None) -> tuple[str, ...]:
+    """A few lines on what the data holds, for the composing screen (a hub dataset is fetched first: `emit` gets
+    the progress); a `UserError` when it cannot be read."""
+    kind = data_kind(cfg)
+    if kind.describe is not None:
+        return kind.describe(cfg, emit)
+    classes = class_names(cfg)
+    return (f"{len(classes)} classes: {', '.join(classes[:8])}{', …' if len(classes) > 8 else ''}",)
 
 
 def target_kind(loss_kind: str) -> str:
@@ -109,11 +152,13 @@ def _check_target(cfg: DataConfig, kind: DataKind, target: str) -> None:
 
 
 def input_task(data: DataConfig, model: ModelConfig) -> str:
-    """ "image" or "text": what the model reads. The data kind decides, except for synthetic data, where a Hugging
-    Face model's own config does (a vision config has an image size)."""
-    reads = data_kind(data).reads
-    if reads != "either":
-        return reads
+    """ "image" or "text": what the model reads. The data kind decides (a Hugging Face dataset by its columns),
+    except for synthetic data, where a Hugging Face model's own config does (a vision config has an image size)."""
+    kind = data_kind(data)
+    if kind.reads != "either":
+        return kind.reads
+    if kind.task_of is not None:
+        return kind.task_of(data)
     config_file = Path(model.name) / "config.json"
     if model.source == "hf" and config_file.is_file():
         config = json.loads(config_file.read_text(encoding="utf-8"))

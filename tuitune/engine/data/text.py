@@ -11,7 +11,6 @@ texts of similar length (shuffled, then sorted by length within mega-batches of 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from tuitune.config import DataConfig
-from tuitune.engine.data.datasets import DataBundle, split_counts, split_subsets
+from tuitune.engine.data.datasets import DataBundle, carve_missing, split_counts
 from tuitune.engine.data.textfiles import Row, encode_targets, read_text_file, strata, target_classes
 from tuitune.engine.events import Event
 from tuitune.engine.record.progress import Progress
@@ -113,17 +112,9 @@ def build_text(
         file = Path(getattr(cfg, key)).expanduser()
         return encode(read_text_file(file, key, cfg.text_column, cfg.label_column), file)
 
-    train: Dataset = encode(train_rows, path)
+    encoded = encode(train_rows, path)
     val, test = encode_file("val_path"), encode_file("test_path")
-    if val is None or (test is None and cfg.test_fraction > 0):
-        split = dataclasses.replace(
-            cfg,
-            val_fraction=cfg.val_fraction if val is None else 0.0,
-            test_fraction=cfg.test_fraction if test is None else 0.0,
-        )
-        train, split_val, split_test = split_subsets(train, strata(train.labels), split, seed, str(path))
-        val = val if val is not None else split_val
-        test = test if test is not None else split_test
+    train, val, test = carve_missing(encoded, strata(encoded.labels), cfg, val, test, seed, str(path))
     noun = {"value": "target", "multi": "labels"}.get(target, "classes")
     return DataBundle(
         train, val, test, classes, f"text {path.name}: {len(classes)} {noun}, {split_counts(train, val, test)}"

@@ -65,7 +65,9 @@ def _read_json_lines(path: Path, content: str) -> tuple[list[dict], list[int], l
 
 
 def read_text_file(path: Path, key: str, text_column: str, label_column: str) -> list[Row]:
-    """Validated (row, text, label) triples; labels become strings (ints are allowed in JSON)."""
+    """Validated (row, text, label) triples; labels become strings (ints are allowed in JSON). An empty column name
+    is the default one (`text`, `label`)."""
+    text_column, label_column = text_column or "text", label_column or "label"
     records, rows, columns = _read_records(path, key)
     if not records:
         raise DataError(f"{path}: data.{key}: no rows")
@@ -101,7 +103,7 @@ def split_multi(label: str) -> list[str]:
     return [part.strip() for part in label.split(MULTI_SEP) if part.strip()]
 
 
-def encode_targets(rows: list[Row], target: str, classes: tuple[str, ...], file: Path) -> torch.Tensor:
+def encode_targets(rows: list[Row], target: str, classes: tuple[str, ...], file: Path | str) -> torch.Tensor:
     """Class indices (int64), regression values (float32) or multi-hot vectors (float32 [N, K])."""
     index = {c: k for k, c in enumerate(classes)}
     if target == "value":

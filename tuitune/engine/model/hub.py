@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from tuitune.engine.events import Event
+from tuitune.engine.hubnet import MB, check_reachable, event_tqdm, is_offline
+from tuitune.engine.hubnet import why as _why
 from tuitune.engine.record.progress import Progress
 
 Emit = Callable[[Event], None]
-MB = 1e-6
 CHUNK_BYTES = 1 << 20
-
-NET_TRIES, NET_WAIT_S, NET_TIMEOUT_S = 3, 0.5, 5.0  # `check_reachable`: 0.5 s, then 1 s between tries
-_REACHED: set[str] = set()
 
 # What transformers reads from a model repo besides the weights: configs, tokenizer and processor files.
 _HF_SIDE_FILES = (".json", ".txt", ".model")
@@ -39,17 +34,6 @@ _HF_SIDE_FILES = (".json", ".txt", ".model")
 
 class DownloadFailed(Exception):
     """A download that did not complete: the repo, the file and the first line of why."""
-
-
-def is_offline() -> bool:
-    """HF_HUB_OFFLINE=1 in the environment (`--offline` sets it) or already in huggingface_hub's constant."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - transformers and timm both depend on it
-        return True
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 @contextlib.contextmanager
@@ -64,35 +48,6 @@ def hub_off() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
-
-
-def event_tqdm(emit: Emit | None, filename: str) -> type:
-    """A `tqdm_class` for huggingface_hub: it constructs it with total and initial bytes (and a desc, which may be
-    the URL cut to 40 characters, so the file name is ours), calls `update(n)` per chunk and exits it as a context
-    manager. Each bar becomes one `Progress`."""
-
-    class EventTqdm:
-        def __init__(
-            self, *args: Any, total: float | None = None, initial: float = 0, desc: str = "", **kwargs: Any
-        ) -> None:
-            self.progress = Progress(emit, "download", filename, total, "MB", scale=MB)
-            if initial:
-                self.progress.advance(initial)
-
-        def update(self, n: float | None = 1) -> None:
-            self.progress.advance(n or 0)
-
-        def close(self) -> None:
-            pass
-
-        def __enter__(self) -> EventTqdm:
-            return self
-
-        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-            if exc_type is None:
-                self.progress.finish()
-
-    return EventTqdm
 
 
 def download(repo_id: str, filename: str, revision: str | None, emit: Emit | None) -> str | None:
@@ -117,50 +72,6 @@ def download(repo_id: str, filename: str, revision: str | None, emit: Emit | Non
         raise DownloadFailed(f"{repo_id}/{filename}: {_why(e)}") from e
     finally:
         constants.DOWNLOAD_CHUNK_SIZE = chunk
-
-
-def check_reachable(endpoint: str) -> None:
-    """Can a connection to the hub (or the proxy the environment names for it) be opened? A few quick tries, then
-    an OSError naming the network error. Why: with no network, huggingface_hub retries each request with backoff
-    (about 25 s a file, and timm asks for two files) before giving up. A reachable endpoint is remembered."""
-    if endpoint in _REACHED:
-        return
-    target = _connect_target(endpoint)
-    for attempt in range(NET_TRIES):
-        try:
-            socket.create_connection(target, timeout=NET_TIMEOUT_S).close()
-            _REACHED.add(endpoint)
-            return
-        except OSError as e:
-            error = e
-        if attempt + 1 < NET_TRIES:
-            time.sleep(NET_WAIT_S * 2**attempt)
-    reason = " ".join((error.strerror or str(error) or type(error).__name__).split())
-    raise OSError(f"cannot reach {endpoint} ({reason}; {NET_TRIES} tries): no network? --offline uses the cache only")
-
-
-def _connect_target(endpoint: str) -> tuple[str, int]:
-    """(host, port) a request to `endpoint` connects to first: the proxy when the environment sets one for it."""
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    url = urlsplit(endpoint)
-    host = url.hostname or ""
-    proxy = urllib.request.getproxies().get(url.scheme or "https")
-    if proxy and not urllib.request.proxy_bypass(host):
-        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host = url.hostname or ""
-    return host, url.port or (443 if url.scheme == "https" else 80)
-
-
-def _why(e: BaseException) -> str:
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    cause = e.__cause__ or e.__context__
-    if isinstance(e, LocalEntryNotFoundError) and cause is not None:
-        e = cause  # "cannot find it in the cache" hides the real reason: the HTTP error or the lost connection
-    text = " ".join((str(e).strip() or type(e).__name__).split())
-    return text[:200]
 
 
 def cached(repo_id: str, filename: str, revision: str | None = None) -> str | None:

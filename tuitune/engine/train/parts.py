@@ -17,7 +17,7 @@ from tuitune.config import ModelConfig, RunProfile
 from tuitune.engine.data.augment import augment_train
 from tuitune.engine.data.datasets import DataBundle, make_loaders
 from tuitune.engine.data.image_cache import cache_images
-from tuitune.engine.data.kinds import build_datasets, input_task, target_kind
+from tuitune.engine.data.kinds import build_datasets, input_task, prepare_data, target_kind
 from tuitune.engine.events import Event
 from tuitune.engine.model.groups import Backbone, LayerGroup
 from tuitune.engine.rebuild import Builder, profile_backbone
@@ -192,6 +192,7 @@ def build_parts(
     multi-rank run (its device, its share of the data). `build`: the model builder of the profile's task
     (`tasks.task_of(profile).build`; a classifier's by default)."""
     seed_everything(profile.train.seed)  # the same on every rank: same init, same shuffle generator
+    prepare_data(profile.data, emit)  # a hub dataset's download, before anything asks the data a question
     device = dist.device(profile.train.device) or resolve_device(profile.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
