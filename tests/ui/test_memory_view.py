@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from tests.ui import scripted
 from tests.ui.test_compose import demo_copy, open_compose, picker_app
@@ -92,7 +93,11 @@ async def test_the_composing_screen_plans_each_phase_and_plans_again_for_a_new_b
         assert all(f"phase {i} ~" in shown for i in range(1, 5))
         # the batch size field takes "auto" (it is a text field for that key): the largest batch that fits in
         # the (fixed) RAM, capped by the train split's size
-        screen.query_one("#f-data-batch_size").value = "auto"
+        field = screen.query_one("#f-data-batch_size", Input)
+        field.value = ""
+        field.focus()
+        await pilot.press(*"auto")  # typed: an integer field would refuse the letters
+        assert field.value == "auto"
         await until(pilot, lambda: line.plan is not None and line.plan is not first)
         assert line.plan.note.startswith(f"data.batch_size = auto: {line.plan.batch_size} (")
         assert line.plan.batch_size > 32 and "data.batch_size = auto: " in text_of(line)
