@@ -118,7 +118,7 @@ def test_the_batch_that_fits_is_under_the_budget_and_the_next_is_not() -> None:
 
 
 def test_the_advice_names_the_phase_what_it_needs_and_what_fits() -> None:
-    phases = tuple(PhaseMemory(("head",), 0, 0, 0, 0, 0, peak) for peak in (2e9, 9e9, 14.2e9, 12e9))
+    phases = tuple(PhaseMemory(("head",), 0, 0, 0, int(peak / 2), 0, peak) for peak in (2e9, 9e9, 14.2e9, 12e9))
     advice = fit_advice(phases, int(11.6e9), "gpu", 32, checkpointing=False)
     assert (
         advice == "phase 3 needs ~14.2 GB, the GPU has 11.6 GB free: batch 32 fits, or set train.gradient_checkpointing"
@@ -126,6 +126,12 @@ def test_the_advice_names_the_phase_what_it_needs_and_what_fits() -> None:
     assert fit_advice(phases, int(15e9), "gpu", 64, checkpointing=False) == ""
     assert fit_advice(phases[:1], int(1e9), "memory_gb", 0, checkpointing=True) == (
         "phase 1 needs ~2.00 GB, train.memory_gb allows 1.00 GB: not even batch 1 fits, or train fewer layer groups"
+    )
+    # a phase whose peak is its weights and its feature cache: checkpointing would not help, a smaller cache would
+    cached = (PhaseMemory(("head",), int(5e6), 0, 0, int(4e5), int(17e6), int(27e6)),)
+    assert fit_advice(cached, int(20e6), "ram", 0, checkpointing=False) == (
+        "phase 1 needs ~27.0 MB, the machine has 20.0 MB available: not even batch 1 fits, or lower "
+        "train.cache_memory_gb (the feature cache takes 17.0 MB), or train fewer layer groups"
     )
 
 

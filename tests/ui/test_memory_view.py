@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 
 from tests.ui import scripted
 from tests.ui.test_compose import demo_copy, open_compose, picker_app
@@ -79,6 +80,7 @@ async def test_the_composing_screen_plans_each_phase_and_plans_again_for_a_new_b
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fixed_ram(monkeypatch)
+    monkeypatch.setattr(MemoryLine, "SETTLE_S", 0.05)
     app = picker_app(demo_copy(tmp_path / "profiles"), [])
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_compose(app, pilot)
@@ -89,8 +91,13 @@ async def test_the_composing_screen_plans_each_phase_and_plans_again_for_a_new_b
         shown = text_of(line)
         assert "memory at batch 32 (cpu; the machine has " in shown
         assert all(f"phase {i} ~" in shown for i in range(1, 5))
-        screen.query_one("#f-data-batch_size").value = "64"
-        await until(pilot, lambda: line.plan is not None and line.plan.batch_size == 64)
-        assert line.plan.phases[-1].peak > first.phases[-1].peak  # more activations
-        screen.query_one("#f-data-batch_size").value = "auto"
-        await until(pilot, lambda: line.plan is not None and line.plan.note.startswith("data.batch_size = auto: "))
+        # the batch size field takes "auto" (it is a text field for that key): the largest batch that fits in
+        # the (fixed) RAM, capped by the train split's size
+        field = screen.query_one("#f-data-batch_size", Input)
+        field.value = ""
+        field.focus()
+        await pilot.press(*"auto")  # typed: an integer field would refuse the letters
+        assert field.value == "auto"
+        await until(pilot, lambda: line.plan is not None and line.plan is not first)
+        assert line.plan.note.startswith(f"data.batch_size = auto: {line.plan.batch_size} (")
+        assert line.plan.batch_size > 32 and "data.batch_size = auto: " in text_of(line)

@@ -188,14 +188,19 @@ def fit_advice(
     phases: tuple[PhaseMemory, ...], budget: int, source: str, fitting_batch: int, checkpointing: bool
 ) -> str:
     """One line for the largest phase that will not fit in `budget` ("" when every phase fits or the budget is
-    unknown): what it needs, what there is, and what would make it fit."""
+    unknown): what it needs, what there is, and what would make it fit: the batch that fits; gradient
+    checkpointing where activations are a fifth of the peak or more (and it is off); a smaller feature cache where
+    the phase holds one; fewer trainable groups where no batch fits."""
     over = [(p.peak, i) for i, p in enumerate(phases) if p.peak > budget]
     if budget <= 0 or not over:
         return ""
     need, i = max(over)
+    phase = phases[i]
     fixes = [f"batch {fitting_batch} fits" if fitting_batch else "not even batch 1 fits"]
-    if not checkpointing:
+    if not checkpointing and phase.activations >= 0.2 * need:
         fixes.append("set train.gradient_checkpointing")
+    if phase.cache:
+        fixes.append(f"lower train.cache_memory_gb (the feature cache takes {fmt_bytes(phase.cache)})")
     if not fitting_batch:
         fixes.append("train fewer layer groups")
     return f"phase {i + 1} needs ~{fmt_bytes(need)}, {budget_clause(source, budget)}: {', or '.join(fixes)}"
