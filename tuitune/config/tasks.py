@@ -29,7 +29,7 @@ class TaskRules:
 
 TASK_RULES: dict[str, TaskRules] = {
     "classify": TaskRules(
-        data_kinds=("digits", "image_folder", "text", "synthetic"),
+        data_kinds=("digits", "image_folder", "text", "hf", "synthetic"),
         sources=("timm", "hf"),
         metrics=("val_macro_f1",),
         unused=(
