@@ -126,3 +126,30 @@ def test_two_processes_share_one_sqlite_study_and_its_cap(tmp_path, capsys) -> N
     )
     with capsys.disabled():
         print(f"\ntrials by process: this one {by_folder[mine]}, the other {by_folder[other]}; total {len(counted)}")
+
+
+def test_workers_racing_to_create_the_tables_of_an_empty_database_both_open_it(tmp_path, monkeypatch) -> None:
+    """The one that loses the race (a unique constraint on Optuna's schema version) tries again and opens it; a
+    database that cannot be opened at all is said at once, not after the tries."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError
+
+    from tuitune.sweep import storage
+
+    real, calls, lost = optuna.storages.RDBStorage, [], []
+
+    def first_loses(url: str):
+        calls.append(url)
+        if not lost:
+            lost.append(url)
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(url)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", first_loses)
+    monkeypatch.setattr(storage, "OPEN_WAIT_S", 0.0)
+    check_storage(f"sqlite:///{tmp_path / 'raced.db'}")
+    assert len(calls) == 2
+    calls.clear()
+    with pytest.raises(UserError, match="cannot open"):
+        check_storage("sqlite:////no/such/folder/s.db")
+    assert len(calls) == 1
