@@ -33,6 +33,7 @@ from tuitune.engine.commands import (
 from tuitune.engine.events import event_from_json
 from tuitune.remote import ctl
 from tuitune.remote.ctl import APPLIED, Outcome, Questions
+from tuitune.runs.status import run_status
 
 # ------------------------------------------------------------------------------------ each verb, its command
 
@@ -353,6 +354,7 @@ def test_ctl_steers_a_real_run(real_run: Path, capsys) -> None:
             assert out.splitlines()[1].startswith("applied: ApplyLR"), out
     wait_for(lambda: (real_run / "summary.json").exists(), 60, "the run stopped")
     assert json.loads((real_run / "summary.json").read_text())["status"] == "stopped_early"
+    wait_for(lambda: run_status(real_run) != "live", 60, "the run ended")  # its record says so after the summary
     assert main(["ctl", str(real_run), "pause"]) == 2  # it ended: out of reach
     assert "the run is not live" in capsys.readouterr().err
 

@@ -109,10 +109,19 @@ def _open(url: str) -> Any:
             raise
         except Exception as e:
             error = e
-        if attempt + 1 < OPEN_TRIES:
-            time.sleep(OPEN_WAIT_S * (attempt + 1))
+        if attempt + 1 == OPEN_TRIES or not _raced(error):
+            break
+        time.sleep(OPEN_WAIT_S * (attempt + 1))
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
     raise UserError(f"sweep: --storage: cannot open {shown(url)}: {reason}") from None
+
+
+def _raced(error: Exception) -> bool:
+    """Another worker creating the same tables or holding the database a moment: worth another try."""
+    from sqlalchemy.exc import IntegrityError
+
+    text = str(error).lower()
+    return isinstance(error, IntegrityError) or "already exists" in text or "locked" in text
 
 
 def claim(sweep_dir: Path, url: str, name: str) -> None:
