@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 from torch.utils.data import Dataset
 
@@ -147,24 +151,49 @@ def test_no_nvml_means_no_gpu_reader() -> None:
     assert NvmlReader.open([], RecordedNvml()) is None  # a CPU run: no GPU to look for
 
 
-def test_the_process_reader_counts_this_process_and_its_workers_not_its_helpers() -> None:
-    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE)  # a child that waits for its input, like a worker
-    # and one named like multiprocessing's resource tracker (sh stays: it has more to run after cat)
-    helper = subprocess.Popen(["sh", "-c", "cat; true", "resource_tracker"], stdin=subprocess.PIPE)
+def test_the_process_reader_reads_this_process_cpu_and_ram() -> None:
+    reader = ProcessReader([(0, os.getpid())])
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.05:  # some CPU time since the baseline (psutil counts clock ticks)
+        pass
+    (me,) = reader.read()
+    assert me.rank == 0 and me.cpu_pct > 0 and me.ram_gb > 0.01
+
+
+WORKER = "import time; b = bytearray(40_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(60)"
+
+
+def _children(pid: int, n: int) -> list[psutil.Process]:
+    """`pid`'s `n` children once they are up (a ceiling of 30 s), the worker's 40 MB touched."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        kids = psutil.Process(pid).children()
+        if len(kids) == n and max(k.memory_info().rss for k in kids) > 40e6:
+            return kids
+        time.sleep(0.02)
+    raise AssertionError(f"{pid} did not start its {n} children in 30 s")
+
+
+def test_the_process_reader_counts_a_ranks_workers_not_its_helpers() -> None:
+    """A rank of the test's own making (a test process under xdist may hold other tests' children): a shell with a
+    worker holding 40 MB and a helper named like multiprocessing's resource tracker."""
+    worker = f"{shlex.quote(sys.executable)} -c {shlex.quote(WORKER)}"
+    line = f'{worker} & sh -c "sleep 60; true" resource_tracker & wait'
+    rank = subprocess.Popen(["sh", "-c", line], start_new_session=True)
     try:
-        reader = ProcessReader([(0, os.getpid())])
-        t0 = time.process_time()
-        while time.process_time() - t0 < 0.05:  # some CPU time since the baseline (psutil counts clock ticks)
-            pass
-        (me,) = reader.read()
+        kids = _children(rank.pid, 2)
+        reader = ProcessReader([(3, rank.pid)])
+        (sample,) = reader.read()
+        assert (sample.rank, sample.workers) == (3, 1)
+        assert 0.04 <= sample.workers_ram_gb < 0.2
+        (python,) = [k for k in kids if "python" in k.name()]
+        python.kill()
+        python.wait(timeout=30)
+        (after,) = reader.read()
+        assert after.workers == 0 and after.workers_cpu_pct == 0  # the worker ended: gone from the next read
     finally:
-        for p in (child, helper):
-            p.stdin.close()  # type: ignore[union-attr]
-            p.wait(timeout=30)
-    assert me.rank == 0 and me.workers == 1
-    assert me.cpu_pct > 0 and me.ram_gb > 0.01 and me.workers_ram_gb > 0
-    (after,) = reader.read()
-    assert after.workers == 0 and after.workers_cpu_pct == 0  # the child ended: it is gone from the next read
+        os.killpg(rank.pid, signal.SIGKILL)
+        rank.wait(timeout=30)
 
 
 def test_the_sampler_thread_sends_samples_until_stopped_and_none_after() -> None:
