@@ -134,10 +134,13 @@ class QueueRunner:
                 if not self.stopping:
                     self._fill(state)
                 if self.stopping or not state.with_status(WAITING, RUNNING):
+                    # said before the queue is let go: whoever sees it let go finds the line in the log
+                    self.say(
+                        "queue stopped; a running run goes on" if self.stopping else "queue empty: queue process ends"
+                    )
                     state.process = None
                     break
             self.wait(POLL_S)
-        self.say("queue stopped; a running run goes on" if self.stopping else "queue empty: queue process ends")
         return ExitCode.OK
 
     def _claim(self) -> bool:

@@ -326,6 +326,8 @@ class KeyActions:
         timeout = timeout if timeout is not None else STOP_TIMEOUT_S * (5 if self.link.detachable else 1)
         self.link.stop()
         await self.link.wait_for_worker(timeout)
+        if self.link.worker_ended:  # its last event is posted to this screen: on a busy box still in the queue
+            await self.link.wait_until(lambda: not self.view.state.live, STOP_TIMEOUT_S)
         state = self.view.state
         if state.live:  # the engine did not confirm in time: end it on screen anyway
             self.view.record(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tuitune.engine.commands import Control
@@ -62,6 +63,14 @@ class RunLink:
 
     async def wait_for_worker(self, timeout: float) -> None:
         """Until the engine worker has ended, or at most `timeout` seconds: quitting never hangs on a stuck engine."""
+        await self.wait_until(lambda: self.worker_ended, timeout)
+
+    @property
+    def worker_ended(self) -> bool:
+        return self.worker is None or self.worker.is_finished
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> None:
+        """Until `done()`, or at most `timeout` seconds, letting the event loop run meanwhile."""
         deadline = time.monotonic() + timeout
-        while self.worker is not None and not self.worker.is_finished and time.monotonic() < deadline:
+        while not done() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
