@@ -47,7 +47,13 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
             ("layer_table", {"run": run}),
         ]:
             out[name] = _result(await s.call_tool(name, args))
-        for key, words in [("pause", ["pause"]), ("resume", ["resume"]), ("big", ["lr", "all", "1000"])]:
+        steps = [
+            ("pause", ["pause"]),
+            ("resume", ["resume"]),
+            ("big", ["lr", "all", "1000"]),
+            ("nope", ["lr", "nope", "2"]),
+        ]
+        for key, words in steps:
             out[key] = _result(await s.call_tool("send_command", {"run": run, "verb": words[0], "args": words[1:]}))
             transcript.append(
                 f"send_command {words} -> {out[key]['message']}; events: {json.dumps(out[key]['events'])}"
@@ -78,6 +84,7 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
         assert out[key]["status"] == "applied" and out[key]["message"].startswith(f"applied: {name}")
         assert out[key]["events"][0]["type"] == "CommandApplied" and out[key]["events"][0]["command"] == name
     assert out["big"]["status"] == "refused" and "factor" in out["big"]["message"]
+    assert out["nope"]["status"] == "refused" and "'nope' is not a layer group" in out["nope"]["message"]
     assert "FACTOR must be a positive number" in out["nan"]
     assert "a run's folder name" in out["escape"] and "no run 'nope'" in out["missing"]
 
@@ -86,7 +93,9 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
     assert [e["command"] for e in applied] == ["Pause", "Resume"]
     assert all(e["sender"].startswith("agent (socket client ") for e in applied), applied
     refused = [e for e in log if e["type"] == "CommandRefused"]
-    assert len(refused) == 1 and refused[0]["sender"].startswith("agent (") and "factor" in refused[0]["reason"]
+    assert [(e["command"], e["queued"]) for e in refused] == [("ScaleGroupLR", False), ("ScaleGroupLR", True)]
+    assert "factor" in refused[0]["reason"] and "'nope' is not a layer group" in refused[1]["reason"]
+    assert all(e["sender"].startswith("agent (socket client ") for e in refused), refused  # the engine's too
     assert not [e for e in log if e["type"] == "CommandApplied" and e["command"] == "ScaleGroupLR"]
 
 
