@@ -100,8 +100,10 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
 
 
 def test_the_layer_table_is_the_latest_rows_with_the_measures_since(tmp_path) -> None:
-    """What an agent reads as the layer table is what the dashboard shows: the last full rows, their LRs and
-    gradient norms replaced by each `LayersMeasured` written after them (a long run writes rows only on change)."""
+    """What an agent reads as the layer table is what the dashboard shows: the last full rows (`RunStarted`'s
+    until the first `LayersChanged`), their LRs and gradient norms replaced by each `LayersMeasured` written after
+    them (a long run writes rows only on change)."""
+    from tests.ui import scripted
     from tuitune.engine.events import LayerInfo, LayersChanged, LayersMeasured, to_json
     from tuitune.remote.mcp_server import Runs
 
@@ -113,7 +115,11 @@ def test_the_layer_table_is_the_latest_rows_with_the_measures_since(tmp_path) ->
         LayersMeasured(lrs=(None, 2e-3), grad_norms=(None, 0.25), global_step=4),
         LayersMeasured(lrs=(None, 3e-3), grad_norms=(None, 0.125), global_step=6),
     ]
-    (run / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in events))
+    (run / "events.jsonl").write_text(to_json(scripted.run_started()) + "\n")  # a run still in its setup
+    started = Runs(tmp_path).layer_table("r")
+    assert [row["name"] for row in started["layers"]] == [layer.name for layer in scripted.run_started().layers]
+    assert started["global_step"] == 0 and started["layers"][-1]["trainable"]
+    (run / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in (scripted.run_started(), *events)))
     table = Runs(tmp_path).layer_table("r")
     assert table["global_step"] == 6
     assert [(r["name"], r["trainable"], r["lr"], r["grad_norm"]) for r in table["layers"]] == [
