@@ -152,11 +152,11 @@ def test_a_tiny_run_refuses_bad_commands_and_trains_on_unchanged(tmp_path) -> No
     )
     Trainer(profile, tmp_path, emit, control, interactive=True).run()
     refused = of_type(events, CommandRefused)
-    assert [(r.command, r.global_step, r.sender) for r in refused] == [
-        ("ScaleGroupLR", 1, "dashboard"),
-        ("ScaleGroupLR", 1, "dashboard"),
-        ("ScaleGroupLR", 1, ""),
-        ("SetGroupTrainable", 1, ""),
+    assert [(r.command, r.global_step, r.sender, r.queued) for r in refused] == [
+        ("ScaleGroupLR", 1, "dashboard", False),
+        ("ScaleGroupLR", 1, "dashboard", False),
+        ("ScaleGroupLR", 1, "dashboard", True),  # refused by the engine once queued: its sender still named
+        ("SetGroupTrainable", 1, "dashboard", True),
     ]
     assert "'group' 'nope' is not a layer group of this run" in refused[2].reason
     assert [(c.command, c.global_step) for c in of_type(events, CommandApplied)] == [("ScaleGroupLR", 1)]

@@ -133,6 +133,7 @@ def test_pending_answers_in_queue_order_and_by_value() -> None:
         command: str
         reason: str
         sender: str = ""
+        queued: bool = False
 
     pending, a, b = Pending(), object(), object()
     pending.add(Pause(), a, None)  # a dashboard's, no id: answered, told nothing
@@ -147,7 +148,8 @@ def test_pending_answers_in_queue_order_and_by_value() -> None:
     assert (
         pending.answer(CommandRefused("ScaleGroupLR", "bad", sender="socket client 2")) is None
     )  # refused at the edge
-    reply = json.loads(pending.answer(CommandRefused("ScaleGroupLR", "no group 'nope'"))[1])  # type: ignore[index]
+    engine_refusal = CommandRefused("ScaleGroupLR", "no group 'nope'", sender="socket client 1", queued=True)
+    reply = json.loads(pending.answer(engine_refusal)[1])  # type: ignore[index]
     assert reply["id"] == "b3" and reply["ok"] is False and reply["reason"] == "no group 'nope'"
 
 

@@ -62,7 +62,8 @@ def test_a_live_run_refuses_bad_commands_trains_on_and_obeys_a_proper_client(tmp
     proper.client.stop_run()
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.INTERRUPTED
-    assert out.count("command refused from socket client 1: ") == 3 and "'group' 'nope' is not a layer group" in out
+    assert out.count("command refused from socket client 1: ") == 4  # the engine's refusal names its sender too
+    assert "from socket client 1: ScaleGroupLR: 'group' 'nope' is not a layer group" in out
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["command"] for e in events if e["type"] == "CommandApplied"] == ["UnfreezeNext"]
     assert [e["type"] for e in events].count("CommandRefused") == 4

@@ -47,7 +47,13 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
             ("layer_table", {"run": run}),
         ]:
             out[name] = _result(await s.call_tool(name, args))
-        for key, words in [("pause", ["pause"]), ("resume", ["resume"]), ("big", ["lr", "all", "1000"])]:
+        steps = [
+            ("pause", ["pause"]),
+            ("resume", ["resume"]),
+            ("big", ["lr", "all", "1000"]),
+            ("nope", ["lr", "nope", "2"]),
+        ]
+        for key, words in steps:
             out[key] = _result(await s.call_tool("send_command", {"run": run, "verb": words[0], "args": words[1:]}))
             transcript.append(
                 f"send_command {words} -> {out[key]['message']}; events: {json.dumps(out[key]['events'])}"
@@ -78,6 +84,7 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
         assert out[key]["status"] == "applied" and out[key]["message"].startswith(f"applied: {name}")
         assert out[key]["events"][0]["type"] == "CommandApplied" and out[key]["events"][0]["command"] == name
     assert out["big"]["status"] == "refused" and "factor" in out["big"]["message"]
+    assert out["nope"]["status"] == "refused" and "'nope' is not a layer group" in out["nope"]["message"]
     assert "FACTOR must be a positive number" in out["nan"]
     assert "a run's folder name" in out["escape"] and "no run 'nope'" in out["missing"]
 
@@ -86,13 +93,17 @@ def test_an_agent_lists_reads_and_steers_a_live_run(real_run: Path, tmp_path: Pa
     assert [e["command"] for e in applied] == ["Pause", "Resume"]
     assert all(e["sender"].startswith("agent (socket client ") for e in applied), applied
     refused = [e for e in log if e["type"] == "CommandRefused"]
-    assert len(refused) == 1 and refused[0]["sender"].startswith("agent (") and "factor" in refused[0]["reason"]
+    assert [(e["command"], e["queued"]) for e in refused] == [("ScaleGroupLR", False), ("ScaleGroupLR", True)]
+    assert "factor" in refused[0]["reason"] and "'nope' is not a layer group" in refused[1]["reason"]
+    assert all(e["sender"].startswith("agent (socket client ") for e in refused), refused  # the engine's too
     assert not [e for e in log if e["type"] == "CommandApplied" and e["command"] == "ScaleGroupLR"]
 
 
 def test_the_layer_table_is_the_latest_rows_with_the_measures_since(tmp_path) -> None:
-    """What an agent reads as the layer table is what the dashboard shows: the last full rows, their LRs and
-    gradient norms replaced by each `LayersMeasured` written after them (a long run writes rows only on change)."""
+    """What an agent reads as the layer table is what the dashboard shows: the last full rows (`RunStarted`'s
+    until the first `LayersChanged`), their LRs and gradient norms replaced by each `LayersMeasured` written after
+    them (a long run writes rows only on change)."""
+    from tests.ui import scripted
     from tuitune.engine.events import LayerInfo, LayersChanged, LayersMeasured, to_json
     from tuitune.remote.mcp_server import Runs
 
@@ -104,7 +115,11 @@ def test_the_layer_table_is_the_latest_rows_with_the_measures_since(tmp_path) ->
         LayersMeasured(lrs=(None, 2e-3), grad_norms=(None, 0.25), global_step=4),
         LayersMeasured(lrs=(None, 3e-3), grad_norms=(None, 0.125), global_step=6),
     ]
-    (run / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in events))
+    (run / "events.jsonl").write_text(to_json(scripted.run_started()) + "\n")  # a run still in its setup
+    started = Runs(tmp_path).layer_table("r")
+    assert [row["name"] for row in started["layers"]] == [layer.name for layer in scripted.run_started().layers]
+    assert started["global_step"] == 0 and started["layers"][-1]["trainable"]
+    (run / "events.jsonl").write_text("".join(to_json(e) + "\n" for e in (scripted.run_started(), *events)))
     table = Runs(tmp_path).layer_table("r")
     assert table["global_step"] == 6
     assert [(r["name"], r["trainable"], r["lr"], r["grad_norm"]) for r in table["layers"]] == [

@@ -12,6 +12,7 @@ from tests.ui import scripted
 from tuitune.engine.events import (
     RENAMED_KEYS,
     CommandApplied,
+    CommandRefused,
     EpochEnded,
     LayersChanged,
     MetricsUpdated,
@@ -82,6 +83,16 @@ def test_pending_command_clears_on_confirmation_and_status_follows() -> None:
     assert s.pending == () and s.status == "paused"
     s = reduce(s, CommandApplied("Resume", 3, 50))
     assert s.status == "running"
+
+
+def test_a_queued_command_refused_by_the_engine_no_longer_waits_and_names_its_sender() -> None:
+    """Refused at an entry point (never queued) the dashboard's pending command still waits; refused by the engine
+    once queued (a group the run lacks) it does not. Both log lines name the sender."""
+    s = requested(fold(scripted.mid_run_events()), "ScaleGroupLR")
+    s = reduce(s, CommandRefused("ScaleGroupLR", "bad factor", 3, 50, sender="socket client 2"))
+    assert s.pending == ("ScaleGroupLR",) and "refused from socket client 2: bad factor" in s.log[-1].text
+    s = reduce(s, CommandRefused("ScaleGroupLR", "no group 'x'", 3, 50, sender="socket client 1", queued=True))
+    assert s.pending == () and "refused from socket client 1: no group 'x'" in s.log[-1].text
 
 
 def test_layers_changed_is_the_only_writer_of_the_layer_rows() -> None:

@@ -164,6 +164,9 @@ class CommandRefused:
     epoch: int = 0
     global_step: int = 0
     sender: str = ""  # "socket client 3", "dashboard"; "" when unknown
+    # True: refused by the engine at the step boundary, once queued (the answer its sender waits for); False:
+    # refused where it entered, never queued (its sender was answered then)
+    queued: bool = False
 
 
 @dataclass(frozen=True)

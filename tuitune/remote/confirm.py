@@ -27,8 +27,9 @@ from tuitune.engine.events import Event, to_dict
 REPLY = "Reply"
 MAX_PENDING = 1000  # commands awaiting the engine (a run that stops leaves its queue unapplied): the oldest go first
 MAX_ID = 64  # characters of an id's text
-# event type -> whether it says the command was applied (True) or refused (False). `CommandRefused` is the engine's
-# refusal at the step boundary (a layer group the run lacks); a refusal at the socket's edge never reaches the queue.
+# event type -> whether it says the command was applied (True) or refused (False). A `CommandRefused` answers a
+# queued command when `queued` says the engine refused it at the step boundary (a layer group the run lacks); one
+# refused at the socket's edge never reached the queue.
 VERDICTS = {"CommandApplied": True, "CommandRefused": False}
 
 
@@ -89,8 +90,8 @@ class Pending:
         """For an engine event: (the sender to tell, its `Reply` line) when it answers a command sent with an id;
         None otherwise. Called for every event: one dict lookup for the others."""
         ok = VERDICTS.get(type(event).__name__)
-        if ok is None or (not ok and str(getattr(event, "sender", ""))):  # refused at the edge, named by its sender:
-            return None  # never queued (its sender had its `Refused` line then)
+        if ok is None or (not ok and not getattr(event, "queued", False)):  # refused at the edge: never queued
+            return None  # (its sender had its `Refused` line then)
         name = getattr(event, "command", "")
         with self._lock:
             for i, sent in enumerate(self._sent):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuitune.engine.events import EpochEnded, LayersChanged, LayersMeasured, MetricsUpdated
+from tuitune.engine.events import EpochEnded, LayersChanged, LayersMeasured, MetricsUpdated, RunStarted
 from tuitune.engine.record.history import read_history
 from tuitune.errors import UserError
 from tuitune.remote import ctl
@@ -71,12 +71,14 @@ class Runs:
         return {"run": run, "epochs": epochs, "steps": readings, "readings_in_history": len(steps)}
 
     def layer_table(self, run: str) -> dict[str, Any]:
-        """The layer table as the dashboard shows it: the latest rows, with the LRs and gradient norms measured
-        since."""
+        """The layer table as the dashboard shows it: the latest rows (the run's start lists them first), with the
+        LRs and gradient norms measured since."""
         rows: list[dict[str, Any]] = []
         step = 0
         for event in self._history(run):
-            if isinstance(event, LayersChanged):
+            if isinstance(event, RunStarted):
+                rows, step = [dataclasses.asdict(layer) for layer in event.layers], event.start_step
+            elif isinstance(event, LayersChanged):
                 rows, step = [dataclasses.asdict(layer) for layer in event.layers], event.global_step
             elif isinstance(event, LayersMeasured) and len(event.lrs) == len(rows):
                 for row, lr, grad in zip(rows, event.lrs, event.grad_norms, strict=False):

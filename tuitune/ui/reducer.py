@@ -227,11 +227,11 @@ def _command_applied(s: DashboardState, e: CommandApplied) -> DashboardState:
 
 
 def _command_refused(s: DashboardState, e: CommandRefused) -> DashboardState:
-    """One log line; the run did not change. Refused by the engine (no sender: a group the run lacks), it may be
+    """One log line; the run did not change. Refused by the engine once queued (a group the run lacks), it may be
     this dashboard's own command, which then no longer waits for its confirmation; refused at an entry point, it
     is not (the dashboard checks its commands before sending them)."""
     text = f"{_where(s, e.epoch, e.global_step)} · refused" + (f" from {e.sender}" if e.sender else "")
-    pending = s.pending if e.sender else _unpend(s.pending, e.command)
+    pending = _unpend(s.pending, e.command) if e.queued else s.pending
     return dataclasses.replace(s, pending=pending, log=_log(s, "warning", f"{text}: {e.reason}"))
 
 

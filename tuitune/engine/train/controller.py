@@ -276,9 +276,10 @@ class RunController:
         """One command, by its type's handler (a type without one changes nothing); then `CommandApplied`."""
         sender = self.control.sender_of(command)
         reason = self._unknown_group(command)
-        if reason is not None:  # nothing changes (no sender named: a named one marks a refusal at the edge)
+        if reason is not None:  # nothing changes
             st = self.st
-            self.emit(CommandRefused(type(command).__name__, reason, epoch=st.epoch, global_step=st.global_step))
+            name = type(command).__name__
+            self.emit(CommandRefused(name, reason, st.epoch, st.global_step, sender=sender, queued=True))
             return
         handler = self._handlers.get(type(command))
         detail, value = handler(command) if handler is not None else ("", None)
