@@ -1,4 +1,4 @@
-"""The system panel (`g`): shown by default where the samples have GPUs, hidden where there is no NVML until `g`;
+"""The system panel (`m`): shown by default where the samples have GPUs, hidden where there is no NVML until `m`;
 and the header's step bar (where a step's time goes, with its data-bound hint). Snapshots at fixed sizes from
 scripted events: no clock, no sampling."""
 
@@ -10,9 +10,11 @@ import pytest
 
 from tests.ui import scripted
 from tests.ui.test_pilot import dash, text_of, until
+from tuitune.config.loop import TrainConfig
 from tuitune.engine.commands import Control
 from tuitune.engine.events import GpuSample, MetricsUpdated, ProcessSample, SystemSampled
 from tuitune.ui.app import TuituneApp
+from tuitune.ui.keys import DASHBOARD_KEYS
 from tuitune.ui.system_panel import SystemPanel
 
 H100 = GpuSample(0, 0, "NVIDIA H100 80GB HBM3", 97.0, 61.203, 85.521, 71.0, 512.3, 700.0)
@@ -49,7 +51,7 @@ def panel(app: TuituneApp) -> SystemPanel:
     return app.screen.query_one(SystemPanel)
 
 
-async def test_g_shows_the_cpu_lines_where_there_is_no_gpu_and_hides_them_again() -> None:
+async def test_m_shows_the_cpu_lines_where_there_is_no_gpu_and_hides_them_again() -> None:
     app = app_with(GPU_SAMPLE, CPU_SAMPLE)  # the newest sample counts: no GPU rows
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: dash(app).state.system == CPU_SAMPLE)
@@ -63,7 +65,7 @@ async def test_g_shows_the_cpu_lines_where_there_is_no_gpu_and_hides_them_again(
         await until(pilot, lambda: not panel(app).display)
 
 
-async def test_a_gpu_run_shows_the_panel_until_g_and_without_samples_g_shows_nothing() -> None:
+async def test_a_gpu_run_shows_the_panel_until_m_and_without_samples_m_shows_nothing() -> None:
     app = app_with(GPU_SAMPLE)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: bool(panel(app).display))
@@ -113,3 +115,11 @@ async def test_the_step_bar_follows_the_newest_reading() -> None:
         text = text_of(app.screen.query_one(StatusBar))
         assert "data 1% · fwd+bwd 85% · optim 12% · rest 2% · 41.2 ms/step" in text
         assert "⚠" not in text
+
+
+def test_the_profile_reference_names_the_key_that_toggles_the_panel() -> None:
+    """`train.system_every_s`'s text (and so profiles/README.md) says which key shows the panel: the one bound to it
+    (it moved from `g` to `m` when `g` went to a causal LM's samples, and the text stayed behind)."""
+    key = next(k.key for k in DASHBOARD_KEYS if k.action == "system_panel")
+    doc = next(f for f in dataclasses.fields(TrainConfig) if f.name == "system_every_s").metadata["doc"]
+    assert f"system panel (`{key}`)" in doc

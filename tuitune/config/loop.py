@@ -78,7 +78,7 @@ class TrainConfig:
         5.0,
         "Seconds between samples of the machine under the run (each GPU's utilisation, memory, "
         "temperature and power; the run's CPU, RAM and DataLoader workers): the dashboard's "
-        "system panel (`g`). 0 = off.",
+        "system panel (`m`). 0 = off.",
         min=0.0,
     )
     feature_cache: bool = opt(

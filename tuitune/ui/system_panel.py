@@ -3,7 +3,7 @@
 One line per GPU (utilisation, memory, temperature, power, its name last so a narrow terminal cuts that first), then
 one line per rank's process (CPU, RAM, DataLoader workers); many GPUs, or a narrow screen, pack them tighter
 (`system_text`). Shown by default when the samples have GPUs; where there
-is no NVML the panel starts hidden and `g` shows the CPU lines. Renders the state only: no clock, no sampling here.
+is no NVML the panel starts hidden and `m` shows the CPU lines. Renders the state only: no clock, no sampling here.
 """
 
 from __future__ import annotations
