@@ -252,5 +252,7 @@ def test_a_run_ends_its_loader_workers_with_it(tmp_path) -> None:
 
     before = set(multiprocessing.active_children())
     profile = tiny_profile(data={"num_workers": 1}, train={"epochs": 1})
-    run_training(profile, tmp_path, lambda e: None, Control(), interactive=False)
+    events: list = []
+    run_training(profile, tmp_path, events.append, Control(), interactive=False)
     assert set(multiprocessing.active_children()) <= before
+    assert events[0].loader_workers == 1  # the step bar's hint says "now 1", whatever the system sample counts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tuitune.engine.events import ProcessSample, SystemSampled
 from tuitune.engine.train.step_clock import COMPUTE, DATA, OPTIMIZER, REST, CudaTimer, HostTimer, StepClock
 from tuitune.ui.step_bar import cells, data_hint, shares, step_line
 
@@ -98,6 +99,10 @@ def test_the_bar_fills_its_width_and_the_hint_names_the_fix() -> None:
     assert sum(cells(shares({DATA: 1.0, COMPUTE: 1.0, OPTIMIZER: 1.0}), width=16).values()) == 16
     assert data_hint(0.63, None) == "data loading is 63% of each step: raise data.num_workers"
     assert data_hint(0.29, None) == ""
+    # the sample counts every loader's workers (train and validation: 2 x 2); the hint says the setting's 2
+    four = SystemSampled(gpus=(), processes=(ProcessSample(0, 90.0, 2.0, 4, 50.0, 1.0),), cpus=16, ram_total_gb=64.0)
+    assert data_hint(0.63, four, 2) == "data loading is 63% of each step: raise data.num_workers (now 2)"
+    assert data_hint(0.63, four, 15).startswith("data loading is 63% of each step: the 15 workers use every core")
     line = step_line(split)
     assert line is not None
     assert "⚠ data loading is 63% of each step: raise data.num_workers · fwd+bwd 30% · optim 5% · rest 2%" in line.plain

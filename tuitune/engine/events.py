@@ -60,6 +60,7 @@ class RunStarted:
     start_step: int = 0
     start_elapsed_s: float = 0.0
     world_size: int = 1  # ranks training together (`--nproc`, torchrun); the events are rank 0's
+    loader_workers: int = 0  # DataLoader workers of each of a rank's loaders (`data.num_workers`, -1 resolved)
 
 
 @dataclass(frozen=True)

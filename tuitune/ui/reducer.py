@@ -113,6 +113,7 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         global_step=max(e.start_step, e.start_epoch * e.steps_per_epoch),
         trust_remote_code=trc,
         world_size=e.world_size,
+        loader_workers=e.loader_workers,
     )
     s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""

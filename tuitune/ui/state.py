@@ -72,6 +72,7 @@ class DashboardState:
     gpu_mem_gb: float | None = None
     gpu_peak_gb: float | None = None
     world_size: int = 1  # ranks training together (RunStarted.world_size; 1 in logs from before it existed)
+    loader_workers: int = 0  # each loader's workers (RunStarted.loader_workers): what data.num_workers resolved to
     gpu_max_gb: float | None = None  # several ranks on CUDA: the largest memory allocated on any rank
     step_split: dict[str, float] | None = None  # the newest MetricsUpdated.step_split: the header's step bar
     # The plot series, downsampled (tuitune/ui/downsample.py): a per-step series is indexed by `readings`, the

@@ -39,22 +39,21 @@ def cells(share: dict[str, float], width: int = WIDTH) -> dict[str, int]:
     return out
 
 
-def data_hint(share: float, system: SystemSampled | None) -> str:
-    """What to do about a data-bound run, "" when it is not. The workers' count comes from the system panel's
-    newest sample when there is one: with as many workers as cores, more workers cannot help."""
+def data_hint(share: float, system: SystemSampled | None, workers: int = 0) -> str:
+    """What to do about a data-bound run, "" when it is not. `workers`: the training loader's (what
+    `data.num_workers` resolved to; the system sample counts the validation loader's too, alive between epochs).
+    With the system panel's newest sample, the cores are known: with as many workers as cores, more cannot help."""
     if share < DATA_BOUND:
         return ""
     text = f"data loading is {share:.0%} of each step"
-    procs = system.processes if system is not None else ()
-    if procs and system is not None:
-        workers = procs[0].workers
+    if system is not None and system.processes:
         if workers >= max(system.cpus - 1, 1):
             return f"{text}: the {workers} workers use every core: lighter augmentation, or data.cache_images"
         return f"{text}: raise data.num_workers (now {workers})"
     return f"{text}: raise data.num_workers"
 
 
-def step_line(split: dict[str, float] | None, system: SystemSampled | None = None) -> Text | None:
+def step_line(split: dict[str, float] | None, system: SystemSampled | None = None, workers: int = 0) -> Text | None:
     if not split:
         return None
     share = shares(split)
@@ -63,7 +62,7 @@ def step_line(split: dict[str, float] | None, system: SystemSampled | None = Non
     for key, _, style, glyph in PARTS:
         line.append(glyph * n[key], style)
     line.append("▏ ", "dim")
-    hint = data_hint(share["data"], system)
+    hint = data_hint(share["data"], system, workers)
     parts = []
     for key, label, style, _ in PARTS:
         if key == "data" and hint:

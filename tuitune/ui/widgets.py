@@ -132,7 +132,8 @@ def status_text(state: DashboardState) -> Text:
     for command in state.pending:
         bottom.append(f"  ⧗ {COMMAND_LABELS.get(command, command)}…", "yellow")
     lines = [top, bottom]
-    steps = step_line(state.step_split, state.system)  # where a step's time goes, once the metrics say
+    # where a step's time goes, once the metrics say
+    steps = step_line(state.step_split, state.system, state.loader_workers)
     if steps is not None:
         lines.append(steps)
     return Text("\n").join(lines)  # (the CSS cuts a long line: it never pushes the next one out)

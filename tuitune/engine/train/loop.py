@@ -133,6 +133,7 @@ class Trainer:
                 start_step=st.global_step,
                 start_elapsed_s=st.elapsed(),
                 world_size=self.dist.world,
+                loader_workers=p.train_loader.num_workers,
             )
         )
         self.emit(self.memory)
