@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from tests.engine.conftest import of_type, tiny_profile
 from tuitune.engine.commands import Control
-from tuitune.engine.events import EpochEnded, MetricsUpdated, RunFinished
+from tuitune.engine.events import EpochEnded, MetricsUpdated, PhaseChanged, RunFinished
 from tuitune.engine.record import checkpoint
 from tuitune.engine.session import run_training
 
@@ -108,3 +108,16 @@ def test_resume_keeps_the_plateau_schedule_the_ema_and_the_watches(
     ema_a = checkpoint.open_checkpoint(run_a / "checkpoints", "last")[1]["ema"]
     ema_b = checkpoint.open_checkpoint(tmp_path / "b" / "checkpoints", "last")[1]["ema"]
     assert all(torch.allclose(ema_a[k].float(), ema_b[k].float(), atol=1e-6) for k in ema_a)
+
+
+def test_a_phase_due_at_the_last_epoch_is_made_on_resume_as_the_unbroken_run_made_it(tmp_path: Path) -> None:
+    """Progressive, a phase every 2 epochs: a 2-epoch run skips the change due at its end (no epoch left to train
+    it); resumed to 3 epochs it unfreezes at the resume's start, where an unbroken 3-epoch run does: after epoch 2,
+    at step 2 x STEPS (not a whole epoch later, as before)."""
+    sections = {"strategy": {"kind": "progressive", "every_epochs": 2}, "train": {"epochs": 2}}
+    run_training(tiny_profile(**sections), tmp_path, lambda e: None, Control(), interactive=False)
+    resumed: list = []
+    profile = tiny_profile(**{**sections, "train": {"epochs": 3}})
+    run_training(profile, tmp_path, resumed.append, Control(), interactive=False, resume=tmp_path)
+    changes = [(e.phase, e.epoch, e.global_step, e.reason) for e in of_type(resumed, PhaseChanged)]
+    assert changes == [(1, 2, 2 * STEPS, "epochs")]

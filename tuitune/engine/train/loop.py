@@ -164,6 +164,8 @@ class Trainer:
             steer.auto_adabn("start")
             if self.profile.strategy.phase_lr == "find":
                 steer.phase_lr.find()
+        else:  # `last` is saved before an epoch end's phase check: make it now (a no-op where it was made), so a run
+            steer.maybe_next_phase()  # killed after it, or ended at its last epoch and given more, unfreezes on time
         while st.epoch < self.profile.train.epochs and steer.stop_status is None:
             if steer.stop_agreed():  # Ctrl+C during validation or a save: stop on the epoch boundary
                 steer.stop(*self.control.stop_status)
