@@ -55,3 +55,44 @@ def test_lost_connection_mid_way_is_not_a_missing_file(no_network: str, monkeypa
     monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda s: None)  # its backoff, not our test's time
     with pytest.raises(hub.DownloadFailed, match=r"^timm/resnet18.a1_in1k/model\.safetensors: .*Connection refused"):
         hub.download("timm/resnet18.a1_in1k", "model.safetensors", None, None)
+
+
+def test_a_model_built_hub_off_in_one_thread_leaves_another_threads_dataset_load_online(monkeypatch) -> None:
+    """The compose screen reads the layer groups (a model built from the cache, hub off) and a hub dataset in two
+    threads at once. The load must not be told the hub is off by the build's own switch, nor find it off after:
+    before, their saves and restores interleaved and every later read said "the hub is off (--offline ...)"."""
+    import threading
+    from types import SimpleNamespace
+
+    from huggingface_hub import constants
+
+    from tuitune.engine.data import hfload
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    datasets = SimpleNamespace(config=SimpleNamespace(HF_HUB_OFFLINE=False))  # the switch `datasets` keeps
+    inside, leave, seen = threading.Event(), threading.Event(), []
+
+    def build() -> None:
+        with hub.hub_off():
+            inside.set()
+            leave.wait(10)
+
+    def load() -> None:
+        with hfload._hub_offline(datasets, hubnet.is_offline()):
+            seen.append((constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE))
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    assert inside.wait(10)
+    assert hubnet.is_offline() is False  # the user's setting, not the build's
+    loader = threading.Thread(target=load)
+    loader.start()
+    loader.join(0.3)
+    assert loader.is_alive() and not seen  # waits for the build's block: one block at a time
+    leave.set()
+    builder.join(10)
+    loader.join(10)
+    assert seen == [(False, False)]
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, hubnet.is_offline()) == (False, False, False)

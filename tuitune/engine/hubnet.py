@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,9 @@ MB = 1e-6
 
 NET_TRIES, NET_WAIT_S, NET_TIMEOUT_S = 3, 0.5, 5.0  # `check_reachable`: 0.5 s, then 1 s between tries
 _REACHED: set[str] = set()
+# huggingface_hub's HF_HUB_OFFLINE is one switch for the whole process: `hub_switched` blocks set it one at a time
+_SWITCH = threading.RLock()
+_OUTSIDE: list[bool] = []  # the switch as it was before each open block (outermost first)
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -37,7 +41,31 @@ def is_offline() -> bool:
         from huggingface_hub import constants
     except ImportError:  # pragma: no cover - transformers and timm both depend on it
         return True
-    return bool(constants.HF_HUB_OFFLINE)
+    outside = _OUTSIDE[:1]  # a block open in some thread: its setting is its own, not the user's
+    return bool(outside[0] if outside else constants.HF_HUB_OFFLINE)
+
+
+@contextlib.contextmanager
+def hub_switched(offline: bool, *also: tuple[Any, str]) -> Iterator[None]:
+    """huggingface_hub's HF_HUB_OFFLINE (and each `(object, attribute)` of `also`: `datasets`' own copy) set to
+    `offline` for the block, then put back. The switch is the process's, and two threads need it at once (the
+    compose screen builds a model from the cache, hub off, while it loads a hub dataset, hub on): so one block at a
+    time (a lock, re-entrant for a block inside another in one thread), else their saves and restores interleave
+    and can leave the hub off for good. `is_offline` meanwhile answers the switch as it is outside the blocks."""
+    from huggingface_hub import constants
+
+    targets = [(constants, "HF_HUB_OFFLINE"), *also]
+    with _SWITCH:
+        saved = [(obj, name, getattr(obj, name)) for obj, name in targets]
+        _OUTSIDE.append(constants.HF_HUB_OFFLINE)
+        try:
+            for obj, name in targets:
+                setattr(obj, name, offline)
+            yield
+        finally:
+            for obj, name, value in reversed(saved):
+                setattr(obj, name, value)
+            _OUTSIDE.pop()  # after the restore: a reader between the two sees the same value either way
 
 
 def event_tqdm(emit: Emit | None, filename: str = "") -> type:

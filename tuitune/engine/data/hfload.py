@@ -117,15 +117,9 @@ def _quiet_bars(datasets: Any) -> Iterator[None]:
 @contextlib.contextmanager
 def _hub_offline(datasets: Any, offline: bool) -> Iterator[None]:
     """Both switches `datasets` reads at call time, set for the load: its own (read once, at its import, from
-    HF_DATASETS_OFFLINE or HF_HUB_OFFLINE) and huggingface_hub's."""
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = offline
-    try:
+    HF_DATASETS_OFFLINE or HF_HUB_OFFLINE) and huggingface_hub's, one block at a time (`hubnet.hub_switched`)."""
+    with hubnet.hub_switched(offline, (datasets.config, "HF_HUB_OFFLINE")):
         yield
-    finally:
-        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = before
 
 
 def _load_hub(datasets: Any, src: Source) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tuitune.engine.events import Event
-from tuitune.engine.hubnet import MB, check_reachable, event_tqdm, is_offline
+from tuitune.engine.hubnet import MB, check_reachable, event_tqdm, hub_switched, is_offline
 from tuitune.engine.hubnet import why as _why
 from tuitune.engine.record.progress import Progress
 
@@ -39,15 +39,10 @@ class DownloadFailed(Exception):
 @contextlib.contextmanager
 def hub_off() -> Iterator[None]:
     """Build from the cache only: huggingface_hub reads `constants.HF_HUB_OFFLINE` at call time, so timm's and
-    transformers' loaders neither re-check revisions nor download behind our back (tqdm bars included)."""
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
+    transformers' loaders neither re-check revisions nor download behind our back (tqdm bars included). Through
+    `hubnet.hub_switched`: another thread's dataset load is not told the hub is off."""
+    with hub_switched(True):
         yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 def download(repo_id: str, filename: str, revision: str | None, emit: Emit | None) -> str | None:
