@@ -237,7 +237,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
+def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path, capsys):
     from tuitune.sweep.runner import live_sweep_pid, start_detached
 
     epochs = 20  # a trial of a few seconds: the kill must land while one runs, however fast the box
@@ -258,10 +258,8 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
             proc.kill()
             proc.wait(timeout=60)
     assert [t.state.name for t in trials_of(out)] == ["RUNNING"]
-    done = subprocess.run(
-        _sweep_cmd(path, out, "--trials", "2"), env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr
+    assert main(_sweep_cmd(path, out, "--trials", "2")[3:]) == 0  # the same command, here in this process
+    printed = capsys.readouterr().out
     trials = trials_of(out)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert trials[0].user_attrs["retry"] and "killed" in trials[0].user_attrs["error"]
@@ -269,21 +267,15 @@ def test_kill_9_mid_trial_then_the_same_command_counts_trials_exactly(tmp_path):
     for n in (1, 2):  # each counted trial ran once, to its end
         events = (out / f"trial-{n:03d}" / "events.jsonl").read_text()
         assert events.count('"type":"RunStarted"') == 1 and events.count('"type":"EpochEnded"') == epochs
-    assert "killed" in done.stdout and (out / "best.toml").exists()
+    assert "killed" in printed and (out / "best.toml").exists()
     assert not (out / "sweep.pid").exists()  # the finished sweep no longer claims the folder
 
 
-def test_two_workers_share_one_sweep_with_disjoint_trials(tmp_path):
+def test_two_workers_share_one_sweep_with_disjoint_trials(tmp_path, capsys):
     path = write(tmp_path, '"train.lr" = { log = [1e-3, 1e-1] }\npruner = "none"\n', epochs=3)
     out = tmp_path / "s"
-    done = subprocess.run(
-        _sweep_cmd(path, out, "--trials", "3", "--workers", "2"),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
+    assert main(_sweep_cmd(path, out, "--trials", "3", "--workers", "2")[3:]) == 0  # its workers: 2 processes
+    printed = capsys.readouterr().out
     trials = trials_of(out)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # the cap holds across processes
     pids = {t.user_attrs["pid"] for t in trials}
@@ -292,4 +284,4 @@ def test_two_workers_share_one_sweep_with_disjoint_trials(tmp_path):
     assert len(set(run_dirs)) == 3
     for run_dir in run_dirs:
         assert Path(run_dir, "events.jsonl").read_text().count('"type":"RunStarted"') == 1
-    assert (out / "best.toml").exists() and "best: trial" in done.stdout
+    assert (out / "best.toml").exists() and "best: trial" in printed
