@@ -35,8 +35,7 @@ def timm_run(tmp_path_factory) -> Path:
 
 
 def _fresh(code: str) -> subprocess.Popen:
-    """Start `code` in a new interpreter (offline, one thread); it prints one JSON line. Started, not awaited:
-    the timm and the transformers checks import in parallel."""
+    """Start `code` in a new interpreter (offline, one thread) that never imports tuitune; it prints JSON lines."""
     env_code = "import os\nos.environ['HF_HUB_OFFLINE'] = '1'\nos.environ['OMP_NUM_THREADS'] = '1'\n"
     return subprocess.Popen(
         [sys.executable, "-c", env_code + textwrap.dedent(code)],
@@ -46,10 +45,11 @@ def _fresh(code: str) -> subprocess.Popen:
     )
 
 
-def _result(proc: subprocess.Popen) -> dict:
+def _results(proc: subprocess.Popen, n: int) -> list[dict]:
+    """The last `n` lines the interpreter printed, as JSON."""
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
-    return json.loads(out.strip().splitlines()[-1])
+    return [json.loads(line) for line in out.strip().splitlines()[-n:]]
 
 
 def test_timm_export_writes_timm_hub_format(timm_run, capsys) -> None:
@@ -102,19 +102,16 @@ def test_exports_load_in_fresh_processes_with_the_same_logits(timm_run, tmp_path
     """timm: `local-dir:` and by name + pretrained_cfg_overlay; hf: AutoModelForSequenceClassification + its
     tokenizer. Each in an interpreter that never imports tuitune; logits against the in-process model's."""
     timm_manifest = export_run(timm_run)
-    timm_proc = _fresh(
-        TIMM_CHECK.format(
-            out=timm_run / "export", load=timm_manifest["load"], load_by_name=timm_manifest["load_by_name"]
-        )
-    )
     hf_dir = _hf_run(tmp_path, "model")
     hf_manifest = export_run(hf_dir, sample=12)
     hf_out = hf_dir / "export"
-    hf_proc = _fresh(HF_CHECK.format(out=hf_out))
     assert hf_manifest["pooling"] == "model" and hf_manifest["sample"]["examples"] == 12
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in hf_out.iterdir()}
-
-    timm_result, hf_result = _result(timm_proc), _result(hf_proc)
+    timm_code = TIMM_CHECK.format(
+        out=timm_run / "export", load=timm_manifest["load"], load_by_name=timm_manifest["load_by_name"]
+    )
+    # one interpreter for both (each check prints its line; neither imports tuitune): one start of torch, not two
+    timm_result, hf_result = _results(_fresh(timm_code + HF_CHECK.format(out=hf_out)), 2)
     assert timm_result["dir"] < 1e-5 and timm_result["name"] < 1e-5 and not timm_result["tuitune"]
     assert timm_result["acc"] == pytest.approx(timm_manifest["sample"]["acc"])
     assert timm_result["labels"] == ["c0", "c1", "c2"]
