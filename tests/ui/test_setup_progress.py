@@ -9,6 +9,7 @@ from tests.ui import scripted
 from tests.ui.test_pilot import dash, live_app, text_of, until
 from tuitune.console import ConsolePrinter
 from tuitune.engine.events import SetupProgressed
+from tuitune.engine.record.progress import progress_text
 from tuitune.ui.reducer import fold
 from tuitune.ui.runner import EngineEventReceived
 from tuitune.ui.widgets import StatusBar, status_text
@@ -60,3 +61,8 @@ def test_headless_prints_a_line_every_few_seconds_and_the_last(monkeypatch) -> N
         "download model.safetensors  50.0/50.0 MB  2.5 MB/s  done",
     ]
     assert "\r" not in out.getvalue()
+
+
+def test_a_rate_under_one_per_second_keeps_two_significant_digits() -> None:
+    slow = SetupProgressed(task="cache", detail="layer.5 (train)", done=1, total=32, unit="batches", rate=0.41)
+    assert progress_text(slow) == "cache layer.5 (train)  1/32 batches  3%  0.41 batches/s"

@@ -84,7 +84,14 @@ def progress_text(e: SetupProgressed) -> str:
     if e.total and not e.finished:
         parts.append(f"{min(e.done / e.total, 1.0):.0%}")
     if e.rate:
-        parts.append(f"{e.rate:,.{digits}f} {e.unit}/s")
+        parts.append(f"{rate_text(e.rate, digits)} {e.unit}/s")
     if e.finished:
         parts.append("done")
     return "  ".join(parts)
+
+
+def rate_text(rate: float, digits: int) -> str:
+    """`digits` decimals, more below 1 (two significant ones): a cache's 0.41 batches/s is not "0"."""
+    if rate < 1:
+        return f"{rate:.2g}"
+    return f"{rate:,.{digits}f}"
