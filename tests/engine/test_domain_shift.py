@@ -97,7 +97,7 @@ def test_a_run_measures_the_shift_at_start_and_every_epoch_and_applies_adabn_at_
         if isinstance(event, MetricsUpdated) and event.global_step == 2:
             control.put(AdaptBatchNorm(batches=3))
 
-    profile = tiny_profile(train={"epochs": 2, "lr": 1e-4}, strategy={"kind": "head_only"})
+    profile = tiny_profile(train={"epochs": 2, "lr": 1e-4, "domain_shift": True}, strategy={"kind": "head_only"})
     trainer = Trainer(profile, tmp_path, emit, control)
     trainer.run()
     shifts = of_type(events, DomainShiftMeasured)

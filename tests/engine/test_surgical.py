@@ -97,7 +97,7 @@ def test_a_run_unfreezes_in_the_order_of_its_measured_shift(tmp_path) -> None:
     profile = tiny_profile(
         model={"weights": str(tmp_path / "w.safetensors")},
         strategy={"kind": "progressive", "order": "shift", "trigger": "epochs", "every_epochs": 1},
-        train={"epochs": 3},
+        train={"epochs": 3, "domain_shift": True},
     )
     Trainer(profile, tmp_path / "run", events.append, Control()).run()
     started = of_type(events, RunStarted)[0]

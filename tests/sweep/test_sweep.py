@@ -37,6 +37,7 @@ lr = 0.01
 optimizer = "sgd"
 log_every = 2
 schedule = "constant"
+domain_shift = false
 """
 
 
