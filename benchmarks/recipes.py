@@ -56,8 +56,8 @@ TODAY = {
 ARMS: dict[str, Any] = {
     "full (searched LR)": lambda m: ({"kind": "full", "lr_decay": SEARCHED[m]["lr_decay"]}, {"lr": SEARCHED[m]["lr"]}),
     "progressive + find (before)": lambda m: (dict(TODAY), {"restart": "run"}),
-    # progressive as the schema declared it before issue 24 (the LR of the profile at every phase): the old default
-    "progressive, profile LR (old default)": lambda m: ({"phase_lr": "profile"}, {}),
+    # progressive as the schema declares it (the LR of the profile at every phase), pinned: what a new default must beat
+    "progressive, profile LR (the default)": lambda m: ({"phase_lr": "profile"}, {}),
     "+ train_bn": lambda m: ({**TODAY, "train_bn": True}, {}),
     "+ adabn = phase": lambda m: ({**TODAY, "adabn": "phase"}, {}) if m == "image" else None,
     "+ order = shift": lambda m: ({**TODAY, "order": "shift"}, {}) if m == "image" else None,
