@@ -249,7 +249,8 @@ def table_text(results: Path) -> str:
             f"| arm | {metric} per seed | mean | wall s | CPU s | CPU / full's | reached full's mean at |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for arm in dict.fromkeys(r["arm"] for r in mine):
+        order = [*ARMS, "tuitune recipe --budget 3"]  # the arms in the order they are declared, not measured
+        for arm in sorted(dict.fromkeys(r["arm"] for r in mine), key=lambda a: order.index(a) if a in order else 99):
             runs = sorted((r for r in mine if r["arm"] == arm), key=lambda r: r["seed"])
             values = ", ".join(f"{r['best']:.4f}" for r in runs)
             cpu = statistics.mean(r["cpu_s"] for r in runs)
