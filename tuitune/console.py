@@ -32,7 +32,7 @@ from tuitune.engine.events import (
 from tuitune.engine.memory_plan import planned_lines
 from tuitune.engine.record.progress import progress_text
 from tuitune.engine.tools.compress_report import format_report
-from tuitune.fmt import phase_change_text
+from tuitune.fmt import fmt_rate, phase_change_text
 
 __all__ = ["PROGRESS_EVERY_S", "ConsolePrinter", "compression_table"]
 
@@ -83,7 +83,7 @@ class ConsolePrinter:
             f"epoch {event.epoch:>3}/{self.epochs}  phase {event.phase + 1}/{self.num_phases}  "
             f"train loss {event.train_loss:.4f} {m} {event.train_score:.3f}  "
             f"val loss {event.val_loss:.4f} {m} {event.val_score:.3f}{extra}  "
-            f"{event.samples_per_s:,.0f} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}"
+            f"{fmt_rate(event.samples_per_s)} samples/s  {event.epoch_s:.1f}s{'  *best' if event.is_best else ''}"
         )
 
     def _lr_found(self, event: LRFound) -> None:

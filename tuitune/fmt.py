@@ -112,6 +112,15 @@ def fmt_count(n: int) -> str:
     return str(n)
 
 
+def fmt_rate(value: Any) -> str:
+    """A throughput (samples/s): whole and grouped from 10 up (`1,234`), two significant digits below (`0.37`,
+    `4.2`), so a slow run (a language model on a CPU) does not read `0`; `-` for none."""
+    v = _number(value)
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 10 or math.isnan(v) else f"{v:.2g}"
+
+
 def fmt_sci(value: float | None) -> str:
     return "-" if value is None else f"{value:.1e}"
 

@@ -109,4 +109,6 @@ def test_the_bar_fills_its_width_and_the_hint_names_the_fix() -> None:
     assert step_line({DATA: 1.0, COMPUTE: 9.0, OPTIMIZER: 0.0, REST: 0.0}).plain.endswith(  # type: ignore[union-attr]
         "data 10% · fwd+bwd 90% · optim 0% · rest 0% · 10.0 ms/step"
     )
+    slow = step_line({DATA: 0.0, COMPUTE: 19135.2, OPTIMIZER: 0.0, REST: 0.0})  # a language model on a CPU
+    assert slow is not None and slow.plain.endswith("rest 0% · 19.1 s/step")
     assert step_line(None) is None

@@ -23,7 +23,7 @@ from tuitune.engine.events import (
     event_from_json,
     to_json,
 )
-from tuitune.fmt import fmt_duration
+from tuitune.fmt import fmt_duration, fmt_rate
 from tuitune.ui.plotdata import eta_s, smooth
 from tuitune.ui.profiles import detail_rows, discover, unique_dirs
 from tuitune.ui.reducer import fold, reduce, requested
@@ -126,6 +126,15 @@ def test_trust_remote_code_and_warnings_reach_the_log() -> None:
 
 def test_fmt_duration() -> None:
     assert fmt_duration(None) == "--:--" and fmt_duration(65) == "1:05" and fmt_duration(3725) == "1:02:05"
+
+
+def test_a_slow_run_s_throughput_does_not_read_zero() -> None:
+    from tuitune.ui.widgets import status_text
+
+    assert fmt_rate(1234.4) == "1,234" and fmt_rate(12.6) == "13" and fmt_rate(4.25) == "4.2"
+    assert fmt_rate(0.37) == "0.37" and fmt_rate(None) == "-"
+    s = reduce(fold(scripted.mid_run_events()), MetricsUpdated(3, 12, 52, 0.5, 0.8, (), 0.37, 3.0))
+    assert "0.37 samples/s" in status_text(s).plain  # a language model on a CPU: 0.37, not 0
 
 
 def test_discover_profiles_dedupes_and_keeps_errors() -> None:

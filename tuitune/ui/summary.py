@@ -17,7 +17,7 @@ from textual.widgets import Footer, Static
 
 from tuitune.engine.events import RunFinished
 from tuitune.engine.tools.compress_report import read_report
-from tuitune.fmt import fmt_duration, fmt_score, fmt_value, score_label
+from tuitune.fmt import fmt_duration, fmt_rate, fmt_score, fmt_value, score_label
 from tuitune.ui.samples import samples_table
 from tuitune.ui.views import confusion_view, misclassified_view
 
@@ -193,7 +193,7 @@ def _validation_views(e: RunFinished) -> list[RenderableType]:
 def summary_renderable(e: RunFinished, metric: str = "acc") -> RenderableType:
     header = Text.assemble((TITLES.get(e.status, e.status), "bold"), "  ", (e.reason, "italic"))
     facts = Text(
-        f"{e.epochs} epochs · {e.global_step} steps · {e.samples_per_s:,.0f} samples/s · {fmt_duration(e.wall_s)}",
+        f"{e.epochs} epochs · {e.global_step} steps · {fmt_rate(e.samples_per_s)} samples/s · {fmt_duration(e.wall_s)}",
         "dim",
     )
     parts: list[RenderableType] = [

@@ -20,7 +20,7 @@ from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LayerInfo, SetupProgressed
 from tuitune.engine.record.progress import progress_text
-from tuitune.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_sci, fmt_score, fmt_value, is_percent
+from tuitune.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_rate, fmt_sci, fmt_score, fmt_value, is_percent
 from tuitune.ui.downsample import Point
 from tuitune.ui.keys import COMMAND_LABELS
 from tuitune.ui.plotcanvas import render_figure
@@ -116,7 +116,7 @@ def status_text(state: DashboardState) -> Text:
         top.append(f"  step {state.step}/{state.steps_per_epoch}")
     if state.setup is not None:
         return Text("\n").join([top, setup_text(state.setup)])
-    bottom = Text(f"{state.samples_per_s:,.0f} samples/s  elapsed {fmt_duration(state.elapsed_s)}", "dim")
+    bottom = Text(f"{fmt_rate(state.samples_per_s)} samples/s  elapsed {fmt_duration(state.elapsed_s)}", "dim")
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
     if state.best_val_score is not None:
