@@ -26,11 +26,12 @@ class CacheKeeper:
 
     def refresh(self) -> None:
         """Build the feature cache at the boundary this phase allows, keep it, or drop it; say why when unused."""
-        changed, detail = self.cache.refresh(
-            self.st.phase, self.st.epoch, lambda **kw: self.emit(SetupProgressed(**kw))
-        )
+        changed, detail = self._refresh()
         if changed and detail != self._said:
             self._say(detail)
+
+    def _refresh(self) -> tuple[bool, str]:
+        return self.cache.refresh(self.st.phase, self.st.epoch, lambda **kw: self.emit(SetupProgressed(**kw)))
 
     def trainable_changed(self) -> None:
         """The trainable set changed (a phase, or a group steered by hand): DDP wrappers for the cached top's new
@@ -51,8 +52,11 @@ class CacheKeeper:
     def rebuild(self) -> None:
         """The features went stale (AdaBN changed the statistics they were computed with): built again now."""
         if self.cache.active:
+            boundary = self.cache.boundary
             self.cache.drop()
-            self.refresh()
+            changed, detail = self._refresh()  # its progress is shown; the same boundary again is no news
+            if changed and (not self.cache.active or self.cache.boundary != boundary):
+                self._say(detail)
 
     def _say(self, detail: str) -> None:
         self._said = detail
