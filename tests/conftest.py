@@ -12,3 +12,25 @@ import os
 os.environ.pop("NO_COLOR", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the internet; the hub tests serve a local stand-in
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The modules whose tests start processes (8-20 s each). Run first: xdist hands tests out in collection order, and a
+# long test handed out last keeps one core busy while the other has nothing left to do.
+STARTS_PROCESSES = (
+    "tests/engine/test_ddp.py",
+    "tests/remote/test_queue.py",
+    "tests/engine/test_hub.py",
+    "tests/remote/test_dashboard.py",
+    "tests/remote/test_processes.py",
+    "tests/engine/test_interrupts.py",
+    "tests/test_checks.py",
+    "tests/sweep/test_sweep.py",
+    "tests/engine/test_lora.py",
+    "tests/remote/test_multirank.py",
+    "tests/engine/test_export.py",
+    "tests/sweep/test_sweep_storage.py",
+)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {path: i for i, path in enumerate(STARTS_PROCESSES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
