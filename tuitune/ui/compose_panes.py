@@ -72,8 +72,17 @@ def groups_table(rows: list[dict], phases: tuple[tuple[str, ...], ...]) -> Table
     return table
 
 
+@dataclasses.dataclass(frozen=True)
+class PaneHooks:
+    """What a `Following` pane reads and how it shows it (the pane subclass's own methods)."""
+
+    key_of: Callable[[RunProfile, bool], Any]  # what the read-out depends on; True: asked in the worker, after a read
+    read: Callable[[RunProfile, Callable[[Any], None]], Any]  # in the worker thread (a UserError shows as its line)
+    render: Callable[[], None]  # show what is read (or that it is being read, or its error)
+
+
 class Following(VerticalScroll):
-    """A pane that reads something for the profile in a worker, and again when `key_of(profile)` changes."""
+    """A pane that reads something for the profile in a worker, and again when `hooks.key_of(profile)` changes."""
 
     class Read(Message):
         """From the worker: what was read (or the one-line error), for read number `token`, under `key`."""
@@ -89,8 +98,9 @@ class Following(VerticalScroll):
             super().__init__()
             self.pane = pane
 
-    def __init__(self, *, id: str) -> None:
+    def __init__(self, hooks: PaneHooks, *, id: str) -> None:
         super().__init__(id=id)
+        self.hooks = hooks
         self.profile: RunProfile | None = None
         self.key: Any = None  # what `value` / `error` were read for (None: nothing read yet)
         self.value: Any = None
@@ -99,24 +109,13 @@ class Following(VerticalScroll):
         self.token = 0  # the number of the latest read started: a reply to an older one is dropped
         self._timer: Any = None
 
-    def key_of(self, profile: RunProfile, read: bool = False) -> Any:
-        """What the read-out depends on; `read`: asked in the worker, after the read (heavy imports are in)."""
-        raise NotImplementedError
-
-    def read(self, profile: RunProfile, progress: Callable[[Any], None]) -> Any:
-        """In the worker thread: what to show for `profile` (a UserError is shown as its line)."""
-        raise NotImplementedError
-
-    def render_now(self) -> None:
-        raise NotImplementedError
-
     def show_progress(self, event: Any) -> None:
         """A download's or a preparation's progress while reading (`SetupProgressed`)."""
 
     def follow(self, profile: RunProfile, settle: bool = True) -> None:
         """The profile changed: render what is read, or read it (at once, or once the typing settles)."""
         self.profile = profile
-        key = self.key_of(profile)
+        key = self.hooks.key_of(profile, False)
         if key != self.key and key != self.reading:
             self.reading, self.token = key, self.token + 1
             if self._timer is not None:
@@ -124,7 +123,7 @@ class Following(VerticalScroll):
             self._timer = self.set_timer(SETTLE_S, self._start) if settle else None
             if not settle:
                 self._start()
-        self.render_now()
+        self.hooks.render()
 
     def _start(self) -> None:
         self._timer = None
@@ -143,10 +142,10 @@ class Following(VerticalScroll):
 
         value, error = None, ""
         try:
-            value = self.read(profile, progress)
+            value = self.hooks.read(profile, progress)
         except Exception as e:  # a model or data that is not there, a wrong name: its own line; the picker goes on
             error = one_line(e)
-        answer = self.Read(self, token, self.key_of(profile, read=True), value, error)
+        answer = self.Read(self, token, self.hooks.key_of(profile, True), value, error)
         if not worker.is_cancelled:
             self.post_message(answer)
 
@@ -157,19 +156,19 @@ class Following(VerticalScroll):
         if message.token != self.token:
             return
         self.key, self.value, self.error, self.reading = message.key, message.value, message.error, None
-        self.render_now()
+        self.hooks.render()
         self.post_message(self.Changed(self))
 
     @property
     def stale(self) -> bool:
-        return self.profile is None or self.key is None or self.key != self.key_of(self.profile)
+        return self.profile is None or self.key is None or self.key != self.hooks.key_of(self.profile, False)
 
 
 class DataPane(Following):
     """What the data holds (`describe_data`): a dataset's splits and columns, as they are read."""
 
     def __init__(self) -> None:
-        super().__init__(id="data-pane")
+        super().__init__(PaneHooks(self.key_of, self.read, self.render_now), id="data-pane")
         self.progress_line = ""
 
     def compose(self) -> Any:
@@ -206,7 +205,7 @@ class GroupsPane(Following):
     starts to train in under the strategy as it stands; `GROUP_EXTRAS` under them."""
 
     def __init__(self) -> None:
-        super().__init__(id="groups-pane")
+        super().__init__(PaneHooks(self.key_of, self.read, self.render_now), id="groups-pane")
         self.plan_error = ""  # the strategy does not fit the groups read (an unknown `strategy.groups` name)
 
     def compose(self) -> Any:
