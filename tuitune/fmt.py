@@ -112,13 +112,14 @@ def fmt_count(n: int) -> str:
     return str(n)
 
 
-def fmt_rate(value: Any) -> str:
-    """A throughput (samples/s): whole and grouped from 10 up (`1,234`), two significant digits below (`0.37`,
-    `4.2`), so a slow run (a language model on a CPU) does not read `0`; `-` for none."""
+def fmt_rate(value: Any, digits: int = 0, small: float = 10.0) -> str:
+    """A throughput: grouped, with `digits` decimals, from `small` up (`1,234` samples/s, `2.5` MB/s); two
+    significant digits below (`0.37`, `4.2`), so a slow run (a language model on a CPU) does not read `0`; `-` for
+    none."""
     v = _number(value)
     if v is None:
         return "-"
-    return f"{v:,.0f}" if abs(v) >= 10 or math.isnan(v) else f"{v:.2g}"
+    return f"{v:,.{digits}f}" if abs(v) >= small or math.isnan(v) else f"{v:.2g}"
 
 
 def fmt_sci(value: float | None) -> str:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from tuitune.engine.events import Event, SetupProgressed
+from tuitune.fmt import fmt_rate
 
 Emit = Callable[[Event], None]
 EVERY_S = 0.5  # at most two events a second per task (plus the first and the last)
@@ -84,14 +85,7 @@ def progress_text(e: SetupProgressed) -> str:
     if e.total and not e.finished:
         parts.append(f"{min(e.done / e.total, 1.0):.0%}")
     if e.rate:
-        parts.append(f"{rate_text(e.rate, digits)} {e.unit}/s")
+        parts.append(f"{fmt_rate(e.rate, digits, small=1.0)} {e.unit}/s")  # 0.41 batches/s, not 0
     if e.finished:
         parts.append("done")
     return "  ".join(parts)
-
-
-def rate_text(rate: float, digits: int) -> str:
-    """`digits` decimals, more below 1 (two significant ones): a cache's 0.41 batches/s is not "0"."""
-    if rate < 1:
-        return f"{rate:.2g}"
-    return f"{rate:,.{digits}f}"
