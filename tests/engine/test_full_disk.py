@@ -92,3 +92,26 @@ def test_a_failed_write_ends_the_run_failed_and_keeps_the_last_checkpoint(tmp_pa
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in load_file(str(weights)).values())
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert not (run_dir / "error.log").exists()  # a full disk is no bug: no traceback
+
+
+def test_ctrl_c_mid_write_is_an_interrupt_even_when_the_writers_cleanup_raises_over_it(tmp_path: Path) -> None:
+    """torch.save's zip writer, interrupted, raises a RuntimeError from its __exit__ ("unexpected pos 64 vs 0"):
+    the second Ctrl+C must still end the run as interrupted (exit 130), not as a failed write; the old file stays."""
+    target = tmp_path / "state.pt"
+    target.write_text("old")
+
+    class ZipWriter:  # as torch's: closing the archive after the interrupt fails, over the KeyboardInterrupt
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: object) -> None:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    def interrupted(tmp: Path) -> None:
+        tmp.write_bytes(b"x" * 64)
+        with ZipWriter():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]

@@ -74,12 +74,25 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except WriteFailed:
         raise
     except Exception as e:
+        interrupt = _interrupt_under(e)
+        if interrupt is not None:  # Ctrl+C mid-write, and the writer's cleanup raised over it (torch's zip writer)
+            raise interrupt from e
         cause = _write_error(e)
         if cause is None:
             raise
         raise WriteFailed(path, cause) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _interrupt_under(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt an error was raised while handling, if any: it is what ended the write."""
+    seen: BaseException | None = error.__context__
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
