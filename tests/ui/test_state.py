@@ -361,3 +361,19 @@ def test_x_axis_follows_the_run_and_can_show_the_whole_plan() -> None:
     assert x_range(s) == (0.0, 200.0)  # never past the plan
     resumed = dataclasses.replace(start, start_epoch=50, start_step=50 * scripted.SPE)
     assert x_range(fold([resumed])) == (50.0, 51.0)  # a resumed session starts where it resumed
+
+
+def test_the_status_line_keeps_the_checkpoint_metrics_best_not_the_plotted_scores() -> None:
+    """A language model plots next-token accuracy but keeps (`best.safetensors`) the epoch of best exact match:
+    the status line says that one, with its value at the epoch the engine marked best."""
+    from tuitune.ui.widgets import status_text
+
+    started = scripted.run_started({"model": {"name": "lm"}, "train": {"checkpoint_metric": "val_exact_match"}})
+    s = reduce(DashboardState(), dataclasses.replace(started, metric="token_acc"))
+    fields = dict(global_step=10, phase=0, train_loss=1.0, train_score=0.5, val_loss=1.0, elapsed_s=1.0)
+    fields |= dict(epoch_s=1.0, samples_per_s=1.0)
+    for epoch, (token_acc, exact, best) in enumerate([(0.90, 0.50, True), (0.97, 0.40, False)], start=1):
+        e = EpochEnded(epoch=epoch, val_score=token_acc, is_best=best, extra={"val_exact_match": exact}, **fields)
+        s = reduce(s, e)
+    line = status_text(s).plain
+    assert "best val exact match 50.0%" in line and "97.0%" not in line, line

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -102,6 +103,12 @@ class EpochEnded:
     # More per-epoch figures, when the profile asks for them: val_mae, val_map, ema_val_loss, ema_val_score,
     # source_acc (retention of the pretraining task), train_task_loss, train_distill_loss.
     extra: dict[str, float] = field(default_factory=dict)
+
+    def value(self, metric: str) -> float:
+        """A metric by its name (`train.checkpoint_metric`, a sweep's): a field, or one of the extras
+        (`val_macro_f1`); NaN when this epoch has none."""
+        field_value = getattr(self, metric, None)
+        return float(self.extra.get(metric, math.nan) if field_value is None else field_value)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
 from tuitune.engine.record.files import write_text_atomic
 from tuitune.errors import UserError
 from tuitune.sweep.board import format_board, read_board
-from tuitune.sweep.space import epoch_metric, natural_direction, set_line
+from tuitune.sweep.space import natural_direction, set_line
 
 ETA = 3  # a third of each rung goes on
 # name -> the `--set` items that make the candidate from the profile ("{lr/10}": the profile's LR over ten). The
@@ -167,7 +167,7 @@ class RecipeSearch:
 
         def sink(event: Event) -> None:
             if isinstance(event, EpochEnded):
-                value = epoch_metric(event, self.metric)
+                value = event.value(self.metric)
                 if math.isfinite(value):
                     trial.values.append(value)
                     trial.study_trial.report(value, event.epoch)

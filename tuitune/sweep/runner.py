@@ -22,7 +22,7 @@ from tuitune.engine.events import EpochEnded, Event, RunFailed, RunFinished
 from tuitune.engine.record.files import write_text_atomic
 from tuitune.exits import ExitCode
 from tuitune.sweep.board import format_board, read_board
-from tuitune.sweep.space import SweepSpec, epoch_metric, override_text, parse_sweep, set_line
+from tuitune.sweep.space import SweepSpec, override_text, parse_sweep, set_line
 from tuitune.sweep.storage import has_study
 
 
@@ -64,7 +64,7 @@ class PruneFeeder:
     def __call__(self, event: Event) -> None:
         if not isinstance(event, EpochEnded) or self.pruned:
             return
-        value = epoch_metric(event, self.metric)
+        value = event.value(self.metric)
         if not math.isfinite(value):
             return
         self.values.append(value)

@@ -19,7 +19,6 @@ override, so a bad space gets the same one-line error as a bad profile, before a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +63,6 @@ class SweepSpec:
     startup_trials: int
     trials: int
     keep: str = "best"  # whose checkpoints stay once trials end: the best trial's, or all
-
-
-def epoch_metric(event: Any, metric: str) -> float:
-    """The sweep's metric from an `EpochEnded`: a field, or one of its extras (`val_macro_f1`); NaN when absent."""
-    value = getattr(event, metric, None)
-    return float(event.extra.get(metric, math.nan) if value is None else value)
 
 
 def override_text(key: str, value: Any) -> str:

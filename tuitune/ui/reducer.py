@@ -114,6 +114,7 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         trust_remote_code=trc,
         world_size=e.world_size,
         loader_workers=e.loader_workers,
+        best_key=str(e.profile.get("train", {}).get("checkpoint_metric", "val_score")),
     )
     s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""
@@ -172,6 +173,7 @@ def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
         val_loss=s.val_loss.append((x, e.val_loss)),
         val_score=s.val_score.append((x, e.val_score)),
         best_val_score=best,
+        best_value=e.value(s.best_key) if e.is_best else s.best_value,
         epoch_extra=_append_extra(s.epoch_extra, x, e.extra),
         extras=dict(e.extra),
         log=_log(s, "epoch", text),

@@ -83,6 +83,10 @@ class DashboardState:
     val_loss: Downsampled = field(default_factory=Downsampled)
     val_score: Downsampled = field(default_factory=Downsampled)
     best_val_score: float | None = None
+    # The checkpoint metric's best (EpochEnded.is_best): what `best` checkpoints, early stopping and the summary
+    # keep, which need not be the plotted score (a language model plots token accuracy, keeps exact match).
+    best_key: str = "val_score"
+    best_value: float | None = None
     train_extra: dict[str, Downsampled] = field(default_factory=dict)  # MetricsUpdated.extra series
     epoch_extra: dict[str, Downsampled] = field(default_factory=dict)  # EpochEnded.extra series
     extras: dict[str, float] = field(default_factory=dict)  # the latest EpochEnded.extra

@@ -20,7 +20,16 @@ from textual_plotext import PlotextPlot
 
 from tuitune.engine.events import LayerInfo, SetupProgressed
 from tuitune.engine.record.progress import progress_text
-from tuitune.fmt import METRIC_TITLES, fmt_count, fmt_duration, fmt_rate, fmt_sci, fmt_score, fmt_value, is_percent
+from tuitune.fmt import (
+    METRIC_TITLES,
+    fmt_count,
+    fmt_duration,
+    fmt_rate,
+    fmt_sci,
+    fmt_value,
+    is_percent,
+    score_label,
+)
 from tuitune.ui.downsample import Point
 from tuitune.ui.keys import COMMAND_LABELS
 from tuitune.ui.plotcanvas import render_figure
@@ -119,8 +128,12 @@ def status_text(state: DashboardState) -> Text:
     bottom = Text(f"{fmt_rate(state.samples_per_s)} samples/s  elapsed {fmt_duration(state.elapsed_s)}", "dim")
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
-    if state.best_val_score is not None:
-        bottom.append(f"  best val {state.metric} {fmt_score(state.metric, state.best_val_score)}", "dim")
+    if state.best_value is not None:  # the checkpoint metric's: what `best.safetensors` holds
+        label, value = (
+            score_label(state.best_key, state.metric),
+            fmt_value(state.best_key, state.best_value, state.metric, 1),
+        )
+        bottom.append(f"  best {label} {value}", "dim")
     f1 = [v for _, v in state.epoch_extra.get("val_macro_f1", ())]
     if f1:  # imbalanced classes: the fair score beside accuracy
         bottom.append(f"  macro-F1 {fmt_value('val_macro_f1', max(f1), digits=1)}", "dim")
