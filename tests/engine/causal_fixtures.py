@@ -33,12 +33,12 @@ def make_llm(tmp: Path) -> Path:
     return make_tiny_hf_dir(tmp, "llama")
 
 
-def causal_profile(folder: Path, data: Path, **sections: dict[str, Any]) -> RunProfile:
+def causal_profile(folder: Path, rows: Path, **sections: dict[str, Any]) -> RunProfile:
     """A seconds-long causal-LM run on the tiny model (val: a quarter of the rows)."""
     table: dict[str, Any] = {
         "name": "tiny-chat",
         "model": {"task": "causal_lm", "source": "hf", "name": str(folder), "max_length": 32},
-        "data": {"kind": "chat", "path": str(data), "batch_size": 8, "val_fraction": 0.25},
+        "data": {"kind": "chat", "path": str(rows), "batch_size": 8, "val_fraction": 0.25},
         "train": {"epochs": 1, "lr": 0.01, "log_every": 2, "schedule": "constant", "seed": 0},
         "strategy": {"kind": "full"},
         "generate": {"samples": 2, "max_new_tokens": 3},

@@ -143,9 +143,12 @@ def test_exact_match_is_squads_and_better_higher() -> None:
     assert not MetricWatch("val_loss").higher_is_better
 
 
-def test_samples_every_evaluation_and_on_demand(llm, data) -> None:
+def test_samples_every_evaluation_and_on_demand(llm, data, tmp_path) -> None:
     """Samples after each epoch's EpochEnded and when `GenerateSamples` is put; the run's best is chosen by exact
-    match; the summary keeps the last samples."""
+    match; the summary keeps the last samples. The val rows start "no", "no", "no", "yes": the two samples shown
+    are one of each."""
+    rows = sorted(chat_rows(12, seed=1), key=lambda r: r["response"])  # the "no"s first
+    val = write_jsonl(tmp_path / "val.jsonl", [*rows[:3], rows[-1], *rows[3:-1]])
     events: list = []
     control = Control()
 
@@ -159,6 +162,7 @@ def test_samples_every_evaluation_and_on_demand(llm, data) -> None:
         data,
         train={"epochs": 2, "log_every": 2, "max_steps_per_epoch": 2, "checkpoint_metric": "val_exact_match"},
         generate={"exact_match": 4, "samples": 2},
+        data={"val_path": str(val)},
     )
     final = Trainer(profile, llm.parent / "samples-run", emit, control).run()
     samples = of_type(events, SamplesGenerated)
@@ -172,6 +176,17 @@ def test_samples_every_evaluation_and_on_demand(llm, data) -> None:
     assert all(0.0 <= e.extra["val_exact_match"] <= 1.0 for e in epochs)
     assert all(math.isclose(e.extra["val_perplexity"], math.exp(e.val_loss), rel_tol=1e-6) for e in epochs)
     assert final.best["metric"] == "val_exact_match" and final.samples == samples[-1].samples
+    assert {s["reference"] for s in samples[0].samples} == {"yes", "no"}  # both answers shown, not the first two rows
+
+
+def test_the_samples_deal_the_references_round_robin_so_a_rare_answer_shows() -> None:
+    from tuitune.engine.data.chat import Row, by_reference
+
+    rows = [Row(i, [], answer) for i, answer in enumerate(["no", "no", "no", "yes", "no", "yes"])]
+    assert by_reference([0, 1, 2, 3, 4, 5], rows) == [0, 3, 1, 5, 2, 4]
+    assert by_reference([4, 2], rows) == [4, 2]
+    free_form = [Row(i, [], f"answer {i}") for i in range(4)]
+    assert by_reference([3, 1, 2, 0], free_form) == [3, 1, 2, 0]
 
 
 def test_generate_samples_is_checked_and_a_classifier_has_none() -> None:

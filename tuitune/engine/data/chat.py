@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tuitune.errors import DataError
 Emit = Callable[[Event], None]
 IGNORE = -100  # not scored (torch's cross-entropy ignore_index)
 
-__all__ = ["ChatCollate", "ChatExamples", "PackedChat", "build_chat", "chat_classes", "val_prompts"]
+__all__ = ["ChatCollate", "ChatExamples", "PackedChat", "build_chat", "by_reference", "chat_classes", "val_prompts"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,12 +266,26 @@ def pack(lengths: list[int], width: int) -> list[list[int]]:
 
 
 def val_prompts(dataset: Dataset, n: int) -> list[tuple[list[int], Row]]:
-    """The first `n` examples of a split as (prompt token ids, row): what generation starts from."""
+    """The first `n` examples of a split as (prompt token ids, row): what generation starts from, in the order
+    `by_reference` gives them (the exact match scores all `n`; the samples panel shows the first few)."""
     base, indices = unwrap(dataset)
     if not isinstance(base, ChatExamples):
         return []
     order = indices if indices is not None else list(range(len(base)))
-    return [(base.prompt_ids(i), base.rows[i]) for i in order[:n]]
+    return [(base.prompt_ids(i), base.rows[i]) for i in by_reference(order[:n], base.rows)]
+
+
+def by_reference(order: list[int], rows: Sequence[Row]) -> list[int]:
+    """`order` dealt round-robin over its distinct responses, in order of first appearance: where most references
+    are one answer ("no": ham), the first few samples still show the others ("yes"), so the panel tells whether
+    the rarer answer is learned. Free-form references all differ: the order is unchanged."""
+    piles: dict[str, list[int]] = {}
+    for i in order:
+        piles.setdefault(rows[i].response, []).append(i)
+    dealt: list[int] = []
+    for depth in range(max(map(len, piles.values()), default=0)):
+        dealt += [pile[depth] for pile in piles.values() if depth < len(pile)]
+    return dealt
 
 
 # -------------------------------------------------------------------------------------------------- builder
