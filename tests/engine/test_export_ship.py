@@ -268,3 +268,24 @@ def test_the_card_names_the_base_model_by_its_hub_id_only_when_it_has_one() -> N
     assert base(source="timm", name="hf-hub:org/my-vit", pretrained=True) == "org/my-vit"
     assert base(source="timm", name="resnet18", pretrained=False) is None  # random init: no base
     assert base(source="timm", name="resnet18", weights="/tmp/w.safetensors") is None  # a local file: no hub id
+
+
+def test_the_cards_metrics_give_each_class_a_row_and_the_best_by_its_own_metric() -> None:
+    """The test split's per-class scores were one row holding a dict; a language model's best (exact match) was
+    formatted as the plotted score."""
+    from tuitune.engine.events import RunFinished
+    from tuitune.engine.tools.model_card import RunStory, _metrics
+
+    finished = RunFinished(
+        status="finished",
+        reason="",
+        best={"metric": "val_exact_match", "value": 0.5, "epoch": 2},
+        final={"epoch": 3, "val_loss": 0.25, "val_score": 0.9},
+        test={"loss": 0.3, "score": 0.8, "per_class": {"ham": 0.95, "spam": 0.65}},
+        **dict(epochs=3, global_step=30, phases=(), per_class_acc={}, samples_per_s=1.0, wall_s=1.0, checkpoints={}),
+    )
+    profile = profile_from_dict({"model": {"name": "resnet18"}, "data": {"kind": "synthetic"}}, "card.toml")
+    story = RunStory(profile, finished=finished)
+    text = _metrics(story)
+    assert "Best `val_exact_match` 50.00% (`0.5`) at epoch 2." in text
+    assert "| test | acc: spam | 65.00% | 0.65 |" in text and "{" not in text and "| final | epoch" not in text

@@ -11,6 +11,7 @@ from typing import Any
 
 from tests.remote.conftest import env
 from tests.remote.test_ctl import real_run  # noqa: F401  (the fixture: a tiny run behind a real socket)
+from tuitune import __version__
 
 
 def _events(run_dir: Path) -> list[dict[str, Any]]:
@@ -23,7 +24,8 @@ async def _session(folder: Path, errlog: Any, script: Any) -> Any:
 
     params = StdioServerParameters(command=sys.executable, args=["-m", "tuitune", "mcp", str(folder)], env=env())
     async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
+        hello = await session.initialize()
+        assert (hello.server_info.name, hello.server_info.version) == ("tuitune", __version__)
         return await script(session)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuitune import __version__
 from tuitune.engine.events import EpochEnded, LayersChanged, LayersMeasured, MetricsUpdated, RunStarted
 from tuitune.engine.record.history import read_history
 from tuitune.errors import UserError
@@ -126,7 +127,12 @@ def serve(folder: Path) -> None:
     from mcp.server.mcpserver import MCPServer
 
     runs = Runs(folder)
-    server = MCPServer(name="tuitune", instructions=f"tuitune fine-tuning runs under {runs.folder}", log_level="ERROR")
+    server = MCPServer(
+        name="tuitune",
+        version=__version__,
+        instructions=f"tuitune fine-tuning runs under {runs.folder}",
+        log_level="ERROR",
+    )
     for name in TOOLS:
         method = getattr(runs, name)
         server.tool(name=name, description=" ".join((method.__doc__ or name).split()))(_tool(method))

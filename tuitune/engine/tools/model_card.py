@@ -227,21 +227,33 @@ def _metrics(story: RunStory) -> str:
     metric = story.started.metric if story.started else "acc"
     title = METRIC_TITLES.get(metric, metric)
     best = ended.best or {}
+    key = str(best.get("metric", "val_score"))  # the checkpoint metric: exact match for a language model
     lines = [
         "## Metrics",
         "",
-        f"Score: {title}. Best `{best.get('metric', 'val_score')}` "
-        f"{fmt_value('val_score', best.get('value'), metric)} (`{best.get('value')}`) at epoch {best.get('epoch')}.",
+        f"Score: {title}. Best `{key}` {fmt_value(key, best.get('value'), metric)} (`{best.get('value')}`) at epoch "
+        f"{best.get('epoch')}.",
         "",
         "| split | metric | value | raw |",
         "|---|---|---|---|",
     ]
     for split, values in (("final", ended.final), ("test", ended.test)):
-        for key, value in (values or {}).items():
-            if key in ("epoch", "phase"):
-                continue
-            lines.append(f"| {split} | {score_label(key, metric)} | {fmt_value(key, value, metric)} | {value} |")
+        for label, shown, raw in _rows(values or {}, metric):
+            lines.append(f"| {split} | {label} | {shown} | {raw} |")
     return "\n".join(lines)
+
+
+def _rows(values: dict[str, Any], metric: str) -> list[tuple[str, str, Any]]:
+    """A split's metrics as (label, value as shown, raw value): each class's score a row of its own (`acc: spam`);
+    the epoch and phase none."""
+    rows: list[tuple[str, str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):  # per_class
+            label = score_label("score", metric)
+            rows += [(f"{label}: {name}", fmt_value("score", v, metric), v) for name, v in value.items()]
+        elif key not in ("epoch", "phase"):
+            rows.append((score_label(key, metric), fmt_value(key, value, metric), value))
+    return rows
 
 
 def _usage(manifest: dict[str, Any], repo_id: str) -> str:
