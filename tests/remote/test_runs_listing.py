@@ -104,3 +104,19 @@ def test_what_holds_a_run_from_before_its_snapshot_holds_it_still(tmp_path: Path
     with open(run / "events.jsonl", "a", encoding="utf-8") as f:  # a reading: it trains again
         f.write(to_json(next(e for e in _history(4051) if getattr(e, "global_step", 0) == 4051)) + "\n")
     assert _row(run) == ("live", "2/2", "40/200", "val acc 50.00% @ 10", "")
+
+
+def test_a_live_language_models_best_is_its_checkpoint_metric(tmp_path: Path) -> None:
+    """The run keeps the epoch of best exact match (an extra), not of best token accuracy (the plotted score)."""
+
+    def lm_run() -> Iterator[Event]:
+        for event in _run(30 * SPE, CommandApplied(command="Pause", epoch=31, global_step=30 * SPE)):
+            if isinstance(event, RunStarted):
+                event = dataclasses.replace(event, profile={"train": {"checkpoint_metric": "val_exact_match"}})
+            if isinstance(event, EpochEnded):
+                event = dataclasses.replace(event, extra={"val_exact_match": event.epoch / 100})
+            yield event
+
+    run = tmp_path / "run"
+    _record(run, lm_run(), close=True)
+    assert _row(run)[3] == "val exact match 10.00% @ 10"

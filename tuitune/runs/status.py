@@ -22,7 +22,7 @@ from tuitune.config.loop import metric_name
 from tuitune.engine.events import upgraded
 from tuitune.engine.record.history import event_lines
 from tuitune.errors import UserError
-from tuitune.fmt import fmt_plain, fmt_score
+from tuitune.fmt import fmt_value, score_label
 from tuitune.runs.process import PROCESS_FILE, other_host, process_alive, read_json
 
 SUMMARY_STATUS = {
@@ -108,24 +108,32 @@ def run_info(run_dir: Path) -> RunInfo:
     )
 
 
+def _best_text(key: str, value: Any, epoch: Any, metric: str) -> str:
+    """`val acc 90.00% @ 42`, `val loss 0.2100 @ 3`, `val exact match 50.00% @ 2`; `-` before a best epoch."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{score_label(key, metric)} {fmt_value(key, value, metric)} @ {epoch}"
+
+
 def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, str, str]:
     """Phase, epoch, best metric and what holds the run (see `_held`) from the events (only the few types that
     carry them are parsed). Those are events the recorder's snapshot (`history.jsonl`) keeps whole, so the lines
     are its kept lines and the ones after it (`event_lines`): time that does not grow with the run."""
     phases = epochs = phase = epoch = 0
-    metric, best, best_epoch, held = "acc", None, None, ""
+    metric, key, best, best_epoch, held = "acc", "val_score", None, None, ""
     try:
         for line in _text_lines(events):
             if line.startswith('{"type":"RunStarted"'):
                 e = _loads(line)
                 phases, epochs, phase = len(e.get("phases", ())), e.get("epochs", 0), e.get("phase", 0)
                 metric = e.get("metric", "acc")
+                key = metric_name(str(e.get("profile", {}).get("train", {}).get("checkpoint_metric", key)))
                 epoch = e.get("start_epoch", epoch)
             elif line.startswith('{"type":"EpochEnded"'):
-                e = _loads(line)
+                e = upgraded(_loads(line))  # (logs before the rename: val_acc)
                 epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
-                if e.get("is_best"):
-                    best, best_epoch = upgraded(e).get("val_score"), epoch  # (logs before the rename: val_acc)
+                if e.get("is_best"):  # the checkpoint metric's value: a field, or one of the extras
+                    best, best_epoch = e.get(key, e.get("extra", {}).get(key)), epoch
             elif line.startswith('{"type":"PhaseChanged"'):
                 phase = _loads(line).get("phase", phase)
             held = _held(line, held)
@@ -133,13 +141,8 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
         pass
     if summary and isinstance(summary.get("best"), dict) and summary["best"].get("value") is not None:
         b = summary["best"]
-        name = str(metric_name(b.get("metric", metric))).replace(
-            "_score", f"_{metric}"
-        )  # val_score -> val_acc, val_rmse
-        value = fmt_plain(b["value"]) if name.endswith("loss") else fmt_score(metric, b["value"], 2)
-        text = f"{name.replace('_', ' ')} {value} @ {b.get('epoch')}"
-    else:
-        text = f"val {metric} {fmt_score(metric, best, 2)} @ {best_epoch}" if isinstance(best, (int, float)) else "-"
+        key, best, best_epoch = metric_name(str(b.get("metric", key))), b["value"], b.get("epoch")
+    text = _best_text(key, best, best_epoch, metric)
     return (f"{phase + 1}/{phases}" if phases else "-"), (f"{epoch}/{epochs}" if epochs else "-"), text, held
 
 
