@@ -120,15 +120,3 @@ def test_the_command_line_writes_the_winner_and_refuses_unknown_candidates(tmp_p
 def test_a_budget_must_be_positive(tmp_path, capsys, budget: str) -> None:
     assert main(["recipe", str(write(tmp_path, 1)), "--headless", "--budget", budget]) == 2
     assert "recipe: --budget must be > 0" in capsys.readouterr().err
-
-
-def test_the_lr_candidates_scale_the_profiles_lr_both_ways(tmp_path) -> None:
-    """The measured untuned LRs were 8x off in either direction: full fine-tuning is tried at ten times and a tenth
-    of the profile's LR, right after plain full (a tight budget skips the last candidates first)."""
-    from tuitune.sweep.recipe import CANDIDATES, RecipeSearch, Trial
-
-    search = RecipeSearch(str(write(tmp_path, epochs=2)), ["train.lr=0.002"], tmp_path / "search", 3.0)
-    assert list(CANDIDATES)[:3] == ["full", "full-lr*10", "full-lr/10"]
-    trials = {name: Trial(name, search._overrides(CANDIDATES[name]), None, tmp_path) for name in list(CANDIDATES)[:3]}
-    lrs = {name: search._profile(trial).train.lr for name, trial in trials.items()}
-    assert lrs == pytest.approx({"full": 0.002, "full-lr*10": 0.02, "full-lr/10": 0.0002})

@@ -35,29 +35,24 @@ from tuitune.sweep.board import format_board, read_board
 from tuitune.sweep.space import natural_direction, set_line
 
 ETA = 3  # a third of each rung goes on
-# name -> the `--set` items that make the candidate from the profile ("{lr*10}": the profile's LR times ten). The
-# `full` candidate comes first: its time per epoch sets the budget. Then the order the README's measurements
-# (issue 24) rank them by: an untuned profile LR was 8x off in either direction (texts wanted a tenth, photos ten
-# times it), so full fine-tuning at those LRs comes next; progressive and LP-FT; the remedies, which lost there,
-# last, where a tight budget skips them first.
+# name -> the `--set` items that make the candidate from the profile ("{lr/10}": the profile's LR over ten). The
+# `full` candidate comes first: its time per epoch sets the budget.
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "full": ('strategy.kind="full"',),
-    "full-lr*10": ('strategy.kind="full"', "train.lr={lr*10}"),
-    "full-lr/10": ('strategy.kind="full"', "train.lr={lr/10}"),
     "progressive": ('strategy.kind="progressive"',),
-    "lp_ft": ('strategy.kind="lp_ft"',),
+    "progressive+train_bn": ('strategy.kind="progressive"', "strategy.train_bn=true"),
+    "progressive+adabn": ('strategy.kind="progressive"', 'strategy.adabn="phase"'),
+    "progressive+shift": ('strategy.kind="progressive"', 'strategy.order="shift"'),
     "progressive+best+restart": (
         'strategy.kind="progressive"',
         "strategy.restore_best_phase=true",
         'train.schedule="cosine"',
         'train.restart="phase"',
     ),
-    "progressive+shift": ('strategy.kind="progressive"', 'strategy.order="shift"'),
-    "progressive+train_bn": ('strategy.kind="progressive"', "strategy.train_bn=true"),
-    "progressive+adabn": ('strategy.kind="progressive"', 'strategy.adabn="phase"'),
+    "lp_ft": ('strategy.kind="lp_ft"',),
     "auto_rgn": ('strategy.kind="auto_rgn"',),
+    "full-lr/10": ('strategy.kind="full"', "train.lr={lr/10}"),
 }
-LR_SCALES = {"{lr/10}": 0.1, "{lr*10}": 10.0}  # a candidate's LR as a multiple of the profile's
 
 
 def rungs(epochs: int, eta: int = ETA) -> list[int]:
@@ -139,10 +134,8 @@ class RecipeSearch:
 
     # --------------------------------------------------------------------------------------------- trials
     def _overrides(self, items: tuple[str, ...]) -> list[str]:
-        out = list(items)
-        for mark, scale in LR_SCALES.items():
-            out = [item.replace(mark, repr(self.profile.train.lr * scale)) for item in out]
-        return out
+        lr = self.profile.train.lr
+        return [item.replace("{lr/10}", repr(lr / 10)) for item in items]
 
     def _profile(self, trial: Trial) -> Any:
         table = apply_overrides(self.table, trial.overrides)
