@@ -79,29 +79,42 @@ def _same_training(a, b, model_a, model_b) -> None:
 @pytest.mark.parametrize("packing", [False, True])
 def test_progressive_lora_caches_below_the_trained_blocks_with_the_same_training(tmp_path, llm, data, packing) -> None:
     """Phase 1 trains layer.1's adapters on layer.0's cached output, phase 2 layer.0's on the embeddings' (stored in
-    the same pass); the frozen layer.0 runs only while the cache is built, and the run is the uncached one."""
-    calls = [0]
-    marks: list[tuple[str, int]] = []
+    the same pass); no training step of phase 1 runs the frozen layer.0, and the run is the uncached one."""
+    stepped = {"a": [0], "b": [0]}  # layer.0's calls with autograd on (training steps; not build, eval, generation)
+    at_epoch_end: dict[str, list[int]] = {"a": [], "b": []}
 
-    def count(trainer: Trainer) -> None:
-        trainer.parts.model.hf.model.layers[0].register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    def count(run: str):
+        def hook(trainer: Trainer) -> None:
+            def seen(*_) -> None:
+                stepped[run][0] += torch.is_grad_enabled()
 
-    def snap(event) -> None:
-        if isinstance(event, (FeatureCacheChanged, EpochEnded)):
-            marks.append((type(event).__name__, calls[0]))
+            trainer.parts.model.hf.model.layers[0].register_forward_hook(seen)
+
+        return hook
+
+    def snap(run: str):
+        return lambda event: isinstance(event, EpochEnded) and at_epoch_end[run].append(stepped[run][0])
 
     train = {"epochs": 2, "log_every": 1}
-    cached, _, m1 = _run(tmp_path / "a", llm, data, None, snap, count, packing, strategy=LORA, train=train)
+    cached, _, m1 = _run(tmp_path / "a", llm, data, None, snap("a"), count("a"), packing, strategy=LORA, train=train)
     plain, _, m2 = _run(
-        tmp_path / "b", llm, data, packing=packing, strategy=LORA, train={**train, "feature_cache": False}
+        tmp_path / "b",
+        llm,
+        data,
+        None,
+        snap("b"),
+        count("b"),
+        packing,
+        strategy=LORA,
+        train={**train, "feature_cache": False},
     )
     _same_training(cached, plain, m1, m2)
     changes = [(c.active, c.detail) for c in of_type(cached, FeatureCacheChanged)]
     assert changes[0][0] and changes[0][1].startswith("output of layer.0 cached (")
     assert "also stored for later phases: embeddings" in changes[0][1]
     assert changes[1] == (True, "output of embeddings cached (stored in the first pass): only the layers above it run")
-    # layer.0 ran while building (and in the generations after evaluation), never in a cached training step
-    assert marks[0][0] == "FeatureCacheChanged" and marks[1][0] == "EpochEnded"
+    assert at_epoch_end["a"][0] == 0 < at_epoch_end["b"][0]  # phase 1: layer.0 ran in no cached step
+    assert at_epoch_end["a"][1] > 0  # phase 2 trains layer.0's adapters: it runs, on the embeddings' output
     assert [(c.active, c.detail) for c in of_type(plain, FeatureCacheChanged)] == [
         (False, "not used: train.feature_cache is off")
     ]
@@ -196,3 +209,24 @@ def test_the_split_reproduces_the_model_at_every_boundary_and_counts_its_bytes(l
     store = rows.store()
     # [T, hidden] float32 per real token, with its int64 label and mask: what the size check counts, exactly
     assert per_sample(a) * 8 == store.nbytes == int(x["attention_mask"].sum()) * (32 * 4 + 8 + 8)
+
+
+def test_decoders_it_cannot_split_say_why(llm, data) -> None:
+    """GPT-2 adds its position embeddings after `wte`, outside any module the split could stand in for; several
+    ranks would need the token rows gathered: both are reasons, not a wrong cache."""
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tuitune.engine.model.causal_lm import CausalLM
+    from tuitune.engine.train.feature_cache import FeatureCache
+    from tuitune.engine.train.segments import NotSequential
+
+    gpt2 = CausalLM(
+        GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, bos_token_id=0, eos_token_id=0))
+    )
+    with pytest.raises(NotSequential, match="GPT2Model: no `embed_tokens` module"):
+        split_model(gpt2)
+    model, _ = _model_and_data(llm, data, False)
+    cache = FeatureCache(SimpleNamespace(model=model, dist=SimpleNamespace(active=True)), causal_profile(llm, data))
+    assert cache.plan() == (-1, "several ranks: a causal LM's token rows are not gathered across ranks")
