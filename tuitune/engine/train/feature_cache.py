@@ -11,7 +11,8 @@ frozen groups without dropout: `strategy.freeze_dropout`; checked by running a b
 augmentation or Mixup, no distillation, a split that reproduces the model's output on a real batch, and
 activations that fit `train.cache_memory_gb`. Whenever the cache is not used, `reason` says why (for the event).
 Batches follow the train loader's own sampler, so the shuffle is the same as without the cache; activations are
-indexed by sample (text by its own length: stored unpadded, padded per batch like the tokens were).
+indexed by sample (text by its own length: stored unpadded, padded per batch like the tokens were; a causal LM's
+with its labels, cut to the scored positions per batch as the chat collate cuts them: `TokenStore`).
 Stored as float32: half-precision storage would not keep results within the 1e-5 the tests hold it to.
 
 Several ranks: rank r computes the activations of samples r, r+W, ... of each split. Val stays that shard (it is
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 
 from tuitune.engine.data.batches import to_device
-from tuitune.engine.train.feature_store import Rows, Store, available, gather_store, per_sample
-from tuitune.engine.train.segments import NotSequential, split_model, verify
+from tuitune.engine.train.feature_store import Rows, Store, TokenRows, TokenStore, available, gather_store, per_sample
+from tuitune.engine.train.segments import DecoderSplit, NotSequential, split_model, verify
 
 if TYPE_CHECKING:
     from tuitune.config import RunProfile
@@ -70,7 +71,7 @@ class FeatureCache:
     def __init__(self, parts: RunParts, profile: RunProfile) -> None:
         self.parts, self.profile, self.dist = parts, profile, parts.dist
         self._forward: nn.Module | None = None  # `top`, in a DDP wrapper with several ranks
-        self.stores: dict[int, tuple[Store, Store]] = {}  # boundary -> (train, val) activations
+        self.stores: dict[int, tuple[Any, Any]] = {}  # boundary -> (train, val): Store, TokenStore (causal LM)
         self.k = -1
         self.top: nn.Module | None = None
         self._split: Any = None
@@ -81,11 +82,11 @@ class FeatureCache:
         return self.k in self.stores
 
     @property
-    def train(self) -> Store | None:
+    def train(self) -> Store | TokenStore | None:
         return self.stores[self.k][0] if self.active else None
 
     @property
-    def val(self) -> Store | None:
+    def val(self) -> Store | TokenStore | None:
         return self.stores[self.k][1] if self.active else None
 
     @property
@@ -125,6 +126,8 @@ class FeatureCache:
         split = self.split
         if split is None:
             return -1, self._split_error
+        if self.dist.active and isinstance(split, DecoderSplit):
+            return -1, "several ranks: a causal LM's token rows are not gathered across ranks"
         params = dict(self.parts.model.named_parameters())
         names = {id(m): n for n, m in self.parts.model.named_modules()}
         for i, seg in enumerate(split.segments):
@@ -134,13 +137,13 @@ class FeatureCache:
                 if i > 0:
                     return i - 1, ""
                 return -1, (random or f"the lowest layers ({seg.name}) train: no frozen part to cache")
-        return len(split.segments) - 1, ""  # a Hugging Face encoder frozen whole: its pooler and head run
+        return len(split.segments) - 1, ""  # an HF model frozen whole: its pooler / final norm and head run
 
     def _later_boundaries(self, k: int, phase: int, epoch: int) -> list[int]:
         """The boundaries of the phases after `phase` (below k), nearest first: stored in the same pass, so an
         unfreeze switches to the activations one boundary lower instead of running the frozen part again. With
         the `epochs` trigger, only the phases that start within the epoch budget."""
-        own = {g.name: set(g.param_names) for g in self.parts.groups}
+        own = {g.name: set(g.trained) for g in self.parts.groups}  # under LoRA: the adapters (not a frozen LM head)
         later = self.parts.phases[phase + 1 :]
         cfg = self.profile.strategy
         if cfg.trigger == "epochs":
@@ -179,7 +182,7 @@ class FeatureCache:
         train, val = self.stores[k]
         shard = f" (a shard of {self.dist.world})" if self.dist.active else ""
         return True, (
-            f"output of {self.boundary} cached ({len(train.labels)} train, {len(val.labels)} val{shard}, "
+            f"output of {self.boundary} cached ({len(train)} train, {len(val)} val{shard}, "
             f"{size:.1f} MB on {train.feats.device.type}, built in {time.perf_counter() - t0:.1f}s{also}): "
             f"only the layers above it run"
         )
@@ -219,9 +222,7 @@ class FeatureCache:
         return DataLoader(dataset, batch_size=max(64, tl.batch_size or 64), shuffle=False, collate_fn=tl.collate_fn)
 
     def _top_input(self, a: Any, x: Any) -> Any:
-        if isinstance(x, dict) and isinstance(a, torch.Tensor) and a.ndim == 3 and "attention_mask" in x:
-            return {"inputs_embeds": a, "attention_mask": x["attention_mask"]}
-        return a
+        return self.split.top_input(a, x)
 
     def _build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
         """`_checked_build` without touching the random number generators: a DataLoader draws its workers' seed
@@ -309,19 +310,17 @@ class FeatureCache:
 
     def _store(
         self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None], label: str
-    ) -> dict[int, Store]:
+    ) -> dict[int, Any]:
         p, split = self.parts, self.split
         loader = self._loader(self._shard(dataset))
         total, t0, last = len(loader), time.perf_counter(), 0.0
-        parts: dict[int, Rows] = {b: Rows() for b in ks}
-        labels: list[torch.Tensor] = []
+        parts: dict[int, Rows | TokenRows] = {b: TokenRows() if isinstance(split, DecoderSplit) else Rows() for b in ks}
         for i, (x, y) in enumerate(loader, start=1):
-            x = to_device(x, p.device)
+            x, y = to_device(x, p.device), y.to(p.device)
             with p.autocast():
                 acts = split.prefixes(x, ks)
             for b in ks:
-                parts[b].add(self._top_input(acts[b], x), where)
-            labels.append(y.to(p.device))
+                parts[b].add(self._top_input(acts[b], x), y, where)
             now = time.perf_counter()
             if now - last >= 0.25 or i == total:
                 last = now
@@ -334,8 +333,7 @@ class FeatureCache:
                     rate=i / max(now - t0, 1e-9),
                     finished=i == total,
                 )
-        label_t = torch.cat(labels)
-        return {b: part.store(label_t) for b, part in parts.items()}
+        return {b: part.store() for b, part in parts.items()}
 
     # --------------------------------------------------------------------------------------------- batches
     def batches(self) -> Iterator[tuple[Any, torch.Tensor, bool]]:
@@ -360,11 +358,8 @@ class FeatureCache:
         torch.empty((), dtype=torch.int64).random_(generator=self.parts.val_loader.generator)
         store = self.val
         assert store is not None, "val_batches: called with no val store (the loop asks only when the cache is on)"
-        n = len(store.labels)
-        return [
-            (store.get(range(i, min(i + batch_size, n)), self.parts.device), store.labels[i : i + batch_size])
-            for i in range(0, n, batch_size)
-        ]
+        n = len(store)
+        return [store.batch(list(range(i, min(i + batch_size, n))), self.parts.device) for i in range(0, n, batch_size)]
 
 
 def _random_module(modules: tuple[nn.Module, ...], names: dict[int, str]) -> str:

@@ -1,5 +1,6 @@
 """How the feature cache keeps activations: indexed by sample, float32, text rows unpadded (`Store`, filled batch by
-batch through `Rows`); what they cost (`per_sample`, `available`); and, with several ranks, every rank's share of
+batch through `Rows`; a causal LM's rows with their labels and per-token inputs: `TokenStore`, `TokenRows`); what
+they cost (`per_sample`, `available`); and, with several ranks, every rank's share of
 the train activations gathered into one store (`gather_store`). See `feature_cache` for when and why.
 """
 
@@ -31,6 +32,9 @@ class Store:
         self.rows = rows  # gathered from several ranks: the row of each sample (labels are in sample order)
         # the same map on the activations' device, so one index tensor serves the labels and the rows
         self._rows = None if rows is None or offsets is not None else torch.as_tensor(rows, device=feats.device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
     @property
     def nbytes(self) -> int:
@@ -92,8 +96,11 @@ class Rows:
         self.feats: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
         self.lengths: list[int] = []
+        self.labels: list[torch.Tensor] = []
 
-    def add(self, a: Any, where: torch.device) -> None:
+    def add(self, a: Any, y: torch.Tensor, where: torch.device) -> None:
+        """A batch's activations (on `where`) and labels (kept where they are: the run's device)."""
+        self.labels.append(y)
         if not isinstance(a, dict):
             self.feats.append(a.float().to(where))
             return
@@ -104,7 +111,8 @@ class Rows:
             self.masks.append(mrow[:n].to(where))
             self.lengths.append(n)
 
-    def store(self, labels: torch.Tensor) -> Store:
+    def store(self) -> Store:
+        labels = torch.cat(self.labels)
         if not self.lengths:
             return Store(labels, torch.cat(self.feats))
         offsets = list(itertools.accumulate(self.lengths, initial=0))
@@ -112,10 +120,15 @@ class Rows:
 
 
 def per_sample(a: Any) -> float:
-    """Bytes per sample of an activation as stored (float32; text: its real tokens only)."""
+    """Bytes per sample of an activation as stored (float32; text: its real tokens only, with the mask; a causal
+    LM's: with its labels and other per-token inputs, all its tokens when it has no attention mask)."""
     if isinstance(a, dict):
         feats = a["inputs_embeds"]
-        return a["attention_mask"].sum().item() * feats.shape[-1] * 4 / feats.shape[0]
+        b, t = feats.shape[:2]
+        tokens = a["attention_mask"].sum().item() if "attention_mask" in a else b * t
+        per_token = feats.shape[-1] * 4 + (8 if "logits_to_keep" in a else 0)  # labels: int64
+        per_token += sum(v.element_size() for k, v in a.items() if k != "inputs_embeds" and _per_token(v, b, t))
+        return tokens * per_token / b
     return a[0].numel() * 4
 
 
@@ -126,3 +139,84 @@ def available(device: torch.device) -> float:
         return float(torch.cuda.mem_get_info(device)[0])
     free = available_memory()
     return float(free) if free is not None else 0.0
+
+
+def _per_token(v: Any, b: int, t: int) -> bool:
+    return isinstance(v, torch.Tensor) and tuple(v.shape) == (b, t)
+
+
+class TokenStore:
+    """A causal LM's activations, indexed by sample: each row up to its last token (the one after its last scored
+    position: no later position changes a scored logit), with its labels and the per-token inputs the model reads
+    (attention mask, position ids). A batch is padded on the right to its longest row and cut to the positions some
+    row is scored at (`logits_to_keep`), as `ChatCollate` pads and cuts the same samples."""
+
+    def __init__(
+        self, feats: torch.Tensor, offsets: list[int], labels: torch.Tensor, extra: dict[str, torch.Tensor], keep: bool
+    ) -> None:
+        self.feats, self.offsets, self.labels, self.extra, self.keep = feats, offsets, labels, extra, keep
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.feats.nbytes + self.labels.nbytes + sum(v.nbytes for v in self.extra.values())
+
+    def batch(self, index: list[int], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        from torch.nn.utils.rnn import pad_sequence
+
+        from tuitune.engine.data.chat import IGNORE
+
+        cuts = [slice(self.offsets[i], self.offsets[i + 1]) for i in index]
+        width = max(c.stop - c.start for c in cuts)
+        x = {"inputs_embeds": pad_sequence([self.feats[c] for c in cuts], batch_first=True).to(device)}
+        for key, values in self.extra.items():
+            rows = [values[c] for c in cuts]
+            if key == "position_ids":  # a packed row's tail counts on from 0, a padding "example" of its own
+                rows = [torch.cat([r, torch.arange(width - len(r), dtype=r.dtype, device=r.device)]) for r in rows]
+            x[key] = pad_sequence(rows, batch_first=True).to(device)
+        y = pad_sequence([self.labels[c] for c in cuts], batch_first=True, padding_value=IGNORE)
+        if self.keep:
+            keep = (y != IGNORE).any(0).nonzero().flatten()
+            x["logits_to_keep"], y = keep.to(device), y[:, keep]
+        return x, y.to(device)
+
+
+class TokenRows:
+    """A causal LM's activations of one boundary as they come, batch by batch: each row cut after the token that
+    follows its last scored position (a chat example's own length, a packed row's filled part), its labels spread
+    back over its positions from `logits_to_keep`."""
+
+    def __init__(self) -> None:
+        self.feats: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.extra: dict[str, list[torch.Tensor]] = {}
+        self.lengths: list[int] = []
+        self.keep = False
+
+    def add(self, a: dict[str, Any], y: torch.Tensor, where: torch.device) -> None:
+        from tuitune.engine.data.chat import IGNORE
+
+        feats = a["inputs_embeds"]
+        b, t = feats.shape[:2]
+        full = y.to(where)
+        if "logits_to_keep" in a:
+            self.keep = True
+            full = torch.full((b, t), IGNORE, dtype=y.dtype, device=where)
+            full[:, a["logits_to_keep"].to(where)] = y.to(where)
+        scored = full != IGNORE
+        last = t - 1 - scored.flip(1).int().argmax(1)
+        ends = torch.where(scored.any(1), (last + 2).clamp(max=t), t).tolist()
+        extra = {k: v for k, v in a.items() if k not in ("inputs_embeds", "logits_to_keep") and _per_token(v, b, t)}
+        for r, n in enumerate(ends):
+            self.feats.append(feats[r, :n].float().to(where))
+            self.labels.append(full[r, :n])
+            for key, v in extra.items():
+                self.extra.setdefault(key, []).append(v[r, :n].to(where))
+            self.lengths.append(n)
+
+    def store(self) -> TokenStore:
+        offsets = list(itertools.accumulate(self.lengths, initial=0))
+        extra = {k: torch.cat(v) for k, v in self.extra.items()}
+        return TokenStore(torch.cat(self.feats), offsets, torch.cat(self.labels), extra, self.keep)

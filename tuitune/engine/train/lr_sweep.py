@@ -276,7 +276,7 @@ class _CachedBatches:
         self.shuffle = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return -(-len(self.store.labels) // self.batch_size)
+        return -(-len(self.store) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
         """Each pass in the order a DataLoader with this seed's generator deals (its workers' base seed drawn
@@ -284,7 +284,7 @@ class _CachedBatches:
         from torch.utils.data import BatchSampler, RandomSampler
 
         torch.empty((), dtype=torch.int64).random_(generator=self.shuffle)
-        order = RandomSampler(range(len(self.store.labels)), generator=self.shuffle)
+        order = RandomSampler(range(len(self.store)), generator=self.shuffle)
         for index in BatchSampler(order, self.batch_size, drop_last=False):
             yield self.store.batch(index, self.device)
 

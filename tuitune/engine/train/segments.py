@@ -10,6 +10,10 @@ that activation (`top`). Two kinds of models give them honestly:
 - Hugging Face encoders (embeddings, then the base model's largest list of layers): the model runs its own forward
   with the embeddings module replaced by one that hands back the cached activation and the layer list cut to the
   layers above the boundary, so masks, pooling and heads stay exactly the library's.
+- Causal LMs (`CausalLM`, Llama-style: `embed_tokens`, then the blocks) the same way (`DecoderSplit`): the cached
+  activation goes in as `inputs_embeds` with the batch's other inputs, so rotary positions, the causal mask (from
+  the attention mask, or from packed position ids), the final norm and the LM head on `logits_to_keep` are the
+  model's own. GPT-2-style decoders, which add position embeddings after `wte`, fail `verify` and are not cached.
 
 Either way the split is checked on a real batch before it is trusted (`verify`): top(prefix(x)) must equal the
 model's own output in eval mode, or the cache is not used and the event says so.
@@ -44,13 +48,16 @@ class NotSequential(Exception):
 
 def split_model(model: nn.Module) -> TimmSplit | HFSplit:
     """The split for `model`, or NotSequential saying why there is none."""
+    from tuitune.engine.model.causal_lm import CausalLM
     from tuitune.engine.model.hf import hf_inner
 
+    if isinstance(model, CausalLM):
+        return DecoderSplit(model)
     if hf_inner(model) is not None:
         return HFSplit(model)
     if splittable(model):
         return TimmSplit(model)
-    raise NotSequential(f"{type(model).__name__} is neither a timm model nor a Hugging Face encoder")
+    raise NotSequential(f"{type(model).__name__} is neither a timm model, a Hugging Face encoder nor a causal LM")
 
 
 def _sub(model: nn.Module, path: str) -> nn.Module | None:
@@ -152,6 +159,10 @@ class TimmSplit:
                 out[i] = x
         return out
 
+    def top_input(self, a: Any, x: Any) -> Any:
+        """What `top` takes, from the activation `a` of batch `x`: the activation itself."""
+        return a
+
     def top(self, a: Any, k: int) -> Any:
         for seg in self.segments[k + 1 :]:
             a = seg.run(a)
@@ -188,21 +199,21 @@ class _Feed(nn.Module):
 class HFSplit:
     """A Hugging Face encoder as embeddings, layer.0 ... layer.N-1; what follows (pooler, head) always runs."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, base: nn.Module | None = None, emb_name: str = "embeddings") -> None:
         from tuitune.engine.model.hf import HFClassifier, _largest_module_list, hf_base
 
         self.model = model
-        base = hf_base(model)
+        base = hf_base(model) if base is None else base
         layers = _largest_module_list(base)
         children = dict(base.named_children())
-        emb = children.get("embeddings")
+        emb = children.get(emb_name)
         if layers is None or emb is None:
-            raise NotSequential(f"{type(base).__name__}: no `embeddings` module and list of layers found")
+            raise NotSequential(f"{type(base).__name__}: no `{emb_name}` module and list of layers found")
         if isinstance(model, HFClassifier) and model.task == "text" and "inputs_embeds" not in model._inputs:
             raise NotSequential(f"{type(base).__name__} takes no inputs_embeds")
         self.layers = layers
         self.layers_parent, self.layers_attr = self._owner(base, layers)
-        self.emb_parent, self.emb_attr, self.embeddings = base, "embeddings", emb
+        self.emb_parent, self.emb_attr, self.embeddings = base, emb_name, emb
         full = {id(p): n for n, p in model.named_parameters()}
         owned = lambda m: frozenset(full[id(p)] for p in m.parameters())  # noqa: E731
         self.segments = [Segment("embeddings", emb, (emb,), owned(emb))]
@@ -239,6 +250,12 @@ class HFSplit:
                 handle.remove()
         raise NotSequential(f"{self.segments[last].name} was not called by the model's forward")
 
+    def top_input(self, a: Any, x: Any) -> Any:
+        """What `top` takes: text, the activation as `inputs_embeds` with the attention mask; else the activation."""
+        if isinstance(x, dict) and isinstance(a, torch.Tensor) and a.ndim == 3 and "attention_mask" in x:
+            return {"inputs_embeds": a, "attention_mask": x["attention_mask"]}
+        return a
+
     @contextlib.contextmanager
     def _swapped(self, k: int) -> Iterator[None]:
         setattr(self.emb_parent, self.emb_attr, _Feed(self.embeddings))
@@ -253,6 +270,23 @@ class HFSplit:
         """The model's own forward from the activation after segment k (k = 0: embeddings; k = i: layer.i-1)."""
         with self._swapped(k):
             return self.model(a)
+
+
+class DecoderSplit(HFSplit):
+    """A causal LM as embeddings (`embed_tokens`), layer.0 ... layer.N-1; the final norm and the LM head always run.
+    A head tied to the embeddings is the embeddings' parameter: while it trains, nothing below the blocks is frozen
+    and the planner finds no boundary."""
+
+    def __init__(self, model: nn.Module) -> None:
+        inner = getattr(model, "hf", None)
+        if inner is None or "inputs_embeds" not in getattr(model, "_inputs", ()):
+            raise NotSequential(f"{type(inner or model).__name__} takes no inputs_embeds")
+        super().__init__(model, inner.base_model, "embed_tokens")
+
+    def top_input(self, a: Any, x: Any) -> Any:
+        """The activation as `inputs_embeds`, with every other input of the batch (attention mask, position ids,
+        `logits_to_keep`) but the token ids, so the model's forward above the boundary is the uncut one's."""
+        return {"inputs_embeds": a, **{k: v for k, v in x.items() if k != "input_ids"}}
 
 
 def verify(split: TimmSplit | HFSplit, x: Any, k: int, top_input: Callable[[Any, Any], Any]) -> str:
