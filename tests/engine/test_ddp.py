@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,10 @@ def procs():
     """Processes to end when the test ends (their whole session: torchrun's ranks run in sessions of their own)."""
     started: list[subprocess.Popen] = []
     yield started
+    _end(started)
+
+
+def _end(started: list[subprocess.Popen]) -> None:
     for proc in started:
         if proc.poll() is None:
             for pid in _descendants(proc.pid):
@@ -140,7 +145,13 @@ def test_eval_shards_cover_the_set_once_without_padding() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
+def _ranks(tmp: Path, procs: list, jobs: dict[str, dict]) -> dict[str, list[dict]]:
+    """Two ranks (`ddp_worker`) that run `jobs` ({name: {"profile", and flags}}) one after the other in one process
+    group: for each name, what each rank wrote."""
+    for name, job in jobs.items():
+        (tmp / name).mkdir()
+        job.update(run_dir=str(tmp / name / "run"), out=str(tmp / name))
+    (tmp / "jobs.json").write_text(json.dumps(list(jobs.values())))
     port = free_port()
     started = []
     for rank in range(2):
@@ -153,7 +164,7 @@ def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
             "MASTER_PORT": str(port),
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.engine.ddp_worker", str(profile), str(tmp / "run"), str(tmp), *flags],
+            [sys.executable, "-m", "tests.engine.ddp_worker", str(tmp / "jobs.json")],
             env=env,
             cwd=ROOT,
             text=True,
@@ -165,11 +176,39 @@ def _ranks(tmp: Path, procs: list, profile: Path, *flags: str) -> list[dict]:
     for proc in started:
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-2000:]
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]
+    return {name: [json.loads((tmp / name / f"rank{r}.json").read_text()) for r in range(2)] for name in jobs}
 
 
+FEATURE_CACHE = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "cache_memory_gb": 0.00015}, "strategy": PROGRESSIVE}
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[dict]]]:
+    """The 2-rank runs of the tests below, in one start of two ranks (each start costs seconds of imports): "cached"
+    (the feature cache) and then "manual" (commands, a stop). Every process is ended when the module's tests end,
+    passed or not."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    manual = _write(
+        tmp,
+        "manual",
+        train={"epochs": 4, "log_every": 2, "lr": 0.01},
+        strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"},
+        distill={"teacher": "self", "alpha": 0.5},
+    )
+    jobs: dict[str, dict] = {
+        "cached": {"profile": str(_write(tmp, "cached", **FEATURE_CACHE))},
+        "manual": {"profile": str(manual), "unfreeze_at": 2, "pause_at": 5, "stop_at": 8},
+    }
+    started: list[subprocess.Popen] = []
+    try:
+        yield _ranks(tmp, started, jobs)
+    finally:
+        _end(started)
+
+
+@pytest.mark.xdist_group("ddp_two_rank_runs")  # with the fixture's other test on one worker: one start of the ranks
 def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_identical(
-    tmp_path: Path, procs: list
+    two_rank_runs: dict[str, list[dict]],
 ) -> None:
     """u at step 2, layer4 frozen by hand and p at step 5 (resumed a second later) put on rank 0's Control, and a
     stop sent through rank 0's control socket at step 8 (4 epochs of 3 steps: 72 examples, 2 x 16 a step): both ranks
@@ -178,14 +217,7 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     identical on both ranks (checksums);
     frozen BatchNorm layers stay in eval mode on both. Self-distillation is on (a pre-logits loss: the model and its
     pre-logits run through DDP's forward), so identical parameters also say its gradients were all-reduced."""
-    profile = _write(
-        tmp_path,
-        "manual",
-        train={"epochs": 4, "log_every": 2, "lr": 0.01},
-        strategy={"kind": "progressive", "trigger": "manual", "fallback": "none"},
-        distill={"teacher": "self", "alpha": 0.5},
-    )
-    ranks = _ranks(tmp_path, procs, profile, "--unfreeze-at", "2", "--pause-at", "5", "--stop-at", "8")
+    ranks = two_rank_runs["manual"]
 
     def applied(rank: dict) -> list[tuple[str, int]]:
         return [(e["command"], e["global_step"]) for e in rank["events"] if e["type"] == "CommandApplied"]
@@ -206,14 +238,17 @@ def test_commands_reach_both_ranks_at_the_same_step_and_unfrozen_params_stay_ide
     assert ranks[0]["frozen_bn_training"] == ranks[1]["frozen_bn_training"] == []  # frozen BN: eval on each rank
 
 
-def test_feature_cache_per_rank_gives_the_one_process_training(tmp_path: Path, procs: list) -> None:
+@pytest.mark.xdist_group("ddp_two_rank_runs")
+def test_feature_cache_per_rank_gives_the_one_process_training(
+    tmp_path: Path, two_rank_runs: dict[str, list[dict]]
+) -> None:
     """Two ranks equal one process with the global batch, with the feature cache on. 2 ranks x batch 16 (the
     tiny ViT, an unfreeze after each epoch; a budget
     that keeps pre_logits and blocks.0 from the first pass, so the second unfreeze drops the cache and epoch 3
     rebuilds it at the stem): the same cache events at the same steps on both ranks and as in one process x batch
     32 with the cache; per-epoch val loss within 1e-4 of one process without it; parameters equal across ranks."""
-    sections = {"model": VIT, "train": {"epochs": 3, "lr": 0.01, "cache_memory_gb": 0.00015}, "strategy": PROGRESSIVE}
-    ranks = _ranks(tmp_path, procs, _write(tmp_path, "cached", **sections))
+    sections = FEATURE_CACHE
+    ranks = two_rank_runs["cached"]
     runs = {}
     for cache in (True, False):
         runs[cache] = []

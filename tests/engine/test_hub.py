@@ -1,7 +1,9 @@
 """Hub downloads, end to end, against a stand-in hub on 127.0.0.1 (`hub_server.StandInHub`): a real download
 through huggingface_hub of a tiny BERT this test writes, with progress as events; a cache hit that makes no
 request; a failed download that is one line and leaves no file in the cache; `--offline`. Nothing reaches the
-internet: each process gets HF_ENDPOINT pointing at the stand-in and its own empty HF_HOME."""
+internet. In this process (`aim_here`: huggingface_hub's constants, which it reads from HF_ENDPOINT and HF_HOME once
+at import, pointed at the stand-in and an empty cache), but for one test that starts `tuitune` as a process with
+those variables set, so the way a person points it at a hub is tested too."""
 
 from __future__ import annotations
 
@@ -16,9 +18,14 @@ import pytest
 
 from tests.engine.hf_fixtures import make_tiny_hf_dir
 from tests.engine.hub_server import COMMIT, StandInHub, repo_files
+from tuitune.cli import main
+from tuitune.config import ModelConfig
+from tuitune.engine import hubnet
+from tuitune.engine.model.backbone import build_backbone
 
 REPO = "tuitune-tests/tiny-bert"
 ROOT = Path(__file__).resolve().parents[2]
+PROXIES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +34,7 @@ def bert_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 def hub_env(hub: StandInHub, home: Path) -> dict[str, str]:
+    """A process's environment: HF_ENDPOINT at the stand-in, HF_HOME empty, the session's hub switch left out."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
     env.update(
         HF_ENDPOINT=hub.url,
@@ -39,6 +47,29 @@ def hub_env(hub: StandInHub, home: Path) -> dict[str, str]:
         no_proxy="127.0.0.1",
     )
     return env
+
+
+def aim_here(hub: StandInHub, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as `hub_env` would start one: huggingface_hub's constants (which it reads from HF_ENDPOINT and
+    HF_HOME once, at import) aimed at `hub` and at `home`'s empty cache and token files, the same timeouts, the
+    hub switched on, no proxy, no endpoint remembered as reachable. Everything is put back after the test."""
+    from huggingface_hub import constants
+
+    for name, value in (
+        ("ENDPOINT", hub.url),
+        ("HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"),
+        ("HF_HOME", str(home)),
+        ("HF_HUB_CACHE", str(home / "hub")),
+        ("HF_TOKEN_PATH", str(home / "token")),
+        ("HF_STORED_TOKENS_PATH", str(home / "stored_tokens")),
+        ("HF_HUB_OFFLINE", False),
+        ("HF_HUB_ETAG_TIMEOUT", 5),
+        ("HF_HUB_DOWNLOAD_TIMEOUT", 5),
+    ):
+        monkeypatch.setattr(constants, name, value)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", *PROXIES):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hubnet, "_REACHED", set())
 
 
 def tuitune(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -73,20 +104,16 @@ def snapshot_file(home: Path, name: str) -> Path:
 
 
 def test_run_downloads_with_progress_then_builds_from_cache_without_network(
-    tmp_path: Path, bert_files: dict[str, bytes]
+    tmp_path: Path, bert_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
 ) -> None:
     home = tmp_path / "hf-home"
+    profile = write_profile(tmp_path)
+    monkeypatch.chdir(tmp_path)
     with StandInHub({REPO: bert_files}) as hub:
-        done = tuitune(
-            hub_env(hub, home),
-            "train",
-            str(write_profile(tmp_path)),
-            "--headless",
-            "--out",
-            str(tmp_path / "run"),
-            cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr
+        aim_here(hub, home, monkeypatch)
+        code = main(["train", str(profile), "--headless", "--out", str(tmp_path / "run")])
+        out, err = capfd.readouterr()
+        assert code == 0, err
         # the weights are in the standard cache, byte for byte what the hub served
         weights = snapshot_file(home, "model.safetensors")
         assert hashlib.sha256(weights.read_bytes()).digest() == hashlib.sha256(bert_files["model.safetensors"]).digest()
@@ -101,61 +128,42 @@ def test_run_downloads_with_progress_then_builds_from_cache_without_network(
         assert {e["detail"] for e in progress} >= {"config.json", "model.safetensors", "vocab.txt"}
         first_run = events.index(next(e for e in events if e["type"] == "RunStarted"))
         assert events.index(mine[-1]) < first_run  # shown while the run is still being set up
-        assert "download model.safetensors" in done.stdout and "tokenize reviews.csv" in done.stdout
+        assert "download model.safetensors" in out and "tokenize reviews.csv" in out
         print(
             f"\nprogress events seen: {len(progress)} download, e.g. {mine[-1]}; "
             f"model.safetensors sha256 verified ({len(bert_files['model.safetensors'])} bytes)"
         )
-        # a cached model is built without a single request to the hub
+        # a cached model is built without a single request to the hub (nothing remembered from the run but the cache)
+        monkeypatch.setattr(hubnet, "_REACHED", set())
         before = len(hub.requests)
-        code = (
-            "from tuitune.config import ModelConfig\nfrom tuitune.engine.model.backbone import build_backbone\n"
-            f"b = build_backbone(ModelConfig(source='hf', name='{REPO}'), 2, task='text')\n"
-            "print(b.description)"
-        )
-        again = subprocess.run(
-            [sys.executable, "-c", code],
-            env=hub_env(hub, home),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-        )
-        assert again.returncode == 0, again.stderr
+        build_backbone(ModelConfig(source="hf", name=REPO), 2, task="text")
         assert hub.requests[before:] == []
 
 
 FAILURES = ("500", "cut", "missing")
-TRY_ALL = """
-import sys
-from tuitune.cli import main
-for repo in sys.argv[1:]:
-    print(f"exit {main(['layers', repo])}", file=sys.stderr, flush=True)
-"""
 
 
 def test_a_failed_download_says_why_in_one_line_and_nothing_is_cached(
-    tmp_path: Path, bert_files: dict[str, bytes]
+    tmp_path: Path, bert_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """Three repos whose weights fail three ways: a server error, a transfer cut half-way (every retry too), a file
-    the hub lists but does not have. `tuitune layers` on each (one process): one error line each, naming the
+    the hub lists but does not have. `tuitune layers` on each: exit 2 and one error line each, naming the
     file, and three different reasons; nothing half-written in the cache."""
     home = tmp_path / "hf-home"
     repos = {f"{REPO}-{how}": dict(bert_files) for how in FAILURES}
     fail = {f"{REPO}-{how}/model.safetensors": how for how in FAILURES}
+    monkeypatch.chdir(tmp_path)
+    lines = []
     with StandInHub(repos, fail=fail) as hub:
-        done = subprocess.run(
-            [sys.executable, "-c", TRY_ALL, *repos],
-            env=hub_env(hub, home),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    lines = [x for x in done.stderr.splitlines() if x.startswith(("tuitune: error:", "exit "))]
-    assert lines[1::2] == ["exit 2"] * 3, done.stderr
+        aim_here(hub, home, monkeypatch)
+        for repo in repos:
+            code = main(["layers", repo])
+            err = capsys.readouterr().err
+            mine = [x for x in err.splitlines() if x.startswith("tuitune: error:")]
+            assert code == 2 and len(mine) == 1, err
+            lines += mine
     why = {}
-    for how, line in zip(FAILURES, lines[0::2]):
+    for how, line in zip(FAILURES, lines):
         prefix = f"tuitune: error: model.pretrained: download failed: {REPO}-{how}/model.safetensors: "
         assert line.startswith(prefix), line
         why[how] = line[len(prefix) :]
@@ -170,6 +178,9 @@ def test_a_failed_download_says_why_in_one_line_and_nothing_is_cached(
 
 
 def test_offline_flag_never_asks_the_hub(tmp_path: Path, bert_files: dict[str, bytes]) -> None:
+    """The process-level test: `tuitune` started as a person would, HF_ENDPOINT and HF_HOME in its environment,
+    and `--offline`, which must switch the hub off before huggingface_hub is imported (it reads HF_HUB_OFFLINE
+    once, then)."""
     with StandInHub({REPO: bert_files}) as hub:
         done = tuitune(hub_env(hub, tmp_path / "hf-home"), "layers", REPO, "--offline", cwd=tmp_path)
         assert hub.requests == []
@@ -182,18 +193,9 @@ def test_offline_flag_never_asks_the_hub(tmp_path: Path, bert_files: dict[str, b
 
 
 TIMM_REPO = "tuitune-tests/tiny-resnet"
-TIMM_BUILD = """
-import json, sys
-from tuitune.config import ModelConfig
-from tuitune.engine.model.backbone import build_backbone
-events = []
-b = build_backbone(ModelConfig(source="timm", name="hf-hub:{repo}"), 3,
-                   emit=events.append)
-print(json.dumps([e.__dict__ for e in events]))
-"""
 
 
-def test_timm_hf_hub_model_downloads_with_progress(tmp_path: Path) -> None:
+def test_timm_hf_hub_model_downloads_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import timm
     from safetensors.torch import load_file
     from timm.models import save_for_hf
@@ -201,19 +203,12 @@ def test_timm_hf_hub_model_downloads_with_progress(tmp_path: Path) -> None:
     save_for_hf(timm.create_model("test_resnet", num_classes=3), str(tmp_path / "repo"), safe_serialization=True)
     files = repo_files(tmp_path / "repo")
     home = tmp_path / "hf-home"
+    events: list = []
     with StandInHub({TIMM_REPO: files}) as hub:
-        done = subprocess.run(
-            [sys.executable, "-c", TIMM_BUILD.format(repo=TIMM_REPO)],
-            env=hub_env(hub, home),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr
+        aim_here(hub, home, monkeypatch)
+        build_backbone(ModelConfig(source="timm", name=f"hf-hub:{TIMM_REPO}"), 3, emit=events.append)
         hub_requests = list(hub.requests)
-    events = json.loads(done.stdout.splitlines()[-1])
-    assert [(e["detail"], e["finished"]) for e in events if e["finished"]] == [
+    assert [(e.detail, e.finished) for e in events if getattr(e, "finished", False)] == [
         ("config.json", True),
         ("model.safetensors", True),
     ]

@@ -236,7 +236,10 @@ class DashboardScreen(Screen[None]):
     def _freeze_heap(self) -> None:
         """The engine has built its model and data: move that heap out of the cyclic GC's sight (`gc.freeze`).
         Otherwise the dashboard's short-lived objects (frames, texts) trigger full collections that walk every
-        module, tensor and sample on the UI thread: 80-200 ms each, more than all its drawing (undone on unmount)."""
+        module, tensor and sample on the UI thread: 80-200 ms each, more than all its drawing (undone on unmount).
+        A heap already frozen (by the engine's run, in this thread's process) is left to whoever froze it."""
+        if gc.get_freeze_count():
+            return
         gc.collect()
         gc.freeze()
         self._gc_frozen = True

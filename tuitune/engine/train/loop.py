@@ -140,9 +140,14 @@ class Trainer:
         self.system = watch_system(self.dist, p.device, self.profile.train.system_every_s, self.sink.from_thread)
         self.compiles = compile_watch.CompileWatch().open() if p.compiled else None
         # Everything built so far lives as long as the run: out of the collector's sight, a full collection no
-        # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's.
+        # longer walks the model and the data (80-200 ms pauses on CPU), in the training thread or the UI's. A heap
+        # someone froze already (the dashboard; a test session its imports) is theirs: the run leaves it frozen and
+        # does not unfreeze it at its end (`gc.unfreeze` thaws every frozen object, not only the run's). The
+        # collection always runs: it ends earlier runs' garbage, their DataLoader workers included.
         gc.collect()
-        gc.freeze()
+        froze = gc.get_freeze_count() == 0
+        if froze:
+            gc.freeze()
         try:
             self.controller.measure_shift("start")
             return self._epochs()
@@ -151,7 +156,8 @@ class Trainer:
             if self.compiles is not None:
                 self.compiles.close()
             p.end_workers()
-            gc.unfreeze()
+            if froze:
+                gc.unfreeze()
 
     def _stop_watching(self) -> None:
         """No system sample after the run's last event (`_finish`, or a failure the session records)."""
