@@ -67,6 +67,11 @@ def aim_here(hub: StandInHub, home: Path, monkeypatch: pytest.MonkeyPatch) -> No
         ("HF_HUB_DOWNLOAD_TIMEOUT", 5),
     ):
         monkeypatch.setattr(constants, name, value)
+    if hasattr(constants, "AGENT_HARNESSES_PATH"):  # huggingface_hub's own once-a-day fetch of its agent registry
+        registry = home / ".agent_harnesses.json"  # (telemetry), as if done today: the stand-in's request log
+        registry.parent.mkdir(parents=True, exist_ok=True)  # then holds only the requests tuitune makes, whatever
+        registry.write_text('{"standardEnvVars": [], "harnesses": {}}', encoding="utf-8")  # ran in this process
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(registry))
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", *PROXIES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(hubnet, "_REACHED", set())
