@@ -377,3 +377,11 @@ def test_the_status_line_keeps_the_checkpoint_metrics_best_not_the_plotted_score
         s = reduce(s, e)
     line = status_text(s).plain
     assert "best val exact match 50.0%" in line and "97.0%" not in line, line
+
+
+def test_an_ended_epoch_shows_all_its_steps_even_when_its_last_was_not_a_reading() -> None:
+    """`max_steps_per_epoch` under `log_every`: no reading in the epoch, yet the header read "step 0/4" at the end."""
+    s = reduce(DashboardState(), dataclasses.replace(scripted.run_started(), steps_per_epoch=4))
+    fields = dict(global_step=4, phase=0, train_loss=1.0, train_score=0.5, val_loss=1.0, val_score=0.5, elapsed_s=1.0)
+    s = reduce(s, EpochEnded(epoch=1, epoch_s=1.0, samples_per_s=1.0, is_best=True, **fields))
+    assert s.step == 4

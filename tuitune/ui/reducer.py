@@ -167,6 +167,7 @@ def _epoch_ended(s: DashboardState, e: EpochEnded) -> DashboardState:
     return evolve(
         s,
         epoch=e.epoch,
+        step=s.steps_per_epoch,  # every step of it ran, whether or not its last one was a reading (`log_every`)
         global_step=e.global_step,
         elapsed_s=e.elapsed_s,
         samples_per_s=e.samples_per_s,
