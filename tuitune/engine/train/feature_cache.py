@@ -219,7 +219,10 @@ class FeatureCache:
         from torch.utils.data import DataLoader
 
         tl = self.parts.train_loader
-        return DataLoader(dataset, batch_size=max(64, tl.batch_size or 64), shuffle=False, collate_fn=tl.collate_fn)
+        # Token batches are padded to their longest row, which the frozen blocks then run over: a decoder builds at
+        # the training batch size (fewer padded tokens than in a batch of 64), anything else in 64s.
+        size = (tl.batch_size or 64) if isinstance(self.split, DecoderSplit) else max(64, tl.batch_size or 64)
+        return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=tl.collate_fn)
 
     def _top_input(self, a: Any, x: Any) -> Any:
         return self.split.top_input(a, x)
