@@ -50,3 +50,9 @@ def frozen_import_heap() -> Iterator[None]:
     gc.freeze()
     yield
     gc.unfreeze()
+
+
+def pytest_xdist_auto_num_workers(config: object) -> int:
+    """`-n auto`: one worker more than cores, since a worker waiting on the processes its test started leaves
+    its core to the others."""
+    return (os.cpu_count() or 1) + 1
