@@ -70,6 +70,8 @@ ARMS: dict[str, Any] = {
     ),
     "+ restart = phase (cosine)": lambda m: (dict(TODAY), {"schedule": "cosine", "restart": "phase"}),
     "auto_rgn + find": lambda m: ({**TODAY, "kind": "auto_rgn"}, {}),
+    # Auto-RGN as the paper runs it, at one fixed LR (the profile's): tells the RGN scaling from the finder's LR
+    "auto_rgn, profile LR": lambda m: ({"phase_lr": "profile", "kind": "auto_rgn"}, {}),
 }
 
 
