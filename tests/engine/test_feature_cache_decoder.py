@@ -202,7 +202,7 @@ def test_the_split_reproduces_the_model_at_every_boundary_and_counts_its_bytes(l
     split = split_model(model)
     x, y = ChatCollate()([dataset[i] for i in range(8)])
     assert [s.name for s in split.segments] == ["embeddings", "layer.0", "layer.1"]
-    assert all(verify(split, x, k, split.top_input) == "" for k in range(3))
+    assert all(verify(split, x, k) == "" for k in range(3))
     rows = TokenRows()
     a = split.top_input(split.prefixes(x, [1])[1], x)
     rows.add(a, y, torch.device("cpu"))

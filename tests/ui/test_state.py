@@ -385,3 +385,14 @@ def test_an_ended_epoch_shows_all_its_steps_even_when_its_last_was_not_a_reading
     fields = dict(global_step=4, phase=0, train_loss=1.0, train_score=0.5, val_loss=1.0, val_score=0.5, elapsed_s=1.0)
     s = reduce(s, EpochEnded(epoch=1, epoch_s=1.0, samples_per_s=1.0, is_best=True, **fields))
     assert s.step == 4
+
+
+def test_a_record_naming_its_checkpoint_metric_by_the_old_name_shows_its_best() -> None:
+    """A profile from before `*_acc` became `*_score` (`checkpoint_metric = "val_acc"`): the events are read under
+    the new names, so the best is looked up under the new name too."""
+    from tuitune.ui.widgets import status_text
+
+    started = scripted.run_started({"model": {"name": "resnet18"}, "train": {"checkpoint_metric": "val_acc"}})
+    fields = dict(global_step=10, phase=0, train_loss=1.0, train_score=0.5, val_loss=1.0, elapsed_s=1.0)
+    e = EpochEnded(epoch=1, val_score=0.75, is_best=True, epoch_s=1.0, samples_per_s=1.0, **fields)
+    assert "best val acc 75.0%" in status_text(reduce(reduce(DashboardState(), started), e)).plain

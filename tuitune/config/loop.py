@@ -9,8 +9,9 @@ Imported by the picker: it must stay free of torch, timm and transformers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 from tuitune.config.declare import opt
 
@@ -36,6 +37,14 @@ def metric_name(name: object) -> object:
         return name
     prefix = "ema_" if name.startswith("ema_") else ""
     return prefix + OLD_VALUES.get(name[len(prefix) :], name[len(prefix) :])
+
+
+def recorded_checkpoint_metric(profile: Mapping[str, Any]) -> str:
+    """The metric that chose a recorded run's `best` checkpoint, from its profile as `RunStarted` carries it (a
+    table), under today's name; the schema's default where the record has none."""
+    train = profile.get("train")
+    name = train.get("checkpoint_metric") if isinstance(train, Mapping) else None
+    return str(metric_name(name if isinstance(name, str) else TrainConfig.checkpoint_metric))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tuitune.config.loop import metric_name
+from tuitune.config.loop import metric_name, recorded_checkpoint_metric
 from tuitune.engine.events import upgraded
 from tuitune.engine.record.history import event_lines
 from tuitune.errors import UserError
@@ -127,12 +127,13 @@ def _progress(events: Path, summary: dict[str, Any] | None) -> tuple[str, str, s
                 e = _loads(line)
                 phases, epochs, phase = len(e.get("phases", ())), e.get("epochs", 0), e.get("phase", 0)
                 metric = e.get("metric", "acc")
-                key = metric_name(str(e.get("profile", {}).get("train", {}).get("checkpoint_metric", key)))
+                key = recorded_checkpoint_metric(e.get("profile", {}))
                 epoch = e.get("start_epoch", epoch)
             elif line.startswith('{"type":"EpochEnded"'):
-                e = upgraded(_loads(line))  # (logs before the rename: val_acc)
+                e = _loads(line)
                 epoch, phase = e.get("epoch", epoch), e.get("phase", phase)
                 if e.get("is_best"):  # the checkpoint metric's value: a field, or one of the extras
+                    e = upgraded(e)  # (logs before the rename: val_acc)
                     best, best_epoch = e.get(key, e.get("extra", {}).get(key)), epoch
             elif line.startswith('{"type":"PhaseChanged"'):
                 phase = _loads(line).get("phase", phase)

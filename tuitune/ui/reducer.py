@@ -114,7 +114,6 @@ def _run_started(s: DashboardState, e: RunStarted) -> DashboardState:
         trust_remote_code=trc,
         world_size=e.world_size,
         loader_workers=e.loader_workers,
-        best_key=str(e.profile.get("train", {}).get("checkpoint_metric", "val_score")),
     )
     s = _layers_changed(s, LayersChanged(layers=e.layers, global_step=s.global_step))  # the one writer of rows
     resumed = f", resumed at epoch {e.start_epoch}" if e.start_epoch else ""

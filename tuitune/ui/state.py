@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuitune.config.loop import recorded_checkpoint_metric
 from tuitune.engine.events import (
     LayerInfo,
     LRFound,
@@ -83,9 +84,9 @@ class DashboardState:
     val_loss: Downsampled = field(default_factory=Downsampled)
     val_score: Downsampled = field(default_factory=Downsampled)
     best_val_score: float | None = None
-    # The checkpoint metric's best (EpochEnded.is_best): what `best` checkpoints, early stopping and the summary
-    # keep, which need not be the plotted score (a language model plots token accuracy, keeps exact match).
-    best_key: str = "val_score"
+    # The checkpoint metric's best (EpochEnded.is_best; the metric: `best_key`): what `best` checkpoints, early
+    # stopping and the summary keep, which need not be the plotted score (a language model plots token accuracy,
+    # keeps exact match).
     best_value: float | None = None
     train_extra: dict[str, Downsampled] = field(default_factory=dict)  # MetricsUpdated.extra series
     epoch_extra: dict[str, Downsampled] = field(default_factory=dict)  # EpochEnded.extra series
@@ -116,6 +117,11 @@ class DashboardState:
     @property
     def num_phases(self) -> int:
         return len(self.phases)
+
+    @property
+    def best_key(self) -> str:
+        """The checkpoint metric, as the run's profile names it (`val_score` when it does not)."""
+        return recorded_checkpoint_metric(self.profile)
 
     @property
     def can_unfreeze(self) -> bool:

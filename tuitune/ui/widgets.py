@@ -129,11 +129,10 @@ def status_text(state: DashboardState) -> Text:
     if state.live:
         bottom.append(f"  ETA {fmt_duration(eta_s(state))}", "dim")
     if state.best_value is not None:  # the checkpoint metric's: what `best.safetensors` holds
-        label, value = (
-            score_label(state.best_key, state.metric),
-            fmt_value(state.best_key, state.best_value, state.metric, 1),
+        key = state.best_key
+        bottom.append(
+            f"  best {score_label(key, state.metric)} {fmt_value(key, state.best_value, state.metric, 1)}", "dim"
         )
-        bottom.append(f"  best {label} {value}", "dim")
     f1 = [v for _, v in state.epoch_extra.get("val_macro_f1", ())]
     if f1:  # imbalanced classes: the fair score beside accuracy
         bottom.append(f"  macro-F1 {fmt_value('val_macro_f1', max(f1), digits=1)}", "dim")

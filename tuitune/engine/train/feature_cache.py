@@ -224,9 +224,6 @@ class FeatureCache:
         size = (tl.batch_size or 64) if isinstance(self.split, DecoderSplit) else max(64, tl.batch_size or 64)
         return DataLoader(dataset, batch_size=size, shuffle=False, collate_fn=tl.collate_fn)
 
-    def _top_input(self, a: Any, x: Any) -> Any:
-        return self.split.top_input(a, x)
-
     def _build(self, ks: list[int], progress: Callable[..., None]) -> tuple[str, bool]:
         """`_checked_build` without touching the random number generators: a DataLoader draws its workers' seed
         from the global one, so the run's dropout masks would differ from an uncached (or resumed) run's."""
@@ -250,10 +247,10 @@ class FeatureCache:
                 True,
             )
             if all(torch.allclose(first[b].float(), second[b].float(), rtol=1e-6, atol=1e-6) for b in ks):
-                where = (next((why for why in (verify(split, x0, b, self._top_input) for b in ks) if why), ""), False)
+                where = (next((why for why in (verify(split, x0, b) for b in ks) if why), ""), False)
         if not where[0]:
             n = len(p.bundle.train) + len(self._shard(p.bundle.val))
-            sized = self._sized([self._top_input(first[b], x0) for b in ks], n, split.segments[k].name)
+            sized = self._sized([split.top_input(first[b], x0) for b in ks], n, split.segments[k].name)
             where = (sized, False) if isinstance(sized, str) else sized
         # every rank takes the same decision: the first rank's reason not to, else the boundaries all can keep
         verdicts = self.dist.gather_objects(where if isinstance(where[0], str) else where[1])
@@ -309,7 +306,7 @@ class FeatureCache:
         n = len(self.parts.bundle.train) + len(self._shard(self.parts.bundle.val))
         with torch.no_grad(), self.parts.autocast():
             acts = self.split.prefixes(x, ks)
-        return {k: int(per_sample(self._top_input(acts[k], x)) * n) for k in ks}
+        return {k: int(per_sample(self.split.top_input(acts[k], x)) * n) for k in ks}
 
     def _store(
         self, dataset: Any, ks: list[int], where: torch.device, progress: Callable[..., None], label: str
@@ -323,7 +320,7 @@ class FeatureCache:
             with p.autocast():
                 acts = split.prefixes(x, ks)
             for b in ks:
-                parts[b].add(self._top_input(acts[b], x), y, where)
+                parts[b].add(split.top_input(acts[b], x), y, where)
             now = time.perf_counter()
             if now - last >= 0.25 or i == total:
                 last = now

@@ -10,7 +10,9 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
+from tuitune.engine.data.chat import IGNORE
 from tuitune.engine.data.image_cache import available_memory
 
 if TYPE_CHECKING:
@@ -164,10 +166,6 @@ class TokenStore:
         return self.feats.nbytes + self.labels.nbytes + sum(v.nbytes for v in self.extra.values())
 
     def batch(self, index: list[int], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        from torch.nn.utils.rnn import pad_sequence
-
-        from tuitune.engine.data.chat import IGNORE
-
         cuts = [slice(self.offsets[i], self.offsets[i + 1]) for i in index]
         width = max(c.stop - c.start for c in cuts)
         x = {"inputs_embeds": pad_sequence([self.feats[c] for c in cuts], batch_first=True).to(device)}
@@ -196,8 +194,6 @@ class TokenRows:
         self.keep = False
 
     def add(self, a: dict[str, Any], y: torch.Tensor, where: torch.device) -> None:
-        from tuitune.engine.data.chat import IGNORE
-
         feats = a["inputs_embeds"]
         b, t = feats.shape[:2]
         full = y.to(where)

@@ -289,7 +289,7 @@ class DecoderSplit(HFSplit):
         return {"inputs_embeds": a, **{k: v for k, v in x.items() if k != "input_ids"}}
 
 
-def verify(split: TimmSplit | HFSplit, x: Any, k: int, top_input: Callable[[Any, Any], Any]) -> str:
+def verify(split: TimmSplit | HFSplit, x: Any, k: int) -> str:
     """ "" when top(prefixes(x, [k])[k]) equals the model's output on x in eval mode (tolerance 1e-4), else why not."""
     model = split.model
     was = {m: m.training for m in model.modules()}
@@ -297,7 +297,7 @@ def verify(split: TimmSplit | HFSplit, x: Any, k: int, top_input: Callable[[Any,
     try:
         with torch.no_grad():
             want = model(x).float()
-            got = split.top(top_input(split.prefixes(x, [k])[k], x), k).float()
+            got = split.top(split.top_input(split.prefixes(x, [k])[k], x), k).float()
     except NotSequential as e:
         return str(e)
     except Exception as e:
